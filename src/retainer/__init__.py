@@ -1,0 +1,46 @@
+"""retainer: declarative client-retention rules for CRMs.
+
+Read facts, evaluate rules as of an explicit instant, get a deterministic, explained plan of
+actions for the host CRM to execute.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .actions import Action, Suppression, parse_action
+from .engine import Engine, Explanation
+from .errors import DataError, DispatchError, RetainerError, RulesError, StoreError
+from .model import Client, Contract, Deal, Invoice, Manager, Offer, Task, Touch
+from .plan import Plan
+from .rules.loader import RuleSet, load_rules
+from .stores import MemoryStore, SQLiteStore, Store, open_store
+
+__all__ = [
+    "Action",
+    "Client",
+    "Contract",
+    "DataError",
+    "Deal",
+    "DispatchError",
+    "Engine",
+    "Explanation",
+    "Invoice",
+    "Manager",
+    "MemoryStore",
+    "Offer",
+    "Plan",
+    "RetainerError",
+    "RuleSet",
+    "RulesError",
+    "SQLiteStore",
+    "Store",
+    "StoreError",
+    "Suppression",
+    "Task",
+    "Touch",
+    "__version__",
+    "load_rules",
+    "open_store",
+    "parse_action",
+]

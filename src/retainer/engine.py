@@ -1,0 +1,405 @@
+"""The engine: facts + rules + as_of -> a deterministic, explained plan. No writes, no clock.
+
+Flow of `plan`: fetch every aggregate the rules need in one store call, evaluate each rule's
+condition over all clients at once, resolve reassignments in key order (so capacity and
+round-robin do not depend on input order), apply policies, sort by key.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from . import policies
+from .actions import (
+    Action,
+    CreateDeal,
+    CreateTask,
+    Escalate,
+    NotifyClient,
+    NotifyManager,
+    ProposeOffer,
+    Reassign,
+    StartProcess,
+    Suppression,
+    Tag,
+    Untag,
+    action_id,
+)
+from .errors import RetainerError, RulesError
+from .model import Client, Manager
+from .plan import Plan
+from .rules import templates
+from .rules.conditions import ExplainNode
+from .rules.features import FeatureFrame
+from .rules.kinds import CompiledRule
+from .rules.loader import RuleSet, load_rules
+from .rules.schema import ActionSpec, ReassignSpec
+from .stores.base import Store
+from .timeutil import AsOf, Duration, parse_as_of
+
+__all__ = ["Engine", "Explanation", "RuleExplanation"]
+
+
+@dataclass
+class _Match:
+    rule: CompiledRule
+    i: int
+    client: Client
+    episode: str
+    threshold: Duration | None
+    blocked: str | None  # do_not_contact detail
+    new_manager: Manager | None = None
+    reassign_failed: str | None = None
+
+
+class _Reassigner:
+    """Chooses the new manager: active, not the current one, with spare capacity, never a supervisor
+    unless the pool names them. Loads include the moves already made in this plan."""
+
+    def __init__(self, managers: dict[str, Manager], loads: dict[str, int], store: Store) -> None:
+        self.managers = managers
+        self.loads = dict(loads)
+        self.store = store
+        self.supervisors = {m.supervisor_id for m in managers.values() if m.supervisor_id}
+        self.cursors: dict[str, str] = {}
+
+    def eligible(self, current: str, spec: ReassignSpec) -> list[Manager]:
+        cur = self.managers.get(current)
+        out = []
+        for m in self.managers.values():
+            if not m.active or m.id == current:
+                continue
+            if spec.pool is not None:
+                if m.id not in spec.pool:
+                    continue
+            elif m.id in self.supervisors:
+                continue
+            if spec.same_team and (cur is None or cur.team is None or m.team != cur.team):
+                continue
+            if m.max_clients is not None and self.loads.get(m.id, 0) >= m.max_clients:
+                continue
+            out.append(m)
+        return sorted(out, key=lambda m: m.id)
+
+    def pick(self, rule_id: str, current: str, spec: ReassignSpec) -> Manager | None:
+        cands = self.eligible(current, spec)
+        if not cands:
+            return None
+        if spec.strategy == "least_loaded":
+            choice = min(cands, key=lambda m: (self.loads.get(m.id, 0), m.id))
+        else:
+            name = f"round_robin:{rule_id}"
+            last = self.cursors.get(name) or self.store.get_cursor(name)
+            choice = next((m for m in cands if last is None or m.id > last), cands[0])
+            self.cursors[name] = choice.id
+        self.loads[choice.id] = self.loads.get(choice.id, 0) + 1
+        self.loads[current] = self.loads.get(current, 0) - 1
+        return choice
+
+
+def _episode_text(v: Any, as_of: AsOf) -> str:
+    if v is None:
+        return "none"
+    if isinstance(v, datetime):
+        return as_of.local_date(v).isoformat()
+    if isinstance(v, frozenset | set):
+        return ",".join(sorted(v))
+    return str(v)
+
+
+def _evidence_value(v: Any, as_of: AsOf) -> Any:
+    if isinstance(v, datetime):
+        return v.astimezone(as_of.tz).isoformat()
+    if isinstance(v, frozenset | set):
+        return sorted(v)
+    return v
+
+
+def _key(rule: str, client: str, episode: str, kind: str) -> str:
+    return f"{rule}:{quote(client, safe='')}:{episode}:{kind}"
+
+
+@dataclass
+class RuleExplanation:
+    rule: str
+    kind: str
+    matched: bool
+    condition: ExplainNode
+    episode: str | None
+    threshold: str | None
+    actions: list[Action] = field(default_factory=list)
+    suppressed: list[Suppression] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule, "kind": self.kind, "matched": self.matched, "episode": self.episode,
+            "threshold": self.threshold, "condition": self.condition.to_dict(),
+            "actions": [a.model_dump(mode="json") for a in self.actions],
+            "suppressed": [s.model_dump(mode="json") for s in self.suppressed],
+        }
+
+
+@dataclass
+class Explanation:
+    client_id: str
+    as_of: datetime
+    rules: list[RuleExplanation]
+    note: str | None = None
+
+    def __str__(self) -> str:
+        out = [f"client {self.client_id} as of {self.as_of.isoformat()}"]
+        if self.note:
+            out.append(f"  {self.note}")
+        for r in self.rules:
+            verdict = "MATCHED" if r.matched else "not matched"
+            extra = f", threshold {r.threshold}" if r.threshold else ""
+            out.append(f"rule {r.rule} ({r.kind}): {verdict}{extra}")
+            out.extend("  " + line for line in r.condition.lines())
+            for a in r.actions:
+                out.append(f"  -> {a.type}: {a.reason}  [key {a.key}]")
+            for s in r.suppressed:
+                out.append(f"  -> suppressed {s.action.type} ({s.reason_code}): {s.detail}")
+        return "\n".join(out)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"client_id": self.client_id, "as_of": self.as_of.isoformat(), "note": self.note,
+                "rules": [r.to_dict() for r in self.rules]}
+
+
+class Engine:
+    """Evaluates a rule set against a store. Create once, call `plan`/`explain` for any as_of."""
+
+    def __init__(self, rules: RuleSet | str | Path | Mapping[str, Any], store: Store) -> None:
+        self.rules = rules if isinstance(rules, RuleSet) else load_rules(rules)
+        self.store = store
+
+    @property
+    def tz(self) -> Any:
+        return self.rules.tz
+
+    def as_of(self, value: str | date | datetime) -> AsOf:
+        try:
+            return parse_as_of(value, self.rules.tz)
+        except ValueError as exc:
+            raise RetainerError(f"invalid as_of {value!r}: use a date (2026-03-01) or ISO 8601 instant") from exc
+
+    # ------------------------------------------------------------------ plan
+
+    def plan(self, as_of: str | date | datetime, *, clients: Sequence[str] | None = None) -> Plan:
+        """The actions due as of `as_of` (a date means the end of that day in the rules' time zone).
+
+        Pure: reads the store, writes nothing. `clients` limits evaluation to those ids (used for
+        incremental re-evaluation and explain); reassignment capacity still counts every client.
+        """
+        a = self.as_of(as_of)
+        plan, _frame, _matches = self._plan(a, clients)
+        return plan
+
+    def _plan(self, a: AsOf, ids: Sequence[str] | None) -> tuple[Plan, FeatureFrame, list[_Match]]:
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        clients = self.store.clients(a.instant, ids)
+        managers = {m.id: m for m in self.store.managers()}
+        frame = FeatureFrame(self.rules.registry, self.store, a, clients, managers, ids)
+        frame.prefetch(self.rules.features_needed())
+        timings["fetch"] = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        live = [c.status != "archived" for c in clients]
+        policy = frame.column("contact_policy")
+        matches: list[_Match] = []
+        rule_stats: dict[str, dict[str, int]] = {}
+        for rule in self.rules.rules:
+            mask = rule.condition.mask(frame)
+            durs = rule.threshold.durations(frame) if rule.threshold is not None else None
+            episodes = frame.column(rule.episode) if rule.episode else None
+            st = rule_stats.setdefault(rule.id, {"matched": 0})
+            if rule.threshold is not None:
+                anchor = frame.column(rule.threshold.feature)
+                st["no_anchor"] = sum(1 for i, v in enumerate(anchor) if v is None and live[i])
+            for i, hit in enumerate(mask):
+                if not hit or not live[i]:
+                    continue
+                st["matched"] += 1
+                ep = _episode_text(episodes[i], a) if episodes is not None else "once"
+                matches.append(_Match(rule, i, clients[i], ep, durs[i] if durs else None,
+                                      policies.do_not_contact(policy[i])))
+        timings["evaluate"] = time.perf_counter() - t1
+
+        t2 = time.perf_counter()
+        reassigner = _Reassigner(managers, self.store.manager_loads(a.instant), self.store)
+        for m in sorted(matches, key=lambda m: _key(m.rule.id, m.client.id, m.episode, "")):
+            spec = next((s.reassign for s in m.rule.then if s.reassign is not None), None)
+            if spec is None or m.blocked:
+                continue
+            m.new_manager = reassigner.pick(m.rule.id, m.client.manager_id, spec)
+            if m.new_manager is None:
+                m.reassign_failed = (f"no active manager with spare capacity other than "
+                                     f"{m.client.manager_id} ({spec.strategy}"
+                                     f"{', pool ' + ','.join(spec.pool) if spec.pool else ''}"
+                                     f"{', same team' if spec.same_team else ''})")
+
+        actions: list[Action] = []
+        suppressed: list[Suppression] = []
+        for m in matches:
+            self._emit(m, frame, a, managers, actions, suppressed)
+        actions.sort(key=lambda x: x.key)
+        suppressed.sort(key=lambda s: (s.action.key, s.reason_code))
+        timings["actions"] = time.perf_counter() - t2
+
+        for rid, st in rule_stats.items():
+            st["actions"] = sum(1 for x in actions if x.rule == rid)
+            st["suppressed"] = sum(1 for s in suppressed if s.action.rule == rid)
+        stats = {
+            "clients": len(clients),
+            "clients_evaluated": sum(live),
+            "rules": rule_stats,
+            "actions": dict(sorted(Counter(x.type for x in actions).items())),
+            "suppressed": dict(sorted(Counter(s.reason_code for s in suppressed).items())),
+        }
+        plan = Plan(a.instant.astimezone(a.tz), actions, suppressed, stats, timings,
+                    cursors=dict(reassigner.cursors))
+        return plan, frame, matches
+
+    def _emit(self, m: _Match, frame: FeatureFrame, a: AsOf, managers: dict[str, Manager],
+              actions: list[Action], suppressed: list[Suppression]) -> None:
+        rule, i, client = m.rule, m.i, m.client
+        manager = managers.get(client.manager_id)
+        supervisor = managers.get(manager.supervisor_id) if manager and manager.supervisor_id else None
+
+        def value(name: str) -> Any:
+            if name == "threshold":
+                return str(m.threshold) if m.threshold else ""
+            return frame.value(rule.aliases.get(name, name), i)
+
+        objects = {"client": client, "manager": manager, "supervisor": supervisor,
+                   "new_manager": m.new_manager, "as_of": a.date.isoformat(), "rule": rule.id}
+        evidence = {name.split("[", 1)[0]: _evidence_value(frame.value(name, i), a) for name in rule.evidence}
+        if m.threshold is not None:
+            evidence["threshold"] = str(m.threshold)
+        evidence["episode"] = m.episode
+        reason = templates.render(rule.reason, objects, value)
+        base = {"rule": rule.id, "client_id": client.id, "category": rule.category, "reason": reason,
+                "evidence": evidence, "as_of": a.instant.astimezone(a.tz)}
+        counts: Counter[str] = Counter()
+
+        def key_for(kind: str) -> str:
+            counts[kind] += 1
+            suffix = "" if counts[kind] == 1 else f"#{counts[kind]}"
+            return _key(rule.id, client.id, m.episode, kind + suffix)
+
+        def recipient(to: str) -> str | None:
+            if to == "manager":
+                return client.manager_id
+            if to == "supervisor":
+                return supervisor.id if supervisor else None
+            return to
+
+        for spec in rule.then:
+            key = key_for(spec.type)
+            common = {**base, "key": key, "id": action_id(key)}
+            act, missing = self._build(spec, common, client, recipient, objects, value, a, m)
+            if m.blocked:
+                suppressed.append(Suppression(action=act, reason_code=policies.DO_NOT_CONTACT, detail=m.blocked))
+            elif m.reassign_failed:
+                suppressed.append(Suppression(action=act, reason_code=policies.NO_ELIGIBLE_MANAGER,
+                                              detail=m.reassign_failed))
+            elif missing:
+                suppressed.append(Suppression(action=act, reason_code=policies.NO_RECIPIENT, detail=missing))
+            else:
+                actions.append(act)
+        if m.reassign_failed and not m.blocked:
+            key = _key(rule.id, client.id, m.episode, "escalate")
+            esc = Escalate(**{**base, "key": key, "id": action_id(key)},
+                           reason=f"{reason}; release impossible: {m.reassign_failed}",
+                           to_manager_id=supervisor.id if supervisor else "", about_manager_id=client.manager_id)
+            if supervisor is None:
+                suppressed.append(Suppression(action=esc, reason_code=policies.NO_RECIPIENT,
+                                              detail=f"manager {client.manager_id} has no supervisor"))
+            else:
+                actions.append(esc)
+
+    def _build(self, spec: ActionSpec, common: dict[str, Any], client: Client, recipient: Any,
+               objects: dict[str, Any], value: Any, a: AsOf, m: _Match) -> tuple[Action, str | None]:
+        p = spec.params
+        tfile = self.rules.file.templates
+
+        def text(t: str) -> str:
+            return templates.render(t, objects, value)
+
+        def message(template: str) -> dict[str, Any]:
+            t = tfile.get(template)
+            if t is None:
+                return {"template": template}
+            return {"template": template, "subject": text(t.subject) if t.subject else None, "body": text(t.body)}
+
+        match spec.type:
+            case "create_task":
+                who = recipient(p.assignee)
+                due = p.due_in.add_to_date(a.date) if not p.due_in.is_hours else a.local_date(
+                    a.instant + timedelta(hours=p.due_in.hours))
+                return (CreateTask(**common, assignee_id=who, title=text(p.title), due_at=due, task_kind=p.kind),
+                        None if who else f"no {p.assignee} to assign the task to")
+            case "reassign":
+                return (Reassign(**common, from_manager_id=client.manager_id,
+                                 to_manager_id=m.new_manager.id if m.new_manager else None), None)
+            case "notify_manager":
+                who = recipient(p.to)
+                return (NotifyManager(**common, to_manager_id=who, **message(p.template)),
+                        None if who else f"no {p.to} to notify")
+            case "notify_client":
+                return NotifyClient(**common, channel=p.channel, **message(p.template)), None
+            case "escalate":
+                who = recipient(p.to)
+                msg = message(p.template) if p.template else {}
+                return (Escalate(**common, to_manager_id=who or "", about_manager_id=client.manager_id, **msg),
+                        None if who else f"manager {client.manager_id} has no {p.to}")
+            case "tag":
+                return Tag(**common, tag=p.tag), None
+            case "untag":
+                return Untag(**common, tag=p.tag), None
+            case "propose_offer":
+                return ProposeOffer(**common, offer=p.offer, amount=p.amount, deliver=p.deliver), None
+            case "create_deal":
+                return CreateDeal(**common, title=text(p.title), amount=p.amount), None
+            case "start_process":
+                return StartProcess(**common, process=p.process), None
+        raise RulesError(f"unsupported action type {spec.type}")  # pragma: no cover - schema forbids it
+
+    # ------------------------------------------------------------------ explain
+
+    def explain(self, client_id: str, as_of: str | date | datetime, rule: str | None = None) -> Explanation:
+        """Per rule: every condition with the client's value and whether it held, and the outcome."""
+        a = self.as_of(as_of)
+        rules = self.rules.rules
+        if rule is not None:
+            try:
+                rules = [self.rules.rule(rule)]
+            except KeyError:
+                known = ", ".join(r.id for r in self.rules.rules)
+                raise RetainerError(f"unknown rule {rule!r}; rules in this set: {known}") from None
+        plan, frame, _ = self._plan(a, [client_id])
+        at = a.instant.astimezone(a.tz)
+        if not frame.ids:
+            exists = self.store.get("clients", client_id) is not None
+            note = ("the client does not exist yet at this as_of (created later)" if exists
+                    else "no such client in the store")
+            return Explanation(client_id, at, [], note)
+        note = "archived clients get no actions" if frame.clients[0].status == "archived" else None
+        out = []
+        for r in rules:
+            node = r.condition.explain(frame, 0)
+            dur = r.threshold.durations(frame)[0] if r.threshold else None
+            ep = _episode_text(frame.value(r.episode, 0), a) if r.episode else "once"
+            out.append(RuleExplanation(
+                r.id, r.kind, node.held, node, ep if node.held else None, str(dur) if dur else None,
+                [x for x in plan.actions if x.rule == r.id],
+                [s for s in plan.suppressed if s.action.rule == r.id]))
+        return Explanation(client_id, at, out, note)

@@ -1,0 +1,55 @@
+"""One error hierarchy, so hosts can catch `RetainerError` and the CLI maps each kind to an exit code."""
+
+from __future__ import annotations
+
+
+class RetainerError(Exception):
+    """Base of every error retainer raises on purpose."""
+
+
+class RulesError(RetainerError):
+    """A rule file is invalid. Carries the file, the 1-based line and the rule id when known."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 rule: str | None = None) -> None:
+        self.message, self.file, self.line, self.rule = message, file, line, rule
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = self.file or "<rules>"
+        if self.line is not None:
+            where += f":{self.line}"
+        if self.rule:
+            where += f" (rule {self.rule})"
+        return f"{where}: {self.message}"
+
+
+class DataError(RetainerError):
+    """A fact is invalid. Names the entity, the row (file line or index), the id and the field."""
+
+    def __init__(self, message: str, *, entity: str | None = None, row: int | str | None = None,
+                 field: str | None = None, file: str | None = None, id: str | None = None) -> None:
+        self.message, self.entity, self.row, self.field, self.file, self.id = (
+            message, entity, row, field, file, id)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        parts = []
+        if self.file:
+            parts.append(f"{self.file}:{self.row}" if self.row is not None else self.file)
+        elif self.entity:
+            parts.append(f"{self.entity}[{self.row}]" if self.row is not None else self.entity)
+        if self.id:
+            parts.append(f"id={self.id}")
+        if self.field:
+            parts.append(f"field {self.field}")
+        prefix = " ".join(parts)
+        return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class StoreError(RetainerError):
+    """A store cannot be opened, read or written (bad URL, locked database, schema mismatch)."""
+
+
+class DispatchError(RetainerError):
+    """A handler failed to deliver an action."""

@@ -1,0 +1,220 @@
+"""The CRM facts retainer reads: frozen, validated pydantic models.
+
+Timestamps become aware UTC instants (seconds precision) at validation. A naive timestamp is a
+wall-clock time in the time zone passed as validation context (`{"tz": tzinfo}`; stores and file
+readers pass theirs), UTC when there is none. A date-only value is the start of that day.
+Money is `Decimal` with at most 4 decimal places, so sums are exact in every store.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+
+from .timeutil import parse_instant
+
+__all__ = [
+    "ENTITIES",
+    "Client",
+    "Contract",
+    "Deal",
+    "Entity",
+    "Invoice",
+    "Manager",
+    "Offer",
+    "Task",
+    "Touch",
+]
+
+
+def _instant(value: Any, info: ValidationInfo) -> Any:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str | date):
+        tz = (info.context or {}).get("tz", UTC)
+        try:
+            return parse_instant(value, tz)
+        except ValueError as exc:
+            raise ValueError(f"invalid date/time {value!r}: use ISO 8601 such as 2026-03-01T10:00") from exc
+    return value
+
+
+def _money(value: Any) -> Any:
+    if value is None or value == "":
+        return None
+    if isinstance(value, float):
+        value = repr(value)
+    try:
+        d = Decimal(str(value).strip())
+    except Exception as exc:
+        raise ValueError(f"invalid amount {value!r}") from exc
+    if not d.is_finite():
+        raise ValueError(f"invalid amount {value!r}")
+    if d != d.quantize(Decimal("0.0001")):
+        raise ValueError(f"amount {value!r} has more than 4 decimal places")
+    return d
+
+
+def _blank_none(value: Any) -> Any:
+    return None if value == "" else value
+
+
+Instant = Annotated[datetime, BeforeValidator(_instant)]
+OptInstant = Annotated[datetime | None, BeforeValidator(_instant)]
+Money = Annotated[Decimal, BeforeValidator(_money)]
+OptMoney = Annotated[Decimal | None, BeforeValidator(_money)]
+OptStr = Annotated[str | None, BeforeValidator(_blank_none)]
+Id = Annotated[str, Field(min_length=1)]
+
+
+class Entity(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True,
+                              coerce_numbers_to_str=True)
+
+    id: Id
+
+
+class Manager(Entity):
+    name: OptStr = None
+    active: bool = True
+    supervisor_id: OptStr = None
+    max_clients: Annotated[int | None, BeforeValidator(_blank_none), Field(ge=0)] = None
+    team: OptStr = None
+
+
+class Client(Entity):
+    manager_id: Id
+    name: OptStr = None
+    status: Literal["active", "prospect", "archived"] = "active"
+    tags: frozenset[str] = frozenset()
+    contact_policy: Literal["ok", "no_marketing", "do_not_contact"] = "ok"
+    abc_class: OptStr = None
+    cost_to_serve: OptMoney = None
+    created_at: OptInstant = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _split_tags(cls, v: Any) -> Any:
+        if v is None:
+            return frozenset()
+        if isinstance(v, str):
+            return frozenset(t.strip() for t in v.split(";") if t.strip())
+        return v
+
+    @field_validator("status", "contact_policy", mode="before")
+    @classmethod
+    def _default_blank(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is None or v == "":
+            return "active" if info.field_name == "status" else "ok"
+        return v
+
+    @field_validator("attributes", mode="before")
+    @classmethod
+    def _parse_attributes(cls, v: Any) -> Any:
+        if v is None or v == "":
+            return {}
+        if isinstance(v, str):
+            import json
+
+            try:
+                return json.loads(v)
+            except ValueError as exc:
+                raise ValueError("attributes must be a JSON object") from exc
+        return v
+
+
+TouchKind = Literal["call", "email", "meeting", "message", "sms", "comment", "document"]
+Direction = Literal["inbound", "outbound", "internal"]
+
+
+class Touch(Entity):
+    client_id: Id
+    at: Instant
+    kind: TouchKind = "call"
+    direction: Direction = "outbound"
+    manager_id: OptStr = None
+    channel: OptStr = None
+
+    @field_validator("kind", "direction", mode="before")
+    @classmethod
+    def _default_blank(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is None or v == "":
+            return "call" if info.field_name == "kind" else "outbound"
+        return v
+
+
+class Task(Entity):
+    client_id: Id
+    manager_id: OptStr = None
+    created_at: Instant
+    due_at: OptInstant = None
+    done_at: OptInstant = None
+    status: Literal["open", "done", "cancelled"] = "open"
+    kind: OptStr = None
+    source: Literal["crm", "retainer"] = "crm"
+
+    @field_validator("status", "source", mode="before")
+    @classmethod
+    def _default_blank(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is None or v == "":
+            return "open" if info.field_name == "status" else "crm"
+        return v
+
+
+class Deal(Entity):
+    client_id: Id
+    created_at: OptInstant = None
+    closed_at: OptInstant = None
+    status: Literal["open", "won", "lost"] = "open"
+    amount: OptMoney = None
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _default_blank(cls, v: Any) -> Any:
+        return "open" if v is None or v == "" else v
+
+
+class Invoice(Entity):
+    client_id: Id
+    issued_at: Instant
+    due_at: OptInstant = None
+    amount: Money
+    paid_at: OptInstant = None
+    paid_amount: OptMoney = None
+
+
+class Offer(Entity):
+    client_id: Id
+    category: Literal["retention", "development", "service"] = "development"
+    made_at: OptInstant = None
+    ends_at: OptInstant = None
+    amount: OptMoney = None
+
+    @field_validator("category", mode="before")
+    @classmethod
+    def _default_blank(cls, v: Any) -> Any:
+        return "development" if v is None or v == "" else v
+
+
+class Contract(Entity):
+    client_id: Id
+    starts_at: OptInstant = None
+    ends_at: OptInstant = None
+    monthly_amount: OptMoney = None
+
+
+#: Entity name (as in data files and `store.add(...)` keywords) -> model, in load order.
+ENTITIES: dict[str, type[Entity]] = {
+    "managers": Manager,
+    "clients": Client,
+    "touches": Touch,
+    "tasks": Task,
+    "deals": Deal,
+    "invoices": Invoice,
+    "offers": Offer,
+    "contracts": Contract,
+}

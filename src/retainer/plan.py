@@ -1,0 +1,64 @@
+"""A plan: the actions retainer proposes as of one instant, what it held back, and counts.
+
+Its JSON is byte-identical for the same facts, rules and as_of: actions sorted by key, keys sorted,
+no timings, every instant rendered in the rule set's time zone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from .actions import Action, Suppression
+
+
+def _default(v: Any) -> Any:
+    if isinstance(v, Decimal):
+        return int(v) if v == v.to_integral_value() else float(v)
+    if isinstance(v, datetime | date):
+        return v.isoformat()
+    if isinstance(v, frozenset | set):
+        return sorted(v)
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+
+
+def action_dict(a: Action) -> dict[str, Any]:
+    return a.model_dump(mode="python")
+
+
+@dataclass
+class Plan:
+    as_of: datetime
+    actions: list[Action]
+    suppressed: list[Suppression]
+    stats: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase; not part of the JSON
+    cursors: dict[str, str] = field(default_factory=dict)  # round-robin positions to save on commit
+
+    def by_rule(self) -> Counter[str]:
+        return Counter(a.rule for a in self.actions)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "as_of": self.as_of.isoformat(),
+            "actions": [action_dict(a) for a in self.actions],
+            "suppressed": [{"action": action_dict(s.action), "reason_code": s.reason_code, "detail": s.detail}
+                           for s in self.suppressed],
+            "stats": self.stats,
+        }
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), default=_default, sort_keys=True, indent=indent, ensure_ascii=False)
+
+    def to_jsonl(self) -> str:
+        """One action per line (then one suppression per line, marked), for piping into other tools."""
+        lines = [json.dumps({"kind": "action", **action_dict(a)}, default=_default, sort_keys=True,
+                            ensure_ascii=False) for a in self.actions]
+        lines += [json.dumps({"kind": "suppressed", "reason_code": s.reason_code, "detail": s.detail,
+                              "action": action_dict(s.action)}, default=_default, sort_keys=True,
+                             ensure_ascii=False) for s in self.suppressed]
+        return "".join(line + "\n" for line in lines)

@@ -1,0 +1,408 @@
+"""Conditions: parsed once into a small AST, evaluated column-wise over every client at once.
+
+A leaf compares one feature with a value. A missing value (None) makes every op false except
+`exists: false`, so a client with no invoices never matches `revenue_365d: {lt: 100}` by accident.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any, Protocol
+
+from ..timeutil import AsOf, Duration, DurationError, parse_duration, parse_instant
+
+Path = tuple[str | int, ...]
+
+OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "between", "contains", "exists", "older_than")
+
+
+class ConditionError(ValueError):
+    """Raised at compile time with the path inside the rule file, mapped to a line by the loader."""
+
+    def __init__(self, message: str, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class Frame(Protocol):
+    """Per-client feature columns, aligned by row index."""
+
+    ids: list[str]
+    as_of: AsOf
+
+    def column(self, name: str) -> list[Any]: ...
+
+
+class FeatureTypes(Protocol):
+    def type_of(self, name: str) -> str:
+        """The feature's value type (int, number, str, bool, datetime, set, any); raises KeyError."""
+        ...
+
+    def names(self) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class ExplainNode:
+    """One condition evaluated for one client: what was tested, the value seen, whether it held."""
+
+    text: str
+    held: bool
+    value: Any = None
+    children: tuple[ExplainNode, ...] = ()
+
+    def lines(self, indent: int = 0) -> list[str]:
+        mark = "✔" if self.held else "✘"
+        shown = "" if self.value is _NOVALUE else f"  [value: {_fmt(self.value)}]"
+        out = [f"{'  ' * indent}{mark} {self.text}{shown}"]
+        for c in self.children:
+            out.extend(c.lines(indent + 1))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"condition": self.text, "held": self.held}
+        if self.value is not _NOVALUE:
+            d["value"] = _jsonable(self.value)
+        if self.children:
+            d["children"] = [c.to_dict() for c in self.children]
+        return d
+
+
+_NOVALUE: Any = type("_NoValue", (), {"__repr__": lambda self: "-"})()
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, datetime):
+        return v.isoformat()
+    if isinstance(v, frozenset | set):
+        return "{" + ", ".join(sorted(map(str, v))) + "}"
+    return str(v)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, datetime | date):
+        return v.isoformat()
+    if isinstance(v, Decimal):
+        return str(v)
+    if isinstance(v, frozenset | set):
+        return sorted(map(str, v))
+    if isinstance(v, Duration):
+        return str(v)
+    return v
+
+
+class Node:
+    def mask(self, frame: Frame) -> list[bool]:
+        raise NotImplementedError
+
+    def explain(self, frame: Frame, i: int) -> ExplainNode:
+        raise NotImplementedError
+
+    def features(self) -> set[str]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class All(Node):
+    children: tuple[Node, ...]
+
+    def mask(self, frame: Frame) -> list[bool]:
+        out = [True] * len(frame.ids)
+        for c in self.children:
+            out = [a and b for a, b in zip(out, c.mask(frame), strict=True)]
+        return out
+
+    def explain(self, frame: Frame, i: int) -> ExplainNode:
+        kids = tuple(c.explain(frame, i) for c in self.children)
+        return ExplainNode("all of", all(k.held for k in kids), _NOVALUE, kids)
+
+    def features(self) -> set[str]:
+        return set().union(*(c.features() for c in self.children))
+
+
+@dataclass(frozen=True)
+class AnyOf(Node):
+    children: tuple[Node, ...]
+
+    def mask(self, frame: Frame) -> list[bool]:
+        out = [False] * len(frame.ids)
+        for c in self.children:
+            out = [a or b for a, b in zip(out, c.mask(frame), strict=True)]
+        return out
+
+    def explain(self, frame: Frame, i: int) -> ExplainNode:
+        kids = tuple(c.explain(frame, i) for c in self.children)
+        return ExplainNode("any of", any(k.held for k in kids), _NOVALUE, kids)
+
+    def features(self) -> set[str]:
+        return set().union(*(c.features() for c in self.children))
+
+
+@dataclass(frozen=True)
+class Not(Node):
+    child: Node
+
+    def mask(self, frame: Frame) -> list[bool]:
+        return [not b for b in self.child.mask(frame)]
+
+    def explain(self, frame: Frame, i: int) -> ExplainNode:
+        k = self.child.explain(frame, i)
+        return ExplainNode("not", not k.held, _NOVALUE, (k,))
+
+    def features(self) -> set[str]:
+        return self.child.features()
+
+
+def _contains(a: Any, b: Any) -> bool:
+    return b in a
+
+
+def _between(a: Any, b: tuple[Any, Any]) -> bool:
+    return b[0] <= a <= b[1]
+
+
+_BINARY: dict[str, Callable[[Any, Any], bool]] = {
+    "eq": operator.eq, "ne": operator.ne, "gt": operator.gt, "gte": operator.ge, "lt": operator.lt,
+    "lte": operator.le, "in": lambda a, b: a in b, "not_in": lambda a, b: a not in b,
+    "between": _between, "contains": _contains,
+}
+_SYMBOL = {"eq": "=", "ne": "≠", "gt": ">", "gte": "≥", "lt": "<", "lte": "≤"}
+
+
+@dataclass(frozen=True)
+class Leaf(Node):
+    feature: str
+    op: str
+    value: Any
+
+    def _test(self, v: Any) -> bool:
+        if self.op == "exists":
+            return (v is not None) == self.value
+        if v is None:
+            return False
+        try:
+            return bool(_BINARY[self.op](v, self.value))
+        except TypeError:
+            return False
+
+    def mask(self, frame: Frame) -> list[bool]:
+        test = self._test
+        return [test(v) for v in frame.column(self.feature)]
+
+    def explain(self, frame: Frame, i: int) -> ExplainNode:
+        v = frame.column(self.feature)[i]
+        return ExplainNode(self.text(), self._test(v), _local(v, frame.as_of))
+
+    def text(self) -> str:
+        if self.op in _SYMBOL:
+            return f"{self.feature} {_SYMBOL[self.op]} {_fmt(self.value)}"
+        if self.op == "exists":
+            return f"{self.feature} {'exists' if self.value else 'is missing'}"
+        if self.op in ("in", "not_in"):
+            return f"{self.feature} {self.op.replace('_', ' ')} [{', '.join(map(_fmt, self.value))}]"
+        if self.op == "between":
+            return f"{self.feature} between {_fmt(self.value[0])} and {_fmt(self.value[1])}"
+        return f"{self.feature} {self.op} {_fmt(self.value)}"
+
+    def features(self) -> set[str]:
+        return {self.feature}
+
+
+@dataclass(frozen=True)
+class OlderThan(Node):
+    """`feature` (an instant) is at least D old: date(value) + D <= date(as_of).
+
+    D is chosen per client: the first `cases` entry whose condition holds wins, else `default`.
+    A case's duration may be a constant or the name of a feature holding a duration (for a client
+    attribute such as `forgotten_after`). `plus` extends every choice (release = after + grace).
+    """
+
+    feature: str
+    default: Duration
+    cases: tuple[tuple[Node, Duration | str], ...] = ()
+    plus: Duration | None = None
+    label: str = ""
+    _extra: tuple[str, ...] = field(default=(), compare=False)
+
+    def durations(self, frame: Frame) -> list[Duration | None]:
+        """The threshold each client is held to (None when its duration attribute is invalid)."""
+        n = len(frame.ids)
+        out: list[Duration | None] = [self.default] * n
+        decided = [False] * n
+        for cond, dur in self.cases:
+            m = cond.mask(frame)
+            col = frame.column(dur) if isinstance(dur, str) else None
+            for i in range(n):
+                if m[i] and not decided[i]:
+                    decided[i] = True
+                    out[i] = _as_duration(col[i]) if col is not None else dur  # type: ignore[assignment]
+        if self.plus is not None:
+            from ..timeutil import add_durations
+
+            out = [add_durations(d, self.plus) if d is not None else None for d in out]
+        return out
+
+    def mask(self, frame: Frame) -> list[bool]:
+        as_of = frame.as_of
+        values = frame.column(self.feature)
+        durs = self.durations(frame)
+        cache: dict[Duration, Callable[[datetime], bool]] = {}
+        out = []
+        for v, d in zip(values, durs, strict=True):
+            if v is None or d is None:
+                out.append(False)
+                continue
+            fn = cache.get(d)
+            if fn is None:
+                fn = cache[d] = _older_fn(as_of, d)
+            out.append(fn(v))
+        return out
+
+    def explain(self, frame: Frame, i: int) -> ExplainNode:
+        v = frame.column(self.feature)[i]
+        d = self.durations(frame)[i]
+        held = v is not None and d is not None and _older_fn(frame.as_of, d)(v)
+        which = ""
+        for k, (cond, _dur) in enumerate(self.cases):
+            if cond.mask(frame)[i]:
+                which = f" ({self.label or 'case'} #{k + 1})" if self.label != "attribute" else ""
+                break
+        return ExplainNode(f"{self.feature} at least {d} ago{which}", held, _local(v, frame.as_of))
+
+    def features(self) -> set[str]:
+        fs = {self.feature}
+        for cond, dur in self.cases:
+            fs |= cond.features()
+            if isinstance(dur, str):
+                fs.add(dur)
+        return fs
+
+
+def _local(v: Any, as_of: AsOf) -> Any:
+    return v.astimezone(as_of.tz) if isinstance(v, datetime) else v
+
+
+def _as_duration(v: Any) -> Duration | None:
+    if v is None or v == "":
+        return None
+    try:
+        return parse_duration(v)
+    except DurationError:
+        return None
+
+
+def _older_fn(as_of: AsOf, d: Duration) -> Callable[[datetime], bool]:
+    if d.is_hours:
+        return lambda v: as_of.is_older(v, d)
+    # compare instants against the first instant that is too recent: one comparison per client
+    bound = as_of.day_start(d.cutoff(as_of.date) + timedelta(days=1))
+    return lambda v: v < bound
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def parse_condition(raw: Any, types: FeatureTypes, tz: Any, path: Path) -> Node:
+    """Turn the YAML form into an AST, checking feature names, ops and value types."""
+    if not isinstance(raw, dict) or not raw:
+        raise ConditionError("a condition is a mapping: {all: [...]}, {any: [...]}, {not: ...} or "
+                             "{feature: {op: value}}", path)
+    nodes: list[Node] = []
+    for key, val in raw.items():
+        p = (*path, key)
+        if key in ("all", "any"):
+            if not isinstance(val, list) or not val:
+                raise ConditionError(f"'{key}' takes a non-empty list of conditions", p)
+            kids = tuple(parse_condition(c, types, tz, (*p, j)) for j, c in enumerate(val))
+            nodes.append(All(kids) if key == "all" else AnyOf(kids))
+        elif key == "not":
+            nodes.append(Not(parse_condition(val, types, tz, p)))
+        else:
+            nodes.extend(_parse_leaves(str(key), val, types, tz, p))
+    return nodes[0] if len(nodes) == 1 else All(tuple(nodes))
+
+
+def _parse_leaves(feature: str, val: Any, types: FeatureTypes, tz: Any, path: Path) -> list[Node]:
+    try:
+        ftype = types.type_of(feature)
+    except KeyError:
+        raise ConditionError(_unknown_feature(feature, types.names()), path) from None
+    if not isinstance(val, dict):
+        val = {"eq": val}
+    if not val:
+        raise ConditionError(f"no operator given for {feature}", path)
+    out: list[Node] = []
+    for op, v in val.items():
+        p = (*path, op)
+        if op not in OPS:
+            raise ConditionError(f"unknown operator {op!r}; valid: {', '.join(OPS)}", p)
+        if op == "older_than":
+            if ftype != "datetime":
+                raise ConditionError(f"older_than needs a date/time feature; {feature} is {ftype}", p)
+            try:
+                out.append(OlderThan(feature, parse_duration(v)))
+            except DurationError as exc:
+                raise ConditionError(str(exc), p) from None
+            continue
+        out.append(Leaf(feature, op, _coerce(op, v, ftype, feature, tz, p)))
+    return out
+
+
+def _unknown_feature(name: str, known: Sequence[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return (f"unknown feature {name!r}{hint} (built-in features: see `retainer schema` and docs/rules.md; "
+            f"define your own under `features:`)")
+
+
+def _coerce(op: str, v: Any, ftype: str, feature: str, tz: Any, path: Path) -> Any:
+    if op == "exists":
+        if not isinstance(v, bool):
+            raise ConditionError("exists takes true or false", path)
+        return v
+    if op in ("in", "not_in"):
+        if not isinstance(v, list):
+            raise ConditionError(f"{op} takes a list", path)
+        return frozenset(_scalar(x, ftype, feature, tz, path) for x in v)
+    if op == "between":
+        if not isinstance(v, list) or len(v) != 2:
+            raise ConditionError("between takes a list of two values [low, high]", path)
+        return (_scalar(v[0], ftype, feature, tz, path), _scalar(v[1], ftype, feature, tz, path))
+    if op == "contains":
+        if ftype not in ("set", "str", "any"):
+            raise ConditionError(f"contains needs a set or text feature; {feature} is {ftype}", path)
+        return str(v)
+    if ftype == "set":
+        raise ConditionError(f"{feature} is a set: use contains, or exists", path)
+    return _scalar(v, ftype, feature, tz, path)
+
+
+def _scalar(v: Any, ftype: str, feature: str, tz: Any, path: Path) -> Any:
+    try:
+        match ftype:
+            case "int" | "number":
+                if isinstance(v, bool) or not isinstance(v, int | float | str | Decimal):
+                    raise TypeError
+                d = Decimal(str(v))
+                return int(d) if ftype == "int" and d == int(d) else d
+            case "bool":
+                if not isinstance(v, bool):
+                    raise TypeError
+                return v
+            case "datetime":
+                if not isinstance(v, str | date):
+                    raise TypeError
+                return parse_instant(v, tz)
+            case "str" | "set":
+                if isinstance(v, list | dict):
+                    raise TypeError
+                return str(v)
+            case _:
+                return v
+    except (TypeError, ValueError, InvalidOperation):
+        raise ConditionError(f"{feature} is {ftype}; {v!r} is not a valid value for it", path) from None

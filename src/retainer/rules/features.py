@@ -1,0 +1,472 @@
+"""Features: per-client values that conditions, thresholds, episodes and templates refer to.
+
+Each feature declares the store aggregates it needs (`AggSpec`s) and how to turn them into a
+column. A plan first collects the specs of every feature its rules use and fetches them in one
+`store.aggregate` call (one scan per fact table in SQL), then computes columns lazily.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from ..model import ENTITIES, Client, Manager
+from ..stores.base import EXISTS_FIELD, VIRTUAL_FIELDS, AggSpec, Pred, Store
+from ..timeutil import AsOf, Duration, DurationError, parse_duration
+from .schema import ActivitySpec, FeatureDef
+
+ZERO = Decimal(0)
+_WINDOWED = re.compile(r"^(revenue|orders|outbound|inbound|touches|profit|spend_growth)_(.+)$")
+
+
+@dataclass(frozen=True)
+class FeatureImpl:
+    name: str
+    type: str  # int | number | str | bool | datetime | set | any
+    doc: str
+    aggs: Callable[[AsOf], list[AggSpec]] = lambda _a: []
+    deps: tuple[str, ...] = ()
+    compute: Callable[[FeatureFrame], list[Any]] = lambda _f: []
+    whole_population: bool = False  # needs every client (ABC ranking), even for a partial plan
+
+
+def _days(as_of: AsOf, col: list[datetime | None]) -> list[int | None]:
+    d0 = as_of.date
+    tz = as_of.tz
+    return [None if v is None else (d0 - v.astimezone(tz).date()).days for v in col]
+
+
+class FeatureFrame:
+    """Feature columns for the clients of one plan, aligned with `ids`, computed on first use."""
+
+    def __init__(self, registry: FeatureRegistry, store: Store, as_of: AsOf, clients: list[Client],
+                 managers: dict[str, Manager], client_ids: Sequence[str] | None) -> None:
+        self.registry = registry
+        self.store = store
+        self.as_of = as_of
+        self.clients = clients
+        self.ids = [c.id for c in clients]
+        self.managers = managers
+        self._partial = client_ids
+        self._cols: dict[str, list[Any]] = {}
+        self._aggs: dict[AggSpec, dict[str, Any]] = {}
+
+    def prefetch(self, names: set[str]) -> None:
+        specs: list[AggSpec] = []
+        for n in self.registry.closure(names):
+            impl = self.registry.get(n)
+            if impl.whole_population and self._partial is not None:
+                continue
+            specs.extend(s for s in impl.aggs(self.as_of) if s not in self._aggs and s not in specs)
+        if specs:
+            for s, r in zip(specs, self.store.aggregate(specs, self.as_of.instant, self._partial), strict=True):
+                self._aggs[s] = r
+
+    def agg(self, spec: AggSpec, *, everyone: bool = False) -> dict[str, Any]:
+        if everyone and self._partial is not None:
+            return self.store.aggregate([spec], self.as_of.instant, None)[0]
+        if spec not in self._aggs:
+            self._aggs[spec] = self.store.aggregate([spec], self.as_of.instant, self._partial)[0]
+        return self._aggs[spec]
+
+    def agg_column(self, spec: AggSpec, default: Any = None) -> list[Any]:
+        r = self.agg(spec)
+        return [r.get(i, default) for i in self.ids]
+
+    def column(self, name: str) -> list[Any]:
+        col = self._cols.get(name)
+        if col is None:
+            col = self._cols[name] = self.registry.get(name).compute(self)
+        return col
+
+    def value(self, name: str, i: int) -> Any:
+        return self.column(name)[i]
+
+
+# ---------------------------------------------------------------- built-in features
+
+
+def _client_field(name: str, typ: str, doc: str) -> FeatureImpl:
+    return FeatureImpl(name, typ, doc, compute=lambda f: [getattr(c, name) for c in f.clients])
+
+
+def _activity_specs(spec: ActivitySpec | None) -> Callable[[AsOf], list[AggSpec]]:
+    """Every source of activity as a max() aggregate. Engine tasks count when done, not when made."""
+    spec = spec or ActivitySpec()
+
+    def build(_a: AsOf) -> list[AggSpec]:
+        out: list[AggSpec] = []
+        if "touches" in spec.sources:
+            where: list[Pred] = []
+            if spec.kinds is not None:
+                where.append(Pred("kind", "in", frozenset(spec.kinds)))
+            if spec.directions is not None:
+                where.append(Pred("direction", "in", frozenset(spec.directions)))
+            out.append(AggSpec("touches", "max", "at", tuple(where), "at"))
+        if "tasks" in spec.sources:
+            out.append(AggSpec("tasks", "max", "created_at", (Pred("source", "ne", "retainer"),), "created_at"))
+            out.append(AggSpec("tasks", "max", "done_at", (), "done_at"))
+        if "deals" in spec.sources:
+            out.append(AggSpec("deals", "max", "created_at", (), "created_at"))
+            out.append(AggSpec("deals", "max", "closed_at", (), "closed_at"))
+        if "invoices" in spec.sources:
+            out.append(AggSpec("invoices", "max", "issued_at", (), "issued_at"))
+            out.append(AggSpec("invoices", "max", "paid_at", (), "paid_at"))
+        return out
+
+    return build
+
+
+def _activity_feature(name: str, spec: ActivitySpec | None) -> FeatureImpl:
+    specs = _activity_specs(spec)
+
+    def compute(f: FeatureFrame) -> list[Any]:
+        cols = [f.agg(s) for s in specs(f.as_of)]
+        out = []
+        for cid in f.ids:
+            best = None
+            for c in cols:
+                v = c.get(cid)
+                if v is not None and (best is None or v > best):
+                    best = v
+            out.append(best)
+        return out
+
+    return FeatureImpl(name, "datetime", "latest activity at or before as_of", aggs=specs, compute=compute)
+
+
+def _anchor_feature(name: str, activity: str) -> FeatureImpl:
+    def compute(f: FeatureFrame) -> list[Any]:
+        return [a if a is not None else c.created_at for a, c in zip(f.column(activity), f.clients, strict=True)]
+
+    return FeatureImpl(name, "datetime", "last activity, or created_at for a client never touched",
+                       deps=(activity,), compute=compute)
+
+
+def _window(kind: str, text: str) -> FeatureImpl:
+    try:
+        w = parse_duration(text)
+    except DurationError as exc:
+        raise KeyError(str(exc)) from None
+    name = f"{kind}_{text}"
+
+    def since(a: AsOf) -> datetime:
+        return a.window_start(w)
+
+    if kind in ("revenue", "orders"):
+        fn = "sum" if kind == "revenue" else "count"
+
+        def aggs(a: AsOf) -> list[AggSpec]:
+            return [AggSpec("invoices", fn, "amount" if fn == "sum" else None, (), "issued_at", since(a))]
+
+        default = ZERO if kind == "revenue" else 0
+        return FeatureImpl(name, "number" if kind == "revenue" else "int",
+                           f"{'sum of invoice amounts' if kind == 'revenue' else 'invoices'} issued within {w}",
+                           aggs=aggs, compute=lambda f: f.agg_column(aggs(f.as_of)[0], default))
+    if kind in ("outbound", "inbound", "touches"):
+        where = () if kind == "touches" else (Pred("direction", "eq", kind),)
+
+        def taggs(a: AsOf) -> list[AggSpec]:
+            return [AggSpec("touches", "count", None, where, "at", since(a))]
+
+        return FeatureImpl(name, "int", f"{kind} touches within {w}", aggs=taggs,
+                           compute=lambda f: f.agg_column(taggs(f.as_of)[0], 0))
+    if kind == "profit":
+        rev = f"revenue_{text}"
+
+        def profit(f: FeatureFrame) -> list[Any]:
+            days = Decimal((f.as_of.date - w.cutoff(f.as_of.date)).days)
+            return [r - (c.cost_to_serve or ZERO) * days / 30
+                    for r, c in zip(f.column(rev), f.clients, strict=True)]
+
+        return FeatureImpl(name, "number", f"revenue within {w} minus cost_to_serve for the same days",
+                           deps=(rev,), compute=profit)
+    # spend_growth: the last window versus the one before it, as a ratio (0.2 = +20 %)
+    double = Duration(months=2 * w.months, days=2 * w.days, hours=2 * w.hours, text=f"2x{w}")
+
+    def gaggs(a: AsOf) -> list[AggSpec]:
+        return [AggSpec("invoices", "sum", "amount", (), "issued_at", since(a)),
+                AggSpec("invoices", "sum", "amount", (), "issued_at", a.window_start(double))]
+
+    def growth(f: FeatureFrame) -> list[Any]:
+        last_s, both_s = gaggs(f.as_of)
+        last, both = f.agg(last_s), f.agg(both_s)
+        out: list[Any] = []
+        for cid in f.ids:
+            cur = last.get(cid, ZERO)
+            prev = both.get(cid, ZERO) - cur
+            out.append(None if prev == 0 else (cur - prev) / prev)
+        return out
+
+    return FeatureImpl(name, "number", f"spend over the last {w} versus the {w} before, as a ratio",
+                       aggs=gaggs, compute=growth)
+
+
+def _abc(window: Duration, a_share: Decimal, b_share: Decimal) -> FeatureImpl:
+    def aggs(a: AsOf) -> list[AggSpec]:
+        return [AggSpec("invoices", "sum", "amount", (), "issued_at", a.window_start(window))]
+
+    def compute(f: FeatureFrame) -> list[Any]:
+        given = [c.abc_class for c in f.clients]
+        if all(g is not None for g in given):
+            return given
+        revenue = f.agg(aggs(f.as_of)[0], everyone=True)
+        ranked = sorted(((v, cid) for cid, v in revenue.items() if v > 0), key=lambda t: (-t[0], t[1]))
+        total = sum((v for v, _ in ranked), ZERO)
+        cls: dict[str, str] = {}
+        cum = ZERO
+        for v, cid in ranked:
+            cls[cid] = "A" if cum < total * a_share else "B" if cum < total * (a_share + b_share) else "C"
+            cum += v
+        return [g if g is not None else cls.get(cid) for g, cid in zip(given, f.ids, strict=True)]
+
+    return FeatureImpl("abc_class", "str", f"A/B/C by revenue over {window} unless the data sets it",
+                       aggs=aggs, compute=compute, whole_population=True)
+
+
+def _builtins(abc: FeatureImpl) -> dict[str, FeatureImpl]:
+    def manager_attr(attr: str) -> Callable[[FeatureFrame], list[Any]]:
+        def compute(f: FeatureFrame) -> list[Any]:
+            return [getattr(m, attr) if (m := f.managers.get(c.manager_id)) else None for c in f.clients]
+        return compute
+
+    fut = lambda a: AggSpec("tasks", "count", None,  # noqa: E731
+                            (Pred("is_open", "eq", True), Pred("due_at", "gte", a.day_start(a.date))))
+    open_tasks = lambda a: AggSpec("tasks", "count", None, (Pred("is_open", "eq", True),))  # noqa: E731
+    last_inv = AggSpec("invoices", "max", "issued_at", (), "issued_at")
+    overdue_where = lambda a: (Pred("outstanding", "gt", ZERO), Pred("due_at", "lt", a.day_start(a.date)))  # noqa: E731
+    overdue_sum = lambda a: AggSpec("invoices", "sum", "outstanding", overdue_where(a))  # noqa: E731
+    overdue_min = lambda a: AggSpec("invoices", "min", "due_at", overdue_where(a))  # noqa: E731
+    open_deals = AggSpec("deals", "count", None, (Pred("is_open", "eq", True),))
+    won = AggSpec("deals", "max", "closed_at", (Pred("is_won", "eq", True),), "closed_at")
+    offer_end = AggSpec("offers", "max", "ends_at", (), "ends_at")
+    cur_contract = lambda a, fn, fld: AggSpec("contracts", fn, fld,  # noqa: E731
+                                              (Pred("ends_at", "gt", a.instant),), "starts_at")
+
+    def contract_progress(f: FeatureFrame) -> list[Any]:
+        a = f.as_of
+        starts = f.agg_column(cur_contract(a, "max", "starts_at"))
+        ends = f.agg_column(cur_contract(a, "min", "ends_at"))
+        out: list[Any] = []
+        for s, e in zip(starts, ends, strict=True):
+            if s is None or e is None or e <= s:
+                out.append(None)
+            else:
+                out.append(round(Decimal((a.instant - s).total_seconds()) / Decimal((e - s).total_seconds()), 4))
+        return out
+
+    impls = [
+        _client_field("status", "str", "active, prospect or archived"),
+        _client_field("tags", "set", "the client's tags"),
+        _client_field("manager_id", "str", "the responsible manager"),
+        _client_field("contact_policy", "str", "ok, no_marketing or do_not_contact"),
+        _client_field("name", "str", "the client's name"),
+        _client_field("created_at", "datetime", "when the client was created"),
+        _client_field("cost_to_serve", "number", "cost to serve per 30 days"),
+        FeatureImpl("client_id", "str", "the client's id", compute=lambda f: list(f.ids)),
+        FeatureImpl("manager_active", "bool", "the responsible manager is active",
+                    compute=manager_attr("active")),
+        FeatureImpl("manager_team", "str", "the responsible manager's team", compute=manager_attr("team")),
+        _activity_feature("last_activity_at", None),
+        _anchor_feature("activity_anchor_at", "last_activity_at"),
+        FeatureImpl("days_since_activity", "int",
+                    "calendar days since the last activity (or since created_at if never touched)",
+                    deps=("activity_anchor_at",), compute=lambda f: _days(f.as_of, f.column("activity_anchor_at"))),
+        FeatureImpl("has_future_task", "bool", "an open task due on or after as_of's date",
+                    aggs=lambda a: [fut(a)], compute=lambda f: [n > 0 for n in f.agg_column(fut(f.as_of), 0)]),
+        FeatureImpl("open_tasks", "int", "tasks open at as_of",
+                    aggs=lambda a: [open_tasks(a)], compute=lambda f: f.agg_column(open_tasks(f.as_of), 0)),
+        FeatureImpl("last_invoice_at", "datetime", "when the latest invoice was issued",
+                    aggs=lambda a: [last_inv], compute=lambda f: f.agg_column(last_inv)),
+        FeatureImpl("days_since_last_invoice", "int", "calendar days since the latest invoice",
+                    deps=("last_invoice_at",), compute=lambda f: _days(f.as_of, f.column("last_invoice_at"))),
+        FeatureImpl("overdue_amount", "number", "unpaid amount of invoices past their due date",
+                    aggs=lambda a: [overdue_sum(a)], compute=lambda f: f.agg_column(overdue_sum(f.as_of), ZERO)),
+        FeatureImpl("max_days_overdue", "int", "days past due of the oldest unpaid overdue invoice",
+                    aggs=lambda a: [overdue_min(a)],
+                    compute=lambda f: _days(f.as_of, f.agg_column(overdue_min(f.as_of)))),
+        FeatureImpl("open_deals", "int", "deals open at as_of",
+                    aggs=lambda a: [open_deals], compute=lambda f: f.agg_column(open_deals, 0)),
+        FeatureImpl("last_won_deal_at", "datetime", "when the latest won deal closed",
+                    aggs=lambda a: [won], compute=lambda f: f.agg_column(won)),
+        FeatureImpl("days_since_offer_end", "int", "days since the latest offer ended",
+                    aggs=lambda a: [offer_end], compute=lambda f: _days(f.as_of, f.agg_column(offer_end))),
+        FeatureImpl("contract_progress", "number", "elapsed share (0..1) of the current contract",
+                    aggs=lambda a: [cur_contract(a, "max", "starts_at"), cur_contract(a, "min", "ends_at")],
+                    compute=contract_progress),
+        abc,
+    ]
+    return {i.name: i for i in impls}
+
+
+# ---------------------------------------------------------------- named features (the file's `features:`)
+
+
+def _field_type(entity: str, fld: str) -> str:
+    if fld in VIRTUAL_FIELDS.get(entity, {}):
+        return "bool" if fld.startswith("is_") else "number"
+    found = set()
+    todo = [ENTITIES[entity].model_fields[fld].annotation]
+    while todo:
+        t = todo.pop()
+        todo.extend(typing.get_args(t))
+        if isinstance(t, type):
+            found.add(t)
+    for typ, name in ((datetime, "datetime"), (Decimal, "number"), (bool, "bool"), (int, "int")):
+        if typ in found:
+            return name
+    return "str"
+
+
+def _fields(entity: str) -> list[str]:
+    return [*ENTITIES[entity].model_fields, *VIRTUAL_FIELDS.get(entity, {})]
+
+
+class FeatureDefError(ValueError):
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def named_feature(name: str, d: FeatureDef, tz: Any) -> FeatureImpl:
+    """Compile one `features:` entry into an aggregate, validating entity, fields and values."""
+    from .conditions import ConditionError, _scalar
+
+    entity, _, fld = d.target.partition(".")
+    if entity not in EXISTS_FIELD:
+        raise FeatureDefError(f"unknown entity {entity!r}; valid: {', '.join(EXISTS_FIELD)}", d.fn)
+    if d.fn == "count":
+        if fld:
+            raise FeatureDefError("count takes an entity name (count: touches), not a field", d.fn)
+        typ = "int"
+    else:
+        if not fld:
+            raise FeatureDefError(f"{d.fn} takes entity.field, e.g. invoices.amount", d.fn)
+        if fld not in _fields(entity):
+            raise FeatureDefError(f"unknown field {entity}.{fld}; valid: {', '.join(_fields(entity))}", d.fn)
+        typ = _field_type(entity, fld)
+        if d.fn == "sum" and typ not in ("number", "int"):
+            raise FeatureDefError(f"cannot sum {entity}.{fld} ({typ})", d.fn)
+    time_field = d.by or EXISTS_FIELD[entity]
+    if time_field not in _fields(entity) or _field_type(entity, time_field) != "datetime":
+        raise FeatureDefError(f"by: {time_field!r} is not a date/time field of {entity}", "by")
+    preds: list[Pred] = []
+    for key, cond in d.where.items():
+        if key not in _fields(entity):
+            raise FeatureDefError(f"unknown field {entity}.{key} in where; valid: {', '.join(_fields(entity))}",
+                                  "where")
+        ftype = _field_type(entity, key)
+        ops = cond if isinstance(cond, dict) else {"eq": cond}
+        for op, v in ops.items():
+            try:
+                if op == "exists":
+                    preds.append(Pred(key, "notnull" if v else "null"))
+                elif op in ("in", "not_in"):
+                    if not isinstance(v, list):
+                        raise FeatureDefError(f"{op} takes a list", "where")
+                    preds.append(Pred(key, op, frozenset(_scalar(x, ftype, key, tz, ()) for x in v)))
+                elif op in ("eq", "ne", "gt", "gte", "lt", "lte"):
+                    val = _scalar(v, ftype, key, tz, ())
+                    preds.append(Pred(key, op, Decimal(val) if ftype == "number" else val))
+                else:
+                    raise FeatureDefError(f"unknown operator {op!r} in where; valid: eq ne gt gte lt lte in "
+                                          "not_in exists", "where")
+            except ConditionError as exc:
+                raise FeatureDefError(str(exc), "where") from None
+    where = tuple(preds)
+    within = d.within
+
+    def aggs(a: AsOf) -> list[AggSpec]:
+        since = a.window_start(within) if within is not None else None
+        return [AggSpec(entity, d.fn, fld or None, where, time_field, since)]  # type: ignore[arg-type]
+
+    default: Any = 0 if d.fn == "count" else ZERO if d.fn == "sum" else None
+    return FeatureImpl(name, typ if d.fn != "count" else "int", f"{d.fn} of {d.target}", aggs=aggs,
+                       compute=lambda f: f.agg_column(aggs(f.as_of)[0], default))
+
+
+@dataclass
+class FeatureRegistry:
+    """Built-ins, the file's named features, and features synthesised by rule presets."""
+
+    extra: dict[str, FeatureImpl] = field(default_factory=dict)
+    abc_window: Duration = field(default_factory=lambda: parse_duration("365d"))
+    abc_a: Decimal = Decimal("0.8")
+    abc_b: Decimal = Decimal("0.15")
+
+    def __post_init__(self) -> None:
+        self._builtin = _builtins(_abc(self.abc_window, self.abc_a, self.abc_b))
+        self._cache: dict[str, FeatureImpl] = {}
+
+    def add(self, impl: FeatureImpl) -> None:
+        self.extra[impl.name] = impl
+
+    def activity(self, spec: ActivitySpec | None) -> tuple[str, str]:
+        """Names of (last activity, anchor) features for an `activity:` narrowing (shared when equal)."""
+        if spec is None or spec == ActivitySpec():
+            return "last_activity_at", "activity_anchor_at"
+        key = hashlib.sha1(spec.model_dump_json().encode()).hexdigest()[:8]
+        last, anchor = f"last_activity_at[{key}]", f"activity_anchor_at[{key}]"
+        if last not in self.extra:
+            self.add(_activity_feature(last, spec))
+            self.add(_anchor_feature(anchor, last))
+        return last, anchor
+
+    def get(self, name: str) -> FeatureImpl:
+        impl = self.extra.get(name) or self._builtin.get(name) or self._cache.get(name)
+        if impl is not None:
+            return impl
+        if name.startswith("attributes."):
+            key = name.split(".", 1)[1]
+            impl = FeatureImpl(name, "any", f"client attribute {key}",
+                               compute=lambda f: [c.attributes.get(key) for c in f.clients])
+        else:
+            m = _WINDOWED.match(name)
+            if not m:
+                raise KeyError(name)
+            impl = _window(m.group(1), m.group(2))
+        self._cache[name] = impl
+        return impl
+
+    def type_of(self, name: str) -> str:
+        return self.get(name).type
+
+    def names(self) -> list[str]:
+        return sorted({*self._builtin, *self.extra}) + [
+            "revenue_<window>", "orders_<window>", "outbound_<window>", "inbound_<window>",
+            "touches_<window>", "profit_<window>", "spend_growth_<window>", "attributes.<key>"]
+
+    def closure(self, names: set[str]) -> list[str]:
+        out: list[str] = []
+        todo = sorted(names)
+        while todo:
+            n = todo.pop()
+            if n in out:
+                continue
+            out.append(n)
+            todo.extend(self.get(n).deps)
+        return out
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        return [(n, i.type, i.doc) for n, i in sorted(self._builtin.items())]
+
+    # `spend_growth` without a window uses 90 days (the policy default)
+    def __contains__(self, name: str) -> bool:
+        try:
+            self.get(name)
+        except KeyError:
+            return False
+        return True
+
+
+def register_spend_growth_alias(reg: FeatureRegistry, window: str = "90d") -> None:
+    base = reg.get(f"spend_growth_{window}")
+    reg.add(FeatureImpl("spend_growth", base.type, base.doc, aggs=base.aggs, deps=base.deps,
+                        compute=base.compute))
+

@@ -1,0 +1,240 @@
+"""Load a rule file (YAML or JSON) into a compiled, validated `RuleSet`.
+
+Every error names the file, the 1-based line of the offending key and the rule id. Line numbers
+come from the YAML node tree (JSON is read by the same parser), so pydantic's error locations
+and our own semantic checks both map back to where the analyst has to look.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import tzinfo
+from pathlib import Path as FsPath
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ..errors import RulesError
+from ..timeutil import get_tz
+from . import templates
+from .conditions import ConditionError, Path
+from .features import FeatureDefError, FeatureRegistry, named_feature, register_spend_growth_alias
+from .kinds import DEPENDENT_KINDS, PRESETS, CompileContext, CompiledRule, PresetError
+from .schema import RuleFile
+
+
+class _Lines:
+    """Maps a path inside the document (keys and list indexes) to the line of its key."""
+
+    def __init__(self) -> None:
+        self.lines: dict[Path, int] = {}
+
+    def line(self, path: Path) -> int | None:
+        """Longest known prefix of `path`; unknown parts (pydantic's union tags) are skipped."""
+        best: int | None = self.lines.get(())
+        cur: Path = ()
+        for part in path:
+            nxt = (*cur, part)
+            if nxt in self.lines:
+                cur = nxt
+                best = self.lines[nxt]
+        return best
+
+
+def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: Path, lines: _Lines) -> Any:
+    lines.lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)
+        out: dict[Any, Any] = {}
+        for k, v in node.value:
+            key = loader.construct_object(k, deep=True)
+            if isinstance(key, int | float | bool):
+                key = str(key).lower() if isinstance(key, bool) else str(key)
+            if key in out:
+                raise RulesError(f"duplicate key {key!r}", line=k.start_mark.line + 1)
+            lines.lines[(*path, key)] = k.start_mark.line + 1
+            out[key] = _construct(loader, v, (*path, key), lines)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(loader, v, (*path, i), lines) for i, v in enumerate(node.value)]
+    return loader.construct_object(node, deep=True)
+
+
+def parse_yaml(text: str, source: str) -> tuple[Any, _Lines]:
+    lines = _Lines()
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise RulesError("the rule file is empty", file=source)
+        data = _construct(loader, node, (), lines)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        raise RulesError(f"not valid YAML/JSON: {exc.problem or exc}", file=source,
+                         line=mark.line + 1 if mark else None) from None
+    except RulesError as exc:
+        exc.file = source
+        raise RulesError(exc.message, file=source, line=exc.line) from None
+    finally:
+        loader.dispose()
+    return data, lines
+
+
+@dataclass
+class RuleSet:
+    """A validated, compiled rule file: what `Engine` evaluates."""
+
+    file: RuleFile
+    source: str
+    tz: tzinfo
+    registry: FeatureRegistry
+    rules: list[CompiledRule]
+    digest: str
+    _needed: set[str] = field(default_factory=set)
+
+    @property
+    def timezone(self) -> str:
+        return self.file.timezone
+
+    def rule(self, rule_id: str) -> CompiledRule:
+        for r in self.rules:
+            if r.id == rule_id:
+                return r
+        raise KeyError(rule_id)
+
+    def features_needed(self) -> set[str]:
+        return set(self._needed)
+
+
+def _rule_id_at(data: Any, path: Path) -> str | None:
+    if len(path) >= 2 and path[0] == "rules" and isinstance(path[1], int):
+        try:
+            rid = data["rules"][path[1]].get("id")
+            return str(rid) if rid is not None else None
+        except (KeyError, IndexError, TypeError, AttributeError):
+            return None
+    return None
+
+
+def _pydantic_message(err: Mapping[str, Any]) -> str:
+    t, loc = err["type"], err["loc"]
+    if t == "extra_forbidden":
+        return f"unknown field {loc[-1]!r}"
+    if t == "missing":
+        return f"required field {loc[-1]!r} is missing"
+    if t == "union_tag_invalid":
+        ctx = err.get("ctx", {})
+        return f"unknown rule kind {ctx.get('tag')!r}; valid kinds: {ctx.get('expected_tags')}"
+    if t == "literal_error":
+        return f"{loc[-1]}: {err['msg']} (got {err.get('input')!r})"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    field = next((p for p in reversed(loc) if isinstance(p, str) and "[" not in p), None)
+    return f"{field}: {msg}" if field else msg
+
+
+def load_rules(source: str | FsPath | Mapping[str, Any]) -> RuleSet:
+    """Load rules from a file path, YAML/JSON text, or an already-parsed dict; raise RulesError."""
+    if isinstance(source, Mapping):
+        text = json.dumps(source, default=str, indent=0)
+        name = "<dict>"
+    elif isinstance(source, FsPath) or ("\n" not in str(source) and not str(source).lstrip().startswith("{")):
+        p = FsPath(source)
+        if not p.exists():
+            raise RulesError(f"rule file not found: {p}", file=str(p))
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RulesError(f"cannot read the rule file: {exc}", file=str(p)) from None
+        name = str(p)
+    else:
+        text, name = str(source), "<text>"
+    data, lines = parse_yaml(text, name)
+    return compile_rules(data, lines, name)
+
+
+def compile_rules(data: Any, lines: _Lines, source: str) -> RuleSet:
+    def fail(message: str, path: Path) -> RulesError:
+        return RulesError(message, file=source, line=lines.line(path), rule=_rule_id_at(data, path))
+
+    if not isinstance(data, dict):
+        raise fail("a rule file is a mapping with version, rules, ...", ())
+    try:
+        rf = RuleFile.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise fail(_pydantic_message(err), tuple(err["loc"])) from None
+
+    tz = get_tz(rf.timezone)
+    registry = FeatureRegistry()
+    register_spend_growth_alias(registry)
+    for name, d in rf.features.items():
+        if name in registry:
+            raise fail(f"feature {name!r} is built in; choose another name", ("features", name))
+        try:
+            registry.add(named_feature(name, d, tz))
+        except FeatureDefError as exc:
+            raise fail(str(exc), ("features", name, *(k for k in [exc.key] if k))) from None
+
+    seen: dict[str, int] = {}
+    for i, r in enumerate(rf.rules):
+        if r.id in seen:
+            raise fail(f"duplicate rule id {r.id!r} (first defined at rule #{seen[r.id] + 1})", ("rules", i, "id"))
+        seen[r.id] = i
+
+    compiled: dict[str, CompiledRule] = {}
+    kinds = {r.id: r.kind for r in rf.rules}
+    order = sorted(range(len(rf.rules)), key=lambda i: (rf.rules[i].kind in DEPENDENT_KINDS, rf.rules[i].id))
+    needed: set[str] = set()
+    for i in order:
+        r = rf.rules[i]
+        path: Path = ("rules", i)
+        ctx = CompileContext(registry, tz, path, compiled, kinds)
+        try:
+            parts = PRESETS[r.kind](r, ctx)
+            cond = parts.condition
+            if r.when is not None and r.kind != "generic":
+                from .conditions import All
+
+                cond = All((cond, ctx.condition(r.when, ("when",))))
+            then = tuple(r.then) if r.then else parts.default_then
+            has_reassign = any(a.type == "reassign" for a in then)
+            texts: list[tuple[str, Path]] = [(parts.reason, path)]
+            for k, a in enumerate(then):
+                p = a.params
+                for fld in ("title", "template"):
+                    text = getattr(p, fld, None)
+                    if text is None:
+                        continue
+                    ap: Path = (*path, "then", k, a.type, fld)
+                    if fld == "template" and text in rf.templates:
+                        t = rf.templates[text]
+                        texts += [(t.body, ("templates", text, "body"))]
+                        if t.subject:
+                            texts += [(t.subject, ("templates", text, "subject"))]
+                    elif fld == "title":
+                        texts.append((text, ap))
+            for text, tp in texts:
+                try:
+                    used = templates.check(text, lambda n: n in registry or n == "threshold",
+                                           allow=("new_manager",) if has_reassign else ())
+                except templates.TemplateError as exc:
+                    raise fail(str(exc), tp) from None
+                needed.update(parts.aliases.get(u, u) for u in used if u != "threshold")
+        except (ConditionError, PresetError) as exc:
+            raise fail(str(exc), exc.path) from None
+        rule = CompiledRule(
+            id=r.id, kind=r.kind, category=r.category, condition=cond, episode=parts.episode,
+            then=then, evidence=parts.evidence, reason=parts.reason, threshold=parts.threshold,
+            aliases=parts.aliases, description=r.description)
+        compiled[r.id] = rule
+        if r.enabled:
+            needed |= rule.features()
+    needed |= {"manager_id", "contact_policy", "status"}
+    rules = sorted((compiled[r.id] for r in rf.rules if r.enabled), key=lambda c: c.id)
+    canonical = json.dumps(rf.model_dump(mode="json"), sort_keys=True, default=str)
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return RuleSet(rf, source, tz, registry, rules, digest, needed)

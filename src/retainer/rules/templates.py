@@ -1,0 +1,90 @@
+"""Message templates: `{placeholder}` substitution only, checked when the rule file loads.
+
+`{client.name}`, `{manager.name}`, `{supervisor.name}`, `{new_manager.name}` (rules that reassign),
+`{as_of}`, `{rule}` and any feature (`{days_since_activity}`). `{{` and `}}` are literal braces.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from ..model import Client, Manager
+
+_PH = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
+_OBJECTS = {"client": Client, "manager": Manager, "supervisor": Manager, "new_manager": Manager}
+
+
+class TemplateError(ValueError):
+    pass
+
+
+def placeholders(text: str) -> list[str]:
+    out = []
+    for m in _PH.finditer(text):
+        if m.group(0) in ("{{", "}}"):
+            continue
+        out.append(m.group(1).strip())
+    stray = _PH.sub("", text)
+    if "{" in stray or "}" in stray:
+        raise TemplateError(f"unbalanced brace in template {text!r} (write {{{{ or }}}} for a literal brace)")
+    return out
+
+
+def check(text: str, is_feature: Callable[[str], bool], *, allow: Iterable[str] = ()) -> list[str]:
+    """Validate every placeholder; return the features it uses (they are fetched with the plan)."""
+    feats = []
+    allowed_objects = {"client", "manager", "supervisor", *allow}
+    for ph in placeholders(text):
+        obj, dot, attr = ph.partition(".")
+        if dot and obj in _OBJECTS:
+            if obj not in allowed_objects:
+                raise TemplateError(f"placeholder {{{ph}}} is only available in rules that reassign")
+            model = _OBJECTS[obj]
+            if attr not in model.model_fields:
+                raise TemplateError(f"unknown placeholder {{{ph}}}: {obj} has no field {attr!r} "
+                                    f"(fields: {', '.join(model.model_fields)})")
+            continue
+        if ph in ("as_of", "rule"):
+            continue
+        if not ph or not is_feature(ph):
+            raise TemplateError(f"unknown placeholder {{{ph}}}: use client.<field>, manager.<field>, "
+                                "supervisor.<field>, as_of, rule, or a feature name")
+        feats.append(ph)
+    return feats
+
+
+def _show(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, datetime):
+        return v.date().isoformat()
+    if isinstance(v, date):
+        return v.isoformat()
+    if isinstance(v, Decimal):
+        return format(v.normalize(), "f") if v == v.to_integral() else str(round(v, 2))
+    if isinstance(v, frozenset | set):
+        return ", ".join(sorted(v))
+    return str(v)
+
+
+def render(text: str, objects: dict[str, Any], value: Callable[[str], Any]) -> str:
+    def sub(m: re.Match[str]) -> str:
+        tok = m.group(0)
+        if tok == "{{":
+            return "{"
+        if tok == "}}":
+            return "}"
+        ph = m.group(1).strip()
+        obj, dot, attr = ph.partition(".")
+        if dot and obj in objects:
+            o = objects[obj]
+            return "" if o is None else _show(getattr(o, attr, None))
+        if ph in objects:
+            return _show(objects[ph])
+        return _show(value(ph))
+
+    return _PH.sub(sub, text)

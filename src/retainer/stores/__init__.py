@@ -1,0 +1,58 @@
+"""Stores are chosen by URL through one registry keyed by scheme (`memory://`, `sqlite:///crm.db`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, tzinfo
+from pathlib import Path
+
+from ..errors import StoreError
+from .base import AggSpec, Pred, Store
+from .memory import MemoryStore
+from .sqlite import SQLiteStore
+
+__all__ = ["SCHEMES", "AggSpec", "MemoryStore", "Pred", "SQLiteStore", "Store", "open_store", "register"]
+
+
+def _sqlite(rest: str, url: str, tz: tzinfo) -> Store:
+    # sqlite:///crm.db -> "crm.db" (relative), sqlite:////var/crm.db -> "/var/crm.db"
+    if not rest.startswith("/"):
+        raise StoreError(f"bad store URL {url!r}: write sqlite:///relative.db or sqlite:////absolute.db")
+    path = rest[1:]
+    if not path:
+        raise StoreError(f"bad store URL {url!r}: no database file given")
+    if path != ":memory:" and not Path(path).parent.exists():
+        raise StoreError(f"bad store URL {url!r}: folder {str(Path(path).parent)!r} does not exist")
+    return SQLiteStore(path, timezone=tz, url=url)
+
+
+def _memory(rest: str, url: str, tz: tzinfo) -> Store:
+    return MemoryStore(url, timezone=tz)
+
+
+SCHEMES: dict[str, Callable[[str, str, tzinfo], Store]] = {"memory": _memory, "sqlite": _sqlite}
+
+
+def register(scheme: str, factory: Callable[[str, str, tzinfo], Store]) -> None:
+    """Plug in a backend: `factory(rest_of_url, url, timezone)` returns a Store."""
+    SCHEMES[scheme] = factory
+
+
+def open_store(url: str, *, timezone: tzinfo | str = UTC) -> Store:
+    """Open a store from a URL; a bare path ending in .db/.sqlite/.sqlite3 means SQLite.
+
+    `timezone` is how naive timestamps in added rows are read (the CLI passes the rule set's).
+    """
+    from ..timeutil import get_tz
+
+    tz = get_tz(timezone) if isinstance(timezone, str) else timezone
+    if "://" not in url:
+        if url.endswith((".db", ".sqlite", ".sqlite3")):
+            return _sqlite("/" + url, f"sqlite:///{url}", tz)
+        raise StoreError(f"bad store URL {url!r}: expected memory:// or sqlite:///path.db "
+                         f"(known schemes: {', '.join(sorted(SCHEMES))})")
+    scheme, rest = url.split("://", 1)
+    factory = SCHEMES.get(scheme)
+    if factory is None:
+        raise StoreError(f"unknown store scheme {scheme!r} in {url!r}; known: {', '.join(sorted(SCHEMES))}")
+    return factory(rest, url, tz)

@@ -1,0 +1,88 @@
+"""Validation shared by every store: one place turns rows into models and errors into `DataError`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import tzinfo
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..errors import DataError
+from ..model import ENTITIES, Entity
+
+#: (entity, field) -> the entity it must reference
+REFERENCES: dict[tuple[str, str], str] = {
+    ("clients", "manager_id"): "managers",
+    **{(e, "client_id"): "clients" for e in ("touches", "tasks", "deals", "invoices", "offers", "contracts")},
+}
+
+
+def check_entity(entity: str) -> type[Entity]:
+    try:
+        return ENTITIES[entity]
+    except KeyError:
+        raise DataError(f"unknown entity {entity!r}; valid: {', '.join(ENTITIES)}") from None
+
+
+def validate_rows(entity: str, rows: Iterable[Entity | Mapping[str, Any]], tz: tzinfo, *,
+                  file: str | None = None, lines: Sequence[int] | None = None) -> list[Entity]:
+    """Models pass through; mappings are validated. Errors name the row (file line when known)."""
+    model = check_entity(entity)
+    out: list[Entity] = []
+    ctx = {"tz": tz}
+    for n, row in enumerate(rows):
+        if isinstance(row, model):
+            out.append(row)
+            continue
+        where = lines[n] if lines is not None else n
+        if isinstance(row, Entity):
+            raise DataError(f"expected a {model.__name__}, got a {type(row).__name__}",
+                            entity=entity, row=where, file=file)
+        try:
+            out.append(model.model_validate(row, context=ctx))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"]) or None
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = f"unknown field; valid fields: {', '.join(model.model_fields)}"
+            elif err["type"] == "missing":
+                msg = "required field is missing"
+            elif "input" in err and err["type"] not in ("value_error",):
+                msg = f"{msg} (got {err['input']!r})"
+            raw_id = row.get("id") if isinstance(row, Mapping) else None
+            raise DataError(msg, entity=entity, row=where, field=field, file=file,
+                            id=str(raw_id) if raw_id not in (None, "") else None) from None
+    return out
+
+
+def check_batch(entity: str, models: list[Entity], existing_ids: set[str] | None, *,
+                replace: bool) -> None:
+    """Duplicate ids inside one batch, or (for add) against what is stored, are errors."""
+    seen: set[str] = set()
+    for n, m in enumerate(models):
+        if m.id in seen:
+            raise DataError("duplicate id in the same batch", entity=entity, row=n, id=m.id, field="id")
+        seen.add(m.id)
+        if not replace and existing_ids is not None and m.id in existing_ids:
+            raise DataError("id already exists (use upsert to replace it)", entity=entity, row=n,
+                            id=m.id, field="id")
+
+
+def check_references(entity: str, models: list[Entity], known: dict[str, set[str]]) -> None:
+    for (ent, field), target in REFERENCES.items():
+        if ent != entity:
+            continue
+        ids = known[target]
+        for n, m in enumerate(models):
+            ref = getattr(m, field)
+            if ref not in ids:
+                raise DataError(f"unknown {target[:-1]} {ref!r}", entity=entity, row=n, id=m.id, field=field)
+
+
+def order_entities(rows: Mapping[str, Any]) -> list[str]:
+    """Referenced entities first, whatever order the caller passed them in."""
+    for name in rows:
+        check_entity(name)
+    return [e for e in ENTITIES if e in rows]

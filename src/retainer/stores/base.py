@@ -1,0 +1,154 @@
+"""The Store contract: facts in, per-client aggregates out (the ledger half comes with runs).
+
+Aggregates are requested as `AggSpec`s, a tiny declarative language every backend implements:
+the memory store in Python (the reference), SQL stores in SQL. The evaluator never loops over raw
+facts itself, so a SQL backend does the heavy lifting where the data lives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from ..model import Client, Entity, Manager
+
+__all__ = ["EXISTS_FIELD", "VIRTUAL_FIELDS", "AggSpec", "Pred", "Store", "virtual_value"]
+
+Op = Literal["eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "null", "notnull"]
+
+
+@dataclass(frozen=True)
+class Pred:
+    """`field op value` on one fact; `field` may be a virtual field (see VIRTUAL_FIELDS)."""
+
+    field: str
+    op: Op
+    value: Any = None
+
+
+@dataclass(frozen=True)
+class AggSpec:
+    """One per-client aggregate: `fn(field)` over `entity` rows that exist at as_of and match `where`.
+
+    A row exists at as_of when its `EXISTS_FIELD` is empty or not after as_of (facts from the future
+    are invisible). With `time_field`, only rows whose `time_field` is set, `<= as_of` and (with
+    `since`) `> since` count: that is how windows such as `within: 30d` reach the store.
+    """
+
+    entity: str
+    fn: Literal["count", "sum", "max", "min"]
+    field: str | None = None
+    where: tuple[Pred, ...] = ()
+    time_field: str | None = None
+    since: datetime | None = None
+
+
+#: The field that dates a fact; facts dated after as_of are ignored everywhere.
+EXISTS_FIELD: dict[str, str] = {
+    "touches": "at",
+    "tasks": "created_at",
+    "deals": "created_at",
+    "invoices": "issued_at",
+    "offers": "made_at",
+    "contracts": "starts_at",
+}
+
+#: Fields whose value depends on as_of (the state of a fact at that instant), per entity.
+VIRTUAL_FIELDS: dict[str, dict[str, str]] = {
+    "tasks": {
+        "is_open": "open at as_of: not cancelled and not yet done",
+        "is_done": "completed on or before as_of",
+    },
+    "deals": {
+        "is_open": "open at as_of: not closed yet",
+        "is_won": "won on or before as_of",
+    },
+    "invoices": {
+        "paid_total": "amount paid on or before as_of",
+        "outstanding": "amount - paid_total",
+    },
+}
+
+
+def virtual_value(entity: str, name: str, row: Any, as_of: datetime) -> Any:
+    """The reference definition of every virtual field; SQL stores mirror it exactly."""
+    if entity == "tasks":
+        done = row.done_at is not None and row.done_at <= as_of
+        if name == "is_done":
+            return done
+        if name == "is_open":
+            if row.status == "cancelled" or done:
+                return False
+            return row.status == "open" if row.done_at is None else True
+    if entity == "deals":
+        closed = row.closed_at is not None and row.closed_at <= as_of
+        if name == "is_open":
+            return row.status == "open" if row.closed_at is None else not closed
+        if name == "is_won":
+            return row.status == "won" and (row.closed_at is None or closed)
+    if entity == "invoices":
+        paid = Decimal(0)
+        if row.paid_at is not None and row.paid_at <= as_of:
+            paid = row.paid_amount if row.paid_amount is not None else row.amount
+        if name == "paid_total":
+            return paid
+        if name == "outstanding":
+            return max(row.amount - paid, Decimal(0))
+    raise KeyError(f"{entity}.{name}")
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Facts (clients, managers, touches, ...) and what the evaluator needs from them.
+
+    Every method here is covered by the contract suite in tests/stores/; a backend is done when it
+    passes it. Sequences returned are sorted by id, so plans do not depend on insertion order.
+    """
+
+    url: str
+
+    def add(self, **rows: Iterable[Entity | Mapping[str, Any]]) -> dict[str, int]:
+        """Insert new facts, keyed by entity name (`clients=[...]`). Dicts are validated (naive times
+        read in the store's time zone). A duplicate id, a bad field or a reference to an unknown
+        client/manager raises `DataError` naming entity, row, id and field; nothing is written then.
+        Returns the number of rows added per entity."""
+        ...
+
+    def upsert(self, **rows: Iterable[Entity | Mapping[str, Any]]) -> dict[str, int]:
+        """Like `add`, but an existing id is replaced by the new version."""
+        ...
+
+    def get(self, entity: str, id: str) -> Entity | None: ...
+
+    def iter(self, entity: str) -> Iterator[Entity]:
+        """Every fact of one entity, by id."""
+        ...
+
+    def count(self, entity: str) -> int: ...
+
+    def clients(self, as_of: datetime, ids: Sequence[str] | None = None) -> list[Client]:
+        """Clients that exist at as_of (created_at empty or not after it), optionally only `ids`."""
+        ...
+
+    def managers(self) -> list[Manager]: ...
+
+    def manager_loads(self, as_of: datetime) -> dict[str, int]:
+        """Non-archived clients existing at as_of, per manager id (capacity checks)."""
+        ...
+
+    def aggregate(self, specs: Sequence[AggSpec], as_of: datetime,
+                  client_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """One `{client_id: value}` per spec, in order. Clients without matching rows are absent.
+        count -> int, sum -> Decimal (money) or int, max/min -> the field's type."""
+        ...
+
+    def get_cursor(self, name: str) -> str | None:
+        """Round-robin position saved by an earlier run."""
+        ...
+
+    def set_cursor(self, name: str, value: str) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,152 @@
+"""The in-memory store: the readable reference every other backend must agree with."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, tzinfo
+from decimal import Decimal
+from typing import Any
+
+from ..model import Client, Entity, Manager
+from . import _ingest
+from .base import EXISTS_FIELD, VIRTUAL_FIELDS, AggSpec, Pred, virtual_value
+
+_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "eq": operator.eq, "ne": operator.ne, "gt": operator.gt, "gte": operator.ge,
+    "lt": operator.lt, "lte": operator.le,
+    "in": lambda a, b: a in b, "not_in": lambda a, b: a not in b,
+}
+
+
+class MemoryStore:
+    """Facts in dicts keyed by id. Aggregates are plain Python loops: slow, obviously right."""
+
+    def __init__(self, url: str = "memory://", *, timezone: tzinfo = UTC) -> None:
+        self.url = url
+        self.tz = timezone
+        self._facts: dict[str, dict[str, Entity]] = {e: {} for e in _ingest.ENTITIES}
+        self._cursors: dict[str, str] = {}
+
+    # ------------------------------------------------------------ facts
+
+    def add(self, **rows: Iterable[Entity | Mapping[str, Any]]) -> dict[str, int]:
+        return self._write(rows, replace=False)
+
+    def upsert(self, **rows: Iterable[Entity | Mapping[str, Any]]) -> dict[str, int]:
+        return self._write(rows, replace=True)
+
+    def _write(self, rows: Mapping[str, Iterable[Any]], *, replace: bool) -> dict[str, int]:
+        staged: dict[str, list[Entity]] = {}
+        known = {e: set(self._facts[e]) for e in ("managers", "clients")}
+        for entity in _ingest.order_entities(rows):
+            models = _ingest.validate_rows(entity, rows[entity], self.tz)
+            _ingest.check_batch(entity, models, set(self._facts[entity]), replace=replace)
+            _ingest.check_references(entity, models, known)
+            if entity in known:
+                known[entity].update(m.id for m in models)
+            staged[entity] = models
+        for entity, models in staged.items():  # all validated: now write, so a bad row writes nothing
+            table = self._facts[entity]
+            for m in models:
+                table[m.id] = m
+        return {e: len(m) for e, m in staged.items()}
+
+    def get(self, entity: str, id: str) -> Entity | None:
+        _ingest.check_entity(entity)
+        return self._facts[entity].get(id)
+
+    def iter(self, entity: str) -> Iterator[Entity]:
+        _ingest.check_entity(entity)
+        table = self._facts[entity]
+        return (table[k] for k in sorted(table))
+
+    def count(self, entity: str) -> int:
+        _ingest.check_entity(entity)
+        return len(self._facts[entity])
+
+    def clients(self, as_of: datetime, ids: Sequence[str] | None = None) -> list[Client]:
+        table: dict[str, Any] = self._facts["clients"]
+        keys = sorted(table) if ids is None else sorted(set(ids) & set(table))
+        return [c for k in keys if ((c := table[k]).created_at is None or c.created_at <= as_of)]
+
+    def managers(self) -> list[Manager]:
+        return list(self.iter("managers"))  # type: ignore[arg-type]
+
+    def manager_loads(self, as_of: datetime) -> dict[str, int]:
+        loads: dict[str, int] = {}
+        for c in self.clients(as_of):
+            if c.status != "archived":
+                loads[c.manager_id] = loads.get(c.manager_id, 0) + 1
+        return loads
+
+    # ------------------------------------------------------------ aggregates
+
+    def aggregate(self, specs: Sequence[AggSpec], as_of: datetime,
+                  client_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        wanted = set(client_ids) if client_ids is not None else None
+        return [self._aggregate(s, as_of, wanted) for s in specs]
+
+    def _aggregate(self, spec: AggSpec, as_of: datetime, wanted: set[str] | None) -> dict[str, Any]:
+        exists = EXISTS_FIELD[spec.entity]
+        virtual = VIRTUAL_FIELDS.get(spec.entity, {})
+
+        def value(row: Any, name: str) -> Any:
+            if name in virtual:
+                return virtual_value(spec.entity, name, row, as_of)
+            return getattr(row, name)
+
+        def matches(row: Any, p: Pred) -> bool:
+            v = value(row, p.field)
+            if p.op == "null":
+                return v is None
+            if p.op == "notnull":
+                return v is not None
+            return v is not None and _OPS[p.op](v, p.value)
+
+        groups: dict[str, list[Any]] = {}
+        for row in self._facts[spec.entity].values():
+            cid = row.client_id  # type: ignore[attr-defined]
+            if wanted is not None and cid not in wanted:
+                continue
+            born = getattr(row, exists)
+            if born is not None and born > as_of:
+                continue
+            if spec.time_field is not None:
+                t = getattr(row, spec.time_field)
+                if t is None or t > as_of or (spec.since is not None and t <= spec.since):
+                    continue
+            if not all(matches(row, p) for p in spec.where):
+                continue
+            groups.setdefault(cid, []).append(None if spec.field is None else value(row, spec.field))
+
+        out: dict[str, Any] = {}
+        for cid, vals in groups.items():
+            if spec.fn == "count":
+                out[cid] = len(vals)
+                continue
+            present = [v for v in vals if v is not None]
+            if not present:
+                continue
+            if spec.fn == "sum":
+                out[cid] = sum(present, Decimal(0) if isinstance(present[0], Decimal) else 0)
+            else:
+                out[cid] = max(present) if spec.fn == "max" else min(present)
+        return out
+
+    # ------------------------------------------------------------ cursors
+
+    def get_cursor(self, name: str) -> str | None:
+        return self._cursors.get(name)
+
+    def set_cursor(self, name: str, value: str) -> None:
+        self._cursors[name] = value
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> MemoryStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,329 @@
+"""SQLite store: facts in indexed tables, per-client aggregates computed in SQL.
+
+Encodings keep SQL comparisons exact and cheap: instants are fixed-width UTC text
+(`2026-03-01T09:00:00Z`, sorts like the instant), money is an INTEGER of 1/10000 units (sums are
+exact), tags are `;`-joined text, attributes JSON. Every aggregate over one entity is answered by a
+single scan (one `GROUP BY client_id` with a CASE per aggregate), never a query per client.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, tzinfo
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from ..errors import StoreError
+from ..model import ENTITIES, Client, Entity, Manager
+from ..timeutil import to_utc_text
+from . import _ingest
+from .base import EXISTS_FIELD, AggSpec, Pred
+
+SCHEMA_VERSION = "1"
+_SCALE = 10_000
+
+# field kind per entity field: text | instant | money | bool | int | tags | json
+_KINDS: dict[str, dict[str, str]] = {
+    "managers": {"id": "text", "name": "text", "active": "bool", "supervisor_id": "text",
+                 "max_clients": "int", "team": "text"},
+    "clients": {"id": "text", "manager_id": "text", "name": "text", "status": "text", "tags": "tags",
+                "contact_policy": "text", "abc_class": "text", "cost_to_serve": "money",
+                "created_at": "instant", "attributes": "json"},
+    "touches": {"id": "text", "client_id": "text", "at": "instant", "kind": "text", "direction": "text",
+                "manager_id": "text", "channel": "text"},
+    "tasks": {"id": "text", "client_id": "text", "manager_id": "text", "created_at": "instant",
+              "due_at": "instant", "done_at": "instant", "status": "text", "kind": "text", "source": "text"},
+    "deals": {"id": "text", "client_id": "text", "created_at": "instant", "closed_at": "instant",
+              "status": "text", "amount": "money"},
+    "invoices": {"id": "text", "client_id": "text", "issued_at": "instant", "due_at": "instant",
+                 "amount": "money", "paid_at": "instant", "paid_amount": "money"},
+    "offers": {"id": "text", "client_id": "text", "category": "text", "made_at": "instant",
+               "ends_at": "instant", "amount": "money"},
+    "contracts": {"id": "text", "client_id": "text", "starts_at": "instant", "ends_at": "instant",
+                  "monthly_amount": "money"},
+}
+_SQLTYPE = {"text": str, "instant": str, "money": int, "bool": int, "int": int, "tags": str, "json": str}
+
+_INDEXES: dict[str, list[list[str]]] = {
+    "clients": [["manager_id"]],
+    "touches": [["client_id", "at", "direction", "kind"], ["at"]],
+    "tasks": [["client_id", "created_at"], ["client_id", "status", "due_at"]],
+    "deals": [["client_id", "created_at"]],
+    "invoices": [["client_id", "issued_at"]],
+    "offers": [["client_id", "made_at"]],
+    "contracts": [["client_id", "starts_at"]],
+}
+
+# SQL for the virtual fields of base.VIRTUAL_FIELDS (kept in lockstep with base.virtual_value)
+_DONE = "(done_at IS NOT NULL AND done_at <= :asof)"
+_PAID = "(CASE WHEN paid_at IS NOT NULL AND paid_at <= :asof THEN COALESCE(paid_amount, amount) ELSE 0 END)"
+_VIRTUAL_SQL: dict[str, dict[str, tuple[str, str]]] = {
+    "tasks": {
+        "is_done": (_DONE, "bool"),
+        "is_open": (f"(status != 'cancelled' AND NOT {_DONE} AND "
+                    "(CASE WHEN done_at IS NULL THEN status = 'open' ELSE 1 END))", "bool"),
+    },
+    "deals": {
+        "is_open": "(CASE WHEN closed_at IS NULL THEN status = 'open' ELSE closed_at > :asof END)",
+        "is_won": "(status = 'won' AND (closed_at IS NULL OR closed_at <= :asof))",
+    },
+    "invoices": {
+        "paid_total": (_PAID, "money"),
+        "outstanding": (f"max(amount - {_PAID}, 0)", "money"),
+    },
+}
+_VIRTUAL_SQL["deals"] = {k: (v, "bool") for k, v in _VIRTUAL_SQL["deals"].items()}  # type: ignore[misc]
+
+
+def _to_db(kind: str, v: Any) -> Any:
+    if v is None:
+        return None
+    match kind:
+        case "instant":
+            return to_utc_text(v)
+        case "money":
+            return int(v * _SCALE)
+        case "bool":
+            return int(bool(v))
+        case "tags":
+            return ";".join(sorted(v))
+        case "json":
+            return json.dumps(v, sort_keys=True, default=str)
+        case _:
+            return v
+
+
+def _from_db(kind: str, v: Any) -> Any:
+    if v is None:
+        return None
+    match kind:
+        case "instant":
+            return datetime.fromisoformat(v)
+        case "money":
+            return Decimal(v) / _SCALE
+        case "bool":
+            return bool(v)
+        case "tags":
+            return frozenset(t for t in v.split(";") if t)
+        case "json":
+            return json.loads(v)
+        case _:
+            return v
+
+
+class SQLiteStore:
+    """A CRM snapshot in one SQLite file (WAL mode, so readers never block the writer)."""
+
+    def __init__(self, path: str | Path, *, timezone: tzinfo = UTC, url: str | None = None) -> None:
+        self.path = str(path)
+        self.url = url or f"sqlite:///{self.path}"
+        self.tz = timezone
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 5000")
+            self.db = sqlite_utils.Database(conn)
+            if self.path != ":memory:":
+                self.db.enable_wal()
+            self._ensure_schema()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from exc
+
+    def _ensure_schema(self) -> None:
+        meta = self.db["retainer_meta"]
+        if meta.exists():  # type: ignore[union-attr]
+            row = self.db.execute("SELECT value FROM retainer_meta WHERE key = 'schema_version'").fetchone()
+            if row and row[0] != SCHEMA_VERSION:
+                raise StoreError(f"{self.path}: schema version {row[0]}, this retainer reads {SCHEMA_VERSION}")
+            return
+        with self.db.conn:
+            for entity, kinds in _KINDS.items():
+                self.db[entity].create(  # type: ignore[union-attr]
+                    {f: _SQLTYPE[k] for f, k in kinds.items()}, pk="id", if_not_exists=True)
+                for cols in _INDEXES.get(entity, []):
+                    self.db[entity].create_index(cols, if_not_exists=True)  # type: ignore[union-attr]
+            self.db["retainer_cursors"].create({"name": str, "value": str}, pk="name",  # type: ignore[union-attr]
+                                               if_not_exists=True)
+            self.db["retainer_meta"].create(  # type: ignore[union-attr]
+                {"key": str, "value": str}, pk="key", if_not_exists=True)
+            self.db.execute("INSERT OR IGNORE INTO retainer_meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
+
+    # ------------------------------------------------------------ facts
+
+    def add(self, **rows: Iterable[Entity | Mapping[str, Any]]) -> dict[str, int]:
+        return self._write(rows, replace=False)
+
+    def upsert(self, **rows: Iterable[Entity | Mapping[str, Any]]) -> dict[str, int]:
+        return self._write(rows, replace=True)
+
+    def add_validated(self, staged: Mapping[str, list[Entity]], *, replace: bool = False) -> dict[str, int]:
+        """Write models that were already validated (used by the file importer); checks ids and refs."""
+        return self._write(staged, replace=replace, validated=True)
+
+    def _ids(self, entity: str) -> set[str]:
+        return {r[0] for r in self.db.execute(f"SELECT id FROM {entity}")}
+
+    def _write(self, rows: Mapping[str, Iterable[Any]], *, replace: bool,
+               validated: bool = False) -> dict[str, int]:
+        staged: dict[str, list[Entity]] = {}
+        known = {e: self._ids(e) for e in ("managers", "clients")}
+        for entity in _ingest.order_entities(rows):
+            models = list(rows[entity]) if validated else _ingest.validate_rows(entity, rows[entity], self.tz)
+            existing = known[entity] if entity in known else self._existing(entity, models)
+            _ingest.check_batch(entity, models, existing, replace=replace)
+            _ingest.check_references(entity, models, known)
+            if entity in known:
+                known[entity].update(m.id for m in models)
+            staged[entity] = models
+        verb = "INSERT OR REPLACE" if replace else "INSERT"
+        try:
+            with self.db.conn:
+                self.db.execute("BEGIN IMMEDIATE")
+                for entity, models in staged.items():
+                    kinds = _KINDS[entity]
+                    cols = list(kinds)
+                    sql = f"{verb} INTO {entity} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+                    self.db.conn.executemany(
+                        sql, ([_to_db(kinds[c], getattr(m, c)) for c in cols] for m in models))
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"{self.path}: write failed: {exc}") from exc
+        return {e: len(m) for e, m in staged.items()}
+
+    def _existing(self, entity: str, models: list[Entity]) -> set[str]:
+        if not models or not self.db.execute(f"SELECT 1 FROM {entity} LIMIT 1").fetchone():
+            return set()
+        ids = json.dumps([m.id for m in models])
+        return {r[0] for r in self.db.execute(
+            f"SELECT id FROM {entity} WHERE id IN (SELECT value FROM json_each(?))", [ids])}
+
+    def _rows(self, entity: str, sql_tail: str = "", params: Sequence[Any] = ()) -> Iterator[Entity]:
+        kinds = _KINDS[entity]
+        model = ENTITIES[entity]
+        cols = list(kinds)
+        cur = self.db.execute(f"SELECT {', '.join(cols)} FROM {entity} {sql_tail}", list(params))
+        conv = [(c, kinds[c]) for c in cols]
+        for r in cur:
+            yield model.model_construct(**{c: _from_db(k, v) for (c, k), v in zip(conv, r, strict=True)})
+
+    def get(self, entity: str, id: str) -> Entity | None:
+        _ingest.check_entity(entity)
+        return next(self._rows(entity, "WHERE id = ?", [id]), None)
+
+    def iter(self, entity: str) -> Iterator[Entity]:
+        _ingest.check_entity(entity)
+        return self._rows(entity, "ORDER BY id")
+
+    def count(self, entity: str) -> int:
+        _ingest.check_entity(entity)
+        return int(self.db.execute(f"SELECT count(*) FROM {entity}").fetchone()[0])
+
+    def clients(self, as_of: datetime, ids: Sequence[str] | None = None) -> list[Client]:
+        tail = "WHERE (created_at IS NULL OR created_at <= ?)"
+        params: list[Any] = [to_utc_text(as_of)]
+        if ids is not None:
+            tail += " AND id IN (SELECT value FROM json_each(?))"
+            params.append(json.dumps(list(ids)))
+        return list(self._rows("clients", tail + " ORDER BY id", params))  # type: ignore[arg-type]
+
+    def managers(self) -> list[Manager]:
+        return list(self.iter("managers"))  # type: ignore[arg-type]
+
+    def manager_loads(self, as_of: datetime) -> dict[str, int]:
+        return dict(self.db.execute(
+            "SELECT manager_id, count(*) FROM clients WHERE status != 'archived' "
+            "AND (created_at IS NULL OR created_at <= ?) GROUP BY manager_id", [to_utc_text(as_of)]).fetchall())
+
+    # ------------------------------------------------------------ aggregates
+
+    def aggregate(self, specs: Sequence[AggSpec], as_of: datetime,
+                  client_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        results: list[dict[str, Any]] = [{} for _ in specs]
+        by_entity: dict[str, list[int]] = {}
+        for i, s in enumerate(specs):
+            by_entity.setdefault(s.entity, []).append(i)
+        for entity, idxs in by_entity.items():
+            self._aggregate_entity(entity, [specs[i] for i in idxs], [results[i] for i in idxs],
+                                   as_of, client_ids)
+        return results
+
+    def _expr(self, entity: str, field: str) -> tuple[str, str]:
+        virtual = _VIRTUAL_SQL.get(entity, {})
+        if field in virtual:
+            return virtual[field]
+        kind = _KINDS[entity].get(field)
+        if kind is None:
+            raise StoreError(f"unknown field {entity}.{field}")
+        return f'"{field}"', kind
+
+    def _aggregate_entity(self, entity: str, specs: list[AggSpec], outs: list[dict[str, Any]],
+                          as_of: datetime, client_ids: Sequence[str] | None) -> None:
+        params: dict[str, Any] = {"asof": to_utc_text(as_of)}
+        exists = EXISTS_FIELD[entity]
+        base = [f"({exists} IS NULL OR {exists} <= :asof)"]
+        if client_ids is not None:
+            params["ids"] = json.dumps(list(client_ids))
+            base.append("client_id IN (SELECT value FROM json_each(:ids))")
+        selects, kinds = [], []
+        for n, spec in enumerate(specs):
+            conds = []
+            if spec.time_field:
+                t, _ = self._expr(entity, spec.time_field)
+                conds.append(f"{t} IS NOT NULL AND {t} <= :asof")
+                if spec.since is not None:
+                    params[f"s{n}"] = to_utc_text(spec.since)
+                    conds.append(f"{t} > :s{n}")
+            for k, p in enumerate(spec.where):
+                conds.append(self._pred(entity, p, f"p{n}_{k}", params))
+            cond = " AND ".join(conds) or "1"
+            if spec.fn == "count":
+                selects.append(f"SUM(CASE WHEN {cond} THEN 1 ELSE 0 END)")
+                kinds.append("int")
+            else:
+                expr, kind = self._expr(entity, spec.field or "id")
+                selects.append(f"{spec.fn.upper()}(CASE WHEN {cond} THEN {expr} END)")
+                kinds.append("money" if kind == "money" else kind)
+        sql = (f"SELECT client_id, {', '.join(selects)} FROM {entity} WHERE {' AND '.join(base)} "
+               "GROUP BY client_id")
+        for row in self.db.execute(sql, params):
+            cid = row[0]
+            for j, v in enumerate(row[1:]):
+                if v is None or (kinds[j] == "int" and specs[j].fn == "count" and v == 0):
+                    continue
+                outs[j][cid] = _from_db(kinds[j], v)
+
+    def _pred(self, entity: str, p: Pred, name: str, params: dict[str, Any]) -> str:
+        expr, kind = self._expr(entity, p.field)
+        if p.op == "null":
+            return f"{expr} IS NULL"
+        if p.op == "notnull":
+            return f"{expr} IS NOT NULL"
+        if p.op in ("in", "not_in"):
+            params[name] = json.dumps([_to_db(kind, v) for v in sorted(p.value, key=str)])
+            neg = "NOT " if p.op == "not_in" else ""
+            return f"({expr} IS NOT NULL AND {expr} {neg}IN (SELECT value FROM json_each(:{name})))"
+        params[name] = _to_db(kind, p.value)
+        sym = {"eq": "=", "ne": "!=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[p.op]
+        return f"{expr} {sym} :{name}"
+
+    # ------------------------------------------------------------ cursors
+
+    def get_cursor(self, name: str) -> str | None:
+        row = self.db.execute("SELECT value FROM retainer_cursors WHERE name = ?", [name]).fetchone()
+        return row[0] if row else None
+
+    def set_cursor(self, name: str, value: str) -> None:
+        with self.db.conn:
+            self.db.execute("INSERT OR REPLACE INTO retainer_cursors VALUES (?, ?)", [name, value])
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,220 @@
+"""Durations, time zones and the one threshold rule every rule kind shares.
+
+Strings are parsed here once, at the edge; the core only sees `Duration`, `AsOf` and aware datetimes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from dateutil.relativedelta import relativedelta
+
+__all__ = [
+    "AsOf",
+    "DurationError",
+    "add_durations",
+    "Duration",
+    "as_aware",
+    "day_start",
+    "parse_as_of",
+    "parse_duration",
+    "parse_instant",
+    "get_tz",
+    "to_utc_text",
+]
+
+_SHORT = re.compile(r"^\s*(\d+)\s*(h|d|w|mo|y)\s*$")
+_ISO = re.compile(
+    r"^P(?!$)(?:(?P<y>\d+)Y)?(?:(?P<mo>\d+)M)?(?:(?P<w>\d+)W)?(?:(?P<d>\d+)D)?"
+    r"(?:T(?=\d)(?:(?P<h>\d+)H)?)?$"
+)
+
+
+class DurationError(ValueError):
+    """A duration string that is neither `45d`-style nor ISO 8601."""
+
+
+@dataclass(frozen=True, order=True)
+class Duration:
+    """A calendar-aware length of time.
+
+    Months and years are calendar units (Jan 31 + 1mo = Feb 28); days and weeks are calendar days in
+    the rule set's time zone; hours compare instants. A duration is either all-calendar or all-hours.
+    """
+
+    months: int = 0
+    days: int = 0
+    hours: int = 0
+    text: str = ""
+
+    @property
+    def is_hours(self) -> bool:
+        return self.hours != 0
+
+    def add_to_date(self, d: date) -> date:
+        return d + relativedelta(months=self.months, days=self.days)
+
+    def cutoff(self, as_of_date: date) -> date:
+        """Latest event date whose `date + self <= as_of_date` (the "after" threshold).
+
+        `date + months` is monotone but not invertible (month-end clamping), so the exact cutoff is
+        found by stepping from an estimate; it is then one comparison per client.
+        """
+        c = as_of_date - relativedelta(months=self.months, days=self.days)
+        while self.add_to_date(c) > as_of_date:
+            c -= timedelta(days=1)
+        while self.add_to_date(c + timedelta(days=1)) <= as_of_date:
+            c += timedelta(days=1)
+        return c
+
+    def approx_days(self) -> float:
+        return self.months * 30.436875 + self.days + self.hours / 24
+
+    def __str__(self) -> str:
+        return self.text or f"P{self.months}M{self.days}DT{self.hours}H"
+
+
+@lru_cache(maxsize=1024)
+def parse_duration(value: str | int) -> Duration:
+    """Parse `45d`, `6w`, `2mo`, `1y`, `36h` or ISO 8601 (`P60D`, `P1Y2M`, `PT36H`).
+
+    A bare integer means days, as analysts write `after: 60`.
+    """
+    if isinstance(value, bool):
+        raise DurationError(f"invalid duration {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise DurationError(f"duration must not be negative: {value}")
+        return Duration(days=value, text=f"{value}d")
+    if not isinstance(value, str):
+        raise DurationError(f"invalid duration {value!r}: expected a string like 60d")
+    s = value.strip()
+    m = _SHORT.match(s)
+    if m:
+        n, unit = int(m.group(1)), m.group(2)
+        match unit:
+            case "h":
+                return Duration(hours=n, text=s)
+            case "d":
+                return Duration(days=n, text=s)
+            case "w":
+                return Duration(days=7 * n, text=s)
+            case "mo":
+                return Duration(months=n, text=s)
+            case _:
+                return Duration(months=12 * n, text=s)
+    m = _ISO.match(s.upper())
+    if m:
+        g = {k: int(v) if v else 0 for k, v in m.groupdict().items()}
+        if g["h"] and (g["y"] or g["mo"] or g["w"] or g["d"]):
+            raise DurationError(f"invalid duration {value!r}: mix of hours and calendar units")
+        return Duration(months=12 * g["y"] + g["mo"], days=7 * g["w"] + g["d"], hours=g["h"], text=s)
+    raise DurationError(
+        f"invalid duration {value!r}: use a number with a unit (45d, 6w, 2mo, 1y, 36h) or ISO 8601 (P60D)"
+    )
+
+
+@lru_cache(maxsize=64)
+def get_tz(name: str) -> tzinfo:
+    if name.upper() == "UTC":
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r}: use an IANA name such as Europe/Moscow") from exc
+
+
+def as_aware(dt: datetime, tz: tzinfo) -> datetime:
+    """Naive datetimes are wall-clock times in `tz`; aware ones are kept. Seconds precision."""
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=tz)
+    return dt.astimezone(UTC).replace(microsecond=0)
+
+
+def parse_instant(value: str | date | datetime, tz: tzinfo) -> datetime:
+    """A fact's timestamp: ISO 8601 text, a datetime, or a date (= start of that day in `tz`)."""
+    if isinstance(value, datetime):
+        return as_aware(value, tz)
+    if isinstance(value, date):
+        return day_start(value, tz)
+    s = value.strip()
+    if len(s) == 10:
+        return day_start(date.fromisoformat(s), tz)
+    if s.endswith(("Z", "z")):
+        s = s[:-1] + "+00:00"
+    return as_aware(datetime.fromisoformat(s), tz)
+
+
+def day_start(d: date, tz: tzinfo) -> datetime:
+    return datetime.combine(d, time(0), tzinfo=tz).astimezone(UTC)
+
+
+_UTC_FMT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def to_utc_text(dt: datetime) -> str:
+    """Fixed-width UTC text: sorts and compares like the instant it names (used by SQL stores)."""
+    return dt.astimezone(UTC).strftime(_UTC_FMT)
+
+
+@dataclass(frozen=True)
+class AsOf:
+    """The instant a plan is made for, with its calendar date in the rule set's time zone."""
+
+    instant: datetime
+    tz: tzinfo
+
+    @property
+    def date(self) -> date:
+        return self.instant.astimezone(self.tz).date()
+
+    def local_date(self, dt: datetime) -> date:
+        return dt.astimezone(self.tz).date()
+
+    def day_start(self, d: date) -> datetime:
+        return day_start(d, self.tz)
+
+    def window_start(self, within: Duration) -> datetime:
+        """Exclusive lower bound of "within D": events after it are inside the window.
+
+        Consistent with `after`: an event is within D exactly when it is not yet D old.
+        """
+        if within.is_hours:
+            return self.instant - timedelta(hours=within.hours)
+        return self.day_start(within.cutoff(self.date) + timedelta(days=1)) - timedelta(seconds=1)
+
+    def is_older(self, event: datetime, d: Duration) -> bool:
+        """The threshold rule: "after D" holds when date(event) + D <= date(as_of)."""
+        if d.is_hours:
+            return event + timedelta(hours=d.hours) <= self.instant
+        return self.local_date(event) <= d.cutoff(self.date)
+
+    def isoformat(self) -> str:
+        return self.instant.astimezone(self.tz).isoformat()
+
+
+def parse_as_of(value: str | date | datetime, tz: tzinfo) -> AsOf:
+    """A date-only as_of means the END of that day in `tz`, so facts dated that day count."""
+    if isinstance(value, datetime):
+        return AsOf(as_aware(value, tz), tz)
+    if isinstance(value, date):
+        d = value
+    else:
+        s = value.strip()
+        if len(s) != 10:
+            return AsOf(parse_instant(s, tz), tz)
+        d = date.fromisoformat(s)
+    end = datetime.combine(d, time(23, 59, 59), tzinfo=tz)
+    return AsOf(end.astimezone(UTC), tz)
+
+
+def add_durations(a: Duration, b: Duration) -> Duration:
+    """`a` then `b`; used where one threshold extends another (forgotten `after` + release `grace`)."""
+    if (a.is_hours and (b.months or b.days)) or (b.is_hours and (a.months or a.days)):
+        raise DurationError(f"cannot add {a} and {b}: mix of hours and calendar units")
+    return Duration(months=a.months + b.months, days=a.days + b.days, hours=a.hours + b.hours,
+                    text=f"{a}+{b}")
