@@ -81,7 +81,7 @@ class Manager(Entity):
     name: OptStr = None
     active: bool = True
     supervisor_id: OptStr = None
-    max_clients: Annotated[int | None, BeforeValidator(_blank_none), Field(ge=0)] = None
+    max_clients: Annotated[Annotated[int, Field(ge=0)] | None, BeforeValidator(_blank_none)] = None
     team: OptStr = None
 
 

@@ -186,14 +186,14 @@ def _money(x: float) -> str:
 
 
 def _add_months(d: date, months: int) -> date:
+    """Calendar months, clamping the day (a term from Jan 31 ends on Feb 28/29)."""
     y, m = divmod(d.month - 1 + months, 12)
-    year, month = d.year + y, m + 1
-    for day in (d.day, 30, 29, 28):
+    day = d.day
+    while True:
         try:
-            return date(year, month, min(d.day, day))
+            return date(d.year + y, m + 1, day)
         except ValueError:
-            continue
-    raise AssertionError("unreachable")  # pragma: no cover
+            day -= 1
 
 
 @contextmanager

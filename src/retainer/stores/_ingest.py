@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import tzinfo
 from typing import Any
 
@@ -57,28 +58,44 @@ def validate_rows(entity: str, rows: Iterable[Entity | Mapping[str, Any]], tz: t
     return out
 
 
-def check_batch(entity: str, models: list[Entity], existing_ids: set[str] | None, *,
-                replace: bool) -> None:
-    """Duplicate ids inside one batch, or (for add) against what is stored, are errors."""
-    seen: set[str] = set()
-    for n, m in enumerate(models):
+@dataclass
+class Batch:
+    """Validated rows of one entity and where they came from (for error messages)."""
+
+    entity: str
+    models: list[Entity]
+    file: str | None = None
+    lines: Sequence[int] | None = None
+
+    def where(self, n: int) -> dict[str, Any]:
+        return {"entity": self.entity, "file": self.file,
+                "row": self.lines[n] if self.lines is not None else n}
+
+
+def check_batch(b: Batch, seen: set[str], existing_ids: set[str] | None, *, replace: bool) -> None:
+    """Duplicate ids inside one write, or (for add) against what is stored, are errors."""
+    for n, m in enumerate(b.models):
         if m.id in seen:
-            raise DataError("duplicate id in the same batch", entity=entity, row=n, id=m.id, field="id")
+            raise DataError("duplicate id in the same batch", id=m.id, field="id", **b.where(n))
         seen.add(m.id)
         if not replace and existing_ids is not None and m.id in existing_ids:
-            raise DataError("id already exists (use upsert to replace it)", entity=entity, row=n,
-                            id=m.id, field="id")
+            raise DataError("id already exists (use upsert to replace it)", id=m.id, field="id", **b.where(n))
 
 
-def check_references(entity: str, models: list[Entity], known: dict[str, set[str]]) -> None:
+def check_references(b: Batch, known: dict[str, set[str]]) -> None:
     for (ent, field), target in REFERENCES.items():
-        if ent != entity:
+        if ent != b.entity:
             continue
         ids = known[target]
-        for n, m in enumerate(models):
+        for n, m in enumerate(b.models):
             ref = getattr(m, field)
             if ref not in ids:
-                raise DataError(f"unknown {target[:-1]} {ref!r}", entity=entity, row=n, id=m.id, field=field)
+                raise DataError(f"unknown {target[:-1]} {ref!r}", id=m.id, field=field, **b.where(n))
+
+
+def batches(rows: Mapping[str, Iterable[Any]], tz: tzinfo) -> list[Batch]:
+    """Validate keyword rows (`clients=[...]`) into batches, referenced entities first."""
+    return [Batch(e, validate_rows(e, rows[e], tz)) for e in order_entities(rows)]
 
 
 def order_entities(rows: Mapping[str, Any]) -> list[str]:

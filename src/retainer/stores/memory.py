@@ -31,26 +31,30 @@ class MemoryStore:
     # ------------------------------------------------------------ facts
 
     def add(self, **rows: Iterable[Entity | Mapping[str, Any]]) -> dict[str, int]:
-        return self._write(rows, replace=False)
+        return self.load(_ingest.batches(rows, self.tz), replace=False)
 
     def upsert(self, **rows: Iterable[Entity | Mapping[str, Any]]) -> dict[str, int]:
-        return self._write(rows, replace=True)
+        return self.load(_ingest.batches(rows, self.tz), replace=True)
 
-    def _write(self, rows: Mapping[str, Iterable[Any]], *, replace: bool) -> dict[str, int]:
-        staged: dict[str, list[Entity]] = {}
+    def load(self, batches: Iterable[_ingest.Batch], *, replace: bool = False) -> dict[str, int]:
+        """Write validated batches atomically: all of them, or nothing when one is bad."""
+        staged: list[_ingest.Batch] = []
         known = {e: set(self._facts[e]) for e in ("managers", "clients")}
-        for entity in _ingest.order_entities(rows):
-            models = _ingest.validate_rows(entity, rows[entity], self.tz)
-            _ingest.check_batch(entity, models, set(self._facts[entity]), replace=replace)
-            _ingest.check_references(entity, models, known)
-            if entity in known:
-                known[entity].update(m.id for m in models)
-            staged[entity] = models
-        for entity, models in staged.items():  # all validated: now write, so a bad row writes nothing
-            table = self._facts[entity]
-            for m in models:
+        seen: dict[str, set[str]] = {}
+        for b in batches:
+            _ingest.check_batch(b, seen.setdefault(b.entity, set()), set(self._facts[b.entity]),
+                                replace=replace)
+            _ingest.check_references(b, known)
+            if b.entity in known:
+                known[b.entity].update(m.id for m in b.models)
+            staged.append(b)
+        counts: dict[str, int] = {}
+        for b in staged:  # all checked: now write
+            table = self._facts[b.entity]
+            for m in b.models:
                 table[m.id] = m
-        return {e: len(m) for e, m in staged.items()}
+            counts[b.entity] = counts.get(b.entity, 0) + len(b.models)
+        return counts
 
     def get(self, entity: str, id: str) -> Entity | None:
         _ingest.check_entity(entity)

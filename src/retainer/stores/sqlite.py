@@ -155,43 +155,52 @@ class SQLiteStore:
     # ------------------------------------------------------------ facts
 
     def add(self, **rows: Iterable[Entity | Mapping[str, Any]]) -> dict[str, int]:
-        return self._write(rows, replace=False)
+        return self.load(_ingest.batches(rows, self.tz), replace=False)
 
     def upsert(self, **rows: Iterable[Entity | Mapping[str, Any]]) -> dict[str, int]:
-        return self._write(rows, replace=True)
-
-    def add_validated(self, staged: Mapping[str, list[Entity]], *, replace: bool = False) -> dict[str, int]:
-        """Write models that were already validated (used by the file importer); checks ids and refs."""
-        return self._write(staged, replace=replace, validated=True)
+        return self.load(_ingest.batches(rows, self.tz), replace=True)
 
     def _ids(self, entity: str) -> set[str]:
         return {r[0] for r in self.db.execute(f"SELECT id FROM {entity}")}
 
-    def _write(self, rows: Mapping[str, Iterable[Any]], *, replace: bool,
-               validated: bool = False) -> dict[str, int]:
-        staged: dict[str, list[Entity]] = {}
-        known = {e: self._ids(e) for e in ("managers", "clients")}
-        for entity in _ingest.order_entities(rows):
-            models = list(rows[entity]) if validated else _ingest.validate_rows(entity, rows[entity], self.tz)
-            existing = known[entity] if entity in known else self._existing(entity, models)
-            _ingest.check_batch(entity, models, existing, replace=replace)
-            _ingest.check_references(entity, models, known)
-            if entity in known:
-                known[entity].update(m.id for m in models)
-            staged[entity] = models
+    def load(self, batches: Iterable[_ingest.Batch], *, replace: bool = False) -> dict[str, int]:
+        """Write validated batches in ONE transaction: all of them, or nothing when one is bad.
+
+        Batches may come lazily (a file importer streams them), so memory stays bounded.
+        """
         verb = "INSERT OR REPLACE" if replace else "INSERT"
+        counts: dict[str, int] = {}
+        known: dict[str, set[str]] = {}
+        seen: dict[str, set[str]] = {}
+        conn = self.db.conn
         try:
-            with self.db.conn:
-                self.db.execute("BEGIN IMMEDIATE")
-                for entity, models in staged.items():
-                    kinds = _KINDS[entity]
-                    cols = list(kinds)
-                    sql = f"{verb} INTO {entity} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-                    self.db.conn.executemany(
-                        sql, ([_to_db(kinds[c], getattr(m, c)) for c in cols] for m in models))
+            conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            raise StoreError(f"{self.path}: write failed: {exc}") from exc
-        return {e: len(m) for e, m in staged.items()}
+            raise StoreError(f"{self.path}: cannot write: {exc}") from exc
+        try:
+            for b in batches:
+                if not known:
+                    known = {e: self._ids(e) for e in ("managers", "clients")}
+                existing = known[b.entity] if b.entity in known else self._existing(b.entity, b.models)
+                _ingest.check_batch(b, seen.setdefault(b.entity, set()), existing, replace=replace)
+                _ingest.check_references(b, known)
+                if b.entity in known:
+                    known[b.entity].update(m.id for m in b.models)
+                kinds = _KINDS[b.entity]
+                cols = list(kinds)
+                sql = f"{verb} INTO {b.entity} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+                conn.executemany(sql, ([_to_db(kinds[c], getattr(m, c)) for c in cols] for m in b.models))
+                counts[b.entity] = counts.get(b.entity, 0) + len(b.models)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"{self.path}: commit failed: {exc}") from exc
+        if counts:
+            conn.execute("ANALYZE")
+        return counts
 
     def _existing(self, entity: str, models: list[Entity]) -> set[str]:
         if not models or not self.db.execute(f"SELECT 1 FROM {entity} LIMIT 1").fetchone():
