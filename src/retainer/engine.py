@@ -317,8 +317,8 @@ class Engine:
                 actions.append(act)
         if m.reassign_failed and not m.blocked:
             key = _key(rule.id, client.id, m.episode, "escalate")
-            esc = Escalate(**{**base, "key": key, "id": action_id(key)},
-                           reason=f"{reason}; release impossible: {m.reassign_failed}",
+            esc = Escalate(**{**base, "key": key, "id": action_id(key),
+                              "reason": f"{reason}; release impossible: {m.reassign_failed}"},
                            to_manager_id=supervisor.id if supervisor else "", about_manager_id=client.manager_id)
             if supervisor is None:
                 suppressed.append(Suppression(action=esc, reason_code=policies.NO_RECIPIENT,

@@ -15,15 +15,15 @@ from dateutil.relativedelta import relativedelta
 
 __all__ = [
     "AsOf",
+    "Duration",
     "DurationError",
     "add_durations",
-    "Duration",
     "as_aware",
     "day_start",
+    "get_tz",
     "parse_as_of",
     "parse_duration",
     "parse_instant",
-    "get_tz",
     "to_utc_text",
 ]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
@@ -224,8 +224,7 @@ class OlderThan(Node):
     default: Duration
     cases: tuple[tuple[Node, Duration | str], ...] = ()
     plus: Duration | None = None
-    label: str = ""
-    _extra: tuple[str, ...] = field(default=(), compare=False)
+    case_labels: tuple[str, ...] = ()
 
     def durations(self, frame: Frame) -> list[Duration | None]:
         """The threshold each client is held to (None when its duration attribute is invalid)."""
@@ -268,9 +267,11 @@ class OlderThan(Node):
         which = ""
         for k, (cond, _dur) in enumerate(self.cases):
             if cond.mask(frame)[i]:
-                which = f" ({self.label or 'case'} #{k + 1})" if self.label != "attribute" else ""
+                label = self.case_labels[k] if k < len(self.case_labels) else f"case #{k + 1}"
+                which = f" ({label})"
                 break
-        return ExplainNode(f"{self.feature} at least {d} ago{which}", held, _local(v, frame.as_of))
+        name = "last activity" if self.feature.startswith("activity_anchor_at") else self.feature
+        return ExplainNode(f"{name} at least {d} ago{which}", held, _local(v, frame.as_of))
 
     def features(self) -> set[str]:
         fs = {self.feature}

@@ -438,9 +438,7 @@ class FeatureRegistry:
         return self.get(name).type
 
     def names(self) -> list[str]:
-        return sorted({*self._builtin, *self.extra}) + [
-            "revenue_<window>", "orders_<window>", "outbound_<window>", "inbound_<window>",
-            "touches_<window>", "profit_<window>", "spend_growth_<window>", "attributes.<key>"]
+        return [*sorted({*self._builtin, *self.extra}), "revenue_<window>", "orders_<window>", "outbound_<window>", "inbound_<window>", "touches_<window>", "profit_<window>", "spend_growth_<window>", "attributes.<key>"]
 
     def closure(self, names: set[str]) -> list[str]:
         out: list[str] = []

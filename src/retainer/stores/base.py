@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from decimal import Decimal
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from ..model import Client, Entity, Manager
+
+if TYPE_CHECKING:
+    from ._ingest import Batch
 
 __all__ = ["EXISTS_FIELD", "VIRTUAL_FIELDS", "AggSpec", "Pred", "Store", "virtual_value"]
 
@@ -109,6 +112,7 @@ class Store(Protocol):
     """
 
     url: str
+    tz: tzinfo  # how naive timestamps in added rows are read
 
     def add(self, **rows: Iterable[Entity | Mapping[str, Any]]) -> dict[str, int]:
         """Insert new facts, keyed by entity name (`clients=[...]`). Dicts are validated (naive times
@@ -119,6 +123,11 @@ class Store(Protocol):
 
     def upsert(self, **rows: Iterable[Entity | Mapping[str, Any]]) -> dict[str, int]:
         """Like `add`, but an existing id is replaced by the new version."""
+        ...
+
+    def load(self, batches: Iterable[Batch], *, replace: bool = False) -> dict[str, int]:
+        """Write already-validated batches atomically (all or nothing); `add` and `upsert` use it.
+        Batches may be a lazy iterator, so a large import never holds every row in memory."""
         ...
 
     def get(self, entity: str, id: str) -> Entity | None: ...

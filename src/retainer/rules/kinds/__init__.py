@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ...timeutil import add_durations
 from ..conditions import All, AnyOf, Leaf, Node, Not, OlderThan, Path, parse_condition
 from ..features import FeatureRegistry
-from ...timeutil import add_durations
 from ..schema import ActionSpec, CreateTaskSpec, ForgottenRule, GenericRule, ReassignSpec, ReleaseRule
 
 
@@ -108,7 +108,8 @@ def _forgotten(rule: ForgottenRule, ctx: CompileContext) -> Parts:
         (Leaf("attributes.forgotten_after", "exists", True), "attributes.forgotten_after")]
     for k, o in enumerate(rule.overrides):
         cases.append((ctx.condition(o.when, ("overrides", k, "when")), o.after))
-    threshold = OlderThan(anchor, rule.after, tuple(cases), label="override")
+    labels = ("client attribute forgotten_after", *(f"override #{k + 1}" for k in range(len(rule.overrides))))
+    threshold = OlderThan(anchor, rule.after, tuple(cases), case_labels=labels)
     status = Leaf("status", "in", frozenset(rule.statuses))
     days = aliases.get("days_since_activity", "days_since_activity")
     return Parts(

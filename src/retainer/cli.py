@@ -1,0 +1,320 @@
+"""`retainer` command line: a thin layer over the Python API.
+
+Exit codes: 0 ok, 1 checks or tests failed, 2 bad input (rules, data, dates, URLs, arguments).
+Machine-readable output goes to stdout; messages, progress and errors go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .engine import Engine
+from .errors import DataError, RetainerError, RulesError, StoreError
+from .plan import Plan
+from .rules.loader import RuleSet, load_rules
+from .rules.schema import RuleFile
+
+app = typer.Typer(
+    name="retainer",
+    help="Keep CRM clients from being forgotten: evaluate retention rules as of a date and plan actions.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _rules(path: Path) -> RuleSet:
+    try:
+        return load_rules(path)
+    except RulesError as exc:
+        _fail(str(exc))
+
+
+def _engine(rules: Path, data: str) -> Engine:
+    from .datafiles import open_source
+
+    rs = _rules(rules)
+    try:
+        store = open_source(data, rs.tz)
+    except (DataError, StoreError) as exc:
+        _fail(str(exc))
+    return Engine(rs, store)
+
+
+def _plan(engine: Engine, as_of: str, clients: list[str] | None = None) -> Plan:
+    try:
+        return engine.plan(as_of, clients=clients or None)
+    except RetainerError as exc:
+        _fail(str(exc))
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Show the version and exit.")] = False) -> None:
+    """retainer: declarative client-retention rules for CRMs."""
+
+
+# ---------------------------------------------------------------- validate / schema
+
+@app.command()
+def validate(rules: Annotated[Path, typer.Argument(help="Rule file (YAML or JSON).")]) -> None:
+    """Check a rule file; print its rules, or the first error with file:line and rule id (exit 2)."""
+    rs = _rules(rules)
+    err.print(f"[green]ok[/]: {rules} — {len(rs.rules)} rule(s), time zone {rs.timezone}", highlight=False)
+    for r in rs.rules:
+        out.print(f"  {r.id:<24} {r.kind:<10} {r.category}", highlight=False)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of rule files (for editors and CI validation)."""
+    print(json.dumps(RuleFile.model_json_schema(), indent=2, sort_keys=True))
+
+
+# ---------------------------------------------------------------- plan / explain
+
+FORMATS = ("table", "json", "jsonl")
+
+
+def _format(fmt: str | None) -> str:
+    if fmt is None:
+        return "table" if sys.stdout.isatty() else "json"
+    if fmt not in FORMATS:
+        _fail(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    return fmt
+
+
+def _target(a: Any) -> str:
+    for f in ("to_manager_id", "assignee_id"):
+        v = getattr(a, f, None)
+        if v:
+            return str(v)
+    return getattr(a, "channel", "") or ""
+
+
+def print_plan_summary(plan: Plan, console: Console, *, limit: int = 20) -> None:
+    t = Table(title=f"Actions as of {plan.as_of.date().isoformat()}", show_lines=False)
+    for col in ("rule", "actions", "suppressed", "by type"):
+        t.add_column(col, justify="right" if col in ("actions", "suppressed") else "left")
+    by_rule: dict[str, Counter[str]] = {}
+    for a in plan.actions:
+        by_rule.setdefault(a.rule, Counter())[a.type] += 1
+    supp = Counter(s.action.rule for s in plan.suppressed)
+    for rid in sorted(set(by_rule) | set(supp)):
+        types = ", ".join(f"{k} {v}" for k, v in sorted(by_rule.get(rid, Counter()).items()))
+        t.add_row(rid, str(sum(by_rule.get(rid, Counter()).values())), str(supp.get(rid, 0)), types)
+    console.print(t)
+    if plan.suppressed:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(Counter(s.reason_code for s in plan.suppressed).items()))
+        console.print(f"suppressed by reason — {reasons}", highlight=False)
+    if limit and plan.actions:
+        d = Table(title=f"First {min(limit, len(plan.actions))} of {len(plan.actions)} actions (by key)")
+        for col in ("type", "client", "rule", "to", "reason"):
+            d.add_column(col, overflow="fold")
+        for a in plan.actions[:limit]:
+            d.add_row(a.type, a.client_id, a.rule, _target(a), a.reason)
+        console.print(d)
+
+
+@app.command()
+def plan(
+    rules: Annotated[Path, typer.Option("--rules", "-r", help="Rule file.")],
+    data: Annotated[str, typer.Option("--data", "-d", help="Store URL, .db file, or folder of CSV/JSONL files.")],
+    as_of: Annotated[str, typer.Option("--as-of", help="Date (end of that day) or ISO 8601 instant.")],
+    fmt: Annotated[str | None, typer.Option("--format", "-f", help="table | json | jsonl "
+                                            "(default: table on a terminal, json when piped)")] = None,
+    client: Annotated[list[str] | None, typer.Option("--client", "-c", help="Only these clients.")] = None,
+    limit: Annotated[int, typer.Option(help="Rows of the action table.")] = 20,
+) -> None:
+    """Plan the actions due as of a date. Writes nothing."""
+    f = _format(fmt)
+    engine = _engine(rules, data)
+    p = _plan(engine, as_of, client)
+    if f == "json":
+        sys.stdout.write(p.to_json() + "\n")
+    elif f == "jsonl":
+        sys.stdout.write(p.to_jsonl())
+    else:
+        print_plan_summary(p, out, limit=limit)
+
+
+@app.command()
+def explain(
+    rules: Annotated[Path, typer.Option("--rules", "-r", help="Rule file.")],
+    data: Annotated[str, typer.Option("--data", "-d", help="Store URL, .db file, or data folder.")],
+    as_of: Annotated[str, typer.Option("--as-of", help="Date or ISO 8601 instant.")],
+    client: Annotated[str, typer.Option("--client", "-c", help="Client id.")],
+    rule: Annotated[str | None, typer.Option("--rule", help="Only this rule.")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text | json")] = "text",
+) -> None:
+    """Show, per rule, each condition with the client's value and whether it held."""
+    engine = _engine(rules, data)
+    try:
+        ex = engine.explain(client, as_of, rule=rule)
+    except RetainerError as exc:
+        _fail(str(exc))
+    if fmt == "json":
+        print(json.dumps(ex.to_dict(), indent=2, sort_keys=True, ensure_ascii=False, default=str))
+    elif fmt == "text":
+        print(ex)
+    else:
+        _fail(f"--format must be text or json, not {fmt!r}")
+    if ex.note and not ex.rules:
+        raise typer.Exit(2 if "no such client" in ex.note else 0)
+
+
+# ---------------------------------------------------------------- import
+
+@app.command("import")
+def import_(
+    src: Annotated[Path, typer.Argument(help="Folder of clients.csv, managers.csv, ... (or .jsonl).")],
+    to: Annotated[str, typer.Option("--to", help="Store URL, e.g. sqlite:///crm.db")],
+    timezone: Annotated[str | None, typer.Option(help="Zone for naive timestamps (default: UTC, "
+                                                 "or the --rules file's).")] = None,
+    rules: Annotated[Path | None, typer.Option("--rules", "-r", help="Take the time zone from this rule file.")] = None,
+    replace: Annotated[bool, typer.Option(help="Replace rows whose id already exists.")] = False,
+) -> None:
+    """Validate a data folder and load it into a store, all or nothing."""
+    from .datafiles import import_data
+    from .stores import open_store
+    from .timeutil import get_tz
+
+    tzname = timezone or (_rules(rules).timezone if rules else "UTC")
+    try:
+        tz = get_tz(tzname)
+    except ValueError as exc:
+        _fail(str(exc))
+    t0 = time.perf_counter()
+    try:
+        with err.status(f"importing {src} into {to} ..."):
+            store = open_store(to, timezone=tz)
+            counts = import_data(src, store)
+            store.close()
+    except (DataError, StoreError) as exc:
+        _fail(str(exc))
+    total = sum(counts.values())
+    err.print(f"[green]imported[/] {total:,} rows in {time.perf_counter() - t0:.1f}s: "
+              + ", ".join(f"{k} {v:,}" for k, v in counts.items()), highlight=False)
+
+
+# ---------------------------------------------------------------- demo
+
+def _examples_dir() -> Path:
+    here = Path(__file__).resolve()
+    for cand in (here.parent / "_examples", here.parents[2] / "examples"):
+        if (cand / "rules" / "retention.yaml").exists():
+            return cand
+    raise RetainerError("the example rule files are not installed")
+
+
+@app.command()
+def demo(
+    dir: Annotated[Path, typer.Option("--dir", help="Where to write the demo CRM and rules.")] = Path("retainer-demo"),
+    clients: Annotated[int, typer.Option("--clients", min=10, max=2_000_000, help="Number of clients.")] = 3000,
+    as_of: Annotated[str, typer.Option("--as-of", help="Plan date.")] = "2026-03-01",
+    seed: Annotated[int, typer.Option(help="Random seed of the synthetic CRM.")] = 7,
+) -> None:
+    """Generate a realistic synthetic CRM in SQLite, plan as of the demo date, and show the result."""
+    import shutil
+
+    from .datafiles import import_data
+    from .stores import open_store
+    from .synth import generate
+
+    try:
+        asof_date = date.fromisoformat(as_of)
+    except ValueError:
+        _fail(f"--as-of must be a date like 2026-03-01, not {as_of!r}")
+    t0 = time.perf_counter()
+    dir.mkdir(parents=True, exist_ok=True)
+    rules_path = dir / "rules.yaml"
+    shutil.copyfile(_examples_dir() / "rules" / "retention.yaml", rules_path)
+    rs = _rules(rules_path)
+    db = dir / "crm.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    with err.status("generating a synthetic CRM ..."):
+        counts = generate(dir / "data", clients=clients, seed=seed, as_of=asof_date)
+    with err.status("importing it into SQLite ..."):
+        store = open_store(f"sqlite:///{db}", timezone=rs.tz)
+        import_data(dir / "data", store)
+    t1 = time.perf_counter()
+    engine = Engine(rs, store)
+    p = engine.plan(as_of)
+    t_plan = time.perf_counter() - t1
+    out.rule("[bold]retainer demo")
+    out.print(f"CRM: {counts['clients']:,} clients, {counts['managers']} managers, {counts['touches']:,} touches, "
+              f"{counts['tasks']:,} tasks, {counts['invoices']:,} invoices  →  {db}", highlight=False)
+    out.print(f"Rules: {rules_path} ({', '.join(r.id for r in rs.rules)}); planned as of {as_of} "
+              f"in {t_plan:.2f}s", highlight=False)
+    print_plan_summary(p, out, limit=8)
+    _per_manager(p, store, out)
+    for rid in ("release", "forgotten"):
+        a = next((x for x in p.actions if x.rule == rid), None)
+        if a is not None:
+            out.rule(f"why {a.client_id}? (retainer explain --client {a.client_id} --rule {rid})")
+            out.print(str(engine.explain(a.client_id, as_of, rule=rid)), highlight=False, markup=False)
+    out.rule()
+    out.print("Next: "
+              f"retainer plan --rules {rules_path} --data {db} --as-of {as_of} --format json | head\n"
+              f"      retainer explain --rules {rules_path} --data {db} --as-of {as_of} --client <id>",
+              highlight=False)
+    err.print(f"done in {time.perf_counter() - t0:.1f}s", highlight=False)
+    store.close()
+
+
+def _per_manager(plan: Plan, store: Any, console: Console, top: int = 10) -> None:
+    tasks: Counter[str] = Counter()
+    lost: Counter[str] = Counter()
+    gained: Counter[str] = Counter()
+    for a in plan.actions:
+        if a.type == "create_task" and a.assignee_id:  # type: ignore[attr-defined]
+            tasks[a.assignee_id] += 1  # type: ignore[attr-defined]
+        elif a.type == "reassign":
+            lost[a.from_manager_id] += 1  # type: ignore[attr-defined]
+            gained[a.to_manager_id] += 1  # type: ignore[attr-defined]
+    names = {m.id: m.name or m.id for m in store.managers()}
+    t = Table(title=f"Per manager (top {top} by new tasks)")
+    for col in ("manager", "name", "new tasks", "clients released", "clients received"):
+        t.add_column(col, justify="left" if col in ("manager", "name") else "right")
+    ranked = sorted(set(tasks) | set(lost) | set(gained), key=lambda m: (-tasks[m], -lost[m], m))
+    for m in ranked[:top]:
+        t.add_row(m, names.get(m, "?"), str(tasks[m]), str(lost[m]), str(gained[m]))
+    console.print(t)
+
+
+def main() -> None:
+    """Console-script entry point: map every retainer error to a message and exit code 2."""
+    try:
+        app()
+    except RetainerError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""A CRM as a folder of files: `clients.csv managers.csv touches.csv ...` (or `.jsonl`).
+
+Column names are the model fields; an empty cell is a missing value; `tags` are `;`-separated.
+A missing file means no rows. Rows are validated in chunks and streamed into a store inside one
+transaction, so a bad row anywhere (reported as file:line, id and field) writes nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from datetime import tzinfo
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError, StoreError
+from .model import ENTITIES
+from .stores import MemoryStore, Store, open_store
+from .stores._ingest import Batch, validate_rows
+
+__all__ = ["data_files", "import_data", "open_source", "read_batches"]
+
+CHUNK = 50_000
+
+
+def data_files(folder: Path) -> dict[str, Path]:
+    """The file of each entity present in `folder`; both .csv and .jsonl for one entity is an error."""
+    if not folder.is_dir():
+        raise DataError(f"data folder not found: {folder}")
+    found: dict[str, Path] = {}
+    for entity in ENTITIES:
+        paths = [p for p in (folder / f"{entity}.csv", folder / f"{entity}.jsonl") if p.exists()]
+        if len(paths) > 1:
+            raise DataError(f"both {paths[0].name} and {paths[1].name} exist; keep one", file=str(folder))
+        if paths:
+            found[entity] = paths[0]
+    if not found:
+        raise DataError(f"no data files in {folder}: expected {', '.join(e + '.csv' for e in ENTITIES)} "
+                        "(or .jsonl)")
+    return found
+
+
+def _csv_rows(path: Path, entity: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    fields = set(ENTITIES[entity].model_fields)
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            return
+        header = [h.strip() for h in header]
+        for h in header:
+            if h not in fields:
+                raise DataError(f"unknown column {h!r}; valid columns: {', '.join(ENTITIES[entity].model_fields)}",
+                                file=str(path), row=1, field=h)
+        if "id" not in header:
+            raise DataError("the header has no 'id' column", file=str(path), row=1)
+        for row in reader:
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) != len(header):
+                raise DataError(f"expected {len(header)} cells, found {len(row)}", file=str(path),
+                                row=reader.line_num)
+            yield reader.line_num, {h: (v if v != "" else None) for h, v in zip(header, row, strict=True)}
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                raise DataError(f"not valid JSON: {exc.msg}", file=str(path), row=n) from None
+            if not isinstance(obj, dict):
+                raise DataError("each line must be a JSON object", file=str(path), row=n)
+            yield n, obj
+
+
+def read_batches(folder: str | Path, tz: tzinfo, *, chunk: int = CHUNK) -> Iterator[Batch]:
+    """Validated batches in load order (managers, clients, then the facts that refer to them)."""
+    for entity, path in data_files(Path(folder)).items():
+        rows = _csv_rows(path, entity) if path.suffix == ".csv" else _jsonl_rows(path)
+        buf: list[dict[str, Any]] = []
+        lines: list[int] = []
+        for line, row in rows:
+            buf.append(row)
+            lines.append(line)
+            if len(buf) >= chunk:
+                yield Batch(entity, validate_rows(entity, buf, tz, file=str(path), lines=lines), str(path), lines)
+                buf, lines = [], []
+        if buf:
+            yield Batch(entity, validate_rows(entity, buf, tz, file=str(path), lines=lines), str(path), lines)
+
+
+def import_data(folder: str | Path, store: Store, *, replace: bool = False) -> dict[str, int]:
+    """Load a data folder into a store atomically; returns rows per entity."""
+    return store.load(read_batches(folder, store.tz), replace=replace)  # type: ignore[attr-defined]
+
+
+def open_source(src: str, tz: tzinfo) -> Store:
+    """What `--data` accepts: a store URL, a `.db` file, or a folder of data files (read into memory)."""
+    p = Path(src)
+    if "://" in src:
+        return open_store(src, timezone=tz)
+    if p.is_dir():
+        store = MemoryStore(f"memory://{p}", timezone=tz)
+        import_data(p, store)
+        return store
+    if p.suffix in (".db", ".sqlite", ".sqlite3"):
+        if not p.exists():
+            raise StoreError(f"database not found: {p}")
+        return open_store(src, timezone=tz)
+    raise DataError(f"--data {src!r} is neither a store URL, a .db file, nor a folder of data files")
