@@ -438,7 +438,8 @@ class FeatureRegistry:
         return self.get(name).type
 
     def names(self) -> list[str]:
-        return [*sorted({*self._builtin, *self.extra}), "revenue_<window>", "orders_<window>", "outbound_<window>", "inbound_<window>", "touches_<window>", "profit_<window>", "spend_growth_<window>", "attributes.<key>"]
+        windowed = ("revenue", "orders", "outbound", "inbound", "touches", "profit", "spend_growth")
+        return [*sorted({*self._builtin, *self.extra}), *(f"{w}_<window>" for w in windowed), "attributes.<key>"]
 
     def closure(self, names: set[str]) -> list[str]:
         out: list[str] = []
