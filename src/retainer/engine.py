@@ -7,11 +7,14 @@ round-robin do not depend on input order), apply policies, sort by key.
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -33,7 +36,7 @@ from .actions import (
     action_id,
 )
 from .errors import RetainerError, RulesError
-from .model import Client, Manager
+from .model import Client, Manager, fast_model
 from .plan import Plan
 from .rules import templates
 from .rules.conditions import ExplainNode
@@ -61,7 +64,11 @@ class _Match:
 
 class _Reassigner:
     """Chooses the new manager: active, not the current one, with spare capacity, never a supervisor
-    unless the pool names them. Loads include the moves already made in this plan."""
+    unless the pool names them. Loads include the moves already made in this plan.
+
+    least_loaded keeps one heap of (load, id) per candidate set; entries go stale as loads change
+    and are corrected lazily when they reach the top, so each pick costs O(log managers).
+    """
 
     def __init__(self, managers: dict[str, Manager], loads: dict[str, int], store: Store) -> None:
         self.managers = managers
@@ -69,39 +76,88 @@ class _Reassigner:
         self.store = store
         self.supervisors = {m.supervisor_id for m in managers.values() if m.supervisor_id}
         self.cursors: dict[str, str] = {}
+        self._static: dict[tuple[Any, ...], list[Manager]] = {}
+        self._heaps: dict[tuple[Any, ...], list[tuple[int, str]]] = {}
+        self._member_of: dict[str, list[tuple[Any, ...]]] = {}
 
-    def eligible(self, current: str, spec: ReassignSpec) -> list[Manager]:
-        cur = self.managers.get(current)
-        out = []
-        for m in self.managers.values():
-            if not m.active or m.id == current:
-                continue
-            if spec.pool is not None:
-                if m.id not in spec.pool:
+    def _candidates(self, key: tuple[Any, ...], spec: ReassignSpec, team: str | None) -> list[Manager]:
+        got = self._static.get(key)
+        if got is None:
+            got = []
+            for m in sorted(self.managers.values(), key=lambda m: m.id):
+                if not m.active:
                     continue
-            elif m.id in self.supervisors:
-                continue
-            if spec.same_team and (cur is None or cur.team is None or m.team != cur.team):
-                continue
-            if m.max_clients is not None and self.loads.get(m.id, 0) >= m.max_clients:
-                continue
-            out.append(m)
-        return sorted(out, key=lambda m: m.id)
+                if spec.pool is not None:
+                    if m.id not in spec.pool:
+                        continue
+                elif m.id in self.supervisors:
+                    continue
+                if spec.same_team and m.team != team:
+                    continue
+                got.append(m)
+            self._static[key] = got
+        return got
+
+    def _room(self, m: Manager) -> bool:
+        return m.max_clients is None or self.loads.get(m.id, 0) < m.max_clients
 
     def pick(self, rule_id: str, current: str, spec: ReassignSpec) -> Manager | None:
-        cands = self.eligible(current, spec)
-        if not cands:
+        cur = self.managers.get(current)
+        team = cur.team if cur is not None else None
+        if spec.same_team and team is None:
             return None
-        if spec.strategy == "least_loaded":
-            choice = min(cands, key=lambda m: (self.loads.get(m.id, 0), m.id))
-        else:
-            name = f"round_robin:{rule_id}"
-            last = self.cursors.get(name) or self.store.get_cursor(name)
-            choice = next((m for m in cands if last is None or m.id > last), cands[0])
-            self.cursors[name] = choice.id
-        self.loads[choice.id] = self.loads.get(choice.id, 0) + 1
-        self.loads[current] = self.loads.get(current, 0) - 1
+        key = (tuple(spec.pool) if spec.pool is not None else None, spec.same_team, team if spec.same_team else None)
+        cands = self._candidates(key, spec, team)
+        choice = self._least_loaded(key, cands, current) if spec.strategy == "least_loaded" else \
+            self._round_robin(rule_id, cands, current)
+        if choice is None:
+            return None
+        self._move(current, -1)
+        self._move(choice.id, +1)
         return choice
+
+    def _least_loaded(self, key: tuple[Any, ...], cands: list[Manager], current: str) -> Manager | None:
+        heap = self._heaps.get(key)
+        if heap is None:
+            heap = self._heaps[key] = [(self.loads.get(m.id, 0), m.id) for m in cands]
+            heapq.heapify(heap)
+            for m in cands:
+                self._member_of.setdefault(m.id, []).append(key)
+        skipped: list[tuple[int, str]] = []
+        choice = None
+        while heap:
+            load, mid = heap[0]
+            actual = self.loads.get(mid, 0)
+            if load != actual:  # stale: re-file at its real load
+                heapq.heapreplace(heap, (actual, mid))
+                continue
+            m = self.managers[mid]
+            if mid == current or not self._room(m):
+                skipped.append(heapq.heappop(heap))
+                continue
+            choice = m
+            break
+        for e in skipped:
+            heapq.heappush(heap, e)
+        return choice
+
+    def _round_robin(self, rule_id: str, cands: list[Manager], current: str) -> Manager | None:
+        name = f"round_robin:{rule_id}"
+        last = self.cursors.get(name) or self.store.get_cursor(name)
+        ids = [m.id for m in cands]
+        start = bisect.bisect_right(ids, last) if last is not None else 0
+        for k in range(len(cands)):
+            m = cands[(start + k) % len(cands)]
+            if m.id != current and self._room(m):
+                self.cursors[name] = m.id
+                return m
+        return None
+
+    def _move(self, mid: str, delta: int) -> None:
+        self.loads[mid] = self.loads.get(mid, 0) + delta
+        if delta < 0:  # a lower load must be visible to every heap holding this manager
+            for key in self._member_of.get(mid, ()):
+                heapq.heappush(self._heaps[key], (self.loads[mid], mid))
 
 
 def _episode_text(v: Any, as_of: AsOf) -> str:
@@ -120,6 +176,18 @@ def _evidence_value(v: Any, as_of: AsOf) -> Any:
     if isinstance(v, frozenset | set):
         return sorted(v)
     return v
+
+
+@lru_cache(maxsize=256)
+def _due_date(a: AsOf, due_in: Duration) -> date:
+    if due_in.is_hours:
+        return a.local_date(a.instant + timedelta(hours=due_in.hours))
+    return due_in.add_to_date(a.date)
+
+
+def _make(cls: type[Action], values: dict[str, Any]) -> Action:
+    """Actions are built from validated rules and stored facts: skip re-validation (hot path)."""
+    return fast_model(cls, values)  # type: ignore[no-any-return]
 
 
 def _key(rule: str, client: str, episode: str, kind: str) -> str:
@@ -303,7 +371,7 @@ class Engine:
             return to
 
         for spec in rule.then:
-            key = key_for(spec.type)
+            key = key_for(spec.type)  # type property is cheap: see ActionSpec.type
             common = {**base, "key": key, "id": action_id(key)}
             act, missing = self._build(spec, common, client, recipient, objects, value, a, m)
             if m.blocked:
@@ -317,9 +385,10 @@ class Engine:
                 actions.append(act)
         if m.reassign_failed and not m.blocked:
             key = _key(rule.id, client.id, m.episode, "escalate")
-            esc = Escalate(**{**base, "key": key, "id": action_id(key),
-                              "reason": f"{reason}; release impossible: {m.reassign_failed}"},
-                           to_manager_id=supervisor.id if supervisor else "", about_manager_id=client.manager_id)
+            esc = _make(Escalate, {**base, "key": key, "id": action_id(key),
+                                   "reason": f"{reason}; release impossible: {m.reassign_failed}",
+                                   "to_manager_id": supervisor.id if supervisor else "",
+                                   "about_manager_id": client.manager_id})
             if supervisor is None:
                 suppressed.append(Suppression(action=esc, reason_code=policies.NO_RECIPIENT,
                                               detail=f"manager {client.manager_id} has no supervisor"))
@@ -343,34 +412,32 @@ class Engine:
         match spec.type:
             case "create_task":
                 who = recipient(p.assignee)
-                due = p.due_in.add_to_date(a.date) if not p.due_in.is_hours else a.local_date(
-                    a.instant + timedelta(hours=p.due_in.hours))
-                return (CreateTask(**common, assignee_id=who, title=text(p.title), due_at=due, task_kind=p.kind),
+                due = _due_date(a, p.due_in)
+                return (_make(CreateTask, {**common, "assignee_id": who, "title": text(p.title), "due_at": due, "task_kind": p.kind}),
                         None if who else f"no {p.assignee} to assign the task to")
             case "reassign":
-                return (Reassign(**common, from_manager_id=client.manager_id,
-                                 to_manager_id=m.new_manager.id if m.new_manager else None), None)
+                return (_make(Reassign, {**common, "from_manager_id": client.manager_id, "to_manager_id": m.new_manager.id if m.new_manager else None}), None)
             case "notify_manager":
                 who = recipient(p.to)
-                return (NotifyManager(**common, to_manager_id=who, **message(p.template)),
+                return (_make(NotifyManager, {**common, "to_manager_id": who, **message(p.template)}),
                         None if who else f"no {p.to} to notify")
             case "notify_client":
-                return NotifyClient(**common, channel=p.channel, **message(p.template)), None
+                return _make(NotifyClient, {**common, "channel": p.channel, **message(p.template)}), None
             case "escalate":
                 who = recipient(p.to)
                 msg = message(p.template) if p.template else {}
-                return (Escalate(**common, to_manager_id=who or "", about_manager_id=client.manager_id, **msg),
+                return (_make(Escalate, {**common, "to_manager_id": who or "", "about_manager_id": client.manager_id, **msg}),
                         None if who else f"manager {client.manager_id} has no {p.to}")
             case "tag":
-                return Tag(**common, tag=p.tag), None
+                return _make(Tag, {**common, "tag": p.tag}), None
             case "untag":
-                return Untag(**common, tag=p.tag), None
+                return _make(Untag, {**common, "tag": p.tag}), None
             case "propose_offer":
-                return ProposeOffer(**common, offer=p.offer, amount=p.amount, deliver=p.deliver), None
+                return _make(ProposeOffer, {**common, "offer": p.offer, "amount": p.amount, "deliver": p.deliver}), None
             case "create_deal":
-                return CreateDeal(**common, title=text(p.title), amount=p.amount), None
+                return _make(CreateDeal, {**common, "title": text(p.title), "amount": p.amount}), None
             case "start_process":
-                return StartProcess(**common, process=p.process), None
+                return _make(StartProcess, {**common, "process": p.process}), None
         raise RulesError(f"unsupported action type {spec.type}")  # pragma: no cover - schema forbids it
 
     # ------------------------------------------------------------------ explain

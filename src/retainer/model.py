@@ -27,6 +27,7 @@ __all__ = [
     "Offer",
     "Task",
     "Touch",
+    "fast_model",
 ]
 
 
@@ -218,3 +219,31 @@ ENTITIES: dict[str, type[Entity]] = {
     "offers": Offer,
     "contracts": Contract,
 }
+
+
+_SHAPES: dict[type[BaseModel], tuple[tuple[str, ...], dict[str, Any]]] = {}
+
+
+def _copy(v: Any) -> Any:
+    return v.copy() if isinstance(v, dict) else v
+
+
+def fast_model(cls: type[BaseModel], values: dict[str, Any]) -> Any:
+    """Build a model from trusted values without validating (rows we wrote, actions we build).
+
+    Missing fields take their defaults. Hot paths only: everything from outside is validated.
+    """
+    shape = _SHAPES.get(cls)
+    if shape is None:
+        fields = cls.model_fields
+        shape = _SHAPES[cls] = (tuple(fields), {
+            k: f.get_default(call_default_factory=True) for k, f in fields.items() if not f.is_required()})
+    names, defaults = shape
+    if len(values) != len(names):
+        values = {k: values[k] if k in values else _copy(defaults[k]) for k in names}
+    m = cls.__new__(cls)
+    object.__setattr__(m, "__dict__", values)
+    object.__setattr__(m, "__pydantic_fields_set__", set(values))
+    object.__setattr__(m, "__pydantic_extra__", None)
+    object.__setattr__(m, "__pydantic_private__", None)
+    return m

@@ -241,7 +241,10 @@ class OlderThan(Node):
         if self.plus is not None:
             from ..timeutil import add_durations
 
-            out = [add_durations(d, self.plus) if d is not None else None for d in out]
+            plus = self.plus
+            extended: dict[Duration, Duration] = {}
+            out = [None if d is None else extended.get(d) or extended.setdefault(d, add_durations(d, plus))
+                   for d in out]
         return out
 
     def mask(self, frame: Frame) -> list[bool]:

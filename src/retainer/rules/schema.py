@@ -8,6 +8,7 @@ placeholders, references between rules) are checked afterwards by `loader.compil
 from __future__ import annotations
 
 from decimal import Decimal
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -136,12 +137,12 @@ class ActionSpec(_Model):
                 return {k: {}}
         return data
 
-    @property
+    @cached_property
     def type(self) -> str:
         return next(k for k in type(self).model_fields if getattr(self, k) is not None)
 
-    @property
-    def params(self) -> BaseModel:
+    @cached_property
+    def params(self) -> Any:
         return getattr(self, self.type)
 
 

@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable, Iterable
 from datetime import date, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from ..model import Client, Manager
@@ -71,20 +72,37 @@ def _show(v: Any) -> str:
     return str(v)
 
 
-def render(text: str, objects: dict[str, Any], value: Callable[[str], Any]) -> str:
-    def sub(m: re.Match[str]) -> str:
+@lru_cache(maxsize=4096)
+def _parts(text: str) -> tuple[tuple[bool, str, str, str], ...]:
+    """(is_placeholder, literal_or_name, object, attribute) pieces, parsed once per template."""
+    out: list[tuple[bool, str, str, str]] = []
+    pos = 0
+    for m in _PH.finditer(text):
+        if m.start() > pos:
+            out.append((False, text[pos:m.start()], "", ""))
         tok = m.group(0)
-        if tok == "{{":
-            return "{"
-        if tok == "}}":
-            return "}"
-        ph = m.group(1).strip()
-        obj, dot, attr = ph.partition(".")
-        if dot and obj in objects:
-            o = objects[obj]
-            return "" if o is None else _show(getattr(o, attr, None))
-        if ph in objects:
-            return _show(objects[ph])
-        return _show(value(ph))
+        if tok in ("{{", "}}"):
+            out.append((False, tok[0], "", ""))
+        else:
+            ph = m.group(1).strip()
+            obj, dot, attr = ph.partition(".")
+            out.append((True, ph, obj if dot else "", attr))
+        pos = m.end()
+    if pos < len(text):
+        out.append((False, text[pos:], "", ""))
+    return tuple(out)
 
-    return _PH.sub(sub, text)
+
+def render(text: str, objects: dict[str, Any], value: Callable[[str], Any]) -> str:
+    buf: list[str] = []
+    for is_ph, name, obj, attr in _parts(text):
+        if not is_ph:
+            buf.append(name)
+        elif obj and obj in objects:
+            o = objects[obj]
+            buf.append("" if o is None else _show(getattr(o, attr, None)))
+        elif name in objects:
+            buf.append(_show(objects[name]))
+        else:
+            buf.append(_show(value(name)))
+    return "".join(buf)

@@ -19,7 +19,7 @@ from typing import Any
 import sqlite_utils
 
 from ..errors import StoreError
-from ..model import ENTITIES, Client, Entity, Manager
+from ..model import ENTITIES, Client, Entity, Manager, fast_model
 from ..timeutil import to_utc_text
 from . import _ingest
 from .base import EXISTS_FIELD, AggSpec, Pred
@@ -98,22 +98,24 @@ def _to_db(kind: str, v: Any) -> Any:
             return v
 
 
-def _from_db(kind: str, v: Any) -> Any:
-    if v is None:
-        return None
+_NO_TAGS: frozenset[str] = frozenset()
+
+
+def _converter(kind: str) -> Any:
+    """Column decoder, or None for columns SQLite already returns in their Python form."""
     match kind:
         case "instant":
-            return datetime.fromisoformat(v)
+            return datetime.fromisoformat
         case "money":
-            return Decimal(v) / _SCALE
+            return lambda v: Decimal(v) / _SCALE
         case "bool":
-            return bool(v)
+            return bool
         case "tags":
-            return frozenset(t for t in v.split(";") if t)
+            return lambda v: frozenset(t for t in v.split(";") if t) if v else _NO_TAGS
         case "json":
-            return json.loads(v)
+            return json.loads
         case _:
-            return v
+            return None
 
 
 class SQLiteStore:
@@ -214,9 +216,15 @@ class SQLiteStore:
         model = ENTITIES[entity]
         cols = list(kinds)
         cur = self.db.execute(f"SELECT {', '.join(cols)} FROM {entity} {sql_tail}", list(params))
-        conv = [(c, kinds[c]) for c in cols]
+        convs = [(j, f) for j, c in enumerate(cols) if (f := _converter(kinds[c])) is not None]
         for r in cur:
-            yield model.model_construct(**{c: _from_db(k, v) for (c, k), v in zip(conv, r, strict=True)})
+            vals = list(r)
+            for j, f in convs:
+                if vals[j] is not None:
+                    vals[j] = f(vals[j])
+            if entity == "clients" and vals[-1] is None:
+                vals[-1] = {}
+            yield fast_model(model, dict(zip(cols, vals, strict=True)))
 
     def get(self, entity: str, id: str) -> Entity | None:
         _ingest.check_entity(entity)
@@ -297,12 +305,17 @@ class SQLiteStore:
                 kinds.append("money" if kind == "money" else kind)
         sql = (f"SELECT client_id, {', '.join(selects)} FROM {entity} WHERE {' AND '.join(base)} "
                "GROUP BY client_id")
-        for row in self.db.execute(sql, params):
-            cid = row[0]
-            for j, v in enumerate(row[1:]):
-                if v is None or (kinds[j] == "int" and specs[j].fn == "count" and v == 0):
+        rows = self.db.execute(sql, params).fetchall()
+        for j, kind in enumerate(kinds):
+            f = _converter(kind)
+            out = outs[j]
+            col = j + 1
+            skip_zero = specs[j].fn == "count"
+            for row in rows:
+                v = row[col]
+                if v is None or (skip_zero and v == 0):
                     continue
-                outs[j][cid] = _from_db(kinds[j], v)
+                out[row[0]] = f(v) if f is not None else v
 
     def _pred(self, entity: str, p: Pred, name: str, params: dict[str, Any]) -> str:
         expr, kind = self._expr(entity, p.field)

@@ -1,0 +1,695 @@
+"""The `forgotten` and `release` kinds against every store backend (DESIGN §2, §3, §12)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, timedelta
+from typing import Any
+
+import pytest
+
+from retainer.actions import NAMESPACE
+from retainer.plan import Plan
+from retainer.stores import Store
+from tests.conftest import engine_for
+
+DAY0 = date(2026, 1, 1)
+T0 = "2026-01-01T10:00:00Z"  # the last activity in most scenarios
+
+
+def day(n: int) -> str:
+    """The date n days after Jan 1 2026, as as_of text."""
+    return (DAY0 + timedelta(days=n)).isoformat()
+
+
+def at(n: int, time: str = "10:00:00") -> str:
+    return f"{day(n)}T{time}Z"
+
+
+def forgotten_rules(**rule: Any) -> dict[str, Any]:
+    return {"version": 1, "rules": [{"id": "forgotten", "kind": "forgotten", "after": "60d", **rule}]}
+
+
+def release_rules(reassign: dict[str, Any] | None = None, *, grace: str = "14d", unless: bool = True,
+                  then: list[dict[str, Any]] | None = None, templates: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
+    rules: dict[str, Any] = {
+        "version": 1,
+        "rules": [
+            {"id": "forgotten", "kind": "forgotten", "after": "60d"},
+            {"id": "release", "kind": "release", "forgotten_rule": "forgotten", "grace": grace,
+             "unless_future_task": unless, "then": then or [{"reassign": reassign or {}}]},
+        ],
+    }
+    if templates:
+        rules["templates"] = templates
+    return rules
+
+
+def of(plan: Plan, rule: str, type: str | None = None) -> list[Any]:
+    return [a for a in plan.actions if a.rule == rule and (type is None or a.type == type)]
+
+
+def clients_of(plan: Plan, rule: str = "forgotten") -> set[str]:
+    return {a.client_id for a in plan.actions if a.rule == rule}
+
+
+def simple(store: Store, *, touch_at: str = T0, **client: Any) -> None:
+    store.add(managers=[{"id": "m1", "name": "Anna"}],
+              clients=[{"id": "c1", "manager_id": "m1", "name": "Acme", **client}],
+              touches=[{"id": "t1", "client_id": "c1", "at": touch_at}])
+
+
+# ---------------------------------------------------------------- forgotten: the threshold
+
+
+@pytest.mark.parametrize(("n", "forgotten"), [(58, False), (59, False), (60, True), (61, True)])
+def test_forgotten_at_day_59_60_61(store: Store, n: int, forgotten: bool) -> None:
+    simple(store)
+    plan = engine_for(forgotten_rules(), store).plan(day(n))
+    assert (clients_of(plan) == {"c1"}) is forgotten
+    if forgotten:
+        (a,) = plan.actions
+        assert a.type == "create_task"
+        assert a.assignee_id == "m1"
+        assert a.category == "retention"
+        assert a.evidence["days_since_activity"] == n
+        assert a.evidence["episode"] == "2026-01-01"
+        assert a.as_of.date() == DAY0 + timedelta(days=n)
+
+
+def test_forgotten_key_is_the_same_on_later_days(store: Store) -> None:
+    simple(store)
+    eng = engine_for(forgotten_rules(), store)
+    k60 = [a.key for a in eng.plan(day(60)).actions]
+    k75 = [a.key for a in eng.plan(day(75)).actions]
+    assert k60 == k75 and len(k60) == 1
+
+
+def test_create_task_due_in(store: Store) -> None:
+    simple(store)
+    plan = engine_for(forgotten_rules(then=[{"create_task": {"title": "x", "due_in": "2d"}}]), store).plan(day(60))
+    assert plan.actions[0].due_at == DAY0 + timedelta(days=62)
+
+
+@pytest.mark.parametrize(
+    ("touch", "not_yet", "due"),
+    [
+        ("2025-12-31", "2026-02-27", "2026-02-28"),  # Dec 31 + 2mo = Feb 28
+        ("2025-12-29", "2026-02-27", "2026-02-28"),
+        ("2026-01-31", "2026-03-30", "2026-03-31"),
+        ("2026-02-28", "2026-04-27", "2026-04-28"),
+        ("2023-12-31", "2024-02-28", "2024-02-29"),  # leap year
+        ("2024-02-29", "2024-04-28", "2024-04-29"),
+    ],
+)
+def test_after_two_months_at_month_length_edges(store: Store, touch: str, not_yet: str, due: str) -> None:
+    simple(store, touch_at=f"{touch}T12:00:00Z")
+    eng = engine_for(forgotten_rules(after="2mo"), store)
+    assert eng.plan(not_yet).actions == []
+    assert clients_of(eng.plan(due)) == {"c1"}
+
+
+# ---------------------------------------------------------------- overrides
+
+
+OVERRIDES = [
+    {"when": {"tags": {"contains": "key-account"}}, "after": "30d"},
+    {"when": {"manager_id": "m1"}, "after": "90d"},
+]
+
+
+def _override_store(store: Store) -> None:
+    store.add(
+        managers=[{"id": "m1"}, {"id": "m2"}],
+        clients=[
+            {"id": "key_m1", "manager_id": "m1", "tags": ["key-account"]},  # both overrides match: 30d
+            {"id": "plain_m1", "manager_id": "m1"},  # 90d
+            {"id": "plain_m2", "manager_id": "m2"},  # default 60d
+            {"id": "attr", "manager_id": "m1", "tags": ["key-account"], "attributes": {"forgotten_after": "10d"}},
+            {"id": "attr_long", "manager_id": "m2", "tags": ["key-account"],
+             "attributes": {"forgotten_after": "100d"}},
+        ],
+        touches=[{"id": f"t{i}", "client_id": c, "at": T0}
+                 for i, c in enumerate(["key_m1", "plain_m1", "plain_m2", "attr", "attr_long"])],
+    )
+
+
+@pytest.mark.parametrize(
+    ("n", "expected"),
+    [
+        (9, set()),
+        (10, {"attr"}),
+        (29, {"attr"}),
+        (30, {"attr", "key_m1"}),
+        (59, {"attr", "key_m1"}),
+        (60, {"attr", "key_m1", "plain_m2"}),
+        (89, {"attr", "key_m1", "plain_m2"}),
+        (90, {"attr", "key_m1", "plain_m2", "plain_m1"}),
+        (99, {"attr", "key_m1", "plain_m2", "plain_m1"}),
+        (100, {"attr", "key_m1", "plain_m2", "plain_m1", "attr_long"}),
+    ],
+)
+def test_overrides_first_match_wins_and_attribute_beats_all(store: Store, n: int, expected: set[str]) -> None:
+    _override_store(store)
+    plan = engine_for(forgotten_rules(overrides=OVERRIDES), store).plan(day(n))
+    assert clients_of(plan) == expected
+
+
+def test_override_threshold_is_in_the_evidence(store: Store) -> None:
+    _override_store(store)
+    plan = engine_for(forgotten_rules(overrides=OVERRIDES), store).plan(day(100))
+    thresholds = {a.client_id: a.evidence["threshold"] for a in plan.actions}
+    assert thresholds == {"attr": "10d", "key_m1": "30d", "plain_m2": "60d", "plain_m1": "90d",
+                          "attr_long": "100d"}
+
+
+def test_override_order_matters(store: Store) -> None:
+    _override_store(store)
+    reversed_rules = forgotten_rules(overrides=list(reversed(OVERRIDES)))
+    # manager_id m1 now comes first: key_m1 is held to 90d
+    plan = engine_for(reversed_rules, store).plan(day(60))
+    assert clients_of(plan) == {"attr", "plain_m2"}
+
+
+# ---------------------------------------------------------------- what counts as activity
+
+
+def test_activity_narrowing_only_outbound_calls_count(store: Store) -> None:
+    store.add(
+        managers=[{"id": "m1"}],
+        clients=[{"id": "c1", "manager_id": "m1", "name": "Acme"}],
+        touches=[
+            {"id": "t1", "client_id": "c1", "at": at(0), "kind": "call", "direction": "outbound"},
+            {"id": "t2", "client_id": "c1", "at": at(40), "kind": "call", "direction": "inbound"},
+            {"id": "t3", "client_id": "c1", "at": at(50), "kind": "email", "direction": "outbound"},
+        ],
+    )
+    narrowed = forgotten_rules(
+        activity={"sources": ["touches"], "kinds": ["call"], "directions": ["outbound"]},
+        then=[{"create_task": {"title": "{client.name}: {days_since_activity} days"}}])
+    plan = engine_for(narrowed, store).plan(day(60))
+    (a,) = plan.actions
+    assert a.client_id == "c1"
+    assert a.title == "Acme: 60 days"
+    assert a.evidence["days_since_activity"] == 60
+    assert a.evidence["episode"] == "2026-01-01"
+    # without the narrowing, the later inbound call and email count
+    assert engine_for(forgotten_rules(), store).plan(day(60)).actions == []
+    assert engine_for(forgotten_rules(), store).plan(day(109)).actions == []
+    assert clients_of(engine_for(forgotten_rules(), store).plan(day(110))) == {"c1"}
+
+
+def test_activity_narrowing_to_touches_ignores_invoices(store: Store) -> None:
+    simple(store)
+    store.add(invoices=[{"id": "i1", "client_id": "c1", "issued_at": at(30), "amount": 100}])
+    assert engine_for(forgotten_rules(), store).plan(day(60)).actions == []
+    plan = engine_for(forgotten_rules(activity={"sources": ["touches"]}), store).plan(day(60))
+    assert clients_of(plan) == {"c1"}
+
+
+@pytest.mark.parametrize(
+    ("fact", "is_activity"),
+    [
+        ({"touches": [{"id": "x", "client_id": "c1", "at": at(30), "kind": "comment", "direction": "internal"}]},
+         True),
+        ({"tasks": [{"id": "x", "client_id": "c1", "created_at": at(30), "source": "crm"}]}, True),
+        ({"tasks": [{"id": "x", "client_id": "c1", "created_at": at(30), "source": "retainer"}]}, False),
+        ({"tasks": [{"id": "x", "client_id": "c1", "created_at": at(30), "source": "retainer",
+                     "status": "done", "done_at": at(35)}]}, True),
+        ({"tasks": [{"id": "x", "client_id": "c1", "created_at": at(0), "source": "crm",
+                     "status": "done", "done_at": at(35)}]}, True),
+        ({"deals": [{"id": "x", "client_id": "c1", "created_at": at(30)}]}, True),
+        ({"deals": [{"id": "x", "client_id": "c1", "created_at": at(0), "closed_at": at(30), "status": "won"}]},
+         True),
+        ({"invoices": [{"id": "x", "client_id": "c1", "issued_at": at(30), "amount": 1}]}, True),
+        ({"invoices": [{"id": "x", "client_id": "c1", "issued_at": at(0), "amount": 1, "paid_at": at(30)}]}, True),
+    ],
+)
+def test_what_counts_as_activity(store: Store, fact: dict[str, Any], is_activity: bool) -> None:
+    simple(store)
+    store.add(**fact)
+    plan = engine_for(forgotten_rules(), store).plan(day(60))
+    assert (plan.actions == []) is is_activity
+
+
+def test_engine_task_done_after_as_of_is_not_yet_activity(store: Store) -> None:
+    simple(store)
+    store.add(tasks=[{"id": "x", "client_id": "c1", "created_at": at(30), "source": "retainer",
+                      "status": "done", "done_at": at(70)}])
+    assert clients_of(engine_for(forgotten_rules(), store).plan(day(60))) == {"c1"}
+
+
+def test_client_without_activity_is_anchored_on_created_at(store: Store) -> None:
+    store.add(managers=[{"id": "m1"}],
+              clients=[{"id": "c1", "manager_id": "m1", "created_at": at(0)},
+                       {"id": "c2", "manager_id": "m1"}])
+    eng = engine_for(forgotten_rules(), store)
+    assert eng.plan(day(59)).actions == []
+    plan = eng.plan(day(60))
+    (a,) = plan.actions
+    assert a.client_id == "c1"
+    assert a.evidence["episode"] == "2026-01-01"
+    assert a.evidence["days_since_activity"] == 60
+    # c2 has neither activity nor created_at: not evaluated, counted
+    assert plan.stats["rules"]["forgotten"]["no_anchor"] == 1
+    assert plan.stats["rules"]["forgotten"]["matched"] == 1
+
+
+def test_activity_beats_created_at(store: Store) -> None:
+    store.add(managers=[{"id": "m1"}],
+              clients=[{"id": "c1", "manager_id": "m1", "created_at": at(0)}],
+              touches=[{"id": "t1", "client_id": "c1", "at": at(20)}])
+    eng = engine_for(forgotten_rules(), store)
+    assert eng.plan(day(60)).actions == []
+    assert eng.plan(day(80)).actions[0].evidence["episode"] == day(20)
+
+
+# ---------------------------------------------------------------- statuses
+
+
+def test_archived_clients_get_nothing(store: Store) -> None:
+    simple(store, status="archived")
+    for rules in (forgotten_rules(), forgotten_rules(statuses=["active", "prospect"]), release_rules()):
+        plan = engine_for(rules, store).plan(day(100))
+        assert plan.actions == [] and plan.suppressed == []
+
+
+def test_prospects_only_when_listed(store: Store) -> None:
+    store.add(managers=[{"id": "m1"}],
+              clients=[{"id": "p", "manager_id": "m1", "status": "prospect"},
+                       {"id": "a", "manager_id": "m1"}],
+              touches=[{"id": "t1", "client_id": "p", "at": T0}, {"id": "t2", "client_id": "a", "at": T0}])
+    assert clients_of(engine_for(forgotten_rules(), store).plan(day(60))) == {"a"}
+    assert clients_of(engine_for(forgotten_rules(statuses=["prospect"]), store).plan(day(60))) == {"p"}
+    assert clients_of(engine_for(forgotten_rules(statuses=["active", "prospect"]), store).plan(day(60))) == {"a", "p"}
+
+
+# ---------------------------------------------------------------- release: grace and future tasks
+
+
+def _release_store(store: Store, **client: Any) -> None:
+    store.add(managers=[{"id": "m1", "name": "Anna", "supervisor_id": "s1"}, {"id": "m2", "name": "Boris"},
+                        {"id": "s1", "name": "Sofia"}],
+              clients=[{"id": "c1", "manager_id": "m1", "name": "Acme", **client}],
+              touches=[{"id": "t1", "client_id": "c1", "at": T0}])
+
+
+@pytest.mark.parametrize(("n", "released"), [(60, False), (73, False), (74, True), (75, True)])
+def test_release_after_plus_grace_boundary(store: Store, n: int, released: bool) -> None:
+    _release_store(store)
+    plan = engine_for(release_rules(), store).plan(day(n))
+    assert clients_of(plan, "forgotten") == {"c1"}
+    rel = of(plan, "release")
+    assert bool(rel) is released
+    if released:
+        (a,) = rel
+        assert (a.type, a.from_manager_id, a.to_manager_id) == ("reassign", "m1", "m2")
+        assert a.evidence["episode"] == "2026-01-01"
+        assert a.evidence["threshold"] != ""
+
+
+def test_release_grace_applies_on_top_of_overrides(store: Store) -> None:
+    _release_store(store, tags=["key-account"])
+    rules = release_rules()
+    rules["rules"][0]["overrides"] = [{"when": {"tags": {"contains": "key-account"}}, "after": "30d"}]
+    eng = engine_for(rules, store)
+    assert of(eng.plan(day(43)), "release") == []
+    assert len(of(eng.plan(day(44)), "release")) == 1
+
+
+@pytest.mark.parametrize(
+    ("task", "blocks"),
+    [
+        ({"due_at": day(74)}, True),  # due on as_of's date: a future task
+        ({"due_at": at(74, "00:00:00")}, True),
+        ({"due_at": at(74, "23:59:59")}, True),
+        ({"due_at": day(90)}, True),
+        ({"due_at": at(73, "23:59:59")}, False),  # due yesterday
+        ({"due_at": day(90), "status": "cancelled"}, False),
+        ({"due_at": day(90), "status": "done", "done_at": at(60)}, False),
+        ({"due_at": day(90), "status": "done", "done_at": at(80)}, True),  # done after as_of: open at as_of
+        ({"due_at": day(90), "status": "done"}, False),
+        ({}, False),  # no due date
+    ],
+)
+def test_future_task_blocks_release(store: Store, task: dict[str, Any], blocks: bool) -> None:
+    _release_store(store)
+    # created by retainer, so creating it is not activity (the client stays forgotten)
+    store.add(tasks=[{"id": "k1", "client_id": "c1", "created_at": at(1), "source": "retainer", **task}])
+    plan = engine_for(release_rules(), store).plan(day(74))
+    assert clients_of(plan, "forgotten") == {"c1"}
+    assert (of(plan, "release") == []) is blocks
+
+
+def test_future_task_created_after_as_of_does_not_block(store: Store) -> None:
+    _release_store(store)
+    store.add(tasks=[{"id": "k1", "client_id": "c1", "created_at": at(80), "source": "retainer", "due_at": day(90)}])
+    assert len(of(engine_for(release_rules(), store).plan(day(74)), "release")) == 1
+
+
+def test_future_task_ignored_without_unless_future_task(store: Store) -> None:
+    _release_store(store)
+    store.add(tasks=[{"id": "k1", "client_id": "c1", "created_at": at(1), "source": "retainer", "due_at": day(90)}])
+    assert len(of(engine_for(release_rules(unless=False), store).plan(day(74)), "release")) == 1
+
+
+# ---------------------------------------------------------------- release: who gets the client
+
+
+def _forgotten_clients(store: Store, managers: list[dict[str, Any]], clients: list[dict[str, Any]]) -> None:
+    """`clients` are forgotten since T0 (day 0); extra non-forgotten load clients may carry `fresh: True`."""
+    rows, touches = [], []
+    for i, c in enumerate(clients):
+        c = dict(c)
+        fresh = c.pop("fresh", False)
+        rows.append(c)
+        touches.append({"id": f"t{i}", "client_id": c["id"], "at": at(70) if fresh else T0})
+    store.add(managers=managers, clients=rows, touches=touches)
+
+
+def _moves(plan: Plan) -> dict[str, str | None]:
+    return {a.client_id: a.to_manager_id for a in of(plan, "release", "reassign")}
+
+
+def test_least_loaded_picks_the_least_loaded_and_never_the_current(store: Store) -> None:
+    _forgotten_clients(store, [{"id": "m1"}, {"id": "m2"}, {"id": "m3"}], [
+        {"id": "c1", "manager_id": "m1"},
+        {"id": "l1", "manager_id": "m2", "fresh": True},
+        {"id": "l2", "manager_id": "m2", "fresh": True},
+        {"id": "l3", "manager_id": "m3", "fresh": True},
+    ])
+    assert _moves(engine_for(release_rules(), store).plan(day(74))) == {"c1": "m3"}
+
+
+def test_least_loaded_counts_only_non_archived_clients(store: Store) -> None:
+    _forgotten_clients(store, [{"id": "m1"}, {"id": "m2"}, {"id": "m3"}], [
+        {"id": "c1", "manager_id": "m1"},
+        {"id": "l1", "manager_id": "m2", "fresh": True, "status": "archived"},
+        {"id": "l2", "manager_id": "m2", "fresh": True, "status": "archived"},
+        {"id": "l3", "manager_id": "m3", "fresh": True},
+    ])
+    assert _moves(engine_for(release_rules(), store).plan(day(74))) == {"c1": "m2"}
+
+
+def test_least_loaded_ties_break_by_manager_id(store: Store) -> None:
+    _forgotten_clients(store, [{"id": "m1"}, {"id": "mz"}, {"id": "mb"}, {"id": "ma"}], [
+        {"id": "c1", "manager_id": "m1"},
+    ])
+    assert _moves(engine_for(release_rules(), store).plan(day(74))) == {"c1": "ma"}
+
+
+def test_least_loaded_accounts_for_earlier_moves_in_the_same_plan(store: Store) -> None:
+    _forgotten_clients(store, [{"id": "m1"}, {"id": "m2"}, {"id": "m3"}], [
+        {"id": "c1", "manager_id": "m1"},
+        {"id": "c2", "manager_id": "m1"},
+        {"id": "c3", "manager_id": "m1"},
+        {"id": "l1", "manager_id": "m3", "fresh": True},
+    ])
+    # c1 -> m2 (0 vs 1), c2 -> m3 (m2 now 1, tie with m3 -> m2? no: tie breaks by id -> m2)...
+    moves = _moves(engine_for(release_rules(), store).plan(day(74)))
+    # loads m2=0, m3=1: c1 -> m2 (0); then m2=1, m3=1: c2 -> m2 (tie, id); then m2=2, m3=1: c3 -> m3
+    assert moves == {"c1": "m2", "c2": "m2", "c3": "m3"}
+
+
+def test_reassign_respects_max_clients_including_moves_in_the_plan(store: Store) -> None:
+    _forgotten_clients(store, [{"id": "m1"}, {"id": "m2", "max_clients": 1}, {"id": "m3", "max_clients": 5},
+                               {"id": "m4", "max_clients": 0}], [
+        {"id": "c1", "manager_id": "m1"},
+        {"id": "c2", "manager_id": "m1"},
+        {"id": "l1", "manager_id": "m3", "fresh": True},
+        {"id": "l2", "manager_id": "m3", "fresh": True},
+    ])
+    moves = _moves(engine_for(release_rules(), store).plan(day(74)))
+    assert moves == {"c1": "m2", "c2": "m3"}  # m2 is full after c1; m4 takes nobody
+
+
+def test_reassign_never_to_a_full_manager(store: Store) -> None:
+    _forgotten_clients(store, [{"id": "m1"}, {"id": "m2", "max_clients": 1}, {"id": "m3", "max_clients": 3}], [
+        {"id": "c1", "manager_id": "m1"},
+        {"id": "l1", "manager_id": "m2", "fresh": True},
+        {"id": "l2", "manager_id": "m3", "fresh": True},
+        {"id": "l3", "manager_id": "m3", "fresh": True},
+    ])
+    assert _moves(engine_for(release_rules(), store).plan(day(74))) == {"c1": "m3"}
+
+
+def test_reassign_never_to_an_inactive_manager(store: Store) -> None:
+    _forgotten_clients(store, [{"id": "m1"}, {"id": "m2", "active": False}, {"id": "m3"}], [
+        {"id": "c1", "manager_id": "m1"},
+        {"id": "l1", "manager_id": "m3", "fresh": True},
+    ])
+    assert _moves(engine_for(release_rules(), store).plan(day(74))) == {"c1": "m3"}
+
+
+def test_reassign_pool(store: Store) -> None:
+    _forgotten_clients(store, [{"id": "m1"}, {"id": "m2"}, {"id": "m3"}, {"id": "m4"}], [
+        {"id": "c1", "manager_id": "m1"},
+        {"id": "l1", "manager_id": "m3", "fresh": True},
+        {"id": "l2", "manager_id": "m4", "fresh": True},
+    ])
+    assert _moves(engine_for(release_rules({"pool": ["m3", "m4"]}), store).plan(day(74))) == {"c1": "m3"}
+    # the current manager in the pool is still never chosen
+    _moves_only_self = engine_for(release_rules({"pool": ["m1"]}), store).plan(day(74))
+    assert _moves(_moves_only_self) == {}
+    assert [s.reason_code for s in _moves_only_self.suppressed] == ["no_eligible_manager"]
+
+
+def test_reassign_same_team(store: Store) -> None:
+    _forgotten_clients(store, [{"id": "m1", "team": "A"}, {"id": "m2", "team": "B"}, {"id": "m3", "team": "A"},
+                               {"id": "m4"}], [
+        {"id": "c1", "manager_id": "m1"},
+        {"id": "l1", "manager_id": "m3", "fresh": True},
+        {"id": "l2", "manager_id": "m3", "fresh": True},
+    ])
+    assert _moves(engine_for(release_rules({"same_team": True}), store).plan(day(74))) == {"c1": "m3"}
+    assert _moves(engine_for(release_rules(), store).plan(day(74))) == {"c1": "m2"}
+
+
+def test_supervisors_are_excluded_unless_in_the_pool(store: Store) -> None:
+    _forgotten_clients(store, [{"id": "a0", "name": "Boss"}, {"id": "m1", "supervisor_id": "a0"},
+                               {"id": "m2", "supervisor_id": "a0"}], [
+        {"id": "c1", "manager_id": "m1"},
+        {"id": "l1", "manager_id": "m2", "fresh": True},
+    ])
+    # a0 has no clients and the smallest id, but supervises: not a target
+    assert _moves(engine_for(release_rules(), store).plan(day(74))) == {"c1": "m2"}
+    assert _moves(engine_for(release_rules({"pool": ["a0", "m2"]}), store).plan(day(74))) == {"c1": "a0"}
+
+
+def test_nobody_eligible_escalates_to_the_supervisor(store: Store) -> None:
+    _forgotten_clients(store, [{"id": "m1", "supervisor_id": "s1"}, {"id": "m2", "active": False},
+                               {"id": "m3", "max_clients": 0}, {"id": "s1", "name": "Sofia"}], [
+        {"id": "c1", "manager_id": "m1"},
+    ])
+    plan = engine_for(release_rules(), store).plan(day(74))
+    rel = of(plan, "release")
+    assert [a.type for a in rel] == ["escalate"]
+    esc = rel[0]
+    assert esc.to_manager_id == "s1"
+    assert esc.client_id == "c1"
+    assert esc.id == str(uuid.uuid5(NAMESPACE, esc.key))
+    sup = [s for s in plan.suppressed if s.action.rule == "release"]
+    assert [(s.action.type, s.reason_code) for s in sup] == [("reassign", "no_eligible_manager")]
+    assert plan.stats["suppressed"].get("no_eligible_manager") == 1
+
+
+# ---------------------------------------------------------------- round robin
+
+
+def _rr_store(store: Store) -> None:
+    _forgotten_clients(store, [{"id": "m1"}, {"id": "m2"}, {"id": "m3"}, {"id": "m4"}], [
+        {"id": "c1", "manager_id": "m1"},
+        {"id": "c2", "manager_id": "m1"},
+        {"id": "c3", "manager_id": "m1"},
+        {"id": "c4", "manager_id": "m1"},
+        {"id": "l1", "manager_id": "m2", "fresh": True},
+    ])
+
+
+def test_round_robin_without_cursor_starts_at_the_first_id(store: Store) -> None:
+    _rr_store(store)
+    plan = engine_for(release_rules({"strategy": "round_robin"}), store).plan(day(74))
+    # loads are irrelevant: m2 already has a client yet goes first
+    assert _moves(plan) == {"c1": "m2", "c2": "m3", "c3": "m4", "c4": "m2"}
+    assert plan.cursors == {"round_robin:release": "m2"}
+
+
+def test_round_robin_starts_after_the_stored_cursor(store: Store) -> None:
+    _rr_store(store)
+    store.set_cursor("round_robin:release", "m3")
+    plan = engine_for(release_rules({"strategy": "round_robin"}), store).plan(day(74))
+    assert _moves(plan) == {"c1": "m4", "c2": "m2", "c3": "m3", "c4": "m4"}
+    assert plan.cursors["round_robin:release"] == "m4"
+
+
+def test_round_robin_cursor_is_per_rule_and_plan_is_pure(store: Store) -> None:
+    _rr_store(store)
+    store.set_cursor("round_robin:other", "m3")
+    eng = engine_for(release_rules({"strategy": "round_robin"}), store)
+    assert _moves(eng.plan(day(74)))["c1"] == "m2"
+    # planning does not move the stored cursor
+    assert store.get_cursor("round_robin:release") is None
+    assert _moves(eng.plan(day(74)))["c1"] == "m2"
+
+
+def test_round_robin_skips_the_current_manager(store: Store) -> None:
+    _forgotten_clients(store, [{"id": "m1"}, {"id": "m2"}, {"id": "m3"}], [
+        {"id": "c1", "manager_id": "m2"},
+    ])
+    store.set_cursor("round_robin:release", "m1")
+    assert _moves(engine_for(release_rules({"strategy": "round_robin"}), store).plan(day(74))) == {"c1": "m3"}
+
+
+# ---------------------------------------------------------------- do_not_contact
+
+
+def test_do_not_contact_clients_get_only_suppressions(store: Store) -> None:
+    _release_store(store, contact_policy="do_not_contact")
+    rules = release_rules(then=[{"reassign": {}}, {"notify_manager": {"to": "supervisor", "template": "released"}}])
+    plan = engine_for(rules, store).plan(day(74))
+    assert plan.actions == []
+    assert {(s.action.rule, s.action.type, s.reason_code) for s in plan.suppressed} == {
+        ("forgotten", "create_task", "do_not_contact"),
+        ("release", "reassign", "do_not_contact"),
+        ("release", "notify_manager", "do_not_contact"),
+    }
+    for s in plan.suppressed:
+        assert s.action.rule and s.action.reason and s.detail
+
+
+def test_do_not_contact_does_not_take_capacity(store: Store) -> None:
+    _forgotten_clients(store, [{"id": "m1"}, {"id": "m2", "max_clients": 1}, {"id": "m3"}], [
+        {"id": "a_dnc", "manager_id": "m1", "contact_policy": "do_not_contact"},
+        {"id": "b_ok", "manager_id": "m1"},
+        {"id": "l1", "manager_id": "m3", "fresh": True},
+    ])
+    assert _moves(engine_for(release_rules(), store).plan(day(74))) == {"b_ok": "m2"}
+
+
+# ---------------------------------------------------------------- keys, ids, determinism
+
+
+def test_action_ids_are_uuid5_of_the_key(store: Store) -> None:
+    _release_store(store)
+    plan = engine_for(release_rules(), store).plan(day(74))
+    assert len(plan.actions) == 2
+    for a in plan.actions:
+        assert a.id == str(uuid.uuid5(NAMESPACE, a.key))
+        assert "c1" in a.key and a.rule in a.key and "2026-01-01" in a.key
+    assert len({a.key for a in plan.actions}) == 2
+    assert [a.key for a in plan.actions] == sorted(a.key for a in plan.actions)
+
+
+def test_same_plan_twice_is_byte_identical(store: Store) -> None:
+    _rr_store(store)
+    eng = engine_for(release_rules(), store)
+    assert eng.plan(day(74)).to_json() == eng.plan(day(74)).to_json()
+    assert engine_for(release_rules(), store).plan(day(74)).to_json() == eng.plan(day(74)).to_json()
+
+
+def test_plan_does_not_depend_on_row_or_rule_order() -> None:
+    import retainer
+
+    managers = [{"id": "m1"}, {"id": "m2"}, {"id": "m3"}]
+    clients = [{"id": f"c{i}", "manager_id": "m1"} for i in range(5)]
+    touches = [{"id": f"t{i}", "client_id": f"c{i}", "at": at(i)} for i in range(5)]
+    s1 = retainer.open_store("memory://")
+    s1.add(managers=managers, clients=clients, touches=touches)
+    s2 = retainer.open_store("memory://")
+    s2.add(touches=touches[::-1], clients=clients[::-1], managers=managers[::-1])
+    r1 = release_rules()
+    r2 = dict(r1, rules=r1["rules"][::-1])
+    j1 = engine_for(r1, s1).plan(day(80)).to_json()
+    assert j1 == engine_for(r2, s2).plan(day(80)).to_json()
+    assert '"reassign"' in j1
+
+
+def test_a_new_episode_gives_a_new_key(store: Store) -> None:
+    simple(store)
+    eng = engine_for(forgotten_rules(), store)
+    (first,) = eng.plan(day(60)).actions
+    store.add(touches=[{"id": "t2", "client_id": "c1", "at": at(70)}])
+    assert eng.plan(day(129)).actions == []
+    (second,) = eng.plan(day(130)).actions
+    assert second.key != first.key and second.id != first.id
+    assert second.evidence["episode"] == day(70)
+    # the old as_of still sees the old episode
+    assert eng.plan(day(60)).actions[0].key == first.key
+
+
+def test_facts_after_as_of_are_ignored(store: Store) -> None:
+    simple(store)
+    store.add(touches=[{"id": "t2", "client_id": "c1", "at": at(61)}],
+              invoices=[{"id": "i1", "client_id": "c1", "issued_at": at(65), "amount": 10}])
+    (a,) = engine_for(forgotten_rules(), store).plan(day(60)).actions
+    assert a.evidence["days_since_activity"] == 60
+    assert a.evidence["episode"] == "2026-01-01"
+
+
+def test_facts_later_the_same_instant_are_ignored(store: Store) -> None:
+    simple(store)
+    store.add(touches=[{"id": "t2", "client_id": "c1", "at": at(60, "12:00:01")}])
+    eng = engine_for(forgotten_rules(), store)
+    assert len(eng.plan(f"{day(60)}T12:00:00+00:00").actions) == 1
+    assert eng.plan(f"{day(60)}T12:00:01+00:00").actions == []
+
+
+def test_clients_created_after_as_of_do_not_exist(store: Store) -> None:
+    store.add(managers=[{"id": "m1"}, {"id": "m2"}],
+              clients=[{"id": "old", "manager_id": "m1", "created_at": at(0)},
+                       {"id": "new", "manager_id": "m2", "created_at": at(61)}],
+              touches=[{"id": "t1", "client_id": "new", "at": at(0)}])
+    plan = engine_for(forgotten_rules(), store).plan(day(60))
+    assert clients_of(plan) == {"old"}
+    assert plan.stats["clients"] == 1
+
+
+def test_clients_created_after_as_of_do_not_load_managers(store: Store) -> None:
+    _forgotten_clients(store, [{"id": "m1"}, {"id": "m2"}, {"id": "m3"}], [
+        {"id": "c1", "manager_id": "m1"},
+        {"id": "l1", "manager_id": "m3", "fresh": True},
+    ])
+    store.add(clients=[{"id": f"future{i}", "manager_id": "m2", "created_at": at(100)} for i in range(3)])
+    assert _moves(engine_for(release_rules(), store).plan(day(74))) == {"c1": "m2"}
+
+
+# ---------------------------------------------------------------- templates
+
+
+def test_title_placeholders(store: Store) -> None:
+    simple(store)
+    rules = forgotten_rules(then=[{"create_task": {
+        "title": "{client.name} ({client.id}) of {manager.name}: {days_since_activity} days, rule {rule}"}}])
+    (a,) = engine_for(rules, store).plan(day(61)).actions
+    assert a.title == "Acme (c1) of Anna: 61 days, rule forgotten"
+
+
+def test_default_title_and_reason(store: Store) -> None:
+    simple(store)
+    (a,) = engine_for(forgotten_rules(), store).plan(day(60)).actions
+    assert "Acme" in a.title and "60" in a.title
+    assert "60" in a.reason and "{" not in a.reason
+
+
+def test_templates_render_subject_and_body(store: Store) -> None:
+    _release_store(store)
+    rules = release_rules(
+        then=[{"reassign": {}}, {"notify_manager": {"to": "supervisor", "template": "released"}}],
+        templates={"released": {
+            "subject": "{client.name} moved to {new_manager.name}",
+            "body": "{client.name}: {days_since_activity} days without contact; {manager.name} -> "
+                    "{new_manager.name}. Dear {supervisor.name}."}})
+    plan = engine_for(rules, store).plan(day(74))
+    (n,) = of(plan, "release", "notify_manager")
+    assert n.to_manager_id == "s1"
+    assert n.template == "released"
+    assert n.subject == "Acme moved to Boris"
+    assert n.body == "Acme: 74 days without contact; Anna -> Boris. Dear Sofia."
+
+
+def test_undefined_template_is_passed_as_an_id(store: Store) -> None:
+    _release_store(store)
+    rules = release_rules(then=[{"reassign": {}}, {"notify_manager": {"to": "manager", "template": "host_tpl"}}])
+    (n,) = of(engine_for(rules, store).plan(day(74)), "release", "notify_manager")
+    assert (n.template, n.subject, n.body, n.to_manager_id) == ("host_tpl", None, None, "m1")
