@@ -108,8 +108,11 @@ class _Reassigner:
             return None
         key = (tuple(spec.pool) if spec.pool is not None else None, spec.same_team, team if spec.same_team else None)
         cands = self._candidates(key, spec, team)
-        choice = self._least_loaded(key, cands, current) if spec.strategy == "least_loaded" else \
-            self._round_robin(rule_id, cands, current)
+        choice = (
+            self._least_loaded(key, cands, current)
+            if spec.strategy == "least_loaded"
+            else self._round_robin(rule_id, cands, current)
+        )
         if choice is None:
             return None
         self._move(current, -1)
@@ -207,8 +210,12 @@ class RuleExplanation:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "rule": self.rule, "kind": self.kind, "matched": self.matched, "episode": self.episode,
-            "threshold": self.threshold, "condition": self.condition.to_dict(),
+            "rule": self.rule,
+            "kind": self.kind,
+            "matched": self.matched,
+            "episode": self.episode,
+            "threshold": self.threshold,
+            "condition": self.condition.to_dict(),
             "actions": [a.model_dump(mode="json") for a in self.actions],
             "suppressed": [s.model_dump(mode="json") for s in self.suppressed],
         }
@@ -237,8 +244,12 @@ class Explanation:
         return "\n".join(out)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"client_id": self.client_id, "as_of": self.as_of.isoformat(), "note": self.note,
-                "rules": [r.to_dict() for r in self.rules]}
+        return {
+            "client_id": self.client_id,
+            "as_of": self.as_of.isoformat(),
+            "note": self.note,
+            "rules": [r.to_dict() for r in self.rules],
+        }
 
 
 class Engine:
@@ -297,8 +308,9 @@ class Engine:
                     continue
                 st["matched"] += 1
                 ep = _episode_text(episodes[i], a) if episodes is not None else "once"
-                matches.append(_Match(rule, i, clients[i], ep, durs[i] if durs else None,
-                                      policies.do_not_contact(policy[i])))
+                matches.append(
+                    _Match(rule, i, clients[i], ep, durs[i] if durs else None, policies.do_not_contact(policy[i]))
+                )
         timings["evaluate"] = time.perf_counter() - t1
 
         t2 = time.perf_counter()
@@ -309,10 +321,12 @@ class Engine:
                 continue
             m.new_manager = reassigner.pick(m.rule.id, m.client.manager_id, spec)
             if m.new_manager is None:
-                m.reassign_failed = (f"no active manager with spare capacity other than "
-                                     f"{m.client.manager_id} ({spec.strategy}"
-                                     f"{', pool ' + ','.join(spec.pool) if spec.pool else ''}"
-                                     f"{', same team' if spec.same_team else ''})")
+                m.reassign_failed = (
+                    f"no active manager with spare capacity other than "
+                    f"{m.client.manager_id} ({spec.strategy}"
+                    f"{', pool ' + ','.join(spec.pool) if spec.pool else ''}"
+                    f"{', same team' if spec.same_team else ''})"
+                )
 
         actions: list[Action] = []
         suppressed: list[Suppression] = []
@@ -332,12 +346,18 @@ class Engine:
             "actions": dict(sorted(Counter(x.type for x in actions).items())),
             "suppressed": dict(sorted(Counter(s.reason_code for s in suppressed).items())),
         }
-        plan = Plan(a.instant.astimezone(a.tz), actions, suppressed, stats, timings,
-                    cursors=dict(reassigner.cursors))
+        plan = Plan(a.instant.astimezone(a.tz), actions, suppressed, stats, timings, cursors=dict(reassigner.cursors))
         return plan, frame, matches
 
-    def _emit(self, m: _Match, frame: FeatureFrame, a: AsOf, managers: dict[str, Manager],
-              actions: list[Action], suppressed: list[Suppression]) -> None:
+    def _emit(
+        self,
+        m: _Match,
+        frame: FeatureFrame,
+        a: AsOf,
+        managers: dict[str, Manager],
+        actions: list[Action],
+        suppressed: list[Suppression],
+    ) -> None:
         rule, i, client = m.rule, m.i, m.client
         manager = managers.get(client.manager_id)
         supervisor = managers.get(manager.supervisor_id) if manager and manager.supervisor_id else None
@@ -347,15 +367,27 @@ class Engine:
                 return str(m.threshold) if m.threshold else ""
             return frame.value(rule.aliases.get(name, name), i)
 
-        objects = {"client": client, "manager": manager, "supervisor": supervisor,
-                   "new_manager": m.new_manager, "as_of": a.date.isoformat(), "rule": rule.id}
+        objects = {
+            "client": client,
+            "manager": manager,
+            "supervisor": supervisor,
+            "new_manager": m.new_manager,
+            "as_of": a.date.isoformat(),
+            "rule": rule.id,
+        }
         evidence = {name.split("[", 1)[0]: _evidence_value(frame.value(name, i), a) for name in rule.evidence}
         if m.threshold is not None:
             evidence["threshold"] = str(m.threshold)
         evidence["episode"] = m.episode
         reason = templates.render(rule.reason, objects, value)
-        base = {"rule": rule.id, "client_id": client.id, "category": rule.category, "reason": reason,
-                "evidence": evidence, "as_of": a.instant.astimezone(a.tz)}
+        base = {
+            "rule": rule.id,
+            "client_id": client.id,
+            "category": rule.category,
+            "reason": reason,
+            "evidence": evidence,
+            "as_of": a.instant.astimezone(a.tz),
+        }
         counts: Counter[str] = Counter()
 
         def key_for(kind: str) -> str:
@@ -377,26 +409,48 @@ class Engine:
             if m.blocked:
                 suppressed.append(Suppression(action=act, reason_code=policies.DO_NOT_CONTACT, detail=m.blocked))
             elif m.reassign_failed:
-                suppressed.append(Suppression(action=act, reason_code=policies.NO_ELIGIBLE_MANAGER,
-                                              detail=m.reassign_failed))
+                suppressed.append(
+                    Suppression(action=act, reason_code=policies.NO_ELIGIBLE_MANAGER, detail=m.reassign_failed)
+                )
             elif missing:
                 suppressed.append(Suppression(action=act, reason_code=policies.NO_RECIPIENT, detail=missing))
             else:
                 actions.append(act)
         if m.reassign_failed and not m.blocked:
             key = _key(rule.id, client.id, m.episode, "escalate")
-            esc = _make(Escalate, {**base, "key": key, "id": action_id(key),
-                                   "reason": f"{reason}; release impossible: {m.reassign_failed}",
-                                   "to_manager_id": supervisor.id if supervisor else "",
-                                   "about_manager_id": client.manager_id})
+            esc = _make(
+                Escalate,
+                {
+                    **base,
+                    "key": key,
+                    "id": action_id(key),
+                    "reason": f"{reason}; release impossible: {m.reassign_failed}",
+                    "to_manager_id": supervisor.id if supervisor else "",
+                    "about_manager_id": client.manager_id,
+                },
+            )
             if supervisor is None:
-                suppressed.append(Suppression(action=esc, reason_code=policies.NO_RECIPIENT,
-                                              detail=f"manager {client.manager_id} has no supervisor"))
+                suppressed.append(
+                    Suppression(
+                        action=esc,
+                        reason_code=policies.NO_RECIPIENT,
+                        detail=f"manager {client.manager_id} has no supervisor",
+                    )
+                )
             else:
                 actions.append(esc)
 
-    def _build(self, spec: ActionSpec, common: dict[str, Any], client: Client, recipient: Any,
-               objects: dict[str, Any], value: Any, a: AsOf, m: _Match) -> tuple[Action, str | None]:
+    def _build(
+        self,
+        spec: ActionSpec,
+        common: dict[str, Any],
+        client: Client,
+        recipient: Any,
+        objects: dict[str, Any],
+        value: Any,
+        a: AsOf,
+        m: _Match,
+    ) -> tuple[Action, str | None]:
         p = spec.params
         tfile = self.rules.file.templates
 
@@ -413,21 +467,42 @@ class Engine:
             case "create_task":
                 who = recipient(p.assignee)
                 due = _due_date(a, p.due_in)
-                return (_make(CreateTask, {**common, "assignee_id": who, "title": text(p.title), "due_at": due, "task_kind": p.kind}),
-                        None if who else f"no {p.assignee} to assign the task to")
+                return (
+                    _make(
+                        CreateTask,
+                        {**common, "assignee_id": who, "title": text(p.title), "due_at": due, "task_kind": p.kind},
+                    ),
+                    None if who else f"no {p.assignee} to assign the task to",
+                )
             case "reassign":
-                return (_make(Reassign, {**common, "from_manager_id": client.manager_id, "to_manager_id": m.new_manager.id if m.new_manager else None}), None)
+                return (
+                    _make(
+                        Reassign,
+                        {
+                            **common,
+                            "from_manager_id": client.manager_id,
+                            "to_manager_id": m.new_manager.id if m.new_manager else None,
+                        },
+                    ),
+                    None,
+                )
             case "notify_manager":
                 who = recipient(p.to)
-                return (_make(NotifyManager, {**common, "to_manager_id": who, **message(p.template)}),
-                        None if who else f"no {p.to} to notify")
+                return (
+                    _make(NotifyManager, {**common, "to_manager_id": who, **message(p.template)}),
+                    None if who else f"no {p.to} to notify",
+                )
             case "notify_client":
                 return _make(NotifyClient, {**common, "channel": p.channel, **message(p.template)}), None
             case "escalate":
                 who = recipient(p.to)
                 msg = message(p.template) if p.template else {}
-                return (_make(Escalate, {**common, "to_manager_id": who or "", "about_manager_id": client.manager_id, **msg}),
-                        None if who else f"manager {client.manager_id} has no {p.to}")
+                return (
+                    _make(
+                        Escalate, {**common, "to_manager_id": who or "", "about_manager_id": client.manager_id, **msg}
+                    ),
+                    None if who else f"manager {client.manager_id} has no {p.to}",
+                )
             case "tag":
                 return _make(Tag, {**common, "tag": p.tag}), None
             case "untag":
@@ -456,8 +531,11 @@ class Engine:
         at = a.instant.astimezone(a.tz)
         if not frame.ids:
             exists = self.store.get("clients", client_id) is not None
-            note = ("the client does not exist yet at this as_of (created later)" if exists
-                    else "no such client in the store")
+            note = (
+                "the client does not exist yet at this as_of (created later)"
+                if exists
+                else "no such client in the store"
+            )
             return Explanation(client_id, at, [], note)
         note = "archived clients get no actions" if frame.clients[0].status == "archived" else None
         out = []
@@ -465,8 +543,16 @@ class Engine:
             node = r.condition.explain(frame, 0)
             dur = r.threshold.durations(frame)[0] if r.threshold else None
             ep = _episode_text(frame.value(r.episode, 0), a) if r.episode else "once"
-            out.append(RuleExplanation(
-                r.id, r.kind, node.held, node, ep if node.held else None, str(dur) if dur else None,
-                [x for x in plan.actions if x.rule == r.id],
-                [s for s in plan.suppressed if s.action.rule == r.id]))
+            out.append(
+                RuleExplanation(
+                    r.id,
+                    r.kind,
+                    node.held,
+                    node,
+                    ep if node.held else None,
+                    str(dur) if dur else None,
+                    [x for x in plan.actions if x.rule == r.id],
+                    [s for s in plan.suppressed if s.action.rule == r.id],
+                )
+            )
         return Explanation(client_id, at, out, note)
