@@ -139,16 +139,34 @@ class StartProcess(Action):
 
 
 AnyAction = Annotated[
-    CreateTask | Reassign | NotifyManager | NotifyClient | Escalate | Tag | Untag | ProposeOffer
-    | CreateDeal | StartProcess,
+    CreateTask
+    | Reassign
+    | NotifyManager
+    | NotifyClient
+    | Escalate
+    | Tag
+    | Untag
+    | ProposeOffer
+    | CreateDeal
+    | StartProcess,
     Field(discriminator="type"),
 ]
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(AnyAction)
 
 ACTION_TYPES: dict[str, type[Action]] = {
     c.model_fields["type"].default: c  # type: ignore[misc]
-    for c in (CreateTask, Reassign, NotifyManager, NotifyClient, Escalate, Tag, Untag, ProposeOffer,
-              CreateDeal, StartProcess)
+    for c in (
+        CreateTask,
+        Reassign,
+        NotifyManager,
+        NotifyClient,
+        Escalate,
+        Tag,
+        Untag,
+        ProposeOffer,
+        CreateDeal,
+        StartProcess,
+    )
 }
 
 

@@ -73,12 +73,16 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                                help="Show the version and exit.")] = False) -> None:
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
     """retainer: declarative client-retention rules for CRMs."""
 
 
 # ---------------------------------------------------------------- validate / schema
+
 
 @app.command()
 def validate(rules: Annotated[Path, typer.Argument(help="Rule file (YAML or JSON).")]) -> None:
@@ -145,8 +149,10 @@ def plan(
     rules: Annotated[Path, typer.Option("--rules", "-r", help="Rule file.")],
     data: Annotated[str, typer.Option("--data", "-d", help="Store URL, .db file, or folder of CSV/JSONL files.")],
     as_of: Annotated[str, typer.Option("--as-of", help="Date (end of that day) or ISO 8601 instant.")],
-    fmt: Annotated[str | None, typer.Option("--format", "-f", help="table | json | jsonl "
-                                            "(default: table on a terminal, json when piped)")] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", "-f", help="table | json | jsonl (default: table on a terminal, json when piped)"),
+    ] = None,
     client: Annotated[list[str] | None, typer.Option("--client", "-c", help="Only these clients.")] = None,
     limit: Annotated[int, typer.Option(help="Rows of the action table.")] = 20,
 ) -> None:
@@ -189,12 +195,14 @@ def explain(
 
 # ---------------------------------------------------------------- import
 
+
 @app.command("import")
 def import_(
     src: Annotated[Path, typer.Argument(help="Folder of clients.csv, managers.csv, ... (or .jsonl).")],
     to: Annotated[str, typer.Option("--to", help="Store URL, e.g. sqlite:///crm.db")],
-    timezone: Annotated[str | None, typer.Option(help="Zone for naive timestamps (default: UTC, "
-                                                 "or the --rules file's).")] = None,
+    timezone: Annotated[
+        str | None, typer.Option(help="Zone for naive timestamps (default: UTC, or the --rules file's).")
+    ] = None,
     rules: Annotated[Path | None, typer.Option("--rules", "-r", help="Take the time zone from this rule file.")] = None,
     replace: Annotated[bool, typer.Option(help="Replace rows whose id already exists.")] = False,
 ) -> None:
@@ -217,11 +225,15 @@ def import_(
     except (DataError, StoreError) as exc:
         _fail(str(exc))
     total = sum(counts.values())
-    err.print(f"[green]imported[/] {total:,} rows in {time.perf_counter() - t0:.1f}s: "
-              + ", ".join(f"{k} {v:,}" for k, v in counts.items()), highlight=False)
+    err.print(
+        f"[green]imported[/] {total:,} rows in {time.perf_counter() - t0:.1f}s: "
+        + ", ".join(f"{k} {v:,}" for k, v in counts.items()),
+        highlight=False,
+    )
 
 
 # ---------------------------------------------------------------- demo
+
 
 def _examples_dir() -> Path:
     here = Path(__file__).resolve()
@@ -267,10 +279,15 @@ def demo(
     p = engine.plan(as_of)
     t_plan = time.perf_counter() - t1
     out.rule("[bold]retainer demo")
-    out.print(f"CRM: {counts['clients']:,} clients, {counts['managers']} managers, {counts['touches']:,} touches, "
-              f"{counts['tasks']:,} tasks, {counts['invoices']:,} invoices  →  {db}", highlight=False)
-    out.print(f"Rules: {rules_path} ({', '.join(r.id for r in rs.rules)}); planned as of {as_of} "
-              f"in {t_plan:.2f}s", highlight=False)
+    out.print(
+        f"CRM: {counts['clients']:,} clients, {counts['managers']} managers, {counts['touches']:,} touches, "
+        f"{counts['tasks']:,} tasks, {counts['invoices']:,} invoices  →  {db}",
+        highlight=False,
+    )
+    out.print(
+        f"Rules: {rules_path} ({', '.join(r.id for r in rs.rules)}); planned as of {as_of} in {t_plan:.2f}s",
+        highlight=False,
+    )
     print_plan_summary(p, out, limit=8)
     _per_manager(p, store, out)
     for rid in ("release", "forgotten"):
@@ -279,10 +296,12 @@ def demo(
             out.rule(f"why {a.client_id}? (retainer explain --client {a.client_id} --rule {rid})")
             out.print(str(engine.explain(a.client_id, as_of, rule=rid)), highlight=False, markup=False)
     out.rule()
-    out.print("Next: "
-              f"retainer plan --rules {rules_path} --data {db} --as-of {as_of} --format json | head\n"
-              f"      retainer explain --rules {rules_path} --data {db} --as-of {as_of} --client <id>",
-              highlight=False)
+    out.print(
+        "Next: "
+        f"retainer plan --rules {rules_path} --data {db} --as-of {as_of} --format json | head\n"
+        f"      retainer explain --rules {rules_path} --data {db} --as-of {as_of} --client <id>",
+        highlight=False,
+    )
     err.print(f"done in {time.perf_counter() - t0:.1f}s", highlight=False)
     store.close()
 

@@ -36,8 +36,7 @@ def data_files(folder: Path) -> dict[str, Path]:
         if paths:
             found[entity] = paths[0]
     if not found:
-        raise DataError(f"no data files in {folder}: expected {', '.join(e + '.csv' for e in ENTITIES)} "
-                        "(or .jsonl)")
+        raise DataError(f"no data files in {folder}: expected {', '.join(e + '.csv' for e in ENTITIES)} (or .jsonl)")
     return found
 
 
@@ -51,16 +50,19 @@ def _csv_rows(path: Path, entity: str) -> Iterator[tuple[int, dict[str, Any]]]:
         header = [h.strip() for h in header]
         for h in header:
             if h not in fields:
-                raise DataError(f"unknown column {h!r}; valid columns: {', '.join(ENTITIES[entity].model_fields)}",
-                                file=str(path), row=1, field=h)
+                raise DataError(
+                    f"unknown column {h!r}; valid columns: {', '.join(ENTITIES[entity].model_fields)}",
+                    file=str(path),
+                    row=1,
+                    field=h,
+                )
         if "id" not in header:
             raise DataError("the header has no 'id' column", file=str(path), row=1)
         for row in reader:
             if not row or all(not c.strip() for c in row):
                 continue
             if len(row) != len(header):
-                raise DataError(f"expected {len(header)} cells, found {len(row)}", file=str(path),
-                                row=reader.line_num)
+                raise DataError(f"expected {len(header)} cells, found {len(row)}", file=str(path), row=reader.line_num)
             yield reader.line_num, {h: (v if v != "" else None) for h, v in zip(header, row, strict=True)}
 
 

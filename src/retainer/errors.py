@@ -10,8 +10,9 @@ class RetainerError(Exception):
 class RulesError(RetainerError):
     """A rule file is invalid. Carries the file, the 1-based line and the rule id when known."""
 
-    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
-                 rule: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, file: str | None = None, line: int | None = None, rule: str | None = None
+    ) -> None:
         self.message, self.file, self.line, self.rule = message, file, line, rule
         super().__init__(str(self))
 
@@ -27,10 +28,17 @@ class RulesError(RetainerError):
 class DataError(RetainerError):
     """A fact is invalid. Names the entity, the row (file line or index), the id and the field."""
 
-    def __init__(self, message: str, *, entity: str | None = None, row: int | str | None = None,
-                 field: str | None = None, file: str | None = None, id: str | None = None) -> None:
-        self.message, self.entity, self.row, self.field, self.file, self.id = (
-            message, entity, row, field, file, id)
+    def __init__(
+        self,
+        message: str,
+        *,
+        entity: str | None = None,
+        row: int | str | None = None,
+        field: str | None = None,
+        file: str | None = None,
+        id: str | None = None,
+    ) -> None:
+        self.message, self.entity, self.row, self.field, self.file, self.id = (message, entity, row, field, file, id)
         super().__init__(str(self))
 
     def __str__(self) -> str:

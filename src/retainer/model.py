@@ -72,8 +72,7 @@ Id = Annotated[str, Field(min_length=1)]
 
 
 class Entity(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True,
-                              coerce_numbers_to_str=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True, coerce_numbers_to_str=True)
 
     id: Id
 
@@ -236,8 +235,10 @@ def fast_model(cls: type[BaseModel], values: dict[str, Any]) -> Any:
     shape = _SHAPES.get(cls)
     if shape is None:
         fields = cls.model_fields
-        shape = _SHAPES[cls] = (tuple(fields), {
-            k: f.get_default(call_default_factory=True) for k, f in fields.items() if not f.is_required()})
+        shape = _SHAPES[cls] = (
+            tuple(fields),
+            {k: f.get_default(call_default_factory=True) for k, f in fields.items() if not f.is_required()},
+        )
     names, defaults = shape
     if len(values) != len(names):
         values = {k: values[k] if k in values else _copy(defaults[k]) for k in names}

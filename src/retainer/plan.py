@@ -47,21 +47,42 @@ class Plan:
         return {
             "as_of": self.as_of.isoformat(),
             "actions": [action_dict(a) for a in self.actions],
-            "suppressed": [{"action": action_dict(s.action), "reason_code": s.reason_code, "detail": s.detail}
-                           for s in self.suppressed],
+            "suppressed": [
+                {"action": action_dict(s.action), "reason_code": s.reason_code, "detail": s.detail}
+                for s in self.suppressed
+            ],
             "stats": self.stats,
         }
 
     def to_json(self, *, indent: int | None = None) -> str:
         """Compact by default (the C encoder is several times faster than an indented dump)."""
-        return json.dumps(self.to_dict(), default=_default, sort_keys=True, indent=indent, ensure_ascii=False,
-                          separators=(",", ":") if indent is None else None)
+        return json.dumps(
+            self.to_dict(),
+            default=_default,
+            sort_keys=True,
+            indent=indent,
+            ensure_ascii=False,
+            separators=(",", ":") if indent is None else None,
+        )
 
     def to_jsonl(self) -> str:
         """One action per line (then one suppression per line, marked), for piping into other tools."""
-        lines = [json.dumps({"kind": "action", **action_dict(a)}, default=_default, sort_keys=True,
-                            ensure_ascii=False) for a in self.actions]
-        lines += [json.dumps({"kind": "suppressed", "reason_code": s.reason_code, "detail": s.detail,
-                              "action": action_dict(s.action)}, default=_default, sort_keys=True,
-                             ensure_ascii=False) for s in self.suppressed]
+        lines = [
+            json.dumps({"kind": "action", **action_dict(a)}, default=_default, sort_keys=True, ensure_ascii=False)
+            for a in self.actions
+        ]
+        lines += [
+            json.dumps(
+                {
+                    "kind": "suppressed",
+                    "reason_code": s.reason_code,
+                    "detail": s.detail,
+                    "action": action_dict(s.action),
+                },
+                default=_default,
+                sort_keys=True,
+                ensure_ascii=False,
+            )
+            for s in self.suppressed
+        ]
         return "".join(line + "\n" for line in lines)

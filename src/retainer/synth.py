@@ -45,25 +45,157 @@ _WORK_START = 8 * 3600
 _WORK_SPAN = 12 * 3600
 _EXTRA_DAYS = 120  # day labels past as_of: future due dates and offer ends
 
-_TEAMS = ("north", "key-accounts", "south", "east", "west", "central", "smb", "online",
-          "export", "retail", "partners", "wholesale")
+_TEAMS = (
+    "north",
+    "key-accounts",
+    "south",
+    "east",
+    "west",
+    "central",
+    "smb",
+    "online",
+    "export",
+    "retail",
+    "partners",
+    "wholesale",
+)
 _HEAD_TEAM = "management"
-_FIRST_F = ("Anna", "Maria", "Elena", "Olga", "Natalia", "Irina", "Svetlana", "Tatiana", "Yulia",
-            "Ekaterina", "Daria", "Oksana", "Alina", "Victoria", "Sofia", "Polina")
-_FIRST_M = ("Ivan", "Dmitry", "Sergey", "Alexey", "Andrey", "Pavel", "Mikhail", "Nikolai", "Oleg",
-            "Maxim", "Artem", "Roman", "Taras", "Bogdan", "Yuri", "Denis")
-_LAST = ("Petrov", "Ivanov", "Smirnov", "Kuznetsov", "Popov", "Volkov", "Sokolov", "Lebedev",
-         "Kozlov", "Novikov", "Morozov", "Orlov", "Pavlov", "Fedorov", "Belov", "Zaitsev", "Egorov",
-         "Bogdanov", "Melnikov", "Shevchenko", "Bondarenko", "Kovalenko", "Tkachenko", "Kravchenko")
-_CO_PREFIX = ("Acme", "Northwind", "Baltic", "Volga", "Ural", "Sibir", "Delta", "Orion", "Vega",
-              "Atlas", "Polar", "Granit", "Kedr", "Lotus", "Zenit", "Meridian", "Vector", "Alfa",
-              "Neva", "Amur", "Krona", "Terra", "Aurora", "Fortis", "Nova", "Sever", "Vostok",
-              "Titan", "Optima", "Prima", "Quantum", "Impuls", "Rubin", "Sapfir", "Elbrus", "Kama",
-              "Dnipro", "Oka", "Bereg", "Sokol")
-_CO_TRADE = ("Logistics", "Trading", "Foods", "Pharma", "Build", "Textiles", "Motors",
-             "Electronics", "Agro", "Furniture", "Print", "Media", "Energy", "Steel", "Plastics",
-             "Chemicals", "Retail", "Wholesale", "Tech", "Systems", "Packaging", "Medical",
-             "Auto Parts", "Travel", "Security", "Consulting", "Cleaning", "Dairy", "Bakery", "Water")
+_FIRST_F = (
+    "Anna",
+    "Maria",
+    "Elena",
+    "Olga",
+    "Natalia",
+    "Irina",
+    "Svetlana",
+    "Tatiana",
+    "Yulia",
+    "Ekaterina",
+    "Daria",
+    "Oksana",
+    "Alina",
+    "Victoria",
+    "Sofia",
+    "Polina",
+)
+_FIRST_M = (
+    "Ivan",
+    "Dmitry",
+    "Sergey",
+    "Alexey",
+    "Andrey",
+    "Pavel",
+    "Mikhail",
+    "Nikolai",
+    "Oleg",
+    "Maxim",
+    "Artem",
+    "Roman",
+    "Taras",
+    "Bogdan",
+    "Yuri",
+    "Denis",
+)
+_LAST = (
+    "Petrov",
+    "Ivanov",
+    "Smirnov",
+    "Kuznetsov",
+    "Popov",
+    "Volkov",
+    "Sokolov",
+    "Lebedev",
+    "Kozlov",
+    "Novikov",
+    "Morozov",
+    "Orlov",
+    "Pavlov",
+    "Fedorov",
+    "Belov",
+    "Zaitsev",
+    "Egorov",
+    "Bogdanov",
+    "Melnikov",
+    "Shevchenko",
+    "Bondarenko",
+    "Kovalenko",
+    "Tkachenko",
+    "Kravchenko",
+)
+_CO_PREFIX = (
+    "Acme",
+    "Northwind",
+    "Baltic",
+    "Volga",
+    "Ural",
+    "Sibir",
+    "Delta",
+    "Orion",
+    "Vega",
+    "Atlas",
+    "Polar",
+    "Granit",
+    "Kedr",
+    "Lotus",
+    "Zenit",
+    "Meridian",
+    "Vector",
+    "Alfa",
+    "Neva",
+    "Amur",
+    "Krona",
+    "Terra",
+    "Aurora",
+    "Fortis",
+    "Nova",
+    "Sever",
+    "Vostok",
+    "Titan",
+    "Optima",
+    "Prima",
+    "Quantum",
+    "Impuls",
+    "Rubin",
+    "Sapfir",
+    "Elbrus",
+    "Kama",
+    "Dnipro",
+    "Oka",
+    "Bereg",
+    "Sokol",
+)
+_CO_TRADE = (
+    "Logistics",
+    "Trading",
+    "Foods",
+    "Pharma",
+    "Build",
+    "Textiles",
+    "Motors",
+    "Electronics",
+    "Agro",
+    "Furniture",
+    "Print",
+    "Media",
+    "Energy",
+    "Steel",
+    "Plastics",
+    "Chemicals",
+    "Retail",
+    "Wholesale",
+    "Tech",
+    "Systems",
+    "Packaging",
+    "Medical",
+    "Auto Parts",
+    "Travel",
+    "Security",
+    "Consulting",
+    "Cleaning",
+    "Dairy",
+    "Bakery",
+    "Water",
+)
 _CO_SUFFIX = ("LLC", "LLC", "LLC", "Ltd", "Group", "JSC", "Inc", "& Co")
 
 # (kind, direction, channel) with weights: what a sales team's timeline is made of.
@@ -83,8 +215,17 @@ _TOUCH_MIX: tuple[tuple[tuple[str, str, str], float], ...] = (
     (("document", "outbound", "edo"), 3.5),
     (("document", "internal", ""), 2.5),
 )
-_TASK_KINDS_CRM = ("call", "call", "call", "follow_up", "follow_up", "meeting", "send_quote",
-                   "send_documents", "collect_payment")
+_TASK_KINDS_CRM = (
+    "call",
+    "call",
+    "call",
+    "follow_up",
+    "follow_up",
+    "meeting",
+    "send_quote",
+    "send_documents",
+    "collect_payment",
+)
 _TASK_KINDS_RETAINER = ("retention_call", "follow_up", "collect_payment")
 _OFFER_CATEGORIES = (("retention", 0.35), ("development", 0.45), ("service", 0.20))
 
@@ -100,8 +241,7 @@ class _Clock:
         self.start = as_of - timedelta(days=days)
         self.days = days
         self.day_labels = [(self.start + timedelta(days=i)).isoformat() for i in range(days + _EXTRA_DAYS)]
-        self.tod_labels = [f"{h:02d}:{m:02d}:{s:02d}"
-                           for h in range(24) for m in range(60) for s in range(60)]
+        self.tod_labels = [f"{h:02d}:{m:02d}:{s:02d}" for h in range(24) for m in range(60) for s in range(60)]
         self.workdays = [i for i in range(days) if (self.start + timedelta(days=i)).weekday() < 5]
 
     def ts(self, seconds: int) -> str:
@@ -247,8 +387,7 @@ def _build_managers(rng: random.Random, count: int) -> list[_Manager]:
 _ClientRow = tuple[str, str, str, int]  # tags, contact_policy, cost_to_serve, created_at (seconds)
 
 
-def _plan_clients(rng: random.Random, n: int, managers: list[_Manager],
-                  days: int) -> tuple[_Clients, list[_ClientRow]]:
+def _plan_clients(rng: random.Random, n: int, managers: list[_Manager], days: int) -> tuple[_Clients, list[_ClientRow]]:
     """Decide each client's shape; returns the shared per-client facts and the clients.csv extras."""
     cl = _Clients()
     key_pool = [i for i, m in enumerate(managers) if m.team == "key-accounts" and m.weight > 0]
@@ -321,8 +460,7 @@ def _company_name(i: int, rng: random.Random) -> str:
     return f"{base} {_CO_SUFFIX[int(rng.random() * len(_CO_SUFFIX))]}"
 
 
-def _span_weights(cl: _Clients, flat: float, *, skip_prospects: bool = False,
-                  by_span: bool = True) -> list[float]:
+def _span_weights(cl: _Clients, flat: float, *, skip_prospects: bool = False, by_span: bool = True) -> list[float]:
     """Row weights per client: a mix of the Pareto weight and a flat share, times the active span."""
     mean = sum(cl.weight) / max(1, len(cl.weight))
     out: list[float] = []
@@ -335,8 +473,7 @@ def _span_weights(cl: _Clients, flat: float, *, skip_prospects: bool = False,
     return out
 
 
-def _write_touches(out: Path, rng: random.Random, cl: _Clients, mids: list[str], clock: _Clock,
-                   total: float) -> int:
+def _write_touches(out: Path, rng: random.Random, cl: _Clients, mids: list[str], clock: _Clock, total: float) -> int:
     counts = _counts(rng, _span_weights(cl, 0.0), total)
     mix = [m for m, _ in _TOUCH_MIX]
     cum: list[float] = []
@@ -371,8 +508,7 @@ def _write_touches(out: Path, rng: random.Random, cl: _Clients, mids: list[str],
     return tid
 
 
-def _write_tasks(out: Path, rng: random.Random, cl: _Clients, mids: list[str], clock: _Clock,
-                 total: float) -> int:
+def _write_tasks(out: Path, rng: random.Random, cl: _Clients, mids: list[str], clock: _Clock, total: float) -> int:
     days = clock.days
     counts = _counts(rng, _span_weights(cl, 0.3), total)
     rand, nm = rng.random, len(mids)
@@ -478,8 +614,17 @@ def _write_invoices(out: Path, rng: random.Random, cl: _Clients, clock: _Clock, 
                     rows.append((issued, f"{amount:.2f}", "", ""))
             rows.sort()
             for issued, amount_s, paid_s, paid_amount in rows:
-                w.writerow((f"i{iid}", f"c{c}", clock.ts(issued), clock.day(issued // _DAY + 14), amount_s,
-                            paid_s, paid_amount))
+                w.writerow(
+                    (
+                        f"i{iid}",
+                        f"c{c}",
+                        clock.ts(issued),
+                        clock.day(issued // _DAY + 14),
+                        amount_s,
+                        paid_s,
+                        paid_amount,
+                    )
+                )
                 iid += 1
     return iid
 
@@ -526,15 +671,31 @@ def _write_contracts(out: Path, rng: random.Random, cl: _Clients, clock: _Clock,
             for day in starts:
                 start = clock.start + timedelta(days=day)
                 end = _add_months(start, 12)
-                w.writerow((f"ct{kid}", f"c{c}", f"{start.isoformat()}T00:00:00",
-                            f"{end.isoformat()}T00:00:00", _money(scale * (0.3 + 0.7 * rand()))))
+                w.writerow(
+                    (
+                        f"ct{kid}",
+                        f"c{c}",
+                        f"{start.isoformat()}T00:00:00",
+                        f"{end.isoformat()}T00:00:00",
+                        _money(scale * (0.3 + 0.7 * rand())),
+                    )
+                )
                 kid += 1
     return kid
 
 
-def generate(out_dir: str | Path, *, clients: int = 3000, managers: int | None = None, seed: int = 7,
-             as_of: date = DEFAULT_AS_OF, years: float = 1.0, touches_per_client: float = 20.0,
-             tasks_per_client: float = 2.0, invoices_per_client: float = 5.0) -> dict[str, int]:
+def generate(
+    out_dir: str | Path,
+    *,
+    clients: int = 3000,
+    managers: int | None = None,
+    seed: int = 7,
+    as_of: date = DEFAULT_AS_OF,
+    years: float = 1.0,
+    touches_per_client: float = 20.0,
+    tasks_per_client: float = 2.0,
+    invoices_per_client: float = 5.0,
+) -> dict[str, int]:
     """Write clients.csv managers.csv touches.csv tasks.csv deals.csv invoices.csv offers.csv contracts.csv
     into out_dir (created if missing); return row counts per file stem.
 
@@ -570,25 +731,44 @@ def generate(out_dir: str | Path, *, clients: int = 3000, managers: int | None =
             active = "true" if m.active else "false"
             w.writerow((m.id, m.name, active, m.supervisor_id, m.max_clients, m.team))
     nrng = _rng(seed, "names")
-    header = ("id", "manager_id", "name", "status", "tags", "contact_policy", "abc_class", "cost_to_serve",
-              "created_at")
+    header = (
+        "id",
+        "manager_id",
+        "name",
+        "status",
+        "tags",
+        "contact_policy",
+        "abc_class",
+        "cost_to_serve",
+        "created_at",
+    )
     with _csv(out, "clients", header) as w:
         for c, (tags, policy, cost, created) in enumerate(extras):
-            w.writerow((f"c{c}", mids[cl.manager[c]], _company_name(c, nrng), cl.status[c], tags, policy, "",
-                        cost, clock.ts(created)))
+            w.writerow(
+                (
+                    f"c{c}",
+                    mids[cl.manager[c]],
+                    _company_name(c, nrng),
+                    cl.status[c],
+                    tags,
+                    policy,
+                    "",
+                    cost,
+                    clock.ts(created),
+                )
+            )
     del extras
 
     writers: list[tuple[str, Callable[[], int]]] = [
-        ("touches", lambda: _write_touches(out, _rng(seed, "touches"), cl, mids, clock,
-                                           clients * touches_per_client)),
-        ("tasks", lambda: _write_tasks(out, _rng(seed, "tasks"), cl, mids, clock,
-                                       clients * tasks_per_client)),
+        ("touches", lambda: _write_touches(out, _rng(seed, "touches"), cl, mids, clock, clients * touches_per_client)),
+        ("tasks", lambda: _write_tasks(out, _rng(seed, "tasks"), cl, mids, clock, clients * tasks_per_client)),
         ("deals", lambda: _write_deals(out, _rng(seed, "deals"), cl, clock, clients * DEALS_PER_CLIENT)),
-        ("invoices", lambda: _write_invoices(out, _rng(seed, "invoices"), cl, clock,
-                                             clients * invoices_per_client)),
+        ("invoices", lambda: _write_invoices(out, _rng(seed, "invoices"), cl, clock, clients * invoices_per_client)),
         ("offers", lambda: _write_offers(out, _rng(seed, "offers"), cl, clock, clients * OFFERS_PER_CLIENT)),
-        ("contracts", lambda: _write_contracts(out, _rng(seed, "contracts"), cl, clock,
-                                               clients * CONTRACTS_PER_CLIENT)),
+        (
+            "contracts",
+            lambda: _write_contracts(out, _rng(seed, "contracts"), cl, clock, clients * CONTRACTS_PER_CLIENT),
+        ),
     ]
     counts = {"managers": n_managers, "clients": clients}
     for stem, write in writers:
@@ -598,14 +778,19 @@ def generate(out_dir: str | Path, *, clients: int = 3000, managers: int | None =
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m retainer.synth`: the benchmark data set without going through the CLI."""
-    ap = argparse.ArgumentParser(prog="python -m retainer.synth",
-                                 description="Write a seeded synthetic CRM as CSV files.")
+    ap = argparse.ArgumentParser(
+        prog="python -m retainer.synth", description="Write a seeded synthetic CRM as CSV files."
+    )
     ap.add_argument("--clients", type=int, default=3000, help="number of clients (default 3000)")
     ap.add_argument("--out", required=True, help="output directory (created if missing)")
     ap.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     ap.add_argument("--years", type=float, default=1.0, help="history window in years (default 1)")
-    ap.add_argument("--as-of", type=date.fromisoformat, default=DEFAULT_AS_OF,
-                    help=f"end of the history, exclusive (default {DEFAULT_AS_OF.isoformat()})")
+    ap.add_argument(
+        "--as-of",
+        type=date.fromisoformat,
+        default=DEFAULT_AS_OF,
+        help=f"end of the history, exclusive (default {DEFAULT_AS_OF.isoformat()})",
+    )
     args = ap.parse_args(argv)
     try:
         counts = generate(args.out, clients=args.clients, seed=args.seed, years=args.years, as_of=args.as_of)

@@ -216,5 +216,4 @@ def add_durations(a: Duration, b: Duration) -> Duration:
     """`a` then `b`; used where one threshold extends another (forgotten `after` + release `grace`)."""
     if (a.is_hours and (b.months or b.days)) or (b.is_hours and (a.months or a.days)):
         raise DurationError(f"cannot add {a} and {b}: mix of hours and calendar units")
-    return Duration(months=a.months + b.months, days=a.days + b.days, hours=a.hours + b.hours,
-                    text=f"{a}+{b}")
+    return Duration(months=a.months + b.months, days=a.days + b.days, hours=a.hours + b.hours, text=f"{a}+{b}")

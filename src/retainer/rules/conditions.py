@@ -165,9 +165,16 @@ def _between(a: Any, b: tuple[Any, Any]) -> bool:
 
 
 _BINARY: dict[str, Callable[[Any, Any], bool]] = {
-    "eq": operator.eq, "ne": operator.ne, "gt": operator.gt, "gte": operator.ge, "lt": operator.lt,
-    "lte": operator.le, "in": lambda a, b: a in b, "not_in": lambda a, b: a not in b,
-    "between": _between, "contains": _contains,
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
+    "in": lambda a, b: a in b,
+    "not_in": lambda a, b: a not in b,
+    "between": _between,
+    "contains": _contains,
 }
 _SYMBOL = {"eq": "=", "ne": "≠", "gt": ">", "gte": "≥", "lt": "<", "lte": "≤"}
 
@@ -243,8 +250,9 @@ class OlderThan(Node):
 
             plus = self.plus
             extended: dict[Duration, Duration] = {}
-            out = [None if d is None else extended.get(d) or extended.setdefault(d, add_durations(d, plus))
-                   for d in out]
+            out = [
+                None if d is None else extended.get(d) or extended.setdefault(d, add_durations(d, plus)) for d in out
+            ]
         return out
 
     def mask(self, frame: Frame) -> list[bool]:
@@ -312,8 +320,9 @@ def _older_fn(as_of: AsOf, d: Duration) -> Callable[[datetime], bool]:
 def parse_condition(raw: Any, types: FeatureTypes, tz: Any, path: Path) -> Node:
     """Turn the YAML form into an AST, checking feature names, ops and value types."""
     if not isinstance(raw, dict) or not raw:
-        raise ConditionError("a condition is a mapping: {all: [...]}, {any: [...]}, {not: ...} or "
-                             "{feature: {op: value}}", path)
+        raise ConditionError(
+            "a condition is a mapping: {all: [...]}, {any: [...]}, {not: ...} or {feature: {op: value}}", path
+        )
     nodes: list[Node] = []
     for key, val in raw.items():
         p = (*path, key)
@@ -360,8 +369,10 @@ def _unknown_feature(name: str, known: Sequence[str]) -> str:
 
     close = difflib.get_close_matches(name, known, n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return (f"unknown feature {name!r}{hint} (built-in features: see `retainer schema` and docs/rules.md; "
-            f"define your own under `features:`)")
+    return (
+        f"unknown feature {name!r}{hint} (built-in features: see `retainer schema` and docs/rules.md; "
+        f"define your own under `features:`)"
+    )
 
 
 def _coerce(op: str, v: Any, ftype: str, feature: str, tz: Any, path: Path) -> Any:

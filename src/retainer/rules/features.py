@@ -45,8 +45,15 @@ def _days(as_of: AsOf, col: list[datetime | None]) -> list[int | None]:
 class FeatureFrame:
     """Feature columns for the clients of one plan, aligned with `ids`, computed on first use."""
 
-    def __init__(self, registry: FeatureRegistry, store: Store, as_of: AsOf, clients: list[Client],
-                 managers: dict[str, Manager], client_ids: Sequence[str] | None) -> None:
+    def __init__(
+        self,
+        registry: FeatureRegistry,
+        store: Store,
+        as_of: AsOf,
+        clients: list[Client],
+        managers: dict[str, Manager],
+        client_ids: Sequence[str] | None,
+    ) -> None:
         self.registry = registry
         self.store = store
         self.as_of = as_of
@@ -145,8 +152,9 @@ def _anchor_feature(name: str, activity: str) -> FeatureImpl:
     def compute(f: FeatureFrame) -> list[Any]:
         return [a if a is not None else c.created_at for a, c in zip(f.column(activity), f.clients, strict=True)]
 
-    return FeatureImpl(name, "datetime", "last activity, or created_at for a client never touched",
-                       deps=(activity,), compute=compute)
+    return FeatureImpl(
+        name, "datetime", "last activity, or created_at for a client never touched", deps=(activity,), compute=compute
+    )
 
 
 def _window(kind: str, text: str) -> FeatureImpl:
@@ -166,33 +174,40 @@ def _window(kind: str, text: str) -> FeatureImpl:
             return [AggSpec("invoices", fn, "amount" if fn == "sum" else None, (), "issued_at", since(a))]
 
         default = ZERO if kind == "revenue" else 0
-        return FeatureImpl(name, "number" if kind == "revenue" else "int",
-                           f"{'sum of invoice amounts' if kind == 'revenue' else 'invoices'} issued within {w}",
-                           aggs=aggs, compute=lambda f: f.agg_column(aggs(f.as_of)[0], default))
+        return FeatureImpl(
+            name,
+            "number" if kind == "revenue" else "int",
+            f"{'sum of invoice amounts' if kind == 'revenue' else 'invoices'} issued within {w}",
+            aggs=aggs,
+            compute=lambda f: f.agg_column(aggs(f.as_of)[0], default),
+        )
     if kind in ("outbound", "inbound", "touches"):
         where = () if kind == "touches" else (Pred("direction", "eq", kind),)
 
         def taggs(a: AsOf) -> list[AggSpec]:
             return [AggSpec("touches", "count", None, where, "at", since(a))]
 
-        return FeatureImpl(name, "int", f"{kind} touches within {w}", aggs=taggs,
-                           compute=lambda f: f.agg_column(taggs(f.as_of)[0], 0))
+        return FeatureImpl(
+            name, "int", f"{kind} touches within {w}", aggs=taggs, compute=lambda f: f.agg_column(taggs(f.as_of)[0], 0)
+        )
     if kind == "profit":
         rev = f"revenue_{text}"
 
         def profit(f: FeatureFrame) -> list[Any]:
             days = Decimal((f.as_of.date - w.cutoff(f.as_of.date)).days)
-            return [r - (c.cost_to_serve or ZERO) * days / 30
-                    for r, c in zip(f.column(rev), f.clients, strict=True)]
+            return [r - (c.cost_to_serve or ZERO) * days / 30 for r, c in zip(f.column(rev), f.clients, strict=True)]
 
-        return FeatureImpl(name, "number", f"revenue within {w} minus cost_to_serve for the same days",
-                           deps=(rev,), compute=profit)
+        return FeatureImpl(
+            name, "number", f"revenue within {w} minus cost_to_serve for the same days", deps=(rev,), compute=profit
+        )
     # spend_growth: the last window versus the one before it, as a ratio (0.2 = +20 %)
     double = Duration(months=2 * w.months, days=2 * w.days, hours=2 * w.hours, text=f"2x{w}")
 
     def gaggs(a: AsOf) -> list[AggSpec]:
-        return [AggSpec("invoices", "sum", "amount", (), "issued_at", since(a)),
-                AggSpec("invoices", "sum", "amount", (), "issued_at", a.window_start(double))]
+        return [
+            AggSpec("invoices", "sum", "amount", (), "issued_at", since(a)),
+            AggSpec("invoices", "sum", "amount", (), "issued_at", a.window_start(double)),
+        ]
 
     def growth(f: FeatureFrame) -> list[Any]:
         last_s, both_s = gaggs(f.as_of)
@@ -204,8 +219,9 @@ def _window(kind: str, text: str) -> FeatureImpl:
             out.append(None if prev == 0 else (cur - prev) / prev)
         return out
 
-    return FeatureImpl(name, "number", f"spend over the last {w} versus the {w} before, as a ratio",
-                       aggs=gaggs, compute=growth)
+    return FeatureImpl(
+        name, "number", f"spend over the last {w} versus the {w} before, as a ratio", aggs=gaggs, compute=growth
+    )
 
 
 def _abc(window: Duration, a_share: Decimal, b_share: Decimal) -> FeatureImpl:
@@ -226,28 +242,47 @@ def _abc(window: Duration, a_share: Decimal, b_share: Decimal) -> FeatureImpl:
             cum += v
         return [g if g is not None else cls.get(cid) for g, cid in zip(given, f.ids, strict=True)]
 
-    return FeatureImpl("abc_class", "str", f"A/B/C by revenue over {window} unless the data sets it",
-                       aggs=aggs, compute=compute, whole_population=True)
+    return FeatureImpl(
+        "abc_class",
+        "str",
+        f"A/B/C by revenue over {window} unless the data sets it",
+        aggs=aggs,
+        compute=compute,
+        whole_population=True,
+    )
 
 
 def _builtins(abc: FeatureImpl) -> dict[str, FeatureImpl]:
     def manager_attr(attr: str) -> Callable[[FeatureFrame], list[Any]]:
         def compute(f: FeatureFrame) -> list[Any]:
             return [getattr(m, attr) if (m := f.managers.get(c.manager_id)) else None for c in f.clients]
+
         return compute
 
-    fut = lambda a: AggSpec("tasks", "count", None,  # noqa: E731
-                            (Pred("is_open", "eq", True), Pred("due_at", "gte", a.day_start(a.date))))
-    open_tasks = lambda a: AggSpec("tasks", "count", None, (Pred("is_open", "eq", True),))  # noqa: E731
+    def fut(a: AsOf) -> AggSpec:
+        return AggSpec(
+            "tasks", "count", None, (Pred("is_open", "eq", True), Pred("due_at", "gte", a.day_start(a.date)))
+        )
+
+    def open_tasks(a: AsOf) -> AggSpec:
+        return AggSpec("tasks", "count", None, (Pred("is_open", "eq", True),))
+
+    def overdue_where(a: AsOf) -> tuple[Pred, ...]:
+        return (Pred("outstanding", "gt", ZERO), Pred("due_at", "lt", a.day_start(a.date)))
+
+    def overdue_sum(a: AsOf) -> AggSpec:
+        return AggSpec("invoices", "sum", "outstanding", overdue_where(a))
+
+    def overdue_min(a: AsOf) -> AggSpec:
+        return AggSpec("invoices", "min", "due_at", overdue_where(a))
+
+    def cur_contract(a: AsOf, fn: Any, fld: str) -> AggSpec:
+        return AggSpec("contracts", fn, fld, (Pred("ends_at", "gt", a.instant),), "starts_at")
+
     last_inv = AggSpec("invoices", "max", "issued_at", (), "issued_at")
-    overdue_where = lambda a: (Pred("outstanding", "gt", ZERO), Pred("due_at", "lt", a.day_start(a.date)))  # noqa: E731
-    overdue_sum = lambda a: AggSpec("invoices", "sum", "outstanding", overdue_where(a))  # noqa: E731
-    overdue_min = lambda a: AggSpec("invoices", "min", "due_at", overdue_where(a))  # noqa: E731
     open_deals = AggSpec("deals", "count", None, (Pred("is_open", "eq", True),))
     won = AggSpec("deals", "max", "closed_at", (Pred("is_won", "eq", True),), "closed_at")
     offer_end = AggSpec("offers", "max", "ends_at", (), "ends_at")
-    cur_contract = lambda a, fn, fld: AggSpec("contracts", fn, fld,  # noqa: E731
-                                              (Pred("ends_at", "gt", a.instant),), "starts_at")
 
     def contract_progress(f: FeatureFrame) -> list[Any]:
         a = f.as_of
@@ -270,36 +305,87 @@ def _builtins(abc: FeatureImpl) -> dict[str, FeatureImpl]:
         _client_field("created_at", "datetime", "when the client was created"),
         _client_field("cost_to_serve", "number", "cost to serve per 30 days"),
         FeatureImpl("client_id", "str", "the client's id", compute=lambda f: list(f.ids)),
-        FeatureImpl("manager_active", "bool", "the responsible manager is active",
-                    compute=manager_attr("active")),
+        FeatureImpl("manager_active", "bool", "the responsible manager is active", compute=manager_attr("active")),
         FeatureImpl("manager_team", "str", "the responsible manager's team", compute=manager_attr("team")),
         _activity_feature("last_activity_at", None),
         _anchor_feature("activity_anchor_at", "last_activity_at"),
-        FeatureImpl("days_since_activity", "int",
-                    "calendar days since the last activity (or since created_at if never touched)",
-                    deps=("activity_anchor_at",), compute=lambda f: _days(f.as_of, f.column("activity_anchor_at"))),
-        FeatureImpl("has_future_task", "bool", "an open task due on or after as_of's date",
-                    aggs=lambda a: [fut(a)], compute=lambda f: [n > 0 for n in f.agg_column(fut(f.as_of), 0)]),
-        FeatureImpl("open_tasks", "int", "tasks open at as_of",
-                    aggs=lambda a: [open_tasks(a)], compute=lambda f: f.agg_column(open_tasks(f.as_of), 0)),
-        FeatureImpl("last_invoice_at", "datetime", "when the latest invoice was issued",
-                    aggs=lambda a: [last_inv], compute=lambda f: f.agg_column(last_inv)),
-        FeatureImpl("days_since_last_invoice", "int", "calendar days since the latest invoice",
-                    deps=("last_invoice_at",), compute=lambda f: _days(f.as_of, f.column("last_invoice_at"))),
-        FeatureImpl("overdue_amount", "number", "unpaid amount of invoices past their due date",
-                    aggs=lambda a: [overdue_sum(a)], compute=lambda f: f.agg_column(overdue_sum(f.as_of), ZERO)),
-        FeatureImpl("max_days_overdue", "int", "days past due of the oldest unpaid overdue invoice",
-                    aggs=lambda a: [overdue_min(a)],
-                    compute=lambda f: _days(f.as_of, f.agg_column(overdue_min(f.as_of)))),
-        FeatureImpl("open_deals", "int", "deals open at as_of",
-                    aggs=lambda a: [open_deals], compute=lambda f: f.agg_column(open_deals, 0)),
-        FeatureImpl("last_won_deal_at", "datetime", "when the latest won deal closed",
-                    aggs=lambda a: [won], compute=lambda f: f.agg_column(won)),
-        FeatureImpl("days_since_offer_end", "int", "days since the latest offer ended",
-                    aggs=lambda a: [offer_end], compute=lambda f: _days(f.as_of, f.agg_column(offer_end))),
-        FeatureImpl("contract_progress", "number", "elapsed share (0..1) of the current contract",
-                    aggs=lambda a: [cur_contract(a, "max", "starts_at"), cur_contract(a, "min", "ends_at")],
-                    compute=contract_progress),
+        FeatureImpl(
+            "days_since_activity",
+            "int",
+            "calendar days since the last activity (or since created_at if never touched)",
+            deps=("activity_anchor_at",),
+            compute=lambda f: _days(f.as_of, f.column("activity_anchor_at")),
+        ),
+        FeatureImpl(
+            "has_future_task",
+            "bool",
+            "an open task due on or after as_of's date",
+            aggs=lambda a: [fut(a)],
+            compute=lambda f: [n > 0 for n in f.agg_column(fut(f.as_of), 0)],
+        ),
+        FeatureImpl(
+            "open_tasks",
+            "int",
+            "tasks open at as_of",
+            aggs=lambda a: [open_tasks(a)],
+            compute=lambda f: f.agg_column(open_tasks(f.as_of), 0),
+        ),
+        FeatureImpl(
+            "last_invoice_at",
+            "datetime",
+            "when the latest invoice was issued",
+            aggs=lambda a: [last_inv],
+            compute=lambda f: f.agg_column(last_inv),
+        ),
+        FeatureImpl(
+            "days_since_last_invoice",
+            "int",
+            "calendar days since the latest invoice",
+            deps=("last_invoice_at",),
+            compute=lambda f: _days(f.as_of, f.column("last_invoice_at")),
+        ),
+        FeatureImpl(
+            "overdue_amount",
+            "number",
+            "unpaid amount of invoices past their due date",
+            aggs=lambda a: [overdue_sum(a)],
+            compute=lambda f: f.agg_column(overdue_sum(f.as_of), ZERO),
+        ),
+        FeatureImpl(
+            "max_days_overdue",
+            "int",
+            "days past due of the oldest unpaid overdue invoice",
+            aggs=lambda a: [overdue_min(a)],
+            compute=lambda f: _days(f.as_of, f.agg_column(overdue_min(f.as_of))),
+        ),
+        FeatureImpl(
+            "open_deals",
+            "int",
+            "deals open at as_of",
+            aggs=lambda a: [open_deals],
+            compute=lambda f: f.agg_column(open_deals, 0),
+        ),
+        FeatureImpl(
+            "last_won_deal_at",
+            "datetime",
+            "when the latest won deal closed",
+            aggs=lambda a: [won],
+            compute=lambda f: f.agg_column(won),
+        ),
+        FeatureImpl(
+            "days_since_offer_end",
+            "int",
+            "days since the latest offer ended",
+            aggs=lambda a: [offer_end],
+            compute=lambda f: _days(f.as_of, f.agg_column(offer_end)),
+        ),
+        FeatureImpl(
+            "contract_progress",
+            "number",
+            "elapsed share (0..1) of the current contract",
+            aggs=lambda a: [cur_contract(a, "max", "starts_at"), cur_contract(a, "min", "ends_at")],
+            compute=contract_progress,
+        ),
         abc,
     ]
     return {i.name: i for i in impls}
@@ -359,8 +445,9 @@ def named_feature(name: str, d: FeatureDef, tz: Any) -> FeatureImpl:
     preds: list[Pred] = []
     for key, cond in d.where.items():
         if key not in _fields(entity):
-            raise FeatureDefError(f"unknown field {entity}.{key} in where; valid: {', '.join(_fields(entity))}",
-                                  "where")
+            raise FeatureDefError(
+                f"unknown field {entity}.{key} in where; valid: {', '.join(_fields(entity))}", "where"
+            )
         ftype = _field_type(entity, key)
         ops = cond if isinstance(cond, dict) else {"eq": cond}
         for op, v in ops.items():
@@ -375,8 +462,9 @@ def named_feature(name: str, d: FeatureDef, tz: Any) -> FeatureImpl:
                     val = _scalar(v, ftype, key, tz, ())
                     preds.append(Pred(key, op, Decimal(val) if ftype == "number" else val))
                 else:
-                    raise FeatureDefError(f"unknown operator {op!r} in where; valid: eq ne gt gte lt lte in "
-                                          "not_in exists", "where")
+                    raise FeatureDefError(
+                        f"unknown operator {op!r} in where; valid: eq ne gt gte lt lte in not_in exists", "where"
+                    )
             except ConditionError as exc:
                 raise FeatureDefError(str(exc), "where") from None
     where = tuple(preds)
@@ -387,8 +475,13 @@ def named_feature(name: str, d: FeatureDef, tz: Any) -> FeatureImpl:
         return [AggSpec(entity, d.fn, fld or None, where, time_field, since)]  # type: ignore[arg-type]
 
     default: Any = 0 if d.fn == "count" else ZERO if d.fn == "sum" else None
-    return FeatureImpl(name, typ if d.fn != "count" else "int", f"{d.fn} of {d.target}", aggs=aggs,
-                       compute=lambda f: f.agg_column(aggs(f.as_of)[0], default))
+    return FeatureImpl(
+        name,
+        typ if d.fn != "count" else "int",
+        f"{d.fn} of {d.target}",
+        aggs=aggs,
+        compute=lambda f: f.agg_column(aggs(f.as_of)[0], default),
+    )
 
 
 @dataclass
@@ -424,8 +517,9 @@ class FeatureRegistry:
             return impl
         if name.startswith("attributes."):
             key = name.split(".", 1)[1]
-            impl = FeatureImpl(name, "any", f"client attribute {key}",
-                               compute=lambda f: [c.attributes.get(key) for c in f.clients])
+            impl = FeatureImpl(
+                name, "any", f"client attribute {key}", compute=lambda f: [c.attributes.get(key) for c in f.clients]
+            )
         else:
             m = _WINDOWED.match(name)
             if not m:
@@ -466,6 +560,4 @@ class FeatureRegistry:
 
 def register_spend_growth_alias(reg: FeatureRegistry, window: str = "90d") -> None:
     base = reg.get(f"spend_growth_{window}")
-    reg.add(FeatureImpl("spend_growth", base.type, base.doc, aggs=base.aggs, deps=base.deps,
-                        compute=base.compute))
-
+    reg.add(FeatureImpl("spend_growth", base.type, base.doc, aggs=base.aggs, deps=base.deps, compute=base.compute))

@@ -74,8 +74,9 @@ def parse_yaml(text: str, source: str) -> tuple[Any, _Lines]:
         data = _construct(loader, node, (), lines)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        raise RulesError(f"not valid YAML/JSON: {exc.problem or exc}", file=source,
-                         line=mark.line + 1 if mark else None) from None
+        raise RulesError(
+            f"not valid YAML/JSON: {exc.problem or exc}", file=source, line=mark.line + 1 if mark else None
+        ) from None
     except RulesError as exc:
         exc.file = source
         raise RulesError(exc.message, file=source, line=exc.line) from None
@@ -219,17 +220,29 @@ def compile_rules(data: Any, lines: _Lines, source: str) -> RuleSet:
                         texts.append((text, ap))
             for text, tp in texts:
                 try:
-                    used = templates.check(text, lambda n: n in registry or n == "threshold",
-                                           allow=("new_manager",) if has_reassign else ())
+                    used = templates.check(
+                        text,
+                        lambda n: n in registry or n == "threshold",
+                        allow=("new_manager",) if has_reassign else (),
+                    )
                 except templates.TemplateError as exc:
                     raise fail(str(exc), tp) from None
                 needed.update(parts.aliases.get(u, u) for u in used if u != "threshold")
         except (ConditionError, PresetError) as exc:
             raise fail(str(exc), exc.path) from None
         rule = CompiledRule(
-            id=r.id, kind=r.kind, category=r.category, condition=cond, episode=parts.episode,
-            then=then, evidence=parts.evidence, reason=parts.reason, threshold=parts.threshold,
-            aliases=parts.aliases, description=r.description)
+            id=r.id,
+            kind=r.kind,
+            category=r.category,
+            condition=cond,
+            episode=parts.episode,
+            then=then,
+            evidence=parts.evidence,
+            reason=parts.reason,
+            threshold=parts.threshold,
+            aliases=parts.aliases,
+            description=r.description,
+        )
         compiled[r.id] = rule
         if r.enabled:
             needed |= rule.features()

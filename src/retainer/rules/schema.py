@@ -30,10 +30,12 @@ DurationField = Annotated[
     Duration,
     BeforeValidator(lambda v: v if isinstance(v, Duration) else parse_duration(v)),
     PlainSerializer(str, return_type=str),
-    WithJsonSchema({
-        "anyOf": [{"type": "string", "pattern": DURATION_PATTERN}, {"type": "integer", "minimum": 0}],
-        "description": "45d, 6w, 2mo (calendar months), 1y, 36h, ISO 8601 (P60D), or a number of days",
-    }),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "string", "pattern": DURATION_PATTERN}, {"type": "integer", "minimum": 0}],
+            "description": "45d, 6w, 2mo (calendar months), 1y, 36h, ISO 8601 (P60D), or a number of days",
+        }
+    ),
 ]
 
 RuleId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)]
@@ -43,12 +45,14 @@ Category = Literal["collection", "retention", "service", "development"]
 #: (a bare value means `eq`). Parsed into an AST by `conditions.parse_condition`.
 Condition = Annotated[
     dict[str, Any],
-    WithJsonSchema({
-        "type": "object",
-        "description": "all/any/not, or {feature: {op: value}} with ops eq ne gt gte lt lte in not_in "
-                       "between contains exists older_than; a bare value means eq",
-        "minProperties": 1,
-    }),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "description": "all/any/not, or {feature: {op: value}} with ops eq ne gt gte lt lte in not_in "
+            "between contains exists older_than; a bare value means eq",
+            "minProperties": 1,
+        }
+    ),
 ]
 
 
@@ -148,6 +152,7 @@ class ActionSpec(_Model):
 
 # ---------------------------------------------------------------- named features
 
+
 class FeatureDef(_Model):
     """An aggregate over one kind of fact per client, e.g. `{count: touches, where: {...}, within: 30d}`."""
 
@@ -182,6 +187,7 @@ class TemplateDef(_Model):
 
 # ---------------------------------------------------------------- rules
 
+
 class _RuleBase(_Model):
     id: RuleId
     description: str | None = None
@@ -200,7 +206,8 @@ class ActivitySpec(_Model):
     """Which facts count as activity (default: all of them)."""
 
     sources: list[Literal["touches", "tasks", "deals", "invoices"]] = Field(
-        default_factory=lambda: ["touches", "tasks", "deals", "invoices"])
+        default_factory=lambda: ["touches", "tasks", "deals", "invoices"]
+    )
     kinds: list[Literal["call", "email", "meeting", "message", "sms", "comment", "document"]] | None = None
     directions: list[Literal["inbound", "outbound", "internal"]] | None = None
 
@@ -209,7 +216,8 @@ class GenericRule(_RuleBase):
     kind: Literal["generic"] = "generic"
     when: Condition
     episode: str | None = Field(
-        default=None, description="feature whose value identifies an episode (default: once per client)")
+        default=None, description="feature whose value identifies an episode (default: once per client)"
+    )
     then: list[ActionSpec] = Field(min_length=1)
 
 
@@ -240,7 +248,8 @@ Rule = Annotated[GenericRule | ForgottenRule | ReleaseRule, Field(discriminator=
 
 class Policies(_Model):
     do_not_contact: Literal[True] = Field(
-        default=True, description="always on: no action is planned for a do_not_contact client")
+        default=True, description="always on: no action is planned for a do_not_contact client"
+    )
 
 
 class RuleFile(_Model):
@@ -263,7 +272,6 @@ class RuleFile(_Model):
         if isinstance(data, dict) and isinstance(data.get("rules"), list):
             data = dict(data)
             data["rules"] = [
-                {**r, "kind": "generic"} if isinstance(r, dict) and "kind" not in r else r
-                for r in data["rules"]
+                {**r, "kind": "generic"} if isinstance(r, dict) and "kind" not in r else r for r in data["rules"]
             ]
         return data

@@ -46,14 +46,18 @@ def check(text: str, is_feature: Callable[[str], bool], *, allow: Iterable[str] 
                 raise TemplateError(f"placeholder {{{ph}}} is only available in rules that reassign")
             model = _OBJECTS[obj]
             if attr not in model.model_fields:
-                raise TemplateError(f"unknown placeholder {{{ph}}}: {obj} has no field {attr!r} "
-                                    f"(fields: {', '.join(model.model_fields)})")
+                raise TemplateError(
+                    f"unknown placeholder {{{ph}}}: {obj} has no field {attr!r} "
+                    f"(fields: {', '.join(model.model_fields)})"
+                )
             continue
         if ph in ("as_of", "rule"):
             continue
         if not ph or not is_feature(ph):
-            raise TemplateError(f"unknown placeholder {{{ph}}}: use client.<field>, manager.<field>, "
-                                "supervisor.<field>, as_of, rule, or a feature name")
+            raise TemplateError(
+                f"unknown placeholder {{{ph}}}: use client.<field>, manager.<field>, "
+                "supervisor.<field>, as_of, rule, or a feature name"
+            )
         feats.append(ph)
     return feats
 
@@ -79,7 +83,7 @@ def _parts(text: str) -> tuple[tuple[bool, str, str, str], ...]:
     pos = 0
     for m in _PH.finditer(text):
         if m.start() > pos:
-            out.append((False, text[pos:m.start()], "", ""))
+            out.append((False, text[pos : m.start()], "", ""))
         tok = m.group(0)
         if tok in ("{{", "}}"):
             out.append((False, tok[0], "", ""))

@@ -49,8 +49,10 @@ def open_store(url: str, *, timezone: tzinfo | str = UTC) -> Store:
     if "://" not in url:
         if url.endswith((".db", ".sqlite", ".sqlite3")):
             return _sqlite("/" + url, f"sqlite:///{url}", tz)
-        raise StoreError(f"bad store URL {url!r}: expected memory:// or sqlite:///path.db "
-                         f"(known schemes: {', '.join(sorted(SCHEMES))})")
+        raise StoreError(
+            f"bad store URL {url!r}: expected memory:// or sqlite:///path.db "
+            f"(known schemes: {', '.join(sorted(SCHEMES))})"
+        )
     scheme, rest = url.split("://", 1)
     factory = SCHEMES.get(scheme)
     if factory is None:

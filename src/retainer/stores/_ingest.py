@@ -26,8 +26,14 @@ def check_entity(entity: str) -> type[Entity]:
         raise DataError(f"unknown entity {entity!r}; valid: {', '.join(ENTITIES)}") from None
 
 
-def validate_rows(entity: str, rows: Iterable[Entity | Mapping[str, Any]], tz: tzinfo, *,
-                  file: str | None = None, lines: Sequence[int] | None = None) -> list[Entity]:
+def validate_rows(
+    entity: str,
+    rows: Iterable[Entity | Mapping[str, Any]],
+    tz: tzinfo,
+    *,
+    file: str | None = None,
+    lines: Sequence[int] | None = None,
+) -> list[Entity]:
     """Models pass through; mappings are validated. Errors name the row (file line when known)."""
     model = check_entity(entity)
     out: list[Entity] = []
@@ -38,8 +44,9 @@ def validate_rows(entity: str, rows: Iterable[Entity | Mapping[str, Any]], tz: t
             continue
         where = lines[n] if lines is not None else n
         if isinstance(row, Entity):
-            raise DataError(f"expected a {model.__name__}, got a {type(row).__name__}",
-                            entity=entity, row=where, file=file)
+            raise DataError(
+                f"expected a {model.__name__}, got a {type(row).__name__}", entity=entity, row=where, file=file
+            )
         try:
             out.append(model.model_validate(row, context=ctx))
         except ValidationError as exc:
@@ -53,8 +60,14 @@ def validate_rows(entity: str, rows: Iterable[Entity | Mapping[str, Any]], tz: t
             elif "input" in err and err["type"] not in ("value_error",):
                 msg = f"{msg} (got {err['input']!r})"
             raw_id = row.get("id") if isinstance(row, Mapping) else None
-            raise DataError(msg, entity=entity, row=where, field=field, file=file,
-                            id=str(raw_id) if raw_id not in (None, "") else None) from None
+            raise DataError(
+                msg,
+                entity=entity,
+                row=where,
+                field=field,
+                file=file,
+                id=str(raw_id) if raw_id not in (None, "") else None,
+            ) from None
     return out
 
 
@@ -68,8 +81,7 @@ class Batch:
     lines: Sequence[int] | None = None
 
     def where(self, n: int) -> dict[str, Any]:
-        return {"entity": self.entity, "file": self.file,
-                "row": self.lines[n] if self.lines is not None else n}
+        return {"entity": self.entity, "file": self.file, "row": self.lines[n] if self.lines is not None else n}
 
 
 def check_batch(b: Batch, seen: set[str], existing_ids: set[str] | None, *, replace: bool) -> None:

@@ -148,8 +148,9 @@ class Store(Protocol):
         """Non-archived clients existing at as_of, per manager id (capacity checks)."""
         ...
 
-    def aggregate(self, specs: Sequence[AggSpec], as_of: datetime,
-                  client_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    def aggregate(
+        self, specs: Sequence[AggSpec], as_of: datetime, client_ids: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
         """One `{client_id: value}` per spec, in order. Clients without matching rows are absent.
         count -> int, sum -> Decimal (money) or int, max/min -> the field's type."""
         ...

@@ -13,9 +13,14 @@ from . import _ingest
 from .base import EXISTS_FIELD, VIRTUAL_FIELDS, AggSpec, Pred, virtual_value
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
-    "eq": operator.eq, "ne": operator.ne, "gt": operator.gt, "gte": operator.ge,
-    "lt": operator.lt, "lte": operator.le,
-    "in": lambda a, b: a in b, "not_in": lambda a, b: a not in b,
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
+    "in": lambda a, b: a in b,
+    "not_in": lambda a, b: a not in b,
 }
 
 
@@ -42,8 +47,7 @@ class MemoryStore:
         known = {e: set(self._facts[e]) for e in ("managers", "clients")}
         seen: dict[str, set[str]] = {}
         for b in batches:
-            _ingest.check_batch(b, seen.setdefault(b.entity, set()), set(self._facts[b.entity]),
-                                replace=replace)
+            _ingest.check_batch(b, seen.setdefault(b.entity, set()), set(self._facts[b.entity]), replace=replace)
             _ingest.check_references(b, known)
             if b.entity in known:
                 known[b.entity].update(m.id for m in b.models)
@@ -86,8 +90,9 @@ class MemoryStore:
 
     # ------------------------------------------------------------ aggregates
 
-    def aggregate(self, specs: Sequence[AggSpec], as_of: datetime,
-                  client_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    def aggregate(
+        self, specs: Sequence[AggSpec], as_of: datetime, client_ids: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
         wanted = set(client_ids) if client_ids is not None else None
         return [self._aggregate(s, as_of, wanted) for s in specs]
 

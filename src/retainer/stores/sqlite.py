@@ -29,23 +29,78 @@ _SCALE = 10_000
 
 # field kind per entity field: text | instant | money | bool | int | tags | json
 _KINDS: dict[str, dict[str, str]] = {
-    "managers": {"id": "text", "name": "text", "active": "bool", "supervisor_id": "text",
-                 "max_clients": "int", "team": "text"},
-    "clients": {"id": "text", "manager_id": "text", "name": "text", "status": "text", "tags": "tags",
-                "contact_policy": "text", "abc_class": "text", "cost_to_serve": "money",
-                "created_at": "instant", "attributes": "json"},
-    "touches": {"id": "text", "client_id": "text", "at": "instant", "kind": "text", "direction": "text",
-                "manager_id": "text", "channel": "text"},
-    "tasks": {"id": "text", "client_id": "text", "manager_id": "text", "created_at": "instant",
-              "due_at": "instant", "done_at": "instant", "status": "text", "kind": "text", "source": "text"},
-    "deals": {"id": "text", "client_id": "text", "created_at": "instant", "closed_at": "instant",
-              "status": "text", "amount": "money"},
-    "invoices": {"id": "text", "client_id": "text", "issued_at": "instant", "due_at": "instant",
-                 "amount": "money", "paid_at": "instant", "paid_amount": "money"},
-    "offers": {"id": "text", "client_id": "text", "category": "text", "made_at": "instant",
-               "ends_at": "instant", "amount": "money"},
-    "contracts": {"id": "text", "client_id": "text", "starts_at": "instant", "ends_at": "instant",
-                  "monthly_amount": "money"},
+    "managers": {
+        "id": "text",
+        "name": "text",
+        "active": "bool",
+        "supervisor_id": "text",
+        "max_clients": "int",
+        "team": "text",
+    },
+    "clients": {
+        "id": "text",
+        "manager_id": "text",
+        "name": "text",
+        "status": "text",
+        "tags": "tags",
+        "contact_policy": "text",
+        "abc_class": "text",
+        "cost_to_serve": "money",
+        "created_at": "instant",
+        "attributes": "json",
+    },
+    "touches": {
+        "id": "text",
+        "client_id": "text",
+        "at": "instant",
+        "kind": "text",
+        "direction": "text",
+        "manager_id": "text",
+        "channel": "text",
+    },
+    "tasks": {
+        "id": "text",
+        "client_id": "text",
+        "manager_id": "text",
+        "created_at": "instant",
+        "due_at": "instant",
+        "done_at": "instant",
+        "status": "text",
+        "kind": "text",
+        "source": "text",
+    },
+    "deals": {
+        "id": "text",
+        "client_id": "text",
+        "created_at": "instant",
+        "closed_at": "instant",
+        "status": "text",
+        "amount": "money",
+    },
+    "invoices": {
+        "id": "text",
+        "client_id": "text",
+        "issued_at": "instant",
+        "due_at": "instant",
+        "amount": "money",
+        "paid_at": "instant",
+        "paid_amount": "money",
+    },
+    "offers": {
+        "id": "text",
+        "client_id": "text",
+        "category": "text",
+        "made_at": "instant",
+        "ends_at": "instant",
+        "amount": "money",
+    },
+    "contracts": {
+        "id": "text",
+        "client_id": "text",
+        "starts_at": "instant",
+        "ends_at": "instant",
+        "monthly_amount": "money",
+    },
 }
 _SQLTYPE = {"text": str, "instant": str, "money": int, "bool": int, "int": int, "tags": str, "json": str}
 
@@ -65,8 +120,10 @@ _PAID = "(CASE WHEN paid_at IS NOT NULL AND paid_at <= :asof THEN COALESCE(paid_
 _VIRTUAL_SQL: dict[str, dict[str, tuple[str, str]]] = {
     "tasks": {
         "is_done": (_DONE, "bool"),
-        "is_open": (f"(status != 'cancelled' AND NOT {_DONE} AND "
-                    "(CASE WHEN done_at IS NULL THEN status = 'open' ELSE 1 END))", "bool"),
+        "is_open": (
+            f"(status != 'cancelled' AND NOT {_DONE} AND (CASE WHEN done_at IS NULL THEN status = 'open' ELSE 1 END))",
+            "bool",
+        ),
     },
     "deals": {
         "is_open": "(CASE WHEN closed_at IS NULL THEN status = 'open' ELSE closed_at > :asof END)",
@@ -145,13 +202,18 @@ class SQLiteStore:
         with self.db.conn:
             for entity, kinds in _KINDS.items():
                 self.db[entity].create(  # type: ignore[union-attr]
-                    {f: _SQLTYPE[k] for f, k in kinds.items()}, pk="id", if_not_exists=True)
+                    {f: _SQLTYPE[k] for f, k in kinds.items()}, pk="id", if_not_exists=True
+                )
                 for cols in _INDEXES.get(entity, []):
                     self.db[entity].create_index(cols, if_not_exists=True)  # type: ignore[union-attr]
-            self.db["retainer_cursors"].create({"name": str, "value": str}, pk="name",  # type: ignore[union-attr]
-                                               if_not_exists=True)
+            self.db["retainer_cursors"].create(
+                {"name": str, "value": str},
+                pk="name",  # type: ignore[union-attr]
+                if_not_exists=True,
+            )
             self.db["retainer_meta"].create(  # type: ignore[union-attr]
-                {"key": str, "value": str}, pk="key", if_not_exists=True)
+                {"key": str, "value": str}, pk="key", if_not_exists=True
+            )
             self.db.execute("INSERT OR IGNORE INTO retainer_meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
 
     # ------------------------------------------------------------ facts
@@ -208,8 +270,10 @@ class SQLiteStore:
         if not models or not self.db.execute(f"SELECT 1 FROM {entity} LIMIT 1").fetchone():
             return set()
         ids = json.dumps([m.id for m in models])
-        return {r[0] for r in self.db.execute(
-            f"SELECT id FROM {entity} WHERE id IN (SELECT value FROM json_each(?))", [ids])}
+        return {
+            r[0]
+            for r in self.db.execute(f"SELECT id FROM {entity} WHERE id IN (SELECT value FROM json_each(?))", [ids])
+        }
 
     def _rows(self, entity: str, sql_tail: str = "", params: Sequence[Any] = ()) -> Iterator[Entity]:
         kinds = _KINDS[entity]
@@ -250,21 +314,25 @@ class SQLiteStore:
         return list(self.iter("managers"))  # type: ignore[arg-type]
 
     def manager_loads(self, as_of: datetime) -> dict[str, int]:
-        return dict(self.db.execute(
-            "SELECT manager_id, count(*) FROM clients WHERE status != 'archived' "
-            "AND (created_at IS NULL OR created_at <= ?) GROUP BY manager_id", [to_utc_text(as_of)]).fetchall())
+        return dict(
+            self.db.execute(
+                "SELECT manager_id, count(*) FROM clients WHERE status != 'archived' "
+                "AND (created_at IS NULL OR created_at <= ?) GROUP BY manager_id",
+                [to_utc_text(as_of)],
+            ).fetchall()
+        )
 
     # ------------------------------------------------------------ aggregates
 
-    def aggregate(self, specs: Sequence[AggSpec], as_of: datetime,
-                  client_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    def aggregate(
+        self, specs: Sequence[AggSpec], as_of: datetime, client_ids: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
         results: list[dict[str, Any]] = [{} for _ in specs]
         by_entity: dict[str, list[int]] = {}
         for i, s in enumerate(specs):
             by_entity.setdefault(s.entity, []).append(i)
         for entity, idxs in by_entity.items():
-            self._aggregate_entity(entity, [specs[i] for i in idxs], [results[i] for i in idxs],
-                                   as_of, client_ids)
+            self._aggregate_entity(entity, [specs[i] for i in idxs], [results[i] for i in idxs], as_of, client_ids)
         return results
 
     def _expr(self, entity: str, field: str) -> tuple[str, str]:
@@ -276,8 +344,14 @@ class SQLiteStore:
             raise StoreError(f"unknown field {entity}.{field}")
         return f'"{field}"', kind
 
-    def _aggregate_entity(self, entity: str, specs: list[AggSpec], outs: list[dict[str, Any]],
-                          as_of: datetime, client_ids: Sequence[str] | None) -> None:
+    def _aggregate_entity(
+        self,
+        entity: str,
+        specs: list[AggSpec],
+        outs: list[dict[str, Any]],
+        as_of: datetime,
+        client_ids: Sequence[str] | None,
+    ) -> None:
         params: dict[str, Any] = {"asof": to_utc_text(as_of)}
         exists = EXISTS_FIELD[entity]
         base = [f"({exists} IS NULL OR {exists} <= :asof)"]
@@ -303,8 +377,7 @@ class SQLiteStore:
                 expr, kind = self._expr(entity, spec.field or "id")
                 selects.append(f"{spec.fn.upper()}(CASE WHEN {cond} THEN {expr} END)")
                 kinds.append("money" if kind == "money" else kind)
-        sql = (f"SELECT client_id, {', '.join(selects)} FROM {entity} WHERE {' AND '.join(base)} "
-               "GROUP BY client_id")
+        sql = f"SELECT client_id, {', '.join(selects)} FROM {entity} WHERE {' AND '.join(base)} GROUP BY client_id"
         rows = self.db.execute(sql, params).fetchall()
         for j, kind in enumerate(kinds):
             f = _converter(kind)

@@ -97,15 +97,15 @@ def _activity_aliases(ctx: CompileContext, rule: ForgottenRule) -> tuple[str, di
         base = ctx.registry.get("days_since_activity")
         from ..features import FeatureImpl, _days
 
-        ctx.registry.add(FeatureImpl(days, "int", base.doc, deps=(anchor,),
-                                     compute=lambda f: _days(f.as_of, f.column(anchor))))
+        ctx.registry.add(
+            FeatureImpl(days, "int", base.doc, deps=(anchor,), compute=lambda f: _days(f.as_of, f.column(anchor)))
+        )
     return anchor, {"last_activity_at": last, "days_since_activity": days}
 
 
 def _forgotten(rule: ForgottenRule, ctx: CompileContext) -> Parts:
     anchor, aliases = _activity_aliases(ctx, rule)
-    cases: list[tuple[Node, Any]] = [
-        (Leaf("attributes.forgotten_after", "exists", True), "attributes.forgotten_after")]
+    cases: list[tuple[Node, Any]] = [(Leaf("attributes.forgotten_after", "exists", True), "attributes.forgotten_after")]
     for k, o in enumerate(rule.overrides):
         cases.append((ctx.condition(o.when, ("overrides", k, "when")), o.after))
     labels = ("client attribute forgotten_after", *(f"override #{k + 1}" for k in range(len(rule.overrides))))
@@ -113,11 +113,13 @@ def _forgotten(rule: ForgottenRule, ctx: CompileContext) -> Parts:
     status = Leaf("status", "in", frozenset(rule.statuses))
     days = aliases.get("days_since_activity", "days_since_activity")
     return Parts(
-        All((status, threshold)), anchor,
+        All((status, threshold)),
+        anchor,
         (ActionSpec(create_task=CreateTaskSpec()),),
         (days, aliases.get("last_activity_at", "last_activity_at")),
         f"no activity for {{{days}}} days (threshold {{threshold}})",
-        threshold, aliases,
+        threshold,
+        aliases,
     )
 
 
@@ -139,12 +141,14 @@ def _release(rule: ReleaseRule, ctx: CompileContext) -> Parts:
         evidence.append("has_future_task")
     days = ref.aliases.get("days_since_activity", "days_since_activity")
     return Parts(
-        All(tuple(parts)), ref.episode,
+        All(tuple(parts)),
+        ref.episode,
         (ActionSpec(reassign=ReassignSpec()),),
         tuple(evidence),
         f"no activity for {{{days}}} days, past the threshold plus grace ({{threshold}})"
         + (" and no future task" if rule.unless_future_task else ""),
-        threshold, dict(ref.aliases),
+        threshold,
+        dict(ref.aliases),
     )
 
 
