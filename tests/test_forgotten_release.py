@@ -128,7 +128,7 @@ def _override_store(store: Store) -> None:
             {"id": "plain_m2", "manager_id": "m2"},  # default 60d
             {"id": "attr", "manager_id": "m1", "tags": ["key-account"], "attributes": {"forgotten_after": "10d"}},
             {"id": "attr_long", "manager_id": "m2", "tags": ["key-account"],
-             "attributes": {"forgotten_after": "100d"}},
+             "attributes": {"forgotten_after": 100}},  # a bare number of days
         ],
         touches=[{"id": f"t{i}", "client_id": c, "at": T0}
                  for i, c in enumerate(["key_m1", "plain_m1", "plain_m2", "attr", "attr_long"])],
@@ -162,6 +162,7 @@ def test_override_threshold_is_in_the_evidence(store: Store) -> None:
     thresholds = {a.client_id: a.evidence["threshold"] for a in plan.actions}
     assert thresholds == {"attr": "10d", "key_m1": "30d", "plain_m2": "60d", "plain_m1": "90d",
                           "attr_long": "100d"}
+    assert {a.client_id: a.evidence["days_since_activity"] for a in plan.actions} == dict.fromkeys(thresholds, 100)
 
 
 def test_override_order_matters(store: Store) -> None:
@@ -327,7 +328,7 @@ def test_release_grace_applies_on_top_of_overrides(store: Store) -> None:
         ({"due_at": day(90)}, True),
         ({"due_at": at(73, "23:59:59")}, False),  # due yesterday
         ({"due_at": day(90), "status": "cancelled"}, False),
-        ({"due_at": day(90), "status": "done", "done_at": at(60)}, False),
+        ({"due_at": day(90), "status": "done", "done_at": "2025-12-25T10:00:00Z"}, False),
         ({"due_at": day(90), "status": "done", "done_at": at(80)}, True),  # done after as_of: open at as_of
         ({"due_at": day(90), "status": "done"}, False),
         ({}, False),  # no due date
@@ -335,8 +336,8 @@ def test_release_grace_applies_on_top_of_overrides(store: Store) -> None:
 )
 def test_future_task_blocks_release(store: Store, task: dict[str, Any], blocks: bool) -> None:
     _release_store(store)
-    # created by retainer, so creating it is not activity (the client stays forgotten)
-    store.add(tasks=[{"id": "k1", "client_id": "c1", "created_at": at(1), "source": "retainer", **task}])
+    # created before the last touch, so neither creating nor completing it resets the clock
+    store.add(tasks=[{"id": "k1", "client_id": "c1", "created_at": "2025-12-20T10:00:00Z", **task}])
     plan = engine_for(release_rules(), store).plan(day(74))
     assert clients_of(plan, "forgotten") == {"c1"}
     assert (of(plan, "release") == []) is blocks
@@ -406,9 +407,9 @@ def test_least_loaded_accounts_for_earlier_moves_in_the_same_plan(store: Store) 
         {"id": "c3", "manager_id": "m1"},
         {"id": "l1", "manager_id": "m3", "fresh": True},
     ])
-    # c1 -> m2 (0 vs 1), c2 -> m3 (m2 now 1, tie with m3 -> m2? no: tie breaks by id -> m2)...
     moves = _moves(engine_for(release_rules(), store).plan(day(74)))
-    # loads m2=0, m3=1: c1 -> m2 (0); then m2=1, m3=1: c2 -> m2 (tie, id); then m2=2, m3=1: c3 -> m3
+    # loads m2=0, m3=1: c1 -> m2; then m2=1, m3=1: c2 -> m2 (tie, by id); then m2=2, m3=1: c3 -> m3.
+    # Without counting the moves of this plan, all three would go to m2.
     assert moves == {"c1": "m2", "c2": "m2", "c3": "m3"}
 
 
@@ -452,7 +453,8 @@ def test_reassign_pool(store: Store) -> None:
     # the current manager in the pool is still never chosen
     _moves_only_self = engine_for(release_rules({"pool": ["m1"]}), store).plan(day(74))
     assert _moves(_moves_only_self) == {}
-    assert [s.reason_code for s in _moves_only_self.suppressed] == ["no_eligible_manager"]
+    assert [(s.action.type, s.reason_code) for s in _moves_only_self.suppressed
+            if s.action.type == "reassign"] == [("reassign", "no_eligible_manager")]
 
 
 def test_reassign_same_team(store: Store) -> None:
