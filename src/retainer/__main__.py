@@ -1,0 +1,5 @@
+"""`python -m retainer` is the `retainer` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,175 @@
+"""The `retainer` console script, run for real in a subprocess, as users run it."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RULES = ROOT / "examples" / "rules" / "retention.yaml"
+CRM = ROOT / "examples" / "crm"
+SCRIPT = shutil.which("retainer", path=str(Path(sys.executable).parent)) or "retainer"
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SCRIPT, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_version() -> None:
+    r = run("--version")
+    assert r.returncode == 0
+    assert re.fullmatch(r"\d+\.\d+\.\d+\s*", r.stdout)
+
+
+def test_demo_runs_offline_and_explains(tmp_path: Path) -> None:
+    r = run("demo", "--dir", str(tmp_path / "d"), "--clients", "400")
+    assert r.returncode == 0, r.stderr
+    assert "retainer demo" in r.stdout
+    assert "Per manager" in r.stdout
+    assert "why " in r.stdout and "✔" in r.stdout
+    db = tmp_path / "d" / "crm.db"
+    assert db.exists() and (tmp_path / "d" / "rules.yaml").exists()
+    with sqlite3.connect(db) as con:
+        assert con.execute("select count(*) from clients").fetchone()[0] == 400
+    # the "Next:" hint is a working command
+    hint = run("plan", "--rules", str(tmp_path / "d" / "rules.yaml"), "--data", str(db), "--as-of", "2026-03-01",
+               "--format", "json")
+    assert hint.returncode == 0, hint.stderr
+    assert json.loads(hint.stdout)["actions"]
+
+
+def test_validate_ok_and_bad(tmp_path: Path) -> None:
+    r = run("validate", str(RULES))
+    assert r.returncode == 0, r.stderr
+    assert "forgotten" in r.stdout and "release" in r.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nrules:\n  - id: f\n    kind: forgotten\n    after: 60 days\n")
+    r = run("validate", str(bad))
+    assert r.returncode == 2
+    assert f"{bad}:5 (rule f)" in r.stderr
+    assert "duration" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_schema_is_json_schema() -> None:
+    r = run("schema")
+    assert r.returncode == 0
+    schema = json.loads(r.stdout)
+    assert "rules" in schema["properties"]
+    assert "ForgottenRule" in json.dumps(schema)
+
+
+def test_plan_json_from_csv_folder() -> None:
+    r = run("plan", "--rules", str(RULES), "--data", str(CRM), "--as-of", "2026-03-01", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    assert plan["as_of"] == "2026-03-01T23:59:59+03:00"
+    got = {(a["rule"], a["client_id"], a["type"]) for a in plan["actions"]}
+    assert ("forgotten", "c1", "create_task") in got
+    assert ("release", "c2", "reassign") in got
+    assert not any(a["client_id"] == "c3" for a in plan["actions"])  # do_not_contact
+    assert {s["reason_code"] for s in plan["suppressed"]} == {"do_not_contact"}
+    assert not any(a["client_id"] == "c5" for a in plan["actions"])  # archived
+    # piped output defaults to JSON and is byte-identical run to run
+    again = run("plan", "--rules", str(RULES), "--data", str(CRM), "--as-of", "2026-03-01")
+    assert again.stdout == r.stdout
+
+
+def test_plan_jsonl_and_table() -> None:
+    r = run("plan", "-r", str(RULES), "-d", str(CRM), "--as-of", "2026-03-01", "-f", "jsonl")
+    assert r.returncode == 0
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert {x["kind"] for x in lines} == {"action", "suppressed"}
+    t = run("plan", "-r", str(RULES), "-d", str(CRM), "--as-of", "2026-03-01", "-f", "table")
+    assert t.returncode == 0
+    assert "forgotten" in t.stdout and "create_task" in t.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--as-of", "2026-13-01"], "invalid as_of"),
+        (["--as-of", "2026-03-01", "--format", "xml"], "--format"),
+    ],
+)
+def test_plan_bad_arguments_exit_2(args: list[str], message: str) -> None:
+    r = run("plan", "--rules", str(RULES), "--data", str(CRM), *args)
+    assert r.returncode == 2
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_plan_missing_rules_and_data_exit_2(tmp_path: Path) -> None:
+    r = run("plan", "--rules", str(tmp_path / "nope.yaml"), "--data", str(CRM), "--as-of", "2026-03-01")
+    assert r.returncode == 2 and "not found" in r.stderr
+    r = run("plan", "--rules", str(RULES), "--data", str(tmp_path / "nope.db"), "--as-of", "2026-03-01")
+    assert r.returncode == 2 and "not found" in r.stderr
+    r = run("plan", "--rules", str(RULES), "--data", "postgres://x", "--as-of", "2026-03-01")
+    assert r.returncode == 2 and "scheme" in r.stderr
+
+
+def _bad_crm(tmp_path: Path) -> Path:
+    d = tmp_path / "crm"
+    shutil.copytree(CRM, d)
+    lines = (d / "touches.csv").read_text().splitlines()
+    lines[3] = lines[3].replace("2025-10-01T09:00", "2025-10-41T09:00")
+    (d / "touches.csv").write_text("\n".join(lines) + "\n")
+    return d
+
+
+def test_bad_data_row_names_file_line_and_field(tmp_path: Path) -> None:
+    d = _bad_crm(tmp_path)
+    r = run("plan", "--rules", str(RULES), "--data", str(d), "--as-of", "2026-03-01")
+    assert r.returncode == 2
+    assert f"{d / 'touches.csv'}:4" in r.stderr
+    assert "id=t3" in r.stderr and "field at" in r.stderr
+
+
+def test_import_is_all_or_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "crm.db"
+    r = run("import", str(_bad_crm(tmp_path)), "--to", f"sqlite:///{db}", "--rules", str(RULES))
+    assert r.returncode == 2
+    with sqlite3.connect(db) as con:  # managers and clients came first in the same transaction
+        assert con.execute("select count(*) from managers").fetchone()[0] == 0
+        assert con.execute("select count(*) from clients").fetchone()[0] == 0
+    r = run("import", str(CRM), "--to", f"sqlite:///{db}", "--rules", str(RULES))
+    assert r.returncode == 0, r.stderr
+    assert "imported" in r.stderr
+    with sqlite3.connect(db) as con:
+        assert con.execute("select count(*) from touches").fetchone()[0] == 6
+    again = run("import", str(CRM), "--to", f"sqlite:///{db}")
+    assert again.returncode == 2 and "already exists" in again.stderr
+    # the imported store plans exactly like the folder it came from
+    a = run("plan", "-r", str(RULES), "-d", str(db), "--as-of", "2026-03-01", "-f", "json")
+    b = run("plan", "-r", str(RULES), "-d", str(CRM), "--as-of", "2026-03-01", "-f", "json")
+    assert a.stdout == b.stdout
+
+
+def test_explain(tmp_path: Path) -> None:
+    r = run("explain", "-r", str(RULES), "-d", str(CRM), "--as-of", "2026-03-01", "--client", "c2",
+            "--rule", "forgotten")
+    assert r.returncode == 0, r.stderr
+    assert "MATCHED" in r.stdout
+    assert "last activity at least 30d ago (override #1)" in r.stdout
+    assert "[value: 2026-01-15T12:00:00+03:00]" in r.stdout
+    r = run("explain", "-r", str(RULES), "-d", str(CRM), "--as-of", "2026-03-01", "--client", "c4", "-f", "json")
+    data = json.loads(r.stdout)
+    rules = {x["rule"]: x for x in data["rules"]}
+    assert rules["forgotten"]["matched"] is False  # wholesale: 90d threshold
+    assert rules["silent-big-spender"]["matched"] is True
+    r = run("explain", "-r", str(RULES), "-d", str(CRM), "--as-of", "2026-03-01", "--client", "zz")
+    assert r.returncode == 2 and "no such client" in r.stdout
+    r = run("explain", "-r", str(RULES), "-d", str(CRM), "--as-of", "2026-03-01", "--client", "c1", "--rule", "x")
+    assert r.returncode == 2 and "unknown rule" in r.stderr
+
+
+def test_python_dash_m() -> None:
+    r = subprocess.run([sys.executable, "-m", "retainer", "validate", str(RULES)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
