@@ -293,7 +293,7 @@ def test_date_only_as_of_includes_facts_of_that_local_day(store: Store) -> None:
     assert [a.client_id for a in eng.plan("2026-03-02T23:29:59+03:00").actions] == ["c1"]
 
 
-def test_naive_facts_in_a_store_opened_in_moscow(tmp_path: object) -> None:
+def test_naive_facts_in_a_store_opened_in_moscow() -> None:
     import retainer
 
     s = retainer.open_store("memory://", timezone="Europe/Moscow")
@@ -304,3 +304,14 @@ def test_naive_facts_in_a_store_opened_in_moscow(tmp_path: object) -> None:
     eng = engine_for(_rules("Europe/Moscow"), s)
     assert eng.plan("2026-03-02").actions == []
     assert [a.client_id for a in eng.plan("2026-03-03").actions] == ["c1"]
+
+
+def test_hour_threshold_in_a_forgotten_rule_compares_instants(store: Store) -> None:
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
+              touches=[{"id": "t1", "client_id": "c1", "at": "2026-03-01T10:00:00Z"}])
+    rules = "version: 1\nrules:\n  - id: forgotten\n    kind: forgotten\n    after: 36h\n"
+    eng = engine_for(rules, store)
+    assert eng.plan("2026-03-02T21:59:59Z").actions == []
+    assert [a.client_id for a in eng.plan("2026-03-02T22:00:00Z").actions] == ["c1"]
+    assert [a.client_id for a in eng.plan("2026-03-02").actions] == ["c1"]  # end of the day
+    assert eng.plan("2026-03-02T12:00:00Z").actions == []  # a later date but not 36 hours

@@ -129,10 +129,12 @@ def get_tz(name: str) -> tzinfo:
 
 
 def as_aware(dt: datetime, tz: tzinfo) -> datetime:
-    """Naive datetimes are wall-clock times in `tz`; aware ones are kept. Seconds precision."""
+    """Naive datetimes are wall-clock times in `tz`; aware ones are kept. UTC, seconds precision."""
+    if dt.microsecond:
+        dt = dt.replace(microsecond=0)
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=tz)
-    return dt.astimezone(UTC).replace(microsecond=0)
+    return dt if dt.tzinfo is UTC else dt.astimezone(UTC)
 
 
 def parse_instant(value: str | date | datetime, tz: tzinfo) -> datetime:
@@ -141,24 +143,20 @@ def parse_instant(value: str | date | datetime, tz: tzinfo) -> datetime:
         return as_aware(value, tz)
     if isinstance(value, date):
         return day_start(value, tz)
-    s = value.strip()
-    if len(s) == 10:
-        return day_start(date.fromisoformat(s), tz)
-    if s.endswith(("Z", "z")):
-        s = s[:-1] + "+00:00"
-    return as_aware(datetime.fromisoformat(s), tz)
+    if len(value) == 10:
+        return day_start(date.fromisoformat(value), tz)
+    return as_aware(datetime.fromisoformat(value.strip()), tz)  # Python 3.11 reads "Z" and offsets
 
 
 def day_start(d: date, tz: tzinfo) -> datetime:
     return datetime.combine(d, time(0), tzinfo=tz).astimezone(UTC)
 
 
-_UTC_FMT = "%Y-%m-%dT%H:%M:%SZ"
-
-
 def to_utc_text(dt: datetime) -> str:
-    """Fixed-width UTC text: sorts and compares like the instant it names (used by SQL stores)."""
-    return dt.astimezone(UTC).strftime(_UTC_FMT)
+    """Fixed-width UTC text (`2026-03-01T09:00:00Z`): sorts and compares like the instant it names."""
+    if dt.tzinfo is not UTC:
+        dt = dt.astimezone(UTC)
+    return dt.isoformat(timespec="seconds")[:19] + "Z"
 
 
 @dataclass(frozen=True)

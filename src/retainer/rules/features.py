@@ -415,7 +415,7 @@ def _fields(entity: str) -> list[str]:
 
 
 class FeatureDefError(ValueError):
-    def __init__(self, message: str, key: str | None = None) -> None:
+    def __init__(self, message: str, *key: str) -> None:
         super().__init__(message)
         self.key = key
 
@@ -446,7 +446,7 @@ def named_feature(name: str, d: FeatureDef, tz: Any) -> FeatureImpl:
     for key, cond in d.where.items():
         if key not in _fields(entity):
             raise FeatureDefError(
-                f"unknown field {entity}.{key} in where; valid: {', '.join(_fields(entity))}", "where"
+                f"unknown field {entity}.{key} in where; valid: {', '.join(_fields(entity))}", "where", key
             )
         ftype = _field_type(entity, key)
         ops = cond if isinstance(cond, dict) else {"eq": cond}
@@ -456,17 +456,20 @@ def named_feature(name: str, d: FeatureDef, tz: Any) -> FeatureImpl:
                     preds.append(Pred(key, "notnull" if v else "null"))
                 elif op in ("in", "not_in"):
                     if not isinstance(v, list):
-                        raise FeatureDefError(f"{op} takes a list", "where")
+                        raise FeatureDefError(f"{op} takes a list", "where", key, op)
                     preds.append(Pred(key, op, frozenset(_scalar(x, ftype, key, tz, ()) for x in v)))
                 elif op in ("eq", "ne", "gt", "gte", "lt", "lte"):
                     val = _scalar(v, ftype, key, tz, ())
                     preds.append(Pred(key, op, Decimal(val) if ftype == "number" else val))
                 else:
                     raise FeatureDefError(
-                        f"unknown operator {op!r} in where; valid: eq ne gt gte lt lte in not_in exists", "where"
+                        f"unknown operator {op!r} in where; valid: eq ne gt gte lt lte in not_in exists",
+                        "where",
+                        key,
+                        op,
                     )
             except ConditionError as exc:
-                raise FeatureDefError(str(exc), "where") from None
+                raise FeatureDefError(str(exc), "where", key) from None
     where = tuple(preds)
     within = d.within
 

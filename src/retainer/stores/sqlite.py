@@ -106,7 +106,7 @@ _SQLTYPE = {"text": str, "instant": str, "money": int, "bool": int, "int": int, 
 
 _INDEXES: dict[str, list[list[str]]] = {
     "clients": [["manager_id"]],
-    "touches": [["client_id", "at", "direction", "kind"], ["at"]],
+    "touches": [["client_id", "at", "direction", "kind"]],
     "tasks": [["client_id", "created_at"], ["client_id", "status", "due_at"]],
     "deals": [["client_id", "created_at"]],
     "invoices": [["client_id", "issued_at"]],
@@ -135,6 +135,30 @@ _VIRTUAL_SQL: dict[str, dict[str, tuple[str, str]]] = {
     },
 }
 _VIRTUAL_SQL["deals"] = {k: (v, "bool") for k, v in _VIRTUAL_SQL["deals"].items()}  # type: ignore[misc]
+
+
+def _encoder(kind: str) -> Any:
+    """Column encoder, or None for values sqlite3 stores as they are."""
+    match kind:
+        case "instant":
+            return to_utc_text
+        case "money":
+            return lambda v: int(v * _SCALE)
+        case "bool":
+            return int
+        case "tags":
+            return lambda v: ";".join(sorted(v))
+        case "json":
+            return lambda v: json.dumps(v, sort_keys=True, default=str)
+        case _:
+            return None
+
+
+def _encode_rows(models: list[Entity], cols: list[str], encoders: list[Any]) -> Iterator[list[Any]]:
+    pairs = list(zip(cols, encoders, strict=True))
+    for m in models:
+        d = m.__dict__
+        yield [v if (v := d[c]) is None or f is None else f(v) for c, f in pairs]
 
 
 def _to_db(kind: str, v: Any) -> Any:
@@ -236,6 +260,7 @@ class SQLiteStore:
         counts: dict[str, int] = {}
         known: dict[str, set[str]] = {}
         seen: dict[str, set[str]] = {}
+        was_empty: dict[str, bool] = {}
         conn = self.db.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -245,7 +270,12 @@ class SQLiteStore:
             for b in batches:
                 if not known:
                     known = {e: self._ids(e) for e in ("managers", "clients")}
-                existing = known[b.entity] if b.entity in known else self._existing(b.entity, b.models)
+                if b.entity not in was_empty:  # first batch of this entity: before any of our own rows
+                    was_empty[b.entity] = not conn.execute(f"SELECT 1 FROM {b.entity} LIMIT 1").fetchone()
+                if b.entity in known:
+                    existing = known[b.entity]
+                else:
+                    existing = set() if was_empty[b.entity] else self._existing(b.entity, b.models)
                 _ingest.check_batch(b, seen.setdefault(b.entity, set()), existing, replace=replace)
                 _ingest.check_references(b, known)
                 if b.entity in known:
@@ -253,7 +283,7 @@ class SQLiteStore:
                 kinds = _KINDS[b.entity]
                 cols = list(kinds)
                 sql = f"{verb} INTO {b.entity} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-                conn.executemany(sql, ([_to_db(kinds[c], getattr(m, c)) for c in cols] for m in b.models))
+                conn.executemany(sql, _encode_rows(b.models, cols, [_encoder(kinds[c]) for c in cols]))
                 counts[b.entity] = counts.get(b.entity, 0) + len(b.models)
         except BaseException:
             conn.execute("ROLLBACK")
@@ -267,8 +297,6 @@ class SQLiteStore:
         return counts
 
     def _existing(self, entity: str, models: list[Entity]) -> set[str]:
-        if not models or not self.db.execute(f"SELECT 1 FROM {entity} LIMIT 1").fetchone():
-            return set()
         ids = json.dumps([m.id for m in models])
         return {
             r[0]

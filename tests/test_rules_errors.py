@@ -1,0 +1,841 @@
+"""Rule files: validation errors with file:line and rule id, JSON/dict input, generic rules,
+named features, episodes and explain (DESIGN §3, §5, §12)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import retainer
+from retainer import RulesError
+from retainer.plan import Plan
+from retainer.stores import Store
+from tests.conftest import engine_for
+
+
+def load_error(tmp_path: Path, text: str, name: str = "rules.yaml") -> tuple[RulesError, str]:
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    with pytest.raises(RulesError) as info:
+        retainer.load_rules(str(p))
+    return info.value, str(p)
+
+
+def assert_error(err: RulesError, path: str, line: int, rule: str | None, *needles: str) -> None:
+    text = str(err)
+    assert err.file == path
+    assert err.line == line, text
+    assert text.startswith(f"{path}:{line}"), text
+    if rule is not None:
+        assert err.rule == rule, text
+        assert rule in text
+    for n in needles:
+        assert n in text, text
+
+
+# ---------------------------------------------------------------- errors with file:line and rule id
+
+
+def test_unknown_feature_with_did_you_mean(tmp_path: Path) -> None:
+    err, p = load_error(tmp_path, """
+        version: 1
+        rules:
+          - id: wake
+            when:
+              all:
+                - {tags: {contains: vip}}
+                - days_since_activty: {gte: 30}
+            then:
+              - tag: sleepy
+        """)
+    assert_error(err, p, 7, "wake", "days_since_activty", "did you mean", "days_since_activity")
+
+
+def test_unknown_feature_in_an_override(tmp_path: Path) -> None:
+    err, p = load_error(tmp_path, """
+        version: 1
+        rules:
+          - id: forgotten
+            kind: forgotten
+            after: 60d
+            overrides:
+              - after: 30d
+                when:
+                  tagz: {contains: key-account}
+        """)
+    assert_error(err, p, 9, "forgotten", "tagz", "tags")
+
+
+def test_unknown_operator(tmp_path: Path) -> None:
+    err, p = load_error(tmp_path, """
+        version: 1
+        rules:
+          - id: r1
+            when:
+              days_since_activity:
+                gte: 1
+                gtee: 5
+            then: [{tag: x}]
+        """)
+    assert_error(err, p, 7, "r1", "gtee", "unknown operator")
+
+
+def test_unknown_field(tmp_path: Path) -> None:
+    err, p = load_error(tmp_path, """
+        version: 1
+        rules:
+          - id: forgotten
+            kind: forgotten
+            after: 60d
+            colour: red
+        """)
+    assert_error(err, p, 6, "forgotten", "colour")
+
+
+def test_misspelt_required_field_is_reported_as_unknown_field(tmp_path: Path) -> None:
+    # the analyst typed `aftr`; the offending key is line 5
+    err, p = load_error(tmp_path, """
+        version: 1
+        rules:
+          - id: forgotten
+            kind: forgotten
+            aftr: 60d
+        """)
+    assert_error(err, p, 5, "forgotten", "aftr")
+
+
+def test_unknown_field_in_an_action(tmp_path: Path) -> None:
+    err, p = load_error(tmp_path, """
+        version: 1
+        rules:
+          - id: forgotten
+            kind: forgotten
+            after: 60d
+            then:
+              - create_task:
+                  title: hi
+                  due: 2d
+        """)
+    assert_error(err, p, 9, "forgotten", "due")
+
+
+def test_unknown_top_level_field(tmp_path: Path) -> None:
+    err, p = load_error(tmp_path, """
+        version: 1
+        rulez: []
+        rules:
+          - {id: f, kind: forgotten, after: 60d}
+        """)
+    assert_error(err, p, 2, None, "rulez")
+
+
+@pytest.mark.parametrize("bad", ["sixty", "60x", "-5d", "P1DT2H"])
+def test_bad_duration(tmp_path: Path, bad: str) -> None:
+    err, p = load_error(tmp_path, f"""
+        version: 1
+        rules:
+          - id: forgotten
+            kind: forgotten
+            after: "{bad}"
+        """)
+    assert_error(err, p, 5, "forgotten", bad, "duration")
+
+
+def test_bad_duration_in_an_action(tmp_path: Path) -> None:
+    err, p = load_error(tmp_path, """
+        version: 1
+        rules:
+          - id: forgotten
+            kind: forgotten
+            after: 60d
+            then:
+              - create_task:
+                  title: hi
+                  due_in: tomorrow
+        """)
+    assert_error(err, p, 9, "forgotten", "tomorrow")
+
+
+def test_duplicate_rule_id(tmp_path: Path) -> None:
+    err, p = load_error(tmp_path, """
+        version: 1
+        rules:
+          - id: forgotten
+            kind: forgotten
+            after: 60d
+          - kind: forgotten
+            id: forgotten
+            after: 30d
+        """)
+    assert_error(err, p, 7, "forgotten", "duplicate")
+
+
+def test_release_pointing_at_a_missing_rule(tmp_path: Path) -> None:
+    err, p = load_error(tmp_path, """
+        version: 1
+        rules:
+          - id: forgotten
+            kind: forgotten
+            after: 60d
+          - id: release
+            kind: release
+            forgotten_rule: forgoten
+            grace: 14d
+        """)
+    assert_error(err, p, 8, "release", "forgoten")
+
+
+def test_release_pointing_at_a_non_forgotten_rule(tmp_path: Path) -> None:
+    err, p = load_error(tmp_path, """
+        version: 1
+        rules:
+          - id: release
+            kind: release
+            forgotten_rule: aaa-generic
+          - id: aaa-generic
+            when: {status: active}
+            then: [{tag: x}]
+        """)
+    assert_error(err, p, 5, "release", "aaa-generic", "not a forgotten rule")
+
+
+def test_release_grace_in_hours_on_a_day_threshold(tmp_path: Path) -> None:
+    err, p = load_error(tmp_path, """
+        version: 1
+        rules:
+          - id: forgotten
+            kind: forgotten
+            after: 60d
+          - id: release
+            kind: release
+            forgotten_rule: forgotten
+            grace: 36h
+        """)
+    assert_error(err, p, 9, "release")
+
+
+@pytest.mark.parametrize("title", ["Call {client.nam}", "Call {foo}", "Call {new_manager.name}", "Call {client.name"])
+def test_unknown_placeholder_in_a_title(tmp_path: Path, title: str) -> None:
+    err, p = load_error(tmp_path, f"""
+        version: 1
+        rules:
+          - id: forgotten
+            kind: forgotten
+            after: 60d
+            then:
+              - create_task:
+                  due_in: 2d
+                  title: "{title}"
+        """)
+    assert_error(err, p, 9, "forgotten")
+
+
+def test_unknown_placeholder_in_a_template_body(tmp_path: Path) -> None:
+    err, p = load_error(tmp_path, """
+        version: 1
+        templates:
+          nudge:
+            subject: "About {client.name}"
+            body: "Dear {manager.name}, call {client.name}: {bogus}"
+        rules:
+          - id: forgotten
+            kind: forgotten
+            after: 60d
+            then:
+              - notify_manager: {template: nudge}
+        """)
+    # the line of the body; the rule that uses the template is named
+    assert_error(err, p, 5, "forgotten", "bogus")
+
+
+def test_unknown_placeholder_in_a_template_subject(tmp_path: Path) -> None:
+    err, p = load_error(tmp_path, """
+        version: 1
+        templates:
+          nudge:
+            body: "Dear {manager.name}"
+            subject: "About {client.nmae}"
+        rules:
+          - id: forgotten
+            kind: forgotten
+            after: 60d
+            then:
+              - notify_manager: {template: nudge}
+        """)
+    assert err.line == 5 and err.file == p and "client.nmae" in str(err)
+
+
+def test_unknown_rule_kind(tmp_path: Path) -> None:
+    err, p = load_error(tmp_path, """
+        version: 1
+        rules:
+          - id: forgotten
+            kind: forgoten
+            after: 60d
+        """)
+    assert_error(err, p, 4, "forgotten", "forgoten")
+
+
+def test_bad_timezone(tmp_path: Path) -> None:
+    err, p = load_error(tmp_path, """
+        version: 1
+        timezone: Mars/Olympus
+        rules:
+          - {id: forgotten, kind: forgotten, after: 60d}
+        """)
+    assert_error(err, p, 2, None, "Mars/Olympus")
+
+
+def test_named_feature_with_an_unknown_entity(tmp_path: Path) -> None:
+    err, p = load_error(tmp_path, """
+        version: 1
+        features:
+          gadgets_30d:
+            within: 30d
+            count: widgets
+        rules:
+          - {id: forgotten, kind: forgotten, after: 60d}
+        """)
+    assert_error(err, p, 5, None, "widgets")
+
+
+def test_named_feature_with_an_unknown_field(tmp_path: Path) -> None:
+    err, p = load_error(tmp_path, """
+        version: 1
+        features:
+          revenue:
+            within: 90d
+            sum: invoices.amout
+        rules:
+          - {id: forgotten, kind: forgotten, after: 60d}
+        """)
+    assert_error(err, p, 5, None, "amout")
+
+
+def test_named_feature_with_an_unknown_where_field(tmp_path: Path) -> None:
+    err, p = load_error(tmp_path, """
+        version: 1
+        features:
+          calls:
+            count: touches
+            where:
+              direction: outbound
+              knd: call
+        rules:
+          - {id: forgotten, kind: forgotten, after: 60d}
+        """)
+    assert_error(err, p, 7, None, "knd")
+
+
+def test_named_feature_may_not_shadow_a_builtin(tmp_path: Path) -> None:
+    err, p = load_error(tmp_path, """
+        version: 1
+        features:
+          tags: {count: touches}
+        rules:
+          - {id: forgotten, kind: forgotten, after: 60d}
+        """)
+    assert_error(err, p, 3, None, "tags")
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("version: 1\nrules:\n  - id: r1\n    kind: forgotten\n    after: 60d\n   bad: x\n", 6),
+        ("version: 1\nrules:\n  - id: r1\n    kind: forgotten\n    after: 60d\n    description: a: b\n", 6),
+        ("version: 1\nrules:\n  - id: r1\n    kind: forgotten\n    after: [60d\n", 6),
+    ],
+)
+def test_yaml_syntax_error(tmp_path: Path, text: str, line: int) -> None:
+    err, p = load_error(tmp_path, text)
+    assert_error(err, p, line, None, "YAML")
+
+
+def test_duplicate_key(tmp_path: Path) -> None:
+    err, p = load_error(tmp_path, """
+        version: 1
+        rules:
+          - id: r1
+            kind: forgotten
+            after: 60d
+            after: 30d
+        """)
+    assert_error(err, p, 6, None, "after")
+
+
+@pytest.mark.parametrize(
+    ("leaf", "needle"),
+    [
+        ("days_since_activity: {gte: abc}", "abc"),
+        ("days_since_activity: {between: [1]}", "between"),
+        ("days_since_activity: {in: 5}", "in"),
+        ("days_since_activity: {exists: maybe}", "exists"),
+        ("days_since_activity: {contains: 5}", "contains"),
+        ("tags: {eq: vip}", "tags"),
+        ("days_since_activity: {older_than: 30d}", "older_than"),
+        ("last_activity_at: {older_than: soon}", "soon"),
+        ("days_since_activity: {}", "days_since_activity"),
+    ],
+)
+def test_bad_condition_values(tmp_path: Path, leaf: str, needle: str) -> None:
+    err, p = load_error(tmp_path, f"""
+        version: 1
+        rules:
+          - id: r1
+            then: [{{tag: x}}]
+            when:
+              {leaf}
+        """)
+    assert_error(err, p, 6, "r1", needle)
+
+
+def test_unknown_episode_feature(tmp_path: Path) -> None:
+    err, p = load_error(tmp_path, """
+        version: 1
+        rules:
+          - id: r1
+            when: {status: active}
+            episode: last_invoice
+            then: [{tag: x}]
+        """)
+    assert_error(err, p, 5, "r1", "last_invoice")
+
+
+def test_missing_file_and_directory() -> None:
+    with pytest.raises(RulesError, match="not found"):
+        retainer.load_rules("/nonexistent/rules.yaml")
+
+
+def test_rules_error_is_a_retainer_error(tmp_path: Path) -> None:
+    err, _ = load_error(tmp_path, "version: 2\nrules: []\n")
+    assert isinstance(err, retainer.RetainerError)
+
+
+# ---------------------------------------------------------------- JSON files, text and dicts
+
+
+RULE_DICT: dict[str, Any] = {
+    "version": 1,
+    "timezone": "Europe/Moscow",
+    "rules": [{"id": "forgotten", "kind": "forgotten", "after": "60d"}],
+}
+
+
+def test_json_rule_file_works(tmp_path: Path, store: Store) -> None:
+    p = tmp_path / "rules.json"
+    p.write_text(json.dumps(RULE_DICT, indent=2), encoding="utf-8")
+    rs = retainer.load_rules(str(p))
+    assert rs.timezone == "Europe/Moscow"
+    assert [r.id for r in rs.rules] == ["forgotten"]
+    rs2 = retainer.load_rules(p)  # a Path works too
+    assert rs2.digest == rs.digest
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
+              touches=[{"id": "t1", "client_id": "c1", "at": "2026-01-01T12:00:00+03:00"}])
+    assert [a.client_id for a in retainer.Engine(rs, store).plan("2026-03-02").actions] == ["c1"]
+
+
+def test_json_rule_file_errors_have_lines(tmp_path: Path) -> None:
+    bad = {"version": 1, "rules": [{"id": "forgotten", "kind": "forgotten", "after": "6x"}]}
+    err, p = load_error(tmp_path, json.dumps(bad, indent=2), name="rules.json")
+    # {, "version", "rules": [, {, "id", "kind", "after" -> line 7
+    assert_error(err, p, 7, "forgotten", "6x")
+
+
+def test_load_rules_from_a_dict_and_text(store: Store) -> None:
+    rs = retainer.load_rules(RULE_DICT)
+    assert isinstance(rs, retainer.RuleSet)
+    assert rs.rule("forgotten").kind == "forgotten"
+    text = "version: 1\ntimezone: Europe/Moscow\nrules:\n  - {id: forgotten, kind: forgotten, after: 60d}\n"
+    assert retainer.load_rules(text).digest == rs.digest
+    assert retainer.load_rules(json.dumps(RULE_DICT)).digest == rs.digest
+    # Engine takes a dict as well
+    assert isinstance(retainer.Engine(RULE_DICT, store).rules, retainer.RuleSet)
+
+
+def test_load_rules_from_a_bad_dict_names_the_rule() -> None:
+    with pytest.raises(RulesError) as info:
+        retainer.load_rules({"version": 1, "rules": [{"id": "f", "kind": "forgotten", "after": "soon"}]})
+    assert info.value.rule == "f" and "soon" in str(info.value)
+
+
+def test_bare_int_duration_means_days() -> None:
+    rs = retainer.load_rules({"version": 1, "rules": [{"id": "f", "kind": "forgotten", "after": 60}]})
+    th = rs.rule("f").threshold
+    assert th is not None and th.default.days == 60
+
+
+def test_disabled_rules_do_not_run(store: Store) -> None:
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}])
+    rules = {"version": 1, "rules": [
+        {"id": "on", "when": {"status": "active"}, "then": [{"tag": "a"}]},
+        {"id": "off", "enabled": False, "when": {"status": "active"}, "then": [{"tag": "b"}]}]}
+    assert {a.rule for a in engine_for(rules, store).plan("2026-03-01").actions} == {"on"}
+
+
+# ---------------------------------------------------------------- generic rules: operators
+
+AS_OF = "2026-06-01"
+
+
+def ago(n: int) -> str:
+    return (date.fromisoformat(AS_OF) - timedelta(days=n)).isoformat() + "T12:00:00Z"
+
+
+@pytest.fixture
+def crm(store: Store) -> Store:
+    """c1: invoice 100 days ago; c2: invoice 10 days ago; c3: no invoices (missing values)."""
+    store.add(
+        managers=[{"id": "m1", "name": "Anna"}, {"id": "m2", "active": False}],
+        clients=[
+            {"id": "c1", "manager_id": "m1", "name": "Acme Corp", "tags": ["vip", "key-account"],
+             "abc_class": "A", "attributes": {"region": "north"}},
+            {"id": "c2", "manager_id": "m1", "name": "Beta", "abc_class": "B"},
+            {"id": "c3", "manager_id": "m2", "name": "Gamma", "tags": ["vip"], "status": "prospect"},
+        ],
+        invoices=[
+            {"id": "i1", "client_id": "c1", "issued_at": ago(100), "amount": "1000.50"},
+            {"id": "i2", "client_id": "c2", "issued_at": ago(10), "amount": 50},
+        ],
+    )
+    return store
+
+
+def matching(store: Store, when: dict[str, Any], as_of: str = AS_OF) -> set[str]:
+    rules = {"version": 1, "rules": [{"id": "g", "when": when, "then": [{"tag": "hit"}]}]}
+    plan = engine_for(rules, store).plan(as_of)
+    return {a.client_id for a in plan.actions}
+
+
+DSLI = "days_since_last_invoice"
+
+
+@pytest.mark.parametrize(
+    ("when", "expected"),
+    [
+        ({DSLI: {"eq": 100}}, {"c1"}),
+        ({DSLI: 100}, {"c1"}),  # a bare value means eq
+        ({DSLI: {"ne": 100}}, {"c2"}),  # missing (c3) is false even for ne
+        ({DSLI: {"gt": 10}}, {"c1"}),
+        ({DSLI: {"gte": 10}}, {"c1", "c2"}),
+        ({DSLI: {"lt": 100}}, {"c2"}),
+        ({DSLI: {"lte": 100}}, {"c1", "c2"}),
+        ({DSLI: {"in": [10, 50]}}, {"c2"}),
+        ({DSLI: {"not_in": [10]}}, {"c1"}),
+        ({DSLI: {"between": [10, 100]}}, {"c1", "c2"}),
+        ({DSLI: {"between": [11, 99]}}, set()),
+        ({DSLI: {"exists": True}}, {"c1", "c2"}),
+        ({DSLI: {"exists": False}}, {"c3"}),
+        ({DSLI: {"gte": 10, "lte": 50}}, {"c2"}),  # several ops on one feature: all must hold
+        ({"tags": {"contains": "vip"}}, {"c1", "c3"}),
+        ({"tags": {"contains": "key-account"}}, {"c1"}),
+        ({"name": {"contains": "Corp"}}, {"c1"}),
+        ({"status": "prospect"}, {"c3"}),
+        ({"status": {"in": ["active", "prospect"]}}, {"c1", "c2", "c3"}),
+        ({"status": {"not_in": ["active"]}}, {"c3"}),
+        ({"manager_id": {"ne": "m1"}}, {"c3"}),
+        ({"manager_active": False}, {"c3"}),
+        ({"abc_class": {"in": ["A", "B"]}}, {"c1", "c2"}),
+        ({"revenue_365d": {"gte": "1000.5"}}, {"c1"}),
+        ({"revenue_365d": {"lt": 100}}, {"c2", "c3"}),  # revenue is 0, not missing, without invoices
+        ({"revenue_30d": {"eq": 50}}, {"c2"}),
+        ({"last_invoice_at": {"older_than": "100d"}}, {"c1"}),
+        ({"last_invoice_at": {"older_than": "101d"}}, set()),
+        ({"last_invoice_at": {"older_than": "10d"}}, {"c1", "c2"}),
+        ({"last_invoice_at": {"gte": "2026-05-01"}}, {"c2"}),
+        ({"attributes.region": "north"}, {"c1"}),
+        ({"attributes.region": {"exists": False}}, {"c2", "c3"}),
+    ],
+)
+def test_operators(crm: Store, when: dict[str, Any], expected: set[str]) -> None:
+    assert matching(crm, when) == expected
+
+
+@pytest.mark.parametrize("op", ["eq", "ne", "gt", "gte", "lt", "lte"])
+def test_missing_values_make_comparisons_false(crm: Store, op: str) -> None:
+    hits = matching(crm, {DSLI: {op: 50}})
+    assert "c3" not in hits
+
+
+@pytest.mark.parametrize(
+    ("leaf", "value"),
+    [("in", [0, 10, 100]), ("not_in", [1]), ("between", [-1000, 1000]), ("older_than", "0d"), ("exists", True)],
+)
+def test_missing_values_make_every_op_false_except_exists_false(crm: Store, leaf: str, value: Any) -> None:
+    feature = "last_invoice_at" if leaf == "older_than" else DSLI
+    assert "c3" not in matching(crm, {feature: {leaf: value}})
+    assert "c3" in matching(crm, {DSLI: {"exists": False}})
+
+
+@pytest.mark.parametrize(
+    ("when", "expected"),
+    [
+        ({"not": {"tags": {"contains": "vip"}}}, {"c2"}),
+        ({"not": {DSLI: {"gt": 50}}}, {"c2", "c3"}),  # not of a false-on-missing leaf holds
+        ({"any": [{DSLI: {"gt": 50}}, {"status": "prospect"}]}, {"c1", "c3"}),
+        ({"all": [{"tags": {"contains": "vip"}}, {DSLI: {"exists": True}}]}, {"c1"}),
+        ({"all": [{"any": [{"name": "Beta"}, {"name": "Gamma"}]}, {"not": {"status": "prospect"}}]}, {"c2"}),
+        ({"any": [{"all": [{"tags": {"contains": "vip"}}, {"not": {"abc_class": "A"}}]}, {DSLI: 10}]},
+         {"c2", "c3"}),
+        ({"not": {"any": [{"name": "Beta"}, {"not": {"tags": {"contains": "vip"}}}]}}, {"c1", "c3"}),
+        # several keys in one mapping: all of them
+        ({"tags": {"contains": "vip"}, "status": "active"}, {"c1"}),
+    ],
+)
+def test_all_any_not_nesting(crm: Store, when: dict[str, Any], expected: set[str]) -> None:
+    assert matching(crm, when) == expected
+
+
+def test_generic_rule_is_once_per_client_without_episode(crm: Store) -> None:
+    rules = {"version": 1, "rules": [{"id": "g", "when": {"status": "active"}, "then": [{"tag": "hit"}]}]}
+    eng = engine_for(rules, crm)
+    p1, p2 = eng.plan(AS_OF), eng.plan("2026-07-01")
+    assert [a.key for a in p1.actions] == [a.key for a in p2.actions]
+    assert {a.tag for a in p1.actions} == {"hit"}
+    assert all(a.category == "retention" for a in p1.actions)
+
+
+def test_generic_rule_category_reason_and_evidence(crm: Store) -> None:
+    rules = {"version": 1, "rules": [{"id": "g", "category": "development",
+                                      "when": {DSLI: {"gte": 90}}, "then": [{"tag": "hit"}]}]}
+    (a,) = engine_for(rules, crm).plan(AS_OF).actions
+    assert a.category == "development"
+    assert a.evidence[DSLI] == 100
+    assert DSLI in a.reason
+
+
+# ---------------------------------------------------------------- named features and episodes
+
+
+def test_named_count_feature_with_where_and_within_boundary(store: Store) -> None:
+    store.add(
+        managers=[{"id": "m1"}],
+        clients=[{"id": "c1", "manager_id": "m1"}],
+        touches=[
+            {"id": "t1", "client_id": "c1", "at": ago(29), "direction": "outbound"},  # in
+            {"id": "t2", "client_id": "c1", "at": ago(0), "direction": "outbound"},  # in (as_of day)
+            {"id": "t3", "client_id": "c1", "at": ago(30), "direction": "outbound"},  # 30 days old: out
+            {"id": "t4", "client_id": "c1", "at": ago(1), "direction": "inbound"},  # filtered by where
+            {"id": "t5", "client_id": "c1", "at": ago(-1), "direction": "outbound"},  # after as_of
+        ],
+    )
+    rules = {
+        "version": 1,
+        "features": {"outbound_30d_named": {"count": "touches", "where": {"direction": "outbound"},
+                                            "within": "30d"}},
+        "rules": [{"id": "g", "when": {"outbound_30d_named": {"gte": 0}}, "then": [{"tag": "x"}]}],
+    }
+    eng = engine_for(rules, store)
+    (a,) = eng.plan(AS_OF).actions
+    assert a.evidence["outbound_30d_named"] == 2
+    # the built-in outbound_<window> agrees
+    assert matching(store, {"outbound_30d": 2}) == {"c1"}
+    # a day later t1 is 30 days old and t5 is in
+    (b,) = eng.plan((date.fromisoformat(AS_OF) + timedelta(days=1)).isoformat()).actions
+    assert b.evidence["outbound_30d_named"] == 2
+
+
+def test_named_count_feature_without_window_and_with_ops(store: Store) -> None:
+    store.add(
+        managers=[{"id": "m1"}],
+        clients=[{"id": "c1", "manager_id": "m1"}, {"id": "c2", "manager_id": "m1"}],
+        touches=[
+            {"id": "t1", "client_id": "c1", "at": ago(400), "kind": "call"},
+            {"id": "t2", "client_id": "c1", "at": ago(5), "kind": "meeting"},
+            {"id": "t3", "client_id": "c1", "at": ago(5), "kind": "email"},
+        ],
+    )
+    rules = {
+        "version": 1,
+        "features": {"live": {"count": "touches", "where": {"kind": {"in": ["call", "meeting"]}}}},
+        "rules": [{"id": "g", "when": {"live": {"gte": 0}}, "then": [{"tag": "x"}]}],
+    }
+    ev = {a.client_id: a.evidence["live"] for a in engine_for(rules, store).plan(AS_OF).actions}
+    assert ev == {"c1": 2, "c2": 0}
+
+
+def test_named_sum_feature(store: Store) -> None:
+    store.add(
+        managers=[{"id": "m1"}],
+        clients=[{"id": "c1", "manager_id": "m1"}, {"id": "c2", "manager_id": "m1"}],
+        invoices=[
+            {"id": "i1", "client_id": "c1", "issued_at": ago(10), "amount": "100.25"},
+            {"id": "i2", "client_id": "c1", "issued_at": ago(89), "amount": "0.75"},
+            {"id": "i3", "client_id": "c1", "issued_at": ago(90), "amount": 1000},  # 90 days old: out
+            {"id": "i4", "client_id": "c2", "issued_at": ago(200), "amount": 5},
+        ],
+    )
+    rules = {
+        "version": 1,
+        "features": {"rev90": {"sum": "invoices.amount", "within": "90d"}},
+        "rules": [{"id": "g", "when": {"rev90": {"gt": 100}},
+                   "then": [{"create_task": {"title": "{client.id} spent {rev90}"}}]}],
+    }
+    plan = engine_for(rules, store).plan(AS_OF)
+    (a,) = plan.actions
+    assert a.client_id == "c1"
+    assert a.title == "c1 spent 101"
+    assert str(a.evidence["rev90"]) in ("101", "101.00", "101.0000")
+    assert matching(store, {"revenue_90d": 101}) == {"c1"}
+    assert matching(store, {"revenue_90d": 0}) == {"c2"}
+
+
+def test_episode_feature_gives_one_key_per_episode(store: Store) -> None:
+    store.add(
+        managers=[{"id": "m1"}],
+        clients=[{"id": "c1", "manager_id": "m1"}],
+        invoices=[{"id": "i1", "client_id": "c1", "issued_at": "2026-01-10T12:00:00Z", "amount": 10}],
+    )
+    rules = {"version": 1, "rules": [{"id": "sleep", "when": {DSLI: {"gte": 30}}, "episode": "last_invoice_at",
+                                      "then": [{"tag": "sleeping"}]}]}
+    eng = engine_for(rules, store)
+    assert eng.plan("2026-02-08").actions == []
+    (a,) = eng.plan("2026-02-09").actions
+    assert "2026-01-10" in a.key and a.evidence["episode"] == "2026-01-10"
+    assert [x.key for x in eng.plan("2026-03-01").actions] == [a.key]
+    store.add(invoices=[{"id": "i2", "client_id": "c1", "issued_at": "2026-03-05T12:00:00Z", "amount": 10}])
+    assert eng.plan("2026-04-03").actions == []
+    (b,) = eng.plan("2026-04-04").actions
+    assert b.key != a.key and "2026-03-05" in b.key
+
+
+def test_plan_json_is_stable(crm: Store) -> None:
+    rules = {"version": 1, "rules": [
+        {"id": "b", "when": {"tags": {"contains": "vip"}}, "then": [{"tag": "v"}, {"tag": "w"}]},
+        {"id": "a", "when": {DSLI: {"exists": True}}, "then": [{"tag": "x"}]}]}
+    p: Plan = engine_for(rules, crm).plan(AS_OF)
+    keys = [a.key for a in p.actions]
+    assert keys == sorted(keys) and len(set(keys)) == len(keys) == 6
+    assert p.to_json() == engine_for(dict(rules, rules=rules["rules"][::-1]), crm).plan(AS_OF).to_json()
+    data = json.loads(p.to_json())
+    assert set(data) >= {"as_of", "actions", "suppressed", "stats"}
+    assert data["as_of"].startswith("2026-06-01T23:59:59")
+
+
+# ---------------------------------------------------------------- explain
+
+
+def test_explain_lists_each_condition_with_value_and_held(crm: Store) -> None:
+    rules = {"version": 1, "rules": [{"id": "g", "when": {"all": [
+        {DSLI: {"gte": 90}},
+        {"any": [{"tags": {"contains": "vip"}}, {"status": "prospect"}]},
+        {"not": {"revenue_365d": {"lt": 500}}},
+    ]}, "then": [{"tag": "hit"}]}]}
+    eng = engine_for(rules, crm)
+    ex = eng.explain("c1", AS_OF, rule="g")
+    (r,) = ex.rules
+    assert r.rule == "g" and r.matched
+    assert [a.type for a in r.actions] == ["tag"]
+    d = r.condition.to_dict()
+    assert d["held"] is True
+    leaf, anyof, notnode = d["children"]
+    assert leaf == {"condition": f"{DSLI} ≥ 90", "held": True, "value": 100}
+    assert anyof["held"] is True
+    assert [(c["held"], c["value"]) for c in anyof["children"]] == [(True, ["key-account", "vip"]),
+                                                                  (False, "active")]
+    assert notnode["held"] is True and notnode["children"][0]["held"] is False
+    assert notnode["children"][0]["value"] in ("1000.50", "1000.5")
+    text = str(ex)
+    assert "c1" in text and "rule g" in text and "MATCHED" in text
+    assert f"{DSLI} ≥ 90" in text and "100" in text
+
+    ex2 = eng.explain("c2", AS_OF)
+    (r2,) = ex2.rules
+    assert not r2.matched and r2.actions == []
+    leaf2 = r2.condition.to_dict()["children"][0]
+    assert leaf2["held"] is False and leaf2["value"] == 10
+    assert "not matched" in str(ex2)
+
+    ex3 = eng.explain("c3", AS_OF)
+    leaf3 = ex3.rules[0].condition.to_dict()["children"][0]
+    assert leaf3["held"] is False and leaf3.get("value") is None
+
+
+def test_explain_forgotten_shows_threshold_and_override(store: Store) -> None:
+    store.add(managers=[{"id": "m1"}],
+              clients=[{"id": "c1", "manager_id": "m1", "tags": ["key-account"]}],
+              touches=[{"id": "t1", "client_id": "c1", "at": ago(45)}])
+    rules = {"version": 1, "rules": [{"id": "forgotten", "kind": "forgotten", "after": "60d", "overrides": [
+        {"when": {"tags": {"contains": "key-account"}}, "after": "30d"}]}]}
+    ex = engine_for(rules, store).explain("c1", AS_OF)
+    (r,) = ex.rules
+    assert r.matched and r.threshold == "30d"
+    text = str(ex)
+    assert "30d" in text and "override" in text
+    assert len(r.actions) == 1
+
+
+def test_explain_unknown_client_and_rule(crm: Store) -> None:
+    eng = engine_for({"version": 1, "rules": [{"id": "g", "when": {"status": "active"}, "then": [{"tag": "x"}]}]},
+                     crm)
+    ex = eng.explain("nope", AS_OF)
+    assert ex.rules == [] and ex.note
+    with pytest.raises(retainer.RetainerError, match="zzz"):
+        eng.explain("c1", AS_OF, rule="zzz")
+
+
+def test_named_max_feature_on_instants_and_virtual_fields(store: Store) -> None:
+    store.add(
+        managers=[{"id": "m1"}],
+        clients=[{"id": "c1", "manager_id": "m1"}, {"id": "c2", "manager_id": "m1"}],
+        touches=[
+            {"id": "t1", "client_id": "c1", "at": ago(50), "direction": "inbound"},
+            {"id": "t2", "client_id": "c1", "at": ago(5), "direction": "outbound"},
+            {"id": "t3", "client_id": "c2", "at": ago(20), "direction": "inbound"},
+        ],
+        tasks=[
+            {"id": "k1", "client_id": "c1", "created_at": ago(60), "status": "open"},
+            {"id": "k2", "client_id": "c1", "created_at": ago(60), "status": "done", "done_at": ago(1)},
+            {"id": "k3", "client_id": "c1", "created_at": ago(60), "status": "done", "done_at": ago(-3)},
+            {"id": "k4", "client_id": "c1", "created_at": ago(60), "status": "cancelled"},
+        ],
+    )
+    rules = {
+        "version": 1,
+        "features": {
+            "last_inbound_at": {"max": "touches.at", "where": {"direction": "inbound"}},
+            "open_task_count": {"count": "tasks", "where": {"is_open": True}},
+        },
+        "rules": [{"id": "g", "when": {"last_inbound_at": {"older_than": "30d"}}, "then": [{"tag": "x"}]}],
+    }
+    plan = engine_for(rules, store).plan(AS_OF)
+    assert [a.client_id for a in plan.actions] == ["c1"]
+    # k1 open, k3 done only after as_of
+    assert matching_rules(store, rules["features"], {"open_task_count": 2}) == {"c1"}
+
+
+def matching_rules(store: Store, features: dict[str, Any], when: dict[str, Any]) -> set[str]:
+    rules = {"version": 1, "features": features, "rules": [{"id": "g", "when": when, "then": [{"tag": "x"}]}]}
+    return {a.client_id for a in engine_for(rules, store).plan(AS_OF).actions}
+
+
+def test_json_rule_file_indented_with_tabs(tmp_path: Path) -> None:
+    # valid JSON (JSON.stringify(x, null, "\t"), Go's MarshalIndent with "\t") must load
+    p = tmp_path / "rules.json"
+    p.write_text(json.dumps(RULE_DICT, indent="\t"), encoding="utf-8")
+    assert retainer.load_rules(str(p)).digest == retainer.load_rules(RULE_DICT).digest
+
+
+def test_json_rule_file_with_escaped_astral_characters(tmp_path: Path) -> None:
+    title = "Call \U0001F4DE {client.name}"
+    data = {"version": 1, "rules": [{"id": "f", "kind": "forgotten", "after": "60d",
+                                     "then": [{"create_task": {"title": title}}]}]}
+    p = tmp_path / "rules.json"
+    p.write_text(json.dumps(data), encoding="utf-8")  # ensure_ascii: "\ud83d\udcde"
+    spec = retainer.load_rules(str(p)).rule("f").then[0].create_task
+    assert spec is not None and spec.title == title
+
+
+def test_load_rules_from_a_dict_keeps_non_bmp_text(store: Store) -> None:
+    title = "Позвонить \U0001F4DE {client.name}"
+    rules = {"version": 1, "rules": [{"id": "f", "kind": "forgotten", "after": "60d",
+                                      "then": [{"create_task": {"title": title}}]}]}
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1", "name": "Acme"}],
+              touches=[{"id": "t1", "client_id": "c1", "at": "2026-01-01T10:00:00Z"}])
+    plan = engine_for(rules, store).plan("2026-03-02")
+    assert plan.actions[0].title == "Позвонить \U0001F4DE Acme"
+    plan.to_json().encode("utf-8")  # no lone surrogates
