@@ -547,7 +547,7 @@ def test_aggregate_examples(store: Store) -> None:
              AggSpec("invoices", "max", "issued_at")]
     got = store.aggregate(specs, as_of)
     assert got[0] == {"c1": Decimal("40.25"), "c2": Decimal(5)}
-    assert got[1] == {"c1": Decimal("120.25")}  # c2 fully paid: outstanding 0 is still a row -> sum 0
+    assert got[1] == {"c1": Decimal("120.25"), "c2": Decimal(0)}  # c2 fully paid: a row with outstanding 0
     assert got[2] == {"c1": 2, "c2": 1}
     assert got[3] == {"c1": 1}
     assert got[4] == {"c2": 1}
@@ -586,10 +586,12 @@ def test_sqlite_file_reopened_sees_the_same_facts(crm: dict[str, list[dict[str, 
                 assert r.aggregate(specs, S.AS_OF) == aggs
                 assert r.get_cursor("round_robin:release") == "m2"
                 assert r.manager_loads(S.AS_OF) == loads
-                r.add(touches=[{"id": "after-reopen", "client_id": crm["clients"][0]["id"], "at": S.AS_OF}])
             finally:
                 r.close()
         r = retainer.open_store(str(path))
+        r.add(touches=[{"id": "after-reopen", "client_id": crm["clients"][0]["id"], "at": S.AS_OF}])
+        r.close()
+        r = retainer.open_store(f"sqlite:///{path}")
         try:
             assert r.get("touches", "after-reopen") is not None
         finally:
