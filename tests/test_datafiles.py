@@ -1,0 +1,81 @@
+"""Data folders: CSV and JSONL, row-level errors with file:line, all-or-nothing loading."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from datetime import UTC
+from pathlib import Path
+
+import pytest
+
+import retainer
+from retainer.datafiles import import_data, open_source
+
+ROOT = Path(__file__).resolve().parents[1]
+CRM = ROOT / "examples" / "crm"
+
+
+def _to_jsonl(src: Path, dst: Path) -> None:
+    dst.mkdir()
+    for f in src.glob("*.csv"):
+        with f.open(newline="") as fh, (dst / f"{f.stem}.jsonl").open("w") as out:
+            for row in csv.DictReader(fh):
+                out.write(json.dumps({k: v for k, v in row.items() if v != ""}) + "\n")
+
+
+def test_jsonl_folder_plans_like_csv(tmp_path: Path) -> None:
+    _to_jsonl(CRM, tmp_path / "j")
+    rules = retainer.load_rules(ROOT / "examples" / "rules" / "retention.yaml")
+    a = retainer.Engine(rules, open_source(str(CRM), rules.tz)).plan("2026-03-01").to_json()
+    b = retainer.Engine(rules, open_source(str(tmp_path / "j"), rules.tz)).plan("2026-03-01").to_json()
+    assert a == b
+
+
+def test_csv_and_jsonl_for_one_entity_is_an_error(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    shutil.copytree(CRM, d)
+    (d / "touches.jsonl").write_text("")
+    with pytest.raises(retainer.DataError, match="both touches.csv and touches.jsonl"):
+        import_data(d, retainer.open_store("memory://"))
+
+
+def test_unknown_column_names_file_line_1(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    shutil.copytree(CRM, d)
+    text = (d / "clients.csv").read_text().replace("contact_policy", "contactpolicy", 1)
+    (d / "clients.csv").write_text(text)
+    with pytest.raises(retainer.DataError) as e:
+        import_data(d, retainer.open_store("memory://"))
+    assert str(e.value).startswith(f"{d / 'clients.csv'}:1 field contactpolicy: unknown column")
+
+
+def test_bad_jsonl_line(tmp_path: Path) -> None:
+    _to_jsonl(CRM, tmp_path / "j")
+    p = tmp_path / "j" / "invoices.jsonl"
+    p.write_text(p.read_text() + '{"id": "i9", "client_id": "c1", "issued_at": "2026-01-01", "amount": "1.23456"}\n')
+    with pytest.raises(retainer.DataError) as e:
+        import_data(tmp_path / "j", retainer.open_store("memory://"))
+    assert f"{p}:3" in str(e.value) and "field amount" in str(e.value) and "4 decimal places" in str(e.value)
+
+
+def test_dangling_reference_is_reported_with_its_line(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    shutil.copytree(CRM, d)
+    with (d / "tasks.csv").open("a") as f:
+        f.write("k9,c404,m1,2026-01-01T00:00,,,open,call,crm\n")
+    store = retainer.open_store(f"sqlite:///{tmp_path / 'x.db'}")
+    with pytest.raises(retainer.DataError) as e:
+        import_data(d, store)
+    assert f"{d / 'tasks.csv'}:3 id=k9 field client_id: unknown client 'c404'" == str(e.value)
+    assert store.count("clients") == 0 and store.count("managers") == 0
+
+
+def test_naive_times_are_read_in_the_store_zone(tmp_path: Path) -> None:
+    moscow = retainer.open_store("memory://", timezone="Europe/Moscow")
+    import_data(CRM, moscow)
+    utc = retainer.open_store("memory://", timezone=UTC)
+    import_data(CRM, utc)
+    t_msk, t_utc = moscow.get("touches", "t1"), utc.get("touches", "t1")
+    assert (t_utc.at - t_msk.at).total_seconds() == 3 * 3600
