@@ -37,7 +37,7 @@ def test_csv_and_jsonl_for_one_entity_is_an_error(tmp_path: Path) -> None:
     d = tmp_path / "d"
     shutil.copytree(CRM, d)
     (d / "touches.jsonl").write_text("")
-    with pytest.raises(retainer.DataError, match="both touches.csv and touches.jsonl"):
+    with pytest.raises(retainer.DataError, match=r"both touches\.csv and touches\.jsonl"):
         import_data(d, retainer.open_store("memory://"))
 
 
