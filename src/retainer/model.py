@@ -8,11 +8,12 @@ Money is `Decimal` with at most 4 decimal places, so sums are exact in every sto
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from .timeutil import parse_instant
 
@@ -76,6 +77,19 @@ class Entity(BaseModel):
 
     id: Id
 
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_means_default(cls, data: Any) -> Any:
+        """An empty cell (or null) in a field with a default takes the default, as in a CRM export."""
+        if isinstance(data, dict):
+            fields = cls.model_fields
+            return {
+                k: v
+                for k, v in data.items()
+                if not ((v is None or v == "") and k in fields and not fields[k].is_required())
+            }
+        return data
+
 
 class Manager(Entity):
     name: OptStr = None
@@ -99,27 +113,14 @@ class Client(Entity):
     @field_validator("tags", mode="before")
     @classmethod
     def _split_tags(cls, v: Any) -> Any:
-        if v is None:
-            return frozenset()
         if isinstance(v, str):
             return frozenset(t.strip() for t in v.split(";") if t.strip())
-        return v
-
-    @field_validator("status", "contact_policy", mode="before")
-    @classmethod
-    def _default_blank(cls, v: Any, info: ValidationInfo) -> Any:
-        if v is None or v == "":
-            return "active" if info.field_name == "status" else "ok"
         return v
 
     @field_validator("attributes", mode="before")
     @classmethod
     def _parse_attributes(cls, v: Any) -> Any:
-        if v is None or v == "":
-            return {}
         if isinstance(v, str):
-            import json
-
             try:
                 return json.loads(v)
             except ValueError as exc:
@@ -139,13 +140,6 @@ class Touch(Entity):
     manager_id: OptStr = None
     channel: OptStr = None
 
-    @field_validator("kind", "direction", mode="before")
-    @classmethod
-    def _default_blank(cls, v: Any, info: ValidationInfo) -> Any:
-        if v is None or v == "":
-            return "call" if info.field_name == "kind" else "outbound"
-        return v
-
 
 class Task(Entity):
     client_id: Id
@@ -157,13 +151,6 @@ class Task(Entity):
     kind: OptStr = None
     source: Literal["crm", "retainer"] = "crm"
 
-    @field_validator("status", "source", mode="before")
-    @classmethod
-    def _default_blank(cls, v: Any, info: ValidationInfo) -> Any:
-        if v is None or v == "":
-            return "open" if info.field_name == "status" else "crm"
-        return v
-
 
 class Deal(Entity):
     client_id: Id
@@ -171,11 +158,6 @@ class Deal(Entity):
     closed_at: OptInstant = None
     status: Literal["open", "won", "lost"] = "open"
     amount: OptMoney = None
-
-    @field_validator("status", mode="before")
-    @classmethod
-    def _default_blank(cls, v: Any) -> Any:
-        return "open" if v is None or v == "" else v
 
 
 class Invoice(Entity):
@@ -193,11 +175,6 @@ class Offer(Entity):
     made_at: OptInstant = None
     ends_at: OptInstant = None
     amount: OptMoney = None
-
-    @field_validator("category", mode="before")
-    @classmethod
-    def _default_blank(cls, v: Any) -> Any:
-        return "development" if v is None or v == "" else v
 
 
 class Contract(Entity):

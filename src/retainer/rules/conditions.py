@@ -6,14 +6,14 @@ A leaf compares one feature with a value. A missing value (None) makes every op 
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
-from ..timeutil import AsOf, Duration, DurationError, parse_duration, parse_instant
+from ..stores.base import COMPARE
+from ..timeutil import AsOf, Duration, DurationError, add_durations, parse_duration, parse_instant
 
 Path = tuple[str | int, ...]
 
@@ -165,14 +165,7 @@ def _between(a: Any, b: tuple[Any, Any]) -> bool:
 
 
 _BINARY: dict[str, Callable[[Any, Any], bool]] = {
-    "eq": operator.eq,
-    "ne": operator.ne,
-    "gt": operator.gt,
-    "gte": operator.ge,
-    "lt": operator.lt,
-    "lte": operator.le,
-    "in": lambda a, b: a in b,
-    "not_in": lambda a, b: a not in b,
+    **COMPARE,
     "between": _between,
     "contains": _contains,
 }
@@ -246,8 +239,6 @@ class OlderThan(Node):
                     decided[i] = True
                     out[i] = _as_duration(col[i]) if col is not None else dur  # type: ignore[assignment]
         if self.plus is not None:
-            from ..timeutil import add_durations
-
             plus = self.plus
             extended: dict[Duration, Duration] = {}
             out = [

@@ -7,7 +7,8 @@ facts itself, so a SQL backend does the heavy lifting where the data lives.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import operator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from decimal import Decimal
@@ -18,7 +19,19 @@ from ..model import Client, Entity, Manager
 if TYPE_CHECKING:
     from ._ingest import Batch
 
-__all__ = ["EXISTS_FIELD", "VIRTUAL_FIELDS", "AggSpec", "Pred", "Store", "virtual_value"]
+__all__ = ["COMPARE", "EXISTS_FIELD", "VIRTUAL_FIELDS", "AggSpec", "Pred", "Store", "virtual_value"]
+
+#: Comparison operators shared by store predicates and rule conditions (one definition).
+COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
+    "in": lambda a, b: a in b,
+    "not_in": lambda a, b: a not in b,
+}
 
 Op = Literal["eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "null", "notnull"]
 

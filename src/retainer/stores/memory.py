@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
 from typing import Any
 
 from ..model import Client, Entity, Manager
 from . import _ingest
-from .base import EXISTS_FIELD, VIRTUAL_FIELDS, AggSpec, Pred, virtual_value
-
-_OPS: dict[str, Callable[[Any, Any], bool]] = {
-    "eq": operator.eq,
-    "ne": operator.ne,
-    "gt": operator.gt,
-    "gte": operator.ge,
-    "lt": operator.lt,
-    "lte": operator.le,
-    "in": lambda a, b: a in b,
-    "not_in": lambda a, b: a not in b,
-}
+from .base import COMPARE, EXISTS_FIELD, VIRTUAL_FIELDS, AggSpec, Pred, virtual_value
 
 
 class MemoryStore:
@@ -111,7 +99,7 @@ class MemoryStore:
                 return v is None
             if p.op == "notnull":
                 return v is not None
-            return v is not None and _OPS[p.op](v, p.value)
+            return v is not None and COMPARE[p.op](v, p.value)
 
         groups: dict[str, list[Any]] = {}
         for row in self._facts[spec.entity].values():
