@@ -69,13 +69,31 @@ def test_hour_and_calendar_durations_are_distinguished() -> None:
     assert not parse_duration("1y").is_hours
 
 
-def test_add_durations_adds_and_rejects_mixing_hours_with_days() -> None:
+def test_add_durations_adds_calendar_and_hour_parts() -> None:
     total = add_durations(parse_duration("60d"), parse_duration("14d"))
     assert (total.months, total.days, total.hours) == (0, 74, 0)
     mixed = add_durations(parse_duration("2mo"), parse_duration("3d"))
     assert (mixed.months, mixed.days) == (2, 3)
-    with pytest.raises(DurationError):
-        add_durations(parse_duration("60d"), parse_duration("36h"))
+    both = add_durations(parse_duration("36h"), parse_duration("3d"))
+    assert (both.months, both.days, both.hours) == (0, 3, 36)
+    assert not both.is_hours
+
+
+@pytest.mark.parametrize(
+    ("event", "held"),
+    [
+        # 36h first: Nov 24 11:00 MSK lands on Nov 25 23:00 -> Nov 25 + 3 days = Nov 28 = as_of date
+        (datetime(2026, 11, 24, 11, 0, tzinfo=MSK), True),
+        # one hour later lands on Nov 26 00:00 -> Nov 29, not yet
+        (datetime(2026, 11, 24, 12, 0, tzinfo=MSK), False),
+    ],
+)
+def test_hours_plus_days_moves_the_event_by_hours_then_counts_local_days(event: datetime, held: bool) -> None:
+    """A client's `forgotten_after: 36h` plus a release grace of `3d` (docs/decisions.md)."""
+    both = add_durations(parse_duration("36h"), parse_duration("3d"))
+    a = parse_as_of("2026-11-28", MSK)
+    assert a.is_older(event, both) is held
+    assert (event > a.window_start(both)) is not held
 
 
 # ---------------------------------------------------------------- calendar arithmetic

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,9 @@ def _episode_text(v: Any, as_of: AsOf) -> str:
         return as_of.local_date(v).isoformat()
     if isinstance(v, frozenset | set):
         return ",".join(sorted(v))
+    if isinstance(v, int | float | Decimal) and not isinstance(v, bool):
+        # one spelling per amount, whatever the store returned (100.50, 100.5 and 100.5000 are one episode)
+        return format((Decimal(str(v)) + 0).normalize(), "f")
     return str(v)
 
 

@@ -43,7 +43,9 @@ class Duration:
     """A calendar-aware length of time.
 
     Months and years are calendar units (Jan 31 + 1mo = Feb 28); days and weeks are calendar days in
-    the rule set's time zone; hours compare instants. A duration is either all-calendar or all-hours.
+    the rule set's time zone; hours compare instants. A parsed duration is all-calendar or all-hours; a
+    sum of both (a client's `forgotten_after: 36h` plus a release's `grace: 3d`) moves the event by the
+    hours first, then counts calendar days from the local date it lands on.
     """
 
     months: int = 0
@@ -53,7 +55,8 @@ class Duration:
 
     @property
     def is_hours(self) -> bool:
-        return self.hours != 0
+        """Only hours: compared as instants."""
+        return self.hours != 0 and not self.months and not self.days
 
     def add_to_date(self, d: date) -> date:
         return d + relativedelta(months=self.months, days=self.days)
@@ -183,13 +186,17 @@ class AsOf:
         """
         if within.is_hours:
             return self.instant - timedelta(hours=within.hours)
-        return self.day_start(within.cutoff(self.date) + timedelta(days=1)) - timedelta(seconds=1)
+        return self.older_bound(within) - timedelta(seconds=1)
+
+    def older_bound(self, d: Duration) -> datetime:
+        """For a calendar (or mixed) duration: events strictly before this instant are at least `d` old."""
+        return self.day_start(d.cutoff(self.date) + timedelta(days=1)) - timedelta(hours=d.hours)
 
     def is_older(self, event: datetime, d: Duration) -> bool:
         """The threshold rule: "after D" holds when date(event) + D <= date(as_of)."""
         if d.is_hours:
             return event + timedelta(hours=d.hours) <= self.instant
-        return self.local_date(event) <= d.cutoff(self.date)
+        return event < self.older_bound(d)
 
     def isoformat(self) -> str:
         return self.instant.astimezone(self.tz).isoformat()
@@ -212,6 +219,4 @@ def parse_as_of(value: str | date | datetime, tz: tzinfo) -> AsOf:
 
 def add_durations(a: Duration, b: Duration) -> Duration:
     """`a` then `b`; used where one threshold extends another (forgotten `after` + release `grace`)."""
-    if (a.is_hours and (b.months or b.days)) or (b.is_hours and (a.months or a.days)):
-        raise DurationError(f"cannot add {a} and {b}: mix of hours and calendar units")
     return Duration(months=a.months + b.months, days=a.days + b.days, hours=a.hours + b.hours, text=f"{a}+{b}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
@@ -301,7 +301,7 @@ def _older_fn(as_of: AsOf, d: Duration) -> Callable[[datetime], bool]:
     if d.is_hours:
         return lambda v: as_of.is_older(v, d)
     # compare instants against the first instant that is too recent: one comparison per client
-    bound = as_of.day_start(d.cutoff(as_of.date) + timedelta(days=1))
+    bound = as_of.older_bound(d)
     return lambda v: v < bound
 
 

@@ -549,6 +549,11 @@ class FeatureRegistry:
             todo.extend(self.get(n).deps)
         return out
 
+    def is_reserved(self, name: str) -> bool:
+        """Fixed built-ins and attributes.* cannot be redefined; a windowed name (`revenue_90d`) can, and the
+        file's definition wins, so DESIGN's own example (which declares `outbound_30d`) loads."""
+        return name in self._builtin or name in self.extra or name.startswith("attributes.")
+
     def describe(self) -> list[tuple[str, str, str]]:
         return [(n, i.type, i.doc) for n, i in sorted(self._builtin.items())]
 

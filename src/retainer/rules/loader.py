@@ -195,7 +195,7 @@ def compile_rules(data: Any, lines: _Lines, source: str) -> RuleSet:
     registry = FeatureRegistry()
     register_spend_growth_alias(registry)
     for name, d in rf.features.items():
-        if name in registry:
+        if registry.is_reserved(name):
             raise fail(f"feature {name!r} is built in; choose another name", ("features", name))
         try:
             registry.add(named_feature(name, d, tz))
