@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,17 @@ def make_store(kind: str, tmp_path: Path, timezone: str = "UTC") -> Store:
     if kind == "memory":
         return retainer.open_store("memory://", timezone=timezone)
     return retainer.open_store(f"sqlite:///{tmp_path / 'crm.db'}", timezone=timezone)
+
+
+@contextmanager
+def fresh(backend: str = "memory") -> Iterator[Store]:
+    """A store of its own for one hypothesis example (function fixtures are shared across examples)."""
+    with tempfile.TemporaryDirectory() as d:
+        s = make_store(backend, Path(d))
+        try:
+            yield s
+        finally:
+            s.close()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -310,6 +310,16 @@ def test_release_after_plus_grace_boundary(store: Store, n: int, released: bool)
         assert a.evidence["threshold"] != ""
 
 
+@pytest.mark.parametrize(("grace", "n", "released"),
+                         [("36h", 60, False), ("36h", 61, True), ("12h", 59, False), ("12h", 60, True)])
+def test_release_grace_in_hours_moves_the_last_activity_then_counts_days(store: Store, grace: str, n: int,
+                                                                        released: bool) -> None:
+    """Touch Jan 1 10:00; +36h lands on Jan 2 (released 60 days later), +12h stays on Jan 1."""
+    _release_store(store)
+    plan = engine_for(release_rules(grace=grace), store).plan(day(n))
+    assert bool(of(plan, "release")) is released
+
+
 def test_release_grace_applies_on_top_of_overrides(store: Store) -> None:
     _release_store(store, tags=["key-account"])
     rules = release_rules()

@@ -7,16 +7,12 @@ from __future__ import annotations
 
 import json
 import random
-import tempfile
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
 import strategies as S
-from conftest import engine_for, make_store
+from conftest import engine_for, fresh
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +20,6 @@ import retainer
 from retainer import DataError
 from retainer.actions import NAMESPACE, Escalate, Reassign
 from retainer.plan import Plan
-from retainer.stores import Store
 
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -35,15 +30,6 @@ Crm = dict[str, list[dict[str, Any]]]
 REASON_CODES = {"do_not_contact", "no_marketing", "cap", "priority", "spend_growth", "cooloff", "unprofitable",
                 "no_eligible_manager", "manager_task_limit", "duplicate", "superseded", "no_recipient"}
 
-
-@contextmanager
-def fresh(backend: str = "memory") -> Iterator[Store]:
-    with tempfile.TemporaryDirectory() as d:
-        s = make_store(backend, Path(d))
-        try:
-            yield s
-        finally:
-            s.close()
 
 
 def make_plan(crm: Crm, rules: dict[str, Any], backend: str = "memory", **kw: Any) -> Plan:

@@ -9,8 +9,6 @@ directly from the generated rows (not from either store), so the reference memor
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -18,7 +16,7 @@ from typing import Any
 
 import pytest
 import strategies as S
-from conftest import make_store
+from conftest import fresh
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,15 +28,6 @@ from retainer.stores import AggSpec, Pred, Store
 SETTINGS = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
-
-@contextmanager
-def fresh(backend: str) -> Iterator[Store]:
-    with tempfile.TemporaryDirectory() as d:
-        s = make_store(backend, Path(d))
-        try:
-            yield s
-        finally:
-            s.close()
 
 
 def ts(text: str) -> datetime:

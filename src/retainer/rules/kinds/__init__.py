@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ...timeutil import add_durations
 from ..conditions import All, AnyOf, Leaf, Node, Not, OlderThan, Path, parse_condition
 from ..features import FeatureRegistry
 from ..schema import ActionSpec, CreateTaskSpec, ForgottenRule, GenericRule, ReassignSpec, ReleaseRule
@@ -128,11 +127,8 @@ def _release(rule: ReleaseRule, ctx: CompileContext) -> Parts:
     if ref is None or ref.kind != "forgotten" or ref.threshold is None:
         what = "is not a forgotten rule" if rule.forgotten_rule in ctx.kinds else "does not exist"
         raise PresetError(f"forgotten_rule {rule.forgotten_rule!r} {what}", (*ctx.path, "forgotten_rule"))
-    try:
-        add_durations(ref.threshold.default, rule.grace)  # rejects a mix of hours and calendar units
-        threshold = replace(ref.threshold, plus=rule.grace)
-    except ValueError as exc:
-        raise PresetError(str(exc), (*ctx.path, "grace")) from None
+    # `grace` extends every client's own threshold (hours and days may mix: docs/decisions.md)
+    threshold = replace(ref.threshold, plus=rule.grace)
     assert isinstance(ref.condition, All)
     parts: list[Node] = [ref.condition.children[0], threshold]
     evidence = list(ref.evidence)

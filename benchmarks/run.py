@@ -1,0 +1,255 @@
+"""Reference benchmark: retainer against the hand-written baselines, in one run, on one machine.
+
+    python benchmarks/run.py                  # 100k clients, writes docs/performance.md
+    python benchmarks/run.py --clients 10000  # a quicker look (does not touch the docs)
+
+Generates the seeded CRM with ../shared/bench/gen.py (cached under benchmarks/data/), imports it into
+a retainer SQLite store, then times, each in a fresh process and repeated:
+  * `Engine.plan` for forgotten + release (benchmarks/rules.yaml), with its fetch/evaluate/actions split;
+  * `retainer plan --format json` end to end (process start to JSON written);
+  * the baselines: the tuned SQLite query (fr_sql.py), and baseline.py's SQLite, pure-Python and
+    DuckDB evaluations (DuckDB when installed: `pip install -e ".[bench]"`).
+The (rule, client) pairs of retainer's plan must equal the tuned query's, or the run fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("RETAINER_BENCH_SHARED", ROOT.parent / "shared" / "bench"))
+RULES = ROOT / "benchmarks" / "rules.yaml"
+AS_OF = "2026-03-01"
+
+
+def sh(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
+
+
+_MEASURE = """
+import json, resource, subprocess, sys, time
+t0 = time.perf_counter()
+with open(sys.argv[1], "w") as f:
+    subprocess.run(sys.argv[2:], check=True, stdout=f)
+s = time.perf_counter() - t0
+print(json.dumps([s, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024]))
+"""
+
+
+def timed(cmd: list[str], stdout: Path) -> tuple[float, float]:
+    """Wall seconds of a whole process (start-up included) and its own peak RSS in MB."""
+    s, rss = json.loads(sh([sys.executable, "-c", _MEASURE, str(stdout), *cmd]).stdout)
+    return s, rss
+
+
+# ---------------------------------------------------------------- the child: one plan in a fresh process
+
+
+def child(db: Path, pairs_out: Path | None) -> None:
+    t0 = time.perf_counter()
+    import retainer
+
+    engine = retainer.Engine(retainer.load_rules(RULES), retainer.open_store(f"sqlite:///{db}"))
+    setup = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    plan = engine.plan(AS_OF)
+    total = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    plan.to_json()
+    to_json = time.perf_counter() - t2
+    if pairs_out is not None:
+        every = [*plan.actions, *(s.action for s in plan.suppressed)]
+        pairs = sorted({(a.rule, a.client_id) for a in every if a.type in ("create_task", "reassign")})
+        pairs_out.write_text("".join(f"{r},{c}\n" for r, c in pairs))
+    print(json.dumps({
+        "setup": setup, "plan": total, "to_json": to_json, **{f"plan.{k}": v for k, v in plan.timings.items()},
+        "actions": len(plan.actions), "suppressed": len(plan.suppressed),
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }))
+
+
+# ---------------------------------------------------------------- the parent
+
+
+def prepare(clients: int, work: Path) -> tuple[Path, Path, Path]:
+    data = work / f"crm-{clients}"
+    if not (data / "invoices.csv").exists():
+        print(f"generating {clients} clients -> {data}", file=sys.stderr)
+        sh([sys.executable, str(SHARED / "gen.py"), "--clients", str(clients), "--out", str(data)])
+    db = work / f"retainer-{clients}.db"
+    import_s = None
+    if not db.exists():
+        print(f"retainer import -> {db}", file=sys.stderr)
+        t0 = time.perf_counter()
+        sh(["retainer", "import", str(data), "--to", f"sqlite:///{db}.tmp", "--timezone", "UTC"])
+        import_s = time.perf_counter() - t0
+        os.replace(f"{db}.tmp", db)
+        (work / f"import-{clients}.json").write_text(json.dumps({"seconds": import_s}))
+    ref_db = work / f"fr_sql-{clients}.db"
+    return data, db, ref_db
+
+
+def median_of(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, default=100_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "data")
+    ap.add_argument("--report", type=Path, default=None, help="Markdown file to write (default: docs/performance.md "
+                    "for the 100k reference workload, none otherwise)")
+    ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--pairs", type=Path, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        child(a.child, a.pairs)
+        return
+    if not (SHARED / "gen.py").exists():
+        sys.exit(f"the reference workload is not at {SHARED} (set RETAINER_BENCH_SHARED)")
+    a.work.mkdir(parents=True, exist_ok=True)
+    data, db, ref_db = prepare(a.clients, a.work)
+    imp = json.loads((a.work / f"import-{a.clients}.json").read_text())["seconds"]
+    ours_pairs, ref_pairs = a.work / "retainer.pairs", a.work / "fr_sql.pairs"
+
+    results: dict[str, Any] = {"clients": a.clients, "import_s": imp}
+    # retainer's Engine.plan, each in a fresh process
+    runs = []
+    for i in range(a.repeat):
+        cmd = [sys.executable, __file__, "--child", str(db)] + (["--pairs", str(ours_pairs)] if i == 0 else [])
+        runs.append(json.loads(sh(cmd).stdout))
+    results["engine"] = {k: median_of(runs, k) for k in runs[0]}
+    # end to end, as a user types it
+    e2e = [timed(["retainer", "plan", "-r", str(RULES), "-d", f"sqlite:///{db}", "--as-of", AS_OF, "-f", "json"],
+                 stdout=a.work / "plan.json") for _ in range(a.repeat)]
+    results["e2e_s"] = statistics.median(s for s, _ in e2e)
+    results["e2e_rss_mb"] = max(m for _, m in e2e)
+    results["plan_json_mb"] = (a.work / "plan.json").stat().st_size / 1e6
+
+    # the tuned SQLite query: first call builds its database from the CSVs (not timed)
+    fr = [float(sh([sys.executable, str(SHARED / "fr_sql.py"), str(data), str(ref_db), "--out", str(ref_pairs)])
+                .stdout.split()[-1]) for _ in range(a.repeat)]
+    results["fr_sql_s"] = statistics.median(fr)
+    ours, ref = ours_pairs.read_text(), ref_pairs.read_text()
+    results["pairs"] = ours.count("\n")
+    if ours != ref:
+        a_set, b_set = set(ours.splitlines()), set(ref.splitlines())
+        sys.exit(f"retainer and fr_sql.py disagree: {sorted(a_set - b_set)[:5]} only in retainer, "
+                 f"{sorted(b_set - a_set)[:5]} only in fr_sql")
+
+    # baseline.py: four rules (forgotten, release, capped, unpaid) as of midnight; evaluation seconds
+    base: dict[str, Any] = {}
+    approaches = ["sqlite", "python"]
+    try:
+        import duckdb  # noqa: F401
+
+        approaches.append("duckdb")
+    except ImportError:
+        print("duckdb not installed: skipping that baseline (pip install -e '.[bench]')", file=sys.stderr)
+    for ap_name in approaches:
+        out = [json.loads(sh([sys.executable, str(SHARED / "baseline.py"), str(data), ap_name]).stdout)
+               for _ in range(a.repeat if ap_name != "sqlite" else 1)]
+        base[ap_name] = {"eval_s": statistics.median(o["eval_s"] for o in out), "load_s": out[0]["load_s"],
+                         "rss_mb": out[0]["rss_mb"]}
+    results["baseline"] = base
+    print(json.dumps(results, indent=2))
+    report = a.report or (ROOT / "docs" / "performance.md" if a.clients == 100_000 else None)
+    if report:
+        report.write_text(render(results, a))
+        print(f"wrote {report}", file=sys.stderr)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}, {platform.system()}"
+
+
+def render(r: dict[str, Any], a: argparse.Namespace) -> str:
+    e, b, fr = r["engine"], r["baseline"], r["fr_sql_s"]
+
+    def ratio(x: float, y: float) -> str:
+        return f"{x / y:.1f}×"
+
+    rows = [
+        ("retainer `Engine.plan` (forgotten + release)", e["plan"], e["rss_mb"], ratio(e["plan"], fr)),
+        ("  of which: fetch aggregates from SQLite", e["plan.fetch"], None, ""),
+        ("  of which: evaluate conditions", e["plan.evaluate"], None, ""),
+        ("  of which: build actions, reassign", e["plan.actions"], None, ""),
+        ("retainer `Plan.to_json()`", e["to_json"], None, ""),
+        ("retainer `retainer plan -f json`, end to end", r["e2e_s"], r["e2e_rss_mb"], ratio(r["e2e_s"], fr)),
+        ("tuned SQLite query (`fr_sql.py`), forgotten + release", fr, None, "1.0×"),
+    ]
+    names = {"sqlite": "SQLite, one naive query (`baseline.py sqlite`)", "python": "pure Python over CSV rows "
+             "(`baseline.py python`)", "duckdb": "DuckDB (`baseline.py duckdb`)"}
+    for k, v in b.items():
+        rows.append((f"{names[k]}, 4 rules", v["eval_s"], v["rss_mb"], ratio(v["eval_s"], fr)))
+    table = "\n".join(
+        f"| {n} | {s:.2f} | {'' if m is None else f'{m:.0f}'} | {x} |" for n, s, m, x in rows
+    )
+    vs = "\n".join(f"| {names[k].split(' (')[0]} | {ratio(e['plan'], v['eval_s'])} |" for k, v in b.items())
+    return f"""# Performance
+
+Measured by `python benchmarks/run.py` (after `pip install -e ".[bench]"`), which regenerates everything
+below; the numbers are medians of {a.repeat} runs, each in a fresh process, all taken in the same run on
+the same machine.
+
+- Machine: {machine()}
+- Date: {datetime.now(UTC):%Y-%m-%d}
+- Workload: `../shared/bench/gen.py --clients {r['clients']}` (seed 7): {r['clients']:,} clients,
+  {max(3, r['clients'] // 333)} managers, 20 touches, 2 tasks and 5 invoices per client on average
+  over three years; as of {AS_OF} (end of day, UTC).
+- Rules: [`benchmarks/rules.yaml`](../benchmarks/rules.yaml), the same forgotten (60 days, 30 for key
+  accounts) and release (14 more days, no future task) as the tuned query. retainer's (rule, client)
+  pairs equal the tuned query's exactly ({r['pairs']:,} pairs); the run fails otherwise.
+
+| what | seconds | peak RSS, MB | vs tuned SQLite |
+|---|---:|---:|---:|
+{table}
+
+`baseline.py` evaluates four rules (forgotten, release, an outbound cap and unpaid invoices) as of
+midnight, so it does a little more work than retainer does here; its load time (CSV into SQLite, into
+lists, into DuckDB) is not counted. retainer's figures include everything the baselines leave out:
+typed facts, per-client episodes, keys and ids, reasons with evidence, least-loaded reassignment with
+capacity, do-not-contact suppressions, and the explanation data.
+
+retainer's `Engine.plan` relative to each of the other baselines:
+
+| baseline | retainer / baseline |
+|---|---:|
+{vs}
+
+Importing the CSVs into retainer's SQLite store (`retainer import`, validated row by row, all or
+nothing, indexes maintained): {r['import_s']:.0f} s.
+
+## Where the time goes, and what is next
+`fetch` is one grouped scan per fact table in SQLite with the as_of-dependent aggregates in `CASE`
+expressions (no fact row is loaded into Python), plus reading the client and manager rows.
+`evaluate` runs the compiled conditions column by column. `actions` builds typed, keyed actions with
+reasons and evidence and runs the reassignment heap. Issue 7 (under one second end to end, 5 ms per
+event) needs per-client summaries maintained on ingest and a columnar action path; it is tracked
+there, and this page is regenerated by the same command as the work lands.
+"""
+
+
+if __name__ == "__main__":
+    main()
