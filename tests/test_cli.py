@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
@@ -134,18 +135,25 @@ def test_bad_data_row_names_file_line_and_field(tmp_path: Path) -> None:
 
 def test_import_is_all_or_nothing(tmp_path: Path) -> None:
     db = tmp_path / "crm.db"
-    r = run("import", str(_bad_crm(tmp_path)), "--to", f"sqlite:///{db}", "--rules", str(RULES))
+    bad_crm = _bad_crm(tmp_path)
+    r = run("import", str(bad_crm), "--to", f"sqlite:///{db}", "--rules", str(RULES))
     assert r.returncode == 2
-    with sqlite3.connect(db) as con:  # managers and clients came first in the same transaction
-        assert con.execute("select count(*) from managers").fetchone()[0] == 0
-        assert con.execute("select count(*) from clients").fetchone()[0] == 0
+    assert list(tmp_path.glob("crm.db*")) == [], "a rejected import left a database behind"
+    r = run("import", str(tmp_path / "nowhere"), "--to", f"sqlite:///{db}")
+    assert r.returncode == 2 and "data folder not found" in r.stderr and not db.exists()
     r = run("import", str(CRM), "--to", f"sqlite:///{db}", "--rules", str(RULES))
     assert r.returncode == 0, r.stderr
     assert "imported" in r.stderr
     with sqlite3.connect(db) as con:
         assert con.execute("select count(*) from touches").fetchone()[0] == 6
     again = run("import", str(CRM), "--to", f"sqlite:///{db}")
-    assert again.returncode == 2 and "already exists" in again.stderr
+    assert again.returncode == 2 and "already exists" in again.stderr and "--replace" in again.stderr
+    bad = run("import", str(bad_crm), "--to", f"sqlite:///{db}", "--rules", str(RULES), "--replace")
+    assert bad.returncode == 2 and db.exists()
+    n_managers = len((CRM / "managers.csv").read_text().splitlines()) - 1
+    with sqlite3.connect(db) as con:  # an existing store keeps what it had: managers came first, rolled back
+        assert con.execute("select count(*) from managers").fetchone()[0] == n_managers
+        assert con.execute("select count(*) from touches").fetchone()[0] == 6
     # the imported store plans exactly like the folder it came from
     a = run("plan", "-r", str(RULES), "-d", str(db), "--as-of", "2026-03-01", "-f", "json")
     b = run("plan", "-r", str(RULES), "-d", str(CRM), "--as-of", "2026-03-01", "-f", "json")
@@ -165,7 +173,7 @@ def test_explain(tmp_path: Path) -> None:
     assert rules["forgotten"]["matched"] is False  # wholesale: 90d threshold
     assert rules["silent-big-spender"]["matched"] is True
     r = run("explain", "-r", str(RULES), "-d", str(CRM), "--as-of", "2026-03-01", "--client", "zz")
-    assert r.returncode == 2 and "no such client" in r.stdout
+    assert r.returncode == 2 and "no such client" in r.stderr and r.stdout == ""
     r = run("explain", "-r", str(RULES), "-d", str(CRM), "--as-of", "2026-03-01", "--client", "c1", "--rule", "x")
     assert r.returncode == 2 and "unknown rule" in r.stderr
 
@@ -173,3 +181,33 @@ def test_explain(tmp_path: Path) -> None:
 def test_python_dash_m() -> None:
     r = subprocess.run([sys.executable, "-m", "retainer", "validate", str(RULES)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_plan_on_a_missing_database_fails_and_creates_nothing(tmp_path: Path) -> None:
+    r = run("plan", "-r", str(RULES), "-d", "sqlite:///nope.db", "--as-of", "2026-03-01", cwd=tmp_path)
+    assert r.returncode == 2 and "database not found" in r.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_plan_warns_about_a_bad_threshold_attribute(tmp_path: Path) -> None:
+    d = tmp_path / "crm"
+    shutil.copytree(CRM, d)
+    with (d / "clients.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["attributes"] = json.dumps({"forgotten_after": "20 days"}) if row["id"] == "c1" else ""
+    with (d / "clients.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    r = run("plan", "-r", str(RULES), "-d", str(d), "--as-of", "2026-03-01", "-f", "json")
+    assert r.returncode == 0, r.stderr
+    assert "rule forgotten, client c1: attributes.forgotten_after '20 days' is not a duration" in r.stderr
+    plan = json.loads(r.stdout)
+    assert plan["stats"]["rules"]["forgotten"]["bad_threshold"] == 1
+    assert any("client c1" in w for w in plan["warnings"])
+    assert not [a for a in plan["actions"] if a["client_id"] == "c1" and a["rule"] == "forgotten"]
+    r = run("explain", "-r", str(RULES), "-d", str(d), "--as-of", "2026-03-01", "--client", "c1",
+            "--rule", "forgotten")
+    assert "no threshold, attributes.forgotten_after '20 days' is not a duration" in r.stdout
+    assert "None ago" not in r.stdout

@@ -79,3 +79,43 @@ def test_naive_times_are_read_in_the_store_zone(tmp_path: Path) -> None:
     import_data(CRM, utc)
     t_msk, t_utc = moscow.get("touches", "t1"), utc.get("touches", "t1")
     assert (t_utc.at - t_msk.at).total_seconds() == 3 * 3600
+
+
+@pytest.mark.parametrize(("name", "needle"), [("Touches.csv", "did you mean touches.csv"),
+                                              ("toches.jsonl", "did you mean touches.jsonl"),
+                                              ("notes.csv", "unknown data file notes.csv")])
+def test_a_misnamed_file_is_an_error_not_silently_skipped(tmp_path: Path, name: str, needle: str) -> None:
+    d = tmp_path / "crm"
+    shutil.copytree(CRM, d)
+    (d / "touches.csv").rename(d / name)
+    with pytest.raises(retainer.DataError) as info:
+        open_source(str(d), UTC)
+    assert needle in str(info.value) and info.value.file == str(d / name)
+
+
+def test_empty_required_cell_and_bad_date_messages(tmp_path: Path) -> None:
+    d = tmp_path / "crm"
+    shutil.copytree(CRM, d)
+    lines = (d / "touches.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    row = lines[1].split(",")
+    row[header.index("at")] = ""
+    (d / "touches.csv").write_text("\n".join([lines[0], ",".join(row), *lines[2:]]) + "\n")
+    with pytest.raises(retainer.DataError) as info:
+        open_source(str(d), UTC)
+    assert str(info.value).endswith("field at: required field is empty"), str(info.value)
+    row[header.index("at")] = "2025-11-31T10:00"
+    (d / "touches.csv").write_text("\n".join([lines[0], ",".join(row), *lines[2:]]) + "\n")
+    with pytest.raises(retainer.DataError) as info:
+        open_source(str(d), UTC)
+    assert "touches.csv:2" in str(info.value) and "Value error" not in str(info.value)
+    assert "invalid date/time '2025-11-31T10:00'" in str(info.value)
+
+
+def test_readers_never_create_a_store(tmp_path: Path) -> None:
+    for src in (f"sqlite:///{tmp_path / 'typo.db'}", str(tmp_path / "typo.db")):
+        with pytest.raises(retainer.StoreError, match="database not found"):
+            open_source(src, UTC)
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(retainer.StoreError, match="starts empty"):
+        open_source("memory://", UTC)

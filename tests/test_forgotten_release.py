@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+import retainer
 from retainer.actions import NAMESPACE
 from retainer.plan import Plan
 from retainer.stores import Store
@@ -705,3 +706,20 @@ def test_undefined_template_is_passed_as_an_id(store: Store) -> None:
     rules = release_rules(then=[{"reassign": {}}, {"notify_manager": {"to": "manager", "template": "host_tpl"}}])
     (n,) = of(engine_for(rules, store).plan(day(74)), "release", "notify_manager")
     assert (n.template, n.subject, n.body, n.to_manager_id) == ("host_tpl", None, None, "m1")
+
+
+def test_a_task_for_a_manager_who_left_goes_to_the_supervisor(store: Store) -> None:
+    store.add(managers=[{"id": "s1", "name": "Sofia"}, {"id": "m1", "name": "Anna", "active": False,
+                                                         "supervisor_id": "s1"},
+                        {"id": "m2", "name": "Boris"}],
+              clients=[{"id": "c1", "manager_id": "m1", "name": "Acme"},
+                       {"id": "c2", "manager_id": "m2", "name": "Bolt"}],
+              touches=[{"id": "t1", "client_id": "c1", "at": T0}, {"id": "t2", "client_id": "c2", "at": T0}])
+    plan = engine_for(forgotten_rules(), store).plan(day(60))
+    assert {a.client_id: a.assignee_id for a in of(plan, "forgotten")} == {"c1": "s1", "c2": "m2"}
+
+
+def test_as_of_is_required() -> None:
+    engine = engine_for(forgotten_rules(), retainer.open_store("memory://"))
+    with pytest.raises(retainer.RetainerError, match="as_of is required"):
+        engine.plan(None)  # type: ignore[arg-type]

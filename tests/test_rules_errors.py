@@ -841,3 +841,67 @@ def test_load_rules_from_a_dict_keeps_non_bmp_text(store: Store) -> None:
     plan = engine_for(rules, store).plan("2026-03-02")
     assert plan.actions[0].title == "Позвонить \U0001F4DE Acme"
     plan.to_json().encode("utf-8")  # no lone surrogates
+
+
+# ---------------------------------------------------------------- typos in values, actions and paths
+
+
+@pytest.mark.parametrize(("cond", "needle"), [
+    ("{status: archivd}", "did you mean 'archived'"),
+    ("{contact_policy: {in: [ok, dnc]}}", "contact_policy is never 'dnc'"),
+    ("{status: {ne: activ}}", "status is never 'activ'"),
+])
+def test_a_value_the_feature_never_takes_is_a_typo(tmp_path: Path, cond: str, needle: str) -> None:
+    err, p = load_error(tmp_path, f"""
+        version: 1
+        rules:
+          - id: x
+            when: {cond}
+            then: [{{create_task: {{title: hi}}}}]
+        """)
+    assert_error(err, p, 4, "x", needle)
+
+
+def test_free_text_values_are_not_restricted(tmp_path: Path) -> None:
+    """abc_class may carry the CRM's own labels; tags are free."""
+    p = tmp_path / "ok.yaml"
+    p.write_text("version: 1\nrules:\n  - id: x\n    when: {all: [{abc_class: AA}, {tags: {contains: vip}}]}\n"
+                 "    then: [{create_task: {title: hi}}]\n")
+    retainer.load_rules(p)
+
+
+def test_unknown_action_suggests_the_right_one(tmp_path: Path) -> None:
+    err, p = load_error(tmp_path, """
+        version: 1
+        rules:
+          - id: x
+            kind: forgotten
+            after: 60d
+            then:
+              - create_tsk: {title: hi}
+        """)
+    assert_error(err, p, 7, "x", "unknown action 'create_tsk'", "did you mean 'create_task'")
+
+
+def test_list_items_are_named_by_their_path(tmp_path: Path) -> None:
+    err, p = load_error(tmp_path, """
+        version: 1
+        rules:
+          - id: x
+            kind: forgotten
+            after: 60d
+            activity: {kinds: [phone]}
+        """)
+    assert_error(err, p, 6, "x", "activity.kinds[0]", "'phone'")
+
+
+def test_threshold_placeholder_only_where_there_is_a_threshold(tmp_path: Path) -> None:
+    err, p = load_error(tmp_path, """
+        version: 1
+        rules:
+          - id: x
+            when: {days_since_activity: {gte: 10}}
+            then:
+              - create_task: {title: "over {threshold}"}
+        """)
+    assert_error(err, p, 6, "x", "threshold")

@@ -166,6 +166,10 @@ def plan(
         sys.stdout.write(p.to_jsonl())
     else:
         print_plan_summary(p, out, limit=limit)
+    for w in p.warnings[:10]:
+        err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+    if len(p.warnings) > 10:
+        err.print(f"[yellow]warning:[/] ... and {len(p.warnings) - 10} more (the plan's JSON lists them all)")
 
 
 @app.command()
@@ -183,14 +187,14 @@ def explain(
         ex = engine.explain(client, as_of, rule=rule)
     except RetainerError as exc:
         _fail(str(exc))
+    if ex.note and not ex.rules and "no such client" in ex.note:
+        _fail(ex.note)
     if fmt == "json":
         print(json.dumps(ex.to_dict(), indent=2, sort_keys=True, ensure_ascii=False, default=str))
     elif fmt == "text":
         print(ex)
     else:
         _fail(f"--format must be text or json, not {fmt!r}")
-    if ex.note and not ex.rules:
-        raise typer.Exit(2 if "no such client" in ex.note else 0)
 
 
 # ---------------------------------------------------------------- import
@@ -216,20 +220,36 @@ def import_(
         tz = get_tz(tzname)
     except ValueError as exc:
         _fail(str(exc))
+    if not src.is_dir():
+        _fail(f"data folder not found: {src}")
     t0 = time.perf_counter()
     try:
-        with err.status(f"importing {src} into {to} ..."):
-            store = open_store(to, timezone=tz)
-            counts = import_data(src, store)
-            store.close()
-    except (DataError, StoreError) as exc:
+        store = open_store(to, timezone=tz)
+    except StoreError as exc:
         _fail(str(exc))
+    try:
+        with err.status(f"importing {src} into {to} ..."):
+            counts = import_data(src, store)
+    except (DataError, StoreError) as exc:
+        store.close()
+        _remove_if_created(store)
+        _fail(str(exc))
+    store.close()
     total = sum(counts.values())
     err.print(
         f"[green]imported[/] {total:,} rows in {time.perf_counter() - t0:.1f}s: "
         + ", ".join(f"{k} {v:,}" for k, v in counts.items()),
         highlight=False,
     )
+
+
+def _remove_if_created(store: object) -> None:
+    """A rejected import leaves nothing behind: not even the empty database file it created."""
+    from .stores import SQLiteStore
+
+    if isinstance(store, SQLiteStore) and store.created and store.path != ":memory:":
+        for suffix in ("", "-wal", "-shm"):
+            Path(store.path + suffix).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- demo

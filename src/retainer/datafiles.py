@@ -8,13 +8,14 @@ transaction, so a bad row anywhere (reported as file:line, id and field) writes 
 from __future__ import annotations
 
 import csv
+import difflib
 import json
 from collections.abc import Iterator
 from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError, StoreError
+from .errors import DataError
 from .model import ENTITIES
 from .stores import MemoryStore, Store, open_store
 from .stores._ingest import Batch, validate_rows
@@ -35,8 +36,15 @@ def data_files(folder: Path) -> dict[str, Path]:
             raise DataError(f"both {paths[0].name} and {paths[1].name} exist; keep one", file=str(folder))
         if paths:
             found[entity] = paths[0]
+    expected = f"expected {', '.join(e + '.csv' for e in ENTITIES)} (or .jsonl)"
+    # a misspelt file would silently drop every row in it (every client looks forgotten): refuse it
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() in (".csv", ".jsonl") and p not in found.values():
+            hint = difflib.get_close_matches(p.stem.lower(), list(ENTITIES), n=1)
+            did = f"; did you mean {hint[0]}{p.suffix.lower()}?" if hint else ""
+            raise DataError(f"unknown data file {p.name}{did} ({expected})", file=str(p))
     if not found:
-        raise DataError(f"no data files in {folder}: expected {', '.join(e + '.csv' for e in ENTITIES)} (or .jsonl)")
+        raise DataError(f"no data files in {folder}: {expected}")
     return found
 
 
@@ -105,13 +113,11 @@ def open_source(src: str, tz: tzinfo) -> Store:
     """What `--data` accepts: a store URL, a `.db` file, or a folder of data files (read into memory)."""
     p = Path(src)
     if "://" in src:
-        return open_store(src, timezone=tz)
+        return open_store(src, timezone=tz, create=False)
     if p.is_dir():
         store = MemoryStore(f"memory://{p}", timezone=tz)
         import_data(p, store)
         return store
     if p.suffix in (".db", ".sqlite", ".sqlite3"):
-        if not p.exists():
-            raise StoreError(f"database not found: {p}")
-        return open_store(src, timezone=tz)
+        return open_store(src, timezone=tz, create=False)
     raise DataError(f"--data {src!r} is neither a store URL, a .db file, nor a folder of data files")

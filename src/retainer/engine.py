@@ -268,6 +268,8 @@ class Engine:
         return self.rules.tz
 
     def as_of(self, value: str | date | datetime) -> AsOf:
+        if not isinstance(value, str | date):  # datetime is a date
+            raise RetainerError(f"as_of is required: a date (2026-03-01), a datetime or ISO 8601 text, not {value!r}")
         try:
             return parse_as_of(value, self.rules.tz)
         except ValueError as exc:
@@ -299,14 +301,19 @@ class Engine:
         policy = frame.column("contact_policy")
         matches: list[_Match] = []
         rule_stats: dict[str, dict[str, int]] = {}
+        warnings: list[str] = []
         for rule in self.rules.rules:
             mask = rule.condition.mask(frame)
-            durs = rule.threshold.durations(frame) if rule.threshold is not None else None
+            problems: dict[int, str] = {}
+            durs = rule.threshold.durations(frame, problems) if rule.threshold is not None else None
             episodes = frame.column(rule.episode) if rule.episode else None
             st = rule_stats.setdefault(rule.id, {"matched": 0})
             if rule.threshold is not None:
                 anchor = frame.column(rule.threshold.feature)
                 st["no_anchor"] = sum(1 for i, v in enumerate(anchor) if v is None and live[i])
+                bad = sorted(i for i in problems if live[i])
+                st["bad_threshold"] = len(bad)
+                warnings += [f"rule {rule.id}, client {clients[i].id}: {problems[i]}; skipped" for i in bad]
             for i, hit in enumerate(mask):
                 if not hit or not live[i]:
                     continue
@@ -350,7 +357,8 @@ class Engine:
             "actions": dict(sorted(Counter(x.type for x in actions).items())),
             "suppressed": dict(sorted(Counter(s.reason_code for s in suppressed).items())),
         }
-        plan = Plan(a.instant.astimezone(a.tz), actions, suppressed, stats, timings, cursors=dict(reassigner.cursors))
+        plan = Plan(a.instant.astimezone(a.tz), actions, suppressed, stats, timings, cursors=dict(reassigner.cursors),
+                    warnings=sorted(warnings))
         return plan, frame, matches
 
     def _emit(
@@ -401,6 +409,10 @@ class Engine:
 
         def recipient(to: str) -> str | None:
             if to == "manager":
+                # the client's manager at as_of; the supervisor when that manager has left (a task for
+                # someone who left is a lost task)
+                if manager is not None and not manager.active and supervisor is not None and supervisor.active:
+                    return supervisor.id
                 return client.manager_id
             if to == "supervisor":
                 return supervisor.id if supervisor else None

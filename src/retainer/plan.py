@@ -39,6 +39,8 @@ class Plan:
     stats: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase; not part of the JSON
     cursors: dict[str, str] = field(default_factory=dict)  # round-robin positions to save on commit
+    # bad data the rules met (a client attribute `forgotten_after: "20 days"`): visible, not silent
+    warnings: list[str] = field(default_factory=list)
 
     def by_rule(self) -> Counter[str]:
         return Counter(a.rule for a in self.actions)
@@ -52,6 +54,7 @@ class Plan:
                 for s in self.suppressed
             ],
             "stats": self.stats,
+            "warnings": self.warnings,
         }
 
     def to_json(self, *, indent: int | None = None) -> str:

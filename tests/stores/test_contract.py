@@ -585,3 +585,13 @@ def test_sqlite_file_reopened_sees_the_same_facts(crm: dict[str, list[dict[str, 
             assert r.get("touches", "after-reopen") is not None
         finally:
             r.close()
+
+
+def test_a_supervisor_must_exist_but_may_come_later_in_the_same_load(store: Store) -> None:
+    with pytest.raises(DataError) as info:
+        store.add(managers=[{"id": "m1", "supervisor_id": "zz"}])
+    assert (info.value.entity, info.value.id, info.value.field) == ("managers", "m1", "supervisor_id")
+    assert store.count("managers") == 0
+    store.add(managers=[{"id": "m1", "supervisor_id": "boss"}, {"id": "boss"}])
+    store.add(managers=[{"id": "m2", "supervisor_id": "boss"}])
+    assert store.count("managers") == 3

@@ -42,6 +42,10 @@ class FeatureTypes(Protocol):
         """The feature's value type (int, number, str, bool, datetime, set, any); raises KeyError."""
         ...
 
+    def choices_of(self, name: str) -> tuple[str, ...]:
+        """The only values the feature takes (status, contact_policy, abc_class), or () for any."""
+        ...
+
     def names(self) -> list[str]: ...
 
 
@@ -226,8 +230,9 @@ class OlderThan(Node):
     plus: Duration | None = None
     case_labels: tuple[str, ...] = ()
 
-    def durations(self, frame: Frame) -> list[Duration | None]:
-        """The threshold each client is held to (None when its duration attribute is invalid)."""
+    def durations(self, frame: Frame, problems: dict[int, str] | None = None) -> list[Duration | None]:
+        """The threshold each client is held to (None when its duration attribute is invalid, and then
+        `problems` gets the reason by client index)."""
         n = len(frame.ids)
         out: list[Duration | None] = [self.default] * n
         decided = [False] * n
@@ -238,6 +243,8 @@ class OlderThan(Node):
                 if m[i] and not decided[i]:
                     decided[i] = True
                     out[i] = _as_duration(col[i]) if col is not None else dur  # type: ignore[assignment]
+                    if out[i] is None and problems is not None and col is not None:
+                        problems[i] = f"{dur} {col[i]!r} is not a duration (write e.g. 45d, 6w, 2mo, 36h)"
         if self.plus is not None:
             plus = self.plus
             extended: dict[Duration, Duration] = {}
@@ -264,7 +271,8 @@ class OlderThan(Node):
 
     def explain(self, frame: Frame, i: int) -> ExplainNode:
         v = frame.column(self.feature)[i]
-        d = self.durations(frame)[i]
+        problems: dict[int, str] = {}
+        d = self.durations(frame, problems)[i]
         held = v is not None and d is not None and _older_fn(frame.as_of, d)(v)
         which = ""
         for k, (cond, _dur) in enumerate(self.cases):
@@ -273,6 +281,9 @@ class OlderThan(Node):
                 which = f" ({label})"
                 break
         name = "last activity" if self.feature.startswith("activity_anchor_at") else self.feature
+        if d is None:
+            return ExplainNode(f"{name}: no threshold, {problems.get(i, 'invalid')}{which}", False,
+                               _local(v, frame.as_of))
         return ExplainNode(f"{name} at least {d} ago{which}", held, _local(v, frame.as_of))
 
     def features(self) -> set[str]:
@@ -351,8 +362,22 @@ def _parse_leaves(feature: str, val: Any, types: FeatureTypes, tz: Any, path: Pa
             except DurationError as exc:
                 raise ConditionError(str(exc), p) from None
             continue
-        out.append(Leaf(feature, op, _coerce(op, v, ftype, feature, tz, p)))
+        value = _coerce(op, v, ftype, feature, tz, p)
+        choices = types.choices_of(feature)
+        if choices and op in ("eq", "ne", "in", "not_in"):
+            for x in value if isinstance(value, frozenset) else (value,):
+                if x not in choices:
+                    raise ConditionError(_unknown_value(feature, x, choices), p)
+        out.append(Leaf(feature, op, value))
     return out
+
+
+def _unknown_value(feature: str, value: Any, choices: Sequence[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(value), choices, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{feature} is never {value!r}{hint} (it is one of {', '.join(choices)})"
 
 
 def _unknown_feature(name: str, known: Sequence[str]) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, get_args
 
 from ..model import ENTITIES, Client, Manager
 from ..stores.base import EXISTS_FIELD, VIRTUAL_FIELDS, AggSpec, Pred, Store
@@ -34,6 +34,7 @@ class FeatureImpl:
     deps: tuple[str, ...] = ()
     compute: Callable[[FeatureFrame], list[Any]] = lambda _f: []
     whole_population: bool = False  # needs every client (ABC ranking), even for a partial plan
+    choices: tuple[str, ...] = ()  # the only values it takes: a condition comparing with another is a typo
 
 
 def _days(as_of: AsOf, col: list[datetime | None]) -> list[int | None]:
@@ -100,7 +101,9 @@ class FeatureFrame:
 
 
 def _client_field(name: str, typ: str, doc: str) -> FeatureImpl:
-    return FeatureImpl(name, typ, doc, compute=lambda f: [getattr(c, name) for c in f.clients])
+    choices = get_args(Client.model_fields[name].annotation) if name in Client.model_fields else ()
+    return FeatureImpl(name, typ, doc, compute=lambda f: [getattr(c, name) for c in f.clients],
+                       choices=tuple(c for c in choices if isinstance(c, str)))
 
 
 def _activity_specs(spec: ActivitySpec | None) -> Callable[[AsOf], list[AggSpec]]:
@@ -533,6 +536,9 @@ class FeatureRegistry:
 
     def type_of(self, name: str) -> str:
         return self.get(name).type
+
+    def choices_of(self, name: str) -> tuple[str, ...]:
+        return self.get(name).choices
 
     def names(self) -> list[str]:
         windowed = ("revenue", "orders", "outbound", "inbound", "touches", "profit", "spend_growth")

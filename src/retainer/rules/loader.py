@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from pathlib import Path as FsPath
@@ -121,6 +121,20 @@ def _rule_id_at(data: Any, path: Path) -> str | None:
     return None
 
 
+RULE_KINDS = frozenset(PRESETS)
+
+
+def _field_path(loc: Sequence[Any]) -> str:
+    """`activity.kinds[0]` for ('rules', 0, 'forgotten', 'activity', 'kinds', 0): the rule is already named."""
+    parts = list(loc)
+    if len(parts) >= 2 and parts[0] == "rules" and isinstance(parts[1], int):
+        parts = parts[3:] if len(parts) > 2 and parts[2] in RULE_KINDS else parts[2:]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else f".{p}" if out else str(p)
+    return out
+
+
 def _pydantic_message(err: Mapping[str, Any]) -> str:
     t, loc = err["type"], err["loc"]
     if t == "extra_forbidden":
@@ -131,7 +145,7 @@ def _pydantic_message(err: Mapping[str, Any]) -> str:
         ctx = err.get("ctx", {})
         return f"unknown rule kind {ctx.get('tag')!r}; valid kinds: {ctx.get('expected_tags')}"
     if t == "literal_error":
-        return f"{loc[-1]}: {err['msg']} (got {err.get('input')!r})"
+        return f"{_field_path(loc)}: {err['msg']} (got {err.get('input')!r})"
     msg = str(err["msg"]).removeprefix("Value error, ")
     field = next((p for p in reversed(loc) if isinstance(p, str) and "[" not in p), None)
     return f"{field}: {msg}" if field else msg
@@ -244,7 +258,8 @@ def compile_rules(data: Any, lines: _Lines, source: str) -> RuleSet:
                 try:
                     used = templates.check(
                         text,
-                        lambda n: n in registry or n == "threshold",
+                        lambda n, has_threshold=parts.threshold is not None: n in registry
+                        or (n == "threshold" and has_threshold),
                         allow=("new_manager",) if has_reassign else (),
                     )
                 except templates.TemplateError as exc:

@@ -7,6 +7,7 @@ placeholders, references between rules) are checked afterwards by `loader.compil
 
 from __future__ import annotations
 
+import difflib
 from decimal import Decimal
 from functools import cached_property
 from typing import Annotated, Any, Literal
@@ -137,6 +138,10 @@ class ActionSpec(_Model):
             if len(data) != 1:
                 raise ValueError(f"an action has exactly one key (its type), got {sorted(data) or 'none'}")
             ((k, v),) = data.items()
+            if k not in cls.model_fields:
+                close = difflib.get_close_matches(str(k), list(cls.model_fields), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"unknown action {k!r}{hint} (actions: {', '.join(cls.model_fields)})")
             if v is None:
                 return {k: {}}
         return data

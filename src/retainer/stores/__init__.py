@@ -14,7 +14,7 @@ from .sqlite import SQLiteStore
 __all__ = ["SCHEMES", "AggSpec", "MemoryStore", "Pred", "SQLiteStore", "Store", "open_store", "register"]
 
 
-def _sqlite(rest: str, url: str, tz: tzinfo) -> Store:
+def _sqlite(rest: str, url: str, tz: tzinfo, create: bool = True) -> Store:
     # sqlite:///crm.db -> "crm.db" (relative), sqlite:////var/crm.db -> "/var/crm.db"
     if not rest.startswith("/"):
         raise StoreError(f"bad store URL {url!r}: write sqlite:///relative.db or sqlite:////absolute.db")
@@ -23,32 +23,39 @@ def _sqlite(rest: str, url: str, tz: tzinfo) -> Store:
         raise StoreError(f"bad store URL {url!r}: no database file given")
     if path != ":memory:" and not Path(path).parent.exists():
         raise StoreError(f"bad store URL {url!r}: folder {str(Path(path).parent)!r} does not exist")
+    if not create and path != ":memory:" and not Path(path).exists():
+        raise StoreError(f"database not found: {path} (from {url!r})")
     return SQLiteStore(path, timezone=tz, url=url)
 
 
-def _memory(rest: str, url: str, tz: tzinfo) -> Store:
+def _memory(rest: str, url: str, tz: tzinfo, create: bool = True) -> Store:
+    if not create:
+        raise StoreError(f"{url!r} starts empty in every process: give a .db file, a sqlite:/// URL or a data folder")
     return MemoryStore(url, timezone=tz)
 
 
-SCHEMES: dict[str, Callable[[str, str, tzinfo], Store]] = {"memory": _memory, "sqlite": _sqlite}
+Factory = Callable[[str, str, tzinfo, bool], Store]
+SCHEMES: dict[str, Factory] = {"memory": _memory, "sqlite": _sqlite}
 
 
-def register(scheme: str, factory: Callable[[str, str, tzinfo], Store]) -> None:
-    """Plug in a backend: `factory(rest_of_url, url, timezone)` returns a Store."""
+def register(scheme: str, factory: Factory) -> None:
+    """Plug in a backend: `factory(rest_of_url, url, timezone, create)` returns a Store; with `create`
+    false it must refuse a store that does not exist yet instead of making an empty one."""
     SCHEMES[scheme] = factory
 
 
-def open_store(url: str, *, timezone: tzinfo | str = UTC) -> Store:
+def open_store(url: str, *, timezone: tzinfo | str = UTC, create: bool = True) -> Store:
     """Open a store from a URL; a bare path ending in .db/.sqlite/.sqlite3 means SQLite.
 
     `timezone` is how naive timestamps in added rows are read (the CLI passes the rule set's).
+    `create=False` is for readers: a mistyped path is an error, not a new empty CRM with nothing to do.
     """
     from ..timeutil import get_tz
 
     tz = get_tz(timezone) if isinstance(timezone, str) else timezone
     if "://" not in url:
         if url.endswith((".db", ".sqlite", ".sqlite3")):
-            return _sqlite("/" + url, f"sqlite:///{url}", tz)
+            return _sqlite("/" + url, f"sqlite:///{url}", tz, create)
         raise StoreError(
             f"bad store URL {url!r}: expected memory:// or sqlite:///path.db "
             f"(known schemes: {', '.join(sorted(SCHEMES))})"
@@ -57,4 +64,4 @@ def open_store(url: str, *, timezone: tzinfo | str = UTC) -> Store:
     factory = SCHEMES.get(scheme)
     if factory is None:
         raise StoreError(f"unknown store scheme {scheme!r} in {url!r}; known: {', '.join(sorted(SCHEMES))}")
-    return factory(rest, url, tz)
+    return factory(rest, url, tz, create)

@@ -14,6 +14,7 @@ from ..model import ENTITIES, Entity
 
 #: (entity, field) -> the entity it must reference
 REFERENCES: dict[tuple[str, str], str] = {
+    ("managers", "supervisor_id"): "managers",
     ("clients", "manager_id"): "managers",
     **{(e, "client_id"): "clients" for e in ("touches", "tasks", "deals", "invoices", "offers", "contracts")},
 }
@@ -52,11 +53,14 @@ def validate_rows(
         except ValidationError as exc:
             err = exc.errors()[0]
             field = ".".join(str(p) for p in err["loc"]) or None
-            msg = err["msg"]
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            spec = model.model_fields.get(str(err["loc"][0])) if err["loc"] else None
             if err["type"] == "extra_forbidden":
                 msg = f"unknown field; valid fields: {', '.join(model.model_fields)}"
             elif err["type"] == "missing":
                 msg = "required field is missing"
+            elif err.get("input") is None and spec is not None and spec.is_required():
+                msg = "required field is empty"
             elif "input" in err and err["type"] not in ("value_error",):
                 msg = f"{msg} (got {err['input']!r})"
             raw_id = row.get("id") if isinstance(row, Mapping) else None
@@ -91,18 +95,35 @@ def check_batch(b: Batch, seen: set[str], existing_ids: set[str] | None, *, repl
             raise DataError("duplicate id in the same batch", id=m.id, field="id", **b.where(n))
         seen.add(m.id)
         if not replace and existing_ids is not None and m.id in existing_ids:
-            raise DataError("id already exists (use upsert to replace it)", id=m.id, field="id", **b.where(n))
+            raise DataError("id already exists (to replace it: store.upsert(), or `retainer import --replace`)",
+                            id=m.id, field="id", **b.where(n))
 
 
-def check_references(b: Batch, known: dict[str, set[str]]) -> None:
+Pending = list[tuple[str, str, DataError]]  # (entity, referenced id, the error if it never appears)
+
+
+def check_references(b: Batch, known: dict[str, set[str]], pending: Pending) -> None:
+    """Every reference must name a stored row or one in this load. A manager's supervisor may come later
+    in the same load, so those go to `pending` and are settled by `check_pending` before anything is
+    written."""
     for (ent, field), target in REFERENCES.items():
         if ent != b.entity:
             continue
         ids = known[target]
         for n, m in enumerate(b.models):
             ref = getattr(m, field)
-            if ref not in ids:
-                raise DataError(f"unknown {target[:-1]} {ref!r}", id=m.id, field=field, **b.where(n))
+            if ref is None or ref in ids:
+                continue
+            error = DataError(f"unknown {target[:-1]} {ref!r}", id=m.id, field=field, **b.where(n))
+            if target != ent:
+                raise error
+            pending.append((target, ref, error))
+
+
+def check_pending(pending: Pending, known: dict[str, set[str]]) -> None:
+    for target, ref, error in pending:
+        if ref not in known[target]:
+            raise error
 
 
 def batches(rows: Mapping[str, Iterable[Any]], tz: tzinfo) -> list[Batch]:

@@ -34,12 +34,14 @@ class MemoryStore:
         staged: list[_ingest.Batch] = []
         known = {e: set(self._facts[e]) for e in ("managers", "clients")}
         seen: dict[str, set[str]] = {}
+        pending: _ingest.Pending = []
         for b in batches:
             _ingest.check_batch(b, seen.setdefault(b.entity, set()), set(self._facts[b.entity]), replace=replace)
-            _ingest.check_references(b, known)
+            _ingest.check_references(b, known, pending)
             if b.entity in known:
                 known[b.entity].update(m.id for m in b.models)
             staged.append(b)
+        _ingest.check_pending(pending, known)
         counts: dict[str, int] = {}
         for b in staged:  # all checked: now write
             table = self._facts[b.entity]

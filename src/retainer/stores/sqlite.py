@@ -206,6 +206,8 @@ class SQLiteStore:
         self.path = str(path)
         self.url = url or f"sqlite:///{self.path}"
         self.tz = timezone
+        # whether this call makes the file: an importer that fails removes what it created
+        self.created = self.path == ":memory:" or not Path(self.path).exists()
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout = 5000")
@@ -260,6 +262,7 @@ class SQLiteStore:
         counts: dict[str, int] = {}
         known: dict[str, set[str]] = {}
         seen: dict[str, set[str]] = {}
+        pending: _ingest.Pending = []
         was_empty: dict[str, bool] = {}
         conn = self.db.conn
         try:
@@ -277,7 +280,7 @@ class SQLiteStore:
                 else:
                     existing = set() if was_empty[b.entity] else self._existing(b.entity, b.models)
                 _ingest.check_batch(b, seen.setdefault(b.entity, set()), existing, replace=replace)
-                _ingest.check_references(b, known)
+                _ingest.check_references(b, known, pending)
                 if b.entity in known:
                     known[b.entity].update(m.id for m in b.models)
                 kinds = _KINDS[b.entity]
@@ -285,6 +288,7 @@ class SQLiteStore:
                 sql = f"{verb} INTO {b.entity} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
                 conn.executemany(sql, _encode_rows(b.models, cols, [_encoder(kinds[c]) for c in cols]))
                 counts[b.entity] = counts.get(b.entity, 0) + len(b.models)
+            _ingest.check_pending(pending, known)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
