@@ -247,7 +247,7 @@ def _remove_if_created(store: object) -> None:
     """A rejected import leaves nothing behind: not even the empty database file it created."""
     from .stores import SQLiteStore
 
-    if isinstance(store, SQLiteStore) and store.created and store.path != ":memory:":
+    if isinstance(store, SQLiteStore) and store.created:
         for suffix in ("", "-wal", "-shm"):
             Path(store.path + suffix).unlink(missing_ok=True)
 

@@ -8,14 +8,13 @@ transaction, so a bad row anywhere (reported as file:line, id and field) writes 
 from __future__ import annotations
 
 import csv
-import difflib
 import json
 from collections.abc import Iterator
 from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError
+from .errors import DataError, did_you_mean
 from .model import ENTITIES
 from .stores import MemoryStore, Store, open_store
 from .stores._ingest import Batch, validate_rows
@@ -40,8 +39,7 @@ def data_files(folder: Path) -> dict[str, Path]:
     # a misspelt file would silently drop every row in it (every client looks forgotten): refuse it
     for p in sorted(folder.iterdir()):
         if p.suffix.lower() in (".csv", ".jsonl") and p not in found.values():
-            hint = difflib.get_close_matches(p.stem.lower(), list(ENTITIES), n=1)
-            did = f"; did you mean {hint[0]}{p.suffix.lower()}?" if hint else ""
+            did = did_you_mean(p.name.lower(), [e + p.suffix.lower() for e in ENTITIES], quote=False)
             raise DataError(f"unknown data file {p.name}{did} ({expected})", file=str(p))
     if not found:
         raise DataError(f"no data files in {folder}: {expected}")
@@ -112,12 +110,10 @@ def import_data(folder: str | Path, store: Store, *, replace: bool = False) -> d
 def open_source(src: str, tz: tzinfo) -> Store:
     """What `--data` accepts: a store URL, a `.db` file, or a folder of data files (read into memory)."""
     p = Path(src)
-    if "://" in src:
-        return open_store(src, timezone=tz, create=False)
     if p.is_dir():
         store = MemoryStore(f"memory://{p}", timezone=tz)
         import_data(p, store)
         return store
-    if p.suffix in (".db", ".sqlite", ".sqlite3"):
+    if "://" in src or p.suffix in (".db", ".sqlite", ".sqlite3"):
         return open_store(src, timezone=tz, create=False)
     raise DataError(f"--data {src!r} is neither a store URL, a .db file, nor a folder of data files")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class RetainerError(Exception):
     """Base of every error retainer raises on purpose."""
@@ -61,3 +64,11 @@ class StoreError(RetainerError):
 
 class DispatchError(RetainerError):
     """A handler failed to deliver an action."""
+
+
+def did_you_mean(word: str, choices: Iterable[str], *, n: int = 1, quote: bool = True) -> str:
+    """`; did you mean 'x'?` for the closest choices, or "": one spelling of the hint in every message."""
+    close = difflib.get_close_matches(word, list(choices), n=n)
+    if not close:
+        return ""
+    return f"; did you mean {', '.join(repr(c) if quote else c for c in close)}?"

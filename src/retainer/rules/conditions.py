@@ -12,6 +12,7 @@ from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
+from ..errors import did_you_mean
 from ..stores.base import COMPARE
 from ..timeutil import AsOf, Duration, DurationError, add_durations, parse_duration, parse_instant
 
@@ -373,18 +374,12 @@ def _parse_leaves(feature: str, val: Any, types: FeatureTypes, tz: Any, path: Pa
 
 
 def _unknown_value(feature: str, value: Any, choices: Sequence[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(str(value), choices, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(str(value), choices)
     return f"{feature} is never {value!r}{hint} (it is one of {', '.join(choices)})"
 
 
 def _unknown_feature(name: str, known: Sequence[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(name, known, n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    hint = did_you_mean(name, known, n=3, quote=False)
     return (
         f"unknown feature {name!r}{hint} (built-in features: see `retainer schema` and docs/rules.md; "
         f"define your own under `features:`)"

@@ -7,7 +7,6 @@ placeholders, references between rules) are checked afterwards by `loader.compil
 
 from __future__ import annotations
 
-import difflib
 from decimal import Decimal
 from functools import cached_property
 from typing import Annotated, Any, Literal
@@ -23,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from ..errors import did_you_mean
 from ..timeutil import Duration, get_tz, parse_duration
 
 DURATION_PATTERN = r"^(\d+\s*(h|d|w|mo|y)|P.*|\d+)$"
@@ -139,8 +139,7 @@ class ActionSpec(_Model):
                 raise ValueError(f"an action has exactly one key (its type), got {sorted(data) or 'none'}")
             ((k, v),) = data.items()
             if k not in cls.model_fields:
-                close = difflib.get_close_matches(str(k), list(cls.model_fields), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
+                hint = did_you_mean(str(k), cls.model_fields)
                 raise ValueError(f"unknown action {k!r}{hint} (actions: {', '.join(cls.model_fields)})")
             if v is None:
                 return {k: {}}

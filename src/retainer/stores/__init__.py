@@ -21,10 +21,11 @@ def _sqlite(rest: str, url: str, tz: tzinfo, create: bool = True) -> Store:
     path = rest[1:]
     if not path:
         raise StoreError(f"bad store URL {url!r}: no database file given")
-    if path != ":memory:" and not Path(path).parent.exists():
-        raise StoreError(f"bad store URL {url!r}: folder {str(Path(path).parent)!r} does not exist")
-    if not create and path != ":memory:" and not Path(path).exists():
-        raise StoreError(f"database not found: {path} (from {url!r})")
+    if path != ":memory:":
+        if not Path(path).parent.exists():
+            raise StoreError(f"bad store URL {url!r}: folder {str(Path(path).parent)!r} does not exist")
+        if not create and not Path(path).exists():
+            raise StoreError(f"database not found: {path} (from {url!r})")
     return SQLiteStore(path, timezone=tz, url=url)
 
 

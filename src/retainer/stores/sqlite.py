@@ -207,7 +207,7 @@ class SQLiteStore:
         self.url = url or f"sqlite:///{self.path}"
         self.tz = timezone
         # whether this call makes the file: an importer that fails removes what it created
-        self.created = self.path == ":memory:" or not Path(self.path).exists()
+        self.created = self.path != ":memory:" and not Path(self.path).exists()
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout = 5000")
