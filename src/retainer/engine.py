@@ -8,10 +8,12 @@ round-robin do not depend on input order), apply policies, sort by key.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import heapq
 import time
+import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -36,7 +38,10 @@ from .actions import (
     Untag,
     action_id,
 )
+from .adapters.dispatch import Dispatcher, DispatchReport, Handlers, Retry, utc_now
+from .adapters.dispatch import replay as _replay
 from .errors import RetainerError, RulesError
+from .ledger import LedgerEntry, RunRecord, RunReport
 from .model import Client, Manager, fast_model
 from .plan import Plan
 from .rules import templates
@@ -61,6 +66,21 @@ class _Match:
     blocked: str | None  # do_not_contact detail
     new_manager: Manager | None = None
     reassign_failed: str | None = None
+    keys: list[str] = field(default_factory=list)  # every key this match can produce, for the ledger check
+
+
+def _then_keys(rule: CompiledRule, client_id: str, episode: str) -> list[str]:
+    """Keys of the rule's actions in `then` order (`create_task`, `create_task#2`, ...), plus the
+    escalation a failed release produces."""
+    counts: Counter[str] = Counter()
+    keys = []
+    for spec in rule.then:
+        counts[spec.type] += 1
+        n = counts[spec.type]
+        keys.append(_key(rule.id, client_id, episode, spec.type if n == 1 else f"{spec.type}#{n}"))
+    if any(s.reassign is not None for s in rule.then) and counts["escalate"] == 0:
+        keys.append(_key(rule.id, client_id, episode, "escalate"))
+    return keys
 
 
 class _Reassigner:
@@ -197,6 +217,10 @@ def _make(cls: type[Action], values: dict[str, Any]) -> Action:
     return fast_model(cls, values)  # type: ignore[no-any-return]
 
 
+def _dup(status: str) -> str:
+    return f"already in the ledger ({status}): committed by an earlier run"
+
+
 def _key(rule: str, client: str, episode: str, kind: str) -> str:
     return f"{rule}:{quote(client, safe='')}:{episode}:{kind}"
 
@@ -325,10 +349,15 @@ class Engine:
         timings["evaluate"] = time.perf_counter() - t1
 
         t2 = time.perf_counter()
+        for m in matches:
+            m.keys = _then_keys(m.rule, m.client.id, m.episode)
+        # what earlier runs committed: those keys are duplicates, and a committed reassignment is not
+        # re-decided (it would take capacity and advance round-robin for nothing)
+        ledger = self.store.ledger_status(k for m in matches for k in m.keys)
         reassigner = _Reassigner(managers, self.store.manager_loads(a.instant), self.store)
         for m in sorted(matches, key=lambda m: _key(m.rule.id, m.client.id, m.episode, "")):
             spec = next((s.reassign for s in m.rule.then if s.reassign is not None), None)
-            if spec is None or m.blocked:
+            if spec is None or m.blocked or _key(m.rule.id, m.client.id, m.episode, "reassign") in ledger:
                 continue
             m.new_manager = reassigner.pick(m.rule.id, m.client.manager_id, spec)
             if m.new_manager is None:
@@ -342,7 +371,7 @@ class Engine:
         actions: list[Action] = []
         suppressed: list[Suppression] = []
         for m in matches:
-            self._emit(m, frame, a, managers, actions, suppressed)
+            self._emit(m, frame, a, managers, ledger, actions, suppressed)
         actions.sort(key=lambda x: x.key)
         suppressed.sort(key=lambda s: (s.action.key, s.reason_code))
         timings["actions"] = time.perf_counter() - t2
@@ -367,6 +396,7 @@ class Engine:
         frame: FeatureFrame,
         a: AsOf,
         managers: dict[str, Manager],
+        ledger: Mapping[str, str],
         actions: list[Action],
         suppressed: list[Suppression],
     ) -> None:
@@ -400,12 +430,6 @@ class Engine:
             "evidence": evidence,
             "as_of": a.instant.astimezone(a.tz),
         }
-        counts: Counter[str] = Counter()
-
-        def key_for(kind: str) -> str:
-            counts[kind] += 1
-            suffix = "" if counts[kind] == 1 else f"#{counts[kind]}"
-            return _key(rule.id, client.id, m.episode, kind + suffix)
 
         def recipient(to: str) -> str | None:
             if to == "manager":
@@ -418,11 +442,12 @@ class Engine:
                 return supervisor.id if supervisor else None
             return to
 
-        for spec in rule.then:
-            key = key_for(spec.type)  # type property is cheap: see ActionSpec.type
+        for spec, key in zip(rule.then, m.keys, strict=False):
             common = {**base, "key": key, "id": action_id(key)}
             act, missing = self._build(spec, common, client, recipient, objects, value, a, m)
-            if m.blocked:
+            if key in ledger:
+                suppressed.append(Suppression(action=act, reason_code=policies.DUPLICATE, detail=_dup(ledger[key])))
+            elif m.blocked:
                 suppressed.append(Suppression(action=act, reason_code=policies.DO_NOT_CONTACT, detail=m.blocked))
             elif m.reassign_failed:
                 suppressed.append(
@@ -445,7 +470,9 @@ class Engine:
                     "about_manager_id": client.manager_id,
                 },
             )
-            if supervisor is None:
+            if key in ledger:
+                suppressed.append(Suppression(action=esc, reason_code=policies.DUPLICATE, detail=_dup(ledger[key])))
+            elif supervisor is None:
                 suppressed.append(
                     Suppression(
                         action=esc,
@@ -530,6 +557,69 @@ class Engine:
             case "start_process":
                 return _make(StartProcess, {**common, "process": p.process}), None
         raise RulesError(f"unsupported action type {spec.type}")  # pragma: no cover - schema forbids it
+
+    # ------------------------------------------------------------------ run
+
+    def run(
+        self,
+        as_of: str | date | datetime,
+        handlers: Handlers | None = None,
+        *,
+        dry_run: bool = False,
+        retry: Retry | None = None,
+        clock: Callable[[], datetime] = utc_now,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> RunReport:
+        """Plan, commit what is new to the ledger in ONE transaction, then deliver it.
+
+        Keys already in the ledger are suppressed as `duplicate`, so re-running (the same night, or
+        after a crash) never repeats an action. Delivery goes through `handlers` (one handler, or a
+        mapping by action type with `"*"` for the rest) and also picks up actions an interrupted
+        earlier run committed but did not deliver. Without handlers, actions stay `pending` for the
+        host to fetch from the ledger. `dry_run` is `plan` (nothing is written). A second run on the
+        same store at the same time fails at once with `StoreError`.
+        """
+        a = self.as_of(as_of)
+        dispatcher = Dispatcher(self.store, handlers or {}, retry=retry, clock=clock, sleep=sleep)
+        with self.store.run_lock(f"run as of {a.date}, started {clock().isoformat(timespec='seconds')}"):
+            plan, _frame, _matches = self._plan(a, None)
+            if dry_run:
+                return RunReport(plan, None, [], None)
+            run = RunRecord(id=str(uuid.uuid4()), as_of=plan.as_of, rules_digest=self.rules.digest, started_at=clock())
+            committed = self.store.commit_run(run, plan.actions, plan.cursors)
+            if len(committed) != len(plan.actions):  # someone committed them between plan and commit
+                fresh = {x.key for x in committed}
+                late = [x for x in plan.actions if x.key not in fresh]
+                plan.actions = committed
+                late_dups = [Suppression(action=x, reason_code="duplicate", detail=_dup("meanwhile")) for x in late]
+                plan.suppressed = sorted([*plan.suppressed, *late_dups], key=lambda s: (s.action.key, s.reason_code))
+            report = RunReport(plan, run, committed, dispatcher.dispatch_active())
+            done = dataclasses.replace(run, status="finished", finished_at=clock(), counts=report.counts())
+            self.store.finish_run(run.id, done.finished_at, done.counts)  # type: ignore[arg-type]
+            report.run = done
+            return report
+
+    def replay(
+        self,
+        ids: Iterable[str] = (),
+        *,
+        dead: bool = False,
+        handlers: Handlers | None = None,
+        retry: Retry | None = None,
+        clock: Callable[[], datetime] = utc_now,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> tuple[list[str], DispatchReport | None]:
+        """Give dead (or failed) actions another round of attempts; see `adapters.dispatch.replay`."""
+        return _replay(self.store, ids, dead=dead, handlers=handlers, retry=retry, clock=clock, sleep=sleep)
+
+    def record_outcome(
+        self, action_id: str, outcome: Mapping[str, Any], *, clock: Callable[[], datetime] = utc_now
+    ) -> LedgerEntry:
+        """The host reports back what became of an action (`{"result": "completed"}`, a churn reason):
+        stored with the action, which counts as `done` from then on."""
+        if not isinstance(outcome, Mapping):
+            raise RetainerError(f"an outcome is a mapping such as {{'result': 'completed'}}, not {outcome!r}")
+        return self.store.set_outcome(action_id, outcome, clock())
 
     # ------------------------------------------------------------------ explain
 

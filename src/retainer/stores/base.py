@@ -1,4 +1,4 @@
-"""The Store contract: facts in, per-client aggregates out (the ledger half comes with runs).
+"""The Store contract: facts in, per-client aggregates out; and the ledger of what runs committed.
 
 Aggregates are requested as `AggSpec`s, a tiny declarative language every backend implements:
 the memory store in Python (the reference), SQL stores in SQL. The evaluator never loops over raw
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from decimal import Decimal
@@ -17,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 from ..model import Client, Entity, Manager
 
 if TYPE_CHECKING:
+    from ..actions import Action
+    from ..ledger import LedgerEntry, RunRecord, Status
     from ._ingest import Batch
 
 __all__ = ["COMPARE", "EXISTS_FIELD", "VIRTUAL_FIELDS", "AggSpec", "Pred", "Store", "virtual_value"]
@@ -173,5 +176,59 @@ class Store(Protocol):
         ...
 
     def set_cursor(self, name: str, value: str) -> None: ...
+
+    # ------------------------------------------------------------ ledger
+
+    def run_lock(self, owner: str) -> AbstractContextManager[None]:
+        """Held for a whole run. A second run on the same store fails at once with `StoreError`
+        naming the holder, instead of waiting or interleaving; a killed holder releases it."""
+        ...
+
+    def ledger_status(self, keys: Iterable[str]) -> dict[str, Status]:
+        """The committed ones among `keys`, with their status (duplicate detection)."""
+        ...
+
+    def commit_run(self, run: RunRecord, actions: Sequence[Action], cursors: Mapping[str, str]) -> list[Action]:
+        """In ONE transaction: the run record, every action whose key is not in the ledger yet (as
+        `pending`), and the round-robin cursors. Returns the actions committed, in order; the others
+        were already there. A crash leaves all of it or none of it."""
+        ...
+
+    def finish_run(self, run_id: str, finished_at: datetime, counts: Mapping[str, int]) -> None: ...
+
+    def runs(self, limit: int | None = None) -> list[RunRecord]:
+        """Run records, newest first."""
+        ...
+
+    def ledger(
+        self,
+        *,
+        status: Sequence[Status] | None = None,
+        ids: Sequence[str] | None = None,
+        client_ids: Sequence[str] | None = None,
+        rule: str | None = None,
+        limit: int | None = None,
+    ) -> list[LedgerEntry]:
+        """Committed actions in commit order, filtered by any of the arguments."""
+        ...
+
+    def begin_attempts(self, ids: Sequence[str], at: datetime) -> None:
+        """Count one more delivery attempt for each id BEFORE the handler is called, so a crash
+        mid-delivery can never let attempts exceed the limit."""
+        ...
+
+    def finish_attempts(self, results: Sequence[tuple[str, Status, str | None]], at: datetime) -> None:
+        """Record `(id, new status, error or None)` after delivery attempts, in one transaction."""
+        ...
+
+    def requeue(self, ids: Sequence[str], at: datetime) -> list[str]:
+        """Put `failed`/`dead` actions back to `pending` with attempts reset (replay); returns those
+        that moved. `done` ones stay done: replaying a delivered action would duplicate it."""
+        ...
+
+    def set_outcome(self, id: str, outcome: Mapping[str, Any], at: datetime) -> LedgerEntry:
+        """What the host reports back (task completed, churn reason). An action still `pending`,
+        `failed` or `dead` becomes `done`: the host says it was acted on. Unknown id: `StoreError`."""
+        ...
 
     def close(self) -> None: ...

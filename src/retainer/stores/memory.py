@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
 from typing import Any
 
+from ..actions import Action
+from ..errors import StoreError
+from ..ledger import LedgerEntry, RunRecord, Status, action_payload
 from ..model import Client, Entity, Manager
 from . import _ingest
 from .base import COMPARE, EXISTS_FIELD, VIRTUAL_FIELDS, AggSpec, Pred, virtual_value
@@ -20,6 +26,11 @@ class MemoryStore:
         self.tz = timezone
         self._facts: dict[str, dict[str, Entity]] = {e: {} for e in _ingest.ENTITIES}
         self._cursors: dict[str, str] = {}
+        self._ledger: dict[str, LedgerEntry] = {}  # by id, in commit order
+        self._keys: dict[str, str] = {}  # key -> id
+        self._runs: dict[str, RunRecord] = {}
+        self._lock = threading.Lock()
+        self._holder: str | None = None
 
     # ------------------------------------------------------------ facts
 
@@ -140,6 +151,109 @@ class MemoryStore:
 
     def set_cursor(self, name: str, value: str) -> None:
         self._cursors[name] = value
+
+    # ------------------------------------------------------------ ledger
+
+    @contextmanager
+    def run_lock(self, owner: str) -> Iterator[None]:
+        if not self._lock.acquire(blocking=False):
+            raise StoreError(f"another retainer run is in progress on {self.url} ({self._holder}); try again later")
+        self._holder = owner
+        try:
+            yield
+        finally:
+            self._holder = None
+            self._lock.release()
+
+    def ledger_status(self, keys: Iterable[str]) -> dict[str, Status]:
+        return {k: self._ledger[self._keys[k]].status for k in keys if k in self._keys}
+
+    def commit_run(self, run: RunRecord, actions: Sequence[Action], cursors: Mapping[str, str]) -> list[Action]:
+        staged: dict[str, LedgerEntry] = {}
+        committed: list[Action] = []
+        for a in actions:
+            if a.key in self._keys or a.key in staged:
+                continue
+            committed.append(a)
+            staged[a.key] = LedgerEntry(
+                id=a.id, key=a.key, run_id=run.id, type=a.type, rule=a.rule, client_id=a.client_id,
+                category=a.category, as_of=a.as_of, status="pending", attempts=0,
+                created_at=run.started_at, updated_at=run.started_at, payload=action_payload(a),
+            )
+        if run.id in self._runs:
+            raise StoreError(f"run {run.id} is already recorded")
+        self._runs[run.id] = run
+        for k, e in staged.items():
+            self._ledger[e.id] = e
+            self._keys[k] = e.id
+        self._cursors.update(cursors)
+        return committed
+
+    def finish_run(self, run_id: str, finished_at: datetime, counts: Mapping[str, int]) -> None:
+        r = self._runs[run_id]
+        self._runs[run_id] = dataclasses.replace(r, status="finished", finished_at=finished_at, counts=dict(counts))
+
+    def runs(self, limit: int | None = None) -> list[RunRecord]:
+        out = list(reversed(self._runs.values()))
+        return out if limit is None else out[:limit]
+
+    def ledger(
+        self,
+        *,
+        status: Sequence[Status] | None = None,
+        ids: Sequence[str] | None = None,
+        client_ids: Sequence[str] | None = None,
+        rule: str | None = None,
+        limit: int | None = None,
+    ) -> list[LedgerEntry]:
+        idset = set(ids) if ids is not None else None
+        cset = set(client_ids) if client_ids is not None else None
+        out = []
+        for e in self._ledger.values():
+            if status is not None and e.status not in status:
+                continue
+            if (idset is not None and e.id not in idset) or (cset is not None and e.client_id not in cset):
+                continue
+            if rule is not None and e.rule != rule:
+                continue
+            out.append(e)
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    def _update(self, id: str, **changes: Any) -> LedgerEntry:
+        e = self._ledger.get(id)
+        if e is None:
+            raise StoreError(f"no action with id {id!r} in the ledger of {self.url}")
+        e = dataclasses.replace(e, **changes)
+        self._ledger[id] = e
+        return e
+
+    def begin_attempts(self, ids: Sequence[str], at: datetime) -> None:
+        for i in ids:
+            e = self._ledger[i]
+            if e.status in ("pending", "failed"):
+                self._update(i, attempts=e.attempts + 1, updated_at=at)
+
+    def finish_attempts(self, results: Sequence[tuple[str, Status, str | None]], at: datetime) -> None:
+        for i, st, error in results:
+            self._update(i, status=st, last_error=error, updated_at=at)
+
+    def requeue(self, ids: Sequence[str], at: datetime) -> list[str]:
+        for i in ids:
+            self._update(i)  # unknown ids fail before anything moves
+        moved = []
+        for i in ids:
+            if self._ledger[i].status in ("failed", "dead"):
+                self._update(i, status="pending", attempts=0, updated_at=at)
+                moved.append(i)
+        return moved
+
+    def set_outcome(self, id: str, outcome: Mapping[str, Any], at: datetime) -> LedgerEntry:
+        e = self._update(id, outcome=dict(outcome), outcome_at=at, updated_at=at)
+        if e.status != "done":
+            e = self._update(id, status="done")
+        return e
 
     def close(self) -> None:
         pass

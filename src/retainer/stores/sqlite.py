@@ -9,8 +9,12 @@ single scan (one `GROUP BY client_id` with a CASE per aggregate), never a query 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
 from pathlib import Path
@@ -18,7 +22,9 @@ from typing import Any
 
 import sqlite_utils
 
+from ..actions import Action
 from ..errors import StoreError
+from ..ledger import LedgerEntry, RunRecord, Status, action_payload
 from ..model import ENTITIES, Client, Entity, Manager, fast_model
 from ..timeutil import to_utc_text
 from . import _ingest
@@ -137,6 +143,60 @@ _VIRTUAL_SQL: dict[str, dict[str, tuple[str, str]]] = {
 _VIRTUAL_SQL["deals"] = {k: (v, "bool") for k, v in _VIRTUAL_SQL["deals"].items()}  # type: ignore[misc]
 
 
+# The ledger. `seq` keeps commit order; `key` and `id` are unique, so a duplicate can never be
+# committed even by a writer that skipped the duplicate check (the transaction fails instead).
+_LEDGER_DDL = """
+CREATE TABLE IF NOT EXISTS retainer_actions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    key TEXT NOT NULL UNIQUE,
+    run_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    category TEXT NOT NULL,
+    as_of TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'done', 'failed', 'dead')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    outcome TEXT,
+    outcome_at TEXT,
+    payload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS retainer_actions_status ON retainer_actions (status, seq);
+CREATE INDEX IF NOT EXISTS retainer_actions_client ON retainer_actions (client_id, as_of);
+CREATE TABLE IF NOT EXISTS retainer_runs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    as_of TEXT NOT NULL,
+    rules_digest TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    status TEXT NOT NULL,
+    finished_at TEXT,
+    counts TEXT NOT NULL DEFAULT '{}'
+);
+"""
+_LEDGER_COLS = (
+    "id, key, run_id, type, rule, client_id, category, as_of, status, attempts, last_error, "
+    "created_at, updated_at, outcome, outcome_at, payload"
+)
+
+
+def _instant(v: str | None) -> datetime | None:
+    return datetime.fromisoformat(v) if v else None
+
+
+def _entry(r: Sequence[Any]) -> LedgerEntry:
+    return LedgerEntry(
+        id=r[0], key=r[1], run_id=r[2], type=r[3], rule=r[4], client_id=r[5], category=r[6],
+        as_of=datetime.fromisoformat(r[7]), status=r[8], attempts=r[9], last_error=r[10],
+        created_at=datetime.fromisoformat(r[11]), updated_at=datetime.fromisoformat(r[12]),
+        outcome=json.loads(r[13]) if r[13] else None, outcome_at=_instant(r[14]), payload=r[15],
+    )
+
+
 def _encoder(kind: str) -> Any:
     """Column encoder, or None for values sqlite3 stores as they are."""
     match kind:
@@ -199,6 +259,33 @@ def _converter(kind: str) -> Any:
             return None
 
 
+if os.name == "nt":  # pragma: no cover - exercised on Windows only
+    import msvcrt
+
+    def _try_lock(fd: int) -> bool:
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+
+    def _unlock(fd: int) -> None:
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+
+else:
+    import fcntl
+
+    def _try_lock(fd: int) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def _unlock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
 class SQLiteStore:
     """A CRM snapshot in one SQLite file (WAL mode, so readers never block the writer)."""
 
@@ -206,6 +293,7 @@ class SQLiteStore:
         self.path = str(path)
         self.url = url or f"sqlite:///{self.path}"
         self.tz = timezone
+        self._mem_lock = threading.Lock()
         # whether this call makes the file: an importer that fails removes what it created
         self.created = self.path != ":memory:" and not Path(self.path).exists()
         try:
@@ -224,7 +312,10 @@ class SQLiteStore:
             row = self.db.execute("SELECT value FROM retainer_meta WHERE key = 'schema_version'").fetchone()
             if row and row[0] != SCHEMA_VERSION:
                 raise StoreError(f"{self.path}: schema version {row[0]}, this retainer reads {SCHEMA_VERSION}")
+            if not self.db["retainer_actions"].exists():  # type: ignore[union-attr]
+                self.db.conn.executescript(_LEDGER_DDL)  # a store imported before the ledger existed
             return
+        self.db.conn.executescript(_LEDGER_DDL)
         with self.db.conn:
             for entity, kinds in _KINDS.items():
                 self.db[entity].create(  # type: ignore[union-attr]
@@ -445,6 +536,205 @@ class SQLiteStore:
     def set_cursor(self, name: str, value: str) -> None:
         with self.db.conn:
             self.db.execute("INSERT OR REPLACE INTO retainer_cursors VALUES (?, ?)", [name, value])
+
+    # ------------------------------------------------------------ ledger
+
+    @contextmanager
+    def run_lock(self, owner: str) -> Iterator[None]:
+        """An OS file lock beside the database: the kernel drops it when the holder dies (even by
+        SIGKILL), so a crashed run never blocks the next one, and nothing has to guess staleness."""
+        if self.path == ":memory:":
+            if not self._mem_lock.acquire(blocking=False):
+                raise StoreError(f"another retainer run is in progress on {self.url}")
+            try:
+                yield
+            finally:
+                self._mem_lock.release()
+            return
+        lock_path = self.path + "-runlock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if not _try_lock(fd):
+                holder = os.pread(fd, 500, 0).decode(errors="replace").strip() or "unknown holder"
+                raise StoreError(
+                    f"another retainer run is in progress on {self.path} ({holder}); "
+                    f"it holds {lock_path}. Wait for it to finish, or stop it, then run again"
+                )
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{owner}, pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)
+                _unlock(fd)
+        finally:
+            os.close(fd)
+
+    def ledger_status(self, keys: Iterable[str]) -> dict[str, Status]:
+        if not self.db.execute("SELECT 1 FROM retainer_actions LIMIT 1").fetchone():
+            return {}  # an empty ledger (every plan before the first run) costs nothing
+        return dict(
+            self.db.execute(
+                "SELECT key, status FROM retainer_actions WHERE key IN (SELECT value FROM json_each(?))",
+                [json.dumps(list(keys))],
+            ).fetchall()
+        )
+
+    def _write(self) -> Any:
+        """BEGIN IMMEDIATE: take the write lock up front, so the duplicate check and the inserts see
+        the same ledger."""
+        conn = self.db.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"{self.path}: cannot write: {exc}") from exc
+        return conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self._write()
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            conn.execute("ROLLBACK")
+            raise StoreError(f"{self.path}: commit failed: {exc}") from exc
+
+    def commit_run(self, run: RunRecord, actions: Sequence[Action], cursors: Mapping[str, str]) -> list[Action]:
+        at = to_utc_text(run.started_at)
+        with self._transaction() as conn:
+            there = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT key FROM retainer_actions WHERE key IN (SELECT value FROM json_each(?))",
+                    [json.dumps([a.key for a in actions])],
+                )
+            }
+            fresh: list[Action] = []
+            for a in actions:
+                if a.key not in there:
+                    there.add(a.key)
+                    fresh.append(a)
+            conn.execute(
+                "INSERT INTO retainer_runs (id, as_of, rules_digest, started_at, status, counts) VALUES (?,?,?,?,?,?)",
+                [run.id, to_utc_text(run.as_of), run.rules_digest, at, run.status, json.dumps(dict(run.counts))],
+            )
+            conn.executemany(
+                f"INSERT INTO retainer_actions ({_LEDGER_COLS}) VALUES ({', '.join('?' * 16)})",
+                (
+                    (a.id, a.key, run.id, a.type, a.rule, a.client_id, a.category, to_utc_text(a.as_of), "pending",
+                     0, None, at, at, None, None, action_payload(a))
+                    for a in fresh
+                ),
+            )
+            conn.executemany("INSERT OR REPLACE INTO retainer_cursors VALUES (?, ?)", list(cursors.items()))
+        return fresh
+
+    def finish_run(self, run_id: str, finished_at: datetime, counts: Mapping[str, int]) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE retainer_runs SET status = 'finished', finished_at = ?, counts = ? WHERE id = ?",
+                [to_utc_text(finished_at), json.dumps(dict(counts), sort_keys=True), run_id],
+            )
+
+    def runs(self, limit: int | None = None) -> list[RunRecord]:
+        rows = self.db.execute(
+            "SELECT id, as_of, rules_digest, started_at, status, finished_at, counts FROM retainer_runs "
+            "ORDER BY seq DESC LIMIT ?",
+            [-1 if limit is None else limit],
+        ).fetchall()
+        return [
+            RunRecord(
+                id=r[0], as_of=datetime.fromisoformat(r[1]), rules_digest=r[2],
+                started_at=datetime.fromisoformat(r[3]), status=r[4], finished_at=_instant(r[5]),
+                counts=json.loads(r[6]),
+            )
+            for r in rows
+        ]
+
+    def ledger(
+        self,
+        *,
+        status: Sequence[Status] | None = None,
+        ids: Sequence[str] | None = None,
+        client_ids: Sequence[str] | None = None,
+        rule: str | None = None,
+        limit: int | None = None,
+    ) -> list[LedgerEntry]:
+        where: list[str] = []
+        params: list[Any] = []
+        for col, values in (("status", status), ("id", ids), ("client_id", client_ids)):
+            if values is not None:
+                where.append(f"{col} IN (SELECT value FROM json_each(?))")
+                params.append(json.dumps(list(values)))
+        if rule is not None:
+            where.append("rule = ?")
+            params.append(rule)
+        sql = f"SELECT {_LEDGER_COLS} FROM retainer_actions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq LIMIT ?"
+        params.append(-1 if limit is None else limit)
+        return [_entry(r) for r in self.db.execute(sql, params)]
+
+    def _known(self, conn: sqlite3.Connection, ids: Sequence[str]) -> None:
+        found = {
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM retainer_actions WHERE id IN (SELECT value FROM json_each(?))", [json.dumps(list(ids))]
+            )
+        }
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise StoreError(f"no action with id {missing[0]!r} in the ledger of {self.url}")
+
+    def begin_attempts(self, ids: Sequence[str], at: datetime) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE retainer_actions SET attempts = attempts + 1, updated_at = ? "
+                "WHERE status IN ('pending', 'failed') AND id IN (SELECT value FROM json_each(?))",
+                [to_utc_text(at), json.dumps(list(ids))],
+            )
+
+    def finish_attempts(self, results: Sequence[tuple[str, Status, str | None]], at: datetime) -> None:
+        t = to_utc_text(at)
+        with self._transaction() as conn:
+            conn.executemany(
+                "UPDATE retainer_actions SET status = ?, last_error = ?, updated_at = ? WHERE id = ?",
+                [(st, error, t, i) for i, st, error in results],
+            )
+
+    def requeue(self, ids: Sequence[str], at: datetime) -> list[str]:
+        with self._transaction() as conn:
+            self._known(conn, ids)
+            moved = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM retainer_actions WHERE status IN ('failed', 'dead') "
+                    "AND id IN (SELECT value FROM json_each(?)) ORDER BY seq",
+                    [json.dumps(list(ids))],
+                )
+            ]
+            conn.execute(
+                "UPDATE retainer_actions SET status = 'pending', attempts = 0, updated_at = ? "
+                "WHERE id IN (SELECT value FROM json_each(?))",
+                [to_utc_text(at), json.dumps(moved)],
+            )
+        return moved
+
+    def set_outcome(self, id: str, outcome: Mapping[str, Any], at: datetime) -> LedgerEntry:
+        t = to_utc_text(at)
+        with self._transaction() as conn:
+            self._known(conn, [id])
+            conn.execute(
+                "UPDATE retainer_actions SET outcome = ?, outcome_at = ?, updated_at = ?, status = 'done' WHERE id = ?",
+                [json.dumps(dict(outcome), sort_keys=True, ensure_ascii=False, default=str), t, t, id],
+            )
+        return self.ledger(ids=[id])[0]
 
     def close(self) -> None:
         self.db.conn.close()

@@ -1,0 +1,40 @@
+"""The adapter contract: how an action reaches the host CRM.
+
+A handler delivers one action or raises. The dispatcher owns retries, backoff, the ledger and the
+dead-letter status; a handler only has to be idempotent on `action.id` (the idempotency key), because
+delivery is at-least-once: a crash between delivering and recording it repeats the delivery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+from ..actions import Action
+
+__all__ = ["ActionHandler", "CallbackHandler", "PermanentError"]
+
+
+@runtime_checkable
+class ActionHandler(Protocol):
+    def handle(self, action: Action) -> None:
+        """Deliver `action` (its `id` is the idempotency key); raise to report a failure."""
+        ...
+
+
+class PermanentError(Exception):
+    """Raised by a handler when retrying cannot help (the CRM rejected the action as invalid):
+    the dispatcher marks the action `dead` at once instead of retrying it."""
+
+
+class CallbackHandler:
+    """Adapts a plain function: `CallbackHandler(crm.create_task)`; for hosts that embed retainer."""
+
+    def __init__(self, fn: Callable[[Action], object]) -> None:
+        self.fn = fn
+
+    def handle(self, action: Action) -> None:
+        self.fn(action)
+
+    def __repr__(self) -> str:
+        return f"CallbackHandler({getattr(self.fn, '__qualname__', self.fn)!r})"

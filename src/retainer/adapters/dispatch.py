@@ -1,0 +1,205 @@
+"""Deliver committed actions through handlers, with retries, backoff and a dead-letter status.
+
+The ledger is the source of truth at every step: attempts are counted before a handler is called
+(so a crash can never let them exceed `max_attempts`), results are recorded right after, and an
+action is `done` only once its handler returned. Clock and sleep are injectable, so tests of
+backoff take no time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ..errors import DispatchError
+from ..ledger import ACTIVE, LedgerEntry, Status
+from .base import ActionHandler, PermanentError
+
+__all__ = ["DispatchReport", "Dispatcher", "Retry", "describe_error", "utc_now"]
+
+Handlers = Mapping[str, ActionHandler] | ActionHandler
+
+
+def utc_now() -> datetime:
+    """The only wall clock in retainer: ledger timestamps and backoff, never planning."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Exponential backoff: attempt n waits `base_delay * factor**(n-1)` seconds (at most `max_delay`)
+    before attempt n+1; after `max_attempts` failures the action is `dead`."""
+
+    max_attempts: int = 5
+    base_delay: float = 1.0
+    factor: float = 2.0
+    max_delay: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, not {self.max_attempts}")
+        if self.base_delay < 0 or self.max_delay < 0 or self.factor < 1:
+            raise ValueError("delays must be >= 0 and factor >= 1")
+
+    def delay(self, attempt: int) -> float:
+        return float(min(self.max_delay, self.base_delay * self.factor ** (attempt - 1)))
+
+
+def describe_error(exc: BaseException) -> str:
+    """`TimeoutError: POST ... timed out`: the cause, named, in one line."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@dataclass
+class DispatchReport:
+    """What one dispatch did. `failed` is empty unless it was interrupted: an action either got
+    delivered (`done`) or used up its attempts (`dead`)."""
+
+    done: list[str] = field(default_factory=list)
+    dead: dict[str, str] = field(default_factory=dict)  # id -> last error
+    failed: dict[str, str] = field(default_factory=dict)
+    attempts: int = 0
+    no_handler: dict[str, int] = field(default_factory=dict)  # action type -> actions left pending
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "done": len(self.done),
+            "dead": dict(sorted(self.dead.items())),
+            "failed": dict(sorted(self.failed.items())),
+            "attempts": self.attempts,
+            "no_handler": dict(sorted(self.no_handler.items())),
+        }
+
+
+class Dispatcher:
+    """Routes each action to the handler for its type (`"*"` catches the rest), in ledger order."""
+
+    def __init__(
+        self,
+        store: Any,
+        handlers: Handlers,
+        *,
+        retry: Retry | None = None,
+        clock: Callable[[], datetime] = utc_now,
+        sleep: Callable[[float], None] = time.sleep,
+        batch: int = 200,
+    ) -> None:
+        if isinstance(handlers, Mapping):
+            self.handlers: dict[str, ActionHandler] = dict(handlers)
+        elif hasattr(handlers, "handle"):
+            self.handlers = {"*": handlers}
+        else:
+            raise DispatchError(f"a handler needs a handle(action) method; got {handlers!r}")
+        for name, h in self.handlers.items():
+            if not hasattr(h, "handle"):
+                raise DispatchError(f"handler for {name!r} has no handle(action) method: {h!r}")
+        self.store = store
+        self.retry = retry or Retry()
+        self.clock = clock
+        self.sleep = sleep
+        self.batch = batch
+
+    def route(self, action_type: str) -> ActionHandler | None:
+        return self.handlers.get(action_type) or self.handlers.get("*")
+
+    def dispatch_active(self) -> DispatchReport:
+        """Deliver everything `pending` or `failed` in the ledger: this run's actions and whatever an
+        interrupted earlier run left behind."""
+        return self.dispatch(self.store.ledger(status=ACTIVE))
+
+    def dispatch(self, entries: Iterable[LedgerEntry]) -> DispatchReport:
+        report = DispatchReport()
+        queue: list[LedgerEntry] = []
+        for e in entries:
+            if e.status not in ACTIVE:
+                continue
+            if self.route(e.type) is None:
+                report.no_handler[e.type] = report.no_handler.get(e.type, 0) + 1
+            else:
+                queue.append(e)
+        attempts = {e.id: e.attempts for e in queue}
+        waiting: list[tuple[float, int, LedgerEntry]] = []  # (due, order, entry) for retries
+        order = {e.id: n for n, e in enumerate(queue)}
+        queue.reverse()  # pop() from the end = ledger order
+        while queue or waiting:
+            now = self.clock().timestamp()
+            ready: list[LedgerEntry] = []
+            while waiting and waiting[0][0] <= now and len(ready) < self.batch:
+                ready.append(heapq.heappop(waiting)[2])
+            while queue and len(ready) < self.batch:
+                ready.append(queue.pop())
+            if not ready:
+                self.sleep(max(0.0, waiting[0][0] - now))
+                continue
+            for e, st, _err in self._attempt(ready, attempts, report):
+                if st == "failed":
+                    due = self.clock().timestamp() + self.retry.delay(attempts[e.id])
+                    heapq.heappush(waiting, (due, order[e.id], e))
+        return report
+
+    def _attempt(
+        self, ready: list[LedgerEntry], attempts: dict[str, int], report: DispatchReport
+    ) -> list[tuple[LedgerEntry, Status, str | None]]:
+        limit = self.retry.max_attempts
+        spent = [e for e in ready if attempts[e.id] >= limit]  # e.g. max_attempts lowered since
+        todo = [e for e in ready if attempts[e.id] < limit]
+        results: list[tuple[LedgerEntry, Status, str | None]] = [
+            (e, "dead", e.last_error or f"gave up after {attempts[e.id]} attempts") for e in spent
+        ]
+        self.store.begin_attempts([e.id for e in todo], self.clock())
+        try:
+            for e in todo:
+                attempts[e.id] += 1
+                report.attempts += 1
+                handler = self.route(e.type)
+                assert handler is not None
+                try:
+                    handler.handle(e.action)
+                except PermanentError as exc:
+                    results.append((e, "dead", describe_error(exc) + " (not retried)"))
+                except Exception as exc:
+                    st: Status = "dead" if attempts[e.id] >= limit else "failed"
+                    results.append((e, st, describe_error(exc)))
+                else:
+                    results.append((e, "done", None))
+        finally:  # even when interrupted: what was delivered is recorded as delivered
+            self.store.finish_attempts([(e.id, st, err) for e, st, err in results], self.clock())
+            for e, st, err in results:
+                if st == "done":
+                    report.done.append(e.id)
+                    report.failed.pop(e.id, None)
+                elif st == "dead":
+                    report.dead[e.id] = err or ""
+                    report.failed.pop(e.id, None)
+                else:
+                    report.failed[e.id] = err or ""
+        return results
+
+
+def replay(
+    store: Any,
+    ids: Iterable[str] = (),
+    *,
+    dead: bool = False,
+    handlers: Handlers | None = None,
+    retry: Retry | None = None,
+    clock: Callable[[], datetime] = utc_now,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[list[str], DispatchReport | None]:
+    """Put `failed`/`dead` actions (the given ids, and every dead one with `dead=True`) back to
+    `pending` with fresh attempts, then deliver them now if handlers are given (else the next run
+    does). Holds the run lock: two dispatchers at once could deliver one action twice."""
+    wanted = list(dict.fromkeys(ids))
+    with store.run_lock("replay"):
+        if dead:
+            wanted += [e.id for e in store.ledger(status=["dead"]) if e.id not in set(wanted)]
+        moved = store.requeue(wanted, clock()) if wanted else []
+        if handlers is None:
+            return moved, None
+        d = Dispatcher(store, handlers, retry=retry, clock=clock, sleep=sleep)
+        return moved, d.dispatch(store.ledger(ids=moved)) if moved else DispatchReport()

@@ -1,0 +1,67 @@
+"""Append actions to a JSON Lines file: the simplest hand-off to a host that polls a file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import IO
+
+from ..actions import Action
+from ..ledger import action_payload
+
+__all__ = ["JsonlHandler"]
+
+
+class JsonlHandler:
+    """One action per line, written and flushed before `handle` returns.
+
+    Delivery is at-least-once (a crash after writing but before the ledger says `done` repeats it), so
+    the handler makes the file exactly-once itself: on first use it reads the ids already in the file
+    and skips them, and it drops a half-written last line left by a killed process.
+    """
+
+    def __init__(self, path: str | Path, *, fsync: bool = False) -> None:
+        self.path = Path(path)
+        self.fsync = fsync
+        self._file: IO[str] | None = None
+        self._seen: set[str] = set()
+
+    def _open(self) -> IO[str]:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.exists():
+                self._repair_and_scan()
+            self._file = self.path.open("a", encoding="utf-8")
+        return self._file
+
+    def _repair_and_scan(self) -> None:
+        with self.path.open("rb+") as f:
+            data = f.read()
+            end = data.rfind(b"\n") + 1
+            if end < len(data):  # a line cut short by a crash: it was never acknowledged, drop it
+                f.truncate(end)
+        for line in data[:end].splitlines():
+            if line.strip():
+                try:
+                    self._seen.add(json.loads(line)["id"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # a foreign line: not ours to judge
+
+    def handle(self, action: Action) -> None:
+        f = self._open()
+        if action.id in self._seen:
+            return
+        f.write(action_payload(action) + "\n")
+        f.flush()
+        if self.fsync:
+            os.fsync(f.fileno())
+        self._seen.add(action.id)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __repr__(self) -> str:
+        return f"JsonlHandler({str(self.path)!r})"

@@ -1,0 +1,63 @@
+"""POST each action as JSON to an HTTP endpoint of the host CRM."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import httpx
+
+from .. import __version__
+from ..actions import Action
+from ..ledger import action_payload
+from .base import PermanentError
+
+__all__ = ["WebhookHandler"]
+
+#: 4xx answers worth retrying (timeouts, rate limits); any other 4xx means the request itself is wrong.
+RETRYABLE_4XX = frozenset({408, 409, 425, 429})
+
+
+class WebhookHandler:
+    """`POST url` with the action's JSON and an `Idempotency-Key: <action id>` header.
+
+    2xx is success. 5xx, 408/409/425/429, timeouts and refused connections raise (the dispatcher retries
+    them); any other 4xx raises `PermanentError` (retrying a rejected request cannot help), so the
+    action goes dead at once with the server's answer as its error.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 10.0,
+        headers: Mapping[str, str] | None = None,
+        client: httpx.Client | None = None,
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"webhook URL must start with http:// or https://, not {url!r}")
+        self.url = url
+        self.timeout = timeout
+        self.headers = {"User-Agent": f"retainer/{__version__}", **(headers or {})}
+        self._client = client or httpx.Client(timeout=timeout)
+
+    def handle(self, action: Action) -> None:
+        headers = {**self.headers, "Content-Type": "application/json", "Idempotency-Key": action.id}
+        try:
+            r = self._client.post(self.url, content=action_payload(action).encode(), headers=headers)
+        except httpx.TimeoutException as exc:
+            raise TimeoutError(f"POST {self.url} timed out after {self.timeout:g}s") from exc
+        except httpx.TransportError as exc:
+            raise ConnectionError(f"POST {self.url} failed: {exc}") from exc
+        if r.is_success:
+            return
+        body = r.text.strip().replace("\n", " ")[:200]
+        message = f"POST {self.url} answered {r.status_code} {r.reason_phrase}" + (f": {body}" if body else "")
+        if 400 <= r.status_code < 500 and r.status_code not in RETRYABLE_4XX:
+            raise PermanentError(message)
+        raise ConnectionError(message)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __repr__(self) -> str:
+        return f"WebhookHandler({self.url!r})"

@@ -1,0 +1,171 @@
+"""The ledger: what earlier runs committed, so each run does only what is new.
+
+Every committed action is one `LedgerEntry`, unique by `key` (and by `id = uuid5(key)`). Its status
+moves `pending -> done`, or `pending -> failed -> ... -> dead` after `max_attempts` failed deliveries;
+`replay` puts a dead action back to `pending`. A `RunRecord` says what each run did. Stores keep both
+(see `stores.base.Store`); the shapes and the status rules live here, in one place.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from .actions import Action, Suppression, parse_action
+
+if TYPE_CHECKING:
+    from .adapters.dispatch import DispatchReport
+    from .plan import Plan
+
+__all__ = ["ACTIVE", "STATUSES", "LedgerEntry", "RunRecord", "RunReport", "Status", "action_payload"]
+
+Status = Literal["pending", "done", "failed", "dead"]
+STATUSES: Final = ("pending", "done", "failed", "dead")
+#: Statuses a dispatcher still works on; `done` is final and `dead` waits for a person (replay).
+ACTIVE: Final = ("pending", "failed")
+
+
+def action_payload(action: Action) -> str:
+    """The action's JSON as the ledger keeps it (and as a webhook receives it)."""
+    from .plan import _default, action_dict
+
+    return json.dumps(action_dict(action), default=_default, sort_keys=True, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One committed action and what happened to it since."""
+
+    id: str
+    key: str
+    run_id: str
+    type: str
+    rule: str
+    client_id: str
+    category: str
+    as_of: datetime
+    status: Status
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    payload: str = field(repr=False)
+    last_error: str | None = None
+    outcome: dict[str, Any] | None = None
+    outcome_at: datetime | None = None
+
+    @cached_property
+    def action(self) -> Action:
+        """The action exactly as it was committed (parsed on demand: listings rarely need it)."""
+        return parse_action(json.loads(self.payload))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "key": self.key,
+            "run_id": self.run_id,
+            "type": self.type,
+            "rule": self.rule,
+            "client_id": self.client_id,
+            "category": self.category,
+            "as_of": self.as_of.isoformat(),
+            "status": self.status,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "outcome": self.outcome,
+            "outcome_at": self.outcome_at.isoformat() if self.outcome_at else None,
+            "action": json.loads(self.payload),
+        }
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One `Engine.run`: when, as of what, with which rules, and what it did.
+
+    `status` is `committed` once its actions are in the ledger and `finished` after dispatch; a run
+    that stays `committed` was interrupted after its commit (its actions are safe and are delivered
+    by the next run).
+    """
+
+    id: str
+    as_of: datetime
+    rules_digest: str
+    started_at: datetime
+    status: Literal["committed", "finished"] = "committed"
+    finished_at: datetime | None = None
+    counts: Mapping[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "as_of": self.as_of.isoformat(),
+            "rules_digest": self.rules_digest,
+            "started_at": self.started_at.isoformat(),
+            "status": self.status,
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "counts": dict(self.counts),
+        }
+
+
+@dataclass
+class RunReport:
+    """What `Engine.run` did: the plan, what it committed, and how delivery went.
+
+    `committed` are this run's new actions; duplicates and policy holds are in `plan.suppressed`
+    (reason `duplicate` for keys an earlier run committed). `run` is None for a dry run.
+    """
+
+    plan: Plan
+    run: RunRecord | None
+    committed: list[Action]
+    dispatch: DispatchReport | None
+
+    @property
+    def duplicates(self) -> list[Suppression]:
+        return [s for s in self.plan.suppressed if s.reason_code == "duplicate"]
+
+    @property
+    def ok(self) -> bool:
+        """Nothing went dead in this run's delivery."""
+        return self.dispatch is None or not self.dispatch.dead
+
+    def counts(self) -> dict[str, int]:
+        d = self.dispatch
+        return {
+            "new": len(self.committed),
+            "duplicate": len(self.duplicates),
+            "suppressed": len(self.plan.suppressed) - len(self.duplicates),
+            "done": len(d.done) if d else 0,
+            "dead": len(d.dead) if d else 0,
+            "failed": len(d.failed) if d else 0,
+            "no_handler": sum(d.no_handler.values()) if d else 0,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        from .plan import _default, action_dict
+
+        return json.loads(
+            json.dumps(
+                {
+                    "run": self.run.to_dict() if self.run else None,
+                    "dry_run": self.run is None,
+                    "as_of": self.plan.as_of.isoformat(),
+                    "counts": self.counts(),
+                    "new": [action_dict(a) for a in self.committed],
+                    "duplicates": [s.action.key for s in self.duplicates],
+                    "suppressed": [
+                        {"key": s.action.key, "reason_code": s.reason_code, "detail": s.detail}
+                        for s in self.plan.suppressed
+                        if s.reason_code != "duplicate"
+                    ],
+                    "dispatch": self.dispatch.to_dict() if self.dispatch else None,
+                    "warnings": self.plan.warnings,
+                },
+                default=_default,
+            )
+        )
