@@ -197,6 +197,249 @@ def explain(
         _fail(f"--format must be text or json, not {fmt!r}")
 
 
+# ---------------------------------------------------------------- run / actions
+
+
+def _ledger_store(data: str, tz: Any) -> Any:
+    """Runs and the ledger need a store that keeps what they write: not a folder of files."""
+    from .stores import open_store
+
+    if Path(data).is_dir():
+        _fail(
+            f"--data {data} is a folder of files: a run writes its ledger into a store. "
+            f"Import it first: retainer import {data} --to sqlite:///crm.db"
+        )
+    try:
+        return open_store(data, timezone=tz, create=False)
+    except StoreError as exc:
+        _fail(str(exc))
+
+
+def _handlers(specs: list[str] | None, headers: list[str] | None, timeout: float) -> dict[str, Any] | None:
+    from .adapters import handlers_from_specs
+
+    hdrs: dict[str, str] = {}
+    for h in headers or []:
+        name, sep, value = h.partition(":")
+        if not sep or not name.strip():
+            _fail(f"--header {h!r}: expected 'Name: value'")
+        hdrs[name.strip()] = value.strip()
+    if not specs:
+        return None
+    try:
+        return handlers_from_specs(specs, headers=hdrs, timeout=timeout)
+    except RetainerError as exc:
+        _fail(str(exc))
+
+
+def _retry(max_attempts: int, retry_delay: float) -> Any:
+    from .adapters import Retry
+
+    try:
+        return Retry(max_attempts=max_attempts, base_delay=retry_delay)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+HandlerOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--handler",
+        "-H",
+        help="Deliver through jsonl:PATH or webhook:URL; TYPE=SPEC routes one action type (repeatable).",
+    ),
+]
+HeaderOpt = Annotated[list[str] | None, typer.Option("--header", help="Extra webhook header 'Name: value'.")]
+AttemptsOpt = Annotated[int, typer.Option("--max-attempts", help="Delivery attempts before an action is dead.")]
+DelayOpt = Annotated[float, typer.Option("--retry-delay", help="Seconds before the first retry; doubles each time.")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Webhook timeout in seconds.")]
+
+
+def _print_dispatch(d: Any, console: Console) -> None:
+    if d is None:
+        return
+    console.print(f"delivered {len(d.done):,} ({d.attempts:,} attempts), dead {len(d.dead):,}", highlight=False)
+    for type_, n in sorted(d.no_handler.items()):
+        console.print(f"[yellow]pending[/] {n:,} {type_}: no handler for this type; they wait in the ledger")
+    for i, (aid, error) in enumerate(sorted(d.dead.items())):
+        if i == 10:
+            console.print(f"... and {len(d.dead) - 10} more: retainer actions list --status dead")
+            break
+        console.print(f"[red]dead[/] {aid}: {error}", highlight=False)
+
+
+@app.command()
+def run(
+    rules: Annotated[Path, typer.Option("--rules", "-r", help="Rule file.")],
+    data: Annotated[str, typer.Option("--data", "-d", help="Store URL or .db file (keeps the ledger).")],
+    as_of: Annotated[str, typer.Option("--as-of", help="Date (end of that day) or ISO 8601 instant.")],
+    handler: HandlerOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only plan: write and deliver nothing.")] = False,
+    max_attempts: AttemptsOpt = 5,
+    retry_delay: DelayOpt = 1.0,
+    timeout: TimeoutOpt = 10.0,
+    header: HeaderOpt = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table | json")] = "table",
+) -> None:
+    """Plan, commit what is new to the ledger (one transaction), then deliver it through handlers.
+
+    Exit 0 when every delivery succeeded, 1 when some actions went dead, 2 on bad input or when
+    another run holds the store.
+    """
+    if fmt not in ("table", "json"):
+        _fail(f"--format must be table or json, not {fmt!r}")
+    rs = _rules(rules)
+    handlers = _handlers(handler, header, timeout)
+    retry = _retry(max_attempts, retry_delay)
+    store = _ledger_store(data, rs.tz)
+    engine = Engine(rs, store)
+    try:
+        report = engine.run(as_of, handlers, dry_run=dry_run, retry=retry)
+    except RetainerError as exc:
+        _fail(str(exc))
+    finally:
+        for h in (handlers or {}).values():
+            if hasattr(h, "close"):
+                h.close()
+    if fmt == "json":
+        sys.stdout.write(json.dumps(report.to_dict(), sort_keys=True, ensure_ascii=False) + "\n")
+    else:
+        c = report.counts()
+        if dry_run:
+            out.print("[bold]dry run[/]: nothing committed or delivered", highlight=False)
+        else:
+            assert report.run is not None
+            out.print(f"run {report.run.id} as of {report.plan.as_of.isoformat()}", highlight=False)
+        out.print(
+            f"new {c['new'] if not dry_run else len(report.plan.actions):,}, duplicate {c['duplicate']:,} "
+            f"(already in the ledger), suppressed {c['suppressed']:,}",
+            highlight=False,
+        )
+        print_plan_summary(report.plan, out, limit=0 if not dry_run else 20)
+        _print_dispatch(report.dispatch, out)
+    for w in report.plan.warnings[:10]:
+        err.print(f"[yellow]warning:[/] {w}", highlight=False)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+actions_app = typer.Typer(help="Inspect the ledger, replay dead actions, record outcomes.", no_args_is_help=True)
+app.add_typer(actions_app, name="actions")
+
+DataOpt = Annotated[str, typer.Option("--data", "-d", help="Store URL or .db file.")]
+
+
+@actions_app.command("list")
+def actions_list(
+    data: DataOpt,
+    status: Annotated[list[str] | None, typer.Option("--status", "-s", help="pending|done|failed|dead")] = None,
+    rule: Annotated[str | None, typer.Option("--rule", help="Only this rule.")] = None,
+    client: Annotated[list[str] | None, typer.Option("--client", "-c", help="Only these clients.")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many rows.")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", "-f", help="table | json | jsonl")] = None,
+) -> None:
+    """Committed actions in commit order, with status, attempts and the last error."""
+    from .errors import did_you_mean
+    from .ledger import STATUSES
+
+    for s_ in status or []:
+        if s_ not in STATUSES:
+            _fail(f"--status {s_!r}: expected one of {', '.join(STATUSES)}{did_you_mean(s_, STATUSES)}")
+    f = _format(fmt)
+    store = _ledger_store(data, "UTC")
+    entries = store.ledger(status=status or None, rule=rule, client_ids=client or None, limit=limit)
+    if f == "json":
+        sys.stdout.write(json.dumps([e.to_dict() for e in entries], sort_keys=True, ensure_ascii=False) + "\n")
+    elif f == "jsonl":
+        sys.stdout.writelines(json.dumps(e.to_dict(), sort_keys=True, ensure_ascii=False) + "\n" for e in entries)
+    else:
+        t = Table(title=f"{len(entries)} action(s) in the ledger of {store.url}")
+        for col in ("id", "type", "client", "rule", "status", "tries", "last error"):
+            t.add_column(col, overflow="fold")
+        for e in entries:
+            t.add_row(e.id, e.type, e.client_id, e.rule, e.status, str(e.attempts), e.last_error or "")
+        out.print(t)
+
+
+@actions_app.command("replay")
+def actions_replay(
+    data: DataOpt,
+    ids: Annotated[list[str] | None, typer.Argument(help="Action ids to replay.")] = None,
+    dead: Annotated[bool, typer.Option("--dead", help="Replay every dead action.")] = False,
+    handler: HandlerOpt = None,
+    max_attempts: AttemptsOpt = 5,
+    retry_delay: DelayOpt = 1.0,
+    timeout: TimeoutOpt = 10.0,
+    header: HeaderOpt = None,
+) -> None:
+    """Put dead (or failed) actions back to pending with fresh attempts; deliver them now with
+    --handler, or leave them for the next run. Exit 1 if some die again."""
+    from .adapters.dispatch import replay
+
+    if not ids and not dead:
+        _fail("give action ids or --dead")
+    handlers = _handlers(handler, header, timeout)
+    store = _ledger_store(data, "UTC")
+    try:
+        moved, report = replay(store, ids or (), dead=dead, handlers=handlers, retry=_retry(max_attempts, retry_delay))
+    except RetainerError as exc:
+        _fail(str(exc))
+    err.print(f"requeued {len(moved)} action(s)", highlight=False)
+    if report is None:
+        err.print("no --handler: the next `retainer run` delivers them", highlight=False)
+    else:
+        _print_dispatch(report, err)
+        if report.dead:
+            raise typer.Exit(1)
+
+
+@actions_app.command("outcome")
+def actions_outcome(
+    data: DataOpt,
+    action_id: Annotated[str, typer.Argument(help="Action id.")],
+    values: Annotated[list[str], typer.Argument(help="key=value pairs, e.g. result=completed reason=price")],
+) -> None:
+    """Record what became of an action (the host's report); the action counts as done from then on."""
+    outcome: dict[str, str] = {}
+    for v in values:
+        k, sep, val = v.partition("=")
+        if not sep or not k:
+            _fail(f"outcome {v!r}: expected key=value")
+        outcome[k] = val
+    store = _ledger_store(data, "UTC")
+    from .adapters.dispatch import utc_now
+
+    try:
+        e = store.set_outcome(action_id, outcome, utc_now())
+    except RetainerError as exc:
+        _fail(str(exc))
+    err.print(f"{e.id}: {e.status}, outcome {json.dumps(e.outcome, ensure_ascii=False)}", highlight=False)
+
+
+@app.command()
+def runs(
+    data: DataOpt,
+    limit: Annotated[int, typer.Option(help="Newest N runs.")] = 20,
+    fmt: Annotated[str | None, typer.Option("--format", "-f", help="table | json")] = None,
+) -> None:
+    """Run records, newest first: as_of, rules digest, what each run committed and delivered."""
+    store = _ledger_store(data, "UTC")
+    records = store.runs(limit=limit)
+    if _format(fmt) != "table":
+        sys.stdout.write(json.dumps([r.to_dict() for r in records], sort_keys=True) + "\n")
+        return
+    t = Table(title=f"Runs of {store.url}")
+    for col in ("run", "as of", "started", "status", "new", "duplicate", "done", "dead"):
+        t.add_column(col)
+    for r in records:
+        c = r.counts
+        t.add_row(
+            r.id[:8], r.as_of.isoformat(), r.started_at.isoformat(timespec="seconds"), r.status,
+            *(str(c.get(k, "")) for k in ("new", "duplicate", "done", "dead")),
+        )  # fmt: skip
+    out.print(t)
+
+
 # ---------------------------------------------------------------- import
 
 
@@ -248,7 +491,7 @@ def _remove_if_created(store: object) -> None:
     from .stores import SQLiteStore
 
     if isinstance(store, SQLiteStore) and store.created:
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in ("", "-wal", "-shm", "-runlock"):
             Path(store.path + suffix).unlink(missing_ok=True)
 
 
@@ -287,7 +530,7 @@ def demo(
     shutil.copyfile(_examples_dir() / "rules" / "retention.yaml", rules_path)
     rs = _rules(rules_path)
     db = dir / "crm.db"
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", "-wal", "-shm", "-runlock"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     with err.status("generating a synthetic CRM ..."):
         counts = generate(dir / "data", clients=clients, seed=seed, as_of=asof_date)

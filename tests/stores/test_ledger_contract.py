@@ -1,0 +1,201 @@
+"""The ledger half of the Store contract (DESIGN §6), run against every backend.
+
+Committed actions are unique by key, statuses move only as the contract says, run records and
+cursors are written with the commit, and the run lock fails fast.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import fresh
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import retainer
+from retainer import StoreError
+from retainer.actions import Action, CreateTask, action_id
+from retainer.ledger import STATUSES, RunRecord
+from retainer.stores import Store
+
+T0 = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)
+
+
+def act(key: str, client: str = "c1", rule: str = "forgotten") -> Action:
+    return CreateTask(
+        id=action_id(key), key=key, rule=rule, client_id=client, category="retention", reason="no activity",
+        evidence={"days_since_activity": 61}, as_of=datetime(2026, 3, 1, 23, 59, 59, tzinfo=UTC),
+        assignee_id="m1", title="call", due_at=date(2026, 3, 3),
+    )  # fmt: skip
+
+
+def run_record(n: int = 1, at: datetime = T0) -> RunRecord:
+    return RunRecord(id=f"run-{n}", as_of=datetime(2026, 3, 1, 23, 59, 59, tzinfo=UTC), rules_digest="abc",
+                     started_at=at)
+
+
+def test_commit_returns_the_new_actions_and_skips_committed_keys(store: Store) -> None:
+    a, b, c = act("r:c1:e:x"), act("r:c2:e:x", "c2"), act("r:c3:e:x", "c3")
+    assert store.commit_run(run_record(1), [a, b], {}) == [a, b]
+    assert store.commit_run(run_record(2, T0 + timedelta(days=1)), [b, c, a], {}) == [c]
+    assert [e.key for e in store.ledger()] == [a.key, b.key, c.key]  # commit order
+    assert [e.run_id for e in store.ledger()] == ["run-1", "run-1", "run-2"]
+    assert store.ledger_status([a.key, "nope", c.key]) == {a.key: "pending", c.key: "pending"}
+
+
+def test_one_commit_with_a_key_twice_keeps_one(store: Store) -> None:
+    a = act("r:c1:e:x")
+    assert store.commit_run(run_record(), [a, a], {}) == [a]
+    assert len(store.ledger()) == 1
+
+
+def test_entries_keep_the_action_and_its_fields(store: Store) -> None:
+    a = act("forgotten:c1:2026-01-01:create_task")
+    store.commit_run(run_record(), [a], {})
+    (e,) = store.ledger()
+    assert (e.id, e.key, e.type, e.rule, e.client_id, e.category) == (
+        a.id, a.key, "create_task", "forgotten", "c1", "retention")  # fmt: skip
+    assert e.as_of == a.as_of and e.created_at == T0 and e.updated_at == T0
+    assert (e.status, e.attempts, e.last_error, e.outcome) == ("pending", 0, None, None)
+    assert e.action == a
+    assert e.to_dict()["action"]["key"] == a.key
+
+
+def test_run_records_newest_first_and_finished(store: Store) -> None:
+    store.commit_run(run_record(1), [act("k1")], {})
+    store.commit_run(run_record(2, T0 + timedelta(hours=1)), [act("k2")], {})
+    assert [r.id for r in store.runs()] == ["run-2", "run-1"]
+    assert [r.status for r in store.runs()] == ["committed", "committed"]
+    store.finish_run("run-1", T0 + timedelta(minutes=5), {"new": 1, "done": 1})
+    r1 = store.runs()[1]
+    assert (r1.status, r1.finished_at) == ("finished", T0 + timedelta(minutes=5))
+    assert dict(r1.counts) == {"new": 1, "done": 1}
+    assert r1.as_of == datetime(2026, 3, 1, 23, 59, 59, tzinfo=UTC) and r1.rules_digest == "abc"
+    assert [r.id for r in store.runs(limit=1)] == ["run-2"]
+
+
+def test_cursors_are_written_with_the_commit(store: Store) -> None:
+    store.commit_run(run_record(), [act("k1")], {"round_robin:release": "m7"})
+    assert store.get_cursor("round_robin:release") == "m7"
+
+
+def test_ledger_filters(store: Store) -> None:
+    store.commit_run(run_record(), [act("k1", "c1", "a"), act("k2", "c2", "b"), act("k3", "c1", "b")], {})
+    ids = {e.key: e.id for e in store.ledger()}
+    store.finish_attempts([(ids["k2"], "dead", "boom")], T0)
+    assert [e.key for e in store.ledger(status=["dead"])] == ["k2"]
+    assert [e.key for e in store.ledger(status=["pending", "dead"])] == ["k1", "k2", "k3"]
+    assert [e.key for e in store.ledger(client_ids=["c1"])] == ["k1", "k3"]
+    assert [e.key for e in store.ledger(rule="b")] == ["k2", "k3"]
+    assert [e.key for e in store.ledger(ids=[ids["k3"]])] == ["k3"]
+    assert [e.key for e in store.ledger(limit=2)] == ["k1", "k2"]
+
+
+def test_attempts_count_only_for_active_actions(store: Store) -> None:
+    store.commit_run(run_record(), [act("k1"), act("k2")], {})
+    i1, i2 = (e.id for e in store.ledger())
+    later = T0 + timedelta(minutes=1)
+    store.begin_attempts([i1, i2], later)
+    store.finish_attempts([(i1, "done", None), (i2, "failed", "RuntimeError: x")], later)
+    store.begin_attempts([i1, i2], later)  # done: not counted again
+    e1, e2 = store.ledger()
+    assert (e1.status, e1.attempts) == ("done", 1)
+    assert (e2.status, e2.attempts, e2.last_error, e2.updated_at) == ("failed", 2, "RuntimeError: x", later)
+
+
+def test_requeue_moves_failed_and_dead_only(store: Store) -> None:
+    store.commit_run(run_record(), [act("k1"), act("k2"), act("k3")], {})
+    i1, i2, i3 = (e.id for e in store.ledger())
+    store.begin_attempts([i1, i2, i3], T0)
+    store.finish_attempts([(i1, "done", None), (i2, "dead", "boom"), (i3, "failed", "x")], T0)
+    assert store.requeue([i1, i2, i3], T0) == [i2, i3]
+    e1, e2, e3 = store.ledger()
+    assert (e1.status, e1.attempts) == ("done", 1)  # never re-sent: that would duplicate it
+    assert (e2.status, e2.attempts) == ("pending", 0) and (e3.status, e3.attempts) == ("pending", 0)
+
+
+def test_requeue_of_an_unknown_id_moves_nothing(store: Store) -> None:
+    store.commit_run(run_record(), [act("k1")], {})
+    (e,) = store.ledger()
+    store.finish_attempts([(e.id, "dead", "boom")], T0)
+    with pytest.raises(StoreError, match="no action with id 'nope'"):
+        store.requeue([e.id, "nope"], T0)
+    assert store.ledger()[0].status == "dead"
+
+
+def test_outcome_is_stored_and_marks_done(store: Store) -> None:
+    store.commit_run(run_record(), [act("k1")], {})
+    (e,) = store.ledger()
+    at = T0 + timedelta(days=3)
+    outcome = {"result": "completed", "note": "called, all fine"}
+    got = store.set_outcome(e.id, outcome, at)
+    assert (got.status, got.outcome, got.outcome_at) == ("done", outcome, at)
+    assert store.ledger()[0] == got
+    with pytest.raises(StoreError, match="no action with id"):
+        store.set_outcome("nope", {"result": "x"}, at)
+
+
+def test_run_lock_fails_fast_while_held(store: Store) -> None:
+    busy = "another retainer run is in progress"
+    with store.run_lock("first"), pytest.raises(StoreError, match=busy), store.run_lock("second"):
+        pass
+    with store.run_lock("third"):  # released
+        pass
+
+
+def test_sqlite_run_lock_holds_across_connections(tmp_path: Path) -> None:
+    a = retainer.open_store(f"sqlite:///{tmp_path / 'crm.db'}")
+    b = retainer.open_store(f"sqlite:///{tmp_path / 'crm.db'}")
+    held = r"in progress on .*crm\.db \(nightly run as of 2026-03-01, pid \d+"
+    with a.run_lock("nightly run as of 2026-03-01"), pytest.raises(StoreError, match=held), b.run_lock("second"):
+        pass
+    with b.run_lock("second"):
+        pass
+
+
+def test_sqlite_ledger_survives_reopening(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'crm.db'}"
+    s = retainer.open_store(url)
+    s.commit_run(run_record(), [act("k1")], {"c": "v"})
+    s.close()
+    s = retainer.open_store(url, create=False)
+    assert [e.key for e in s.ledger()] == ["k1"] and s.runs()[0].id == "run-1" and s.get_cursor("c") == "v"
+
+
+def test_sqlite_store_from_before_the_ledger_gets_one(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    retainer.open_store(f"sqlite:///{path}").close()
+    with sqlite3.connect(path) as conn:  # what a store imported by the first release looks like
+        conn.execute("DROP TABLE retainer_actions")
+        conn.execute("DROP TABLE retainer_runs")
+    s = retainer.open_store(f"sqlite:///{path}", create=False)
+    assert s.commit_run(run_record(), [act("k1")], {}) == [act("k1")]
+
+
+def test_sqlite_refuses_a_duplicate_even_past_the_check(tmp_path: Path) -> None:
+    """The UNIQUE constraint is the last line: a raw second insert of a key fails the transaction."""
+    s = retainer.open_store(f"sqlite:///{tmp_path / 'crm.db'}")
+    s.commit_run(run_record(), [act("k1")], {})
+    with pytest.raises(sqlite3.IntegrityError):
+        s.db.execute("INSERT INTO retainer_actions (id, key, run_id, type, rule, client_id, category, as_of, "  # type: ignore[attr-defined]
+                      "status, created_at, updated_at, payload) SELECT 'x', key, run_id, type, rule, client_id, "
+                      "category, as_of, status, created_at, updated_at, payload FROM retainer_actions")
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(commits=st.lists(st.lists(st.sampled_from([f"k{i}" for i in range(12)]), max_size=8), min_size=1, max_size=6))
+def test_keys_are_never_committed_twice(backend: str, commits: list[list[str]]) -> None:
+    with fresh(backend) as s:
+        seen: list[str] = []
+        for n, keys in enumerate(commits):
+            got = s.commit_run(run_record(n, T0 + timedelta(hours=n)), [act(k) for k in keys], {})
+            expect = [k for k in dict.fromkeys(keys) if k not in seen]
+            assert [a.key for a in got] == expect
+            seen += expect
+        keys_in_ledger = [e.key for e in s.ledger()]
+        assert keys_in_ledger == seen and len(set(keys_in_ledger)) == len(keys_in_ledger)
+        assert all(e.status in STATUSES for e in s.ledger())
+        assert len(s.runs()) == len(commits)

@@ -1,0 +1,259 @@
+"""Engine.run: commit what is new, once, then deliver it with retries and dead letters (DESIGN §1, §6, §7)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from conftest import engine_for
+
+from retainer import RetainerError, StoreError
+from retainer.actions import Action
+from retainer.adapters import CallbackHandler, Retry
+from retainer.stores import Store
+from retainer.testing import RecordingHandler
+
+FORGOTTEN = {"rules": [{"id": "forgotten", "kind": "forgotten", "after": "60d"}]}
+WITH_RELEASE = {
+    "rules": [
+        {"id": "forgotten", "kind": "forgotten", "after": "60d"},
+        {"id": "release", "kind": "release", "forgotten_rule": "forgotten", "grace": "14d",
+         "then": [{"reassign": {"strategy": "round_robin"}}]},
+    ]
+}  # fmt: skip
+
+
+class FakeClock:
+    """Wall time that only moves when the dispatcher sleeps: backoff tests take no time."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 3, 2, 3, 0, tzinfo=UTC)
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += timedelta(seconds=seconds)
+
+
+def crm(store: Store, n: int = 3) -> None:
+    store.add(
+        managers=[{"id": "m1", "supervisor_id": "boss"}, {"id": "m2", "supervisor_id": "boss"},
+                  {"id": "m3", "supervisor_id": "boss"}, {"id": "boss"}],
+        clients=[{"id": f"c{i}", "manager_id": "m1"} for i in range(1, n + 1)],
+        touches=[{"id": f"t{i}", "client_id": f"c{i}", "at": "2026-01-01T10:00:00", "kind": "call"}
+                 for i in range(1, n + 1)],
+    )  # fmt: skip
+
+
+def run(store: Store, as_of: str = "2026-03-02", rules: dict[str, Any] = FORGOTTEN, **kw: Any) -> Any:
+    clock = kw.pop("clock", None) or FakeClock()
+    return engine_for(rules, store).run(as_of, clock=clock, sleep=clock.sleep, **kw)
+
+
+def test_a_run_commits_and_delivers_then_a_rerun_is_all_duplicates(store: Store) -> None:
+    crm(store)
+    h = RecordingHandler()
+    first = run(store, handlers=h)
+    assert [a.client_id for a in first.committed] == ["c1", "c2", "c3"]
+    assert sorted(h.ids) == sorted(a.id for a in first.committed)
+    assert {e.status for e in store.ledger()} == {"done"}
+    assert first.counts() == {"new": 3, "duplicate": 0, "suppressed": 0, "done": 3, "dead": 0, "failed": 0,
+                              "no_handler": 0}  # fmt: skip
+    again = run(store, "2026-03-05", handlers=h)
+    assert again.committed == [] and len(again.duplicates) == 3 and len(h.actions) == 3
+    assert again.duplicates[0].detail.startswith("already in the ledger (done)")
+    assert len(store.ledger()) == 3
+    assert [r.status for r in store.runs()] == ["finished", "finished"]
+    assert store.runs()[0].counts["duplicate"] == 3
+
+
+def test_plan_and_dry_run_see_the_ledger_but_write_nothing(store: Store) -> None:
+    crm(store)
+    engine = engine_for(WITH_RELEASE, store)
+    dry = engine.run("2026-03-02", dry_run=True)
+    assert dry.run is None and dry.committed == [] and len(dry.plan.actions) == 3
+    assert store.ledger() == [] and store.runs() == []
+    run(store, handlers=RecordingHandler())
+    p = engine.plan("2026-03-02")
+    assert p.actions == [] and {s.reason_code for s in p.suppressed} == {"duplicate"}
+    assert engine.run("2026-03-02", dry_run=True).plan.to_json() == p.to_json()
+
+
+def test_a_new_episode_is_a_new_action(store: Store) -> None:
+    crm(store, 1)
+    h = RecordingHandler()
+    run(store, "2026-03-02", handlers=h)
+    store.add(touches=[{"id": "t-new", "client_id": "c1", "at": "2026-03-10T10:00:00", "kind": "call"}])
+    assert run(store, "2026-04-01", handlers=h).committed == []  # touched: not forgotten now
+    again = run(store, "2026-05-10", handlers=h)  # forgotten again: 61 days after 2026-03-10
+    assert [a.key for a in again.committed] == ["forgotten:c1:2026-03-10:create_task"]
+    assert [a.key for a in h.actions] == ["forgotten:c1:2026-01-01:create_task", "forgotten:c1:2026-03-10:create_task"]
+
+
+def test_a_committed_reassignment_is_not_decided_again(store: Store) -> None:
+    """The CRM has not applied it yet (the client still shows m1): no second pick, no cursor move."""
+    crm(store, 2)
+    h = RecordingHandler()
+    first = run(store, "2026-03-20", WITH_RELEASE, handlers=h)
+    moves = {a.client_id: a.to_manager_id for a in first.committed if a.type == "reassign"}
+    assert moves == {"c1": "m2", "c2": "m3"}
+    cursor = store.get_cursor("round_robin:release")
+    assert cursor == "m3"
+    again = run(store, "2026-03-21", WITH_RELEASE, handlers=h)
+    assert again.committed == [] and store.get_cursor("round_robin:release") == cursor
+    dup = [s for s in again.duplicates if s.action.type == "reassign"]
+    assert len(dup) == 2 and all(s.action.to_manager_id is None for s in dup)
+
+
+def test_retries_back_off_exponentially_then_the_action_is_dead(store: Store) -> None:
+    crm(store, 1)
+    clock = FakeClock()
+    h = RecordingHandler(fail=lambda a: True, error="CRM said no")
+    report = run(store, handlers=h, retry=Retry(max_attempts=4, base_delay=1.0), clock=clock)
+    (e,) = store.ledger()
+    assert (e.status, e.attempts) == ("dead", 4)
+    assert e.last_error == f"RuntimeError: CRM said no for {e.id}"
+    assert clock.sleeps == [1.0, 2.0, 4.0]
+    assert report.dispatch.dead == {e.id: e.last_error} and not report.ok
+    assert h.calls == {e.id: 4}
+
+
+def test_backoff_is_capped(store: Store) -> None:
+    crm(store, 1)
+    clock = FakeClock()
+    run(store, handlers=RecordingHandler(fail=lambda a: True), clock=clock,
+        retry=Retry(max_attempts=6, base_delay=10, max_delay=30))  # fmt: skip
+    assert clock.sleeps == [10, 20, 30, 30, 30]
+
+
+def test_a_transient_failure_is_retried_to_success(store: Store) -> None:
+    crm(store, 3)
+    clock = FakeClock()
+    h = RecordingHandler(fail=2)  # the first two calls fail
+    report = run(store, handlers=h, clock=clock)
+    assert report.ok and len(report.dispatch.done) == 3
+    assert {e.status for e in store.ledger()} == {"done"}
+    assert sorted(e.attempts for e in store.ledger()) == [1, 2, 2]
+    assert clock.sleeps == [1.0]  # both failures wait in one batch
+
+
+def test_a_permanent_error_is_dead_at_once(store: Store) -> None:
+    crm(store, 1)
+    run(store, handlers=RecordingHandler(fail=1, permanent=True))
+    (e,) = store.ledger()
+    assert (e.status, e.attempts) == ("dead", 1) and e.last_error.endswith("(not retried)")
+
+
+def test_routing_by_type_and_actions_without_handler_stay_pending(store: Store) -> None:
+    crm(store, 2)
+    tasks = RecordingHandler()
+    rest = RecordingHandler()
+    report = run(store, "2026-03-20", WITH_RELEASE, handlers={"create_task": tasks, "*": rest})
+    assert {a.type for a in tasks.actions} == {"create_task"} and {a.type for a in rest.actions} == {"reassign"}
+    assert report.ok and report.dispatch.no_handler == {}
+
+    crm_only_tasks = RecordingHandler()
+    other = engine_for(WITH_RELEASE, store)
+    store.add(clients=[{"id": "c9", "manager_id": "m1", "created_at": "2026-01-01T00:00:00"}])
+    r = other.run("2026-03-20", handlers={"create_task": crm_only_tasks}, clock=FakeClock())
+    assert r.dispatch.no_handler == {"reassign": 1}
+    assert [e.status for e in store.ledger(client_ids=["c9"])] == ["done", "pending"]
+    later = other.run("2026-03-21", handlers=RecordingHandler(), clock=FakeClock())  # the next run delivers it
+    assert later.committed == [] and len(later.dispatch.done) == 1
+    assert {e.status for e in store.ledger()} == {"done"}
+
+
+def test_without_handlers_actions_wait_in_the_ledger(store: Store) -> None:
+    crm(store, 2)
+    report = run(store)
+    assert report.dispatch.no_handler == {"create_task": 2}
+    assert [e.status for e in store.ledger()] == ["pending", "pending"]
+
+
+def test_an_interrupted_dispatch_keeps_what_was_delivered_and_the_next_run_finishes(store: Store) -> None:
+    crm(store, 3)
+    seen: list[str] = []
+
+    def flaky(a: Action) -> None:
+        if len(seen) == 1:
+            raise KeyboardInterrupt  # the operator pressed Ctrl-C mid-delivery
+        seen.append(a.id)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(store, handlers=CallbackHandler(flaky))
+    statuses = [e.status for e in store.ledger()]
+    assert statuses == ["done", "pending", "pending"]
+    assert store.runs()[0].status == "committed"  # interrupted after its commit
+    h = RecordingHandler()
+    nxt = run(store, "2026-03-03", handlers=h)
+    assert nxt.committed == [] and len(h.actions) == 2 and seen[0] not in h.ids
+    assert {e.status for e in store.ledger()} == {"done"}
+
+
+def test_attempts_never_exceed_the_limit_across_runs(store: Store) -> None:
+    crm(store, 1)
+    run(store, handlers=RecordingHandler(fail=lambda a: True), retry=Retry(max_attempts=3))
+    h = RecordingHandler()
+    run(store, "2026-03-03", handlers=h, retry=Retry(max_attempts=3))
+    (e,) = store.ledger()
+    assert (e.status, e.attempts) == ("dead", 3) and h.actions == []  # dead waits for a person
+
+
+def test_replay_dead_actions(store: Store) -> None:
+    crm(store, 2)
+    engine = engine_for(FORGOTTEN, store)
+    clock = FakeClock()
+    engine.run("2026-03-02", handlers=RecordingHandler(fail=lambda a: True), retry=Retry(max_attempts=2),
+               clock=clock, sleep=clock.sleep)  # fmt: skip
+    assert {e.status for e in store.ledger()} == {"dead"}
+    first_id = store.ledger()[0].id
+    moved, report = engine.replay([first_id], clock=clock, sleep=clock.sleep)  # no handler: back in the queue
+    assert moved == [first_id] and report is None
+    assert [e.status for e in store.ledger()] == ["pending", "dead"]
+    h = RecordingHandler()
+    moved, report = engine.replay(dead=True, handlers=h, clock=clock, sleep=clock.sleep)
+    assert len(moved) == 1 and report is not None and len(report.done) == 1
+    assert [e.status for e in store.ledger()] == ["pending", "done"]
+    again, _ = engine.replay([store.ledger()[1].id], handlers=h, clock=clock, sleep=clock.sleep)
+    assert again == [] and len(h.actions) == 1  # a done action is never re-sent
+
+
+def test_record_outcome(store: Store) -> None:
+    crm(store, 1)
+    engine = engine_for(FORGOTTEN, store)
+    engine.run("2026-03-02")
+    (e,) = store.ledger()
+    got = engine.record_outcome(e.id, {"result": "completed", "churn_reason": "price"})
+    assert got.status == "done" and got.outcome == {"result": "completed", "churn_reason": "price"}
+    with pytest.raises(StoreError, match="no action with id 'x'"):
+        engine.record_outcome("x", {"result": "completed"})
+    with pytest.raises(RetainerError, match="mapping"):
+        engine.record_outcome(e.id, "completed")  # type: ignore[arg-type]
+
+
+def test_a_second_run_while_one_is_in_progress_fails_fast(store: Store) -> None:
+    crm(store, 2)
+    engine = engine_for(FORGOTTEN, store)
+    inner: list[Any] = []
+
+    def nested(a: Action) -> None:
+        if not inner:
+            with pytest.raises(StoreError, match="another retainer run is in progress") as exc:
+                engine.run("2026-03-02")
+            inner.append(exc.value)
+
+    engine.run("2026-03-02", handlers=CallbackHandler(nested))
+    assert inner and len(store.ledger()) == 2 and len(store.runs()) == 1
+
+
+def test_a_bad_handler_is_refused_before_anything_is_written(store: Store) -> None:
+    crm(store, 1)
+    from retainer.errors import DispatchError
+
+    with pytest.raises(DispatchError, match="handle"):
+        run(store, handlers={"create_task": object()})  # type: ignore[dict-item]
+    assert store.ledger() == [] and store.runs() == []
