@@ -85,7 +85,7 @@ def test_cursors_are_written_with_the_commit(store: Store) -> None:
 def test_ledger_filters(store: Store) -> None:
     store.commit_run(run_record(), [act("k1", "c1", "a"), act("k2", "c2", "b"), act("k3", "c1", "b")], {})
     ids = {e.key: e.id for e in store.ledger()}
-    store.finish_attempts([(ids["k2"], "dead", "boom")], T0)
+    store.finish_attempts([(ids["k2"], "dead", "boom", 1)], T0)
     assert [e.key for e in store.ledger(status=["dead"])] == ["k2"]
     assert [e.key for e in store.ledger(status=["pending", "dead"])] == ["k1", "k2", "k3"]
     assert [e.key for e in store.ledger(client_ids=["c1"])] == ["k1", "k3"]
@@ -99,7 +99,7 @@ def test_attempts_count_only_for_active_actions(store: Store) -> None:
     i1, i2 = (e.id for e in store.ledger())
     later = T0 + timedelta(minutes=1)
     store.begin_attempts([i1, i2], later)
-    store.finish_attempts([(i1, "done", None), (i2, "failed", "RuntimeError: x")], later)
+    store.finish_attempts([(i1, "done", None, 1), (i2, "failed", "RuntimeError: x", 1)], later)
     store.begin_attempts([i1, i2], later)  # done: not counted again
     e1, e2 = store.ledger()
     assert (e1.status, e1.attempts) == ("done", 1)
@@ -110,7 +110,7 @@ def test_requeue_moves_failed_and_dead_only(store: Store) -> None:
     store.commit_run(run_record(), [act("k1"), act("k2"), act("k3")], {})
     i1, i2, i3 = (e.id for e in store.ledger())
     store.begin_attempts([i1, i2, i3], T0)
-    store.finish_attempts([(i1, "done", None), (i2, "dead", "boom"), (i3, "failed", "x")], T0)
+    store.finish_attempts([(i1, "done", None, 1), (i2, "dead", "boom", 1), (i3, "failed", "x", 1)], T0)
     assert store.requeue([i1, i2, i3], T0) == [i2, i3]
     e1, e2, e3 = store.ledger()
     assert (e1.status, e1.attempts) == ("done", 1)  # never re-sent: that would duplicate it
@@ -120,7 +120,7 @@ def test_requeue_moves_failed_and_dead_only(store: Store) -> None:
 def test_requeue_of_an_unknown_id_moves_nothing(store: Store) -> None:
     store.commit_run(run_record(), [act("k1")], {})
     (e,) = store.ledger()
-    store.finish_attempts([(e.id, "dead", "boom")], T0)
+    store.finish_attempts([(e.id, "dead", "boom", 1)], T0)
     with pytest.raises(StoreError, match="no action with id 'nope'"):
         store.requeue([e.id, "nope"], T0)
     assert store.ledger()[0].status == "dead"

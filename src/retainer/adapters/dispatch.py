@@ -151,11 +151,14 @@ class Dispatcher:
         results: list[tuple[LedgerEntry, Status, str | None]] = [
             (e, "dead", e.last_error or f"gave up after {attempts[e.id]} attempts") for e in spent
         ]
+        before = {e.id: (e.status, e.last_error, attempts[e.id]) for e in todo}
         self.store.begin_attempts([e.id for e in todo], self.clock())
+        called = 0
         try:
             for e in todo:
                 attempts[e.id] += 1
                 report.attempts += 1
+                called += 1
                 handler = self.route(e.type)
                 assert handler is not None
                 try:
@@ -168,7 +171,14 @@ class Dispatcher:
                 else:
                     results.append((e, "done", None))
         finally:  # even when interrupted: what was delivered is recorded as delivered
-            self.store.finish_attempts([(e.id, st, err) for e, st, err in results], self.clock())
+            rows = [(e.id, st, err, attempts[e.id]) for e, st, err in results]
+            if len(results) < len(spent) + len(todo):  # interrupted: untried ones get their attempt back
+                done_ids = {e.id for e, _, _ in results}
+                for k, e in enumerate(todo):
+                    if e.id not in done_ids:
+                        st0, err0, n0 = before[e.id]
+                        rows.append((e.id, st0, err0, attempts[e.id] if k < called else n0))
+            self.store.finish_attempts(rows, self.clock())
             for e, st, err in results:
                 if st == "done":
                     report.done.append(e.id)

@@ -217,8 +217,9 @@ class Store(Protocol):
         mid-delivery can never let attempts exceed the limit."""
         ...
 
-    def finish_attempts(self, results: Sequence[tuple[str, Status, str | None]], at: datetime) -> None:
-        """Record `(id, new status, error or None)` after delivery attempts, in one transaction."""
+    def finish_attempts(self, results: Sequence[tuple[str, Status, str | None, int]], at: datetime) -> None:
+        """Record `(id, status, error or None, attempts)` after delivery, in one transaction. `attempts`
+        is absolute: an interrupted batch gives back the attempts it counted but never made."""
         ...
 
     def requeue(self, ids: Sequence[str], at: datetime) -> list[str]:

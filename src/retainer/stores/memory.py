@@ -235,9 +235,9 @@ class MemoryStore:
             if e.status in ("pending", "failed"):
                 self._update(i, attempts=e.attempts + 1, updated_at=at)
 
-    def finish_attempts(self, results: Sequence[tuple[str, Status, str | None]], at: datetime) -> None:
-        for i, st, error in results:
-            self._update(i, status=st, last_error=error, updated_at=at)
+    def finish_attempts(self, results: Sequence[tuple[str, Status, str | None, int]], at: datetime) -> None:
+        for i, st, error, n in results:
+            self._update(i, status=st, last_error=error, attempts=n, updated_at=at)
 
     def requeue(self, ids: Sequence[str], at: datetime) -> list[str]:
         for i in ids:

@@ -700,12 +700,12 @@ class SQLiteStore:
                 [to_utc_text(at), json.dumps(list(ids))],
             )
 
-    def finish_attempts(self, results: Sequence[tuple[str, Status, str | None]], at: datetime) -> None:
+    def finish_attempts(self, results: Sequence[tuple[str, Status, str | None, int]], at: datetime) -> None:
         t = to_utc_text(at)
         with self._transaction() as conn:
             conn.executemany(
-                "UPDATE retainer_actions SET status = ?, last_error = ?, updated_at = ? WHERE id = ?",
-                [(st, error, t, i) for i, st, error in results],
+                "UPDATE retainer_actions SET status = ?, last_error = ?, attempts = ?, updated_at = ? WHERE id = ?",
+                [(st, error, n, t, i) for i, st, error, n in results],
             )
 
     def requeue(self, ids: Sequence[str], at: datetime) -> list[str]:
