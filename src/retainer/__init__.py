@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 from .actions import Action, Suppression, parse_action
 from .engine import Engine, Explanation
 from .errors import DataError, DispatchError, RetainerError, RulesError, StoreError
+from .ledger import LedgerEntry, RunRecord, RunReport
 from .model import Client, Contract, Deal, Invoice, Manager, Offer, Task, Touch
 from .plan import Plan
 from .rules.loader import RuleSet, load_rules
@@ -26,6 +27,7 @@ __all__ = [
     "Engine",
     "Explanation",
     "Invoice",
+    "LedgerEntry",
     "Manager",
     "MemoryStore",
     "Offer",
@@ -33,6 +35,8 @@ __all__ = [
     "RetainerError",
     "RuleSet",
     "RulesError",
+    "RunRecord",
+    "RunReport",
     "SQLiteStore",
     "Store",
     "StoreError",

@@ -1,0 +1,121 @@
+"""`retainer run`, `actions` and `runs` through the real console script, as an operator uses them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_cli import CRM, RULES, run
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    path = tmp_path / "crm.db"
+    r = run("import", str(CRM), "--to", f"sqlite:///{path}", "--rules", str(RULES))
+    assert r.returncode == 0, r.stderr
+    return str(path)
+
+
+def go(db: str, *args: str) -> tuple[int, dict, str]:
+    r = run("run", "-r", str(RULES), "-d", db, "--as-of", "2026-03-01", "-f", "json", *args)
+    assert "Traceback" not in r.stderr
+    return r.returncode, json.loads(r.stdout) if r.stdout.strip() else {}, r.stderr
+
+
+def ledger(db: str, *args: str) -> list[dict]:
+    r = run("actions", "list", "-d", db, "-f", "json", *args)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_run_delivers_once_and_a_rerun_finds_only_duplicates(db: str, tmp_path: Path) -> None:
+    out = tmp_path / "actions.jsonl"
+    code, first, _ = go(db, "--handler", f"jsonl:{out}")
+    assert code == 0
+    n = first["counts"]["new"]
+    assert n > 0 and first["counts"]["done"] == n and first["counts"]["duplicate"] == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["id"] for x in lines] == [a["id"] for a in first["new"]]
+    code, second, _ = go(db, "--handler", f"jsonl:{out}")
+    assert code == 0 and second["counts"]["new"] == 0 and second["counts"]["duplicate"] == n
+    assert len(out.read_text().splitlines()) == n
+    assert {e["status"] for e in ledger(db)} == {"done"}
+    runs = json.loads(run("runs", "-d", db, "-f", "json").stdout)
+    assert [r["counts"]["new"] for r in runs] == [0, n] and {r["status"] for r in runs} == {"finished"}
+
+
+def test_dry_run_writes_nothing(db: str) -> None:
+    code, report, _ = go(db, "--dry-run")
+    assert code == 0 and report["dry_run"] is True and report["run"] is None
+    assert ledger(db) == [] and json.loads(run("runs", "-d", db, "-f", "json").stdout) == []
+
+
+def test_without_a_handler_actions_wait_pending(db: str) -> None:
+    code, report, _ = go(db)
+    assert code == 0 and report["counts"]["no_handler"] == report["counts"]["new"]
+    assert {e["status"] for e in ledger(db)} == {"pending"}
+
+
+def test_failed_delivery_goes_dead_with_its_cause_then_replay(db: str, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    code, report, _ = go(db, "--handler", f"jsonl:{blocker}/out.jsonl", "--max-attempts", "2", "--retry-delay", "0")
+    assert code == 1  # some actions went dead: cron sees a failure
+    dead = ledger(db, "--status", "dead")
+    assert len(dead) == report["counts"]["new"] == report["counts"]["dead"] > 0
+    assert all(e["attempts"] == 2 and "Error" in e["last_error"] and "not-a-folder" in e["last_error"] for e in dead)
+    table = run("run", "-r", str(RULES), "-d", db, "--as-of", "2026-03-01")
+    assert table.returncode == 0 and "duplicate" in table.stdout  # dead ones are not re-sent by a run
+
+    good = tmp_path / "good.jsonl"
+    r = run("actions", "replay", "-d", db, "--dead", "--handler", f"jsonl:{good}")
+    assert r.returncode == 0, r.stderr
+    assert f"requeued {len(dead)} action(s)" in r.stderr
+    assert ledger(db, "--status", "dead") == [] and len(good.read_text().splitlines()) == len(dead)
+    assert {e["attempts"] for e in ledger(db)} == {1}
+
+
+def test_replay_without_handler_leaves_them_for_the_next_run(db: str, tmp_path: Path) -> None:
+    blocker = tmp_path / "f"
+    blocker.write_text("")
+    go(db, "--handler", f"jsonl:{blocker}/x.jsonl", "--max-attempts", "1")
+    one = ledger(db, "--status", "dead")[0]["id"]
+    r = run("actions", "replay", "-d", db, one)
+    assert r.returncode == 0 and "next `retainer run` delivers them" in r.stderr
+    assert [e["id"] for e in ledger(db, "--status", "pending")] == [one]
+    code, report, _ = go(db, "--handler", f"jsonl:{tmp_path / 'ok.jsonl'}")
+    assert code == 0 and report["counts"]["new"] == 0 and report["dispatch"]["done"] == 1
+
+
+def test_outcome_recorded_from_the_command_line(db: str) -> None:
+    go(db)
+    first = ledger(db)[0]["id"]
+    r = run("actions", "outcome", "-d", db, first, "result=completed", "churn_reason=price")
+    assert r.returncode == 0, r.stderr
+    e = ledger(db, "--status", "done")[0]
+    assert e["id"] == first and e["outcome"] == {"result": "completed", "churn_reason": "price"}
+    bad = run("actions", "outcome", "-d", db, "no-such-id", "result=x")
+    assert bad.returncode == 2 and "no action with id 'no-such-id'" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "-r", str(RULES), "-d", str(CRM), "--as-of", "2026-03-01"], "Import it first: retainer import"),
+        (["run", "-r", str(RULES), "-d", "missing.db", "--as-of", "2026-03-01"], "database not found"),
+        (["run", "-r", str(RULES), "-d", "{db}", "--as-of", "2026-03-01", "-H", "jsnl:x"], "did you mean 'jsonl'"),
+        (["run", "-r", str(RULES), "-d", "{db}", "--as-of", "2026-03-01", "-H", "webhook:ftp://x"], "http://"),
+        (["run", "-r", str(RULES), "-d", "{db}", "--as-of", "2026-03-01", "-H", "create_tsk=jsonl:x"],
+         "unknown action type 'create_tsk'"),
+        (["run", "-r", str(RULES), "-d", "{db}", "--as-of", "2026-03-01", "--max-attempts", "0"], "max_attempts"),
+        (["actions", "list", "-d", "{db}", "--status", "deadd"], "did you mean 'dead'"),
+        (["actions", "replay", "-d", "{db}"], "give action ids or --dead"),
+        (["actions", "replay", "-d", "{db}", "nope"], "no action with id 'nope'"),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_message(db: str, args: list[str], message: str) -> None:
+    r = run(*(a.replace("{db}", db) for a in args))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert ledger(db) == []
