@@ -44,3 +44,17 @@ def test_rules_doc_examples_validate() -> None:
     for block in re.findall(r"```yaml\n(.*?)```", (ROOT / "docs" / "rules.md").read_text(encoding="utf-8"), flags=re.S):
         if block.startswith("version: 1") and "{...}" not in block:
             retainer.load_rules(block)
+
+
+def test_operations_guide_examples_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocks = _python_blocks(ROOT / "docs" / "operations.md")
+    assert blocks
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        exec(compile(block, "docs/operations.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "'new': 3" in out and "'done': 3" in out  # task, reassignment, supervisor notified
+    assert "{'result': 'completed', 'note': 'called, renewed'}" in out
