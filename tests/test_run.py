@@ -256,3 +256,13 @@ def test_a_bad_handler_is_refused_before_anything_is_written(store: Store) -> No
     with pytest.raises(DispatchError, match="handle"):
         run(store, handlers={"create_task": object()})  # type: ignore[dict-item]
     assert store.ledger() == [] and store.runs() == []
+
+
+def test_a_single_handler_that_is_falsy_still_delivers(store: Store) -> None:
+    class Empty(RecordingHandler):
+        def __len__(self) -> int:  # e.g. a handler that is also an (empty) collection
+            return 0
+
+    crm(store, 1)
+    h = Empty()
+    assert run(store, handlers=h).ok and len(h.actions) == 1

@@ -580,7 +580,9 @@ class Engine:
         same store at the same time fails at once with `StoreError`.
         """
         a = self.as_of(as_of)
-        dispatcher = Dispatcher(self.store, handlers or {}, retry=retry, clock=clock, sleep=sleep)
+        dispatcher = Dispatcher(
+            self.store, handlers if handlers is not None else {}, retry=retry, clock=clock, sleep=sleep
+        )
         with self.store.run_lock(f"run as of {a.date}, started {clock().isoformat(timespec='seconds')}"):
             plan, _frame, _matches = self._plan(a, None)
             if dry_run:
@@ -593,7 +595,7 @@ class Engine:
                 plan.actions = committed
                 late_dups = [Suppression(action=x, reason_code="duplicate", detail=_dup("meanwhile")) for x in late]
                 plan.suppressed = sorted([*plan.suppressed, *late_dups], key=lambda s: (s.action.key, s.reason_code))
-            report = RunReport(plan, run, committed, dispatcher.dispatch_active())
+            report = RunReport(plan, run, committed, dispatcher.dispatch_active(committed))
             done = dataclasses.replace(run, status="finished", finished_at=clock(), counts=report.counts())
             self.store.finish_run(run.id, done.finished_at, done.counts)  # type: ignore[arg-type]
             report.run = done

@@ -199,3 +199,11 @@ def test_keys_are_never_committed_twice(backend: str, commits: list[list[str]]) 
         assert keys_in_ledger == seen and len(set(keys_in_ledger)) == len(keys_in_ledger)
         assert all(e.status in STATUSES for e in s.ledger())
         assert len(s.runs()) == len(commits)
+
+
+def test_sqlite_refuses_a_database_that_is_not_a_store(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE clients (id TEXT, segment TEXT)")
+    with pytest.raises(StoreError, match="not a retainer store: it has a 'clients' table"):
+        retainer.open_store(f"sqlite:///{path}", create=False)

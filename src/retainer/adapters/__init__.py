@@ -59,7 +59,7 @@ def handlers_from_specs(
         head, eq, rest = spec.partition("=")
         if eq and ":" not in head:
             route, spec = head, rest
-            if route not in ACTION_TYPES:
+            if route not in ACTION_TYPES and route != "*":
                 raise RetainerError(
                     f"--handler {head}=...: unknown action type {route!r}{did_you_mean(route, ACTION_TYPES)}"
                 )

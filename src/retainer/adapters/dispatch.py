@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ..actions import Action
 from ..errors import DispatchError
 from ..ledger import ACTIVE, LedgerEntry, Status
 from .base import ActionHandler, PermanentError
@@ -105,12 +106,21 @@ class Dispatcher:
         self.batch = batch
 
     def route(self, action_type: str) -> ActionHandler | None:
-        return self.handlers.get(action_type) or self.handlers.get("*")
+        handler = self.handlers.get(action_type)  # `is None`, not `or`: a handler may be falsy (an empty list)
+        return handler if handler is not None else self.handlers.get("*")
 
-    def dispatch_active(self) -> DispatchReport:
+    def dispatch_active(self, known: Iterable[Action] = ()) -> DispatchReport:
         """Deliver everything `pending` or `failed` in the ledger: this run's actions and whatever an
-        interrupted earlier run left behind."""
-        return self.dispatch(self.store.ledger(status=ACTIVE))
+        interrupted earlier run left behind. `known` are action objects already in hand (the run's
+        own), used instead of parsing their ledger copies again."""
+        entries = self.store.ledger(status=ACTIVE)
+        by_id = {a.id: a for a in known}
+        if by_id:
+            for e in entries:
+                a = by_id.get(e.id)
+                if a is not None:
+                    e.__dict__["action"] = a  # fills the cached_property: the same action, unparsed
+        return self.dispatch(entries)
 
     def dispatch(self, entries: Iterable[LedgerEntry]) -> DispatchReport:
         report = DispatchReport()

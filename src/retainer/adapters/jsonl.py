@@ -18,7 +18,8 @@ class JsonlHandler:
 
     Delivery is at-least-once (a crash after writing but before the ledger says `done` repeats it), so
     the handler makes the file exactly-once itself: on first use it reads the ids already in the file
-    and skips them, and it drops a half-written last line left by a killed process.
+    and skips them, and it drops a half-written last line left by a killed process (a complete last
+    line that only lacks its newline is kept).
     """
 
     def __init__(self, path: str | Path, *, fsync: bool = False) -> None:
@@ -39,8 +40,14 @@ class JsonlHandler:
         with self.path.open("rb+") as f:
             data = f.read()
             end = data.rfind(b"\n") + 1
-            if end < len(data):  # a line cut short by a crash: it was never acknowledged, drop it
-                f.truncate(end)
+            if end < len(data):
+                try:  # a whole line that only lacks its newline (another writer's, or cut just before it)
+                    json.loads(data[end:])
+                    f.write(b"\n")
+                    data += b"\n"
+                    end = len(data)
+                except ValueError:  # a line cut short by a crash: never acknowledged, so drop it
+                    f.truncate(end)
         for line in data[:end].splitlines():
             if line.strip():
                 try:

@@ -13,8 +13,8 @@ __all__ = ["RecordingHandler"]
 class RecordingHandler:
     """Records every delivered action; `fail` makes chosen deliveries raise.
 
-    `fail` is a number (the first N calls fail), a set of action ids or types (those always fail), or
-    a function `action -> bool`. `permanent=True` raises `PermanentError` (no retries) instead.
+    `fail` is a number (the first N calls fail), action ids or types (a set, or one string; those always
+    fail), or a function `action -> bool`. `permanent=True` raises `PermanentError` (no retries) instead.
     `calls` counts every attempt per action id, delivered or not.
     """
 
@@ -36,7 +36,7 @@ class RecordingHandler:
         elif callable(fail):
             self._fails = fail
         else:
-            chosen = set(fail)
+            chosen = {fail} if isinstance(fail, str) else set(fail)  # "tag" is one type, not three letters
             self._fails = lambda a: a.id in chosen or a.type in chosen
 
     def handle(self, action: Action) -> None:

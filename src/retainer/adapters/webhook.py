@@ -21,8 +21,8 @@ class WebhookHandler:
     """`POST url` with the action's JSON and an `Idempotency-Key: <action id>` header.
 
     2xx is success. 5xx, 408/409/425/429, timeouts and refused connections raise (the dispatcher retries
-    them); any other 4xx raises `PermanentError` (retrying a rejected request cannot help), so the
-    action goes dead at once with the server's answer as its error.
+    them); any other 4xx, and a redirect, raise `PermanentError` (retrying cannot help: fix the request
+    or the URL), so the action goes dead at once with the server's answer as its error.
     """
 
     def __init__(
@@ -52,6 +52,9 @@ class WebhookHandler:
             return
         body = r.text.strip().replace("\n", " ")[:200]
         message = f"POST {self.url} answered {r.status_code} {r.reason_phrase}" + (f": {body}" if body else "")
+        if 300 <= r.status_code < 400:  # a POST is not re-sent to another address behind the operator's back
+            where = r.headers.get("location", "elsewhere")
+            raise PermanentError(f"POST {self.url} answered {r.status_code}: redirected to {where}; use that URL")
         if 400 <= r.status_code < 500 and r.status_code not in RETRYABLE_4XX:
             raise PermanentError(message)
         raise ConnectionError(message)

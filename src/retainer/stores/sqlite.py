@@ -315,6 +315,12 @@ class SQLiteStore:
             if not self.db["retainer_actions"].exists():  # type: ignore[union-attr]
                 self.db.conn.executescript(_LEDGER_DDL)  # a store imported before the ledger existed
             return
+        foreign = [t for t in _KINDS if self.db[t].exists()]  # type: ignore[union-attr]
+        if foreign:
+            raise StoreError(
+                f"{self.path} is not a retainer store: it has a {foreign[0]!r} table but no retainer_meta. "
+                f"Load its data into a new store with `retainer import DIR --to sqlite:///new.db`"
+            )
         self.db.conn.executescript(_LEDGER_DDL)
         with self.db.conn:
             for entity, kinds in _KINDS.items():
@@ -694,10 +700,11 @@ class SQLiteStore:
 
     def begin_attempts(self, ids: Sequence[str], at: datetime) -> None:
         with self._transaction() as conn:
-            conn.execute(
+            t = to_utc_text(at)
+            conn.executemany(  # by id, one row each: the unique index, never a scan of the ledger
                 "UPDATE retainer_actions SET attempts = attempts + 1, updated_at = ? "
-                "WHERE status IN ('pending', 'failed') AND id IN (SELECT value FROM json_each(?))",
-                [to_utc_text(at), json.dumps(list(ids))],
+                "WHERE id = ? AND status IN ('pending', 'failed')",
+                [(t, i) for i in ids],
             )
 
     def finish_attempts(self, results: Sequence[tuple[str, Status, str | None, int]], at: datetime) -> None:

@@ -1,0 +1,343 @@
+"""JsonlHandler, CallbackHandler, RecordingHandler, routing by action type, and `--handler` specs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from httpfake import FakeClock
+
+from retainer import DispatchError, RetainerError
+from retainer.actions import Action
+from retainer.adapters import (
+    CallbackHandler,
+    Dispatcher,
+    JsonlHandler,
+    PermanentError,
+    RecordingHandler,
+    Retry,
+    WebhookHandler,
+    handler_from_spec,
+    handlers_from_specs,
+)
+from retainer.ledger import action_payload
+from retainer.stores import Store
+
+from .crmkit import AS_OF, THREE_TYPES, engine
+
+
+def actions(store: Store) -> list[Action]:
+    """The three actions (create_task, notify_manager, tag) of THREE_TYPES, committed and left pending."""
+    engine(store, THREE_TYPES).run(AS_OF)
+    return [e.action for e in store.ledger()]
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+# ------------------------------------------------------------------ JsonlHandler
+
+
+def test_jsonl_appends_one_line_per_action(crm: Store, tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "out" / "actions.jsonl"  # the folder is created on first use
+    h = JsonlHandler(path)
+    report = engine(crm, THREE_TYPES).run(AS_OF, handlers=h, clock=clock, sleep=clock.sleep)
+    h.close()
+    entries = crm.ledger()
+    assert report.counts()["done"] == 3 and {e.status for e in entries} == {"done"}
+    assert path.read_text(encoding="utf-8").endswith("\n")
+    assert lines(path) == [e.payload for e in entries]
+    assert [json.loads(x)["type"] for x in lines(path)] == ["create_task", "notify_manager", "tag"]
+
+
+def test_a_second_handler_on_the_same_file_skips_what_is_already_there(crm: Store, tmp_path: Path) -> None:
+    path = tmp_path / "actions.jsonl"
+    a, b, c = actions(crm)
+    first = JsonlHandler(path)
+    first.handle(a)
+    first.handle(a)  # the same instance remembers too
+    first.handle(b)
+    first.close()
+    second = JsonlHandler(path, fsync=True)
+    for x in (a, b, c, c):
+        second.handle(x)
+    second.close()
+    assert lines(path) == [action_payload(x) for x in (a, b, c)]
+
+
+def test_a_crash_between_writing_and_recording_does_not_write_twice(crm: Store, tmp_path: Path) -> None:
+    """The line is written, then the process 'dies' before the ledger says done; a replay by a fresh
+    handler (a new process) delivers again, and the file still has the action once."""
+    path = tmp_path / "actions.jsonl"
+    first = JsonlHandler(path)
+
+    def write_then_die(action: Action) -> None:
+        first.handle(action)
+        raise PermanentError("killed after writing")
+
+    engine(crm).run(AS_OF, handlers=CallbackHandler(write_then_die))
+    first.close()
+    [entry] = crm.ledger()
+    assert entry.status == "dead" and len(lines(path)) == 1
+    fresh = JsonlHandler(path)
+    moved, report = engine(crm).replay([entry.id], handlers=fresh)
+    fresh.close()
+    assert report is not None and report.done == moved == [entry.id]
+    assert lines(path) == [entry.payload]
+
+
+def test_a_half_written_last_line_is_dropped_and_its_action_written_again(crm: Store, tmp_path: Path) -> None:
+    path = tmp_path / "actions.jsonl"
+    a, b, _c = actions(crm)
+    cut = action_payload(b)[:40]
+    path.write_text(action_payload(a) + "\n" + cut, encoding="utf-8")  # killed while writing b
+    h = JsonlHandler(path)
+    h.handle(a)  # already there: skipped
+    assert lines(path) == [action_payload(a)]  # the torn line is gone as soon as the file is opened
+    h.handle(b)
+    h.close()
+    assert lines(path) == [action_payload(a), action_payload(b)]
+
+
+def test_a_file_holding_only_a_torn_line_starts_over(crm: Store, tmp_path: Path) -> None:
+    path = tmp_path / "actions.jsonl"
+    a, *_ = actions(crm)
+    path.write_text(action_payload(a)[:-1], encoding="utf-8")
+    h = JsonlHandler(path)
+    h.handle(a)
+    h.close()
+    assert path.read_text(encoding="utf-8") == action_payload(a) + "\n"
+
+
+def test_foreign_lines_are_kept(crm: Store, tmp_path: Path) -> None:
+    path = tmp_path / "actions.jsonl"
+    a, b, _c = actions(crm)
+    foreign = ["# written by the host", "", "[1, 2]", '"text"', '{"no_id": true}', "{not json", action_payload(a)]
+    path.write_text("\n".join(foreign) + "\n", encoding="utf-8")
+    h = JsonlHandler(path)
+    h.handle(a)
+    h.handle(b)
+    h.close()
+    assert lines(path) == [*foreign, action_payload(b)]
+
+
+# ------------------------------------------------------------------ CallbackHandler
+
+
+def test_callback_handler_passes_each_action_to_a_function(crm: Store, clock: FakeClock) -> None:
+    got: list[Action] = []
+    h = CallbackHandler(got.append)
+    report = engine(crm, THREE_TYPES).run(AS_OF, handlers=h, clock=clock, sleep=clock.sleep)
+    assert [a.id for a in got] == [e.id for e in crm.ledger()] == report.dispatch.done  # type: ignore[union-attr]
+    assert "append" in repr(h)
+
+
+def test_callback_handler_errors_are_retried_then_dead(crm: Store, clock: FakeClock) -> None:
+    def broken(action: Action) -> None:
+        raise KeyError("assignee")
+
+    engine(crm).run(
+        AS_OF, handlers=CallbackHandler(broken), retry=Retry(max_attempts=3), clock=clock, sleep=clock.sleep
+    )
+    [entry] = crm.ledger()
+    assert (entry.status, entry.attempts, entry.last_error) == ("dead", 3, "KeyError: 'assignee'")
+    assert clock.sleeps == [1.0, 2.0]
+
+
+# ------------------------------------------------------------------ RecordingHandler
+
+
+def run3(store: Store, h: RecordingHandler, clock: FakeClock, max_attempts: int = 5) -> dict[str, tuple[str, int]]:
+    """Run THREE_TYPES through `h`; action type -> (status, attempts)."""
+    engine(store, THREE_TYPES).run(
+        AS_OF, handlers=h, retry=Retry(max_attempts=max_attempts), clock=clock, sleep=clock.sleep
+    )
+    return {e.type: (e.status, e.attempts) for e in store.ledger()}
+
+
+def test_recording_handler_records_deliveries_in_ledger_order(crm: Store, clock: FakeClock) -> None:
+    h = RecordingHandler()
+    assert run3(crm, h, clock) == {t: ("done", 1) for t in ("create_task", "notify_manager", "tag")}
+    assert h.ids == [e.id for e in crm.ledger()]
+    assert [a.type for a in h.by_type("tag")] == ["tag"] and h.by_type("reassign") == []
+    assert set(h.calls.values()) == {1}
+
+
+def test_recording_handler_fails_the_first_n_calls(crm: Store, clock: FakeClock) -> None:
+    h = RecordingHandler(fail=4)  # calls 1-3 are the three first attempts, call 4 the first retry
+    result = run3(crm, h, clock)
+    assert result == {"create_task": ("done", 3), "notify_manager": ("done", 2), "tag": ("done", 2)}
+    assert sum(h.calls.values()) == 7 and len(h.actions) == 3
+
+
+def test_recording_handler_fails_chosen_ids_and_types(crm: Store, clock: FakeClock) -> None:
+    ids = {a.type: a.id for a in engine(crm, THREE_TYPES).plan(AS_OF).actions}
+    h = RecordingHandler(fail={ids["create_task"], "tag"}, error="CRM said no")
+    assert run3(crm, h, clock, max_attempts=2) == {
+        "create_task": ("dead", 2),
+        "notify_manager": ("done", 1),
+        "tag": ("dead", 2),
+    }
+    assert h.ids == [ids["notify_manager"]]
+    dead = crm.ledger(status=["dead"])
+    assert {e.last_error for e in dead} == {f"RuntimeError: CRM said no for {e.id}" for e in dead}
+
+
+def test_recording_handler_fail_may_name_a_single_type(crm: Store, clock: FakeClock) -> None:
+    h = RecordingHandler(fail="tag")  # one string is one type (it used to be taken as the letters t, a, g)
+    assert run3(crm, h, clock, max_attempts=1) == {
+        "create_task": ("done", 1),
+        "notify_manager": ("done", 1),
+        "tag": ("dead", 1),
+    }
+
+
+def test_recording_handler_fails_by_predicate(crm: Store, clock: FakeClock) -> None:
+    h = RecordingHandler(fail=lambda a: a.type == "notify_manager")
+    assert run3(crm, h, clock, max_attempts=1)["notify_manager"] == ("dead", 1)
+    assert len(h.actions) == 2
+
+
+def test_recording_handler_permanent_failures_are_not_retried(crm: Store, clock: FakeClock) -> None:
+    h = RecordingHandler(fail={"create_task"}, permanent=True)
+    assert run3(crm, h, clock)["create_task"] == ("dead", 1)
+    [entry] = crm.ledger(status=["dead"])
+    assert entry.last_error == f"PermanentError: simulated failure for {entry.id} (not retried)"
+    assert clock.sleeps == []
+
+
+# ------------------------------------------------------------------ routing
+
+
+def test_handlers_route_by_type_with_a_star_fallback(crm: Store, clock: FakeClock) -> None:
+    tasks, rest = RecordingHandler(), RecordingHandler()
+    engine(crm, THREE_TYPES).run(AS_OF, handlers={"create_task": tasks, "*": rest}, clock=clock)
+    assert [a.type for a in tasks.actions] == ["create_task"]
+    assert [a.type for a in rest.actions] == ["notify_manager", "tag"]
+
+
+def test_a_type_without_handler_stays_pending_until_one_is_given(crm: Store, clock: FakeClock) -> None:
+    tasks = RecordingHandler()
+    report = engine(crm, THREE_TYPES).run(AS_OF, handlers={"create_task": tasks}, clock=clock)
+    assert report.dispatch is not None and report.dispatch.no_handler == {"notify_manager": 1, "tag": 1}
+    assert report.counts()["no_handler"] == 2 and report.counts()["done"] == 1
+    assert {e.type: e.status for e in crm.ledger()} == {
+        "create_task": "done",
+        "notify_manager": "pending",
+        "tag": "pending",
+    }
+    assert {e.type: e.attempts for e in crm.ledger()}["tag"] == 0
+
+    rest = RecordingHandler()
+    later = engine(crm, THREE_TYPES).run(AS_OF, handlers={"*": rest}, clock=clock)  # nothing new; picks them up
+    assert later.committed == [] and later.counts()["duplicate"] == 3
+    assert [a.type for a in rest.actions] == ["notify_manager", "tag"] and len(tasks.actions) == 1
+    assert {e.status for e in crm.ledger()} == {"done"}
+
+
+class ListHandler(list[Action]):
+    """A handler that is also a list: empty, hence falsy, until it receives something."""
+
+    def handle(self, action: Action) -> None:
+        self.append(action)
+
+
+def test_a_falsy_handler_still_gets_its_type(crm: Store, clock: FakeClock) -> None:
+    tasks, rest = ListHandler(), RecordingHandler()
+    engine(crm, THREE_TYPES).run(AS_OF, handlers={"create_task": tasks, "*": rest}, clock=clock)
+    assert [a.type for a in tasks] == ["create_task"]  # `or` in the routing used to send it to "*"
+    assert [a.type for a in rest.actions] == ["notify_manager", "tag"]
+
+
+def test_a_handler_without_handle_is_refused(crm: Store) -> None:
+    with pytest.raises(DispatchError, match="handle"):
+        Dispatcher(crm, object())  # type: ignore[arg-type]
+    with pytest.raises(DispatchError, match="'tag'"):
+        Dispatcher(crm, {"tag": print})  # type: ignore[dict-item]
+
+
+def test_retry_settings() -> None:
+    r = Retry(max_attempts=9, base_delay=0.5, factor=3, max_delay=10)
+    assert [r.delay(n) for n in range(1, 5)] == [0.5, 1.5, 4.5, 10.0]
+    with pytest.raises(ValueError, match="at least 1"):
+        Retry(max_attempts=0)
+    with pytest.raises(ValueError, match="factor"):
+        Retry(factor=0.5)
+
+
+# ------------------------------------------------------------------ --handler specs
+
+
+def test_specs_a_bare_spec_catches_every_type(tmp_path: Path) -> None:
+    out = handlers_from_specs([f"jsonl:{tmp_path / 'x.jsonl'}"])
+    assert list(out) == ["*"]
+    assert isinstance(out["*"], JsonlHandler) and out["*"].path == tmp_path / "x.jsonl"
+
+
+def test_specs_route_one_type_to_a_webhook(tmp_path: Path) -> None:
+    out = handlers_from_specs(
+        ["create_task=webhook:http://127.0.0.1:1/x", "jsonl:x.jsonl"], headers={"Authorization": "t"}, timeout=3
+    )
+    hook = out["create_task"]
+    assert isinstance(hook, WebhookHandler) and hook.url == "http://127.0.0.1:1/x" and hook.timeout == 3
+    assert hook.headers["Authorization"] == "t"
+    assert isinstance(out["*"], JsonlHandler) and out["*"].path == Path("x.jsonl")
+    hook.close()
+
+
+def test_specs_an_equals_sign_inside_a_url_is_not_a_route() -> None:
+    out = handlers_from_specs(["webhook:http://127.0.0.1:1/x?token=abc", "tag=webhook:http://h/y?a=b"])
+    assert out["*"].url == "http://127.0.0.1:1/x?token=abc"  # type: ignore[attr-defined]
+    assert out["tag"].url == "http://h/y?a=b"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("jsnol:x.jsonl", "unknown kind 'jsnol'; known: jsonl, webhook; did you mean 'jsonl'?"),
+        ("Webhook:http://h/x", "did you mean 'webhook'?"),
+        ("ftp:x", "unknown kind 'ftp'; known: jsonl, webhook"),
+        ("jsonl", "expected jsonl:PATH or webhook:URL"),
+        ("jsonl:", "expected jsonl:PATH or webhook:URL"),
+        ("webhook:crm.example/hook", "must start with http:// or https://"),
+    ],
+)
+def test_specs_bad_kind_or_target(spec: str, message: str) -> None:
+    with pytest.raises(RetainerError) as info:
+        handler_from_spec(spec)
+    assert message in str(info.value) and repr(spec) in str(info.value)
+
+
+def test_specs_unknown_action_type_has_a_hint() -> None:
+    with pytest.raises(RetainerError, match=r"unknown action type 'create_tsk'; did you mean 'create_task'\?"):
+        handlers_from_specs(["create_tsk=jsonl:x.jsonl"])
+
+
+@pytest.mark.parametrize(
+    ("specs", "message"),
+    [
+        (["jsonl:a.jsonl", "webhook:http://h/x"], "two --handler options for every action"),
+        (["tag=jsonl:a.jsonl", "tag=jsonl:b.jsonl"], "two --handler options for tag"),
+    ],
+)
+def test_specs_two_for_the_same_route(specs: list[str], message: str) -> None:
+    with pytest.raises(RetainerError, match=message):
+        handlers_from_specs(specs)
+
+
+def test_a_complete_last_line_without_newline_is_kept(crm: Store, tmp_path: Path) -> None:
+    path = tmp_path / "actions.jsonl"
+    a, b, _c = actions(crm)
+    path.write_text(action_payload(a), encoding="utf-8")  # whole, only its newline missing
+    h = JsonlHandler(path)
+    h.handle(a)  # recognised: not written again
+    h.handle(b)
+    h.close()
+    assert lines(path) == [action_payload(a), action_payload(b)]
+
+
+def test_specs_an_explicit_star_route(tmp_path: Path) -> None:
+    got = handlers_from_specs([f"*=jsonl:{tmp_path / 'all.jsonl'}"])
+    assert list(got) == ["*"] and isinstance(got["*"], JsonlHandler)

@@ -1,0 +1,235 @@
+"""WebhookHandler against a real HTTP server on 127.0.0.1, delivered through Engine.run and the Dispatcher.
+
+Backoff runs on a fake clock (its `sleep` only moves time), so the only real wait is the timeout test's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from httpfake import FakeClock, FakeServer, Reply, closed_port_url
+
+import retainer
+from retainer.adapters import Dispatcher, Retry, WebhookHandler
+from retainer.ledger import LedgerEntry, RunReport
+from retainer.stores import Store
+
+from .crmkit import AS_OF, engine, fill
+
+
+@pytest.fixture
+def hook(server: FakeServer) -> Iterator[WebhookHandler]:
+    h = WebhookHandler(server.url + "/hooks/retainer", timeout=2.0)
+    yield h
+    h.close()
+
+
+def run(store: Store, handler: WebhookHandler, clock: FakeClock, retry: Retry | None = None) -> RunReport:
+    return engine(store).run(
+        AS_OF, handlers={"*": handler}, retry=retry or Retry(max_attempts=5), clock=clock, sleep=clock.sleep
+    )
+
+
+def only_entry(store: Store) -> LedgerEntry:
+    [entry] = store.ledger()
+    return entry
+
+
+def test_delivers_the_action_json_with_its_id_as_idempotency_key(
+    crm: Store, server: FakeServer, hook: WebhookHandler, clock: FakeClock
+) -> None:
+    report = run(crm, hook, clock)
+    assert report.counts()["done"] == 1
+    [action] = report.committed
+    assert action.type == "create_task"
+    [req] = server.requests
+    assert (req.method, req.path) == ("POST", "/hooks/retainer")
+    assert req.headers["idempotency-key"] == action.id
+    assert req.headers["content-type"] == "application/json"
+    assert req.headers["user-agent"].startswith("retainer/")
+    entry = only_entry(crm)
+    assert req.json() == json.loads(entry.payload) == entry.to_dict()["action"]
+    assert req.json()["id"] == action.id and req.json()["due_at"] == action.due_at.isoformat()
+    assert (entry.status, entry.attempts, entry.last_error) == ("done", 1, None)
+    assert clock.sleeps == []
+
+
+def test_extra_headers_are_sent_but_cannot_replace_the_idempotency_key(
+    crm: Store, server: FakeServer, clock: FakeClock
+) -> None:
+    h = WebhookHandler(server.url, timeout=2.0, headers={"Authorization": "Bearer s3cret", "Idempotency-Key": "x"})
+    try:
+        run(crm, h, clock)
+    finally:
+        h.close()
+    [req] = server.requests
+    assert req.headers["authorization"] == "Bearer s3cret"
+    assert req.headers["idempotency-key"] == only_entry(crm).id
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def any_crm(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'crm.db'}"
+    s = fill(retainer.open_store(url))
+    yield s
+    s.close()
+
+
+def test_two_500s_then_200_is_done_on_the_third_attempt_with_exponential_backoff(
+    any_crm: Store, server: FakeServer, hook: WebhookHandler, clock: FakeClock
+) -> None:
+    server.queue(500, 500, 200)
+    report = run(any_crm, hook, clock)
+    entry = only_entry(any_crm)
+    assert (entry.status, entry.attempts, entry.last_error) == ("done", 3, None)
+    assert clock.sleeps == [1.0, 2.0]
+    assert report.counts()["done"] == 1 and report.dispatch is not None and report.dispatch.attempts == 3
+    assert {r.headers["idempotency-key"] for r in server.requests} == {entry.id}
+    assert len({r.body for r in server.requests}) == 1  # the very same body every time
+
+
+def test_the_dispatcher_alone_retries_what_a_run_committed(
+    crm: Store, server: FakeServer, hook: WebhookHandler, clock: FakeClock
+) -> None:
+    report = engine(crm).run(AS_OF, clock=clock, sleep=clock.sleep)  # no handlers: committed, left pending
+    assert only_entry(crm).status == "pending" and server.requests == []
+    assert report.counts()["no_handler"] == 1
+    server.queue(500, 500, 200)
+    d = Dispatcher(crm, {"*": hook}, retry=Retry(max_attempts=5), clock=clock, sleep=clock.sleep)
+    dispatched = d.dispatch_active()
+    entry = only_entry(crm)
+    assert dispatched.done == [entry.id] and dispatched.attempts == 3
+    assert (entry.status, entry.attempts) == ("done", 3)
+    assert clock.sleeps == [1.0, 2.0]
+
+
+def test_always_500_goes_dead_after_max_attempts_naming_the_status(
+    crm: Store, server: FakeServer, hook: WebhookHandler, clock: FakeClock
+) -> None:
+    server.default = Reply(500, "database is down")
+    report = run(crm, hook, clock, Retry(max_attempts=3))
+    entry = only_entry(crm)
+    assert (entry.status, entry.attempts) == ("dead", 3)
+    assert entry.last_error is not None and "500" in entry.last_error and "database is down" in entry.last_error
+    assert entry.last_error.startswith("ConnectionError: POST ")
+    assert len(server.requests) == 3 and clock.sleeps == [1.0, 2.0]
+    assert report.dispatch is not None and report.dispatch.dead == {entry.id: entry.last_error}
+    assert not report.ok and report.counts()["dead"] == 1
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+def test_a_rejected_request_is_dead_at_once(
+    crm: Store, server: FakeServer, hook: WebhookHandler, clock: FakeClock, status: int
+) -> None:
+    server.default = Reply(status, '{"error": "assignee_id is not a user"}')
+    run(crm, hook, clock)
+    entry = only_entry(crm)
+    assert (entry.status, entry.attempts) == ("dead", 1)
+    assert entry.last_error is not None
+    assert entry.last_error.startswith("PermanentError: ") and entry.last_error.endswith("(not retried)")
+    assert str(status) in entry.last_error and "assignee_id is not a user" in entry.last_error
+    assert len(server.requests) == 1 and clock.sleeps == []
+
+
+@pytest.mark.parametrize("status", [408, 409, 425, 429, 502, 503])
+def test_rate_limits_and_server_errors_are_retried(
+    crm: Store, server: FakeServer, hook: WebhookHandler, clock: FakeClock, status: int
+) -> None:
+    server.queue(status, 201)
+    run(crm, hook, clock)
+    entry = only_entry(crm)
+    assert (entry.status, entry.attempts) == ("done", 2)
+    assert clock.sleeps == [1.0] and len(server.requests) == 2
+
+
+def test_a_slow_server_times_out(crm: Store, server: FakeServer, clock: FakeClock) -> None:
+    server.default = Reply(200, delay=5.0)  # cut short by the server's teardown
+    h = WebhookHandler(server.url, timeout=0.2)
+    started = time.monotonic()
+    try:
+        run(crm, h, clock, Retry(max_attempts=1))
+    finally:
+        h.close()
+    assert time.monotonic() - started < 2.0
+    entry = only_entry(crm)
+    assert (entry.status, entry.attempts) == ("dead", 1)
+    assert entry.last_error is not None and entry.last_error.startswith("TimeoutError: ")
+    assert "timed out after 0.2s" in entry.last_error
+
+
+def test_a_server_that_is_down_is_a_connection_error(crm: Store, clock: FakeClock) -> None:
+    h = WebhookHandler(closed_port_url(), timeout=2.0)
+    try:
+        run(crm, h, clock, Retry(max_attempts=2))
+    finally:
+        h.close()
+    entry = only_entry(crm)
+    assert (entry.status, entry.attempts) == ("dead", 2)
+    assert entry.last_error is not None and entry.last_error.startswith("ConnectionError: POST http://127.0.0.1:")
+    assert clock.sleeps == [1.0]
+
+
+def test_a_rerun_posts_nothing_again(crm: Store, server: FakeServer, hook: WebhookHandler, clock: FakeClock) -> None:
+    run(crm, hook, clock)
+    again = run(crm, hook, clock)
+    assert again.committed == [] and again.counts()["duplicate"] == 1 and again.counts()["done"] == 0
+    assert len(server.requests) == 1
+    assert [r.status for r in crm.runs()] == ["finished", "finished"]
+
+
+def test_a_rerun_leaves_a_dead_action_alone_and_replay_delivers_it_with_the_same_key(
+    crm: Store, server: FakeServer, hook: WebhookHandler, clock: FakeClock
+) -> None:
+    server.default = Reply(503)
+    run(crm, hook, clock, Retry(max_attempts=2))
+    dead = only_entry(crm)
+    assert dead.status == "dead" and len(server.requests) == 2
+
+    run(crm, hook, clock, Retry(max_attempts=2))  # dead waits for a person: no new attempt
+    assert len(server.requests) == 2
+
+    server.default = Reply(200)  # the CRM is back
+    moved, report = engine(crm).replay(
+        dead=True, handlers={"*": hook}, retry=Retry(max_attempts=2), clock=clock, sleep=clock.sleep
+    )
+    assert moved == [dead.id]
+    assert report is not None and report.done == [dead.id] and not report.dead
+    entry = only_entry(crm)
+    assert (entry.status, entry.attempts, entry.last_error) == ("done", 1, None)
+    assert [r.headers["idempotency-key"] for r in server.requests] == [dead.id] * 3
+    assert server.requests[-1].body == server.requests[0].body
+
+
+def test_replay_without_handlers_leaves_the_action_for_the_next_run(
+    crm: Store, server: FakeServer, hook: WebhookHandler, clock: FakeClock
+) -> None:
+    server.default = Reply(400)
+    run(crm, hook, clock)
+    moved, report = engine(crm).replay(dead=True, clock=clock)
+    assert report is None and only_entry(crm).status == "pending" and moved == [only_entry(crm).id]
+    server.default = Reply(200)
+    nxt = run(crm, hook, clock)
+    assert nxt.committed == [] and nxt.dispatch is not None and nxt.dispatch.done == moved
+    assert only_entry(crm).status == "done" and len(server.requests) == 2
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8080/hook", "ftp://crm/hook", ""])
+def test_a_url_without_http_scheme_is_refused(url: str) -> None:
+    with pytest.raises(ValueError, match="http:// or https://"):
+        WebhookHandler(url)
+
+
+def test_a_redirect_is_dead_at_once_naming_it(
+    crm: Store, server: FakeServer, hook: WebhookHandler, clock: FakeClock
+) -> None:
+    """A POST is never silently re-sent elsewhere: the operator fixes the URL (http -> https, a moved hook)."""
+    server.default = Reply(302, "")
+    run(crm, hook, clock)
+    entry = only_entry(crm)
+    assert (entry.status, entry.attempts) == ("dead", 1)
+    assert entry.last_error is not None and "302" in entry.last_error and "redirected" in entry.last_error
+    assert len(server.requests) == 1
