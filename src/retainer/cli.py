@@ -283,8 +283,7 @@ def run(
 ) -> None:
     """Plan, commit what is new to the ledger (one transaction), then deliver it through handlers.
 
-    Exit 0 when every delivery succeeded, 1 when some actions went dead, 2 on bad input or when
-    another run holds the store.
+    Exit 0: all delivered. Exit 1: some actions went dead. Exit 2: bad input, or another run holds the store.
     """
     if fmt not in ("table", "json"):
         _fail(f"--format must be table or json, not {fmt!r}")

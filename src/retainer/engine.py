@@ -583,10 +583,10 @@ class Engine:
         dispatcher = Dispatcher(
             self.store, handlers if handlers is not None else {}, retry=retry, clock=clock, sleep=sleep
         )
+        if dry_run:  # a preview: no lock, so it never blocks (or waits for) the nightly run
+            return RunReport(self._plan(a, None)[0], None, [], None)
         with self.store.run_lock(f"run as of {a.date}, started {clock().isoformat(timespec='seconds')}"):
             plan, _frame, _matches = self._plan(a, None)
-            if dry_run:
-                return RunReport(plan, None, [], None)
             run = RunRecord(id=str(uuid.uuid4()), as_of=plan.as_of, rules_digest=self.rules.digest, started_at=clock())
             committed = self.store.commit_run(run, plan.actions, plan.cursors)
             if len(committed) != len(plan.actions):  # someone committed them between plan and commit

@@ -1,8 +1,8 @@
 """Deliver committed actions through handlers, with retries, backoff and a dead-letter status.
 
-The ledger is the source of truth at every step: attempts are counted before a handler is called
-(so a crash can never let them exceed `max_attempts`), results are recorded right after, and an
-action is `done` only once its handler returned. Clock and sleep are injectable, so tests of
+The ledger is the source of truth at every step: each attempt is counted before its handler is
+called (so a crash can never let attempts exceed `max_attempts`), its result is recorded right
+after, and an action is `done` only once its handler returned. Clock and sleep are injectable, so tests of
 backoff take no time.
 """
 
@@ -146,59 +146,46 @@ class Dispatcher:
             if not ready:
                 self.sleep(max(0.0, waiting[0][0] - now))
                 continue
-            for e, st, _err in self._attempt(ready, attempts, report):
-                if st == "failed":
+            for e in ready:
+                if self._attempt(e, attempts, report) == "failed":
                     due = self.clock().timestamp() + self.retry.delay(attempts[e.id])
                     heapq.heappush(waiting, (due, order[e.id], e))
         return report
 
-    def _attempt(
-        self, ready: list[LedgerEntry], attempts: dict[str, int], report: DispatchReport
-    ) -> list[tuple[LedgerEntry, Status, str | None]]:
+    def _attempt(self, e: LedgerEntry, attempts: dict[str, int], report: DispatchReport) -> Status:
+        """One delivery, recorded around the call: the attempt is counted before it (so an action that
+        kills the process uses up its own attempts, never another's), the result right after (so a
+        crash loses at most the result of the one action in flight)."""
         limit = self.retry.max_attempts
-        spent = [e for e in ready if attempts[e.id] >= limit]  # e.g. max_attempts lowered since
-        todo = [e for e in ready if attempts[e.id] < limit]
-        results: list[tuple[LedgerEntry, Status, str | None]] = [
-            (e, "dead", e.last_error or f"gave up after {attempts[e.id]} attempts") for e in spent
-        ]
-        before = {e.id: (e.status, e.last_error, attempts[e.id]) for e in todo}
-        self.store.begin_attempts([e.id for e in todo], self.clock())
-        called = 0
-        try:
-            for e in todo:
-                attempts[e.id] += 1
-                report.attempts += 1
-                called += 1
-                handler = self.route(e.type)
-                assert handler is not None
-                try:
-                    handler.handle(e.action)
-                except PermanentError as exc:
-                    results.append((e, "dead", describe_error(exc) + " (not retried)"))
-                except Exception as exc:
-                    st: Status = "dead" if attempts[e.id] >= limit else "failed"
-                    results.append((e, st, describe_error(exc)))
-                else:
-                    results.append((e, "done", None))
-        finally:  # even when interrupted: what was delivered is recorded as delivered
-            rows = [(e.id, st, err, attempts[e.id]) for e, st, err in results]
-            if len(results) < len(spent) + len(todo):  # interrupted: untried ones get their attempt back
-                done_ids = {e.id for e, _, _ in results}
-                for k, e in enumerate(todo):
-                    if e.id not in done_ids:
-                        st0, err0, n0 = before[e.id]
-                        rows.append((e.id, st0, err0, attempts[e.id] if k < called else n0))
-            self.store.finish_attempts(rows, self.clock())
-            for e, st, err in results:
-                if st == "done":
-                    report.done.append(e.id)
-                    report.failed.pop(e.id, None)
-                elif st == "dead":
-                    report.dead[e.id] = err or ""
-                    report.failed.pop(e.id, None)
-                else:
-                    report.failed[e.id] = err or ""
-        return results
+        st: Status
+        if attempts[e.id] >= limit:  # e.g. max_attempts lowered, or crashes used them up
+            st, err = "dead", e.last_error or (
+                f"gave up after {attempts[e.id]} attempts that never returned (the process stopped while delivering it)"
+            )
+        else:
+            self.store.begin_attempts([e.id], self.clock())
+            attempts[e.id] += 1
+            report.attempts += 1
+            handler = self.route(e.type)
+            assert handler is not None
+            try:
+                handler.handle(e.action)
+            except PermanentError as exc:
+                st, err = "dead", describe_error(exc) + " (not retried)"
+            except Exception as exc:
+                st, err = ("dead" if attempts[e.id] >= limit else "failed"), describe_error(exc)
+            else:
+                st, err = "done", None
+        self.store.finish_attempts([(e.id, st, err, attempts[e.id])], self.clock())
+        if st == "failed":
+            report.failed[e.id] = err or ""
+            return st
+        report.failed.pop(e.id, None)
+        if st == "done":
+            report.done.append(e.id)
+        else:
+            report.dead[e.id] = err or ""
+        return st
 
 
 def replay(

@@ -213,13 +213,12 @@ class Store(Protocol):
         ...
 
     def begin_attempts(self, ids: Sequence[str], at: datetime) -> None:
-        """Count one more delivery attempt for each id BEFORE the handler is called, so a crash
-        mid-delivery can never let attempts exceed the limit."""
+        """Count one more delivery attempt for each id (pending or failed) BEFORE its handler is
+        called, durably, so a crash mid-delivery can never let attempts exceed the limit."""
         ...
 
     def finish_attempts(self, results: Sequence[tuple[str, Status, str | None, int]], at: datetime) -> None:
-        """Record `(id, status, error or None, attempts)` after delivery, in one transaction. `attempts`
-        is absolute: an interrupted batch gives back the attempts it counted but never made."""
+        """Record `(id, status, error or None, attempts)` after delivery, in one transaction."""
         ...
 
     def requeue(self, ids: Sequence[str], at: datetime) -> list[str]:

@@ -302,6 +302,10 @@ class SQLiteStore:
             self.db = sqlite_utils.Database(conn)
             if self.path != ":memory:":
                 self.db.enable_wal()
+                # WAL + NORMAL: a commit survives any process crash (kill -9 included) and the file is
+                # never corrupted; only an OS crash or power loss may roll back the last commits, whole.
+                # FULL would fsync every delivery attempt the dispatcher records.
+                conn.execute("PRAGMA synchronous = NORMAL")
             self._ensure_schema()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from exc
@@ -557,7 +561,7 @@ class SQLiteStore:
             finally:
                 self._mem_lock.release()
             return
-        lock_path = self.path + "-runlock"
+        lock_path = os.path.realpath(self.path) + "-runlock"  # one lock whatever the path (symlinks, ../)
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             if not _try_lock(fd):
