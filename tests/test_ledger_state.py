@@ -10,6 +10,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+from httpfake import FakeClock
 from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -38,19 +39,6 @@ failures = st.one_of(
 )
 
 
-class Clock:
-    def __init__(self) -> None:
-        from datetime import UTC, datetime
-
-        self.now = datetime(2026, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> Any:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
 class LedgerMachine(RuleBasedStateMachine):
     backend = "memory"
 
@@ -67,7 +55,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.day = 0
         self.clients = 4
         self.touches = 0
-        self.clock = Clock()
+        self.clock = FakeClock()
         self.planned: set[str] = set()  # every key a run proposed as new
         self.delivered: set[str] = set()  # ids some handler accepted
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from conftest import engine_for
+from httpfake import FakeClock
 
 from retainer import RetainerError, StoreError
 from retainer.actions import Action
@@ -22,21 +22,6 @@ WITH_RELEASE = {
          "then": [{"reassign": {"strategy": "round_robin"}}]},
     ]
 }  # fmt: skip
-
-
-class FakeClock:
-    """Wall time that only moves when the dispatcher sleeps: backoff tests take no time."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 3, 2, 3, 0, tzinfo=UTC)
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += timedelta(seconds=seconds)
 
 
 def crm(store: Store, n: int = 3) -> None:

@@ -365,12 +365,7 @@ class SQLiteStore:
         seen: dict[str, set[str]] = {}
         pending: _ingest.Pending = []
         was_empty: dict[str, bool] = {}
-        conn = self.db.conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise StoreError(f"{self.path}: cannot write: {exc}") from exc
-        try:
+        with self._transaction() as conn:
             for b in batches:
                 if not known:
                     known = {e: self._ids(e) for e in ("managers", "clients")}
@@ -390,15 +385,8 @@ class SQLiteStore:
                 conn.executemany(sql, _encode_rows(b.models, cols, [_encoder(kinds[c]) for c in cols]))
                 counts[b.entity] = counts.get(b.entity, 0) + len(b.models)
             _ingest.check_pending(pending, known)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            raise StoreError(f"{self.path}: commit failed: {exc}") from exc
         if counts:
-            conn.execute("ANALYZE")
+            self.db.conn.execute("ANALYZE")
         return counts
 
     def _existing(self, entity: str, models: list[Entity]) -> set[str]:
