@@ -439,6 +439,52 @@ def runs(
     out.print(t)
 
 
+# ---------------------------------------------------------------- test
+
+
+@app.command("test")
+def test_(
+    paths: Annotated[list[Path], typer.Argument(help="Scenario files (*.scenario.yaml) or folders holding them.")],
+) -> None:
+    """Run scenario tests: facts, then steps that run the rules and check the actions (DESIGN §8).
+
+    Exit 0: all passed. Exit 1: a scenario failed. Exit 2: a scenario file is invalid or none was found.
+    """
+    from .testing.scenario import ScenarioError, ScenarioFailure, run_scenario_file
+
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files += sorted(p.rglob("*.scenario.yaml"))
+        elif p.exists():
+            files.append(p)
+        else:
+            _fail(f"not found: {p}")
+    if not files:
+        _fail(f"no *.scenario.yaml files under {', '.join(map(str, paths))}")
+    failed = broken = 0
+    for f in files:
+        try:
+            sc = run_scenario_file(f)
+        except ScenarioFailure as exc:
+            failed += 1
+            out.print(f"[red]✗[/] {f}", highlight=False)
+            out.print(str(exc), highlight=False, markup=False)
+        except (ScenarioError, RetainerError) as exc:
+            broken += 1
+            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        else:
+            out.print(f"[green]✓[/] {f} — {sc.name} ({len(sc.steps)} step{'s' * (len(sc.steps) != 1)})",
+                      highlight=False)  # fmt: skip
+    passed = len(files) - failed - broken
+    summary = f"{passed} passed, {failed} failed" + (f", {broken} invalid" if broken else "")
+    (err if failed or broken else out).print(summary, highlight=False)
+    if broken:
+        raise typer.Exit(2)
+    if failed:
+        raise typer.Exit(1)
+
+
 # ---------------------------------------------------------------- import
 
 

@@ -61,7 +61,10 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: Path, lines: _Lin
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_construct(loader, v, (*path, i), lines) for i, v in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+    try:
+        return loader.construct_object(node, deep=True)
+    except ValueError as exc:  # YAML's own date resolver: `2026-13-01` looks like a date but is not one
+        raise RulesError(f"invalid value {node.value!r}: {exc}", line=node.start_mark.line + 1) from None
 
 
 def parse_yaml(text: str, source: str) -> tuple[Any, _Lines]:

@@ -1,0 +1,373 @@
+"""Scenario tests: facts, then steps that run the rules as of a date, commit, and check what happened.
+
+One engine path for YAML and Python: a `*.scenario.yaml` file is read into a `Scenario` (the Python
+builder) and its steps are checked with the same `Step.expect` / `absent` / `suppressed` calls a
+Python test would use. Each step is a real `Engine.run` on an in-memory store with a fresh ledger
+(delivery through a `RecordingHandler`), so idempotency, grace periods and caps across runs behave as
+in production. Time is frozen: the ledger's clock is the step's as_of.
+
+Dates in `given` rows and in expectations may be relative to the step's as_of: `-61d`, `+2d`, `-3mo`,
+`-36h` (calendar units move the as_of date; hours move the as_of instant).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from dateutil.relativedelta import relativedelta
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..actions import Action, Suppression
+from ..adapters.recording import RecordingHandler
+from ..engine import Engine
+from ..errors import DataError, RetainerError, RulesError
+from ..ledger import RunReport, action_payload
+from ..rules.loader import RuleSet, _Lines, _pydantic_message, compile_rules, load_rules, parse_yaml
+from ..stores import open_store
+from ..stores._ingest import validate_rows
+from ..timeutil import AsOf, parse_as_of, parse_duration
+
+__all__ = ["Scenario", "ScenarioError", "ScenarioFailure", "Step", "load_scenario", "run_scenario_file"]
+
+_RELATIVE = re.compile(r"^([+-])\s*(\d+\s*(?:h|d|w|mo|y))$")
+
+
+class ScenarioError(RulesError):
+    """A scenario file that cannot be read: names the file and line, like a rule file error."""
+
+
+class ScenarioFailure(AssertionError):
+    """A step did not do what the scenario expects; the message is the whole readable report."""
+
+
+def resolve_relative(value: Any, a: AsOf) -> Any:
+    """`-61d` -> the date 61 days before the as_of date; `-36h` -> that instant; anything else as is."""
+    if not isinstance(value, str):
+        return value
+    m = _RELATIVE.match(value.strip())
+    if not m:
+        return value
+    sign, d = m.group(1), parse_duration(m.group(2))
+    if d.is_hours:
+        delta = timedelta(hours=d.hours)
+        return (a.instant + delta if sign == "+" else a.instant - delta).isoformat()
+    step = relativedelta(months=d.months, days=d.days)
+    return (a.date + step if sign == "+" else a.date - step).isoformat()
+
+
+# ---------------------------------------------------------------- matching
+
+
+def _scalar_equal(expected: Any, actual: Any) -> bool:
+    if expected is None or actual is None:
+        return expected is actual
+    if isinstance(expected, bool) or isinstance(actual, bool):
+        return type(expected) is type(actual) and expected == actual
+    if isinstance(expected, int | float | Decimal) and not isinstance(actual, str | int | float):
+        return False
+    if isinstance(expected, int | float | Decimal) or isinstance(actual, int | float):
+        try:
+            return Decimal(str(expected)) == Decimal(str(actual))
+        except InvalidOperation:
+            return False
+    e = expected.isoformat() if isinstance(expected, date) else str(expected)
+    if e == str(actual):
+        return True
+    try:  # instants written in another offset or precision
+        return datetime.fromisoformat(e) == datetime.fromisoformat(str(actual))
+    except ValueError:
+        return False
+
+
+def matches(expected: Any, actual: Any) -> bool:
+    """Subset match: every key given must match; nested mappings (evidence) match as subsets too."""
+    if isinstance(expected, Mapping):
+        return isinstance(actual, Mapping) and all(k in actual and matches(v, actual[k]) for k, v in expected.items())
+    if isinstance(expected, list):
+        return isinstance(actual, list) and len(expected) == len(actual) and all(map(matches, expected, actual))
+    return _scalar_equal(expected, actual)
+
+
+def _resolve(spec: Any, a: AsOf) -> Any:
+    if isinstance(spec, Mapping):
+        return {k: _resolve(v, a) for k, v in spec.items()}
+    if isinstance(spec, list):
+        return [_resolve(v, a) for v in spec]
+    return resolve_relative(spec, a)
+
+
+def _flat(action: Action) -> dict[str, Any]:
+    return json.loads(action_payload(action))  # as the host sees it: dates ISO, money as numbers
+
+
+def _suppressed_view(s: Suppression) -> dict[str, Any]:
+    return {**_flat(s.action), "reason_code": s.reason_code, "detail": s.detail}
+
+
+def _show(spec: Mapping[str, Any]) -> str:
+    return "{" + ", ".join(f"{k}: {json.dumps(v, default=str, ensure_ascii=False)}" for k, v in spec.items()) + "}"
+
+
+def _line(a: Action) -> str:
+    target = next((getattr(a, f) for f in ("to_manager_id", "assignee_id", "channel", "tag", "offer")
+                   if getattr(a, f, None)), "")  # fmt: skip
+    return f"{a.type} {a.client_id} (rule {a.rule}{', to ' + str(target) if target else ''}): {a.reason}"
+
+
+# ---------------------------------------------------------------- the Python builder
+
+
+@dataclass
+class Step:
+    """What one step did, with assertions that explain themselves when they fail."""
+
+    scenario: Scenario
+    number: int
+    as_of: AsOf
+    report: RunReport
+    label: str = ""
+
+    @property
+    def actions(self) -> list[Action]:
+        """The new actions this step committed (duplicates of earlier steps are suppressed)."""
+        return self.report.committed
+
+    @property
+    def suppressed(self) -> list[Suppression]:
+        return self.report.plan.suppressed
+
+    def expect(self, *specs: Mapping[str, Any], exact: bool = False, **fields: Any) -> Step:
+        """Each spec (or the keyword fields) matches at least one new action; `exact`: and no other."""
+        wanted = [*specs, *([fields] if fields else [])]
+        views = [_flat(a) for a in self.actions]
+        missing = [s for s in wanted if not any(matches(_resolve(s, self.as_of), v) for v in views)]
+        extra = []
+        if exact:
+            extra = [a for a, v in zip(self.actions, views, strict=True)
+                     if not any(matches(_resolve(s, self.as_of), v) for s in wanted)]  # fmt: skip
+        if missing or extra:
+            self.fail(
+                [f"expected an action matching {_show(s)}: none found" for s in missing]
+                + [f"unexpected action: {_line(a)}" for a in extra],
+                [s.get("client_id") for s in missing] + [a.client_id for a in extra],
+                [s.get("rule") for s in missing] + [a.rule for a in extra],
+            )
+        return self
+
+    def absent(self, *specs: Mapping[str, Any], **fields: Any) -> Step:
+        """No new action matches any of the specs."""
+        wanted = [*specs, *([fields] if fields else [])]
+        found = [(s, a) for s in wanted for a in self.actions if matches(_resolve(s, self.as_of), _flat(a))]
+        if found:
+            self.fail(
+                [f"expected no action matching {_show(s)}, found: {_line(a)}" for s, a in found],
+                [a.client_id for _, a in found],
+                [a.rule for _, a in found],
+            )
+        return self
+
+    def held_back(self, *specs: Mapping[str, Any], only: bool = False, **fields: Any) -> Step:
+        """Each spec matches a suppressed action (its fields plus `reason_code`, `detail`). `only`: no
+        suppression other than those (and `duplicate`s, the normal result of running again)."""
+        wanted = [*specs, *([fields] if fields else [])]
+        views = [_suppressed_view(s) for s in self.suppressed]
+        missing = [s for s in wanted if not any(matches(_resolve(s, self.as_of), v) for v in views)]
+        extra = []
+        if only:
+            extra = [s for s, v in zip(self.suppressed, views, strict=True) if s.reason_code != "duplicate"
+                     and not any(matches(_resolve(w, self.as_of), v) for w in wanted)]  # fmt: skip
+        if missing or extra:
+            self.fail(
+                [f"expected a suppressed action matching {_show(s)}: none found" for s in missing]
+                + [f"unexpected suppression ({s.reason_code}): {_line(s.action)}" for s in extra],
+                [s.get("client_id") for s in missing] + [s.action.client_id for s in extra],
+                [s.get("rule") for s in missing] + [s.action.rule for s in extra],
+            )
+        return self
+
+    def fail(self, problems: list[str], clients: Sequence[Any], rules: Sequence[Any]) -> None:
+        raise ScenarioFailure(self.describe(problems, clients, rules))
+
+    def describe(self, problems: list[str], clients: Sequence[Any], rules: Sequence[Any]) -> str:
+        """The failure report: where, what was expected, what happened, and why the rules decided so."""
+        sc = self.scenario
+        head = f"scenario {sc.name}" + (f" ({sc.source})" if sc.source else "")
+        label = f" ({self.label})" if self.label else ""
+        out = [head, f"step {self.number}{label}, as of {self.report.plan.as_of.isoformat()}:"]
+        out += [f"  ✗ {p}" for p in problems]
+        out.append(f"  new actions ({len(self.actions)}):" if self.actions else "  new actions: none")
+        out += [f"    {_line(a)}" for a in self.actions]
+        if self.suppressed:
+            out.append(f"  suppressed ({len(self.suppressed)}):")
+            out += [f"    {s.reason_code}: {_line(s.action)} — {s.detail}" for s in self.suppressed]
+        seen: set[tuple[str, str | None]] = set()
+        for c, r in zip(clients, rules, strict=False):
+            if not c or (c, r) in seen:
+                continue
+            seen.add((c, r))
+            rule = r if r in {x.id for x in sc.engine.rules.rules} else None
+            out.append(f"  why ({'rule ' + rule if rule else 'every rule'}, client {c}):")
+            ex = sc.engine.explain(str(c), self.as_of.instant, rule=rule)
+            if ex.note:
+                out.append(f"    {ex.note}")
+            for r in ex.rules:  # conditions only: the ledger now holds this step's own commit
+                verdict = "MATCHED" if r.matched else "not matched"
+                extra = f", threshold {r.threshold}" if r.threshold else ""
+                out.append(f"    rule {r.rule} ({r.kind}): {verdict}{extra}")
+                out += ["      " + line for line in r.condition.lines()]
+        return "\n".join(out)
+
+
+class Scenario:
+    """Build a scenario in Python: `Scenario(rules).given(...)`, then `step = s.at("2026-03-02")` and
+    `step.expect(type="create_task", client_id="c1")`. Facts go to a fresh in-memory store; each
+    `at` is a real run that commits to the ledger before the next one."""
+
+    def __init__(self, rules: RuleSet | str | Path | Mapping[str, Any], *, name: str = "scenario",
+                 source: str | None = None) -> None:  # fmt: skip
+        self.rules = rules if isinstance(rules, RuleSet) else load_rules(rules)
+        self.name = name
+        self.source = source
+        self.store = open_store("memory://", timezone=self.rules.tz)
+        self.engine = Engine(self.rules, self.store)
+        self.steps: list[Step] = []
+        self._pending: list[tuple[dict[str, list[Any]], _Lines | None, tuple[Any, ...]]] = []
+
+    def given(self, **rows: list[Mapping[str, Any]]) -> Scenario:
+        """Facts for the next step; relative dates (`-61d`) are read against that step's as_of."""
+        self._pending.append(({k: list(v) for k, v in rows.items()}, None, ()))
+        return self
+
+    def _given_from_file(self, rows: dict[str, list[Any]], lines: _Lines, path: tuple[Any, ...]) -> None:
+        self._pending.append((rows, lines, path))
+
+    def at(self, as_of: str | date | datetime, *, label: str = "") -> Step:
+        """Run as of `as_of` (committing to the ledger) and return the step to check."""
+        try:
+            a = parse_as_of(as_of, self.rules.tz)
+        except ValueError as exc:
+            raise RetainerError(f"step {len(self.steps) + 1}: invalid as_of {as_of!r}") from exc
+        for rows, lines, path in self._pending:
+            self._add(rows, a, lines, path)
+        self._pending.clear()
+        report = self.engine.run(a.instant, handlers=RecordingHandler(), clock=lambda: a.instant,
+                                 sleep=lambda s: None)  # fmt: skip
+        step = Step(self, len(self.steps) + 1, a, report, label)
+        self.steps.append(step)
+        return step
+
+    def _add(self, rows: dict[str, list[Any]], a: AsOf, lines: _Lines | None, path: tuple[Any, ...]) -> None:
+        models: dict[str, list[Any]] = {}
+        for entity, items in rows.items():
+            resolved = [_resolve(r, a) if isinstance(r, Mapping) else r for r in items]
+            at_lines = [lines.line((*path, entity, i)) or 0 for i in range(len(items))] if lines else None
+            try:
+                models[entity] = validate_rows(entity, resolved, self.rules.tz, file=self.source if lines else None,
+                                               lines=at_lines)  # fmt: skip
+            except DataError as exc:
+                if lines is not None:
+                    row = exc.row if isinstance(exc.row, int) else None
+                    line = row if row is not None else lines.line((*path, entity))
+                    raise ScenarioError(exc.message if exc.field is None else f"{entity}: field {exc.field}: "
+                                        f"{exc.message}", file=self.source, line=line) from None  # fmt: skip
+                raise
+        try:
+            self.store.add(**models)
+        except DataError as exc:
+            if lines is None or exc.entity is None:
+                raise
+            line = lines.line((*path, exc.entity, exc.row, exc.field) if isinstance(exc.row, int) else (*path,))
+            raise ScenarioError(str(exc), file=self.source, line=line) from None
+
+
+# ---------------------------------------------------------------- the YAML format
+
+
+class StepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    as_of: str | date | datetime
+    label: str = ""
+    given: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
+    expect: list[dict[str, Any]] = Field(default_factory=list)
+    exact: bool = False
+    absent: list[dict[str, Any]] = Field(default_factory=list)
+    suppressed: list[dict[str, Any]] | None = None  # [] = nothing held back (duplicates aside)
+
+
+class ScenarioSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    description: str | None = None
+    rules: str | dict[str, Any]
+    given: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
+    steps: list[StepSpec] = Field(min_length=1)
+
+
+@dataclass
+class LoadedScenario:
+    spec: ScenarioSpec
+    path: Path
+    lines: _Lines
+    rules: RuleSet
+    name: str = field(default="")
+
+
+def load_scenario(path: str | Path) -> LoadedScenario:
+    """Read and validate a `*.scenario.yaml`; errors name the file and line."""
+    p = Path(path)
+    source = str(p)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"cannot read the scenario: {exc}", file=source) from None
+    try:
+        data, lines = parse_yaml(text, source)
+    except RulesError as exc:
+        raise ScenarioError(exc.message, file=source, line=exc.line) from None
+    if not isinstance(data, dict):
+        raise ScenarioError("a scenario is a mapping with rules, given and steps", file=source, line=1)
+    try:
+        spec = ScenarioSpec.model_validate(data)
+    except ValidationError as exc:
+        err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
+        raise ScenarioError(_pydantic_message(err), file=source, line=lines.line(tuple(err["loc"]))) from None
+    if isinstance(spec.rules, str):
+        rules_path = (p.parent / spec.rules).resolve()
+        if not rules_path.exists():
+            raise ScenarioError(f"rule file not found: {spec.rules} (relative to this scenario)", file=source,
+                                line=lines.line(("rules",)))  # fmt: skip
+        rules = load_rules(rules_path)
+    else:
+        sub = _Lines()
+        sub.lines = {k[1:]: v for k, v in lines.lines.items() if k[:1] == ("rules",)}
+        rules = compile_rules(spec.rules, sub, source)
+    name = spec.name or p.name.removesuffix(".scenario.yaml")
+    return LoadedScenario(spec, p, lines, rules, name)
+
+
+def run_scenario_file(path: str | Path) -> Scenario:
+    """Run every step of a scenario file; raise `ScenarioFailure` at the first step that fails."""
+    ls = load_scenario(path)
+    sc = Scenario(ls.rules, name=ls.name, source=str(ls.path))
+    if ls.spec.given:
+        sc._given_from_file(ls.spec.given, ls.lines, ("given",))
+    for i, st in enumerate(ls.spec.steps):
+        if st.given:
+            sc._given_from_file(st.given, ls.lines, ("steps", i, "given"))
+        step = sc.at(st.as_of, label=st.label)
+        if st.expect or st.exact:
+            step.expect(*st.expect, exact=st.exact)
+        if st.absent:
+            step.absent(*st.absent)
+        if st.suppressed is not None:
+            step.held_back(*st.suppressed, only=not st.suppressed)
+    return sc

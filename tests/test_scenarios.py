@@ -1,0 +1,195 @@
+"""Scenario tests (DESIGN §8): the YAML format, the Python builder, `retainer test` and the pytest plugin."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import UTC, date
+from pathlib import Path
+
+import pytest
+from test_cli import run
+
+from retainer.testing import Scenario, ScenarioError, ScenarioFailure, run_scenario_file
+from retainer.testing.scenario import matches, resolve_relative
+from retainer.timeutil import parse_as_of
+
+pytest_plugins = ["pytester"]
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "scenarios"
+RULES = {"rules": [{"id": "forgotten", "kind": "forgotten", "after": "60d"},
+                   {"id": "release", "kind": "release", "forgotten_rule": "forgotten", "grace": "14d"}]}  # fmt: skip
+ONE = "{rules: [{id: f, kind: forgotten, after: 60d}]}"
+CRM = {
+    "managers": [{"id": "m1", "supervisor_id": "boss"}, {"id": "m2", "supervisor_id": "boss"}, {"id": "boss"}],
+    "clients": [{"id": "c1", "manager_id": "m1", "created_at": "-1y"}],
+    "touches": [{"id": "t1", "client_id": "c1", "at": "-60d", "kind": "call"}],
+}
+
+
+def write(tmp_path: Path, text: str, name: str = "t.scenario.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
+    return p
+
+
+@pytest.mark.parametrize(
+    ("value", "as_of", "expected"),
+    [
+        ("-61d", "2026-03-01", "2025-12-30"),
+        ("+2d", "2026-03-01", "2026-03-03"),
+        ("-1w", "2026-03-01", "2026-02-22"),
+        ("-1mo", "2026-03-31", "2026-02-28"),  # calendar months clamp at month end
+        ("-1y", "2024-02-29", "2023-02-28"),
+        ("-36h", "2026-03-01T12:00:00+00:00", "2026-02-28T00:00:00+00:00"),
+        ("2026-01-01", "2026-03-01", "2026-01-01"),
+        ("-61", "2026-03-01", "-61"),  # not relative: no unit
+        (7, "2026-03-01", 7),
+    ],
+)
+def test_relative_dates(value: object, as_of: str, expected: object) -> None:
+    assert resolve_relative(value, parse_as_of(as_of, UTC)) == expected
+
+
+@pytest.mark.parametrize(
+    ("expected", "actual", "ok"),
+    [
+        ({"type": "create_task"}, {"type": "create_task", "client_id": "c1"}, True),
+        ({"type": "reassign"}, {"type": "create_task"}, False),
+        ({"evidence": {"threshold": "30d"}}, {"evidence": {"threshold": "30d", "episode": "x"}}, True),
+        ({"amount": 100}, {"amount": 100.0}, True),
+        ({"amount": "100.50"}, {"amount": 100.5}, True),
+        ({"due_at": date(2026, 3, 3)}, {"due_at": "2026-03-03"}, True),
+        ({"as_of": "2026-03-01T20:59:59+00:00"}, {"as_of": "2026-03-01T23:59:59+03:00"}, True),
+        ({"to_manager_id": None}, {"to_manager_id": None}, True),
+        ({"to_manager_id": None}, {"to_manager_id": "m2"}, False),
+        ({"missing_field": 1}, {}, False),
+        ({"tags": ["a", "b"]}, {"tags": ["a", "b"]}, True),
+        ({"tags": ["a"]}, {"tags": ["a", "b"]}, False),
+        ({"active": True}, {"active": 1}, False),
+    ],
+)
+def test_subset_matching(expected: dict, actual: dict, ok: bool) -> None:
+    assert matches(expected, actual) is ok
+
+
+def test_the_example_scenarios_pass() -> None:
+    files = sorted(EXAMPLES.glob("*.scenario.yaml"))
+    assert files
+    for f in files:
+        assert run_scenario_file(f).steps
+
+
+def test_python_builder_with_frozen_time() -> None:
+    s = Scenario(RULES).given(**CRM)
+    first = s.at("2026-03-01")
+    first.expect(type="create_task", client_id="c1", assignee_id="m1", due_at="+1d").absent(rule="release")
+    again = s.at("2026-03-01")
+    assert again.actions == []
+    again.held_back(rule="forgotten", reason_code="duplicate")
+    s.at("2026-03-15").expect({"type": "reassign", "to_manager_id": "m2"}, exact=True)
+    ledger = s.store.ledger()
+    assert [e.type for e in ledger] == ["create_task", "reassign"]
+    assert {e.created_at.date() for e in ledger} == {date(2026, 3, 1), date(2026, 3, 15)}  # the step's as_of
+
+
+def test_a_failed_expectation_explains_itself() -> None:
+    s = Scenario(RULES, name="release goes to m2").given(**CRM)
+    s.at("2026-03-01")
+    step = s.at("2026-03-15", label="after the grace period")
+    with pytest.raises(ScenarioFailure) as exc:
+        step.expect(type="reassign", client_id="c1", to_manager_id="boss")
+    text = str(exc.value)
+    assert text.startswith("scenario release goes to m2\nstep 2 (after the grace period), as of 2026-03-15T23:59:59")
+    wanted = '{type: "reassign", client_id: "c1", to_manager_id: "boss"}'
+    assert f"✗ expected an action matching {wanted}: none found" in text
+    assert "reassign c1 (rule release, to m2)" in text  # what happened instead
+    assert "duplicate: create_task c1 (rule forgotten" in text
+    assert "why (every rule, client c1):" in text and "rule release (release): MATCHED" in text
+    with pytest.raises(ScenarioFailure, match="expected no action matching"):
+        step.absent(type="reassign")
+    with pytest.raises(ScenarioFailure, match="unexpected action: reassign c1"):
+        step.expect(exact=True)
+
+
+def test_steps_commit_so_a_new_episode_is_new(tmp_path: Path) -> None:
+    p = write(tmp_path, """
+        rules:
+          rules:
+            - {id: forgotten, kind: forgotten, after: 60d}
+        given:
+          managers: [{id: m1}]
+          clients: [{id: c1, manager_id: m1}]
+          touches: [{id: t1, client_id: c1, at: -60d, kind: call}]
+        steps:
+          - as_of: 2026-03-01
+            expect: [{type: create_task, client_id: c1, evidence: {episode: "2025-12-31"}}]
+          - as_of: 2026-03-05
+            given:
+              touches: [{id: t2, client_id: c1, at: -2d, kind: call}]   # relative to this step
+            exact: true
+          - as_of: 2026-05-02
+            expect: [{type: create_task, client_id: c1, evidence: {episode: "2026-03-03"}}]
+            suppressed: []
+    """)
+    assert len(run_scenario_file(p).steps) == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("rules: {rules: []}\nsteps: []\n", "t.scenario.yaml:2: steps: List should have at least 1 item"),
+        ("rules: {rules: []}\nsteps:\n  - as_of: 2026-03-01\n    expct: []\n",
+         "t.scenario.yaml:4: unknown field 'expct'"),
+        ("rules: nowhere.yaml\nsteps:\n  - as_of: 2026-03-01\n",
+         "t.scenario.yaml:1: rule file not found: nowhere.yaml"),
+        ("rules:\n  rules:\n    - {id: f, kind: forgotten, after: 60 days}\nsteps:\n  - as_of: 2026-03-01\n",
+         "t.scenario.yaml:3 (rule f): after: invalid duration"),
+        (f"rules: {ONE}\ngiven:\n  clients:\n    - {{id: c1, manager_id: ghost}}\nsteps:\n  - as_of: 2026-03-01\n",
+         "t.scenario.yaml:4: clients[0] id=c1 field manager_id: unknown manager 'ghost'"),
+        (f"rules: {ONE}\ngiven:\n  managers: [{{id: m1}}]\n  clients:\n"
+         "    - {id: c1, manager_id: m1, created_at: -5x}\nsteps:\n  - as_of: 2026-03-01\n",
+         "t.scenario.yaml:5: clients: field created_at: invalid date/time '-5x'"),
+        (f"rules: {ONE}\nsteps:\n  - as_of: 2026-13-01\n", "t.scenario.yaml:3: invalid value '2026-13-01'"),
+        (f"rules: {ONE}\nsteps:\n  - as_of: March 1st\n", "step 1: invalid as_of 'March 1st'"),
+        ("- just a list\n", "t.scenario.yaml:1: a scenario is a mapping"),
+    ],
+)
+def test_invalid_scenarios_name_file_and_line(tmp_path: Path, text: str, message: str) -> None:
+    p = write(tmp_path, text)
+    with pytest.raises((ScenarioError, Exception)) as exc:
+        run_scenario_file(p)
+    assert not isinstance(exc.value, ScenarioFailure)
+    assert message in str(exc.value)
+
+
+def test_cli_exit_codes(tmp_path: Path) -> None:
+    ok = run("test", str(EXAMPLES))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "✓" in ok.stdout and "passed, 0 failed" in ok.stdout
+    bad = write(tmp_path, (EXAMPLES / "forgotten-release.scenario.yaml").read_text().replace(
+        "rules: ../rules/retention.yaml", f"rules: {ROOT / 'examples' / 'rules' / 'retention.yaml'}").replace(
+        "to_manager_id: m2}", "to_manager_id: m9}"))  # fmt: skip
+    r = run("test", str(bad))
+    assert r.returncode == 1 and "✗" in r.stdout and "step 3" in r.stdout and "why (rule release" in r.stdout
+    assert "0 passed, 1 failed" in r.stderr
+    (tmp_path / "broken.scenario.yaml").write_text("rules: {rules: []}\nsteps: []\n")
+    r = run("test", str(tmp_path))
+    assert r.returncode == 2 and "broken.scenario.yaml:2" in r.stderr and "1 invalid" in r.stderr
+    assert run("test", str(tmp_path / "none")).returncode == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run("test", str(empty))
+    assert r.returncode == 2 and "no *.scenario.yaml" in r.stderr
+
+
+def test_pytest_collects_scenarios_with_readable_failures(pytester: pytest.Pytester) -> None:
+    good = (EXAMPLES / "forgotten-release.scenario.yaml").read_text().replace(
+        "rules: ../rules/retention.yaml", f"rules: {ROOT / 'examples' / 'rules' / 'retention.yaml'}")  # fmt: skip
+    pytester.makefile(".scenario.yaml", good=good, bad=good.replace("to_manager_id: m2}", "to_manager_id: m9}"))
+    result = pytester.runpytest_subprocess("-v")  # the plugin comes in through its pytest11 entry point
+    result.assert_outcomes(passed=1, failed=1)
+    text = result.stdout.str()
+    assert "good.scenario.yaml::forgotten, then released" in text
+    assert "step 3 (14 days of grace later, nobody called)" in text and "none found" in text
+    assert "Traceback" not in text and "scenario.py" not in text  # no Python internals for analysts
