@@ -58,3 +58,18 @@ def test_operations_guide_examples_run(
     out = capsys.readouterr().out
     assert "'new': 3" in out and "'done': 3" in out  # task, reassignment, supervisor notified
     assert "{'result': 'completed', 'note': 'called, renewed'}" in out
+
+
+def test_testing_guide_examples_run(tmp_path: Path) -> None:
+    """The scenario shown in docs/testing.md passes; its Python twin runs as written."""
+    from retainer.testing import run_scenario_file
+
+    text = (ROOT / "docs" / "testing.md").read_text(encoding="utf-8")
+    yaml_block = re.search(r"```yaml\n(.*?)```", text, flags=re.S)
+    assert yaml_block
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    scenario = tmp_path / "examples" / "scenarios" / "doc.scenario.yaml"
+    scenario.write_text(yaml_block.group(1), encoding="utf-8")
+    assert len(run_scenario_file(scenario).steps) == 3
+    for block in _python_blocks(ROOT / "docs" / "testing.md"):
+        exec(compile(block, "docs/testing.md", "exec"), {})
