@@ -268,7 +268,8 @@ def test_a_crm_that_is_down_is_retried_then_dead(
     clock = FakeClock()
     url = closed_port_url().removesuffix("/hook")
     with example[0].ExampleCRMHandler(url, timeout=2.0) as handler:
-        report = engine.run(AS_OF, handlers=handler, retry=Retry(max_attempts=2), clock=clock, sleep=clock.sleep)
+        report = engine.run(AS_OF, handlers=handler, retry=Retry(max_attempts=2, stop_after=None), clock=clock,
+                            sleep=clock.sleep)
     assert report.counts()["dead"] == 7 and clock.sleeps == [1.0]
     entries = engine.store.ledger()
     assert {(e.status, e.attempts) for e in entries} == {("dead", 2)}

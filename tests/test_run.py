@@ -47,7 +47,7 @@ def test_a_run_commits_and_delivers_then_a_rerun_is_all_duplicates(store: Store)
     assert sorted(h.ids) == sorted(a.id for a in first.committed)
     assert {e.status for e in store.ledger()} == {"done"}
     assert first.counts() == {"new": 3, "duplicate": 0, "suppressed": 0, "done": 3, "dead": 0, "failed": 0,
-                              "no_handler": 0}  # fmt: skip
+                              "no_handler": 0, "left": 0}  # fmt: skip
     again = run(store, "2026-03-05", handlers=h)
     assert again.committed == [] and len(again.duplicates) == 3 and len(h.actions) == 3
     assert again.duplicates[0].detail.startswith("already in the ledger (done)")
@@ -251,3 +251,63 @@ def test_a_single_handler_that_is_falsy_still_delivers(store: Store) -> None:
     crm(store, 1)
     h = Empty()
     assert run(store, handlers=h).ok and len(h.actions) == 1
+
+
+def test_a_handler_that_keeps_failing_is_given_up_on_and_the_rest_waits(store: Store) -> None:
+    """A webhook that times out would otherwise cost (actions x attempts x timeout): hours, with the
+    lock held. After `stop_after` failures in a row the run stops using it; the rest stays pending."""
+    crm(store, 3)
+    store.add(clients=[{"id": f"d{i}", "manager_id": "m2"} for i in range(20)],
+              touches=[{"id": f"u{i}", "client_id": f"d{i}", "at": "2026-01-01T10:00:00", "kind": "call"}
+                       for i in range(20)])  # fmt: skip
+    down = RecordingHandler(fail=lambda a: True, error="timed out")
+    report = run(store, handlers=down, retry=Retry(max_attempts=3, stop_after=5))
+    d = report.dispatch
+    assert list(d.stopped) == [repr(down)] and "5 failures in a row" in d.stopped[repr(down)]
+    assert sum(down.calls.values()) == 5 and d.left == 18 and not d.complete and not report.ok
+    assert sorted(e.status for e in store.ledger()) == ["failed"] * 5 + ["pending"] * 18
+    later = run(store, "2026-03-03", handlers=RecordingHandler())  # the endpoint is back: all delivered
+    assert len(later.dispatch.done) == 23 and {e.status for e in store.ledger()} == {"done"}
+
+
+def test_a_permanent_rejection_does_not_count_as_the_endpoint_being_down(store: Store) -> None:
+    crm(store, 3)
+    report = run(store, handlers=RecordingHandler(fail=lambda a: True, permanent=True),
+                 retry=Retry(stop_after=2))  # fmt: skip
+    assert report.dispatch.stopped == {} and len(report.dispatch.dead) == 3
+
+
+def test_an_outcome_recorded_during_delivery_stands(store: Store) -> None:
+    """The host marks an action done by hand while the run is still retrying it: no more attempts."""
+    crm(store, 1)
+    engine = engine_for(FORGOTTEN, store)
+    clock = FakeClock()
+    calls: list[str] = []
+
+    def flaky(a: Action) -> None:
+        calls.append(a.id)
+        if len(calls) == 1:
+            engine.record_outcome(a.id, {"result": "done by hand"})
+            raise RuntimeError("503")
+
+    report = engine.run("2026-03-02", handlers=CallbackHandler(flaky), clock=clock, sleep=clock.sleep)
+    (e,) = store.ledger()
+    assert calls == [e.id] and report.dispatch.skipped == [e.id]
+    assert (e.status, e.outcome, e.last_error) == ("done", {"result": "done by hand"}, None)
+
+
+def test_outcomes_merge(store: Store) -> None:
+    crm(store, 1)
+    engine = engine_for(FORGOTTEN, store)
+    engine.run("2026-03-02")
+    (e,) = store.ledger()
+    engine.record_outcome(e.id, {"result": "completed"})
+    assert engine.record_outcome(e.id, {"churn_reason": "price"}).outcome == {"result": "completed",
+                                                                            "churn_reason": "price"}
+
+
+def test_ledger_statuses_are_checked(store: Store) -> None:
+    with pytest.raises(ValueError, match="list of statuses"):
+        store.ledger(status="dead")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="did you mean 'dead'"):
+        store.ledger(status=["deadd"])  # type: ignore[list-item]

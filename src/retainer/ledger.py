@@ -29,6 +29,20 @@ STATUSES: Final = ("pending", "done", "failed", "dead")
 ACTIVE: Final = ("pending", "failed")
 
 
+def check_statuses(status: Any) -> None:
+    """`ledger(status=...)` takes a list of known statuses: a bare string or a typo is a mistake, not
+    an empty answer."""
+    if status is None:
+        return
+    if isinstance(status, str):
+        raise ValueError(f"status is a list of statuses, e.g. [{status!r}]")
+    for s in status:
+        if s not in STATUSES:
+            from .errors import did_you_mean
+
+            raise ValueError(f"unknown status {s!r}; valid: {', '.join(STATUSES)}{did_you_mean(s, STATUSES)}")
+
+
 def action_payload(action: Action) -> str:
     """The action's JSON as the ledger keeps it (and as a webhook receives it)."""
     from .plan import _default, action_dict
@@ -87,16 +101,16 @@ class LedgerEntry:
 class RunRecord:
     """One `Engine.run`: when, as of what, with which rules, and what it did.
 
-    `status` is `committed` once its actions are in the ledger and `finished` after dispatch; a run
-    that stays `committed` was interrupted after its commit (its actions are safe and are delivered
-    by the next run).
+    `status` is `committed` once its actions are in the ledger and `finished` after dispatch. A run
+    killed after its commit stays `committed` until the next run marks it `interrupted`; its actions
+    are safe, and that next run delivers them.
     """
 
     id: str
     as_of: datetime
     rules_digest: str
     started_at: datetime
-    status: Literal["committed", "finished"] = "committed"
+    status: Literal["committed", "finished", "interrupted"] = "committed"
     finished_at: datetime | None = None
     counts: Mapping[str, int] = field(default_factory=dict)
 
@@ -131,8 +145,9 @@ class RunReport:
 
     @property
     def ok(self) -> bool:
-        """Nothing went dead in this run's delivery."""
-        return self.dispatch is None or not self.dispatch.dead
+        """Every action routed to a handler was delivered: none went dead, none was left behind by a
+        handler that was given up on. (Types without a handler wait as `pending`; see `no_handler`.)"""
+        return self.dispatch is None or self.dispatch.complete
 
     def counts(self) -> dict[str, int]:
         d = self.dispatch
@@ -144,6 +159,7 @@ class RunReport:
             "dead": len(d.dead) if d else 0,
             "failed": len(d.failed) if d else 0,
             "no_handler": sum(d.no_handler.values()) if d else 0,
+            "left": d.left if d else 0,
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -39,10 +39,15 @@ class Retry:
     base_delay: float = 1.0
     factor: float = 2.0
     max_delay: float = 60.0
+    #: this many retryable failures in a row through one handler mean its endpoint is down: the run
+    #: stops using it and leaves the rest of its actions for the next run (None: never give up early)
+    stop_after: int | None = 10
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, not {self.max_attempts}")
+        if self.stop_after is not None and self.stop_after < 1:
+            raise ValueError(f"stop_after must be at least 1, not {self.stop_after}")
         if self.base_delay < 0 or self.max_delay < 0 or self.factor < 1:
             raise ValueError("delays must be >= 0 and factor >= 1")
 
@@ -58,20 +63,31 @@ def describe_error(exc: BaseException) -> str:
 
 @dataclass
 class DispatchReport:
-    """What one dispatch did. `failed` is empty unless it was interrupted: an action either got
-    delivered (`done`) or used up its attempts (`dead`)."""
+    """What one dispatch did. An action ends `done` or `dead`, unless its handler was given up on
+    (`stopped`: it stays `pending`/`failed` for the next run, those in `failed` with their error)."""
 
     done: list[str] = field(default_factory=list)
     dead: dict[str, str] = field(default_factory=dict)  # id -> last error
     failed: dict[str, str] = field(default_factory=dict)
     attempts: int = 0
     no_handler: dict[str, int] = field(default_factory=dict)  # action type -> actions left pending
+    stopped: dict[str, str] = field(default_factory=dict)  # handler -> why it was given up on
+    left: int = 0  # actions not delivered because their handler was given up on
+    skipped: list[str] = field(default_factory=list)  # done meanwhile (the host recorded an outcome)
+
+    @property
+    def complete(self) -> bool:
+        """Everything routed to a handler was delivered."""
+        return not (self.dead or self.failed or self.left)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "done": len(self.done),
             "dead": dict(sorted(self.dead.items())),
             "failed": dict(sorted(self.failed.items())),
+            "stopped": dict(sorted(self.stopped.items())),
+            "left": self.left,
+            "skipped": len(self.skipped),
             "attempts": self.attempts,
             "no_handler": dict(sorted(self.no_handler.items())),
         }
@@ -135,6 +151,7 @@ class Dispatcher:
         attempts = {e.id: e.attempts for e in queue}
         waiting: list[tuple[float, int, LedgerEntry]] = []  # (due, order, entry) for retries
         order = {e.id: n for n, e in enumerate(queue)}
+        streak: dict[int, int] = {}  # retryable failures in a row, per handler
         queue.reverse()  # pop() from the end = ledger order
         while queue or waiting:
             now = self.clock().timestamp()
@@ -147,12 +164,24 @@ class Dispatcher:
                 self.sleep(max(0.0, waiting[0][0] - now))
                 continue
             for e in ready:
-                if self._attempt(e, attempts, report) == "failed":
+                h = self.route(e.type)
+                if repr(h) in report.stopped:
+                    report.left += e.id not in report.failed  # the failed ones are reported with their error
+                    continue
+                st = self._attempt(e, attempts, report)
+                if st == "failed":
                     due = self.clock().timestamp() + self.retry.delay(attempts[e.id])
                     heapq.heappush(waiting, (due, order[e.id], e))
+                error = report.failed.get(e.id) or report.dead.get(e.id, "")
+                if st in ("failed", "dead") and not error.endswith("(not retried)"):  # the endpoint, not the request
+                    streak[id(h)] = streak.get(id(h), 0) + 1
+                    if self.retry.stop_after is not None and streak[id(h)] >= self.retry.stop_after:
+                        report.stopped[repr(h)] = f"{streak[id(h)]} failures in a row, the last: {error}"
+                elif st == "done":
+                    streak[id(h)] = 0
         return report
 
-    def _attempt(self, e: LedgerEntry, attempts: dict[str, int], report: DispatchReport) -> Status:
+    def _attempt(self, e: LedgerEntry, attempts: dict[str, int], report: DispatchReport) -> Status | None:
         """One delivery, recorded around the call: the attempt is counted before it (so an action that
         kills the process uses up its own attempts, never another's), the result right after (so a
         crash loses at most the result of the one action in flight)."""
@@ -163,7 +192,10 @@ class Dispatcher:
                 f"gave up after {attempts[e.id]} attempts that never returned (the process stopped while delivering it)"
             )
         else:
-            self.store.begin_attempts([e.id], self.clock())
+            if not self.store.begin_attempts([e.id], self.clock()):
+                report.skipped.append(e.id)  # done meanwhile: the host recorded an outcome
+                report.failed.pop(e.id, None)
+                return None
             attempts[e.id] += 1
             report.attempts += 1
             handler = self.route(e.type)

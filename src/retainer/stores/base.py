@@ -194,7 +194,11 @@ class Store(Protocol):
         were already there. A crash leaves all of it or none of it."""
         ...
 
-    def finish_run(self, run_id: str, finished_at: datetime, counts: Mapping[str, int]) -> None: ...
+    def finish_run(
+        self, run_id: str, finished_at: datetime, counts: Mapping[str, int], status: str = "finished"
+    ) -> None:
+        """Close a run record: `finished`, or `interrupted` for one found unfinished by a later run."""
+        ...
 
     def runs(self, limit: int | None = None) -> list[RunRecord]:
         """Run records, newest first."""
@@ -212,13 +216,15 @@ class Store(Protocol):
         """Committed actions in commit order, filtered by any of the arguments."""
         ...
 
-    def begin_attempts(self, ids: Sequence[str], at: datetime) -> None:
-        """Count one more delivery attempt for each id (pending or failed) BEFORE its handler is
-        called, durably, so a crash mid-delivery can never let attempts exceed the limit."""
+    def begin_attempts(self, ids: Sequence[str], at: datetime) -> list[str]:
+        """Count one more delivery attempt for each id still `pending` or `failed`, BEFORE its handler
+        is called, durably, so a crash mid-delivery can never let attempts exceed the limit. Returns
+        the ids counted: one that became `done` meanwhile (the host recorded an outcome) is skipped."""
         ...
 
     def finish_attempts(self, results: Sequence[tuple[str, Status, str | None, int]], at: datetime) -> None:
-        """Record `(id, status, error or None, attempts)` after delivery, in one transaction."""
+        """Record `(id, status, error or None, attempts)` after delivery, in one transaction; only for
+        actions still `pending` or `failed` (an outcome the host recorded meanwhile stands)."""
         ...
 
     def requeue(self, ids: Sequence[str], at: datetime) -> list[str]:
@@ -227,8 +233,9 @@ class Store(Protocol):
         ...
 
     def set_outcome(self, id: str, outcome: Mapping[str, Any], at: datetime) -> LedgerEntry:
-        """What the host reports back (task completed, churn reason). An action still `pending`,
-        `failed` or `dead` becomes `done`: the host says it was acted on. Unknown id: `StoreError`."""
+        """What the host reports back (task completed, churn reason), merged into earlier outcomes. An
+        action still `pending`, `failed` or `dead` becomes `done`: the host says it was acted on.
+        Unknown id: `StoreError`."""
         ...
 
     def close(self) -> None: ...

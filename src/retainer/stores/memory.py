@@ -12,7 +12,7 @@ from typing import Any
 
 from ..actions import Action
 from ..errors import StoreError
-from ..ledger import LedgerEntry, RunRecord, Status, action_payload
+from ..ledger import LedgerEntry, RunRecord, Status, action_payload, check_statuses
 from ..model import Client, Entity, Manager
 from . import _ingest
 from .base import COMPARE, EXISTS_FIELD, VIRTUAL_FIELDS, AggSpec, Pred, virtual_value
@@ -189,9 +189,11 @@ class MemoryStore:
         self._cursors.update(cursors)
         return committed
 
-    def finish_run(self, run_id: str, finished_at: datetime, counts: Mapping[str, int]) -> None:
+    def finish_run(
+        self, run_id: str, finished_at: datetime, counts: Mapping[str, int], status: str = "finished"
+    ) -> None:
         r = self._runs[run_id]
-        self._runs[run_id] = dataclasses.replace(r, status="finished", finished_at=finished_at, counts=dict(counts))
+        self._runs[run_id] = dataclasses.replace(r, status=status, finished_at=finished_at, counts=dict(counts))
 
     def runs(self, limit: int | None = None) -> list[RunRecord]:
         out = list(reversed(self._runs.values()))
@@ -206,6 +208,7 @@ class MemoryStore:
         rule: str | None = None,
         limit: int | None = None,
     ) -> list[LedgerEntry]:
+        check_statuses(status)
         idset = set(ids) if ids is not None else None
         cset = set(client_ids) if client_ids is not None else None
         out = []
@@ -229,15 +232,19 @@ class MemoryStore:
         self._ledger[id] = e
         return e
 
-    def begin_attempts(self, ids: Sequence[str], at: datetime) -> None:
+    def begin_attempts(self, ids: Sequence[str], at: datetime) -> list[str]:
+        counted = []
         for i in ids:
             e = self._ledger[i]
             if e.status in ("pending", "failed"):
                 self._update(i, attempts=e.attempts + 1, updated_at=at)
+                counted.append(i)
+        return counted
 
     def finish_attempts(self, results: Sequence[tuple[str, Status, str | None, int]], at: datetime) -> None:
         for i, st, error, n in results:
-            self._update(i, status=st, last_error=error, attempts=n, updated_at=at)
+            if self._ledger[i].status in ("pending", "failed"):
+                self._update(i, status=st, last_error=error, attempts=n, updated_at=at)
 
     def requeue(self, ids: Sequence[str], at: datetime) -> list[str]:
         for i in ids:
@@ -250,7 +257,8 @@ class MemoryStore:
         return moved
 
     def set_outcome(self, id: str, outcome: Mapping[str, Any], at: datetime) -> LedgerEntry:
-        e = self._update(id, outcome=dict(outcome), outcome_at=at, updated_at=at)
+        before = self._update(id).outcome or {}  # unknown id: StoreError
+        e = self._update(id, outcome={**before, **outcome}, outcome_at=at, updated_at=at)
         if e.status != "done":
             e = self._update(id, status="done")
         return e

@@ -24,7 +24,7 @@ import sqlite_utils
 
 from ..actions import Action
 from ..errors import StoreError
-from ..ledger import LedgerEntry, RunRecord, Status, action_payload
+from ..ledger import LedgerEntry, RunRecord, Status, action_payload, check_statuses
 from ..model import ENTITIES, Client, Entity, Manager, fast_model
 from ..timeutil import to_utc_text
 from . import _ingest
@@ -619,7 +619,7 @@ class SQLiteStore:
                     fresh.append(a)
             conn.execute(
                 "INSERT INTO retainer_runs (id, as_of, rules_digest, started_at, status, counts) VALUES (?,?,?,?,?,?)",
-                [run.id, to_utc_text(run.as_of), run.rules_digest, at, run.status, json.dumps(dict(run.counts))],
+                [run.id, run.as_of.isoformat(), run.rules_digest, at, run.status, json.dumps(dict(run.counts))],
             )
             conn.executemany(
                 f"INSERT INTO retainer_actions ({_LEDGER_COLS}) VALUES ({', '.join('?' * 16)})",
@@ -632,11 +632,13 @@ class SQLiteStore:
             conn.executemany("INSERT OR REPLACE INTO retainer_cursors VALUES (?, ?)", list(cursors.items()))
         return fresh
 
-    def finish_run(self, run_id: str, finished_at: datetime, counts: Mapping[str, int]) -> None:
+    def finish_run(
+        self, run_id: str, finished_at: datetime, counts: Mapping[str, int], status: str = "finished"
+    ) -> None:
         with self._transaction() as conn:
             conn.execute(
-                "UPDATE retainer_runs SET status = 'finished', finished_at = ?, counts = ? WHERE id = ?",
-                [to_utc_text(finished_at), json.dumps(dict(counts), sort_keys=True), run_id],
+                "UPDATE retainer_runs SET status = ?, finished_at = ?, counts = ? WHERE id = ?",
+                [status, to_utc_text(finished_at), json.dumps(dict(counts), sort_keys=True), run_id],
             )
 
     def runs(self, limit: int | None = None) -> list[RunRecord]:
@@ -663,6 +665,7 @@ class SQLiteStore:
         rule: str | None = None,
         limit: int | None = None,
     ) -> list[LedgerEntry]:
+        check_statuses(status)
         where: list[str] = []
         params: list[Any] = []
         for col, values in (("status", status), ("id", ids), ("client_id", client_ids)):
@@ -690,20 +693,26 @@ class SQLiteStore:
         if missing:
             raise StoreError(f"no action with id {missing[0]!r} in the ledger of {self.url}")
 
-    def begin_attempts(self, ids: Sequence[str], at: datetime) -> None:
+    def begin_attempts(self, ids: Sequence[str], at: datetime) -> list[str]:
+        t = to_utc_text(at)
+        counted = []
         with self._transaction() as conn:
-            t = to_utc_text(at)
-            conn.executemany(  # by id, one row each: the unique index, never a scan of the ledger
-                "UPDATE retainer_actions SET attempts = attempts + 1, updated_at = ? "
-                "WHERE id = ? AND status IN ('pending', 'failed')",
-                [(t, i) for i in ids],
-            )
+            for i in ids:  # by id, one row each: the unique index, never a scan of the ledger
+                cur = conn.execute(
+                    "UPDATE retainer_actions SET attempts = attempts + 1, updated_at = ? "
+                    "WHERE id = ? AND status IN ('pending', 'failed')",
+                    [t, i],
+                )
+                if cur.rowcount:
+                    counted.append(i)
+        return counted
 
     def finish_attempts(self, results: Sequence[tuple[str, Status, str | None, int]], at: datetime) -> None:
         t = to_utc_text(at)
         with self._transaction() as conn:
             conn.executemany(
-                "UPDATE retainer_actions SET status = ?, last_error = ?, attempts = ?, updated_at = ? WHERE id = ?",
+                "UPDATE retainer_actions SET status = ?, last_error = ?, attempts = ?, updated_at = ? "
+                "WHERE id = ? AND status IN ('pending', 'failed')",
                 [(st, error, n, t, i) for i, st, error, n in results],
             )
 
@@ -729,9 +738,11 @@ class SQLiteStore:
         t = to_utc_text(at)
         with self._transaction() as conn:
             self._known(conn, [id])
+            (before,) = conn.execute("SELECT outcome FROM retainer_actions WHERE id = ?", [id]).fetchone()
+            merged = {**(json.loads(before) if before else {}), **outcome}
             conn.execute(
                 "UPDATE retainer_actions SET outcome = ?, outcome_at = ?, updated_at = ?, status = 'done' WHERE id = ?",
-                [json.dumps(dict(outcome), sort_keys=True, ensure_ascii=False, default=str), t, t, id],
+                [json.dumps(merged, sort_keys=True, ensure_ascii=False, default=str), t, t, id],
             )
         return self.ledger(ids=[id])[0]
 
