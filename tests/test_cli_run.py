@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -57,14 +58,20 @@ def test_without_a_handler_actions_wait_pending(db: str) -> None:
     assert {e["status"] for e in ledger(db)} == {"pending"}
 
 
+def down_url() -> str:
+    """A local port nobody listens on: every POST is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/hook"
+
+
 def test_failed_delivery_goes_dead_with_its_cause_then_replay(db: str, tmp_path: Path) -> None:
-    blocker = tmp_path / "not-a-folder"
-    blocker.write_text("")
-    code, report, _ = go(db, "--handler", f"jsonl:{blocker}/out.jsonl", "--max-attempts", "2", "--retry-delay", "0")
+    url = down_url()
+    code, report, _ = go(db, "--handler", f"webhook:{url}", "--max-attempts", "2", "--retry-delay", "0")
     assert code == 1  # some actions went dead: cron sees a failure
     dead = ledger(db, "--status", "dead")
     assert len(dead) == report["counts"]["new"] == report["counts"]["dead"] > 0
-    assert all(e["attempts"] == 2 and "Error" in e["last_error"] and "not-a-folder" in e["last_error"] for e in dead)
+    assert all(e["attempts"] == 2 and e["last_error"].startswith(f"ConnectionError: POST {url} failed") for e in dead)
     table = run("run", "-r", str(RULES), "-d", db, "--as-of", "2026-03-01")
     assert table.returncode == 0 and "duplicate" in table.stdout  # dead ones are not re-sent by a run
 
@@ -77,9 +84,7 @@ def test_failed_delivery_goes_dead_with_its_cause_then_replay(db: str, tmp_path:
 
 
 def test_replay_without_handler_leaves_them_for_the_next_run(db: str, tmp_path: Path) -> None:
-    blocker = tmp_path / "f"
-    blocker.write_text("")
-    go(db, "--handler", f"jsonl:{blocker}/x.jsonl", "--max-attempts", "1")
+    go(db, "--handler", f"webhook:{down_url()}", "--max-attempts", "1")
     one = ledger(db, "--status", "dead")[0]["id"]
     r = run("actions", "replay", "-d", db, one)
     assert r.returncode == 0 and "next `retainer run` delivers them" in r.stderr
@@ -112,6 +117,14 @@ def test_outcome_recorded_from_the_command_line(db: str) -> None:
         (["actions", "list", "-d", "{db}", "--status", "deadd"], "did you mean 'dead'"),
         (["actions", "replay", "-d", "{db}"], "give action ids or --dead"),
         (["actions", "replay", "-d", "{db}", "nope"], "no action with id 'nope'"),
+        (["run", "-r", str(RULES), "-d", "{db}", "--as-of", "2026-03-01", "-H", "jsonl:/no/such/dir/x.jsonl"],
+         "folder /no/such/dir does not exist"),
+        (["run", "-r", str(RULES), "-d", "{db}", "--as-of", "2026-03-01", "-H", "jsonl:/tmp"], "is a folder"),
+        (["run", "-r", str(RULES), "-d", "{db}", "--as-of", "2026-03-01", "-H", "webhook:http://x", "--timeout", "0"],
+         "timeout must be a positive number"),
+        (["run", "-r", str(RULES), "-d", "{db}", "--as-of", "2026-03-01", "-H", "create_task="], "after '='"),
+        (["run", "-r", str(RULES), "-d", "{db}", "--as-of", "9999-12-31"], "between the years 1900 and 2999"),
+        (["run", "-r", str(RULES), "-d", "memory://", "--as-of", "2026-03-01"], "keeps its ledger"),
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message(db: str, args: list[str], message: str) -> None:

@@ -121,7 +121,7 @@ def test_nightly_delivers_every_action_to_its_endpoint(
     out = capsys.readouterr()
     assert code == 0, out.err
     assert json.loads(out.out) == {
-        "new": 7, "duplicate": 0, "suppressed": 0, "done": 7, "dead": 0, "failed": 0, "no_handler": 0
+        "new": 7, "duplicate": 0, "suppressed": 0, "done": 7, "dead": 0, "failed": 0, "no_handler": 0, "left": 0
     }  # fmt: skip
     entries = ledger(files[1])
     assert {e.status for e in entries.values()} == {"done"}

@@ -176,6 +176,7 @@ def test_an_interrupted_dispatch_keeps_what_was_delivered_and_the_next_run_finis
     nxt = run(store, "2026-03-03", handlers=h)
     assert nxt.committed == [] and len(h.actions) == 2 and seen[0] not in h.ids
     assert {e.status for e in store.ledger()} == {"done"}
+    assert [r.status for r in store.runs()] == ["finished", "interrupted"]  # the next run closed it
 
 
 def test_attempts_never_exceed_the_limit_across_runs(store: Store) -> None:
@@ -311,3 +312,10 @@ def test_ledger_statuses_are_checked(store: Store) -> None:
         store.ledger(status="dead")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="did you mean 'dead'"):
         store.ledger(status=["deadd"])  # type: ignore[list-item]
+
+
+def test_running_an_earlier_date_warns(store: Store) -> None:
+    crm(store, 1)
+    run(store, "2026-03-10")
+    report = run(store, "2026-03-02")
+    assert any("is before the last run's" in w for w in report.plan.warnings)

@@ -104,11 +104,11 @@ def schema() -> None:
 FORMATS = ("table", "json", "jsonl")
 
 
-def _format(fmt: str | None) -> str:
+def _format(fmt: str | None, allowed: tuple[str, ...] = FORMATS) -> str:
     if fmt is None:
         return "table" if sys.stdout.isatty() else "json"
-    if fmt not in FORMATS:
-        _fail(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if fmt not in allowed:
+        _fail(f"--format must be one of {', '.join(allowed)}, not {fmt!r}")
     return fmt
 
 
@@ -120,20 +120,22 @@ def _target(a: Any) -> str:
     return getattr(a, "channel", "") or ""
 
 
-def print_plan_summary(plan: Plan, console: Console, *, limit: int = 20) -> None:
+def print_plan_summary(plan: Plan, console: Console, *, limit: int = 20, duplicates: bool = True) -> None:
+    """Per rule: actions, suppressions (duplicates left out when the caller counts them apart)."""
+    supp_all = plan.suppressed if duplicates else [s for s in plan.suppressed if s.reason_code != "duplicate"]
     t = Table(title=f"Actions as of {plan.as_of.date().isoformat()}", show_lines=False)
     for col in ("rule", "actions", "suppressed", "by type"):
         t.add_column(col, justify="right" if col in ("actions", "suppressed") else "left")
     by_rule: dict[str, Counter[str]] = {}
     for a in plan.actions:
         by_rule.setdefault(a.rule, Counter())[a.type] += 1
-    supp = Counter(s.action.rule for s in plan.suppressed)
+    supp = Counter(s.action.rule for s in supp_all)
     for rid in sorted(set(by_rule) | set(supp)):
         types = ", ".join(f"{k} {v}" for k, v in sorted(by_rule.get(rid, Counter()).items()))
         t.add_row(rid, str(sum(by_rule.get(rid, Counter()).values())), str(supp.get(rid, 0)), types)
     console.print(t)
-    if plan.suppressed:
-        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(Counter(s.reason_code for s in plan.suppressed).items()))
+    if supp_all:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(Counter(s.reason_code for s in supp_all).items()))
         console.print(f"suppressed by reason — {reasons}", highlight=False)
     if limit and plan.actions:
         d = Table(title=f"First {min(limit, len(plan.actions))} of {len(plan.actions)} actions (by key)")
@@ -209,6 +211,8 @@ def _ledger_store(data: str, tz: Any) -> Any:
             f"--data {data} is a folder of files: a run writes its ledger into a store. "
             f"Import it first: retainer import {data} --to sqlite:///crm.db"
         )
+    if data.startswith("memory://"):
+        _fail(f"--data {data}: runs need a store that keeps its ledger between runs: a .db file or sqlite:/// URL")
     try:
         return open_store(data, timezone=tz, create=False)
     except StoreError as exc:
@@ -219,7 +223,10 @@ def _handlers(specs: list[str] | None, headers: list[str] | None, timeout: float
     from .adapters import handlers_from_specs
 
     hdrs: dict[str, str] = {}
-    for h in headers or []:
+    import os
+
+    env = [h for h in os.environ.get("RETAINER_WEBHOOK_HEADERS", "").splitlines() if h.strip()]
+    for h in [*env, *(headers or [])]:  # the variable keeps tokens out of `ps`
         name, sep, value = h.partition(":")
         if not sep or not name.strip():
             _fail(f"--header {h!r}: expected 'Name: value'")
@@ -255,15 +262,21 @@ DelayOpt = Annotated[float, typer.Option("--retry-delay", help="Seconds before t
 TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Webhook timeout in seconds.")]
 
 
-def _print_dispatch(d: Any, console: Console) -> None:
+def _print_dispatch(d: Any, console: Console, data: str) -> None:
     if d is None:
         return
     console.print(f"delivered {len(d.done):,} ({d.attempts:,} attempts), dead {len(d.dead):,}", highlight=False)
     for type_, n in sorted(d.no_handler.items()):
         console.print(f"[yellow]pending[/] {n:,} {type_}: no handler for this type; they wait in the ledger")
+    for handler, why in sorted(d.stopped.items()):
+        console.print(
+            f"[red]gave up on[/] {handler}: {why}; {d.left + len(d.failed):,} action(s) wait for the next run",
+            highlight=False,
+        )
     for i, (aid, error) in enumerate(sorted(d.dead.items())):
         if i == 10:
-            console.print(f"... and {len(d.dead) - 10} more: retainer actions list --status dead")
+            console.print(f"... and {len(d.dead) - 10} more: retainer actions list --data {data} --status dead",
+                          highlight=False)  # fmt: skip
             break
         console.print(f"[red]dead[/] {aid}: {error}", highlight=False)
 
@@ -279,14 +292,15 @@ def run(
     retry_delay: DelayOpt = 1.0,
     timeout: TimeoutOpt = 10.0,
     header: HeaderOpt = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="table | json")] = "table",
+    fmt: Annotated[
+        str | None, typer.Option("--format", "-f", help="table | json (default: table on a terminal, json when piped)")
+    ] = None,
 ) -> None:
     """Plan, commit what is new to the ledger (one transaction), then deliver it through handlers.
 
     Exit 0: all delivered. Exit 1: some actions went dead. Exit 2: bad input, or another run holds the store.
     """
-    if fmt not in ("table", "json"):
-        _fail(f"--format must be table or json, not {fmt!r}")
+    fmt = _format(fmt, ("table", "json"))
     rs = _rules(rules)
     handlers = _handlers(handler, header, timeout)
     retry = _retry(max_attempts, retry_delay)
@@ -311,11 +325,11 @@ def run(
             out.print(f"run {report.run.id} as of {report.plan.as_of.isoformat()}", highlight=False)
         out.print(
             f"new {c['new'] if not dry_run else len(report.plan.actions):,}, duplicate {c['duplicate']:,} "
-            f"(already in the ledger), suppressed {c['suppressed']:,}",
+            f"(already in the ledger), held back by policies {c['suppressed']:,}",
             highlight=False,
         )
-        print_plan_summary(report.plan, out, limit=0 if not dry_run else 20)
-        _print_dispatch(report.dispatch, out)
+        print_plan_summary(report.plan, out, limit=0 if not dry_run else 20, duplicates=False)
+        _print_dispatch(report.dispatch, out, data)
     for w in report.plan.warnings[:10]:
         err.print(f"[yellow]warning:[/] {w}", highlight=False)
     if not report.ok:
@@ -354,7 +368,7 @@ def actions_list(
     else:
         t = Table(title=f"{len(entries)} action(s) in the ledger of {store.url}")
         for col in ("id", "type", "client", "rule", "status", "tries", "last error"):
-            t.add_column(col, overflow="fold")
+            t.add_column(col, overflow="fold", no_wrap=col == "id")  # ids are copied into replay/outcome
         for e in entries:
             t.add_row(e.id, e.type, e.client_id, e.rule, e.status, str(e.attempts), e.last_error or "")
         out.print(t)
@@ -384,11 +398,16 @@ def actions_replay(
     except RetainerError as exc:
         _fail(str(exc))
     err.print(f"requeued {len(moved)} action(s)", highlight=False)
+    if ids:
+        for e in store.ledger(ids=[i for i in ids if i not in set(moved)]):
+            why = "already delivered: replaying it would duplicate it" if e.status == "done" else "already waiting"
+            err.print(f"  not requeued: {e.id} is {e.status} ({why})", highlight=False)
     if report is None:
-        err.print("no --handler: the next `retainer run` delivers them", highlight=False)
+        if moved:
+            err.print("no --handler: the next `retainer run` delivers them", highlight=False)
     else:
-        _print_dispatch(report, err)
-        if report.dead:
+        _print_dispatch(report, err, data)
+        if not report.complete:
             raise typer.Exit(1)
 
 
@@ -424,12 +443,12 @@ def runs(
     """Run records, newest first: as_of, rules digest, what each run committed and delivered."""
     store = _ledger_store(data, "UTC")
     records = store.runs(limit=limit)
-    if _format(fmt) != "table":
+    if _format(fmt, ("table", "json")) == "json":
         sys.stdout.write(json.dumps([r.to_dict() for r in records], sort_keys=True) + "\n")
         return
     t = Table(title=f"Runs of {store.url}")
     for col in ("run", "as of", "started", "status", "new", "duplicate", "done", "dead"):
-        t.add_column(col)
+        t.add_column(col, no_wrap=col in ("as of", "started"))
     for r in records:
         c = r.counts
         t.add_row(
@@ -517,7 +536,7 @@ def import_(
         _fail(str(exc))
     try:
         with err.status(f"importing {src} into {to} ..."):
-            counts = import_data(src, store)
+            counts = import_data(src, store, replace=replace)
     except (DataError, StoreError) as exc:
         store.close()
         _remove_if_created(store)
@@ -641,6 +660,13 @@ def main() -> None:
     except RetainerError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(2)
+    except KeyboardInterrupt:
+        err.print(
+            "[yellow]interrupted:[/] what was committed stays in the ledger; "
+            "the next `retainer run` delivers what is still pending",
+            highlight=False,
+        )
+        sys.exit(130)
 
 
 if __name__ == "__main__":

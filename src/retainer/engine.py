@@ -297,7 +297,8 @@ class Engine:
         try:
             return parse_as_of(value, self.rules.tz)
         except ValueError as exc:
-            raise RetainerError(f"invalid as_of {value!r}: use a date (2026-03-01) or ISO 8601 instant") from exc
+            why = str(exc) if "between the years" in str(exc) else "use a date (2026-03-01) or ISO 8601 instant"
+            raise RetainerError(f"invalid as_of {value!r}: {why}") from exc
 
     # ------------------------------------------------------------------ plan
 
@@ -586,7 +587,16 @@ class Engine:
         if dry_run:  # a preview: no lock, so it never blocks (or waits for) the nightly run
             return RunReport(self._plan(a, None)[0], None, [], None)
         with self.store.run_lock(f"run as of {a.date}, started {clock().isoformat(timespec='seconds')}"):
+            earlier = self.store.runs(limit=50)
+            for r in earlier:  # we hold the lock, so a run still `committed` was killed after its commit
+                if r.status == "committed":
+                    self.store.finish_run(r.id, clock(), r.counts, status="interrupted")
             plan, _frame, _matches = self._plan(a, None)
+            if earlier and earlier[0].as_of > a.instant:
+                plan.warnings.append(
+                    f"as_of {plan.as_of.isoformat()} is before the last run's ({earlier[0].as_of.isoformat()}): "
+                    f"facts known since then may make this run's actions stale"
+                )
             run = RunRecord(id=str(uuid.uuid4()), as_of=plan.as_of, rules_digest=self.rules.digest, started_at=clock())
             committed = self.store.commit_run(run, plan.actions, plan.cursors)
             if len(committed) != len(plan.actions):  # someone committed them between plan and commit

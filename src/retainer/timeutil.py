@@ -205,16 +205,26 @@ class AsOf:
 def parse_as_of(value: str | date | datetime, tz: tzinfo) -> AsOf:
     """A date-only as_of means the END of that day in `tz`, so facts dated that day count."""
     if isinstance(value, datetime):
-        return AsOf(as_aware(value, tz), tz)
+        return _in_range(AsOf(as_aware(value, tz), tz))
     if isinstance(value, date):
         d = value
     else:
         s = value.strip()
         if len(s) != 10:
-            return AsOf(parse_instant(s, tz), tz)
+            return _in_range(AsOf(parse_instant(s, tz), tz))
         d = date.fromisoformat(s)
     end = datetime.combine(d, time(23, 59, 59), tzinfo=tz)
-    return AsOf(end.astimezone(UTC), tz)
+    return _in_range(AsOf(end.astimezone(UTC), tz))
+
+
+#: Plans look back years (windows, `1y` thresholds) and forward (due dates): keep clear of datetime's ends.
+AS_OF_YEARS = (1900, 2999)
+
+
+def _in_range(a: AsOf) -> AsOf:
+    if not AS_OF_YEARS[0] <= a.instant.year <= AS_OF_YEARS[1]:
+        raise ValueError(f"as_of must lie between the years {AS_OF_YEARS[0]} and {AS_OF_YEARS[1]}")
+    return a
 
 
 def add_durations(a: Duration, b: Duration) -> Duration:

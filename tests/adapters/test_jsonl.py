@@ -41,7 +41,7 @@ def lines(path: Path) -> list[str]:
 
 
 def test_jsonl_appends_one_line_per_action(crm: Store, tmp_path: Path, clock: FakeClock) -> None:
-    path = tmp_path / "out" / "actions.jsonl"  # the folder is created on first use
+    path = tmp_path / "actions.jsonl"
     h = JsonlHandler(path)
     report = engine(crm, THREE_TYPES).run(AS_OF, handlers=h, clock=clock, sleep=clock.sleep)
     h.close()
@@ -341,3 +341,11 @@ def test_a_complete_last_line_without_newline_is_kept(crm: Store, tmp_path: Path
 def test_specs_an_explicit_star_route(tmp_path: Path) -> None:
     got = handlers_from_specs([f"*=jsonl:{tmp_path / 'all.jsonl'}"])
     assert list(got) == ["*"] and isinstance(got["*"], JsonlHandler)
+
+
+def test_a_path_that_cannot_be_a_jsonl_file_is_refused_at_once(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="is a folder"):
+        JsonlHandler(tmp_path)
+    with pytest.raises(ValueError, match="does not exist"):  # a typo never grows a folder tree
+        JsonlHandler(tmp_path / "typo" / "actions.jsonl")
+    assert not (tmp_path / "typo").exists()

@@ -233,3 +233,14 @@ def test_a_redirect_is_dead_at_once_naming_it(
     assert (entry.status, entry.attempts) == ("dead", 1)
     assert entry.last_error is not None and "302" in entry.last_error and "redirected" in entry.last_error
     assert len(server.requests) == 1
+
+
+def test_credentials_in_the_url_never_reach_messages_or_the_ledger() -> None:
+    from retainer.adapters.webhook import redact
+
+    assert redact("https://user:s3cret@crm.example/hook?token=abc") == "https://***@crm.example/hook?***"
+    assert redact("http://127.0.0.1:8080/hook") == "http://127.0.0.1:8080/hook"
+    hook = WebhookHandler("http://user:s3cret@127.0.0.1:1/hook?token=abc", timeout=0.5)
+    assert "s3cret" not in repr(hook) and "abc" not in repr(hook)
+    with pytest.raises(ValueError, match="positive"):
+        WebhookHandler("http://127.0.0.1/hook", timeout=0)

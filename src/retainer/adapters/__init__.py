@@ -38,7 +38,10 @@ def handler_from_spec(spec: str, *, headers: Mapping[str, str] | None = None, ti
     if not sep or not target:
         raise RetainerError(f"--handler {spec!r}: expected jsonl:PATH or webhook:URL")
     if kind == "jsonl":
-        return JsonlHandler(target)
+        try:
+            return JsonlHandler(target)
+        except ValueError as exc:
+            raise RetainerError(f"--handler {spec!r}: {exc}") from None
     if kind == "webhook":
         try:
             return WebhookHandler(target, headers=headers, timeout=timeout)
@@ -59,6 +62,8 @@ def handlers_from_specs(
         head, eq, rest = spec.partition("=")
         if eq and ":" not in head:
             route, spec = head, rest
+            if not spec:
+                raise RetainerError(f"--handler {head}=: give jsonl:PATH or webhook:URL after '='")
             if route not in ACTION_TYPES and route != "*":
                 raise RetainerError(
                     f"--handler {head}=...: unknown action type {route!r}{did_you_mean(route, ACTION_TYPES)}"

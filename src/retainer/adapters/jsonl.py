@@ -24,13 +24,16 @@ class JsonlHandler:
 
     def __init__(self, path: str | Path, *, fsync: bool = False) -> None:
         self.path = Path(path)
+        if self.path.is_dir():
+            raise ValueError(f"{self.path} is a folder: give a file name, e.g. {self.path / 'actions.jsonl'}")
+        if not self.path.parent.is_dir():  # a typo must not grow a new folder tree
+            raise ValueError(f"folder {self.path.parent} does not exist")
         self.fsync = fsync
         self._file: IO[str] | None = None
         self._seen: set[str] = set()
 
     def _open(self) -> IO[str]:
         if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.path.exists():
                 self._repair_and_scan()
             self._file = self.path.open("a", encoding="utf-8")

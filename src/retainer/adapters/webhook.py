@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -11,7 +12,16 @@ from ..actions import Action
 from ..ledger import action_payload
 from .base import PermanentError
 
-__all__ = ["WebhookHandler"]
+__all__ = ["WebhookHandler", "redact"]
+
+
+def redact(url: str) -> str:
+    """`https://user:secret@crm/hook?token=x` -> `https://***@crm/hook?***`: URLs end up in logs."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
 
 #: 4xx answers worth retrying (timeouts, rate limits); any other 4xx means the request itself is wrong.
 RETRYABLE_4XX = frozenset({408, 409, 425, 429})
@@ -34,8 +44,11 @@ class WebhookHandler:
         client: httpx.Client | None = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
-            raise ValueError(f"webhook URL must start with http:// or https://, not {url!r}")
+            raise ValueError(f"webhook URL must start with http:// or https://, not {redact(url)!r}")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
         self.url = url
+        self.shown = redact(url)  # what messages and the ledger show: no passwords or query tokens
         self.timeout = timeout
         self.headers = {"User-Agent": f"retainer/{__version__}", **(headers or {})}
         self._client = client or httpx.Client(timeout=timeout)
@@ -45,16 +58,18 @@ class WebhookHandler:
         try:
             r = self._client.post(self.url, content=action_payload(action).encode(), headers=headers)
         except httpx.TimeoutException as exc:
-            raise TimeoutError(f"POST {self.url} timed out after {self.timeout:g}s") from exc
+            raise TimeoutError(f"POST {self.shown} timed out after {self.timeout:g}s") from exc
         except httpx.TransportError as exc:
-            raise ConnectionError(f"POST {self.url} failed: {exc}") from exc
+            raise ConnectionError(f"POST {self.shown} failed: {exc}") from exc
         if r.is_success:
             return
         body = r.text.strip().replace("\n", " ")[:200]
-        message = f"POST {self.url} answered {r.status_code} {r.reason_phrase}" + (f": {body}" if body else "")
+        message = f"POST {self.shown} answered {r.status_code} {r.reason_phrase}" + (f": {body}" if body else "")
         if 300 <= r.status_code < 400:  # a POST is not re-sent to another address behind the operator's back
             where = r.headers.get("location", "elsewhere")
-            raise PermanentError(f"POST {self.url} answered {r.status_code}: redirected to {where}; use that URL")
+            raise PermanentError(
+                f"POST {self.shown} answered {r.status_code}: redirected to {redact(where)}; use that URL"
+            )
         if 400 <= r.status_code < 500 and r.status_code not in RETRYABLE_4XX:
             raise PermanentError(message)
         raise ConnectionError(message)
@@ -63,4 +78,4 @@ class WebhookHandler:
         self._client.close()
 
     def __repr__(self) -> str:
-        return f"WebhookHandler({self.url!r})"
+        return f"WebhookHandler({self.shown!r})"

@@ -26,7 +26,7 @@ def _sqlite(rest: str, url: str, tz: tzinfo, create: bool = True) -> Store:
             raise StoreError(f"bad store URL {url!r}: folder {str(Path(path).parent)!r} does not exist")
         if not create and not Path(path).exists():
             raise StoreError(f"database not found: {path} (from {url!r})")
-    return SQLiteStore(path, timezone=tz, url=url)
+    return SQLiteStore(path, timezone=tz, url=url, create=create)
 
 
 def _memory(rest: str, url: str, tz: tzinfo, create: bool = True) -> Store:

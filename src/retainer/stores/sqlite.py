@@ -289,7 +289,9 @@ else:
 class SQLiteStore:
     """A CRM snapshot in one SQLite file (WAL mode, so readers never block the writer)."""
 
-    def __init__(self, path: str | Path, *, timezone: tzinfo = UTC, url: str | None = None) -> None:
+    def __init__(
+        self, path: str | Path, *, timezone: tzinfo = UTC, url: str | None = None, create: bool = True
+    ) -> None:
         self.path = str(path)
         self.url = url or f"sqlite:///{self.path}"
         self.tz = timezone
@@ -300,17 +302,17 @@ class SQLiteStore:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout = 5000")
             self.db = sqlite_utils.Database(conn)
+            self._ensure_schema(create)  # first: a file that is not a store is refused untouched
             if self.path != ":memory:":
                 self.db.enable_wal()
                 # WAL + NORMAL: a commit survives any process crash (kill -9 included) and the file is
                 # never corrupted; only an OS crash or power loss may roll back the last commits, whole.
                 # FULL would fsync every delivery attempt the dispatcher records.
                 conn.execute("PRAGMA synchronous = NORMAL")
-            self._ensure_schema()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from exc
 
-    def _ensure_schema(self) -> None:
+    def _ensure_schema(self, create: bool = True) -> None:
         meta = self.db["retainer_meta"]
         if meta.exists():  # type: ignore[union-attr]
             row = self.db.execute("SELECT value FROM retainer_meta WHERE key = 'schema_version'").fetchone()
@@ -319,11 +321,16 @@ class SQLiteStore:
             if not self.db["retainer_actions"].exists():  # type: ignore[union-attr]
                 self.db.conn.executescript(_LEDGER_DDL)  # a store imported before the ledger existed
             return
-        foreign = [t for t in _KINDS if self.db[t].exists()]  # type: ignore[union-attr]
-        if foreign:
+        foreign = sorted(self.db.table_names())
+        if foreign:  # somebody else's database (the CRM's own?): never write into it
             raise StoreError(
                 f"{self.path} is not a retainer store: it has a {foreign[0]!r} table but no retainer_meta. "
                 f"Load its data into a new store with `retainer import DIR --to sqlite:///new.db`"
+            )
+        if not create:
+            raise StoreError(
+                f"{self.path} is an empty database, not a retainer store: "
+                f"load data into it first (`retainer import DIR --to sqlite:///{self.path}`)"
             )
         self.db.conn.executescript(_LEDGER_DDL)
         with self.db.conn:
