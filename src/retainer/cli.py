@@ -458,6 +458,89 @@ def runs(
     out.print(t)
 
 
+# ---------------------------------------------------------------- backtest
+
+
+def _date(value: str, option: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        _fail(f"{option} must be a date like 2026-03-01, not {value!r}")
+
+
+@app.command()
+def backtest(
+    rules: Annotated[Path, typer.Option("--rules", "-r", help="Rule file (A).")],
+    data: Annotated[str, typer.Option("--data", "-d", help="Store URL, .db file, or folder of CSV/JSONL files.")],
+    start: Annotated[str, typer.Option("--from", help="First date replayed.")],
+    end: Annotated[str, typer.Option("--to", help="Last date replayed.")],
+    step: Annotated[str, typer.Option("--step", help="1d (nightly runs), 1w, 1mo.")] = "1d",
+    compare: Annotated[Path | None, typer.Option("--compare", help="Second rule file (B), for A/B.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Write backtest.json, .csv and .html here.")] = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", "-f", help="table | json | csv (default: table on a terminal, else json)")
+    ] = None,
+) -> None:
+    """Replay nightly runs over history with a fresh ledger: tasks, reassignments and notifications
+    per rule and per manager, and what a second rule set would have done instead."""
+    from .backtest import backtest as run_backtest
+    from .backtest import csv_text, render_html, write_csv
+    from .datafiles import open_source
+
+    f = _format(fmt, ("table", "json", "csv"))
+    d1, d2 = _date(start, "--from"), _date(end, "--to")
+    sets = [(rules, _rules(rules))] + ([(compare, _rules(compare))] if compare else [])
+    if compare and sets[0][1].timezone != sets[1][1].timezone:
+        _fail(f"{rules} and {compare} use different time zones: compare rule sets of one time zone")
+    try:
+        store = open_source(data, sets[0][1].tz)
+    except (DataError, StoreError) as exc:
+        _fail(str(exc))
+    results = []
+    for path, rs in sets:
+        label = path.name if not compare or path.name != compare.name else str(path)
+        try:
+            with err.status(f"backtesting {label} ...") as status:
+                results.append(run_backtest(rs, store, d1, d2, step=step, label=label,
+                                            progress=lambda i, n, s=status, lb=label: s.update(
+                                                f"backtesting {lb}: step {i}/{n}")))  # fmt: skip
+        except RetainerError as exc:
+            _fail(str(exc))
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "backtest.json").write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
+        write_csv(results, out_dir / "backtest.csv")
+        (out_dir / "backtest.html").write_text(render_html(results), encoding="utf-8")
+        err.print(f"wrote {out_dir}/backtest.html, backtest.json, backtest.csv", highlight=False)
+    if f == "json":
+        sys.stdout.write(json.dumps([r.to_dict() for r in results], sort_keys=True) + "\n")
+    elif f == "csv":
+        sys.stdout.write(csv_text(results))
+    else:
+        for r in results:
+            _print_backtest(r, out)
+
+
+def _print_backtest(r: Any, console: Console, top: int = 15) -> None:
+    console.rule(f"[bold]{r.label}[/]: {r.days[0]} → {r.days[-1]}, {len(r.days)} steps, {r.seconds:.1f}s")
+    t = Table(title="Per rule (new actions; suppressions count every step they were held back)")
+    t.add_column("rule")
+    t.add_column("what")
+    t.add_column("count", justify="right")
+    for rule, kinds in r.per_rule().items():
+        for k, n in kinds.items():
+            t.add_row(rule, k, f"{n:,}")
+    console.print(t)
+    m = Table(title=f"Per manager (top {top} by tasks)")
+    cols = ["tasks", "peak_tasks_per_step", "gained", "lost", "notifications"]
+    m.add_column("manager")
+    for c in cols:
+        m.add_column(c.replace("_", " "), justify="right")
+    for mid, v in list(r.per_manager().items())[:top]:
+        m.add_row(mid, *(f"{v.get(c, 0):,}" for c in cols))
+    console.print(m)
+
+
 # ---------------------------------------------------------------- test
 
 

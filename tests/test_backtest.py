@@ -1,0 +1,135 @@
+"""Backtests (issue 6): nightly runs replayed over history with a fresh ledger, per rule and per manager."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import make_store
+from test_cli import RULES, run
+
+import retainer
+from retainer import RetainerError
+from retainer.adapters import CallbackHandler
+from retainer.backtest import backtest, render_html, steps_between
+from retainer.datafiles import import_data
+from retainer.model import ENTITIES
+from retainer.synth import generate
+
+FR = {"rules": [{"id": "forgotten", "kind": "forgotten", "after": "60d"},
+                {"id": "release", "kind": "release", "forgotten_rule": "forgotten", "grace": "14d"}]}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "step", "expected"),
+    [
+        ("2026-03-01", "2026-03-03", "1d", ["2026-03-01", "2026-03-02", "2026-03-03"]),
+        ("2026-03-01", "2026-03-20", "1w", ["2026-03-01", "2026-03-08", "2026-03-15"]),
+        ("2026-01-31", "2026-04-30", "1mo", ["2026-01-31", "2026-02-28", "2026-03-31", "2026-04-30"]),
+        ("2026-03-01", "2026-03-01", "1d", ["2026-03-01"]),
+    ],
+)
+def test_steps(start: str, end: str, step: str, expected: list[str]) -> None:
+    got = steps_between(date.fromisoformat(start), date.fromisoformat(end), step)
+    assert [d.isoformat() for d in got] == expected
+
+
+@pytest.mark.parametrize(("step", "message"), [("36h", "days, weeks or months"), ("soon", "invalid duration")])
+def test_bad_steps(step: str, message: str) -> None:
+    with pytest.raises(RetainerError, match=message):
+        steps_between(date(2026, 3, 1), date(2026, 4, 1), step)
+    with pytest.raises(RetainerError, match="before --from"):
+        steps_between(date(2026, 3, 2), date(2026, 3, 1), "1d")
+
+
+def small_crm(store: retainer.Store) -> None:
+    store.add(
+        managers=[{"id": "m1", "supervisor_id": "boss"}, {"id": "m2", "supervisor_id": "boss"}, {"id": "boss"}],
+        clients=[{"id": "c1", "manager_id": "m1", "created_at": "2025-01-01"},
+                 {"id": "c2", "manager_id": "m1", "created_at": "2025-01-01"}],
+        touches=[{"id": "t1", "client_id": "c1", "at": "2026-01-01T10:00:00", "kind": "call"},
+                 {"id": "t2", "client_id": "c2", "at": "2026-01-01T10:00:00", "kind": "call"},
+                 # c2 is called on 5 March: only steps from that day on may know it
+                 {"id": "t3", "client_id": "c2", "at": "2026-03-05T10:00:00", "kind": "call"}],
+    )  # fmt: skip
+
+
+def test_each_step_sees_only_the_facts_known_then_and_the_real_ledger_stays_empty(
+    backend: str, tmp_path: Path
+) -> None:
+    store = make_store(backend, tmp_path)
+    small_crm(store)
+    b = backtest(retainer.load_rules(FR), store, date(2026, 2, 25), date(2026, 5, 10))
+    days = {(a.client_id, a.type): d for d, a in b.new}
+    assert days[("c1", "create_task")] == date(2026, 3, 2)  # day 60 of silence
+    assert days[("c1", "reassign")] == date(2026, 3, 16)  # 14 days of grace later
+    c2_tasks = [d for d, a in b.new if a.client_id == "c2" and a.type == "create_task"]
+    assert c2_tasks == [date(2026, 3, 2), date(2026, 5, 4)]  # a new episode after the 5 March call
+    assert sum(1 for _, a in b.new if a.client_id == "c1" and a.type == "create_task") == 1  # no duplicates
+    assert store.ledger() == [] and store.runs() == []  # production's ledger never touched
+    pm = b.per_manager()
+    assert pm["m1"]["tasks"] == 3 and pm["m1"]["peak_tasks_per_step"] == 2 and pm["m1"]["lost"] == 1
+    assert pm["m2"]["gained"] == 1
+    assert sum(sum(v) for v in b.timeline().values()) == len(b.new)
+    assert b.per_rule()["forgotten"] == {"create_task": 3}
+
+
+def test_a_backtest_equals_nightly_runs_on_a_copy(tmp_path: Path) -> None:
+    """Differential: the same steps run by hand against a copy of the facts give the same actions."""
+    generate(tmp_path / "crm", clients=150, seed=3, as_of=date(2026, 3, 1))
+    rules = retainer.load_rules(RULES)
+    src = retainer.open_store("memory://", timezone=rules.tz)
+    import_data(tmp_path / "crm", src)
+    b = backtest(rules, src, date(2025, 12, 1), date(2026, 3, 1), step="1w")
+    copy = retainer.open_store("memory://", timezone=rules.tz)
+    copy.add(**{e: list(src.iter(e)) for e in ENTITIES})
+    engine = retainer.Engine(rules, copy)
+    by_hand = []
+    day = date(2025, 12, 1)
+    while day <= date(2026, 3, 1):
+        report = engine.run(day, handlers=CallbackHandler(lambda a: None))
+        by_hand += [(day, a.key) for a in report.committed]
+        day += timedelta(days=7)
+    assert [(d, a.key) for d, a in b.new] == by_hand and by_hand
+
+
+def test_compare_two_rule_sets_and_render(tmp_path: Path) -> None:
+    store = retainer.open_store("memory://")
+    small_crm(store)
+    strict = {"rules": [{**FR["rules"][0], "after": "30d"}, FR["rules"][1]]}
+    a = backtest(retainer.load_rules(FR), store, date(2026, 1, 20), date(2026, 3, 20), label="60 days")
+    b = backtest(retainer.load_rules(strict), store, date(2026, 1, 20), date(2026, 3, 20), label="30 days")
+    assert min(d for d, x in b.new) < min(d for d, x in a.new)  # the stricter rule acts earlier
+    html = render_html([a, b])
+    assert html.startswith("<!doctype html>") and html.count("<svg") >= 4 and "B − A" in html
+    assert "60 days (A)" in html and "30 days (B)" in html and "<table>" in html
+
+
+def test_cli_backtest_writes_json_csv_html(tmp_path: Path) -> None:
+    out = tmp_path / "bt"
+    r = run("backtest", "-r", str(RULES), "-d", str(RULES.parents[1] / "crm"), "--from", "2026-02-01",
+            "--to", "2026-03-15", "--step", "1w", "--compare", str(RULES), "--out", str(out), "-f", "json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert len(got) == 2 and got[0]["steps"] == 7 and got[0]["per_rule"] == got[1]["per_rule"]
+    assert {p.name for p in out.iterdir()} == {"backtest.json", "backtest.csv", "backtest.html"}
+    header = (out / "backtest.csv").read_text().splitlines()[0]
+    assert header == "rules,date,rule,type,manager,role,count"
+    csv_out = run("backtest", "-r", str(RULES), "-d", str(RULES.parents[1] / "crm"), "--from", "2026-02-01",
+                  "--to", "2026-03-15", "-f", "csv")  # fmt: skip
+    assert csv_out.returncode == 0 and csv_out.stdout.startswith("rules,date,rule,type")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--from", "2026-03-01", "--to", "2026-02-01"], "before --from"),
+        (["--from", "March", "--to", "2026-02-01"], "--from must be a date"),
+        (["--from", "2026-02-01", "--to", "2026-03-01", "--step", "2h"], "days, weeks or months"),
+    ],
+)
+def test_cli_backtest_bad_input(args: list[str], message: str) -> None:
+    r = run("backtest", "-r", str(RULES), "-d", str(RULES.parents[1] / "crm"), *args)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
