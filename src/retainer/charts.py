@@ -38,7 +38,10 @@ def line_chart(
         y = top + h - h * k / 4
         out.append(f'<line x1="{left}" x2="{left + w}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>')
         out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" class="axis" text-anchor="end">{top_value * k / 4:g}</text>')
-    ticks = sorted({0, len(labels) - 1, *range(0, len(labels), max(1, len(labels) // 6))})
+    stride = max(1, len(labels) // 6)
+    ticks = list(range(0, len(labels), stride))
+    if ticks and len(labels) - 1 - ticks[-1] >= stride / 2:  # the last label, unless it would overlap
+        ticks.append(len(labels) - 1)
     for i in ticks:
         if 0 <= i < len(labels):
             x = left + w * i / (n - 1)

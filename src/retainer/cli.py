@@ -541,6 +541,36 @@ def _print_backtest(r: Any, console: Console, top: int = 15) -> None:
     console.print(m)
 
 
+# ---------------------------------------------------------------- report
+
+
+@app.command()
+def report(
+    rules: Annotated[Path, typer.Option("--rules", "-r", help="Rule file.")],
+    data: Annotated[str, typer.Option("--data", "-d", help="Store URL, .db file, or folder of CSV/JSONL files.")],
+    as_of: Annotated[str, typer.Option("--as-of", help="Date of the digest.")],
+    out_file: Annotated[Path | None, typer.Option("--out", help="report.html or .md (default: Markdown)")] = None,
+    top: Annotated[int, typer.Option(help="Rows per list.", min=1)] = 30,
+) -> None:
+    """The supervisor's digest: forgotten clients per manager, releases, escalations, debtors with
+    amounts, churn reasons and stuck deliveries, as Markdown or a self-contained HTML page."""
+    from .report import digest
+
+    if out_file is not None and out_file.suffix.lower() not in (".html", ".htm", ".md"):
+        _fail(f"--out {out_file}: give a .html or .md file")
+    engine = _engine(rules, data)
+    try:
+        d = digest(engine, as_of, top=top, label=rules.name)
+    except RetainerError as exc:
+        _fail(str(exc))
+    if out_file is None:
+        sys.stdout.write(d.to_markdown() + "\n")
+        return
+    text = d.to_markdown() + "\n" if out_file.suffix.lower() == ".md" else d.to_html()
+    out_file.write_text(text, encoding="utf-8")
+    err.print(f"wrote {out_file}", highlight=False)
+
+
 # ---------------------------------------------------------------- test
 
 

@@ -1,0 +1,177 @@
+"""The supervisor's digest (seed 001): one page instead of clicking through every client.
+
+Forgotten clients per manager, releases (and those nobody could take), escalations, debtors with
+amounts, churn reasons reported back through the ledger, and what is stuck in delivery. Built from
+one plan as of a date (duplicates included: a client already tasked last week is still forgotten
+today) and the store's ledger; rendered as Markdown and as a self-contained HTML page.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from html import escape
+from typing import Any
+
+from . import charts
+from .actions import Action
+from .engine import Engine
+from .stores.base import AggSpec, Pred
+
+__all__ = ["Digest", "Section", "digest"]
+
+
+@dataclass
+class Section:
+    title: str
+    headers: list[str]
+    rows: list[list[Any]]
+    note: str = ""
+    chart: list[tuple[str, float]] = field(default_factory=list)  # bar chart: label -> value
+
+
+@dataclass
+class Digest:
+    as_of: datetime
+    rules: str
+    sections: list[Section]
+
+    def to_markdown(self) -> str:
+        out = [f"# Supervisor's digest as of {self.as_of.date().isoformat()}", "", f"Rules: {self.rules}", ""]
+        for s in self.sections:
+            out += [f"## {s.title}", ""]
+            if s.note:
+                out += [s.note, ""]
+            if s.rows:
+                out.append("| " + " | ".join(s.headers) + " |")
+                out.append("|" + "|".join("---:" if _numeric(s, i) else "---" for i in range(len(s.headers))) + "|")
+                out += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in s.rows]
+                out.append("")
+        return "\n".join(out)
+
+    def to_html(self) -> str:
+        body = []
+        for s in self.sections:
+            body.append(f"<h2>{escape(s.title)}</h2>")
+            if s.note:
+                body.append(f"<p>{escape(s.note)}</p>")
+            if s.chart:
+                body.append(charts.bar_chart({s.title: s.chart[:20]}, title=s.title))
+            if s.rows:
+                body.append(charts.table(s.headers, [[_cell(c) if isinstance(c, Decimal) else c for c in r]
+                                                     for r in s.rows]))  # fmt: skip
+        return charts.page(f"Supervisor's digest as of {self.as_of.date().isoformat()}", "\n".join(body),
+                           meta=f"rules: {self.rules}")  # fmt: skip
+
+
+def _numeric(s: Section, i: int) -> bool:
+    return bool(s.rows) and isinstance(s.rows[0][i], int | float | Decimal)
+
+
+def _cell(c: Any) -> str:
+    if isinstance(c, Decimal):
+        return f"{c:,.2f}"
+    return str(c)
+
+
+def digest(engine: Engine, as_of: str | date | datetime, *, top: int = 30, label: str = "rules") -> Digest:
+    a = engine.as_of(as_of)
+    plan = engine.plan(a.instant)
+    store = engine.store
+    kinds = {r.id: r.kind for r in engine.rules.rules}
+    managers = {m.id: m for m in store.managers()}
+    clients = {c.id: c for c in store.clients(a.instant)}
+
+    def name(mid: str | None) -> str:
+        m = managers.get(mid or "")
+        return f"{m.name} ({m.id})" if m and m.name else (mid or "?")
+
+    current = [(x, None) for x in plan.actions] + [(s.action, s) for s in plan.suppressed]
+    sections: list[Section] = []
+
+    # forgotten clients per manager: every client a forgotten-kind rule matches today
+    forgotten: dict[str, list[Action]] = defaultdict(list)
+    for x, s in current:
+        if kinds.get(x.rule) == "forgotten" and x.type == "create_task" and (s is None or s.reason_code == "duplicate"):
+            forgotten[clients[x.client_id].manager_id if x.client_id in clients else "?"].append(x)
+    per_manager = sorted(((name(m), len(xs)) for m, xs in forgotten.items()), key=lambda kv: (-kv[1], kv[0]))
+    longest = sorted((x for xs in forgotten.values() for x in xs),
+                     key=lambda x: -int(x.evidence.get("days_since_activity") or 0))[:top]  # fmt: skip
+    sections.append(Section(
+        "Forgotten clients per manager", ["manager", "forgotten clients"], [list(r) for r in per_manager],
+        note=f"{sum(len(v) for v in forgotten.values())} client(s) past their threshold; "
+             "each has a task from the rules (this run's or an earlier one's).",
+        chart=per_manager,
+    ))  # fmt: skip
+    sections.append(Section(
+        f"Longest forgotten (top {top})", ["client", "manager", "days without activity", "threshold"],
+        [[_client(clients, x.client_id), name(clients[x.client_id].manager_id) if x.client_id in clients else "?",
+          int(x.evidence.get("days_since_activity") or 0), x.evidence.get("threshold", "")] for x in longest],
+    ))  # fmt: skip
+
+    # releases, and the clients nobody could take
+    moves = [x for x, s in current if x.type == "reassign" and (s is None or s.reason_code == "duplicate")]
+    stuck = [(x, s) for x, s in current if x.type == "reassign" and s is not None and s.reason_code != "duplicate"]
+    sections.append(Section(
+        "Releases", ["client", "from", "to", "rule"],
+        [[_client(clients, x.client_id), name(x.from_manager_id), name(x.to_manager_id) if x.to_manager_id  # type: ignore[attr-defined]
+          else "(committed earlier)", x.rule] for x in moves[:top]],
+        note=f"{len(moves)} client(s) released to a more responsive manager; {len(stuck)} could not be "
+             "released (" + ", ".join(f"{k}: {v}" for k, v in Counter(s.reason_code for _, s in stuck).items())
+             + ")" if stuck else f"{len(moves)} client(s) released to a more responsive manager.",
+    ))
+
+    esc = [x for x, s in current if x.type == "escalate" and (s is None or s.reason_code == "duplicate")]
+    sections.append(Section(
+        "Escalations", ["client", "about manager", "to", "reason"],
+        [[_client(clients, x.client_id), name(x.about_manager_id), name(x.to_manager_id), x.reason]  # type: ignore[attr-defined]
+         for x in esc[:top]],
+        note=f"{len(esc)} escalation(s) to supervisors.",
+    ))  # fmt: skip
+
+    # debtors: overdue outstanding amounts, from the facts (no rule needed)
+    overdue = (Pred("due_at", "lt", a.instant), Pred("outstanding", "gt", Decimal(0)))
+    owed, oldest = store.aggregate(
+        [AggSpec("invoices", "sum", "outstanding", overdue), AggSpec("invoices", "min", "due_at", overdue)], a.instant
+    )
+    debtors = sorted(owed.items(), key=lambda kv: (-kv[1], kv[0]))
+    by_manager: Counter[str] = Counter()
+    for cid, amount in debtors:
+        if cid in clients:
+            by_manager[name(clients[cid].manager_id)] += amount  # type: ignore[assignment]
+    sections.append(Section(
+        f"Debtors (top {top})", ["client", "manager", "overdue amount", "overdue since", "days"],
+        [[_client(clients, cid), name(clients[cid].manager_id) if cid in clients else "?", amount,
+          oldest[cid].astimezone(a.tz).date().isoformat(), (a.date - oldest[cid].astimezone(a.tz).date()).days]
+         for cid, amount in debtors[:top]],
+        note=f"{len(debtors)} client(s) owe {sum(owed.values(), Decimal(0)):,.2f} past due.",
+        chart=[(m, float(v)) for m, v in by_manager.most_common()],
+    ))  # fmt: skip
+
+    # churn reasons the host reported back (record_outcome / `retainer actions outcome ... churn_reason=...`)
+    reasons: Counter[str] = Counter()
+    statuses: Counter[str] = Counter()
+    for e in store.ledger():
+        statuses[e.status] += 1
+        if e.outcome and e.outcome.get("churn_reason"):
+            reasons[str(e.outcome["churn_reason"])] += 1
+    sections.append(Section(
+        "Churn reasons", ["reason", "clients"], [[r, n] for r, n in reasons.most_common()],
+        note="" if reasons else "No churn reasons recorded yet: the CRM reports them with "
+             "`retainer actions outcome --data DB ID churn_reason=...` or Engine.record_outcome.",
+        chart=reasons.most_common(),
+    ))  # fmt: skip
+    sections.append(Section(
+        "Delivery", ["status", "actions"],
+        [[s, statuses[s]] for s in ("pending", "failed", "dead", "done") if statuses[s]],
+        note="Actions committed by runs, by delivery status; dead ones need a person: "
+             "`retainer actions list --status dead`." if statuses else "No run has committed actions yet.",
+    ))  # fmt: skip
+    return Digest(plan.as_of, label, sections)
+
+
+def _client(clients: dict[str, Any], cid: str) -> str:
+    c = clients.get(cid)
+    return f"{c.name} ({cid})" if c is not None and c.name else cid

@@ -1,0 +1,107 @@
+"""The supervisor's digest (`retainer report`): content from facts, plan and ledger; Markdown and HTML,
+the HTML checked in a real headless browser."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from test_cli import RULES, run
+
+import retainer
+from retainer.report import digest
+
+FR = {"rules": [{"id": "forgotten", "kind": "forgotten", "after": "60d"},
+                {"id": "release", "kind": "release", "forgotten_rule": "forgotten", "grace": "14d"}]}  # fmt: skip
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def crm() -> retainer.Store:
+    store = retainer.open_store("memory://")
+    store.add(
+        managers=[{"id": "m1", "name": "Anna", "supervisor_id": "boss"}, {"id": "m2", "name": "Ivan",
+                   "supervisor_id": "boss"}, {"id": "boss", "name": "Olga"}],
+        clients=[{"id": "c1", "manager_id": "m1", "name": "Acme"}, {"id": "c2", "manager_id": "m1", "name": "Borey"},
+                 {"id": "c3", "manager_id": "m2", "name": "Vega"}],
+        touches=[{"id": "t1", "client_id": "c1", "at": "2025-12-01T10:00:00", "kind": "call"},
+                 {"id": "t2", "client_id": "c2", "at": "2026-01-01T10:00:00", "kind": "call"},
+                 {"id": "t3", "client_id": "c3", "at": "2026-02-25T10:00:00", "kind": "call"}],
+        invoices=[{"id": "i1", "client_id": "c3", "issued_at": "2026-01-05", "due_at": "2026-01-20",
+                   "amount": "1200.50"},
+                  {"id": "i2", "client_id": "c3", "issued_at": "2026-02-01", "due_at": "2026-02-15", "amount": "300",
+                   "paid_at": "2026-02-20", "paid_amount": "100"},
+                  {"id": "i3", "client_id": "c3", "issued_at": "2026-02-20", "due_at": "2026-03-20", "amount": "999"}],
+    )  # fmt: skip
+    return store
+
+
+def test_digest_sections() -> None:
+    store = crm()
+    engine = retainer.Engine(FR, store)
+    engine.run("2026-03-01")  # c1: forgotten and released; c2 is forgotten from 2 March (day 60)
+    first = store.ledger()[0]
+    engine.record_outcome(first.id, {"result": "lost", "churn_reason": "price"})
+    d = digest(engine, "2026-03-02", label="retention.yaml")
+    md = d.to_markdown()
+    titles = [s.title for s in d.sections]
+    assert titles[:3] == ["Forgotten clients per manager", "Longest forgotten (top 30)", "Releases"]
+    forgotten = d.sections[0]
+    assert forgotten.rows == [["Anna (m1)", 2]]  # c1 (tasked by the earlier run) and c2 (new today)
+    releases = d.sections[2]
+    assert releases.rows == [["Acme (c1)", "Anna (m1)", "(committed earlier)", "release"]]
+    debtors = next(s for s in d.sections if s.title.startswith("Debtors"))
+    # i1 fully overdue, i2 partly paid; i3 not yet due
+    assert debtors.rows == [["Vega (c3)", "Ivan (m2)", Decimal("1400.50"), "2026-01-20", 41]]
+    assert "| Vega (c3) | Ivan (m2) | 1,400.50 | 2026-01-20 | 41 |" in md
+    churn = next(s for s in d.sections if s.title == "Churn reasons")
+    assert churn.rows == [["price", 1]]
+    delivery = next(s for s in d.sections if s.title == "Delivery")
+    assert delivery.rows == [["pending", 1], ["done", 1]]
+
+
+def test_cli_report_markdown_and_html(tmp_path: Path) -> None:
+    crm_dir = RULES.parents[1] / "crm"
+    r = run("report", "-r", str(RULES), "-d", str(crm_dir), "--as-of", "2026-03-01")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("# Supervisor's digest as of 2026-03-01") and "## Debtors" in r.stdout
+    md, html = tmp_path / "r.md", tmp_path / "r.html"
+    base = ["report", "-r", str(RULES), "-d", str(crm_dir), "--as-of", "2026-03-01", "--out"]
+    assert run(*base, str(md)).returncode == 0
+    assert md.read_text().startswith("# Supervisor's digest")
+    assert run(*base, str(html)).returncode == 0
+    text = html.read_text()
+    assert text.startswith("<!doctype html>") and "<svg" in text and "<table>" in text
+    bad = run("report", "-r", str(RULES), "-d", str(crm_dir), "--as-of", "2026-03-01", "--out", str(tmp_path / "r.pdf"))
+    assert bad.returncode == 2 and "give a .html or .md file" in bad.stderr
+
+
+def _browser(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    assert CHROMIUM
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={cwd / 'profile'}"]  # fmt: skip
+    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (.ci/run installs it with apt-get)")
+def test_html_reports_render_in_a_real_browser(tmp_path: Path) -> None:
+    """Tables and charts are in the DOM the browser built, and the page paints (a real screenshot)."""
+    crm_dir = RULES.parents[1] / "crm"
+    digest_html = tmp_path / "digest.html"
+    assert run("report", "-r", str(RULES), "-d", str(crm_dir), "--as-of", "2026-03-01", "--out",
+               str(digest_html)).returncode == 0  # fmt: skip
+    assert run("backtest", "-r", str(RULES), "-d", str(crm_dir), "--from", "2026-01-01", "--to", "2026-03-01",
+               "--step", "1w", "--compare", str(RULES), "--out", str(tmp_path / "bt")).returncode == 0  # fmt: skip
+    for page, min_tables, min_charts in ((digest_html, 3, 1), (tmp_path / "bt" / "backtest.html", 4, 4)):
+        dom = _browser("--dump-dom", page.as_uri(), cwd=tmp_path)
+        assert dom.returncode == 0, dom.stderr[-500:]
+        assert dom.stdout.count("<table>") >= min_tables and dom.stdout.count("<svg") >= min_charts
+        assert "<polyline" in dom.stdout or "<rect" in dom.stdout
+        shot = tmp_path / f"{page.stem}.png"
+        r = _browser(f"--screenshot={shot}", "--window-size=1100,1400", page.as_uri(), cwd=tmp_path)
+        assert r.returncode == 0 and shot.exists()
+        data = shot.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a painted page, not a blank one
