@@ -13,9 +13,9 @@ import csv
 import io
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from .actions import Action
 from .adapters.base import CallbackHandler
 from .engine import Engine
 from .errors import RetainerError
+from .model import Client, Manager
 from .rules.loader import RuleSet
 from .stores.base import Store
 from .stores.memory import MemoryStore
@@ -41,13 +42,27 @@ _LEDGER = frozenset({
 
 
 class FreshLedger:
-    """Facts from `base`, ledger (and cursors) from a private in-memory store."""
+    """Facts from `base`, ledger (and cursors) from a private in-memory store. Clients and managers
+    are read once: hundreds of steps ask for the same rows as of different dates."""
 
     def __init__(self, base: Store) -> None:
         self._base = base
         self._ledger = MemoryStore(f"backtest:{base.url}", timezone=base.tz)
         self.url = base.url
         self.tz = base.tz
+        self._clients: list[Client] = list(base.iter("clients"))  # type: ignore[arg-type]
+        self._managers = base.managers()
+
+    def clients(self, as_of: datetime, ids: Sequence[str] | None = None) -> list[Client]:
+        wanted = set(ids) if ids is not None else None
+        return [c for c in self._clients if (c.created_at is None or c.created_at <= as_of)
+                and (wanted is None or c.id in wanted)]  # fmt: skip
+
+    def managers(self) -> list[Manager]:
+        return list(self._managers)
+
+    def manager_loads(self, as_of: datetime) -> dict[str, int]:
+        return dict(Counter(c.manager_id for c in self.clients(as_of) if c.status != "archived"))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ledger if name in _LEDGER else self._base, name)
