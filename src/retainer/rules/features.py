@@ -191,7 +191,8 @@ def _window(kind: str, text: str) -> FeatureImpl:
             return [AggSpec("touches", "count", None, where, "at", since(a))]
 
         return FeatureImpl(
-            name, "int", f"{kind} touches within {w}", aggs=taggs, compute=lambda f: f.agg_column(taggs(f.as_of)[0], 0)
+            name, "int", f"{'touches' if kind == 'touches' else kind + ' touches'} within {w}", aggs=taggs,
+            compute=lambda f: f.agg_column(taggs(f.as_of)[0], 0),
         )
     if kind == "profit":
         rev = f"revenue_{text}"
