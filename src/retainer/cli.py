@@ -102,6 +102,8 @@ def schema() -> None:
 # ---------------------------------------------------------------- plan / explain
 
 FORMATS = ("table", "json", "jsonl")
+RulesOpt = Annotated[Path, typer.Option("--rules", "-r", help="Rule file.")]
+SourceOpt = Annotated[str, typer.Option("--data", "-d", help="Store URL, .db file, or folder of CSV/JSONL files.")]
 
 
 def _format(fmt: str | None, allowed: tuple[str, ...] = FORMATS) -> str:
@@ -148,8 +150,8 @@ def print_plan_summary(plan: Plan, console: Console, *, limit: int = 20, duplica
 
 @app.command()
 def plan(
-    rules: Annotated[Path, typer.Option("--rules", "-r", help="Rule file.")],
-    data: Annotated[str, typer.Option("--data", "-d", help="Store URL, .db file, or folder of CSV/JSONL files.")],
+    rules: RulesOpt,
+    data: SourceOpt,
     as_of: Annotated[str, typer.Option("--as-of", help="Date (end of that day) or ISO 8601 instant.")],
     fmt: Annotated[
         str | None,
@@ -176,7 +178,7 @@ def plan(
 
 @app.command()
 def explain(
-    rules: Annotated[Path, typer.Option("--rules", "-r", help="Rule file.")],
+    rules: RulesOpt,
     data: Annotated[str, typer.Option("--data", "-d", help="Store URL, .db file, or data folder.")],
     as_of: Annotated[str, typer.Option("--as-of", help="Date or ISO 8601 instant.")],
     client: Annotated[str, typer.Option("--client", "-c", help="Client id.")],
@@ -283,7 +285,7 @@ def _print_dispatch(d: Any, console: Console, data: str) -> None:
 
 @app.command()
 def run(
-    rules: Annotated[Path, typer.Option("--rules", "-r", help="Rule file.")],
+    rules: RulesOpt,
     data: Annotated[str, typer.Option("--data", "-d", help="Store URL or .db file (keeps the ledger).")],
     as_of: Annotated[str, typer.Option("--as-of", help="Date (end of that day) or ISO 8601 instant.")],
     handler: HandlerOpt = None,
@@ -471,7 +473,7 @@ def _date(value: str, option: str) -> date:
 @app.command()
 def backtest(
     rules: Annotated[Path, typer.Option("--rules", "-r", help="Rule file (A).")],
-    data: Annotated[str, typer.Option("--data", "-d", help="Store URL, .db file, or folder of CSV/JSONL files.")],
+    data: SourceOpt,
     start: Annotated[str, typer.Option("--from", help="First date replayed.")],
     end: Annotated[str, typer.Option("--to", help="Last date replayed.")],
     step: Annotated[str, typer.Option("--step", help="1d (nightly runs), 1w, 1mo.")] = "1d",
@@ -546,8 +548,8 @@ def _print_backtest(r: Any, console: Console, top: int = 15) -> None:
 
 @app.command()
 def report(
-    rules: Annotated[Path, typer.Option("--rules", "-r", help="Rule file.")],
-    data: Annotated[str, typer.Option("--data", "-d", help="Store URL, .db file, or folder of CSV/JSONL files.")],
+    rules: RulesOpt,
+    data: SourceOpt,
     as_of: Annotated[str, typer.Option("--as-of", help="Date of the digest.")],
     out_file: Annotated[Path | None, typer.Option("--out", help="report.html or .md (default: Markdown)")] = None,
     top: Annotated[int, typer.Option(help="Rows per list.", min=1)] = 30,
