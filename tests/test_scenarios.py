@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from datetime import UTC, date
 from pathlib import Path
@@ -172,10 +173,10 @@ def test_cli_exit_codes(tmp_path: Path) -> None:
         "to_manager_id: m2}", "to_manager_id: m9}"))  # fmt: skip
     r = run("test", str(bad))
     assert r.returncode == 1 and "✗" in r.stdout and "step 3" in r.stdout and "why (rule release" in r.stdout
-    assert "0 passed, 1 failed" in r.stderr
+    assert "0 passed, 1 failed" in r.stdout
     (tmp_path / "broken.scenario.yaml").write_text("rules: {rules: []}\nsteps: []\n")
     r = run("test", str(tmp_path))
-    assert r.returncode == 2 and "broken.scenario.yaml:2" in r.stderr and "1 invalid" in r.stderr
+    assert r.returncode == 2 and "broken.scenario.yaml:2" in r.stderr and "1 invalid" in r.stdout
     assert run("test", str(tmp_path / "none")).returncode == 2
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -193,3 +194,31 @@ def test_pytest_collects_scenarios_with_readable_failures(pytester: pytest.Pytes
     assert "good.scenario.yaml::forgotten, then released" in text
     assert "step 3 (14 days of grace later, nobody called)" in text and "none found" in text
     assert "Traceback" not in text and "scenario.py" not in text  # no Python internals for analysts
+
+
+def test_failures_show_the_closest_action_and_hint_at_typos() -> None:
+    s = Scenario(RULES).given(**CRM)
+    step = s.at("2026-03-01")
+    with pytest.raises(ScenarioFailure) as exc:
+        step.expect(type="create_task", due_at="+3d")
+    assert 'due_at: "2026-03-04"}: none found' in str(exc.value)  # the relative date, resolved
+    assert 'closest: create_task c1 (rule forgotten), due_at: expected "2026-03-04", got "2026-03-02"' in str(exc.value)
+    for spec, hint in (({"clientid": "c1"}, "there is no field 'clientid'; did you mean 'client_id'?"),
+                       ({"rule": "forgoten"}, "no rule 'forgoten' in the rule set; did you mean 'forgotten'?"),
+                       ({"type": "create-task"}, "no action type 'create-task'; did you mean 'create_task'?")):
+        with pytest.raises(ScenarioFailure, match=re.escape(hint)):
+            step.expect(spec)
+
+
+def test_a_date_matches_any_instant_on_that_day() -> None:
+    s = Scenario(RULES).given(**CRM)
+    s.at("2026-03-01").expect(type="create_task", evidence={"last_activity_at": "-60d"})  # a timestamp field
+
+
+def test_a_number_is_not_a_date(tmp_path: Path) -> None:
+    """`at: -60` (the `d` forgotten) must not pass as 1970."""
+    p = write(tmp_path, f"rules: {ONE}\ngiven:\n  managers: [{{id: m1}}]\n  clients: [{{id: c1, manager_id: m1}}]\n"
+                        "  touches:\n    - {id: t1, client_id: c1, at: -60, kind: call}\n"
+                        "steps:\n  - as_of: 2026-03-01\n")  # fmt: skip
+    with pytest.raises(ScenarioError, match=re.escape("t.scenario.yaml:6: touches: field at: invalid date/time -60")):
+        run_scenario_file(p)

@@ -95,7 +95,7 @@ def _managers_of(a: Action, client_manager: Mapping[str, str]) -> list[tuple[str
             return [(a.from_manager_id, "lost"), (a.to_manager_id or "?", "gained")]  # type: ignore[attr-defined]
         case "notify_manager" | "escalate":
             return [(a.to_manager_id or "?", "notifications")]  # type: ignore[attr-defined]
-    return [(client_manager.get(a.client_id, "?"), "client contacts")]
+    return [(client_manager.get(a.client_id, "?"), "client actions")]  # messages, tags, offers to their clients
 
 
 @dataclass
@@ -120,7 +120,8 @@ class Backtest:
         return {r: dict(sorted(c.items())) for r, c in sorted(out.items())}
 
     def per_manager(self) -> dict[str, dict[str, int]]:
-        """tasks, gained, lost, notifications, client contacts, and the peak of tasks in one step."""
+        """tasks, gained, lost, notifications, client actions (messages, tags, offers for their clients),
+        and the peak of tasks in one step."""
         totals: dict[str, Counter[str]] = defaultdict(Counter)
         daily: dict[tuple[str, date], int] = Counter()
         for day, a in self.new:
@@ -252,7 +253,7 @@ def render_html(results: list[Backtest]) -> str:
         pm = res.per_manager()
         body.append(charts.bar_chart({"tasks": [(m, v.get("tasks", 0)) for m, v in list(pm.items())[:20]]},
                                      title="tasks per manager (top 20)"))  # fmt: skip
-        cols = ["tasks", "peak_tasks_per_step", "gained", "lost", "notifications", "client contacts"]
+        cols = ["tasks", "peak_tasks_per_step", "gained", "lost", "notifications", "client actions"]
         body.append(charts.table(["manager", *cols], [(m, *(v.get(c, 0) for c in cols)) for m, v in pm.items()],
                                  caption="per manager"))  # fmt: skip
     meta = (f"{first.days[0]} to {first.days[-1]}, {len(first.days)} steps; "

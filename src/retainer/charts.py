@@ -15,10 +15,16 @@ PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#d
 
 
 def _nice_max(v: float) -> float:
+    """A round top for the axis, divisible by 4 so the quarter ticks of counts stay whole numbers."""
     if v <= 0:
-        return 1.0
+        return 4.0
     step = 10 ** (len(str(int(v))) - 1)
-    return float(((int(v) // step) + 1) * step)
+    top = ((int(v) // step) + 1) * step
+    return float(-(-top // 4) * 4)
+
+
+def _num(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:g}"
 
 
 def line_chart(
@@ -37,7 +43,8 @@ def line_chart(
     for k in range(5):  # horizontal grid with values
         y = top + h - h * k / 4
         out.append(f'<line x1="{left}" x2="{left + w}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>')
-        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" class="axis" text-anchor="end">{top_value * k / 4:g}</text>')
+        tick = _num(top_value * k / 4)
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" class="axis" text-anchor="end">{tick}</text>')
     stride = max(1, len(labels) // 6)
     ticks = list(range(0, len(labels), stride))
     if ticks and len(labels) - 1 - ticks[-1] >= stride / 2:  # the last label, unless it would overlap
@@ -45,8 +52,9 @@ def line_chart(
     for i in ticks:
         if 0 <= i < len(labels):
             x = left + w * i / (n - 1)
+            anchor = "end" if i == len(labels) - 1 and i else "start" if i == 0 else "middle"  # never cut off
             out.append(
-                f'<text x="{x:.1f}" y="{height - 12}" class="axis" text-anchor="middle">{escape(labels[i])}</text>'
+                f'<text x="{x:.1f}" y="{height - 12}" class="axis" text-anchor="{anchor}">{escape(labels[i])}</text>'
             )
     for s, (name, values) in enumerate(series.items()):
         pts = " ".join(f"{left + w * i / (n - 1):.1f},{top + h - h * v / top_value:.1f}" for i, v in enumerate(values))
@@ -80,6 +88,11 @@ def bar_chart(groups: Mapping[str, Sequence[tuple[str, float]]], *, title: str, 
         f'width="{width}" height="{height}" viewBox="0 0 {width} {height}">',
         f'<text x="8" y="16" class="title">{escape(title)}</text>',
     ]
+    if len(groups) > 1:  # which colour is which
+        for g, name in enumerate(groups):
+            lx = left + 120 + g * 170
+            out.append(f'<rect x="{lx}" y="8" width="10" height="10" fill="{PALETTE[g % len(PALETTE)]}"/>')
+            out.append(f'<text x="{lx + 14}" y="17" class="legend">{escape(name[:24])}</text>')
     for r, label in enumerate(labels):
         y0 = top + r * row
         out.append(
@@ -91,8 +104,8 @@ def bar_chart(groups: Mapping[str, Sequence[tuple[str, float]]], *, title: str, 
             y = y0 + g * bar
             color = PALETTE[g % len(PALETTE)]
             out.append(f'<rect x="{left}" y="{y}" width="{w * v / top_value:.1f}" height="{bar - 3}" fill="{color}">'
-                       f"<title>{escape(name)}: {v:g}</title></rect>")  # fmt: skip
-            out.append(f'<text x="{left + w * v / top_value + 4:.1f}" y="{y + bar - 6}" class="axis">{v:g}</text>')
+                       f"<title>{escape(name)}: {_num(v)}</title></rect>")  # fmt: skip
+            out.append(f'<text x="{left + w * v / top_value + 4:.1f}" y="{y + bar - 6}" class="axis">{_num(v)}</text>')
     out.append("</svg>")
     return "\n".join(out)
 

@@ -612,7 +612,7 @@ def test_(
                       highlight=False)  # fmt: skip
     passed = len(files) - failed - broken
     summary = f"{passed} passed, {failed} failed" + (f", {broken} invalid" if broken else "")
-    (err if failed or broken else out).print(summary, highlight=False)
+    out.print(summary, highlight=False)  # after the ✓/✗ lines, on the same stream, so a pipe keeps the order
     if broken:
         raise typer.Exit(2)
     if failed:

@@ -41,6 +41,9 @@ def _instant(value: Any, info: ValidationInfo) -> Any:
             return parse_instant(value, tz)
         except ValueError as exc:
             raise ValueError(f"invalid date/time {value!r}: use ISO 8601 such as 2026-03-01T10:00") from exc
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        # pydantic would read a number as seconds since 1970: `at: -60` (a forgotten `d`) must not pass as 1970
+        raise ValueError(f"invalid date/time {value!r}: use ISO 8601 such as 2026-03-01T10:00")
     return value
 
 

@@ -8,6 +8,7 @@ today) and the store's ledger; rendered as Markdown and as a self-contained HTML
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -30,6 +31,7 @@ class Section:
     rows: list[list[Any]]
     note: str = ""
     chart: list[tuple[str, float]] = field(default_factory=list)  # bar chart: label -> value
+    chart_title: str = ""
 
 
 @dataclass
@@ -56,9 +58,9 @@ class Digest:
         for s in self.sections:
             body.append(f"<h2>{escape(s.title)}</h2>")
             if s.note:
-                body.append(f"<p>{escape(s.note)}</p>")
+                body.append("<p>" + re.sub(r"`([^`]+)`", r"<code>\1</code>", escape(s.note)) + "</p>")
             if s.chart:
-                body.append(charts.bar_chart({s.title: s.chart[:20]}, title=s.title))
+                body.append(charts.bar_chart({s.title: s.chart[:20]}, title=s.chart_title or s.title))
             if s.rows:
                 body.append(charts.table(s.headers, [[_cell(c) if isinstance(c, Decimal) else c for c in r]
                                                      for r in s.rows]))  # fmt: skip
@@ -101,8 +103,8 @@ def digest(engine: Engine, as_of: str | date | datetime, *, top: int = 30, label
                      key=lambda x: -int(x.evidence.get("days_since_activity") or 0))[:top]  # fmt: skip
     sections.append(Section(
         "Forgotten clients per manager", ["manager", "forgotten clients"], [list(r) for r in per_manager],
-        note=f"{sum(len(v) for v in forgotten.values())} client(s) past their threshold; "
-             "each has a task from the rules (this run's or an earlier one's).",
+        note=f"{sum(len(v) for v in forgotten.values())} client(s) past their threshold today, whether or not an "
+             "earlier run already created their task (do-not-contact clients are not listed).",
         chart=per_manager,
     ))  # fmt: skip
     sections.append(Section(
@@ -124,11 +126,17 @@ def digest(engine: Engine, as_of: str | date | datetime, *, top: int = 30, label
     ))
 
     esc = [x for x, s in current if x.type == "escalate" and (s is None or s.reason_code == "duplicate")]
+    untold = Counter(x.about_manager_id for x, s in current  # type: ignore[attr-defined]
+                     if x.type == "escalate" and s is not None and s.reason_code == "no_recipient")  # fmt: skip
+    note = f"{len(esc)} escalation(s) to supervisors."
+    if untold:
+        note += (f" {sum(untold.values())} could not be sent because the manager has no supervisor: "
+                 + ", ".join(f"{name(m)} ({n})" for m, n in untold.most_common()) + ".")  # fmt: skip
     sections.append(Section(
         "Escalations", ["client", "about manager", "to", "reason"],
         [[_client(clients, x.client_id), name(x.about_manager_id), name(x.to_manager_id), x.reason]  # type: ignore[attr-defined]
          for x in esc[:top]],
-        note=f"{len(esc)} escalation(s) to supervisors.",
+        note=note,
     ))  # fmt: skip
 
     # debtors: overdue outstanding amounts, from the facts (no rule needed)
@@ -148,6 +156,7 @@ def digest(engine: Engine, as_of: str | date | datetime, *, top: int = 30, label
          for cid, amount in debtors[:top]],
         note=f"{len(debtors)} client(s) owe {sum(owed.values(), Decimal(0)):,.2f} past due.",
         chart=[(m, float(v)) for m, v in by_manager.most_common()],
+        chart_title="overdue amount per manager (all debtors)",
     ))  # fmt: skip
 
     # churn reasons the host reported back (record_outcome / `retainer actions outcome ... churn_reason=...`)

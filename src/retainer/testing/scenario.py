@@ -24,10 +24,10 @@ from typing import Any
 from dateutil.relativedelta import relativedelta
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..actions import Action, Suppression
+from ..actions import ACTION_TYPES, Action, Suppression
 from ..adapters.recording import RecordingHandler
 from ..engine import Engine
-from ..errors import DataError, RetainerError, RulesError
+from ..errors import DataError, RetainerError, RulesError, did_you_mean
 from ..ledger import RunReport, action_payload
 from ..rules.loader import RuleSet, _Lines, _pydantic_message, compile_rules, load_rules, parse_yaml
 from ..stores import open_store
@@ -37,6 +37,7 @@ from ..timeutil import AsOf, parse_as_of, parse_duration
 __all__ = ["Scenario", "ScenarioError", "ScenarioFailure", "Step", "load_scenario", "run_scenario_file"]
 
 _RELATIVE = re.compile(r"^([+-])\s*(\d+\s*(?:h|d|w|mo|y))$")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 class ScenarioError(RulesError):
@@ -77,9 +78,11 @@ def _scalar_equal(expected: Any, actual: Any) -> bool:
             return Decimal(str(expected)) == Decimal(str(actual))
         except InvalidOperation:
             return False
-    e = expected.isoformat() if isinstance(expected, date) else str(expected)
+    e = expected.isoformat() if isinstance(expected, date) and not isinstance(expected, datetime) else str(expected)
     if e == str(actual):
         return True
+    if _DATE.match(e) and isinstance(actual, str) and len(actual) > 10 and actual[10] == "T":
+        return actual[:10] == e  # a date matches any instant on that (local) day
     try:  # instants written in another offset or precision
         return datetime.fromisoformat(e) == datetime.fromisoformat(str(actual))
     except ValueError:
@@ -109,6 +112,14 @@ def _flat(action: Action) -> dict[str, Any]:
 
 def _suppressed_view(s: Suppression) -> dict[str, Any]:
     return {**_flat(s.action), "reason_code": s.reason_code, "detail": s.detail}
+
+
+def _flat_fields() -> set[str]:
+    """Every field any action type (or a suppression) has: what an expectation may name."""
+    out = {"reason_code", "detail"}
+    for cls in ACTION_TYPES.values():
+        out |= set(cls.model_fields)
+    return out
 
 
 def _show(spec: Mapping[str, Any]) -> str:
@@ -154,7 +165,7 @@ class Step:
                      if not any(matches(_resolve(s, self.as_of), v) for s in wanted)]  # fmt: skip
         if missing or extra:
             self.fail(
-                [f"expected an action matching {_show(s)}: none found" for s in missing]
+                [self._not_found("an action", s, views) for s in missing]
                 + [f"unexpected action: {_line(a)}" for a in extra],
                 [s.get("client_id") for s in missing] + [a.client_id for a in extra],
                 [s.get("rule") for s in missing] + [a.rule for a in extra],
@@ -185,12 +196,37 @@ class Step:
                      and not any(matches(_resolve(w, self.as_of), v) for w in wanted)]  # fmt: skip
         if missing or extra:
             self.fail(
-                [f"expected a suppressed action matching {_show(s)}: none found" for s in missing]
+                [self._not_found("a suppressed action", s, views) for s in missing]
                 + [f"unexpected suppression ({s.reason_code}): {_line(s.action)}" for s in extra],
                 [s.get("client_id") for s in missing] + [s.action.client_id for s in extra],
                 [s.get("rule") for s in missing] + [s.action.rule for s in extra],
             )
         return self
+
+    def _not_found(self, what: str, spec: Mapping[str, Any], views: list[dict[str, Any]]) -> str:
+        """What was wanted (relative dates resolved), the closest candidate and how it differs, and
+        hints for names that cannot match anything (a misspelt field, rule id or action type)."""
+        resolved = _resolve(spec, self.as_of)
+        msg = f"expected {what} matching {_show(resolved)}: none found"
+        hints = []
+        fields = {k for v in views for k in v} | set(_flat_fields())
+        rule_ids = [r.id for r in self.scenario.engine.rules.rules]
+        for k, v in resolved.items():
+            if k not in fields:
+                hints.append(f"there is no field {k!r}{did_you_mean(k, fields)}")
+            elif k == "rule" and v not in rule_ids:
+                hints.append(f"no rule {v!r} in the rule set{did_you_mean(str(v), rule_ids)}")
+            elif k == "type" and v not in ACTION_TYPES:
+                hints.append(f"no action type {v!r}{did_you_mean(str(v), ACTION_TYPES)}")
+        if hints:
+            return msg + "; " + "; ".join(hints)
+        if views:
+            best = max(views, key=lambda v: sum(k in v and matches(x, v[k]) for k, x in resolved.items()))
+            diff = [f"{k}: expected {json.dumps(x, default=str)}, got {json.dumps(best.get(k), default=str)}"
+                    for k, x in resolved.items() if not (k in best and matches(x, best[k]))]  # fmt: skip
+            who = f"{best.get('type')} {best.get('client_id')} (rule {best.get('rule')})"
+            msg += f"\n      closest: {who}, " + "; ".join(diff)
+        return msg
 
     def fail(self, problems: list[str], clients: Sequence[Any], rules: Sequence[Any]) -> None:
         raise ScenarioFailure(self.describe(problems, clients, rules))
