@@ -262,7 +262,9 @@ def test_a_handler_that_keeps_failing_is_given_up_on_and_the_rest_waits(store: S
               touches=[{"id": f"u{i}", "client_id": f"d{i}", "at": "2026-01-01T10:00:00", "kind": "call"}
                        for i in range(20)])  # fmt: skip
     down = RecordingHandler(fail=lambda a: True, error="timed out")
-    report = run(store, handlers=down, retry=Retry(max_attempts=3, stop_after=5))
+    clock = FakeClock()
+    report = run(store, handlers=down, retry=Retry(max_attempts=3, stop_after=5), clock=clock)
+    assert clock.sleeps == []  # the retries of a handler given up on are not waited for
     d = report.dispatch
     assert list(d.stopped) == [repr(down)] and "5 failures in a row" in d.stopped[repr(down)]
     assert sum(down.calls.values()) == 5 and d.left == 18 and not d.complete and not report.ok

@@ -104,7 +104,7 @@ class Dispatcher:
         retry: Retry | None = None,
         clock: Callable[[], datetime] = utc_now,
         sleep: Callable[[float], None] = time.sleep,
-        batch: int = 200,
+        batch: int = 200,  # actions taken from the queue between two looks at the retries that are due
     ) -> None:
         if isinstance(handlers, Mapping):
             self.handlers: dict[str, ActionHandler] = dict(handlers)
@@ -177,6 +177,9 @@ class Dispatcher:
                     streak[id(h)] = streak.get(id(h), 0) + 1
                     if self.retry.stop_after is not None and streak[id(h)] >= self.retry.stop_after:
                         report.stopped[repr(h)] = f"{streak[id(h)]} failures in a row, the last: {error}"
+                        # its retries are not waited for: they stay `failed` for the next run
+                        waiting = [w for w in waiting if repr(self.route(w[2].type)) not in report.stopped]
+                        heapq.heapify(waiting)
                 elif st == "done":
                     streak[id(h)] = 0
         return report
