@@ -166,7 +166,7 @@ def test_explain(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "MATCHED" in r.stdout
     assert "last activity at least 30d ago (override #1)" in r.stdout
-    assert "[value: 2026-01-15T12:00:00+03:00]" in r.stdout
+    assert "[value: 2026-01-15T12:00:00+03:00, 45 days before as_of]" in r.stdout
     r = run("explain", "-r", str(RULES), "-d", str(CRM), "--as-of", "2026-03-01", "--client", "c4", "-f", "json")
     data = json.loads(r.stdout)
     rules = {x["rule"]: x for x in data["rules"]}

@@ -58,10 +58,12 @@ class ExplainNode:
     held: bool
     value: Any = None
     children: tuple[ExplainNode, ...] = ()
+    note: str = ""  # a reading aid next to the value ("59 days before as_of")
 
     def lines(self, indent: int = 0) -> list[str]:
         mark = "✔" if self.held else "✘"
-        shown = "" if self.value is _NOVALUE else f"  [value: {_fmt(self.value)}]"
+        note = f", {self.note}" if self.note else ""
+        shown = "" if self.value is _NOVALUE else f"  [value: {_fmt(self.value)}{note}]"
         out = [f"{'  ' * indent}{mark} {self.text}{shown}"]
         for c in self.children:
             out.extend(c.lines(indent + 1))
@@ -71,6 +73,8 @@ class ExplainNode:
         d: dict[str, Any] = {"condition": self.text, "held": self.held}
         if self.value is not _NOVALUE:
             d["value"] = _jsonable(self.value)
+        if self.note:
+            d["note"] = self.note
         if self.children:
             d["children"] = [c.to_dict() for c in self.children]
         return d
@@ -80,10 +84,13 @@ _NOVALUE: Any = type("_NoValue", (), {"__repr__": lambda self: "-"})()
 
 
 def _fmt(v: Any) -> str:
+    """As an analyst reads it: `none` rather than None, tags as a plain list."""
+    if v is None:
+        return "none"
     if isinstance(v, datetime):
         return v.isoformat()
     if isinstance(v, frozenset | set):
-        return "{" + ", ".join(sorted(map(str, v))) + "}"
+        return ", ".join(sorted(map(str, v))) if v else "none"
     return str(v)
 
 
@@ -285,7 +292,12 @@ class OlderThan(Node):
         if d is None:
             return ExplainNode(f"{name}: no threshold, {problems.get(i, 'invalid')}{which}", False,
                                _local(v, frame.as_of))
-        return ExplainNode(f"{name} at least {d} ago{which}", held, _local(v, frame.as_of))
+        when = _local(v, frame.as_of)
+        note = ""
+        if isinstance(when, datetime):  # "59 days before as_of": the count an analyst checks
+            days = (frame.as_of.date - when.date()).days
+            note = f"{days} day{'s' * (days != 1)} before as_of"
+        return ExplainNode(f"{name} at least {d} ago{which}", held, when, note=note)
 
     def features(self) -> set[str]:
         fs = {self.feature}
