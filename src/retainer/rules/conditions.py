@@ -240,7 +240,23 @@ class OlderThan(Node):
 
     def durations(self, frame: Frame, problems: dict[int, str] | None = None) -> list[Duration | None]:
         """The threshold each client is held to (None when its duration attribute is invalid, and then
-        `problems` gets the reason by client index)."""
+        `problems` gets the reason by client index). Computed once per frame: the mask, the engine's
+        evidence and explain all ask."""
+        memo = getattr(frame, "memo", None)
+        if memo is not None:
+            hit = memo.get(("durations", id(self)))
+            if hit is None:
+                hit = memo[("durations", id(self))] = self._durations(frame)
+            if problems is not None:
+                problems.update(hit[1])
+            return hit[0]
+        out, found = self._durations(frame)
+        if problems is not None:
+            problems.update(found)
+        return out
+
+    def _durations(self, frame: Frame) -> tuple[list[Duration | None], dict[int, str]]:
+        problems: dict[int, str] = {}
         n = len(frame.ids)
         out: list[Duration | None] = [self.default] * n
         decided = [False] * n
@@ -251,7 +267,7 @@ class OlderThan(Node):
                 if m[i] and not decided[i]:
                     decided[i] = True
                     out[i] = _as_duration(col[i]) if col is not None else dur  # type: ignore[assignment]
-                    if out[i] is None and problems is not None and col is not None:
+                    if out[i] is None and col is not None:
                         problems[i] = f"{dur} {col[i]!r} is not a duration (write e.g. 45d, 6w, 2mo, 36h)"
         if self.plus is not None:
             plus = self.plus
@@ -259,7 +275,7 @@ class OlderThan(Node):
             out = [
                 None if d is None else extended.get(d) or extended.setdefault(d, add_durations(d, plus)) for d in out
             ]
-        return out
+        return out, problems
 
     def mask(self, frame: Frame) -> list[bool]:
         as_of = frame.as_of

@@ -64,6 +64,8 @@ class FeatureFrame:
         self._partial = client_ids
         self._cols: dict[str, list[Any]] = {}
         self._aggs: dict[AggSpec, dict[str, Any]] = {}
+        #: results conditions compute once per plan and read several times (thresholds per client)
+        self.memo: dict[Any, Any] = {}
 
     def prefetch(self, names: set[str]) -> None:
         specs: list[AggSpec] = []
