@@ -153,8 +153,10 @@ def main() -> None:
         counts = json.loads((a.work / f"run-{night}.json").read_text())["counts"]
         nights.append({"s": secs, "rss_mb": rss, **counts})
     results["runs"] = nights
-    for suffix in ("", "-wal", "-shm", "-runlock"):
-        Path(f"{runs_db}{suffix}").unlink(missing_ok=True)
+    from retainer.stores.sqlite import store_files
+
+    for f in store_files(runs_db):
+        f.unlink(missing_ok=True)
 
     # the tuned SQLite query: first call builds its database from the CSVs (not timed)
     fr = [float(sh([sys.executable, str(SHARED / "fr_sql.py"), str(data), str(ref_db), "--out", str(ref_pairs)])

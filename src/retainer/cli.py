@@ -667,11 +667,11 @@ def import_(
 
 def _remove_if_created(store: object) -> None:
     """A rejected import leaves nothing behind: not even the empty database file it created."""
-    from .stores import SQLiteStore
+    from .stores.sqlite import SQLiteStore, store_files
 
     if isinstance(store, SQLiteStore) and store.created:
-        for suffix in ("", "-wal", "-shm", "-runlock"):
-            Path(store.path + suffix).unlink(missing_ok=True)
+        for f in store_files(store.path):
+            f.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- demo
@@ -709,8 +709,10 @@ def demo(
     shutil.copyfile(_examples_dir() / "rules" / "retention.yaml", rules_path)
     rs = _rules(rules_path)
     db = dir / "crm.db"
-    for suffix in ("", "-wal", "-shm", "-runlock"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    from .stores.sqlite import store_files
+
+    for f in store_files(db):
+        f.unlink(missing_ok=True)
     with err.status("generating a synthetic CRM ..."):
         counts = generate(dir / "data", clients=clients, seed=seed, as_of=asof_date)
     with err.status("importing it into SQLite ..."):

@@ -259,6 +259,16 @@ def _converter(kind: str) -> Any:
             return None
 
 
+def lock_file(path: str | Path) -> str:
+    """The run lock beside a database, by its real path: one lock whatever the path (symlinks, ../)."""
+    return os.path.realpath(path) + "-runlock"
+
+
+def store_files(path: str | Path) -> list[Path]:
+    """Every file a SQLite store consists of: the database, SQLite's WAL and shared memory, the run lock."""
+    return [Path(f"{path}{suffix}") for suffix in ("", "-wal", "-shm")] + [Path(lock_file(path))]
+
+
 if os.name == "nt":  # pragma: no cover - exercised on Windows only
     import msvcrt
 
@@ -556,7 +566,7 @@ class SQLiteStore:
             finally:
                 self._mem_lock.release()
             return
-        lock_path = os.path.realpath(self.path) + "-runlock"  # one lock whatever the path (symlinks, ../)
+        lock_path = lock_file(self.path)
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             if not _try_lock(fd):
@@ -585,19 +595,15 @@ class SQLiteStore:
             ).fetchall()
         )
 
-    def _write(self) -> Any:
-        """BEGIN IMMEDIATE: take the write lock up front, so the duplicate check and the inserts see
-        the same ledger."""
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE: take the write lock up front, so a check (duplicate keys, existing ids) and
+        the writes that follow it see the same database."""
         conn = self.db.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             raise StoreError(f"{self.path}: cannot write: {exc}") from exc
-        return conn
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        conn = self._write()
         try:
             yield conn
         except BaseException:
