@@ -13,9 +13,9 @@ import csv
 import io
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,6 @@ from .actions import Action
 from .adapters.base import CallbackHandler
 from .engine import Engine
 from .errors import RetainerError
-from .model import Client, Manager
 from .rules.loader import RuleSet
 from .stores.base import Store
 from .stores.memory import MemoryStore
@@ -35,37 +34,28 @@ from .timeutil import parse_duration
 
 __all__ = ["Backtest", "backtest", "steps_between"]
 
-_LEDGER = frozenset({
+#: what a backtest keeps to itself: the ledger and cursors (fresh), and clients and managers (read once,
+#: since hundreds of steps ask for the same rows as of different dates)
+_LOCAL = frozenset({
     "run_lock", "ledger_status", "commit_run", "finish_run", "runs", "ledger", "begin_attempts",
     "finish_attempts", "requeue", "set_outcome", "get_cursor", "set_cursor",
+    "clients", "managers", "manager_loads",
 })  # fmt: skip
 
 
 class FreshLedger:
-    """Facts from `base`, ledger (and cursors) from a private in-memory store. Clients and managers
-    are read once: hundreds of steps ask for the same rows as of different dates."""
+    """Facts from `base`, except clients and managers, copied once into a private in-memory store that
+    also holds a fresh ledger; the in-memory store answers "as of" questions as every store does."""
 
     def __init__(self, base: Store) -> None:
         self._base = base
-        self._ledger = MemoryStore(f"backtest:{base.url}", timezone=base.tz)
+        self._local = MemoryStore(f"backtest:{base.url}", timezone=base.tz)
+        self._local.add(managers=list(base.iter("managers")), clients=list(base.iter("clients")))
         self.url = base.url
         self.tz = base.tz
-        self._clients: list[Client] = list(base.iter("clients"))  # type: ignore[arg-type]
-        self._managers = base.managers()
-
-    def clients(self, as_of: datetime, ids: Sequence[str] | None = None) -> list[Client]:
-        wanted = set(ids) if ids is not None else None
-        return [c for c in self._clients if (c.created_at is None or c.created_at <= as_of)
-                and (wanted is None or c.id in wanted)]  # fmt: skip
-
-    def managers(self) -> list[Manager]:
-        return list(self._managers)
-
-    def manager_loads(self, as_of: datetime) -> dict[str, int]:
-        return dict(Counter(c.manager_id for c in self.clients(as_of) if c.status != "archived"))
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._ledger if name in _LEDGER else self._base, name)
+        return getattr(self._local if name in _LOCAL else self._base, name)
 
 
 def steps_between(start: date, end: date, step: str) -> list[date]:
