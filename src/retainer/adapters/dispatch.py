@@ -151,7 +151,8 @@ class Dispatcher:
         attempts = {e.id: e.attempts for e in queue}
         waiting: list[tuple[float, int, LedgerEntry]] = []  # (due, order, entry) for retries
         order = {e.id: n for n, e in enumerate(queue)}
-        streak: dict[int, int] = {}  # retryable failures in a row, per handler
+        streak: dict[int, int] = {}  # failures in a row that were not rejections, per handler (by id)
+        given_up: set[int] = set()  # handlers (by id) this dispatch stopped using
         queue.reverse()  # pop() from the end = ledger order
         while queue or waiting:
             now = self.clock().timestamp()
@@ -165,31 +166,36 @@ class Dispatcher:
                 continue
             for e in ready:
                 h = self.route(e.type)
-                if repr(h) in report.stopped:
+                if id(h) in given_up:
                     report.left += e.id not in report.failed  # the failed ones are reported with their error
                     continue
-                st = self._attempt(e, attempts, report)
+                st, rejected = self._attempt(e, attempts, report)
                 if st == "failed":
                     due = self.clock().timestamp() + self.retry.delay(attempts[e.id])
                     heapq.heappush(waiting, (due, order[e.id], e))
-                error = report.failed.get(e.id) or report.dead.get(e.id, "")
-                if st in ("failed", "dead") and not error.endswith("(not retried)"):  # the endpoint, not the request
+                if st in ("failed", "dead") and not rejected:  # the endpoint failed, not the request
                     streak[id(h)] = streak.get(id(h), 0) + 1
                     if self.retry.stop_after is not None and streak[id(h)] >= self.retry.stop_after:
+                        error = report.failed.get(e.id) or report.dead[e.id]
                         report.stopped[repr(h)] = f"{streak[id(h)]} failures in a row, the last: {error}"
+                        given_up.add(id(h))
                         # its retries are not waited for: they stay `failed` for the next run
-                        waiting = [w for w in waiting if repr(self.route(w[2].type)) not in report.stopped]
+                        waiting = [w for w in waiting if id(self.route(w[2].type)) not in given_up]
                         heapq.heapify(waiting)
                 elif st == "done":
                     streak[id(h)] = 0
         return report
 
-    def _attempt(self, e: LedgerEntry, attempts: dict[str, int], report: DispatchReport) -> Status | None:
+    def _attempt(
+        self, e: LedgerEntry, attempts: dict[str, int], report: DispatchReport
+    ) -> tuple[Status | None, bool]:
         """One delivery, recorded around the call: the attempt is counted before it (so an action that
         kills the process uses up its own attempts, never another's), the result right after (so a
-        crash loses at most the result of the one action in flight)."""
+        crash loses at most the result of the one action in flight). Returns the new status (None:
+        done meanwhile) and whether the handler rejected the action (`PermanentError`)."""
         limit = self.retry.max_attempts
         st: Status
+        rejected = False
         if attempts[e.id] >= limit:  # e.g. max_attempts lowered, or crashes used them up
             st, err = "dead", e.last_error or (
                 f"gave up after {attempts[e.id]} attempts that never returned (the process stopped while delivering it)"
@@ -198,7 +204,7 @@ class Dispatcher:
             if not self.store.begin_attempts([e.id], self.clock()):
                 report.skipped.append(e.id)  # done meanwhile: the host recorded an outcome
                 report.failed.pop(e.id, None)
-                return None
+                return None, False
             attempts[e.id] += 1
             report.attempts += 1
             handler = self.route(e.type)
@@ -206,7 +212,7 @@ class Dispatcher:
             try:
                 handler.handle(e.action)
             except PermanentError as exc:
-                st, err = "dead", describe_error(exc) + " (not retried)"
+                st, err, rejected = "dead", describe_error(exc) + " (not retried)", True
             except Exception as exc:
                 st, err = ("dead" if attempts[e.id] >= limit else "failed"), describe_error(exc)
             else:
@@ -214,13 +220,13 @@ class Dispatcher:
         self.store.finish_attempts([(e.id, st, err, attempts[e.id])], self.clock())
         if st == "failed":
             report.failed[e.id] = err or ""
-            return st
+            return st, rejected
         report.failed.pop(e.id, None)
         if st == "done":
             report.done.append(e.id)
         else:
             report.dead[e.id] = err or ""
-        return st
+        return st, rejected
 
 
 def replay(
