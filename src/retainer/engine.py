@@ -51,7 +51,7 @@ from .rules.kinds import CompiledRule
 from .rules.loader import RuleSet, load_rules
 from .rules.schema import ActionSpec, ReassignSpec
 from .stores.base import Store
-from .timeutil import AsOf, Duration, parse_as_of
+from .timeutil import AsOf, AsOfRangeError, Duration, parse_as_of
 
 __all__ = ["Engine", "Explanation", "RuleExplanation"]
 
@@ -297,7 +297,7 @@ class Engine:
         try:
             return parse_as_of(value, self.rules.tz)
         except ValueError as exc:
-            why = str(exc) if "between the years" in str(exc) else "use a date (2026-03-01) or ISO 8601 instant"
+            why = str(exc) if isinstance(exc, AsOfRangeError) else "use a date (2026-03-01) or ISO 8601 instant"
             raise RetainerError(f"invalid as_of {value!r}: {why}") from exc
 
     # ------------------------------------------------------------------ plan

@@ -221,9 +221,13 @@ def parse_as_of(value: str | date | datetime, tz: tzinfo) -> AsOf:
 AS_OF_YEARS = (1900, 2999)
 
 
+class AsOfRangeError(ValueError):
+    """A well-formed as_of outside AS_OF_YEARS: its message is the whole explanation."""
+
+
 def _in_range(a: AsOf) -> AsOf:
     if not AS_OF_YEARS[0] <= a.instant.year <= AS_OF_YEARS[1]:
-        raise ValueError(f"as_of must lie between the years {AS_OF_YEARS[0]} and {AS_OF_YEARS[1]}")
+        raise AsOfRangeError(f"as_of must lie between the years {AS_OF_YEARS[0]} and {AS_OF_YEARS[1]}")
     return a
 
 
