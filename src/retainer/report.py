@@ -90,13 +90,16 @@ def digest(engine: Engine, as_of: str | date | datetime, *, top: int = 30, label
         m = managers.get(mid or "")
         return f"{m.name} ({m.id})" if m and m.name else (mid or "?")
 
-    current = [(x, None) for x in plan.actions] + [(s.action, s) for s in plan.suppressed]
+    # due today: the plan's actions and those an earlier run already committed (its duplicates);
+    # held: what a policy held back, with why
+    due = [*plan.actions, *(s.action for s in plan.suppressed if s.reason_code == "duplicate")]
+    held = [(s.action, s) for s in plan.suppressed if s.reason_code != "duplicate"]
     sections: list[Section] = []
 
     # forgotten clients per manager: every client a forgotten-kind rule matches today
     forgotten: dict[str, list[Action]] = defaultdict(list)
-    for x, s in current:
-        if kinds.get(x.rule) == "forgotten" and x.type == "create_task" and (s is None or s.reason_code == "duplicate"):
+    for x in due:
+        if kinds.get(x.rule) == "forgotten" and x.type == "create_task":
             forgotten[clients[x.client_id].manager_id if x.client_id in clients else "?"].append(x)
     per_manager = sorted(((name(m), len(xs)) for m, xs in forgotten.items()), key=lambda kv: (-kv[1], kv[0]))
     longest = sorted((x for xs in forgotten.values() for x in xs),
@@ -114,8 +117,8 @@ def digest(engine: Engine, as_of: str | date | datetime, *, top: int = 30, label
     ))  # fmt: skip
 
     # releases, and the clients nobody could take
-    moves = [x for x, s in current if x.type == "reassign" and (s is None or s.reason_code == "duplicate")]
-    stuck = [(x, s) for x, s in current if x.type == "reassign" and s is not None and s.reason_code != "duplicate"]
+    moves = [x for x in due if x.type == "reassign"]
+    stuck = [(x, s) for x, s in held if x.type == "reassign"]
     sections.append(Section(
         "Releases", ["client", "from", "to", "rule"],
         [[_client(clients, x.client_id), name(x.from_manager_id), name(x.to_manager_id) if x.to_manager_id  # type: ignore[attr-defined]
@@ -125,9 +128,9 @@ def digest(engine: Engine, as_of: str | date | datetime, *, top: int = 30, label
              + ")" if stuck else f"{len(moves)} client(s) released to a more responsive manager.",
     ))
 
-    esc = [x for x, s in current if x.type == "escalate" and (s is None or s.reason_code == "duplicate")]
-    untold = Counter(x.about_manager_id for x, s in current  # type: ignore[attr-defined]
-                     if x.type == "escalate" and s is not None and s.reason_code == "no_recipient")  # fmt: skip
+    esc = [x for x in due if x.type == "escalate"]
+    untold = Counter(x.about_manager_id for x, s in held  # type: ignore[attr-defined]
+                     if x.type == "escalate" and s.reason_code == "no_recipient")  # fmt: skip
     note = f"{len(esc)} escalation(s) to supervisors."
     if untold:
         note += (f" {sum(untold.values())} could not be sent because the manager has no supervisor: "
