@@ -51,7 +51,7 @@ class Action(BaseModel):
     id: str
     key: str
     rule: str
-    client_id: str
+    client_id: str | None  # None only for manager-level rules (overdue_tasks)
     category: Category
     reason: str
     evidence: dict[str, Any] = Field(default_factory=dict)
@@ -69,6 +69,7 @@ class CreateTask(Action):
     title: str
     due_at: date
     task_kind: str | None = None
+    options: list[str] | None = None  # answers to pick from when closing it (win-back churn reasons)
 
 
 class Reassign(Action):

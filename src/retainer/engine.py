@@ -16,11 +16,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from . import policies
 from .actions import (
@@ -41,12 +39,14 @@ from .actions import (
 from .adapters.dispatch import Dispatcher, DispatchReport, Handlers, Retry, utc_now
 from .adapters.dispatch import replay as _replay
 from .errors import RetainerError, RulesError
+from .keys import action_key as _key
+from .keys import episode_text as _episode_text
 from .ledger import LedgerEntry, RunRecord, RunReport
 from .model import Client, Manager, fast_model
 from .plan import Plan
 from .rules import templates
 from .rules.conditions import ExplainNode
-from .rules.features import FeatureFrame
+from .rules.features import FeatureFrame, SubFrame, invoice_frame, manager_frame
 from .rules.kinds import CompiledRule
 from .rules.loader import RuleSet, load_rules
 from .rules.schema import ActionSpec, ReassignSpec
@@ -59,17 +59,21 @@ __all__ = ["Engine", "Explanation", "RuleExplanation"]
 @dataclass
 class _Match:
     rule: CompiledRule
-    i: int
-    client: Client
+    i: int  # row in `frame`
+    client: Client | None  # None for a manager-level rule
     episode: str
     threshold: Duration | None
     blocked: str | None  # do_not_contact detail
+    frame: FeatureFrame | SubFrame
+    subject_id: str  # the client's id, or the manager's for a manager-level rule
+    about: Manager | None = None  # the manager a manager-level rule is about
     new_manager: Manager | None = None
     reassign_failed: str | None = None
+    superseded: str | None = None  # a ladder step overtaken by a later one that is due too
     keys: list[str] = field(default_factory=list)  # every key this match can produce, for the ledger check
 
 
-def _then_keys(rule: CompiledRule, client_id: str, episode: str) -> list[str]:
+def _then_keys(rule: CompiledRule, subject_id: str, episode: str) -> list[str]:
     """Keys of the rule's actions in `then` order (`create_task`, `create_task#2`, ...), plus the
     escalation a failed release produces."""
     counts: Counter[str] = Counter()
@@ -77,9 +81,9 @@ def _then_keys(rule: CompiledRule, client_id: str, episode: str) -> list[str]:
     for spec in rule.then:
         counts[spec.type] += 1
         n = counts[spec.type]
-        keys.append(_key(rule.id, client_id, episode, spec.type if n == 1 else f"{spec.type}#{n}"))
+        keys.append(_key(rule.id, subject_id, episode, spec.type if n == 1 else f"{spec.type}#{n}"))
     if any(s.reassign is not None for s in rule.then) and counts["escalate"] == 0:
-        keys.append(_key(rule.id, client_id, episode, "escalate"))
+        keys.append(_key(rule.id, subject_id, episode, "escalate"))
     return keys
 
 
@@ -184,19 +188,6 @@ class _Reassigner:
                 heapq.heappush(self._heaps[key], (self.loads[mid], mid))
 
 
-def _episode_text(v: Any, as_of: AsOf) -> str:
-    if v is None:
-        return "none"
-    if isinstance(v, datetime):
-        return as_of.local_date(v).isoformat()
-    if isinstance(v, frozenset | set):
-        return ",".join(sorted(v))
-    if isinstance(v, int | float | Decimal) and not isinstance(v, bool):
-        # one spelling per amount, whatever the store returned (100.50, 100.5 and 100.5000 are one episode)
-        return format((Decimal(str(v)) + 0).normalize(), "f")
-    return str(v)
-
-
 def _evidence_value(v: Any, as_of: AsOf) -> Any:
     if isinstance(v, datetime):
         return v.astimezone(as_of.tz).isoformat()
@@ -212,6 +203,22 @@ def _due_date(a: AsOf, due_in: Duration) -> date:
     return due_in.add_to_date(a.date)
 
 
+def _resolve_ladders(matches: list[_Match]) -> None:
+    """A dunning ladder sends only its latest due step per invoice: earlier steps never sent are
+    `superseded` (a late reminder after the final notice only confuses the client)."""
+    top: dict[tuple[str, str], _Match] = {}
+    for m in matches:
+        if m.rule.ladder is not None:
+            k = (m.rule.id, m.frame.ids[m.i])
+            if k not in top or m.rule.ladder > top[k].rule.ladder:  # type: ignore[operator]
+                top[k] = m
+    for m in matches:
+        if m.rule.ladder is not None:
+            latest = top[(m.rule.id, m.frame.ids[m.i])]
+            if latest is not m:
+                m.superseded = f"{latest.rule.part} is due now; an earlier step not sent in time is skipped"
+
+
 def _make(cls: type[Action], values: dict[str, Any]) -> Action:
     """Actions are built from validated rules and stored facts: skip re-validation (hot path)."""
     return fast_model(cls, values)  # type: ignore[no-any-return]
@@ -219,10 +226,6 @@ def _make(cls: type[Action], values: dict[str, Any]) -> Action:
 
 def _dup(status: str) -> str:
     return f"already in the ledger ({status}): committed by an earlier run"
-
-
-def _key(rule: str, client: str, episode: str, kind: str) -> str:
-    return f"{rule}:{quote(client, safe='')}:{episode}:{kind}"
 
 
 @dataclass
@@ -235,11 +238,13 @@ class RuleExplanation:
     threshold: str | None
     actions: list[Action] = field(default_factory=list)
     suppressed: list[Suppression] = field(default_factory=list)
+    part: str | None = None  # "invoice i7 · step 10d": which part of a multi-part rule
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "rule": self.rule,
             "kind": self.kind,
+            "part": self.part,
             "matched": self.matched,
             "episode": self.episode,
             "threshold": self.threshold,
@@ -263,7 +268,8 @@ class Explanation:
         for r in self.rules:
             verdict = "MATCHED" if r.matched else "not matched"
             extra = f", threshold {r.threshold}" if r.threshold else ""
-            out.append(f"rule {r.rule} ({r.kind}): {verdict}{extra}")
+            part = f" [{r.part}]" if r.part else ""
+            out.append(f"rule {r.rule} ({r.kind}){part}: {verdict}{extra}")
             out.extend("  " + line for line in r.condition.lines())
             for a in r.actions:
                 out.append(f"  -> {a.type}: {a.reason}  [key {a.key}]")
@@ -323,42 +329,58 @@ class Engine:
 
         t1 = time.perf_counter()
         live = [c.status != "archived" for c in clients]
-        policy = frame.column("contact_policy")
         matches: list[_Match] = []
         rule_stats: dict[str, dict[str, int]] = {}
         warnings: list[str] = []
         for rule in self.rules.rules:
-            mask = rule.condition.mask(frame)
-            problems: dict[int, str] = {}
-            durs = rule.threshold.durations(frame, problems) if rule.threshold is not None else None
-            episodes = frame.column(rule.episode) if rule.episode else None
             st = rule_stats.setdefault(rule.id, {"matched": 0})
-            if rule.threshold is not None:
-                anchor = frame.column(rule.threshold.feature)
+            if rule.subject == "manager" and ids is not None:
+                continue  # a manager-level rule looks at every client's tasks: full plans only
+            fr: FeatureFrame | SubFrame = (
+                frame if rule.subject == "client" else invoice_frame(frame) if rule.subject == "invoice"
+                else manager_frame(frame)
+            )
+            mask = rule.condition.mask(fr)
+            problems: dict[int, str] = {}
+            durs = rule.threshold.durations(fr, problems) if rule.threshold is not None else None
+            episodes = fr.column(rule.episode) if rule.episode else None
+            row_live = live if rule.subject == "client" else [c is None or c.status != "archived" for c in fr.clients]
+            policy = fr.column("contact_policy") if rule.subject != "manager" else [None] * len(fr.ids)
+            if rule.threshold is not None and rule.subject == "client" and rule.ladder is None and not rule.suffix:
+                anchor = fr.column(rule.threshold.feature)
                 st["no_anchor"] = sum(1 for i, v in enumerate(anchor) if v is None and live[i])
                 bad = sorted(i for i in problems if live[i])
                 st["bad_threshold"] = len(bad)
                 warnings += [f"rule {rule.id}, client {clients[i].id}: {problems[i]}; skipped" for i in bad]
             for i, hit in enumerate(mask):
-                if not hit or not live[i]:
+                if not hit or not row_live[i]:
                     continue
                 st["matched"] += 1
                 ep = _episode_text(episodes[i], a) if episodes is not None else "once"
+                client = fr.clients[i]
+                about = managers[fr.ids[i]] if rule.subject == "manager" else None
                 matches.append(
-                    _Match(rule, i, clients[i], ep, durs[i] if durs else None, policies.do_not_contact(policy[i]))
+                    _Match(
+                        rule, i, client, ep + rule.suffix, durs[i] if durs else None,
+                        policies.do_not_contact(policy[i]), fr,
+                        client.id if client is not None else fr.ids[i], about,
+                    )
                 )
         timings["evaluate"] = time.perf_counter() - t1
 
         t2 = time.perf_counter()
         for m in matches:
-            m.keys = _then_keys(m.rule, m.client.id, m.episode)
+            m.keys = _then_keys(m.rule, m.subject_id, m.episode)
         # what earlier runs committed: those keys are duplicates, and a committed reassignment is not
         # re-decided (it would take capacity and advance round-robin for nothing)
         ledger = self.store.ledger_status(k for m in matches for k in m.keys)
+        _resolve_ladders(matches)
         reassigner = _Reassigner(managers, self.store.manager_loads(a.instant), self.store)
-        for m in sorted(matches, key=lambda m: _key(m.rule.id, m.client.id, m.episode, "")):
+        for m in sorted(matches, key=lambda m: _key(m.rule.id, m.subject_id, m.episode, "")):
             spec = next((s.reassign for s in m.rule.then if s.reassign is not None), None)
-            if spec is None or m.blocked or _key(m.rule.id, m.client.id, m.episode, "reassign") in ledger:
+            if spec is None or m.blocked or m.client is None:
+                continue
+            if _key(m.rule.id, m.subject_id, m.episode, "reassign") in ledger:
                 continue
             m.new_manager = reassigner.pick(m.rule.id, m.client.manager_id, spec)
             if m.new_manager is None:
@@ -372,7 +394,9 @@ class Engine:
         actions: list[Action] = []
         suppressed: list[Suppression] = []
         for m in matches:
-            self._emit(m, frame, a, managers, ledger, actions, suppressed)
+            self._emit(m, a, managers, ledger, actions, suppressed)
+        actions, held = policies.Guard(self.rules.file.policies, frame, self.store, a, ids is not None).apply(actions)
+        suppressed += held
         actions.sort(key=lambda x: x.key)
         suppressed.sort(key=lambda s: (s.action.key, s.reason_code))
         timings["actions"] = time.perf_counter() - t2
@@ -394,16 +418,16 @@ class Engine:
     def _emit(
         self,
         m: _Match,
-        frame: FeatureFrame,
         a: AsOf,
         managers: dict[str, Manager],
         ledger: Mapping[str, str],
         actions: list[Action],
         suppressed: list[Suppression],
     ) -> None:
-        rule, i, client = m.rule, m.i, m.client
-        manager = managers.get(client.manager_id)
+        rule, i, client, frame = m.rule, m.i, m.client, m.frame
+        manager = m.about or (managers.get(client.manager_id) if client is not None else None)
         supervisor = managers.get(manager.supervisor_id) if manager and manager.supervisor_id else None
+        manager_id = manager.id if m.about is not None else client.manager_id if client is not None else None
 
         def value(name: str) -> Any:
             if name == "threshold":
@@ -425,7 +449,7 @@ class Engine:
         reason = templates.render(rule.reason, objects, value)
         base = {
             "rule": rule.id,
-            "client_id": client.id,
+            "client_id": client.id if client is not None else None,
             "category": rule.category,
             "reason": reason,
             "evidence": evidence,
@@ -438,16 +462,18 @@ class Engine:
                 # someone who left is a lost task)
                 if manager is not None and not manager.active and supervisor is not None and supervisor.active:
                     return supervisor.id
-                return client.manager_id
+                return manager_id
             if to == "supervisor":
                 return supervisor.id if supervisor else None
             return to
 
         for spec, key in zip(rule.then, m.keys, strict=False):
             common = {**base, "key": key, "id": action_id(key)}
-            act, missing = self._build(spec, common, client, recipient, objects, value, a, m)
+            act, missing = self._build(spec, common, manager_id, recipient, objects, value, a, m)
             if key in ledger:
                 suppressed.append(Suppression(action=act, reason_code=policies.DUPLICATE, detail=_dup(ledger[key])))
+            elif m.superseded:
+                suppressed.append(Suppression(action=act, reason_code=policies.SUPERSEDED, detail=m.superseded))
             elif m.blocked:
                 suppressed.append(Suppression(action=act, reason_code=policies.DO_NOT_CONTACT, detail=m.blocked))
             elif m.reassign_failed:
@@ -459,7 +485,7 @@ class Engine:
             else:
                 actions.append(act)
         if m.reassign_failed and not m.blocked:
-            key = _key(rule.id, client.id, m.episode, "escalate")
+            key = _key(rule.id, m.subject_id, m.episode, "escalate")
             esc = _make(
                 Escalate,
                 {
@@ -468,7 +494,7 @@ class Engine:
                     "id": action_id(key),
                     "reason": f"{reason}; release impossible: {m.reassign_failed}",
                     "to_manager_id": supervisor.id if supervisor else "",
-                    "about_manager_id": client.manager_id,
+                    "about_manager_id": manager_id,
                 },
             )
             if key in ledger:
@@ -478,7 +504,7 @@ class Engine:
                     Suppression(
                         action=esc,
                         reason_code=policies.NO_RECIPIENT,
-                        detail=f"manager {client.manager_id} has no supervisor",
+                        detail=f"manager {manager_id} has no supervisor",
                     )
                 )
             else:
@@ -488,7 +514,7 @@ class Engine:
         self,
         spec: ActionSpec,
         common: dict[str, Any],
-        client: Client,
+        manager_id: str | None,
         recipient: Any,
         objects: dict[str, Any],
         value: Any,
@@ -514,7 +540,8 @@ class Engine:
                 return (
                     _make(
                         CreateTask,
-                        {**common, "assignee_id": who, "title": text(p.title), "due_at": due, "task_kind": p.kind},
+                        {**common, "assignee_id": who, "title": text(p.title), "due_at": due, "task_kind": p.kind,
+                         "options": list(p.options) if p.options else None},
                     ),
                     None if who else f"no {p.assignee} to assign the task to",
                 )
@@ -524,7 +551,7 @@ class Engine:
                         Reassign,
                         {
                             **common,
-                            "from_manager_id": client.manager_id,
+                            "from_manager_id": manager_id,
                             "to_manager_id": m.new_manager.id if m.new_manager else None,
                         },
                     ),
@@ -542,10 +569,8 @@ class Engine:
                 who = recipient(p.to)
                 msg = message(p.template) if p.template else {}
                 return (
-                    _make(
-                        Escalate, {**common, "to_manager_id": who or "", "about_manager_id": client.manager_id, **msg}
-                    ),
-                    None if who else f"manager {client.manager_id} has no {p.to}",
+                    _make(Escalate, {**common, "to_manager_id": who or "", "about_manager_id": manager_id, **msg}),
+                    None if who else f"manager {manager_id} has no {p.to}",
                 )
             case "tag":
                 return _make(Tag, {**common, "tag": p.tag}), None
@@ -638,13 +663,10 @@ class Engine:
     def explain(self, client_id: str, as_of: str | date | datetime, rule: str | None = None) -> Explanation:
         """Per rule: every condition with the client's value and whether it held, and the outcome."""
         a = self.as_of(as_of)
-        rules = self.rules.rules
-        if rule is not None:
-            try:
-                rules = [self.rules.rule(rule)]
-            except KeyError:
-                known = ", ".join(r.id for r in self.rules.rules)
-                raise RetainerError(f"unknown rule {rule!r}; rules in this set: {known}") from None
+        rules = [r for r in self.rules.rules if rule is None or r.id == rule]
+        if not rules:
+            known = ", ".join(sorted({r.id for r in self.rules.rules}))
+            raise RetainerError(f"unknown rule {rule!r}; rules in this set: {known}")
         plan, frame, _ = self._plan(a, [client_id])
         at = a.instant.astimezone(a.tz)
         if not frame.ids:
@@ -658,19 +680,34 @@ class Engine:
         note = "archived clients get no actions" if frame.clients[0].status == "archived" else None
         out = []
         for r in rules:
-            node = r.condition.explain(frame, 0)
-            dur = r.threshold.durations(frame)[0] if r.threshold else None
-            ep = _episode_text(frame.value(r.episode, 0), a) if r.episode else "once"
-            out.append(
-                RuleExplanation(
-                    r.id,
-                    r.kind,
-                    node.held,
-                    node,
-                    ep if node.held else None,
-                    str(dur) if dur else None,
-                    [x for x in plan.actions if x.rule == r.id],
-                    [s for s in plan.suppressed if s.action.rule == r.id],
+            if r.subject == "manager":
+                continue  # about managers, not this client
+            fr: FeatureFrame | SubFrame = frame
+            rows = [0]
+            if r.subject == "invoice":
+                fr = invoice_frame(frame)
+                rows = list(range(len(fr.ids)))  # the partial frame holds this client's invoices only
+                if not rows:
+                    node = ExplainNode("an invoice with money outstanding", False)
+                    out.append(RuleExplanation(r.id, r.kind, False, node, None, None, part=r.part))
+                    continue
+            for k in rows:
+                node = r.condition.explain(fr, k)
+                dur = r.threshold.durations(fr)[k] if r.threshold else None
+                ep = (_episode_text(fr.value(r.episode, k), a) if r.episode else "once") + r.suffix
+                prefix = _key(r.id, client_id, ep, "")
+                part = " · ".join(x for x in (f"invoice {fr.ids[k]}" if r.subject == "invoice" else None, r.part) if x)
+                out.append(
+                    RuleExplanation(
+                        r.id,
+                        r.kind,
+                        node.held,
+                        node,
+                        ep if node.held else None,
+                        str(dur) if dur else None,
+                        [x for x in plan.actions if x.key.startswith(prefix)],
+                        [s for s in plan.suppressed if s.action.key.startswith(prefix)],
+                        part=part or None,
+                    )
                 )
-            )
         return Explanation(client_id, at, out, note)

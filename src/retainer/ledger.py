@@ -59,7 +59,7 @@ class LedgerEntry:
     run_id: str
     type: str
     rule: str
-    client_id: str
+    client_id: str | None
     category: str
     as_of: datetime
     status: Status

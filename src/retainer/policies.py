@@ -1,18 +1,57 @@
 """Guards applied after rules propose. Each held-back action becomes a `Suppression` with a code.
 
 Reason codes are part of the public contract (DESIGN §4); extensions are documented in docs/.
+Order: do_not_contact (in the engine, before anything is built), then no_marketing, unprofitable,
+cooloff, priority, spend_growth, caps, manager_task_limit. An action is held back by the first
+guard that stops it, and only actions that pass every guard use up a cap, a spend budget or a
+manager's daily slots, so a suppressed action never crowds out another.
 """
 
 from __future__ import annotations
 
-from typing import Final
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Final
+
+from .actions import Action, Suppression
+from .stores.base import AggSpec, Pred
+
+if TYPE_CHECKING:
+    from .ledger import LedgerEntry
+    from .rules.features import FeatureFrame
+    from .rules.schema import Cap, Policies
+    from .stores.base import Store
+    from .timeutil import AsOf
 
 DO_NOT_CONTACT: Final = "do_not_contact"
+NO_MARKETING: Final = "no_marketing"
+CAP: Final = "cap"
+PRIORITY: Final = "priority"
+SPEND_GROWTH: Final = "spend_growth"
+COOLOFF: Final = "cooloff"
+UNPROFITABLE: Final = "unprofitable"
 NO_ELIGIBLE_MANAGER: Final = "no_eligible_manager"
-NO_RECIPIENT: Final = "no_recipient"  # extension: an escalation/task whose recipient does not exist
+MANAGER_TASK_LIMIT: Final = "manager_task_limit"
 DUPLICATE: Final = "duplicate"
+SUPERSEDED: Final = "superseded"  # a dunning step overtaken by a later one before it was ever sent
+NO_RECIPIENT: Final = "no_recipient"  # extension: an escalation/task whose recipient does not exist
 
-REASON_CODES: Final = (DO_NOT_CONTACT, NO_ELIGIBLE_MANAGER, NO_RECIPIENT, DUPLICATE)
+REASON_CODES: Final = (
+    DO_NOT_CONTACT, NO_MARKETING, CAP, PRIORITY, SPEND_GROWTH, COOLOFF, UNPROFITABLE, NO_ELIGIBLE_MANAGER,
+    MANAGER_TASK_LIMIT, DUPLICATE, SUPERSEDED, NO_RECIPIENT,
+)
+
+#: Actions that lead to a contact with the client: what caps, cool-off and profitability limit.
+CONTACT_TYPES: Final = frozenset({"create_task", "notify_client", "propose_offer", "create_deal"})
+#: Messages, offers and deals: what no_marketing and priority hold back (a task for the manager stays:
+#: the manager decides what to say).
+SELLING_TYPES: Final = frozenset({"notify_client", "propose_offer", "create_deal"})
+MARKETING: Final = frozenset({"retention", "development"})
+DEFAULT_ORDER: Final = ("collection", "retention", "service", "development")
 
 
 def do_not_contact(contact_policy: str | None) -> str | None:
@@ -22,3 +61,304 @@ def do_not_contact(contact_policy: str | None) -> str | None:
     if contact_policy == "do_not_contact":
         return "the client's contact_policy is do_not_contact"
     return None
+
+
+def policy_features(p: Policies) -> set[str]:
+    """Client features the configured policies read (fetched with the plan's own)."""
+    out: set[str] = set()
+    if p.no_development_for_unprofitable is not None:
+        out |= {f"profit_{p.no_development_for_unprofitable.window}", "cost_to_serve"}
+    if p.spend_growth is not None:
+        out.add(f"revenue_{p.spend_growth.window}")
+    if p.cooloff is not None:
+        out.add("last_offer_end_at")
+    return out
+
+
+def cap_since(cap: Cap, a: AsOf) -> datetime:
+    """Exclusive lower bound of the cap's window: rolling = the last `per` up to as_of (as `within`),
+    calendar = since the start of the current day, ISO week (Monday) or month in the rules' zone."""
+    if cap.window == "rolling":
+        return a.window_start(cap.per)
+    d = a.date
+    start = {"1d": d, "1w": d - timedelta(days=d.weekday()), "1mo": d.replace(day=1)}[str(cap.per)]
+    return a.day_start(start) - timedelta(seconds=1)
+
+
+def _touch_spec(cap: Cap, a: AsOf) -> AggSpec:
+    where: tuple[Pred, ...] = (Pred("direction", "eq", "outbound"),)
+    if cap.channel != "any_outbound":
+        where += (Pred("medium", "eq", cap.channel),)
+    return AggSpec("touches", "count", None, where, "at", cap_since(cap, a))
+
+
+def policy_aggs(p: Policies, a: AsOf) -> list[AggSpec]:
+    return [_touch_spec(c, a) for c in p.caps if c.channel is not None]
+
+
+@dataclass
+class _Past:
+    """A committed action as the guards see it (the payload parsed once)."""
+
+    client_id: str | None
+    type: str
+    category: str
+    as_of: datetime
+    id: str
+    fields: dict[str, Any]
+
+    @classmethod
+    def of(cls, e: LedgerEntry) -> _Past:
+        return cls(e.client_id, e.type, e.category, e.as_of, e.id, json.loads(e.payload))
+
+
+def _capped(cap: Cap, type_: str, category: str, fields: dict[str, Any]) -> bool:
+    if cap.category is not None:
+        return category == cap.category and type_ in CONTACT_TYPES
+    if type_ == "notify_client":
+        return cap.channel == "any_outbound" or fields.get("channel") == cap.channel
+    if type_ == "propose_offer":
+        return fields.get("deliver", "outbound") == "outbound" and cap.channel == "any_outbound"
+    return False
+
+
+def _fields(a: Action) -> dict[str, Any]:
+    return {k: getattr(a, k, None) for k in ("channel", "deliver", "amount", "assignee_id")}
+
+
+class Guard:
+    """The configured policies for one plan, with what they need to know about the past."""
+
+    def __init__(self, p: Policies, frame: FeatureFrame, store: Store, a: AsOf, partial: bool) -> None:
+        self.p = p
+        self.frame = frame
+        self.store = store
+        self.a = a
+        self.partial = partial
+        order = p.priority or list(DEFAULT_ORDER)
+        self.rank = {c: k for k, c in enumerate(order)}
+        self.row = {cid: i for i, cid in enumerate(frame.ids)}
+
+    def _rank(self, x: Action) -> int:
+        return self.rank.get(x.category, len(self.rank))
+
+    def _order(self, x: Action) -> tuple[Any, ...]:
+        """Who goes first for a cap or a manager's slots: higher priority, then the smaller rule id, then
+        the older episode (the longest-forgotten client first), then the key."""
+        return (self._rank(x), x.rule, str(x.evidence.get("episode", "")), x.key)
+
+    def _value(self, name: str, client_id: str | None) -> Any:
+        i = self.row.get(client_id) if client_id is not None else None
+        return None if i is None else self.frame.value(name, i)
+
+    def _past(self, since: datetime, types: Sequence[str] | None = None, everyone: bool = False) -> list[_Past]:
+        ids = None if everyone else self.frame._partial
+        return [
+            _Past.of(e)
+            for e in self.store.ledger(since=since, client_ids=ids, types=types)
+            if since < e.as_of <= self.a.instant
+        ]
+
+    # ---------------------------------------------------------------- the guards
+
+    def apply(self, actions: list[Action]) -> tuple[list[Action], list[Suppression]]:
+        held: list[Suppression] = []
+        todo = sorted(actions, key=self._order)
+        for guard in (self._no_marketing, self._unprofitable, self._cooloff, self._priority, self._spend_growth,
+                      self._caps, self._task_limit):
+            todo = guard(todo, held)
+        return todo, held
+
+    def _filter(
+        self, todo: list[Action], held: list[Suppression], code: str, why: Any
+    ) -> list[Action]:
+        keep = []
+        for x in todo:
+            detail = why(x)
+            if detail:
+                held.append(Suppression(action=x, reason_code=code, detail=detail))
+            else:
+                keep.append(x)
+        return keep
+
+    def _no_marketing(self, todo: list[Action], held: list[Suppression]) -> list[Action]:
+        if not self.p.no_marketing:
+            return todo
+
+        def why(x: Action) -> str | None:
+            if (
+                x.type in SELLING_TYPES
+                and x.category in MARKETING
+                and self._value("contact_policy", x.client_id) == "no_marketing"
+            ):
+                return f"the client's contact_policy is no_marketing: no {x.category} {x.type.replace('_', ' ')}"
+            return None
+
+        return self._filter(todo, held, NO_MARKETING, why)
+
+    def _unprofitable(self, todo: list[Action], held: list[Suppression]) -> list[Action]:
+        u = self.p.no_development_for_unprofitable
+        if u is None:
+            return todo
+        name = f"profit_{u.window}"
+
+        def why(x: Action) -> str | None:
+            if x.category != "development" or x.type not in CONTACT_TYPES:
+                return None
+            profit = self._value(name, x.client_id)
+            if profit is not None and profit < 0:
+                return (f"{name} is {_money(profit)} (revenue minus cost_to_serve): "
+                        "no development for unprofitable clients")
+            return None
+
+        return self._filter(todo, held, UNPROFITABLE, why)
+
+    def _cooloff(self, todo: list[Action], held: list[Suppression]) -> list[Action]:
+        c = self.p.cooloff
+        if c is None:
+            return todo
+        blocks = set(c.blocks)
+
+        def why(x: Action) -> str | None:
+            if x.category not in blocks or x.type not in CONTACT_TYPES:
+                return None
+            end = self._value("last_offer_end_at", x.client_id)
+            if end is None:
+                return None
+            ended = self.a.local_date(end)
+            until = c.for_.add_to_date(ended) if not c.for_.is_hours else None
+            if (until is not None and until > self.a.date) or (
+                until is None and not self.a.is_older(end, c.for_)
+            ):
+                return f"an offer ended on {ended.isoformat()}: no {x.category} for {c.for_} after an offer ends"
+            return None
+
+        return self._filter(todo, held, COOLOFF, why)
+
+    def _priority(self, todo: list[Action], held: list[Suppression]) -> list[Action]:
+        if self.p.priority is None:
+            return todo
+        best: dict[str | None, Action] = {}
+        for x in todo:  # sorted by rank: the first contact action per client is its top category
+            if x.type in CONTACT_TYPES and x.client_id not in best:
+                best[x.client_id] = x
+
+        def why(x: Action) -> str | None:
+            top = best.get(x.client_id)
+            if top is None or self._rank(top) >= self._rank(x):
+                return None
+            if x.type in SELLING_TYPES or (x.category == "development" and x.type in CONTACT_TYPES):
+                return f"{top.category} comes first: {top.rule} plans a {top.type.replace('_', ' ')} for this client"
+            return None
+
+        return self._filter(todo, held, PRIORITY, why)
+
+    def _spend_growth(self, todo: list[Action], held: list[Suppression]) -> list[Action]:
+        g = self.p.spend_growth
+        if g is None or not any(x.type == "propose_offer" for x in todo):
+            return todo
+        since = self.a.window_start(g.window)
+        pending: dict[str | None, Decimal] = defaultdict(Decimal)
+        for e in self._past(since, ["propose_offer"]):
+            if e.fields.get("amount") is not None:
+                pending[e.client_id] += Decimal(str(e.fields["amount"]))
+        name = f"revenue_{g.window}"
+
+        def why(x: Action) -> str | None:
+            amount = getattr(x, "amount", None)
+            if x.type != "propose_offer" or amount is None or amount <= 0:
+                return None
+            base = self._value(name, x.client_id) or Decimal(0)
+            total = pending[x.client_id] + amount
+            if base <= 0:
+                if g.allow_without_baseline:
+                    pending[x.client_id] = total
+                    return None
+                return f"no spend within {g.window} to measure growth against (allow_without_baseline is off)"
+            if total / base > g.max:
+                already = f" plus {_money(pending[x.client_id])} offered earlier" if pending[x.client_id] else ""
+                return (f"offer {_money(amount)}{already} would raise spend of {_money(base)} within {g.window} "
+                        f"by {_pct(total / base)}, more than {_pct(g.max)}")
+            pending[x.client_id] = total
+            return None
+
+        return self._filter(todo, held, SPEND_GROWTH, why)
+
+    def _caps(self, todo: list[Action], held: list[Suppression]) -> list[Action]:
+        caps = self.p.caps
+        if not caps:
+            return todo
+        used: list[dict[str | None, int]] = [defaultdict(int) for _ in caps]
+        earliest = min(cap_since(c, self.a) for c in caps)
+        past = self._past(earliest)
+        ledger_ids = {e.id for e in past}
+        for k, c in enumerate(caps):
+            since = cap_since(c, self.a)
+            for e in past:
+                if e.as_of > since and _capped(c, e.type, e.category, e.fields):
+                    used[k][e.client_id] += 1
+            if c.channel is not None:
+                for cid, n in self.frame.agg(_touch_spec(c, self.a)).items():
+                    used[k][cid] += n
+            else:
+                for o in self.store.facts("offers", self.a.instant, (Pred("category", "eq", c.category),),
+                                          self.frame._partial):
+                    made = o.made_at  # type: ignore[attr-defined]
+                    if made is not None and made > since and o.id not in ledger_ids:
+                        used[k][o.client_id] += 1  # type: ignore[attr-defined]
+        keep = []
+        for x in todo:
+            f = _fields(x)
+            hit = [k for k, c in enumerate(caps) if _capped(c, x.type, x.category, f)]
+            full = next((k for k in hit if used[k][x.client_id] >= caps[k].limit), None)
+            if full is not None:
+                c = caps[full]
+                held.append(Suppression(action=x, reason_code=CAP, detail=(
+                    f"cap {c.label()}: {used[full][x.client_id]} already in the window for this client")))
+                continue
+            for k in hit:
+                used[k][x.client_id] += 1
+            keep.append(x)
+        return keep
+
+    def _task_limit(self, todo: list[Action], held: list[Suppression]) -> list[Action]:
+        limit = self.p.manager_daily_task_limit
+        if limit is None:
+            return todo
+        today = self.a.date
+        since = self.a.day_start(today) - timedelta(seconds=1)
+        used: dict[Any, int] = defaultdict(int)
+        for e in self._past(since, ["create_task"], everyone=True):
+            used[e.fields.get("assignee_id")] += 1
+
+        def why(x: Action) -> str | None:
+            if x.type != "create_task":
+                return None
+            who = getattr(x, "assignee_id", None)
+            if used[who] >= limit:
+                return (f"manager {who} already has {used[who]} tasks from retainer for {today.isoformat()} "
+                        f"(limit {limit}); planned again on the next run")
+            used[who] += 1
+            return None
+
+        return self._filter(todo, held, MANAGER_TASK_LIMIT, why)
+
+
+def _money(v: Any) -> str:
+    d = Decimal(str(v)).quantize(Decimal("0.01"))
+    return f"{d:,}"
+
+
+def _pct(v: Decimal) -> str:
+    return f"{(v * 100).quantize(Decimal('0.1')).normalize():f} %"
+
+
+def day_period(d: date, every: str) -> str:
+    """The label of the day, ISO week or month containing `d` (one escalation per period)."""
+    if every == "day":
+        return d.isoformat()
+    if every == "week":
+        y, w, _ = d.isocalendar()
+        return f"{y}-W{w:02d}"
+    return f"{d.year}-{d.month:02d}"
+

@@ -8,6 +8,7 @@ column. A plan first collects the specs of every feature its rules use and fetch
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import typing
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ from decimal import Decimal
 from typing import Any, get_args
 
 from ..model import ENTITIES, Client, Manager
-from ..stores.base import EXISTS_FIELD, VIRTUAL_FIELDS, AggSpec, Pred, Store
+from ..stores.base import EXISTS_FIELD, VIRTUAL_FIELDS, AggSpec, Pred, Store, virtual_value
 from ..timeutil import AsOf, Duration, DurationError, parse_duration
 from .schema import ActivitySpec, FeatureDef
 
@@ -35,6 +36,7 @@ class FeatureImpl:
     compute: Callable[[FeatureFrame], list[Any]] = lambda _f: []
     whole_population: bool = False  # needs every client (ABC ranking), even for a partial plan
     choices: tuple[str, ...] = ()  # the only values it takes: a condition comparing with another is a typo
+    subject: str = "client"  # client, invoice (rows of a SubFrame over invoices) or manager
 
 
 def _days(as_of: AsOf, col: list[datetime | None]) -> list[int | None]:
@@ -97,6 +99,244 @@ class FeatureFrame:
 
     def value(self, name: str, i: int) -> Any:
         return self.column(name)[i]
+
+
+class SubFrame:
+    """Rows of another subject (one per open invoice, or per manager) for rules about those: the
+    row's own columns (`invoice.amount`, `overdue_tasks[1d]`) plus, for invoices, every client feature
+    read through the row's client. Conditions evaluate over it exactly as over the client frame."""
+
+    def __init__(
+        self,
+        parent: FeatureFrame,
+        subject: str,
+        ids: list[str],
+        row_client: list[int] | None,
+        own: dict[str, list[Any]],
+        lazy: Callable[[str], list[Any] | None] | None = None,
+    ) -> None:
+        self.parent = parent
+        self.subject = subject
+        self.ids = ids
+        self.as_of = parent.as_of
+        self.row_client = row_client
+        self.clients: list[Client | None] = (
+            [parent.clients[j] for j in row_client] if row_client is not None else [None] * len(ids)
+        )
+        self._own = own
+        self._lazy = lazy
+        self.memo: dict[Any, Any] = {}
+
+    def column(self, name: str) -> list[Any]:
+        col = self._own.get(name)
+        if col is None and self._lazy is not None:
+            col = self._lazy(name)
+            if col is not None:
+                self._own[name] = col
+        if col is not None:
+            return col
+        if self.row_client is None:
+            raise KeyError(f"{name} is not a feature of a {self.subject}")
+        pc = self.parent.column(name)
+        col = self._own[name] = [pc[j] for j in self.row_client]
+        return col
+
+    def value(self, name: str, i: int) -> Any:
+        return self.column(name)[i]
+
+
+def invoice_frame(f: FeatureFrame) -> SubFrame:
+    """One row per invoice with money outstanding at as_of, for clients in the plan."""
+    got = f.memo.get("frame:invoice")
+    if isinstance(got, SubFrame):
+        return got
+    index = {cid: j for j, cid in enumerate(f.ids)}
+    rows = [
+        r
+        for r in f.store.facts("invoices", f.as_of.instant, (Pred("outstanding", "gt", ZERO),), f._partial)
+        if r.client_id in index  # type: ignore[attr-defined]
+    ]
+    a = f.as_of
+    paid = [virtual_value("invoices", "paid_total", r, a.instant) for r in rows]
+    amount = [r.amount for r in rows]  # type: ignore[attr-defined]
+    issued = [r.issued_at for r in rows]  # type: ignore[attr-defined]
+    due = [r.due_at for r in rows]  # type: ignore[attr-defined]
+    sub = SubFrame(
+        f,
+        "invoice",
+        [r.id for r in rows],
+        [index[r.client_id] for r in rows],  # type: ignore[attr-defined]
+        {
+            "invoice.id": [r.id for r in rows],
+            "invoice.amount": amount,
+            "invoice.paid_total": paid,
+            "invoice.outstanding": [max(x - p, ZERO) for x, p in zip(amount, paid, strict=True)],
+            "invoice.issued_at": issued,
+            "invoice.due_at": due,
+            "invoice.days_since_issue": _days(a, issued),
+            "invoice.days_overdue": _days(a, due),
+        },
+    )
+
+    def lazy(name: str) -> list[Any] | None:
+        if name == "invoice.activity_since_issue":
+            last = sub.column("last_activity_at")
+            return [v is not None and v > t for v, t in zip(last, issued, strict=True)]
+        return None
+
+    sub._lazy = lazy
+    f.memo["frame:invoice"] = sub
+    return sub
+
+
+def manager_frame(f: FeatureFrame) -> SubFrame:
+    """One row per active manager (manager-level rules such as overdue_tasks)."""
+    got = f.memo.get("frame:manager")
+    if isinstance(got, SubFrame):
+        return got
+    ms = sorted((m for m in f.managers.values() if m.active), key=lambda m: m.id)
+    a = f.as_of
+
+    def lazy(name: str) -> list[Any] | None:
+        if name.startswith("period["):
+            from ..policies import day_period
+
+            return [day_period(a.date, name[len("period[") : -1])] * len(ms)
+        if not name.startswith("overdue_tasks["):
+            return None
+        after = parse_duration(name[len("overdue_tasks[") : -1])
+        bound = a.older_bound(after)  # overdue by `after`: due before this instant
+        client_manager = {c.id: c.manager_id for c in f.clients}
+        counts: dict[str, int] = {}
+        for t in f.store.facts("tasks", a.instant, (Pred("is_open", "eq", True), Pred("due_at", "lt", bound))):
+            who = t.manager_id or client_manager.get(t.client_id)  # type: ignore[attr-defined]
+            if who is not None:
+                counts[who] = counts.get(who, 0) + 1
+        return [counts.get(m.id, 0) for m in ms]
+
+    sub = SubFrame(
+        f,
+        "manager",
+        [m.id for m in ms],
+        None,
+        {"manager_id": [m.id for m in ms], "manager_team": [m.team for m in ms],
+         "manager_active": [True] * len(ms)},
+        lazy,
+    )
+    f.memo["frame:manager"] = sub
+    return sub
+
+
+# ---------------------------------------------------------------- features read from the ledger
+
+
+_LIVE = ("pending", "done", "failed")  # a dead action never reached the CRM
+
+
+def released_at_feature() -> FeatureImpl:
+    def compute(f: FeatureFrame) -> list[Any]:
+        latest: dict[str, datetime] = {}
+        for e in f.store.ledger(types=["reassign"], client_ids=f._partial, status=list(_LIVE)):
+            cid = e.client_id
+            if cid is not None and e.as_of <= f.as_of.instant and (cid not in latest or e.as_of > latest[cid]):
+                latest[cid] = e.as_of
+        return [latest.get(cid) for cid in f.ids]
+
+    return FeatureImpl("released_at", "datetime", "when retainer last reassigned the client (from the ledger)",
+                       compute=compute)
+
+
+def since_release_feature(name: str, anchor: str) -> FeatureImpl:
+    """The later of the last activity and the release: the new manager's clock starts at the release."""
+
+    def compute(f: FeatureFrame) -> list[Any]:
+        return [None if r is None else max(r, v) if v is not None else r
+                for r, v in zip(f.column("released_at"), f.column(anchor), strict=True)]
+
+    return FeatureImpl(name, "datetime", "last activity, or the release if later", deps=("released_at", anchor),
+                       compute=compute)
+
+
+def unresolved_feature(name: str, rule: str) -> FeatureImpl:
+    """When the latest action of `rule` for the client was planned, while it is unresolved: no outcome
+    recorded and no activity with the client since."""
+
+    def compute(f: FeatureFrame) -> list[Any]:
+        latest: dict[str, Any] = {}
+        for e in f.store.ledger(rule=rule, client_ids=f._partial, status=list(_LIVE)):
+            cid = e.client_id
+            if cid is not None and e.as_of <= f.as_of.instant and (cid not in latest or e.as_of >= latest[cid].as_of):
+                latest[cid] = e
+        out: list[Any] = []
+        for cid, last in zip(f.ids, f.column("last_activity_at"), strict=True):
+            e = latest.get(cid)
+            out.append(None if e is None or e.outcome or (last is not None and last > e.as_of) else e.as_of)
+        return out
+
+    return FeatureImpl(name, "datetime", f"when {rule}'s latest action was planned, if still unresolved",
+                       deps=("last_activity_at",), compute=compute)
+
+
+def outcome_feature(name: str, rule: str, episode: str, kind: str, field_: str) -> FeatureImpl:
+    """The `field_` of the outcome the host recorded for this rule's `kind` action in the current episode
+    (a win-back reason task's churn reason): found by the action's key, so an old episode never counts."""
+    from ..actions import action_id
+    from ..keys import action_key, episode_text
+
+    def compute(f: FeatureFrame) -> list[Any]:
+        a = f.as_of
+        ids = [action_id(action_key(rule, cid, episode_text(v, a), kind)) if v is not None else None
+               for cid, v in zip(f.ids, f.column(episode), strict=True)]
+        found = {e.id: e for e in f.store.ledger(ids=[i for i in ids if i is not None])}
+        out: list[Any] = []
+        for i in ids:
+            e = found.get(i) if i is not None else None
+            v = e.outcome.get(field_) if e is not None and e.outcome else None
+            out.append(None if v is None else str(v))
+        return out
+
+    return FeatureImpl(name, "str", f"the {field_} recorded for {rule}'s first step", deps=(episode,),
+                       compute=compute)
+
+
+def churn_silence_feature(name: str, lookback: Duration, factor: Decimal, floor: Duration) -> FeatureImpl:
+    """A per-client silence threshold: `factor` times the median gap between its invoices in lookback."""
+
+    def aggs(a: AsOf) -> list[AggSpec]:
+        return [AggSpec("invoices", "list", "issued_at", (), "issued_at", a.window_start(lookback))]
+
+    def compute(f: FeatureFrame) -> list[Any]:
+        tz = f.as_of.tz
+        out: list[Any] = []
+        for times in f.agg_column(aggs(f.as_of)[0]):
+            if not times or len(times) < 2:
+                out.append(None)
+                continue
+            days = [t.astimezone(tz).date() for t in times]
+            gaps = sorted((b - a).days for a, b in itertools.pairwise(days))
+            mid = len(gaps) // 2
+            median = Decimal(gaps[mid]) if len(gaps) % 2 else Decimal(gaps[mid - 1] + gaps[mid]) / 2
+            n = int((median * factor).to_integral_value(rounding="ROUND_CEILING"))
+            out.append(f"{n}d" if n >= floor.approx_days() else str(floor))
+        return out
+
+    return FeatureImpl(name, "any", f"{factor} x the median gap between invoices within {lookback}", aggs=aggs,
+                       compute=compute)
+
+
+def invoice_features() -> list[FeatureImpl]:
+    spec = [
+        ("invoice.id", "str", "the invoice's id"),
+        ("invoice.amount", "number", "the invoice's amount"),
+        ("invoice.paid_total", "number", "paid on or before as_of"),
+        ("invoice.outstanding", "number", "amount still unpaid at as_of"),
+        ("invoice.issued_at", "datetime", "when it was issued"),
+        ("invoice.due_at", "datetime", "when it is due"),
+        ("invoice.days_since_issue", "int", "calendar days since it was issued"),
+        ("invoice.days_overdue", "int", "calendar days past its due date (negative before it)"),
+        ("invoice.activity_since_issue", "bool", "the client had any activity after it was issued"),
+    ]
+    return [FeatureImpl(n, t, d, subject="invoice") for n, t, d in spec]
 
 
 # ---------------------------------------------------------------- built-in features
@@ -379,6 +619,20 @@ def _builtins(abc: FeatureImpl) -> dict[str, FeatureImpl]:
             compute=lambda f: f.agg_column(won),
         ),
         FeatureImpl(
+            "last_offer_end_at",
+            "datetime",
+            "when the latest offer that has ended ended",
+            aggs=lambda a: [offer_end],
+            compute=lambda f: f.agg_column(offer_end),
+        ),
+        FeatureImpl(
+            "days_since_won_deal",
+            "int",
+            "calendar days since the latest won deal closed",
+            deps=("last_won_deal_at",),
+            compute=lambda f: _days(f.as_of, f.column("last_won_deal_at")),
+        ),
+        FeatureImpl(
             "days_since_offer_end",
             "int",
             "days since the latest offer ended",
@@ -393,6 +647,9 @@ def _builtins(abc: FeatureImpl) -> dict[str, FeatureImpl]:
             compute=contract_progress,
         ),
         abc,
+        released_at_feature(),
+        *invoice_features(),
+        FeatureImpl("overdue_tasks", "int", "a manager's open tasks overdue (overdue_tasks rules)", subject="manager"),
     ]
     return {i.name: i for i in impls}
 

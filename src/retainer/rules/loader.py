@@ -19,9 +19,10 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import RulesError
+from ..policies import policy_features
 from ..timeutil import get_tz
 from . import templates
-from .conditions import ConditionError, Path
+from .conditions import All, ConditionError, Path
 from .features import FeatureDefError, FeatureRegistry, named_feature, register_spend_growth_alias
 from .kinds import DEPENDENT_KINDS, PRESETS, CompileContext, CompiledRule, PresetError
 from .schema import RuleFile
@@ -191,6 +192,69 @@ def parse_json(text: str, source: str) -> tuple[Any, _Lines]:
     return data, lines
 
 
+def _check_texts(
+    rule: CompiledRule, rf: RuleFile, registry: FeatureRegistry, path: Path, source: str, lines: _Lines
+) -> set[str]:
+    """Every placeholder of the reason, titles and templates exists; returns the features they use."""
+    has_reassign = any(a.type == "reassign" for a in rule.then)
+    texts: list[tuple[str, Path]] = [(rule.reason, path)]
+    for k, a in enumerate(rule.then):
+        p = a.params
+        for fld in ("title", "template"):
+            text = getattr(p, fld, None)
+            if text is None:
+                continue
+            ap: Path = (*path, "then", k, a.type, fld)
+            if fld == "template" and text in rf.templates:
+                t = rf.templates[text]
+                texts += [(t.body, ("templates", text, "body"))]
+                if t.subject:
+                    texts += [(t.subject, ("templates", text, "subject"))]
+            elif fld == "title":
+                texts.append((text, ap))
+    used: set[str] = set()
+    for text, tp in texts:
+        try:
+            found = templates.check(
+                text,
+                lambda n: n in registry or n in rule.aliases or (n == "threshold" and rule.threshold is not None),
+                allow=("new_manager",) if has_reassign else (),
+            )
+        except templates.TemplateError as exc:
+            raise RulesError(str(exc), file=source, line=lines.line(tp), rule=rule.id) from None
+        used.update(u for u in found if u != "threshold")
+    if rule.subject == "manager":
+        bad = sorted(u for u in used if registry.get(rule.aliases.get(u, u)).subject == "client"
+                     and u not in MANAGER_COLUMNS)
+        if bad:
+            raise RulesError(f"{{{bad[0]}}} is about a client; an {rule.kind} rule is about a manager: use "
+                             "{manager.name}, {overdue_tasks}, {as_of}", file=source, line=lines.line(path),
+                             rule=rule.id)
+    return used
+
+
+MANAGER_COLUMNS = frozenset({"manager_id", "manager_team", "manager_active"})
+
+
+def _check_subject(rule: CompiledRule, registry: FeatureRegistry, path: Path) -> None:
+    """A client rule cannot read invoice.* columns, a manager rule only reads manager columns."""
+    for name in sorted(rule.features()):
+        sub = registry.get(name).subject
+        if rule.subject == "manager":
+            if sub != "manager" and name not in MANAGER_COLUMNS:
+                raise PresetError(
+                    f"{name} is about a client; {rule.kind} rules are about managers "
+                    f"(use {', '.join(sorted(MANAGER_COLUMNS))})",
+                    (*path, "when"),
+                )
+        elif sub not in ("client", rule.subject):
+            raise PresetError(
+                f"{name} is only available in rules about one {sub} at a time (unpaid, debtor)"
+                if sub == "invoice" else f"{name} is only available in {sub}-level rules (overdue_tasks)",
+                (*path, "when"),
+            )
+
+
 def compile_rules(data: Any, lines: _Lines, source: str) -> RuleSet:
     def fail(message: str, path: Path) -> RulesError:
         return RulesError(message, file=source, line=lines.line(path), rule=_rule_id_at(data, path))
@@ -209,7 +273,8 @@ def compile_rules(data: Any, lines: _Lines, source: str) -> RuleSet:
         raise fail(_pydantic_message(err), loc) from None
 
     tz = get_tz(rf.timezone)
-    registry = FeatureRegistry()
+    abc = rf.abc
+    registry = FeatureRegistry(**({"abc_window": abc.window, "abc_a": abc.a, "abc_b": abc.b} if abc else {}))
     register_spend_growth_alias(registry)
     for name, d in rf.features.items():
         if registry.is_reserved(name):
@@ -229,65 +294,51 @@ def compile_rules(data: Any, lines: _Lines, source: str) -> RuleSet:
     kinds = {r.id: r.kind for r in rf.rules}
     order = sorted(range(len(rf.rules)), key=lambda i: (rf.rules[i].kind in DEPENDENT_KINDS, rf.rules[i].id))
     needed: set[str] = set()
+    parts_of: dict[str, list[CompiledRule]] = {}
     for i in order:
         r = rf.rules[i]
         path: Path = ("rules", i)
         ctx = CompileContext(registry, tz, path, compiled, kinds)
+        out: list[CompiledRule] = []
         try:
-            parts = PRESETS[r.kind](r, ctx)
-            cond = parts.condition
-            if r.when is not None and r.kind != "generic":
-                from .conditions import All
-
-                cond = All((cond, ctx.condition(r.when, ("when",))))
-            then = tuple(r.then) if r.then else parts.default_then
-            has_reassign = any(a.type == "reassign" for a in then)
-            texts: list[tuple[str, Path]] = [(parts.reason, path)]
-            for k, a in enumerate(then):
-                p = a.params
-                for fld in ("title", "template"):
-                    text = getattr(p, fld, None)
-                    if text is None:
-                        continue
-                    ap: Path = (*path, "then", k, a.type, fld)
-                    if fld == "template" and text in rf.templates:
-                        t = rf.templates[text]
-                        texts += [(t.body, ("templates", text, "body"))]
-                        if t.subject:
-                            texts += [(t.subject, ("templates", text, "subject"))]
-                    elif fld == "title":
-                        texts.append((text, ap))
-            for text, tp in texts:
-                try:
-                    used = templates.check(
-                        text,
-                        lambda n, has_threshold=parts.threshold is not None: n in registry
-                        or (n == "threshold" and has_threshold),
-                        allow=("new_manager",) if has_reassign else (),
-                    )
-                except templates.TemplateError as exc:
-                    raise RulesError(str(exc), file=source, line=lines.line(tp), rule=r.id) from None
-                needed.update(parts.aliases.get(u, u) for u in used if u != "threshold")
+            made = PRESETS[r.kind](r, ctx)
+            extra = ctx.condition(r.when, ("when",)) if r.when is not None and r.kind != "generic" else None
+            for parts in made if isinstance(made, list) else [made]:
+                cond = parts.condition if extra is None else All((parts.condition, extra))
+                then = parts.then if parts.then is not None else tuple(r.then) if r.then else parts.default_then
+                rule = CompiledRule(
+                    id=r.id,
+                    kind=r.kind,
+                    category=r.category,
+                    condition=cond,
+                    episode=parts.episode,
+                    then=then,
+                    evidence=parts.evidence,
+                    reason=parts.reason,
+                    threshold=parts.threshold,
+                    aliases=parts.aliases,
+                    description=r.description,
+                    subject=parts.subject,
+                    ladder=parts.ladder,
+                    suffix=parts.suffix,
+                    part=parts.part,
+                )
+                used = _check_texts(rule, rf, registry, path, source, lines)
+                _check_subject(rule, registry, path)
+                out.append(rule)
+                if r.enabled:
+                    needed |= {parts.aliases.get(u, u) for u in used}
+                    needed |= rule.features()
         except (ConditionError, PresetError) as exc:
             raise fail(str(exc), exc.path) from None
-        rule = CompiledRule(
-            id=r.id,
-            kind=r.kind,
-            category=r.category,
-            condition=cond,
-            episode=parts.episode,
-            then=then,
-            evidence=parts.evidence,
-            reason=parts.reason,
-            threshold=parts.threshold,
-            aliases=parts.aliases,
-            description=r.description,
-        )
-        compiled[r.id] = rule
-        if r.enabled:
-            needed |= rule.features()
+        compiled[r.id] = out[0]
+        parts_of[r.id] = out
     needed |= {"manager_id", "contact_policy", "status"}
-    rules = sorted((compiled[r.id] for r in rf.rules if r.enabled), key=lambda c: c.id)
+    needed |= policy_features(rf.policies)
+    needed = {n for n in needed if registry.get(n).subject == "client"}
+    rules = sorted(
+        (p for r in rf.rules if r.enabled for p in parts_of[r.id]), key=lambda c: (c.id, c.ladder or 0, c.suffix)
+    )
     canonical = json.dumps(rf.model_dump(mode="json"), sort_keys=True, default=str)
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
     return RuleSet(rf, source, tz, registry, rules, digest, needed)

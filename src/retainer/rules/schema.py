@@ -71,6 +71,9 @@ class CreateTaskSpec(_Model):
     due_in: DurationField = Field(default_factory=lambda: parse_duration("1d"))
     assignee: Recipient = "manager"
     kind: str | None = "call"
+    options: list[str] | None = Field(
+        default=None, description="answers the manager picks from when closing the task (win-back churn reasons)"
+    )
 
 
 class ReassignSpec(_Model):
@@ -247,13 +250,233 @@ class ReleaseRule(_RuleBase):
     unless_future_task: bool = True
 
 
-Rule = Annotated[GenericRule | ForgottenRule | ReleaseRule, Field(discriminator="kind")]
+Money = Annotated[Decimal, Field(ge=0)]
+
+
+class ChurnedRule(_RuleBase):
+    """Bought regularly, then stopped: at least `min_orders` invoices within `lookback`, and none for
+    `silence` (or `silence_factor` times the client's own median gap between invoices)."""
+
+    kind: Literal["churned"]
+    min_orders: int = Field(default=2, ge=1, description="invoices needed within lookback to count as a buyer")
+    lookback: DurationField = Field(default_factory=lambda: parse_duration("365d"))
+    silence: DurationField | None = Field(default=None, description="no invoice for this long (default 90d)")
+    silence_factor: Decimal | None = Field(
+        default=None, gt=0, description="no invoice for this many times the client's median gap between invoices"
+    )
+    min_silence: DurationField = Field(
+        default_factory=lambda: parse_duration("30d"), description="floor for silence_factor (weekly buyers)"
+    )
+
+    @model_validator(mode="after")
+    def _one_silence(self) -> ChurnedRule:
+        if self.silence is not None and self.silence_factor is not None:
+            raise ValueError("give silence or silence_factor, not both")
+        return self
+
+
+WINBACK_REASONS = ["bad_product", "bad_service", "price", "other", "survey_needed"]
+
+
+class WinbackRule(_RuleBase):
+    """Seed 000: a task to find out why a valuable churned client left, then next steps per reason."""
+
+    kind: Literal["winback"]
+    churned_rule: RuleId | None = Field(default=None, description="the churned rule (default: the only one)")
+    min_revenue: Money | None = Field(default=None, description="revenue within lookback at least this")
+    lookback: DurationField | None = Field(default=None, description="revenue window (default: the churned rule's)")
+    classes: list[Literal["A", "B", "C"]] | None = Field(default=None, description="or an ABC class among these")
+    task: CreateTaskSpec = Field(
+        default_factory=lambda: CreateTaskSpec(
+            title="Find out why {client.name} stopped buying ({days_since_last_invoice} days without an order)",
+            due_in=parse_duration("3d"),
+            options=list(WINBACK_REASONS),
+        ),
+        description="step 1: the 'determine the churn reason' task",
+    )
+    outcome_field: str = Field(default="churn_reason", description="the outcome key the host records the reason in")
+    on_outcome: dict[str, list[ActionSpec]] = Field(
+        default_factory=dict, description="reason -> the actions of the next step"
+    )
+
+
+class UnpaidRule(_RuleBase):
+    """An invoice issued and not paid, with no activity since, `after` its issue."""
+
+    kind: Literal["unpaid"]
+    category: Category = "collection"
+    after: DurationField = Field(default_factory=lambda: parse_duration("7d"))
+
+
+class LadderStep(_Model):
+    """One rung of a dunning ladder: `after` days past due, one action."""
+
+    after: DurationField
+    action: ActionSpec
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "action" not in data:
+            rest = {k: v for k, v in data.items() if k != "after"}
+            return {"after": data.get("after"), "action": rest}
+        return data
+
+
+class DebtorRule(_RuleBase):
+    """A dunning ladder per overdue invoice, counted from its due date; payment stops it."""
+
+    kind: Literal["debtor"]
+    category: Category = "collection"
+    steps: list[LadderStep] = Field(min_length=1)
+    min_amount: Money = Field(default=Decimal(0), description="ignore invoices with less outstanding")
+
+    @field_validator("steps")
+    @classmethod
+    def _distinct(cls, v: list[LadderStep]) -> list[LadderStep]:
+        seen = [str(s.after) for s in v]
+        if len(set(seen)) != len(seen):
+            raise ValueError(f"two steps with the same after ({', '.join(seen)})")
+        return v
+
+
+class EscalateRule(_RuleBase):
+    """Complain to the supervisor when nothing helped."""
+
+    kind: Literal["escalate"]
+    forgotten_rule: RuleId | None = Field(
+        default=None, description="escalate a released client that this forgotten rule finds forgotten again"
+    )
+    watch_rule: RuleId | None = Field(default=None, description="or: escalate when this rule's action is unresolved")
+    after: DurationField | None = Field(
+        default=None, description="watch_rule: unresolved this long; forgotten_rule: extra days after the threshold"
+    )
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> EscalateRule:
+        if (self.forgotten_rule is None) == (self.watch_rule is None):
+            raise ValueError("give exactly one of forgotten_rule or watch_rule")
+        if self.watch_rule is not None and self.after is None:
+            raise ValueError("watch_rule needs after (how long the action may stay unresolved)")
+        return self
+
+
+class RepeatSaleRule(_RuleBase):
+    """The last won deal is `after` old and nothing is open: time to sell again."""
+
+    kind: Literal["repeat_sale"]
+    category: Category = "development"
+    after: DurationField
+
+
+class OverdueTasksRule(_RuleBase):
+    """A manager-level rule: too many open tasks overdue -> the supervisor hears of it."""
+
+    kind: Literal["overdue_tasks"]
+    count: int = Field(ge=1, description="at least this many overdue tasks")
+    after: DurationField = Field(default_factory=lambda: parse_duration("1d"), description="overdue by this much")
+    every: Literal["day", "week", "month"] = Field(default="week", description="at most one escalation per period")
+
+
+Rule = Annotated[
+    GenericRule
+    | ForgottenRule
+    | ReleaseRule
+    | ChurnedRule
+    | WinbackRule
+    | UnpaidRule
+    | DebtorRule
+    | EscalateRule
+    | RepeatSaleRule
+    | OverdueTasksRule,
+    Field(discriminator="kind"),
+]
+
+# ---------------------------------------------------------------- policies
+
+Percent = Annotated[
+    Decimal,
+    BeforeValidator(lambda v: Decimal(v[:-1].strip()) / 100 if isinstance(v, str) and v.strip().endswith("%") else v),
+    WithJsonSchema({"anyOf": [{"type": "string", "pattern": r"^\d+(\.\d+)?\s*%$"}, {"type": "number"}],
+                    "description": "20% or 0.2"}),
+]
+
+
+class Cap(_Model):
+    """At most `limit` contacts per client in a window, by category or by channel."""
+
+    category: Category | None = None
+    channel: str | None = Field(default=None, description="any_outbound, or a channel/touch kind such as email, sms")
+    limit: int = Field(ge=0)
+    per: DurationField
+    window: Literal["rolling", "calendar"] = "rolling"
+
+    @model_validator(mode="after")
+    def _one_scope(self) -> Cap:
+        if (self.category is None) == (self.channel is None):
+            raise ValueError("a cap has exactly one of category or channel")
+        if self.window == "calendar" and str(self.per) not in ("1d", "1w", "1mo"):
+            raise ValueError(f"a calendar window is a day, week or month (per: 1d, 1w or 1mo), not {self.per}")
+        return self
+
+    def label(self) -> str:
+        scope = self.category or f"channel {self.channel}"
+        return f"{scope}: {self.limit} per {self.per} {self.window}"
+
+
+class SpendGrowth(_Model):
+    max: Percent = Field(default=Decimal("0.2"), ge=0)
+    window: DurationField = Field(default_factory=lambda: parse_duration("90d"))
+    allow_without_baseline: bool = False
+
+
+class Cooloff(_Model):
+    after: Literal["offer_end"] = "offer_end"
+    for_: DurationField = Field(alias="for")
+    blocks: list[Category] = Field(default_factory=lambda: ["development"])
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Unprofitable(_Model):
+    window: DurationField = Field(default_factory=lambda: parse_duration("180d"))
 
 
 class Policies(_Model):
     do_not_contact: Literal[True] = Field(
         default=True, description="always on: no action is planned for a do_not_contact client"
     )
+    no_marketing: bool = Field(
+        default=True,
+        description="on unless set false: no_marketing clients get no retention/development messages, offers or deals",
+    )
+    caps: list[Cap] = Field(default_factory=list)
+    priority: list[Category] | None = Field(
+        default=None, description="categories, highest first: e.g. [collection, retention, service, development]"
+    )
+    spend_growth: SpendGrowth | None = None
+    cooloff: Cooloff | None = None
+    no_development_for_unprofitable: Unprofitable | None = None
+    manager_daily_task_limit: int | None = Field(default=None, ge=0)
+
+    @field_validator("priority")
+    @classmethod
+    def _distinct(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError("a category appears twice in priority")
+        return v
+
+
+class AbcSpec(_Model):
+    window: DurationField = Field(default_factory=lambda: parse_duration("365d"))
+    a: Percent = Decimal("0.8")
+    b: Percent = Decimal("0.15")
+
+    @model_validator(mode="after")
+    def _shares(self) -> AbcSpec:
+        if not (self.a > 0 and self.b >= 0 and self.a + self.b <= 1):
+            raise ValueError("abc shares: 0 < a and a + b <= 100%")
+        return self
 
 
 class RuleFile(_Model):
@@ -263,6 +486,7 @@ class RuleFile(_Model):
     templates: dict[str, TemplateDef] = Field(default_factory=dict)
     rules: list[Rule] = Field(min_length=1)
     policies: Policies = Field(default_factory=Policies)
+    abc: AbcSpec | None = Field(default=None, description="how abc_class is computed when the data lacks it")
 
     @field_validator("timezone")
     @classmethod

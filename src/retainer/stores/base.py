@@ -58,7 +58,7 @@ class AggSpec:
     """
 
     entity: str
-    fn: Literal["count", "sum", "max", "min"]
+    fn: Literal["count", "sum", "max", "min", "list"]  # list: every value, sorted
     field: str | None = None
     where: tuple[Pred, ...] = ()
     time_field: str | None = None
@@ -77,6 +77,9 @@ EXISTS_FIELD: dict[str, str] = {
 
 #: Fields whose value depends on as_of (the state of a fact at that instant), per entity.
 VIRTUAL_FIELDS: dict[str, dict[str, str]] = {
+    "touches": {
+        "medium": "the channel, or the touch kind when no channel is given (what channel caps count)",
+    },
     "tasks": {
         "is_open": "open at as_of: not cancelled and not yet done",
         "is_done": "completed on or before as_of",
@@ -94,6 +97,8 @@ VIRTUAL_FIELDS: dict[str, dict[str, str]] = {
 
 def virtual_value(entity: str, name: str, row: Any, as_of: datetime) -> Any:
     """The reference definition of every virtual field; SQL stores mirror it exactly."""
+    if entity == "touches" and name == "medium":
+        return row.channel if row.channel is not None else row.kind
     if entity == "tasks":
         done = row.done_at is not None and row.done_at <= as_of
         if name == "is_done":
@@ -171,6 +176,17 @@ class Store(Protocol):
         count -> int, sum -> Decimal (money) or int, max/min -> the field's type."""
         ...
 
+    def facts(
+        self,
+        entity: str,
+        as_of: datetime,
+        where: Sequence[Pred] = (),
+        client_ids: Sequence[str] | None = None,
+    ) -> list[Entity]:
+        """Fact rows that exist at as_of and match `where` (virtual fields evaluated at as_of), sorted by
+        (client_id, id): the rows per-invoice and per-task rules iterate over."""
+        ...
+
     def get_cursor(self, name: str) -> str | None:
         """Round-robin position saved by an earlier run."""
         ...
@@ -211,9 +227,12 @@ class Store(Protocol):
         ids: Sequence[str] | None = None,
         client_ids: Sequence[str] | None = None,
         rule: str | None = None,
+        types: Sequence[str] | None = None,
+        since: datetime | None = None,
         limit: int | None = None,
     ) -> list[LedgerEntry]:
-        """Committed actions in commit order, filtered by any of the arguments."""
+        """Committed actions in commit order, filtered by any of the arguments (`since`: planned as of
+        that instant or later; what caps, escalations and processes look back on)."""
         ...
 
     def begin_attempts(self, ids: Sequence[str], at: datetime) -> list[str]:

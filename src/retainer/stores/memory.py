@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
@@ -97,13 +97,15 @@ class MemoryStore:
         wanted = set(client_ids) if client_ids is not None else None
         return [self._aggregate(s, as_of, wanted) for s in specs]
 
-    def _aggregate(self, spec: AggSpec, as_of: datetime, wanted: set[str] | None) -> dict[str, Any]:
-        exists = EXISTS_FIELD[spec.entity]
-        virtual = VIRTUAL_FIELDS.get(spec.entity, {})
+    def _rows_at(
+        self, entity: str, as_of: datetime, where: Sequence[Pred], wanted: set[str] | None
+    ) -> Iterator[tuple[Any, Callable[[Any, str], Any]]]:
+        exists = EXISTS_FIELD[entity]
+        virtual = VIRTUAL_FIELDS.get(entity, {})
 
         def value(row: Any, name: str) -> Any:
             if name in virtual:
-                return virtual_value(spec.entity, name, row, as_of)
+                return virtual_value(entity, name, row, as_of)
             return getattr(row, name)
 
         def matches(row: Any, p: Pred) -> bool:
@@ -114,21 +116,31 @@ class MemoryStore:
                 return v is not None
             return v is not None and COMPARE[p.op](v, p.value)
 
-        groups: dict[str, list[Any]] = {}
-        for row in self._facts[spec.entity].values():
-            cid = row.client_id  # type: ignore[attr-defined]
-            if wanted is not None and cid not in wanted:
+        for row in self._facts[entity].values():
+            if wanted is not None and row.client_id not in wanted:  # type: ignore[attr-defined]
                 continue
             born = getattr(row, exists)
             if born is not None and born > as_of:
                 continue
+            if all(matches(row, p) for p in where):
+                yield row, value
+
+    def facts(
+        self, entity: str, as_of: datetime, where: Sequence[Pred] = (), client_ids: Sequence[str] | None = None
+    ) -> list[Entity]:
+        _ingest.check_entity(entity)
+        wanted = set(client_ids) if client_ids is not None else None
+        rows = [r for r, _ in self._rows_at(entity, as_of, where, wanted)]
+        return sorted(rows, key=lambda r: (r.client_id, r.id))  # type: ignore[attr-defined]
+
+    def _aggregate(self, spec: AggSpec, as_of: datetime, wanted: set[str] | None) -> dict[str, Any]:
+        groups: dict[str, list[Any]] = {}
+        for row, value in self._rows_at(spec.entity, as_of, spec.where, wanted):
             if spec.time_field is not None:
                 t = getattr(row, spec.time_field)
                 if t is None or t > as_of or (spec.since is not None and t <= spec.since):
                     continue
-            if not all(matches(row, p) for p in spec.where):
-                continue
-            groups.setdefault(cid, []).append(None if spec.field is None else value(row, spec.field))
+            groups.setdefault(row.client_id, []).append(None if spec.field is None else value(row, spec.field))
 
         out: dict[str, Any] = {}
         for cid, vals in groups.items():
@@ -138,7 +150,9 @@ class MemoryStore:
             present = [v for v in vals if v is not None]
             if not present:
                 continue
-            if spec.fn == "sum":
+            if spec.fn == "list":
+                out[cid] = sorted(present)
+            elif spec.fn == "sum":
                 out[cid] = sum(present, Decimal(0) if isinstance(present[0], Decimal) else 0)
             else:
                 out[cid] = max(present) if spec.fn == "max" else min(present)
@@ -206,6 +220,8 @@ class MemoryStore:
         ids: Sequence[str] | None = None,
         client_ids: Sequence[str] | None = None,
         rule: str | None = None,
+        types: Sequence[str] | None = None,
+        since: datetime | None = None,
         limit: int | None = None,
     ) -> list[LedgerEntry]:
         check_statuses(status)
@@ -217,7 +233,9 @@ class MemoryStore:
                 continue
             if (idset is not None and e.id not in idset) or (cset is not None and e.client_id not in cset):
                 continue
-            if rule is not None and e.rule != rule:
+            if (rule is not None and e.rule != rule) or (types is not None and e.type not in types):
+                continue
+            if since is not None and e.as_of < since:
                 continue
             out.append(e)
             if limit is not None and len(out) >= limit:

@@ -124,6 +124,7 @@ _INDEXES: dict[str, list[list[str]]] = {
 _DONE = "(done_at IS NOT NULL AND done_at <= :asof)"
 _PAID = "(CASE WHEN paid_at IS NOT NULL AND paid_at <= :asof THEN COALESCE(paid_amount, amount) ELSE 0 END)"
 _VIRTUAL_SQL: dict[str, dict[str, tuple[str, str]]] = {
+    "touches": {"medium": ("coalesce(channel, kind)", "text")},
     "tasks": {
         "is_done": (_DONE, "bool"),
         "is_open": (
@@ -167,6 +168,7 @@ CREATE TABLE IF NOT EXISTS retainer_actions (
 );
 CREATE INDEX IF NOT EXISTS retainer_actions_status ON retainer_actions (status, seq);
 CREATE INDEX IF NOT EXISTS retainer_actions_client ON retainer_actions (client_id, as_of);
+CREATE INDEX IF NOT EXISTS retainer_actions_as_of ON retainer_actions (as_of);
 CREATE TABLE IF NOT EXISTS retainer_runs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
@@ -190,7 +192,7 @@ def _instant(v: str | None) -> datetime | None:
 
 def _entry(r: Sequence[Any]) -> LedgerEntry:
     return LedgerEntry(
-        id=r[0], key=r[1], run_id=r[2], type=r[3], rule=r[4], client_id=r[5], category=r[6],
+        id=r[0], key=r[1], run_id=r[2], type=r[3], rule=r[4], client_id=r[5] or None, category=r[6],
         as_of=datetime.fromisoformat(r[7]), status=r[8], attempts=r[9], last_error=r[10],
         created_at=datetime.fromisoformat(r[11]), updated_at=datetime.fromisoformat(r[12]),
         outcome=json.loads(r[13]) if r[13] else None, outcome_at=_instant(r[14]), payload=r[15],
@@ -413,11 +415,14 @@ class SQLiteStore:
             for r in self.db.execute(f"SELECT id FROM {entity} WHERE id IN (SELECT value FROM json_each(?))", [ids])
         }
 
-    def _rows(self, entity: str, sql_tail: str = "", params: Sequence[Any] = ()) -> Iterator[Entity]:
+    def _rows(
+        self, entity: str, sql_tail: str = "", params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> Iterator[Entity]:
         kinds = _KINDS[entity]
         model = ENTITIES[entity]
         cols = list(kinds)
-        cur = self.db.execute(f"SELECT {', '.join(cols)} FROM {entity} {sql_tail}", list(params))
+        args = params if isinstance(params, dict) else list(params)
+        cur = self.db.execute(f"SELECT {', '.join(cols)} FROM {entity} {sql_tail}", args)
         convs = [(j, f) for j, c in enumerate(cols) if (f := _converter(kinds[c])) is not None]
         for r in cur:
             vals = list(r)
@@ -431,6 +436,19 @@ class SQLiteStore:
     def get(self, entity: str, id: str) -> Entity | None:
         _ingest.check_entity(entity)
         return next(self._rows(entity, "WHERE id = ?", [id]), None)
+
+    def facts(
+        self, entity: str, as_of: datetime, where: Sequence[Pred] = (), client_ids: Sequence[str] | None = None
+    ) -> list[Entity]:
+        _ingest.check_entity(entity)
+        params: dict[str, Any] = {"asof": to_utc_text(as_of)}
+        exists = EXISTS_FIELD[entity]
+        conds = [f"({exists} IS NULL OR {exists} <= :asof)"]
+        if client_ids is not None:
+            params["ids"] = json.dumps(list(client_ids))
+            conds.append("client_id IN (SELECT value FROM json_each(:ids))")
+        conds += [self._pred(entity, p, f"p{k}", params) for k, p in enumerate(where)]
+        return list(self._rows(entity, f"WHERE {' AND '.join(conds)} ORDER BY client_id, id", params))
 
     def iter(self, entity: str) -> Iterator[Entity]:
         _ingest.check_entity(entity)
@@ -511,6 +529,10 @@ class SQLiteStore:
             if spec.fn == "count":
                 selects.append(f"SUM(CASE WHEN {cond} THEN 1 ELSE 0 END)")
                 kinds.append("int")
+            elif spec.fn == "list":  # values never contain the separator: ids, numbers, ISO instants
+                expr, kind = self._expr(entity, spec.field or "id")
+                selects.append(f"GROUP_CONCAT(CASE WHEN {cond} THEN {expr} END, char(31))")
+                kinds.append("list:" + ("money" if kind == "money" else kind))
             else:
                 expr, kind = self._expr(entity, spec.field or "id")
                 selects.append(f"{spec.fn.upper()}(CASE WHEN {cond} THEN {expr} END)")
@@ -518,6 +540,12 @@ class SQLiteStore:
         sql = f"SELECT client_id, {', '.join(selects)} FROM {entity} WHERE {' AND '.join(base)} GROUP BY client_id"
         rows = self.db.execute(sql, params).fetchall()
         for j, kind in enumerate(kinds):
+            if kind.startswith("list:"):
+                lf = _converter(kind[5:]) or (lambda x: x)
+                for row in rows:
+                    if row[j + 1] is not None:
+                        outs[j][row[0]] = sorted(lf(x) for x in str(row[j + 1]).split("\x1f"))
+                continue
             f = _converter(kind)
             out = outs[j]
             col = j + 1
@@ -637,8 +665,8 @@ class SQLiteStore:
             conn.executemany(
                 f"INSERT INTO retainer_actions ({_LEDGER_COLS}) VALUES ({', '.join('?' * 16)})",
                 (
-                    (a.id, a.key, run.id, a.type, a.rule, a.client_id, a.category, to_utc_text(a.as_of), "pending",
-                     0, None, at, at, None, None, action_payload(a))
+                    (a.id, a.key, run.id, a.type, a.rule, a.client_id or "", a.category, to_utc_text(a.as_of),
+                     "pending", 0, None, at, at, None, None, action_payload(a))
                     for a in fresh
                 ),
             )
@@ -676,12 +704,17 @@ class SQLiteStore:
         ids: Sequence[str] | None = None,
         client_ids: Sequence[str] | None = None,
         rule: str | None = None,
+        types: Sequence[str] | None = None,
+        since: datetime | None = None,
         limit: int | None = None,
     ) -> list[LedgerEntry]:
         check_statuses(status)
         where: list[str] = []
         params: list[Any] = []
-        for col, values in (("status", status), ("id", ids), ("client_id", client_ids)):
+        if since is not None:
+            where.append("as_of >= ?")
+            params.append(to_utc_text(since))
+        for col, values in (("status", status), ("id", ids), ("client_id", client_ids), ("type", types)):
             if values is not None:
                 where.append(f"{col} IN (SELECT value FROM json_each(?))")
                 params.append(json.dumps(list(values)))

@@ -11,9 +11,35 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ...timeutil import parse_duration
 from ..conditions import All, AnyOf, Leaf, Node, Not, OlderThan, Path, parse_condition
-from ..features import FeatureRegistry
-from ..schema import ActionSpec, CreateTaskSpec, ForgottenRule, GenericRule, ReassignSpec, ReleaseRule
+from ..features import (
+    FeatureImpl,
+    FeatureRegistry,
+    churn_silence_feature,
+    outcome_feature,
+    since_release_feature,
+    unresolved_feature,
+)
+from ..schema import (
+    ActionSpec,
+    ChurnedRule,
+    CreateDealSpec,
+    CreateTaskSpec,
+    DebtorRule,
+    EscalateRule,
+    EscalateSpec,
+    ForgottenRule,
+    GenericRule,
+    OverdueTasksRule,
+    ReassignSpec,
+    ReleaseRule,
+    RepeatSaleRule,
+    StartProcessSpec,
+    TagSpec,
+    UnpaidRule,
+    WinbackRule,
+)
 
 
 @dataclass(frozen=True)
@@ -29,6 +55,10 @@ class CompiledRule:
     threshold: OlderThan | None = None
     aliases: dict[str, str] = field(default_factory=dict)
     description: str | None = None
+    subject: str = "client"  # client | invoice | manager: what one row of the evaluation is
+    ladder: int | None = None  # rank of this step in a ladder (debtor): only the latest due step is sent
+    suffix: str = ""  # appended to the episode: one key per ladder step / process step
+    part: str | None = None  # "step 10d", "outcome price": which part of a multi-part rule this is
 
     def features(self) -> set[str]:
         fs = set(self.condition.features()) | set(self.evidence) | set(self.aliases.values())
@@ -64,6 +94,11 @@ class Parts:
     reason: str
     threshold: OlderThan | None = None
     aliases: dict[str, str] = field(default_factory=dict)
+    then: tuple[ActionSpec, ...] | None = None  # a part's own actions (ladder steps, process steps)
+    subject: str = "client"
+    ladder: int | None = None
+    suffix: str = ""
+    part: str | None = None
 
 
 def describe(node: Node) -> str:
@@ -148,12 +183,226 @@ def _release(rule: ReleaseRule, ctx: CompileContext) -> Parts:
     )
 
 
+def _tag_key(parts: Any) -> str:
+    import hashlib
+
+    return hashlib.sha1(repr(parts).encode()).hexdigest()[:8]
+
+
+def _churned(rule: ChurnedRule, ctx: CompileContext) -> Parts:
+    orders = f"orders_{rule.lookback}"
+    status = Leaf("status", "eq", "active")
+    leaves: list[Node] = [status, Leaf(orders, "gte", rule.min_orders)]
+    if rule.silence_factor is not None:
+        name = f"churn_silence[{_tag_key((rule.lookback, rule.silence_factor, rule.min_silence))}]"
+        if name not in ctx.registry.extra:
+            ctx.registry.add(churn_silence_feature(name, rule.lookback, rule.silence_factor, rule.min_silence))
+        leaves.append(Leaf(name, "exists", True))
+        threshold = OlderThan(
+            "last_invoice_at", rule.min_silence, ((Leaf(name, "exists", True), name),),
+            case_labels=(f"{rule.silence_factor} x the median gap between orders",),
+        )
+    else:
+        threshold = OlderThan("last_invoice_at", rule.silence or parse_duration("90d"))
+    leaves.append(threshold)
+    return Parts(
+        All(tuple(leaves)),
+        "last_invoice_at",
+        (ActionSpec(tag=TagSpec(tag="churned")), ActionSpec(start_process=StartProcessSpec(process="winback"))),
+        (orders, "last_invoice_at", "days_since_last_invoice"),
+        f"{{{orders}}} orders within {rule.lookback}, none for {{days_since_last_invoice}} days "
+        f"(threshold {{threshold}})",
+        threshold,
+    )
+
+
+def _find(ctx: CompileContext, ref: str | None, kind: str, field_: str) -> CompiledRule:
+    if ref is None:
+        found = [rid for rid, k in ctx.kinds.items() if k == kind]
+        if len(found) != 1:
+            why = "there is none" if not found else f"there are several ({', '.join(sorted(found))})"
+            raise PresetError(f"{field_} is needed: name the {kind} rule ({why})", (*ctx.path, "kind"))
+        ref = found[0]
+    got = ctx.compiled.get(ref)
+    if got is None or got.kind != kind:
+        what = f"is not a {kind} rule" if ref in ctx.kinds else "does not exist"
+        raise PresetError(f"{field_} {ref!r} {what}", (*ctx.path, field_))
+    return got
+
+
+def _winback(rule: WinbackRule, ctx: CompileContext) -> list[Parts]:
+    ref = _find(ctx, rule.churned_rule, "churned", "churned_rule")
+    if rule.min_revenue is None and rule.classes is None:
+        raise PresetError("say who is worth winning back: min_revenue, classes, or both", (*ctx.path, "kind"))
+    lookback = rule.lookback or parse_duration(ref.evidence[0].split("_", 1)[1])
+    revenue = f"revenue_{lookback}"
+    value: list[Node] = []
+    if rule.min_revenue is not None:
+        value.append(Leaf(revenue, "gte", rule.min_revenue))
+    if rule.classes is not None:
+        value.append(Leaf("abc_class", "in", frozenset(rule.classes)))
+    base = All((*ref.condition.children, value[0] if len(value) == 1 else AnyOf(tuple(value))))  # type: ignore[attr-defined]
+    options = rule.task.options or []
+    for reason in rule.on_outcome:
+        if options and reason not in options:
+            from ...errors import did_you_mean
+
+            raise PresetError(
+                f"on_outcome {reason!r} is not one of the task's options ({', '.join(options)})"
+                f"{did_you_mean(reason, options)}",
+                (*ctx.path, "on_outcome", reason),
+            )
+    evidence = (*ref.evidence, revenue, "abc_class")
+    reason_text = (f"churned: {{{ref.evidence[0]}}} orders within {lookback}, none for "
+                   f"{{days_since_last_invoice}} days; {{{revenue}}} revenue, class {{abc_class}}")
+    step1 = Parts(
+        base, "last_invoice_at", (), evidence, reason_text, ref.threshold,
+        then=(ActionSpec(create_task=rule.task), *(rule.then or ())), part="find the churn reason",
+    )
+    out = [step1]
+    name = f"outcome[{rule.id}.{rule.outcome_field}]"
+    ctx.registry.add(outcome_feature(name, rule.id, "last_invoice_at", "create_task", rule.outcome_field))
+    for reason, actions in sorted(rule.on_outcome.items()):
+        out.append(
+            Parts(
+                All((*base.children, Leaf(name, "eq", reason))),
+                "last_invoice_at", (), (*evidence, name),
+                f"{reason_text}; the reason found: {reason}", ref.threshold,
+                then=tuple(actions), suffix=f"~{reason}", part=f"outcome {reason}",
+            )
+        )
+    return out
+
+
+def _unpaid(rule: UnpaidRule, ctx: CompileContext) -> Parts:
+    threshold = OlderThan("invoice.issued_at", rule.after)
+    return Parts(
+        All((Leaf("status", "in", frozenset({"active", "prospect"})), threshold,
+             Leaf("invoice.activity_since_issue", "eq", False))),
+        "invoice.id",
+        (ActionSpec(create_task=CreateTaskSpec(
+            title="Invoice {invoice.id} for {invoice.amount} is unpaid for {invoice.days_since_issue} days "
+                  "and nobody talked to {client.name} since",
+            due_in=parse_duration("1d"))),),
+        ("invoice.id", "invoice.amount", "invoice.outstanding", "invoice.days_since_issue", "last_activity_at"),
+        "invoice {invoice.id} issued {invoice.days_since_issue} days ago (threshold {threshold}), unpaid "
+        "{invoice.outstanding}, no activity since",
+        threshold,
+        subject="invoice",
+    )
+
+
+def _debtor(rule: DebtorRule, ctx: CompileContext) -> list[Parts]:
+    if rule.then:
+        raise PresetError("a debtor rule's actions are its steps; remove then:", (*ctx.path, "then"))
+    steps = sorted(enumerate(rule.steps), key=lambda t: t[1].after.approx_days())
+    out = []
+    for rank, (_k, step) in enumerate(steps):
+        threshold = OlderThan("invoice.due_at", step.after)
+        leaves: list[Node] = [threshold]
+        if rule.min_amount > 0:
+            leaves.append(Leaf("invoice.outstanding", "gte", rule.min_amount))
+        out.append(
+            Parts(
+                All(tuple(leaves)),
+                "invoice.id",
+                (),
+                ("invoice.id", "invoice.amount", "invoice.outstanding", "invoice.days_overdue"),
+                f"invoice {{invoice.id}}: {{invoice.outstanding}} unpaid, {{invoice.days_overdue}} days past due "
+                f"(step {step.after})",
+                threshold,
+                then=(step.action,),
+                subject="invoice",
+                ladder=rank,
+                suffix=f"+{step.after}",
+                part=f"step {step.after}",
+            )
+        )
+    return out
+
+
+def _escalate(rule: EscalateRule, ctx: CompileContext) -> Parts:
+    default = (ActionSpec(escalate=EscalateSpec()),)
+    if rule.forgotten_rule is not None:
+        ref = _find(ctx, rule.forgotten_rule, "forgotten", "forgotten_rule")
+        assert ref.threshold is not None and isinstance(ref.condition, All)
+        name = f"since_release[{ref.threshold.feature}]"
+        if name not in ctx.registry.extra:
+            ctx.registry.add(since_release_feature(name, ref.threshold.feature))
+        threshold = replace(ref.threshold, feature=name, plus=rule.after)
+        days = ref.aliases.get("days_since_activity", "days_since_activity")
+        return Parts(
+            All((ref.condition.children[0], Leaf("released_at", "exists", True), threshold)),
+            "released_at",
+            default,
+            ("released_at", days, ref.aliases.get("last_activity_at", "last_activity_at")),
+            f"released on {{released_at}} and forgotten again: no activity for {{{days}}} days "
+            f"(threshold {{threshold}} since the later of the release and the last activity)",
+            threshold,
+            dict(ref.aliases),
+        )
+    assert rule.watch_rule is not None and rule.after is not None
+    if rule.watch_rule not in ctx.kinds:
+        raise PresetError(f"watch_rule {rule.watch_rule!r} does not exist", (*ctx.path, "watch_rule"))
+    name = f"unresolved_since[{rule.watch_rule}]"
+    if name not in ctx.registry.extra:
+        ctx.registry.add(unresolved_feature(name, rule.watch_rule))
+    threshold = OlderThan(name, rule.after)
+    return Parts(
+        All((Leaf("status", "ne", "archived"), threshold)),
+        name,
+        default,
+        (name, "last_activity_at"),
+        f"{rule.watch_rule}'s action of {{{name}}} is still unresolved after {{threshold}} "
+        "(no outcome, no activity with the client since)",
+        threshold,
+    )
+
+
+def _repeat_sale(rule: RepeatSaleRule, ctx: CompileContext) -> Parts:
+    threshold = OlderThan("last_won_deal_at", rule.after)
+    return Parts(
+        All((Leaf("status", "eq", "active"), threshold, Leaf("open_deals", "eq", 0))),
+        "last_won_deal_at",
+        (ActionSpec(create_deal=CreateDealSpec()),),
+        ("last_won_deal_at", "days_since_won_deal", "open_deals"),
+        "last won deal {days_since_won_deal} days ago (threshold {threshold}) and no deal open",
+        threshold,
+    )
+
+
+def _overdue_tasks(rule: OverdueTasksRule, ctx: CompileContext) -> Parts:
+    count = f"overdue_tasks[{rule.after}]"
+    period = f"period[{rule.every}]"
+    for name, typ, doc in ((count, "int", f"open tasks overdue by {rule.after} or more"),
+                           (period, "str", f"the current {rule.every}")):
+        if name not in ctx.registry.extra:
+            ctx.registry.add(FeatureImpl(name, typ, doc, subject="manager"))
+    return Parts(
+        Leaf(count, "gte", rule.count),
+        period,
+        (ActionSpec(escalate=EscalateSpec()),),
+        (count,),
+        f"{{{count}}} open tasks overdue by {rule.after} or more (limit {rule.count})",
+        None,
+        {"overdue_tasks": count},
+        subject="manager",
+    )
+
+
 #: kind name -> preset. Register a new kind here and in schema.Rule.
-PRESETS: dict[str, Callable[[Any, CompileContext], Parts]] = {
+PRESETS: dict[str, Callable[[Any, CompileContext], Parts | list[Parts]]] = {
     "generic": _generic,
     "forgotten": _forgotten,
     "release": _release,
+    "churned": _churned,
+    "winback": _winback,
+    "unpaid": _unpaid,
+    "debtor": _debtor,
+    "escalate": _escalate,
+    "repeat_sale": _repeat_sale,
+    "overdue_tasks": _overdue_tasks,
 }
 
 #: kinds compiled after the others because they refer to them
-DEPENDENT_KINDS = ("release",)
+DEPENDENT_KINDS = ("release", "winback", "escalate")
