@@ -88,9 +88,14 @@ def _main(
 def validate(rules: Annotated[Path, typer.Argument(help="Rule file (YAML or JSON).")]) -> None:
     """Check a rule file; print its rules, or the first error with file:line and rule id (exit 2)."""
     rs = _rules(rules)
-    err.print(f"[green]ok[/]: {rules} — {len(rs.rules)} rule(s), time zone {rs.timezone}", highlight=False)
+    parts: dict[str, list[Any]] = {}
     for r in rs.rules:
-        out.print(f"  {r.id:<24} {r.kind:<10} {r.category}", highlight=False)
+        parts.setdefault(r.id, []).append(r)
+    err.print(f"[green]ok[/]: {rules} — {len(parts)} rule(s), time zone {rs.timezone}", highlight=False)
+    for rid, ps in parts.items():
+        r = ps[0]
+        steps = f"  ({', '.join(p.part for p in ps if p.part)})" if len(ps) > 1 else ""
+        out.print(f"  {rid:<24} {r.kind:<13} {r.category:<11}{steps}".rstrip(), highlight=False)
 
 
 @app.command()

@@ -346,7 +346,7 @@ class Engine:
             episodes = fr.column(rule.episode) if rule.episode else None
             row_live = live if rule.subject == "client" else [c is None or c.status != "archived" for c in fr.clients]
             policy = fr.column("contact_policy") if rule.subject != "manager" else [None] * len(fr.ids)
-            if rule.threshold is not None and rule.subject == "client" and rule.ladder is None and not rule.suffix:
+            if rule.kind in ("forgotten", "release"):  # thresholds anchored on activity
                 anchor = fr.column(rule.threshold.feature)
                 st["no_anchor"] = sum(1 for i, v in enumerate(anchor) if v is None and live[i])
                 bad = sorted(i for i in problems if live[i])

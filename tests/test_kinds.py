@@ -1,0 +1,514 @@
+"""The built-in kinds beyond forgotten/release, at their boundaries, on every store backend (DESIGN §3)."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+import retainer
+from retainer.plan import Plan
+from retainer.stores import Store
+from tests.conftest import engine_for
+
+DAY0 = date(2026, 1, 1)
+
+
+def day(n: int) -> str:
+    return (DAY0 + timedelta(days=n)).isoformat()
+
+
+def at(n: int, time: str = "10:00:00") -> str:
+    return f"{day(n)}T{time}Z"
+
+
+def rules(*rs: dict[str, Any], **top: Any) -> dict[str, Any]:
+    return {"version": 1, "rules": list(rs), **top}
+
+
+def of(plan: Plan, rule: str | None = None, type: str | None = None) -> list[Any]:
+    return [a for a in plan.actions if (rule is None or a.rule == rule) and (type is None or a.type == type)]
+
+
+def held(plan: Plan, code: str | None = None) -> list[Any]:
+    return [s for s in plan.suppressed if code is None or s.reason_code == code]
+
+
+def base(store: Store, **client: Any) -> None:
+    store.add(
+        managers=[{"id": "boss", "name": "Boss"}, {"id": "m1", "name": "Anna", "supervisor_id": "boss"},
+                  {"id": "m2", "name": "Ben", "supervisor_id": "boss"}],
+        clients=[{"id": "c1", "manager_id": "m1", "name": "Acme", **client}],
+    )
+
+
+def invoices(store: Store, days: list[int], amount: str = "1000", client: str = "c1", paid: bool = True) -> None:
+    store.add(invoices=[
+        {"id": f"{client}-i{d}", "client_id": client, "issued_at": at(d), "amount": amount,
+         "paid_at": at(d) if paid else None}
+        for d in days
+    ])
+
+
+# ---------------------------------------------------------------- churned
+
+CHURNED = {"id": "churned", "kind": "churned", "min_orders": 3, "lookback": "365d", "silence": "90d"}
+
+
+@pytest.mark.parametrize(("silent_days", "churned"), [(89, False), (90, True)])
+def test_churned_after_silence(store: Store, silent_days: int, churned: bool) -> None:
+    base(store)
+    invoices(store, [100, 130, 160])
+    plan = engine_for(rules(CHURNED), store).plan(day(160 + silent_days))
+    assert bool(of(plan, "churned")) is churned
+    if churned:
+        tag, proc = sorted(of(plan, "churned"), key=lambda a: a.type)[::-1]
+        assert (tag.type, tag.tag) == ("tag", "churned")
+        assert (proc.type, proc.process) == ("start_process", "winback")
+        assert tag.key == f"churned:c1:{day(160)}:tag"  # episode = the last invoice's date
+
+
+def test_churned_counts_orders_within_lookback_only(store: Store) -> None:
+    base(store)
+    invoices(store, [-300, 100, 130])  # at day 230 the first is 530 days old: outside 365d
+    e = engine_for(rules(CHURNED), store)
+    assert not of(e.plan(day(230)), "churned")
+    invoices(store, [0])
+    plan = e.plan(day(230))
+    assert of(plan, "churned") and plan.actions[0].evidence["orders_365d"] == 3
+
+
+def test_churned_min_orders_boundary(store: Store) -> None:
+    base(store)
+    invoices(store, [10, 40])
+    e = engine_for(rules(CHURNED), store)
+    assert not of(e.plan(day(200)), "churned")  # 2 orders < 3
+    invoices(store, [70])
+    assert of(e.plan(day(200)), "churned")
+
+
+def test_churned_silence_factor_uses_the_clients_own_rhythm(store: Store) -> None:
+    base(store)
+    invoices(store, [0, 20, 40, 60])  # every 20 days: twice that is 40 days of silence
+    r = {**CHURNED, "silence": None, "silence_factor": 2, "min_silence": "10d"}
+    del r["silence"]
+    e = engine_for(rules(r), store)
+    assert not of(e.plan(day(99)), "churned")
+    plan = e.plan(day(100))
+    assert of(plan, "churned")
+    assert plan.actions[0].evidence["threshold"] == "40d"
+
+
+def test_churned_silence_factor_floor(store: Store) -> None:
+    base(store)
+    invoices(store, [0, 2, 4, 6])  # a gap of 2 days would mean churned after 4: the floor says 30
+    r = {"id": "churned", "kind": "churned", "min_orders": 3, "silence_factor": 2, "min_silence": "30d"}
+    e = engine_for(rules(r), store)
+    assert not of(e.plan(day(35)), "churned")
+    assert of(e.plan(day(36)), "churned")
+
+
+def test_churned_is_one_episode_until_the_client_buys_again(store: Store) -> None:
+    base(store)
+    invoices(store, [0, 30, 60])
+    e = engine_for(rules(CHURNED), store)
+    first = e.run(day(150))
+    assert first.counts()["new"] == 2
+    assert e.run(day(151)).counts()["new"] == 0  # same episode: duplicates
+    invoices(store, [160])
+    assert not of(e.plan(day(200)), "churned")
+    again = e.plan(day(250))
+    assert {a.key for a in of(again, "churned")} == {f"churned:c1:{day(160)}:tag", f"churned:c1:{day(160)}:start_process"}
+
+
+def test_churned_and_silence_factor_are_exclusive() -> None:
+    with pytest.raises(retainer.RulesError, match="silence or silence_factor"):
+        retainer.load_rules(rules({**CHURNED, "silence_factor": 2}))
+
+
+# ---------------------------------------------------------------- winback
+
+WINBACK = {
+    "id": "winback", "kind": "winback", "min_revenue": 3000,
+    "on_outcome": {"survey_needed": [{"create_task": {"title": "Survey call to {client.name}", "due_in": "2d"}}],
+                   "price": [{"propose_offer": {"offer": "discount", "deliver": "next_inbound"}}]},
+}
+
+
+@pytest.mark.parametrize(("amount", "expected"), [("999.99", False), ("1000", True)])
+def test_winback_only_for_valuable_clients(store: Store, amount: str, expected: bool) -> None:
+    base(store)
+    invoices(store, [0, 30, 60], amount=amount)  # 3 x 1000 = 3000: exactly min_revenue
+    plan = engine_for(rules(CHURNED, WINBACK), store).plan(day(150))
+    tasks = of(plan, "winback", "create_task")
+    assert bool(tasks) is expected
+    if expected:
+        assert tasks[0].options == ["bad_product", "bad_service", "price", "other", "survey_needed"]
+        assert tasks[0].title.startswith("Find out why Acme stopped buying (90 days")
+
+
+def test_winback_by_abc_class(store: Store) -> None:
+    store.add(managers=[{"id": "m1"}], clients=[
+        {"id": "big", "manager_id": "m1"}, {"id": "small", "manager_id": "m1"}])
+    invoices(store, [0, 30, 60], amount="9000", client="big")
+    invoices(store, [0, 30, 60], amount="100", client="small")
+    r = {"id": "winback", "kind": "winback", "classes": ["A"]}
+    plan = engine_for(rules(CHURNED, r), store).plan(day(150))
+    assert {a.client_id for a in of(plan, "winback")} == {"big"}
+    assert of(plan, "winback")[0].evidence["abc_class"] == "A"
+
+
+def test_winback_next_step_follows_the_recorded_reason(store: Store) -> None:
+    base(store)
+    invoices(store, [0, 30, 60])
+    e = engine_for(rules(CHURNED, WINBACK), store)
+    report = e.run(day(150))
+    task = next(a for a in report.committed if a.rule == "winback")
+    assert not of(e.plan(day(151)), "winback")  # nothing until the host reports the reason
+    e.record_outcome(task.id, {"churn_reason": "survey_needed"})
+    plan = e.plan(day(152))
+    (survey,) = of(plan, "winback")
+    assert survey.title == "Survey call to Acme"
+    assert survey.key == f"winback:c1:{day(60)}~survey_needed:create_task"
+    assert survey.evidence["outcome"] == "survey_needed"
+    e.run(day(152))
+    assert not of(e.plan(day(153)), "winback")  # each step once
+
+
+def test_winback_reason_without_next_step_ends_the_process(store: Store) -> None:
+    base(store)
+    invoices(store, [0, 30, 60])
+    e = engine_for(rules(CHURNED, WINBACK), store)
+    task = next(a for a in e.run(day(150)).committed if a.rule == "winback")
+    e.record_outcome(task.id, {"churn_reason": "other"})
+    assert not of(e.plan(day(152)), "winback")
+
+
+def test_winback_stops_when_the_client_buys_again(store: Store) -> None:
+    base(store)
+    invoices(store, [0, 30, 60])
+    e = engine_for(rules(CHURNED, WINBACK), store)
+    task = next(a for a in e.run(day(150)).committed if a.rule == "winback")
+    e.record_outcome(task.id, {"churn_reason": "price"})
+    invoices(store, [151])
+    assert not of(e.plan(day(152)))
+
+
+def test_winback_rule_errors() -> None:
+    with pytest.raises(retainer.RulesError, match="not one of the task's options") as exc:
+        retainer.load_rules("version: 1\nrules:\n  - {id: churned, kind: churned}\n  - id: wb\n    kind: winback\n"
+                            "    min_revenue: 1\n    on_outcome:\n      prise: []\n")
+    assert exc.value.line == 8 and "did you mean 'price'" in str(exc.value)
+    with pytest.raises(retainer.RulesError, match="name the churned rule"):
+        retainer.load_rules(rules({"id": "wb", "kind": "winback", "min_revenue": 1}))
+    with pytest.raises(retainer.RulesError, match="min_revenue, classes"):
+        retainer.load_rules(rules(CHURNED, {"id": "wb", "kind": "winback"}))
+
+
+# ---------------------------------------------------------------- unpaid
+
+UNPAID = {"id": "unpaid", "kind": "unpaid", "after": "7d"}
+
+
+@pytest.mark.parametrize(("n", "expected"), [(6, False), (7, True)])
+def test_unpaid_after_days(store: Store, n: int, expected: bool) -> None:
+    base(store)
+    invoices(store, [10], paid=False)
+    plan = engine_for(rules(UNPAID), store).plan(day(10 + n))
+    assert bool(of(plan, "unpaid")) is expected
+    if expected:
+        (t,) = of(plan, "unpaid")
+        assert t.key == "unpaid:c1:c1-i10:create_task" and t.category == "collection"
+        assert t.title == "Invoice c1-i10 for 1000 is unpaid for 7 days and nobody talked to Acme since"
+
+
+def test_unpaid_not_when_paid_or_talked_to(store: Store) -> None:
+    base(store)
+    store.add(invoices=[
+        {"id": "paid", "client_id": "c1", "issued_at": at(0), "amount": 10, "paid_at": at(3)},
+        {"id": "late", "client_id": "c1", "issued_at": at(0), "amount": 10, "paid_at": at(30)},
+    ])
+    e = engine_for(rules(UNPAID), store)
+    # `late` is unpaid as of day 20, but the payment of `paid` on day 3 is activity since its issue
+    assert not of(e.plan(day(20)), "unpaid")
+    assert not of(e.plan(day(31)), "unpaid")
+
+
+def test_unpaid_touch_after_issue_counts_as_activity(store: Store) -> None:
+    base(store)
+    invoices(store, [10], paid=False)
+    store.add(touches=[{"id": "t1", "client_id": "c1", "at": at(12), "kind": "call"}])
+    assert not of(engine_for(rules(UNPAID), store).plan(day(30)), "unpaid")
+
+
+# ---------------------------------------------------------------- debtor
+
+DEBTOR = {
+    "id": "debtor", "kind": "debtor",
+    "steps": [
+        {"after": "3d", "notify_client": {"channel": "email", "template": "reminder"}},
+        {"after": "10d", "notify_client": {"channel": "sms", "template": "reminder"}},
+        {"after": "20d", "create_task": {"title": "Call {client.name} about {invoice.id}"}},
+        {"after": "30d", "escalate": {}},
+    ],
+}
+
+
+def debt(store: Store, *, paid_at: int | None = None, paid_amount: str | None = None, due: int = 10) -> None:
+    base(store)
+    store.add(invoices=[{"id": "i1", "client_id": "c1", "issued_at": at(0), "due_at": at(due), "amount": "500",
+                         "paid_at": at(paid_at) if paid_at is not None else None, "paid_amount": paid_amount}])
+
+
+@pytest.mark.parametrize(("n", "step"), [(2, None), (3, "3d"), (9, "3d"), (10, "10d"), (20, "20d"), (45, "30d")])
+def test_debtor_step_due_from_due_date(store: Store, n: int, step: str | None) -> None:
+    debt(store)
+    plan = engine_for(rules(DEBTOR), store).plan(day(10 + n))
+    got = of(plan, "debtor")
+    assert [a.key.split(":")[2] for a in got] == ([f"i1+{step}"] if step else [])
+
+
+def test_debtor_ladder_over_nightly_runs(store: Store) -> None:
+    debt(store)
+    e = engine_for(rules(DEBTOR), store)
+    sent = []
+    for n in range(0, 40):
+        sent += [(n, a.key.split(":")[2], a.type) for a in e.run(day(10 + n)).committed]
+    assert sent == [(3, "i1+3d", "notify_client"), (10, "i1+10d", "notify_client"), (20, "i1+20d", "create_task"),
+                    (30, "i1+30d", "escalate")]
+
+
+def test_debtor_late_first_run_sends_only_the_latest_step(store: Store) -> None:
+    debt(store)
+    plan = engine_for(rules(DEBTOR), store).plan(day(10 + 12))
+    assert [a.key for a in of(plan, "debtor")] == ["debtor:c1:i1+10d:notify_client"]
+    sup = held(plan, "superseded")
+    assert [s.action.key for s in sup] == ["debtor:c1:i1+3d:notify_client"]
+    assert "step 10d is due now" in sup[0].detail
+
+
+def test_debtor_payment_stops_the_ladder(store: Store) -> None:
+    debt(store, paid_at=15)
+    e = engine_for(rules(DEBTOR), store)
+    assert of(e.plan(day(14)), "debtor")  # 4 days overdue, unpaid yet
+    assert not of(e.plan(day(15))) and not e.plan(day(40)).suppressed
+
+
+def test_debtor_partial_payment_keeps_the_ladder_with_what_is_left(store: Store) -> None:
+    debt(store, paid_at=12, paid_amount="350")
+    plan = engine_for(rules(DEBTOR), store).plan(day(21))
+    (a,) = of(plan, "debtor")
+    assert a.evidence["invoice.outstanding"] == Decimal("150")
+    assert a.channel == "sms"
+
+
+def test_debtor_min_amount_and_no_due_date(store: Store) -> None:
+    debt(store, paid_at=12, paid_amount="450")  # 50 left
+    base_rules = {**DEBTOR, "min_amount": 100}
+    assert not of(engine_for(rules(base_rules), store).plan(day(40)))
+    store.add(invoices=[{"id": "nodue", "client_id": "c1", "issued_at": at(0), "amount": "900"}])
+    assert not of(engine_for(rules(base_rules), store).plan(day(40)))
+
+
+def test_debtor_is_collection_no_marketing_does_not_stop_it_but_do_not_contact_does(store: Store) -> None:
+    debt(store)
+    store.upsert(clients=[{"id": "c1", "manager_id": "m1", "name": "Acme", "contact_policy": "no_marketing"}])
+    plan = engine_for(rules(DEBTOR), store).plan(day(14))
+    assert [a.category for a in of(plan, "debtor")] == ["collection"]
+    store.upsert(clients=[{"id": "c1", "manager_id": "m1", "name": "Acme", "contact_policy": "do_not_contact"}])
+    plan = engine_for(rules(DEBTOR), store).plan(day(14))
+    assert not plan.actions and [s.reason_code for s in plan.suppressed] == ["do_not_contact"]
+
+
+def test_debtor_steps_and_then_are_checked() -> None:
+    with pytest.raises(retainer.RulesError, match="same after"):
+        retainer.load_rules(rules({"id": "d", "kind": "debtor", "steps": [
+            {"after": "3d", "escalate": {}}, {"after": "3d", "escalate": {}}]}))
+    with pytest.raises(retainer.RulesError, match="remove then"):
+        retainer.load_rules(rules({**DEBTOR, "then": [{"escalate": {}}]}))
+    with pytest.raises(retainer.RulesError, match=r"invoice\.amount is only available"):
+        retainer.load_rules(rules({"id": "g", "when": {"invoice.amount": {"gt": 1}}, "then": [{"tag": "x"}]}))
+
+
+# ---------------------------------------------------------------- escalate
+
+FORGOTTEN = {"id": "forgotten", "kind": "forgotten", "after": "60d"}
+RELEASE = {"id": "release", "kind": "release", "forgotten_rule": "forgotten", "grace": "14d"}
+
+
+def test_escalate_released_client_forgotten_again(store: Store) -> None:
+    base(store)
+    store.add(touches=[{"id": "t0", "client_id": "c1", "at": at(0), "kind": "call"}])
+    e = engine_for(rules(FORGOTTEN, RELEASE, {"id": "esc", "kind": "escalate", "forgotten_rule": "forgotten"}),
+                   store)
+    moved = next(a for a in e.run(day(74)).committed if a.type == "reassign")
+    assert moved.to_manager_id == "m2"
+    store.upsert(clients=[{"id": "c1", "manager_id": "m2", "name": "Acme"}])  # the CRM applies it
+    assert not of(e.plan(day(74 + 59)), "esc")  # the new manager has 60 days from the release
+    (esc,) = of(e.plan(day(74 + 60)), "esc")
+    assert (esc.to_manager_id, esc.about_manager_id) == ("boss", "m2")
+    assert esc.key == f"esc:c1:{day(74)}:escalate"
+
+
+def test_escalate_released_but_then_worked_with(store: Store) -> None:
+    base(store)
+    store.add(touches=[{"id": "t0", "client_id": "c1", "at": at(0), "kind": "call"}])
+    e = engine_for(rules(FORGOTTEN, RELEASE, {"id": "esc", "kind": "escalate", "forgotten_rule": "forgotten"}),
+                   store)
+    e.run(day(74))
+    store.add(touches=[{"id": "t1", "client_id": "c1", "at": at(100), "kind": "call"}])
+    assert not of(e.plan(day(74 + 60)), "esc")
+    assert of(e.plan(day(160)), "esc")
+
+
+@pytest.mark.parametrize(("what", "expected"), [("nothing", True), ("touch", False), ("outcome", False)])
+def test_escalate_watched_action_unresolved(store: Store, what: str, expected: bool) -> None:
+    base(store)
+    store.add(touches=[{"id": "t0", "client_id": "c1", "at": at(0), "kind": "call"}])
+    e = engine_for(rules(FORGOTTEN, {"id": "esc", "kind": "escalate", "watch_rule": "forgotten", "after": "10d"}),
+                   store)
+    task = e.run(day(60)).committed[0]
+    assert not of(e.plan(day(69)), "esc")
+    if what == "touch":
+        store.add(touches=[{"id": "t1", "client_id": "c1", "at": at(65), "kind": "call"}])
+    if what == "outcome":
+        e.record_outcome(task.id, {"result": "completed"})
+    got = of(e.plan(day(70)), "esc")
+    assert bool(got) is expected
+    if expected:
+        assert got[0].reason.startswith(f"forgotten's action of {day(60)}")
+
+
+def test_escalate_needs_one_mode() -> None:
+    with pytest.raises(retainer.RulesError, match="exactly one of forgotten_rule or watch_rule"):
+        retainer.load_rules(rules(FORGOTTEN, {"id": "e", "kind": "escalate"}))
+    with pytest.raises(retainer.RulesError, match="watch_rule 'nope' does not exist"):
+        retainer.load_rules(rules({"id": "e", "kind": "escalate", "watch_rule": "nope", "after": "3d"}))
+
+
+# ---------------------------------------------------------------- repeat_sale
+
+REPEAT = {"id": "repeat", "kind": "repeat_sale", "after": "1y"}
+
+
+@pytest.mark.parametrize(("when", "expected"), [("2026-12-31", False), ("2027-01-01", True)])
+def test_repeat_sale_after_last_won_deal(store: Store, when: str, expected: bool) -> None:
+    base(store)
+    store.add(deals=[{"id": "d1", "client_id": "c1", "created_at": at(-30), "closed_at": at(0), "status": "won"}])
+    plan = engine_for(rules(REPEAT), store).plan(when)
+    assert bool(of(plan, "repeat", "create_deal")) is expected
+    if expected:
+        assert of(plan)[0].category == "development" and of(plan)[0].title == "Repeat sale to Acme"
+
+
+def test_repeat_sale_not_while_a_deal_is_open(store: Store) -> None:
+    base(store)
+    store.add(deals=[{"id": "d1", "client_id": "c1", "created_at": at(-30), "closed_at": at(0), "status": "won"},
+                     {"id": "d2", "client_id": "c1", "created_at": at(300), "status": "open"}])
+    assert not of(engine_for(rules(REPEAT), store).plan("2027-03-01"))
+
+
+# ---------------------------------------------------------------- overdue_tasks
+
+OVERDUE = {"id": "overdue", "kind": "overdue_tasks", "count": 3, "after": "2d"}
+
+
+def tasks(store: Store, due_days: list[int], manager: str | None = None) -> None:
+    store.add(tasks=[{"id": f"t{k}", "client_id": "c1", "manager_id": manager, "created_at": at(0),
+                      "due_at": at(d), "status": "open"} for k, d in enumerate(due_days)])
+
+
+@pytest.mark.parametrize(("due", "expected"), [([10, 10, 11], False), ([10, 10, 10], True), ([10, 10], False)])
+def test_overdue_tasks_per_manager(store: Store, due: list[int], expected: bool) -> None:
+    base(store)
+    tasks(store, due)
+    plan = engine_for(rules(OVERDUE), store).plan(day(12))  # due on day 10 -> 2 days overdue
+    got = of(plan, "overdue")
+    assert bool(got) is expected
+    if expected:
+        (a,) = got
+        assert (a.client_id, a.to_manager_id, a.about_manager_id) == (None, "boss", "m1")
+        assert a.evidence["overdue_tasks"] == 3
+        assert a.key == "overdue:m1:2026-W03:escalate"
+
+
+def test_overdue_tasks_go_by_the_tasks_manager_and_once_a_week(store: Store) -> None:
+    base(store)
+    tasks(store, [1, 1, 1], manager="m2")
+    e = engine_for(rules(OVERDUE), store)
+    assert [a.about_manager_id for a in e.run(day(10)).committed] == ["m2"]  # Sunday Jan 11: week 2
+    assert not e.run(day(10)).committed
+    assert [a.key for a in e.run(day(11)).committed] == ["overdue:m2:2026-W03:escalate"]  # Monday: a new week
+
+
+def test_overdue_tasks_escalation_without_supervisor_is_held_back(store: Store) -> None:
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}])
+    tasks(store, [1, 1, 1])
+    plan = engine_for(rules(OVERDUE), store).plan(day(10))
+    assert not plan.actions and [s.reason_code for s in plan.suppressed] == ["no_recipient"]
+
+
+def test_overdue_tasks_rules_talk_about_managers() -> None:
+    with pytest.raises(retainer.RulesError, match="is about a client"):
+        retainer.load_rules(rules({**OVERDUE, "then": [{"escalate": {"template": "x"}}]},
+                                  templates={"x": {"body": "{client.name} {days_since_activity}"}}))
+
+
+def test_overdue_tasks_are_skipped_by_partial_plans(store: Store) -> None:
+    base(store)
+    tasks(store, [1, 1, 1])
+    e = engine_for(rules(OVERDUE), store)
+    assert of(e.plan(day(10))) and not of(e.plan(day(10), clients=["c1"]))
+
+
+# ---------------------------------------------------------------- features
+
+def test_abc_class_computed_by_revenue_share(store: Store) -> None:
+    store.add(managers=[{"id": "m1"}], clients=[{"id": f"c{k}", "manager_id": "m1"} for k in range(1, 6)]
+              + [{"id": "given", "manager_id": "m1", "abc_class": "C"}, {"id": "none", "manager_id": "m1"}])
+    # revenue: c1 50, c2 30, c3 10, c4 6, c5 4 (total 100): c1 A (50 %), c2 crosses 80 % -> A,
+    # c3 reaches 90 % -> B, c4 crosses 95 % -> B, c5 C
+    for cid, amount in (("c1", 50), ("c2", 30), ("c3", 10), ("c4", 6), ("c5", 4)):
+        store.add(invoices=[{"id": f"i-{cid}", "client_id": cid, "issued_at": at(0), "amount": amount}])
+    r = {"id": "g", "when": {"abc_class": {"exists": True}}, "episode": "abc_class", "then": [{"tag": "x"}]}
+    plan = engine_for(rules(r), store).plan(day(10))
+    got = {a.client_id: a.evidence["abc_class"] for a in plan.actions}
+    assert got == {"c1": "A", "c2": "A", "c3": "B", "c4": "B", "c5": "C", "given": "C"}
+    # a file can move the boundaries and the window
+    plan = engine_for(rules(r, abc={"window": "30d", "a": "50%", "b": "40%"}), store).plan(day(10))
+    got = {a.client_id: a.evidence["abc_class"] for a in plan.actions}
+    assert [got[c] for c in ("c1", "c2", "c3", "c4", "c5")] == ["A", "B", "B", "C", "C"]  # c3 reaches 90 %
+    # nobody bought within 5 days: only the class the data carries is left
+    assert [a.client_id for a in engine_for(rules(r, abc={"window": "5d"}), store).plan(day(10)).actions] == ["given"]
+
+
+def test_abc_ties_break_by_id(store: Store) -> None:
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "b", "manager_id": "m1"}, {"id": "a", "manager_id": "m1"}])
+    store.add(invoices=[{"id": "i1", "client_id": "a", "issued_at": at(0), "amount": 10},
+                        {"id": "i2", "client_id": "b", "issued_at": at(0), "amount": 10}])
+    r = {"id": "g", "when": {"abc_class": {"exists": True}}, "then": [{"tag": "x"}]}
+    plan = engine_for(rules(r, abc={"a": "50%", "b": "30%"}), store).plan(day(1))
+    assert {a.client_id: a.evidence["abc_class"] for a in plan.actions} == {"a": "A", "b": "B"}
+
+
+def test_profit_offer_end_and_contract_progress(store: Store) -> None:
+    base(store, cost_to_serve="300")
+    store.add(
+        invoices=[{"id": "i1", "client_id": "c1", "issued_at": "2026-06-01T10:00:00Z", "amount": "1000"}],
+        offers=[{"id": "o1", "client_id": "c1", "category": "retention", "made_at": at(50), "ends_at": at(80)}],
+        contracts=[{"id": "k1", "client_id": "c1", "starts_at": "2026-01-01T00:00:00Z",
+                    "ends_at": "2026-12-31T00:00:00Z", "monthly_amount": 100}],
+    )
+    r = {"id": "g", "when": {"client_id": "c1"},
+         "then": [{"tag": "x"}]}
+    e = engine_for(rules(r), store)
+    x = retainer.Engine(retainer.load_rules(rules({**r, "then": [{"create_task": {
+        "title": "{profit_90d}|{days_since_offer_end}|{contract_progress}"}}]})), store)
+    (t,) = x.plan("2026-07-02T00:00:00Z").actions
+    profit, days, progress = t.title.split("|")
+    assert Decimal(profit) == Decimal(100)  # 1000 of revenue within 90 days, minus 3 x 300 of cost
+    assert days == str((date(2026, 7, 2) - date(2026, 3, 22)).days)
+    assert Decimal(progress) == Decimal("0.5")
+    assert e.plan(day(1)).actions
