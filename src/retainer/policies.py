@@ -350,7 +350,7 @@ def _money(v: Any) -> str:
 
 
 def _pct(v: Decimal) -> str:
-    return f"{(v * 100).quantize(Decimal('0.1')).normalize():f} %"
+    return f"{(v * 100).quantize(Decimal('0.001')).normalize():f} %"
 
 
 def day_period(d: date, every: str) -> str:

@@ -1,0 +1,293 @@
+"""Client-protection policies (DESIGN §4) at their edges, on every store backend."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from typing import Any
+
+import pytest
+
+import retainer
+from retainer.plan import Plan
+from retainer.stores import Store
+from tests.conftest import engine_for
+
+DAY0 = date(2026, 1, 1)  # a Thursday
+
+
+def day(n: int) -> str:
+    return (DAY0 + timedelta(days=n)).isoformat()
+
+
+def at(n: int, time: str = "10:00:00") -> str:
+    return f"{day(n)}T{time}Z"
+
+
+EVERYONE = {"status": "active"}
+
+
+def rule(rid: str, action: dict[str, Any], category: str = "retention", episode: str | None = None,
+         when: dict[str, Any] | None = None) -> dict[str, Any]:
+    r = {"id": rid, "category": category, "when": when or EVERYONE, "then": [action]}
+    if episode:
+        r["episode"] = episode
+    return r
+
+
+EMAIL = {"notify_client": {"channel": "email", "template": "hello"}}
+SMS = {"notify_client": {"channel": "sms", "template": "hello"}}
+TASK = {"create_task": {"title": "Call {client.name}"}}
+
+
+def offer(amount: str | None = "100", deliver: str = "outbound") -> dict[str, Any]:
+    return {"propose_offer": {"offer": "upgrade", "amount": amount, "deliver": deliver}}
+
+
+def setup(store: Store, n: int = 1, **client: Any) -> None:
+    store.add(managers=[{"id": "m1", "name": "Anna"}],
+              clients=[{"id": f"c{k}", "manager_id": "m1", "name": f"Client {k}", **client} for k in range(1, n + 1)])
+
+
+def plan_of(store: Store, rules: list[dict[str, Any]], as_of: str, **policies: Any) -> Plan:
+    return engine_for({"version": 1, "rules": rules, "policies": policies}, store).plan(as_of)
+
+
+def codes(plan: Plan) -> dict[str, str]:
+    return {s.action.rule: s.reason_code for s in plan.suppressed}
+
+
+def rules_of(plan: Plan) -> set[str]:
+    return {a.rule for a in plan.actions}
+
+
+# ---------------------------------------------------------------- no_marketing
+
+
+def test_no_marketing_stops_messages_offers_and_deals_but_not_tasks_or_collection(store: Store) -> None:
+    setup(store, contact_policy="no_marketing")
+    rs = [rule("mail", EMAIL), rule("offer", offer(), "development"), rule("deal", {"create_deal": {}}, "development"),
+          rule("task", TASK), rule("dun", SMS, "collection"), rule("svc", EMAIL, "service")]
+    plan = plan_of(store, rs, day(1))
+    assert rules_of(plan) == {"task", "dun", "svc"}
+    assert codes(plan) == {"mail": "no_marketing", "offer": "no_marketing", "deal": "no_marketing"}
+    assert "contact_policy is no_marketing" in plan.suppressed[0].detail
+    # a file may switch it off (the client's choice is then the CRM's business)
+    assert rules_of(plan_of(store, rs, day(1), no_marketing=False)) >= {"mail", "offer", "deal"}
+
+
+# ---------------------------------------------------------------- caps
+
+
+def outbound(store: Store, days: list[int], channel: str | None = None, kind: str = "call",
+             direction: str = "outbound", client: str = "c1") -> None:
+    store.add(touches=[{"id": f"t-{client}-{direction}-{kind}-{d}-{channel}", "client_id": client, "at": at(d),
+                        "kind": kind, "direction": direction, "channel": channel} for d in days])
+
+
+@pytest.mark.parametrize(("touch_day", "held"), [(30 - 29, True), (30 - 30, False)])
+def test_channel_cap_counts_outbound_touches_in_a_rolling_window(store: Store, touch_day: int, held: bool) -> None:
+    setup(store)
+    outbound(store, [touch_day, 20])
+    outbound(store, [25, 26, 27], direction="inbound")  # inbound contacts never count
+    plan = plan_of(store, [rule("mail", EMAIL)], day(30), caps=[{"channel": "any_outbound", "limit": 2, "per": "30d"}])
+    assert bool(plan.suppressed) is held
+    if held:
+        assert plan.suppressed[0].reason_code == "cap"
+        assert plan.suppressed[0].detail == "cap channel any_outbound: 2 per 30d rolling: 2 already in the window for this client"
+
+
+def test_channel_cap_by_channel_or_touch_kind(store: Store) -> None:
+    setup(store)
+    outbound(store, [10], kind="sms")  # no channel given: the kind is the channel
+    outbound(store, [11], kind="call", channel="email")
+    caps = [{"channel": "sms", "limit": 1, "per": "30d"}]
+    plan = plan_of(store, [rule("sms", SMS), rule("mail", EMAIL)], day(20), caps=caps)
+    assert rules_of(plan) == {"mail"} and codes(plan) == {"sms": "cap"}
+    caps = [{"channel": "email", "limit": 1, "per": "30d"}]
+    assert codes(plan_of(store, [rule("sms", SMS), rule("mail", EMAIL)], day(20), caps=caps)) == {"mail": "cap"}
+
+
+def test_caps_hold_across_runs_by_counting_the_ledger(store: Store) -> None:
+    setup(store, created_at=at(-1))
+    rs = [rule("mail", EMAIL, episode="days_since_activity")]
+    e = engine_for({"version": 1, "rules": rs, "policies": {"caps": [
+        {"channel": "email", "limit": 2, "per": "7d"}]}}, store)
+    sent = [n for n in range(0, 20) if e.run(day(n)).committed]
+    # a new episode every day (days_since_activity grows), at most 2 emails in any 7 days
+    assert sent == [0, 1, 7, 8, 14, 15]
+
+
+def test_calendar_week_cap_resets_on_monday_in_the_rules_time_zone(store: Store) -> None:
+    setup(store)
+    # Sunday Jan 4 2026 22:30 UTC is Monday Jan 5 01:30 in Moscow: this week's, there
+    store.add(touches=[{"id": "t1", "client_id": "c1", "at": "2026-01-04T22:30:00Z", "kind": "sms",
+                        "direction": "outbound"}])
+    caps = {"caps": [{"channel": "sms", "limit": 1, "per": "1w", "window": "calendar"}]}
+    for tz, expected in (("UTC", set()), ("Europe/Moscow", {"sms"})):
+        e = engine_for({"version": 1, "timezone": tz, "rules": [rule("sms", SMS)], "policies": caps}, store)
+        assert set(codes(e.plan("2026-01-07"))) == expected, tz  # Wednesday of that week
+
+
+@pytest.mark.parametrize(("per", "touch", "as_of", "held"), [
+    ("1d", "2026-01-10T00:00:00Z", "2026-01-10", True),
+    ("1d", "2026-01-09T23:59:59Z", "2026-01-10", False),
+    ("1mo", "2026-02-01T00:00:00Z", "2026-02-28", True),
+    ("1mo", "2026-01-31T23:59:59Z", "2026-02-01", False),
+])
+def test_calendar_day_and_month_boundaries(store: Store, per: str, touch: str, as_of: str, held: bool) -> None:
+    setup(store)
+    store.add(touches=[{"id": "t1", "client_id": "c1", "at": touch, "kind": "email", "direction": "outbound"}])
+    caps = [{"channel": "email", "limit": 1, "per": per, "window": "calendar"}]
+    assert bool(plan_of(store, [rule("mail", EMAIL)], as_of, caps=caps).suppressed) is held
+
+
+def test_category_cap_counts_offers_and_ledger_and_priority_takes_it_first(store: Store) -> None:
+    setup(store)
+    store.add(invoices=[{"id": "i1", "client_id": "c1", "issued_at": at(1), "amount": 100000}])
+    caps = [{"category": "development", "limit": 1, "per": "60d"}]
+    rs = [rule("z-upsell", offer("10"), "development"), rule("a-cross", offer("10"), "development")]
+    plan = plan_of(store, rs, day(10), caps=caps)
+    assert rules_of(plan) == {"a-cross"} and codes(plan) == {"z-upsell": "cap"}  # a tie: the smaller rule id
+    store.add(offers=[{"id": "o1", "client_id": "c1", "category": "development", "made_at": at(5)}])
+    assert set(codes(plan_of(store, rs, day(10), caps=caps))) == {"a-cross", "z-upsell"}
+    # 61 days later the offer has left the 60-day window: one development offer again
+    assert codes(plan_of(store, rs, day(66), caps=caps)) == {"z-upsell": "cap"}
+
+
+def test_next_inbound_offer_is_not_an_outbound_contact(store: Store) -> None:
+    setup(store)
+    store.add(invoices=[{"id": "i1", "client_id": "c1", "issued_at": at(1), "amount": 100000}])
+    outbound(store, [5])
+    caps = [{"channel": "any_outbound", "limit": 1, "per": "30d"}]
+    plan = plan_of(store, [rule("in", offer("10", "next_inbound"), "development"),
+                           rule("out", offer("10"), "development")], day(10), caps=caps)
+    assert rules_of(plan) == {"in"} and codes(plan) == {"out": "cap"}
+
+
+# ---------------------------------------------------------------- priority
+
+
+def test_priority_retention_before_development(store: Store) -> None:
+    setup(store, n=2)
+    store.add(invoices=[{"id": f"i{k}", "client_id": f"c{k}", "issued_at": at(1), "amount": 100000} for k in (1, 2)])
+    rs = [rule("keep", TASK, when={"client_id": "c1"}), rule("sell", offer("10"), "development"),
+          rule("pitch", TASK, "development"), rule("tag", {"tag": "vip"}, "development")]
+    plan = plan_of(store, rs, day(10), priority=["collection", "retention", "service", "development"])
+    assert {(a.rule, a.client_id) for a in plan.actions} == {
+        ("keep", "c1"), ("tag", "c1"), ("sell", "c2"), ("pitch", "c2"), ("tag", "c2")}
+    held = {(s.action.rule, s.action.client_id): s for s in plan.suppressed}
+    assert set(held) == {("sell", "c1"), ("pitch", "c1")}
+    assert held[("sell", "c1")].detail == "retention comes first: keep plans a create task for this client"
+
+
+def test_priority_only_when_configured_and_collection_keeps_retention_tasks(store: Store) -> None:
+    setup(store)
+    rs = [rule("dun", SMS, "collection"), rule("keep", TASK), rule("mail", EMAIL)]
+    assert rules_of(plan_of(store, rs, day(1))) == {"dun", "keep", "mail"}
+    plan = plan_of(store, rs, day(1), priority=["collection", "retention"])
+    assert rules_of(plan) == {"dun", "keep"} and codes(plan) == {"mail": "priority"}
+
+
+# ---------------------------------------------------------------- spend growth
+
+
+def spend(store: Store, amount: str) -> None:
+    store.add(invoices=[{"id": "i1", "client_id": "c1", "issued_at": at(50), "amount": amount}])
+
+
+@pytest.mark.parametrize(("amount", "held"), [("200", False), ("200.01", True)])
+def test_spend_growth_boundary_is_allowed(store: Store, amount: str, held: bool) -> None:
+    setup(store)
+    spend(store, "1000")
+    plan = plan_of(store, [rule("up", offer(amount), "development")], day(60), spend_growth={"max": "20%"})
+    assert bool(plan.suppressed) is held
+    if held:
+        assert plan.suppressed[0].detail == ("offer 200.01 would raise spend of 1,000.00 within 90d by 20.001 %, "
+                                             "more than 20 %")
+
+
+def test_spend_growth_without_baseline(store: Store) -> None:
+    setup(store)
+    r = [rule("up", offer("10"), "development")]
+    assert codes(plan_of(store, r, day(60), spend_growth={})) == {"up": "spend_growth"}
+    assert rules_of(plan_of(store, r, day(60), spend_growth={"allow_without_baseline": True})) == {"up"}
+
+
+def test_spend_growth_adds_offers_of_the_plan_and_of_earlier_runs(store: Store) -> None:
+    setup(store, created_at=at(-1))
+    spend(store, "1000")
+    rs = [rule("a", offer("150"), "development"), rule("b", offer("100"), "retention")]
+    plan = plan_of(store, rs, day(60), spend_growth={"max": 0.2})
+    # retention goes first (default order), so the development offer is the one over budget
+    assert rules_of(plan) == {"b"} and codes(plan) == {"a": "spend_growth"}
+    e = engine_for({"version": 1, "rules": [rule("c", offer("150"), "development", episode="days_since_activity")],
+                    "policies": {"spend_growth": {"max": "20%"}}}, store)
+    assert e.run(day(60)).committed
+    plan = e.run(day(61)).plan  # a new episode, but 150 offered yesterday + 150 > 20 % of 1000
+    assert not plan.actions and "plus 150.00 offered earlier" in plan.suppressed[0].detail
+
+
+# ---------------------------------------------------------------- cooloff and unprofitable
+
+
+@pytest.mark.parametrize(("n", "held"), [(29, True), (30, False)])
+def test_cooloff_after_an_offer_ends(store: Store, n: int, held: bool) -> None:
+    setup(store)
+    store.add(offers=[{"id": "o1", "client_id": "c1", "category": "retention", "made_at": at(0), "ends_at": at(10)}])
+    rs = [rule("sell", TASK, "development"), rule("keep", TASK)]
+    plan = plan_of(store, rs, day(10 + n), cooloff={"after": "offer_end", "for": "30d", "blocks": ["development"]})
+    assert codes(plan) == ({"sell": "cooloff"} if held else {})
+    assert "keep" in rules_of(plan)
+
+
+def test_cooloff_ignores_offers_still_running(store: Store) -> None:
+    setup(store)
+    store.add(offers=[{"id": "o1", "client_id": "c1", "category": "retention", "made_at": at(0), "ends_at": at(50)}])
+    assert not plan_of(store, [rule("sell", TASK, "development")], day(20), cooloff={"for": "30d"}).suppressed
+
+
+@pytest.mark.parametrize(("cost", "held"), [("1000", False), ("1000.01", True)])
+def test_no_development_for_unprofitable(store: Store, cost: str, held: bool) -> None:
+    setup(store, cost_to_serve=cost)
+    store.add(invoices=[{"id": "i1", "client_id": "c1", "issued_at": at(100), "amount": 6000}])
+    rs = [rule("sell", offer("10"), "development"), rule("keep", TASK)]
+    plan = plan_of(store, rs, day(179), no_development_for_unprofitable={"window": "180d"})
+    assert codes(plan) == ({"sell": "unprofitable"} if held else {})
+    assert "keep" in rules_of(plan)
+
+
+# ---------------------------------------------------------------- manager daily task limit
+
+
+def test_manager_daily_task_limit_overflow_waits_for_the_next_day(store: Store) -> None:
+    setup(store, n=5)
+    e = engine_for({"version": 1, "rules": [rule("call", TASK)], "policies": {"manager_daily_task_limit": 2}}, store)
+    days = []
+    for n in range(4):
+        report = e.run(day(n))
+        days.append(sorted(a.client_id for a in report.committed))
+        assert all(s.reason_code in ("manager_task_limit", "duplicate") for s in report.plan.suppressed)
+    assert days == [["c1", "c2"], ["c3", "c4"], ["c5"], []]
+
+
+def test_manager_daily_task_limit_counts_earlier_runs_of_the_same_day(store: Store) -> None:
+    setup(store, n=3)
+    e = engine_for({"version": 1, "rules": [rule("call", TASK)], "policies": {"manager_daily_task_limit": 2}}, store)
+    assert len(e.run(f"{day(0)}T09:00:00Z").committed) == 2
+    plan = e.plan(f"{day(0)}T18:00:00Z")
+    assert not plan.actions and "already has 2 tasks" in next(
+        s.detail for s in plan.suppressed if s.reason_code == "manager_task_limit")
+
+
+def test_policies_validate() -> None:
+    bad = [
+        ({"caps": [{"limit": 1, "per": "30d"}]}, "exactly one of category or channel"),
+        ({"caps": [{"channel": "sms", "limit": 1, "per": "2w", "window": "calendar"}]}, "day, week or month"),
+        ({"priority": ["retention", "retention"]}, "appears twice"),
+        ({"spend_growth": {"max": "twenty"}}, "max"),
+        ({"manager_daily_task_limit": -1}, "manager_daily_task_limit"),
+        ({"cooloff": {"blocks": ["development"]}}, "for"),
+    ]
+    for pol, msg in bad:
+        with pytest.raises(retainer.RulesError, match=msg):
+            retainer.load_rules({"version": 1, "rules": [rule("x", TASK)], "policies": pol})
