@@ -449,3 +449,108 @@ def has_reassign(rules: dict[str, Any]) -> bool:
         if then and any("reassign" in a for a in then):
             return True
     return False
+
+
+# ------------------------------------------------------------------ every kind and policy (issue 5)
+
+_KIND_RULES: dict[str, list[dict[str, Any]]] = {
+    "churned": [
+        {"id": "churned", "kind": "churned", "min_orders": 2, "lookback": "365d", "silence": "60d"},
+        {"id": "churned", "kind": "churned", "min_orders": 2, "silence_factor": 2, "min_silence": "20d"},
+    ],
+    "winback": [
+        {"id": "winback", "kind": "winback", "churned_rule": "churned", "min_revenue": 100,
+         "on_outcome": {"price": [{"propose_offer": {"offer": "discount", "amount": 50}}]}},
+        {"id": "winback", "kind": "winback", "churned_rule": "churned", "classes": ["A", "B"]},
+    ],
+    "unpaid": [{"id": "unpaid", "kind": "unpaid", "after": "7d"}, {"id": "unpaid", "kind": "unpaid", "after": "1d"}],
+    "debtor": [
+        {"id": "debtor", "kind": "debtor", "steps": [
+            {"after": "1d", "notify_client": {"channel": "email", "template": "reminder"}},
+            {"after": "10d", "notify_client": {"channel": "sms", "template": "reminder"}},
+            {"after": "30d", "create_task": {"title": "Call about {invoice.id}"}},
+            {"after": "60d", "escalate": {}}]},
+        {"id": "debtor", "kind": "debtor", "min_amount": 100, "steps": [
+            {"after": "3d", "notify_client": {"channel": "email", "template": "reminder"}}]},
+    ],
+    "escalate": [{"id": "esc", "kind": "escalate", "watch_rule": "FORGOTTEN", "after": "5d"},
+                 {"id": "esc", "kind": "escalate", "forgotten_rule": "FORGOTTEN"}],
+    "repeat_sale": [{"id": "repeat", "kind": "repeat_sale", "after": "90d"}],
+    "overdue_tasks": [{"id": "overdue", "kind": "overdue_tasks", "count": 1, "after": "1d", "every": "day"}],
+    "offer": [
+        {"id": "offer", "category": "development", "when": {"revenue_90d": {"gte": 0}}, "episode": "client_id",
+         "then": [{"propose_offer": {"offer": "upgrade", "amount": "100", "deliver": "outbound"}}]},
+        {"id": "offer", "category": "development", "when": {"status": "active"}, "episode": "last_activity_at",
+         "then": [{"propose_offer": {"offer": "upgrade", "amount": "30"}}, {"notify_client": {"template": "x"}}]},
+        {"id": "offer", "category": "retention", "when": {"status": "active"},
+         "then": [{"propose_offer": {"offer": "upgrade", "amount": "20", "deliver": "next_inbound"}}]},
+    ],
+}
+
+CAPS = [
+    {"category": "development", "limit": 1, "per": "60d", "window": "rolling"},
+    {"category": "retention", "limit": 2, "per": "1mo", "window": "calendar"},
+    {"channel": "any_outbound", "limit": 2, "per": "30d", "window": "rolling"},
+    {"channel": "email", "limit": 1, "per": "1w", "window": "calendar"},
+    {"channel": "sms", "limit": 0, "per": "1d", "window": "calendar"},
+]
+
+
+@st.composite
+def policy_sets(draw: st.DrawFn) -> dict[str, Any]:
+    p: dict[str, Any] = {}
+    if draw(st.integers(0, 3)):
+        p["caps"] = draw(st.lists(st.sampled_from(CAPS), min_size=1, max_size=3, unique_by=lambda c: str(c)))
+    if draw(st.booleans()):
+        p["priority"] = draw(st.permutations(["collection", "retention", "service", "development"]))
+    if draw(st.booleans()):
+        p["spend_growth"] = {"max": draw(st.sampled_from(["20%", "0.5", "5%"])), "window": "90d",
+                             "allow_without_baseline": draw(st.booleans())}
+    if draw(st.booleans()):
+        p["cooloff"] = {"after": "offer_end", "for": draw(st.sampled_from(["30d", "1mo"])),
+                        "blocks": draw(st.sampled_from([["development"], ["development", "retention"]]))}
+    if draw(st.booleans()):
+        p["no_development_for_unprofitable"] = {"window": "180d"}
+    if draw(st.booleans()):
+        p["manager_daily_task_limit"] = draw(st.integers(0, 3))
+    if draw(st.integers(0, 4)) == 0:
+        p["no_marketing"] = False
+    return p
+
+
+@st.composite
+def full_rule_sets(draw: st.DrawFn, *, kinds: list[str] | None = None, policies: bool = True,
+                   timezones: list[str] | None = None, reassign: bool | None = None,
+                   per_client: bool = False, pressure: int = 0) -> dict[str, Any]:
+    """`rule_sets()` plus a random choice of the other kinds and of every policy. `per_client` leaves out
+    what depends on other clients (manager-level rules, the managers' daily task limit)."""
+    rules = draw(rule_sets(timezones=timezones, reassign=reassign))
+    fid = next(r["id"] for r in rules["rules"] if r.get("kind") == "forgotten")
+    pool = sorted(k for k in _KIND_RULES if not (per_client and k == "overdue_tasks"))
+    chosen = kinds if kinds is not None else draw(st.lists(st.sampled_from(pool), min_size=1, max_size=5, unique=True))
+    for k in chosen:
+        if k == "winback" and "churned" not in chosen:
+            continue
+        r = copy.deepcopy(draw(st.sampled_from(_KIND_RULES[k])))
+        for key in ("watch_rule", "forgotten_rule"):
+            if r.get(key) == "FORGOTTEN":
+                r[key] = fid
+        rules["rules"].append(r)
+    rules["templates"] = {"x": {"body": "Hello {client.name}"}}
+    for k in range(pressure):  # rules that want to contact everyone every day: caps and limits must bind
+        cat = draw(st.sampled_from(["collection", "retention", "service", "development"]))
+        action = draw(st.sampled_from([
+            {"notify_client": {"channel": "email", "template": "x"}},
+            {"notify_client": {"channel": "sms", "template": "x"}},
+            {"propose_offer": {"offer": "o", "amount": draw(st.sampled_from(["1", "40", "500"])),
+                               "deliver": draw(st.sampled_from(["outbound", "next_inbound"]))}},
+            {"create_task": {"title": "Call {client.name}"}},
+            {"create_deal": {}},
+        ]))
+        rules["rules"].append({"id": f"daily{k}", "category": cat, "when": {"status": {"ne": "archived"}},
+                               "episode": "days_since_activity", "then": [action]})
+    if policies:
+        rules["policies"] = draw(policy_sets())
+        if per_client:
+            rules["policies"].pop("manager_daily_task_limit", None)
+    return rules

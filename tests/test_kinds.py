@@ -120,7 +120,8 @@ def test_churned_is_one_episode_until_the_client_buys_again(store: Store) -> Non
     invoices(store, [160])
     assert not of(e.plan(day(200)), "churned")
     again = e.plan(day(250))
-    assert {a.key for a in of(again, "churned")} == {f"churned:c1:{day(160)}:tag", f"churned:c1:{day(160)}:start_process"}
+    ep = day(160)
+    assert {a.key for a in of(again, "churned")} == {f"churned:c1:{ep}:tag", f"churned:c1:{ep}:start_process"}
 
 
 def test_churned_and_silence_factor_are_exclusive() -> None:

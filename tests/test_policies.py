@@ -93,7 +93,8 @@ def test_channel_cap_counts_outbound_touches_in_a_rolling_window(store: Store, t
     assert bool(plan.suppressed) is held
     if held:
         assert plan.suppressed[0].reason_code == "cap"
-        assert plan.suppressed[0].detail == "cap channel any_outbound: 2 per 30d rolling: 2 already in the window for this client"
+        assert plan.suppressed[0].detail == (
+            "cap channel any_outbound: 2 per 30d rolling: 2 already in the window for this client")
 
 
 def test_channel_cap_by_channel_or_touch_kind(store: Store) -> None:

@@ -395,7 +395,9 @@ class Engine:
         suppressed: list[Suppression] = []
         for m in matches:
             self._emit(m, a, managers, ledger, actions, suppressed)
-        actions, held = policies.Guard(self.rules.file.policies, frame, self.store, a, ids is not None).apply(actions)
+        due = [s.action for s in suppressed if s.reason_code == policies.DUPLICATE]
+        guard = policies.Guard(self.rules.file.policies, frame, self.store, a, ids is not None)
+        actions, held = guard.apply(actions, due)
         suppressed += held
         actions.sort(key=lambda x: x.key)
         suppressed.sort(key=lambda s: (s.action.key, s.reason_code))

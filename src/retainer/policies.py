@@ -161,8 +161,11 @@ class Guard:
 
     # ---------------------------------------------------------------- the guards
 
-    def apply(self, actions: list[Action]) -> tuple[list[Action], list[Suppression]]:
+    def apply(self, actions: list[Action], already: Sequence[Action] = ()) -> tuple[list[Action], list[Suppression]]:
+        """`already`: actions due now that an earlier run committed (duplicates): a retention task sent
+        this morning still outranks an up-sell this evening."""
         held: list[Suppression] = []
+        self.already = list(already)
         todo = sorted(actions, key=self._order)
         for guard in (self._no_marketing, self._unprofitable, self._cooloff, self._priority, self._spend_growth,
                       self._caps, self._task_limit):
@@ -239,7 +242,7 @@ class Guard:
         if self.p.priority is None:
             return todo
         best: dict[str | None, Action] = {}
-        for x in todo:  # sorted by rank: the first contact action per client is its top category
+        for x in sorted([*todo, *self.already], key=self._order):  # the first contact action is the top one
             if x.type in CONTACT_TYPES and x.client_id not in best:
                 best[x.client_id] = x
 
