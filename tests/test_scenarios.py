@@ -222,3 +222,64 @@ def test_a_number_is_not_a_date(tmp_path: Path) -> None:
                         "steps:\n  - as_of: 2026-03-01\n")  # fmt: skip
     with pytest.raises(ScenarioError, match=re.escape("t.scenario.yaml:6: touches: field at: invalid date/time -60")):
         run_scenario_file(p)
+
+
+WINBACK_SCENARIO = """
+rules:
+  version: 1
+  rules:
+    - {id: churned, kind: churned, min_orders: 3, silence: 90d}
+    - id: winback
+      kind: winback
+      min_revenue: 3000
+      on_outcome:
+        survey_needed: [{create_task: {title: "Survey call to {client.name}"}}]
+given:
+  managers: [{id: m1}]
+  clients: [{id: c1, manager_id: m1, name: Acme}]
+  invoices:
+    - {id: i1, client_id: c1, issued_at: -150d, amount: 1000}
+    - {id: i2, client_id: c1, issued_at: -120d, amount: 1000}
+    - {id: i3, client_id: c1, issued_at: -90d, amount: 1000}
+steps:
+  - as_of: 2026-06-01
+    expect: [{rule: winback, type: create_task}]
+  - as_of: 2026-06-02
+    record: [{rule: winback, client_id: c1, outcome: {churn_reason: survey_needed}}]
+    expect: [{rule: winback, type: create_task, title: Survey call to Acme}]
+    exact: true
+"""
+
+
+def test_steps_record_outcomes_for_processes(tmp_path: Path) -> None:
+    sc = run_scenario_file(write(tmp_path, WINBACK_SCENARIO))
+    (entry,) = [e for e in sc.store.ledger() if e.outcome]
+    assert entry.outcome == {"churn_reason": "survey_needed"} and entry.status == "done"
+
+
+@pytest.mark.parametrize(("record", "message"), [
+    ("[{rule: winback, client_id: c9, outcome: {churn_reason: price}}]", "no committed action matches"),
+    ("[{rule: churned, outcome: {x: 1}}]", "2 committed actions match"),
+    ("[{rule: winback}]", "record takes the fields of one committed action and an outcome"),
+])
+def test_record_needs_exactly_one_action(tmp_path: Path, record: str, message: str) -> None:
+    text = WINBACK_SCENARIO.replace(
+        "record: [{rule: winback, client_id: c1, outcome: {churn_reason: survey_needed}}]", f"record: {record}")
+    with pytest.raises(ScenarioError, match=message) as exc:
+        run_scenario_file(write(tmp_path, text))
+    assert exc.value.line == 21  # the record line (write() drops the leading newline)
+
+
+def test_python_builder_records_outcomes() -> None:
+    from retainer import load_rules
+
+    rules = load_rules({"version": 1, "rules": [
+        {"id": "churned", "kind": "churned", "min_orders": 3, "silence": "90d"},
+        {"id": "winback", "kind": "winback", "min_revenue": 3000,
+         "on_outcome": {"price": [{"propose_offer": {"offer": "discount", "deliver": "next_inbound"}}]}}]})
+    sc = Scenario(rules).given(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
+                               invoices=[{"id": f"i{k}", "client_id": "c1", "issued_at": f"-{d}d", "amount": 1000}
+                                         for k, d in enumerate((150, 120, 90))])
+    sc.at("2026-06-01").expect(rule="winback", type="create_task")
+    sc.record({"churn_reason": "price"}, rule="winback", type="create_task")
+    sc.at("2026-06-02").expect({"type": "propose_offer", "deliver": "next_inbound"}, exact=True)

@@ -28,7 +28,7 @@ from ..actions import ACTION_TYPES, Action, Suppression
 from ..adapters.recording import RecordingHandler
 from ..engine import Engine
 from ..errors import DataError, RetainerError, RulesError, did_you_mean
-from ..ledger import RunReport, action_payload
+from ..ledger import LedgerEntry, RunReport, action_payload
 from ..rules.loader import RuleSet, _Lines, _pydantic_message, compile_rules, load_rules, parse_yaml
 from ..stores import open_store
 from ..stores._ingest import validate_rows
@@ -281,6 +281,18 @@ class Scenario:
         self._pending.append(({k: list(v) for k, v in rows.items()}, None, ()))
         return self
 
+    def record(self, outcome: Mapping[str, Any], **match: Any) -> LedgerEntry:
+        """What the host reports back on an action an earlier step committed (a win-back task's
+        `churn_reason`), matched by its fields as in `expect`; exactly one action must match."""
+        found = [e for e in self.store.ledger() if matches(match, _flat(e.action))]
+        if len(found) != 1:
+            what = "no committed action matches" if not found else f"{len(found)} committed actions match"
+            listed = "".join(f"\n  {_line(e.action)}" for e in found[:5])
+            raise RetainerError(f"record {_show(match)}: {what}; it needs exactly one (add rule, client_id, type "
+                                f"or key){listed}")
+        at = self.steps[-1].as_of.instant if self.steps else None
+        return self.engine.record_outcome(found[0].id, outcome, **({"clock": lambda: at} if at else {}))
+
     def _given_from_file(self, rows: dict[str, list[Any]], lines: _Lines, path: tuple[Any, ...]) -> None:
         self._pending.append((rows, lines, path))
 
@@ -332,6 +344,7 @@ class StepSpec(BaseModel):
     as_of: str | date | datetime
     label: str = ""
     given: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
+    record: list[dict[str, Any]] = Field(default_factory=list)  # outcomes reported before this step runs
     expect: list[dict[str, Any]] = Field(default_factory=list)
     exact: bool = False
     absent: list[dict[str, Any]] = Field(default_factory=list)
@@ -399,6 +412,18 @@ def run_scenario_file(path: str | Path) -> Scenario:
     for i, st in enumerate(ls.spec.steps):
         if st.given:
             sc._given_from_file(st.given, ls.lines, ("steps", i, "given"))
+        for k, item in enumerate(st.record):
+            fields = {f: v for f, v in item.items() if f != "outcome"}
+            outcome = item.get("outcome")
+            line = ls.lines.line(("steps", i, "record", k))
+            if not isinstance(outcome, dict) or not fields:
+                raise ScenarioError("record takes the fields of one committed action and an outcome mapping, e.g. "
+                                    "{rule: winback, client_id: c1, outcome: {churn_reason: price}}",
+                                    file=str(ls.path), line=line)  # fmt: skip
+            try:
+                sc.record(outcome, **fields)
+            except RetainerError as exc:
+                raise ScenarioError(str(exc), file=str(ls.path), line=line) from None
         step = sc.at(st.as_of, label=st.label)
         if st.expect or st.exact:
             step.expect(*st.expect, exact=st.exact)
