@@ -32,30 +32,11 @@ NOTES: dict[str, str] = {
     "RuleFile.rules": "the rules; `kind` selects each rule's shape (default `generic`)",
     "RuleFile.policies": "policies applied to every rule's actions",
     # every rule
-    "GenericRule.id": "unique rule id; part of every action key",
-    "GenericRule.description": "free text; a generic rule's action reason when set",
-    "GenericRule.enabled": "`false` keeps the rule in the file without evaluating it",
-    "GenericRule.category": "category copied to every action of the rule",
-    "GenericRule.when": "the condition a client must meet",
-    "GenericRule.then": "the actions to plan for each matching client",
-    "GenericRule.kind": "selects the rule's shape; may be omitted for generic rules",
-    "ForgottenRule.id": "unique rule id; part of every action key",
-    "ForgottenRule.description": "free text for people reading the file",
-    "ForgottenRule.enabled": "`false` keeps the rule in the file without evaluating it",
-    "ForgottenRule.category": "category copied to every action of the rule",
-    "ForgottenRule.then": "the actions to plan (default: a `create_task` for the client's manager)",
-    "ForgottenRule.kind": "an active client whose last activity is at least `after` ago",
     "ForgottenRule.after": "the default threshold: days (or other duration) since the last activity",
     "ForgottenRule.overrides": "other thresholds by condition; the first match wins; a client attribute "
     "`forgotten_after` beats them all",
     "ForgottenRule.statuses": "client statuses the rule watches (`archived` is refused)",
     "ForgottenRule.activity": "narrows what counts as activity (default: every source, kind and direction)",
-    "ReleaseRule.id": "unique rule id; part of every action key",
-    "ReleaseRule.description": "free text for people reading the file",
-    "ReleaseRule.enabled": "`false` keeps the rule in the file without evaluating it",
-    "ReleaseRule.category": "category copied to every action of the rule",
-    "ReleaseRule.then": "the actions to plan (default: a `reassign`, least loaded)",
-    "ReleaseRule.kind": "a client still forgotten `grace` after it became forgotten: give it to another manager",
     "ReleaseRule.forgotten_rule": "id of a `forgotten` rule of this file: its threshold, overrides and activity apply",
     "ReleaseRule.grace": "how long after becoming forgotten the release fires",
     "ReleaseRule.unless_future_task": "an open task due on or after as_of's date prevents the release",
@@ -130,10 +111,19 @@ OP_NOTES: dict[str, str] = {
 
 # Where each definition goes: (definition, heading, anchor); the page adds any definition not listed.
 RULES = [("GenericRule", "`kind: generic`"), ("ForgottenRule", "`kind: forgotten`"), ("ReleaseRule", "`kind: release`"),
-         ("Override", "`overrides:` entries"), ("ActivitySpec", "`activity:`")]
+         ("Override", "`overrides:` entries"), ("ActivitySpec", "`activity:`"), ("ChurnedRule", "`kind: churned`"),
+         ("WinbackRule", "`kind: winback`"), ("UnpaidRule", "`kind: unpaid`"), ("DebtorRule", "`kind: debtor`"),
+         ("LadderStep", "`steps:` entries (debtor)"), ("EscalateRule", "`kind: escalate`"),
+         ("RepeatSaleRule", "`kind: repeat_sale`"), ("OverdueTasksRule", "`kind: overdue_tasks`")]
+POLICY_PARTS = [("Cap", "`caps:` entries"), ("SpendGrowth", "`spend_growth:`"), ("Cooloff", "`cooloff:`"),
+                ("Unprofitable", "`no_development_for_unprofitable:`"), ("AbcSpec", "`abc:` (the file's ABC analysis)")]
 LABELS = {"GenericRule": "generic rule", "ForgottenRule": "forgotten rule", "ReleaseRule": "release rule",
           "ActionSpec": "action", "FeatureDef": "named feature", "TemplateDef": "template", "Policies": "policies",
-          "Override": "override", "ActivitySpec": "activity"}
+          "Override": "override", "ActivitySpec": "activity", "ChurnedRule": "churned rule",
+          "WinbackRule": "winback rule", "UnpaidRule": "unpaid rule", "DebtorRule": "debtor rule",
+          "LadderStep": "ladder step", "EscalateRule": "escalate rule", "RepeatSaleRule": "repeat_sale rule",
+          "OverdueTasksRule": "overdue_tasks rule", "Cap": "cap", "SpendGrowth": "spend growth",
+          "Cooloff": "cool-off", "Unprofitable": "unprofitable", "AbcSpec": "ABC analysis"}
 
 
 def _anchor(name: str) -> str:
@@ -370,6 +360,8 @@ class _Renderer:
         out += self.section("##", "FeatureDef", "Named features (`features:`)")
         out += self.section("##", "TemplateDef", "Templates (`templates:`)")
         out += self.section("##", "Policies", "Policies (`policies:`)")
+        for name, heading in POLICY_PARTS:
+            out += self.section("###", name, heading)
         for name in sorted(set(self.defs) - self.placed):
             self.problems.append(f"definition {name} has no place of its own on the page (listed at the end)")
             out += self.section("##", name, name)

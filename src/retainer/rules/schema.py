@@ -195,13 +195,17 @@ class TemplateDef(_Model):
 # ---------------------------------------------------------------- rules
 
 
+CATEGORY_DOC = ("what the actions are for: collection, retention, service or development (priority, caps, "
+                "cool-off and no_marketing look at it)")
+
+
 class _RuleBase(_Model):
-    id: RuleId
-    description: str | None = None
-    enabled: bool = True
-    category: Category = "retention"
+    id: RuleId = Field(description="unique rule id; part of every action key")
+    description: str | None = Field(default=None, description="free text; a generic rule's action reason when set")
+    enabled: bool = Field(default=True, description="`false` keeps the rule in the file without evaluating it")
+    category: Category = Field(default="retention", description=CATEGORY_DOC)
     when: Condition | None = Field(default=None, description="extra condition every match must meet")
-    then: list[ActionSpec] | None = None
+    then: list[ActionSpec] | None = Field(default=None, description="the actions to plan (default: the kind's own)")
 
 
 class Override(_Model):
@@ -220,16 +224,16 @@ class ActivitySpec(_Model):
 
 
 class GenericRule(_RuleBase):
-    kind: Literal["generic"] = "generic"
-    when: Condition
+    kind: Literal["generic"] = Field(default="generic", description="may be omitted for generic rules")
+    when: Condition = Field(description="the condition a client must meet")
     episode: str | None = Field(
         default=None, description="feature whose value identifies an episode (default: once per client)"
     )
-    then: list[ActionSpec] = Field(min_length=1)
+    then: list[ActionSpec] = Field(min_length=1, description="the actions to plan for each matching client")
 
 
 class ForgottenRule(_RuleBase):
-    kind: Literal["forgotten"]
+    kind: Literal["forgotten"] = Field(description="an active client whose last activity is at least `after` ago")
     after: DurationField
     overrides: list[Override] = Field(default_factory=list)
     statuses: list[Literal["active", "prospect", "archived"]] = Field(default_factory=lambda: ["active"])
@@ -244,7 +248,8 @@ class ForgottenRule(_RuleBase):
 
 
 class ReleaseRule(_RuleBase):
-    kind: Literal["release"]
+    kind: Literal["release"] = Field(
+        description="a client still forgotten `grace` after it became forgotten: give it to another manager")
     forgotten_rule: RuleId
     grace: DurationField = Field(default_factory=lambda: parse_duration("0d"))
     unless_future_task: bool = True
@@ -257,9 +262,11 @@ class ChurnedRule(_RuleBase):
     """Bought regularly, then stopped: at least `min_orders` invoices within `lookback`, and none for
     `silence` (or `silence_factor` times the client's own median gap between invoices)."""
 
-    kind: Literal["churned"]
+    kind: Literal["churned"] = Field(
+        description="a buyer who stopped buying (default: tag churned, start_process winback)")
     min_orders: int = Field(default=2, ge=1, description="invoices needed within lookback to count as a buyer")
-    lookback: DurationField = Field(default_factory=lambda: parse_duration("365d"))
+    lookback: DurationField = Field(default_factory=lambda: parse_duration("365d"),
+                                    description="the window min_orders are counted in")
     silence: DurationField | None = Field(default=None, description="no invoice for this long (default 90d)")
     silence_factor: Decimal | None = Field(
         default=None, gt=0, description="no invoice for this many times the client's median gap between invoices"
@@ -281,7 +288,7 @@ WINBACK_REASONS = ["bad_product", "bad_service", "price", "other", "survey_neede
 class WinbackRule(_RuleBase):
     """Seed 000: a task to find out why a valuable churned client left, then next steps per reason."""
 
-    kind: Literal["winback"]
+    kind: Literal["winback"] = Field(description="seed 000's win-back process for valuable churned clients")
     churned_rule: RuleId | None = Field(default=None, description="the churned rule (default: the only one)")
     min_revenue: Money | None = Field(default=None, description="revenue within lookback at least this")
     lookback: DurationField | None = Field(default=None, description="revenue window (default: the churned rule's)")
@@ -303,16 +310,16 @@ class WinbackRule(_RuleBase):
 class UnpaidRule(_RuleBase):
     """An invoice issued and not paid, with no activity since, `after` its issue."""
 
-    kind: Literal["unpaid"]
-    category: Category = "collection"
-    after: DurationField = Field(default_factory=lambda: parse_duration("7d"))
+    kind: Literal["unpaid"] = Field(description="an unpaid invoice nobody followed up (one task per invoice)")
+    category: Category = Field(default="collection", description=CATEGORY_DOC)
+    after: DurationField = Field(default_factory=lambda: parse_duration("7d"), description="time since issue")
 
 
 class LadderStep(_Model):
     """One rung of a dunning ladder: `after` days past due, one action."""
 
-    after: DurationField
-    action: ActionSpec
+    after: DurationField = Field(description="time past the invoice's due date")
+    action: ActionSpec = Field(description="the step's one action, written inline: `{after: 3d, notify_client: ...}`")
 
     @model_validator(mode="before")
     @classmethod
@@ -326,9 +333,9 @@ class LadderStep(_Model):
 class DebtorRule(_RuleBase):
     """A dunning ladder per overdue invoice, counted from its due date; payment stops it."""
 
-    kind: Literal["debtor"]
-    category: Category = "collection"
-    steps: list[LadderStep] = Field(min_length=1)
+    kind: Literal["debtor"] = Field(description="a dunning ladder per overdue invoice")
+    category: Category = Field(default="collection", description=CATEGORY_DOC)
+    steps: list[LadderStep] = Field(min_length=1, description="the rungs; each fires once per invoice")
     min_amount: Money = Field(default=Decimal(0), description="ignore invoices with less outstanding")
 
     @field_validator("steps")
@@ -343,7 +350,7 @@ class DebtorRule(_RuleBase):
 class EscalateRule(_RuleBase):
     """Complain to the supervisor when nothing helped."""
 
-    kind: Literal["escalate"]
+    kind: Literal["escalate"] = Field(description="complain to the supervisor when nothing helped")
     forgotten_rule: RuleId | None = Field(
         default=None, description="escalate a released client that this forgotten rule finds forgotten again"
     )
@@ -364,15 +371,15 @@ class EscalateRule(_RuleBase):
 class RepeatSaleRule(_RuleBase):
     """The last won deal is `after` old and nothing is open: time to sell again."""
 
-    kind: Literal["repeat_sale"]
-    category: Category = "development"
-    after: DurationField
+    kind: Literal["repeat_sale"] = Field(description="time to sell again: the last won deal is old, none open")
+    category: Category = Field(default="development", description=CATEGORY_DOC)
+    after: DurationField = Field(description="time since the last won deal closed")
 
 
 class OverdueTasksRule(_RuleBase):
     """A manager-level rule: too many open tasks overdue -> the supervisor hears of it."""
 
-    kind: Literal["overdue_tasks"]
+    kind: Literal["overdue_tasks"] = Field(description="a manager with too many overdue tasks (about managers)")
     count: int = Field(ge=1, description="at least this many overdue tasks")
     after: DurationField = Field(default_factory=lambda: parse_duration("1d"), description="overdue by this much")
     every: Literal["day", "week", "month"] = Field(default="week", description="at most one escalation per period")
@@ -405,11 +412,12 @@ Percent = Annotated[
 class Cap(_Model):
     """At most `limit` contacts per client in a window, by category or by channel."""
 
-    category: Category | None = None
+    category: Category | None = Field(default=None, description="count actions (and CRM offers) of this category")
     channel: str | None = Field(default=None, description="any_outbound, or a channel/touch kind such as email, sms")
-    limit: int = Field(ge=0)
-    per: DurationField
-    window: Literal["rolling", "calendar"] = "rolling"
+    limit: int = Field(ge=0, description="at most this many per client in the window")
+    per: DurationField = Field(description="the window's length; calendar windows: 1d, 1w or 1mo")
+    window: Literal["rolling", "calendar"] = Field(
+        default="rolling", description="rolling: the last `per` up to as_of; calendar: this day, week or month")
 
     @model_validator(mode="after")
     def _one_scope(self) -> Cap:
@@ -425,21 +433,29 @@ class Cap(_Model):
 
 
 class SpendGrowth(_Model):
-    max: Percent = Field(default=Decimal("0.2"), ge=0)
-    window: DurationField = Field(default_factory=lambda: parse_duration("90d"))
-    allow_without_baseline: bool = False
+    """No offer that raises a client's spend by more than `max` (seed 004)."""
+
+    max: Percent = Field(default=Decimal("0.2"), ge=0, description="the largest growth allowed (equal is allowed)")
+    window: DurationField = Field(default_factory=lambda: parse_duration("90d"),
+                                  description="spend = invoices issued within this window")
+    allow_without_baseline: bool = Field(default=False, description="offer to clients with no spend in the window")
 
 
 class Cooloff(_Model):
-    after: Literal["offer_end"] = "offer_end"
-    for_: DurationField = Field(alias="for")
-    blocks: list[Category] = Field(default_factory=lambda: ["development"])
+    """No selling right after a promotion ends (seed 004)."""
+
+    after: Literal["offer_end"] = Field(default="offer_end", description="counted from the latest offer's ends_at")
+    for_: DurationField = Field(alias="for", description="how long the cool-off lasts")
+    blocks: list[Category] = Field(default_factory=lambda: ["development"], description="categories held back")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class Unprofitable(_Model):
-    window: DurationField = Field(default_factory=lambda: parse_duration("180d"))
+    """No development for loss-making clients (seed 004)."""
+
+    window: DurationField = Field(default_factory=lambda: parse_duration("180d"),
+                                  description="profit = revenue minus cost_to_serve over this window")
 
 
 class Policies(_Model):
@@ -450,14 +466,16 @@ class Policies(_Model):
         default=True,
         description="on unless set false: no_marketing clients get no retention/development messages, offers or deals",
     )
-    caps: list[Cap] = Field(default_factory=list)
+    caps: list[Cap] = Field(default_factory=list, description="contact-frequency caps per client")
     priority: list[Category] | None = Field(
         default=None, description="categories, highest first: e.g. [collection, retention, service, development]"
     )
-    spend_growth: SpendGrowth | None = None
-    cooloff: Cooloff | None = None
-    no_development_for_unprofitable: Unprofitable | None = None
-    manager_daily_task_limit: int | None = Field(default=None, ge=0)
+    spend_growth: SpendGrowth | None = Field(default=None, description="cap on spend growth by offers")
+    cooloff: Cooloff | None = Field(default=None, description="pause after an offer ends")
+    no_development_for_unprofitable: Unprofitable | None = Field(
+        default=None, description="no development actions for clients whose profit is negative")
+    manager_daily_task_limit: int | None = Field(
+        default=None, ge=0, description="at most this many retainer tasks per manager per day; the rest waits")
 
     @field_validator("priority")
     @classmethod
@@ -468,9 +486,11 @@ class Policies(_Model):
 
 
 class AbcSpec(_Model):
-    window: DurationField = Field(default_factory=lambda: parse_duration("365d"))
-    a: Percent = Decimal("0.8")
-    b: Percent = Decimal("0.15")
+    """How `abc_class` is computed for clients whose data has none."""
+
+    window: DurationField = Field(default_factory=lambda: parse_duration("365d"), description="revenue window")
+    a: Percent = Field(default=Decimal("0.8"), description="A: the clients making the first a of revenue")
+    b: Percent = Field(default=Decimal("0.15"), description="B: the next b; C the rest")
 
     @model_validator(mode="after")
     def _shares(self) -> AbcSpec:
