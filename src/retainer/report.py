@@ -184,6 +184,8 @@ def digest(engine: Engine, as_of: str | date | datetime, *, top: int = 30, label
     return Digest(plan.as_of, label, sections)
 
 
-def _client(clients: dict[str, Any], cid: str) -> str:
+def _client(clients: dict[str, Any], cid: str | None) -> str:
+    if cid is None:
+        return "— (about the manager)"  # manager-level rules (overdue_tasks)
     c = clients.get(cid)
     return f"{c.name} ({cid})" if c is not None and c.name else cid

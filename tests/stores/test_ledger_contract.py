@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import retainer
 from retainer import StoreError
-from retainer.actions import Action, CreateTask, action_id
+from retainer.actions import Action, CreateTask, Escalate, Tag, action_id
 from retainer.ledger import STATUSES, RunRecord
 from retainer.stores import Store
 
@@ -92,6 +92,24 @@ def test_ledger_filters(store: Store) -> None:
     assert [e.key for e in store.ledger(rule="b")] == ["k2", "k3"]
     assert [e.key for e in store.ledger(ids=[ids["k3"]])] == ["k3"]
     assert [e.key for e in store.ledger(limit=2)] == ["k1", "k2"]
+
+
+def test_ledger_filters_by_type_and_planned_since(store: Store) -> None:
+    """What caps, spend growth and escalations look back on: actions planned as of `since` or later."""
+    early, late = datetime(2026, 3, 1, 23, 59, 59, tzinfo=UTC), datetime(2026, 3, 5, 20, 59, 59, tzinfo=UTC)
+    store.commit_run(run_record(1), [act("k1")], {})
+    tag = Tag(id=action_id("k2"), key="k2", rule="r", client_id="c1", category="retention", reason="r",
+              as_of=late, tag="vip")
+    manager_level = Escalate(id=action_id("k3"), key="k3", rule="o", client_id=None, category="retention",
+                             reason="r", as_of=late, to_manager_id="boss", about_manager_id="m1")
+    store.commit_run(run_record(2), [tag, manager_level], {})
+    assert [e.key for e in store.ledger(types=["tag", "create_task"])] == ["k1", "k2"]
+    assert [e.key for e in store.ledger(since=late)] == ["k2", "k3"]  # since is inclusive
+    assert [e.key for e in store.ledger(since=early + timedelta(seconds=1))] == ["k2", "k3"]
+    assert [e.key for e in store.ledger(since=early)] == ["k1", "k2", "k3"]
+    assert [e.key for e in store.ledger(since=early, types=["create_task"], client_ids=["c1"])] == ["k1"]
+    (e,) = store.ledger(rule="o")
+    assert e.client_id is None and e.action.client_id is None  # a manager-level action has no client
 
 
 def test_attempts_count_only_for_active_actions(store: Store) -> None:
