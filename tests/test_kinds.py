@@ -513,3 +513,20 @@ def test_profit_offer_end_and_contract_progress(store: Store) -> None:
     assert days == str((date(2026, 7, 2) - date(2026, 3, 22)).days)
     assert Decimal(progress) == Decimal("0.5")
     assert e.plan(day(1)).actions
+
+
+def test_explain_shows_each_invoice_and_step(store: Store) -> None:
+    debt(store)
+    e = engine_for(rules(DEBTOR, OVERDUE), store)
+    ex = e.explain("c1", day(22), rule="debtor")
+    parts = [(r.part, r.matched) for r in ex.rules]
+    assert parts == [("invoice i1 · step 3d", True), ("invoice i1 · step 10d", True),
+                     ("invoice i1 · step 20d", False), ("invoice i1 · step 30d", False)]
+    assert [s.reason_code for s in ex.rules[0].suppressed] == ["superseded"]
+    assert [a.key for a in ex.rules[1].actions] == ["debtor:c1:i1+10d:notify_client"]
+    assert "[invoice i1 · step 10d]: MATCHED, threshold 10d" in str(ex)
+    assert not e.explain("c1", day(22), rule="overdue").rules  # about managers, not this client
+    store.upsert(invoices=[{"id": "i1", "client_id": "c1", "issued_at": at(0), "due_at": at(10), "amount": "500",
+                            "paid_at": at(15)}])
+    (only,) = e.explain("c1", day(22), rule="debtor").rules
+    assert not only.matched and "an invoice with money outstanding" in str(only.condition.text)

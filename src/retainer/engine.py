@@ -690,8 +690,9 @@ class Engine:
                 fr = invoice_frame(frame)
                 rows = list(range(len(fr.ids)))  # the partial frame holds this client's invoices only
                 if not rows:
-                    node = ExplainNode("an invoice with money outstanding", False)
-                    out.append(RuleExplanation(r.id, r.kind, False, node, None, None, part=r.part))
+                    if not any(x.rule == r.id for x in out):  # once per rule, not per ladder step
+                        node = ExplainNode("an invoice with money outstanding", False)
+                        out.append(RuleExplanation(r.id, r.kind, False, node, None, None))
                     continue
             for k in rows:
                 node = r.condition.explain(fr, k)
