@@ -283,3 +283,32 @@ def test_python_builder_records_outcomes() -> None:
     sc.at("2026-06-01").expect(rule="winback", type="create_task")
     sc.record({"churn_reason": "price"}, rule="winback", type="create_task")
     sc.at("2026-06-02").expect({"type": "propose_offer", "deliver": "next_inbound"}, exact=True)
+
+
+UPSERT_SCENARIO = """
+rules:
+  version: 1
+  rules:
+    - {id: forgotten, kind: forgotten, after: 60d}
+    - {id: release, kind: release, forgotten_rule: forgotten, grace: 14d}
+    - {id: esc, kind: escalate, forgotten_rule: forgotten}
+given:
+  managers: [{id: boss}, {id: m1, supervisor_id: boss}, {id: m2, supervisor_id: boss}]
+  clients: [{id: c1, manager_id: m1}]
+  touches: [{id: t1, client_id: c1, at: 2026-01-01, kind: call}]
+steps:
+  - as_of: 2026-03-16
+    expect: [{type: reassign, to_manager_id: m2}]
+  - as_of: 2026-05-15
+    upsert:
+      clients: [{id: c1, manager_id: m2}]
+    expect: [{rule: esc, about_manager_id: m2, to_manager_id: boss}]
+"""
+
+
+def test_steps_upsert_what_the_crm_changed(tmp_path: Path) -> None:
+    sc = run_scenario_file(write(tmp_path, UPSERT_SCENARIO))
+    assert sc.store.get("clients", "c1").manager_id == "m2"  # type: ignore[union-attr]
+    text = UPSERT_SCENARIO.replace("    upsert:\n", "    given:\n")
+    with pytest.raises(ScenarioError, match="put the row under the step's `upsert:`"):
+        run_scenario_file(write(tmp_path, text))

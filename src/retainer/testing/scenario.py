@@ -281,6 +281,12 @@ class Scenario:
         self._pending.append(({k: list(v) for k, v in rows.items()}, None, ()))
         return self
 
+    def upsert(self, **rows: list[Mapping[str, Any]]) -> Scenario:
+        """Facts that replace earlier ones with the same id before the next step: the CRM applied a
+        reassignment, a client changed its contact policy, an invoice was paid."""
+        self._pending.append(({k: list(v) for k, v in rows.items()}, None, ("upsert",)))
+        return self
+
     def record(self, outcome: Mapping[str, Any], **match: Any) -> LedgerEntry:
         """What the host reports back on an action an earlier step committed (a win-back task's
         `churn_reason`), matched by its fields as in `expect`; exactly one action must match."""
@@ -303,7 +309,7 @@ class Scenario:
         except ValueError as exc:
             raise RetainerError(f"step {len(self.steps) + 1}: invalid as_of {as_of!r}") from exc
         for rows, lines, path in self._pending:
-            self._add(rows, a, lines, path)
+            self._add(rows, a, lines, path, replace=bool(path) and path[-1] == "upsert")
         self._pending.clear()
         report = self.engine.run(a.instant, handlers=RecordingHandler(), clock=lambda: a.instant,
                                  sleep=lambda s: None)  # fmt: skip
@@ -311,7 +317,8 @@ class Scenario:
         self.steps.append(step)
         return step
 
-    def _add(self, rows: dict[str, list[Any]], a: AsOf, lines: _Lines | None, path: tuple[Any, ...]) -> None:
+    def _add(self, rows: dict[str, list[Any]], a: AsOf, lines: _Lines | None, path: tuple[Any, ...],
+             replace: bool = False) -> None:
         models: dict[str, list[Any]] = {}
         for entity, items in rows.items():
             resolved = [_resolve(r, a) if isinstance(r, Mapping) else r for r in items]
@@ -327,12 +334,15 @@ class Scenario:
                                         f"{exc.message}", file=self.source, line=line) from None  # fmt: skip
                 raise
         try:
-            self.store.add(**models)
+            (self.store.upsert if replace else self.store.add)(**models)
         except DataError as exc:
             if lines is None or exc.entity is None:
                 raise
             line = lines.line((*path, exc.entity, exc.row, exc.field) if isinstance(exc.row, int) else (*path,))
-            raise ScenarioError(str(exc), file=self.source, line=line) from None
+            msg = str(exc)
+            if "already exists" in msg:  # the store's hint does not apply inside a scenario
+                msg = msg.split(" (to replace it")[0] + " (to change it, put the row under the step's `upsert:`)"
+            raise ScenarioError(msg, file=self.source, line=line) from None
 
 
 # ---------------------------------------------------------------- the YAML format
@@ -344,6 +354,7 @@ class StepSpec(BaseModel):
     as_of: str | date | datetime
     label: str = ""
     given: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
+    upsert: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)  # rows replacing same-id ones
     record: list[dict[str, Any]] = Field(default_factory=list)  # outcomes reported before this step runs
     expect: list[dict[str, Any]] = Field(default_factory=list)
     exact: bool = False
@@ -412,6 +423,8 @@ def run_scenario_file(path: str | Path) -> Scenario:
     for i, st in enumerate(ls.spec.steps):
         if st.given:
             sc._given_from_file(st.given, ls.lines, ("steps", i, "given"))
+        if st.upsert:
+            sc._given_from_file(st.upsert, ls.lines, ("steps", i, "upsert"))
         for k, item in enumerate(st.record):
             fields = {f: v for f, v in item.items() if f != "outcome"}
             outcome = item.get("outcome")
