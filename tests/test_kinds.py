@@ -530,3 +530,38 @@ def test_explain_shows_each_invoice_and_step(store: Store) -> None:
                             "paid_at": at(15)}])
     (only,) = e.explain("c1", day(22), rule="debtor").rules
     assert not only.matched and "an invoice with money outstanding" in str(only.condition.text)
+
+
+def test_winback_reason_spelling_and_unknown_reasons(store: Store) -> None:
+    base(store)
+    invoices(store, [0, 30, 60])
+    e = engine_for(rules(CHURNED, WINBACK), store)
+    task = next(a for a in e.run(day(150)).committed if a.rule == "winback")
+    e.record_outcome(task.id, {"churn_reason": " Survey needed"})
+    assert [a.title for a in of(e.plan(day(151)), "winback")] == ["Survey call to Acme"]
+    e.record_outcome(task.id, {"churn_reason": "pricey"})
+    plan = e.plan(day(151))
+    assert not of(plan, "winback")
+    assert any("churn_reason 'pricey'" in w and "not one of the options" in w for w in plan.warnings)
+
+
+def test_winback_custom_task_keeps_the_options() -> None:
+    rs = retainer.load_rules(rules(CHURNED, {**WINBACK, "task": {"title": "Why did {client.name} leave?"}}))
+    assert rs.rule("winback").then[0].create_task.options == [  # type: ignore[union-attr]
+        "bad_product", "bad_service", "price", "other", "survey_needed"]
+    with pytest.raises(retainer.RulesError, match="not one of the task's options"):
+        retainer.load_rules(rules(CHURNED, {**WINBACK, "task": {"title": "x"}, "on_outcome": {"prise": []}}))
+
+
+def test_debtor_step_with_several_actions(store: Store) -> None:
+    debt(store)
+    r = {"id": "debtor", "kind": "debtor", "steps": [
+        {"after": "20d", "then": [{"notify_client": {"template": "final"}}, {"create_task": {"title": "Call"}}]}]}
+    plan = engine_for(rules(r), store).plan(day(30))
+    assert [a.key for a in plan.actions] == ["debtor:c1:i1+20d:create_task", "debtor:c1:i1+20d:notify_client"]
+
+
+def test_spend_growth_max_needs_a_percent_or_a_share() -> None:
+    with pytest.raises(retainer.RulesError, match="write 20%"):
+        retainer.load_rules(rules(CHURNED, policies={"spend_growth": {"max": 20}}))
+    retainer.load_rules(rules(CHURNED, policies={"spend_growth": {"max": 0.2}}))

@@ -96,6 +96,9 @@ def validate(rules: Annotated[Path, typer.Argument(help="Rule file (YAML or JSON
         r = ps[0]
         steps = f"  ({', '.join(p.part for p in ps if p.part)})" if len(ps) > 1 else ""
         out.print(f"  {rid:<24} {r.kind:<13} {r.category:<11}{steps}".rstrip(), highlight=False)
+    for d in rs.file.rules:
+        if not d.enabled:
+            out.print(f"  {d.id:<24} {d.kind:<13} {d.category:<11} (disabled)", highlight=False)
 
 
 @app.command()
@@ -422,7 +425,8 @@ def actions_replay(
 def actions_outcome(
     data: DataOpt,
     action_id: Annotated[str, typer.Argument(help="Action id.")],
-    values: Annotated[list[str], typer.Argument(help="key=value pairs, e.g. result=completed reason=price")],
+    values: Annotated[list[str], typer.Argument(
+        help="key=value pairs, e.g. result=completed, or churn_reason=price for a win-back task")],
 ) -> None:
     """Record what became of an action (the host's report); the action counts as done from then on."""
     outcome: dict[str, str] = {}

@@ -413,8 +413,9 @@ class Engine:
             "actions": dict(sorted(Counter(x.type for x in actions).items())),
             "suppressed": dict(sorted(Counter(s.reason_code for s in suppressed).items())),
         }
+        warnings += frame.warnings
         plan = Plan(a.instant.astimezone(a.tz), actions, suppressed, stats, timings, cursors=dict(reassigner.cursors),
-                    warnings=sorted(warnings))
+                    warnings=sorted(set(warnings)))
         return plan, frame, matches
 
     def _emit(

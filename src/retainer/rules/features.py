@@ -68,6 +68,8 @@ class FeatureFrame:
         self._aggs: dict[AggSpec, dict[str, Any]] = {}
         #: results conditions compute once per plan and read several times (thresholds per client)
         self.memo: dict[Any, Any] = {}
+        #: problems in the data met while computing (an outcome that is not one of the options)
+        self.warnings: list[str] = []
 
     def prefetch(self, names: set[str]) -> None:
         specs: list[AggSpec] = []
@@ -277,7 +279,14 @@ def unresolved_feature(name: str, rule: str) -> FeatureImpl:
                        deps=("last_activity_at",), compute=compute)
 
 
-def outcome_feature(name: str, rule: str, episode: str, kind: str, field_: str) -> FeatureImpl:
+def norm_reason(v: Any) -> str:
+    """One spelling per recorded reason: "Price ", "price" and "PRICE" are the same answer."""
+    return str(v).strip().lower().replace(" ", "_")
+
+
+def outcome_feature(
+    name: str, rule: str, episode: str, kind: str, field_: str, options: Sequence[str] = ()
+) -> FeatureImpl:
     """The `field_` of the outcome the host recorded for this rule's `kind` action in the current episode
     (a win-back reason task's churn reason): found by the action's key, so an old episode never counts."""
     from ..actions import action_id
@@ -289,10 +298,14 @@ def outcome_feature(name: str, rule: str, episode: str, kind: str, field_: str) 
                for cid, v in zip(f.ids, f.column(episode), strict=True)]
         found = {e.id: e for e in f.store.ledger(ids=[i for i in ids if i is not None])}
         out: list[Any] = []
-        for i in ids:
+        for cid, i in zip(f.ids, ids, strict=True):
             e = found.get(i) if i is not None else None
             v = e.outcome.get(field_) if e is not None and e.outcome else None
-            out.append(None if v is None else str(v))
+            text = None if v is None else norm_reason(v)
+            if text is not None and options and text not in {norm_reason(o) for o in options}:
+                f.warnings.append(f"rule {rule}, client {cid}: {field_} {v!r} recorded on action {i} is not one of "
+                                  f"the options ({', '.join(options)}); the process waits")
+            out.append(text)
         return out
 
     return FeatureImpl(name, "str", f"the {field_} recorded for {rule}'s first step", deps=(episode,),

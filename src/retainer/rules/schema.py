@@ -302,6 +302,12 @@ class WinbackRule(_RuleBase):
         description="step 1: the 'determine the churn reason' task",
     )
     outcome_field: str = Field(default="churn_reason", description="the outcome key the host records the reason in")
+
+    @field_validator("task")
+    @classmethod
+    def _default_options(cls, v: CreateTaskSpec) -> CreateTaskSpec:
+        # a custom title must not lose the answers the manager picks from (and on_outcome is checked against)
+        return v if v.options is not None else v.model_copy(update={"options": list(WINBACK_REASONS)})
     on_outcome: dict[str, list[ActionSpec]] = Field(
         default_factory=dict, description="reason -> the actions of the next step"
     )
@@ -316,17 +322,24 @@ class UnpaidRule(_RuleBase):
 
 
 class LadderStep(_Model):
-    """One rung of a dunning ladder: `after` days past due, one action."""
+    """One rung of a dunning ladder: `after` past due, one action written inline
+    (`{after: 3d, notify_client: ...}`) or several under `then:`."""
 
     after: DurationField = Field(description="time past the invoice's due date")
-    action: ActionSpec = Field(description="the step's one action, written inline: `{after: 3d, notify_client: ...}`")
+    then: list[ActionSpec] = Field(min_length=1, description="the step's actions (or one action inline)")
 
     @model_validator(mode="before")
     @classmethod
     def _split(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "action" not in data:
+        if not isinstance(data, dict):
+            return data
+        if "after" not in data:
+            raise ValueError("a step needs after: how long past the due date it fires, e.g. {after: 10d, ...}")
+        if "then" not in data:
             rest = {k: v for k, v in data.items() if k != "after"}
-            return {"after": data.get("after"), "action": rest}
+            if not rest:
+                raise ValueError("a step needs an action, e.g. {after: 10d, notify_client: {template: reminder}}")
+            return {"after": data["after"], "then": [rest]}
         return data
 
 
@@ -436,6 +449,13 @@ class SpendGrowth(_Model):
     """No offer that raises a client's spend by more than `max` (seed 004)."""
 
     max: Percent = Field(default=Decimal("0.2"), ge=0, description="the largest growth allowed (equal is allowed)")
+
+    @field_validator("max", mode="before")
+    @classmethod
+    def _share(cls, v: Any) -> Any:
+        if not isinstance(v, str | bool) and isinstance(v, int | float | Decimal) and v > 1:
+            raise ValueError(f"{v} would allow +{v * 100}%: write {v}% (or {Decimal(str(v)) / 100} as a share)")
+        return v
     window: DurationField = Field(default_factory=lambda: parse_duration("90d"),
                                   description="spend = invoices issued within this window")
     allow_without_baseline: bool = Field(default=False, description="offer to clients with no spend in the window")

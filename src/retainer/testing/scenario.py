@@ -256,7 +256,8 @@ class Step:
             for r in ex.rules:  # conditions only: the ledger now holds this step's own commit
                 verdict = "MATCHED" if r.matched else "not matched"
                 extra = f", threshold {r.threshold}" if r.threshold else ""
-                out.append(f"    rule {r.rule} ({r.kind}): {verdict}{extra}")
+                part = f" [{r.part}]" if r.part else ""
+                out.append(f"    rule {r.rule} ({r.kind}){part}: {verdict}{extra}")
                 out += ["      " + line for line in r.condition.lines()]
         return "\n".join(out)
 

@@ -17,6 +17,7 @@ from ..features import (
     FeatureImpl,
     FeatureRegistry,
     churn_silence_feature,
+    norm_reason,
     outcome_feature,
     since_release_feature,
     unresolved_feature,
@@ -261,11 +262,11 @@ def _winback(rule: WinbackRule, ctx: CompileContext) -> list[Parts]:
     )
     out = [step1]
     name = f"outcome[{rule.id}.{rule.outcome_field}]"
-    ctx.registry.add(outcome_feature(name, rule.id, "last_invoice_at", "create_task", rule.outcome_field))
+    ctx.registry.add(outcome_feature(name, rule.id, "last_invoice_at", "create_task", rule.outcome_field, options))
     for reason, actions in sorted(rule.on_outcome.items()):
         out.append(
             Parts(
-                All((*base.children, Leaf(name, "eq", reason))),
+                All((*base.children, Leaf(name, "eq", norm_reason(reason)))),
                 "last_invoice_at", (), (*evidence, name),
                 f"{reason_text}; the reason found: {reason}", ref.threshold,
                 then=tuple(actions), suffix=f"~{reason}", part=f"outcome {reason}",
@@ -311,7 +312,7 @@ def _debtor(rule: DebtorRule, ctx: CompileContext) -> list[Parts]:
                 f"invoice {{invoice.id}}: {{invoice.outstanding}} unpaid, {{invoice.days_overdue}} days past due "
                 f"(step {step.after})",
                 threshold,
-                then=(step.action,),
+                then=tuple(step.then),
                 subject="invoice",
                 ladder=rank,
                 suffix=f"+{step.after}",
