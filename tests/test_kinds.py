@@ -565,3 +565,14 @@ def test_spend_growth_max_needs_a_percent_or_a_share() -> None:
     with pytest.raises(retainer.RulesError, match="write 20%"):
         retainer.load_rules(rules(CHURNED, policies={"spend_growth": {"max": 20}}))
     retainer.load_rules(rules(CHURNED, policies={"spend_growth": {"max": 0.2}}))
+
+
+def test_debtor_superseded_steps_are_reported_once(store: Store) -> None:
+    debt(store)
+    e = engine_for(rules(DEBTOR), store)
+    first = e.run(day(10 + 12))
+    assert [s.reason_code for s in first.plan.suppressed] == ["superseded"]
+    later = e.plan(day(10 + 13))
+    assert [s.reason_code for s in later.suppressed] == ["duplicate"]  # the 10d step; 3d is history now
+    store.upsert(clients=[{"id": "c1", "manager_id": "m1", "name": "Acme", "contact_policy": "do_not_contact"}])
+    assert {s.reason_code for s in e.plan(day(10 + 25)).suppressed} == {"duplicate", "do_not_contact"}

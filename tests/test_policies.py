@@ -292,3 +292,31 @@ def test_policies_validate() -> None:
     for pol, msg in bad:
         with pytest.raises(retainer.RulesError, match=msg):
             retainer.load_rules({"version": 1, "rules": [rule("x", TASK)], "policies": pol})
+
+
+def test_channel_cap_on_some_categories_lets_dunning_through(store: Store) -> None:
+    setup(store)
+    outbound(store, [25])
+    caps = [{"channel": "any_outbound", "limit": 1, "per": "30d", "categories": ["retention", "development"]}]
+    plan = plan_of(store, [rule("dun", EMAIL, "collection"), rule("news", EMAIL)], day(30), caps=caps)
+    assert rules_of(plan) == {"dun"} and codes(plan) == {"news": "cap"}
+    assert "cap channel any_outbound (retention, development): 1 per 30d" in plan.suppressed[0].detail
+
+
+def test_cap_channel_typos_are_caught_but_crm_channels_allowed() -> None:
+    with pytest.raises(retainer.RulesError, match="did you mean 'email'"):
+        retainer.load_rules({"version": 1, "rules": [rule("x", TASK)],
+                             "policies": {"caps": [{"channel": "emial", "limit": 1, "per": "7d"}]}})
+    retainer.load_rules({"version": 1, "rules": [rule("x", TASK)],
+                         "policies": {"caps": [{"channel": "whatsapp", "limit": 1, "per": "7d"}]}})
+
+
+def test_a_touch_that_carried_out_an_action_is_counted_once(store: Store) -> None:
+    setup(store, created_at=at(-5))  # episodes by days_since_activity: 5 on day 0, then 1, 2 after the touch
+    e = engine_for({"version": 1, "rules": [rule("mail", EMAIL, episode="days_since_activity")],
+                    "policies": {"caps": [{"channel": "email", "limit": 2, "per": "7d"}]}}, store)
+    (sent,) = e.run(day(0)).committed
+    store.add(touches=[{"id": "log", "client_id": "c1", "at": at(0, "12:00:00"), "kind": "email",
+                        "direction": "outbound", "action_id": sent.id}])
+    assert e.run(day(1)).committed  # 1 in the ledger; the logged touch is the same e-mail
+    assert not e.run(day(2)).committed  # 2 in the ledger: the cap is full

@@ -203,20 +203,26 @@ def _due_date(a: AsOf, due_in: Duration) -> date:
     return due_in.add_to_date(a.date)
 
 
-def _resolve_ladders(matches: list[_Match]) -> None:
+def _resolve_ladders(matches: list[_Match], ledger: Mapping[str, str]) -> list[_Match]:
     """A dunning ladder sends only its latest due step per invoice: earlier steps never sent are
-    `superseded` (a late reminder after the final notice only confuses the client)."""
+    `superseded` (a late reminder after the final notice only confuses the client). They are reported
+    once, in the plan that sends the later step; after that they are history, not news."""
     top: dict[tuple[str, str], _Match] = {}
     for m in matches:
         if m.rule.ladder is not None:
             k = (m.rule.id, m.frame.ids[m.i])
             if k not in top or m.rule.ladder > top[k].rule.ladder:  # type: ignore[operator]
                 top[k] = m
+    out = []
     for m in matches:
         if m.rule.ladder is not None:
             latest = top[(m.rule.id, m.frame.ids[m.i])]
             if latest is not m:
+                if all(k in ledger for k in latest.keys) and not any(k in ledger for k in m.keys):
+                    continue  # superseded on an earlier night
                 m.superseded = f"{latest.rule.part} is due now; an earlier step not sent in time is skipped"
+        out.append(m)
+    return out
 
 
 def _make(cls: type[Action], values: dict[str, Any]) -> Action:
@@ -374,7 +380,7 @@ class Engine:
         # what earlier runs committed: those keys are duplicates, and a committed reassignment is not
         # re-decided (it would take capacity and advance round-robin for nothing)
         ledger = self.store.ledger_status(k for m in matches for k in m.keys)
-        _resolve_ladders(matches)
+        matches = _resolve_ladders(matches, ledger)
         reassigner = _Reassigner(managers, self.store.manager_loads(a.instant), self.store)
         for m in sorted(matches, key=lambda m: _key(m.rule.id, m.subject_id, m.episode, "")):
             spec = next((s.reassign for s in m.rule.then if s.reassign is not None), None)
@@ -475,10 +481,10 @@ class Engine:
             act, missing = self._build(spec, common, manager_id, recipient, objects, value, a, m)
             if key in ledger:
                 suppressed.append(Suppression(action=act, reason_code=policies.DUPLICATE, detail=_dup(ledger[key])))
-            elif m.superseded:
-                suppressed.append(Suppression(action=act, reason_code=policies.SUPERSEDED, detail=m.superseded))
             elif m.blocked:
                 suppressed.append(Suppression(action=act, reason_code=policies.DO_NOT_CONTACT, detail=m.blocked))
+            elif m.superseded:
+                suppressed.append(Suppression(action=act, reason_code=policies.SUPERSEDED, detail=m.superseded))
             elif m.reassign_failed:
                 suppressed.append(
                     Suppression(action=act, reason_code=policies.NO_ELIGIBLE_MANAGER, detail=m.reassign_failed)

@@ -142,6 +142,7 @@ class Touch(Entity):
     direction: Direction = "outbound"
     manager_id: OptStr = None
     channel: OptStr = None
+    action_id: OptStr = None  # the retainer action this contact carried out: caps count it once, in the ledger
 
 
 class Task(Entity):

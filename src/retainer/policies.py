@@ -86,7 +86,8 @@ def cap_since(cap: Cap, a: AsOf) -> datetime:
 
 
 def _touch_spec(cap: Cap, a: AsOf) -> AggSpec:
-    where: tuple[Pred, ...] = (Pred("direction", "eq", "outbound"),)
+    # a touch that carried out a retainer action is that action: the ledger already counts it
+    where: tuple[Pred, ...] = (Pred("direction", "eq", "outbound"), Pred("action_id", "null"))
     if cap.channel != "any_outbound":
         where += (Pred("medium", "eq", cap.channel),)
     return AggSpec("touches", "count", None, where, "at", cap_since(cap, a))
@@ -115,6 +116,8 @@ class _Past:
 def _capped(cap: Cap, type_: str, category: str, fields: dict[str, Any]) -> bool:
     if cap.category is not None:
         return category == cap.category and type_ in CONTACT_TYPES
+    if cap.categories is not None and category not in cap.categories:
+        return False
     if type_ == "notify_client":
         return cap.channel == "any_outbound" or fields.get("channel") == cap.channel
     if type_ == "propose_offer":

@@ -636,3 +636,22 @@ def test_facts_match_reference(backend: str, crm: dict[str, list[dict[str, Any]]
         got = s.facts(entity, as_of, where, client_ids)
         assert [r.id for r in got] == reference_facts(crm, entity, where, as_of, client_ids)
         assert all(isinstance(r, ENTITIES[entity]) for r in got)
+
+
+def test_sqlite_store_from_an_earlier_version_gets_new_columns(tmp_path: Path) -> None:
+    """Touches gained `action_id`: a store imported before keeps working, the column empty."""
+    path = tmp_path / "old.db"
+    s = retainer.open_store(f"sqlite:///{path}")
+    s.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
+          touches=[{"id": "t1", "client_id": "c1", "at": "2026-01-01T10:00:00Z"}])
+    s.close()
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE touches DROP COLUMN action_id")
+    s = retainer.open_store(f"sqlite:///{path}")
+    (t,) = s.iter("touches")
+    assert t.action_id is None  # type: ignore[attr-defined]
+    s.add(touches=[{"id": "t2", "client_id": "c1", "at": "2026-01-02T10:00:00Z", "action_id": "a1"}])
+    assert s.get("touches", "t2").action_id == "a1"  # type: ignore[union-attr]
+    s.close()

@@ -422,6 +422,9 @@ Percent = Annotated[
 ]
 
 
+KNOWN_CHANNELS = ("any_outbound", "call", "email", "meeting", "message", "sms", "comment", "document")
+
+
 class Cap(_Model):
     """At most `limit` contacts per client in a window, by category or by channel."""
 
@@ -431,17 +434,28 @@ class Cap(_Model):
     per: DurationField = Field(description="the window's length; calendar windows: 1d, 1w or 1mo")
     window: Literal["rolling", "calendar"] = Field(
         default="rolling", description="rolling: the last `per` up to as_of; calendar: this day, week or month")
+    categories: list[Category] | None = Field(
+        default=None, description="a channel cap on these categories' actions only, e.g. [retention, development] "
+        "so that dunning always goes out (the CRM's touches count whatever their purpose)")
 
     @model_validator(mode="after")
     def _one_scope(self) -> Cap:
         if (self.category is None) == (self.channel is None):
             raise ValueError("a cap has exactly one of category or channel")
+        if self.channel is not None and self.channel not in KNOWN_CHANNELS:
+            hint = did_you_mean(self.channel, KNOWN_CHANNELS)
+            if hint:  # a close miss is a typo; any other name may be the CRM's own channel (whatsapp)
+                raise ValueError(f"channel {self.channel!r}{hint}")
+        if self.categories is not None and self.channel is None:
+            raise ValueError("categories narrows a channel cap; a category cap already has its category")
         if self.window == "calendar" and str(self.per) not in ("1d", "1w", "1mo"):
             raise ValueError(f"a calendar window is a day, week or month (per: 1d, 1w or 1mo), not {self.per}")
         return self
 
     def label(self) -> str:
         scope = self.category or f"channel {self.channel}"
+        if self.categories:
+            scope += f" ({', '.join(self.categories)})"
         return f"{scope}: {self.limit} per {self.per} {self.window}"
 
 

@@ -63,6 +63,7 @@ _KINDS: dict[str, dict[str, str]] = {
         "direction": "text",
         "manager_id": "text",
         "channel": "text",
+        "action_id": "text",
     },
     "tasks": {
         "id": "text",
@@ -332,6 +333,7 @@ class SQLiteStore:
                 raise StoreError(f"{self.path}: schema version {row[0]}, this retainer reads {SCHEMA_VERSION}")
             if not self.db["retainer_actions"].exists():  # type: ignore[union-attr]
                 self.db.conn.executescript(_LEDGER_DDL)  # a store imported before the ledger existed
+            self._add_new_columns()
             return
         foreign = sorted(self.db.table_names())
         if foreign:  # somebody else's database (the CRM's own?): never write into it
@@ -361,6 +363,16 @@ class SQLiteStore:
                 {"key": str, "value": str}, pk="key", if_not_exists=True
             )
             self.db.execute("INSERT OR IGNORE INTO retainer_meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
+
+    def _add_new_columns(self) -> None:
+        """Columns later versions added (all optional): a store imported by an earlier retainer gets them
+        empty, so it keeps working without a re-import."""
+        with self.db.conn:
+            for entity, kinds in _KINDS.items():
+                have = {r[1] for r in self.db.execute(f"PRAGMA table_info({entity})")}
+                for f, k in kinds.items():
+                    if have and f not in have:
+                        self.db.execute(f'ALTER TABLE {entity} ADD COLUMN "{f}" {"INTEGER" if _SQLTYPE[k] is int else "TEXT"}')
 
     # ------------------------------------------------------------ facts
 
