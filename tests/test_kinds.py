@@ -576,3 +576,11 @@ def test_debtor_superseded_steps_are_reported_once(store: Store) -> None:
     assert [s.reason_code for s in later.suppressed] == ["duplicate"]  # the 10d step; 3d is history now
     store.upsert(clients=[{"id": "c1", "manager_id": "m1", "name": "Acme", "contact_policy": "do_not_contact"}])
     assert {s.reason_code for s in e.plan(day(10 + 25)).suppressed} == {"duplicate", "do_not_contact"}
+
+
+def test_invoice_placeholders_and_self_watching_are_checked() -> None:
+    with pytest.raises(retainer.RulesError, match=r"invoice\.<field> \(id, amount, outstanding"):
+        retainer.load_rules(rules({"id": "d", "kind": "debtor", "steps": [
+            {"after": "3d", "create_task": {"title": "Invoice {invoice.number}"}}]}))
+    with pytest.raises(retainer.RulesError, match="cannot watch itself"):
+        retainer.load_rules(rules({"id": "e", "kind": "escalate", "watch_rule": "e", "after": "3d"}))

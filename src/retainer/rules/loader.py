@@ -218,7 +218,7 @@ def _check_texts(
             found = templates.check(
                 text,
                 lambda n: n in registry or n in rule.aliases or (n == "threshold" and rule.threshold is not None),
-                allow=("new_manager",) if has_reassign else (),
+                allow=(*(("new_manager",) if has_reassign else ()), *(("invoice",) if rule.subject == "invoice" else ())),
             )
         except templates.TemplateError as exc:
             raise RulesError(str(exc), file=source, line=lines.line(tp), rule=rule.id) from None

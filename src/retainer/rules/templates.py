@@ -54,9 +54,11 @@ def check(text: str, is_feature: Callable[[str], bool], *, allow: Iterable[str] 
         if ph in ("as_of", "rule"):
             continue
         if not ph or not is_feature(ph):
+            extra = (", invoice.<field> (id, amount, outstanding, paid_total, issued_at, due_at, days_overdue, "
+                     "days_since_issue)" if "invoice" in allowed_objects else "")
             raise TemplateError(
                 f"unknown placeholder {{{ph}}}: use client.<field>, manager.<field>, "
-                "supervisor.<field>, as_of, rule, or a feature name"
+                f"supervisor.<field>{extra}, as_of, rule, or a feature name"
             )
         feats.append(ph)
     return feats

@@ -345,6 +345,9 @@ def _escalate(rule: EscalateRule, ctx: CompileContext) -> Parts:
     assert rule.watch_rule is not None and rule.after is not None
     if rule.watch_rule not in ctx.kinds:
         raise PresetError(f"watch_rule {rule.watch_rule!r} does not exist", (*ctx.path, "watch_rule"))
+    if rule.watch_rule == rule.id:
+        raise PresetError("an escalate rule cannot watch itself; name the rule whose actions it watches",
+                          (*ctx.path, "watch_rule"))
     name = f"unresolved_since[{rule.watch_rule}]"
     if name not in ctx.registry.extra:
         ctx.registry.add(unresolved_feature(name, rule.watch_rule))
