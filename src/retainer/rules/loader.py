@@ -212,13 +212,14 @@ def _check_texts(
                     texts += [(t.subject, ("templates", text, "subject"))]
             elif fld == "title":
                 texts.append((text, ap))
+    allow = (*(("new_manager",) if has_reassign else ()), *(("invoice",) if rule.subject == "invoice" else ()))
     used: set[str] = set()
     for text, tp in texts:
         try:
             found = templates.check(
                 text,
                 lambda n: n in registry or n in rule.aliases or (n == "threshold" and rule.threshold is not None),
-                allow=(*(("new_manager",) if has_reassign else ()), *(("invoice",) if rule.subject == "invoice" else ())),
+                allow=allow,
             )
         except templates.TemplateError as exc:
             raise RulesError(str(exc), file=source, line=lines.line(tp), rule=rule.id) from None

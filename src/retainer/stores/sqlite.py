@@ -372,7 +372,8 @@ class SQLiteStore:
                 have = {r[1] for r in self.db.execute(f"PRAGMA table_info({entity})")}
                 for f, k in kinds.items():
                     if have and f not in have:
-                        self.db.execute(f'ALTER TABLE {entity} ADD COLUMN "{f}" {"INTEGER" if _SQLTYPE[k] is int else "TEXT"}')
+                        sqltype = "INTEGER" if _SQLTYPE[k] is int else "TEXT"
+                        self.db.execute(f'ALTER TABLE {entity} ADD COLUMN "{f}" {sqltype}')
 
     # ------------------------------------------------------------ facts
 
