@@ -511,6 +511,24 @@ def _abc(window: Duration, a_share: Decimal, b_share: Decimal) -> FeatureImpl:
     )
 
 
+def _agg(
+    name: str, typ: str, doc: str, spec: Callable[[AsOf], AggSpec], default: Any = None,
+    then: Callable[[Any], Any] | None = None,
+) -> FeatureImpl:
+    """A feature that is one store aggregate per client (optionally mapped, e.g. count > 0)."""
+
+    def compute(f: FeatureFrame) -> list[Any]:
+        col = f.agg_column(spec(f.as_of), default)
+        return col if then is None else [then(v) for v in col]
+
+    return FeatureImpl(name, typ, doc, aggs=lambda a: [spec(a)], compute=compute)
+
+
+def _since(name: str, doc: str, instant: str) -> FeatureImpl:
+    """Calendar days since another feature's instant."""
+    return FeatureImpl(name, "int", doc, deps=(instant,), compute=lambda f: _days(f.as_of, f.column(instant)))
+
+
 def _builtins(abc: FeatureImpl) -> dict[str, FeatureImpl]:
     def manager_attr(attr: str) -> Callable[[FeatureFrame], list[Any]]:
         def compute(f: FeatureFrame) -> list[Any]:
@@ -568,90 +586,20 @@ def _builtins(abc: FeatureImpl) -> dict[str, FeatureImpl]:
         FeatureImpl("manager_team", "str", "the responsible manager's team", compute=manager_attr("team")),
         _activity_feature("last_activity_at", None),
         _anchor_feature("activity_anchor_at", "last_activity_at"),
-        FeatureImpl(
-            "days_since_activity",
-            "int",
-            "calendar days since the last activity (or since created_at if never touched)",
-            deps=("activity_anchor_at",),
-            compute=lambda f: _days(f.as_of, f.column("activity_anchor_at")),
-        ),
-        FeatureImpl(
-            "has_future_task",
-            "bool",
-            "an open task due on or after as_of's date",
-            aggs=lambda a: [fut(a)],
-            compute=lambda f: [n > 0 for n in f.agg_column(fut(f.as_of), 0)],
-        ),
-        FeatureImpl(
-            "open_tasks",
-            "int",
-            "tasks open at as_of",
-            aggs=lambda a: [open_tasks(a)],
-            compute=lambda f: f.agg_column(open_tasks(f.as_of), 0),
-        ),
-        FeatureImpl(
-            "last_invoice_at",
-            "datetime",
-            "when the latest invoice was issued",
-            aggs=lambda a: [last_inv],
-            compute=lambda f: f.agg_column(last_inv),
-        ),
-        FeatureImpl(
-            "days_since_last_invoice",
-            "int",
-            "calendar days since the latest invoice",
-            deps=("last_invoice_at",),
-            compute=lambda f: _days(f.as_of, f.column("last_invoice_at")),
-        ),
-        FeatureImpl(
-            "overdue_amount",
-            "number",
-            "unpaid amount of invoices past their due date",
-            aggs=lambda a: [overdue_sum(a)],
-            compute=lambda f: f.agg_column(overdue_sum(f.as_of), ZERO),
-        ),
-        FeatureImpl(
-            "max_days_overdue",
-            "int",
-            "days past due of the oldest unpaid overdue invoice",
-            aggs=lambda a: [overdue_min(a)],
-            compute=lambda f: _days(f.as_of, f.agg_column(overdue_min(f.as_of))),
-        ),
-        FeatureImpl(
-            "open_deals",
-            "int",
-            "deals open at as_of",
-            aggs=lambda a: [open_deals],
-            compute=lambda f: f.agg_column(open_deals, 0),
-        ),
-        FeatureImpl(
-            "last_won_deal_at",
-            "datetime",
-            "when the latest won deal closed",
-            aggs=lambda a: [won],
-            compute=lambda f: f.agg_column(won),
-        ),
-        FeatureImpl(
-            "last_offer_end_at",
-            "datetime",
-            "when the latest offer that has ended ended",
-            aggs=lambda a: [offer_end],
-            compute=lambda f: f.agg_column(offer_end),
-        ),
-        FeatureImpl(
-            "days_since_won_deal",
-            "int",
-            "calendar days since the latest won deal closed",
-            deps=("last_won_deal_at",),
-            compute=lambda f: _days(f.as_of, f.column("last_won_deal_at")),
-        ),
-        FeatureImpl(
-            "days_since_offer_end",
-            "int",
-            "days since the latest offer ended",
-            aggs=lambda a: [offer_end],
-            compute=lambda f: _days(f.as_of, f.agg_column(offer_end)),
-        ),
+        _since("days_since_activity", "calendar days since the last activity (or since created_at if never touched)",
+               "activity_anchor_at"),
+        _agg("has_future_task", "bool", "an open task due on or after as_of's date", fut, 0, lambda n: n > 0),
+        _agg("open_tasks", "int", "tasks open at as_of", open_tasks, 0),
+        _agg("last_invoice_at", "datetime", "when the latest invoice was issued", lambda a: last_inv),
+        _since("days_since_last_invoice", "calendar days since the latest invoice", "last_invoice_at"),
+        _agg("overdue_amount", "number", "unpaid amount of invoices past their due date", overdue_sum, ZERO),
+        _since("max_days_overdue", "days past due of the oldest unpaid overdue invoice", "oldest_overdue_due_at"),
+        _agg("oldest_overdue_due_at", "datetime", "due date of the oldest unpaid overdue invoice", overdue_min),
+        _agg("open_deals", "int", "deals open at as_of", lambda a: open_deals, 0),
+        _agg("last_won_deal_at", "datetime", "when the latest won deal closed", lambda a: won),
+        _since("days_since_won_deal", "calendar days since the latest won deal closed", "last_won_deal_at"),
+        _agg("last_offer_end_at", "datetime", "when the latest offer that has ended ended", lambda a: offer_end),
+        _since("days_since_offer_end", "days since the latest offer ended", "last_offer_end_at"),
         FeatureImpl(
             "contract_progress",
             "number",
