@@ -173,6 +173,7 @@ def test_summaries_answer_only_when_no_fact_is_after_as_of(tmp_path: Path) -> No
     spec = AggSpec("touches", "max", "at", (), "at")
     before, after = datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 6, tzinfo=UTC)
     assert s._summarised([spec], after) == {0: "touches_at"}
+    assert s._summarised([AggSpec("deals", "max", "closed_at", (), "closed_at")], after) == {0: ""}  # no deals
     assert s._summarised([spec], before) == {}  # t2 is after as_of: scan
     assert s.aggregate([spec], before) == [{"c1": datetime(2026, 2, 1, 10, tzinfo=UTC),
                                             "c2": datetime(2026, 1, 1, tzinfo=UTC)}]

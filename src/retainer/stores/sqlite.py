@@ -3,7 +3,9 @@
 Encodings keep SQL comparisons exact and cheap: instants are fixed-width UTC text
 (`2026-03-01T09:00:00Z`, sorts like the instant), money is an INTEGER of 1/10000 units (sums are
 exact), tags are `;`-joined text, attributes JSON. Every aggregate over one entity is answered by a
-single scan (one `GROUP BY client_id` with a CASE per aggregate), never a query per client.
+single scan (one `GROUP BY client_id` with a CASE per aggregate), never a query per client, except
+the latest-activity instants of a nightly plan: per-client summaries maintained by every write answer
+those when no fact is dated after as_of (see `_LATEST`).
 """
 
 from __future__ import annotations
@@ -679,7 +681,8 @@ class SQLiteStore:
     def manager_loads(self, as_of: datetime) -> dict[str, int]:
         return dict(
             self.db.execute(
-                "SELECT manager_id, count(*) FROM clients WHERE status != 'archived' "
+                # every client is read: a plain scan beats the manager_id index and a row lookup per client
+                "SELECT manager_id, count(*) FROM clients NOT INDEXED WHERE status != 'archived' "
                 "AND (created_at IS NULL OR created_at <= ?) GROUP BY manager_id",
                 [to_utc_text(as_of)],
             ).fetchall()
@@ -697,8 +700,9 @@ class SQLiteStore:
             if i not in summarised:
                 by_entity.setdefault(s.entity, []).append(i)
         with _no_gc():
-            if summarised:
-                self._aggregate_latest([specs[i] for i in summarised], [results[i] for i in summarised], client_ids)
+            read = [i for i, col in summarised.items() if col]
+            if read:
+                self._aggregate_latest([specs[i] for i in read], [results[i] for i in read], client_ids)
             for entity, idxs in by_entity.items():
                 outs = [results[i] for i in idxs]
                 self._aggregate_entity(entity, [specs[i] for i in idxs], outs, as_of, client_ids)
@@ -723,8 +727,9 @@ class SQLiteStore:
             v = newest.get((entity, field))
             return v is not None and v > asof
 
+        # "" for a field no row has ever had a value in (no deals at all, say): nothing to read
         return {
-            i: col
+            i: "" if newest.get((specs[i].entity, specs[i].field), "") is None else col
             for i, col in cols.items()
             if not any(after(specs[i].entity, f) for f in (specs[i].field or "", EXISTS_FIELD[specs[i].entity]))
         }
