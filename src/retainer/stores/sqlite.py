@@ -153,7 +153,8 @@ _VIRTUAL_SQL["deals"] = {k: (v, "bool") for k, v in _VIRTUAL_SQL["deals"].items(
 # an as_of at or after the newest value of both the summarised field and the table's EXISTS_FIELD, no
 # row is dated after as_of, so `max(field) <= as_of` over the rows that exist at as_of is exactly the
 # summary: `aggregate` reads one row per client instead of scanning the facts. For any earlier as_of
-# it scans, as before. Both tables are rewritten for the clients a load touches, in its transaction.
+# it scans, as before. A load recomputes the summaries of the clients it touches (a replaced fact's
+# former client too) and raises the newest instants, in its own transaction.
 # column -> (entity, field, where): answers AggSpec(entity, "max", field, where, time_field=field, since=any)
 _LATEST: dict[str, tuple[str, str, tuple[Pred, ...]]] = {
     "touches_at": ("touches", "at", ()),
