@@ -176,7 +176,7 @@ def _touch(n: int, cid: str, at: Any, draw: st.DrawFn, t: dict[str, Any]) -> dic
             "kind": draw(st.sampled_from(["call", "email", "meeting", "message", "sms", "comment", "document"])),
             "direction": draw(st.sampled_from(["inbound", "outbound", "outbound", "internal"])),
             "manager_id": draw(st.one_of(st.none(), st.sampled_from(MANAGER_IDS[:2]))),
-            "channel": draw(st.one_of(st.none(), st.sampled_from(["phone", "email", "whatsapp"])))}
+            "channel": draw(st.one_of(st.none(), st.sampled_from(["phone", "email", "whatsapp", "SMS"])))}
 
 
 def _task(n: int, cid: str, created: Any, draw: st.DrawFn, t: dict[str, Any]) -> dict[str, Any]:

@@ -211,3 +211,19 @@ def test_plan_warns_about_a_bad_threshold_attribute(tmp_path: Path) -> None:
             "--rule", "forgotten")
     assert "no threshold, attributes.forgotten_after '20 days' is not a duration" in r.stdout
     assert "None ago" not in r.stdout
+
+
+def test_plan_json_is_the_same_whatever_the_hash_seed(tmp_path: Path) -> None:
+    """Sets (tags, `in` lists) must never leak their hash-dependent order into a plan."""
+    import os
+
+    assert run("demo", "--dir", str(tmp_path / "demo"), "--clients", "400").returncode == 0
+    rules = ROOT / "examples" / "rules" / "full.yaml"
+    outs = []
+    for seed in ("1", "3", "12345"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        r = subprocess.run([SCRIPT, "plan", "--rules", str(rules), "--data", str(tmp_path / "demo" / "crm.db"),
+                            "--as-of", "2026-03-01", "-f", "json"], capture_output=True, text=True, env=env, check=True)
+        outs.append(r.stdout)
+    assert outs[0] == outs[1] == outs[2]
+    assert "abc_class in [A, B]" in outs[0]

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from test_cli import CRM, RULES, run
 
+import retainer
+
 
 @pytest.fixture
 def db(tmp_path: Path) -> str:
@@ -132,3 +134,19 @@ def test_bad_input_exits_2_with_a_clear_message(db: str, args: list[str], messag
     assert r.returncode == 2, r.stdout + r.stderr
     assert message in r.stderr and "Traceback" not in r.stderr
     assert ledger(db) == []
+
+
+def test_outcome_outside_the_tasks_options_is_warned_about(tmp_path: Path) -> None:
+    db = tmp_path / "crm.db"
+    store = retainer.open_store(f"sqlite:///{db}")
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
+              invoices=[{"id": f"i{k}", "client_id": "c1", "issued_at": d, "amount": 1000}
+                        for k, d in enumerate(("2025-10-01", "2025-11-01", "2025-12-01"))])
+    rules = {"rules": [{"id": "churned", "kind": "churned", "min_orders": 3},
+                       {"id": "winback", "kind": "winback", "min_revenue": 100}]}
+    task = next(a for a in retainer.Engine(rules, store).run("2026-03-15").committed if a.rule == "winback")
+    store.close()
+    r = run("actions", "outcome", "--data", str(db), task.id, "churn_reason=prise")
+    assert r.returncode == 0 and "is one of this task's options" in r.stderr and "will not move on" in r.stderr
+    r = run("actions", "outcome", "--data", str(db), task.id, "churn_reason=Price")
+    assert r.returncode == 0 and "warning" not in r.stderr

@@ -584,3 +584,26 @@ def test_invoice_placeholders_and_self_watching_are_checked() -> None:
             {"after": "3d", "create_task": {"title": "Invoice {invoice.number}"}}]}))
     with pytest.raises(retainer.RulesError, match="cannot watch itself"):
         retainer.load_rules(rules({"id": "e", "kind": "escalate", "watch_rule": "e", "after": "3d"}))
+
+
+def test_a_client_released_tonight_gets_tonights_tasks_at_the_new_manager(store: Store) -> None:
+    base(store)
+    store.add(touches=[{"id": "t0", "client_id": "c1", "at": at(0), "kind": "call"}])
+    release = {**RELEASE, "then": [
+        {"reassign": {}},
+        {"notify_manager": {"to": "manager", "template": "you lost {client.name}"}},
+        {"create_task": {"assignee": "new_manager", "title": "{client.name} is yours now ({new_manager.name})"}}]}
+    plan = engine_for(rules(FORGOTTEN, release), store).plan(day(80))  # first run: forgotten and released
+    by = {(a.rule, a.type): a for a in plan.actions}
+    assert by[("release", "reassign")].to_manager_id == "m2"
+    assert by[("forgotten", "create_task")].assignee_id == "m2"  # not m1, who just lost the client
+    assert by[("release", "notify_manager")].to_manager_id == "m1"  # the releasing rule's "manager" is m1
+    assert by[("release", "create_task")].assignee_id == "m2"
+    assert by[("release", "create_task")].title == "Acme is yours now (Ben)"
+
+
+def test_new_manager_without_a_reassignment_is_no_recipient(store: Store) -> None:
+    base(store)
+    r = {"id": "g", "when": {"status": "active"}, "then": [{"create_task": {"assignee": "new_manager"}}]}
+    plan = engine_for(rules(r), store).plan(day(1))
+    assert not plan.actions and [s.reason_code for s in plan.suppressed] == ["no_recipient"]

@@ -320,3 +320,17 @@ def test_a_touch_that_carried_out_an_action_is_counted_once(store: Store) -> Non
                         "direction": "outbound", "action_id": sent.id}])
     assert e.run(day(1)).committed  # 1 in the ledger; the logged touch is the same e-mail
     assert not e.run(day(2)).committed  # 2 in the ledger: the cap is full
+
+
+def test_channels_compare_in_lower_case(store: Store) -> None:
+    setup(store)
+    store.add(touches=[{"id": "t1", "client_id": "c1", "at": at(29), "kind": "message", "channel": "SMS",
+                        "direction": "outbound"}])
+    caps = [{"channel": "SMS", "limit": 1, "per": "7d"}]
+    sms = {"notify_client": {"channel": "Sms", "template": "x"}}
+    plan = plan_of(store, [rule("s", sms)], day(30), caps=caps)
+    assert codes(plan) == {"s": "cap"}
+    with pytest.raises(retainer.RulesError, match="did you mean 'sms'"):
+        retainer.load_rules({"version": 1, "rules": [rule("x", {"notify_client": {"channel": "smss", "template": "x"}})]})
+    with pytest.raises(retainer.RulesError, match="manager_daily_task_limit"):
+        retainer.load_rules({"version": 1, "rules": [rule("x", TASK)], "policies": {"manager_daily_task_limit": 0}})

@@ -51,7 +51,7 @@ def test_digest_sections() -> None:
     forgotten = d.sections[0]
     assert forgotten.rows == [["Anna (m1)", 2]]  # c1 (tasked by the earlier run) and c2 (new today)
     releases = d.sections[2]
-    assert releases.rows == [["Acme (c1)", "Anna (m1)", "(committed earlier)", "release"]]
+    assert releases.rows == [["Acme (c1)", "Anna (m1)", "Ivan (m2)", "release"]]  # from the ledger: whom it went to
     debtors = next(s for s in d.sections if s.title.startswith("Debtors"))
     # i1 fully overdue, i2 partly paid; i3 not yet due
     assert debtors.rows == [["Vega (c3)", "Ivan (m2)", Decimal("1400.50"), "2026-01-20", 41]]
@@ -105,3 +105,14 @@ def test_html_reports_render_in_a_real_browser(tmp_path: Path) -> None:
         assert r.returncode == 0 and shot.exists()
         data = shot.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a painted page, not a blank one
+
+
+def test_digest_counts_forgotten_clients_a_full_day_holds_back() -> None:
+    store = crm()
+    rules = {"rules": [{"id": "forgotten", "kind": "forgotten", "after": "60d"}],
+             "policies": {"manager_daily_task_limit": 1}}
+    engine = retainer.Engine(rules, store)
+    plan = engine.plan("2026-03-02")
+    assert [s.reason_code for s in plan.suppressed] == ["manager_task_limit"]  # c1 and c2 forgotten, one slot
+    d = digest(engine, "2026-03-02")
+    assert d.sections[0].rows == [["Anna (m1)", 2]]

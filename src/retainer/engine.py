@@ -399,8 +399,12 @@ class Engine:
 
         actions: list[Action] = []
         suppressed: list[Suppression] = []
+        # a client given to another manager in this plan: the other rules' tasks and messages for "the
+        # manager" go to the new one (who now has to call), not to the one who just lost the client
+        moved = {m.client.id: m.new_manager for m in matches
+                 if m.new_manager is not None and m.client is not None and not m.blocked}
         for m in matches:
-            self._emit(m, a, managers, ledger, actions, suppressed)
+            self._emit(m, a, managers, ledger, actions, suppressed, moved)
         due = [s.action for s in suppressed if s.reason_code == policies.DUPLICATE]
         guard = policies.Guard(self.rules.file.policies, frame, self.store, a, ids is not None)
         actions, held = guard.apply(actions, due)
@@ -432,11 +436,17 @@ class Engine:
         ledger: Mapping[str, str],
         actions: list[Action],
         suppressed: list[Suppression],
+        moved: Mapping[str, Manager] | None = None,
     ) -> None:
         rule, i, client, frame = m.rule, m.i, m.client, m.frame
-        manager = m.about or (managers.get(client.manager_id) if client is not None else None)
+        incoming = m.new_manager or ((moved or {}).get(client.id) if client is not None else None)
+        taker = incoming if m.new_manager is None else None  # another rule of this plan reassigns the client
+        manager = m.about or taker or (managers.get(client.manager_id) if client is not None else None)
         supervisor = managers.get(manager.supervisor_id) if manager and manager.supervisor_id else None
-        manager_id = manager.id if m.about is not None else client.manager_id if client is not None else None
+        manager_id = (
+            manager.id if m.about is not None or taker is not None
+            else client.manager_id if client is not None else None
+        )
 
         def value(name: str) -> Any:
             if name == "threshold":
@@ -447,7 +457,7 @@ class Engine:
             "client": client,
             "manager": manager,
             "supervisor": supervisor,
-            "new_manager": m.new_manager,
+            "new_manager": incoming,
             "as_of": a.date.isoformat(),
             "rule": rule.id,
         }
@@ -474,6 +484,8 @@ class Engine:
                 return manager_id
             if to == "supervisor":
                 return supervisor.id if supervisor else None
+            if to == "new_manager":  # the manager this plan gives the client to
+                return incoming.id if incoming is not None else None
             return to
 
         for spec, key in zip(rule.then, m.keys, strict=False):

@@ -98,7 +98,8 @@ def digest(engine: Engine, as_of: str | date | datetime, *, top: int = 30, label
 
     # forgotten clients per manager: every client a forgotten-kind rule matches today
     forgotten: dict[str, list[Action]] = defaultdict(list)
-    for x in due:
+    waiting = [x for x, s in held if s.reason_code != "do_not_contact"]  # a cap or a full day: still forgotten
+    for x in [*due, *waiting]:
         if kinds.get(x.rule) == "forgotten" and x.type == "create_task":
             forgotten[clients[x.client_id].manager_id if x.client_id in clients else "?"].append(x)
     per_manager = sorted(((name(m), len(xs)) for m, xs in forgotten.items()), key=lambda kv: (-kv[1], kv[0]))
@@ -106,8 +107,9 @@ def digest(engine: Engine, as_of: str | date | datetime, *, top: int = 30, label
                      key=lambda x: -int(x.evidence.get("days_since_activity") or 0))[:top]  # fmt: skip
     sections.append(Section(
         "Forgotten clients per manager", ["manager", "forgotten clients"], [list(r) for r in per_manager],
-        note=f"{sum(len(v) for v in forgotten.values())} client(s) past their threshold today, whether or not an "
-             "earlier run already created their task (do-not-contact clients are not listed).",
+        note=f"{sum(len(v) for v in forgotten.values())} client(s) past their threshold today, whether an earlier "
+             "run already created their task, tonight's run creates it, or a policy (a manager's full day) holds "
+             "it back (do-not-contact clients are not listed).",
         chart=per_manager,
     ))  # fmt: skip
     sections.append(Section(
@@ -118,6 +120,8 @@ def digest(engine: Engine, as_of: str | date | datetime, *, top: int = 30, label
 
     # releases, and the clients nobody could take
     moves = [x for x in due if x.type == "reassign"]
+    earlier = {e.id: e.action for e in store.ledger(ids=[x.id for x in moves if x.to_manager_id is None])}  # type: ignore[attr-defined]
+    moves = [earlier.get(x.id, x) for x in moves]  # a release committed earlier: whom it went to
     stuck = [(x, s) for x, s in held if x.type == "reassign"]
     sections.append(Section(
         "Releases", ["client", "from", "to", "rule"],

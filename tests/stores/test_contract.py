@@ -322,7 +322,7 @@ DEFAULTS = {("touches", "kind"): "call", ("touches", "direction"): "outbound", (
             ("tasks", "source"): "crm", ("deals", "status"): "open", ("offers", "category"): "development"}
 TEXT_VALUES = {
     "kind": ["call", "email", "meeting", "sms", "zzz"], "direction": ["inbound", "outbound", "internal"],
-    "manager_id": ["m1", "m2", "m3"], "channel": ["phone", "email", "whatsapp"],
+    "manager_id": ["m1", "m2", "m3"], "channel": ["phone", "email", "whatsapp", "SMS"],
     "status": ["open", "done", "cancelled", "won", "lost"], "source": ["crm", "retainer"],
     "category": ["retention", "development", "service"], "medium": ["phone", "email", "call", "sms"],
 }
@@ -345,7 +345,7 @@ def norm(entity: str, row: dict[str, Any]) -> dict[str, Any]:
 def virtual(entity: str, name: str, r: dict[str, Any], as_of: datetime) -> Any:
     """Written from the docs of base.VIRTUAL_FIELDS, independently of the stores."""
     if entity == "touches":
-        return r["channel"] if r["channel"] is not None else r["kind"]
+        return (r["channel"] if r["channel"] is not None else r["kind"]).lower()
     if entity == "tasks":
         done = r["done_at"] is not None and r["done_at"] <= as_of
         if name == "is_done":

@@ -214,7 +214,8 @@ class Leaf(Node):
         if self.op == "exists":
             return f"{self.feature} {'exists' if self.value else 'is missing'}"
         if self.op in ("in", "not_in"):
-            return f"{self.feature} {self.op.replace('_', ' ')} [{', '.join(map(_fmt, self.value))}]"
+            # sorted: a set's order depends on the process's hash seed, and reasons must be byte-stable
+            return f"{self.feature} {self.op.replace('_', ' ')} [{', '.join(map(_fmt, sorted(self.value, key=str)))}]"
         if self.op == "between":
             return f"{self.feature} between {_fmt(self.value[0])} and {_fmt(self.value[1])}"
         return f"{self.feature} {self.op} {_fmt(self.value)}"

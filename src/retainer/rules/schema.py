@@ -57,6 +57,20 @@ Condition = Annotated[
 ]
 
 
+KNOWN_CHANNELS = ("any_outbound", "call", "email", "meeting", "message", "sms", "comment", "document")
+
+
+def _channel(v: str) -> str:
+    """Channels compare in lower case (`SMS` is sms); a close miss of a known one is a typo, any other name
+    may be the CRM's own channel (whatsapp)."""
+    v = v.strip().lower()
+    if v not in KNOWN_CHANNELS:
+        hint = did_you_mean(v, KNOWN_CHANNELS)
+        if hint:
+            raise ValueError(f"channel {v!r}{hint}")
+    return v
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -90,6 +104,11 @@ class NotifyManagerSpec(_Model):
 class NotifyClientSpec(_Model):
     channel: str = "email"
     template: str
+
+    @field_validator("channel")
+    @classmethod
+    def _channel(cls, v: str) -> str:
+        return _channel(v)
 
 
 class EscalateSpec(_Model):
@@ -422,7 +441,6 @@ Percent = Annotated[
 ]
 
 
-KNOWN_CHANNELS = ("any_outbound", "call", "email", "meeting", "message", "sms", "comment", "document")
 
 
 class Cap(_Model):
@@ -442,15 +460,16 @@ class Cap(_Model):
     def _one_scope(self) -> Cap:
         if (self.category is None) == (self.channel is None):
             raise ValueError("a cap has exactly one of category or channel")
-        if self.channel is not None and self.channel not in KNOWN_CHANNELS:
-            hint = did_you_mean(self.channel, KNOWN_CHANNELS)
-            if hint:  # a close miss is a typo; any other name may be the CRM's own channel (whatsapp)
-                raise ValueError(f"channel {self.channel!r}{hint}")
         if self.categories is not None and self.channel is None:
             raise ValueError("categories narrows a channel cap; a category cap already has its category")
         if self.window == "calendar" and str(self.per) not in ("1d", "1w", "1mo"):
             raise ValueError(f"a calendar window is a day, week or month (per: 1d, 1w or 1mo), not {self.per}")
         return self
+
+    @field_validator("channel")
+    @classmethod
+    def _known_channel(cls, v: str | None) -> str | None:
+        return None if v is None else _channel(v)
 
     def label(self) -> str:
         scope = self.category or f"channel {self.channel}"
@@ -509,7 +528,7 @@ class Policies(_Model):
     no_development_for_unprofitable: Unprofitable | None = Field(
         default=None, description="no development actions for clients whose profit is negative")
     manager_daily_task_limit: int | None = Field(
-        default=None, ge=0, description="at most this many retainer tasks per manager per day; the rest waits")
+        default=None, ge=1, description="at most this many retainer tasks per manager per day; the rest waits")
 
     @field_validator("priority")
     @classmethod

@@ -78,7 +78,7 @@ EXISTS_FIELD: dict[str, str] = {
 #: Fields whose value depends on as_of (the state of a fact at that instant), per entity.
 VIRTUAL_FIELDS: dict[str, dict[str, str]] = {
     "touches": {
-        "medium": "the channel, or the touch kind when no channel is given (what channel caps count)",
+        "medium": "the channel in lower case, or the touch kind when no channel is given (what channel caps count)",
     },
     "tasks": {
         "is_open": "open at as_of: not cancelled and not yet done",
@@ -98,7 +98,7 @@ VIRTUAL_FIELDS: dict[str, dict[str, str]] = {
 def virtual_value(entity: str, name: str, row: Any, as_of: datetime) -> Any:
     """The reference definition of every virtual field; SQL stores mirror it exactly."""
     if entity == "touches" and name == "medium":
-        return row.channel if row.channel is not None else row.kind
+        return (row.channel if row.channel is not None else row.kind).lower()
     if entity == "tasks":
         done = row.done_at is not None and row.done_at <= as_of
         if name == "is_done":

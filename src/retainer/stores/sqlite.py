@@ -130,7 +130,7 @@ _INDEXES: dict[str, list[list[str]]] = {
 _DONE = "(done_at IS NOT NULL AND done_at <= :asof)"
 _PAID = "(CASE WHEN paid_at IS NOT NULL AND paid_at <= :asof THEN COALESCE(paid_amount, amount) ELSE 0 END)"
 _VIRTUAL_SQL: dict[str, dict[str, tuple[str, str]]] = {
-    "touches": {"medium": ("coalesce(channel, kind)", "text")},
+    "touches": {"medium": ("lower(coalesce(channel, kind))", "text")},
     "tasks": {
         "is_done": (_DONE, "bool"),
         "is_open": (
