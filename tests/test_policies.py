@@ -331,6 +331,7 @@ def test_channels_compare_in_lower_case(store: Store) -> None:
     plan = plan_of(store, [rule("s", sms)], day(30), caps=caps)
     assert codes(plan) == {"s": "cap"}
     with pytest.raises(retainer.RulesError, match="did you mean 'sms'"):
-        retainer.load_rules({"version": 1, "rules": [rule("x", {"notify_client": {"channel": "smss", "template": "x"}})]})
+        retainer.load_rules({"version": 1,
+                             "rules": [rule("x", {"notify_client": {"channel": "smss", "template": "x"}})]})
     with pytest.raises(retainer.RulesError, match="manager_daily_task_limit"):
         retainer.load_rules({"version": 1, "rules": [rule("x", TASK)], "policies": {"manager_daily_task_limit": 0}})
