@@ -184,18 +184,12 @@ def _release(rule: ReleaseRule, ctx: CompileContext) -> Parts:
     )
 
 
-def _tag_key(parts: Any) -> str:
-    import hashlib
-
-    return hashlib.sha1(repr(parts).encode()).hexdigest()[:8]
-
-
 def _churned(rule: ChurnedRule, ctx: CompileContext) -> Parts:
     orders = f"orders_{rule.lookback}"
     status = Leaf("status", "eq", "active")
     leaves: list[Node] = [status, Leaf(orders, "gte", rule.min_orders)]
     if rule.silence_factor is not None:
-        name = f"churn_silence[{_tag_key((rule.lookback, rule.silence_factor, rule.min_silence))}]"
+        name = f"churn_silence[{rule.silence_factor}x gap in {rule.lookback}, min {rule.min_silence}]"
         if name not in ctx.registry.extra:
             ctx.registry.add(churn_silence_feature(name, rule.lookback, rule.silence_factor, rule.min_silence))
         leaves.append(Leaf(name, "exists", True))
