@@ -42,7 +42,7 @@ from .errors import RetainerError, RulesError
 from .keys import action_key as _key
 from .keys import episode_text as _episode_text
 from .ledger import LedgerEntry, RunRecord, RunReport
-from .model import Client, Manager, fast_model
+from .model import Client, Manager, fast_model, no_gc
 from .plan import Plan
 from .rules import templates
 from .rules.conditions import ExplainNode
@@ -325,6 +325,10 @@ class Engine:
         return plan
 
     def _plan(self, a: AsOf, ids: Sequence[str] | None) -> tuple[Plan, FeatureFrame, list[_Match]]:
+        with no_gc():  # a plan builds tens of thousands of acyclic objects
+            return self._evaluate(a, ids)
+
+    def _evaluate(self, a: AsOf, ids: Sequence[str] | None) -> tuple[Plan, FeatureFrame, list[_Match]]:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         clients = self.store.clients(a.instant, ids)

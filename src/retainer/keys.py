@@ -10,9 +10,13 @@ from urllib.parse import quote
 
 from .timeutil import AsOf
 
+_PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+
 
 def action_key(rule: str, subject: str, episode: str, kind: str) -> str:
-    return f"{rule}:{quote(subject, safe='')}:{episode}:{kind}"
+    # the subject is %-quoted (a ':' in an id must not split the key); most ids need no quoting
+    s = subject if _PLAIN.issuperset(subject) else quote(subject, safe="")
+    return f"{rule}:{s}:{episode}:{kind}"
 
 
 def episode_text(v: Any, as_of: AsOf) -> str:

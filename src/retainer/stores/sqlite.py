@@ -10,7 +10,6 @@ those when no fact is dated after as_of (see `_LATEST`).
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import re
@@ -29,7 +28,7 @@ import sqlite_utils
 from ..actions import Action
 from ..errors import StoreError
 from ..ledger import LedgerEntry, RunRecord, Status, action_payload, check_statuses
-from ..model import ENTITIES, Client, Entity, Manager
+from ..model import ENTITIES, Client, Entity, Manager, no_gc
 from ..timeutil import to_utc_text
 from . import _ingest
 from .base import EXISTS_FIELD, AggSpec, Pred
@@ -327,19 +326,6 @@ def _converter(kind: str) -> Any:
             return None
 
 
-@contextmanager
-def _no_gc() -> Iterator[None]:
-    """Pause the cyclic garbage collector while building many objects at once: none of them forms a
-    cycle, and at 100k rows the collector's repeated passes over the young objects cost more than
-    building them."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 _BUILDERS: dict[str, Any] = {}
@@ -696,7 +682,7 @@ class SQLiteStore:
         kinds = _KINDS[entity]
         cols = list(kinds)
         build = _builder(entity)
-        with _no_gc():
+        with no_gc():
             rows = self.db.execute(f"SELECT {', '.join(cols)} FROM {entity} {sql_tail}", _args(params)).fetchall()
             return build(rows)
 
@@ -752,7 +738,7 @@ class SQLiteStore:
         for i, s in enumerate(specs):
             if i not in summarised:
                 by_entity.setdefault(s.entity, []).append(i)
-        with _no_gc():
+        with no_gc():
             read = [i for i, col in summarised.items() if col]
             if read:
                 self._aggregate_latest([specs[i] for i in read], [results[i] for i in read], client_ids)
