@@ -512,7 +512,7 @@ def policy_sets(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.booleans()):
         p["no_development_for_unprofitable"] = {"window": "180d"}
     if draw(st.booleans()):
-        p["manager_daily_task_limit"] = draw(st.integers(0, 3))
+        p["manager_daily_task_limit"] = draw(st.integers(1, 3))
     if draw(st.integers(0, 4)) == 0:
         p["no_marketing"] = False
     return p
