@@ -126,7 +126,8 @@ def _capped(cap: Cap, type_: str, category: str, fields: dict[str, Any]) -> bool
 
 
 def _fields(a: Action) -> dict[str, Any]:
-    return {k: getattr(a, k, None) for k in ("channel", "deliver", "amount", "assignee_id")}
+    d = a.__dict__  # plain attribute reads: this runs once per planned action
+    return {k: d.get(k) for k in ("channel", "deliver", "amount", "assignee_id")}
 
 
 class Guard:
