@@ -1,0 +1,702 @@
+"""Reactive mode: a session a CRM feeds events as they happen, deciding per event in milliseconds.
+
+    session = Session(rules, store, handlers)
+    session.post({"type": "touch", "id": "t9", "client_id": "c1", "at": "2026-03-02T10:00",
+                  "kind": "call", "direction": "inbound"})
+
+One decision path: every event writes its fact to the store, then the engine's partial plan
+(`Engine.plan(as_of, clients=[client])`) decides what is new for that client, exactly as a nightly
+`Engine.run` would decide it at the same instant. durable-rules does what a per-event engine adds:
+it routes events to the multi-step processes of the rule file and holds which step each one is in.
+Those processes are durable-rules *statecharts* generated from the rule file:
+
+* one per `debtor` rule, one instance per invoice (`step_3d`, `step_10d`, ... then `paid`): a payment
+  cancels the ladder's committed steps not delivered yet (outcome `{"cancelled": "paid"}`);
+* one per `winback` rule, one instance per churn episode (`reason_pending`, `next_<reason>`, `done`);
+* one per rule with a `propose_offer` delivered `next_inbound`, one instance per offer (`waiting`,
+  `presented`): the client's next inbound touch tells its manager now (a `notify_manager` action).
+
+Each client's open process instances and their states are persisted in the store (cursor
+`reactive:client:<id>`) on every transition, so a new session over the same store resumes them.
+Every message given to durable-rules carries an explicit unique `id` and `sid`; an exception raised in
+or by durable-rules propagates to the caller of `post`. See docs/reactive.md.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from .actions import Action, NotifyManager, action_id
+from .adapters.dispatch import Dispatcher, DispatchReport, Handlers, Retry, utc_now
+from .engine import Engine
+from .errors import RetainerError
+from .keys import action_key
+from .ledger import ACTIVE, LedgerEntry, RunRecord
+from .model import Client, Manager
+from .plan import Plan
+from .rules.features import norm_reason
+from .rules.loader import RuleSet, load_rules
+from .stores.base import Store
+from .timeutil import AsOf
+
+__all__ = ["EVENT_TYPES", "Chart", "Reaction", "ReactiveError", "Session", "Transition", "charts_for"]
+
+#: What `Session.post` accepts, by the event's `type`.
+EVENT_TYPES = ("touch", "task_done", "invoice_paid", "outcome", "fact", "tick")
+CURSOR = "reactive:client:"  # + client id: that client's open process instances, JSON
+START = "new"
+
+
+class ReactiveError(RetainerError):
+    """A bad event, or durable-rules failed (its own message is kept)."""
+
+
+# ---------------------------------------------------------------- the charts generated from a rule file
+
+
+@dataclass(frozen=True)
+class Chart:
+    """One statechart: its states and `(state, trigger) -> (next state, command)` transitions.
+
+    The same table generates the durable-rules definition and tells the session which events the current
+    state accepts, so an event is never left pending inside durable-rules."""
+
+    name: str  # the durable-rules ruleset name
+    family: str  # debtor | winback | offer
+    rule: str
+    states: tuple[str, ...]
+    final: frozenset[str]
+    transitions: dict[tuple[str, str], tuple[str, str | None]]
+    steps: dict[str, str] = field(default_factory=dict)  # episode suffix -> state (debtor: "+3d" -> step_3d)
+    reasons: tuple[str, ...] = ()  # winback: the reasons with a next step
+    outcome_field: str = "churn_reason"
+
+    def accepts(self, state: str, trigger: str) -> bool:
+        return (state, trigger) in self.transitions
+
+
+def _state_name(text: str) -> str:
+    return re.sub(r"\W", "_", text)
+
+
+def _debtor_chart(rule_id: str, suffixes: Sequence[str]) -> Chart:
+    states = [f"step{_state_name(s)}" for s in suffixes]  # "+3d" -> "step_3d", in ladder order
+    t: dict[tuple[str, str], tuple[str, str | None]] = {}
+    for k, st in enumerate(states):
+        for frm in (START, *states[:k]):  # a later step may overtake an earlier one (superseded)
+            t[(frm, f"committed:{suffixes[k]}")] = (st, None)
+    for frm in (START, *states):
+        t[(frm, "paid")] = ("paid", "cancel_pending")
+    for st in states:
+        t[(START, f"resume:{st}")] = (st, None)
+    return Chart(f"{rule_id}~dunning", "debtor", rule_id, (START, *states, "paid"), frozenset({"paid"}), t,
+                 steps=dict(zip(suffixes, states, strict=True)))
+
+
+def _winback_chart(rule_id: str, reasons: Sequence[str], outcome_field: str) -> Chart:
+    t: dict[tuple[str, str], tuple[str, str | None]] = {
+        (START, "committed:"): ("reason_pending", None),
+        (START, "resume:reason_pending"): ("reason_pending", None),
+        ("reason_pending", "outcome:*"): ("closed", None),  # a reason without a next step ends it
+    }
+    states = [START, "reason_pending"]
+    for r in reasons:
+        nxt = f"next_{_state_name(r)}"
+        states.append(nxt)
+        t[("reason_pending", f"outcome:{r}")] = (nxt, None)
+        t[(nxt, f"committed:~{r}")] = ("done", None)
+        t[(START, f"resume:{nxt}")] = (nxt, None)
+    return Chart(f"{rule_id}~winback", "winback", rule_id, (*states, "done", "closed"),
+                 frozenset({"done", "closed"}), t, reasons=tuple(reasons), outcome_field=outcome_field)
+
+
+def _offer_chart(rule_id: str) -> Chart:
+    t: dict[tuple[str, str], tuple[str, str | None]] = {
+        (START, "committed"): ("waiting", None),
+        (START, "resume:waiting"): ("waiting", None),
+        ("waiting", "inbound"): ("presented", "notify_manager"),
+        ("waiting", "outcome"): ("closed", None),  # the host resolved the offer itself
+    }
+    return Chart(f"{rule_id}~offer", "offer", rule_id, (START, "waiting", "presented", "closed"),
+                 frozenset({"presented", "closed"}), t)
+
+
+def charts_for(rules: RuleSet) -> list[Chart]:
+    """The statecharts a rule file's processes need, derived from its compiled rules."""
+    out: list[Chart] = []
+    raw = {r.id: r for r in rules.file.rules}
+    seen_offer: set[str] = set()
+    by_rule: dict[str, list[Any]] = {}
+    for r in rules.rules:
+        by_rule.setdefault(r.id, []).append(r)
+    for rid, parts in by_rule.items():
+        kind = parts[0].kind
+        if kind == "debtor":
+            ladder = sorted(parts, key=lambda p: p.ladder)
+            out.append(_debtor_chart(rid, [p.suffix for p in ladder]))
+        elif kind == "winback":
+            reasons = sorted(p.suffix[1:] for p in parts if p.suffix.startswith("~"))
+            out.append(_winback_chart(rid, reasons, getattr(raw[rid], "outcome_field", "churn_reason")))
+        for p in parts:
+            if rid not in seen_offer and any(
+                s.type == "propose_offer" and s.params.deliver == "next_inbound" for s in p.then
+            ):
+                seen_offer.add(rid)
+                out.append(_offer_chart(rid))
+    return out
+
+
+def _definition(chart: Chart, action: Callable[[Chart, str, str, str, str | None], Callable[[Any], None]]) -> dict:
+    """The durable-rules statechart: one trigger per transition, matched on the message's `trigger`."""
+    states: dict[str, dict[str, Any]] = {s: {} for s in chart.states}
+    for n, ((frm, trig), (to, cmd)) in enumerate(sorted(chart.transitions.items())):
+        states[frm][f"t{n}"] = {"all": [{"m": {"trigger": trig}}], "to": to, "run": action(chart, frm, trig, to, cmd)}
+    return states
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Transition:
+    chart: str
+    sid: str
+    from_state: str
+    to_state: str
+    trigger: str
+
+
+@dataclass
+class Reaction:
+    """What one event did: the partial plan, the actions committed (and delivered), the process steps."""
+
+    event_id: str
+    as_of: datetime
+    client_id: str | None
+    plan: Plan | None
+    committed: list[Action] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)  # ledger ids of dunning steps a payment cancelled
+    transitions: list[Transition] = field(default_factory=list)
+    dispatch: DispatchReport | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- caches a session can keep
+
+
+class _SessionStore:
+    """The store, with the two whole-population reads a partial plan makes answered from memory:
+    the managers, and the managers' loads (non-archived clients existing at as_of, per manager). Both
+    change only when clients or managers change, which the session learns through `fact` events
+    (`refresh()` after writing them some other way)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._managers: list[Manager] | None = None
+        self._created: dict[str, tuple[list[datetime], int]] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def refresh(self) -> None:
+        self._managers = None
+        self._created = None
+
+    def managers(self) -> list[Manager]:
+        if self._managers is None:
+            self._managers = self._store.managers()
+        return list(self._managers)
+
+    def manager_loads(self, as_of: datetime) -> dict[str, int]:
+        if self._created is None:
+            by: dict[str, tuple[list[datetime], int]] = {}
+            far = datetime.max.replace(tzinfo=as_of.tzinfo)
+            undated: dict[str, int] = {}
+            dated: dict[str, list[datetime]] = {}
+            for c in self._store.clients(far):
+                if c.status == "archived":
+                    continue
+                if c.created_at is None:
+                    undated[c.manager_id] = undated.get(c.manager_id, 0) + 1
+                else:
+                    dated.setdefault(c.manager_id, []).append(c.created_at)
+            for mid in set(undated) | set(dated):
+                by[mid] = (sorted(dated.get(mid, [])), undated.get(mid, 0))
+            self._created = by
+        out = {}
+        for mid, (times, n) in self._created.items():
+            k = n + bisect.bisect_right(times, as_of)
+            if k:
+                out[mid] = k
+        return out
+
+
+class _Host:
+    """A durable-rules host of our own: no background dispatch or timer threads (they would run actions
+    outside `post` and only log their errors), so every action runs inside the call that caused it."""
+
+    def __new__(cls, definitions: dict[str, Any]) -> Any:
+        try:
+            from durable.engine import Host
+        except ImportError as exc:  # pragma: no cover - the extra is missing
+            raise ReactiveError(
+                "reactive mode needs durable-rules: pip install 'retainer[reactive]'"
+            ) from exc
+
+        class QuietHost(Host):  # type: ignore[misc]
+            def _run(self) -> None:  # the only override: no threads
+                return None
+
+        return QuietHost(definitions)
+
+
+# ---------------------------------------------------------------- the session
+
+
+def _ts(v: Any) -> str:
+    return v.isoformat() if isinstance(v, datetime | date) else str(v)
+
+
+class Session:
+    """Feed it events; it decides per event. See the module docstring and docs/reactive.md.
+
+    `handlers` are the engine's (one handler, or a mapping by action type with `"*"`); without them
+    committed actions stay `pending` in the ledger for the host to fetch. No clock decides anything:
+    an event's `at` is its as_of (the `as_of=` argument of `post` overrides it); `clock` only stamps
+    run records and delivery attempts.
+    """
+
+    def __init__(
+        self,
+        rules: RuleSet | str | Mapping[str, Any],
+        store: Store,
+        handlers: Handlers | None = None,
+        *,
+        retry: Retry | None = None,
+        clock: Callable[[], datetime] = utc_now,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.rules = rules if isinstance(rules, RuleSet) else load_rules(rules)
+        self.store = store
+        self._cache = _SessionStore(store)
+        self.engine = Engine(self.rules, self._cache)  # type: ignore[arg-type]
+        self.handlers = handlers
+        self.retry, self.clock, self.sleep = retry, clock, sleep
+        self.charts = {c.name: c for c in charts_for(self.rules)}
+        self._by_family: dict[str, dict[str, Chart]] = {}
+        for c in self.charts.values():
+            self._by_family.setdefault(c.family, {})[c.rule] = c
+        self._fired: list[Transition] = []
+        self._errors: list[BaseException] = []
+        self._host = _Host({f"{c.name}$state": _definition(c, self._action) for c in self.charts.values()})
+        self._procs: dict[str, dict[str, list[str]]] = {}  # client -> {sid: [chart, state]} (open ones)
+        self._live: dict[tuple[str, str], str] = {}  # (chart, sid) -> its instance id in durable-rules
+        self._dirty: set[str] = set()  # clients whose process states changed since the last persist
+        self._seq = 0
+
+    # ------------------------------------------------------------ public API
+
+    def post(self, event: Mapping[str, Any], *, as_of: str | date | datetime | None = None) -> Reaction:
+        """Apply one event and decide for the client it concerns, as of the event's `at`.
+
+        Events (`type`): `touch` (the touch's fields), `task_done` (`id`, `at`), `invoice_paid` (`id`,
+        `at`, optional `amount`), `outcome` (`action_id`, `outcome`, `at`), `fact` (`entity`, `row`,
+        `at`: any other fact written with `upsert`), `tick` (`at`: the clock moved; everyone is planned).
+        """
+        t0 = time.perf_counter()
+        if not isinstance(event, Mapping) or event.get("type") not in EVENT_TYPES:
+            got = event.get("type") if isinstance(event, Mapping) else event
+            raise ReactiveError(f"an event is a mapping with a type in {', '.join(EVENT_TYPES)}, not {got!r}")
+        kind = event["type"]
+        when = as_of if as_of is not None else event.get("at")
+        if when is None:
+            raise ReactiveError(f"{kind} event {event.get('id', '')!r} has no `at` and no as_of was given")
+        a = self.engine.as_of(when)
+        timings: dict[str, float] = {}
+        if kind == "tick":
+            return self._tick(a, str(event.get("event_id") or f"tick:{a.instant.isoformat()}"), t0)
+        client_id, event_id, triggers = self._apply(kind, event, a)
+        timings["apply"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        self._hydrate(client_id)
+        transitions: list[Transition] = []
+        commands: list[tuple[Chart, str, str, Mapping[str, Any]]] = []
+        for chart, sid, trigger, payload in triggers:
+            self._ensure(chart, client_id, sid, payload.get("adopt"))
+            tr = self._post(chart, client_id, sid, trigger, event_id)
+            if tr is not None:
+                transitions.append(tr)
+                cmd = chart.transitions[(tr.from_state, trigger)][1]
+                if cmd:
+                    commands.append((chart, sid, cmd, payload))
+        timings["route"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        extra: list[Action] = []
+        cancelled: list[str] = []
+        for chart, sid, cmd, payload in commands:
+            if cmd == "cancel_pending":
+                cancelled += self._cancel(chart, client_id, sid, a)
+            elif cmd == "notify_manager":
+                extra.append(self._notify(chart, client_id, sid, payload, a))
+        plan = self.engine.plan(a.instant, clients=[client_id])
+        timings["plan"] = time.perf_counter() - t2
+        reaction = Reaction(event_id, a.instant.astimezone(a.tz), client_id, plan, cancelled=cancelled,
+                            transitions=transitions)
+        self._commit(a, [*plan.actions, *extra], plan.cursors, reaction)
+        reaction.timings = {**timings, **reaction.timings, "total": time.perf_counter() - t0}
+        return reaction
+
+    def tick(self, as_of: str | date | datetime) -> Reaction:
+        """The clock moved to `as_of`: plan everyone (time-driven steps: ladders, forgotten clients)."""
+        return self.post({"type": "tick", "at": as_of})
+
+    def process_states(self, client_id: str) -> dict[str, tuple[str, str]]:
+        """The client's open process instances: `{sid: (chart, state)}`."""
+        self._hydrate(client_id)
+        return {sid: (c, s) for sid, (c, s) in sorted(self._procs[client_id].items())}
+
+    def refresh(self) -> None:
+        """Forget the cached managers and loads (after changing clients or managers behind our back)."""
+        self._cache.refresh()
+
+    # ------------------------------------------------------------ events -> facts
+
+    def _apply(self, kind: str, ev: Mapping[str, Any], a: AsOf) -> tuple[str, str, list[tuple[Chart, str, str, dict]]]:
+        store = self.store
+        triggers: list[tuple[Chart, str, str, dict]] = []
+        at = a.instant
+        if kind == "touch":
+            row = {k: v for k, v in ev.items() if k not in ("type", "event_id")}
+            row.setdefault("at", at)
+            store.add(touches=[row])
+            touch = store.get("touches", str(row["id"]))
+            assert touch is not None
+            cid = touch.client_id  # type: ignore[attr-defined]
+            if touch.direction == "inbound":  # type: ignore[attr-defined]
+                self._hydrate(cid)
+                for sid, (cname, state) in sorted(self._procs[cid].items()):
+                    if self.charts[cname].family == "offer" and state == "waiting":
+                        triggers.append((self.charts[cname], sid, "inbound", {"touch": touch}))
+            return cid, str(ev.get("event_id") or f"touch:{touch.id}"), triggers
+        if kind == "task_done":
+            task = self._get("tasks", ev)
+            store.upsert(tasks=[{**task.model_dump(), "done_at": at, "status": "done"}])
+            return task.client_id, str(ev.get("event_id") or f"task_done:{task.id}"), triggers
+        if kind == "invoice_paid":
+            inv = self._get("invoices", ev)
+            paid = {"paid_at": at, "paid_amount": ev.get("amount", inv.amount)}
+            store.upsert(invoices=[{**inv.model_dump(), **paid}])
+            inv = self._get("invoices", ev)  # validated: the amount is a Decimal now
+            cid = inv.client_id
+            if inv.paid_amount is None or inv.paid_amount >= inv.amount:  # partly paid: the ladder goes on
+                for chart in self._by_family.get("debtor", {}).values():
+                    triggers.append((chart, self._debtor_sid(chart, cid, inv.id), "paid", {"invoice": inv.id}))
+            return cid, str(ev.get("event_id") or f"invoice_paid:{inv.id}"), triggers
+        if kind == "outcome":
+            aid, outcome = ev.get("action_id"), ev.get("outcome")
+            if not aid or not isinstance(outcome, Mapping):
+                raise ReactiveError("an outcome event needs `action_id` and an `outcome` mapping")
+            entry = store.set_outcome(str(aid), outcome, at)
+            if entry.client_id is None:
+                raise ReactiveError(f"action {aid} is about a manager, not a client: record it with Engine")
+            cid = entry.client_id
+            triggers += self._outcome_triggers(entry, outcome)
+            return cid, str(ev.get("event_id") or f"outcome:{aid}:{at.isoformat()}"), triggers
+        # fact
+        entity, row = ev.get("entity"), ev.get("row")
+        if not isinstance(entity, str) or not isinstance(row, Mapping):
+            raise ReactiveError("a fact event needs `entity` (e.g. invoices) and a `row` mapping")
+        store.upsert(**{entity: [row]})
+        if entity in ("clients", "managers"):
+            self._cache.refresh()
+        cid = str(row["id"]) if entity == "clients" else row.get("client_id")
+        if cid is None:
+            raise ReactiveError(f"a {entity} fact concerns no client; write it to the store and call refresh()")
+        return str(cid), str(ev.get("event_id") or f"fact:{entity}:{row['id']}:{_ts(at)}"), triggers
+
+    def _get(self, entity: str, ev: Mapping[str, Any]) -> Any:
+        got = self.store.get(entity, str(ev.get("id")))
+        if got is None:
+            raise ReactiveError(f"{ev['type']} event: no {entity[:-1]} {ev.get('id')!r} in the store")
+        return got
+
+    def _outcome_triggers(self, entry: LedgerEntry, outcome: Mapping[str, Any]) -> list[tuple[Chart, str, str, dict]]:
+        out: list[tuple[Chart, str, str, dict]] = []
+        rule, cid = entry.rule, entry.client_id or ""
+        ep, typ = self._split(entry.key, rule, cid)
+        wb = self._by_family.get("winback", {}).get(rule)
+        if wb is not None and "~" not in ep and typ == "create_task":
+            reason = outcome.get(wb.outcome_field)
+            if reason is not None:
+                r = norm_reason(reason)
+                trig = f"outcome:{r}" if r in wb.reasons else "outcome:*"
+                out.append((wb, self._winback_sid(wb, cid, ep), trig, {"adopt": "reason_pending"}))
+        offer = self._by_family.get("offer", {}).get(rule)
+        if offer is not None and typ.startswith("propose_offer") and entry.key in self._procs.get(cid, {}):
+            out.append((offer, entry.key, "outcome", {}))
+        return out
+
+    # ------------------------------------------------------------ sids and keys
+
+    @staticmethod
+    def _split(key: str, rule: str, client_id: str) -> tuple[str, str]:
+        """(episode, type) of an action key `rule:client:episode:type`."""
+        head = action_key(rule, client_id, "", "")[:-1]  # "rule:client:"
+        body = key[len(head):]
+        ep, _, typ = body.rpartition(":")
+        return ep, typ
+
+    def _debtor_sid(self, chart: Chart, client_id: str, invoice_id: str) -> str:
+        return action_key(chart.rule, client_id, invoice_id, "dunning")
+
+    def _winback_sid(self, chart: Chart, client_id: str, episode: str) -> str:
+        return action_key(chart.rule, client_id, episode.split("~", 1)[0], "winback")
+
+    def _targets(self, act: Action) -> list[tuple[Chart, str, str]]:
+        """The process instances a committed action moves, with the trigger."""
+        out: list[tuple[Chart, str, str]] = []
+        cid = act.client_id
+        if cid is None:
+            return out
+        ep, _typ = self._split(act.key, act.rule, cid)
+        deb = self._by_family.get("debtor", {}).get(act.rule)
+        if deb is not None:
+            for suffix in deb.steps:
+                if ep.endswith(suffix):
+                    out.append((deb, self._debtor_sid(deb, cid, ep[: -len(suffix)]), f"committed:{suffix}"))
+                    break
+        wb = self._by_family.get("winback", {}).get(act.rule)
+        if wb is not None:
+            base, _, reason = ep.partition("~")
+            out.append((wb, self._winback_sid(wb, cid, base), f"committed:{'~' + reason if reason else ''}"))
+        offer = self._by_family.get("offer", {}).get(act.rule)
+        if offer is not None and act.type == "propose_offer" and getattr(act, "deliver", None) == "next_inbound":
+            out.append((offer, act.key, "committed"))
+        return out
+
+    # ------------------------------------------------------------ durable-rules
+
+    def _action(self, chart: Chart, frm: str, trig: str, to: str, cmd: str | None) -> Callable[[Any], None]:
+        def run(c: Any) -> None:
+            try:
+                self._fired.append(Transition(chart.name, str(c.m.sid), frm, to, trig))
+            except BaseException as exc:  # kept and raised by _post: durable-rules would only log it
+                self._errors.append(exc)
+                raise
+
+        return run
+
+    def _post(self, chart: Chart, client_id: str, sid: str, trigger: str, event_id: str) -> Transition | None:
+        """Send one trigger to one process instance, if its state accepts it; returns the transition.
+
+        Inside durable-rules an instance is `<sid>@<n>`: a new incarnation whenever the session (re)builds
+        it, so an instance left behind by a failure is never reused."""
+        procs = self._procs[client_id]
+        state = procs[sid][1] if sid in procs else START
+        if not chart.accepts(state, trigger):
+            return None
+        key = (chart.name, sid)
+        dsid = self._live.get(key)
+        if dsid is None:
+            self._seq += 1
+            dsid = self._live[key] = f"{sid}@{self._seq}"
+        self._seq += 1
+        message = {"id": f"{event_id}#{self._seq}", "sid": dsid, "trigger": trigger}
+        self._fired.clear()
+        self._errors.clear()
+        try:
+            result = self._host.post(chart.name, message)
+            if self._errors:
+                raise self._errors[0]
+            if isinstance(result, Mapping) and result.get("exception"):
+                raise ReactiveError(f"durable-rules failed in {chart.name} for {sid}: {result['exception']}")
+            fired = [t for t in self._fired if t.sid == dsid]
+            if len(fired) != 1 or fired[0].trigger != trigger:
+                raise ReactiveError(
+                    f"durable-rules did not take {chart.name} {sid}: {state} --{trigger}--> (fired {self._fired})"
+                )
+        except BaseException:
+            self._live.pop(key, None)  # rebuilt from the session's state on the next event
+            raise
+        f = fired[0]
+        tr = Transition(chart.name, sid, f.from_state, f.to_state, trigger)
+        if tr.to_state in chart.final:
+            procs.pop(sid, None)
+            del self._live[key]
+            self._host.delete_state(chart.name, dsid)
+        else:
+            procs[sid] = [chart.name, tr.to_state]
+        self._dirty.add(client_id)
+        return tr
+
+    def _ensure(self, chart: Chart, client_id: str, sid: str, adopt: str | None) -> None:
+        """Make sure durable-rules holds the instance in the state the session knows (after a restart,
+        or for a process a nightly run started): a `resume:<state>` message moves a fresh instance there."""
+        procs = self._procs[client_id]
+        if sid not in procs and adopt is not None:
+            procs[sid] = [chart.name, adopt]  # a process started outside this session (a nightly run)
+        if sid in procs and (chart.name, sid) not in self._live:
+            state = procs[sid][1]
+            procs.pop(sid)
+            self._post(chart, client_id, sid, f"resume:{state}", "resume")
+
+    # ------------------------------------------------------------ persisted process state
+
+    def _hydrate(self, client_id: str) -> None:
+        if client_id in self._procs:
+            return
+        raw = self.store.get_cursor(CURSOR + client_id)
+        if raw is not None:
+            procs = {sid: list(v) for sid, v in json.loads(raw).items() if v[0] in self.charts}
+        else:
+            procs = self._adopt(client_id)
+        self._procs[client_id] = {}
+        for sid, (cname, state) in sorted(procs.items()):
+            self._procs[client_id][sid] = [cname, state]
+
+    def _adopt(self, client_id: str) -> dict[str, list[str]]:
+        """A client this store has no session state for: its processes, as the ledger tells them."""
+        if not self.charts:
+            return {}
+        rules = {c.rule for c in self.charts.values()}
+        entries = [e for e in self.store.ledger(client_ids=[client_id]) if e.rule in rules]
+        procs: dict[str, list[str]] = {}
+        keys = {e.key for e in entries}
+        for e in sorted(entries, key=lambda e: e.key):
+            ep, typ = self._split(e.key, e.rule, client_id)
+            deb = self._by_family.get("debtor", {}).get(e.rule)
+            if deb is not None and not (e.outcome or {}).get("cancelled"):
+                for suffix, st in deb.steps.items():
+                    if ep.endswith(suffix):
+                        inv = self.store.get("invoices", ep[: -len(suffix)])
+                        if inv is not None and getattr(inv, "paid_at", None) is None:
+                            sid = self._debtor_sid(deb, client_id, ep[: -len(suffix)])
+                            have = procs.get(sid)
+                            order = list(deb.steps.values())
+                            if have is None or order.index(st) > order.index(have[1]):
+                                procs[sid] = [deb.name, st]
+                        break
+            wb = self._by_family.get("winback", {}).get(e.rule)
+            if wb is not None and "~" not in ep and typ == "create_task":
+                sid = self._winback_sid(wb, client_id, ep)
+                reason = (e.outcome or {}).get(wb.outcome_field)
+                r = norm_reason(reason) if reason is not None else None
+                if r is None:
+                    procs[sid] = [wb.name, "reason_pending"]
+                elif r in wb.reasons and not any(k.startswith(action_key(e.rule, client_id, f"{ep}~{r}", ""))
+                                                 for k in keys):
+                    procs[sid] = [wb.name, f"next_{_state_name(r)}"]
+            offer = self._by_family.get("offer", {}).get(e.rule)
+            if (
+                offer is not None and typ.startswith("propose_offer") and not e.outcome
+                and getattr(e.action, "deliver", None) == "next_inbound"
+                and self._notify_key(e.key, e.rule, client_id) not in keys
+            ):
+                procs[e.key] = [offer.name, "waiting"]
+        return procs
+
+    def _persist(self) -> None:
+        for cid in sorted(self._dirty):
+            self.store.set_cursor(CURSOR + cid, json.dumps(self._procs.get(cid, {}), sort_keys=True))
+        self._dirty.clear()
+
+    # ------------------------------------------------------------ commands
+
+    def _cancel(self, chart: Chart, client_id: str, sid: str, a: AsOf) -> list[str]:
+        """An invoice was paid: its dunning steps committed but not delivered yet are cancelled (outcome
+        `{"cancelled": "paid"}`, which also makes them `done`, so no dispatcher delivers them)."""
+        _ep, _ = self._split(sid, chart.rule, client_id)
+        invoice = _ep
+        out = []
+        for e in self.store.ledger(client_ids=[client_id], rule=chart.rule, status=[*ACTIVE, "dead"]):
+            ep, _typ = self._split(e.key, chart.rule, client_id)
+            if any(ep == invoice + s for s in chart.steps):
+                self.store.set_outcome(e.id, {"cancelled": "paid", "at": a.instant.isoformat()}, a.instant)
+                out.append(e.id)
+        return out
+
+    @staticmethod
+    def _notify_key(offer_key: str, rule: str, client_id: str) -> str:
+        ep, typ = Session._split(offer_key, rule, client_id)
+        return action_key(rule, client_id, f"{ep}~inbound", "notify_manager" + typ[len("propose_offer"):])
+
+    def _notify(self, chart: Chart, client_id: str, sid: str, payload: Mapping[str, Any], a: AsOf) -> Action:
+        """The client called in while an offer waits for that: tell the manager now."""
+        touch = payload["touch"]
+        entry = next(iter(self.store.ledger(ids=[action_id(sid)])), None)
+        offer = getattr(entry.action, "offer", None) if entry is not None else None
+        client = self.store.get("clients", client_id)
+        assert isinstance(client, Client)
+        key = self._notify_key(sid, chart.rule, client_id)
+        return NotifyManager(
+            id=action_id(key),
+            key=key,
+            rule=chart.rule,
+            client_id=client_id,
+            category=entry.category if entry is not None else "development",  # type: ignore[arg-type]
+            reason=f"{client.name or client_id} got in touch ({touch.kind}, touch {touch.id}): "
+            f"offer {offer or sid} is waiting for this contact",
+            evidence={"offer_key": sid, "offer": offer, "touch_id": touch.id},
+            as_of=a.instant.astimezone(a.tz),
+            to_manager_id=client.manager_id,
+            template="next_inbound_offer",
+        )
+
+    # ------------------------------------------------------------ commit and deliver
+
+    def _commit(self, a: AsOf, actions: list[Action], cursors: Mapping[str, str], reaction: Reaction) -> None:
+        t0 = time.perf_counter()
+        committed: list[Action] = []
+        for act in actions:  # know the clients' processes before the commit moves them
+            if act.client_id is not None and act.client_id not in self._procs and self._targets(act):
+                self._hydrate(act.client_id)
+        if actions or cursors:
+            run = RunRecord(id=str(uuid.uuid4()), as_of=a.instant.astimezone(a.tz),
+                            rules_digest=self.rules.digest, started_at=self.clock())
+            committed = self.store.commit_run(run, actions, cursors)
+            reaction.committed = committed
+            reaction.timings["commit"] = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            if committed and self.handlers is not None:
+                d = Dispatcher(self.store, self.handlers, retry=self.retry, clock=self.clock, sleep=self.sleep)
+                entries = self.store.ledger(ids=[x.id for x in committed])
+                by_id = {x.id: x for x in committed}
+                for e in entries:
+                    e.__dict__["action"] = by_id[e.id]
+                reaction.dispatch = d.dispatch(entries)
+            self.store.finish_run(run.id, self.clock(), {"new": len(committed)})
+            reaction.timings["dispatch"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        for act in committed:
+            if act.client_id is None or not self._targets(act):
+                continue
+            self._hydrate(act.client_id)
+            for chart, sid, trigger in self._targets(act):
+                self._ensure(chart, act.client_id, sid, None)
+                tr = self._post(chart, act.client_id, sid, trigger, f"commit:{act.id}")
+                if tr is not None:
+                    reaction.transitions.append(tr)
+        self._persist()
+        reaction.timings["processes"] = time.perf_counter() - t2
+
+    def _tick(self, a: AsOf, event_id: str, t0: float) -> Reaction:
+        self._cache.refresh()
+        plan = self.engine.plan(a.instant)
+        reaction = Reaction(event_id, a.instant.astimezone(a.tz), None, plan)
+        reaction.timings["plan"] = time.perf_counter() - t0
+        self._commit(a, plan.actions, plan.cursors, reaction)
+        reaction.timings["total"] = time.perf_counter() - t0
+        return reaction
+
+
+def replay_events(session: Session, events: Iterable[Mapping[str, Any]]) -> list[Reaction]:
+    """Post events in order (a convenience for tests and backfills)."""
+    return [session.post(e) for e in events]

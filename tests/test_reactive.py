@@ -1,0 +1,357 @@
+"""Reactive mode (retainer.reactive): per-event decisions, processes as durable-rules statecharts.
+
+The central property: a session fed a sequence of events commits the same keys as the batch engine
+running (`Engine.run`) at the same instants over the same facts. The rest: processes resume after a
+restart, payments cancel pending dunning steps, an inbound contact tells the manager about a waiting
+offer, durable-rules gets explicit unique ids and its exceptions reach the caller.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("durable.engine", reason="reactive mode needs durable-rules: pip install -e '.[reactive]'")
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import retainer
+from retainer.reactive import CURSOR, ReactiveError, Session, charts_for
+from retainer.stores import Store
+from retainer.testing import RecordingHandler
+from tests.conftest import fresh, make_store
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def at(day: float) -> datetime:
+    return T0 + timedelta(days=day)
+
+
+DEBTOR = {
+    "id": "debtor", "kind": "debtor",
+    "steps": [
+        {"after": "3d", "notify_client": {"channel": "email", "template": "reminder"}},
+        {"after": "10d", "notify_client": {"channel": "sms", "template": "reminder"}},
+        {"after": "20d", "create_task": {"title": "Call {client.name} about {invoice.id}"}},
+    ],
+}
+CHURNED = {"id": "churned", "kind": "churned", "min_orders": 3, "lookback": "365d", "silence": "90d"}
+WINBACK = {
+    "id": "winback", "kind": "winback", "min_revenue": 3000,
+    "on_outcome": {"survey_needed": [{"create_task": {"title": "Survey call to {client.name}", "due_in": "2d"}}],
+                   "price": [{"propose_offer": {"offer": "discount", "deliver": "next_inbound"}}]},
+}
+FORGOTTEN = {"id": "forgotten", "kind": "forgotten", "after": "30d"}
+RULES = {"version": 1, "rules": [DEBTOR, CHURNED, WINBACK, FORGOTTEN]}
+
+
+def seed(store: Store) -> None:
+    """One client: three paid orders (churned 90 days after the last), one invoice falling due on day 50."""
+    store.add(
+        managers=[{"id": "boss", "name": "Boss"}, {"id": "m1", "name": "Anna", "supervisor_id": "boss"}],
+        clients=[{"id": "c1", "manager_id": "m1", "name": "Acme", "created_at": at(0)}],
+        invoices=[{"id": f"i{d}", "client_id": "c1", "issued_at": at(d), "amount": "1000", "paid_at": at(d)}
+                  for d in (0, 20, 40)]
+        + [{"id": "due", "client_id": "c1", "issued_at": at(40), "due_at": at(50), "amount": "500"}],
+        tasks=[{"id": "crm1", "client_id": "c1", "created_at": at(1), "due_at": at(200)}],
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = make_store("sqlite", tmp_path)
+    seed(s)
+    yield s
+    s.close()
+
+
+def keys(store: Store) -> list[str]:
+    return sorted(e.key for e in store.ledger())
+
+
+# ---------------------------------------------------------------- charts from the rule file
+
+
+def test_charts_are_generated_from_the_rule_file() -> None:
+    charts = {c.name: c for c in charts_for(retainer.load_rules(RULES))}
+    assert set(charts) == {"debtor~dunning", "winback~winback", "winback~offer"}
+    assert charts["debtor~dunning"].states == ("new", "step_3d", "step_10d", "step_20d", "paid")
+    assert charts["winback~winback"].reasons == ("price", "survey_needed")
+    assert ("reason_pending", "outcome:price") in charts["winback~winback"].transitions
+    full = {c.name for c in charts_for(retainer.load_rules(Path("examples/rules/full.yaml")))}
+    assert full == {"debtor~dunning", "winback~winback", "winback~offer", "upsell-mid-contract~offer"}
+
+
+# ---------------------------------------------------------------- dunning
+
+
+def test_dunning_ladder_runs_and_a_payment_cancels_its_pending_steps(store: Store) -> None:
+    s = Session(RULES, store)  # no handlers: committed actions stay pending for the host
+    r = s.tick(at(53))
+    assert [a.key for a in r.committed] == ["debtor:c1:due+3d:notify_client"]
+    assert s.process_states("c1") == {"debtor:c1:due:dunning": ("debtor~dunning", "step_3d")}
+    r = s.post({"type": "invoice_paid", "id": "due", "at": at(54)})
+    (step,) = store.ledger(ids=r.cancelled)
+    assert step.key == "debtor:c1:due+3d:notify_client"
+    assert step.status == "done" and step.outcome == {"cancelled": "paid", "at": at(54).isoformat()}
+    assert [(t.from_state, t.to_state) for t in r.transitions] == [("step_3d", "paid")]
+    assert s.process_states("c1") == {}
+    assert not [a for a in s.tick(at(80)).committed if a.rule == "debtor"]  # the ladder stopped
+
+
+def test_a_partial_payment_keeps_the_ladder(store: Store) -> None:
+    s = Session(RULES, store)
+    s.tick(at(53))
+    r = s.post({"type": "invoice_paid", "id": "due", "at": at(54), "amount": "100"})
+    assert r.cancelled == [] and r.transitions == []
+    assert [a.key for a in s.tick(at(60)).committed if a.rule == "debtor"] == ["debtor:c1:due+10d:notify_client"]
+
+
+def test_restart_resumes_a_dunning_ladder(store: Store, tmp_path: Path) -> None:
+    Session(RULES, store).tick(at(53))
+    assert json.loads(store.get_cursor(CURSOR + "c1") or "") == {"debtor:c1:due:dunning": ["debtor~dunning", "step_3d"]}
+    again = retainer.open_store(f"sqlite:///{tmp_path / 'crm.db'}")  # a new process over the same file
+    s2 = Session(RULES, again)
+    r = s2.tick(at(60))
+    assert [a.key for a in r.committed if a.rule == "debtor"] == ["debtor:c1:due+10d:notify_client"]
+    assert [(t.from_state, t.to_state) for t in r.transitions] == [("step_3d", "step_10d")]
+    r = s2.post({"type": "invoice_paid", "id": "due", "at": at(61)})
+    assert [(t.from_state, t.to_state) for t in r.transitions] == [("step_10d", "paid")]
+    assert len(r.cancelled) == 2  # no handlers: both steps were still pending
+
+
+# ---------------------------------------------------------------- win-back and next_inbound offers
+
+
+def test_restart_resumes_a_winback_mid_process_and_an_inbound_call_tells_the_manager(
+    store: Store, tmp_path: Path
+) -> None:
+    s = Session(RULES, store)
+    s.post({"type": "invoice_paid", "id": "due", "at": at(41)})
+    r = s.tick(at(131))
+    (task,) = [a for a in r.committed if a.rule == "winback"]
+    assert s.process_states("c1")["winback:c1:2026-02-10:winback"] == ("winback~winback", "reason_pending")
+    store.close()
+    rec = RecordingHandler()
+    s2 = Session(RULES, retainer.open_store(f"sqlite:///{tmp_path / 'crm.db'}"), rec)
+    r = s2.post({"type": "outcome", "action_id": task.id, "outcome": {"churn_reason": "Price"}, "at": at(132)})
+    assert [a.key for a in r.committed] == ["winback:c1:2026-02-10~price:propose_offer"]
+    assert [(t.chart, t.from_state, t.to_state) for t in r.transitions] == [
+        ("winback~winback", "reason_pending", "next_price"),
+        ("winback~winback", "next_price", "done"),
+        ("winback~offer", "new", "waiting"),
+    ]
+    out = s2.post({"type": "touch", "id": "t-out", "client_id": "c1", "at": at(133), "direction": "outbound"})
+    assert not out.committed  # only an inbound contact presents the offer
+    r = s2.post({"type": "touch", "id": "t-in", "client_id": "c1", "at": at(134), "kind": "call",
+                 "direction": "inbound"})
+    (note,) = r.committed
+    assert note.type == "notify_manager" and note.to_manager_id == "m1"
+    assert note.key == "winback:c1:2026-02-10~price~inbound:notify_manager"
+    assert "offer discount is waiting" in note.reason and note.evidence["touch_id"] == "t-in"
+    assert [a.key for a in rec.actions] == [
+        "winback:c1:2026-02-10~price:propose_offer", "winback:c1:2026-02-10~price~inbound:notify_manager"]
+    again = s2.post({"type": "touch", "id": "t-in2", "client_id": "c1", "at": at(135), "direction": "inbound"})
+    assert not again.committed  # presented once
+    assert s2.process_states("c1") == {}
+
+
+def test_a_process_started_by_a_nightly_run_is_adopted(store: Store) -> None:
+    store.upsert(invoices=[{"id": "due", "client_id": "c1", "issued_at": at(40), "due_at": at(50), "amount": "500",
+                            "paid_at": at(41)}])
+    report = retainer.Engine(retainer.load_rules(RULES), store).run(at(131))
+    (task,) = [a for a in report.committed if a.rule == "winback"]
+    s = Session(RULES, store)
+    assert s.process_states("c1") == {"winback:c1:2026-02-10:winback": ("winback~winback", "reason_pending")}
+    r = s.post({"type": "outcome", "action_id": task.id, "outcome": {"churn_reason": "survey_needed"}, "at": at(132)})
+    assert [a.key for a in r.committed] == ["winback:c1:2026-02-10~survey_needed:create_task"]
+
+
+def test_a_reason_without_a_next_step_closes_the_process(store: Store) -> None:
+    store.upsert(invoices=[{"id": "due", "client_id": "c1", "issued_at": at(40), "due_at": at(50), "amount": "500",
+                            "paid_at": at(41)}])
+    s = Session(RULES, store)
+    (task,) = [a for a in s.tick(at(131)).committed if a.rule == "winback"]
+    r = s.post({"type": "outcome", "action_id": task.id, "outcome": {"churn_reason": "other"}, "at": at(132)})
+    assert not r.committed and [t.to_state for t in r.transitions] == ["closed"]
+    assert s.process_states("c1") == {}
+
+
+# ---------------------------------------------------------------- durable-rules hygiene
+
+
+def test_every_message_to_durable_rules_has_an_explicit_unique_id(store: Store) -> None:
+    s = Session(RULES, store)
+    sent: list[dict[str, Any]] = []
+    real = s._host.post
+
+    def spy(name: str, message: dict[str, Any], complete: Any = None) -> Any:
+        sent.append(dict(message))
+        return real(name, message, complete)
+
+    s._host.post = spy  # type: ignore[method-assign]
+    s.tick(at(53))
+    s.tick(at(60))
+    s.post({"type": "invoice_paid", "id": "due", "at": at(61)})
+    assert len(sent) == 3
+    assert all(m.get("id") and m.get("sid") for m in sent)
+    assert len({m["id"] for m in sent}) == len(sent)
+
+
+def test_an_exception_inside_a_durable_rules_action_reaches_the_caller(store: Store) -> None:
+    s = Session(RULES, store)
+
+    class Boom(list):  # type: ignore[type-arg]
+        def append(self, item: Any) -> None:
+            raise ZeroDivisionError("inside a durable-rules action")
+
+    s._fired = Boom()
+    with pytest.raises(ZeroDivisionError, match="inside a durable-rules action"):
+        s.tick(at(53))
+    assert s.process_states("c1") == {}  # nothing half-done is kept in the session
+    s._fired = []
+    r = s.tick(at(54))  # the step is committed already; the next step moves the rebuilt instance
+    assert r.committed == []
+    r = s.tick(at(60))
+    assert [(t.from_state, t.to_state) for t in r.transitions] == [("new", "step_10d")]
+
+
+def test_an_exception_durable_rules_records_in_its_state_is_raised(store: Store) -> None:
+    s = Session(RULES, store)
+    s._host.post = lambda *a, **k: {"sid": "x", "exception": "exception caught boom"}  # type: ignore[method-assign]
+    with pytest.raises(ReactiveError, match="exception caught boom"):
+        s.tick(at(53))
+
+
+@pytest.mark.parametrize(
+    ("event", "message"),
+    [
+        ({"type": "visit"}, "a type in"),
+        ({"type": "touch", "id": "t", "client_id": "c1"}, "no `at`"),
+        ({"type": "invoice_paid", "id": "nope", "at": "2026-03-01"}, "no invoice 'nope'"),
+        ({"type": "outcome", "action_id": "x", "at": "2026-03-01"}, "needs `action_id` and an `outcome`"),
+    ],
+)
+def test_bad_events_are_refused(store: Store, event: dict[str, Any], message: str) -> None:
+    with pytest.raises(ReactiveError, match=message):
+        Session(RULES, store).post(event)
+
+
+def test_the_session_caches_match_the_store(store: Store) -> None:
+    store.add(clients=[{"id": f"x{i}", "manager_id": "m1" if i % 2 else "boss", "created_at": at(i),
+                        "status": "archived" if i % 5 == 0 else "active"} for i in range(1, 30)]
+              + [{"id": "undated", "manager_id": "boss"}])
+    s = Session(RULES, store)
+    for d in (-1, 0, 3, 10, 29, 100):
+        assert s._cache.manager_loads(at(d)) == store.manager_loads(at(d))
+    assert s._cache.managers() == store.managers()
+
+
+def test_a_tick_is_the_nightly_run(tmp_path: Path) -> None:
+    with fresh() as a, fresh() as b:
+        for st_ in (a, b):
+            seed(st_)
+            st_.add(clients=[{"id": f"x{i}", "manager_id": "m1", "created_at": at(0)} for i in range(5)])
+        s = Session(RULES, a)
+        e = retainer.Engine(retainer.load_rules(RULES), b)
+        for d in (31, 53, 60, 131):
+            s.tick(at(d))
+            e.run(at(d))
+            assert keys(a) == keys(b)
+
+
+# ---------------------------------------------------------------- the property: reactive == batch
+
+
+@st.composite
+def event_sequences(draw: st.DrawFn) -> list[tuple[float, str, Any]]:
+    """(day, kind, detail) in time order, over the seeded client's life (days 41..260)."""
+    n = draw(st.integers(1, 14))
+    days = sorted(draw(st.lists(st.floats(41, 260, allow_nan=False), min_size=n, max_size=n, unique=True)))
+    out = []
+    for d in days:
+        kind = draw(st.sampled_from(["touch_in", "touch_out", "pay", "invoice", "outcome", "task_done", "tick"]))
+        reasons = ["price", "survey_needed", "other", "bad_product"]
+        detail = draw(st.sampled_from(reasons)) if kind == "outcome" else None
+        out.append((round(d, 3), kind, detail))
+    return out
+
+
+def _same_fact(kind: str, day: float, n: int, paid: set[str], invoices: list[str]) -> dict[str, Any] | None:
+    when = at(day)
+    if kind in ("touch_in", "touch_out"):
+        return {"type": "touch", "id": f"t{n}", "client_id": "c1", "at": when,
+                "direction": "inbound" if kind == "touch_in" else "outbound"}
+    if kind == "pay":
+        open_ = [i for i in invoices if i not in paid]
+        if not open_:
+            return None
+        paid.add(open_[0])
+        return {"type": "invoice_paid", "id": open_[0], "at": when}
+    if kind == "invoice":
+        invoices.append(f"n{n}")
+        return {"type": "fact", "entity": "invoices", "at": when,
+                "row": {"id": f"n{n}", "client_id": "c1", "issued_at": when, "due_at": when + timedelta(days=7),
+                        "amount": "800"}}
+    if kind == "task_done":
+        if "crm1" in paid:
+            return None
+        paid.add("crm1")
+        return {"type": "task_done", "id": "crm1", "at": when}
+    return {"type": "tick", "at": when}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(event_sequences())
+def test_reactive_session_and_batch_engine_commit_the_same_keys(events: list[tuple[float, str, Any]]) -> None:
+    rules = retainer.load_rules(RULES)
+    with fresh("sqlite") as reactive_store, fresh() as batch_store:
+        seed(reactive_store)
+        seed(batch_store)
+        session = Session(rules, reactive_store)
+        engine = retainer.Engine(rules, batch_store)
+        paid: set[str] = set()
+        invoices = ["due"]
+        for n, (day, kind, detail) in enumerate(events):
+            when = at(day)
+            if kind == "outcome":
+                task = next((e for e in reactive_store.ledger(rule="winback", types=["create_task"])
+                             if "~" not in e.key and not e.outcome), None)
+                if task is None:
+                    continue
+                session.post({"type": "outcome", "action_id": task.id, "outcome": {"churn_reason": detail},
+                              "at": when})
+                engine.record_outcome(task.id, {"churn_reason": detail}, clock=lambda w=when: w)
+                engine.run(when)
+            else:
+                ev = _same_fact(kind, day, n, paid, invoices)
+                if ev is None:
+                    continue
+                session.post(ev)
+                if ev["type"] == "touch":
+                    batch_store.add(touches=[{k: v for k, v in ev.items() if k != "type"}])
+                elif ev["type"] == "invoice_paid":
+                    inv = batch_store.get("invoices", ev["id"])
+                    batch_store.upsert(invoices=[{**inv.model_dump(), "paid_at": when}])  # type: ignore[union-attr]
+                elif ev["type"] == "fact":
+                    batch_store.upsert(invoices=[ev["row"]])
+                elif ev["type"] == "task_done":
+                    task = batch_store.get("tasks", "crm1")
+                    batch_store.upsert(tasks=[{**task.model_dump(), "done_at": when, "status": "done"}])  # type: ignore[union-attr]
+                engine.run(when)
+            reactive = [k for k in keys(reactive_store) if "~inbound:" not in k]
+            assert reactive == keys(batch_store), f"after event {n} ({kind} on day {day})"
+        # the extra keys are exactly the inbound contacts that presented a waiting offer
+        for e in reactive_store.ledger():
+            if "~inbound:" in e.key:
+                offer_key = e.action.evidence["offer_key"]
+                assert offer_key in keys(batch_store)
+                touch = reactive_store.get("touches", e.action.evidence["touch_id"])
+                assert touch is not None and touch.direction == "inbound"  # type: ignore[attr-defined]
