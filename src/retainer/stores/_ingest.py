@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import tzinfo
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -88,7 +88,14 @@ class Batch:
         return {"entity": self.entity, "file": self.file, "row": self.lines[n] if self.lines is not None else n}
 
 
-def check_batch(b: Batch, seen: set[str], existing_ids: set[str] | None, *, replace: bool) -> None:
+class IdSet(Protocol):
+    """Ids a load checks against: a set, or a store's lazily looked-up ids."""
+
+    def __contains__(self, id: object) -> bool: ...
+    def update(self, ids: Iterable[str]) -> None: ...
+
+
+def check_batch(b: Batch, seen: set[str], existing_ids: IdSet | None, *, replace: bool) -> None:
     """Duplicate ids inside one write, or (for add) against what is stored, are errors."""
     for n, m in enumerate(b.models):
         if m.id in seen:
@@ -102,7 +109,7 @@ def check_batch(b: Batch, seen: set[str], existing_ids: set[str] | None, *, repl
 Pending = list[tuple[str, str, DataError]]  # (entity, referenced id, the error if it never appears)
 
 
-def check_references(b: Batch, known: dict[str, set[str]], pending: Pending) -> None:
+def check_references(b: Batch, known: Mapping[str, IdSet], pending: Pending) -> None:
     """Every reference must name a stored row or one in this load. A manager's supervisor may come later
     in the same load, so those go to `pending` and are settled by `check_pending` before anything is
     written."""
@@ -120,7 +127,7 @@ def check_references(b: Batch, known: dict[str, set[str]], pending: Pending) -> 
             pending.append((target, ref, error))
 
 
-def check_pending(pending: Pending, known: dict[str, set[str]]) -> None:
+def check_pending(pending: Pending, known: Mapping[str, IdSet]) -> None:
     for target, ref, error in pending:
         if ref not in known[target]:
             raise error
