@@ -161,12 +161,16 @@ def test_winback_by_abc_class(store: Store) -> None:
     assert of(plan, "winback")[0].evidence["abc_class"] == "A"
 
 
-def test_winback_next_step_follows_the_recorded_reason(store: Store) -> None:
+def winback_started(store: Store) -> tuple[retainer.Engine, Any]:
+    """A valuable client churned on day 150 and its "find the churn reason" task committed."""
     base(store)
     invoices(store, [0, 30, 60])
     e = engine_for(rules(CHURNED, WINBACK), store)
-    report = e.run(day(150))
-    task = next(a for a in report.committed if a.rule == "winback")
+    return e, next(a for a in e.run(day(150)).committed if a.rule == "winback")
+
+
+def test_winback_next_step_follows_the_recorded_reason(store: Store) -> None:
+    e, task = winback_started(store)
     assert not of(e.plan(day(151)), "winback")  # nothing until the host reports the reason
     e.record_outcome(task.id, {"churn_reason": "survey_needed"})
     plan = e.plan(day(152))
@@ -179,19 +183,13 @@ def test_winback_next_step_follows_the_recorded_reason(store: Store) -> None:
 
 
 def test_winback_reason_without_next_step_ends_the_process(store: Store) -> None:
-    base(store)
-    invoices(store, [0, 30, 60])
-    e = engine_for(rules(CHURNED, WINBACK), store)
-    task = next(a for a in e.run(day(150)).committed if a.rule == "winback")
+    e, task = winback_started(store)
     e.record_outcome(task.id, {"churn_reason": "other"})
     assert not of(e.plan(day(152)), "winback")
 
 
 def test_winback_stops_when_the_client_buys_again(store: Store) -> None:
-    base(store)
-    invoices(store, [0, 30, 60])
-    e = engine_for(rules(CHURNED, WINBACK), store)
-    task = next(a for a in e.run(day(150)).committed if a.rule == "winback")
+    e, task = winback_started(store)
     e.record_outcome(task.id, {"churn_reason": "price"})
     invoices(store, [151])
     assert not of(e.plan(day(152)))
@@ -533,10 +531,7 @@ def test_explain_shows_each_invoice_and_step(store: Store) -> None:
 
 
 def test_winback_reason_spelling_and_unknown_reasons(store: Store) -> None:
-    base(store)
-    invoices(store, [0, 30, 60])
-    e = engine_for(rules(CHURNED, WINBACK), store)
-    task = next(a for a in e.run(day(150)).committed if a.rule == "winback")
+    e, task = winback_started(store)
     e.record_outcome(task.id, {"churn_reason": " Survey needed"})
     assert [a.title for a in of(e.plan(day(151)), "winback")] == ["Survey call to Acme"]
     e.record_outcome(task.id, {"churn_reason": "pricey"})
