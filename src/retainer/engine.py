@@ -334,7 +334,7 @@ class Engine:
         clients = self.store.clients(a.instant, ids)
         managers = {m.id: m for m in self.store.managers()}
         frame = FeatureFrame(self.rules.registry, self.store, a, clients, managers, ids)
-        frame.prefetch(self.rules.features_needed())
+        frame.prefetch(self.rules.features_needed(), policies.policy_aggs(self.rules.file.policies, a))
         timings["fetch"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
@@ -410,7 +410,7 @@ class Engine:
         for m in matches:
             self._emit(m, a, managers, ledger, actions, suppressed, moved)
         due = [s.action for s in suppressed if s.reason_code == policies.DUPLICATE]
-        guard = policies.Guard(self.rules.file.policies, frame, self.store, a, ids is not None)
+        guard = policies.Guard(self.rules.file.policies, frame, self.store, a)
         actions, held = guard.apply(actions, due)
         suppressed += held
         actions.sort(key=lambda x: x.key)

@@ -94,6 +94,7 @@ def _touch_spec(cap: Cap, a: AsOf) -> AggSpec:
 
 
 def policy_aggs(p: Policies, a: AsOf) -> list[AggSpec]:
+    """The store aggregates the policies read (outbound touches per channel cap), fetched with the plan's."""
     return [_touch_spec(c, a) for c in p.caps if c.channel is not None]
 
 
@@ -133,12 +134,11 @@ def _fields(a: Action) -> dict[str, Any]:
 class Guard:
     """The configured policies for one plan, with what they need to know about the past."""
 
-    def __init__(self, p: Policies, frame: FeatureFrame, store: Store, a: AsOf, partial: bool) -> None:
+    def __init__(self, p: Policies, frame: FeatureFrame, store: Store, a: AsOf) -> None:
         self.p = p
         self.frame = frame
         self.store = store
         self.a = a
-        self.partial = partial
         order = p.priority or list(DEFAULT_ORDER)
         self.rank = {c: k for k, c in enumerate(order)}
         self.row = {cid: i for i, cid in enumerate(frame.ids)}

@@ -71,8 +71,10 @@ class FeatureFrame:
         #: problems in the data met while computing (an outcome that is not one of the options)
         self.warnings: list[str] = []
 
-    def prefetch(self, names: set[str]) -> None:
-        specs: list[AggSpec] = []
+    def prefetch(self, names: set[str], extra: Sequence[AggSpec] = ()) -> None:
+        """Fetch every aggregate these features (and `extra` ones, e.g. the policies') need in one store
+        call: one scan per fact table."""
+        specs: list[AggSpec] = [s for s in dict.fromkeys(extra) if s not in self._aggs]
         for n in self.registry.closure(names):
             impl = self.registry.get(n)
             if impl.whole_population and self._partial is not None:
@@ -235,14 +237,20 @@ def manager_frame(f: FeatureFrame) -> SubFrame:
 _LIVE = ("pending", "done", "failed")  # a dead action never reached the CRM
 
 
+def _latest_live(f: FeatureFrame, **filters: Any) -> dict[str, Any]:
+    """Per client, the latest committed action (of these filters) planned up to as_of that is not dead."""
+    latest: dict[str, Any] = {}
+    for e in f.store.ledger(client_ids=f._partial, status=list(_LIVE), **filters):  # in commit order
+        cid = e.client_id
+        if cid is not None and e.as_of <= f.as_of.instant and (cid not in latest or e.as_of >= latest[cid].as_of):
+            latest[cid] = e
+    return latest
+
+
 def released_at_feature() -> FeatureImpl:
     def compute(f: FeatureFrame) -> list[Any]:
-        latest: dict[str, datetime] = {}
-        for e in f.store.ledger(types=["reassign"], client_ids=f._partial, status=list(_LIVE)):
-            cid = e.client_id
-            if cid is not None and e.as_of <= f.as_of.instant and (cid not in latest or e.as_of > latest[cid]):
-                latest[cid] = e.as_of
-        return [latest.get(cid) for cid in f.ids]
+        latest = _latest_live(f, types=["reassign"])
+        return [e.as_of if (e := latest.get(cid)) is not None else None for cid in f.ids]
 
     return FeatureImpl("released_at", "datetime", "when retainer last reassigned the client (from the ledger)",
                        compute=compute)
@@ -264,11 +272,7 @@ def unresolved_feature(name: str, rule: str) -> FeatureImpl:
     recorded and no activity with the client since."""
 
     def compute(f: FeatureFrame) -> list[Any]:
-        latest: dict[str, Any] = {}
-        for e in f.store.ledger(rule=rule, client_ids=f._partial, status=list(_LIVE)):
-            cid = e.client_id
-            if cid is not None and e.as_of <= f.as_of.instant and (cid not in latest or e.as_of >= latest[cid].as_of):
-                latest[cid] = e
+        latest = _latest_live(f, rule=rule)
         out: list[Any] = []
         for cid, last in zip(f.ids, f.column("last_activity_at"), strict=True):
             e = latest.get(cid)

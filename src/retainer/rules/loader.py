@@ -299,7 +299,7 @@ def compile_rules(data: Any, lines: _Lines, source: str) -> RuleSet:
     for i in order:
         r = rf.rules[i]
         path: Path = ("rules", i)
-        ctx = CompileContext(registry, tz, path, compiled, kinds)
+        ctx = CompileContext(registry, tz, path, compiled, kinds, {d.id: d for d in rf.rules})
         out: list[CompiledRule] = []
         try:
             made = PRESETS[r.kind](r, ctx)

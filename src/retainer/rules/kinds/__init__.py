@@ -75,6 +75,7 @@ class CompileContext:
     path: Path
     compiled: dict[str, CompiledRule]
     kinds: dict[str, str]  # rule id -> kind, for references
+    definitions: dict[str, Any] = field(default_factory=dict)  # rule id -> its rule-file model
 
     def condition(self, raw: Any, sub: Path) -> Node:
         return parse_condition(raw, self.registry, self.tz, (*self.path, *sub))
@@ -229,7 +230,7 @@ def _winback(rule: WinbackRule, ctx: CompileContext) -> list[Parts]:
     ref = _find(ctx, rule.churned_rule, "churned", "churned_rule")
     if rule.min_revenue is None and rule.classes is None:
         raise PresetError("say who is worth winning back: min_revenue, classes, or both", (*ctx.path, "kind"))
-    lookback = rule.lookback or parse_duration(ref.evidence[0].split("_", 1)[1])
+    lookback = rule.lookback or ctx.definitions[ref.id].lookback
     revenue = f"revenue_{lookback}"
     value: list[Node] = []
     if rule.min_revenue is not None:
