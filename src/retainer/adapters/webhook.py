@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
-
-import httpx
 
 from .. import __version__
 from ..actions import Action
 from ..ledger import action_payload
 from .base import PermanentError
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["WebhookHandler", "redact"]
 
@@ -51,9 +53,15 @@ class WebhookHandler:
         self.shown = redact(url)  # what messages and the ledger show: no passwords or query tokens
         self.timeout = timeout
         self.headers = {"User-Agent": f"retainer/{__version__}", **(headers or {})}
-        self._client = client or httpx.Client(timeout=timeout)
+        if client is None:
+            import httpx  # here, not at the top: `retainer plan` should not pay 0.1 s of start-up for it
+
+            client = httpx.Client(timeout=timeout)
+        self._client = client
 
     def handle(self, action: Action) -> None:
+        import httpx
+
         headers = {**self.headers, "Content-Type": "application/json", "Idempotency-Key": action.id}
         try:
             r = self._client.post(self.url, content=action_payload(action).encode(), headers=headers)
