@@ -21,24 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from . import policies
-from .actions import (
-    Action,
-    CreateDeal,
-    CreateTask,
-    Escalate,
-    NotifyClient,
-    NotifyManager,
-    ProposeOffer,
-    Reassign,
-    StartProcess,
-    Suppression,
-    Tag,
-    Untag,
-    action_id,
-)
+from .actions import ACTION_TYPES, Action, Escalate, Suppression, action_id
 from .adapters.dispatch import Dispatcher, DispatchReport, Handlers, Retry, utc_now
 from .adapters.dispatch import replay as _replay
-from .errors import RetainerError, RulesError
+from .errors import RetainerError
 from .keys import action_key as _key
 from .keys import episode_text as _episode_text
 from .ledger import LedgerEntry, RunRecord, RunReport
@@ -71,20 +57,46 @@ class _Match:
     reassign_failed: str | None = None
     superseded: str | None = None  # a ladder step overtaken by a later one that is due too
     keys: list[str] = field(default_factory=list)  # every key this match can produce, for the ledger check
+    head: str = ""  # the keys' common prefix, rule:subject:episode:
 
 
-def _then_keys(rule: CompiledRule, subject_id: str, episode: str) -> list[str]:
-    """Keys of the rule's actions in `then` order (`create_task`, `create_task#2`, ...), plus the
-    escalation a failed release produces."""
+def _kinds(rule: CompiledRule) -> tuple[str, ...]:
+    """The last part of the keys of the rule's actions in `then` order (`create_task`,
+    `create_task#2`, ...), plus the escalation a failed release produces."""
     counts: Counter[str] = Counter()
-    keys = []
+    out = []
     for spec in rule.then:
         counts[spec.type] += 1
         n = counts[spec.type]
-        keys.append(_key(rule.id, subject_id, episode, spec.type if n == 1 else f"{spec.type}#{n}"))
+        out.append(spec.type if n == 1 else f"{spec.type}#{n}")
     if any(s.reassign is not None for s in rule.then) and counts["escalate"] == 0:
-        keys.append(_key(rule.id, subject_id, episode, "escalate"))
-    return keys
+        out.append("escalate")
+    return tuple(out)
+
+
+def _reassign_spec(rule: CompiledRule) -> ReassignSpec | None:
+    return next((s.reassign for s in rule.then if s.reassign is not None), None)
+
+
+class _PerRule:
+    """Per-plan memo of what depends on the rule only (rules are unhashable: they hold dicts)."""
+
+    def __init__(self) -> None:
+        self._kinds: dict[int, tuple[str, ...]] = {}
+        self._reassign: dict[int, ReassignSpec | None] = {}
+
+    def keys(self, m: _Match) -> list[str]:
+        kinds = self._kinds.get(id(m.rule))
+        if kinds is None:
+            kinds = self._kinds[id(m.rule)] = _kinds(m.rule)
+        m.head = head = _key(m.rule.id, m.subject_id, m.episode, "")
+        return [head + k for k in kinds]
+
+    def reassign(self, rule: CompiledRule) -> ReassignSpec | None:
+        r = id(rule)
+        if r not in self._reassign:
+            self._reassign[r] = _reassign_spec(rule)
+        return self._reassign[r]
 
 
 class _Reassigner:
@@ -234,6 +246,65 @@ def _dup(status: str) -> str:
     return f"already in the ledger ({status}): committed by an earlier run"
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
+def _held(action: Action, code: str, detail: str) -> Suppression:
+    return fast_model(Suppression, {"action": action, "reason_code": code, "detail": detail})  # type: ignore[no-any-return]
+
+
+class _Prep:
+    """What one rule's actions share within a plan (evidence columns, compiled texts, the constant
+    fields of each action), worked out once instead of once per client."""
+
+    def __init__(self, rule: CompiledRule, frame: FeatureFrame | SubFrame, a: AsOf, tfile: Mapping[str, Any]) -> None:
+        self.as_of = a.instant.astimezone(a.tz)
+        self.as_of_date = a.date.isoformat()
+        self.evidence = [(name.split("[", 1)[0], frame.column(name)) for name in rule.evidence]
+        self.reason = templates.compiled(rule.reason)
+        common = {"rule": rule.id, "category": rule.category, "as_of": self.as_of}
+        self.specs: list[tuple[ActionSpec, type[Action], dict[str, Any], dict[str, Any]]] = []
+        for spec in rule.then:
+            p = spec.params
+            cls = ACTION_TYPES[spec.type]
+            static: dict[str, Any] = {"type": spec.type, **common}
+            texts: dict[str, Any] = {}
+
+            def message(template: str, static: dict[str, Any] = static, texts: dict[str, Any] = texts) -> None:
+                static["template"] = template
+                t = tfile.get(template)
+                static["subject"] = static["body"] = None
+                if t is not None:
+                    if t.subject:
+                        texts["subject"] = templates.compiled(t.subject)
+                    texts["body"] = templates.compiled(t.body)
+
+            match spec.type:
+                case "create_task":
+                    static.update(due_at=_due_date(a, p.due_in), task_kind=p.kind,
+                                  options=list(p.options) if p.options else None)  # fmt: skip
+                    texts["title"] = templates.compiled(p.title)
+                case "notify_manager":
+                    message(p.template)
+                case "notify_client":
+                    static["channel"] = p.channel
+                    message(p.template)
+                case "escalate":
+                    static.update(template=None, subject=None, body=None)
+                    if p.template:
+                        message(p.template)
+                case "tag" | "untag":
+                    static["tag"] = p.tag
+                case "propose_offer":
+                    static.update(offer=p.offer, amount=p.amount, deliver=p.deliver)
+                case "create_deal":
+                    static["amount"] = p.amount
+                    texts["title"] = templates.compiled(p.title)
+                case "start_process":
+                    static["process"] = p.process
+            self.specs.append((spec, cls, static, texts))
+
+
 @dataclass
 class RuleExplanation:
     rule: str
@@ -347,7 +418,10 @@ class Engine:
             if rule.subject == "manager" and ids is not None:
                 continue  # a manager-level rule looks at every client's tasks: full plans only
             fr: FeatureFrame | SubFrame = (
-                frame if rule.subject == "client" else invoice_frame(frame) if rule.subject == "invoice"
+                frame
+                if rule.subject == "client"
+                else invoice_frame(frame)
+                if rule.subject == "invoice"
                 else manager_frame(frame)
             )
             mask = rule.condition.mask(fr)
@@ -371,25 +445,32 @@ class Engine:
                 about = managers[fr.ids[i]] if rule.subject == "manager" else None
                 matches.append(
                     _Match(
-                        rule, i, client, ep + rule.suffix, durs[i] if durs else None,
-                        policies.do_not_contact(policy[i]), fr,
-                        client.id if client is not None else fr.ids[i], about,
+                        rule,
+                        i,
+                        client,
+                        ep + rule.suffix,
+                        durs[i] if durs else None,
+                        policies.do_not_contact(policy[i]),
+                        fr,
+                        client.id if client is not None else fr.ids[i],
+                        about,
                     )
                 )
         timings["evaluate"] = time.perf_counter() - t1
 
         t2 = time.perf_counter()
+        per_rule = _PerRule()
         for m in matches:
-            m.keys = _then_keys(m.rule, m.subject_id, m.episode)
+            m.keys = per_rule.keys(m)
         # what earlier runs committed: those keys are duplicates, and a committed reassignment is not
         # re-decided (it would take capacity and advance round-robin for nothing)
         ledger = self.store.ledger_status(k for m in matches for k in m.keys)
         matches = _resolve_ladders(matches, ledger)
         reassigner = _Reassigner(managers, self.store.manager_loads(a.instant), self.store)
-        for m in sorted(matches, key=lambda m: _key(m.rule.id, m.subject_id, m.episode, "")):
-            spec = next((s.reassign for s in m.rule.then if s.reassign is not None), None)
-            if spec is None or m.blocked or m.client is None:
-                continue
+        movers = [m for m in matches if per_rule.reassign(m.rule) is not None and not m.blocked and m.client]
+        for m in sorted(movers, key=lambda m: m.head):  # in key order
+            spec = per_rule.reassign(m.rule)
+            assert spec is not None and m.client is not None
             if _key(m.rule.id, m.subject_id, m.episode, "reassign") in ledger:
                 continue
             m.new_manager = reassigner.pick(m.rule.id, m.client.manager_id, spec)
@@ -405,10 +486,14 @@ class Engine:
         suppressed: list[Suppression] = []
         # a client given to another manager in this plan: the other rules' tasks and messages for "the
         # manager" go to the new one (who now has to call), not to the one who just lost the client
-        moved = {m.client.id: m.new_manager for m in matches
-                 if m.new_manager is not None and m.client is not None and not m.blocked}
+        moved = {
+            m.client.id: m.new_manager
+            for m in matches
+            if m.new_manager is not None and m.client is not None and not m.blocked
+        }
+        preps: dict[tuple[int, int], _Prep] = {}
         for m in matches:
-            self._emit(m, a, managers, ledger, actions, suppressed, moved)
+            self._emit(m, a, managers, ledger, actions, suppressed, moved, preps)
         due = [s.action for s in suppressed if s.reason_code == policies.DUPLICATE]
         guard = policies.Guard(self.rules.file.policies, frame, self.store, a)
         actions, held = guard.apply(actions, due)
@@ -428,8 +513,15 @@ class Engine:
             "suppressed": dict(sorted(Counter(s.reason_code for s in suppressed).items())),
         }
         warnings += frame.warnings
-        plan = Plan(a.instant.astimezone(a.tz), actions, suppressed, stats, timings, cursors=dict(reassigner.cursors),
-                    warnings=sorted(set(warnings)))
+        plan = Plan(
+            a.instant.astimezone(a.tz),
+            actions,
+            suppressed,
+            stats,
+            timings,
+            cursors=dict(reassigner.cursors),
+            warnings=sorted(set(warnings)),
+        )
         return plan, frame, matches
 
     def _emit(
@@ -441,43 +533,50 @@ class Engine:
         actions: list[Action],
         suppressed: list[Suppression],
         moved: Mapping[str, Manager] | None = None,
+        preps: dict[tuple[int, int], _Prep] | None = None,
     ) -> None:
         rule, i, client, frame = m.rule, m.i, m.client, m.frame
+        pk = (id(rule), id(frame))
+        prep = preps.get(pk) if preps is not None else None
+        if prep is None:
+            prep = _Prep(rule, frame, a, self.rules.file.templates)
+            if preps is not None:
+                preps[pk] = prep
         incoming = m.new_manager or ((moved or {}).get(client.id) if client is not None else None)
         taker = incoming if m.new_manager is None else None  # another rule of this plan reassigns the client
         manager = m.about or taker or (managers.get(client.manager_id) if client is not None else None)
         supervisor = managers.get(manager.supervisor_id) if manager and manager.supervisor_id else None
         manager_id = (
-            manager.id if m.about is not None or taker is not None
-            else client.manager_id if client is not None else None
+            manager.id
+            if m.about is not None or taker is not None
+            else client.manager_id
+            if client is not None
+            else None
         )
+        aliases, column = rule.aliases, frame.column
 
         def value(name: str) -> Any:
             if name == "threshold":
                 return str(m.threshold) if m.threshold else ""
-            return frame.value(rule.aliases.get(name, name), i)
+            return column(aliases.get(name, name))[i]
 
         objects = {
             "client": client,
             "manager": manager,
             "supervisor": supervisor,
             "new_manager": incoming,
-            "as_of": a.date.isoformat(),
+            "as_of": prep.as_of_date,
             "rule": rule.id,
         }
-        evidence = {name.split("[", 1)[0]: _evidence_value(frame.value(name, i), a) for name in rule.evidence}
+        evidence = {}
+        for name, col in prep.evidence:
+            v = col[i]
+            evidence[name] = v if type(v) in _PLAIN else _evidence_value(v, a)
         if m.threshold is not None:
             evidence["threshold"] = str(m.threshold)
         evidence["episode"] = m.episode
-        reason = templates.render(rule.reason, objects, value)
-        base = {
-            "rule": rule.id,
-            "client_id": client.id if client is not None else None,
-            "category": rule.category,
-            "reason": reason,
-            "evidence": evidence,
-            "as_of": a.instant.astimezone(a.tz),
-        }
+        reason = prep.reason(objects, value)
+        client_id = client.id if client is not None else None
 
         def recipient(to: str) -> str | None:
             if to == "manager":
@@ -492,21 +591,27 @@ class Engine:
                 return incoming.id if incoming is not None else None
             return to
 
-        for spec, key in zip(rule.then, m.keys, strict=False):
-            common = {**base, "key": key, "id": action_id(key)}
-            act, missing = self._build(spec, common, manager_id, recipient, objects, value, a, m)
+        for (spec, cls, static, texts), key in zip(prep.specs, m.keys, strict=False):
+            values = {
+                **static,
+                "key": key,
+                "id": action_id(key),
+                "client_id": client_id,
+                "reason": reason,
+                "evidence": evidence,
+            }
+            missing = self._fill(spec, values, texts, manager_id, recipient, objects, value, m, prep)
+            act = _make(cls, values)
             if key in ledger:
-                suppressed.append(Suppression(action=act, reason_code=policies.DUPLICATE, detail=_dup(ledger[key])))
+                suppressed.append(_held(act, policies.DUPLICATE, _dup(ledger[key])))
             elif m.blocked:
-                suppressed.append(Suppression(action=act, reason_code=policies.DO_NOT_CONTACT, detail=m.blocked))
+                suppressed.append(_held(act, policies.DO_NOT_CONTACT, m.blocked))
             elif m.superseded:
-                suppressed.append(Suppression(action=act, reason_code=policies.SUPERSEDED, detail=m.superseded))
+                suppressed.append(_held(act, policies.SUPERSEDED, m.superseded))
             elif m.reassign_failed:
-                suppressed.append(
-                    Suppression(action=act, reason_code=policies.NO_ELIGIBLE_MANAGER, detail=m.reassign_failed)
-                )
+                suppressed.append(_held(act, policies.NO_ELIGIBLE_MANAGER, m.reassign_failed))
             elif missing:
-                suppressed.append(Suppression(action=act, reason_code=policies.NO_RECIPIENT, detail=missing))
+                suppressed.append(_held(act, policies.NO_RECIPIENT, missing))
             else:
                 actions.append(act)
         if m.reassign_failed and not m.blocked:
@@ -514,7 +619,12 @@ class Engine:
             esc = _make(
                 Escalate,
                 {
-                    **base,
+                    "type": "escalate",
+                    "rule": rule.id,
+                    "client_id": client_id,
+                    "category": rule.category,
+                    "evidence": evidence,
+                    "as_of": prep.as_of,
                     "key": key,
                     "id": action_id(key),
                     "reason": f"{reason}; release impossible: {m.reassign_failed}",
@@ -523,91 +633,47 @@ class Engine:
                 },
             )
             if key in ledger:
-                suppressed.append(Suppression(action=esc, reason_code=policies.DUPLICATE, detail=_dup(ledger[key])))
+                suppressed.append(_held(esc, policies.DUPLICATE, _dup(ledger[key])))
             elif supervisor is None:
-                suppressed.append(
-                    Suppression(
-                        action=esc,
-                        reason_code=policies.NO_RECIPIENT,
-                        detail=f"manager {manager_id} has no supervisor",
-                    )
-                )
+                suppressed.append(_held(esc, policies.NO_RECIPIENT, f"manager {manager_id} has no supervisor"))
             else:
                 actions.append(esc)
 
-    def _build(
-        self,
+    @staticmethod
+    def _fill(
         spec: ActionSpec,
-        common: dict[str, Any],
+        values: dict[str, Any],
+        texts: dict[str, Callable[[dict[str, Any], Any], str]],
         manager_id: str | None,
-        recipient: Any,
+        recipient: Callable[[str], str | None],
         objects: dict[str, Any],
-        value: Any,
-        a: AsOf,
+        value: Callable[[str], Any],
         m: _Match,
-    ) -> tuple[Action, str | None]:
+        prep: _Prep,
+    ) -> str | None:
+        """The action's fields that differ per client (recipient, rendered texts); the rest is in the
+        prepared static part. Returns why the action cannot go out, if it has nobody to go to."""
         p = spec.params
-        tfile = self.rules.file.templates
-
-        def text(t: str) -> str:
-            return templates.render(t, objects, value)
-
-        def message(template: str) -> dict[str, Any]:
-            t = tfile.get(template)
-            if t is None:
-                return {"template": template}
-            return {"template": template, "subject": text(t.subject) if t.subject else None, "body": text(t.body)}
-
+        for name, render in texts.items():
+            values[name] = render(objects, value)
         match spec.type:
             case "create_task":
-                who = recipient(p.assignee)
-                due = _due_date(a, p.due_in)
-                return (
-                    _make(
-                        CreateTask,
-                        {**common, "assignee_id": who, "title": text(p.title), "due_at": due, "task_kind": p.kind,
-                         "options": list(p.options) if p.options else None},
-                    ),
-                    None if who else f"no {p.assignee} to assign the task to",
-                )
+                if values["options"] is not None:
+                    values["options"] = list(values["options"])  # each task its own list
+                who = values["assignee_id"] = recipient(p.assignee)
+                return None if who else f"no {p.assignee} to assign the task to"
             case "reassign":
-                return (
-                    _make(
-                        Reassign,
-                        {
-                            **common,
-                            "from_manager_id": manager_id,
-                            "to_manager_id": m.new_manager.id if m.new_manager else None,
-                        },
-                    ),
-                    None,
-                )
+                values["from_manager_id"] = manager_id
+                values["to_manager_id"] = m.new_manager.id if m.new_manager else None
             case "notify_manager":
-                who = recipient(p.to)
-                return (
-                    _make(NotifyManager, {**common, "to_manager_id": who, **message(p.template)}),
-                    None if who else f"no {p.to} to notify",
-                )
-            case "notify_client":
-                return _make(NotifyClient, {**common, "channel": p.channel, **message(p.template)}), None
+                who = values["to_manager_id"] = recipient(p.to)
+                return None if who else f"no {p.to} to notify"
             case "escalate":
                 who = recipient(p.to)
-                msg = message(p.template) if p.template else {}
-                return (
-                    _make(Escalate, {**common, "to_manager_id": who or "", "about_manager_id": manager_id, **msg}),
-                    None if who else f"manager {manager_id} has no {p.to}",
-                )
-            case "tag":
-                return _make(Tag, {**common, "tag": p.tag}), None
-            case "untag":
-                return _make(Untag, {**common, "tag": p.tag}), None
-            case "propose_offer":
-                return _make(ProposeOffer, {**common, "offer": p.offer, "amount": p.amount, "deliver": p.deliver}), None
-            case "create_deal":
-                return _make(CreateDeal, {**common, "title": text(p.title), "amount": p.amount}), None
-            case "start_process":
-                return _make(StartProcess, {**common, "process": p.process}), None
-        raise RulesError(f"unsupported action type {spec.type}")  # pragma: no cover - schema forbids it
+                values["to_manager_id"] = who or ""
+                values["about_manager_id"] = manager_id
+                return None if who else f"manager {manager_id} has no {p.to}"
+        return None
 
     # ------------------------------------------------------------------ run
 

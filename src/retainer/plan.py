@@ -80,7 +80,12 @@ class Plan:
         lines = [orjson.dumps({"kind": "action", **action_dict(a)}, default=_default, option=opt) for a in self.actions]
         lines += [
             orjson.dumps(
-                {"kind": "suppressed", "reason_code": s.reason_code, "detail": s.detail, "action": action_dict(s.action)},
+                {
+                    "kind": "suppressed",
+                    "reason_code": s.reason_code,
+                    "detail": s.detail,
+                    "action": action_dict(s.action),
+                },
                 default=_default,
                 option=opt,
             )

@@ -170,7 +170,9 @@ class Guard:
         this morning still outranks an up-sell this evening."""
         held: list[Suppression] = []
         self.already = list(already)
-        todo = sorted(actions, key=self._order)
+        # only caps, the daily task limit and spend growth hand out something scarce in order
+        scarce = self.p.caps or self.p.manager_daily_task_limit or self.p.spend_growth
+        todo = sorted(actions, key=self._order) if scarce else list(actions)
         for guard in (self._no_marketing, self._unprofitable, self._cooloff, self._priority, self._spend_growth,
                       self._caps, self._task_limit):
             todo = guard(todo, held)
