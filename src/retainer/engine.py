@@ -502,9 +502,11 @@ class Engine:
         suppressed.sort(key=lambda s: (s.action.key, s.reason_code))
         timings["actions"] = time.perf_counter() - t2
 
+        by_rule = Counter(x.rule for x in actions)
+        held_by_rule = Counter(s.action.rule for s in suppressed)
         for rid, st in rule_stats.items():
-            st["actions"] = sum(1 for x in actions if x.rule == rid)
-            st["suppressed"] = sum(1 for s in suppressed if s.action.rule == rid)
+            st["actions"] = by_rule[rid]
+            st["suppressed"] = held_by_rule[rid]
         stats = {
             "clients": len(clients),
             "clients_evaluated": sum(live),

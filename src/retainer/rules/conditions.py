@@ -201,8 +201,16 @@ class Leaf(Node):
             return False
 
     def mask(self, frame: Frame) -> list[bool]:
-        test = self._test
-        return [test(v) for v in frame.column(self.feature)]
+        col = frame.column(self.feature)
+        x = self.value
+        if self.op == "exists":
+            return [(v is not None) == x for v in col]
+        fn = _BINARY[self.op]
+        try:  # one comparison per row; a value of another type (a bad attribute) takes the careful path
+            return [v is not None and bool(fn(v, x)) for v in col]
+        except TypeError:
+            test = self._test
+            return [test(v) for v in col]
 
     def explain(self, frame: Frame, i: int) -> ExplainNode:
         v = frame.column(self.feature)[i]
