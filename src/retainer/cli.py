@@ -6,7 +6,9 @@ Machine-readable output goes to stdout; messages, progress and errors go to stde
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -170,6 +172,8 @@ def plan(
 ) -> None:
     """Plan the actions due as of a date. Writes nothing."""
     f = _format(fmt)
+    if _OWN_PROCESS:
+        gc.disable()  # one plan, then the process ends: the collector would only walk what is still in use
     engine = _engine(rules, data)
     p = _plan(engine, as_of, client)
     if f == "json":
@@ -182,6 +186,8 @@ def plan(
         err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
     if len(p.warnings) > 10:
         err.print(f"[yellow]warning:[/] ... and {len(p.warnings) - 10} more (the plan's JSON lists them all)")
+    if _OWN_PROCESS:
+        _exit_now()
 
 
 @app.command()
@@ -788,8 +794,22 @@ def _per_manager(plan: Plan, store: Any, console: Console, top: int = 10) -> Non
     console.print(t)
 
 
+#: True when `main` runs as the console script and owns the process (not when a test or a host calls `app`)
+_OWN_PROCESS = False
+
+
+def _exit_now() -> NoReturn:
+    """End the process without tearing down what a big plan left in memory: it is 10-20 % of a
+    `retainer plan` at 100k clients, and nothing is left to write (mypy ends the same way)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def main() -> None:
     """Console-script entry point: map every retainer error to a message and exit code 2."""
+    global _OWN_PROCESS
+    _OWN_PROCESS = True
     try:
         app()
     except RetainerError as exc:
