@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from retainer.model import Client, Manager
-from retainer.rules.templates import ENGINE_OBJECTS, _parts, _show, compiled, render
+from retainer.rules.templates import ENGINE_OBJECTS, _parts, _show, bound, compiled, render
 
 VALUES: dict[str, Any] = {
     "days_since_activity": 61,
@@ -59,6 +59,9 @@ def test_compiled_template_renders_like_render(pieces: list[str], has_new: bool)
     expected = interpret(text, objects, VALUES.get)
     assert compiled(text)(objects, VALUES.get) == expected
     assert render(text, objects, VALUES.get) == expected
+    # the engine's form: features read from columns by row number
+    columns = {name: ["other row", v] for name, v in VALUES.items()}
+    assert bound(text, ENGINE_OBJECTS, lambda name: columns.get(name, [None, None]))(objects, 1) == expected
     fewer = {k: objects[k] for k in ("client", "as_of")}  # other callers pass other objects
     assert render(text, fewer, VALUES.get) == interpret(text, fewer, VALUES.get)
 

@@ -247,6 +247,8 @@ def _dup(status: str) -> str:
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})
+#: what a rule's texts can name besides features: `{threshold}` is the client's own threshold
+_OBJECTS = (*templates.ENGINE_OBJECTS, "threshold")
 
 
 def _held(action: Action, code: str, detail: str) -> Suppression:
@@ -261,7 +263,12 @@ class _Prep:
         self.as_of = a.instant.astimezone(a.tz)
         self.as_of_date = a.date.isoformat()
         self.evidence = [(name.split("[", 1)[0], frame.column(name)) for name in rule.evidence]
-        self.reason = templates.compiled(rule.reason)
+        aliases = rule.aliases
+
+        def text(t: str) -> Callable[[dict[str, Any], int], str]:
+            return templates.bound(t, _OBJECTS, lambda name: frame.column(aliases.get(name, name)))
+
+        self.reason = text(rule.reason)
         common = {"rule": rule.id, "category": rule.category, "as_of": self.as_of}
         self.specs: list[tuple[ActionSpec, type[Action], dict[str, Any], dict[str, Any]]] = []
         for spec in rule.then:
@@ -276,14 +283,14 @@ class _Prep:
                 static["subject"] = static["body"] = None
                 if t is not None:
                     if t.subject:
-                        texts["subject"] = templates.compiled(t.subject)
-                    texts["body"] = templates.compiled(t.body)
+                        texts["subject"] = text(t.subject)
+                    texts["body"] = text(t.body)
 
             match spec.type:
                 case "create_task":
                     static.update(due_at=_due_date(a, p.due_in), task_kind=p.kind,
                                   options=list(p.options) if p.options else None)  # fmt: skip
-                    texts["title"] = templates.compiled(p.title)
+                    texts["title"] = text(p.title)
                 case "notify_manager":
                     message(p.template)
                 case "notify_client":
@@ -299,7 +306,7 @@ class _Prep:
                     static.update(offer=p.offer, amount=p.amount, deliver=p.deliver)
                 case "create_deal":
                     static["amount"] = p.amount
-                    texts["title"] = templates.compiled(p.title)
+                    texts["title"] = text(p.title)
                 case "start_process":
                     static["process"] = p.process
             self.specs.append((spec, cls, static, texts))
@@ -555,13 +562,6 @@ class Engine:
             if client is not None
             else None
         )
-        aliases, column = rule.aliases, frame.column
-
-        def value(name: str) -> Any:
-            if name == "threshold":
-                return str(m.threshold) if m.threshold else ""
-            return column(aliases.get(name, name))[i]
-
         objects = {
             "client": client,
             "manager": manager,
@@ -569,6 +569,7 @@ class Engine:
             "new_manager": incoming,
             "as_of": prep.as_of_date,
             "rule": rule.id,
+            "threshold": str(m.threshold) if m.threshold else "",
         }
         evidence = {}
         for name, col in prep.evidence:
@@ -577,7 +578,7 @@ class Engine:
         if m.threshold is not None:
             evidence["threshold"] = str(m.threshold)
         evidence["episode"] = m.episode
-        reason = prep.reason(objects, value)
+        reason = prep.reason(objects, i)
         client_id = client.id if client is not None else None
 
         def recipient(to: str) -> str | None:
@@ -602,7 +603,7 @@ class Engine:
                 "reason": reason,
                 "evidence": evidence,
             }
-            missing = self._fill(spec, values, texts, manager_id, recipient, objects, value, m, prep)
+            missing = self._fill(spec, values, texts, manager_id, recipient, objects, m)
             act = _make(cls, values)
             if key in ledger:
                 suppressed.append(_held(act, policies.DUPLICATE, _dup(ledger[key])))
@@ -645,19 +646,17 @@ class Engine:
     def _fill(
         spec: ActionSpec,
         values: dict[str, Any],
-        texts: dict[str, Callable[[dict[str, Any], Any], str]],
+        texts: dict[str, Callable[[dict[str, Any], int], str]],
         manager_id: str | None,
         recipient: Callable[[str], str | None],
         objects: dict[str, Any],
-        value: Callable[[str], Any],
         m: _Match,
-        prep: _Prep,
     ) -> str | None:
         """The action's fields that differ per client (recipient, rendered texts); the rest is in the
         prepared static part. Returns why the action cannot go out, if it has nobody to go to."""
         p = spec.params
         for name, render in texts.items():
-            values[name] = render(objects, value)
+            values[name] = render(objects, m.i)
         match spec.type:
             case "create_task":
                 if values["options"] is not None:

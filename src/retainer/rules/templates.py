@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from functools import lru_cache
@@ -117,11 +117,9 @@ def render(text: str, objects: dict[str, Any], value: Callable[[str], Any]) -> s
 ENGINE_OBJECTS = ("client", "manager", "supervisor", "new_manager", "as_of", "rule")
 
 
-@lru_cache(maxsize=1024)
-def compiled(text: str, objects: tuple[str, ...] = ENGINE_OBJECTS) -> Callable[[dict[str, Any], Any], str]:
-    """One template compiled once into one Python expression (a plan renders the same title for tens
-    of thousands of clients), for `objects` with these names. Literals are embedded with repr() and
-    names are looked up, never evaluated."""
+def _source(text: str, objects: tuple[str, ...], feature: Callable[[str], str]) -> str:
+    """One expression for the template: literals embedded with repr(), objects looked up in `o`, and
+    other names read by the expression `feature(name)` returns. Nothing from the text is evaluated."""
     terms: list[str] = []
     for is_ph, name, obj, attr in _parts(text):
         if not is_ph:
@@ -131,6 +129,29 @@ def compiled(text: str, objects: tuple[str, ...] = ENGINE_OBJECTS) -> Callable[[
         elif name in objects:
             terms.append(f"show(o[{name!r}])")
         else:
-            terms.append(f"(x if type(x := v({name!r})) is str else show(x))")
-    src = f"lambda o, v: {' + '.join(terms) if terms else repr('')}"
-    return eval(compile(src, "<retainer template>", "eval"), {"show": _show})  # type: ignore[no-any-return]
+            terms.append(f"(x if type(x := {feature(name)}) is str else show(x))")
+    return " + ".join(terms) if terms else repr("")
+
+
+@lru_cache(maxsize=1024)
+def compiled(text: str, objects: tuple[str, ...] = ENGINE_OBJECTS) -> Callable[[dict[str, Any], Any], str]:
+    """One template compiled once (a plan renders the same title for tens of thousands of clients),
+    for `objects` with these names; any other name is `value(name)`."""
+    src = _source(text, objects, lambda name: f"v({name!r})")
+    return eval(compile(f"lambda o, v: {src}", "<retainer template>", "eval"), {"show": _show})  # type: ignore[no-any-return]
+
+
+def bound(
+    text: str, objects: tuple[str, ...], column: Callable[[str], Sequence[Any]]
+) -> Callable[[dict[str, Any], int], str]:
+    """The template for every row of a plan's frame: feature values are read straight from their
+    columns (`column(name)`), by row number."""
+    env: dict[str, Any] = {"show": _show}
+
+    def feature(name: str) -> str:
+        k = f"c{len(env)}"
+        env[k] = column(name)
+        return f"{k}[i]"
+
+    src = _source(text, objects, feature)
+    return eval(compile(f"lambda o, i: {src}", "<retainer template>", "eval"), env)  # type: ignore[no-any-return]
