@@ -42,7 +42,7 @@ from .timeutil import AsOf, AsOfRangeError, Duration, parse_as_of
 __all__ = ["Engine", "Explanation", "RuleExplanation"]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Match:
     rule: CompiledRule
     i: int  # row in `frame`

@@ -204,7 +204,7 @@ ENTITIES: dict[str, type[Entity]] = {
 }
 
 
-_SHAPES: dict[type[BaseModel], tuple[tuple[str, ...], dict[str, Any]]] = {}
+_SHAPES: dict[type[BaseModel], tuple[tuple[str, ...], dict[str, Any], set[str] | None]] = {}
 
 
 def _copy(v: Any) -> Any:
@@ -222,13 +222,16 @@ def fast_model(cls: type[BaseModel], values: dict[str, Any]) -> Any:
         shape = _SHAPES[cls] = (
             tuple(fields),
             {k: f.get_default(call_default_factory=True) for k, f in fields.items() if not f.is_required()},
+            # a frozen model never changes its set of fields: one set serves every instance (a plan at
+            # 100k clients holds hundreds of thousands of models, and a set is 200+ bytes)
+            set(fields) if cls.model_config.get("frozen") else None,
         )
-    names, defaults = shape
+    names, defaults, shared = shape
     if len(values) != len(names):
         values = {k: values[k] if k in values else _copy(defaults[k]) for k in names}
     m = cls.__new__(cls)
     object.__setattr__(m, "__dict__", values)
-    object.__setattr__(m, "__pydantic_fields_set__", set(values))
+    object.__setattr__(m, "__pydantic_fields_set__", shared if shared is not None else set(values))
     object.__setattr__(m, "__pydantic_extra__", None)
     object.__setattr__(m, "__pydantic_private__", None)
     return m

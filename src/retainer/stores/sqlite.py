@@ -365,8 +365,9 @@ def _builder(entity: str) -> Any:
         return fn
     kinds = _KINDS[entity]
     model = ENTITIES[entity]
+    assert model.model_config.get("frozen"), "the builder shares one fields set between instances"
     env: dict[str, Any] = {"new": model.__new__, "model": model, "sa": object.__setattr__,
-                           "fromiso": datetime.fromisoformat, "loads": json.loads}
+                           "fromiso": datetime.fromisoformat, "loads": json.loads, "fields": set(kinds)}
     names = [f"c{j}" for j in range(len(kinds))]
     items = []
     for j, (field, kind) in enumerate(kinds.items()):
@@ -396,7 +397,7 @@ def _builder(entity: str) -> Any:
         f"        d = {{{', '.join(items)}}}\n"
         "        m = new(model)\n"
         "        sa(m, '__dict__', d)\n"
-        "        sa(m, '__pydantic_fields_set__', set(d))\n"
+        "        sa(m, '__pydantic_fields_set__', fields)\n"  # entities are frozen: one set for all
         "        sa(m, '__pydantic_extra__', None)\n"
         "        sa(m, '__pydantic_private__', None)\n"
         "        append(m)\n"
