@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
+from functools import lru_cache
 
 from .rules.conditions import All as AllOf
 from .rules.conditions import AnyOf, Leaf, Node, Not, OlderThan
@@ -75,7 +76,12 @@ def _breaks(leaf: Leaf) -> list[int]:
 def _flip_date(v: datetime, d: Duration, a: AsOf) -> date:
     """The date an `older_than d` on instant `v` comes due (the threshold rule, DESIGN §12)."""
     moved = a.local_date(v + timedelta(hours=d.hours))
-    return d.add_to_date(moved) if d.months or d.days else moved
+    return _add(d, moved) if d.months or d.days else moved
+
+
+@lru_cache(maxsize=65536)
+def _add(d: Duration, day: date) -> date:
+    return d.add_to_date(day)  # relativedelta is slow, and most clients share a few hundred dates
 
 
 class Wakes:
