@@ -10,8 +10,11 @@ data; the ledger remembers the reassignment).
 from __future__ import annotations
 
 import csv
+import dataclasses
+import heapq
 import io
 import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,17 +25,22 @@ from typing import Any
 
 from dateutil.relativedelta import relativedelta
 
-from . import charts
-from .actions import Action
+from . import charts, policies
+from .actions import Action, Suppression
 from .adapters.base import CallbackHandler
+from .adapters.dispatch import Dispatcher
 from .engine import Engine
 from .errors import RetainerError
+from .ledger import RunRecord
+from .rules.features import FeatureFrame
 from .rules.loader import RuleSet
+from .rules.schema import Policies
 from .stores.base import Store
 from .stores.memory import MemoryStore
-from .timeutil import parse_duration
+from .sweep import Wakes
+from .timeutil import AsOf, parse_duration
 
-__all__ = ["Backtest", "backtest", "steps_between"]
+__all__ = ["METHODS", "Backtest", "backtest", "steps_between"]
 
 #: what a backtest keeps to itself: the ledger and cursors (fresh), and clients and managers (read once,
 #: since hundreds of steps ask for the same rows as of different dates)
@@ -156,6 +164,9 @@ class Backtest:
         ]
 
 
+METHODS = ("sweep", "replan")
+
+
 def backtest(
     rules: RuleSet,
     store: Store,
@@ -165,27 +176,147 @@ def backtest(
     step: str = "1d",
     label: str = "rules",
     progress: Callable[[int, int], None] | None = None,
+    method: str = "sweep",
 ) -> Backtest:
-    """Replay `rules` over [start, end] every `step`, each step a run against a fresh ledger."""
+    """Replay `rules` over [start, end] every `step` against a fresh ledger.
+
+    `replan` makes every step a full run (the reference); `sweep` (the default) re-evaluates only the
+    clients whose plan can change on a step and gives the same new actions and suppression counts
+    (docs/backtest.md, "How a sweep works").
+    """
+    if method not in METHODS:
+        raise RetainerError(f"--method {method!r}: use {' or '.join(METHODS)}")
     days = steps_between(start, end, step)
     overlay = FreshLedger(store)
     engine = Engine(rules, overlay)  # type: ignore[arg-type]
     result = Backtest(label, days)
-    sink = CallbackHandler(lambda a: None)  # delivered at once: the ledger stays small and exact
     t0 = time.perf_counter()
-    for i, day in enumerate(days):
-        a = engine.as_of(day)
-        report = engine.run(day, handlers=sink, clock=lambda a=a: a.instant, sleep=lambda s: None)
-        result.new += [(day, x) for x in report.committed]
-        for s in report.plan.suppressed:
-            if s.reason_code != "duplicate":
-                result.suppressed[(s.action.rule, s.reason_code)] += 1
-        if progress:
-            progress(i + 1, len(days))
+    if method == "replan":
+        _replan(engine, days, result, progress)
+    else:
+        _sweep(engine, overlay, days, result, progress)
     result.seconds = time.perf_counter() - t0
     if days:
         result.client_manager = {c.id: c.manager_id for c in store.clients(engine.as_of(days[-1]).instant)}
     return result
+
+
+_SINK = CallbackHandler(lambda a: None)  # delivered at once: the ledger stays small and exact
+
+
+def _replan(engine: Engine, days: list[date], result: Backtest, progress: Callable[[int, int], None] | None) -> None:
+    for i, day in enumerate(days):
+        a = engine.as_of(day)
+        report = engine.run(day, handlers=_SINK, clock=lambda a=a: a.instant, sleep=lambda s: None)
+        result.new += [(day, x) for x in report.committed]
+        _count(result, report.plan.suppressed)
+        if progress:
+            progress(i + 1, len(days))
+
+
+def _count(result: Backtest, suppressed: list[Suppression]) -> None:
+    for s in suppressed:
+        if s.reason_code != "duplicate":
+            result.suppressed[(s.action.rule, s.reason_code)] += 1
+
+
+def _commit(engine: Engine, a: AsOf, actions: list[Action], cursors: dict[str, str]) -> list[Action]:
+    """What `Engine.run` does after planning: one commit to the ledger, then delivery (to nowhere)."""
+    store = engine.store
+    clock = lambda: a.instant  # noqa: E731
+    with store.run_lock(f"backtest as of {a.date}"):
+        run = RunRecord(id=str(uuid.uuid4()), as_of=a.instant.astimezone(a.tz), rules_digest=engine.rules.digest,
+                        started_at=a.instant)  # fmt: skip
+        committed = store.commit_run(run, actions, cursors)
+        Dispatcher(store, _SINK, clock=clock, sleep=lambda s: None).dispatch_active(committed)
+        store.finish_run(run.id, a.instant, {"new": len(committed)})
+    return committed
+
+
+def _sweep(
+    engine: Engine,
+    overlay: FreshLedger,
+    days: list[date],
+    result: Backtest,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """A full plan on the first step; then, per step, a partial plan (`Engine` with `clients=`) of the
+    clients whose plan can change, committed to the same ledger as a full run would be:
+
+    - those with a fact dated since the previous step (`Store.fact_times`, read once for the period);
+    - those whose time-dependent conditions come due (`sweep.Wakes`, computed when they are evaluated);
+    - those with an action committed or held back on the previous step (their ledger moved, or a policy
+      may let the action through now: a held-back action is counted every step, as a full run does);
+    - those whose `abc_class` changed (the population column is recomputed each step when a rule reads it).
+
+    Manager-level rules (overdue_tasks) read every client's tasks: they are planned over everyone, alone,
+    on every step (their actions, escalations, are independent of the client rules' guards)."""
+    if not days:
+        return
+    rules = engine.rules
+    asofs = [engine.as_of(d) for d in days]
+    wakes = Wakes(rules)
+    by_step: list[set[str]] = [set() for _ in days]
+    k = 0
+    for t, _entity, _field, cid in overlay.fact_times(asofs[0].instant, asofs[-1].instant):
+        while asofs[k].instant < t:
+            k += 1
+        by_step[k].add(cid)
+    manager_rules = [r for r in rules.rules if r.subject == "manager"]
+    # a manager-level rule that plans contacts competes with the client rules for caps and daily task
+    # slots: then every step is a full plan (correct, not faster)
+    full_always = any(spec.type in policies.CONTACT_TYPES for r in manager_rules for spec in r.then)
+    mengine = None
+    if manager_rules and not full_always:  # escalations and notices: no guard applies to them
+        alone = dataclasses.replace(
+            rules, file=rules.file.model_copy(update={"policies": Policies()}), rules=manager_rules,
+            _needed=set().union(*(r.features() for r in manager_rules)),
+        )  # fmt: skip
+        mengine = Engine(alone, overlay)  # type: ignore[arg-type]
+    needed = rules.registry.closure(rules.features_needed())
+    abc: dict[str, Any] | None = {} if "abc_class" in needed else None
+    managers = {m.id: m for m in overlay.managers()}
+    scheduled: dict[str, date] = {}
+    heap: list[tuple[date, str]] = []
+    carry: set[str] = set()
+    for i, (day, a) in enumerate(zip(days, asofs, strict=True)):
+        dirty = carry | by_step[i]
+        while heap and heap[0][0] <= day:
+            w, cid = heapq.heappop(heap)
+            if scheduled.get(cid) == w:
+                del scheduled[cid]
+                dirty.add(cid)
+        if abc is not None:
+            pop = FeatureFrame(rules.registry, overlay, a, overlay.clients(a.instant), managers, None)  # type: ignore[arg-type]
+            now = dict(zip(pop.ids, pop.column("abc_class"), strict=True))
+            if i:
+                dirty |= {cid for cid, v in now.items() if abc.get(cid) != v}
+            abc = now
+        ids = None if i == 0 or full_always else sorted(dirty)
+        actions: list[Action] = []
+        suppressed: list[Suppression] = []
+        cursors: dict[str, str] = {}
+        frame = None
+        if ids is None or ids:
+            plan, frame, _ = engine._plan(a, ids)
+            actions, suppressed, cursors = plan.actions, plan.suppressed, plan.cursors
+        if mengine is not None and ids is not None:
+            mplan = mengine._plan(a, None)[0]
+            actions = sorted([*actions, *mplan.actions], key=lambda x: x.key)
+            suppressed = [*suppressed, *mplan.suppressed]
+        committed = _commit(engine, a, actions, cursors) if actions else []
+        result.new += [(day, x) for x in committed]
+        _count(result, suppressed)
+        carry = {x.client_id for x in committed if x.client_id is not None}
+        carry |= {s.action.client_id for s in suppressed if s.reason_code != "duplicate" and s.action.client_id}
+        if frame is not None:
+            for cid in frame.ids:
+                scheduled.pop(cid, None)
+            for cid, w in wakes.compute(frame).items():
+                scheduled[cid] = w
+                heapq.heappush(heap, (w, cid))
+        if progress:
+            progress(i + 1, len(days))
 
 
 # ---------------------------------------------------------------- output

@@ -501,6 +501,9 @@ def backtest(
     start: Annotated[str, typer.Option("--from", help="First date replayed.")],
     end: Annotated[str, typer.Option("--to", help="Last date replayed.")],
     step: Annotated[str, typer.Option("--step", help="1d (nightly runs), 1w, 1mo.")] = "1d",
+    method: Annotated[
+        str, typer.Option("--method", help="sweep (re-evaluate only what can change) or replan (full runs).")
+    ] = "sweep",
     compare: Annotated[Path | None, typer.Option("--compare", help="Second rule file (B), for A/B.")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Write backtest.json, .csv and .html here.")] = None,
     fmt: Annotated[
@@ -527,7 +530,7 @@ def backtest(
         label = path.name if not compare or path.name != compare.name else str(path)
         try:
             with err.status(f"backtesting {label} ...") as status:
-                results.append(run_backtest(rs, store, d1, d2, step=step, label=label,
+                results.append(run_backtest(rs, store, d1, d2, step=step, label=label, method=method,
                                             progress=lambda i, n, s=status, lb=label: s.update(
                                                 f"backtesting {lb}: step {i}/{n}")))  # fmt: skip
         except RetainerError as exc:

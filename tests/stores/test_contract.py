@@ -24,6 +24,7 @@ import retainer
 from retainer import DataError
 from retainer.model import ENTITIES, Client, Invoice, Manager, Touch
 from retainer.stores import AggSpec, Pred, Store
+from retainer.stores.base import TIME_FIELDS
 
 SETTINGS = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -280,6 +281,46 @@ def test_clients_and_loads_match_reference(backend: str, crm: dict[str, list[dic
         assert [c.id for c in s.clients(as_of, ids)] == sorted({r["id"] for r in exists} & set(ids))
         assert s.clients(as_of) == sorted((Client.model_validate(r) for r in exists), key=lambda c: c.id)
         assert s.manager_loads(as_of) == loads
+
+
+# ------------------------------------------------------------------ fact_times (what backtest sweeps)
+
+
+def test_fact_times_examples(store: Store) -> None:
+    store.add(managers=[{"id": "m1"}], clients=[
+        {"id": "c1", "manager_id": "m1", "created_at": "2026-01-05T10:00"},
+        {"id": "c2", "manager_id": "m1"},
+    ], touches=[{"id": "t1", "client_id": "c2", "at": "2026-01-10T00:00"}],
+        tasks=[{"id": "k1", "client_id": "c1", "created_at": "2025-12-01", "due_at": "2026-01-10T00:00",
+                "done_at": "2026-02-01"}],
+        invoices=[{"id": "i1", "client_id": "c2", "issued_at": "2025-01-01", "due_at": "2026-01-20",
+                   "amount": 10, "paid_at": "2026-01-10T00:00:01"}])
+    got = store.fact_times(ts("2026-01-05T10:00:00"), ts("2026-01-20T00:00:00"))
+    assert got == [  # (after, until]: the lower bound is excluded, the upper one included; sorted
+        (ts("2026-01-10T00:00:00"), "tasks", "due_at", "c1"),
+        (ts("2026-01-10T00:00:00"), "touches", "at", "c2"),
+        (ts("2026-01-10T00:00:01"), "invoices", "paid_at", "c2"),
+        (ts("2026-01-20T00:00:00"), "invoices", "due_at", "c2"),
+    ]
+    assert store.fact_times(ts("2026-01-05T09:59:59"), ts("2026-01-05T10:00:00")) == [
+        (ts("2026-01-05T10:00:00"), "clients", "created_at", "c1")]
+
+
+@SETTINGS
+@given(crm=S.crms(), a=S.utc_instants(), b=S.utc_instants())
+def test_fact_times_match_reference(backend: str, crm: dict[str, list[dict[str, Any]]], a: datetime,
+                                    b: datetime) -> None:
+    lo, hi = min(a, b), max(a, b)
+    want = []
+    for entity, fields in TIME_FIELDS.items():
+        for r in crm.get(entity, []):
+            for f in fields:
+                t = S.instant(r.get(f))
+                if t is not None and lo < t <= hi:
+                    want.append((t, entity, f, r["id"] if entity == "clients" else r["client_id"]))
+    with fresh(backend) as s:
+        S.load(s, crm)
+        assert s.fact_times(lo, hi) == sorted(want)
 
 
 # ------------------------------------------------------------------ cursors

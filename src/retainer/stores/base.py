@@ -13,16 +13,16 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args, runtime_checkable
 
-from ..model import Client, Entity, Manager
+from ..model import ENTITIES, Client, Entity, Manager
 
 if TYPE_CHECKING:
     from ..actions import Action
     from ..ledger import LedgerEntry, RunRecord, Status
     from ._ingest import Batch
 
-__all__ = ["COMPARE", "EXISTS_FIELD", "VIRTUAL_FIELDS", "AggSpec", "Pred", "Store", "virtual_value"]
+__all__ = ["COMPARE", "EXISTS_FIELD", "TIME_FIELDS", "VIRTUAL_FIELDS", "AggSpec", "Pred", "Store", "virtual_value"]
 
 #: Comparison operators shared by store predicates and rule conditions (one definition).
 COMPARE: dict[str, Callable[[Any, Any], bool]] = {
@@ -73,6 +73,24 @@ EXISTS_FIELD: dict[str, str] = {
     "invoices": "issued_at",
     "offers": "made_at",
     "contracts": "starts_at",
+}
+
+
+def _is_instant(annotation: Any) -> bool:
+    todo = [annotation]
+    while todo:
+        t = todo.pop()
+        if t is datetime:
+            return True
+        todo.extend(get_args(t))
+    return False
+
+
+#: Every date/time field of the clients and the facts: `Store.fact_times` reports their values.
+TIME_FIELDS: dict[str, tuple[str, ...]] = {
+    entity: tuple(f for f, info in model.model_fields.items() if _is_instant(info.annotation))
+    for entity, model in ENTITIES.items()
+    if entity != "managers"
 }
 
 #: Fields whose value depends on as_of (the state of a fact at that instant), per entity.
@@ -185,6 +203,12 @@ class Store(Protocol):
     ) -> list[Entity]:
         """Fact rows that exist at as_of and match `where` (virtual fields evaluated at as_of), sorted by
         (client_id, id): the rows per-invoice and per-task rules iterate over."""
+        ...
+
+    def fact_times(self, after: datetime, until: datetime) -> list[tuple[datetime, str, str, str]]:
+        """`(instant, entity, field, client_id)` for every date/time value of every fact (and every
+        client's `created_at`) in `(after, until]`, sorted: the moments at which something about a
+        client can change, which a backtest sweeps in time order instead of re-planning everyone."""
         ...
 
     def get_cursor(self, name: str) -> str | None:

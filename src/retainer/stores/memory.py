@@ -15,7 +15,7 @@ from ..errors import StoreError
 from ..ledger import LedgerEntry, RunRecord, Status, action_payload, check_statuses
 from ..model import Client, Entity, Manager
 from . import _ingest
-from .base import COMPARE, EXISTS_FIELD, VIRTUAL_FIELDS, AggSpec, Pred, virtual_value
+from .base import COMPARE, EXISTS_FIELD, TIME_FIELDS, VIRTUAL_FIELDS, AggSpec, Pred, virtual_value
 
 
 class MemoryStore:
@@ -156,6 +156,18 @@ class MemoryStore:
                 out[cid] = sum(present, Decimal(0) if isinstance(present[0], Decimal) else 0)
             else:
                 out[cid] = max(present) if spec.fn == "max" else min(present)
+        return out
+
+    def fact_times(self, after: datetime, until: datetime) -> list[tuple[datetime, str, str, str]]:
+        out: list[tuple[datetime, str, str, str]] = []
+        for entity, fields in TIME_FIELDS.items():
+            for row in self._facts[entity].values():
+                cid = row.id if entity == "clients" else row.client_id  # type: ignore[attr-defined]
+                for f in fields:
+                    t = getattr(row, f)
+                    if t is not None and after < t <= until:
+                        out.append((t, entity, f, cid))
+        out.sort()
         return out
 
     # ------------------------------------------------------------ cursors

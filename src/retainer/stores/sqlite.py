@@ -31,7 +31,7 @@ from ..ledger import LedgerEntry, RunRecord, Status, action_payload, check_statu
 from ..model import ENTITIES, Client, Entity, Manager, no_gc
 from ..timeutil import to_utc_text
 from . import _ingest
-from .base import EXISTS_FIELD, AggSpec, Pred
+from .base import EXISTS_FIELD, TIME_FIELDS, AggSpec, Pred
 
 SCHEMA_VERSION = "2"  # 2: per-client summaries (retainer_latest, retainer_newest) that every writer maintains
 _MIGRATES = ("1",)  # older versions this one upgrades on open
@@ -755,6 +755,18 @@ class SQLiteStore:
                 [to_utc_text(as_of)],
             ).fetchall()
         )
+
+    def fact_times(self, after: datetime, until: datetime) -> list[tuple[datetime, str, str, str]]:
+        lo, hi = to_utc_text(after), to_utc_text(until)
+        fromiso = datetime.fromisoformat
+        out: list[tuple[datetime, str, str, str]] = []
+        for entity, fields in TIME_FIELDS.items():
+            cid = "id" if entity == "clients" else "client_id"
+            for f in fields:  # one scan per column: a year of a 100k CRM is a few seconds, once
+                rows = self.db.execute(f"SELECT {f}, {cid} FROM {entity} WHERE {f} > ? AND {f} <= ?", [lo, hi])
+                out.extend((fromiso(t), entity, f, c) for t, c in rows)
+        out.sort()
+        return out
 
     # ------------------------------------------------------------ aggregates
 

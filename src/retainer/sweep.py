@@ -1,0 +1,298 @@
+"""When can a client's plan change by the passage of time alone? The backtest sweep asks this.
+
+After a client is evaluated as of some date, `Wakes.compute` returns the earliest later date at which
+any time-dependent part of any rule about it could flip while no new fact arrives and the ledger stays
+as it is: an `older_than` threshold coming due, a `days_since_*` counter reaching a constant, a fact
+leaving a `within:` window, a due date passing a "due on or after today" filter, an episode feature
+that moves with time. New facts, commits and suppressions are the backtest's business (it re-evaluates
+those clients on the next step); the population feature `abc_class` is diffed by the backtest too.
+
+Every estimate errs early: a wake date may come before the real flip (the client is evaluated and
+nothing changes, then it is woken again), never after it. A feature whose time behaviour is not known
+here wakes the client on the next step, so a new feature is slow until described, never wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime, timedelta
+from functools import lru_cache
+
+from .rules.conditions import All as AllOf
+from .rules.conditions import AnyOf, Leaf, Node, Not, OlderThan
+from .rules.features import FeatureFrame, SubFrame, invoice_frame
+from .rules.loader import RuleSet
+from .stores.base import AggSpec, Pred
+from .timeutil import AsOf, Duration, parse_as_of
+
+__all__ = ["Wakes"]
+
+Wake = date | None
+Frame = FeatureFrame | SubFrame
+
+#: integer features that grow by one per calendar day while the instant they count from stays put
+DAY_COUNTERS = frozenset({
+    "days_since_activity", "days_since_last_invoice", "max_days_overdue", "days_since_won_deal",
+    "days_since_offer_end", "invoice.days_since_issue", "invoice.days_overdue",
+})  # fmt: skip
+
+#: features that only change with facts, client rows or the ledger (which the backtest watches itself)
+STATIC = frozenset({
+    "status", "tags", "manager_id", "contact_policy", "name", "created_at", "cost_to_serve", "client_id",
+    "manager_active", "manager_team", "released_at", "abc_class",  # abc_class: diffed over the population
+    "invoice.id", "invoice.amount", "invoice.paid_total", "invoice.outstanding", "invoice.issued_at",
+    "invoice.due_at", "invoice.activity_since_issue",
+})  # fmt: skip
+
+
+def _is_counter(name: str) -> bool:
+    return name in DAY_COUNTERS or name.startswith("days_since_activity[")
+
+
+def _min(a: Wake, b: Wake) -> Wake:
+    return b if a is None else a if b is None or a <= b else b
+
+
+def _merge(into: list[Wake], other: Sequence[Wake]) -> None:
+    for i, w in enumerate(other):
+        if w is not None and (into[i] is None or w < into[i]):  # type: ignore[operator]
+            into[i] = w
+
+
+def _breaks(leaf: Leaf) -> list[int]:
+    """Values at which the leaf's truth may change, for an integer feature (a value and the next)."""
+    v = leaf.value
+    consts = list(v) if leaf.op in ("in", "not_in", "between") else [v]
+    out: list[int] = []
+    for c in consts:
+        try:
+            n = int(c)
+        except (TypeError, ValueError):
+            continue
+        out += [n, n + 1]
+    return out
+
+
+def _flip_date(v: datetime, d: Duration, a: AsOf) -> date:
+    """The date an `older_than d` on instant `v` comes due (the threshold rule, DESIGN §12)."""
+    moved = a.local_date(v + timedelta(hours=d.hours))
+    return _add(d, moved) if d.months or d.days else moved
+
+
+@lru_cache(maxsize=65536)
+def _add(d: Duration, day: date) -> date:
+    return d.add_to_date(day)  # relativedelta is slow, and most clients share a few hundred dates
+
+
+class Wakes:
+    """Per rule set: which time-dependent parts each rule has, and when they next flip per client."""
+
+    def __init__(self, rules: RuleSet) -> None:
+        self.rules = rules
+        self.registry = rules.registry
+
+    def compute(self, frame: FeatureFrame) -> dict[str, date]:
+        """client id -> the earliest date after `frame.as_of` to evaluate it again (absent: never by time)."""
+        a = frame.as_of
+        self._a = a
+        self._next = a.date + timedelta(days=1)
+        self._memo: dict[tuple[int, str], list[Wake]] = {}
+        self._bounds: dict[tuple[str, int, int, date], datetime] = {}
+        self._prefetch(frame)
+        out: list[Wake] = [None] * len(frame.ids)
+        for rule in self.rules.rules:
+            if rule.subject == "manager":
+                continue  # evaluated over every manager by the backtest itself
+            fr: Frame = frame if rule.subject == "client" else invoice_frame(frame)
+            rows = self._node(rule.condition, fr)
+            if rule.episode:  # a new episode is a new key: only rows that match can emit one
+                ep = self._feature(fr, rule.episode)
+                mask = rule.condition.mask(fr)
+                _merge(rows, [w if hit else None for w, hit in zip(ep, mask, strict=True)])
+            if isinstance(fr, SubFrame):
+                assert fr.row_client is not None
+                mapped: list[Wake] = [None] * len(frame.ids)
+                for j, w in zip(fr.row_client, rows, strict=True):
+                    mapped[j] = _min(mapped[j], w)
+                rows = mapped
+            _merge(out, rows)
+        nxt = self._next
+        return {cid: max(w, nxt) for cid, w in zip(frame.ids, out, strict=True) if w is not None}
+
+    # ------------------------------------------------------------ conditions
+
+    def _node(self, node: Node, fr: Frame) -> list[Wake]:
+        if isinstance(node, AllOf | AnyOf):
+            out: list[Wake] = [None] * len(fr.ids)
+            for c in node.children:
+                _merge(out, self._node(c, fr))
+            return out
+        if isinstance(node, Not):
+            return self._node(node.child, fr)
+        if isinstance(node, Leaf):
+            if _is_counter(node.feature):
+                return self._counter(node, fr)
+            return list(self._feature(fr, node.feature))
+        if isinstance(node, OlderThan):
+            return self._older(node, fr)
+        return [self._next] * len(fr.ids)  # a node this module does not know: every step
+
+    def _counter(self, leaf: Leaf, fr: Frame) -> list[Wake]:
+        """A `days_since_*` leaf flips when the counter reaches one of its constants (or one past it)."""
+        d0 = self._a.date
+        breaks = _breaks(leaf)
+        out: list[Wake] = []
+        for v in fr.column(leaf.feature):
+            k = min((b - v for b in breaks if b - v > 0), default=None) if isinstance(v, int) else None
+            out.append(None if k is None else d0 + timedelta(days=k))
+        _merge(out, self._deps(fr, leaf.feature))
+        return out
+
+    def _older(self, node: OlderThan, fr: Frame) -> list[Wake]:
+        """Not yet old enough: due on the threshold date (a day early, to be safe). Once held, an
+        `older_than` stays held until a new fact moves its instant."""
+        a = self._a
+        held = node.mask(fr)
+        durs = node.durations(fr)
+        out: list[Wake] = []
+        for v, d, h in zip(fr.column(node.feature), durs, held, strict=True):
+            out.append(None if h or v is None or d is None else _flip_date(v, d, a) - timedelta(days=1))
+        _merge(out, self._feature(fr, node.feature))
+        for cond, dur in node.cases:  # which threshold applies can change with time too
+            _merge(out, self._node(cond, fr))
+            if isinstance(dur, str):
+                _merge(out, self._feature(fr, dur))
+        return out
+
+    # ------------------------------------------------------------ features
+
+    def _feature(self, fr: Frame, name: str) -> list[Wake]:
+        key = (id(fr), name)
+        got = self._memo.get(key)
+        if got is None:
+            got = self._memo[key] = self._feature_uncached(fr, name)
+        return got
+
+    def _feature_uncached(self, fr: Frame, name: str) -> list[Wake]:
+        n = len(fr.ids)
+        if isinstance(fr, SubFrame):
+            if name.startswith("invoice."):
+                return [self._next] * n if _is_counter(name) else [None] * n
+            assert fr.row_client is not None
+            parent = self._feature(fr.parent, name)
+            return [parent[j] for j in fr.row_client]
+        if name in STATIC or name.startswith("attributes."):
+            return [None] * n
+        if _is_counter(name):  # as a value (an episode, a threshold case): it moves every day
+            return [self._next if v is not None else None for v in fr.column(name)]
+        if name == "contract_progress":  # moves continuously while a contract runs
+            return [self._next if v is not None else None for v in fr.column(name)]
+        impl = self.registry.get(name)
+        specs = impl.aggs(self._a)
+        if not specs and not impl.deps:
+            return [self._next] * n  # unknown time behaviour: every step
+        out: list[Wake] = [None] * n
+        index = {cid: i for i, cid in enumerate(fr.ids)}
+        for j, s in enumerate(specs):
+            for cid, w in self._spec_wakes(fr, name, j, s).items():
+                i = index.get(cid)
+                if i is not None and (out[i] is None or w < out[i]):  # type: ignore[operator]
+                    out[i] = w
+        _merge(out, self._deps(fr, name))
+        if name.startswith("profit_") and self._months_window(name):  # days per window vary by date
+            _merge(out, [self._next if c.cost_to_serve else None for c in fr.clients])
+        return out
+
+    def _months_window(self, name: str) -> bool:
+        from .timeutil import parse_duration
+
+        try:
+            return parse_duration(name.split("_", 1)[1]).months != 0
+        except ValueError:
+            return True
+
+    def _deps(self, fr: Frame, name: str) -> list[Wake]:
+        out: list[Wake] = [None] * len(fr.ids)
+        for d in self.registry.get(name).deps if name in self.registry else ():
+            _merge(out, self._feature(fr, d))
+        return out
+
+    # ------------------------------------------------------------ store aggregates
+
+    @staticmethod
+    def _extra(s: AggSpec) -> list[tuple[AggSpec, int]]:
+        """Aggregates that time the next change of aggregate `s`: the oldest fact in its window (it
+        leaves the window: index -1), and the next value of a field compared with an instant that moves
+        with as_of (a due date passing "due on or after today": the predicate's index)."""
+        out: list[tuple[AggSpec, int]] = []
+        if s.since is not None and s.time_field is not None:
+            out.append((AggSpec(s.entity, "min", s.time_field, s.where, s.time_field, s.since), -1))
+        for k, p in enumerate(s.where):
+            if isinstance(p.value, datetime):
+                rest = tuple(q for q in s.where if q is not p)
+                out.append(
+                    (
+                        AggSpec(
+                            s.entity, "min", p.field, (*rest, Pred(p.field, "gte", p.value)), s.time_field, s.since
+                        ),
+                        k,
+                    )
+                )
+        return out
+
+    def _bound(self, name: str, j: int, k: int, d: date) -> datetime:
+        """The window start (k = -1) or the moving instant of predicate k of the feature's aggregate j,
+        as of date d: read from the feature's own definition, so the search below is exact."""
+        key = (name, j, k, d)
+        got = self._bounds.get(key)
+        if got is None:
+            spec = self.registry.get(name).aggs(parse_as_of(d, self._a.tz))[j]
+            got = spec.since if k < 0 else spec.where[k].value
+            assert isinstance(got, datetime)
+            self._bounds[key] = got
+        return got
+
+    def _first_date(self, name: str, j: int, k: int, t: datetime, guess: date) -> date:
+        """The first date after as_of's whose bound reaches t (bounds only grow with the date)."""
+        lo = self._next
+        d = max(guess, lo)
+        while d > lo and self._bound(name, j, k, d - timedelta(days=1)) >= t:
+            d -= timedelta(days=1)
+        while self._bound(name, j, k, d) < t:
+            d += timedelta(days=1)
+        return d
+
+    def _spec_wakes(self, fr: FeatureFrame, name: str, j: int, s: AggSpec) -> dict[str, date]:
+        a = self._a
+        out: dict[str, date] = {}
+        for spec, k in self._extra(s):
+            now = s.since if k < 0 else s.where[k].value
+            assert isinstance(now, datetime)
+            shift = a.date - a.local_date(now)
+            for cid, t in fr.agg(spec).items():
+                w = self._first_date(name, j, k, t, a.local_date(t) + shift)
+                if cid not in out or w < out[cid]:
+                    out[cid] = w
+        return out
+
+    def _prefetch(self, frame: FeatureFrame) -> None:
+        """Every extra aggregate in one store call (one scan per fact table), as the plan's own."""
+        specs: list[AggSpec] = []
+        for name in self.registry.closure(self._time_features()):
+            if name in STATIC or name.startswith(("attributes.", "invoice.")) or name not in self.registry:
+                continue
+            impl = self.registry.get(name)
+            if impl.subject != "client":
+                continue
+            for s in impl.aggs(self._a):
+                specs += [e for e, _ in self._extra(s)]
+        frame.prefetch(set(), list(dict.fromkeys(specs)))
+
+    def _time_features(self) -> set[str]:
+        out: set[str] = set()
+        for r in self.rules.rules:
+            if r.subject != "manager":
+                out |= r.condition.features()
+                if r.episode:
+                    out.add(r.episode)
+        return out
