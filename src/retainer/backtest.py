@@ -9,6 +9,7 @@ data; the ledger remembers the reassignment).
 
 from __future__ import annotations
 
+import bisect
 import csv
 import dataclasses
 import heapq
@@ -18,7 +19,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,11 @@ __all__ = ["METHODS", "Backtest", "backtest", "steps_between"]
 _LOCAL = frozenset({
     "run_lock", "ledger_status", "commit_run", "finish_run", "runs", "ledger", "begin_attempts",
     "finish_attempts", "requeue", "set_outcome", "get_cursor", "set_cursor",
-    "clients", "managers", "manager_loads",
+    "clients", "managers",
 })  # fmt: skip
+
+
+_END_OF_TIME = datetime.max.replace(tzinfo=UTC)
 
 
 class FreshLedger:
@@ -61,6 +65,19 @@ class FreshLedger:
         self._local.add(managers=list(base.iter("managers")), clients=list(base.iter("clients")))
         self.url = base.url
         self.tz = base.tz
+
+        # clients never change during a backtest: manager loads as of any instant are the clients
+        # created by then (a sweep asks every step; counting 100k clients each time was 0.1 s a step)
+        live = [c for c in self._local.clients(_END_OF_TIME) if c.status != "archived"]
+        self._always = Counter(c.manager_id for c in live if c.created_at is None)
+        dated = sorted((c.created_at, c.manager_id) for c in live if c.created_at is not None)
+        self._created = [t for t, _ in dated]
+        self._created_by = [m for _, m in dated]
+
+    def manager_loads(self, as_of: datetime) -> dict[str, int]:
+        loads = Counter(self._always)
+        loads.update(self._created_by[: bisect.bisect_right(self._created, as_of)])
+        return dict(loads)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._local if name in _LOCAL else self._base, name)

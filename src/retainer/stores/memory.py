@@ -76,7 +76,7 @@ class MemoryStore:
 
     def clients(self, as_of: datetime, ids: Sequence[str] | None = None) -> list[Client]:
         table: dict[str, Any] = self._facts["clients"]
-        keys = sorted(table) if ids is None else sorted(set(ids) & set(table))
+        keys = sorted(table) if ids is None else sorted(k for k in set(ids) if k in table)
         return [c for k in keys if ((c := table[k]).created_at is None or c.created_at <= as_of)]
 
     def managers(self) -> list[Manager]:
