@@ -396,15 +396,10 @@ def _activity_feature(name: str, spec: ActivitySpec | None) -> FeatureImpl:
     specs = _activity_specs(spec)
 
     def compute(f: FeatureFrame) -> list[Any]:
-        cols = [f.agg(s) for s in specs(f.as_of)]
-        out = []
-        for cid in f.ids:
-            best = None
-            for c in cols:
-                v = c.get(cid)
-                if v is not None and (best is None or v > best):
-                    best = v
-            out.append(best)
+        out: list[Any] = [None] * len(f.ids)
+        for c in (f.agg(s) for s in specs(f.as_of)):  # the latest of each source, column by column
+            new = map(c.get, f.ids)
+            out = [a if b is None or (a is not None and a >= b) else b for a, b in zip(out, new, strict=True)]
         return out
 
     return FeatureImpl(name, "datetime", "latest activity at or before as_of", aggs=specs, compute=compute)
