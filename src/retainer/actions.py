@@ -10,6 +10,7 @@ import hashlib
 import uuid
 from datetime import date, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -55,7 +56,7 @@ def action_id(key: str) -> str:
 class Action(BaseModel):
     """Fields every action carries; the subclasses add their own."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     type: str
     id: str
@@ -162,7 +163,13 @@ AnyAction = Annotated[
     | StartProcess,
     Field(discriminator="type"),
 ]
-_ADAPTER: TypeAdapter[Any] = TypeAdapter(AnyAction)
+
+
+@lru_cache(maxsize=1)
+def _adapter() -> TypeAdapter[Any]:
+    """Built on first use: a plan never validates its actions, and building costs start-up time."""
+    return TypeAdapter(AnyAction)
+
 
 ACTION_TYPES: dict[str, type[Action]] = {
     c.model_fields["type"].default: c  # type: ignore[misc]
@@ -183,13 +190,13 @@ ACTION_TYPES: dict[str, type[Action]] = {
 
 def parse_action(data: dict[str, Any]) -> Action:
     """Rebuild an action from its JSON form (ledger rows, plan files)."""
-    return _ADAPTER.validate_python(data)  # type: ignore[no-any-return]
+    return _adapter().validate_python(data)  # type: ignore[no-any-return]
 
 
 class Suppression(BaseModel):
     """An action a rule proposed and a policy (or the ledger) held back, with why."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     action: AnyAction
     reason_code: str

@@ -79,7 +79,9 @@ Id = Annotated[str, Field(min_length=1)]
 
 
 class Entity(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True, coerce_numbers_to_str=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", str_strip_whitespace=True, coerce_numbers_to_str=True, defer_build=True
+    )
 
     id: Id
 
