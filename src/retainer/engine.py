@@ -111,11 +111,18 @@ class _Reassigner:
         self.managers = managers
         self.loads = dict(loads)
         self.store = store
-        self.supervisors = {m.supervisor_id for m in managers.values() if m.supervisor_id}
+        self._supervisors: set[str] | None = None
         self.cursors: dict[str, str] = {}
         self._static: dict[tuple[Any, ...], list[Manager]] = {}
         self._heaps: dict[tuple[Any, ...], list[tuple[int, str]]] = {}
         self._member_of: dict[str, list[tuple[Any, ...]]] = {}
+
+    @property
+    def supervisors(self) -> set[str]:
+        """Worked out on the first pick: most partial plans reassign nobody."""
+        if self._supervisors is None:
+            self._supervisors = {m.supervisor_id for m in self.managers.values() if m.supervisor_id}
+        return self._supervisors
 
     def _candidates(self, key: tuple[Any, ...], spec: ReassignSpec, team: str | None) -> list[Manager]:
         got = self._static.get(key)

@@ -202,6 +202,8 @@ class _SessionStore:
         self._store = store
         self._managers: list[Manager] | None = None
         self._created: dict[str, tuple[list[datetime], int]] | None = None
+        self._newest: datetime | None = None
+        self._all: dict[str, int] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
@@ -231,6 +233,11 @@ class _SessionStore:
             for mid in set(undated) | set(dated):
                 by[mid] = (sorted(dated.get(mid, [])), undated.get(mid, 0))
             self._created = by
+            # once every client exists (as_of after the newest created_at), the loads are fixed
+            self._newest = max((t[-1] for t, _ in by.values() if t), default=None)
+            self._all = {mid: len(t) + n for mid, (t, n) in by.items() if len(t) + n}
+        if self._newest is None or as_of >= self._newest:
+            return dict(self._all)
         out = {}
         for mid, (times, n) in self._created.items():
             k = n + bisect.bisect_right(times, as_of)
