@@ -106,6 +106,27 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def _memo(fn: Callable[[Any, Frame], list[bool]]) -> Callable[[Any, Frame], list[bool]]:
+    """One evaluation per equal condition per frame: the parts of a rule (ladder steps, outcome steps)
+    and the rules of one file repeat conditions (`outstanding >= 100` in every dunning step). Callers
+    only read the list."""
+
+    def mask(self: Any, frame: Frame) -> list[bool]:
+        memo = getattr(frame, "memo", None)
+        if memo is None:
+            return fn(self, frame)
+        try:
+            key = ("mask", self)
+            hit = memo.get(key)
+        except TypeError:  # a value that cannot be hashed: evaluate every time
+            return fn(self, frame)
+        if hit is None:
+            hit = memo[key] = fn(self, frame)
+        return hit  # type: ignore[no-any-return]
+
+    return mask
+
+
 class Node:
     def mask(self, frame: Frame) -> list[bool]:
         raise NotImplementedError
@@ -121,6 +142,7 @@ class Node:
 class All(Node):
     children: tuple[Node, ...]
 
+    @_memo
     def mask(self, frame: Frame) -> list[bool]:
         out = [True] * len(frame.ids)
         for c in self.children:
@@ -139,6 +161,7 @@ class All(Node):
 class AnyOf(Node):
     children: tuple[Node, ...]
 
+    @_memo
     def mask(self, frame: Frame) -> list[bool]:
         out = [False] * len(frame.ids)
         for c in self.children:
@@ -157,6 +180,7 @@ class AnyOf(Node):
 class Not(Node):
     child: Node
 
+    @_memo
     def mask(self, frame: Frame) -> list[bool]:
         return [not b for b in self.child.mask(frame)]
 
@@ -200,6 +224,7 @@ class Leaf(Node):
         except TypeError:
             return False
 
+    @_memo
     def mask(self, frame: Frame) -> list[bool]:
         col = frame.column(self.feature)
         x = self.value
@@ -286,6 +311,7 @@ class OlderThan(Node):
             ]
         return out, problems
 
+    @_memo
     def mask(self, frame: Frame) -> list[bool]:
         as_of = frame.as_of
         values = frame.column(self.feature)
