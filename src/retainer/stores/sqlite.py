@@ -36,6 +36,7 @@ from .base import EXISTS_FIELD, AggSpec, Pred
 SCHEMA_VERSION = "2"  # 2: per-client summaries (retainer_latest, retainer_newest) that every writer maintains
 _MIGRATES = ("1",)  # older versions this one upgrades on open
 _SCALE = 10_000
+_LOAD_CACHE_KB = 256 * 1024  # page cache while loading (see SQLiteStore._bulk_cache)
 
 # field kind per entity field: text | instant | money | bool | int | tags | json
 _KINDS: dict[str, dict[str, str]] = {
@@ -255,11 +256,13 @@ class _StoredIds:
         self.conn, self.entity = conn, entity
         self.added: set[str] = set()
         self.stored: dict[str, bool] = {}
+        # a table empty when the load began has nothing to look up (a bulk load asks once per row)
+        self.empty = conn.execute(f"SELECT 1 FROM {entity} LIMIT 1").fetchone() is None
 
     def __contains__(self, id: object) -> bool:
         if id in self.added:
             return True
-        if not isinstance(id, str):
+        if self.empty or not isinstance(id, str):
             return False
         hit = self.stored.get(id)
         if hit is None:
@@ -289,28 +292,44 @@ def _entry(r: Sequence[Any]) -> LedgerEntry:
     )
 
 
-def _encoder(kind: str) -> Any:
-    """Column encoder, or None for values sqlite3 stores as they are."""
-    match kind:
-        case "instant":
-            return to_utc_text
-        case "money":
-            return lambda v: int(v * _SCALE)
-        case "bool":
-            return int
-        case "tags":
-            return lambda v: ";".join(sorted(v))
-        case "json":
-            return lambda v: json.dumps(v, sort_keys=True, default=str)
-        case _:
-            return None
+_ENCODERS: dict[str, Any] = {}
 
 
-def _encode_rows(models: list[Entity], cols: list[str], encoders: list[Any]) -> Iterator[list[Any]]:
-    pairs = list(zip(cols, encoders, strict=True))
-    for m in models:
-        d = m.__dict__
-        yield [v if (v := d[c]) is None or f is None else f(v) for c, f in pairs]
+def _encoder(entity: str) -> Any:
+    """`encode(models) -> iterator of rows` in _KINDS order, the columns encoded as the store keeps them
+    (see the module docstring): generated once per entity, the inverse of `_builder`."""
+    fn = _ENCODERS.get(entity)
+    if fn is not None:
+        return fn
+    env: dict[str, Any] = {"utc": to_utc_text, "UTC": UTC, "dumps": json.dumps, "scale": _SCALE}
+    items = []
+    for j, (field, kind) in enumerate(_KINDS[entity].items()):
+        v = f"d[{field!r}]"
+        match kind:
+            case "instant":
+                # to_utc_text, inline for the usual aware UTC instant in whole seconds
+                expr = (f"None if (v{j} := {v}) is None else v{j}.isoformat()[:19] + 'Z' "
+                        f"if v{j}.tzinfo is UTC and not v{j}.microsecond else utc(v{j})")
+            case "money":
+                expr = f"None if (v{j} := {v}) is None else int(v{j} * scale)"
+            case "bool":
+                expr = f"None if (v{j} := {v}) is None else int(v{j})"
+            case "tags":
+                expr = f"None if (v{j} := {v}) is None else ';'.join(sorted(v{j}))"
+            case "json":
+                expr = f"None if (v{j} := {v}) is None else dumps(v{j}, sort_keys=True, default=str)"
+            case _:
+                expr = v
+        items.append(expr)
+    src = (
+        "def encode(models):\n"
+        "    for m in models:\n"
+        "        d = m.__dict__\n"
+        f"        yield ({', '.join(items)},)\n"
+    )
+    exec(compile(src, f"<retainer row encoder: {entity}>", "exec"), env)  # our own source, from _KINDS
+    fn = _ENCODERS[entity] = env["encode"]
+    return fn
 
 
 def _to_db(kind: str, v: Any) -> Any:
@@ -613,7 +632,11 @@ class SQLiteStore:
     def load(self, batches: Iterable[_ingest.Batch], *, replace: bool = False) -> dict[str, int]:
         """Write validated batches in ONE transaction: all of them, or nothing when one is bad.
 
-        Batches may come lazily (a file importer streams them), so memory stays bounded.
+        Batches may come lazily (a file importer streams them), so memory stays bounded. A table that
+        is empty when its first batch arrives is bulk-loaded: its secondary indexes are dropped and
+        built again once its rows are in (one sort instead of a B-tree insert per row), and its
+        summaries are computed by one grouped scan; both inside the transaction, so a failed load
+        leaves the indexes as they were.
         """
         verb = "INSERT OR REPLACE" if replace else "INSERT"
         counts: dict[str, int] = {}
@@ -621,14 +644,17 @@ class SQLiteStore:
         seen: dict[str, set[str]] = {}
         pending: _ingest.Pending = []
         was_empty: dict[str, bool] = {}
+        deferred: list[str] = []  # CREATE INDEX statements of bulk-loaded tables, run after their rows
         touched: dict[str, set[str] | None] = {}  # entity -> clients whose summaries to recompute (None: all)
-        with self._transaction() as conn:
+        with self._bulk_cache(), self._transaction() as conn:
             summaries = self._summaries = self._summaries_current()  # under the write lock: settled
             for b in batches:
                 if not known:
                     known = {e: self._ids(e) for e in ("managers", "clients")}
                 if b.entity not in was_empty:  # first batch of this entity: before any of our own rows
                     was_empty[b.entity] = not conn.execute(f"SELECT 1 FROM {b.entity} LIMIT 1").fetchone()
+                    if was_empty[b.entity]:
+                        deferred += self._drop_indexes(conn, b.entity)
                 if b.entity in known:
                     existing = known[b.entity]
                 else:
@@ -637,14 +663,15 @@ class SQLiteStore:
                 _ingest.check_references(b, known, pending)
                 if b.entity in known:
                     known[b.entity].update(m.id for m in b.models)
-                kinds = _KINDS[b.entity]
-                cols = list(kinds)
+                cols = list(_KINDS[b.entity])
                 if summaries and b.entity in _NEWEST and b.models:
                     self._note_summaries(conn, b, replace and not was_empty[b.entity], touched)
                 sql = f"{verb} INTO {b.entity} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-                conn.executemany(sql, _encode_rows(b.models, cols, [_encoder(kinds[c]) for c in cols]))
+                conn.executemany(sql, _encoder(b.entity)(b.models))
                 counts[b.entity] = counts.get(b.entity, 0) + len(b.models)
             _ingest.check_pending(pending, known)
+            for stmt in deferred:
+                conn.execute(stmt)
             for entity, ids in touched.items():
                 self._refresh_summaries(conn, entity, ids)
         written = sum(counts.values())
@@ -653,6 +680,31 @@ class SQLiteStore:
             # (a CRM posting one touch at a time would pay ~45 ms per event at 10k clients)
             self.db.conn.execute("ANALYZE")
         return counts
+
+    @contextmanager
+    def _bulk_cache(self) -> Iterator[None]:
+        """A larger page cache while loading (building an index sorts through it; a load of millions of
+        rows into the reader's 64 MB cache spills to disk over and over), the reader's cache again after.
+        Pages are only taken as they are used, so a small write costs nothing more."""
+        conn = self.db.conn
+        before = conn.execute("PRAGMA cache_size").fetchone()[0]
+        conn.execute(f"PRAGMA cache_size = {-_LOAD_CACHE_KB}")
+        try:
+            yield
+        finally:
+            conn.execute(f"PRAGMA cache_size = {int(before)}")
+
+    @staticmethod
+    def _drop_indexes(conn: sqlite3.Connection, entity: str) -> list[str]:
+        """Drop the secondary indexes of `entity` (in the caller's transaction); their CREATE statements."""
+        found = conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL "
+            "ORDER BY name",
+            [entity],
+        ).fetchall()
+        for name, _sql in found:
+            conn.execute(f'DROP INDEX "{name}"')
+        return [sql for _name, sql in found]
 
     def _note_summaries(
         self, conn: sqlite3.Connection, b: _ingest.Batch, replacing: bool, touched: dict[str, set[str] | None]
