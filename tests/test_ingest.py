@@ -210,3 +210,17 @@ def test_a_dangling_reference_after_a_bulk_load_leaves_the_indexes_in_place(tmp_
             import_data(crm, s)
     after = _snapshot(db)
     assert after == before and any("touches" in r[1] for r in after["indexes"])
+
+
+def test_a_repeated_id_across_chunks_of_a_bulk_load_names_the_later_line(tmp_path: Path) -> None:
+    """A bulk load leaves repeated ids to the primary key; the error still names the row, as before."""
+    n = CHUNK + 10
+    crm = tmp_path / "crm"
+    _big_crm(crm, n)
+    with (crm / "touches.csv").open("a") as f:
+        f.write("t5,c1,2025-01-01T10:00:00,call\n")
+    with retainer.open_store(f"sqlite:///{tmp_path / 'crm.db'}") as s:
+        with pytest.raises(retainer.DataError) as info:
+            import_data(crm, s)
+        assert s.count("touches") == 0 and s.count("clients") == 0
+    assert str(info.value) == f"{crm / 'touches.csv'}:{n + 2} id=t5 field id: duplicate id in the same batch"

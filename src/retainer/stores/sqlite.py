@@ -36,7 +36,6 @@ from .base import EXISTS_FIELD, AggSpec, Pred
 SCHEMA_VERSION = "2"  # 2: per-client summaries (retainer_latest, retainer_newest) that every writer maintains
 _MIGRATES = ("1",)  # older versions this one upgrades on open
 _SCALE = 10_000
-_LOAD_CACHE_KB = 256 * 1024  # page cache while loading (see SQLiteStore._bulk_cache)
 
 # field kind per entity field: text | instant | money | bool | int | tags | json
 _KINDS: dict[str, dict[str, str]] = {
@@ -646,7 +645,7 @@ class SQLiteStore:
         was_empty: dict[str, bool] = {}
         deferred: list[str] = []  # CREATE INDEX statements of bulk-loaded tables, run after their rows
         touched: dict[str, set[str] | None] = {}  # entity -> clients whose summaries to recompute (None: all)
-        with self._bulk_cache(), self._transaction() as conn:
+        with self._no_mmap(), self._transaction() as conn:
             summaries = self._summaries = self._summaries_current()  # under the write lock: settled
             for b in batches:
                 if not known:
@@ -655,19 +654,29 @@ class SQLiteStore:
                     was_empty[b.entity] = not conn.execute(f"SELECT 1 FROM {b.entity} LIMIT 1").fetchone()
                     if was_empty[b.entity]:
                         deferred += self._drop_indexes(conn, b.entity)
-                if b.entity in known:
-                    existing = known[b.entity]
-                else:
-                    existing = set() if was_empty[b.entity] else self._existing(b.entity, b.models)
-                _ingest.check_batch(b, seen.setdefault(b.entity, set()), existing, replace=replace)
+                bulk = was_empty[b.entity] and b.entity not in known
+                if not bulk:
+                    existing = known[b.entity] if b.entity in known else self._existing(b.entity, b.models)
+                    _ingest.check_batch(b, seen.setdefault(b.entity, set()), existing, replace=replace)
                 _ingest.check_references(b, known, pending)
                 if b.entity in known:
                     known[b.entity].update(m.id for m in b.models)
                 cols = list(_KINDS[b.entity])
                 if summaries and b.entity in _NEWEST and b.models:
                     self._note_summaries(conn, b, replace and not was_empty[b.entity], touched)
-                sql = f"{verb} INTO {b.entity} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-                conn.executemany(sql, _encoder(b.entity)(b.models))
+                if bulk:  # the primary key finds a repeated id; `_duplicate` then says which line has it
+                    sql = f"INSERT INTO {b.entity} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+                    conn.execute("SAVEPOINT batch")
+                    try:
+                        conn.executemany(sql, _encoder(b.entity)(b.models))
+                    except sqlite3.IntegrityError:
+                        conn.execute("ROLLBACK TO batch")
+                        self._duplicate(conn, b)
+                        raise
+                    conn.execute("RELEASE batch")
+                else:
+                    sql = f"{verb} INTO {b.entity} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+                    conn.executemany(sql, _encoder(b.entity)(b.models))
                 counts[b.entity] = counts.get(b.entity, 0) + len(b.models)
             _ingest.check_pending(pending, known)
             for stmt in deferred:
@@ -682,17 +691,24 @@ class SQLiteStore:
         return counts
 
     @contextmanager
-    def _bulk_cache(self) -> Iterator[None]:
-        """A larger page cache while loading (building an index sorts through it; a load of millions of
-        rows into the reader's 64 MB cache spills to disk over and over), the reader's cache again after.
-        Pages are only taken as they are used, so a small write costs nothing more."""
+    def _no_mmap(self) -> Iterator[None]:
+        """Writes read the file through the page cache, not the readers' memory map: building an index
+        over a bulk load reads every page of the table, and mapped pages stay in the process's resident
+        memory (a 1M-client import would hold gigabytes of them). The readers' setting again after."""
         conn = self.db.conn
-        before = conn.execute("PRAGMA cache_size").fetchone()[0]
-        conn.execute(f"PRAGMA cache_size = {-_LOAD_CACHE_KB}")
+        before = conn.execute("PRAGMA mmap_size").fetchone()
+        conn.execute("PRAGMA mmap_size = 0").fetchall()
         try:
             yield
         finally:
-            conn.execute(f"PRAGMA cache_size = {int(before)}")
+            if before is not None:
+                conn.execute(f"PRAGMA mmap_size = {int(before[0])}").fetchall()
+
+    def _duplicate(self, conn: sqlite3.Connection, b: _ingest.Batch) -> None:
+        """Raise the DataError naming the first row of `b` whose id is already in its table, which was
+        empty before this load: so the earlier row is in this load too (an earlier batch, or above it)."""
+        there = self._existing(b.entity, b.models)
+        _ingest.check_batch(b, there, set(), replace=False)
 
     @staticmethod
     def _drop_indexes(conn: sqlite3.Connection, entity: str) -> list[str]:
