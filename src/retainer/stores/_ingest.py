@@ -184,7 +184,7 @@ def _converter(model: type[Entity], columns: tuple[str, ...], utc: bool) -> Any:
             ok = False
             break
         if fields[name].is_required():
-            body.append(f"    f{j} = need({code})")
+            body.append(f"    f{j} = {f'need({code})' if code.startswith('money(') else code}")
             body.append(f"    fs.append({name!r})")
         else:  # an empty cell (or None) takes the default, as Entity._blank_means_default says
             env[f"d{j}"] = fields[name].get_default(call_default_factory=False)
