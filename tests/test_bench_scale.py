@@ -31,8 +31,11 @@ def _fake(scale: ModuleType, monkeypatch: pytest.MonkeyPatch, peaks: dict[tuple[
     """measure() without generating, importing or planning anything: each plan reports a given peak."""
     planned: list[Any] = []
     monkeypatch.setattr(scale, "crm", lambda n, work: work / f"crm-{n}")
-    monkeypatch.setattr(scale, "imported", lambda n, data, work, reimport: {"seconds": n / 1e4, "rss_mb": 100.0,
-                                                                             "reused": True, "db": f"{n}.db"})
+    monkeypatch.setattr(
+        scale,
+        "imported",
+        lambda n, data, work, reimport: {"seconds": n / 1e4, "rss_mb": 100.0, "reused": True, "db": f"{n}.db"},
+    )
 
     def plan_runs(db: str, rules: Path, repeat: int) -> dict[str, Any]:
         n = int(db.split(".")[0])
@@ -44,11 +47,16 @@ def _fake(scale: ModuleType, monkeypatch: pytest.MonkeyPatch, peaks: dict[tuple[
     return planned
 
 
-def test_a_plan_projected_past_the_memory_limit_is_skipped_with_its_reason(scale: ModuleType, tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    peaks = {(10_000, "forgotten + release"): 90.0, (10_000, "full.yaml"): 240.0,
-             (100_000, "forgotten + release"): 480.0, (100_000, "full.yaml"): 1950.0,
-             (1_000_000, "forgotten + release"): 4000.0}
+def test_a_plan_projected_past_the_memory_limit_is_skipped_with_its_reason(
+    scale: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    peaks = {
+        (10_000, "forgotten + release"): 90.0,
+        (10_000, "full.yaml"): 240.0,
+        (100_000, "forgotten + release"): 480.0,
+        (100_000, "full.yaml"): 1950.0,
+        (1_000_000, "forgotten + release"): 4000.0,
+    }
     planned = _fake(scale, monkeypatch, peaks)
     rows = scale.measure([10_000, 100_000, 1_000_000], tmp_path, repeat=3, max_mb=12_000, reimport=False)
     assert (1_000_000, "full.yaml", 1) not in planned and (1_000_000, "forgotten + release", 1) in planned
@@ -57,8 +65,9 @@ def test_a_plan_projected_past_the_memory_limit_is_skipped_with_its_reason(scale
     assert "projected peak 19.0 GB" in reason and "100,000 clients × 10" in reason
 
 
-def test_the_section_is_replaced_in_place_or_put_before_the_backtest(scale: ModuleType, tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_section_is_replaced_in_place_or_put_before_the_backtest(
+    scale: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     peaks = {(n, r): n / 100 for n in (10_000, 100_000) for r in ("forgotten + release", "full.yaml")}
     _fake(scale, monkeypatch, peaks)
     rows = scale.measure([10_000, 100_000], tmp_path, repeat=1, max_mb=12_000, reimport=False)

@@ -27,10 +27,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Spellings a CRM export has, and the near misses the converters must leave to the model.
 TEXT = ["c1", "Acme Ltd", " c1", "c1 ", "  ", "\x1cc1", "c1\xa0", "0", "\u2003x"]
-INSTANTS = ["2026-03-01T10:00:00", "2026-03-01", "2026-03-01T10:00", "2026-03-01T10:00:00Z",
-            "2026-03-01T10:00:00+03:00", "2026-03-01 10:00:00", "2025-11-31T10:00:00", "2026-03-01T24:00:00",
-            " 2026-03-01T10:00:00", "2026-03-01T10:00:00 ", "2026-03-01T10:00:00.5", "20260301T100000",
-            "2026-03-01T10:00:0Z", "2026-03-01T1:00:00Z", "x" * 19, "-60"]
+INSTANTS = [
+    "2026-03-01T10:00:00",
+    "2026-03-01",
+    "2026-03-01T10:00",
+    "2026-03-01T10:00:00Z",
+    "2026-03-01T10:00:00+03:00",
+    "2026-03-01 10:00:00",
+    "2025-11-31T10:00:00",
+    "2026-03-01T24:00:00",
+    " 2026-03-01T10:00:00",
+    "2026-03-01T10:00:00 ",
+    "2026-03-01T10:00:00.5",
+    "20260301T100000",
+    "2026-03-01T10:00:0Z",
+    "2026-03-01T1:00:00Z",
+    "x" * 19,
+    "-60",
+]
 MONEY = ["1.5", "100", "1.23456", "1.2300", "abc", "1e3", "NaN", "Infinity", " 2 ", "-0", "0.0001", "1,5"]
 BOOLS = ["true", "false", "True", "TRUE", "yes", "no", "1", "0", "2", " true", "t"]
 INTS = ["5", "0", "-1", "+5", " 5", "\u0663", "1.0", "007", "1_000"]
@@ -40,8 +54,17 @@ JSON = ['{"x": 1}', '{"a": {"b": [2]}}', "[1]", "{", "null", '"x"', "{}"]
 
 def _cells(model: type[Any], name: str) -> st.SearchStrategy[str]:
     """Cell text for one field: typical values, near misses, anything at all, and empty."""
-    kind = {"at": INSTANTS, "amount": MONEY, "paid_amount": MONEY, "cost_to_serve": MONEY,
-            "monthly_amount": MONEY, "active": BOOLS, "max_clients": INTS, "tags": TAGS, "attributes": JSON}
+    kind = {
+        "at": INSTANTS,
+        "amount": MONEY,
+        "paid_amount": MONEY,
+        "cost_to_serve": MONEY,
+        "monthly_amount": MONEY,
+        "active": BOOLS,
+        "max_clients": INTS,
+        "tags": TAGS,
+        "attributes": JSON,
+    }
     f = model.model_fields[name]
     pool = kind.get(name) or (INSTANTS if name.endswith("_at") else None)
     if pool is None and hasattr(f.annotation, "__args__") and all(isinstance(a, str) for a in f.annotation.__args__):
@@ -80,8 +103,7 @@ def _by_rows(entity: str, rows: list[Any], tz: Any, header: tuple[str, ...] | No
 @pytest.mark.parametrize("entity", list(ENTITIES))
 @settings(max_examples=150, deadline=None)
 @given(data=st.data(), zone=st.sampled_from(["UTC", "Europe/Moscow"]))
-def test_csv_converter_accepts_and_rejects_exactly_like_the_model(entity: str, data: st.DataObject,
-                                                                  zone: str) -> None:
+def test_csv_converter_accepts_and_rejects_exactly_like_the_model(entity: str, data: st.DataObject, zone: str) -> None:
     _, header, rows = data.draw(csv_rows(entity))
     tz = retainer.timeutil.get_tz(zone)
     for cells in rows:
@@ -89,9 +111,14 @@ def test_csv_converter_accepts_and_rejects_exactly_like_the_model(entity: str, d
         assert _by_rows(entity, [cells], tz, header) == expected
 
 
-ODD = st.one_of(st.none(), st.integers(-3, 3), st.floats(allow_nan=False, width=16), st.booleans(),
-                st.lists(st.sampled_from(["a", " b"]), max_size=2), st.dictionaries(st.sampled_from(["k", "1"]),
-                                                                                    st.integers(0, 2), max_size=2))
+ODD = st.one_of(
+    st.none(),
+    st.integers(-3, 3),
+    st.floats(allow_nan=False, width=16),
+    st.booleans(),
+    st.lists(st.sampled_from(["a", " b"]), max_size=2),
+    st.dictionaries(st.sampled_from(["k", "1"]), st.integers(0, 2), max_size=2),
+)
 
 
 @pytest.mark.parametrize("entity", list(ENTITIES))
@@ -124,8 +151,13 @@ def _snapshot(db: Path) -> dict[str, Any]:
     """Everything a query can see: every table's rows (the summaries included) and the index definitions."""
     conn = sqlite3.connect(db)
     try:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE "
-                                             "'sqlite_%' AND name NOT IN ('retainer_runs', 'retainer_actions')")]
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE "
+                "'sqlite_%' AND name NOT IN ('retainer_runs', 'retainer_actions')"
+            )
+        ]
         out: dict[str, Any] = {t: sorted(map(repr, conn.execute(f"SELECT * FROM {t}"))) for t in tables}
         out["indexes"] = sorted(conn.execute("SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'index'"))
         return out
@@ -135,8 +167,9 @@ def _snapshot(db: Path) -> dict[str, Any]:
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(S.crms(max_clients=10), st.integers(2, 4), st.randoms(use_true_random=False))
-def test_bulk_load_into_an_empty_store_equals_incremental_loads(crm: dict[str, list[dict[str, Any]]], parts: int,
-                                                                 rnd: random.Random) -> None:
+def test_bulk_load_into_an_empty_store_equals_incremental_loads(
+    crm: dict[str, list[dict[str, Any]]], parts: int, rnd: random.Random
+) -> None:
     rules = retainer.load_rules(ROOT / "examples" / "rules" / "full.yaml")
     with tempfile.TemporaryDirectory() as d:
         bulk, steps = Path(d) / "bulk.db", Path(d) / "steps.db"
@@ -149,8 +182,13 @@ def test_bulk_load_into_an_empty_store_equals_incremental_loads(crm: dict[str, l
             s.add(clients=crm["clients"])
             mixed = S.shuffled(crm, rnd)
             for k in range(parts):
-                s.add(**{e: rows[k::parts] for e, rows in mixed.items()
-                         if e not in ("managers", "clients") and rows[k::parts]})
+                s.add(
+                    **{
+                        e: rows[k::parts]
+                        for e, rows in mixed.items()
+                        if e not in ("managers", "clients") and rows[k::parts]
+                    }
+                )
             plan_steps = retainer.Engine(rules, s).plan("2026-03-01").to_json()
         memory = S.load(retainer.open_store("memory://"), crm)
         assert plan_bulk == plan_steps == retainer.Engine(rules, memory).plan("2026-03-01").to_json()
@@ -169,10 +207,12 @@ def _big_crm(folder: Path, touches: int) -> None:
         f.writelines(f"t{i},c{i % 100},2025-{1 + i % 12:02d}-{1 + i % 28:02d}T10:00:00,call\n" for i in range(touches))
 
 
-@pytest.mark.parametrize("bad", [("2025-02-30T10:00:00", "at", "invalid date/time"),
-                                 ("", "at", "required field is empty")])
-def test_a_bad_row_deep_in_a_big_file_names_file_line_field_and_writes_nothing(tmp_path: Path,
-                                                                               bad: tuple[str, str, str]) -> None:
+@pytest.mark.parametrize(
+    "bad", [("2025-02-30T10:00:00", "at", "invalid date/time"), ("", "at", "required field is empty")]
+)
+def test_a_bad_row_deep_in_a_big_file_names_file_line_field_and_writes_nothing(
+    tmp_path: Path, bad: tuple[str, str, str]
+) -> None:
     value, field, message = bad
     n = 2 * CHUNK + 10
     crm = tmp_path / "crm"

@@ -78,8 +78,9 @@ def _csv_rows(path: Path, entity: str) -> tuple[list[str], Iterator[tuple[int, l
                     if not "".join(row).strip():  # a blank line, or only empty cells
                         continue
                     if len(row) != width:
-                        raise DataError(f"expected {width} cells, found {len(row)}", file=str(path),
-                                        row=reader.line_num)
+                        raise DataError(
+                            f"expected {width} cells, found {len(row)}", file=str(path), row=reader.line_num
+                        )
                 yield reader.line_num, row
 
     return header, rows()
@@ -118,8 +119,9 @@ def read_batches(folder: str | Path, tz: tzinfo, *, chunk: int = CHUNK) -> Itera
                 yield Batch(entity, models, str(path), lines)
                 buf, lines = [], []
         if buf:
-            yield Batch(entity, validate_rows(entity, buf, tz, file=str(path), lines=lines, header=header),
-                        str(path), lines)
+            yield Batch(
+                entity, validate_rows(entity, buf, tz, file=str(path), lines=lines, header=header), str(path), lines
+            )
 
 
 def import_data(folder: str | Path, store: Store, *, replace: bool = False) -> dict[str, int]:

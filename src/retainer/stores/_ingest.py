@@ -128,13 +128,16 @@ def _field_code(model: type[Entity], name: str, v: str, env: dict[str, Any], utc
     ann = f.annotation
     before = [m.func for m in f.metadata if isinstance(m, BeforeValidator)]
     field_validators = [
-        d.func for d in model.__pydantic_decorators__.field_validators.values()
+        d.func
+        for d in model.__pydantic_decorators__.field_validators.values()
         if name in d.info.fields and d.info.mode == "before"
     ]
     if _instant in before:
         if utc:  # the common `2026-03-01T10:00:00`, naive, in a UTC store: what parse_instant makes of it
-            return (f"fromiso({v} + '+00:00') if type({v}) is str and len({v}) == 19 and {v}[4] == '-' "
-                    f"and {v}[13] == ':' and {v}[16] == ':' else instant({v}, tz)")
+            return (
+                f"fromiso({v} + '+00:00') if type({v}) is str and len({v}) == 19 and {v}[4] == '-' "
+                f"and {v}[13] == ':' and {v}[16] == ':' else instant({v}, tz)"
+            )
         return f"instant({v}, tz)"
     if _money in before:
         return f"money({v})"
@@ -169,9 +172,18 @@ def _converter(model: type[Entity], columns: tuple[str, ...], utc: bool) -> Any:
         return fn
     fields = model.model_fields
     env: dict[str, Any] = {
-        "instant": parse_instant, "fromiso": datetime.fromisoformat, "money": _money, "bools": _BOOLS,
-        "slow": _slow, "want": _want, "need": _need, "text": _text,
-        "Slow": _Slow, "new": model.__new__, "model": model, "sa": object.__setattr__,
+        "instant": parse_instant,
+        "fromiso": datetime.fromisoformat,
+        "money": _money,
+        "bools": _BOOLS,
+        "slow": _slow,
+        "want": _want,
+        "need": _need,
+        "text": _text,
+        "Slow": _Slow,
+        "new": model.__new__,
+        "model": model,
+        "sa": object.__setattr__,
     }
     names = [f"c{j}" for j in range(len(columns))]
     body: list[str] = []
@@ -209,8 +221,7 @@ def _converter(model: type[Entity], columns: tuple[str, ...], utc: bool) -> Any:
             "def convert(cells, tz):\n"
             "  try:\n"
             f"    ({''.join(x + ', ' for x in names)}) = cells\n"
-            "    fs = []\n"
-            + "\n".join(body) + "\n"
+            "    fs = []\n" + "\n".join(body) + "\n"
             f"    d = {{{', '.join(items)}}}\n"
             "  except (Slow, ValueError, TypeError, AttributeError, KeyError):\n"
             "    return None\n"
@@ -294,8 +305,12 @@ def check_batch(b: Batch, seen: set[str], existing_ids: IdSet | None, *, replace
             raise DataError("duplicate id in the same batch", id=m.id, field="id", **b.where(n))
         seen.add(m.id)
         if not replace and existing_ids is not None and m.id in existing_ids:
-            raise DataError("id already exists (to replace it: store.upsert(), or `retainer import --replace`)",
-                            id=m.id, field="id", **b.where(n))
+            raise DataError(
+                "id already exists (to replace it: store.upsert(), or `retainer import --replace`)",
+                id=m.id,
+                field="id",
+                **b.where(n),
+            )
 
 
 Pending = list[tuple[str, str, DataError]]  # (entity, referenced id, the error if it never appears)
