@@ -645,7 +645,7 @@ class SQLiteStore:
         was_empty: dict[str, bool] = {}
         deferred: list[str] = []  # CREATE INDEX statements of bulk-loaded tables, run after their rows
         touched: dict[str, set[str] | None] = {}  # entity -> clients whose summaries to recompute (None: all)
-        with self._no_mmap(), self._transaction() as conn:
+        with self._no_mmap() as bulk_reads, self._transaction() as conn:
             summaries = self._summaries = self._summaries_current()  # under the write lock: settled
             for b in batches:
                 if not known:
@@ -653,6 +653,7 @@ class SQLiteStore:
                 if b.entity not in was_empty:  # first batch of this entity: before any of our own rows
                     was_empty[b.entity] = not conn.execute(f"SELECT 1 FROM {b.entity} LIMIT 1").fetchone()
                     if was_empty[b.entity]:
+                        bulk_reads()
                         deferred += self._drop_indexes(conn, b.entity)
                 bulk = was_empty[b.entity] and b.entity not in known
                 if not bulk:
@@ -691,18 +692,25 @@ class SQLiteStore:
         return counts
 
     @contextmanager
-    def _no_mmap(self) -> Iterator[None]:
-        """Writes read the file through the page cache, not the readers' memory map: building an index
-        over a bulk load reads every page of the table, and mapped pages stay in the process's resident
-        memory (a 1M-client import would hold gigabytes of them). The readers' setting again after."""
+    def _no_mmap(self) -> Iterator[Any]:
+        """`off()` makes a bulk load read the file through the page cache, not the readers' memory map:
+        building an index over a bulk load reads every page of the table, and mapped pages stay in the
+        process's resident memory (a 1M-client import would hold gigabytes of them). The readers'
+        setting comes back after the load; small writes never touch it."""
         conn = self.db.conn
-        before = conn.execute("PRAGMA mmap_size").fetchone()
-        conn.execute("PRAGMA mmap_size = 0").fetchall()
+        before: list[int] = []
+
+        def off() -> None:
+            if not before:
+                row = conn.execute("PRAGMA mmap_size").fetchone()
+                before.append(int(row[0]) if row else 0)
+                conn.execute("PRAGMA mmap_size = 0").fetchall()
+
         try:
-            yield
+            yield off
         finally:
-            if before is not None:
-                conn.execute(f"PRAGMA mmap_size = {int(before[0])}").fetchall()
+            if before and before[0]:
+                conn.execute(f"PRAGMA mmap_size = {before[0]}").fetchall()
 
     def _duplicate(self, conn: sqlite3.Connection, b: _ingest.Batch) -> None:
         """Raise the DataError naming the first row of `b` whose id is already in its table, which was
