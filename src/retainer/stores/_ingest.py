@@ -134,9 +134,11 @@ def _field_code(model: type[Entity], name: str, v: str, env: dict[str, Any], utc
     ]
     if _instant in before:
         if utc:  # the common `2026-03-01T10:00:00`, naive, in a UTC store: what parse_instant makes of it
+            # and the date-only `2026-03-01`, the start of that day
             return (
                 f"fromiso({v} + '+00:00') if type({v}) is str and len({v}) == 19 and {v}[4] == '-' "
-                f"and {v}[13] == ':' and {v}[16] == ':' else instant({v}, tz)"
+                f"and {v}[13] == ':' and {v}[16] == ':' else fromiso({v} + 'T00:00:00+00:00') "
+                f"if type({v}) is str and len({v}) == 10 and {v}[4] == '-' and {v}[7] == '-' else instant({v}, tz)"
             )
         return f"instant({v}, tz)"
     if _money in before:

@@ -649,7 +649,9 @@ class SQLiteStore:
             summaries = self._summaries = self._summaries_current()  # under the write lock: settled
             for b in batches:
                 if not known:
-                    known = {e: self._ids(e) for e in ("managers", "clients")}
+                    for e in ("managers", "clients"):  # empty before the load: nothing to look up, a plain set
+                        ids = self._ids(e)
+                        known[e] = set() if ids.empty else ids
                 if b.entity not in was_empty:  # first batch of this entity: before any of our own rows
                     was_empty[b.entity] = not conn.execute(f"SELECT 1 FROM {b.entity} LIMIT 1").fetchone()
                     if was_empty[b.entity]:
