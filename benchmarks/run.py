@@ -1,7 +1,10 @@
 """Reference benchmark: retainer against the hand-written baselines, in one run, on one machine.
 
-    python benchmarks/run.py                  # 100k clients, writes docs/performance.md
-    python benchmarks/run.py --clients 10000  # a quicker look (does not touch the docs)
+    python benchmarks/run.py                  # everything: 100k clients, then the scaling curve (scale.py);
+                                              # writes docs/performance.md
+    python benchmarks/run.py --sizes 10000,100000   # the curve without 1M clients (in a hurry)
+    python benchmarks/run.py --sizes ""       # no curve
+    python benchmarks/run.py --clients 10000  # a quicker look (does not touch the docs, no curve)
 
 Generates the seeded CRM with ../shared/bench/gen.py (cached under benchmarks/data/), imports it into
 a retainer SQLite store, then times, each in a fresh process and repeated:
@@ -112,6 +115,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "data")
     ap.add_argument("--report", type=Path, default=None, help="Markdown file to write (default: docs/performance.md "
                     "for the 100k reference workload, none otherwise)")
+    ap.add_argument("--sizes", default="10000,100000,1000000", help="clients of the scaling curve (benchmarks/"
+                    "scale.py), comma-separated; empty: none (default: %(default)s)")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--pairs", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--rules", type=Path, default=RULES, help=argparse.SUPPRESS)
@@ -197,10 +202,16 @@ def main() -> None:
         if report.exists():
             import re
 
-            m = re.search(r"<!-- backtest -->.*<!-- /backtest -->", report.read_text(encoding="utf-8"), re.S)
-            kept = "\n" + m.group(0) + "\n" if m else ""
+            text = report.read_text(encoding="utf-8")
+            for name in ("scale", "backtest"):
+                m = re.search(rf"<!-- {name} -->.*<!-- /{name} -->", text, re.S)
+                kept += "\n" + m.group(0) + "\n" if m else ""
         report.write_text(render(results, a) + kept)
         print(f"wrote {report}", file=sys.stderr)
+        if a.sizes.strip():  # the scaling curve, into the same page
+            import scale
+
+            scale.main(["--sizes", a.sizes, "--repeat", str(a.repeat), "--work", str(a.work), "--report", str(report)])
 
 
 def machine() -> str:
@@ -287,7 +298,7 @@ retainer's `Engine.plan` relative to each of the other baselines:
 {vs}
 
 Importing the CSVs into retainer's SQLite store (`retainer import`, validated row by row, all or
-nothing, indexes maintained): {r['import_s']:.0f} s.
+nothing, secondary indexes built after the rows): {r['import_s']:.0f} s; the curve to 1M clients is below.
 
 ## Where the time goes, and what is next
 `fetch` reads the latest activity instants from per-client summaries the store keeps current on every

@@ -46,30 +46,44 @@ def data_files(folder: Path) -> dict[str, Path]:
     return found
 
 
-def _csv_rows(path: Path, entity: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def _csv_rows(path: Path, entity: str) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """The header and the (line, cells) of each non-blank row; cells stay text ("" is empty) for
+    the compiled converters of `validate_rows`."""
     fields = set(ENTITIES[entity].model_fields)
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            return
-        header = [h.strip() for h in header]
-        for h in header:
-            if h not in fields:
-                raise DataError(
-                    f"unknown column {h!r}; valid columns: {', '.join(ENTITIES[entity].model_fields)}",
-                    file=str(path),
-                    row=1,
-                    field=h,
-                )
-        if "id" not in header:
-            raise DataError("the header has no 'id' column", file=str(path), row=1)
-        for row in reader:
-            if not row or all(not c.strip() for c in row):
-                continue
-            if len(row) != len(header):
-                raise DataError(f"expected {len(header)} cells, found {len(row)}", file=str(path), row=reader.line_num)
-            yield reader.line_num, {h: (v if v != "" else None) for h, v in zip(header, row, strict=True)}
+    f = path.open(newline="", encoding="utf-8-sig")
+    reader = csv.reader(f)
+    header = next(reader, None)
+    if header is None:
+        f.close()
+        return [], iter(())
+    header = [h.strip() for h in header]
+    for h in header:
+        if h not in fields:
+            f.close()
+            raise DataError(
+                f"unknown column {h!r}; valid columns: {', '.join(ENTITIES[entity].model_fields)}",
+                file=str(path),
+                row=1,
+                field=h,
+            )
+    if "id" not in header:
+        f.close()
+        raise DataError("the header has no 'id' column", file=str(path), row=1)
+
+    def rows() -> Iterator[tuple[int, list[str]]]:
+        width = len(header)
+        with f:
+            for row in reader:
+                if len(row) != width or not row[0] or row[0].isspace():
+                    if not "".join(row).strip():  # a blank line, or only empty cells
+                        continue
+                    if len(row) != width:
+                        raise DataError(
+                            f"expected {width} cells, found {len(row)}", file=str(path), row=reader.line_num
+                        )
+                yield reader.line_num, row
+
+    return header, rows()
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -89,17 +103,25 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 def read_batches(folder: str | Path, tz: tzinfo, *, chunk: int = CHUNK) -> Iterator[Batch]:
     """Validated batches in load order (managers, clients, then the facts that refer to them)."""
     for entity, path in data_files(Path(folder)).items():
-        rows = _csv_rows(path, entity) if path.suffix == ".csv" else _jsonl_rows(path)
-        buf: list[dict[str, Any]] = []
+        header: list[str] | None = None
+        rows: Iterator[tuple[int, Any]]
+        if path.suffix == ".csv":
+            header, rows = _csv_rows(path, entity)
+        else:
+            rows = _jsonl_rows(path)
+        buf: list[Any] = []
         lines: list[int] = []
         for line, row in rows:
             buf.append(row)
             lines.append(line)
             if len(buf) >= chunk:
-                yield Batch(entity, validate_rows(entity, buf, tz, file=str(path), lines=lines), str(path), lines)
+                models = validate_rows(entity, buf, tz, file=str(path), lines=lines, header=header)
+                yield Batch(entity, models, str(path), lines)
                 buf, lines = [], []
         if buf:
-            yield Batch(entity, validate_rows(entity, buf, tz, file=str(path), lines=lines), str(path), lines)
+            yield Batch(
+                entity, validate_rows(entity, buf, tz, file=str(path), lines=lines, header=header), str(path), lines
+            )
 
 
 def import_data(folder: str | Path, store: Store, *, replace: bool = False) -> dict[str, int]:

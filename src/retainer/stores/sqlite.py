@@ -255,11 +255,13 @@ class _StoredIds:
         self.conn, self.entity = conn, entity
         self.added: set[str] = set()
         self.stored: dict[str, bool] = {}
+        # a table empty when the load began has nothing to look up (a bulk load asks once per row)
+        self.empty = conn.execute(f"SELECT 1 FROM {entity} LIMIT 1").fetchone() is None
 
     def __contains__(self, id: object) -> bool:
         if id in self.added:
             return True
-        if not isinstance(id, str):
+        if self.empty or not isinstance(id, str):
             return False
         hit = self.stored.get(id)
         if hit is None:
@@ -289,28 +291,44 @@ def _entry(r: Sequence[Any]) -> LedgerEntry:
     )
 
 
-def _encoder(kind: str) -> Any:
-    """Column encoder, or None for values sqlite3 stores as they are."""
-    match kind:
-        case "instant":
-            return to_utc_text
-        case "money":
-            return lambda v: int(v * _SCALE)
-        case "bool":
-            return int
-        case "tags":
-            return lambda v: ";".join(sorted(v))
-        case "json":
-            return lambda v: json.dumps(v, sort_keys=True, default=str)
-        case _:
-            return None
+_ENCODERS: dict[str, Any] = {}
 
 
-def _encode_rows(models: list[Entity], cols: list[str], encoders: list[Any]) -> Iterator[list[Any]]:
-    pairs = list(zip(cols, encoders, strict=True))
-    for m in models:
-        d = m.__dict__
-        yield [v if (v := d[c]) is None or f is None else f(v) for c, f in pairs]
+def _encoder(entity: str) -> Any:
+    """`encode(models) -> iterator of rows` in _KINDS order, the columns encoded as the store keeps them
+    (see the module docstring): generated once per entity, the inverse of `_builder`."""
+    fn = _ENCODERS.get(entity)
+    if fn is not None:
+        return fn
+    env: dict[str, Any] = {"utc": to_utc_text, "UTC": UTC, "dumps": json.dumps, "scale": _SCALE}
+    items = []
+    for j, (field, kind) in enumerate(_KINDS[entity].items()):
+        v = f"d[{field!r}]"
+        match kind:
+            case "instant":
+                # to_utc_text, inline for the usual aware UTC instant in whole seconds
+                expr = (f"None if (v{j} := {v}) is None else v{j}.isoformat()[:19] + 'Z' "
+                        f"if v{j}.tzinfo is UTC and not v{j}.microsecond else utc(v{j})")
+            case "money":
+                expr = f"None if (v{j} := {v}) is None else int(v{j} * scale)"
+            case "bool":
+                expr = f"None if (v{j} := {v}) is None else int(v{j})"
+            case "tags":
+                expr = f"None if (v{j} := {v}) is None else ';'.join(sorted(v{j}))"
+            case "json":
+                expr = f"None if (v{j} := {v}) is None else dumps(v{j}, sort_keys=True, default=str)"
+            case _:
+                expr = v
+        items.append(expr)
+    src = (
+        "def encode(models):\n"
+        "    for m in models:\n"
+        "        d = m.__dict__\n"
+        f"        yield ({', '.join(items)},)\n"
+    )
+    exec(compile(src, f"<retainer row encoder: {entity}>", "exec"), env)  # our own source, from _KINDS
+    fn = _ENCODERS[entity] = env["encode"]
+    return fn
 
 
 def _to_db(kind: str, v: Any) -> Any:
@@ -614,7 +632,11 @@ class SQLiteStore:
     def load(self, batches: Iterable[_ingest.Batch], *, replace: bool = False) -> dict[str, int]:
         """Write validated batches in ONE transaction: all of them, or nothing when one is bad.
 
-        Batches may come lazily (a file importer streams them), so memory stays bounded.
+        Batches may come lazily (a file importer streams them), so memory stays bounded. A table that
+        is empty when its first batch arrives is bulk-loaded: its secondary indexes are dropped and
+        built again once its rows are in (one sort instead of a B-tree insert per row), and its
+        summaries are computed by one grouped scan; both inside the transaction, so a failed load
+        leaves the indexes as they were.
         """
         verb = "INSERT OR REPLACE" if replace else "INSERT"
         counts: dict[str, int] = {}
@@ -622,30 +644,47 @@ class SQLiteStore:
         seen: dict[str, set[str]] = {}
         pending: _ingest.Pending = []
         was_empty: dict[str, bool] = {}
+        deferred: list[str] = []  # CREATE INDEX statements of bulk-loaded tables, run after their rows
         touched: dict[str, set[str] | None] = {}  # entity -> clients whose summaries to recompute (None: all)
-        with self._transaction() as conn:
+        with self._no_mmap() as bulk_reads, self._transaction() as conn:
             summaries = self._summaries = self._summaries_current()  # under the write lock: settled
             for b in batches:
                 if not known:
-                    known = {e: self._ids(e) for e in ("managers", "clients")}
+                    for e in ("managers", "clients"):  # empty before the load: nothing to look up, a plain set
+                        ids = self._ids(e)
+                        known[e] = set() if ids.empty else ids
                 if b.entity not in was_empty:  # first batch of this entity: before any of our own rows
                     was_empty[b.entity] = not conn.execute(f"SELECT 1 FROM {b.entity} LIMIT 1").fetchone()
-                if b.entity in known:
-                    existing = known[b.entity]
-                else:
-                    existing = set() if was_empty[b.entity] else self._existing(b.entity, b.models)
-                _ingest.check_batch(b, seen.setdefault(b.entity, set()), existing, replace=replace)
+                    if was_empty[b.entity]:
+                        bulk_reads()
+                        deferred += self._drop_indexes(conn, b.entity)
+                bulk = was_empty[b.entity] and b.entity not in known
+                if not bulk:
+                    existing = known[b.entity] if b.entity in known else self._existing(b.entity, b.models)
+                    _ingest.check_batch(b, seen.setdefault(b.entity, set()), existing, replace=replace)
                 _ingest.check_references(b, known, pending)
                 if b.entity in known:
                     known[b.entity].update(m.id for m in b.models)
-                kinds = _KINDS[b.entity]
-                cols = list(kinds)
+                cols = list(_KINDS[b.entity])
                 if summaries and b.entity in _NEWEST and b.models:
                     self._note_summaries(conn, b, replace and not was_empty[b.entity], touched)
-                sql = f"{verb} INTO {b.entity} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-                conn.executemany(sql, _encode_rows(b.models, cols, [_encoder(kinds[c]) for c in cols]))
+                if bulk:  # the primary key finds a repeated id; `_duplicate` then says which line has it
+                    sql = f"INSERT INTO {b.entity} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+                    conn.execute("SAVEPOINT batch")
+                    try:
+                        conn.executemany(sql, _encoder(b.entity)(b.models))
+                    except sqlite3.IntegrityError:
+                        conn.execute("ROLLBACK TO batch")
+                        self._duplicate(conn, b)
+                        raise
+                    conn.execute("RELEASE batch")
+                else:
+                    sql = f"{verb} INTO {b.entity} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+                    conn.executemany(sql, _encoder(b.entity)(b.models))
                 counts[b.entity] = counts.get(b.entity, 0) + len(b.models)
             _ingest.check_pending(pending, known)
+            for stmt in deferred:
+                conn.execute(stmt)
             for entity, ids in touched.items():
                 self._refresh_summaries(conn, entity, ids)
         written = sum(counts.values())
@@ -654,6 +693,45 @@ class SQLiteStore:
             # (a CRM posting one touch at a time would pay ~45 ms per event at 10k clients)
             self.db.conn.execute("ANALYZE")
         return counts
+
+    @contextmanager
+    def _no_mmap(self) -> Iterator[Any]:
+        """`off()` makes a bulk load read the file through the page cache, not the readers' memory map:
+        building an index over a bulk load reads every page of the table, and mapped pages stay in the
+        process's resident memory (a 1M-client import would hold gigabytes of them). The readers'
+        setting comes back after the load; small writes never touch it."""
+        conn = self.db.conn
+        before: list[int] = []
+
+        def off() -> None:
+            if not before:
+                row = conn.execute("PRAGMA mmap_size").fetchone()
+                before.append(int(row[0]) if row else 0)
+                conn.execute("PRAGMA mmap_size = 0").fetchall()
+
+        try:
+            yield off
+        finally:
+            if before and before[0]:
+                conn.execute(f"PRAGMA mmap_size = {before[0]}").fetchall()
+
+    def _duplicate(self, conn: sqlite3.Connection, b: _ingest.Batch) -> None:
+        """Raise the DataError naming the first row of `b` whose id is already in its table, which was
+        empty before this load: so the earlier row is in this load too (an earlier batch, or above it)."""
+        there = self._existing(b.entity, b.models)
+        _ingest.check_batch(b, there, set(), replace=False)
+
+    @staticmethod
+    def _drop_indexes(conn: sqlite3.Connection, entity: str) -> list[str]:
+        """Drop the secondary indexes of `entity` (in the caller's transaction); their CREATE statements."""
+        found = conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL "
+            "ORDER BY name",
+            [entity],
+        ).fetchall()
+        for name, _sql in found:
+            conn.execute(f'DROP INDEX "{name}"')
+        return [sql for _name, sql in found]
 
     def _note_summaries(
         self, conn: sqlite3.Connection, b: _ingest.Batch, replacing: bool, touched: dict[str, set[str] | None]
