@@ -168,8 +168,9 @@ Measured by `python benchmarks/scale.py` (also run by `python benchmarks/run.py`
 out 1M), {datetime.now(UTC):%Y-%m-%d}, on {machine()}. The same generator as above at each size
 (`gen.py --clients N`: 300 managers per 100,000 clients, 20 touches, 2 tasks and 5 invoices per client); import
 with `retainer import` into an empty SQLite store, then `Engine.plan` as of {AS_OF}, each in a fresh process,
-{reps}. Peak is the process's peak RSS (`ru_maxrss`); per client is seconds ÷ clients and peak ÷ clients.
-The machine is shared (2 cores, other jobs running), so single figures move by ±20 %.
+{reps}; the import of each size is timed once. Peak is the process's peak RSS (`ru_maxrss`); per
+client is seconds ÷ clients and peak ÷ clients. The machine is shared (2 cores, other jobs running), so
+single figures move by ±20 % or more.
 
 {HEADER}
 {table}
@@ -201,14 +202,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "data")
     ap.add_argument("--report", type=Path, default=ROOT / "docs" / "performance.md")
     ap.add_argument("--no-docs", action="store_true", help="print the results only")
+    ap.add_argument("--from-json", action="store_true", help="measure nothing: write the page from the last run")
     a = ap.parse_args(argv)
     if not (SHARED / "gen.py").exists():
         sys.exit(f"the reference workload is not at {SHARED} (set RETAINER_BENCH_SHARED)")
     sizes = sorted(int(s.replace("_", "")) for s in a.sizes.split(",") if s.strip())
     a.work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    rows = measure(sizes, a.work, repeat=a.repeat, max_mb=a.max_mb, reimport=a.reimport)
-    (a.work / "scale.json").write_text(json.dumps(rows, indent=2))
+    if a.from_json:
+        rows = json.loads((a.work / "scale.json").read_text())
+    else:
+        rows = measure(sizes, a.work, repeat=a.repeat, max_mb=a.max_mb, reimport=a.reimport)
+        (a.work / "scale.json").write_text(json.dumps(rows, indent=2))
     print(json.dumps(rows, indent=2))
     if not a.no_docs:
         write_section(render(rows, a), a.report)
