@@ -407,8 +407,10 @@ p99 {base['p99']} ms.
             how = "swept" if b["method"] == "sweep" else "re-planned in full every step"
             est = (f", extrapolated from {b['extrapolated_from_steps']} timed steps"
                    if "extrapolated_from_steps" in b else "")  # fmt: skip
+            acts = (f"{b['actions']:,} in the {b['extrapolated_from_steps']} timed steps"
+                    if "extrapolated_from_steps" in b else f"{b['actions']:,}")  # fmt: skip
             lines.append(f"| {b['store']} | {b['rules']} | {how} | {b['steps']} | {b['seconds']:,} | "
-                         f"{b['ms_per_step']}{est} | {b['actions']:,} |")  # fmt: skip
+                         f"{b['ms_per_step']}{est} | {acts} |")  # fmt: skip
         out.append("""
 ## Backtests
 
