@@ -9,7 +9,6 @@ data; the ledger remembers the reassignment).
 
 from __future__ import annotations
 
-import bisect
 import csv
 import dataclasses
 import heapq
@@ -36,7 +35,7 @@ from .ledger import RunRecord
 from .rules.features import FeatureFrame
 from .rules.loader import RuleSet
 from .rules.schema import Policies
-from .stores.base import Store
+from .stores.base import ManagerLoads, Store
 from .stores.memory import MemoryStore
 from .sweep import Wakes
 from .timeutil import AsOf, parse_duration
@@ -66,18 +65,11 @@ class FreshLedger:
         self.url = base.url
         self.tz = base.tz
 
-        # clients never change during a backtest: manager loads as of any instant are the clients
-        # created by then (a sweep asks every step; counting 100k clients each time was 0.1 s a step)
-        live = [c for c in self._local.clients(_END_OF_TIME) if c.status != "archived"]
-        self._always = Counter(c.manager_id for c in live if c.created_at is None)
-        dated = sorted((c.created_at, c.manager_id) for c in live if c.created_at is not None)
-        self._created = [t for t, _ in dated]
-        self._created_by = [m for _, m in dated]
+        # clients never change during a backtest: a sweep asks for the loads every step
+        self._loads = ManagerLoads(self._local.clients(_END_OF_TIME))
 
     def manager_loads(self, as_of: datetime) -> dict[str, int]:
-        loads = Counter(self._always)
-        loads.update(self._created_by[: bisect.bisect_right(self._created, as_of)])
-        return dict(loads)
+        return self._loads.at(as_of)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._local if name in _LOCAL else self._base, name)

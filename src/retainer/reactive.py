@@ -24,7 +24,6 @@ or by durable-rules propagates to the caller of `post`. See docs/reactive.md.
 
 from __future__ import annotations
 
-import bisect
 import json
 import re
 import time
@@ -44,7 +43,7 @@ from .model import Client, Manager
 from .plan import Plan
 from .rules.features import norm_reason
 from .rules.loader import RuleSet, load_rules
-from .stores.base import Store
+from .stores.base import ManagerLoads, Store
 from .timeutil import AsOf
 
 __all__ = ["EVENT_TYPES", "Chart", "Reaction", "ReactiveError", "Session", "Transition", "charts_for"]
@@ -201,16 +200,14 @@ class _SessionStore:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._managers: list[Manager] | None = None
-        self._created: dict[str, tuple[list[datetime], int]] | None = None
-        self._newest: datetime | None = None
-        self._all: dict[str, int] = {}
+        self._loads: ManagerLoads | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
     def refresh(self) -> None:
         self._managers = None
-        self._created = None
+        self._loads = None
 
     def managers(self) -> list[Manager]:
         if self._managers is None:
@@ -218,32 +215,9 @@ class _SessionStore:
         return list(self._managers)
 
     def manager_loads(self, as_of: datetime) -> dict[str, int]:
-        if self._created is None:
-            by: dict[str, tuple[list[datetime], int]] = {}
-            far = datetime.max.replace(tzinfo=as_of.tzinfo)
-            undated: dict[str, int] = {}
-            dated: dict[str, list[datetime]] = {}
-            for c in self._store.clients(far):
-                if c.status == "archived":
-                    continue
-                if c.created_at is None:
-                    undated[c.manager_id] = undated.get(c.manager_id, 0) + 1
-                else:
-                    dated.setdefault(c.manager_id, []).append(c.created_at)
-            for mid in set(undated) | set(dated):
-                by[mid] = (sorted(dated.get(mid, [])), undated.get(mid, 0))
-            self._created = by
-            # once every client exists (as_of after the newest created_at), the loads are fixed
-            self._newest = max((t[-1] for t, _ in by.values() if t), default=None)
-            self._all = {mid: len(t) + n for mid, (t, n) in by.items() if len(t) + n}
-        if self._newest is None or as_of >= self._newest:
-            return dict(self._all)
-        out = {}
-        for mid, (times, n) in self._created.items():
-            k = n + bisect.bisect_right(times, as_of)
-            if k:
-                out[mid] = k
-        return out
+        if self._loads is None:
+            self._loads = ManagerLoads(self._store.clients(datetime.max.replace(tzinfo=as_of.tzinfo)))
+        return self._loads.at(as_of)
 
 
 class _Host:

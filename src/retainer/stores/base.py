@@ -7,6 +7,7 @@ facts itself, so a SQL backend does the heavy lifting where the data lives.
 
 from __future__ import annotations
 
+import bisect
 import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -140,6 +141,36 @@ def virtual_value(entity: str, name: str, row: Any, as_of: datetime) -> Any:
         if name == "outstanding":
             return max(row.amount - paid, Decimal(0))
     raise KeyError(f"{entity}.{name}")
+
+
+class ManagerLoads:
+    """Non-archived clients per manager as of any instant, from the clients' creation times: for callers
+    that ask again and again while the clients stay the same (a reactive session's events, a backtest's
+    steps). Each answer costs one bisection per manager, or a copy once every client exists."""
+
+    def __init__(self, clients: Iterable[Client]) -> None:
+        undated: dict[str, int] = {}
+        dated: dict[str, list[datetime]] = {}
+        for c in clients:
+            if c.status == "archived":
+                continue
+            if c.created_at is None:
+                undated[c.manager_id] = undated.get(c.manager_id, 0) + 1
+            else:
+                dated.setdefault(c.manager_id, []).append(c.created_at)
+        self._by = {mid: (sorted(dated.get(mid, [])), undated.get(mid, 0)) for mid in set(undated) | set(dated)}
+        self._newest = max((t[-1] for t, _ in self._by.values() if t), default=None)
+        self._all = {mid: len(t) + n for mid, (t, n) in self._by.items() if len(t) + n}
+
+    def at(self, as_of: datetime) -> dict[str, int]:
+        if self._newest is None or as_of >= self._newest:
+            return dict(self._all)
+        out = {}
+        for mid, (times, n) in self._by.items():
+            k = n + bisect.bisect_right(times, as_of)
+            if k:
+                out[mid] = k
+        return out
 
 
 @runtime_checkable
