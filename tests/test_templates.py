@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from retainer.model import Client, Manager
-from retainer.rules.templates import ENGINE_OBJECTS, _parts, _show, bound, compiled, render
+from retainer.rules.templates import ENGINE_OBJECTS, _parts, _show, bound
 
 VALUES: dict[str, Any] = {
     "days_since_activity": 61,
@@ -50,24 +50,28 @@ def interpret(text: str, objects: dict[str, Any], value: Any) -> str:
     return "".join(buf)
 
 
+COLUMNS = {name: ["other row", v] for name, v in VALUES.items()}
+
+
+def column(name: str) -> list[Any]:
+    return COLUMNS.get(name, [None, None])
+
+
 @given(st.lists(st.one_of(literal, placeholder), max_size=8), st.booleans())
-def test_compiled_template_renders_like_render(pieces: list[str], has_new: bool) -> None:
+def test_compiled_template_renders_like_the_interpreter(pieces: list[str], has_new: bool) -> None:
     text = "".join(pieces)
     objects = {"client": CLIENT, "manager": MANAGER, "supervisor": None,
                "new_manager": MANAGER if has_new else None, "as_of": "2026-03-01", "rule": "r1"}  # fmt: skip
     assert set(objects) == set(ENGINE_OBJECTS)
-    expected = interpret(text, objects, VALUES.get)
-    assert compiled(text)(objects, VALUES.get) == expected
-    assert render(text, objects, VALUES.get) == expected
-    # the engine's form: features read from columns by row number
-    columns = {name: ["other row", v] for name, v in VALUES.items()}
-    assert bound(text, ENGINE_OBJECTS, lambda name: columns.get(name, [None, None]))(objects, 1) == expected
-    fewer = {k: objects[k] for k in ("client", "as_of")}  # other callers pass other objects
-    assert render(text, fewer, VALUES.get) == interpret(text, fewer, VALUES.get)
+    # features are read from their columns by row number (row 1 here)
+    expected = interpret(text, objects, lambda name: column(name)[1])
+    assert bound(text, ENGINE_OBJECTS, column)(objects, 1) == expected
+    fewer = {k: objects[k] for k in ("client", "as_of")}  # another set of objects: the rest are columns
+    assert bound(text, tuple(fewer), column)(fewer, 1) == interpret(text, fewer, lambda name: column(name)[1])
 
 
 def test_compiled_template_keeps_quotes_and_backslashes_literal() -> None:
     text = "'\"\\n{{x}} {client.name}"
     objects = dict.fromkeys(ENGINE_OBJECTS)
     objects["client"] = CLIENT
-    assert compiled(text)(objects, VALUES.get) == "'\"\\n{x} " + CLIENT.name
+    assert bound(text, ENGINE_OBJECTS, column)(objects, 0) == "'\"\\n{x} " + CLIENT.name

@@ -108,18 +108,18 @@ def _parts(text: str) -> tuple[tuple[bool, str, str, str], ...]:
     return tuple(out)
 
 
-def render(text: str, objects: dict[str, Any], value: Callable[[str], Any]) -> str:
-    """`{client.name}` from `objects`, `{as_of}` from `objects`, any other name from `value(name)`."""
-    return compiled(text, tuple(objects))(objects, value)
-
-
-#: the objects the engine passes to `render`, always present (possibly None)
+#: the objects the engine passes to every template, always present (possibly None)
 ENGINE_OBJECTS = ("client", "manager", "supervisor", "new_manager", "as_of", "rule")
 
 
-def _source(text: str, objects: tuple[str, ...], feature: Callable[[str], str]) -> str:
-    """One expression for the template: literals embedded with repr(), objects looked up in `o`, and
-    other names read by the expression `feature(name)` returns. Nothing from the text is evaluated."""
+def bound(
+    text: str, objects: tuple[str, ...], column: Callable[[str], Sequence[Any]]
+) -> Callable[[dict[str, Any], int], str]:
+    """The template compiled once for every row of a plan's frame (a plan renders the same title for
+    tens of thousands of clients) into one expression: literals embedded with repr(), `objects` looked
+    up in `o`, any other name read from its column (`column(name)`) by row number. Nothing from the
+    text is evaluated."""
+    env: dict[str, Any] = {"show": _show}
     terms: list[str] = []
     for is_ph, name, obj, attr in _parts(text):
         if not is_ph:
@@ -129,29 +129,8 @@ def _source(text: str, objects: tuple[str, ...], feature: Callable[[str], str]) 
         elif name in objects:
             terms.append(f"show(o[{name!r}])")
         else:
-            terms.append(f"(x if type(x := {feature(name)}) is str else show(x))")
-    return " + ".join(terms) if terms else repr("")
-
-
-@lru_cache(maxsize=1024)
-def compiled(text: str, objects: tuple[str, ...] = ENGINE_OBJECTS) -> Callable[[dict[str, Any], Any], str]:
-    """One template compiled once (a plan renders the same title for tens of thousands of clients),
-    for `objects` with these names; any other name is `value(name)`."""
-    src = _source(text, objects, lambda name: f"v({name!r})")
-    return eval(compile(f"lambda o, v: {src}", "<retainer template>", "eval"), {"show": _show})  # type: ignore[no-any-return]
-
-
-def bound(
-    text: str, objects: tuple[str, ...], column: Callable[[str], Sequence[Any]]
-) -> Callable[[dict[str, Any], int], str]:
-    """The template for every row of a plan's frame: feature values are read straight from their
-    columns (`column(name)`), by row number."""
-    env: dict[str, Any] = {"show": _show}
-
-    def feature(name: str) -> str:
-        k = f"c{len(env)}"
-        env[k] = column(name)
-        return f"{k}[i]"
-
-    src = _source(text, objects, feature)
+            k = f"c{len(env)}"
+            env[k] = column(name)
+            terms.append(f"(x if type(x := {k}[i]) is str else show(x))")
+    src = " + ".join(terms) if terms else repr("")
     return eval(compile(f"lambda o, i: {src}", "<retainer template>", "eval"), env)  # type: ignore[no-any-return]
