@@ -38,8 +38,8 @@ AS_OF = "2026-03-01"
 
 
 #: the console script of this interpreter's environment, as a user runs it (no need to activate the venv)
-RETAINER = str(Path(sys.executable).with_name("retainer")) if Path(sys.executable).with_name("retainer").exists() \
-    else "retainer"
+_SCRIPT = Path(sys.executable).with_name("retainer")
+RETAINER = str(_SCRIPT) if _SCRIPT.exists() else "retainer"
 
 
 def sh(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
