@@ -60,45 +60,6 @@ class _Match:
     head: str = ""  # the keys' common prefix, rule:subject:episode:
 
 
-def _kinds(rule: CompiledRule) -> tuple[str, ...]:
-    """The last part of the keys of the rule's actions in `then` order (`create_task`,
-    `create_task#2`, ...), plus the escalation a failed release produces."""
-    counts: Counter[str] = Counter()
-    out = []
-    for spec in rule.then:
-        counts[spec.type] += 1
-        n = counts[spec.type]
-        out.append(spec.type if n == 1 else f"{spec.type}#{n}")
-    if any(s.reassign is not None for s in rule.then) and counts["escalate"] == 0:
-        out.append("escalate")
-    return tuple(out)
-
-
-def _reassign_spec(rule: CompiledRule) -> ReassignSpec | None:
-    return next((s.reassign for s in rule.then if s.reassign is not None), None)
-
-
-class _PerRule:
-    """Per-plan memo of what depends on the rule only (rules are unhashable: they hold dicts)."""
-
-    def __init__(self) -> None:
-        self._kinds: dict[int, tuple[str, ...]] = {}
-        self._reassign: dict[int, ReassignSpec | None] = {}
-
-    def keys(self, m: _Match) -> list[str]:
-        kinds = self._kinds.get(id(m.rule))
-        if kinds is None:
-            kinds = self._kinds[id(m.rule)] = _kinds(m.rule)
-        m.head = head = _key(m.rule.id, m.subject_id, m.episode, "")
-        return [head + k for k in kinds]
-
-    def reassign(self, rule: CompiledRule) -> ReassignSpec | None:
-        r = id(rule)
-        if r not in self._reassign:
-            self._reassign[r] = _reassign_spec(rule)
-        return self._reassign[r]
-
-
 class _Reassigner:
     """Chooses the new manager: active, not the current one, with spare capacity, never a supervisor
     unless the pool names them. Loads include the moves already made in this plan.
@@ -256,10 +217,6 @@ def _dup(status: str) -> str:
 _PLAIN = frozenset({str, int, float, bool, type(None)})
 #: what a rule's texts can name besides features: `{threshold}` is the client's own threshold
 _OBJECTS = (*templates.ENGINE_OBJECTS, "threshold")
-
-
-def _held(action: Action, code: str, detail: str) -> Suppression:
-    return fast_model(Suppression, {"action": action, "reason_code": code, "detail": detail})  # type: ignore[no-any-return]
 
 
 class _Prep:
@@ -473,17 +430,17 @@ class Engine:
         timings["evaluate"] = time.perf_counter() - t1
 
         t2 = time.perf_counter()
-        per_rule = _PerRule()
         for m in matches:
-            m.keys = per_rule.keys(m)
+            m.head = _key(m.rule.id, m.subject_id, m.episode, "")
+            m.keys = [m.head + k for k in m.rule.key_kinds]
         # what earlier runs committed: those keys are duplicates, and a committed reassignment is not
         # re-decided (it would take capacity and advance round-robin for nothing)
         ledger = self.store.ledger_status(k for m in matches for k in m.keys)
         matches = _resolve_ladders(matches, ledger)
         reassigner = _Reassigner(managers, self.store.manager_loads(a.instant), self.store)
-        movers = [m for m in matches if per_rule.reassign(m.rule) is not None and not m.blocked and m.client]
+        movers = [m for m in matches if m.rule.reassign is not None and not m.blocked and m.client]
         for m in sorted(movers, key=lambda m: m.head):  # in key order
-            spec = per_rule.reassign(m.rule)
+            spec = m.rule.reassign
             assert spec is not None and m.client is not None
             if _key(m.rule.id, m.subject_id, m.episode, "reassign") in ledger:
                 continue
@@ -613,15 +570,15 @@ class Engine:
             missing = self._fill(spec, values, texts, manager_id, recipient, objects, m)
             act = _make(cls, values)
             if key in ledger:
-                suppressed.append(_held(act, policies.DUPLICATE, _dup(ledger[key])))
+                suppressed.append(policies.hold(act, policies.DUPLICATE, _dup(ledger[key])))
             elif m.blocked:
-                suppressed.append(_held(act, policies.DO_NOT_CONTACT, m.blocked))
+                suppressed.append(policies.hold(act, policies.DO_NOT_CONTACT, m.blocked))
             elif m.superseded:
-                suppressed.append(_held(act, policies.SUPERSEDED, m.superseded))
+                suppressed.append(policies.hold(act, policies.SUPERSEDED, m.superseded))
             elif m.reassign_failed:
-                suppressed.append(_held(act, policies.NO_ELIGIBLE_MANAGER, m.reassign_failed))
+                suppressed.append(policies.hold(act, policies.NO_ELIGIBLE_MANAGER, m.reassign_failed))
             elif missing:
-                suppressed.append(_held(act, policies.NO_RECIPIENT, missing))
+                suppressed.append(policies.hold(act, policies.NO_RECIPIENT, missing))
             else:
                 actions.append(act)
         if m.reassign_failed and not m.blocked:
@@ -643,9 +600,9 @@ class Engine:
                 },
             )
             if key in ledger:
-                suppressed.append(_held(esc, policies.DUPLICATE, _dup(ledger[key])))
+                suppressed.append(policies.hold(esc, policies.DUPLICATE, _dup(ledger[key])))
             elif supervisor is None:
-                suppressed.append(_held(esc, policies.NO_RECIPIENT, f"manager {manager_id} has no supervisor"))
+                suppressed.append(policies.hold(esc, policies.NO_RECIPIENT, f"manager {manager_id} has no supervisor"))
             else:
                 actions.append(esc)
 
@@ -727,7 +684,7 @@ class Engine:
                 fresh = {x.key for x in committed}
                 late = [x for x in plan.actions if x.key not in fresh]
                 plan.actions = committed
-                late_dups = [Suppression(action=x, reason_code="duplicate", detail=_dup("meanwhile")) for x in late]
+                late_dups = [policies.hold(x, policies.DUPLICATE, _dup("meanwhile")) for x in late]
                 plan.suppressed = sorted([*plan.suppressed, *late_dups], key=lambda s: (s.action.key, s.reason_code))
             report = RunReport(plan, run, committed, dispatcher.dispatch_active(committed))
             done = dataclasses.replace(run, status="finished", finished_at=clock(), counts=report.counts())

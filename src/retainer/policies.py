@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
 from .actions import Action, Suppression
+from .model import fast_model
 from .stores.base import AggSpec, Pred
 
 if TYPE_CHECKING:
@@ -131,6 +132,11 @@ def _fields(a: Action) -> dict[str, Any]:
     return {k: d.get(k) for k in ("channel", "deliver", "amount", "assignee_id")}
 
 
+def hold(action: Action, code: str, detail: str) -> Suppression:
+    """A held-back action, built without re-validating: a plan holds back up to hundreds of thousands."""
+    return fast_model(Suppression, {"action": action, "reason_code": code, "detail": detail})  # type: ignore[no-any-return]
+
+
 class Guard:
     """The configured policies for one plan, with what they need to know about the past."""
 
@@ -185,7 +191,7 @@ class Guard:
         for x in todo:
             detail = why(x)
             if detail:
-                held.append(Suppression(action=x, reason_code=code, detail=detail))
+                held.append(hold(x, code, detail))
             else:
                 keep.append(x)
         return keep
@@ -322,8 +328,8 @@ class Guard:
             full = next((k for k in hit if used[k][x.client_id] >= caps[k].limit), None)
             if full is not None:
                 c = caps[full]
-                held.append(Suppression(action=x, reason_code=CAP, detail=(
-                    f"cap {c.label()}: {used[full][x.client_id]} already in the window for this client")))
+                held.append(hold(x, CAP, f"cap {c.label()}: {used[full][x.client_id]} already in the window "
+                                         "for this client"))
                 continue
             for k in hit:
                 used[k][x.client_id] += 1

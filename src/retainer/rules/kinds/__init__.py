@@ -7,8 +7,10 @@ engine only ever sees `CompiledRule`s, so there is one evaluator for every kind.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from ...timeutil import parse_duration
@@ -66,6 +68,26 @@ class CompiledRule:
         if self.episode:
             fs.add(self.episode)
         return fs
+
+    @cached_property
+    def key_kinds(self) -> tuple[str, ...]:
+        """The last part of the keys of the rule's actions in `then` order (`create_task`,
+        `create_task#2`, ...), plus the escalation a failed release produces. Worked out once per rule:
+        a plan asks for every match."""
+        counts: Counter[str] = Counter()
+        out = []
+        for spec in self.then:
+            counts[spec.type] += 1
+            n = counts[spec.type]
+            out.append(spec.type if n == 1 else f"{spec.type}#{n}")
+        if self.reassign is not None and counts["escalate"] == 0:
+            out.append("escalate")
+        return tuple(out)
+
+    @cached_property
+    def reassign(self) -> ReassignSpec | None:
+        """The rule's reassignment, if one of its actions is one."""
+        return next((s.reassign for s in self.then if s.reassign is not None), None)
 
 
 @dataclass
