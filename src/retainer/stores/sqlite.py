@@ -175,6 +175,9 @@ def _columns(entity: str, sql: str) -> set[str]:
 
 
 _LATEST_BY_SPEC = {(e, f, w): col for col, (e, f, w) in _LATEST.items()}
+_SUMMARY_COLS: dict[str, list[str]] = {}  # entity -> its retainer_latest columns
+for _c, (_e, _f, _w) in _LATEST.items():
+    _SUMMARY_COLS.setdefault(_e, []).append(_c)
 # the instant fields whose newest value decides whether the summaries answer: summarised and EXISTS_FIELD
 _NEWEST: dict[str, list[str]] = {}
 for _e, _f, _w in _LATEST.values():
@@ -574,10 +577,12 @@ class SQLiteStore:
             )
         conn.execute("INSERT OR REPLACE INTO retainer_meta VALUES ('latest_def', ?)", [_LATEST_DEF])
 
-    def _refresh_summaries(self, conn: sqlite3.Connection, entity: str, client_ids: set[str] | None) -> None:
-        """Recompute retainer_latest's columns of `entity` for `client_ids` (every client: None) from the
-        facts: right after inserts and replacements alike (a replaced fact may have moved or gone back)."""
-        cols = [c for c, (e, _f, _w) in _LATEST.items() if e == entity]
+    def _refresh_summaries(
+        self, conn: sqlite3.Connection, entity: str, client_ids: set[str] | None, cols: list[str] | None = None
+    ) -> None:
+        """Recompute retainer_latest's columns of `entity` (or just `cols`) for `client_ids` (every client:
+        None) from the facts."""
+        cols = cols or _SUMMARY_COLS[entity]
         params: dict[str, Any] = {}
         exprs = []
         for c in cols:
@@ -645,7 +650,7 @@ class SQLiteStore:
         pending: _ingest.Pending = []
         was_empty: dict[str, bool] = {}
         deferred: list[str] = []  # CREATE INDEX statements of bulk-loaded tables, run after their rows
-        touched: dict[str, set[str] | None] = {}  # entity -> clients whose summaries to recompute (None: all)
+        touched: dict[str, None] = {}  # entities bulk-loaded into an empty table: summarised after the load
         with self._no_mmap() as bulk_reads, self._transaction() as conn:
             summaries = self._summaries = self._summaries_current()  # under the write lock: settled
             for b in batches:
@@ -666,8 +671,9 @@ class SQLiteStore:
                 if b.entity in known:
                     known[b.entity].update(m.id for m in b.models)
                 cols = list(_KINDS[b.entity])
+                before = None
                 if summaries and b.entity in _NEWEST and b.models:
-                    self._note_summaries(conn, b, replace and not was_empty[b.entity], touched)
+                    before = self._note_summaries(conn, b, replace and not was_empty[b.entity], touched)
                 if bulk:  # the primary key finds a repeated id; `_duplicate` then says which line has it
                     sql = f"INSERT INTO {b.entity} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
                     conn.execute("SAVEPOINT batch")
@@ -681,12 +687,15 @@ class SQLiteStore:
                 else:
                     sql = f"{verb} INTO {b.entity} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
                     conn.executemany(sql, _encoder(b.entity)(b.models))
+                if before is not None:
+                    self._merge_summaries(conn, b, before)
                 counts[b.entity] = counts.get(b.entity, 0) + len(b.models)
             _ingest.check_pending(pending, known)
             for stmt in deferred:
                 conn.execute(stmt)
             for entity, ids in touched.items():
-                self._refresh_summaries(conn, entity, ids)
+                if ids is None:  # bulk-loaded into an empty table: one grouped scan
+                    self._refresh_summaries(conn, entity, None)
         written = sum(counts.values())
         if written >= 1000 or (written and any(was_empty.values())):
             # statistics for the query planner: worth it after a bulk load, not after every small write
@@ -734,11 +743,11 @@ class SQLiteStore:
         return [sql for _name, sql in found]
 
     def _note_summaries(
-        self, conn: sqlite3.Connection, b: _ingest.Batch, replacing: bool, touched: dict[str, set[str] | None]
-    ) -> None:
-        """Before a batch is written: raise the newest instants to the batch's, and note the clients whose
-        summaries must be recomputed once the load's rows are in (for replaced rows, their former
-        clients too). A table empty before this load is summarised whole, by one grouped scan."""
+        self, conn: sqlite3.Connection, b: _ingest.Batch, replacing: bool, touched: dict[str, None]
+    ) -> list[tuple[Any, ...]] | None:
+        """Before a batch is written: raise the newest instants to the batch's. A table empty before this
+        load is summarised whole after it, by one grouped scan (None). Otherwise returns the summarised
+        values of the rows the batch replaces, for `_merge_summaries`."""
         entity = b.entity
         for f in _NEWEST[entity]:
             newest = max((v for m in b.models if (v := m.__dict__[f]) is not None), default=None)
@@ -749,21 +758,79 @@ class SQLiteStore:
                     "ELSE value END",
                     [entity, f, to_utc_text(newest)],
                 )
-        if entity not in touched:
-            empty = not conn.execute(f"SELECT 1 FROM {entity} LIMIT 1").fetchone()
-            touched[entity] = None if empty else set()
-        ids = touched[entity]
-        if ids is None:
+        if entity in touched:
+            return None
+        if not conn.execute(f"SELECT 1 FROM {entity} LIMIT 1").fetchone():
+            touched[entity] = None
+            return None
+        return self._summarised_rows(conn, entity, [m.id for m in b.models]) if replacing else []
+
+    def _summarised_rows(self, conn: sqlite3.Connection, entity: str, ids: list[str]) -> list[tuple[Any, ...]]:
+        """(id, client_id, value of each of the entity's retainer_latest columns) of rows `ids`: the value
+        is NULL where the row does not count for that column."""
+        params: dict[str, Any] = {"ids": json.dumps(ids)}
+        exprs = []
+        for c in _SUMMARY_COLS[entity]:
+            _e, f, where = _LATEST[c]
+            cond = " AND ".join([f"{f} IS NOT NULL", *(self._pred(entity, p, f"{c}_{k}", params)
+                                                        for k, p in enumerate(where))])
+            exprs.append(f"CASE WHEN {cond} THEN {f} END")
+        return conn.execute(
+            f"SELECT id, client_id, {', '.join(exprs)} FROM {entity} WHERE id IN (SELECT value FROM json_each(:ids))",
+            params,
+        ).fetchall()
+
+    def _merge_summaries(self, conn: sqlite3.Connection, b: _ingest.Batch, before: list[tuple[Any, ...]]) -> None:
+        """After a batch is written into a table that had rows: fold its rows into retainer_latest.
+
+        A latest instant only moves forward when rows arrive, so the new value is the larger of the
+        summary and the batch's rows. Only where a replaced row WAS the client's latest and its new version
+        no longer is (moved back in time, to another client, or out of the column's filter) are the
+        client's rows read again: so one payment costs a few indexed lookups, not a scan of every invoice
+        of a client with thousands of them.
+        """
+        entity = b.entity
+        cols = _SUMMARY_COLS[entity]
+        after = self._summarised_rows(conn, entity, [m.id for m in b.models])
+        clients = {r[1] for r in after if r[1] is not None} | {r[1] for r in before if r[1] is not None}
+        if not clients:
             return
-        ids.update(m.client_id for m in b.models)  # type: ignore[attr-defined]
-        if replacing:
-            ids.update(
-                r[0]
-                for r in conn.execute(
-                    f"SELECT client_id FROM {entity} WHERE id IN (SELECT value FROM json_each(?))",
-                    [json.dumps([m.id for m in b.models])],
-                )
+        current = {
+            r[0]: list(r[1:])
+            for r in conn.execute(
+                f"SELECT client_id, {', '.join(cols)} FROM retainer_latest "
+                "WHERE client_id IN (SELECT value FROM json_each(?))",
+                [json.dumps(sorted(clients))],
             )
+        }
+        new = {cid: current.get(cid, [None] * len(cols)) for cid in clients}
+        now = {r[0]: r for r in after}
+        stale: dict[int, set[str]] = {}  # column -> clients to read again
+        for r in before:
+            cid = r[1]
+            if cid is None:
+                continue
+            later = now.get(r[0])
+            for j, old in enumerate(r[2:]):
+                if old is None or old != new[cid][j]:
+                    continue  # not the client's latest: the summary does not depend on it
+                if later is None or later[1] != cid or later[2 + j] is None or later[2 + j] < old:
+                    stale.setdefault(j, set()).add(cid)
+        for r in after:
+            cid = r[1]
+            if cid is None:
+                continue
+            row = new[cid]
+            for j, v in enumerate(r[2:]):
+                if v is not None and (row[j] is None or v > row[j]):
+                    row[j] = v
+        conn.executemany(
+            f"INSERT INTO retainer_latest (client_id, {', '.join(cols)}) VALUES (?, {', '.join('?' * len(cols))}) "
+            f"ON CONFLICT (client_id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in cols)}",
+            [(cid, *vals) for cid, vals in sorted(new.items())],
+        )
+        for j, ids in sorted(stale.items()):
+            self._refresh_summaries(conn, entity, ids, [cols[j]])
 
     def _existing(self, entity: str, models: list[Entity]) -> set[str]:
         ids = json.dumps([m.id for m in models])
