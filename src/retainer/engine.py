@@ -274,6 +274,144 @@ class _Prep:
                 case "start_process":
                     static["process"] = p.process
             self.specs.append((spec, cls, static, texts))
+        # per action, in the loop of _emit_group: (class, constant fields, texts, what to fill in, whom for)
+        self.fills = [
+            (
+                cls,
+                static,
+                tuple(texts.items()),
+                _FILL.get(spec.type, 0),
+                getattr(spec.params, "assignee", None) or getattr(spec.params, "to", None),
+            )
+            for spec, cls, static, texts in self.specs
+        ]
+
+
+_TASK, _REASSIGN, _NOTIFY, _ESCALATE = 1, 2, 3, 4
+_FILL = {"create_task": _TASK, "reassign": _REASSIGN, "notify_manager": _NOTIFY, "escalate": _ESCALATE}
+
+
+def _emit_group(
+    prep: _Prep,
+    ms: list[_Match],
+    a: AsOf,
+    managers: dict[str, Manager],
+    ledger: Mapping[str, str],
+    moved: Mapping[str, Manager],
+    actions: list[Action],
+    suppressed: list[Suppression],
+) -> None:
+    """The actions of one rule's matches over one frame (the hot loop of a plan: one pass per match,
+    everything shared hoisted out of it)."""
+    rule = ms[0].rule
+    get_manager, get_moved = managers.get, moved.get
+    hold, make, new_id, plain = policies.hold, _make, action_id, _PLAIN
+    evidence_cols, reason_of, fills = prep.evidence, prep.reason, prep.fills
+    as_of_date, rule_id = prep.as_of_date, rule.id
+    for m in ms:
+        i, client, about = m.i, m.client, m.about
+        incoming = m.new_manager or (get_moved(client.id) if client is not None else None)
+        taker = incoming if m.new_manager is None else None  # another rule of this plan reassigns the client
+        manager = about or taker or (get_manager(client.manager_id) if client is not None else None)
+        supervisor = get_manager(manager.supervisor_id) if manager and manager.supervisor_id else None
+        manager_id = (
+            manager.id  # type: ignore[union-attr]
+            if about is not None or taker is not None
+            else client.manager_id
+            if client is not None
+            else None
+        )
+        objects = {
+            "client": client,
+            "manager": manager,
+            "supervisor": supervisor,
+            "new_manager": incoming,
+            "as_of": as_of_date,
+            "rule": rule_id,
+            "threshold": str(m.threshold) if m.threshold else "",
+        }
+        evidence = {}
+        for name, col in evidence_cols:
+            v = col[i]
+            evidence[name] = v if type(v) in plain else _evidence_value(v, a)
+        if m.threshold is not None:
+            evidence["threshold"] = str(m.threshold)
+        evidence["episode"] = m.episode
+        reason = reason_of(objects, i)
+        client_id = client.id if client is not None else None
+        # "the manager" is the client's manager at as_of, or the supervisor when that manager has left (a
+        # task for someone who left is a lost task)
+        if manager is not None and not manager.active and supervisor is not None and supervisor.active:
+            to_manager = supervisor.id
+        else:
+            to_manager = manager_id
+        whom = {
+            "manager": to_manager,
+            "supervisor": supervisor.id if supervisor else None,
+            "new_manager": incoming.id if incoming is not None else None,  # the manager this plan gives the client to
+        }
+        for (cls, static, texts, fill, to), key in zip(fills, m.keys, strict=False):
+            values = {**static, "key": key, "id": new_id(key), "client_id": client_id, "reason": reason,
+                      "evidence": evidence}  # fmt: skip
+            for name, render in texts:
+                values[name] = render(objects, i)
+            missing = None
+            if fill == _TASK:
+                if values["options"] is not None:
+                    values["options"] = list(values["options"])  # each task its own list
+                who = values["assignee_id"] = whom.get(to, to)
+                if not who:
+                    missing = f"no {to} to assign the task to"
+            elif fill == _REASSIGN:
+                values["from_manager_id"] = manager_id
+                values["to_manager_id"] = m.new_manager.id if m.new_manager else None
+            elif fill == _NOTIFY:
+                who = values["to_manager_id"] = whom.get(to, to)
+                if not who:
+                    missing = f"no {to} to notify"
+            elif fill == _ESCALATE:
+                who = whom.get(to, to)
+                values["to_manager_id"] = who or ""
+                values["about_manager_id"] = manager_id
+                if not who:
+                    missing = f"manager {manager_id} has no {to}"
+            act = make(cls, values)
+            if key in ledger:
+                suppressed.append(hold(act, policies.DUPLICATE, _dup(ledger[key])))
+            elif m.blocked:
+                suppressed.append(hold(act, policies.DO_NOT_CONTACT, m.blocked))
+            elif m.superseded:
+                suppressed.append(hold(act, policies.SUPERSEDED, m.superseded))
+            elif m.reassign_failed:
+                suppressed.append(hold(act, policies.NO_ELIGIBLE_MANAGER, m.reassign_failed))
+            elif missing:
+                suppressed.append(hold(act, policies.NO_RECIPIENT, missing))
+            else:
+                actions.append(act)
+        if m.reassign_failed and not m.blocked:
+            key = _key(rule_id, m.subject_id, m.episode, "escalate")
+            esc = make(
+                Escalate,
+                {
+                    "type": "escalate",
+                    "rule": rule_id,
+                    "client_id": client_id,
+                    "category": rule.category,
+                    "evidence": evidence,
+                    "as_of": prep.as_of,
+                    "key": key,
+                    "id": new_id(key),
+                    "reason": f"{reason}; release impossible: {m.reassign_failed}",
+                    "to_manager_id": supervisor.id if supervisor else "",
+                    "about_manager_id": manager_id,
+                },
+            )
+            if key in ledger:
+                suppressed.append(hold(esc, policies.DUPLICATE, _dup(ledger[key])))
+            elif supervisor is None:
+                suppressed.append(hold(esc, policies.NO_RECIPIENT, f"manager {manager_id} has no supervisor"))
+            else:
+                actions.append(esc)
 
 
 @dataclass
@@ -453,8 +591,6 @@ class Engine:
                     f"{', same team' if spec.same_team else ''})"
                 )
 
-        actions: list[Action] = []
-        suppressed: list[Suppression] = []
         # a client given to another manager in this plan: the other rules' tasks and messages for "the
         # manager" go to the new one (who now has to call), not to the one who just lost the client
         moved = {
@@ -462,9 +598,7 @@ class Engine:
             for m in matches
             if m.new_manager is not None and m.client is not None and not m.blocked
         }
-        preps: dict[tuple[int, int], _Prep] = {}
-        for m in matches:
-            self._emit(m, a, managers, ledger, actions, suppressed, moved, preps)
+        actions, suppressed = self._emit_all(matches, a, managers, ledger, moved)
         due = [s.action for s in suppressed if s.reason_code == policies.DUPLICATE]
         guard = policies.Guard(self.rules.file.policies, frame, self.store, a)
         actions, held = guard.apply(actions, due)
@@ -497,148 +631,25 @@ class Engine:
         )
         return plan, frame, matches
 
-    def _emit(
+    def _emit_all(
         self,
-        m: _Match,
+        matches: list[_Match],
         a: AsOf,
         managers: dict[str, Manager],
         ledger: Mapping[str, str],
-        actions: list[Action],
-        suppressed: list[Suppression],
-        moved: Mapping[str, Manager] | None = None,
-        preps: dict[tuple[int, int], _Prep] | None = None,
-    ) -> None:
-        rule, i, client, frame = m.rule, m.i, m.client, m.frame
-        pk = (id(rule), id(frame))
-        prep = preps.get(pk) if preps is not None else None
-        if prep is None:
-            prep = _Prep(rule, frame, a, self.rules.file.templates)
-            if preps is not None:
-                preps[pk] = prep
-        incoming = m.new_manager or ((moved or {}).get(client.id) if client is not None else None)
-        taker = incoming if m.new_manager is None else None  # another rule of this plan reassigns the client
-        manager = m.about or taker or (managers.get(client.manager_id) if client is not None else None)
-        supervisor = managers.get(manager.supervisor_id) if manager and manager.supervisor_id else None
-        manager_id = (
-            manager.id
-            if m.about is not None or taker is not None
-            else client.manager_id
-            if client is not None
-            else None
-        )
-        objects = {
-            "client": client,
-            "manager": manager,
-            "supervisor": supervisor,
-            "new_manager": incoming,
-            "as_of": prep.as_of_date,
-            "rule": rule.id,
-            "threshold": str(m.threshold) if m.threshold else "",
-        }
-        evidence = {}
-        for name, col in prep.evidence:
-            v = col[i]
-            evidence[name] = v if type(v) in _PLAIN else _evidence_value(v, a)
-        if m.threshold is not None:
-            evidence["threshold"] = str(m.threshold)
-        evidence["episode"] = m.episode
-        reason = prep.reason(objects, i)
-        client_id = client.id if client is not None else None
-
-        def recipient(to: str) -> str | None:
-            if to == "manager":
-                # the client's manager at as_of; the supervisor when that manager has left (a task for
-                # someone who left is a lost task)
-                if manager is not None and not manager.active and supervisor is not None and supervisor.active:
-                    return supervisor.id
-                return manager_id
-            if to == "supervisor":
-                return supervisor.id if supervisor else None
-            if to == "new_manager":  # the manager this plan gives the client to
-                return incoming.id if incoming is not None else None
-            return to
-
-        for (spec, cls, static, texts), key in zip(prep.specs, m.keys, strict=False):
-            values = {
-                **static,
-                "key": key,
-                "id": action_id(key),
-                "client_id": client_id,
-                "reason": reason,
-                "evidence": evidence,
-            }
-            missing = self._fill(spec, values, texts, manager_id, recipient, objects, m)
-            act = _make(cls, values)
-            if key in ledger:
-                suppressed.append(policies.hold(act, policies.DUPLICATE, _dup(ledger[key])))
-            elif m.blocked:
-                suppressed.append(policies.hold(act, policies.DO_NOT_CONTACT, m.blocked))
-            elif m.superseded:
-                suppressed.append(policies.hold(act, policies.SUPERSEDED, m.superseded))
-            elif m.reassign_failed:
-                suppressed.append(policies.hold(act, policies.NO_ELIGIBLE_MANAGER, m.reassign_failed))
-            elif missing:
-                suppressed.append(policies.hold(act, policies.NO_RECIPIENT, missing))
-            else:
-                actions.append(act)
-        if m.reassign_failed and not m.blocked:
-            key = _key(rule.id, m.subject_id, m.episode, "escalate")
-            esc = _make(
-                Escalate,
-                {
-                    "type": "escalate",
-                    "rule": rule.id,
-                    "client_id": client_id,
-                    "category": rule.category,
-                    "evidence": evidence,
-                    "as_of": prep.as_of,
-                    "key": key,
-                    "id": action_id(key),
-                    "reason": f"{reason}; release impossible: {m.reassign_failed}",
-                    "to_manager_id": supervisor.id if supervisor else "",
-                    "about_manager_id": manager_id,
-                },
-            )
-            if key in ledger:
-                suppressed.append(policies.hold(esc, policies.DUPLICATE, _dup(ledger[key])))
-            elif supervisor is None:
-                suppressed.append(policies.hold(esc, policies.NO_RECIPIENT, f"manager {manager_id} has no supervisor"))
-            else:
-                actions.append(esc)
-
-    @staticmethod
-    def _fill(
-        spec: ActionSpec,
-        values: dict[str, Any],
-        texts: dict[str, Callable[[dict[str, Any], int], str]],
-        manager_id: str | None,
-        recipient: Callable[[str], str | None],
-        objects: dict[str, Any],
-        m: _Match,
-    ) -> str | None:
-        """The action's fields that differ per client (recipient, rendered texts); the rest is in the
-        prepared static part. Returns why the action cannot go out, if it has nobody to go to."""
-        p = spec.params
-        for name, render in texts.items():
-            values[name] = render(objects, m.i)
-        match spec.type:
-            case "create_task":
-                if values["options"] is not None:
-                    values["options"] = list(values["options"])  # each task its own list
-                who = values["assignee_id"] = recipient(p.assignee)
-                return None if who else f"no {p.assignee} to assign the task to"
-            case "reassign":
-                values["from_manager_id"] = manager_id
-                values["to_manager_id"] = m.new_manager.id if m.new_manager else None
-            case "notify_manager":
-                who = values["to_manager_id"] = recipient(p.to)
-                return None if who else f"no {p.to} to notify"
-            case "escalate":
-                who = recipient(p.to)
-                values["to_manager_id"] = who or ""
-                values["about_manager_id"] = manager_id
-                return None if who else f"manager {manager_id} has no {p.to}"
-        return None
+        moved: Mapping[str, Manager],
+    ) -> tuple[list[Action], list[Suppression]]:
+        """Every match's actions, or why each is held back. Matches are taken one rule (and frame) at a
+        time, so what a rule's actions share is prepared once (`_Prep`) and read from locals in the loop."""
+        actions: list[Action] = []
+        suppressed: list[Suppression] = []
+        groups: dict[tuple[int, int], list[_Match]] = {}
+        for m in matches:
+            groups.setdefault((id(m.rule), id(m.frame)), []).append(m)
+        tfile = self.rules.file.templates
+        for ms in groups.values():
+            _emit_group(_Prep(ms[0].rule, ms[0].frame, a, tfile), ms, a, managers, ledger, moved, actions, suppressed)
+        return actions, suppressed
 
     # ------------------------------------------------------------------ run
 
