@@ -293,3 +293,33 @@ def test_plan_equal_to_the_memory_store_on_the_nightly_path(tmp_path: Path) -> N
         b = retainer.Engine(retainer.load_rules(rules), s).plan(day).to_json()
         assert a == b, day
     s.close()
+
+
+def _drop_new_indexes(path: Path) -> None:
+    """Make the file what retainer 0.2 wrote: no (client_id, instant) indexes for paid_at and done_at."""
+    conn = sqlite3.connect(path)
+    conn.executescript("DROP INDEX idx_invoices_client_id_paid_at; DROP INDEX idx_tasks_client_id_done_at; "
+                       "DROP INDEX idx_deals_client_id_closed_at;")
+    conn.close()
+
+
+def test_an_older_store_gets_the_seek_indexes_on_open_and_answers_the_same_without_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "crm.db"
+    with SQLiteStore(path) as s:
+        s.add(**CRM)
+        assert {("invoices", "paid_at"), ("tasks", "done_at"), ("touches", "at")} <= s._seekable
+        want = [s.aggregate(SPECS, at, ["c1", "c2"]) for at in (FAR, S.AS_OF)]
+    _drop_new_indexes(path)
+    with SQLiteStore(path) as s:  # writable: built on open
+        assert ("invoices", "paid_at") in s._seekable and ("tasks", "done_at") in s._seekable
+    _drop_new_indexes(path)
+
+    def busy(self: SQLiteStore) -> Any:
+        raise StoreError("database is locked")
+
+    monkeypatch.setattr(SQLiteStore, "_transaction", busy)
+    with SQLiteStore(path) as s:  # cannot be written now: read with a grouped scan where the index is missing
+        assert ("invoices", "paid_at") not in s._seekable and ("touches", "at") in s._seekable
+        assert [s.aggregate(SPECS, at, ["c1", "c2"]) for at in (FAR, S.AS_OF)] == want
