@@ -282,6 +282,21 @@ class Session:
         self._live: dict[tuple[str, str], str] = {}  # (chart, sid) -> its instance id in durable-rules
         self._dirty: set[str] = set()  # clients whose process states changed since the last persist
         self._seq = 0
+        # an event's commit must not pay for copying the write-ahead log into the file (docs/reactive.md)
+        background = getattr(store, "checkpoint_in_background", None)
+        self._checkpoints = bool(background()) if background is not None else False
+
+    def close(self) -> None:
+        """Stop what the session started in the store (background checkpoints); the store stays open."""
+        if self._checkpoints:
+            self._checkpoints = False
+            self.store.stop_checkpoints()  # type: ignore[attr-defined]
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------ public API
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -323,3 +324,25 @@ def test_an_older_store_gets_the_seek_indexes_on_open_and_answers_the_same_witho
     with SQLiteStore(path) as s:  # cannot be written now: read with a grouped scan where the index is missing
         assert ("invoices", "paid_at") not in s._seekable and ("touches", "at") in s._seekable
         assert [s.aggregate(SPECS, at, ["c1", "c2"]) for at in (FAR, S.AS_OF)] == want
+
+
+def test_background_checkpoints_copy_the_log_into_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "crm.db"
+    s = SQLiteStore(path)
+    s.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}])
+    s.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size = path.stat().st_size
+    s.add(touches=[{"id": f"t{i}", "client_id": "c1", "at": "2026-02-01T10:00:00Z"} for i in range(300)])
+    assert path.stat().st_size == size  # a few pages: SQLite's own checkpoint waits for 1,000
+    assert s.checkpoint_in_background(every=0.01) and not s.checkpoint_in_background()
+    assert s.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    s.add(touches=[{"id": f"u{i}", "client_id": "c1", "at": "2026-02-01T10:00:00Z"} for i in range(300)])
+    deadline = time.monotonic() + 10
+    while path.stat().st_size == size and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert path.stat().st_size > size
+    thread = s._checkpointer[1]  # type: ignore[index]
+    s.close()
+    assert not thread.is_alive()
+    with SQLiteStore(path) as again:
+        assert again.aggregate([AggSpec("touches", "count", None, ())], FAR) == [{"c1": 600}]
