@@ -72,6 +72,10 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     db = work / Path(args.db).name
+    from retainer.stores.sqlite import store_files
+
+    for f in store_files(db):  # a log left by an earlier run would be replayed onto the fresh copy
+        f.unlink(missing_ok=True)
     shutil.copyfile(args.db, db)
     rules = retainer.load_rules(args.rules)
     store = retainer.open_store(f"sqlite:///{db}", timezone=rules.timezone)

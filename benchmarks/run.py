@@ -175,6 +175,10 @@ def main() -> None:
     nights = []
     for night in (1, 2):
         if night == 1:
+            from retainer.stores.sqlite import store_files
+
+            for f in store_files(runs_db):  # `retainer run` ends with os._exit: its log stays behind, and
+                f.unlink(missing_ok=True)  # would be replayed onto the fresh copy
             shutil.copyfile(db, runs_db)
             out.unlink(missing_ok=True)
         secs, rss = timed([RETAINER, "run", "-r", str(RULES), "-d", str(runs_db), "--as-of", AS_OF, "-f", "json",
