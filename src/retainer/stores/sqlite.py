@@ -1048,16 +1048,7 @@ class SQLiteStore:
         selects, kinds, filters = [], [], []
         used = {"client_id", exists}
         for n, spec in enumerate(specs):
-            conds = []
-            if spec.time_field:
-                t, _ = self._expr(entity, spec.time_field)
-                conds.append(f"{t} IS NOT NULL AND {t} <= :asof")
-                if spec.since is not None:
-                    params[f"s{n}"] = to_utc_text(spec.since)
-                    conds.append(f"{t} > :s{n}")
-            for k, p in enumerate(spec.where):
-                conds.append(self._pred(entity, p, f"p{n}_{k}", params))
-            cond = " AND ".join(conds) or "1"
+            cond = " AND ".join(self._spec_conds(entity, n, spec, params)) or "1"
             filters.append(cond)
             if spec.fn == "count":
                 selects.append(f"SUM(CASE WHEN {cond} THEN 1 ELSE 0 END)")
@@ -1102,6 +1093,18 @@ class SQLiteStore:
             else:
                 out.update({i: f(v) for i, v in zip(ids, vals, strict=True) if v is not None})
 
+    def _spec_conds(self, entity: str, n: int, spec: AggSpec, params: dict[str, Any]) -> list[str]:
+        """SQL conditions for the rows aggregate `n` counts: dated at or before :asof (and after its
+        window start), and its filters; their parameters go into `params`."""
+        conds = []
+        if spec.time_field:
+            t, _ = self._expr(entity, spec.time_field)
+            conds.append(f"{t} IS NOT NULL AND {t} <= :asof")
+            if spec.since is not None:
+                params[f"s{n}"] = to_utc_text(spec.since)
+                conds.append(f"{t} > :s{n}")
+        return conds + [self._pred(entity, p, f"p{n}_{k}", params) for k, p in enumerate(spec.where)]
+
     def _aggregate_seek(
         self, entity: str, specs: list[AggSpec], outs: list[dict[str, Any]], as_of: datetime, client_ids: Sequence[str]
     ) -> None:
@@ -1114,14 +1117,7 @@ class SQLiteStore:
         subs, kinds = [], []
         for n, spec in enumerate(specs):
             expr, kind = self._expr(entity, spec.field or "id")
-            conds = [*base, f"{expr} IS NOT NULL"]
-            if spec.time_field:
-                t, _ = self._expr(entity, spec.time_field)
-                conds.append(f"{t} IS NOT NULL AND {t} <= :asof")
-                if spec.since is not None:
-                    params[f"s{n}"] = to_utc_text(spec.since)
-                    conds.append(f"{t} > :s{n}")
-            conds += [self._pred(entity, p, f"p{n}_{k}", params) for k, p in enumerate(spec.where)]
+            conds = [*base, f"{expr} IS NOT NULL", *self._spec_conds(entity, n, spec, params)]
             order = "DESC" if spec.fn == "max" else "ASC"
             subs.append(f"(SELECT {expr} FROM {entity} WHERE client_id = j.value AND {' AND '.join(conds)} "
                         f"ORDER BY {expr} {order} LIMIT 1)")  # fmt: skip
