@@ -35,7 +35,7 @@ from .rules.conditions import ExplainNode
 from .rules.features import FeatureFrame, SubFrame, invoice_frame, manager_frame
 from .rules.kinds import CompiledRule
 from .rules.loader import RuleSet, load_rules
-from .rules.schema import ActionSpec, ReassignSpec
+from .rules.schema import ReassignSpec
 from .stores.base import Store
 from .timeutil import AsOf, AsOfRangeError, Duration, parse_as_of
 
@@ -234,7 +234,8 @@ class _Prep:
 
         self.reason = text(rule.reason)
         common = {"rule": rule.id, "category": rule.category, "as_of": self.as_of}
-        self.specs: list[tuple[ActionSpec, type[Action], dict[str, Any], dict[str, Any]]] = []
+        # per action, for the loop of _emit_group: (class, constant fields, texts, what to fill in, whom for)
+        self.fills: list[tuple[type[Action], dict[str, Any], tuple[tuple[str, Any], ...], int, str | None]] = []
         for spec in rule.then:
             p = spec.params
             cls = ACTION_TYPES[spec.type]
@@ -273,18 +274,8 @@ class _Prep:
                     texts["title"] = text(p.title)
                 case "start_process":
                     static["process"] = p.process
-            self.specs.append((spec, cls, static, texts))
-        # per action, in the loop of _emit_group: (class, constant fields, texts, what to fill in, whom for)
-        self.fills = [
-            (
-                cls,
-                static,
-                tuple(texts.items()),
-                _FILL.get(spec.type, 0),
-                getattr(spec.params, "assignee", None) or getattr(spec.params, "to", None),
-            )
-            for spec, cls, static, texts in self.specs
-        ]
+            whom = getattr(p, "assignee", None) or getattr(p, "to", None)
+            self.fills.append((cls, static, tuple(texts.items()), _FILL.get(spec.type, 0), whom))
 
 
 _TASK, _REASSIGN, _NOTIFY, _ESCALATE = 1, 2, 3, 4

@@ -186,13 +186,18 @@ def test_summaries_answer_only_when_no_fact_is_after_as_of(tmp_path: Path) -> No
     s.close()
 
 
+def _rewrite(path: Path, script: str) -> None:
+    """Change a closed store's file behind retainer's back (what an older version would have written)."""
+    conn = sqlite3.connect(path)
+    conn.executescript(script)
+    conn.close()
+
+
 def _downgrade(path: Path) -> None:
     """Make the file what retainer 0.1 (schema 1, no summaries) wrote."""
-    conn = sqlite3.connect(path)
-    conn.executescript("DROP TABLE retainer_latest; DROP TABLE retainer_newest; "
-                       "DELETE FROM retainer_meta WHERE key = 'latest_def'; "
-                       "UPDATE retainer_meta SET value = '1' WHERE key = 'schema_version';")
-    conn.close()
+    _rewrite(path, "DROP TABLE retainer_latest; DROP TABLE retainer_newest; "
+                   "DELETE FROM retainer_meta WHERE key = 'latest_def'; "
+                   "UPDATE retainer_meta SET value = '1' WHERE key = 'schema_version';")
 
 
 CRM = {
@@ -298,10 +303,8 @@ def test_plan_equal_to_the_memory_store_on_the_nightly_path(tmp_path: Path) -> N
 
 def _drop_new_indexes(path: Path) -> None:
     """Make the file what retainer 0.2 wrote: no (client_id, instant) indexes for paid_at and done_at."""
-    conn = sqlite3.connect(path)
-    conn.executescript("DROP INDEX idx_invoices_client_id_paid_at; DROP INDEX idx_tasks_client_id_done_at; "
-                       "DROP INDEX idx_deals_client_id_closed_at;")
-    conn.close()
+    _rewrite(path, "DROP INDEX idx_invoices_client_id_paid_at; DROP INDEX idx_tasks_client_id_done_at; "
+                   "DROP INDEX idx_deals_client_id_closed_at;")
 
 
 def test_an_older_store_gets_the_seek_indexes_on_open_and_answers_the_same_without_them(

@@ -177,6 +177,11 @@ def _columns(entity: str, sql: str) -> set[str]:
     return {w for w in _WORD.findall(sql) if w in _KINDS[entity]}
 
 
+def _index_sql(entity: str, cols: list[str]) -> str:
+    # named as sqlite-utils names indexes: stores made by earlier versions have them under these names
+    return f'CREATE INDEX IF NOT EXISTS "idx_{entity}_{"_".join(cols)}" ON {entity} ({", ".join(cols)})'
+
+
 _LATEST_BY_SPEC = {(e, f, w): col for col, (e, f, w) in _LATEST.items()}
 _SUMMARY_COLS: dict[str, list[str]] = {}  # entity -> its retainer_latest columns
 for _c, (_e, _f, _w) in _LATEST.items():
@@ -531,7 +536,7 @@ class SQLiteStore:
                     {f: _SQLTYPE[k] for f, k in kinds.items()}, pk="id", if_not_exists=True
                 )
                 for cols in _INDEXES.get(entity, []):
-                    self.db[entity].create_index(cols, if_not_exists=True)  # type: ignore[union-attr]
+                    self.db.execute(_index_sql(entity, cols))
             self.db["retainer_cursors"].create(
                 {"name": str, "value": str},
                 pk="name",  # type: ignore[union-attr]
@@ -589,11 +594,7 @@ class SQLiteStore:
         None) from the facts."""
         cols = cols or _SUMMARY_COLS[entity]
         params: dict[str, Any] = {}
-        exprs = []
-        for c in cols:
-            _e, f, where = _LATEST[c]
-            conds = [f"{f} IS NOT NULL", *(self._pred(entity, p, f"{c}_{k}", params) for k, p in enumerate(where))]
-            exprs.append((f, " AND ".join(conds)))
+        exprs = [(_LATEST[c][1], self._latest_cond(entity, c, params)) for c in cols]
         sets = ", ".join(f"{c} = excluded.{c}" for c in cols)
         if client_ids is None:
             select = ", ".join(f"MAX(CASE WHEN {cond} THEN {f} END)" for f, cond in exprs)
@@ -619,9 +620,8 @@ class SQLiteStore:
             return
         try:
             with self._transaction() as conn:
-                for entity, cols in missing:  # named as sqlite-utils names the ones a new store gets
-                    conn.execute(f'CREATE INDEX IF NOT EXISTS "idx_{entity}_{"_".join(cols)}" '
-                                 f"ON {entity} ({', '.join(cols)})")
+                for entity, cols in missing:
+                    conn.execute(_index_sql(entity, cols))
         except (StoreError, sqlite3.OperationalError):
             pass
         self.__dict__.pop("_seekable", None)
@@ -686,7 +686,7 @@ class SQLiteStore:
         pending: _ingest.Pending = []
         was_empty: dict[str, bool] = {}
         deferred: list[str] = []  # CREATE INDEX statements of bulk-loaded tables, run after their rows
-        touched: dict[str, None] = {}  # entities bulk-loaded into an empty table: summarised after the load
+        bulk_summaries: set[str] = set()  # entities loaded into an empty table: summarised after the load
         with self._no_mmap() as bulk_reads, self._transaction() as conn:
             summaries = self._summaries = self._summaries_current()  # under the write lock: settled
             for b in batches:
@@ -709,7 +709,7 @@ class SQLiteStore:
                 cols = list(_KINDS[b.entity])
                 before = None
                 if summaries and b.entity in _NEWEST and b.models:
-                    before = self._note_summaries(conn, b, replace and not was_empty[b.entity], touched)
+                    before = self._note_summaries(conn, b, replace and not was_empty[b.entity], bulk_summaries)
                 if bulk:  # the primary key finds a repeated id; `_duplicate` then says which line has it
                     sql = f"INSERT INTO {b.entity} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
                     conn.execute("SAVEPOINT batch")
@@ -729,9 +729,8 @@ class SQLiteStore:
             _ingest.check_pending(pending, known)
             for stmt in deferred:
                 conn.execute(stmt)
-            for entity, ids in touched.items():
-                if ids is None:  # bulk-loaded into an empty table: one grouped scan
-                    self._refresh_summaries(conn, entity, None)
+            for entity in sorted(bulk_summaries):  # one grouped scan each
+                self._refresh_summaries(conn, entity, None)
         written = sum(counts.values())
         if written >= 1000 or (written and any(was_empty.values())):
             # statistics for the query planner: worth it after a bulk load, not after every small write
@@ -779,7 +778,7 @@ class SQLiteStore:
         return [sql for _name, sql in found]
 
     def _note_summaries(
-        self, conn: sqlite3.Connection, b: _ingest.Batch, replacing: bool, touched: dict[str, None]
+        self, conn: sqlite3.Connection, b: _ingest.Batch, replacing: bool, bulk_summaries: set[str]
     ) -> list[tuple[Any, ...]] | None:
         """Before a batch is written: raise the newest instants to the batch's. A table empty before this
         load is summarised whole after it, by one grouped scan (None). Otherwise returns the summarised
@@ -794,23 +793,25 @@ class SQLiteStore:
                     "ELSE value END",
                     [entity, f, to_utc_text(newest)],
                 )
-        if entity in touched:
+        if entity in bulk_summaries:
             return None
         if not conn.execute(f"SELECT 1 FROM {entity} LIMIT 1").fetchone():
-            touched[entity] = None
+            bulk_summaries.add(entity)
             return None
         return self._summarised_rows(conn, entity, [m.id for m in b.models]) if replacing else []
+
+    def _latest_cond(self, entity: str, col: str, params: dict[str, Any]) -> str:
+        """SQL: the row counts for retainer_latest's column `col` (its parameters go into `params`)."""
+        _e, f, where = _LATEST[col]
+        return " AND ".join([f"{f} IS NOT NULL", *(self._pred(entity, p, f"{col}_{k}", params)
+                                                   for k, p in enumerate(where))])  # fmt: skip
 
     def _summarised_rows(self, conn: sqlite3.Connection, entity: str, ids: list[str]) -> list[tuple[Any, ...]]:
         """(id, client_id, value of each of the entity's retainer_latest columns) of rows `ids`: the value
         is NULL where the row does not count for that column."""
         params: dict[str, Any] = {"ids": json.dumps(ids)}
-        exprs = []
-        for c in _SUMMARY_COLS[entity]:
-            _e, f, where = _LATEST[c]
-            cond = " AND ".join([f"{f} IS NOT NULL", *(self._pred(entity, p, f"{c}_{k}", params)
-                                                        for k, p in enumerate(where))])
-            exprs.append(f"CASE WHEN {cond} THEN {f} END")
+        exprs = [f"CASE WHEN {self._latest_cond(entity, c, params)} THEN {_LATEST[c][1]} END"
+                 for c in _SUMMARY_COLS[entity]]  # fmt: skip
         return conn.execute(
             f"SELECT id, client_id, {', '.join(exprs)} FROM {entity} WHERE id IN (SELECT value FROM json_each(:ids))",
             params,
