@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 import retainer
 from retainer import RetainerError
 from retainer.backtest import Backtest, backtest
+from retainer.sweep import Wakes
 
 SETTINGS = settings(max_examples=30, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
@@ -76,6 +77,23 @@ def test_a_forgotten_client_crosses_60_days_with_no_new_fact(backend: str, tmp_p
         }
         b = both(rules, s, "2026-02-01", "2026-04-01")
         assert days_of(b, "forgotten") == ["2026-03-02"] and days_of(b, "release") == ["2026-03-16"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    after=st.sampled_from(["36h", "PT12H", "1d", "30d", "1mo", "2mo", "P1M3D", "P2W"]),
+    zone=st.sampled_from(["UTC", "Europe/Moscow", "America/New_York", "Asia/Kolkata"]),
+    at=st.sampled_from(["2026-01-30T23:59:59Z", "2026-01-31T00:00:00Z", "2026-01-31T20:30:00Z",
+                        "2026-01-29T21:00:00Z", "2026-02-28T12:00:00Z", "2026-01-31T04:59:59Z"]),
+)
+def test_a_threshold_is_crossed_on_its_day_in_hours_months_and_zones(after: str, zone: str, at: str) -> None:
+    """A client is woken on the day its `older_than` comes due, not the day before (hours, month ends,
+    local midnights): the sweep must then give the replan's day exactly."""
+    with fresh() as s:
+        crm(s, touches=[{"id": "t1", "client_id": "c1", "at": at}])
+        rules = {"timezone": zone, "rules": [{"id": "forgotten", "kind": "forgotten", "after": after}]}
+        b = both(rules, s, "2026-01-28", "2026-05-10")
+        assert max(days_of(b, "forgotten")) >= at[:10]  # the touch itself grew old within the period
 
 
 def test_a_fact_arriving_mid_period_restarts_the_clock() -> None:
@@ -168,3 +186,32 @@ def test_unknown_method() -> None:
             date(2026, 1, 2),
             method="fast",
         )
+
+
+def test_an_unmet_all_of_waits_for_the_last_child_that_blocks_it() -> None:
+    """Past the release threshold but with a task due in April: the client is not woken on the threshold
+    date (all of needs the task to pass too), and a client that holds is woken when the first child can
+    flip. Wakes are what the sweep saves by; the result is the same either way (the test above)."""
+    with fresh() as s:
+        s.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}, {"id": "c2", "manager_id": "m1"}],
+              touches=[{"id": "t1", "client_id": "c1", "at": "2026-01-01T10:00"},
+                       {"id": "t2", "client_id": "c2", "at": "2025-11-01T10:00"}],
+              tasks=[{"id": "k1", "client_id": "c1", "manager_id": "m1", "created_at": "2026-01-01",
+                      "due_at": "2026-04-01T09:00"},
+                     {"id": "k2", "client_id": "c2", "manager_id": "m1", "created_at": "2025-11-01",
+                      "due_at": "2026-04-01T09:00"}])  # fmt: skip
+        rules = retainer.load_rules({"rules": [{
+            "id": "r", "when": {"all": [{"days_since_activity": {"gte": 60}}, {"has_future_task": False}]},
+            "then": [{"tag": "x"}]}]})  # fmt: skip
+        engine = retainer.Engine(rules, s)
+        _, frame, _ = engine._plan(engine.as_of("2026-02-01"), None)
+        wakes = Wakes(rules).compute(frame)
+        assert wakes["c1"] == date(2026, 4, 2)  # the task stops being future; not 2 March (the counter)
+        rules = retainer.load_rules({"rules": [{
+            "id": "r", "when": {"any": [{"days_since_activity": {"gte": 60}}, {"has_future_task": False}]},
+            "then": [{"tag": "x"}]}]})  # fmt: skip
+        engine = retainer.Engine(rules, s)
+        _, frame, _ = engine._plan(engine.as_of("2026-02-01"), None)
+        wakes = Wakes(rules).compute(frame)
+        assert wakes["c1"] == date(2026, 3, 2)  # any of, unmet: the first child that can flip
+        assert "c2" not in wakes  # any of, met by the counter alone (92 days): held for good

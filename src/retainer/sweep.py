@@ -123,10 +123,7 @@ class Wakes:
 
     def _node(self, node: Node, fr: Frame) -> list[Wake]:
         if isinstance(node, AllOf | AnyOf):
-            out: list[Wake] = [None] * len(fr.ids)
-            for c in node.children:
-                _merge(out, self._node(c, fr))
-            return out
+            return self._junction(node, fr)
         if isinstance(node, Not):
             return self._node(node.child, fr)
         if isinstance(node, Leaf):
@@ -136,6 +133,29 @@ class Wakes:
         if isinstance(node, OlderThan):
             return self._older(node, fr)
         return [self._next] * len(fr.ids)  # a node this module does not know: every step
+
+    def _junction(self, node: AllOf | AnyOf, fr: Frame) -> list[Wake]:
+        """`all of` that holds (or `any of` that does not) can change as soon as any child does. One
+        that does not hold waits for every child that makes it so: until the last of those can flip,
+        one of them still decides it (a client past the release threshold but with a task due next
+        month is not woken on the threshold date)."""
+        kids = [(self._node(c, fr), c.mask(fr)) for c in node.children]
+        free = isinstance(node, AllOf)  # the value that any one child can take away
+        out: list[Wake] = []
+        for i, held in enumerate(node.mask(fr)):
+            w: Wake = None
+            if held == free:
+                for ws, _ in kids:
+                    w = _min(w, ws[i])
+            else:  # every deciding child must flip: the latest of their first flips, never if one never does
+                for ws, ms in kids:
+                    if ms[i] == held:
+                        if ws[i] is None:
+                            w = None
+                            break
+                        w = ws[i] if w is None or ws[i] > w else w  # type: ignore[operator]
+            out.append(w)
+        return out
 
     def _counter(self, leaf: Leaf, fr: Frame) -> list[Wake]:
         """A `days_since_*` leaf flips when the counter reaches one of its constants (or one past it)."""
@@ -149,14 +169,14 @@ class Wakes:
         return out
 
     def _older(self, node: OlderThan, fr: Frame) -> list[Wake]:
-        """Not yet old enough: due on the threshold date (a day early, to be safe). Once held, an
-        `older_than` stays held until a new fact moves its instant."""
+        """Not yet old enough: due on the threshold date (`_flip_date` is the threshold rule solved for
+        the date). Once held, an `older_than` stays held until a new fact moves its instant."""
         a = self._a
         held = node.mask(fr)
         durs = node.durations(fr)
         out: list[Wake] = []
         for v, d, h in zip(fr.column(node.feature), durs, held, strict=True):
-            out.append(None if h or v is None or d is None else _flip_date(v, d, a) - timedelta(days=1))
+            out.append(None if h or v is None or d is None else _flip_date(v, d, a))
         _merge(out, self._feature(fr, node.feature))
         for cond, dur in node.cases:  # which threshold applies can change with time too
             _merge(out, self._node(cond, fr))
