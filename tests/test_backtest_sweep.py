@@ -104,6 +104,20 @@ def test_a_fact_arriving_mid_period_restarts_the_clock() -> None:
         assert days_of(b, "forgotten") == ["2026-01-31", "2026-03-22"]
 
 
+def test_a_commit_wakes_a_rule_that_reads_the_ledger() -> None:
+    """`escalate` with `forgotten_rule` counts from the release, which only the ledger knows: the client
+    released on a step is re-evaluated after the commit, though no fact of its own arrived."""
+    with fresh() as s:
+        crm(s, touches=[{"id": "t1", "client_id": "c1", "at": "2026-01-01T10:00"}])
+        rules = {"rules": [
+            {"id": "forgotten", "kind": "forgotten", "after": "30d"},
+            {"id": "release", "kind": "release", "forgotten_rule": "forgotten", "grace": "7d"},
+            {"id": "again", "kind": "escalate", "forgotten_rule": "forgotten"}]}  # fmt: skip
+        b = both(rules, s, "2026-01-20", "2026-04-01")
+        assert days_of(b, "release") == ["2026-02-07"]
+        assert days_of(b, "again") == ["2026-03-09"]  # 30 days after the release, not after the touch
+
+
 def test_a_dunning_ladder_steps_on_by_time_alone() -> None:
     with fresh() as s:
         crm(

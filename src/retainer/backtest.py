@@ -254,8 +254,11 @@ def _sweep(
 
     - those with a fact dated since the previous step (`Store.fact_times`, read once for the period);
     - those whose time-dependent conditions come due (`sweep.Wakes`, computed when they are evaluated);
-    - those with an action committed or held back on the previous step (their ledger moved, or a policy
-      may let the action through now: a held-back action is counted every step, as a full run does);
+    - those with an action held back on the previous step (a policy may let it through now, and a
+      held-back action is counted every step, as a full run does);
+    - those with an action committed on the previous step, when a rule reads a feature kept in the ledger
+      (`released_at`, an escalation's unresolved action, a recorded outcome): their wakes moved with it.
+      Otherwise a commit changes nothing but the duplicate check, and the client sleeps on;
     - those whose `abc_class` changed (the population column is recomputed each step when a rule reads it).
 
     Manager-level rules (overdue_tasks) read every client's tasks: they are planned over everyone, alone,
@@ -283,6 +286,7 @@ def _sweep(
         )  # fmt: skip
         mengine = Engine(alone, overlay)  # type: ignore[arg-type]
     needed = rules.registry.closure(rules.features_needed())
+    reads_ledger = any(rules.registry.get(n).ledger for n in needed)
     abc: dict[str, Any] | None = {} if "abc_class" in needed else None
     managers = {m.id: m for m in overlay.managers()}
     scheduled: dict[str, date] = {}
@@ -316,7 +320,7 @@ def _sweep(
         committed = _commit(engine, a, actions, cursors) if actions else []
         result.new += [(day, x) for x in committed]
         _count(result, suppressed)
-        carry = {x.client_id for x in committed if x.client_id is not None}
+        carry = {x.client_id for x in committed if x.client_id is not None} if reads_ledger else set()
         carry |= {s.action.client_id for s in suppressed if s.reason_code != "duplicate" and s.action.client_id}
         if frame is not None:
             for cid in frame.ids:

@@ -37,6 +37,7 @@ class FeatureImpl:
     whole_population: bool = False  # needs every client (ABC ranking), even for a partial plan
     choices: tuple[str, ...] = ()  # the only values it takes: a condition comparing with another is a typo
     subject: str = "client"  # client, invoice (rows of a SubFrame over invoices) or manager
+    ledger: bool = False  # read from the ledger: it changes when retainer commits, not only with facts or time
 
 
 def _days(as_of: AsOf, col: list[datetime | None]) -> list[int | None]:
@@ -253,7 +254,7 @@ def released_at_feature() -> FeatureImpl:
         return [e.as_of if (e := latest.get(cid)) is not None else None for cid in f.ids]
 
     return FeatureImpl("released_at", "datetime", "when retainer last reassigned the client (from the ledger)",
-                       compute=compute)
+                       compute=compute, ledger=True)
 
 
 def since_release_feature(name: str, anchor: str) -> FeatureImpl:
@@ -280,7 +281,7 @@ def unresolved_feature(name: str, rule: str) -> FeatureImpl:
         return out
 
     return FeatureImpl(name, "datetime", f"when {rule}'s latest action was planned, if still unresolved",
-                       deps=("last_activity_at",), compute=compute)
+                       deps=("last_activity_at",), compute=compute, ledger=True)
 
 
 def norm_reason(v: Any) -> str:
@@ -313,7 +314,7 @@ def outcome_feature(
         return out
 
     return FeatureImpl(name, "str", f"the {field_} recorded for {rule}'s first step", deps=(episode,),
-                       compute=compute)
+                       compute=compute, ledger=True)
 
 
 def churn_silence_feature(name: str, lookback: Duration, factor: Decimal, floor: Duration) -> FeatureImpl:
