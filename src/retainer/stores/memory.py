@@ -12,7 +12,7 @@ from typing import Any
 
 from ..actions import Action
 from ..errors import StoreError
-from ..ledger import LedgerEntry, RunRecord, Status, action_payload, check_statuses
+from ..ledger import ACTIVE, LedgerEntry, RunRecord, Status, action_payload, check_statuses
 from ..model import Client, Entity, Manager
 from . import _ingest
 from .base import COMPARE, EXISTS_FIELD, TIME_FIELDS, VIRTUAL_FIELDS, AggSpec, Pred, virtual_value
@@ -27,6 +27,9 @@ class MemoryStore:
         self._facts: dict[str, dict[str, Entity]] = {e: {} for e in _ingest.ENTITIES}
         self._cursors: dict[str, str] = {}
         self._ledger: dict[str, LedgerEntry] = {}  # by id, in commit order
+        # ids still pending or failed, with their commit position: a dispatcher asks for those on every
+        # run, and a year's backtest keeps a third of a million settled actions in this ledger
+        self._active: dict[str, int] = {}
         self._keys: dict[str, str] = {}  # key -> id
         self._runs: dict[str, RunRecord] = {}
         self._lock = threading.Lock()
@@ -210,6 +213,7 @@ class MemoryStore:
             raise StoreError(f"run {run.id} is already recorded")
         self._runs[run.id] = run
         for k, e in staged.items():
+            self._active[e.id] = len(self._ledger)
             self._ledger[e.id] = e
             self._keys[k] = e.id
         self._cursors.update(cursors)
@@ -239,8 +243,12 @@ class MemoryStore:
         check_statuses(status)
         idset = set(ids) if ids is not None else None
         cset = set(client_ids) if client_ids is not None else None
+        if status is not None and set(status) <= set(ACTIVE):
+            rows: Iterable[LedgerEntry] = [self._ledger[i] for i in sorted(self._active, key=self._active.__getitem__)]
+        else:
+            rows = self._ledger.values()
         out = []
-        for e in self._ledger.values():
+        for e in rows:
             if status is not None and e.status not in status:
                 continue
             if (idset is not None and e.id not in idset) or (cset is not None and e.client_id not in cset):
@@ -262,6 +270,11 @@ class MemoryStore:
         # backtest updates every action twice) and keeping its parsed action
         new = object.__new__(LedgerEntry)
         new.__dict__.update(e.__dict__, **changes)
+        if new.status != e.status:
+            if new.status in ACTIVE:
+                self._active.setdefault(id, list(self._ledger).index(id))  # back from dead: rare
+            else:
+                self._active.pop(id, None)
         e = new
         self._ledger[id] = e
         return e
