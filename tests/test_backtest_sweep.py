@@ -202,6 +202,14 @@ def test_unknown_method() -> None:
         )
 
 
+def wakes_on(store: retainer.Store, day: str, when: dict[str, Any]) -> dict[str, date]:
+    """When each client of a one-rule set is due again after a full plan as of `day`."""
+    rules = retainer.load_rules({"rules": [{"id": "r", "when": when, "then": [{"tag": "x"}]}]})
+    engine = retainer.Engine(rules, store)
+    _, frame, _ = engine._plan(engine.as_of(day), None)
+    return Wakes(rules).compute(frame)
+
+
 def test_an_unmet_all_of_waits_for_the_last_child_that_blocks_it() -> None:
     """Past the release threshold but with a task due in April: the client is not woken on the threshold
     date (all of needs the task to pass too), and a client that holds is woken when the first child can
@@ -214,18 +222,9 @@ def test_an_unmet_all_of_waits_for_the_last_child_that_blocks_it() -> None:
                       "due_at": "2026-04-01T09:00"},
                      {"id": "k2", "client_id": "c2", "manager_id": "m1", "created_at": "2025-11-01",
                       "due_at": "2026-04-01T09:00"}])  # fmt: skip
-        rules = retainer.load_rules({"rules": [{
-            "id": "r", "when": {"all": [{"days_since_activity": {"gte": 60}}, {"has_future_task": False}]},
-            "then": [{"tag": "x"}]}]})  # fmt: skip
-        engine = retainer.Engine(rules, s)
-        _, frame, _ = engine._plan(engine.as_of("2026-02-01"), None)
-        wakes = Wakes(rules).compute(frame)
+        both_children = [{"days_since_activity": {"gte": 60}}, {"has_future_task": False}]
+        wakes = wakes_on(s, "2026-02-01", {"all": both_children})
         assert wakes["c1"] == date(2026, 4, 2)  # the task stops being future; not 2 March (the counter)
-        rules = retainer.load_rules({"rules": [{
-            "id": "r", "when": {"any": [{"days_since_activity": {"gte": 60}}, {"has_future_task": False}]},
-            "then": [{"tag": "x"}]}]})  # fmt: skip
-        engine = retainer.Engine(rules, s)
-        _, frame, _ = engine._plan(engine.as_of("2026-02-01"), None)
-        wakes = Wakes(rules).compute(frame)
+        wakes = wakes_on(s, "2026-02-01", {"any": both_children})
         assert wakes["c1"] == date(2026, 3, 2)  # any of, unmet: the first child that can flip
         assert "c2" not in wakes  # any of, met by the counter alone (92 days): held for good
