@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -321,3 +322,24 @@ def test_running_an_earlier_date_warns(store: Store) -> None:
     run(store, "2026-03-10")
     report = run(store, "2026-03-02")
     assert any("is before the last run's" in w for w in report.plan.warnings)
+
+
+def test_a_number_beyond_64_bits_in_the_evidence_is_planned_committed_and_delivered(store: Store) -> None:
+    """A client attribute can hold an account number too big for 64 bits: the plan's JSON, the ledger's
+    copy and the delivered action keep it exactly (orjson stops at 64 bits; the standard library takes
+    over), in the same compact form as every other action."""
+    big = 2**70 + 1
+    store.add(managers=[{"id": "m1"}],
+              clients=[{"id": "c1", "manager_id": "m1", "attributes": {"account": big}},
+                       {"id": "c2", "manager_id": "m1", "attributes": {"account": 7}}])  # fmt: skip
+    rules = {"rules": [{"id": "big", "when": {"attributes.account": {"gt": 5}}, "then": [{"tag": "x"}]}]}
+    h = RecordingHandler()
+    report = run(store, rules=rules, handlers=h)
+    plan = json.loads(report.plan.to_json())
+    assert [a["evidence"]["attributes.account"] for a in plan["actions"]] == [big, 7]
+    lines = [json.loads(line) for line in report.plan.to_jsonl().splitlines()]
+    assert [x["evidence"]["attributes.account"] for x in lines] == [big, 7]
+    payloads = {e.client_id: e.payload for e in store.ledger()}
+    assert json.loads(payloads["c1"])["evidence"]["attributes.account"] == big
+    assert all(", " not in p and '": ' not in p for p in payloads.values())  # one compact form for both
+    assert sorted(a.evidence["attributes.account"] for a in h.actions) == [7, big]

@@ -28,6 +28,21 @@ def _default(v: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(v).__name__}")
 
 
+def dumps(obj: Any, *, indent: int | None = None) -> str:
+    """JSON with keys sorted, non-ASCII kept, compact unless indented. orjson writes the same text as
+    `json.dumps` ten times faster (a first night at 100k clients is 35 MB of JSON), but it stops at
+    64-bit integers; a client attribute can hold a bigger one (an account number), and then the
+    standard library writes it."""
+    if indent is None or indent == 2:
+        try:
+            opt = orjson.OPT_SORT_KEYS | (orjson.OPT_INDENT_2 if indent else 0)
+            return orjson.dumps(obj, default=_default, option=opt).decode()
+        except TypeError:
+            pass  # an integer beyond 64 bits (anything else fails below too, with the standard message)
+    return json.dumps(obj, default=_default, sort_keys=True, indent=indent, ensure_ascii=False,
+                      separators=(",", ":") if indent is None else None)  # fmt: skip
+
+
 def action_dict(a: Action) -> dict[str, Any]:
     """Field values as they are (actions are flat; `_default` renders dates and decimals)."""
     return dict(a.__dict__)
@@ -60,35 +75,13 @@ class Plan:
         }
 
     def to_json(self, *, indent: int | None = None) -> str:
-        """Compact by default. orjson writes the same text as `json.dumps(sort_keys=True,
-        ensure_ascii=False)` ten times faster (a first night at 100k clients is 35 MB of JSON)."""
-        if indent is None or indent == 2:
-            opt = orjson.OPT_SORT_KEYS | (orjson.OPT_INDENT_2 if indent else 0)
-            return orjson.dumps(self.to_dict(), default=_default, option=opt).decode()
-        return json.dumps(
-            self.to_dict(),
-            default=_default,
-            sort_keys=True,
-            indent=indent,
-            ensure_ascii=False,
-            separators=(",", ":") if indent is None else None,
-        )
+        """Compact by default; byte-identical for equal plans."""
+        return dumps(self.to_dict(), indent=indent)
 
     def to_jsonl(self) -> str:
         """One action per line (then one suppression per line, marked), for piping into other tools."""
-        opt = orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE
-        lines = [orjson.dumps({"kind": "action", **action_dict(a)}, default=_default, option=opt) for a in self.actions]
-        lines += [
-            orjson.dumps(
-                {
-                    "kind": "suppressed",
-                    "reason_code": s.reason_code,
-                    "detail": s.detail,
-                    "action": action_dict(s.action),
-                },
-                default=_default,
-                option=opt,
-            )
-            for s in self.suppressed
-        ]
-        return b"".join(lines).decode()
+        lines = [dumps({"kind": "action", **action_dict(a)}) for a in self.actions]
+        for x in self.suppressed:
+            held = {"kind": "suppressed", "reason_code": x.reason_code, "detail": x.detail}
+            lines.append(dumps({**held, "action": action_dict(x.action)}))
+        return "".join(line + "\n" for line in lines)
