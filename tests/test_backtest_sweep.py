@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import retainer
 from retainer import RetainerError
 from retainer.backtest import Backtest, backtest
-from retainer.sweep import Wakes
+from retainer.sweep import Quiet, Wakes
 
 SETTINGS = settings(max_examples=30, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
@@ -228,3 +228,51 @@ def test_an_unmet_all_of_waits_for_the_last_child_that_blocks_it() -> None:
         wakes = wakes_on(s, "2026-02-01", {"any": both_children})
         assert wakes["c1"] == date(2026, 3, 2)  # any of, unmet: the first child that can flip
         assert "c2" not in wakes  # any of, met by the counter alone (92 days): held for good
+
+
+# ------------------------------------------------------------------ facts that only postpone
+
+
+FORGOTTEN_30 = {"rules": [{"id": "forgotten", "kind": "forgotten", "after": "30d"}]}
+
+
+def test_facts_that_only_postpone_are_known_per_rule_set() -> None:
+    """With forgotten and release, a touch, a new task or an invoice can only restart a clock or add a
+    future task; a task done can remove the future task that holds a release back."""
+    rules = retainer.load_rules({"rules": [
+        {"id": "forgotten", "kind": "forgotten", "after": "60d"},
+        {"id": "release", "kind": "release", "forgotten_rule": "forgotten", "grace": "14d"}]})  # fmt: skip
+    safe = Quiet(rules).safe
+    assert {("touches", "at"), ("tasks", "created_at"), ("invoices", "paid_at")} <= safe
+    assert ("tasks", "done_at") not in safe and ("tasks", "due_at") not in safe
+    unpaid = retainer.load_rules({"rules": [{"id": "u", "kind": "unpaid", "after": "14d"}]})
+    assert Quiet(unpaid).safe == frozenset()  # rules over invoices: rows come and go with facts
+
+
+def test_a_client_that_matched_is_evaluated_for_a_touch() -> None:
+    """Forgotten (a duplicate every night), then touched: the clock restarts, and the client must be
+    planned again 30 days after the touch, though the touch alone only postpones."""
+    with fresh() as s:
+        crm(s, touches=[{"id": "t1", "client_id": "c1", "at": "2025-10-01T10:00"},
+                        {"id": "t2", "client_id": "c1", "at": "2026-01-10T10:00"}])  # fmt: skip
+        b = both(FORGOTTEN_30, s, "2025-12-01", "2026-03-15")
+        assert days_of(b, "forgotten") == ["2025-12-01", "2026-02-09"]
+
+
+def test_a_client_never_active_is_evaluated_for_its_first_touch() -> None:
+    """No activity and no created_at: nothing to count from, so no wake. Its first touch starts a clock."""
+    with fresh() as s:
+        s.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
+              touches=[{"id": "t1", "client_id": "c1", "at": "2026-01-10T10:00"}])  # fmt: skip
+        b = both(FORGOTTEN_30, s, "2026-01-05", "2026-03-15")
+        assert days_of(b, "forgotten") == ["2026-02-09"]
+
+
+def test_a_fact_that_can_make_a_rule_hold_is_evaluated() -> None:
+    """A task done empties `open_tasks`: that fact does not only postpone."""
+    with fresh() as s:
+        crm(s, tasks=[{"id": "k1", "client_id": "c1", "manager_id": "m1", "created_at": "2025-12-01",
+                       "due_at": "2026-03-01", "done_at": "2026-02-01T10:00", "status": "done"}])  # fmt: skip
+        rules = {"rules": [{"id": "idle", "when": {"open_tasks": 0}, "then": [{"tag": "idle"}]}]}
+        b = both(rules, s, "2026-01-05", "2026-03-01")
+        assert days_of(b, "idle") == ["2026-02-01"]

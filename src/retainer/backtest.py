@@ -37,7 +37,7 @@ from .rules.loader import RuleSet
 from .rules.schema import Policies
 from .stores.base import ManagerLoads, Store
 from .stores.memory import MemoryStore
-from .sweep import Wakes
+from .sweep import Quiet, Wakes
 from .timeutil import AsOf, parse_duration
 
 __all__ = ["METHODS", "Backtest", "backtest", "steps_between"]
@@ -267,13 +267,13 @@ def _sweep(
         return
     rules = engine.rules
     asofs = [engine.as_of(d) for d in days]
-    wakes = Wakes(rules)
-    by_step: list[set[str]] = [set() for _ in days]
+    wakes, quiet = Wakes(rules), Quiet(rules)
+    by_step: list[dict[str, set[tuple[str, str]]]] = [{} for _ in days]  # client -> what its new facts are
     k = 0
-    for t, _entity, _field, cid in overlay.fact_times(asofs[0].instant, asofs[-1].instant):
+    for t, entity, field_, cid in overlay.fact_times(asofs[0].instant, asofs[-1].instant):
         while asofs[k].instant < t:
             k += 1
-        by_step[k].add(cid)
+        by_step[k].setdefault(cid, set()).add((entity, field_))
     manager_rules = [r for r in rules.rules if r.subject == "manager"]
     # a manager-level rule that plans contacts competes with the client rules for caps and daily task
     # slots: then every step is a full plan (correct, not faster)
@@ -292,8 +292,11 @@ def _sweep(
     scheduled: dict[str, date] = {}
     heap: list[tuple[date, str]] = []
     carry: set[str] = set()
+    matched: set[str] = set()  # clients that matched a rule when last evaluated
+    empty: set[str] = set()  # clients with an empty value in a feature `quiet` reasons about
     for i, (day, a) in enumerate(zip(days, asofs, strict=True)):
-        dirty = carry | by_step[i]
+        facts = by_step[i]
+        dirty = carry | {c for c, fs in facts.items() if not fs <= quiet.safe or c in matched or c in empty}
         while heap and heap[0][0] <= day:
             w, cid = heapq.heappop(heap)
             if scheduled.get(cid) == w:
@@ -311,8 +314,13 @@ def _sweep(
         cursors: dict[str, str] = {}
         frame = None
         if ids is None or ids:
-            plan, frame, _ = engine._plan(a, ids)
+            plan, frame, ms = engine._plan(a, ids)
             actions, suppressed, cursors = plan.actions, plan.suppressed, plan.cursors
+            seen = set(frame.ids)
+            matched = (matched - seen) | {m.client.id for m in ms if m.client is not None}
+            empty -= seen
+            for n in quiet.watch:
+                empty.update(c for c, v in zip(frame.ids, frame.column(n), strict=True) if v is None)
         if mengine is not None and ids is not None:
             mplan = mengine._plan(a, None)[0]
             actions = sorted([*actions, *mplan.actions], key=lambda x: x.key)

@@ -22,7 +22,7 @@ from .rules.conditions import All as AllOf
 from .rules.conditions import AnyOf, Leaf, Node, Not, OlderThan
 from .rules.features import FeatureFrame, SubFrame, invoice_frame
 from .rules.loader import RuleSet
-from .stores.base import AggSpec, Pred
+from .stores.base import EXISTS_FIELD, TIME_FIELDS, AggSpec, Pred
 from .timeutil import AsOf, Duration, parse_as_of
 
 __all__ = ["Wakes"]
@@ -316,3 +316,106 @@ class Wakes:
                 if r.episode:
                     out.add(r.episode)
         return out
+
+
+# ---------------------------------------------------------------- facts that only postpone
+
+NONE, UP, DOWN, ANY = "none", "up", "down", "any"  # how a new fact can move a feature
+FALLS, RISES = "falls", "rises"  # ... and a condition: with the fact, it holds only where it held without
+
+#: the time field behind each virtual field (base.VIRTUAL_FIELDS): a fact on it changes the virtual value
+_UNDER = {
+    ("tasks", "is_open"): "done_at", ("tasks", "is_done"): "done_at", ("deals", "is_open"): "closed_at",
+    ("deals", "is_won"): "closed_at", ("invoices", "paid_total"): "paid_at", ("invoices", "outstanding"): "paid_at",
+}  # fmt: skip
+
+
+def _spec_move(s: AggSpec, entity: str, field: str) -> str:
+    """How a row's `field` coming to be at or before as_of moves the aggregate: a row that enters a count
+    or a latest instant can only move it up; a row that changes what a filter says can do anything."""
+    if s.entity != entity:
+        return NONE
+    where = {_UNDER.get((entity, p.field), p.field) for p in s.where}
+    if field not in where | {s.field, s.time_field, EXISTS_FIELD.get(entity)}:
+        return NONE
+    if s.since is not None or field in where:
+        return ANY
+    return UP if s.fn == "count" or (s.fn == "max" and s.field == s.time_field) else ANY
+
+
+class Quiet:
+    """Which new facts can only postpone every client rule (a touch for a forgotten-client rule set), so
+    that a client that matched nothing when last evaluated need not be evaluated for them.
+
+    With such facts, every rule's condition holds at an instant only where it held without them (the
+    activity clock restarts; a new task only adds a future task). The client matched nothing and its
+    wake date is the first day any rule could start to hold without the facts, so with them no rule holds
+    before that day either; the client is evaluated then, with every fact. A condition over a value that
+    was empty (a client never active) is not monotone, so `watch` names the features whose empty values
+    rule a client out. Anything this class does not know makes the facts unsafe."""
+
+    def __init__(self, rules: RuleSet) -> None:
+        self.registry = rules.registry
+        self._a = parse_as_of(date(2000, 1, 1), rules.tz)  # aggregates' shapes only: any as_of will do
+        self.watch: set[str] = set()
+        self._moves: dict[tuple[str, str, str], str] = {}
+        client_rules = [r for r in rules.rules if r.subject != "manager"]
+        safe: set[tuple[str, str]] = set()
+        if all(r.subject == "client" for r in client_rules):  # rows per invoice come and go with facts
+            for entity, fields in TIME_FIELDS.items():
+                for f in fields if entity != "clients" else ():
+                    if all(self._cond(r.condition, entity, f) in (NONE, FALLS) for r in client_rules):
+                        safe.add((entity, f))
+        self.safe = frozenset(safe)
+
+    def _cond(self, node: Node, e: str, f: str) -> str:
+        if isinstance(node, AllOf | AnyOf):
+            got = {self._cond(c, e, f) for c in node.children} - {NONE}
+            return ANY if ANY in got or len(got) > 1 else got.pop() if got else NONE
+        if isinstance(node, Not):
+            return {FALLS: RISES, RISES: FALLS}.get(inner := self._cond(node.child, e, f), inner)
+        if isinstance(node, OlderThan):
+            for cond, dur in node.cases:
+                if self._cond(cond, e, f) != NONE or (isinstance(dur, str) and self._move(dur, e, f) != NONE):
+                    return ANY
+            m = self._move(node.feature, e, f)
+            if m == UP:  # a later instant is older later: held only where it was
+                self.watch.add(node.feature)
+                return FALLS
+            return NONE if m == NONE else ANY
+        if isinstance(node, Leaf):
+            m = self._move(node.feature, e, f)
+            if m == NONE:
+                return NONE
+            if (m == UP and node.op in ("gt", "gte")) or (m == DOWN and node.op in ("lt", "lte")):
+                return RISES
+            if (m == DOWN and node.op in ("gt", "gte")) or (m == UP and node.op == "eq" and node.value is False):
+                self.watch.add(node.feature)
+                return FALLS
+            return ANY
+        return ANY if any(self._move(n, e, f) != NONE for n in node.features()) else NONE
+
+    def _move(self, name: str, e: str, f: str) -> str:
+        key = (name, e, f)
+        got = self._moves.get(key)
+        if got is None:
+            got = self._moves[key] = self._move_uncached(name, e, f)
+        return got
+
+    def _move_uncached(self, name: str, e: str, f: str) -> str:
+        if name.startswith("attributes."):
+            return NONE  # client rows do not change in a backtest
+        if name not in self.registry:
+            return ANY
+        impl = self.registry.get(name)
+        if impl.shape == "static":
+            return NONE
+        moves = {_spec_move(s, e, f) for s in impl.aggs(self._a)} | {self._move(d, e, f) for d in impl.deps}
+        moves.discard(NONE)
+        if not moves:
+            return NONE if impl.shape else ANY  # a feature of unknown shape may read facts it does not declare
+        if moves == {UP} and impl.shape in ("latest", "agg", "anchor"):
+            return UP
+        if moves == {UP} and impl.shape == "since":
+            return DOWN
+        return ANY

@@ -38,6 +38,11 @@ class FeatureImpl:
     choices: tuple[str, ...] = ()  # the only values it takes: a condition comparing with another is a typo
     subject: str = "client"  # client, invoice (rows of a SubFrame over invoices) or manager
     ledger: bool = False  # read from the ledger: it changes when retainer commits, not only with facts or time
+    #: how the value follows its inputs, for the sweep (`sweep.Quiet`): "static" (the client's or its
+    #: manager's row), "latest" (the latest of its aggregates), "agg" (one aggregate, mapped by a
+    #: non-decreasing function), "anchor" (its dependency, or the client's created_at when that is
+    #: empty), "since" (days since its dependency); "" is anything else
+    shape: str = ""
 
 
 def _days(as_of: AsOf, col: list[datetime | None]) -> list[int | None]:
@@ -363,7 +368,7 @@ def invoice_features() -> list[FeatureImpl]:
 def _client_field(name: str, typ: str, doc: str) -> FeatureImpl:
     choices = get_args(Client.model_fields[name].annotation) if name in Client.model_fields else ()
     return FeatureImpl(name, typ, doc, compute=lambda f: [getattr(c, name) for c in f.clients],
-                       choices=tuple(c for c in choices if isinstance(c, str)))
+                       choices=tuple(c for c in choices if isinstance(c, str)), shape="static")
 
 
 def _activity_specs(spec: ActivitySpec | None) -> Callable[[AsOf], list[AggSpec]]:
@@ -403,7 +408,8 @@ def _activity_feature(name: str, spec: ActivitySpec | None) -> FeatureImpl:
             out = [a if b is None or (a is not None and a >= b) else b for a, b in zip(out, new, strict=True)]
         return out
 
-    return FeatureImpl(name, "datetime", "latest activity at or before as_of", aggs=specs, compute=compute)
+    return FeatureImpl(name, "datetime", "latest activity at or before as_of", aggs=specs, compute=compute,
+                       shape="latest")
 
 
 def _anchor_feature(name: str, activity: str) -> FeatureImpl:
@@ -411,7 +417,8 @@ def _anchor_feature(name: str, activity: str) -> FeatureImpl:
         return [a if a is not None else c.created_at for a, c in zip(f.column(activity), f.clients, strict=True)]
 
     return FeatureImpl(
-        name, "datetime", "last activity, or created_at for a client never touched", deps=(activity,), compute=compute
+        name, "datetime", "last activity, or created_at for a client never touched", deps=(activity,), compute=compute,
+        shape="anchor",
     )
 
 
@@ -515,18 +522,20 @@ def _agg(
     name: str, typ: str, doc: str, spec: Callable[[AsOf], AggSpec], default: Any = None,
     then: Callable[[Any], Any] | None = None,
 ) -> FeatureImpl:
-    """A feature that is one store aggregate per client (optionally mapped, e.g. count > 0)."""
+    """A feature that is one store aggregate per client, optionally mapped (e.g. count > 0). The map must
+    not decrease: the sweep reasons that a new row can only move a count or a latest instant up."""
 
     def compute(f: FeatureFrame) -> list[Any]:
         col = f.agg_column(spec(f.as_of), default)
         return col if then is None else [then(v) for v in col]
 
-    return FeatureImpl(name, typ, doc, aggs=lambda a: [spec(a)], compute=compute)
+    return FeatureImpl(name, typ, doc, aggs=lambda a: [spec(a)], compute=compute, shape="agg")
 
 
 def _since(name: str, doc: str, instant: str) -> FeatureImpl:
     """Calendar days since another feature's instant."""
-    return FeatureImpl(name, "int", doc, deps=(instant,), compute=lambda f: _days(f.as_of, f.column(instant)))
+    return FeatureImpl(name, "int", doc, deps=(instant,), compute=lambda f: _days(f.as_of, f.column(instant)),
+                       shape="since")
 
 
 def _builtins(abc: FeatureImpl) -> dict[str, FeatureImpl]:
@@ -581,9 +590,11 @@ def _builtins(abc: FeatureImpl) -> dict[str, FeatureImpl]:
         _client_field("name", "str", "the client's name"),
         _client_field("created_at", "datetime", "when the client was created"),
         _client_field("cost_to_serve", "number", "cost to serve per 30 days"),
-        FeatureImpl("client_id", "str", "the client's id", compute=lambda f: list(f.ids)),
-        FeatureImpl("manager_active", "bool", "the responsible manager is active", compute=manager_attr("active")),
-        FeatureImpl("manager_team", "str", "the responsible manager's team", compute=manager_attr("team")),
+        FeatureImpl("client_id", "str", "the client's id", compute=lambda f: list(f.ids), shape="static"),
+        FeatureImpl("manager_active", "bool", "the responsible manager is active", compute=manager_attr("active"),
+                    shape="static"),
+        FeatureImpl("manager_team", "str", "the responsible manager's team", compute=manager_attr("team"),
+                    shape="static"),
         _activity_feature("last_activity_at", None),
         _anchor_feature("activity_anchor_at", "last_activity_at"),
         _since("days_since_activity", "calendar days since the last activity (or since created_at if never touched)",
