@@ -28,7 +28,6 @@ from dateutil.relativedelta import relativedelta
 from . import charts, policies
 from .actions import Action, Suppression
 from .adapters.base import CallbackHandler
-from .adapters.dispatch import Dispatcher
 from .engine import Engine
 from .errors import RetainerError
 from .ledger import RunRecord
@@ -230,14 +229,17 @@ def _count(result: Backtest, suppressed: list[Suppression]) -> None:
 
 
 def _commit(engine: Engine, a: AsOf, actions: list[Action], cursors: dict[str, str]) -> list[Action]:
-    """What `Engine.run` does after planning: one commit to the ledger, then delivery (to nowhere)."""
+    """What `Engine.run` does after planning: one commit to the ledger, then delivery to `_SINK`, which
+    takes everything at once; so each action is marked delivered in bulk, as the dispatcher would leave
+    it (one attempt, done), without the dispatcher's per-action bookkeeping."""
     store = engine.store
-    clock = lambda: a.instant  # noqa: E731
     with store.run_lock(f"backtest as of {a.date}"):
         run = RunRecord(id=str(uuid.uuid4()), as_of=a.instant.astimezone(a.tz), rules_digest=engine.rules.digest,
                         started_at=a.instant)  # fmt: skip
         committed = store.commit_run(run, actions, cursors)
-        Dispatcher(store, _SINK, clock=clock, sleep=lambda s: None).dispatch_active(committed)
+        ids = [x.id for x in committed]
+        store.begin_attempts(ids, a.instant)
+        store.finish_attempts([(i, "done", None, 1) for i in ids], a.instant)
         store.finish_run(run.id, a.instant, {"new": len(committed)})
     return committed
 
