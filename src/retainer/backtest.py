@@ -254,7 +254,8 @@ def _sweep(
     """A full plan on the first step; then, per step, a partial plan (`Engine` with `clients=`) of the
     clients whose plan can change, committed to the same ledger as a full run would be:
 
-    - those with a fact dated since the previous step (`Store.fact_times`, read once for the period);
+    - those with a fact dated since the previous step (`Store.fact_times`, read once for the period),
+      unless every such fact only postpones every rule and the client matched nothing (`sweep.Quiet`);
     - those whose time-dependent conditions come due (`sweep.Wakes`, computed when they are evaluated);
     - those with an action held back on the previous step (a policy may let it through now, and a
       held-back action is counted every step, as a full run does);
