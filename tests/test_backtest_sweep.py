@@ -276,3 +276,17 @@ def test_a_fact_that_can_make_a_rule_hold_is_evaluated() -> None:
         rules = {"rules": [{"id": "idle", "when": {"open_tasks": 0}, "then": [{"tag": "idle"}]}]}
         b = both(rules, s, "2026-01-05", "2026-03-01")
         assert days_of(b, "idle") == ["2026-02-01"]
+
+
+def test_a_first_activity_older_than_the_client_is_evaluated() -> None:
+    """Found by review: a client never active counts from created_at (1 January). A task retainer made
+    comes to light on 10 January with a done_at of 1 December: that is activity, older than the client,
+    so the client is forgotten at once, though the fact that revealed it (a task created) only postpones
+    for a client that was active before."""
+    with fresh() as s:
+        s.add(managers=[{"id": "m1", "supervisor_id": "boss"}, {"id": "boss"}],
+              clients=[{"id": "c1", "manager_id": "m1", "created_at": "2026-01-01"}],
+              tasks=[{"id": "k1", "client_id": "c1", "created_at": "2026-01-10T10:00", "done_at": "2025-12-01T10:00",
+                      "status": "done", "source": "retainer"}])  # fmt: skip
+        b = both(FORGOTTEN_30, s, "2026-01-05", "2026-02-15")
+        assert days_of(b, "forgotten") == ["2026-01-10"]

@@ -351,8 +351,9 @@ class Quiet:
     activity clock restarts; a new task only adds a future task). The client matched nothing and its
     wake date is the first day any rule could start to hold without the facts, so with them no rule holds
     before that day either; the client is evaluated then, with every fact. A condition over a value that
-    was empty (a client never active) is not monotone, so `watch` names the features whose empty values
-    rule a client out. Anything this class does not know makes the facts unsafe."""
+    was empty is not monotone (a client never active counts from created_at, and a task made by retainer
+    can reveal an older activity), so `watch` names the features whose empty values rule a client out.
+    Anything this class does not know makes the facts unsafe."""
 
     def __init__(self, rules: RuleSet) -> None:
         self.registry = rules.registry
@@ -415,6 +416,8 @@ class Quiet:
         if not moves:
             return NONE if impl.shape else ANY  # a feature of unknown shape may read facts it does not declare
         if moves == {UP} and impl.shape in ("latest", "agg", "anchor"):
+            if impl.shape == "anchor":  # empty, it falls back on created_at: the first activity may be older
+                self.watch.update(impl.deps)
             return UP
         if moves == {UP} and impl.shape == "since":
             return DOWN
