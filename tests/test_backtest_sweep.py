@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 import retainer
 from retainer import RetainerError
 from retainer.backtest import Backtest, backtest
+from retainer.stores.base import TIME_FIELDS, VIRTUAL_FIELDS, VIRTUAL_SOURCES
 from retainer.sweep import Quiet, Wakes
 
 SETTINGS = settings(max_examples=30, deadline=None,
@@ -247,6 +248,13 @@ def test_facts_that_only_postpone_are_known_per_rule_set() -> None:
     assert ("tasks", "done_at") not in safe and ("tasks", "due_at") not in safe
     unpaid = retainer.load_rules({"rules": [{"id": "u", "kind": "unpaid", "after": "14d"}]})
     assert Quiet(unpaid).safe == frozenset()  # rules over invoices: rows come and go with facts
+
+
+def test_every_virtual_field_names_the_time_field_it_reads() -> None:
+    """`Quiet` reads a filter on a virtual field as a filter on its source: a virtual field added without
+    one would let a fact that changes it pass for one that only postpones."""
+    assert set(VIRTUAL_SOURCES) == {(e, n) for e, names in VIRTUAL_FIELDS.items() for n in names}
+    assert all(f is None or f in TIME_FIELDS[e] for (e, _n), f in VIRTUAL_SOURCES.items())
 
 
 def test_a_client_that_matched_is_evaluated_for_a_touch() -> None:

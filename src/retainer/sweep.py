@@ -22,7 +22,7 @@ from .rules.conditions import All as AllOf
 from .rules.conditions import AnyOf, Leaf, Node, Not, OlderThan
 from .rules.features import FeatureFrame, SubFrame, invoice_frame
 from .rules.loader import RuleSet
-from .stores.base import EXISTS_FIELD, TIME_FIELDS, AggSpec, Pred
+from .stores.base import EXISTS_FIELD, TIME_FIELDS, VIRTUAL_SOURCES, AggSpec, Pred
 from .timeutil import AsOf, Duration, parse_as_of
 
 __all__ = ["Wakes"]
@@ -323,19 +323,13 @@ class Wakes:
 NONE, UP, DOWN, ANY = "none", "up", "down", "any"  # how a new fact can move a feature
 FALLS, RISES = "falls", "rises"  # ... and a condition: with the fact, it holds only where it held without
 
-#: the time field behind each virtual field (base.VIRTUAL_FIELDS): a fact on it changes the virtual value
-_UNDER = {
-    ("tasks", "is_open"): "done_at", ("tasks", "is_done"): "done_at", ("deals", "is_open"): "closed_at",
-    ("deals", "is_won"): "closed_at", ("invoices", "paid_total"): "paid_at", ("invoices", "outstanding"): "paid_at",
-}  # fmt: skip
-
 
 def _spec_move(s: AggSpec, entity: str, field: str) -> str:
     """How a row's `field` coming to be at or before as_of moves the aggregate: a row that enters a count
     or a latest instant can only move it up; a row that changes what a filter says can do anything."""
     if s.entity != entity:
         return NONE
-    where = {_UNDER.get((entity, p.field), p.field) for p in s.where}
+    where = {VIRTUAL_SOURCES.get((entity, p.field), p.field) for p in s.where}  # a virtual field: its source
     if field not in where | {s.field, s.time_field, EXISTS_FIELD.get(entity)}:
         return NONE
     if s.since is not None or field in where:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 from ..model import ENTITIES, Client, Manager
 from ..stores.base import EXISTS_FIELD, VIRTUAL_FIELDS, AggSpec, Pred, Store, virtual_value
@@ -42,7 +42,7 @@ class FeatureImpl:
     #: manager's row), "latest" (the latest of its aggregates), "agg" (one aggregate, mapped by a
     #: non-decreasing function), "anchor" (its dependency, or the client's created_at when that is
     #: empty), "since" (days since its dependency); "" is anything else
-    shape: str = ""
+    shape: Literal["", "static", "latest", "agg", "anchor", "since"] = ""
 
 
 def _days(as_of: AsOf, col: list[datetime | None]) -> list[int | None]:

@@ -23,7 +23,10 @@ if TYPE_CHECKING:
     from ..ledger import LedgerEntry, RunRecord, Status
     from ._ingest import Batch
 
-__all__ = ["COMPARE", "EXISTS_FIELD", "TIME_FIELDS", "VIRTUAL_FIELDS", "AggSpec", "Pred", "Store", "virtual_value"]
+__all__ = [
+    "COMPARE", "EXISTS_FIELD", "TIME_FIELDS", "VIRTUAL_FIELDS", "VIRTUAL_SOURCES", "AggSpec", "Pred", "Store",
+    "virtual_value",
+]  # fmt: skip
 
 #: Comparison operators shared by store predicates and rule conditions (one definition).
 COMPARE: dict[str, Callable[[Any, Any], bool]] = {
@@ -112,6 +115,16 @@ VIRTUAL_FIELDS: dict[str, dict[str, str]] = {
         "outstanding": "amount - paid_total",
     },
 }
+
+
+#: The time field each virtual field reads besides the row's static fields (None: only static ones).
+#: The backtest's sweep (`sweep.Quiet`) relies on it: a fact on that field can change the virtual value.
+VIRTUAL_SOURCES: dict[tuple[str, str], str | None] = {
+    ("touches", "medium"): None,
+    ("tasks", "is_open"): "done_at", ("tasks", "is_done"): "done_at",
+    ("deals", "is_open"): "closed_at", ("deals", "is_won"): "closed_at",
+    ("invoices", "paid_total"): "paid_at", ("invoices", "outstanding"): "paid_at",
+}  # fmt: skip
 
 
 def virtual_value(entity: str, name: str, row: Any, as_of: datetime) -> Any:
