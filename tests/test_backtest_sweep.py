@@ -298,3 +298,32 @@ def test_a_first_activity_older_than_the_client_is_evaluated() -> None:
                       "status": "done", "source": "retainer"}])  # fmt: skip
         b = both(FORGOTTEN_30, s, "2026-01-05", "2026-02-15")
         assert days_of(b, "forgotten") == ["2026-01-10"]
+
+
+def test_a_do_not_contact_client_is_refused_every_step_without_being_planned() -> None:
+    """Forgotten and do_not_contact: a full run refuses it every night. The sweep counts the same refusals
+    but plans the client only when something about it changes (here a touch, which restarts the clock)."""
+    with fresh() as s:
+        s.add(managers=[{"id": "m1"}],
+              clients=[{"id": "c1", "manager_id": "m1", "contact_policy": "do_not_contact"},
+                       {"id": "c2", "manager_id": "m1"}],
+              touches=[{"id": "t1", "client_id": "c1", "at": "2025-10-01T10:00"},
+                       {"id": "t2", "client_id": "c1", "at": "2026-01-20T10:00"},
+                       {"id": "t3", "client_id": "c2", "at": "2025-10-01T10:00"}])  # fmt: skip
+        rules = retainer.load_rules(FORGOTTEN_30)
+        planned: list[list[str]] = []
+        engine_plan = retainer.Engine._plan
+
+        def spy(self: retainer.Engine, a: Any, ids: list[str] | None) -> Any:
+            planned.append(ids or ["*"])
+            return engine_plan(self, a, ids)
+
+        retainer.Engine._plan = spy  # type: ignore[method-assign]
+        try:
+            b = backtest(rules, s, date(2026, 1, 1), date(2026, 3, 31), method="sweep")
+        finally:
+            retainer.Engine._plan = engine_plan  # type: ignore[method-assign]
+        same(b, backtest(rules, s, date(2026, 1, 1), date(2026, 3, 31), method="replan"))
+        # as of the end of each day: refused 1–19 January, touched on the 20th, refused again 19 February–31 March
+        assert b.suppressed[("forgotten", "do_not_contact")] == 19 + 41
+        assert sum("c1" in ids for ids in planned[1:]) == 2  # the touch, then the new threshold day

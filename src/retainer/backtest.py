@@ -228,6 +228,15 @@ def _count(result: Backtest, suppressed: list[Suppression]) -> None:
             result.suppressed[(s.action.rule, s.reason_code)] += 1
 
 
+def _held(suppressed: list[Suppression]) -> dict[str, Counter[tuple[str, str]]]:
+    """Per client, its actions held back (not duplicates) by (rule, reason)."""
+    out: dict[str, Counter[tuple[str, str]]] = {}
+    for s in suppressed:
+        if s.reason_code != policies.DUPLICATE and s.action.client_id:
+            out.setdefault(s.action.client_id, Counter())[(s.action.rule, s.reason_code)] += 1
+    return out
+
+
 def _commit(engine: Engine, a: AsOf, actions: list[Action], cursors: dict[str, str]) -> list[Action]:
     """What `Engine.run` does after planning: one commit to the ledger, then delivery to `_SINK`, which
     takes everything at once; so each action is marked delivered in bulk, as the dispatcher would leave
@@ -254,11 +263,14 @@ def _sweep(
     """A full plan on the first step; then, per step, a partial plan (`Engine` with `clients=`) of the
     clients whose plan can change, committed to the same ledger as a full run would be:
 
-    - those with a fact dated since the previous step (`Store.fact_times`, read once for the period),
+    - those with a fact dated since the previous step (`Store.fact_steps`, read once for the period),
       unless every such fact only postpones every rule and the client matched nothing (`sweep.Quiet`);
     - those whose time-dependent conditions come due (`sweep.Wakes`, computed when they are evaluated);
     - those with an action held back on the previous step (a policy may let it through now, and a
-      held-back action is counted every step, as a full run does);
+      held-back action is counted every step, as a full run does). Except when every action held back
+      was for `do_not_contact`: a client's contact policy does not change during a backtest, so until
+      the client is evaluated again for another reason, the same matches are refused again and counted
+      without planning them;
     - those with an action committed on the previous step, when a rule reads a feature kept in the ledger
       (`released_at`, an escalation's unresolved action, a recorded outcome): their wakes moved with it.
       Otherwise a commit changes nothing but the duplicate check, and the client sleeps on;
@@ -271,12 +283,8 @@ def _sweep(
     rules = engine.rules
     asofs = [engine.as_of(d) for d in days]
     wakes, quiet = Wakes(rules), Quiet(rules)
-    by_step: list[dict[str, set[tuple[str, str]]]] = [{} for _ in days]  # client -> what its new facts are
-    k = 0
-    for t, entity, field_, cid in overlay.fact_times(asofs[0].instant, asofs[-1].instant):
-        while asofs[k].instant < t:
-            k += 1
-        by_step[k].setdefault(cid, set()).add((entity, field_))
+    # step -> (entity, field) -> the clients with such a fact since the previous step
+    changes: list[dict[tuple[str, str], set[str]]] = [{}, *overlay.fact_steps([a.instant for a in asofs])]
     manager_rules = [r for r in rules.rules if r.subject == "manager"]
     # a manager-level rule that plans contacts competes with the client rules for caps and daily task
     # slots: then every step is a full plan (correct, not faster)
@@ -296,10 +304,14 @@ def _sweep(
     heap: list[tuple[date, str]] = []
     carry: set[str] = set()
     matched: set[str] = set()  # clients that matched a rule when last evaluated
+    refused: dict[str, Counter[tuple[str, str]]] = {}  # do_not_contact clients' matches, refused each step
     empty: set[str] = set()  # clients with an empty value in a feature `quiet` reasons about
     for i, (day, a) in enumerate(zip(days, asofs, strict=True)):
-        facts = by_step[i]
-        dirty = carry | {c for c, fs in facts.items() if not fs <= quiet.safe or c in matched or c in empty}
+        changed = changes[i]
+        dirty = carry.union(*(cs for fact, cs in changed.items() if fact not in quiet.safe))
+        for fact in changed.keys() & quiet.safe:
+            dirty |= changed[fact] & matched
+            dirty |= changed[fact] & empty
         while heap and heap[0][0] <= day:
             w, cid = heapq.heappop(heap)
             if scheduled.get(cid) == w:
@@ -332,7 +344,18 @@ def _sweep(
         result.new += [(day, x) for x in committed]
         _count(result, suppressed)
         carry = {x.client_id for x in committed if x.client_id is not None} if reads_ledger else set()
-        carry |= {s.action.client_id for s in suppressed if s.reason_code != "duplicate" and s.action.client_id}
+        held = _held(suppressed)
+        if frame is not None:
+            for cid in frame.ids:
+                refused.pop(cid, None)
+        for cid, counts in held.items():
+            if all(reason == policies.DO_NOT_CONTACT for _, reason in counts):
+                refused[cid] = counts
+            else:
+                carry.add(cid)
+        for cid, counts in refused.items():
+            if cid not in held:  # not evaluated: the same matches, refused again
+                result.suppressed.update(counts)
         if frame is not None:
             for cid in frame.ids:
                 scheduled.pop(cid, None)

@@ -8,6 +8,7 @@ directly from the generated rows (not from either store), so the reference memor
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -283,10 +284,10 @@ def test_clients_and_loads_match_reference(backend: str, crm: dict[str, list[dic
         assert s.manager_loads(as_of) == loads
 
 
-# ------------------------------------------------------------------ fact_times (what backtest sweeps)
+# ------------------------------------------------------------------ fact_steps (what backtest sweeps)
 
 
-def test_fact_times_examples(store: Store) -> None:
+def test_fact_steps_examples(store: Store) -> None:
     store.add(managers=[{"id": "m1"}], clients=[
         {"id": "c1", "manager_id": "m1", "created_at": "2026-01-05T10:00"},
         {"id": "c2", "manager_id": "m1"},
@@ -295,32 +296,33 @@ def test_fact_times_examples(store: Store) -> None:
                 "done_at": "2026-02-01"}],
         invoices=[{"id": "i1", "client_id": "c2", "issued_at": "2025-01-01", "due_at": "2026-01-20",
                    "amount": 10, "paid_at": "2026-01-10T00:00:01"}])
-    got = store.fact_times(ts("2026-01-05T10:00:00"), ts("2026-01-20T00:00:00"))
-    assert got == [  # (after, until]: the lower bound is excluded, the upper one included; sorted
-        (ts("2026-01-10T00:00:00"), "tasks", "due_at", "c1"),
-        (ts("2026-01-10T00:00:00"), "touches", "at", "c2"),
-        (ts("2026-01-10T00:00:01"), "invoices", "paid_at", "c2"),
-        (ts("2026-01-20T00:00:00"), "invoices", "due_at", "c2"),
+    got = store.fact_steps([ts("2026-01-05T10:00:00"), ts("2026-01-10T00:00:00"), ts("2026-01-20T00:00:00")])
+    assert got == [  # (after, until]: the lower bound is excluded, the upper one included
+        {("tasks", "due_at"): {"c1"}, ("touches", "at"): {"c2"}},
+        {("invoices", "paid_at"): {"c2"}, ("invoices", "due_at"): {"c2"}},
     ]
-    assert store.fact_times(ts("2026-01-05T09:59:59"), ts("2026-01-05T10:00:00")) == [
-        (ts("2026-01-05T10:00:00"), "clients", "created_at", "c1")]
+    assert store.fact_steps([ts("2026-01-05T09:59:59"), ts("2026-01-05T10:00:00")]) == [
+        {("clients", "created_at"): {"c1"}}]
+    assert store.fact_steps([ts("2026-01-05T09:59:59")]) == []
+    assert store.fact_steps([ts("2026-03-01T00:00:00"), ts("2026-04-01T00:00:00")]) == [{}]
 
 
 @SETTINGS
-@given(crm=S.crms(), a=S.utc_instants(), b=S.utc_instants())
-def test_fact_times_match_reference(backend: str, crm: dict[str, list[dict[str, Any]]], a: datetime,
-                                    b: datetime) -> None:
-    lo, hi = min(a, b), max(a, b)
-    want = []
+@given(crm=S.crms(), instants=st.lists(S.utc_instants(), min_size=1, max_size=6, unique=True))
+def test_fact_steps_match_reference(backend: str, crm: dict[str, list[dict[str, Any]]],
+                                    instants: list[datetime]) -> None:
+    steps = sorted(instants)
+    want: list[dict[tuple[str, str], set[str]]] = [{} for _ in steps[1:]]
     for entity, fields in TIME_FIELDS.items():
         for r in crm.get(entity, []):
             for f in fields:
                 t = S.instant(r.get(f))
-                if t is not None and lo < t <= hi:
-                    want.append((t, entity, f, r["id"] if entity == "clients" else r["client_id"]))
+                for i, (lo, hi) in enumerate(itertools.pairwise(steps)):
+                    if t is not None and lo < t <= hi:
+                        want[i].setdefault((entity, f), set()).add(r["id"] if entity == "clients" else r["client_id"])
     with fresh(backend) as s:
         S.load(s, crm)
-        assert s.fact_times(lo, hi) == sorted(want)
+        assert s.fact_steps(steps) == want
 
 
 # ------------------------------------------------------------------ cursors

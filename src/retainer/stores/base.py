@@ -90,7 +90,7 @@ def _is_instant(annotation: Any) -> bool:
     return False
 
 
-#: Every date/time field of the clients and the facts: `Store.fact_times` reports their values.
+#: Every date/time field of the clients and the facts: `Store.fact_steps` reports their values.
 TIME_FIELDS: dict[str, tuple[str, ...]] = {
     entity: tuple(f for f, info in model.model_fields.items() if _is_instant(info.annotation))
     for entity, model in ENTITIES.items()
@@ -249,10 +249,12 @@ class Store(Protocol):
         (client_id, id): the rows per-invoice and per-task rules iterate over."""
         ...
 
-    def fact_times(self, after: datetime, until: datetime) -> list[tuple[datetime, str, str, str]]:
-        """`(instant, entity, field, client_id)` for every date/time value of every fact (and every
-        client's `created_at`) in `(after, until]`, sorted: the moments at which something about a
-        client can change, which a backtest sweeps in time order instead of re-planning everyone."""
+    def fact_steps(self, steps: Sequence[datetime]) -> list[dict[tuple[str, str], set[str]]]:
+        """Per interval `(steps[i], steps[i + 1]]` (`steps` ascending, so one entry fewer): the clients
+        with a value of each date/time field of a fact (and of their own `created_at`) in it, keyed by
+        `(entity, field)`. These are the moments at which something about a client can change, which a
+        backtest sweeps in time order instead of re-planning everyone; sets, because a sweep only asks
+        who and what, and set algebra over a year's facts is a few milliseconds a step."""
         ...
 
     def get_cursor(self, name: str) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, tzinfo
@@ -161,16 +162,18 @@ class MemoryStore:
                 out[cid] = max(present) if spec.fn == "max" else min(present)
         return out
 
-    def fact_times(self, after: datetime, until: datetime) -> list[tuple[datetime, str, str, str]]:
-        out: list[tuple[datetime, str, str, str]] = []
+    def fact_steps(self, steps: Sequence[datetime]) -> list[dict[tuple[str, str], set[str]]]:
+        out: list[dict[tuple[str, str], set[str]]] = [{} for _ in steps[1:]]
+        if not out:
+            return out
+        lo, hi = steps[0], steps[-1]
         for entity, fields in TIME_FIELDS.items():
             for row in self._facts[entity].values():
                 cid = row.id if entity == "clients" else row.client_id  # type: ignore[attr-defined]
                 for f in fields:
                     t = getattr(row, f)
-                    if t is not None and after < t <= until:
-                        out.append((t, entity, f, cid))
-        out.sort()
+                    if t is not None and lo < t <= hi:
+                        out[bisect_left(steps, t, 1) - 1].setdefault((entity, f), set()).add(cid)
         return out
 
     # ------------------------------------------------------------ cursors
