@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import heapq
 import io
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from html import escape
@@ -34,7 +33,7 @@ from .ledger import RunRecord
 from .rules.features import FeatureFrame
 from .rules.loader import RuleSet
 from .rules.schema import Policies
-from .stores.base import ManagerLoads, Store
+from .stores.base import AggSpec, ManagerLoads, Store
 from .stores.memory import MemoryStore
 from .sweep import Quiet, Wakes
 from .timeutil import AsOf, parse_duration
@@ -65,13 +64,106 @@ class FreshLedger:
         self.tz = base.tz
 
         # clients never change during a backtest: a sweep asks for the loads every step
-        self._loads = ManagerLoads(self._local.clients(_END_OF_TIME))
+        everyone = self._local.clients(_END_OF_TIME)
+        self._loads = ManagerLoads(everyone)
+        self._ids = [c.id for c in everyone]
+        # a sweep's aggregates kept between steps (`advance`): per spec, the clients whose value is known
+        # (absent from the values: no rows) and the values
+        self._kept: dict[AggSpec, tuple[set[str], dict[str, Any]]] = {}
+        self._kept_at: datetime | None = None
 
     def manager_loads(self, as_of: datetime) -> dict[str, int]:
         return self._loads.at(as_of)
 
+    def advance(self, instant: datetime, changed: Mapping[tuple[str, str], set[str]]) -> None:
+        """Move the kept aggregates to the sweep's next step, given what `fact_steps` says changed since.
+
+        An aggregate with no as_of in its filters (no window, no "due today or later") changes only when
+        a row of its entity comes into existence or one of the row's dates passes: a date in
+        `fact_steps`. So a client's value stays true until it has a fact of that entity dated since.
+        The latest-activity seeks are most of a partial plan's reads: most clients evaluated on a step
+        (woken by a threshold) have no new fact at all."""
+        stale: dict[str, set[str]] = {}
+        for (entity, _field), clients in changed.items():
+            stale.setdefault(entity, set()).update(clients)
+        for spec, (known, _values) in self._kept.items():
+            known -= stale.get(spec.entity, set())
+        self._kept_at = instant
+
+    def aggregate(
+        self, specs: Sequence[AggSpec], as_of: datetime, client_ids: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        if as_of != self._kept_at:  # not a sweep's step: as every store answers
+            return self._base.aggregate(specs, as_of, client_ids)
+        wanted = set(client_ids) if client_ids is not None else None
+        asked: dict[tuple[str, ...] | None, list[int]] = {}  # the clients to read -> the specs to read
+        for i, spec in enumerate(specs):
+            if wanted is None or not _keepable(spec):
+                asked.setdefault(None if client_ids is None else tuple(client_ids), []).append(i)
+            elif missing := wanted - self._kept.get(spec, _NOTHING)[0]:
+                asked.setdefault(tuple(sorted(missing)), []).append(i)
+        out: list[dict[str, Any]] = [{} for _ in specs]
+        for ids, idxs in asked.items():
+            for i, r in zip(idxs, self._base.aggregate([specs[i] for i in idxs], as_of, ids), strict=True):
+                out[i] = r
+                spec = specs[i]
+                if not _keepable(spec) or (ids is None and spec in self._kept):
+                    continue
+                known, values = self._kept.setdefault(spec, (set(), {}))
+                if ids is None:  # a full plan: every client's value
+                    known.update(self._ids)
+                    values.update(r)
+                    continue
+                known.update(ids)
+                for c in ids:
+                    if c in r:
+                        values[c] = r[c]
+                    else:
+                        values.pop(c, None)
+        if wanted is not None:
+            for i, spec in enumerate(specs):
+                if _keepable(spec):
+                    out[i] = _Kept(self._kept[spec][1], wanted)  # type: ignore[assignment]
+        return out
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._local if name in _LOCAL else self._base, name)
+
+
+_NOTHING: tuple[set[str], dict[str, Any]] = (set(), {})
+
+
+class _Kept(Mapping[str, Any]):
+    """A kept aggregate as a store returns it, for the clients asked, without copying 2,500 values out of
+    100,000 on every step: `get` is the kept dict's own (a frame reads its columns with it, for the
+    clients it asked about); iteration and membership are limited to the clients asked."""
+
+    __slots__ = ("_clients", "_values", "get")
+
+    def __init__(self, values: dict[str, Any], clients: set[str]) -> None:
+        self._values = values
+        self._clients = clients
+        self.get = values.get  # type: ignore[method-assign]
+
+    def __getitem__(self, client: str) -> Any:
+        if client not in self._clients:
+            raise KeyError(client)
+        return self._values[client]
+
+    def __contains__(self, client: object) -> bool:
+        return client in self._clients and client in self._values
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._clients & self._values.keys())
+
+    def __len__(self) -> int:
+        return len(self._clients & self._values.keys())
+
+
+def _keepable(spec: AggSpec) -> bool:
+    """No as_of in the filters: the value moves only with the client's facts of that entity. (A spec
+    with one is a different key on every step anyway, so keeping it would only hold memory.)"""
+    return spec.since is None and not any(isinstance(p.value, date) for p in spec.where)
 
 
 def steps_between(start: date, end: date, step: str) -> list[date]:
@@ -300,23 +392,24 @@ def _sweep(
     reads_ledger = any(rules.registry.get(n).ledger for n in needed)
     abc: dict[str, Any] | None = {} if "abc_class" in needed else None
     managers = {m.id: m for m in overlay.managers()}
-    scheduled: dict[str, date] = {}
-    heap: list[tuple[date, str]] = []
+    scheduled: dict[str, date] = {}  # client -> its wake date
+    due_on: dict[date, list[str]] = defaultdict(list)  # wake date -> clients (stale ones: woken or rescheduled)
     carry: set[str] = set()
     matched: set[str] = set()  # clients that matched a rule when last evaluated
     refused: dict[str, Counter[tuple[str, str]]] = {}  # do_not_contact clients' matches, refused each step
     empty: set[str] = set()  # clients with an empty value in a feature `quiet` reasons about
     for i, (day, a) in enumerate(zip(days, asofs, strict=True)):
         changed = changes[i]
+        overlay.advance(a.instant, changed)
         dirty = carry.union(*(cs for fact, cs in changed.items() if fact not in quiet.safe))
         for fact in changed.keys() & quiet.safe:
             dirty |= changed[fact] & matched
             dirty |= changed[fact] & empty
-        while heap and heap[0][0] <= day:
-            w, cid = heapq.heappop(heap)
-            if scheduled.get(cid) == w:
-                del scheduled[cid]
-                dirty.add(cid)
+        for w in [w for w in due_on if w <= day]:
+            for cid in due_on.pop(w):
+                if scheduled.get(cid) == w:
+                    del scheduled[cid]
+                    dirty.add(cid)
         if abc is not None:
             pop = FeatureFrame(rules.registry, overlay, a, overlay.clients(a.instant), managers, None)  # type: ignore[arg-type]
             now = dict(zip(pop.ids, pop.column("abc_class"), strict=True))
@@ -329,10 +422,11 @@ def _sweep(
         cursors: dict[str, str] = {}
         frame = None
         if ids is None or ids:
-            plan, frame, ms = engine._plan(a, ids)
+            plan, frame, ms = engine._plan(a, ids, wakes.specs(a))
             actions, suppressed, cursors = plan.actions, plan.suppressed, plan.cursors
             seen = set(frame.ids)
-            matched = (matched - seen) | {m.client.id for m in ms if m.client is not None}
+            matched -= seen
+            matched.update(m.client.id for m in ms if m.client is not None)
             empty -= seen
             for n in quiet.watch:
                 empty.update(c for c, v in zip(frame.ids, frame.column(n), strict=True) if v is None)
@@ -361,7 +455,7 @@ def _sweep(
                 scheduled.pop(cid, None)
             for cid, w in wakes.compute(frame).items():
                 scheduled[cid] = w
-                heapq.heappush(heap, (w, cid))
+                due_on[w].append(cid)
         if progress:
             progress(i + 1, len(days))
 

@@ -98,7 +98,7 @@ class Wakes:
         self._next = a.date + timedelta(days=1)
         self._memo: dict[tuple[int, str], list[Wake]] = {}
         self._bounds: dict[tuple[str, int, int, date], datetime] = {}
-        self._prefetch(frame)
+        frame.prefetch(set(), self.specs(a))  # fetched already when the sweep passed them to the plan
         out: list[Wake] = [None] * len(frame.ids)
         for rule in self.rules.rules:
             if rule.subject == "manager":
@@ -295,8 +295,9 @@ class Wakes:
                     out[cid] = w
         return out
 
-    def _prefetch(self, frame: FeatureFrame) -> None:
-        """Every extra aggregate in one store call (one scan per fact table), as the plan's own."""
+    def specs(self, a: AsOf) -> list[AggSpec]:
+        """The aggregates `compute` reads as of `a` besides the plan's: a sweep fetches them with the plan's
+        (`Engine._plan(extra=)`), in the same read of each fact table."""
         specs: list[AggSpec] = []
         for name in self.registry.closure(self._time_features()):
             if name in STATIC or name.startswith(("attributes.", "invoice.")) or name not in self.registry:
@@ -304,9 +305,9 @@ class Wakes:
             impl = self.registry.get(name)
             if impl.subject != "client":
                 continue
-            for s in impl.aggs(self._a):
+            for s in impl.aggs(a):
                 specs += [e for e, _ in self._extra(s)]
-        frame.prefetch(set(), list(dict.fromkeys(specs)))
+        return list(dict.fromkeys(specs))
 
     def _time_features(self) -> set[str]:
         out: set[str] = set()
