@@ -7,7 +7,7 @@ reason a client is re-evaluated without a new fact of its own.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import pytest
@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 import retainer
 from retainer import RetainerError
 from retainer.backtest import Backtest, backtest
-from retainer.stores.base import TIME_FIELDS, VIRTUAL_FIELDS, VIRTUAL_SOURCES
-from retainer.sweep import Quiet, Wakes
+from retainer.stores.base import TIME_FIELDS, VIRTUAL_FIELDS, VIRTUAL_SOURCES, AggSpec, Pred
+from retainer.sweep import Kept, Quiet, Wakes
 
 SETTINGS = settings(max_examples=30, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
@@ -327,3 +327,70 @@ def test_a_do_not_contact_client_is_refused_every_step_without_being_planned() -
         # as of the end of each day: refused 1–19 January, touched on the 20th, refused again 19 February–31 March
         assert b.suppressed[("forgotten", "do_not_contact")] == 19 + 41
         assert sum("c1" in ids for ids in planned[1:]) == 2  # the touch, then the new threshold day
+
+
+# ------------------------------------------------------------------ aggregates kept from step to step
+
+
+def _specs(a: datetime) -> list[AggSpec]:
+    """One of each kind the sweep keeps: a latest instant, counts and sums with filters on an instant that
+    moves with as_of (due today or later, overdue, due within 3 days), windows, and a fixed instant."""
+    day = datetime.combine(a.date(), time(0), tzinfo=UTC)
+    return [
+        AggSpec("touches", "max", "at", (Pred("direction", "eq", "inbound"),), "at"),
+        AggSpec("tasks", "max", "done_at", (), "done_at"),
+        AggSpec("tasks", "count", None, (Pred("is_open", "eq", True),)),
+        AggSpec("tasks", "count", None, (Pred("is_open", "eq", True), Pred("due_at", "gte", day))),
+        AggSpec("tasks", "min", "due_at", (Pred("is_open", "eq", True), Pred("due_at", "gte", day))),
+        AggSpec("invoices", "sum", "outstanding", (Pred("outstanding", "gt", 0), Pred("due_at", "lt", a))),
+        AggSpec("invoices", "sum", "amount", (), "issued_at", a - timedelta(days=30)),
+        AggSpec("invoices", "sum", "amount", (), "issued_at", a - timedelta(days=60)),  # same shape, longer
+        AggSpec("invoices", "min", "issued_at", (), "issued_at", a - timedelta(days=7)),
+        AggSpec("touches", "count", None, (Pred("at", "gt", datetime(2026, 2, 1, tzinfo=UTC)),), "at"),
+        AggSpec("tasks", "count", None, (Pred("is_open", "eq", True), Pred("due_at", "lt", a + timedelta(days=3)))),
+    ]
+
+
+@settings(SETTINGS, max_examples=100)
+@given(crm=S.crms(), start=S.utc_instants(lo_days=-90, hi_days=-10), gaps=st.lists(
+    st.sampled_from([timedelta(days=1), timedelta(days=1), timedelta(days=3), timedelta(days=7),
+                     timedelta(hours=5), timedelta(hours=30)]),
+    min_size=1, max_size=20), picks=st.lists(st.integers(0, 2**16), min_size=21, max_size=21))
+def test_kept_aggregates_equal_the_stores(
+    crm: dict[str, list[dict[str, Any]]], start: datetime, gaps: list[timedelta], picks: list[int]
+) -> None:
+    """`sweep.Kept` answers as the store does at every step, for any clients asked, though it reads only
+    the clients whose value can have moved since the last step."""
+    steps = [start]
+    for g in gaps:
+        steps.append(steps[-1] + g)
+    with fresh() as s:
+        S.load(s, crm)
+        everyone = [c.id for c in s.clients(datetime.max.replace(tzinfo=UTC))]
+        kept = Kept(s, everyone, steps, [{}, *s.fact_steps(steps)])
+        for k, a in enumerate(steps):
+            kept.advance(k)
+            ids = None if k == 0 else [c for j, c in enumerate(everyone) if picks[k] >> (j % 16) & 1]
+            got = kept.aggregate(_specs(a), a, ids)
+            assert [dict(g) for g in got] == s.aggregate(_specs(a), a, ids), f"step {k}"
+
+
+def test_a_kept_count_of_tasks_due_today_or_later_drops_the_day_after() -> None:
+    """The due date passes at 05:00 on 10 February, in the step of 10 February (as of 10:00), yet the task
+    is "due today or later" through that day: it leaves the count at the next step, whose bucket holds
+    no fact of the client. The filter's moving instant says which earlier bucket to look in. A window's
+    start moves the same way (an invoice 7 days old leaves `min issued_at within 7 days`)."""
+    with fresh() as s:
+        s.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
+              tasks=[{"id": "k1", "client_id": "c1", "created_at": "2026-01-01", "due_at": "2026-02-10T05:00"}],
+              invoices=[{"id": "i1", "client_id": "c1", "issued_at": "2026-02-03T05:00", "due_at": "2026-03-01",
+                         "amount": 10}])  # fmt: skip
+        steps = [datetime(2026, 2, 8, 10, tzinfo=UTC) + timedelta(days=i) for i in range(5)]
+        kept = Kept(s, ["c1"], steps, [{}, *s.fact_steps(steps)])
+        counts = []
+        for k, a in enumerate(steps):
+            kept.advance(k)
+            got = [dict(g) for g in kept.aggregate(_specs(a), a, None if k == 0 else ["c1"])]
+            assert got == s.aggregate(_specs(a), a, None if k == 0 else ["c1"])
+            counts.append((got[3].get("c1", 0), "c1" in got[8]))
+        assert counts == [(1, True), (1, True), (1, False), (0, False), (0, False)]

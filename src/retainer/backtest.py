@@ -15,7 +15,7 @@ import io
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from html import escape
@@ -35,7 +35,7 @@ from .rules.loader import RuleSet
 from .rules.schema import Policies
 from .stores.base import AggSpec, ManagerLoads, Store
 from .stores.memory import MemoryStore
-from .sweep import Quiet, Wakes
+from .sweep import Changes, Kept, Quiet, Wakes
 from .timeutil import AsOf, parse_duration
 
 __all__ = ["METHODS", "Backtest", "backtest", "steps_between"]
@@ -66,104 +66,26 @@ class FreshLedger:
         # clients never change during a backtest: a sweep asks for the loads every step
         everyone = self._local.clients(_END_OF_TIME)
         self._loads = ManagerLoads(everyone)
-        self._ids = [c.id for c in everyone]
-        # a sweep's aggregates kept between steps (`advance`): per spec, the clients whose value is known
-        # (absent from the values: no rows) and the values
-        self._kept: dict[AggSpec, tuple[set[str], dict[str, Any]]] = {}
-        self._kept_at: datetime | None = None
+        self.ids = [c.id for c in everyone]
+        self.kept: Kept | None = None  # a sweep's aggregates, kept from step to step
 
     def manager_loads(self, as_of: datetime) -> dict[str, int]:
         return self._loads.at(as_of)
 
-    def advance(self, instant: datetime, changed: Mapping[tuple[str, str], set[str]]) -> None:
-        """Move the kept aggregates to the sweep's next step, given what `fact_steps` says changed since.
-
-        An aggregate with no as_of in its filters (no window, no "due today or later") changes only when
-        a row of its entity comes into existence or one of the row's dates passes: a date in
-        `fact_steps`. So a client's value stays true until it has a fact of that entity dated since.
-        The latest-activity seeks are most of a partial plan's reads: most clients evaluated on a step
-        (woken by a threshold) have no new fact at all."""
-        stale: dict[str, set[str]] = {}
-        for (entity, _field), clients in changed.items():
-            stale.setdefault(entity, set()).update(clients)
-        for spec, (known, _values) in self._kept.items():
-            known -= stale.get(spec.entity, set())
-        self._kept_at = instant
+    def keep(self, steps: list[datetime], changes: list[Changes]) -> Kept:
+        """From now on, aggregates at the sweep's steps are kept from step to step (`sweep.Kept`)."""
+        self.kept = Kept(self._base, self.ids, steps, changes)
+        return self.kept
 
     def aggregate(
         self, specs: Sequence[AggSpec], as_of: datetime, client_ids: Sequence[str] | None = None
-    ) -> list[dict[str, Any]]:
-        if as_of != self._kept_at:  # not a sweep's step: as every store answers
-            return self._base.aggregate(specs, as_of, client_ids)
-        wanted = set(client_ids) if client_ids is not None else None
-        asked: dict[tuple[str, ...] | None, list[int]] = {}  # the clients to read -> the specs to read
-        for i, spec in enumerate(specs):
-            if wanted is None or not _keepable(spec):
-                asked.setdefault(None if client_ids is None else tuple(client_ids), []).append(i)
-            elif missing := wanted - self._kept.get(spec, _NOTHING)[0]:
-                asked.setdefault(tuple(sorted(missing)), []).append(i)
-        out: list[dict[str, Any]] = [{} for _ in specs]
-        for ids, idxs in asked.items():
-            for i, r in zip(idxs, self._base.aggregate([specs[i] for i in idxs], as_of, ids), strict=True):
-                out[i] = r
-                spec = specs[i]
-                if not _keepable(spec) or (ids is None and spec in self._kept):
-                    continue
-                known, values = self._kept.setdefault(spec, (set(), {}))
-                if ids is None:  # a full plan: every client's value
-                    known.update(self._ids)
-                    values.update(r)
-                    continue
-                known.update(ids)
-                for c in ids:
-                    if c in r:
-                        values[c] = r[c]
-                    else:
-                        values.pop(c, None)
-        if wanted is not None:
-            for i, spec in enumerate(specs):
-                if _keepable(spec):
-                    out[i] = _Kept(self._kept[spec][1], wanted)  # type: ignore[assignment]
-        return out
+    ) -> list[Mapping[str, Any]]:
+        if self.kept is not None and as_of == self.kept.at:
+            return self.kept.aggregate(specs, as_of, client_ids)
+        return self._base.aggregate(specs, as_of, client_ids)  # type: ignore[return-value]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._local if name in _LOCAL else self._base, name)
-
-
-_NOTHING: tuple[set[str], dict[str, Any]] = (set(), {})
-
-
-class _Kept(Mapping[str, Any]):
-    """A kept aggregate as a store returns it, for the clients asked, without copying 2,500 values out of
-    100,000 on every step: `get` is the kept dict's own (a frame reads its columns with it, for the
-    clients it asked about); iteration and membership are limited to the clients asked."""
-
-    __slots__ = ("_clients", "_values", "get")
-
-    def __init__(self, values: dict[str, Any], clients: set[str]) -> None:
-        self._values = values
-        self._clients = clients
-        self.get = values.get  # type: ignore[method-assign]
-
-    def __getitem__(self, client: str) -> Any:
-        if client not in self._clients:
-            raise KeyError(client)
-        return self._values[client]
-
-    def __contains__(self, client: object) -> bool:
-        return client in self._clients and client in self._values
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._clients & self._values.keys())
-
-    def __len__(self) -> int:
-        return len(self._clients & self._values.keys())
-
-
-def _keepable(spec: AggSpec) -> bool:
-    """No as_of in the filters: the value moves only with the client's facts of that entity. (A spec
-    with one is a different key on every step anyway, so keeping it would only hold memory.)"""
-    return spec.since is None and not any(isinstance(p.value, date) for p in spec.where)
 
 
 def steps_between(start: date, end: date, step: str) -> list[date]:
@@ -376,7 +298,9 @@ def _sweep(
     asofs = [engine.as_of(d) for d in days]
     wakes, quiet = Wakes(rules), Quiet(rules)
     # step -> (entity, field) -> the clients with such a fact since the previous step
-    changes: list[dict[tuple[str, str], set[str]]] = [{}, *overlay.fact_steps([a.instant for a in asofs])]
+    instants = [a.instant for a in asofs]
+    changes: list[Changes] = [{}, *overlay.fact_steps(instants)]
+    kept = overlay.keep(instants, changes)
     manager_rules = [r for r in rules.rules if r.subject == "manager"]
     # a manager-level rule that plans contacts competes with the client rules for caps and daily task
     # slots: then every step is a full plan (correct, not faster)
@@ -400,7 +324,7 @@ def _sweep(
     empty: set[str] = set()  # clients with an empty value in a feature `quiet` reasons about
     for i, (day, a) in enumerate(zip(days, asofs, strict=True)):
         changed = changes[i]
-        overlay.advance(a.instant, changed)
+        kept.advance(i)
         dirty = carry.union(*(cs for fact, cs in changed.items() if fact not in quiet.safe))
         for fact in changed.keys() & quiet.safe:
             dirty |= changed[fact] & matched

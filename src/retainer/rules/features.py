@@ -13,7 +13,7 @@ import re
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal, get_args
 
@@ -398,15 +398,17 @@ def _activity_specs(spec: ActivitySpec | None) -> Callable[[AsOf], list[AggSpec]
     return build
 
 
+_NEVER = datetime.min.replace(tzinfo=UTC)  # no activity from a source: below every instant, so max() skips it
+
+
 def _activity_feature(name: str, spec: ActivitySpec | None) -> FeatureImpl:
     specs = _activity_specs(spec)
 
     def compute(f: FeatureFrame) -> list[Any]:
-        out: list[Any] = [None] * len(f.ids)
-        for c in (f.agg(s) for s in specs(f.as_of)):  # the latest of each source, column by column
-            new = map(c.get, f.ids)
-            out = [a if b is None or (a is not None and a >= b) else b for a, b in zip(out, new, strict=True)]
-        return out
+        out: list[Any] = [_NEVER] * len(f.ids)
+        for c in (f.agg(s) for s in specs(f.as_of)):  # the latest of each source, column by column, in C
+            out = list(map(max, out, map(c.get, f.ids, itertools.repeat(_NEVER))))
+        return [None if v is _NEVER else v for v in out]
 
     return FeatureImpl(name, "datetime", "latest activity at or before as_of", aggs=specs, compute=compute,
                        shape="latest")

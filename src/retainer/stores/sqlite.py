@@ -122,7 +122,10 @@ _INDEXES: dict[str, list[list[str]]] = {
     "touches": [["client_id", "at", "direction", "kind"]],
     # (client_id, instant) indexes also let a partial plan seek each client's latest instant (the
     # summarised columns) instead of reading all of its rows: see _aggregate_seek
-    "tasks": [["client_id", "created_at"], ["client_id", "status", "due_at"], ["client_id", "done_at"]],
+    # (client_id, due_at, ...) covers "open and due on or after a day" (has_future_task, its next due date)
+    # without a row lookup per task: busy clients have dozens
+    "tasks": [["client_id", "created_at"], ["client_id", "due_at", "status", "done_at", "created_at"],
+              ["client_id", "done_at"]],
     "deals": [["client_id", "created_at"], ["client_id", "closed_at"]],
     "invoices": [["client_id", "issued_at"], ["client_id", "paid_at"]],
     "offers": [["client_id", "made_at"]],
