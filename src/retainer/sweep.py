@@ -77,7 +77,7 @@ def _breaks(leaf: Leaf) -> list[int]:
 
 def _flip_date(v: datetime, d: Duration, a: AsOf) -> date:
     """The date an `older_than d` on instant `v` comes due (the threshold rule, DESIGN §12)."""
-    moved = a.local_date(v + timedelta(hours=d.hours))
+    moved = (v + timedelta(hours=d.hours) if d.hours else v).astimezone(a.tz).date()
     return _add(d, moved) if d.months or d.days else moved
 
 

@@ -405,10 +405,11 @@ def _activity_feature(name: str, spec: ActivitySpec | None) -> FeatureImpl:
     specs = _activity_specs(spec)
 
     def compute(f: FeatureFrame) -> list[Any]:
-        out: list[Any] = [_NEVER] * len(f.ids)
-        for c in (f.agg(s) for s in specs(f.as_of)):  # the latest of each source, column by column, in C
-            out = list(map(max, out, map(c.get, f.ids, itertools.repeat(_NEVER))))
-        return [None if v is _NEVER else v for v in out]
+        cols = [list(map(f.agg(s).get, f.ids, itertools.repeat(_NEVER))) for s in specs(f.as_of)]
+        if not cols:
+            return [None] * len(f.ids)
+        latest = cols[0] if len(cols) == 1 else map(max, *cols)  # the latest of every source per client, in C
+        return [None if v is _NEVER else v for v in latest]
 
     return FeatureImpl(name, "datetime", "latest activity at or before as_of", aggs=specs, compute=compute,
                        shape="latest")
