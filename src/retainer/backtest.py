@@ -291,7 +291,10 @@ def _sweep(
     - those whose `abc_class` changed (the population column is recomputed each step when a rule reads it).
 
     Manager-level rules (overdue_tasks) read every client's tasks: they are planned over everyone, alone,
-    on every step (their actions, escalations, are independent of the client rules' guards)."""
+    on every step (their actions, escalations, are independent of the client rules' guards).
+
+    The partial plans' reads are kept from step to step (`sweep.Kept`): a client's aggregates are read
+    again only when a fact of its own can have moved them."""
     if not days:
         return
     rules = engine.rules
