@@ -394,3 +394,20 @@ def test_a_kept_count_of_tasks_due_today_or_later_drops_the_day_after() -> None:
             assert got == s.aggregate(_specs(a), a, None if k == 0 else ["c1"])
             counts.append((got[3].get("c1", 0), "c1" in got[8]))
         assert counts == [(1, True), (1, True), (1, False), (0, False), (0, False)]
+
+
+def test_a_filter_on_a_fixed_date_is_not_a_moving_instant() -> None:
+    """Found by review: `due_at < 2026-02-01` in a named feature was taken for a bound that moves with
+    as_of, and the search for the day it passes a later due date ran until the year 3000."""
+    with fresh() as s:
+        s.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
+              invoices=[{"id": "i1", "client_id": "c1", "issued_at": "2026-01-01", "due_at": "2026-03-01",
+                         "amount": 10},
+                        {"id": "i2", "client_id": "c1", "issued_at": "2026-01-07", "due_at": "2026-01-20",
+                         "amount": 10}])  # fmt: skip
+        rules = {
+            "features": {"late": {"count": "invoices", "where": {"due_at": {"lt": "2026-02-01"}}}},
+            "rules": [{"id": "r", "when": {"late": {"gte": 1}}, "then": [{"tag": "x"}]}],
+        }
+        b = both(rules, s, "2026-01-05", "2026-01-10")
+        assert days_of(b, "r") == ["2026-01-07"]

@@ -290,6 +290,8 @@ class Wakes:
         for spec, k in self._extra(s):
             now = s.since if k < 0 else s.where[k].value
             assert isinstance(now, datetime)
+            if k >= 0 and self._bound(name, j, k, self._next + timedelta(days=400)) == now:
+                continue  # a fixed date in the filter (`due_at < 2026-02-01`): a row's side never changes
             shift = a.date - a.local_date(now)
             for cid, t in fr.agg(spec).items():
                 w = self._first_date(name, j, k, t, a.local_date(t) + shift)
