@@ -33,9 +33,9 @@ from .ledger import RunRecord
 from .rules.features import FeatureFrame
 from .rules.loader import RuleSet
 from .rules.schema import Policies
-from .stores.base import AggSpec, ManagerLoads, Store
+from .stores.base import AggSpec, Changes, ManagerLoads, Store
 from .stores.memory import MemoryStore
-from .sweep import Changes, Kept, Quiet, Wakes
+from .sweep import Kept, Quiet, Wakes
 from .timeutil import AsOf, parse_duration
 
 __all__ = ["METHODS", "Backtest", "backtest", "steps_between"]
@@ -351,7 +351,10 @@ def _sweep(
         if ids is None or ids:
             plan, frame, ms = engine._plan(a, ids, wakes.specs(a))
             actions, suppressed, cursors = plan.actions, plan.suppressed, plan.cursors
-            seen = set(frame.ids)
+            seen = set(frame.ids)  # what was known of these clients is replaced below
+            for cid in seen:
+                refused.pop(cid, None)
+                scheduled.pop(cid, None)
             matched -= seen
             matched.update(m.client.id for m in ms if m.client is not None)
             empty -= seen
@@ -366,9 +369,6 @@ def _sweep(
         _count(result, suppressed)
         carry = {x.client_id for x in committed if x.client_id is not None} if reads_ledger else set()
         held = _held(suppressed)
-        if frame is not None:
-            for cid in frame.ids:
-                refused.pop(cid, None)
         for cid, counts in held.items():
             if all(reason == policies.DO_NOT_CONTACT for _, reason in counts):
                 refused[cid] = counts
@@ -378,8 +378,6 @@ def _sweep(
             if cid not in held:  # not evaluated: the same matches, refused again
                 result.suppressed.update(counts)
         if frame is not None:
-            for cid in frame.ids:
-                scheduled.pop(cid, None)
             for cid, w in wakes.compute(frame).items():
                 scheduled[cid] = w
                 due_on[w].append(cid)

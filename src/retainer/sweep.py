@@ -24,7 +24,7 @@ from .rules.conditions import All as AllOf
 from .rules.conditions import AnyOf, Leaf, Node, Not, OlderThan
 from .rules.features import FeatureFrame, SubFrame, invoice_frame
 from .rules.loader import RuleSet
-from .stores.base import EXISTS_FIELD, TIME_FIELDS, VIRTUAL_SOURCES, AggSpec, Pred
+from .stores.base import EXISTS_FIELD, TIME_FIELDS, VIRTUAL_SOURCES, AggSpec, Changes, Pred
 from .timeutil import AsOf, Duration, parse_as_of
 
 __all__ = ["Kept", "Quiet", "Wakes"]
@@ -92,6 +92,7 @@ class Wakes:
     def __init__(self, rules: RuleSet) -> None:
         self.rules = rules
         self.registry = rules.registry
+        self._moving: dict[tuple[str, int, int], bool] = {}
 
     def compute(self, frame: FeatureFrame) -> dict[str, date]:
         """client id -> the earliest date after `frame.as_of` to evaluate it again (absent: never by time)."""
@@ -241,16 +242,17 @@ class Wakes:
 
     # ------------------------------------------------------------ store aggregates
 
-    @staticmethod
-    def _extra(s: AggSpec) -> list[tuple[AggSpec, int]]:
-        """Aggregates that time the next change of aggregate `s`: the oldest fact in its window (it
-        leaves the window: index -1), and the next value of a field compared with an instant that moves
-        with as_of (a due date passing "due on or after today": the predicate's index)."""
+    def _extra(self, name: str, j: int, s: AggSpec) -> list[tuple[AggSpec, int]]:
+        """Aggregates that time the next change of aggregate `s` (the feature's j-th): the oldest fact in
+        its window (it leaves the window: index -1), and the next value of a field compared with an
+        instant that moves with as_of (a due date passing "due on or after today": the predicate's
+        index). A fixed date in a filter (`due_at < 2026-02-01`) does not move: a row's side of it never
+        changes, so it needs no aggregate and no wake."""
         out: list[tuple[AggSpec, int]] = []
         if s.since is not None and s.time_field is not None:
             out.append((AggSpec(s.entity, "min", s.time_field, s.where, s.time_field, s.since), -1))
         for k, p in enumerate(s.where):
-            if isinstance(p.value, datetime):
+            if isinstance(p.value, datetime) and self._moves(name, j, k):
                 rest = tuple(q for q in s.where if q is not p)
                 out.append(
                     (
@@ -261,6 +263,17 @@ class Wakes:
                     )
                 )
         return out
+
+    def _moves(self, name: str, j: int, k: int) -> bool:
+        """Whether predicate k of the feature's aggregate j compares with an instant that moves with as_of:
+        read from the feature's own definition at two dates far apart, once per rule set."""
+        key = (name, j, k)
+        got = self._moving.get(key)
+        if got is None:
+            aggs = self.registry.get(name).aggs
+            at = [aggs(parse_as_of(d, self.rules.tz))[j].where[k].value for d in (date(2000, 1, 1), date(2001, 6, 1))]
+            got = self._moving[key] = at[0] != at[1]
+        return got
 
     def _bound(self, name: str, j: int, k: int, d: date) -> datetime:
         """The window start (k = -1) or the moving instant of predicate k of the feature's aggregate j,
@@ -287,11 +300,9 @@ class Wakes:
     def _spec_wakes(self, fr: FeatureFrame, name: str, j: int, s: AggSpec) -> dict[str, date]:
         a = self._a
         out: dict[str, date] = {}
-        for spec, k in self._extra(s):
+        for spec, k in self._extra(name, j, s):
             now = s.since if k < 0 else s.where[k].value
             assert isinstance(now, datetime)
-            if k >= 0 and self._bound(name, j, k, self._next + timedelta(days=400)) == now:
-                continue  # a fixed date in the filter (`due_at < 2026-02-01`): a row's side never changes
             shift = a.date - a.local_date(now)
             for cid, t in fr.agg(spec).items():
                 w = self._first_date(name, j, k, t, a.local_date(t) + shift)
@@ -309,8 +320,8 @@ class Wakes:
             impl = self.registry.get(name)
             if impl.subject != "client":
                 continue
-            for s in impl.aggs(a):
-                specs += [e for e, _ in self._extra(s)]
+            for j, s in enumerate(impl.aggs(a)):
+                specs += [e for e, _ in self._extra(name, j, s)]
         return list(dict.fromkeys(specs))
 
     def _time_features(self) -> set[str]:
@@ -425,9 +436,6 @@ class Quiet:
 
 # ---------------------------------------------------------------- aggregates kept from step to step
 
-Changes = dict[tuple[str, str], set[str]]  # (entity, field) -> the clients with such a value in a step
-
-
 class Kept:
     """A sweep's aggregates, kept from step to step and re-read only for the clients whose value can
     have moved (`Store.aggregate` semantics, for the clients asked).
@@ -464,7 +472,7 @@ class Kept:
     ) -> list[Mapping[str, Any]]:
         assert as_of == self.at
         wanted = set(client_ids) if client_ids is not None else None
-        entries = [self._entry(s) for s in specs]
+        entries = [self._entry(s, as_of) for s in specs]
         asked: dict[tuple[str, ...] | None, list[int]] = {}  # the clients to read -> the specs to read
         for i, entry in enumerate(entries):
             if wanted is None or entry is None:
@@ -494,7 +502,7 @@ class Kept:
                     out[i] = _View(entry.values, wanted)
         return out
 
-    def _entry(self, spec: AggSpec) -> _Entry | None:
+    def _entry(self, spec: AggSpec, as_of: datetime) -> _Entry | None:
         """The kept entry for `spec`, its moving instants brought to this read (None: not kept)."""
         moving: list[tuple[str, datetime]] = [(p.field, p.value) for p in spec.where if isinstance(p.value, datetime)]
         if spec.since is not None:
@@ -507,7 +515,7 @@ class Kept:
         key = (  # two windows of one shape (spend growth: 90 days and 180) are kept apart by their lengths
             spec.entity, spec.fn, spec.field, spec.time_field, spec.since is None,
             tuple((p.field, p.op, None if isinstance(p.value, datetime) else p.value) for p in spec.where),
-            tuple(t - self.at for t in now) if self.at is not None else now,
+            tuple(t - as_of for t in now),
         )  # fmt: skip
         entry = self._kept.get(key)
         if entry is None:

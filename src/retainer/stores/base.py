@@ -24,7 +24,15 @@ if TYPE_CHECKING:
     from ._ingest import Batch
 
 __all__ = [
-    "COMPARE", "EXISTS_FIELD", "TIME_FIELDS", "VIRTUAL_FIELDS", "VIRTUAL_SOURCES", "AggSpec", "Pred", "Store",
+    "COMPARE",
+    "EXISTS_FIELD",
+    "TIME_FIELDS",
+    "VIRTUAL_FIELDS",
+    "VIRTUAL_SOURCES",
+    "AggSpec",
+    "Changes",
+    "Pred",
+    "Store",
     "virtual_value",
 ]  # fmt: skip
 
@@ -115,6 +123,10 @@ VIRTUAL_FIELDS: dict[str, dict[str, str]] = {
         "outstanding": "amount - paid_total",
     },
 }
+
+
+#: Per step of a sweep: (entity, field) -> the clients with a value of that field in the step (`fact_steps`).
+Changes = dict[tuple[str, str], set[str]]
 
 
 #: The time field each virtual field reads besides the row's static fields (None: only static ones).
@@ -249,7 +261,7 @@ class Store(Protocol):
         (client_id, id): the rows per-invoice and per-task rules iterate over."""
         ...
 
-    def fact_steps(self, steps: Sequence[datetime]) -> list[dict[tuple[str, str], set[str]]]:
+    def fact_steps(self, steps: Sequence[datetime]) -> list[Changes]:
         """Per interval `(steps[i], steps[i + 1]]` (`steps` ascending, so one entry fewer): the clients
         with a value of each date/time field of a fact (and of their own `created_at`) in it, keyed by
         `(entity, field)`. These are the moments at which something about a client can change, which a

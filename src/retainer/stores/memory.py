@@ -16,7 +16,7 @@ from ..errors import StoreError
 from ..ledger import ACTIVE, LedgerEntry, RunRecord, Status, action_payload, check_statuses
 from ..model import Client, Entity, Manager
 from . import _ingest
-from .base import COMPARE, EXISTS_FIELD, TIME_FIELDS, VIRTUAL_FIELDS, AggSpec, Pred, virtual_value
+from .base import COMPARE, EXISTS_FIELD, TIME_FIELDS, VIRTUAL_FIELDS, AggSpec, Changes, Pred, virtual_value
 
 
 class MemoryStore:
@@ -162,8 +162,8 @@ class MemoryStore:
                 out[cid] = max(present) if spec.fn == "max" else min(present)
         return out
 
-    def fact_steps(self, steps: Sequence[datetime]) -> list[dict[tuple[str, str], set[str]]]:
-        out: list[dict[tuple[str, str], set[str]]] = [{} for _ in steps[1:]]
+    def fact_steps(self, steps: Sequence[datetime]) -> list[Changes]:
+        out: list[Changes] = [{} for _ in steps[1:]]
         if not out:
             return out
         lo, hi = steps[0], steps[-1]

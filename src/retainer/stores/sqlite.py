@@ -33,7 +33,7 @@ from ..ledger import LedgerEntry, RunRecord, Status, action_payload, check_statu
 from ..model import ENTITIES, Client, Entity, Manager, no_gc
 from ..timeutil import to_utc_text
 from . import _ingest
-from .base import EXISTS_FIELD, TIME_FIELDS, AggSpec, Pred
+from .base import EXISTS_FIELD, TIME_FIELDS, AggSpec, Changes, Pred
 
 SCHEMA_VERSION = "2"  # 2: per-client summaries (retainer_latest, retainer_newest) that every writer maintains
 _MIGRATES = ("1",)  # older versions this one upgrades on open
@@ -942,16 +942,16 @@ class SQLiteStore:
             ).fetchall()
         )
 
-    def fact_steps(self, steps: Sequence[datetime]) -> list[dict[tuple[str, str], set[str]]]:
+    def fact_steps(self, steps: Sequence[datetime]) -> list[Changes]:
         bounds = [to_utc_text(t) for t in steps]  # fixed-width UTC text compares like the instants
-        out: list[dict[tuple[str, str], set[str]]] = [{} for _ in bounds[1:]]
+        out: list[Changes] = [{} for _ in bounds[1:]]
         if not out:
             return out
         with no_gc():  # a year of a 100k CRM is over a million rows at once
             self._fact_steps(bounds, out)
         return out
 
-    def _fact_steps(self, bounds: list[str], out: list[dict[tuple[str, str], set[str]]]) -> None:
+    def _fact_steps(self, bounds: list[str], out: list[Changes]) -> None:
         for entity, fields in TIME_FIELDS.items():
             cid = "id" if entity == "clients" else "client_id"
             for f in fields:  # one scan per column, sorted by SQLite; then a bisect per step, not per row
