@@ -56,6 +56,8 @@ def _min(a: Wake, b: Wake) -> Wake:
 
 
 def _merge(into: list[Wake], other: Sequence[Wake]) -> None:
+    if not any(other):  # nothing in it ever flips (a client field, a feature without dependencies): most merges
+        return
     for i, w in enumerate(other):
         if w is not None and (into[i] is None or w < into[i]):  # type: ignore[operator]
             into[i] = w
