@@ -9,6 +9,7 @@ manager's daily slots, so a suppressed action never crowds out another.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import defaultdict
 from collections.abc import Sequence
@@ -253,10 +254,14 @@ class Guard:
     def _priority(self, todo: list[Action], held: list[Suppression]) -> list[Action]:
         if self.p.priority is None:
             return todo
-        best: dict[str | None, Action] = {}
-        for x in sorted([*todo, *self.already], key=self._order):  # the first contact action is the top one
-            if x.type in CONTACT_TYPES and x.client_id not in best:
-                best[x.client_id] = x
+        firsts: dict[str | None, tuple[tuple[Any, ...], Action]] = {}
+        for x in itertools.chain(todo, self.already):  # each client's first contact action is its top one
+            if x.type in CONTACT_TYPES:
+                k = self._order(x)
+                first = firsts.get(x.client_id)
+                if first is None or k < first[0]:
+                    firsts[x.client_id] = (k, x)
+        best = {cid: x for cid, (_, x) in firsts.items()}
 
         def why(x: Action) -> str | None:
             top = best.get(x.client_id)
@@ -322,9 +327,17 @@ class Guard:
                     if made is not None and made > since and o.id not in ledger_ids:
                         used[k][o.client_id] += 1  # type: ignore[attr-defined]
         keep = []
+        hits: dict[tuple[Any, ...], list[int]] = {}  # the caps an action counts against depend on these alone
         for x in todo:
-            f = _fields(x)
-            hit = [k for k, c in enumerate(caps) if _capped(c, x.type, x.category, f)]
+            d = x.__dict__
+            sig = (x.type, x.category, d.get("channel"), d.get("deliver"))
+            hit = hits.get(sig)
+            if hit is None:
+                f = _fields(x)
+                hit = hits[sig] = [k for k, c in enumerate(caps) if _capped(c, x.type, x.category, f)]
+            if not hit:
+                keep.append(x)
+                continue
             full = next((k for k in hit if used[k][x.client_id] >= caps[k].limit), None)
             if full is not None:
                 c = caps[full]
