@@ -81,6 +81,12 @@ def test_plan_json_from_csv_folder() -> None:
     # piped output defaults to JSON and is byte-identical run to run
     again = run("plan", "--rules", str(RULES), "--data", str(CRM), "--as-of", "2026-03-01")
     assert again.stdout == r.stdout
+    # the command writes the plan's bytes as they are: what the API gives, plus a newline
+    import retainer
+    from retainer.datafiles import open_source
+
+    rules = retainer.load_rules(RULES)
+    assert r.stdout == retainer.Engine(rules, open_source(str(CRM), rules.tz)).plan("2026-03-01").to_json() + "\n"
 
 
 def test_plan_jsonl_and_table() -> None:

@@ -9,6 +9,7 @@ import pytest
 from conftest import engine_for
 from httpfake import FakeClock
 
+import retainer
 from retainer import RetainerError, StoreError
 from retainer.actions import Action
 from retainer.adapters import CallbackHandler, Retry
@@ -337,9 +338,28 @@ def test_a_number_beyond_64_bits_in_the_evidence_is_planned_committed_and_delive
     report = run(store, rules=rules, handlers=h)
     plan = json.loads(report.plan.to_json())
     assert [a["evidence"]["attributes.account"] for a in plan["actions"]] == [big, 7]
+    assert report.plan.to_json_bytes() == report.plan.to_json().encode()
     lines = [json.loads(line) for line in report.plan.to_jsonl().splitlines()]
     assert [x["evidence"]["attributes.account"] for x in lines] == [big, 7]
     payloads = {e.client_id: e.payload for e in store.ledger()}
     assert json.loads(payloads["c1"])["evidence"]["attributes.account"] == big
     assert all(", " not in p and '": ' not in p for p in payloads.values())  # one compact form for both
     assert sorted(a.evidence["attributes.account"] for a in h.actions) == [7, big]
+
+
+def test_plan_json_bytes_and_dicts(store: Store) -> None:
+    """`to_json_bytes` is `to_json` as UTF-8 (non-ASCII kept), written from the actions' own fields;
+    `to_dict` hands out copies, so changing one leaves the plan (and its JSON) as it was."""
+    store.add(managers=[{"id": "m1", "name": "Анна"}], clients=[{"id": "c1", "manager_id": "m1", "name": "Ромашка"}])
+    rules = {"rules": [{"id": "hi", "when": {"status": {"eq": "active"}},
+                        "then": [{"create_task": {"title": "Позвонить {client.name}", "due_in": "1d"}}]}]}  # fmt: skip
+    plan = retainer.Engine(retainer.load_rules(rules), store).plan("2026-03-01")
+    text = plan.to_json()
+    assert "Позвонить Ромашка" in text
+    assert plan.to_json_bytes() == text.encode("utf-8")
+    assert plan.to_json_bytes(indent=2) == plan.to_json(indent=2).encode("utf-8")
+    d = plan.to_dict()
+    d["actions"][0]["title"] = "changed"
+    d["actions"][0]["evidence"] = {}
+    assert plan.actions[0].title == "Позвонить Ромашка" and plan.actions[0].evidence
+    assert plan.to_json() == text

@@ -177,7 +177,7 @@ def plan(
     engine = _engine(rules, data)
     p = _plan(engine, as_of, client)
     if f == "json":
-        sys.stdout.write(p.to_json() + "\n")
+        _write_bytes(p.to_json_bytes(), b"\n")
     elif f == "jsonl":
         sys.stdout.write(p.to_jsonl())
     else:
@@ -188,6 +188,19 @@ def plan(
         err.print(f"[yellow]warning:[/] ... and {len(p.warnings) - 10} more (the plan's JSON lists them all)")
     if _OWN_PROCESS:
         _exit_now()
+
+
+def _write_bytes(*parts: bytes) -> None:
+    """Straight to stdout's bytes, when it has them: a plan's JSON can be 200 MB, and the text layer
+    would decode, then encode it again."""
+    buf = getattr(sys.stdout, "buffer", None)
+    if buf is None:
+        sys.stdout.write(b"".join(parts).decode())
+        return
+    sys.stdout.flush()  # whatever the text layer holds goes first
+    for data in parts:
+        buf.write(data)
+    buf.flush()
 
 
 @app.command()

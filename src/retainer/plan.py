@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -28,24 +29,35 @@ def _default(v: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(v).__name__}")
 
 
-def dumps(obj: Any, *, indent: int | None = None) -> str:
-    """JSON with keys sorted, non-ASCII kept, compact unless indented. orjson writes the same text as
-    `json.dumps` ten times faster (a first night at 100k clients is 35 MB of JSON), but it stops at
-    64-bit integers; a client attribute can hold a bigger one (an account number), and then the
-    standard library writes it."""
+def dumps_bytes(obj: Any, *, indent: int | None = None) -> bytes:
+    """JSON as UTF-8, with keys sorted, non-ASCII kept, compact unless indented. orjson writes the same
+    text as `json.dumps` ten times faster (a first night at 100k clients is 35 MB of JSON), but it
+    stops at 64-bit integers; a client attribute can hold a bigger one (an account number), and then
+    the standard library writes it."""
     if indent is None or indent == 2:
         try:
             opt = orjson.OPT_SORT_KEYS | (orjson.OPT_INDENT_2 if indent else 0)
-            return orjson.dumps(obj, default=_default, option=opt).decode()
+            return orjson.dumps(obj, default=_default, option=opt)
         except TypeError:
             pass  # an integer beyond 64 bits (anything else fails below too, with the standard message)
     return json.dumps(obj, default=_default, sort_keys=True, indent=indent, ensure_ascii=False,
-                      separators=(",", ":") if indent is None else None)  # fmt: skip
+                      separators=(",", ":") if indent is None else None).encode()  # fmt: skip
+
+
+def dumps(obj: Any, *, indent: int | None = None) -> str:
+    return dumps_bytes(obj, indent=indent).decode()
 
 
 def action_dict(a: Action) -> dict[str, Any]:
-    """Field values as they are (actions are flat; `_default` renders dates and decimals)."""
+    """Field values as they are (actions are flat; `_default` renders dates and decimals): a copy the
+    caller may change."""
     return dict(a.__dict__)
+
+
+def _as_is(a: Action) -> dict[str, Any]:
+    """The action's own field dict, for serialisers that only read it. A copy of each costs more than
+    writing the JSON: 1.5 s and 230 MB for the 350,000 actions of the full example set at 100k."""
+    return a.__dict__
 
 
 @dataclass
@@ -63,11 +75,14 @@ class Plan:
         return Counter(a.rule for a in self.actions)
 
     def to_dict(self) -> dict[str, Any]:
+        return self._tree(action_dict)
+
+    def _tree(self, fields: Callable[[Action], dict[str, Any]]) -> dict[str, Any]:
         return {
             "as_of": self.as_of.isoformat(),
-            "actions": [action_dict(a) for a in self.actions],
+            "actions": [fields(a) for a in self.actions],
             "suppressed": [
-                {"action": action_dict(s.action), "reason_code": s.reason_code, "detail": s.detail}
+                {"action": fields(s.action), "reason_code": s.reason_code, "detail": s.detail}
                 for s in self.suppressed
             ],
             "stats": self.stats,
@@ -76,12 +91,16 @@ class Plan:
 
     def to_json(self, *, indent: int | None = None) -> str:
         """Compact by default; byte-identical for equal plans."""
-        return dumps(self.to_dict(), indent=indent)
+        return self.to_json_bytes(indent=indent).decode()
+
+    def to_json_bytes(self, *, indent: int | None = None) -> bytes:
+        """`to_json()` as UTF-8, for a file or a socket: no text copy of a plan that can be 200 MB."""
+        return dumps_bytes(self._tree(_as_is), indent=indent)
 
     def to_jsonl(self) -> str:
         """One action per line (then one suppression per line, marked), for piping into other tools."""
-        lines = [dumps({"kind": "action", **action_dict(a)}) for a in self.actions]
+        lines = [dumps({"kind": "action", **a.__dict__}) for a in self.actions]
         for x in self.suppressed:
             held = {"kind": "suppressed", "reason_code": x.reason_code, "detail": x.detail}
-            lines.append(dumps({**held, "action": action_dict(x.action)}))
+            lines.append(dumps({**held, "action": _as_is(x.action)}))
         return "".join(line + "\n" for line in lines)
