@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 import sqlite3
@@ -87,6 +88,47 @@ def test_plan_json_from_csv_folder() -> None:
 
     rules = retainer.load_rules(RULES)
     assert r.stdout == retainer.Engine(rules, open_source(str(CRM), rules.tz)).plan("2026-03-01").to_json() + "\n"
+
+
+def _plan_bytes(data: Path, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+    cmd = [SCRIPT, "plan", "-r", str(RULES), "-d", str(data), "--as-of", "2026-03-01", "-f", "json"]
+    return subprocess.run(cmd, capture_output=True, timeout=300, env={**os.environ, **env})
+
+
+def test_plan_json_follows_stdouts_encoding(tmp_path: Path) -> None:
+    """JSON goes straight to stdout's bytes only when those are UTF-8; any other encoding the text layer
+    applies, as to every other output (a Cyrillic name in cp1251 is cp1251, not UTF-8)."""
+    import retainer
+    from retainer.datafiles import open_source
+
+    crm = tmp_path / "crm"
+    shutil.copytree(CRM, crm)
+    path = crm / "clients.csv"
+    path.write_text(path.read_text(encoding="utf-8").replace("Acme Logistics", "Ромашка"), encoding="utf-8")
+    rules = retainer.load_rules(RULES)
+    text = retainer.Engine(rules, open_source(str(crm), rules.tz)).plan("2026-03-01").to_json() + "\n"
+    assert "Ромашка" in text
+    utf8 = _plan_bytes(crm, {"PYTHONIOENCODING": "utf-8"})
+    assert utf8.returncode == 0, utf8.stderr
+    assert utf8.stdout == text.encode("utf-8")
+    cp1251 = _plan_bytes(crm, {"PYTHONIOENCODING": "cp1251"})
+    assert cp1251.returncode == 0, cp1251.stderr
+    assert cp1251.stdout == text.encode("cp1251")
+
+
+def test_plan_json_with_a_lone_surrogate_in_the_data(tmp_path: Path) -> None:
+    """A name with a stray escape (`\\udc80` in a JSONL file) is not UTF-8: orjson refuses it, the standard
+    library writes it, and stdout's error handler decides, as for any text (here: surrogateescape)."""
+    crm = tmp_path / "crm"
+    shutil.copytree(CRM, crm)
+    rows = list(csv.DictReader((crm / "clients.csv").open(encoding="utf-8")))
+    (crm / "clients.csv").unlink()
+    rows[0]["name"] = "Acme \udc80 Logistics"
+    (crm / "clients.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if v != ""}) + "\n"
+                                               for r in rows), encoding="utf-8")  # fmt: skip
+    r = _plan_bytes(crm, {"PYTHONIOENCODING": "utf-8:surrogateescape"})
+    assert r.returncode == 0, r.stderr
+    assert b"Acme \x80 Logistics" in r.stdout
 
 
 def test_plan_jsonl_and_table() -> None:

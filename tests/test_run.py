@@ -363,3 +363,23 @@ def test_plan_json_bytes_and_dicts(store: Store) -> None:
     d["actions"][0]["evidence"] = {}
     assert plan.actions[0].title == "Позвонить Ромашка" and plan.actions[0].evidence
     assert plan.to_json() == text
+
+
+def test_a_lone_surrogate_in_a_name_is_planned_committed_and_written() -> None:
+    """orjson refuses a lone surrogate (a stray `\\udc80` escape in a JSONL name); the standard library
+    writes it instead, in the plan's JSON, its lines and the ledger's copy. Only the bytes refuse it:
+    UTF-8 cannot hold it."""
+    from retainer.stores.memory import MemoryStore
+
+    store = MemoryStore()
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1", "name": "X\udc80"}])
+    rules = {"rules": [{"id": "hi", "when": {"status": {"eq": "active"}},
+                        "then": [{"create_task": {"title": "Call {client.name}", "due_in": "1d"}}]}]}  # fmt: skip
+    report = run(store, rules=rules)
+    assert json.loads(report.plan.to_json())["actions"][0]["title"] == "Call X\udc80"
+    assert json.loads(report.plan.to_jsonl())["title"] == "Call X\udc80"
+    (e,) = store.ledger()
+    assert e.action.title == "Call X\udc80"  # type: ignore[attr-defined]
+    with pytest.raises(UnicodeEncodeError):
+        report.plan.to_json_bytes()
+

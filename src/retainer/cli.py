@@ -6,6 +6,7 @@ Machine-readable output goes to stdout; messages, progress and errors go to stde
 
 from __future__ import annotations
 
+import codecs
 import gc
 import json
 import os
@@ -177,7 +178,7 @@ def plan(
     engine = _engine(rules, data)
     p = _plan(engine, as_of, client)
     if f == "json":
-        _write_bytes(p.to_json_bytes(), b"\n")
+        _write_json(p)
     elif f == "jsonl":
         sys.stdout.write(p.to_jsonl())
     else:
@@ -190,17 +191,25 @@ def plan(
         _exit_now()
 
 
-def _write_bytes(*parts: bytes) -> None:
-    """Straight to stdout's bytes, when it has them: a plan's JSON can be 200 MB, and the text layer
-    would decode, then encode it again."""
-    buf = getattr(sys.stdout, "buffer", None)
-    if buf is None:
-        sys.stdout.write(b"".join(parts).decode())
-        return
-    sys.stdout.flush()  # whatever the text layer holds goes first
-    for data in parts:
-        buf.write(data)
-    buf.flush()
+def _write_json(p: Plan) -> None:
+    """The plan's JSON, straight to stdout's bytes when stdout is UTF-8 without newline translation (a
+    plan's JSON can be 200 MB; the text layer would decode, then encode it again); through the text
+    layer otherwise, so its encoding and error handling apply as to every other output."""
+    out = sys.stdout
+    buf = getattr(out, "buffer", None)
+    enc = getattr(out, "encoding", None)
+    if buf is not None and enc and codecs.lookup(enc).name == "utf-8" and os.linesep == "\n":
+        try:
+            data = p.to_json_bytes()
+        except UnicodeEncodeError:  # a lone surrogate: the text layer's error handler decides
+            pass
+        else:
+            out.flush()  # whatever the text layer holds goes first
+            buf.write(data)
+            buf.write(b"\n")
+            buf.flush()
+            return
+    out.write(p.to_json() + "\n")
 
 
 @app.command()

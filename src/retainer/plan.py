@@ -29,23 +29,31 @@ def _default(v: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(v).__name__}")
 
 
-def dumps_bytes(obj: Any, *, indent: int | None = None) -> bytes:
-    """JSON as UTF-8, with keys sorted, non-ASCII kept, compact unless indented. orjson writes the same
-    text as `json.dumps` ten times faster (a first night at 100k clients is 35 MB of JSON), but it
-    stops at 64-bit integers; a client attribute can hold a bigger one (an account number), and then
-    the standard library writes it."""
+def _encode(obj: Any, indent: int | None) -> bytes | str:
+    """orjson's UTF-8 bytes, or the standard library's text. orjson writes the same text as `json.dumps`
+    ten times faster (a first night at 100k clients is 35 MB of JSON), but it stops at 64-bit integers
+    (a client attribute can hold an account number) and at lone surrogates (a name read from a JSONL
+    file with a stray escape); the standard library writes those, as text."""
     if indent is None or indent == 2:
         try:
             opt = orjson.OPT_SORT_KEYS | (orjson.OPT_INDENT_2 if indent else 0)
             return orjson.dumps(obj, default=_default, option=opt)
         except TypeError:
-            pass  # an integer beyond 64 bits (anything else fails below too, with the standard message)
+            pass  # anything else fails below too, with the standard message
     return json.dumps(obj, default=_default, sort_keys=True, indent=indent, ensure_ascii=False,
-                      separators=(",", ":") if indent is None else None).encode()  # fmt: skip
+                      separators=(",", ":") if indent is None else None)  # fmt: skip
 
 
 def dumps(obj: Any, *, indent: int | None = None) -> str:
-    return dumps_bytes(obj, indent=indent).decode()
+    """JSON with keys sorted, non-ASCII kept, compact unless indented."""
+    out = _encode(obj, indent)
+    return out.decode() if isinstance(out, bytes) else out
+
+
+def dumps_bytes(obj: Any, *, indent: int | None = None) -> bytes:
+    """`dumps` as UTF-8 (UnicodeEncodeError for a lone surrogate, which UTF-8 cannot hold)."""
+    out = _encode(obj, indent)
+    return out if isinstance(out, bytes) else out.encode()
 
 
 def action_dict(a: Action) -> dict[str, Any]:
@@ -91,7 +99,7 @@ class Plan:
 
     def to_json(self, *, indent: int | None = None) -> str:
         """Compact by default; byte-identical for equal plans."""
-        return self.to_json_bytes(indent=indent).decode()
+        return dumps(self._tree(_as_is), indent=indent)
 
     def to_json_bytes(self, *, indent: int | None = None) -> bytes:
         """`to_json()` as UTF-8, for a file or a socket: no text copy of a plan that can be 200 MB."""
