@@ -95,6 +95,10 @@ class Wakes:
         self.rules = rules
         self.registry = rules.registry
         self._moving: dict[tuple[str, int, int], bool] = {}
+        # (feature, aggregate, predicate, date) -> the bound as of that date: fixed by the rule set, and
+        # the wake searches of consecutive steps ask for the same dates (a year with windowed features
+        # spent a third of its wake time recomputing them)
+        self._bounds: dict[tuple[Any, ...], datetime] = {}
 
     def compute(self, frame: FeatureFrame) -> dict[str, date]:
         """client id -> the earliest date after `frame.as_of` to evaluate it again (absent: never by time)."""
@@ -102,7 +106,6 @@ class Wakes:
         self._a = a
         self._next = a.date + timedelta(days=1)
         self._memo: dict[tuple[int, str], list[Wake]] = {}
-        self._bounds: dict[tuple[str, int, int, date], datetime] = {}
         frame.prefetch(set(), self.specs(a))  # fetched already when the sweep passed them to the plan
         out: list[Wake] = [None] * len(frame.ids)
         for rule in self.rules.rules:
@@ -280,10 +283,11 @@ class Wakes:
     def _bound(self, name: str, j: int, k: int, d: date) -> datetime:
         """The window start (k = -1) or the moving instant of predicate k of the feature's aggregate j,
         as of date d: read from the feature's own definition, so the search below is exact."""
-        key = (name, j, k, d)
+        tz = self._a.tz
+        key = (name, j, k, d, tz)
         got = self._bounds.get(key)
         if got is None:
-            spec = self.registry.get(name).aggs(parse_as_of(d, self._a.tz))[j]
+            spec = self.registry.get(name).aggs(parse_as_of(d, tz))[j]
             got = spec.since if k < 0 else spec.where[k].value
             assert isinstance(got, datetime)
             self._bounds[key] = got
