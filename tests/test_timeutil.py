@@ -6,6 +6,8 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from retainer.model import Touch
 from retainer.stores import Store
@@ -145,6 +147,18 @@ def test_cutoff_agrees_with_the_threshold_definition_for_every_day_of_a_leap_yea
         c = d.cutoff(as_of)
         assert d.add_to_date(c) <= as_of, (dur, as_of, c)
         assert d.add_to_date(c + timedelta(days=1)) > as_of, (dur, as_of, c)
+
+
+@given(start=st.dates(date(1901, 1, 1), date(2998, 1, 1)), days=st.integers(0, 3000), weeks=st.booleans())
+def test_days_alone_take_plain_date_arithmetic_with_the_same_answers(start: date, days: int, weeks: bool) -> None:
+    """Durations of days (or weeks) skip relativedelta: the date, and the cutoff, are the ones it gives."""
+    from dateutil.relativedelta import relativedelta
+
+    d = parse_duration(f"{days // 7}w" if weeks else f"{days}d")
+    n = d.days
+    assert d.add_to_date(start) == start + relativedelta(days=n)
+    c = d.cutoff(start)
+    assert c + relativedelta(days=n) <= start < c + timedelta(days=1) + relativedelta(days=n)
 
 
 # ---------------------------------------------------------------- the "after D" threshold

@@ -59,6 +59,8 @@ class Duration:
         return self.hours != 0 and not self.months and not self.days
 
     def add_to_date(self, d: date) -> date:
+        if not self.months:  # days alone: plain date arithmetic, without relativedelta's cost
+            return d + timedelta(days=self.days)
         return d + relativedelta(months=self.months, days=self.days)
 
     def cutoff(self, as_of_date: date) -> date:
@@ -67,6 +69,8 @@ class Duration:
         `date + months` is monotone but not invertible (month-end clamping), so the exact cutoff is
         found by stepping from an estimate; it is then one comparison per client.
         """
+        if not self.months:  # days alone are invertible
+            return as_of_date - timedelta(days=self.days)
         c = as_of_date - relativedelta(months=self.months, days=self.days)
         while self.add_to_date(c) > as_of_date:
             c -= timedelta(days=1)
