@@ -459,6 +459,7 @@ class Kept:
     def __init__(self, base: Any, everyone: list[str], steps: Sequence[datetime], changes: Sequence[Changes]) -> None:
         self._base = base
         self._everyone = everyone
+        self._all = set(everyone)
         self._steps = list(steps)  # bucket j of `changes` holds the values in (steps[j - 1], steps[j]]
         self._changes = changes
         self._kept: dict[tuple[Any, ...], _Entry] = {}
@@ -481,9 +482,13 @@ class Kept:
         entries = [self._entry(s, as_of) for s in specs]
         asked: dict[tuple[str, ...] | None, list[int]] = {}  # the clients to read -> the specs to read
         for i, entry in enumerate(entries):
-            if wanted is None or entry is None:
+            if entry is None:
                 asked.setdefault(None if client_ids is None else tuple(client_ids), []).append(i)
-            elif missing := wanted - entry.known:
+                continue
+            missing = (wanted if wanted is not None else self._all) - entry.known
+            if wanted is None and len(missing) * 4 > len(self._all):
+                asked.setdefault(None, []).append(i)  # most of the population: one scan beats a list of ids
+            elif missing:
                 asked.setdefault(tuple(sorted(missing)), []).append(i)
         out: list[Mapping[str, Any]] = [{} for _ in specs]
         for ids, idxs in asked.items():
@@ -502,10 +507,9 @@ class Kept:
                         entry.values[c] = r[c]
                     else:
                         entry.values.pop(c, None)
-        if wanted is not None:
-            for i, entry in enumerate(entries):
-                if entry is not None:
-                    out[i] = _View(entry.values, wanted)
+        for i, entry in enumerate(entries):
+            if entry is not None:  # everyone's (a population feature, abc_class, every step): a plain copy
+                out[i] = _View(entry.values, wanted) if wanted is not None else dict(entry.values)
         return out
 
     def _entry(self, spec: AggSpec, as_of: datetime) -> _Entry | None:
