@@ -73,6 +73,12 @@ class LedgerEntry:
     outcome_at: datetime | None = None
 
     @cached_property
+    def payload_fields(self) -> dict[str, Any]:
+        """The payload's JSON values, parsed once per entry (caps and spend growth read committed actions'
+        channel, amount and assignee on every plan). Shared: read it, do not change it."""
+        return json.loads(self.payload)  # type: ignore[no-any-return]
+
+    @cached_property
     def action(self) -> Action:
         """The action exactly as it was committed (parsed on demand: listings rarely need it)."""
         return parse_action(json.loads(self.payload))

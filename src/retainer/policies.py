@@ -10,7 +10,6 @@ manager's daily slots, so a suppressed action never crowds out another.
 from __future__ import annotations
 
 import itertools
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -113,7 +112,7 @@ class _Past:
 
     @classmethod
     def of(cls, e: LedgerEntry) -> _Past:
-        return cls(e.client_id, e.type, e.category, e.as_of, e.id, json.loads(e.payload))
+        return cls(e.client_id, e.type, e.category, e.as_of, e.id, e.payload_fields)
 
 
 def _capped(cap: Cap, type_: str, category: str, fields: dict[str, Any]) -> bool:

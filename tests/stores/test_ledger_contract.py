@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import fresh
@@ -232,6 +233,8 @@ _CLIENTS = ["c1", "c2", "c3", "c%3A4"]
     asked_clients=st.none() | st.lists(st.sampled_from([*_CLIENTS, "nobody"]), max_size=5),
     status=st.none() | st.lists(st.sampled_from(STATUSES), min_size=1, max_size=4, unique=True),
     limit=st.none() | st.integers(1, 5),
+    days=st.lists(st.integers(0, 4), min_size=5, max_size=5),
+    since=st.none() | st.integers(0, 5),
 )  # fmt: skip
 def test_every_store_answers_ledger_queries_alike_in_commit_order(
     commits: list[list[tuple[str, str]]],
@@ -240,24 +243,38 @@ def test_every_store_answers_ledger_queries_alike_in_commit_order(
     asked_clients: list[str] | None,
     status: list[str] | None,
     limit: int | None,
+    days: list[int],
+    since: int | None,
 ) -> None:
-    """The memory store looks a few ids or clients up in its own indexes instead of reading the whole
-    ledger; the answer must be the SQLite store's: the same entries, in commit order."""
+    """The memory store looks a few ids or clients up in its own indexes, and bisects "planned since"
+    while the runs' as_of never went back, instead of reading the whole ledger; the answer must be the
+    SQLite store's: the same entries, in commit order."""
     answers = []
+    day0 = datetime(2026, 3, 1, 23, 59, 59, tzinfo=UTC)
     for backend in ("memory", "sqlite"):
         with fresh(backend) as s:
-            for n, pairs in enumerate(commits):
-                s.commit_run(run_record(n, T0 + timedelta(hours=n)), [act(k, c) for k, c in pairs], {})
+            for n, pairs in enumerate(commits):  # each run as of its own day, sometimes an earlier one
+                at = day0 + timedelta(days=days[n])
+                actions = [act(k, c).model_copy(update={"as_of": at}) for k, c in pairs]
+                s.commit_run(run_record(n, T0 + timedelta(hours=n)), actions, {})
             ids = {e.key: e.id for e in s.ledger()}
             for k, st_ in settle:
                 if k in ids:
                     s.finish_attempts([(ids[k], st_, None, 1)], T0)  # type: ignore[list-item]
             ask = [action_id(k) for k in asked_ids] if asked_ids is not None else None
-            got = s.ledger(ids=ask, client_ids=asked_clients, status=status, limit=limit)  # type: ignore[arg-type]
-            answers.append([(e.key, e.client_id, e.status) for e in got])
+            after = day0 + timedelta(days=since) if since is not None else None
+            queries: list[dict[str, Any]] = [
+                {"ids": ask, "client_ids": asked_clients, "status": status, "limit": limit, "since": after},
+                {"since": after}, {"since": after, "limit": limit}, {"client_ids": asked_clients},
+                {"ids": ask}, {"status": status, "since": after}, {},
+            ]  # fmt: skip
             everything = [e.key for e in s.ledger()]
-            assert [k for k, _, _ in answers[-1]] == [k for k in everything if k in {x[0] for x in answers[-1]}]
-    assert answers[0] == answers[1]
+            for q in queries:
+                got = [(e.key, e.client_id, e.status) for e in s.ledger(**q)]
+                answers.append(got)
+                assert [k for k, _, _ in got] == [k for k in everything if k in {x[0] for x in got}]
+    half = len(answers) // 2
+    assert answers[:half] == answers[half:]
 
 
 def test_sqlite_refuses_a_database_that_is_not_a_store(tmp_path: Path) -> None:

@@ -45,6 +45,11 @@ class MemoryStore:
         # client -> its ids in commit order: a partial plan's policies and ledger features ask for a few
         # hundred clients' actions every step of a backtest, out of tens of thousands
         self._by_client: dict[str | None, list[str]] = {}
+        # ids and as_of in commit order, and whether as_of never went back (a backtest's or a nightly
+        # run's ledger): then "planned since" is a bisection, not a read of the whole ledger
+        self._order: list[str] = []
+        self._as_ofs: list[datetime] = []
+        self._as_of_sorted = True
         self._keys: dict[str, str] = {}  # key -> id
         self._runs: dict[str, RunRecord] = {}
         self._lock = threading.Lock()
@@ -235,6 +240,10 @@ class MemoryStore:
             self._ledger[e.id] = e
             self._keys[k] = e.id
             self._by_client.setdefault(e.client_id, []).append(e.id)
+            if self._as_ofs and e.as_of < self._as_ofs[-1]:
+                self._as_of_sorted = False
+            self._order.append(e.id)
+            self._as_ofs.append(e.as_of)
         self._cursors.update(cursors)
         return committed
 
@@ -269,6 +278,8 @@ class MemoryStore:
             # a few ids or clients: look them up rather than read the whole ledger
             picked = idset if idset is not None else [i for c in cset or () for i in self._by_client.get(c, ())]
             rows = [self._ledger[i] for i in sorted((i for i in picked if i in self._seq), key=self._seq.__getitem__)]
+        elif since is not None and self._as_of_sorted:
+            rows = [self._ledger[i] for i in self._order[bisect_left(self._as_ofs, since) :]]
         else:
             rows = self._ledger.values()
         out = []
