@@ -314,9 +314,9 @@ def test_a_do_not_contact_client_is_refused_every_step_without_being_planned() -
         planned: list[list[str]] = []
         engine_plan = retainer.Engine._plan
 
-        def spy(self: retainer.Engine, a: Any, ids: list[str] | None, *extra: Any) -> Any:
+        def spy(self: retainer.Engine, a: Any, ids: list[str] | None, *extra: Any, **kw: Any) -> Any:
             planned.append(ids or ["*"])
-            return engine_plan(self, a, ids, *extra)
+            return engine_plan(self, a, ids, *extra, **kw)
 
         retainer.Engine._plan = spy  # type: ignore[method-assign]
         try:

@@ -350,7 +350,7 @@ def _sweep(
         cursors: dict[str, str] = {}
         frame = None
         if ids is None or ids:
-            plan, frame, ms = engine._plan(a, ids, wakes.specs(a))
+            plan, frame, ms = engine._plan(a, ids, wakes.specs(a), duplicates=False)
             actions, suppressed, cursors = plan.actions, plan.suppressed, plan.cursors
             seen = set(frame.ids)  # what was known of these clients is replaced below
             for cid in seen:

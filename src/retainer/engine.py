@@ -496,15 +496,17 @@ class Engine:
         return plan
 
     def _plan(
-        self, a: AsOf, ids: Sequence[str] | None, extra: Sequence[AggSpec] = ()
+        self, a: AsOf, ids: Sequence[str] | None, extra: Sequence[AggSpec] = (), *, duplicates: bool = True
     ) -> tuple[Plan, FeatureFrame, list[_Match]]:
         """`extra`: aggregates the caller reads from the frame afterwards, fetched with the plan's own (a
-        backtest's wake dates): one read per fact table instead of two."""
+        backtest's wake dates): one read per fact table instead of two. `duplicates=False`: the caller
+        (a backtest) never reads the plan's duplicates, so matches whose every action is in the ledger
+        are not built, unless a policy needs them (retention-first ranks against what is already due)."""
         with no_gc():  # a plan builds tens of thousands of acyclic objects
-            return self._evaluate(a, ids, extra)
+            return self._evaluate(a, ids, extra, duplicates)
 
     def _evaluate(
-        self, a: AsOf, ids: Sequence[str] | None, extra: Sequence[AggSpec] = ()
+        self, a: AsOf, ids: Sequence[str] | None, extra: Sequence[AggSpec] = (), duplicates: bool = True
     ) -> tuple[Plan, FeatureFrame, list[_Match]]:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -595,7 +597,10 @@ class Engine:
             for m in matches
             if m.new_manager is not None and m.client is not None and not m.blocked
         }
-        actions, suppressed = self._emit_all(matches, a, managers, ledger, moved)
+        emit = matches
+        if not duplicates and self.rules.file.policies.priority is None:
+            emit = [m for m in matches if not all(k in ledger for k in m.keys)]
+        actions, suppressed = self._emit_all(emit, a, managers, ledger, moved)
         due = [s.action for s in suppressed if s.reason_code == policies.DUPLICATE]
         guard = policies.Guard(self.rules.file.policies, frame, self.store, a)
         actions, held = guard.apply(actions, due)
