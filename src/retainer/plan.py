@@ -107,7 +107,7 @@ class Plan:
 
     def to_jsonl(self) -> str:
         """One action per line (then one suppression per line, marked), for piping into other tools."""
-        lines = [dumps({"kind": "action", **a.__dict__}) for a in self.actions]
+        lines = [dumps({"kind": "action", **_as_is(a)}) for a in self.actions]
         for x in self.suppressed:
             held = {"kind": "suppressed", "reason_code": x.reason_code, "detail": x.detail}
             lines.append(dumps({**held, "action": _as_is(x.action)}))

@@ -98,7 +98,7 @@ class Wakes:
         # (feature, aggregate, predicate, date) -> the bound as of that date: fixed by the rule set, and
         # the wake searches of consecutive steps ask for the same dates (a year with windowed features
         # spent a third of its wake time recomputing them)
-        self._bounds: dict[tuple[Any, ...], datetime] = {}
+        self._bounds: dict[tuple[str, int, int, date], datetime] = {}
 
     def compute(self, frame: FeatureFrame) -> dict[str, date]:
         """client id -> the earliest date after `frame.as_of` to evaluate it again (absent: never by time)."""
@@ -283,11 +283,10 @@ class Wakes:
     def _bound(self, name: str, j: int, k: int, d: date) -> datetime:
         """The window start (k = -1) or the moving instant of predicate k of the feature's aggregate j,
         as of date d: read from the feature's own definition, so the search below is exact."""
-        tz = self._a.tz
-        key = (name, j, k, d, tz)
+        key = (name, j, k, d)
         got = self._bounds.get(key)
         if got is None:
-            spec = self.registry.get(name).aggs(parse_as_of(d, tz))[j]
+            spec = self.registry.get(name).aggs(parse_as_of(d, self.rules.tz))[j]
             got = spec.since if k < 0 else spec.where[k].value
             assert isinstance(got, datetime)
             self._bounds[key] = got
@@ -458,7 +457,6 @@ class Kept:
 
     def __init__(self, base: Any, everyone: list[str], steps: Sequence[datetime], changes: Sequence[Changes]) -> None:
         self._base = base
-        self._everyone = everyone
         self._all = set(everyone)
         self._steps = list(steps)  # bucket j of `changes` holds the values in (steps[j - 1], steps[j]]
         self._changes = changes
@@ -498,7 +496,7 @@ class Kept:
                 if entry is None:
                     continue
                 if ids is None:  # a full read: every client's value
-                    entry.known = set(self._everyone)
+                    entry.known = set(self._all)
                     entry.values = dict(r)
                     continue
                 entry.known.update(ids)
@@ -507,8 +505,9 @@ class Kept:
                         entry.values[c] = r[c]
                     else:
                         entry.values.pop(c, None)
+        whole = set(asked.get(None, ()))  # read in full just now: the store's own answer is in `out`
         for i, entry in enumerate(entries):
-            if entry is not None:  # everyone's (a population feature, abc_class, every step): a plain copy
+            if entry is not None and i not in whole:  # everyone's (abc_class, every step): a plain copy
                 out[i] = _View(entry.values, wanted) if wanted is not None else dict(entry.values)
         return out
 
