@@ -122,6 +122,15 @@ def demo_store(work: Path) -> Path:
     return db
 
 
+def same_actions(plan: Path, floor: Path) -> None:
+    """floor.py must write retainer's actions, field for field, or it is not the floor of this plan."""
+    ours, theirs = json.loads(plan.read_bytes())["actions"], json.loads(floor.read_bytes())["actions"]
+    if ours != theirs:
+        bad = next((x["key"], y["key"]) for x, y in zip(ours, theirs, strict=False) if x != y) if len(ours) == len(
+            theirs) else (len(ours), len(theirs))  # fmt: skip
+        sys.exit(f"floor.py's actions differ from retainer's: {bad}")
+
+
 def median_of(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
@@ -166,6 +175,13 @@ def main() -> None:
     results["e2e_s"] = statistics.median(s for s, _ in e2e)
     results["e2e_rss_mb"] = max(m for _, m in e2e)
     results["plan_json_mb"] = (a.work / "plan.json").stat().st_size / 1e6
+    # the CPython floor: a minimal hand-written program writing the same actions (floor.py)
+    floor_pairs = a.work / "floor.pairs"
+    fl = [timed([sys.executable, str(ROOT / "benchmarks" / "floor.py"), str(db), str(floor_pairs)],
+                stdout=a.work / "floor.json") for _ in range(a.repeat)]
+    results["floor_s"] = statistics.median(s for s, _ in fl)
+    results["floor_rss_mb"] = max(m for _, m in fl)
+    same_actions(a.work / "plan.json", a.work / "floor.json")
 
     # `retainer run` on a copy of the store: the first night commits every action and delivers it to a
     # JSONL file; the second finds every key in the ledger (all duplicates)
@@ -195,12 +211,14 @@ def main() -> None:
     fr = [float(sh([sys.executable, str(SHARED / "fr_sql.py"), str(data), str(ref_db), "--out", str(ref_pairs)])
                 .stdout.split()[-1]) for _ in range(a.repeat)]
     results["fr_sql_s"] = statistics.median(fr)
-    ours, ref = ours_pairs.read_text(), ref_pairs.read_text()
-    results["pairs"] = ours.count("\n")
-    if ours != ref:
-        a_set, b_set = set(ours.splitlines()), set(ref.splitlines())
-        sys.exit(f"retainer and fr_sql.py disagree: {sorted(a_set - b_set)[:5]} only in retainer, "
-                 f"{sorted(b_set - a_set)[:5]} only in fr_sql")
+    ref = ref_pairs.read_text()
+    results["pairs"] = ref.count("\n")
+    for name, path in (("retainer", ours_pairs), ("floor.py", floor_pairs)):
+        ours = path.read_text()
+        if ours != ref:
+            a_set, b_set = set(ours.splitlines()), set(ref.splitlines())
+            sys.exit(f"{name} and fr_sql.py disagree: {sorted(a_set - b_set)[:5]} only in {name}, "
+                     f"{sorted(b_set - a_set)[:5]} only in fr_sql")
 
     # baseline.py: four rules (forgotten, release, capped, unpaid) as of midnight; evaluation seconds
     base: dict[str, Any] = {}
@@ -276,6 +294,8 @@ def render(r: dict[str, Any], a: argparse.Namespace) -> str:
          r["engine_full"]["plan"], r["engine_full"]["rss_mb"], ratio(r["engine_full"]["plan"], fr)),
         ("retainer `retainer plan -f json`, end to end", r["e2e_s"], r["e2e_rss_mb"], ratio(r["e2e_s"], fr)),
         ("tuned SQLite query (`fr_sql.py`), forgotten + release", fr, None, "1.0×"),
+        ("CPython floor (`floor.py`): the same actions, hand-written, end to end", r["floor_s"],
+         r["floor_rss_mb"], ratio(r["floor_s"], fr)),
     ]
     n1, n2 = r["runs"]
     rows[7:7] = [
@@ -350,18 +370,28 @@ condition once per frame. `actions` builds typed, keyed actions with reasons and
 constant fields, evidence columns and compiled texts prepared once per plan), runs the reassignment
 heap and the policies. See [decisions](decisions.md#plan-speed-issue-7) for what made plans faster.
 
-What stands between these numbers and the plan targets is one Python object per action, built row by
-row. The first night of the reference workload plans {e['actions']:,.0f} actions for forgotten + release, and
-{r['engine_full']['actions'] + r['engine_full']['suppressed']:,.0f} actions and held-back actions for the full
-example set. Each one is a typed model with a key, a uuid5 id, a rendered reason and evidence. The
-floor of this design, measured on this machine: importing retainer takes about 0.35 s (pydantic and the
-rule schema), and a bare dict per action with only its key, id and reason takes about 3 µs (0.2 s for
-the first night), before any client is read or any condition evaluated. Under 1 s end to end needs the
-reads, the conditions and the actions kept as columns (numpy or DuckDB) until the host reads them: a
-second design of the plan path, not a tuning of this one. The full example set also records every
-earlier dunning step a first night skips as `superseded` ({r['engine_full']['superseded']:,.0f} of its
-held-back actions); those dominate its time and memory. The 1M-client column of the curve below shows
-the memory side.
+**The floor.** `benchmarks/floor.py` is the least a Python program can do for this plan: a hand-written
+program that reads only the columns forgotten + release need from retainer's own store (the per-client
+summary included), decides with comparisons of ISO text, and writes the same {e['actions']:,.0f} actions,
+field for field (keys, uuid5 ids, reasons, titles, evidence, least-loaded reassignment in key order), with
+no validation, ledger, policies or explanation. This run checks that its actions equal retainer's and its
+pairs the tuned query's. From process start to JSON written it takes {r['floor_s']:.2f} s and
+{r['floor_rss_mb']:.0f} MB, so `retainer plan` end to end is {r['e2e_s'] / r['floor_s']:.1f}× the floor. The 1 s
+target is below what CPython does on this machine for this output, whatever retainer's design: reading
+the 100k clients with their latest activity is about 0.3 s, and building, identifying and writing each
+action about 8 µs.
+
+The full example set's target (2 s) is out of reach for the same reason: at the floor's cost per action,
+its {r['engine_full']['actions'] + r['engine_full']['suppressed']:,.0f} actions and held-back actions take about
+{(r['engine_full']['actions'] + r['engine_full']['suppressed']) * 8e-6:.1f} s before its 500,000 invoices are read.
+Its memory target (500 MB) is at the edge: the floor holds about 135 MB of objects when it writes its
+{e['actions']:,.0f} actions (about 1.3 KB an action with its texts), and `Engine.plan` returns five times as
+many as objects, {r['engine_full']['superseded']:,.0f} of them `superseded` dunning steps (reported once, as
+DESIGN §12 asks).
+
+What is left between retainer and the floor is its generality: typed facts and actions, per-client
+episodes and thresholds from attributes, policies, the ledger check, and a reason with evidence for every
+decision. Importing retainer takes about 0.35 s (pydantic and the rule schema) against the floor's 0.08 s.
 
 A backtest's sweep evaluates about 2,400 of the 100k clients a step: new facts that can make a rule
 hold, wake dates, held-back actions, and clients skipped for a touch whose old wake date comes up once
@@ -379,7 +409,8 @@ Per-event latency of reactive mode is measured by `benchmarks/reactive.py`, belo
 def _targets(r: dict[str, Any]) -> str:
     """Issue 7's numbers next to what this run measured: the page says plainly what is not met yet."""
     rows = [
-        ("`retainer plan` end to end at 100k, under 1 s", f"{r['e2e_s']:.2f} s", r["e2e_s"] < 1),
+        ("`retainer plan` end to end at 100k, under 1 s",
+         f"{r['e2e_s']:.2f} s (the CPython floor, `floor.py`: {r['floor_s']:.2f} s)", r["e2e_s"] < 1),
         ("`Engine.plan`, full example rule set at 100k, under 2 s", f"{r['engine_full']['plan']:.2f} s",
          r["engine_full"]["plan"] < 2),
         ("peak memory at 100k under 500 MB (forgotten + release, end to end)", f"{r['e2e_rss_mb']:.0f} MB",

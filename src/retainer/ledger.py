@@ -16,10 +16,10 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from .actions import Action, Suppression, parse_action
+from .plan import Plan, _as_is, _default, action_dict, dumps
 
 if TYPE_CHECKING:
     from .adapters.dispatch import DispatchReport
-    from .plan import Plan
 
 __all__ = ["ACTIVE", "STATUSES", "LedgerEntry", "RunRecord", "RunReport", "Status", "action_payload"]
 
@@ -46,8 +46,6 @@ def check_statuses(status: Any) -> None:
 def action_payload(action: Action) -> str:
     """The action's JSON as the ledger keeps it (and as a webhook receives it): compact, keys sorted,
     like `plan.to_json()` (through orjson: a first night at 100k clients commits 70k actions)."""
-    from .plan import _as_is, dumps
-
     return dumps(_as_is(action))
 
 
@@ -170,8 +168,6 @@ class RunReport:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        from .plan import _default, action_dict
-
         return json.loads(
             json.dumps(
                 {
