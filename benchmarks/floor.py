@@ -45,6 +45,9 @@ def main(db_path: str) -> list[tuple[str, str]]:
     today = date.fromisoformat(AS_OF[:10])
     # the first instant too recent for each threshold: a client is forgotten when its activity is before it
     bound = {d: (today - timedelta(days=d - 1)).isoformat() for d in (30, 60, 44, 74)}
+    newest = db.execute("SELECT max(value) FROM retainer_newest").fetchone()[0]
+    if newest is not None and newest > AS_OF:  # as retainer does, which then scans the fact tables instead
+        sys.exit(f"a fact is dated {newest}, after as_of: the per-client summaries do not answer as of {AS_OF}")
     sql = (
         "SELECT c.id, c.name, c.manager_id, c.tags, c.created_at, c.contact_policy, "
         "max(coalesce(l.touches_at, ''), coalesce(l.tasks_created_at, ''), coalesce(l.tasks_done_at, ''), "
@@ -53,12 +56,12 @@ def main(db_path: str) -> list[tuple[str, str]]:
         "FROM clients c LEFT JOIN retainer_latest l ON l.client_id = c.id WHERE c.status != 'archived' ORDER BY c.id"
     )
     rows = db.execute(sql).fetchall()
-    future = {
+    future = {  # an open task due on or after as_of's day (no fact is dated after as_of: see above)
         cid
         for (cid,) in db.execute(
-            "SELECT DISTINCT client_id FROM tasks WHERE due_at >= ? AND (done_at IS NULL OR done_at > ?) "
-            "AND created_at <= ?",
-            [AS_OF[:10], AS_OF, AS_OF],
+            "SELECT DISTINCT client_id FROM tasks WHERE due_at >= :day AND done_at IS NULL AND status = 'open' "
+            "AND (created_at IS NULL OR created_at <= :asof)",
+            {"day": AS_OF[:10] + "T00:00:00Z", "asof": AS_OF},
         )
     }
     # pass 1: who is forgotten, and who is released (in key order, each to the least loaded active manager
@@ -73,7 +76,7 @@ def main(db_path: str) -> list[tuple[str, str]]:
     candidates = {m for m in active if m not in supervisors}
     heap = [(loads.get(m, 0), m) for m in candidates]
     heapq.heapify(heap)
-    forgotten: list[tuple[str, str, str, str, int]] = []
+    forgotten: list[tuple[str, str, str, str, int, bool]] = []
     blocked: set[str] = set()
     release: list[tuple[str, str, str]] = []
     moved: dict[str, str] = {}
@@ -81,12 +84,12 @@ def main(db_path: str) -> list[tuple[str, str]]:
         anchor = last or created
         if not anchor:
             continue
-        after = 30 if "key-account" in (tags or "").split(",") else 60
+        after = 30 if "key-account" in (tags or "").split(";") else 60
         if anchor[:10] >= bound[after]:
             continue
         if policy == "do_not_contact":
             blocked.add(cid)
-        forgotten.append((cid, name, manager, anchor, after))
+        forgotten.append((cid, name, manager, anchor, after, bool(last)))
         if anchor[:10] < bound[after + 14] and cid not in future:
             release.append((f"release:{cid}:{anchor[:10]}:", cid, manager))
     for _key, cid, manager in sorted(release):  # key order: "c1003:" sorts after "c10031:"
@@ -114,10 +117,11 @@ def main(db_path: str) -> list[tuple[str, str]]:
     out: list[dict[str, object]] = []
     pairs: list[tuple[str, str]] = []
     released = {cid for _key, cid, _m in release}
-    for cid, name, manager, anchor, after in forgotten:
+    for cid, name, manager, anchor, after, active_ever in forgotten:
         day = anchor[:10]
         days = (today - date.fromisoformat(day)).days
-        at = datetime.fromisoformat(anchor.replace("Z", "+00:00")).isoformat()
+        # evidence shows the last activity, none for a client never active (counted from created_at)
+        at = datetime.fromisoformat(anchor.replace("Z", "+00:00")).isoformat() if active_ever else None
         evidence = {"days_since_activity": days, "episode": day, "last_activity_at": at, "threshold": f"{after}d"}
         pairs.append(("forgotten", cid))
         if cid in released:
