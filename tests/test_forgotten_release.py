@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import date, timedelta
 from typing import Any
@@ -62,6 +63,14 @@ def simple(store: Store, *, touch_at: str = T0, **client: Any) -> None:
 
 
 # ---------------------------------------------------------------- forgotten: the threshold
+
+
+def test_evidence_instants_are_written_in_the_rule_sets_zone(store: Store) -> None:
+    """Stored in UTC, shown as the analyst's clock reads them: the plan's as_of and the evidence alike."""
+    simple(store, touch_at="2026-01-01T22:30:00Z")  # already Jan 2 in Moscow
+    plan = engine_for({**forgotten_rules(), "timezone": "Europe/Moscow"}, store).plan(day(80))
+    (evidence,) = (a["evidence"] for a in json.loads(plan.to_json())["actions"])
+    assert (evidence["last_activity_at"], evidence["episode"]) == ("2026-01-02T01:30:00+03:00", "2026-01-02")
 
 
 @pytest.mark.parametrize(("n", "forgotten"), [(58, False), (59, False), (60, True), (61, True)])

@@ -133,14 +133,15 @@ class _Reassigner:
                 self._member_of.setdefault(m.id, []).append(key)
         skipped: list[tuple[int, str]] = []
         choice = None
+        loads, managers = self.loads, self.managers
         while heap:
             load, mid = heap[0]
-            actual = self.loads.get(mid, 0)
+            actual = loads.get(mid, 0)
             if load != actual:  # stale: re-file at its real load
                 heapq.heapreplace(heap, (actual, mid))
                 continue
-            m = self.managers[mid]
-            if mid == current or not self._room(m):
+            m = managers[mid]
+            if mid == current or (m.max_clients is not None and actual >= m.max_clients):  # no room
                 skipped.append(heapq.heappop(heap))
                 continue
             choice = m
@@ -298,9 +299,10 @@ def _emit_group(
     get_manager, get_moved = managers.get, moved.get
     hold, make, new_id, plain = policies.hold, _make, action_id, _PLAIN
     evidence_cols, reason_of, fills = prep.evidence, prep.reason, prep.fills
-    as_of_date, rule_id = prep.as_of_date, rule.id
+    as_of_date, rule_id, tz = prep.as_of_date, rule.id, a.tz
     for m in ms:
         i, client, about = m.i, m.client, m.about
+        threshold = str(m.threshold) if m.threshold is not None else ""
         incoming = m.new_manager or (get_moved(client.id) if client is not None else None)
         taker = incoming if m.new_manager is None else None  # another rule of this plan reassigns the client
         manager = about or taker or (get_manager(client.manager_id) if client is not None else None)
@@ -319,14 +321,18 @@ def _emit_group(
             "new_manager": incoming,
             "as_of": as_of_date,
             "rule": rule_id,
-            "threshold": str(m.threshold) if m.threshold else "",
+            "threshold": threshold,
         }
         evidence = {}
         for name, col in evidence_cols:
             v = col[i]
-            evidence[name] = v if type(v) in plain else _evidence_value(v, a)
+            t = type(v)
+            if t in plain:
+                evidence[name] = v
+            else:  # an instant in the rule set's zone (most evidence that is not plain), or a set as a list
+                evidence[name] = v.astimezone(tz).isoformat() if t is datetime else _evidence_value(v, a)
         if m.threshold is not None:
-            evidence["threshold"] = str(m.threshold)
+            evidence["threshold"] = threshold
         evidence["episode"] = m.episode
         reason = reason_of(objects, i)
         client_id = client.id if client is not None else None

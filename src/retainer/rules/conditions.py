@@ -305,9 +305,10 @@ class OlderThan(Node):
                         problems[i] = f"{dur} {col[i]!r} is not a duration (write e.g. 45d, 6w, 2mo, 36h)"
         if self.plus is not None:
             plus = self.plus
-            extended: dict[Duration, Duration] = {}
+            extended: dict[int, Duration] = {}  # by identity, as in `mask`
             out = [
-                None if d is None else extended.get(d) or extended.setdefault(d, add_durations(d, plus)) for d in out
+                None if d is None else extended.get(id(d)) or extended.setdefault(id(d), add_durations(d, plus))
+                for d in out
             ]
         return out, problems
 
@@ -316,17 +317,14 @@ class OlderThan(Node):
         as_of = frame.as_of
         values = frame.column(self.feature)
         durs = self.durations(frame)
-        cache: dict[Duration, Callable[[datetime], bool]] = {}
-        out = []
-        for v, d in zip(values, durs, strict=True):
-            if v is None or d is None:
-                out.append(False)
-                continue
-            fn = cache.get(d)
-            if fn is None:
-                fn = cache[d] = _older_fn(as_of, d)
-            out.append(fn(v))
-        return out
+        # a client's duration is one of a few objects: look them up by identity (hashing a Duration, a
+        # dataclass, for every client cost more than the comparison itself)
+        kinds = {id(d): d for d in durs if d is not None}
+        if not any(d.is_hours for d in kinds.values()):  # calendar durations: one bound each
+            bound = {k: as_of.older_bound(d) for k, d in kinds.items()}
+            return [v is not None and d is not None and v < bound[id(d)] for v, d in zip(values, durs, strict=True)]
+        fns = {k: _older_fn(as_of, d) for k, d in kinds.items()}
+        return [v is not None and d is not None and fns[id(d)](v) for v, d in zip(values, durs, strict=True)]
 
     def explain(self, frame: Frame, i: int) -> ExplainNode:
         v = frame.column(self.feature)[i]
