@@ -154,14 +154,17 @@ def test_the_page_reports_retainer_against_the_floor() -> None:
     full = {"plan": 16.0, "rss_mb": 1500.0, "actions": 160000, "suppressed": 190000, "superseded": 144000}
     results = {
         "clients": 100_000, "import_s": 70.0, "engine": plan, "engine_full": full, "e2e_s": 4.0, "e2e_rss_mb": 340.0,
-        "floor_s": 1.6, "floor_rss_mb": 200.0, "fr_sql_s": 2.0, "pairs": 69425,
+        "floor_s": 1.6, "floor_rss_mb": 200.0, "floor_sql_s": 0.8, "floor_sql_rss_mb": 20.0, "fr_sql_s": 2.0,
+        "pairs": 69425,
         "runs": [{"s": 20.0, "rss_mb": 600.0, "new": 68755}, {"s": 3.5, "rss_mb": 440.0, "duplicate": 68755}],
         "baseline": {"python": {"eval_s": 2.0, "rss_mb": 1300.0, "load_s": 5.0}},
     }  # fmt: skip
     page = run.render(results, argparse.Namespace(repeat=3))
-    assert "| CPython floor (`floor.py`): the same actions, hand-written, end to end | 1.60 | 200 | 0.8× |" in page
-    assert "4.00 s (the CPython floor, `floor.py`: 1.60 s) | no |" in page
-    assert "is 2.5× the floor" in page
+    assert "| floor, Python loop (`floor.py`): the same actions, hand-written, end to end | 1.60 | 200 | 0.8× |" in page
+    assert "| floor, SQLite writes the actions (`floor_sql.py`), end to end | 0.80 | 20 | 0.4× |" in page
+    assert "4.00 s (the same actions hand-written: 0.80 s with SQLite writing them, 1.60 s in a Python loop) | no" in (
+        page)
+    assert "is\n2.5× the first and 5.0× the second" in page
     with io.StringIO() as out:  # the page is Markdown the docs build renders: no stray braces from the f-string
         out.write(page)
         assert "{" not in out.getvalue().split("## Reactive mode")[0].replace("{client.name}", "")
