@@ -393,6 +393,27 @@ def _moves(plan: Plan) -> dict[str, str | None]:
     return {a.client_id: a.to_manager_id for a in of(plan, "release", "reassign")}
 
 
+def test_a_committed_reassignment_stands_until_the_host_moves_the_client(store: Store) -> None:
+    """Released on day 74, still m1's in the CRM on day 90 (the host has not moved it yet): the client's new
+    task goes to m2, as it would have on day 74, and a re-run of day 74 plans nothing new."""
+    _forgotten_clients(store, [{"id": "m0"}, {"id": "m1", "supervisor_id": "m0"}, {"id": "m2"}],
+                       [{"id": "c1", "manager_id": "m1"}])
+    rules = release_rules()
+    rules["rules"].append({"id": "late", "category": "retention", "when": {"days_since_activity": {"gte": 90}},
+                           "then": [{"create_task": {"title": "Call {client.name}", "due_in": "1d"}}]})
+    rules["rules"].append({"id": "esc", "kind": "escalate", "watch_rule": "forgotten", "after": "1d"})
+    engine = engine_for(rules, store)
+    engine.run(day(73))  # forgotten since day 60: its task, unresolved, is escalated a day later
+    first = engine.run(day(74))
+    assert _moves(first.plan) == {"c1": "m2"}
+    # the escalation is about the client's manager, m2 from tonight, who has no supervisor to tell
+    assert [(s.action.rule, s.reason_code) for s in first.plan.suppressed if s.action.rule == "esc"] == [
+        ("esc", "no_recipient")]
+    assert not engine.run(day(74)).committed
+    (task,) = of(engine.plan(day(90)), "late")
+    assert task.assignee_id == "m2"
+
+
 def test_least_loaded_picks_the_least_loaded_and_never_the_current(store: Store) -> None:
     _forgotten_clients(store, [{"id": "m1"}, {"id": "m2"}, {"id": "m3"}], [
         {"id": "c1", "manager_id": "m1"},

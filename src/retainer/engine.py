@@ -582,10 +582,12 @@ class Engine:
         matches = _resolve_ladders(matches, ledger)
         reassigner = _Reassigner(managers, self.store.manager_loads(a.instant), self.store)
         movers = [m for m in matches if m.rule.reassign is not None and not m.blocked and m.client]
+        given = self._given(movers, ledger, managers)
         for m in sorted(movers, key=lambda m: m.head):  # in key order
             spec = m.rule.reassign
             assert spec is not None and m.client is not None
-            if _key(m.rule.id, m.subject_id, m.episode, "reassign") in ledger:
+            if m.head + "reassign" in ledger:
+                m.new_manager = given.get(m.head + "reassign")
                 continue
             m.new_manager = reassigner.pick(m.rule.id, m.client.manager_id, spec)
             if m.new_manager is None:
@@ -638,6 +640,23 @@ class Engine:
             warnings=sorted(set(warnings)),
         )
         return plan, frame, matches
+
+    def _given(
+        self, movers: list[_Match], ledger: Mapping[str, str], managers: dict[str, Manager]
+    ) -> dict[str, Manager]:
+        """The managers that earlier runs gave these clients to, by reassign key. A committed reassignment
+        stands: the client is the new manager's from then on, so the other rules' tasks and messages go
+        to them on every later plan, as on the night it was decided (a re-run of that night must plan
+        nothing new), whether or not the host has moved the client yet."""
+        keys = [m.head + "reassign" for m in movers if m.head + "reassign" in ledger]
+        if not keys:
+            return {}
+        out: dict[str, Manager] = {}
+        for e in self.store.ledger(ids=[action_id(k) for k in keys]):
+            to = managers.get(e.payload_fields.get("to_manager_id") or "")
+            if to is not None:
+                out[e.key] = to
+        return out
 
     def _emit_all(
         self,
