@@ -8,6 +8,7 @@ import csv
 import random
 import sqlite3
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from typer.testing import CliRunner
 import retainer
 from retainer.cli import app
 from retainer.datafiles import CHUNK, import_data
-from retainer.model import ENTITIES
+from retainer.model import ENTITIES, MAX_AMOUNT
 from retainer.stores import _ingest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -264,3 +265,14 @@ def test_a_repeated_id_across_chunks_of_a_bulk_load_names_the_later_line(tmp_pat
             import_data(crm, s)
         assert s.count("touches") == 0 and s.count("clients") == 0
     assert str(info.value) == f"{crm / 'touches.csv'}:{n + 2} id=t5 field id: duplicate id in the same batch"
+
+
+@pytest.mark.parametrize("amount", ["1E100", "922337203685477.5808", "-922337203685477.5808"])
+def test_an_amount_too_large_for_the_store_is_a_data_error_naming_the_row(store: Any, amount: str) -> None:
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}])
+    with pytest.raises(retainer.DataError, match=r"invoices\[0\] id=i1 field amount: .*too large"):
+        store.add(invoices=[{"id": "i1", "client_id": "c1", "issued_at": "2026-01-01", "amount": amount}])
+    assert store.add(invoices=[{"id": "i1", "client_id": "c1", "issued_at": "2026-01-01",
+                                "amount": str(MAX_AMOUNT)}]) == {"invoices": 1}
+    (inv,) = store.facts("invoices", datetime(2026, 3, 1, tzinfo=UTC))
+    assert inv.amount == MAX_AMOUNT  # the largest amount round-trips exactly

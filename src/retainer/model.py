@@ -50,6 +50,11 @@ def _instant(value: Any, info: ValidationInfo) -> Any:
     return value
 
 
+#: the largest amount a store holds: stores keep money as an integer count of ten-thousandths (SQLite's
+#: 64-bit INTEGER), so 1E100 is refused here, with the row named, rather than failing in the store
+MAX_AMOUNT = Decimal(2**63 - 1) / 10_000
+
+
 def _money(value: Any) -> Any:
     if value is None or value == "":
         return None
@@ -61,6 +66,8 @@ def _money(value: Any) -> Any:
         raise ValueError(f"invalid amount {value!r}") from exc
     if not d.is_finite():
         raise ValueError(f"invalid amount {value!r}")
+    if abs(d) > MAX_AMOUNT:
+        raise ValueError(f"amount {value!r} is too large (at most {MAX_AMOUNT})")
     if d != d.quantize(Decimal("0.0001")):
         raise ValueError(f"amount {value!r} has more than 4 decimal places")
     return d
