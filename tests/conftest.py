@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -47,3 +50,18 @@ def store(backend: str, tmp_path: Path) -> Iterator[Store]:
 
 def engine_for(rules: dict[str, Any] | str, store: Store) -> retainer.Engine:
     return retainer.Engine(retainer.load_rules(rules), store)
+
+
+def bench_module(name: str) -> ModuleType:
+    """A script of benchmarks/ loaded as a module (with benchmarks/ importable while it loads, for the
+    scripts that import each other), for tests of the benchmark code itself."""
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location(name, bench / f"{name}.py")
+        assert spec and spec.loader
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(str(bench))

@@ -4,32 +4,18 @@ benchmarks/run.py reports it."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from conftest import bench_module
 
 import retainer
 
 ROOT = Path(__file__).resolve().parents[1]
 AS_OF = "2026-03-01"
-
-
-def _module(name: str) -> ModuleType:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-        assert spec and spec.loader
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
 
 
 def _day(days_before: int, hour: int = 10) -> str:
@@ -99,7 +85,7 @@ def test_floors_write_retainers_actions_field_for_field(store_path: Path, capsys
     store = retainer.open_store(f"sqlite:///{store_path}", timezone=rules.tz)
     ours = json.loads(retainer.Engine(rules, store).plan(AS_OF).to_json())["actions"]
     store.close()
-    pairs = _module(program).main(str(store_path))
+    pairs = bench_module(program).main(str(store_path))
     theirs = json.loads(capsysbinary.readouterr().out)["actions"]
     assert ours == theirs
     by_key = {a["key"].rsplit(":", 2)[0]: a for a in ours}
@@ -122,7 +108,7 @@ def test_floors_never_release_to_the_current_manager(tmp_path: Path, capsysbinar
         touches=[{"id": f"t{n}", "client_id": f"a{n}", "at": _day(d)} for n, d in ((1, 100), (2, 5), (3, 5))],
     )  # m1 has the fewest clients, but a1 is leaving m1
     store.close()
-    _module(program).main(str(path))
+    bench_module(program).main(str(path))
     actions = json.loads(capsysbinary.readouterr().out)["actions"]
     assert [(a["client_id"], a.get("to_manager_id")) for a in actions if a["type"] == "reassign"] == [("a1", "m2")]
 
@@ -133,11 +119,11 @@ def test_floors_refuse_a_store_with_facts_after_as_of(store_path: Path, program:
     store.add(touches=[{"id": "t12", "client_id": "c1", "at": _day(-3)}])  # the summaries now hold it
     store.close()
     with pytest.raises(SystemExit, match="after as_of"):
-        _module(program).main(str(store_path))
+        bench_module(program).main(str(store_path))
 
 
 def test_run_fails_when_the_floor_writes_other_actions(tmp_path: Path) -> None:
-    run = _module("run")
+    run = bench_module("run")
     plan, floor = tmp_path / "plan.json", tmp_path / "floor.json"
     plan.write_text(json.dumps({"actions": [{"key": "a", "id": "1"}, {"key": "b", "id": "2"}]}))
     floor.write_text(json.dumps({"actions": [{"key": "a", "id": "1"}, {"key": "b", "id": "3"}]}))
@@ -148,7 +134,7 @@ def test_run_fails_when_the_floor_writes_other_actions(tmp_path: Path) -> None:
 
 
 def test_the_page_reports_retainer_against_the_floor() -> None:
-    run = _module("run")
+    run = bench_module("run")
     plan = {"plan": 3.0, "rss_mb": 330.0, "plan.fetch": 1.0, "plan.evaluate": 0.5, "plan.actions": 1.5,
             "to_json": 0.2, "actions": 68755}  # fmt: skip
     full = {"plan": 16.0, "rss_mb": 1500.0, "actions": 160000, "suppressed": 190000, "superseded": 144000}
