@@ -123,12 +123,13 @@ def demo_store(work: Path) -> Path:
 
 
 def same_actions(plan: Path, floor: Path) -> None:
-    """floor.py must write retainer's actions, field for field, or it is not the floor of this plan."""
+    """A floor must write retainer's actions, field for field, or it is not the floor of this plan."""
     ours, theirs = json.loads(plan.read_bytes())["actions"], json.loads(floor.read_bytes())["actions"]
     if ours != theirs:
-        bad = next((x["key"], y["key"]) for x, y in zip(ours, theirs, strict=False) if x != y) if len(ours) == len(
-            theirs) else (len(ours), len(theirs))  # fmt: skip
-        sys.exit(f"floor.py's actions differ from retainer's: {bad}")
+        pairs = enumerate(zip(ours, theirs, strict=False))
+        first = next((i for i, (x, y) in pairs if x != y), min(len(ours), len(theirs)))
+        sys.exit(f"{floor.name}: its actions differ from retainer's from action {first} on "
+                 f"({len(theirs):,} actions against {len(ours):,})")  # fmt: skip
 
 
 def median_of(runs: list[dict[str, float]], key: str) -> float:

@@ -103,8 +103,9 @@ class _Reassigner:
             self._static[key] = got
         return got
 
-    def _room(self, m: Manager) -> bool:
-        return m.max_clients is None or self.loads.get(m.id, 0) < m.max_clients
+    @staticmethod
+    def _room(m: Manager, load: int) -> bool:
+        return m.max_clients is None or load < m.max_clients
 
     def pick(self, rule_id: str, current: str, spec: ReassignSpec) -> Manager | None:
         cur = self.managers.get(current)
@@ -141,7 +142,7 @@ class _Reassigner:
                 heapq.heapreplace(heap, (actual, mid))
                 continue
             m = managers[mid]
-            if mid == current or (m.max_clients is not None and actual >= m.max_clients):  # no room
+            if mid == current or not self._room(m, actual):
                 skipped.append(heapq.heappop(heap))
                 continue
             choice = m
@@ -157,7 +158,7 @@ class _Reassigner:
         start = bisect.bisect_right(ids, last) if last is not None else 0
         for k in range(len(cands)):
             m = cands[(start + k) % len(cands)]
-            if m.id != current and self._room(m):
+            if m.id != current and self._room(m, self.loads.get(m.id, 0)):
                 self.cursors[name] = m.id
                 return m
         return None
@@ -655,11 +656,11 @@ class Engine:
         to them on every later plan, as on the night it was decided (a re-run of that night must plan
         nothing new), whether or not the host has moved the client yet. Read only for clients with an
         action not yet in the ledger: a night of duplicates (29,000 committed releases at 100k) reads none."""
-        keys = [m.head + "reassign" for m in movers if m.head + "reassign" in ledger]
-        if not keys:
+        committed = [m for m in movers if m.head + "reassign" in ledger]
+        if not committed:
             return {}
-        fresh = {m.subject_id for m in matches if not _committed(m, ledger)}
-        keys = [k for m in movers if (k := m.head + "reassign") in ledger and m.subject_id in fresh]
+        fresh = {m.subject_id for m in matches if not _committed(m, ledger)}  # the client's, by any rule
+        keys = [m.head + "reassign" for m in committed if m.subject_id in fresh]
         if not keys:
             return {}
         out: dict[str, Manager] = {}
