@@ -117,6 +117,9 @@ _KINDS: dict[str, dict[str, str]] = {
 }
 _SQLTYPE = {"text": str, "instant": str, "money": int, "bool": int, "int": int, "tags": str, "json": str}
 
+#: facts per client from which every client's max/min is read by index seeks rather than a grouped scan
+SEEK_DENSITY = 4
+
 _INDEXES: dict[str, list[list[str]]] = {
     "clients": [["manager_id"]],
     "touches": [["client_id", "at", "direction", "kind"]],
@@ -1051,17 +1054,16 @@ class SQLiteStore:
         as_of: datetime,
         client_ids: Sequence[str] | None,
     ) -> None:
-        if client_ids is not None:
-            seek = [
-                n for n, s in enumerate(specs)
-                if s.fn in ("max", "min") and (entity, s.field) in self._seekable
-            ]  # fmt: skip
-            if seek:
-                self._aggregate_seek(entity, [specs[n] for n in seek], [outs[n] for n in seek], as_of, client_ids)
-                rest = [n for n in range(len(specs)) if n not in seek]
-                if not rest:
-                    return
-                specs, outs = [specs[n] for n in rest], [outs[n] for n in rest]
+        seek = [
+            n for n, s in enumerate(specs)
+            if s.fn in ("max", "min") and (entity, s.field) in self._seekable
+        ]  # fmt: skip
+        if seek and (client_ids is not None or self._dense(entity)):
+            self._aggregate_seek(entity, [specs[n] for n in seek], [outs[n] for n in seek], as_of, client_ids)
+            rest = [n for n in range(len(specs)) if n not in seek]
+            if not rest:
+                return
+            specs, outs = [specs[n] for n in rest], [outs[n] for n in rest]
         base, params = _existing_at(entity, as_of, client_ids)
         exists = EXISTS_FIELD[entity]
         selects, kinds, filters = [], [], []
@@ -1124,15 +1126,29 @@ class SQLiteStore:
                 conds.append(f"{t} > :s{n}")
         return conds + [self._pred(entity, p, f"p{n}_{k}", params) for k, p in enumerate(spec.where)]
 
+    def _dense(self, entity: str) -> bool:
+        """Whether `entity` holds at least SEEK_DENSITY facts per client (rowids as the estimate: two index
+        reads). Then a seek per client beats a grouped scan even over every client: at 20 touches a client,
+        100k seeks take a third of the time of reading the 2M rows."""
+        n = self.db.execute(f"SELECT max(rowid) FROM {entity}").fetchone()[0] or 0
+        c = self.db.execute("SELECT max(rowid) FROM clients").fetchone()[0] or 0
+        return c > 0 and n >= SEEK_DENSITY * c
+
     def _aggregate_seek(
-        self, entity: str, specs: list[AggSpec], outs: list[dict[str, Any]], as_of: datetime, client_ids: Sequence[str]
+        self,
+        entity: str,
+        specs: list[AggSpec],
+        outs: list[dict[str, Any]],
+        as_of: datetime,
+        client_ids: Sequence[str] | None,
     ) -> None:
-        """Max/min aggregates of some clients, each one walk of a (client_id, field) index from the end
-        that stops at the first row that counts: a client with thousands of touches costs one seek, not
-        a read of every row (the grouped scan's cost, which a backtest's sweep pays for every busy client
-        on every step)."""
+        """Max/min aggregates of some clients (None: every client), each one walk of a (client_id, field)
+        index from the end that stops at the first row that counts: a client with thousands of touches costs
+        one seek, not a read of every row (the grouped scan's cost, which a backtest's sweep pays for every
+        busy client on every step, and a plan as of a date before the newest fact for every client)."""
         base, params = _existing_at(entity, as_of, None)
-        params["ids"] = json.dumps(list(client_ids))
+        if client_ids is not None:
+            params["ids"] = json.dumps(list(client_ids))
         subs, kinds = [], []
         for n, spec in enumerate(specs):
             expr, kind = self._expr(entity, spec.field or "id")
@@ -1141,7 +1157,8 @@ class SQLiteStore:
             subs.append(f"(SELECT {expr} FROM {entity} WHERE client_id = j.value AND {' AND '.join(conds)} "
                         f"ORDER BY {expr} {order} LIMIT 1)")  # fmt: skip
             kinds.append("money" if kind == "money" else kind)
-        sql = f"SELECT j.value, {', '.join(subs)} FROM json_each(:ids) AS j ORDER BY j.value"  # as GROUP BY does
+        ids = "json_each(:ids)" if client_ids is not None else "(SELECT id AS value FROM clients)"
+        sql = f"SELECT j.value, {', '.join(subs)} FROM {ids} AS j ORDER BY j.value"  # as GROUP BY does
         rows = self.db.execute(sql, params).fetchall()
         for j, (kind, out) in enumerate(zip(kinds, outs, strict=True)):
             f = _converter(kind) or (lambda x: x)
