@@ -404,8 +404,8 @@ A backtest's sweep evaluates about 2,400 of the 100k clients a step: new facts t
 hold, wake dates, held-back actions, and clients skipped for a touch whose old wake date comes up once
 for nothing (about 700 a step). Its reads are kept between steps (`sweep.Kept`), so a steady step is
 about 90 ms of partial plan (reads, conditions and actions in roughly equal parts), 10 ms of wake dates
-and 12 ms of commit; the first step (a full plan as of a past date, without the summaries, and the
-period's facts read once) is about 10 s of the year. Working out a skipped client's new wake date
+and 12 ms of commit; the first step (a full plan as of a past date, without the summaries, so the
+latest instants are read by index seeks, and the period's facts read once) is about 7 s of the year. Working out a skipped client's new wake date
 without evaluating it would save about a quarter of the evaluations; it needs each aggregate updated
 from the new rows' own values, which `fact_steps` does not read.
 Per-event latency of reactive mode is measured by `benchmarks/reactive.py`, below and in

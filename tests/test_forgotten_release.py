@@ -8,9 +8,11 @@ from datetime import date, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import retainer
-from retainer.actions import NAMESPACE
+from retainer.actions import NAMESPACE, action_id
 from retainer.plan import Plan
 from retainer.stores import Store
 from tests.conftest import engine_for
@@ -611,6 +613,11 @@ def test_do_not_contact_does_not_take_capacity(store: Store) -> None:
 
 
 # ---------------------------------------------------------------- keys, ids, determinism
+
+
+@given(st.text())
+def test_action_id_spells_the_stdlib_uuid5(key: str) -> None:
+    assert action_id(key) == str(uuid.uuid5(NAMESPACE, key))
 
 
 def test_action_ids_are_uuid5_of_the_key(store: Store) -> None:

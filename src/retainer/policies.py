@@ -53,6 +53,9 @@ CONTACT_TYPES: Final = frozenset({"create_task", "notify_client", "propose_offer
 SELLING_TYPES: Final = frozenset({"notify_client", "propose_offer", "create_deal"})
 MARKETING: Final = frozenset({"retention", "development"})
 DEFAULT_ORDER: Final = ("collection", "retention", "service", "development")
+_DEVELOPMENT: Final = frozenset({"development"})
+_OFFER: Final = frozenset({"propose_offer"})
+_TASK: Final = frozenset({"create_task"})
 
 
 def do_not_contact(contact_policy: str | None) -> str | None:
@@ -185,12 +188,19 @@ class Guard:
         return todo, held
 
     def _filter(
-        self, todo: list[Action], held: list[Suppression], code: str, why: Any
+        self,
+        todo: list[Action],
+        held: list[Suppression],
+        code: str,
+        why: Any,
+        types: frozenset[str],
+        categories: frozenset[str] | set[str] | None = None,
     ) -> list[Action]:
+        """`why(x)` is asked only of the `types` (and `categories`) the guard is about: the others always
+        pass, and a full plan holds hundreds of thousands of actions."""
         keep = []
         for x in todo:
-            detail = why(x)
-            if detail:
+            if x.type in types and (categories is None or x.category in categories) and (detail := why(x)):
                 held.append(hold(x, code, detail))
             else:
                 keep.append(x)
@@ -201,15 +211,11 @@ class Guard:
             return todo
 
         def why(x: Action) -> str | None:
-            if (
-                x.type in SELLING_TYPES
-                and x.category in MARKETING
-                and self._value("contact_policy", x.client_id) == "no_marketing"
-            ):
+            if self._value("contact_policy", x.client_id) == "no_marketing":
                 return f"the client's contact_policy is no_marketing: no {x.category} {x.type.replace('_', ' ')}"
             return None
 
-        return self._filter(todo, held, NO_MARKETING, why)
+        return self._filter(todo, held, NO_MARKETING, why, SELLING_TYPES, MARKETING)
 
     def _unprofitable(self, todo: list[Action], held: list[Suppression]) -> list[Action]:
         u = self.p.no_development_for_unprofitable
@@ -218,15 +224,13 @@ class Guard:
         name = f"profit_{u.window}"
 
         def why(x: Action) -> str | None:
-            if x.category != "development" or x.type not in CONTACT_TYPES:
-                return None
             profit = self._value(name, x.client_id)
             if profit is not None and profit < 0:
                 return (f"{name} is {_money(profit)} (revenue minus cost_to_serve): "
                         "no development for unprofitable clients")
             return None
 
-        return self._filter(todo, held, UNPROFITABLE, why)
+        return self._filter(todo, held, UNPROFITABLE, why, CONTACT_TYPES, _DEVELOPMENT)
 
     def _cooloff(self, todo: list[Action], held: list[Suppression]) -> list[Action]:
         c = self.p.cooloff
@@ -235,8 +239,6 @@ class Guard:
         blocks = set(c.blocks)
 
         def why(x: Action) -> str | None:
-            if x.category not in blocks or x.type not in CONTACT_TYPES:
-                return None
             end = self._value("last_offer_end_at", x.client_id)
             if end is None:
                 return None
@@ -248,7 +250,7 @@ class Guard:
                 return f"an offer ended on {ended.isoformat()}: no {x.category} for {c.for_} after an offer ends"
             return None
 
-        return self._filter(todo, held, COOLOFF, why)
+        return self._filter(todo, held, COOLOFF, why, CONTACT_TYPES, blocks)
 
     def _priority(self, todo: list[Action], held: list[Suppression]) -> list[Action]:
         if self.p.priority is None:
@@ -270,7 +272,7 @@ class Guard:
                 return f"{top.category} comes first: {top.rule} plans a {top.type.replace('_', ' ')} for this client"
             return None
 
-        return self._filter(todo, held, PRIORITY, why)
+        return self._filter(todo, held, PRIORITY, why, CONTACT_TYPES)
 
     def _spend_growth(self, todo: list[Action], held: list[Suppression]) -> list[Action]:
         g = self.p.spend_growth
@@ -285,7 +287,7 @@ class Guard:
 
         def why(x: Action) -> str | None:
             amount = getattr(x, "amount", None)
-            if x.type != "propose_offer" or amount is None or amount <= 0:
+            if amount is None or amount <= 0:
                 return None
             base = self._value(name, x.client_id) or Decimal(0)
             total = pending[x.client_id] + amount
@@ -301,7 +303,7 @@ class Guard:
             pending[x.client_id] = total
             return None
 
-        return self._filter(todo, held, SPEND_GROWTH, why)
+        return self._filter(todo, held, SPEND_GROWTH, why, _OFFER)
 
     def _caps(self, todo: list[Action], held: list[Suppression]) -> list[Action]:
         caps = self.p.caps
@@ -359,8 +361,6 @@ class Guard:
             used[e.fields.get("assignee_id")] += 1
 
         def why(x: Action) -> str | None:
-            if x.type != "create_task":
-                return None
             who = getattr(x, "assignee_id", None)
             if used[who] >= limit:
                 return (f"manager {who} already has {used[who]} tasks from retainer for {today.isoformat()} "
@@ -368,7 +368,7 @@ class Guard:
             used[who] += 1
             return None
 
-        return self._filter(todo, held, MANAGER_TASK_LIMIT, why)
+        return self._filter(todo, held, MANAGER_TASK_LIMIT, why, _TASK)
 
 
 def _money(v: Any) -> str:
