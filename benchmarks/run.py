@@ -405,9 +405,10 @@ hold, wake dates, held-back actions, and clients skipped for a touch whose old w
 for nothing (about 700 a step). Its reads are kept between steps (`sweep.Kept`), so a steady step is
 about 90 ms of partial plan (reads, conditions and actions in roughly equal parts), 10 ms of wake dates
 and 12 ms of commit; the first step (a full plan as of a past date, without the summaries, so the
-latest instants are read by index seeks, and the period's facts read once) is about 7 s of the year. Working out a skipped client's new wake date
-without evaluating it would save about a quarter of the evaluations; it needs each aggregate updated
-from the new rows' own values, which `fact_steps` does not read.
+latest instants are read by index seeks, and the period's facts read once) is about 7 s of the year.
+Working out a skipped client's new wake date without evaluating it would save about a quarter of the
+evaluations; it needs each aggregate updated from the new rows' own values, which `fact_steps` does not
+read.
 Per-event latency of reactive mode is measured by `benchmarks/reactive.py`, below and in
 [reactive mode](reactive.md#latency-and-operations).
 {extra}"""
