@@ -549,7 +549,6 @@ class Engine:
             problems: dict[int, str] = {}
             durs = rule.threshold.durations(fr, problems) if rule.threshold is not None else None
             episodes = fr.column(rule.episode) if rule.episode else None
-            spelled: dict[tuple[type, Any], str] = {}
             row_live = live if rule.subject == "client" else [c is None or c.status != "archived" for c in fr.clients]
             policy = fr.column("contact_policy") if rule.subject != "manager" else [None] * len(fr.ids)
             if rule.kind in ("forgotten", "release"):  # thresholds anchored on activity
@@ -564,16 +563,10 @@ class Engine:
                 st["matched"] += 1
                 if episodes is None:
                     ep = "once"
-                elif type(v := episodes[i]) is str:
+                elif type(v := episodes[i]) is str:  # an id (a dunning step's invoice) is its own spelling
                     ep = v
-                else:  # the same date (or amount, tags) is spelled once per rule, not once per client
-                    k = (type(v), v)
-                    try:
-                        ep = spelled.get(k)  # type: ignore[assignment]
-                    except TypeError:  # an unhashable value
-                        ep = _episode_text(v, a)
-                    if ep is None:
-                        ep = spelled[k] = _episode_text(v, a)
+                else:
+                    ep = _episode_text(v, a)
                 client = fr.clients[i]
                 about = managers[fr.ids[i]] if rule.subject == "manager" else None
                 matches.append(
