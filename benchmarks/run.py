@@ -75,18 +75,29 @@ def child(db: Path, pairs_out: Path | None, rules: Path = RULES) -> None:
     plan = engine.plan(AS_OF)
     total = time.perf_counter() - t1
     t2 = time.perf_counter()
-    plan.to_json()
+    json_mb = len(plan.to_json()) / 1e6
     to_json = time.perf_counter() - t2
     if pairs_out is not None:
         every = [*plan.actions, *(s.action for s in plan.suppressed)]
         pairs = sorted({(a.rule, a.client_id) for a in every if a.type in ("create_task", "reassign")})
         pairs_out.write_text("".join(f"{r},{c}\n" for r, c in pairs))
     print(json.dumps({
-        "setup": setup, "plan": total, "to_json": to_json, **{f"plan.{k}": v for k, v in plan.timings.items()},
+        "setup": setup, "plan": total, "to_json": to_json, "json_mb": json_mb,
+        **{f"plan.{k}": v for k, v in plan.timings.items()},
         "actions": len(plan.actions), "suppressed": len(plan.suppressed),
         "superseded": plan.stats["suppressed"].get("superseded", 0),
-        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "file_mb": file_mb(),
     }))
+
+
+def file_mb() -> float:
+    """The part of this process's memory that is mapped files, now: mostly the store's pages, which SQLite
+    maps (mmap_size) and the kernel can drop at any time; peak RSS counts them. Linux only (0 elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next((int(line.split()[1]) / 1024 for line in f if line.startswith("RssFile:")), 0.0)
+    except OSError:
+        return 0.0
 
 
 # ---------------------------------------------------------------- the parent
@@ -394,7 +405,11 @@ the few things SQL cannot do (uuid5, least-loaded in key order) as functions, an
 the host asks for one. That is a second design of the plan path, to replace this one, not a tuning of it.
 The full example set ({r['engine_full']['actions'] + r['engine_full']['suppressed']:,.0f} actions and held-back
 actions, {r['engine_full']['superseded']:,.0f} of them `superseded` dunning steps that DESIGN §12 reports) would
-need the same, for every kind and policy, to approach 2 s and 500 MB.
+need the same, for every kind and policy, to approach 2 s and 500 MB. Peak RSS counts the pages of the store
+file that SQLite maps into memory: at the end of the plan {r['engine_full']['file_mb']:.0f} MB of the full set's
+and {r['engine']['file_mb']:.0f} MB of forgotten + release's are mapped files, which the kernel can drop at any
+time. The rest is Python objects, most of them the plan itself: the full set's plan JSON alone is
+{r['engine_full']['json_mb']:.0f} MB.
 
 What is left between retainer and the floor is its generality: typed facts and actions, per-client
 episodes and thresholds from attributes, policies, the ledger check, and a reason with evidence for every

@@ -136,8 +136,9 @@ def test_run_fails_when_the_floor_writes_other_actions(tmp_path: Path) -> None:
 def test_the_page_reports_retainer_against_the_floor() -> None:
     run = bench_module("run")
     plan = {"plan": 3.0, "rss_mb": 330.0, "plan.fetch": 1.0, "plan.evaluate": 0.5, "plan.actions": 1.5,
-            "to_json": 0.2, "actions": 68755}  # fmt: skip
-    full = {"plan": 16.0, "rss_mb": 1500.0, "actions": 160000, "suppressed": 190000, "superseded": 144000}
+            "to_json": 0.2, "actions": 68755, "file_mb": 50.0, "json_mb": 35.6}  # fmt: skip
+    full = {"plan": 16.0, "rss_mb": 1500.0, "actions": 160000, "suppressed": 190000, "superseded": 144000,
+            "file_mb": 301.0, "json_mb": 221.5}  # fmt: skip
     results = {
         "clients": 100_000, "import_s": 70.0, "engine": plan, "engine_full": full, "e2e_s": 4.0, "e2e_rss_mb": 340.0,
         "floor_s": 1.6, "floor_rss_mb": 200.0, "floor_sql_s": 0.8, "floor_sql_rss_mb": 20.0, "fr_sql_s": 2.0,
@@ -151,6 +152,8 @@ def test_the_page_reports_retainer_against_the_floor() -> None:
     assert "4.00 s (the same actions hand-written: 0.80 s with SQLite writing them, 1.60 s in a Python loop) | no" in (
         page)
     assert "is\n2.5× the first and 5.0× the second" in page
+    assert "301 MB of the full set's\nand 50 MB of forgotten + release's are mapped files" in page
+    assert "plan JSON alone is\n222 MB" in page
     with io.StringIO() as out:  # the page is Markdown the docs build renders: no stray braces from the f-string
         out.write(page)
         assert "{" not in out.getvalue().split("## Reactive mode")[0].replace("{client.name}", "")

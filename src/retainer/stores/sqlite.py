@@ -914,7 +914,11 @@ class SQLiteStore:
         _ingest.check_entity(entity)
         conds, params = _existing_at(entity, as_of, client_ids)
         conds += [self._pred(entity, p, f"p{k}", params) for k, p in enumerate(where)]
-        return self._models(entity, f"WHERE {' AND '.join(conds)} ORDER BY client_id, id", params)
+        # Every client's facts in client order: SQLite would walk the (client_id, ...) index to skip the sort,
+        # with a row lookup per fact; a plain scan and a sort of the rows that pass is several times faster
+        # (a plan's invoices with money outstanding at 100k clients: 0.83 s -> 0.23 s).
+        hint = "NOT INDEXED " if client_ids is None and all(p.field != "id" for p in where) else ""
+        return self._models(entity, f"{hint}WHERE {' AND '.join(conds)} ORDER BY client_id, id", params)
 
     def iter(self, entity: str) -> Iterator[Entity]:
         _ingest.check_entity(entity)
