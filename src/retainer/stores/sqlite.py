@@ -1089,6 +1089,13 @@ class SQLiteStore:
                 kinds.append("money" if kind == "money" else kind)
                 used.update(_columns(entity, expr))
             used.update(_columns(entity, cond))
+        times = {spec.time_field for spec in specs}
+        if len(times) == 1 and None not in times and all(spec.since is not None for spec in specs):
+            # every aggregate counts a window: one bound at the earliest start drops the older rows before the
+            # aggregates' own conditions are looked at (a year of invoices among three: 0.56 s -> 0.45 s)
+            t, _ = self._expr(entity, times.pop())  # type: ignore[arg-type]
+            params["since"] = to_utc_text(min(spec.since for spec in specs))  # type: ignore[type-var]
+            base.append(f"{t} > :since")
         if "1" not in filters:  # a row no aggregate counts need not be grouped at all
             base.append("(" + " OR ".join(f"({c})" for c in filters) + ")")
         # Reading a whole table through an index that lacks some of the columns used costs one random row
