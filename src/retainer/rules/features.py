@@ -298,23 +298,22 @@ def outcome_feature(
     name: str, rule: str, episode: str, kind: str, field_: str, options: Sequence[str] = ()
 ) -> FeatureImpl:
     """The `field_` of the outcome the host recorded for this rule's `kind` action in the current episode
-    (a win-back reason task's churn reason): found by the action's key, so an old episode never counts."""
-    from ..actions import action_id
+    (a win-back reason task's churn reason): found by the action's key, so an old episode never counts.
+    The rule's committed actions of that type are read (a few per client that ever churned), not looked up
+    by an id made for every client: with none committed, nothing per client is made at all."""
     from ..keys import action_key, episode_text
 
     def compute(f: FeatureFrame) -> list[Any]:
         a = f.as_of
-        ids = [action_id(action_key(rule, cid, episode_text(v, a), kind)) if v is not None else None
-               for cid, v in zip(f.ids, f.column(episode), strict=True)]
-        found = {e.id: e for e in f.store.ledger(ids=[i for i in ids if i is not None])}
+        found = {e.key: e for e in f.store.ledger(rule=rule, types=[kind], client_ids=f._partial)}
         out: list[Any] = []
-        for cid, i in zip(f.ids, ids, strict=True):
-            e = found.get(i) if i is not None else None
+        for cid, ep in zip(f.ids, f.column(episode), strict=True):
+            e = found.get(action_key(rule, cid, episode_text(ep, a), kind)) if found and ep is not None else None
             v = e.outcome.get(field_) if e is not None and e.outcome else None
             text = None if v is None else norm_reason(v)
             if text is not None and options and text not in {norm_reason(o) for o in options}:
-                f.warnings.append(f"rule {rule}, client {cid}: {field_} {v!r} recorded on action {i} is not one of "
-                                  f"the options ({', '.join(options)}); the process waits")
+                f.warnings.append(f"rule {rule}, client {cid}: {field_} {v!r} recorded on action {e.id} is not one "  # type: ignore[union-attr]
+                                  f"of the options ({', '.join(options)}); the process waits")
             out.append(text)
         return out
 
