@@ -114,6 +114,77 @@ def test_a_partial_payment_keeps_the_ladder(store: Store) -> None:
     assert [a.key for a in s.tick(at(60)).committed if a.rule == "debtor"] == ["debtor:c1:due+10d:notify_client"]
 
 
+def test_instalments_add_up_and_the_last_one_stops_the_ladder(store: Store) -> None:
+    """`amount` is this payment: 200 then 300 pay the 500 in full (before, the second overwrote the first
+    and the ladder sent an SMS to a client who had paid everything)."""
+    s = Session(RULES, store)
+    s.tick(at(53))
+    assert s.post({"type": "invoice_paid", "id": "due", "at": at(54), "amount": "200"}).transitions == []
+    r = s.post({"type": "invoice_paid", "id": "due", "at": at(55), "amount": 300})
+    assert [(t.from_state, t.to_state) for t in r.transitions] == [("step_3d", "paid")]
+    inv = store.get("invoices", "due")
+    assert (inv.paid_amount, inv.paid_at) == (500, at(55))  # type: ignore[union-attr]
+    assert not [a for a in s.tick(at(80)).committed if a.rule == "debtor"]
+
+
+def test_a_running_total_is_taken_as_it_is_so_a_redelivered_payment_changes_nothing(store: Store) -> None:
+    s = Session(RULES, store)
+    s.tick(at(53))
+    for _ in range(2):  # the same event twice, as an at-least-once queue may deliver it
+        s.post({"type": "invoice_paid", "id": "due", "at": at(54), "paid_total": "200"})
+    assert store.get("invoices", "due").paid_amount == 200  # type: ignore[union-attr]
+    assert [a.key for a in s.tick(at(60)).committed if a.rule == "debtor"] == ["debtor:c1:due+10d:notify_client"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"amount": "100", "paid_total": "100"}, "not both"),
+        ({"amount": "lots"}, "amount 'lots' is not an amount of money"),
+        ({"paid_total": -5}, "paid_total -5 is not an amount of money"),
+    ],
+)
+def test_a_payment_that_is_not_money_is_refused_before_anything_is_written(
+    store: Store, extra: dict[str, Any], message: str
+) -> None:
+    s = Session(RULES, store)
+    with pytest.raises(ReactiveError, match=message):
+        s.post({"type": "invoice_paid", "id": "due", "at": at(54), **extra})
+    assert store.get("invoices", "due").paid_at is None  # type: ignore[union-attr]
+
+
+def test_a_touch_delivered_twice_is_written_once_and_decided_again(store: Store) -> None:
+    s = Session(RULES, store)
+    touch = {"type": "touch", "id": "t9", "client_id": "c1", "at": at(54), "direction": "inbound"}
+    s.post(touch)
+    again = s.post(touch)  # before, the second raised DataError: id already exists
+    assert again.client_id == "c1" and again.committed == []
+    assert [t.id for t in store.iter("touches")] == ["t9"]
+
+
+def test_a_manager_fact_is_written_and_refreshes_the_cache_without_a_decision(store: Store) -> None:
+    s = Session(RULES, store)
+    r = s.post({"type": "fact", "entity": "managers", "row": {"id": "m2", "name": "Boris"}, "at": at(54)})
+    assert (r.client_id, r.plan, r.committed) == (None, None, [])
+    assert store.get("managers", "m2") is not None
+    assert "m2" in {m.id for m in s.engine.store.managers()}  # the session's cached managers know m2
+
+
+def test_a_failing_handler_is_tried_once_and_post_never_sleeps(store: Store) -> None:
+    """The default delivery in a session: one attempt, the action left `failed` for the next run (which
+    retries it); with the dispatcher's default backoff a failing endpoint held each post for 15 s."""
+    slept: list[float] = []
+    failing = RecordingHandler(fail=lambda a: True)
+    s = Session(RULES, store, handlers=failing, sleep=slept.append)
+    r = s.tick(at(53))
+    (step,) = store.ledger(ids=[a.id for a in r.committed])
+    assert (step.status, step.attempts, slept) == ("failed", 1, [])
+    rec = RecordingHandler()
+    retainer.Engine(retainer.load_rules(RULES), store).run(at(53), handlers=rec)  # the next run delivers it
+    assert step.id in {a.id for a in rec.actions}
+    assert store.ledger(ids=[step.id])[0].status == "done"
+
+
 def test_restart_resumes_a_dunning_ladder(store: Store, tmp_path: Path) -> None:
     Session(RULES, store).tick(at(53))
     assert json.loads(store.get_cursor(CURSOR + "c1") or "") == {"debtor:c1:due:dunning": ["debtor~dunning", "step_3d"]}

@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from .actions import Action, NotifyManager, action_id
@@ -252,7 +253,8 @@ class Session:
     `handlers` are the engine's (one handler, or a mapping by action type with `"*"`); without them
     committed actions stay `pending` in the ledger for the host to fetch. No clock decides anything:
     an event's `at` is its as_of (the `as_of=` argument of `post` overrides it); `clock` only stamps
-    run records and delivery attempts.
+    run records and delivery attempts. Delivery makes one attempt per action unless `retry` says
+    otherwise: a failure leaves the action `failed` for the next run, so `post` never sleeps.
     """
 
     def __init__(
@@ -270,7 +272,10 @@ class Session:
         self._cache = _SessionStore(store)
         self.engine = Engine(self.rules, self._cache)  # type: ignore[arg-type]
         self.handlers = handlers
-        self.retry, self.clock, self.sleep = retry, clock, sleep
+        # one attempt per action by default: `post` answers a phone call and must not sleep through backoff;
+        # what fails stays `failed` for the next run (`retainer run`, `Engine.run`), which retries it
+        self.retry = retry if retry is not None else Retry(stop_after=1)
+        self.clock, self.sleep = clock, sleep
         self.charts = {c.name: c for c in charts_for(self.rules)}
         self._by_family: dict[str, dict[str, Chart]] = {}
         for c in self.charts.values():
@@ -321,6 +326,9 @@ class Session:
             return self._tick(a, str(event.get("event_id") or f"tick:{a.instant.isoformat()}"), t0)
         client_id, event_id, triggers = self._apply(kind, event, a)
         timings["apply"] = time.perf_counter() - t0
+        if client_id is None:  # a manager's row: nothing to decide for it alone
+            return Reaction(event_id, a.instant.astimezone(a.tz), None, None,
+                            timings={**timings, "total": time.perf_counter() - t0})
         t1 = time.perf_counter()
         self._hydrate(client_id)
         transitions: list[Transition] = []
@@ -365,14 +373,16 @@ class Session:
 
     # ------------------------------------------------------------ events -> facts
 
-    def _apply(self, kind: str, ev: Mapping[str, Any], a: AsOf) -> tuple[str, str, list[tuple[Chart, str, str, dict]]]:
+    def _apply(
+        self, kind: str, ev: Mapping[str, Any], a: AsOf
+    ) -> tuple[str | None, str, list[tuple[Chart, str, str, dict]]]:
         store = self.store
         triggers: list[tuple[Chart, str, str, dict]] = []
         at = a.instant
         if kind == "touch":
             row = {k: v for k, v in ev.items() if k not in ("type", "event_id")}
             row.setdefault("at", at)
-            store.add(touches=[row])
+            store.upsert(touches=[row])  # a touch delivered twice (at-least-once queues) is written once
             touch = store.get("touches", str(row["id"]))
             assert touch is not None
             cid = touch.client_id  # type: ignore[attr-defined]
@@ -388,7 +398,7 @@ class Session:
             return task.client_id, str(ev.get("event_id") or f"task_done:{task.id}"), triggers
         if kind == "invoice_paid":
             inv = self._get("invoices", ev)
-            paid = {"paid_at": at, "paid_amount": ev.get("amount", inv.amount)}
+            paid = {"paid_at": at, "paid_amount": self._paid_total(inv, ev)}
             store.upsert(invoices=[{**inv.model_dump(), **paid}])
             inv = self._get("invoices", ev)  # validated: the amount is a Decimal now
             cid = inv.client_id
@@ -414,9 +424,35 @@ class Session:
         if entity in ("clients", "managers"):
             self._cache.refresh()
         cid = str(row["id"]) if entity == "clients" else row.get("client_id")
-        if cid is None:
+        if cid is None and entity != "managers":
             raise ReactiveError(f"a {entity} fact concerns no client; write it to the store and call refresh()")
-        return str(cid), str(ev.get("event_id") or f"fact:{entity}:{row['id']}:{_ts(at)}"), triggers
+        eid = str(ev.get("event_id") or f"fact:{entity}:{row['id']}:{_ts(at)}")
+        # a manager: written and the cache refreshed; its clients are decided at their next event or tick
+        return (str(cid) if cid is not None else None), eid, triggers
+
+    @staticmethod
+    def _paid_total(inv: Any, ev: Mapping[str, Any]) -> Decimal:
+        """What the invoice has been paid in all after this event. `amount` is this payment, added to what
+        was paid before (instalments); `paid_total` is the running total the CRM keeps, taken as it is (a
+        redelivered event then changes nothing); neither: paid in full."""
+        if "amount" in ev and "paid_total" in ev:
+            raise ReactiveError(f"invoice_paid event {inv.id!r}: give `amount` (this payment) or `paid_total`, "
+                                "not both")
+        name = "paid_total" if "paid_total" in ev else "amount" if "amount" in ev else None
+        if name is None:
+            return Decimal(inv.amount)
+        try:
+            value = Decimal(str(ev[name]))
+        except (InvalidOperation, ValueError):
+            value = Decimal("NaN")
+        if not value.is_finite() or value < 0:
+            raise ReactiveError(f"invoice_paid event {inv.id!r}: {name} {ev[name]!r} is not an amount of money")
+        if name == "paid_total":
+            return value
+        before = Decimal(0)
+        if inv.paid_at is not None:
+            before = inv.paid_amount if inv.paid_amount is not None else inv.amount
+        return before + value
 
     def _get(self, entity: str, ev: Mapping[str, Any]) -> Any:
         got = self.store.get(entity, str(ev.get("id")))
