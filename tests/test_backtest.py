@@ -123,6 +123,33 @@ def test_cli_backtest_writes_json_csv_html(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("command", "make", "target", "message"),
+    [
+        ("backtest", "file", "taken", "--out {p}: is a file, not a folder"),
+        ("backtest", "file", "taken/sub", "is a file, not a folder"),
+        ("report", "folder", "taken.md", "--out {p}: is a folder, not a file"),
+        ("demo", "file", "taken", "--dir {p}: is a file, not a folder"),
+    ],
+)
+def test_cli_refuses_an_output_path_it_cannot_write_before_any_work(
+    tmp_path: Path, command: str, make: str, target: str, message: str
+) -> None:
+    """Found by a new-user review: a backtest ran to the end, then died on `mkdir` with a traceback."""
+    taken = tmp_path / target.split("/")[0]
+    taken.mkdir() if make == "folder" else taken.write_text("mine\n")
+    p = tmp_path / target
+    crm = ["-r", str(RULES), "-d", str(RULES.parents[1] / "crm")]
+    args = {"backtest": [*crm, "--from", "2026-02-01", "--to", "2026-02-03", "--out", str(p)],
+            "report": [*crm, "--as-of", "2026-03-01", "--out", str(p)],
+            "demo": ["--dir", str(p), "--clients", "10"]}[command]  # fmt: skip
+    r = run(command, *args)
+    assert r.returncode == 2 and message.format(p=p) in r.stderr and "Traceback" not in r.stderr
+    assert sorted(x.name for x in tmp_path.iterdir()) == [taken.name]  # nothing written
+    if make == "file":
+        assert taken.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--from", "2026-03-01", "--to", "2026-02-01"], "before --from"),

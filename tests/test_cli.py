@@ -221,7 +221,7 @@ def test_explain(tmp_path: Path) -> None:
     assert rules["forgotten"]["matched"] is False  # wholesale: 90d threshold
     assert rules["silent-big-spender"]["matched"] is True
     r = run("explain", "-r", str(RULES), "-d", str(CRM), "--as-of", "2026-03-01", "--client", "zz")
-    assert r.returncode == 2 and "no such client" in r.stderr and r.stdout == ""
+    assert r.returncode == 2 and "no such client in the store: 'zz'" in r.stderr and r.stdout == ""
     r = run("explain", "-r", str(RULES), "-d", str(CRM), "--as-of", "2026-03-01", "--client", "c1", "--rule", "x")
     assert r.returncode == 2 and "unknown rule" in r.stderr
 
@@ -275,3 +275,15 @@ def test_plan_json_is_the_same_whatever_the_hash_seed(tmp_path: Path) -> None:
         outs.append(r.stdout)
     assert outs[0] == outs[1] == outs[2]
     assert "abc_class in [A, B]" in outs[0]
+
+
+def test_plan_of_clients_warns_about_ids_it_does_not_know(tmp_path: Path) -> None:
+    """A typo (or `-c c1,c2` taken as one id) gave an empty plan and exit 0 with no word about it."""
+    r = run("plan", "-r", str(RULES), "-d", str(CRM), "--as-of", "2026-03-01", "-c", "c2", "-c", "zz", "-c", "c1,c2",
+            "-f", "json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    assert plan["warnings"] == ["client c1,c2: no such client in the store; nothing planned",
+                                "client zz: no such client in the store; nothing planned"]  # fmt: skip
+    assert {a["client_id"] for a in plan["actions"]} == {"c2"}
+    assert "warning: client zz: no such client in the store" in r.stderr

@@ -695,6 +695,15 @@ def test_clients_created_after_as_of_do_not_exist(store: Store) -> None:
     assert plan.stats["clients"] == 1
 
 
+def test_a_partial_plan_names_the_clients_it_could_not_plan(store: Store) -> None:
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "old", "manager_id": "m1", "created_at": at(0)},
+                                                {"id": "new", "manager_id": "m1", "created_at": at(61)}])  # fmt: skip
+    plan = engine_for(forgotten_rules(), store).plan(day(60), clients=["old", "new", "gone"])
+    assert plan.warnings == ["client gone: no such client in the store; nothing planned",
+                             "client new: created after as_of; nothing planned"]  # fmt: skip
+    assert clients_of(plan) == {"old"}
+
+
 def test_clients_created_after_as_of_do_not_load_managers(store: Store) -> None:
     _forgotten_clients(store, [{"id": "m1"}, {"id": "m2"}, {"id": "m3"}], [
         {"id": "c1", "manager_id": "m1"},

@@ -347,3 +347,11 @@ def test_hour_threshold_in_a_forgotten_rule_compares_instants(store: Store) -> N
     assert [a.client_id for a in eng.plan("2026-03-02T22:00:00Z").actions] == ["c1"]
     assert [a.client_id for a in eng.plan("2026-03-02").actions] == ["c1"]  # end of the day
     assert eng.plan("2026-03-02T12:00:00Z").actions == []  # a later date but not 36 hours
+
+
+@pytest.mark.parametrize("text", ["2026-03-01", "20260301", "2026-W09-7", " 2026-03-01 "])
+def test_every_iso_spelling_of_a_date_means_the_end_of_that_day(text: str) -> None:
+    """`20260301` was read as an instant, the START of the day: facts of that day were left out."""
+    a = parse_as_of(text, MSK)
+    assert a.instant == datetime(2026, 3, 1, 23, 59, 59, tzinfo=MSK)
+    assert parse_as_of("2026-03-01T00:00", MSK).instant == datetime(2026, 3, 1, tzinfo=MSK)

@@ -44,6 +44,23 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _writable(path: Path, option: str, *, directory: bool) -> None:
+    """Refuse an output path that cannot be written before any work is done (a backtest takes minutes):
+    a file where a folder is wanted or the reverse, or a parent that is a file or read-only."""
+    if path.exists():
+        if directory and not path.is_dir():
+            _fail(f"{option} {path}: is a file, not a folder")
+        if not directory and path.is_dir():
+            _fail(f"{option} {path}: is a folder, not a file")
+    parent = path if directory else path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        _fail(f"{option} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        _fail(f"{option} {path}: {parent} is not writable")
+
+
 def _rules(path: Path) -> RuleSet:
     try:
         return load_rules(path)
@@ -540,6 +557,8 @@ def backtest(
 
     f = _format(fmt, ("table", "json", "csv"))
     d1, d2 = _date(start, "--from"), _date(end, "--to")
+    if out_dir is not None:
+        _writable(out_dir, "--out", directory=True)
     sets = [(rules, _rules(rules))] + ([(compare, _rules(compare))] if compare else [])
     if compare and sets[0][1].timezone != sets[1][1].timezone:
         _fail(f"{rules} and {compare} use different time zones: compare rule sets of one time zone")
@@ -609,6 +628,8 @@ def report(
 
     if out_file is not None and out_file.suffix.lower() not in (".html", ".htm", ".md"):
         _fail(f"--out {out_file}: give a .html or .md file")
+    if out_file is not None:
+        _writable(out_file, "--out", directory=False)
     engine = _engine(rules, data)
     try:
         d = digest(engine, as_of, top=top, label=rules.name)
@@ -752,6 +773,7 @@ def demo(
         asof_date = date.fromisoformat(as_of)
     except ValueError:
         _fail(f"--as-of must be a date like 2026-03-01, not {as_of!r}")
+    _writable(dir, "--dir", directory=True)
     t0 = time.perf_counter()
     dir.mkdir(parents=True, exist_ok=True)
     rules_path = dir / "rules.yaml"

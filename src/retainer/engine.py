@@ -538,6 +538,12 @@ class Engine:
         matches: list[_Match] = []
         rule_stats: dict[str, dict[str, int]] = {}
         warnings: list[str] = []
+        if ids is not None and len(clients) < len(set(ids)):  # a typo in a list of ids must not pass unseen
+            found = {c.id for c in clients}
+            for cid in sorted(set(ids) - found):
+                later = self.store.get("clients", cid) is not None
+                warnings.append(f"client {cid}: " + ("created after as_of; nothing planned" if later
+                                                     else "no such client in the store; nothing planned"))
         for rule in self.rules.rules:
             st = rule_stats.setdefault(rule.id, {"matched": 0})
             if rule.subject == "manager" and ids is not None:
@@ -789,7 +795,7 @@ class Engine:
             note = (
                 "the client does not exist yet at this as_of (created later)"
                 if exists
-                else "no such client in the store"
+                else f"no such client in the store: {client_id!r}"
             )
             return Explanation(client_id, at, [], note)
         note = "archived clients get no actions" if frame.clients[0].status == "archived" else None

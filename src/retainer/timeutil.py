@@ -214,9 +214,10 @@ def parse_as_of(value: str | date | datetime, tz: tzinfo) -> AsOf:
         d = value
     else:
         s = value.strip()
-        if len(s) != 10:
+        try:  # any ISO date without a time: 2026-03-01, 20260301, 2026-W09-7
+            d = date.fromisoformat(s)
+        except ValueError:
             return _in_range(AsOf(parse_instant(s, tz), tz))
-        d = date.fromisoformat(s)
     end = datetime.combine(d, time(23, 59, 59), tzinfo=tz)
     return _in_range(AsOf(end.astimezone(UTC), tz))
 
