@@ -40,8 +40,21 @@ def test_steps(start: str, end: str, step: str, expected: list[str]) -> None:
 def test_bad_steps(step: str, message: str) -> None:
     with pytest.raises(RetainerError, match=message):
         steps_between(date(2026, 3, 1), date(2026, 4, 1), step)
-    with pytest.raises(RetainerError, match="before --from"):
+    with pytest.raises(RetainerError, match=r"the end \(2026-03-01\) is before the start \(2026-03-02\)"):
         steps_between(date(2026, 3, 2), date(2026, 3, 1), "1d")
+
+
+def test_the_python_api_takes_iso_text_and_says_which_date_is_wrong(tmp_path: Path) -> None:
+    store = make_store("memory", tmp_path)
+    small_crm(store)
+    rules = retainer.load_rules(FR)
+    by_text = backtest(rules, store, "2026-01-20", "2026-02-20", step="1w")
+    by_date = backtest(rules, store, date(2026, 1, 20), date(2026, 2, 20), step="1w")
+    assert by_text.days == by_date.days and by_text.per_rule() == by_date.per_rule()
+    with pytest.raises(RetainerError, match="the end must be a date like 2026-03-01, not 'soon'"):
+        backtest(rules, store, "2026-01-20", "soon")
+    with pytest.raises(RetainerError, match="method 'fast': use sweep or replan"):
+        backtest(rules, store, "2026-01-20", "2026-02-20", method="fast")
 
 
 def small_crm(store: retainer.Store) -> None:

@@ -93,11 +93,11 @@ def steps_between(start: date, end: date, step: str) -> list[date]:
     try:
         d = parse_duration(step)
     except ValueError as exc:
-        raise RetainerError(f"--step {step!r}: {exc}") from None
+        raise RetainerError(f"step {step!r}: {exc}") from None
     if d.is_hours or (not d.days and not d.months):
-        raise RetainerError(f"--step {step!r}: use days, weeks or months (1d, 1w, 1mo)")
+        raise RetainerError(f"step {step!r}: use days, weeks or months (1d, 1w, 1mo)")
     if end < start:
-        raise RetainerError(f"--to {end} is before --from {start}")
+        raise RetainerError(f"the end ({end}) is before the start ({start})")
     out: list[date] = []
     k = 0
     while (cur := start + relativedelta(months=d.months * k, days=d.days * k)) <= end:
@@ -192,23 +192,23 @@ METHODS = ("sweep", "replan")
 def backtest(
     rules: RuleSet,
     store: Store,
-    start: date,
-    end: date,
+    start: date | str,
+    end: date | str,
     *,
     step: str = "1d",
     label: str = "rules",
     progress: Callable[[int, int], None] | None = None,
     method: str = "sweep",
 ) -> Backtest:
-    """Replay `rules` over [start, end] every `step` against a fresh ledger.
+    """Replay `rules` over [start, end] (dates, or ISO text) every `step` against a fresh ledger.
 
     `replan` makes every step a full run (the reference); `sweep` (the default) re-evaluates only the
     clients whose plan can change on a step and gives the same new actions and suppression counts
-    (docs/backtest.md, "How a sweep works").
+    (docs/backtest.md, "Speed: sweeping instead of re-planning").
     """
     if method not in METHODS:
-        raise RetainerError(f"--method {method!r}: use {' or '.join(METHODS)}")
-    days = steps_between(start, end, step)
+        raise RetainerError(f"method {method!r}: use {' or '.join(METHODS)}")
+    days = steps_between(_day(start, "start"), _day(end, "end"), step)
     overlay = FreshLedger(store)
     engine = Engine(rules, overlay)  # type: ignore[arg-type]
     result = Backtest(label, days)
@@ -221,6 +221,17 @@ def backtest(
     if days:
         result.client_manager = {c.id: c.manager_id for c in store.clients(engine.as_of(days[-1]).instant)}
     return result
+
+
+def _day(value: date | str, name: str) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(str(value).strip())
+    except ValueError:
+        raise RetainerError(f"the {name} must be a date like 2026-03-01, not {value!r}") from None
 
 
 _SINK = CallbackHandler(lambda a: None)  # delivered at once: the ledger stays small and exact

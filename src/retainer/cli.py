@@ -557,6 +557,8 @@ def backtest(
 
     f = _format(fmt, ("table", "json", "csv"))
     d1, d2 = _date(start, "--from"), _date(end, "--to")
+    if d2 < d1:
+        _fail(f"--to {d2} is before --from {d1}")
     if out_dir is not None:
         _writable(out_dir, "--out", directory=True)
     sets = [(rules, _rules(rules))] + ([(compare, _rules(compare))] if compare else [])
