@@ -7,6 +7,7 @@ import json
 import shutil
 from datetime import UTC
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,3 +120,36 @@ def test_readers_never_create_a_store(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())
     with pytest.raises(retainer.StoreError, match="starts empty"):
         open_source("memory://", UTC)
+
+
+@pytest.mark.parametrize(
+    ("name", "line", "change", "encoding"),
+    [
+        ("clients.csv", 4, lambda text: text.replace("Cedar Foods", "Кедр Foods", 1), "cp1251"),
+        ("managers.csv", 1, lambda text: text, "utf-16"),  # its header is not UTF-8 either
+        ("touches.jsonl", 2, lambda text: text.replace('"c2"', '"c\u00e92"', 1), "latin-1"),
+    ],
+)
+def test_a_file_that_is_not_utf8_names_its_first_bad_line(
+    tmp_path: Path, name: str, line: int, change: Any, encoding: str
+) -> None:
+    """Found by a new-user review: a cp1251 CSV raised UnicodeDecodeError (exit 1) and `import` left an
+    empty database behind, which the next plan read as a CRM without clients."""
+    d = tmp_path / "d"
+    if name.endswith(".jsonl"):
+        _to_jsonl(CRM, d)
+    else:
+        shutil.copytree(CRM, d)
+    p = d / name
+    text = p.read_text(encoding="utf-8")
+    assert change(text) != text or encoding == "utf-16"
+    p.write_text(change(text), encoding=encoding)
+    with pytest.raises(retainer.DataError) as e:
+        import_data(d, retainer.open_store("memory://"))
+    assert str(e.value).startswith(f"{p}:{line}") and "not UTF-8 text" in str(e.value)
+    db = tmp_path / "crm.db"
+    from tests.test_cli import run
+
+    r = run("import", str(d), "--to", f"sqlite:///{db}")
+    assert r.returncode == 2 and f"{name}:{line}" in r.stderr and "Traceback" not in r.stderr
+    assert list(tmp_path.glob("crm.db*")) == [], "a rejected import left a database behind"

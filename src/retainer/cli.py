@@ -728,6 +728,10 @@ def import_(
         store.close()
         _remove_if_created(store)
         _fail(str(exc))
+    except BaseException:  # a bug or Ctrl-C: still no empty database that tonight's plan would read
+        store.close()
+        _remove_if_created(store)
+        raise
     store.close()
     total = sum(counts.values())
     err.print(

@@ -46,13 +46,40 @@ def data_files(folder: Path) -> dict[str, Path]:
     return found
 
 
+def _not_utf8(path: Path) -> DataError:
+    """The first line of `path` that is not UTF-8 (read again as bytes: only on the error path)."""
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                bad = raw[exc.start : exc.start + 1].hex()
+                return DataError(
+                    f"not UTF-8 text (byte 0x{bad} in column {exc.start + 1}); save the file as UTF-8",
+                    file=str(path), row=n,
+                )  # fmt: skip
+    return DataError("not UTF-8 text; save the file as UTF-8", file=str(path))
+
+
+def _utf8(path: Path, rows: Iterator[Any]) -> Iterator[Any]:
+    """`rows`, with a decoding error turned into a DataError naming the file and line."""
+    try:
+        yield from rows
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+
+
 def _csv_rows(path: Path, entity: str) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
     """The header and the (line, cells) of each non-blank row; cells stay text ("" is empty) for
     the compiled converters of `validate_rows`."""
     fields = set(ENTITIES[entity].model_fields)
     f = path.open(newline="", encoding="utf-8-sig")
     reader = csv.reader(f)
-    header = next(reader, None)
+    try:
+        header = next(reader, None)
+    except UnicodeDecodeError:
+        f.close()
+        raise _not_utf8(path) from None
     if header is None:
         f.close()
         return [], iter(())
@@ -109,6 +136,7 @@ def read_batches(folder: str | Path, tz: tzinfo, *, chunk: int = CHUNK) -> Itera
             header, rows = _csv_rows(path, entity)
         else:
             rows = _jsonl_rows(path)
+        rows = _utf8(path, rows)
         buf: list[Any] = []
         lines: list[int] = []
         for line, row in rows:
