@@ -893,3 +893,43 @@ def test_threshold_placeholder_only_where_there_is_a_threshold(tmp_path: Path) -
               - create_task: {title: "over {threshold}"}
         """)
     assert_error(err, p, 6, "x", "threshold")
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "rule", "needle"),
+    [
+        ("""
+        version: 1
+        rules:
+          - id: f
+            kind: forgotten
+            after: 60d
+            then:
+              - create_task: {title: "{client.name} {invoice.amount}"}
+        """, 7, "f", "{invoice.amount} is only available in rules about one invoice at a time"),
+        ("""
+        version: 1
+        templates:
+          t: {subject: "Invoice {invoice.id}", body: "hi"}
+        rules:
+          - id: g
+            when: {status: active}
+            then:
+              - notify_client: {template: t}
+        """, 3, "g", "{invoice.id} is only available in rules about one invoice at a time"),
+        ("""
+        version: 1
+        rules:
+          - id: h
+            when: {status: active}
+            then:
+              - create_task: {title: "{overdue_tasks} overdue"}
+        """, 6, "h", "{overdue_tasks} is only available in manager-level rules (overdue_tasks)"),
+    ],
+)
+def test_a_text_cannot_read_another_subjects_columns(tmp_path: Path, text: str, line: int, rule: str,
+                                                     needle: str) -> None:
+    """Found by a new-user review: `validate` said ok and `plan` died on an IndexError. `when:` refused
+    the same columns already."""
+    err, p = load_error(tmp_path, text)
+    assert_error(err, p, line, rule, needle)

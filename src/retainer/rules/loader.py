@@ -224,6 +224,15 @@ def _check_texts(
         except templates.TemplateError as exc:
             raise RulesError(str(exc), file=source, line=lines.line(tp), rule=rule.id) from None
         used.update(u for u in found if u != "threshold")
+    if rule.subject != "manager":  # as in `when:` (_check_subject): a text cannot read another subject's columns
+        for u in sorted(used):
+            sub = registry.get(rule.aliases.get(u, u)).subject
+            if sub not in ("client", rule.subject):
+                where = "rules about one invoice at a time (unpaid, debtor)" if sub == "invoice" else (
+                    f"{sub}-level rules (overdue_tasks)")
+                tp = next((tp for text, tp in texts if "{" + u + "}" in text), path)
+                raise RulesError(f"{{{u}}} is only available in {where}", file=source, line=lines.line(tp),
+                                 rule=rule.id)
     if rule.subject == "manager":
         bad = sorted(u for u in used if registry.get(rule.aliases.get(u, u)).subject == "client"
                      and u not in MANAGER_COLUMNS)
