@@ -821,3 +821,23 @@ def test_least_loaded_agrees_with_a_scan_of_every_candidate(
             ref[current] -= 1
             ref[want.id] += 1
     assert {k: v for k, v in r.loads.items() if k in ref} == ref
+
+
+def test_a_manager_id_in_the_rule_file_that_is_not_in_the_store_is_no_recipient(store: Store) -> None:
+    """Found by a new-user review: a task for `assignee: nobody` was planned and delivered."""
+    simple(store)
+    store.add(managers=[{"id": "m2", "name": "Boris"}])
+    rules = {"version": 1, "rules": [{"id": "r", "when": {"status": "active"}, "then": [
+        {"create_task": {"title": "t", "assignee": "nobody"}},
+        {"create_task": {"title": "t", "assignee": "m2"}},
+        {"notify_manager": {"to": "ghost", "template": "x"}},
+        {"escalate": {"to": "ghost"}},
+    ]}]}  # fmt: skip
+    plan = engine_for(rules, store).plan(day(1))
+    assert [(a.type, a.assignee_id) for a in plan.actions] == [("create_task", "m2")]
+    held = sorted((s.action.type, s.reason_code, s.detail) for s in plan.suppressed)
+    assert held == [
+        ("create_task", "no_recipient", "no manager nobody in the store to assign the task to"),
+        ("escalate", "no_recipient", "no manager ghost in the store to escalate to"),
+        ("notify_manager", "no_recipient", "no manager ghost in the store to notify"),
+    ]

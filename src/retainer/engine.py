@@ -370,6 +370,8 @@ def _emit_group(
                 who = values["assignee_id"] = whom.get(to, to)
                 if not who:
                     missing = f"no {to} to assign the task to"
+                elif to not in whom and who not in managers:  # a manager id written in the rule file
+                    missing = f"no manager {who} in the store to assign the task to"
             elif fill == _REASSIGN:
                 values["from_manager_id"] = manager_id
                 values["to_manager_id"] = m.new_manager.id if m.new_manager else None
@@ -377,12 +379,16 @@ def _emit_group(
                 who = values["to_manager_id"] = whom.get(to, to)
                 if not who:
                     missing = f"no {to} to notify"
+                elif to not in whom and who not in managers:
+                    missing = f"no manager {who} in the store to notify"
             elif fill == _ESCALATE:
                 who = whom.get(to, to)
                 values["to_manager_id"] = who or ""
                 values["about_manager_id"] = manager_id
                 if not who:
                     missing = f"manager {manager_id} has no {to}"
+                elif to not in whom and who not in managers:
+                    missing = f"no manager {who} in the store to escalate to"
             act = make(cls, values)
             if key in ledger:
                 suppressed.append(hold(act, policies.DUPLICATE, _dup(ledger[key])))
