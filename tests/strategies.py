@@ -314,6 +314,9 @@ _GENERIC_LEAVES = [
     {"open_tasks_n": {"gte": 1}},
     {"paid_180d": {"gt": 0}},
     {"calls_30d": {"exists": True}},
+    {"contract_progress": {"between": [0.3, 0.7]}},
+    {"contract_progress": {"gt": 0.5}},
+    {"contract_progress": {"lt": "0.25"}},
 ]
 
 # Named features (not colliding with built-in names) that reach the virtual fields through the rules.

@@ -152,6 +152,34 @@ def test_a_window_aggregate_expiring_flips_a_condition() -> None:
         assert days_of(b, "quiet") == ["2026-02-04"]  # the touch of 5 January leaves the 30-day window
 
 
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Tokyo"])
+def test_contract_progress_crosses_its_constants_on_their_days_without_daily_plans(zone: str) -> None:
+    """Progress grows with time alone: each leaf is due on the day the progress reaches its constant, and
+    the client is not planned on the days between (it was, every day, while a contract ran)."""
+    when = [("third", {"contract_progress": {"gte": 0.3}}), ("past-half", {"contract_progress": {"gt": 0.5}}),
+            ("band", {"contract_progress": {"between": [0.6, 0.7]}}),
+            ("late", {"not": {"contract_progress": {"lt": "0.9"}}})]
+    rules = {"timezone": zone, "rules": [{"id": r, "when": w, "then": [{"tag": r}]} for r, w in when]}  # fmt: skip
+    with fresh() as s:
+        crm(s, contracts=[{"id": "k1", "client_id": "c1", "starts_at": "2026-01-01T10:00",
+                           "ends_at": "2026-11-01T22:00"}])
+        evaluated: list[int] = []
+        real = retainer.Engine._evaluate
+
+        def counting(self: Any, a: Any, ids: Any, *rest: Any) -> Any:
+            evaluated.append(-1 if ids is None else len(ids))
+            return real(self, a, ids, *rest)
+
+        b = both(rules, s, "2026-02-01", "2026-10-31")
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(retainer.Engine, "_evaluate", counting)
+            backtest(retainer.load_rules(rules), s, date(2026, 2, 1), date(2026, 10, 31))
+    first = {r: days_of(b, r) for r, _ in when}
+    assert all(len(d) == 1 for d in first.values()), first
+    assert first["third"][0] < first["past-half"][0] < first["band"][0] < first["late"][0]
+    assert sum(1 for n in evaluated if n > 0) < 20  # a few wakes around each constant, not 270 daily plans
+
+
 def test_a_cap_window_sliding_lets_a_held_back_action_through() -> None:
     with fresh() as s:
         crm(
