@@ -933,3 +933,40 @@ def test_a_text_cannot_read_another_subjects_columns(tmp_path: Path, text: str, 
     the same columns already."""
     err, p = load_error(tmp_path, text)
     assert_error(err, p, line, rule, needle)
+
+
+@pytest.mark.parametrize(
+    ("where", "needle"),
+    [
+        ("{kind: cal}", "touches.kind is one of call, comment, document, email, meeting, message, sms, not 'cal'; "
+                        "did you mean 'call'?"),
+        ("{direction: {in: [outbound, sideways]}}", "touches.direction is one of inbound, internal, outbound, "
+                                                    "not 'sideways'"),
+    ],
+)
+def test_a_named_features_where_refuses_a_value_its_field_never_takes(tmp_path: Path, where: str,
+                                                                      needle: str) -> None:
+    """Found by a new-user review: `kind: cal` validated, counted nothing, and the rule fired for everyone."""
+    err, p = load_error(tmp_path, f"""
+        version: 1
+        features:
+          calls: {{count: touches, where: {where}, within: 30d}}
+        rules:
+          - {{id: g, when: {{calls: {{eq: 0}}}}, then: [{{tag: x}}]}}
+        """)
+    assert_error(err, p, 3, None, needle)
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_a_named_feature_can_count_touches_by_medium(backend: str, tmp_path: Path) -> None:
+    """`medium` (the channel, or the kind) is text: `where: {medium: sms}` was refused as "not a number"."""
+    from tests.conftest import make_store
+
+    store = make_store(backend, tmp_path)
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}, {"id": "c2", "manager_id": "m1"}],
+              touches=[{"id": "t1", "client_id": "c1", "at": "2026-02-20", "kind": "message", "channel": "SMS"},
+                       {"id": "t2", "client_id": "c2", "at": "2026-02-20", "kind": "email"}])  # fmt: skip
+    rules = {"version": 1, "features": {"texts": {"count": "touches", "where": {"medium": "sms"}}},
+             "rules": [{"id": "r", "when": {"texts": {"gte": 1}}, "then": [{"tag": "texted"}]}]}  # fmt: skip
+    plan = engine_for(rules, store).plan("2026-03-01")
+    assert [a.client_id for a in plan.actions] == ["c1"]

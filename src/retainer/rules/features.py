@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal, get_args
 
+from ..errors import did_you_mean
 from ..model import ENTITIES, Client, Manager
 from ..stores.base import EXISTS_FIELD, VIRTUAL_FIELDS, AggSpec, Pred, Store, virtual_value
 from ..timeutil import AsOf, Duration, DurationError, parse_duration
@@ -633,7 +634,7 @@ def _builtins(abc: FeatureImpl) -> dict[str, FeatureImpl]:
 
 def _field_type(entity: str, fld: str) -> str:
     if fld in VIRTUAL_FIELDS.get(entity, {}):
-        return "bool" if fld.startswith("is_") else "number"
+        return "bool" if fld.startswith("is_") else "str" if fld == "medium" else "number"
     found = set()
     todo = [ENTITIES[entity].model_fields[fld].annotation]
     while todo:
@@ -655,6 +656,22 @@ class FeatureDefError(ValueError):
     def __init__(self, message: str, *key: str) -> None:
         super().__init__(message)
         self.key = key
+
+
+def _choices(entity: str, fld: str) -> tuple[str, ...]:
+    """The only values a text field takes (`touches.kind`: call, email, ...), or () for free text."""
+    info = ENTITIES[entity].model_fields.get(fld)
+    if info is None:
+        return ()
+    args = [info.annotation]
+    out: list[str] = []
+    while args:
+        t = args.pop()
+        if typing.get_origin(t) is Literal:
+            out += [c for c in get_args(t) if isinstance(c, str)]
+        elif typing.get_origin(t) is not None:  # Optional, Union, Annotated: look inside
+            args += [a for a in get_args(t) if a is not type(None)]
+    return tuple(sorted(out))
 
 
 def named_feature(name: str, d: FeatureDef, tz: Any) -> FeatureImpl:
@@ -687,7 +704,14 @@ def named_feature(name: str, d: FeatureDef, tz: Any) -> FeatureImpl:
             )
         ftype = _field_type(entity, key)
         ops = cond if isinstance(cond, dict) else {"eq": cond}
+        choices = _choices(entity, key)
         for op, v in ops.items():
+            for x in (v if isinstance(v, list) else [v]) if choices and op in ("eq", "ne", "in", "not_in") else ():
+                if isinstance(x, str) and x not in choices:  # a typo would count nothing, silently
+                    raise FeatureDefError(
+                        f"{entity}.{key} is one of {', '.join(choices)}, not {x!r}{did_you_mean(x, choices)}",
+                        "where", key, *((op,) if isinstance(cond, dict) else ()),
+                    )  # fmt: skip
             try:
                 if op == "exists":
                     preds.append(Pred(key, "notnull" if v else "null"))
