@@ -153,3 +153,24 @@ def test_a_file_that_is_not_utf8_names_its_first_bad_line(
     r = run("import", str(d), "--to", f"sqlite:///{db}")
     assert r.returncode == 2 and f"{name}:{line}" in r.stderr and "Traceback" not in r.stderr
     assert list(tmp_path.glob("crm.db*")) == [], "a rejected import left a database behind"
+
+
+def test_a_quote_left_open_is_reported_on_the_line_that_opens_it(tmp_path: Path) -> None:
+    """Found by a new-user review: the error named the file's last line, where the runaway row ended."""
+    d = tmp_path / "d"
+    shutil.copytree(CRM, d)
+    p = d / "touches.csv"
+    lines = p.read_text().splitlines()
+    lines[3] = lines[3].replace("call", '"call', 1)
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(retainer.DataError) as e:
+        import_data(d, retainer.open_store("memory://"))
+    assert str(e.value).startswith(f"{p}:4: ")
+    assert f'a quote (") opened on this line is not closed, so lines 4 to {len(lines)} were read as one row' in str(
+        e.value
+    )
+    lines[3] = lines[3] + ",extra"  # a plain row of the wrong width still names its own line
+    lines[3] = lines[3].replace('"call', "call", 1)
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(retainer.DataError, match=r"touches\.csv:4: expected 7 cells, found 8"):
+        import_data(d, retainer.open_store("memory://"))

@@ -8,6 +8,7 @@ transaction, so a bad row anywhere (reported as file:line, id and field) writes 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from collections.abc import Iterator
 from datetime import tzinfo
@@ -100,15 +101,29 @@ def _csv_rows(path: Path, entity: str) -> tuple[list[str], Iterator[tuple[int, l
     def rows() -> Iterator[tuple[int, list[str]]]:
         width = len(header)
         with f:
+            start = reader.line_num + 1
             for row in reader:
                 if len(row) != width or not row[0] or row[0].isspace():
                     if not "".join(row).strip():  # a blank line, or only empty cells
+                        start = reader.line_num + 1
                         continue
                     if len(row) != width:
+                        if reader.line_num > start and '"' in path_line(start):  # a quote that never closed
+                            raise DataError(
+                                f"expected {width} cells, found {len(row)}: a quote (\") opened on this line "
+                                f"is not closed, so lines {start} to {reader.line_num} were read as one row",
+                                file=str(path), row=start,
+                            )  # fmt: skip
                         raise DataError(
                             f"expected {width} cells, found {len(row)}", file=str(path), row=reader.line_num
                         )
                 yield reader.line_num, row
+                start = reader.line_num + 1
+
+    def path_line(n: int) -> str:
+        """Line n of the file (on the error path only)."""
+        with path.open(encoding="utf-8-sig", errors="replace") as g:
+            return next(itertools.islice(g, n - 1, None), "")
 
     return header, rows()
 
