@@ -174,3 +174,22 @@ def test_a_quote_left_open_is_reported_on_the_line_that_opens_it(tmp_path: Path)
     p.write_text("\n".join(lines) + "\n")
     with pytest.raises(retainer.DataError, match=r"touches\.csv:4: expected 7 cells, found 8"):
         import_data(d, retainer.open_store("memory://"))
+
+
+def test_an_amount_paid_without_its_date_is_a_data_error(tmp_path: Path) -> None:
+    """Found by a new-user review: 300 paid of 1000, with no paid_at, imported and then counted as nothing
+    paid (the dunning said 1000 outstanding)."""
+    d = tmp_path / "d"
+    shutil.copytree(CRM, d)
+    p = d / "invoices.csv"
+    header = p.read_text().splitlines()[0].split(",")
+    row = {"id": "b1", "client_id": "c1", "issued_at": "2026-01-05", "amount": "1000", "paid_amount": "300"}
+    p.write_text(p.read_text() + ",".join(row.get(h, "") for h in header) + "\n")
+    n = len(p.read_text().splitlines())
+    with pytest.raises(retainer.DataError) as e:
+        import_data(d, retainer.open_store("memory://"))
+    assert str(e.value) == f"{p}:{n} id=b1 field paid_amount: paid_amount needs paid_at (when it was paid); " \
+                           "without it nothing counts as paid"
+    with pytest.raises(retainer.DataError, match="paid_amount needs paid_at"):
+        retainer.open_store("memory://").add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
+                                             invoices=[row])  # fmt: skip

@@ -184,6 +184,14 @@ class Invoice(Entity):
     paid_at: OptInstant = None
     paid_amount: OptMoney = None
 
+    @field_validator("paid_amount")
+    @classmethod
+    def _paid_when(cls, v: Decimal | None, info: ValidationInfo) -> Decimal | None:
+        """An amount paid needs the date it was paid: without one it would count as nothing paid."""
+        if v is not None and "paid_at" in info.data and info.data["paid_at"] is None:  # (a bad paid_at: its own error)
+            raise ValueError("paid_amount needs paid_at (when it was paid); without it nothing counts as paid")
+        return v
+
 
 class Offer(Entity):
     client_id: Id

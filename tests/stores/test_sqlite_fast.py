@@ -133,6 +133,8 @@ def changed(draw: st.DrawFn, crm: dict[str, list[dict[str, Any]]]) -> dict[str, 
                 row[f] = draw(S.instants() if required else S.opt_instants())
             if entity == "tasks":
                 row["source"] = draw(st.sampled_from(["crm", "retainer"]))
+            if entity == "invoices" and row["paid_at"] is None:
+                row["paid_amount"] = None  # an amount paid needs its date
             new_rows.append(row)
         out[entity] = new_rows
     return out

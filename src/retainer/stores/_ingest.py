@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from typing import Annotated, Any, Literal, Protocol, get_args, get_origin
@@ -28,6 +28,12 @@ def check_entity(entity: str) -> type[Entity]:
         raise DataError(f"unknown entity {entity!r}; valid: {', '.join(ENTITIES)}") from None
 
 
+#: checks across fields that the compiled converters leave to the model (which explains the failure)
+_CROSS: dict[str, Callable[[Any], bool]] = {
+    "invoices": lambda m: m.paid_amount is None or m.paid_at is not None,
+}
+
+
 def validate_rows(
     entity: str,
     rows: Iterable[Entity | Mapping[str, Any] | Sequence[Any]],
@@ -49,6 +55,7 @@ def validate_rows(
     ctx = {"tz": tz}
     utc = tz is UTC
     fixed = _converter(model, tuple(header), utc) if header is not None else None
+    check = _CROSS.get(entity)
     conv: Any = fixed
     cols: Any = header
     with no_gc():
@@ -71,6 +78,8 @@ def validate_rows(
             else:
                 cells = row
             m = conv(cells, tz) if conv is not None else None
+            if m is not None and check is not None and not check(m):
+                m = None  # a rule across fields: the model's validation says what is wrong
             if m is None:
                 where = lines[n] if lines is not None else n
                 data = row if header is None else {h: (v if v != "" else None) for h, v in zip(cols, row, strict=True)}
