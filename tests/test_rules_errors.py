@@ -970,3 +970,15 @@ def test_a_named_feature_can_count_touches_by_medium(backend: str, tmp_path: Pat
              "rules": [{"id": "r", "when": {"texts": {"gte": 1}}, "then": [{"tag": "texted"}]}]}  # fmt: skip
     plan = engine_for(rules, store).plan("2026-03-01")
     assert [a.client_id for a in plan.actions] == ["c1"]
+
+
+def test_a_between_with_its_bounds_reversed_is_refused(tmp_path: Path) -> None:
+    """Found by a new-user review: `between: [60, 30]` validated and could never hold."""
+    err, p = load_error(tmp_path, """
+        version: 1
+        rules:
+          - id: w
+            when: {days_since_last_invoice: {between: [60, 30]}}
+            then: [{tag: x}]
+        """)
+    assert_error(err, p, 4, "w", "between [60, 30] never holds: write the low bound first")

@@ -459,7 +459,14 @@ def _coerce(op: str, v: Any, ftype: str, feature: str, tz: Any, path: Path) -> A
     if op == "between":
         if not isinstance(v, list) or len(v) != 2:
             raise ConditionError("between takes a list of two values [low, high]", path)
-        return (_scalar(v[0], ftype, feature, tz, path), _scalar(v[1], ftype, feature, tz, path))
+        low, high = _scalar(v[0], ftype, feature, tz, path), _scalar(v[1], ftype, feature, tz, path)
+        try:
+            reversed_ = low > high
+        except TypeError:  # values of a feature of no fixed type: compared per client
+            reversed_ = False
+        if reversed_:
+            raise ConditionError(f"between [{v[0]}, {v[1]}] never holds: write the low bound first", path)
+        return (low, high)
     if op == "contains":
         if ftype not in ("set", "str", "any"):
             raise ConditionError(f"contains needs a set or text feature; {feature} is {ftype}", path)
