@@ -180,6 +180,59 @@ def test_contract_progress_crosses_its_constants_on_their_days_without_daily_pla
     assert sum(1 for n in evaluated if n > 0) < 20  # a few wakes around each constant, not 270 daily plans
 
 
+def _priority_crm(s: retainer.Store) -> None:
+    s.add(managers=[{"id": "m1"}],
+          clients=[{"id": "c1", "manager_id": "m1", "created_at": "2025-01-01", "cost_to_serve": 100}],
+          invoices=[{"id": "i1", "client_id": "c1", "issued_at": "2026-01-05", "amount": 1000,
+                     "paid_at": "2026-01-06"}])  # fmt: skip
+
+
+_PRIORITY_RULES = [
+    {"id": "keep", "category": "retention", "when": {"status": "active"},
+     "then": [{"notify_client": {"channel": "email", "template": "hello"}}]},
+    {"id": "sell", "category": "development", "when": {"status": "active"},
+     "then": [{"propose_offer": {"offer": "premium", "amount": 10}}]},
+]  # fmt: skip
+
+
+def _counting(evaluated: list[int]) -> Any:
+    real = retainer.Engine._evaluate
+
+    def counting(self: Any, a: Any, ids: Any, *rest: Any) -> Any:
+        evaluated.append(-1 if ids is None else len(ids))
+        return real(self, a, ids, *rest)
+
+    return counting
+
+
+def test_a_priority_hold_is_counted_every_step_without_planning_the_client() -> None:
+    """Retention first: the up-sell is held back every night while the retention message is due. Nothing
+    about the client changes, so the sweep counts the hold without planning it (it planned it nightly)."""
+    rules = {"rules": _PRIORITY_RULES, "policies": {"priority": ["retention", "development"]}}
+    with fresh() as s:
+        _priority_crm(s)
+        b = both(rules, s, "2026-02-01", "2026-05-31")
+        evaluated: list[int] = []
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(retainer.Engine, "_evaluate", _counting(evaluated))
+            backtest(retainer.load_rules(rules), s, date(2026, 2, 1), date(2026, 5, 31))
+    assert b.suppressed[("sell", "priority")] == 120  # every night, as re-planning counts it
+    assert evaluated[0] == -1 and not [n for n in evaluated[1:] if n > 0]
+
+
+def test_a_priority_hold_that_a_timed_guard_can_take_over_is_planned_every_step() -> None:
+    """With no_development_for_unprofitable, the up-sell held for priority is held for unprofitable from
+    the day January's invoice leaves the 90-day window (profit = 0 - 300): time alone changes the reason,
+    so the client is planned every step."""
+    rules = {"rules": _PRIORITY_RULES, "policies": {"priority": ["retention", "development"],
+                                                    "no_development_for_unprofitable": {"window": "90d"}}}  # fmt: skip
+    with fresh() as s:
+        _priority_crm(s)
+        b = both(rules, s, "2026-02-01", "2026-05-31")
+    assert b.suppressed[("sell", "priority")] > 0 and b.suppressed[("sell", "unprofitable")] > 0
+    assert b.suppressed[("sell", "priority")] + b.suppressed[("sell", "unprofitable")] == 120
+
+
 def test_a_cap_window_sliding_lets_a_held_back_action_through() -> None:
     with fresh() as s:
         crm(

@@ -293,10 +293,11 @@ def _sweep(
       unless every such fact only postpones every rule and the client matched nothing (`sweep.Quiet`);
     - those whose time-dependent conditions come due (`sweep.Wakes`, computed when they are evaluated);
     - those with an action held back on the previous step (a policy may let it through now, and a
-      held-back action is counted every step, as a full run does). Except when every action held back
-      was for `do_not_contact`: a client's contact policy does not change during a backtest, so until
-      the client is evaluated again for another reason, the same matches are refused again and counted
-      without planning them;
+      held-back action is counted every step, as a full run does). Except when every hold is steady
+      (`policies.steady`: do_not_contact and no_marketing, as a client's contact policy does not change
+      during a backtest; priority, which changes only with the client's own matches): until the client
+      is evaluated again for another reason, the same matches are held again and counted without
+      planning them;
     - those with an action committed on the previous step, when a rule reads a feature kept in the ledger
       (`released_at`, an escalation's unresolved action, a recorded outcome): their wakes moved with it.
       Otherwise a commit changes nothing but the duplicate check, and the client sleeps on;
@@ -335,7 +336,8 @@ def _sweep(
     due_on: dict[date, list[str]] = defaultdict(list)  # wake date -> clients (stale ones: woken or rescheduled)
     carry: set[str] = set()
     matched: set[str] = set()  # clients that matched a rule when last evaluated
-    refused: dict[str, Counter[tuple[str, str]]] = {}  # do_not_contact clients' matches, refused each step
+    refused: dict[str, Counter[tuple[str, str]]] = {}  # clients whose every hold is steady: held each step
+    steady = policies.steady(rules.file.policies)
     empty: set[str] = set()  # clients with an empty value in a feature `quiet` reasons about
     for i, (day, a) in enumerate(zip(days, asofs, strict=True)):
         changed = changes[i]
@@ -381,8 +383,9 @@ def _sweep(
         _count(result, suppressed)
         carry = {x.client_id for x in committed if x.client_id is not None} if reads_ledger else set()
         held = _held(suppressed)
+        unsteady = {x.action.client_id for x in suppressed if x.reason_code != policies.DUPLICATE and not steady(x)}
         for cid, counts in held.items():
-            if all(reason == policies.DO_NOT_CONTACT for _, reason in counts):
+            if cid not in unsteady:
                 refused[cid] = counts
             else:
                 carry.add(cid)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -138,6 +138,31 @@ def _fields(a: Action) -> dict[str, Any]:
 def hold(action: Action, code: str, detail: str) -> Suppression:
     """A held-back action, built without re-validating: a plan holds back up to hundreds of thousands."""
     return fast_model(Suppression, {"action": action, "reason_code": code, "detail": detail})  # type: ignore[no-any-return]
+
+
+def steady(p: Policies) -> Callable[[Suppression], bool]:
+    """Whether a hold stays as it is from day to day while nothing about its client changes (no new fact,
+    no rule's condition flipping by time): a backtest counts such holds again without planning the client.
+    do_not_contact and no_marketing read the client's row. priority reads the client's own matches, unless
+    a guard that runs before it and moves with time alone (unprofitable's window, cool-off's end) could hold
+    the action first, or hold the action that outranks it."""
+    timed: set[str] = set()
+    if p.no_development_for_unprofitable is not None:
+        timed |= _DEVELOPMENT
+    if p.cooloff is not None:
+        timed |= set(p.cooloff.blocks)
+    order = p.priority or list(DEFAULT_ORDER)
+    rank = {c: k for k, c in enumerate(order)}
+
+    def ok(s: Suppression) -> bool:
+        if s.reason_code in (DO_NOT_CONTACT, NO_MARKETING):
+            return True
+        if s.reason_code != PRIORITY:
+            return False
+        mine = rank.get(s.action.category, len(rank))
+        return all(rank.get(c, len(rank)) > mine for c in timed)  # no timed category at its rank or above
+
+    return ok
 
 
 class Guard:
