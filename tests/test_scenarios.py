@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from test_cli import run
 
+import retainer
 from retainer.testing import Scenario, ScenarioError, ScenarioFailure, run_scenario_file
 from retainer.testing.scenario import matches, resolve_relative
 from retainer.timeutil import parse_as_of
@@ -312,3 +313,23 @@ def test_steps_upsert_what_the_crm_changed(tmp_path: Path) -> None:
     text = UPSERT_SCENARIO.replace("    upsert:\n", "    given:\n")
     with pytest.raises(ScenarioError, match="put the row under the step's `upsert:`"):
         run_scenario_file(write(tmp_path, text))
+
+
+def test_the_closest_action_is_the_one_about_what_was_expected() -> None:
+    """Found by a new-user review: expecting rule b's task with a wrong due date showed rule a's task
+    (same date, other rule) as closest; who an action is about now counts double."""
+    rules = {"rules": [{"id": r, "when": {"status": "active"}, "then": [{"create_task": {"title": "t", "due_in": d}}]}
+                       for r, d in (("a", "1d"), ("b", "3d"))]}
+    step = Scenario(rules).given(**CRM).at("2026-03-01")
+    with pytest.raises(ScenarioFailure) as exc:
+        step.expect(rule="b", due_at="2026-03-02")
+    assert 'closest: create_task c1 (rule b), due_at: expected "2026-03-02", got "2026-03-04"' in str(exc.value)
+
+
+def test_a_record_that_matches_nothing_hints_at_a_misspelt_rule_or_type() -> None:
+    s = Scenario(RULES).given(**CRM)
+    s.at("2026-03-01")
+    for match, hint in (({"rule": "forgoten"}, "no rule 'forgoten' in the rule set; did you mean 'forgotten'?"),
+                        ({"type": "create-task"}, "no action type 'create-task'; did you mean 'create_task'?")):
+        with pytest.raises(retainer.RetainerError, match=re.escape(hint)):
+            s.record({"churn_reason": "price"}, **match)

@@ -48,6 +48,9 @@ class ScenarioFailure(AssertionError):
     """A step did not do what the scenario expects; the message is the whole readable report."""
 
 
+#: the fields that say which action it is (a closest match agrees on these first)
+_IDENTITY = frozenset({"key", "rule", "client_id", "type"})
+
 def resolve_relative(value: Any, a: AsOf) -> Any:
     """`-61d` -> the date 61 days before the as_of date; `-36h` -> that instant; anything else as is."""
     if not isinstance(value, str):
@@ -221,7 +224,10 @@ class Step:
         if hints:
             return msg + "; " + "; ".join(hints)
         if views:
-            best = max(views, key=lambda v: sum(k in v and matches(x, v[k]) for k, x in resolved.items()))
+            # the candidate that agrees most, who it is about counting double: the action of the rule
+            # expected, with a wrong date, is closer than another rule's action with the right date
+            best = max(views, key=lambda v: sum((2 if k in _IDENTITY else 1) * (k in v and matches(x, v[k]))
+                                                for k, x in resolved.items()))
             diff = [f"{k}: expected {json.dumps(x, default=str)}, got {json.dumps(best.get(k), default=str)}"
                     for k, x in resolved.items() if not (k in best and matches(x, best[k]))]  # fmt: skip
             who = f"{best.get('type')} {best.get('client_id')} (rule {best.get('rule')})"
@@ -295,6 +301,11 @@ class Scenario:
         if len(found) != 1:
             what = "no committed action matches" if not found else f"{len(found)} committed actions match"
             listed = "".join(f"\n  {_line(e.action)}" for e in found[:5])
+            rule_ids = [r.id for r in self.engine.rules.rules]
+            if match.get("rule") is not None and match["rule"] not in rule_ids:
+                listed += f"\n  no rule {match['rule']!r} in the rule set{did_you_mean(str(match['rule']), rule_ids)}"
+            if match.get("type") is not None and match["type"] not in ACTION_TYPES:
+                listed += f"\n  no action type {match['type']!r}{did_you_mean(str(match['type']), ACTION_TYPES)}"
             raise RetainerError(f"record {_show(match)}: {what}; it needs exactly one (add rule, client_id, type "
                                 f"or key){listed}")
         at = self.steps[-1].as_of.instant if self.steps else None
