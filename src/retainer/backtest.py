@@ -264,17 +264,15 @@ def _held(suppressed: list[Suppression]) -> dict[str, Counter[tuple[str, str]]]:
 
 def _commit(engine: Engine, a: AsOf, actions: list[Action], cursors: dict[str, str]) -> list[Action]:
     """What `Engine.run` does after planning: one commit to the ledger, then delivery to `_SINK`, which
-    takes everything at once; so each action is marked delivered in bulk, as the dispatcher would leave
-    it (one attempt, done), without the dispatcher's per-action bookkeeping. Nothing can fail between
-    the attempt and its end here, so the attempt is recorded with its result (`finish_attempts` sets
-    the count) rather than counted first (`begin_attempts`: a crash guard a backtest has no use for)."""
+    takes everything at once; so each action is committed as delivered (one attempt, done), as the
+    dispatcher would leave it, without its per-action bookkeeping. Nothing can fail between the attempt
+    and its end here, so the attempt is recorded with its result, in the commit, rather than counted
+    first (`begin_attempts`: a crash guard a backtest has no use for)."""
     store = engine.store
     with store.run_lock(f"backtest as of {a.date}"):
         run = RunRecord(id=str(uuid.uuid4()), as_of=a.instant.astimezone(a.tz), rules_digest=engine.rules.digest,
                         started_at=a.instant)  # fmt: skip
-        committed = store.commit_run(run, actions, cursors)
-        ids = [x.id for x in committed]
-        store.finish_attempts([(i, "done", None, 1) for i in ids], a.instant)
+        committed = store.commit_run(run, actions, cursors, delivered=True)  # the overlay's memory store
         store.finish_run(run.id, a.instant, {"new": len(committed)})
     return committed
 
