@@ -173,3 +173,21 @@ def test_cli_refuses_an_output_path_it_cannot_write_before_any_work(
 def test_cli_backtest_bad_input(args: list[str], message: str) -> None:
     r = run("backtest", "-r", str(RULES), "-d", str(RULES.parents[1] / "crm"), *args)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_backtest_ledger_records_its_actions_as_delivered_in_the_commit(tmp_path: Path) -> None:
+    """The backtest's sink takes everything at once: the commit records each action done after one attempt,
+    so nothing is left pending for a dispatcher (`delivered=True`, the memory store's own option)."""
+    from retainer.backtest import FreshLedger, _commit
+
+    store = make_store("memory", tmp_path)
+    small_crm(store)
+    overlay = FreshLedger(store)
+    engine = retainer.Engine(retainer.load_rules(FR), overlay)  # type: ignore[arg-type]
+    a = engine.as_of("2026-03-20")
+    committed = _commit(engine, a, engine.plan(a.instant).actions, {})
+    assert committed
+    entries = overlay.ledger()
+    assert {(e.status, e.attempts, e.updated_at) for e in entries} == {("done", 1, a.instant)}
+    assert overlay.ledger(status=["pending", "failed"]) == []
+    assert store.ledger() == []  # the store's own ledger is never written
