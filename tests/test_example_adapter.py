@@ -289,3 +289,25 @@ def test_a_reassign_without_target_is_refused(example: tuple[ModuleType, ModuleT
     with pytest.raises(PermanentError, match="no target manager"):
         handler.handle(action)
     handler.close()
+
+
+def test_a_crm_that_does_not_answer_makes_the_night_fail(
+    example: tuple[ModuleType, ModuleType],
+    files: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Found by a new-user review: with the CRM down, the handler was given up on, nothing was delivered,
+    and the job exited 0, so cron mailed nobody."""
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = ["--rules", str(files[0]), "--data", str(files[1]), "--as-of", AS_OF,
+            "--crm-url", f"http://127.0.0.1:{port}/api", "--timeout", "1"]  # fmt: skip
+    assert example[1].main(args) == 1
+    out = capsys.readouterr()
+    counts = json.loads(out.out)
+    assert counts["done"] == 0 and counts["dead"] == 0 and counts["failed"] + counts["left"] == 7
+    assert "nightly: gave up on" in out.err and "actions wait for the next run" in out.err
+    assert {e.status for e in ledger(files[1]).values()} <= {"pending", "failed"}  # nothing lost

@@ -3,10 +3,11 @@
     CRM_TOKEN=... python examples/adapter/nightly.py --rules rules.yaml --data crm.db \\
         --crm-url https://crm.example/api
 
-Prints the run's counts as JSON on stdout. Exit codes: 0 everything delivered, 1 some actions went dead
-(listed on stderr; fix the cause, then `Engine.replay(dead=True, ...)`), 2 bad input or another run
-in progress. Re-running is always safe: the ledger suppresses what an earlier run committed, and an
-action an interrupted run left undelivered is delivered by the next one.
+Prints the run's counts as JSON on stdout. Exit codes: 0 everything delivered, 1 something was not
+(actions that went dead, listed on stderr: fix the cause, then `Engine.replay(dead=True, ...)`; or the
+CRM stopped answering, so the rest wait for the next run), 2 bad input or another run in progress.
+Re-running is always safe: the ledger suppresses what an earlier run committed, and an action an
+interrupted run left undelivered is delivered by the next one.
 """
 
 from __future__ import annotations
@@ -58,7 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     dead = report.dispatch.dead if report.dispatch else {}
     for action_id, error in sorted(dead.items()):
         print(f"nightly: dead {action_id}: {error}", file=sys.stderr)
-    return 1 if dead else 0
+    for handler, why in sorted(report.dispatch.stopped.items() if report.dispatch else ()):
+        print(f"nightly: gave up on {handler}: {why}; {report.dispatch.left} actions wait for the next run",
+              file=sys.stderr)  # fmt: skip
+    return 0 if report.ok else 1  # cron mails the output of a failed job: an outage must not look like success
 
 
 if __name__ == "__main__":
