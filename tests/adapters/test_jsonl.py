@@ -302,6 +302,11 @@ def test_specs_an_equals_sign_inside_a_url_is_not_a_route() -> None:
         ("jsonl", "expected jsonl:PATH or webhook:URL"),
         ("jsonl:", "expected jsonl:PATH or webhook:URL"),
         ("webhook:crm.example/hook", "must start with http:// or https://"),
+        # found by a new-user review: these were accepted, the run committed, then gave up on delivery
+        ("webhook:http://", "it has no host"),
+        ("webhook:https:///path", "it has no host"),
+        ("webhook:http://127.0.0.1:99999/x", "Port out of range"),
+        ("webhook:http://exa mple.com/", "it contains a space (write %20)"),
     ],
 )
 def test_specs_bad_kind_or_target(spec: str, message: str) -> None:

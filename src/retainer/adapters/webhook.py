@@ -29,6 +29,24 @@ def redact(url: str) -> str:
 RETRYABLE_4XX = frozenset({408, 409, 425, 429})
 
 
+def _url_problem(url: str) -> str | None:
+    """What makes a URL unusable before any request is sent (no host, a bad port, a space)."""
+    from urllib.parse import urlsplit
+
+    if any(c.isspace() for c in url):
+        return "it contains a space (write %20)"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises for a port out of range or not a number
+    except ValueError as exc:
+        return str(exc)
+    if not parts.hostname:
+        return "it has no host"
+    if port == 0:
+        return "port 0 is not a port"
+    return None
+
+
 class WebhookHandler:
     """`POST url` with the action's JSON and an `Idempotency-Key: <action id>` header.
 
@@ -47,6 +65,9 @@ class WebhookHandler:
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"webhook URL must start with http:// or https://, not {redact(url)!r}")
+        problem = _url_problem(url)
+        if problem:  # found now, before a run commits actions that could never be delivered
+            raise ValueError(f"webhook URL {redact(url)!r}: {problem}")
         if not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
         self.url = url
