@@ -141,6 +141,7 @@ def test_cli_backtest_writes_json_csv_html(tmp_path: Path) -> None:
         ("backtest", "file", "taken", "--out {p}: is a file, not a folder"),
         ("backtest", "file", "taken/sub", "is a file, not a folder"),
         ("report", "folder", "taken.md", "--out {p}: is a folder, not a file"),
+        ("report", "folder", "taken/nodir/x.html", "--out {p}: the folder {p.parent} does not exist"),
         ("demo", "file", "taken", "--dir {p}: is a file, not a folder"),
     ],
 )

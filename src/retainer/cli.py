@@ -52,6 +52,8 @@ def _writable(path: Path, option: str, *, directory: bool) -> None:
             _fail(f"{option} {path}: is a file, not a folder")
         if not directory and path.is_dir():
             _fail(f"{option} {path}: is a folder, not a file")
+    if not directory and not path.parent.is_dir():  # a file is written into its folder; only folders are made
+        _fail(f"{option} {path}: the folder {path.parent} does not exist")
     parent = path if directory else path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -641,7 +643,10 @@ def report(
         sys.stdout.write(d.to_markdown() + "\n")
         return
     text = d.to_markdown() + "\n" if out_file.suffix.lower() == ".md" else d.to_html()
-    out_file.write_text(text, encoding="utf-8")
+    try:
+        out_file.write_text(text, encoding="utf-8")
+    except OSError as exc:  # checked up front; what is left is the disk's or the OS's say
+        _fail(f"--out {out_file}: {exc.strerror or exc}")
     err.print(f"wrote {out_file}", highlight=False)
 
 
