@@ -383,3 +383,20 @@ def test_a_lone_surrogate_in_a_name_is_planned_committed_and_written() -> None:
     with pytest.raises(UnicodeEncodeError):
         report.plan.to_json_bytes()
 
+
+
+def test_actions_out_of_attempts_do_not_count_towards_giving_up_on_a_handler(store: Store) -> None:
+    """Found by a new-user review: after --max-attempts was lowered, ten actions already at the limit went
+    dead without a call, and those non-calls gave up on a healthy handler, so the other actions waited."""
+    crm(store, n=15)
+    first = run(store)  # no handlers: 15 actions pending
+    worn = sorted(a.id for a in first.committed)[:10]
+    clock = FakeClock()
+    for _ in range(2):  # two failed deliveries each, as earlier nights against a dead endpoint leave them
+        store.begin_attempts(worn, clock())
+    store.finish_attempts([(i, "failed", "ConnectionError: down", 2) for i in worn], clock())
+    h = RecordingHandler()
+    report = run(store, handlers=h, retry=Retry(max_attempts=2, stop_after=3), clock=clock)
+    assert report.dispatch.stopped == {}
+    assert sorted(report.dispatch.dead) == worn and h.calls.keys().isdisjoint(worn)
+    assert len(report.dispatch.done) == 5 and report.dispatch.left == 0

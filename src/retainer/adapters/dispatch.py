@@ -192,7 +192,8 @@ class Dispatcher:
         """One delivery, recorded around the call: the attempt is counted before it (so an action that
         kills the process uses up its own attempts, never another's), the result right after (so a
         crash loses at most the result of the one action in flight). Returns the new status (None:
-        done meanwhile) and whether the handler rejected the action (`PermanentError`)."""
+        done meanwhile) and whether the failure says nothing about the endpoint: the handler rejected the
+        action (`PermanentError`), or was not called at all (no attempts left)."""
         limit = self.retry.max_attempts
         st: Status
         rejected = False
@@ -200,6 +201,7 @@ class Dispatcher:
             st, err = "dead", e.last_error or (
                 f"gave up after {attempts[e.id]} attempts that never returned (the process stopped while delivering it)"
             )
+            rejected = True  # no call was made: says nothing about the endpoint, so no step towards giving up on it
         else:
             if not self.store.begin_attempts([e.id], self.clock()):
                 report.skipped.append(e.id)  # done meanwhile: the host recorded an outcome
