@@ -400,3 +400,11 @@ def test_actions_out_of_attempts_do_not_count_towards_giving_up_on_a_handler(sto
     assert report.dispatch.stopped == {}
     assert sorted(report.dispatch.dead) == worn and h.calls.keys().isdisjoint(worn)
     assert len(report.dispatch.done) == 5 and report.dispatch.left == 0
+
+
+def test_a_misspelt_action_type_in_handlers_is_refused_before_anything_is_committed(store: Store) -> None:
+    """Found by a new-user review: the CLI refused `create_tsk=...`; the Python API left the tasks pending."""
+    crm(store)
+    with pytest.raises(retainer.DispatchError, match=r"unknown action type 'create_tsk'; did you mean 'create_task'\?"):
+        run(store, handlers={"create_tsk": RecordingHandler(), "*": RecordingHandler()})
+    assert store.ledger() == [] and store.runs() == []

@@ -272,6 +272,8 @@ class Session:
         self._cache = _SessionStore(store)
         self.engine = Engine(self.rules, self._cache)  # type: ignore[arg-type]
         self.handlers = handlers
+        if handlers is not None:
+            Dispatcher(store, handlers)  # a misspelt action type is refused now, not at the first delivery
         # one attempt per action by default: `post` answers a phone call and must not sleep through backoff;
         # what fails stays `failed` for the next run (`retainer run`, `Engine.run`), which retries it
         self.retry = retry if retry is not None else Retry(stop_after=1)

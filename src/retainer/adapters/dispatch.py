@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ..actions import Action
-from ..errors import DispatchError
+from ..actions import ACTION_TYPES, Action
+from ..errors import DispatchError, did_you_mean
 from ..ledger import ACTIVE, LedgerEntry, Status
 from .base import ActionHandler, PermanentError
 
@@ -113,6 +113,9 @@ class Dispatcher:
         else:
             raise DispatchError(f"a handler needs a handle(action) method; got {handlers!r}")
         for name, h in self.handlers.items():
+            if name != "*" and name not in ACTION_TYPES:  # a typo would leave those actions pending, silently
+                raise DispatchError(f"handlers: unknown action type {name!r}{did_you_mean(name, ACTION_TYPES)} "
+                                    f"(known: {', '.join(ACTION_TYPES)}, and '*' for the rest)")
             if not hasattr(h, "handle"):
                 raise DispatchError(f"handler for {name!r} has no handle(action) method: {h!r}")
         self.store = store
