@@ -150,3 +150,29 @@ def test_outcome_outside_the_tasks_options_is_warned_about(tmp_path: Path) -> No
     assert r.returncode == 0 and "is one of this task's options" in r.stderr and "will not move on" in r.stderr
     r = run("actions", "outcome", "--data", str(db), task.id, "churn_reason=Price")
     assert r.returncode == 0 and "warning" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "shown"),
+    [
+        ("Authorization Bearer supersecret", [], "RETAINER_WEBHOOK_HEADERS line 1 'Authorization ...'"),
+        ("X-Ok: 1\nX-Token abc123", [], "RETAINER_WEBHOOK_HEADERS line 2 'X-Token ...'"),
+        ("", ["--header", "X-Token abc123"], "--header 'X-Token ...'"),
+    ],
+)
+def test_a_malformed_header_is_named_without_its_secret(tmp_path: Path, env: str, args: list[str], shown: str) -> None:
+    """Found by a new-user review: the error echoed the whole line, token included, into the cron log, and
+    blamed --header for a line of the environment variable."""
+    import os
+    import subprocess
+    import sys
+
+    db = tmp_path / "crm.db"
+    assert run("import", str(CRM), "--to", f"sqlite:///{db}", "--rules", str(RULES)).returncode == 0
+    r = subprocess.run(
+        [sys.executable, "-m", "retainer", "run", "-r", str(RULES), "-d", str(db), "--as-of", "2026-03-01",
+         "--handler", "webhook:http://127.0.0.1:9/x", *args],
+        capture_output=True, text=True, env={**os.environ, "RETAINER_WEBHOOK_HEADERS": env},
+    )  # fmt: skip
+    assert r.returncode == 2 and f"{shown}: expected 'Name: value'" in r.stderr
+    assert "supersecret" not in r.stderr and "abc123" not in r.stderr

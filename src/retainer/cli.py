@@ -283,10 +283,13 @@ def _handlers(specs: list[str] | None, headers: list[str] | None, timeout: float
     import os
 
     env = [h for h in os.environ.get("RETAINER_WEBHOOK_HEADERS", "").splitlines() if h.strip()]
-    for h in [*env, *(headers or [])]:  # the variable keeps tokens out of `ps`
+    where = [f"RETAINER_WEBHOOK_HEADERS line {n}" for n in range(1, len(env) + 1)] + ["--header"] * len(headers or [])
+    for h, src in zip([*env, *(headers or [])], where, strict=True):  # the variable keeps tokens out of `ps`
         name, sep, value = h.partition(":")
         if not sep or not name.strip():
-            _fail(f"--header {h!r}: expected 'Name: value'")
+            # a header is usually a secret: show its first word only, never the value the cron log would keep
+            shown = (h.split()[0] if h.split() else "") + (" ..." if len(h.split()) > 1 else "")
+            _fail(f"{src} {shown!r}: expected 'Name: value'")
         hdrs[name.strip()] = value.strip()
     if not specs:
         return None
