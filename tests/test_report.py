@@ -116,3 +116,16 @@ def test_digest_counts_forgotten_clients_a_full_day_holds_back() -> None:
     assert [s.reason_code for s in plan.suppressed] == ["manager_task_limit"]  # c1 and c2 forgotten, one slot
     d = digest(engine, "2026-03-02")
     assert d.sections[0].rows == [["Anna (m1)", 2]]
+
+
+def test_markdown_cells_show_crm_names_as_text() -> None:
+    """Found by a new-user review: a `|` in a client's name split the row, and HTML in a name reached the
+    wiki the digest is pasted into. (The HTML page escaped both already.)"""
+    store = crm()
+    store.upsert(clients=[{"id": "c3", "manager_id": "m2", "name": "<img src=x onerror=alert(1)> Vega | Pipe"}])
+    md = digest(retainer.Engine(FR, store), "2026-03-02").to_markdown()
+    assert "| &lt;img src=x onerror=alert(1)&gt; Vega \\| Pipe (c3) | Ivan (m2) | 1,400.50 |" in md
+    assert "<img" not in md
+    engine = retainer.Engine(FR, store)
+    engine.run("2026-03-01")  # once a run has committed actions, the delivery note says how to list dead ones
+    assert "`retainer actions list --data DB --status dead`" in digest(engine, "2026-03-02").to_markdown()

@@ -49,7 +49,7 @@ class Digest:
             if s.rows:
                 out.append("| " + " | ".join(s.headers) + " |")
                 out.append("|" + "|".join("---:" if _numeric(s, i) else "---" for i in range(len(s.headers))) + "|")
-                out += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in s.rows]
+                out += ["| " + " | ".join(_md(_cell(c)) for c in r) + " |" for r in s.rows]
                 out.append("")
         return "\n".join(out)
 
@@ -70,6 +70,13 @@ class Digest:
 
 def _numeric(s: Section, i: int) -> bool:
     return bool(s.rows) and isinstance(s.rows[0][i], int | float | Decimal)
+
+
+def _md(text: str) -> str:
+    """A table cell of Markdown: names come from the CRM, so a `|` must not split the row and markup must
+    show as text (a digest is mailed or pasted into a wiki, which renders HTML in Markdown)."""
+    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+            .replace("\r", " ").replace("\n", " "))  # fmt: skip
 
 
 def _cell(c: Any) -> str:
@@ -183,7 +190,7 @@ def digest(engine: Engine, as_of: str | date | datetime, *, top: int = 30, label
         "Delivery", ["status", "actions"],
         [[s, statuses[s]] for s in ("pending", "failed", "dead", "done") if statuses[s]],
         note="Actions committed by runs, by delivery status; dead ones need a person: "
-             "`retainer actions list --status dead`." if statuses else "No run has committed actions yet.",
+             "`retainer actions list --data DB --status dead`." if statuses else "No run has committed actions yet.",
     ))  # fmt: skip
     return Digest(plan.as_of, label, sections)
 
