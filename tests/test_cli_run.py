@@ -176,3 +176,45 @@ def test_a_malformed_header_is_named_without_its_secret(tmp_path: Path, env: str
     )  # fmt: skip
     assert r.returncode == 2 and f"{shown}: expected 'Name: value'" in r.stderr
     assert "supersecret" not in r.stderr and "abc123" not in r.stderr
+
+
+def test_ctrl_c_while_delivering_says_nothing_is_lost(tmp_path: Path) -> None:
+    """Found by a new-user review: the message was dead code (typer exits 130 on Ctrl-C without a word)."""
+    import http.server
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    started = threading.Event()
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            started.set()
+            threading.Event().wait(10)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        db = tmp_path / "crm.db"
+        assert run("import", str(CRM), "--to", f"sqlite:///{db}", "--rules", str(RULES)).returncode == 0
+        p = subprocess.Popen(
+            [sys.executable, "-m", "retainer", "run", "-r", str(RULES), "-d", str(db), "--as-of", "2026-03-01",
+             "--handler", f"webhook:http://127.0.0.1:{srv.server_address[1]}/x"],
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert started.wait(30), "no delivery started"
+        p.send_signal(signal.SIGINT)
+        err = p.communicate(timeout=30)[1]
+    finally:
+        srv.shutdown()
+    assert p.returncode == 130
+    assert "interrupted: what was committed stays in the ledger" in err and "Traceback" not in err
+    statuses = {e.status for e in retainer.open_store(f"sqlite:///{db}").ledger()}
+    assert statuses and statuses <= {"pending", "failed"}  # committed, none delivered, none lost

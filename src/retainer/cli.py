@@ -39,6 +39,16 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
+def _interrupted() -> NoReturn:
+    """Ctrl-C while delivering: say that nothing is lost (typer would exit 130 without a word)."""
+    err.print(
+        "[yellow]interrupted:[/] what was committed stays in the ledger; "
+        "the next `retainer run` delivers what is still pending",
+        highlight=False,
+    )
+    raise typer.Exit(130)
+
+
 def _fail(message: str, code: int = 2) -> NoReturn:
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
@@ -370,6 +380,8 @@ def run(
         report = engine.run(as_of, handlers, dry_run=dry_run, retry=retry)
     except RetainerError as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:  # here, where typer has not yet turned it into a silent exit
+        _interrupted()
     finally:
         for h in (handlers or {}).values():
             if hasattr(h, "close"):
@@ -457,6 +469,8 @@ def actions_replay(
         moved, report = replay(store, ids or (), dead=dead, handlers=handlers, retry=_retry(max_attempts, retry_delay))
     except RetainerError as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:
+        _interrupted()
     err.print(f"requeued {len(moved)} action(s)", highlight=False)
     if ids:
         for e in store.ledger(ids=[i for i in ids if i not in set(moved)]):
@@ -876,13 +890,6 @@ def main() -> None:
     except RetainerError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err.print(
-            "[yellow]interrupted:[/] what was committed stays in the ledger; "
-            "the next `retainer run` delivers what is still pending",
-            highlight=False,
-        )
-        sys.exit(130)
 
 
 if __name__ == "__main__":
