@@ -531,13 +531,14 @@ def runs(
         sys.stdout.write(json.dumps([r.to_dict() for r in records], sort_keys=True) + "\n")
         return
     t = Table(title=f"Runs of {store.url}")
-    for col in ("run", "as of", "started", "status", "new", "duplicate", "done", "dead"):
-        t.add_column(col, no_wrap=col in ("as of", "started"))
+    counted = ("new", "duplicate", "done", "failed", "left", "dead")  # failed and left: the next run's work
+    for col in ("run", "as of", "started", "status", *counted):  # a narrow terminal folds the instants
+        t.add_column(col, overflow="fold", no_wrap=col not in ("as of", "started"), min_width=len(col))
     for r in records:
         c = r.counts
         t.add_row(
             r.id[:8], r.as_of.isoformat(), r.started_at.isoformat(timespec="seconds"), r.status,
-            *(str(c.get(k, "")) for k in ("new", "duplicate", "done", "dead")),
+            *(str(c.get(k, "")) for k in counted),
         )  # fmt: skip
     out.print(t)
 
