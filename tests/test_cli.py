@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+import retainer
+
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "examples" / "rules" / "retention.yaml"
 CRM = ROOT / "examples" / "crm"
@@ -66,6 +68,30 @@ def test_schema_is_json_schema() -> None:
     schema = json.loads(r.stdout)
     assert "rules" in schema["properties"]
     assert "ForgottenRule" in json.dumps(schema)
+
+
+def test_schema_accepts_every_example_the_validator_accepts() -> None:
+    """Found by a new-user review: the schema refused a ladder step with its action inline and `tag: x`
+    (debtor.yaml, full.yaml, policies.yaml), so an editor or CI using it flagged the project's own files."""
+    import jsonschema
+    import yaml
+
+    schema = json.loads(run("schema").stdout)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    v = jsonschema.Draft202012Validator(schema)
+    files = sorted((ROOT / "examples" / "rules").glob("*.yaml"))
+    assert len(files) >= 10
+    for f in files:
+        retainer.load_rules(f)  # the validator's word
+        assert [e.message for e in v.iter_errors(yaml.safe_load(f.read_text()))] == [], f.name
+    step = {"after": "3d", "notify_client": {"template": "x"}}
+    ladder = {"version": 1, "rules": [{"id": "d", "kind": "debtor", "steps": [step]}]}
+    assert v.is_valid(ladder)
+    for wrong in ({**step, "tag": "y"}, {"after": "3d"}, {**step, "then": [{"tag": "y"}]}):
+        ladder["rules"][0]["steps"] = [wrong]  # two actions, none, or inline and then: the validator refuses each
+        assert not v.is_valid(ladder), wrong
+        with pytest.raises(retainer.RulesError):
+            retainer.load_rules(ladder)
 
 
 def test_plan_json_from_csv_folder() -> None:

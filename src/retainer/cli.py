@@ -26,7 +26,7 @@ from .engine import Engine
 from .errors import DataError, RetainerError, RulesError, StoreError
 from .plan import Plan
 from .rules.loader import RuleSet, load_rules
-from .rules.schema import RuleFile
+from .rules.schema import json_schema
 
 app = typer.Typer(
     name="retainer",
@@ -136,7 +136,7 @@ def validate(rules: Annotated[Path, typer.Argument(help="Rule file (YAML or JSON
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of rule files (for editors and CI validation)."""
-    print(json.dumps(RuleFile.model_json_schema(), indent=2, sort_keys=True))
+    print(json.dumps(json_schema(), indent=2, sort_keys=True))
 
 
 # ---------------------------------------------------------------- plan / explain

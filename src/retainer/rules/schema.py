@@ -1,12 +1,14 @@
 """The rule file as pydantic models: what analysts write, validated before anything runs.
 
-`retainer schema` prints `RuleFile.model_json_schema()`, so editors can complete rule files and the
-reference docs cannot drift from the code. Semantics that need the whole file (feature names,
-placeholders, references between rules) are checked afterwards by `loader.compile_rules`.
+`retainer schema` prints `json_schema()` (`RuleFile.model_json_schema()`, with the inline ladder step), so
+editors can complete rule files and the reference docs cannot drift from the code. Semantics that need
+the whole file (feature names, placeholders, references between rules) are checked afterwards by
+`loader.compile_rules`.
 """
 
 from __future__ import annotations
 
+import typing
 from decimal import Decimal
 from functools import cached_property
 from typing import Annotated, Any, Literal
@@ -135,8 +137,9 @@ class StartProcessSpec(_Model):
     process: str = Field(min_length=1)
 
 
-def _shorthand(field: str) -> Any:
-    return BeforeValidator(lambda v: {field: v} if isinstance(v, str) else v)
+def _shorthand(field: str, spec: type[BaseModel]) -> Any:
+    """`tag: churned` for `tag: {tag: churned}`; the JSON Schema says so too (editors accept both)."""
+    return BeforeValidator(lambda v: {field: v} if isinstance(v, str) else v, json_schema_input_type=str | spec | None)
 
 
 class ActionSpec(_Model):
@@ -147,11 +150,11 @@ class ActionSpec(_Model):
     notify_manager: NotifyManagerSpec | None = None
     notify_client: NotifyClientSpec | None = None
     escalate: EscalateSpec | None = None
-    tag: Annotated[TagSpec | None, _shorthand("tag")] = None
-    untag: Annotated[TagSpec | None, _shorthand("tag")] = None
+    tag: Annotated[TagSpec | None, _shorthand("tag", TagSpec)] = None
+    untag: Annotated[TagSpec | None, _shorthand("tag", TagSpec)] = None
     propose_offer: ProposeOfferSpec | None = None
     create_deal: CreateDealSpec | None = None
-    start_process: Annotated[StartProcessSpec | None, _shorthand("process")] = None
+    start_process: Annotated[StartProcessSpec | None, _shorthand("process", StartProcessSpec)] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -343,6 +346,7 @@ class UnpaidRule(_RuleBase):
 class LadderStep(_Model):
     """One rung of a dunning ladder: `after` past due, one action written inline
     (`{after: 3d, notify_client: ...}`) or several under `then:`."""
+
 
     after: DurationField = Field(description="time past the invoice's due date")
     then: list[ActionSpec] = Field(min_length=1, description="the step's actions (or one action inline)")
@@ -576,3 +580,23 @@ class RuleFile(_Model):
                 {**r, "kind": "generic"} if isinstance(r, dict) and "kind" not in r else r for r in data["rules"]
             ]
         return data
+
+
+_SHORTHANDS = frozenset({"tag", "untag", "start_process"})
+
+
+def json_schema() -> dict[str, Any]:
+    """The rule file's JSON Schema (`retainer schema`): `RuleFile.model_json_schema()`, with a ladder step
+    written as the validator reads it: `after` with `then:`, or with exactly one action inline (the
+    generated schema knew only `then:`, so it refused the ladder of every example)."""
+    out = RuleFile.model_json_schema()
+    step = out["$defs"]["LadderStep"]
+    props = step["properties"]
+    for name, f in ActionSpec.model_fields.items():
+        spec = next(a for a in typing.get_args(f.annotation) if a is not type(None))
+        ref: dict[str, Any] = {"$ref": f"#/$defs/{spec.__name__}"}
+        props[name] = {"anyOf": [ref, {"type": "string"}] if name in _SHORTHANDS else [ref, {"type": "null"}],
+                       "description": f"the step's one action, inline: {name}"}  # fmt: skip
+    step["required"] = ["after"]
+    step["oneOf"] = [{"required": ["then"]}, *({"required": [name]} for name in ActionSpec.model_fields)]
+    return out
