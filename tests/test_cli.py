@@ -49,6 +49,28 @@ def test_demo_runs_offline_and_explains(tmp_path: Path) -> None:
     assert json.loads(hint.stdout)["actions"]
 
 
+def test_demo_runs_again_in_its_own_folder_but_never_over_someone_elses_files(tmp_path: Path) -> None:
+    """Found by a new-user review: `--dir .` in a project replaced its rules.yaml and crm.db in silence."""
+    d = tmp_path / "d"
+    assert run("demo", "--dir", str(d), "--clients", "20").returncode == 0
+    assert run("demo", "--dir", str(d), "--clients", "20").returncode == 0  # its own earlier demo: fine
+    (d / "rules.yaml").write_text("mine\n")
+    r = run("demo", "--dir", str(d), "--clients", "20")
+    assert r.returncode == 2 and "a rules.yaml that is not the demo's" in r.stderr
+    assert (d / "rules.yaml").read_text() == "mine\n"
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "crm.db").write_bytes(b"the CRM's own")
+    r = run("demo", "--dir", str(mine), "--clients", "20")
+    assert r.returncode == 2 and "already holds crm.db; the demo would overwrite crm.db" in r.stderr
+    assert (mine / "crm.db").read_bytes() == b"the CRM's own" and sorted(p.name for p in mine.iterdir()) == ["crm.db"]
+
+
+def test_plan_limit_is_not_negative() -> None:
+    r = run("plan", "-r", str(RULES), "-d", str(CRM), "--as-of", "2026-03-01", "-f", "table", "--limit", "-5")
+    assert r.returncode == 2 and "--limit" in r.stderr
+
+
 def test_validate_ok_and_bad(tmp_path: Path) -> None:
     r = run("validate", str(RULES))
     assert r.returncode == 0, r.stderr

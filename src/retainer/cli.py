@@ -198,7 +198,7 @@ def plan(
         typer.Option("--format", "-f", help="table | json | jsonl (default: table on a terminal, json when piped)"),
     ] = None,
     client: Annotated[list[str] | None, typer.Option("--client", "-c", help="Only these clients.")] = None,
-    limit: Annotated[int, typer.Option(help="Rows of the action table.")] = 20,
+    limit: Annotated[int, typer.Option(help="Rows of the action table (0: none).", min=0)] = 20,
 ) -> None:
     """Plan the actions due as of a date. Writes nothing."""
     f = _format(fmt)
@@ -675,7 +675,7 @@ def report(
 def test_(
     paths: Annotated[list[Path], typer.Argument(help="Scenario files (*.scenario.yaml) or folders holding them.")],
 ) -> None:
-    """Run scenario tests: facts, then steps that run the rules and check the actions (DESIGN §8).
+    """Run scenario tests: facts, then steps that run the rules and check the actions (docs: testing).
 
     Exit 0: all passed. Exit 1: a scenario failed. Exit 2: a scenario file is invalid or none was found.
     """
@@ -803,10 +803,16 @@ def demo(
     except ValueError:
         _fail(f"--as-of must be a date like 2026-03-01, not {as_of!r}")
     _writable(dir, "--dir", directory=True)
+    shipped = _examples_dir() / "rules" / "retention.yaml"
+    rules_path = dir / "rules.yaml"
+    ours = not rules_path.exists() or rules_path.read_bytes() == shipped.read_bytes()  # an earlier demo's
+    taken = [n for n in ("rules.yaml", "crm.db", "data") if (dir / n).exists()]
+    if taken and not (ours and rules_path.exists()):  # someone's files, or a demo whose rules were edited
+        why = "a rules.yaml that is not the demo's" if not ours else ", ".join(taken)
+        _fail(f"--dir {dir} already holds {why}; the demo would overwrite {', '.join(taken)}: choose another --dir")
     t0 = time.perf_counter()
     dir.mkdir(parents=True, exist_ok=True)
-    rules_path = dir / "rules.yaml"
-    shutil.copyfile(_examples_dir() / "rules" / "retention.yaml", rules_path)
+    shutil.copyfile(shipped, rules_path)
     rs = _rules(rules_path)
     db = dir / "crm.db"
     from .stores.sqlite import store_files
