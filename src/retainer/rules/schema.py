@@ -8,7 +8,6 @@ the whole file (feature names, placeholders, references between rules) are check
 
 from __future__ import annotations
 
-import typing
 from decimal import Decimal
 from functools import cached_property
 from typing import Annotated, Any, Literal
@@ -347,7 +346,6 @@ class LadderStep(_Model):
     """One rung of a dunning ladder: `after` past due, one action written inline
     (`{after: 3d, notify_client: ...}`) or several under `then:`."""
 
-
     after: DurationField = Field(description="time past the invoice's due date")
     then: list[ActionSpec] = Field(min_length=1, description="the step's actions (or one action inline)")
 
@@ -582,21 +580,15 @@ class RuleFile(_Model):
         return data
 
 
-_SHORTHANDS = frozenset({"tag", "untag", "start_process"})
-
-
 def json_schema() -> dict[str, Any]:
     """The rule file's JSON Schema (`retainer schema`): `RuleFile.model_json_schema()`, with a ladder step
-    written as the validator reads it: `after` with `then:`, or with exactly one action inline (the
-    generated schema knew only `then:`, so it refused the ladder of every example)."""
+    written as the validator reads it: `after` with `then:`, or with exactly one action inline, each action
+    as `ActionSpec` describes it under `then:` (the generated schema knew only `then:`, so it refused the
+    ladder of every example)."""
     out = RuleFile.model_json_schema()
     step = out["$defs"]["LadderStep"]
-    props = step["properties"]
-    for name, f in ActionSpec.model_fields.items():
-        spec = next(a for a in typing.get_args(f.annotation) if a is not type(None))
-        ref: dict[str, Any] = {"$ref": f"#/$defs/{spec.__name__}"}
-        props[name] = {"anyOf": [ref, {"type": "string"}] if name in _SHORTHANDS else [ref, {"type": "null"}],
-                       "description": f"the step's one action, inline: {name}"}  # fmt: skip
+    for name, action in out["$defs"]["ActionSpec"]["properties"].items():
+        step["properties"][name] = {**action, "description": f"the step's one action, inline: {name}"}
     step["required"] = ["after"]
     step["oneOf"] = [{"required": ["then"]}, *({"required": [name]} for name in ActionSpec.model_fields)]
     return out
