@@ -235,7 +235,14 @@ class _Prep:
     """What one rule's actions share within a plan (evidence columns, compiled texts, the constant
     fields of each action), worked out once instead of once per client."""
 
-    def __init__(self, rule: CompiledRule, frame: FeatureFrame | SubFrame, a: AsOf, tfile: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        rule: CompiledRule,
+        frame: FeatureFrame | SubFrame,
+        a: AsOf,
+        tfile: Mapping[str, Any],
+        managers: Mapping[str, Manager],
+    ) -> None:
         self.as_of = a.instant.astimezone(a.tz)
         self.as_of_date = a.date.isoformat()
         self.evidence = [(name.split("[", 1)[0], frame.column(name)) for name in rule.evidence]
@@ -246,8 +253,11 @@ class _Prep:
 
         self.reason = text(rule.reason)
         common = {"rule": rule.id, "category": rule.category, "as_of": self.as_of}
-        # per action, for the loop of _emit_group: (class, constant fields, texts, what to fill in, whom for)
-        self.fills: list[tuple[type[Action], dict[str, Any], tuple[tuple[str, Any], ...], int, str | None]] = []
+        # per action, for the loop of _emit_group: (class, constant fields, texts, what to fill in, whom for,
+        # why it has no recipient when the rule file names a manager id that the store does not have)
+        self.fills: list[
+            tuple[type[Action], dict[str, Any], tuple[tuple[str, Any], ...], int, str | None, str | None]
+        ] = []
         for spec in rule.then:
             p = spec.params
             cls = ACTION_TYPES[spec.type]
@@ -287,11 +297,17 @@ class _Prep:
                 case "start_process":
                     static["process"] = p.process
             whom = getattr(p, "assignee", None) or getattr(p, "to", None)
-            self.fills.append((cls, static, tuple(texts.items()), _FILL.get(spec.type, 0), whom))
+            absent = None
+            if whom is not None and whom not in _ROLES and whom not in managers:  # a literal manager id
+                absent = f"no manager {whom} in the store {_TO_WHOM[spec.type]}"
+            self.fills.append((cls, static, tuple(texts.items()), _FILL.get(spec.type, 0), whom, absent))
 
 
 _TASK, _REASSIGN, _NOTIFY, _ESCALATE = 1, 2, 3, 4
 _FILL = {"create_task": _TASK, "reassign": _REASSIGN, "notify_manager": _NOTIFY, "escalate": _ESCALATE}
+#: who an action's `assignee`/`to` can name besides a manager id (the keys of `whom` in _emit_group)
+_ROLES = frozenset({"manager", "supervisor", "new_manager"})
+_TO_WHOM = {"create_task": "to assign the task to", "notify_manager": "to notify", "escalate": "to escalate to"}
 
 
 def _emit_group(
@@ -358,7 +374,7 @@ def _emit_group(
             "supervisor": supervisor.id if supervisor else None,
             "new_manager": incoming.id if incoming is not None else None,  # the manager this plan gives the client to
         }
-        for (cls, static, texts, fill, to), key in zip(fills, m.keys, strict=False):
+        for (cls, static, texts, fill, to, absent), key in zip(fills, m.keys, strict=False):
             values = {**static, "key": key, "id": new_id(key), "client_id": client_id, "reason": reason,
                       "evidence": evidence}  # fmt: skip
             for name, render in texts:
@@ -370,8 +386,6 @@ def _emit_group(
                 who = values["assignee_id"] = whom.get(to, to)
                 if not who:
                     missing = f"no {to} to assign the task to"
-                elif to not in whom and who not in managers:  # a manager id written in the rule file
-                    missing = f"no manager {who} in the store to assign the task to"
             elif fill == _REASSIGN:
                 values["from_manager_id"] = manager_id
                 values["to_manager_id"] = m.new_manager.id if m.new_manager else None
@@ -379,16 +393,13 @@ def _emit_group(
                 who = values["to_manager_id"] = whom.get(to, to)
                 if not who:
                     missing = f"no {to} to notify"
-                elif to not in whom and who not in managers:
-                    missing = f"no manager {who} in the store to notify"
             elif fill == _ESCALATE:
                 who = whom.get(to, to)
                 values["to_manager_id"] = who or ""
                 values["about_manager_id"] = manager_id
                 if not who:
                     missing = f"manager {manager_id} has no {to}"
-                elif to not in whom and who not in managers:
-                    missing = f"no manager {who} in the store to escalate to"
+            missing = missing or absent
             act = make(cls, values)
             if key in ledger:
                 suppressed.append(hold(act, policies.DUPLICATE, _dup(ledger[key])))
@@ -708,7 +719,8 @@ class Engine:
             groups.setdefault((id(m.rule), id(m.frame)), []).append(m)
         tfile = self.rules.file.templates
         for ms in groups.values():
-            _emit_group(_Prep(ms[0].rule, ms[0].frame, a, tfile), ms, a, managers, ledger, moved, actions, suppressed)
+            prep = _Prep(ms[0].rule, ms[0].frame, a, tfile, managers)
+            _emit_group(prep, ms, a, managers, ledger, moved, actions, suppressed)
         return actions, suppressed
 
     # ------------------------------------------------------------------ run
