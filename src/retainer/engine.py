@@ -555,9 +555,8 @@ class Engine:
         matches: list[_Match] = []
         rule_stats: dict[str, dict[str, int]] = {}
         warnings: list[str] = []
-        if ids is not None and len(clients) < len(set(ids)):  # a typo in a list of ids must not pass unseen
-            found = {c.id for c in clients}
-            for cid in sorted(set(ids) - found):
+        if ids is not None and len(clients) < len(wanted := set(ids)):  # a typo in a list of ids must not pass
+            for cid in sorted(wanted - {c.id for c in clients}):
                 later = self.store.get("clients", cid) is not None
                 warnings.append(f"client {cid}: " + ("created after as_of; nothing planned" if later
                                                      else "no such client in the store; nothing planned"))

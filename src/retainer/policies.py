@@ -140,6 +140,11 @@ def hold(action: Action, code: str, detail: str) -> Suppression:
     return fast_model(Suppression, {"action": action, "reason_code": code, "detail": detail})  # type: ignore[no-any-return]
 
 
+def ranks(p: Policies) -> dict[str, int]:
+    """Category -> its place in `priority` (0 first); the default order when none is configured."""
+    return {c: k for k, c in enumerate(p.priority or DEFAULT_ORDER)}
+
+
 def steady(p: Policies) -> Callable[[Suppression], bool]:
     """Whether a hold stays as it is from day to day while nothing about its client changes (no new fact,
     no rule's condition flipping by time): a backtest counts such holds again without planning the client.
@@ -151,8 +156,7 @@ def steady(p: Policies) -> Callable[[Suppression], bool]:
         timed |= _DEVELOPMENT
     if p.cooloff is not None:
         timed |= set(p.cooloff.blocks)
-    order = p.priority or list(DEFAULT_ORDER)
-    rank = {c: k for k, c in enumerate(order)}
+    rank = ranks(p)
 
     def ok(s: Suppression) -> bool:
         if s.reason_code in (DO_NOT_CONTACT, NO_MARKETING):
@@ -173,8 +177,7 @@ class Guard:
         self.frame = frame
         self.store = store
         self.a = a
-        order = p.priority or list(DEFAULT_ORDER)
-        self.rank = {c: k for k, c in enumerate(order)}
+        self.rank = ranks(p)
         self.row = {cid: i for i, cid in enumerate(frame.ids)}
 
     def _rank(self, x: Action) -> int:
