@@ -228,11 +228,8 @@ def _check_texts(
         for u in sorted(used):
             sub = registry.get(rule.aliases.get(u, u)).subject
             if sub not in ("client", rule.subject):
-                where = "rules about one invoice at a time (unpaid, debtor)" if sub == "invoice" else (
-                    f"{sub}-level rules (overdue_tasks)")
                 tp = next((tp for text, tp in texts if "{" + u + "}" in text), path)
-                raise RulesError(f"{{{u}}} is only available in {where}", file=source, line=lines.line(tp),
-                                 rule=rule.id)
+                raise RulesError(_only_in(f"{{{u}}}", sub), file=source, line=lines.line(tp), rule=rule.id)
     if rule.subject == "manager":
         bad = sorted(u for u in used if registry.get(rule.aliases.get(u, u)).subject == "client"
                      and u not in MANAGER_COLUMNS)
@@ -244,6 +241,13 @@ def _check_texts(
 
 
 MANAGER_COLUMNS = frozenset({"manager_id", "manager_team", "manager_active"})
+
+
+def _only_in(name: str, subject: str) -> str:
+    """Why a client rule cannot read `name`, a column of another subject (in `when:` or in a text)."""
+    if subject == "invoice":
+        return f"{name} is only available in rules about one invoice at a time (unpaid, debtor)"
+    return f"{name} is only available in {subject}-level rules (overdue_tasks)"
 
 
 def _check_subject(rule: CompiledRule, registry: FeatureRegistry, path: Path) -> None:
@@ -258,11 +262,7 @@ def _check_subject(rule: CompiledRule, registry: FeatureRegistry, path: Path) ->
                     (*path, "when"),
                 )
         elif sub not in ("client", rule.subject):
-            raise PresetError(
-                f"{name} is only available in rules about one {sub} at a time (unpaid, debtor)"
-                if sub == "invoice" else f"{name} is only available in {sub}-level rules (overdue_tasks)",
-                (*path, "when"),
-            )
+            raise PresetError(_only_in(name, sub), (*path, "when"))
 
 
 def compile_rules(data: Any, lines: _Lines, source: str) -> RuleSet:

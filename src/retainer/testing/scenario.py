@@ -48,6 +48,15 @@ class ScenarioFailure(AssertionError):
     """A step did not do what the scenario expects; the message is the whole readable report."""
 
 
+def _unknown_name(field: str, value: Any, rule_ids: list[str]) -> str | None:
+    """A rule id or action type that nothing can match (a typo), said with the closest real one."""
+    if field == "rule" and value not in rule_ids:
+        return f"no rule {value!r} in the rule set{did_you_mean(str(value), rule_ids)}"
+    if field == "type" and value not in ACTION_TYPES:
+        return f"no action type {value!r}{did_you_mean(str(value), ACTION_TYPES)}"
+    return None
+
+
 #: the fields that say which action it is (a closest match agrees on these first)
 _IDENTITY = frozenset({"key", "rule", "client_id", "type"})
 
@@ -217,10 +226,8 @@ class Step:
         for k, v in resolved.items():
             if k not in fields:
                 hints.append(f"there is no field {k!r}{did_you_mean(k, fields)}")
-            elif k == "rule" and v not in rule_ids:
-                hints.append(f"no rule {v!r} in the rule set{did_you_mean(str(v), rule_ids)}")
-            elif k == "type" and v not in ACTION_TYPES:
-                hints.append(f"no action type {v!r}{did_you_mean(str(v), ACTION_TYPES)}")
+            elif hint := _unknown_name(k, v, rule_ids):
+                hints.append(hint)
         if hints:
             return msg + "; " + "; ".join(hints)
         if views:
@@ -302,10 +309,8 @@ class Scenario:
             what = "no committed action matches" if not found else f"{len(found)} committed actions match"
             listed = "".join(f"\n  {_line(e.action)}" for e in found[:5])
             rule_ids = [r.id for r in self.engine.rules.rules]
-            if match.get("rule") is not None and match["rule"] not in rule_ids:
-                listed += f"\n  no rule {match['rule']!r} in the rule set{did_you_mean(str(match['rule']), rule_ids)}"
-            if match.get("type") is not None and match["type"] not in ACTION_TYPES:
-                listed += f"\n  no action type {match['type']!r}{did_you_mean(str(match['type']), ACTION_TYPES)}"
+            listed += "".join(f"\n  {hint}" for k, v in match.items()
+                              if v is not None and (hint := _unknown_name(k, v, rule_ids)))
             raise RetainerError(f"record {_show(match)}: {what}; it needs exactly one (add rule, client_id, type "
                                 f"or key){listed}")
         at = self.steps[-1].as_of.instant if self.steps else None
