@@ -80,7 +80,7 @@ def main() -> None:
     rules = retainer.load_rules(args.rules)
     store = retainer.open_store(f"sqlite:///{db}", timezone=rules.timezone)
     if args.skip_analyze:
-        store.db.conn = _NoAnalyze(store.db.conn)  # type: ignore[attr-defined]
+        store.conn = _NoAnalyze(store.conn)  # type: ignore[attr-defined]
     session = Session(rules, store)
     t = time.perf_counter()
     warm = session.tick(args.as_of)

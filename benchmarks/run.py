@@ -18,6 +18,7 @@ The (rule, client) pairs of retainer's plan must equal the tuned query's, or the
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import platform
@@ -167,6 +168,9 @@ def main() -> None:
     if not (SHARED / "gen.py").exists():
         sys.exit(f"the reference workload is not at {SHARED} (set RETAINER_BENCH_SHARED)")
     a.work.mkdir(parents=True, exist_ok=True)
+    # bytecode written now, as `pip install` of a wheel does: with PYTHONDONTWRITEBYTECODE set (or a
+    # read-only checkout) every timed process would otherwise compile the edited modules again
+    compileall.compile_dir(str(ROOT / "src" / "retainer"), quiet=1)
     data, db, ref_db, imp = prepare(a.clients, a.work)
     ours_pairs, ref_pairs = a.work / "retainer.pairs", a.work / "fr_sql.pairs"
 

@@ -23,9 +23,7 @@ from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
-from typing import Any
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from ..actions import Action
 from ..errors import StoreError
@@ -34,6 +32,9 @@ from ..model import ENTITIES, Client, Entity, Manager, no_gc
 from ..timeutil import to_utc_text
 from . import _ingest
 from .base import EXISTS_FIELD, TIME_FIELDS, AggSpec, Changes, Pred
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 SCHEMA_VERSION = "2"  # 2: per-client summaries (retainer_latest, retainer_newest) that every writer maintains
 _MIGRATES = ("1",)  # older versions this one upgrades on open
@@ -497,10 +498,10 @@ class SQLiteStore:
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout = 5000")
-            self.db = sqlite_utils.Database(conn)
+            self.conn = conn
             self._ensure_schema(create)  # first: a file that is not a store is refused untouched
-            if self.path != ":memory:":
-                self.db.enable_wal()
+            if self.path != ":memory:" and conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = wal")
                 # WAL + NORMAL: a commit survives any process crash (kill -9 included) and the file is
                 # never corrupted; only an OS crash or power loss may roll back the last commits, whole.
                 # FULL would fsync every delivery attempt the dispatcher records.
@@ -512,20 +513,31 @@ class SQLiteStore:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from exc
 
+    @cached_property
+    def db(self) -> sqlite_utils.Database:
+        """sqlite-utils over the connection, for making tables: imported only by the commands that make a
+        store (it costs 60 ms of every start, and reads go through `conn`)."""
+        import sqlite_utils
+
+        return sqlite_utils.Database(self.conn)
+
+    def _tables(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+
     def _ensure_schema(self, create: bool = True) -> None:
-        meta = self.db["retainer_meta"]
+        tables = self._tables()
         self._summaries = False  # whether retainer_latest/retainer_newest are there and current
-        if meta.exists():  # type: ignore[union-attr]
-            row = self.db.execute("SELECT value FROM retainer_meta WHERE key = 'schema_version'").fetchone()
+        if "retainer_meta" in tables:
+            row = self.conn.execute("SELECT value FROM retainer_meta WHERE key = 'schema_version'").fetchone()
             if row and row[0] != SCHEMA_VERSION and row[0] not in _MIGRATES:
                 raise StoreError(f"{self.path}: schema version {row[0]}, this retainer reads {SCHEMA_VERSION}")
-            if not self.db["retainer_actions"].exists():  # type: ignore[union-attr]
-                self.db.conn.executescript(_LEDGER_DDL)  # a store imported before the ledger existed
+            if "retainer_actions" not in tables:
+                self.conn.executescript(_LEDGER_DDL)  # a store imported before the ledger existed
             self._add_new_columns()
             self._summaries = self._summaries_current() or self._migrate()
             self._add_new_indexes()
             return
-        foreign = sorted(self.db.table_names())
+        foreign = tables
         if foreign:  # somebody else's database (the CRM's own?): never write into it
             raise StoreError(
                 f"{self.path} is not a retainer store: it has a {foreign[0]!r} table but no retainer_meta. "
@@ -536,14 +548,14 @@ class SQLiteStore:
                 f"{self.path} is an empty database, not a retainer store: "
                 f"load data into it first (`retainer import DIR --to sqlite:///{self.path}`)"
             )
-        self.db.conn.executescript(_LEDGER_DDL)
-        with self.db.conn:
+        self.conn.executescript(_LEDGER_DDL)
+        with self.conn:
             for entity, kinds in _KINDS.items():
                 self.db[entity].create(  # type: ignore[union-attr]
                     {f: _SQLTYPE[k] for f, k in kinds.items()}, pk="id", if_not_exists=True
                 )
                 for cols in _INDEXES.get(entity, []):
-                    self.db.execute(_index_sql(entity, cols))
+                    self.conn.execute(_index_sql(entity, cols))
             self.db["retainer_cursors"].create(
                 {"name": str, "value": str},
                 pk="name",  # type: ignore[union-attr]
@@ -552,12 +564,12 @@ class SQLiteStore:
             self.db["retainer_meta"].create(  # type: ignore[union-attr]
                 {"key": str, "value": str}, pk="key", if_not_exists=True
             )
-            self.db.execute("INSERT OR IGNORE INTO retainer_meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
-            self._build_summaries(self.db.conn)
+            self.conn.execute("INSERT OR IGNORE INTO retainer_meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
+            self._build_summaries(self.conn)
         self._summaries = True
 
     def _summaries_current(self) -> bool:
-        row = self.db.execute(
+        row = self.conn.execute(
             "SELECT (SELECT value FROM retainer_meta WHERE key = 'schema_version'), "
             "(SELECT value FROM retainer_meta WHERE key = 'latest_def')"
         ).fetchone()
@@ -637,8 +649,8 @@ class SQLiteStore:
         """(entity, column, column, ...) of every index on the fact tables."""
         out = set()
         for entity in _INDEXES:
-            for _seq, name, *_ in self.db.execute(f"PRAGMA index_list({entity})").fetchall():
-                cols = [r[2] for r in self.db.execute(f'PRAGMA index_info("{name}")').fetchall()]
+            for _seq, name, *_ in self.conn.execute(f"PRAGMA index_list({entity})").fetchall():
+                cols = [r[2] for r in self.conn.execute(f'PRAGMA index_info("{name}")').fetchall()]
                 out.add((entity, *cols))
         return out
 
@@ -653,15 +665,15 @@ class SQLiteStore:
         empty, so it keeps working without a re-import."""
         missing = []
         for entity, kinds in _KINDS.items():
-            have = {r[1] for r in self.db.execute(f"PRAGMA table_info({entity})")}
+            have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({entity})")}
             missing += [(entity, f, k) for f, k in kinds.items() if have and f not in have]
         if not missing:
             return
         try:
-            with self.db.conn:
+            with self.conn:
                 for entity, f, k in missing:
                     sqltype = "INTEGER" if _SQLTYPE[k] is int else "TEXT"
-                    self.db.execute(f'ALTER TABLE {entity} ADD COLUMN "{f}" {sqltype}')
+                    self.conn.execute(f'ALTER TABLE {entity} ADD COLUMN "{f}" {sqltype}')
         except sqlite3.OperationalError as exc:
             raise StoreError(f"{self.path} was written by an earlier retainer and cannot be upgraded here ({exc}); "
                              "open it once where it is writable") from None
@@ -675,7 +687,7 @@ class SQLiteStore:
         return self.load(_ingest.batches(rows, self.tz), replace=True)
 
     def _ids(self, entity: str) -> _StoredIds:
-        return _StoredIds(self.db.conn, entity)
+        return _StoredIds(self.conn, entity)
 
     def load(self, batches: Iterable[_ingest.Batch], *, replace: bool = False) -> dict[str, int]:
         """Write validated batches in ONE transaction: all of them, or nothing when one is bad.
@@ -742,7 +754,7 @@ class SQLiteStore:
         if written >= 1000 or (written and any(was_empty.values())):
             # statistics for the query planner: worth it after a bulk load, not after every small write
             # (a CRM posting one touch at a time would pay ~45 ms per event at 10k clients)
-            self.db.conn.execute("ANALYZE")
+            self.conn.execute("ANALYZE")
         return counts
 
     @contextmanager
@@ -751,7 +763,7 @@ class SQLiteStore:
         building an index over a bulk load reads every page of the table, and mapped pages stay in the
         process's resident memory (a 1M-client import would hold gigabytes of them). The readers'
         setting comes back after the load; small writes never touch it."""
-        conn = self.db.conn
+        conn = self.conn
         before: list[int] = []
 
         def off() -> None:
@@ -880,7 +892,7 @@ class SQLiteStore:
         ids = json.dumps([m.id for m in models])
         return {
             r[0]
-            for r in self.db.execute(f"SELECT id FROM {entity} WHERE id IN (SELECT value FROM json_each(?))", [ids])
+            for r in self.conn.execute(f"SELECT id FROM {entity} WHERE id IN (SELECT value FROM json_each(?))", [ids])
         }
 
     def _rows(
@@ -889,7 +901,7 @@ class SQLiteStore:
         """Streamed in chunks, so iterating a large fact table keeps memory bounded."""
         kinds = _KINDS[entity]
         cols = list(kinds)
-        cur = self.db.execute(f"SELECT {', '.join(cols)} FROM {entity} {sql_tail}", _args(params))
+        cur = self.conn.execute(f"SELECT {', '.join(cols)} FROM {entity} {sql_tail}", _args(params))
         build = _builder(entity)
         while rows := cur.fetchmany(10_000):
             yield from build(rows)
@@ -901,7 +913,7 @@ class SQLiteStore:
         cols = list(kinds)
         build = _builder(entity)
         with no_gc():
-            rows = self.db.execute(f"SELECT {', '.join(cols)} FROM {entity} {sql_tail}", _args(params)).fetchall()
+            rows = self.conn.execute(f"SELECT {', '.join(cols)} FROM {entity} {sql_tail}", _args(params)).fetchall()
             return build(rows)
 
     def get(self, entity: str, id: str) -> Entity | None:
@@ -926,7 +938,7 @@ class SQLiteStore:
 
     def count(self, entity: str) -> int:
         _ingest.check_entity(entity)
-        return int(self.db.execute(f"SELECT count(*) FROM {entity}").fetchone()[0])
+        return int(self.conn.execute(f"SELECT count(*) FROM {entity}").fetchone()[0])
 
     def clients(self, as_of: datetime, ids: Sequence[str] | None = None) -> list[Client]:
         tail = "WHERE (created_at IS NULL OR created_at <= ?)"
@@ -941,7 +953,7 @@ class SQLiteStore:
 
     def manager_loads(self, as_of: datetime) -> dict[str, int]:
         return dict(
-            self.db.execute(
+            self.conn.execute(
                 # every client is read: a plain scan beats the manager_id index and a row lookup per client
                 "SELECT manager_id, count(*) FROM clients NOT INDEXED WHERE status != 'archived' "
                 "AND (created_at IS NULL OR created_at <= ?) GROUP BY manager_id",
@@ -962,7 +974,7 @@ class SQLiteStore:
         for entity, fields in TIME_FIELDS.items():
             cid = "id" if entity == "clients" else "client_id"
             for f in fields:  # one scan per column, sorted by SQLite; then a bisect per step, not per row
-                rows = self.db.execute(
+                rows = self.conn.execute(
                     f"SELECT {f}, {cid} FROM {entity} WHERE {f} > ? AND {f} <= ? ORDER BY {f}", [bounds[0], bounds[-1]]
                 ).fetchall()
                 if not rows:
@@ -1007,7 +1019,7 @@ class SQLiteStore:
         }
         if not cols:
             return {}
-        newest = {(e, f): v for e, f, v in self.db.execute("SELECT entity, field, value FROM retainer_newest")}
+        newest = {(e, f): v for e, f, v in self.conn.execute("SELECT entity, field, value FROM retainer_newest")}
         asof = to_utc_text(as_of)
 
         def after(entity: str, field: str) -> bool:
@@ -1031,7 +1043,7 @@ class SQLiteStore:
             sql += " WHERE client_id IN (SELECT value FROM json_each(?))"
             params.append(json.dumps(list(client_ids)))
         sql += " ORDER BY client_id"  # the order of the scan's GROUP BY client_id
-        rows = self.db.execute(sql, params).fetchall()
+        rows = self.conn.execute(sql, params).fetchall()
         if not rows:
             return
         ids = [r[0] for r in rows]
@@ -1104,7 +1116,7 @@ class SQLiteStore:
         hint = "" if covered or client_ids is not None else " NOT INDEXED"
         sql = (f"SELECT client_id, {', '.join(selects)} FROM {entity}{hint} WHERE {' AND '.join(base)} "
                f"GROUP BY client_id")
-        rows = self.db.execute(sql, params).fetchall()
+        rows = self.conn.execute(sql, params).fetchall()
         if not rows:
             return
         ids = [r[0] for r in rows]
@@ -1141,8 +1153,8 @@ class SQLiteStore:
         """Whether `entity` holds at least SEEK_DENSITY facts per client (rowids as the estimate: two index
         reads). Then a seek per client beats a grouped scan even over every client: at 20 touches a client,
         100k seeks take a third of the time of reading the 2M rows."""
-        n = self.db.execute(f"SELECT max(rowid) FROM {entity}").fetchone()[0] or 0
-        c = self.db.execute("SELECT max(rowid) FROM clients").fetchone()[0] or 0
+        n = self.conn.execute(f"SELECT max(rowid) FROM {entity}").fetchone()[0] or 0
+        c = self.conn.execute("SELECT max(rowid) FROM clients").fetchone()[0] or 0
         return c > 0 and n >= SEEK_DENSITY * c
 
     def _aggregate_seek(
@@ -1170,7 +1182,7 @@ class SQLiteStore:
             kinds.append("money" if kind == "money" else kind)
         ids = "json_each(:ids)" if client_ids is not None else "(SELECT id AS value FROM clients)"
         sql = f"SELECT j.value, {', '.join(subs)} FROM {ids} AS j ORDER BY j.value"  # as GROUP BY does
-        rows = self.db.execute(sql, params).fetchall()
+        rows = self.conn.execute(sql, params).fetchall()
         for j, (kind, out) in enumerate(zip(kinds, outs, strict=True)):
             f = _converter(kind) or (lambda x: x)
             out.update({r[0]: f(v) for r in rows if (v := r[j + 1]) is not None})
@@ -1192,12 +1204,12 @@ class SQLiteStore:
     # ------------------------------------------------------------ cursors
 
     def get_cursor(self, name: str) -> str | None:
-        row = self.db.execute("SELECT value FROM retainer_cursors WHERE name = ?", [name]).fetchone()
+        row = self.conn.execute("SELECT value FROM retainer_cursors WHERE name = ?", [name]).fetchone()
         return row[0] if row else None
 
     def set_cursor(self, name: str, value: str) -> None:
-        with self.db.conn:
-            self.db.execute("INSERT OR REPLACE INTO retainer_cursors VALUES (?, ?)", [name, value])
+        with self.conn:
+            self.conn.execute("INSERT OR REPLACE INTO retainer_cursors VALUES (?, ?)", [name, value])
 
     # ------------------------------------------------------------ ledger
 
@@ -1233,10 +1245,10 @@ class SQLiteStore:
             os.close(fd)
 
     def ledger_status(self, keys: Iterable[str]) -> dict[str, Status]:
-        if not self.db.execute("SELECT 1 FROM retainer_actions LIMIT 1").fetchone():
+        if not self.conn.execute("SELECT 1 FROM retainer_actions LIMIT 1").fetchone():
             return {}  # an empty ledger (every plan before the first run) costs nothing
         return dict(
-            self.db.execute(
+            self.conn.execute(
                 "SELECT key, status FROM retainer_actions WHERE key IN (SELECT value FROM json_each(?))",
                 [json.dumps(list(keys))],
             ).fetchall()
@@ -1246,7 +1258,7 @@ class SQLiteStore:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE: take the write lock up front, so a check (duplicate keys, existing ids) and
         the writes that follow it see the same database."""
-        conn = self.db.conn
+        conn = self.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
@@ -1302,7 +1314,7 @@ class SQLiteStore:
             )
 
     def runs(self, limit: int | None = None) -> list[RunRecord]:
-        rows = self.db.execute(
+        rows = self.conn.execute(
             "SELECT id, as_of, rules_digest, started_at, status, finished_at, counts FROM retainer_runs "
             "ORDER BY seq DESC LIMIT ?",
             [-1 if limit is None else limit],
@@ -1345,7 +1357,7 @@ class SQLiteStore:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq LIMIT ?"
         params.append(-1 if limit is None else limit)
-        return [_entry(r) for r in self.db.execute(sql, params)]
+        return [_entry(r) for r in self.conn.execute(sql, params)]
 
     def _known(self, conn: sqlite3.Connection, ids: Sequence[str]) -> None:
         found = {
@@ -1432,7 +1444,7 @@ class SQLiteStore:
                 conn.close()
 
         thread = threading.Thread(target=run, name=f"retainer checkpoints {path}", daemon=True)
-        self.db.conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self.conn.execute("PRAGMA wal_autocheckpoint = 0")
         thread.start()
         self._checkpointer = (stop, thread)
         return True
@@ -1445,11 +1457,11 @@ class SQLiteStore:
         self._checkpointer = None
         stop.set()
         thread.join()
-        self.db.conn.execute("PRAGMA wal_autocheckpoint = 1000")
+        self.conn.execute("PRAGMA wal_autocheckpoint = 1000")
 
     def close(self) -> None:
         self.stop_checkpoints()
-        self.db.conn.close()
+        self.conn.close()
 
     def __enter__(self) -> SQLiteStore:
         return self
