@@ -335,3 +335,115 @@ def test_channels_compare_in_lower_case(store: Store) -> None:
                              "rules": [rule("x", {"notify_client": {"channel": "smss", "template": "x"}})]})
     with pytest.raises(retainer.RulesError, match="manager_daily_task_limit"):
         retainer.load_rules({"version": 1, "rules": [rule("x", TASK)], "policies": {"manager_daily_task_limit": 0}})
+
+
+# ---------------------------------------------------------------- from an analyst's review
+
+
+def test_priority_orders_only_the_categories_it_names(store: Store) -> None:
+    """`[retention, development]` is "retention before up-sell": collection and service keep their default
+    places. A collection reminder used to rank below every listed category, behind the up-sell."""
+    setup(store)
+    rs = [rule("dun", EMAIL, "collection"), rule("sell", offer(None, "next_inbound"), "development")]
+    plan = plan_of(store, rs, day(1), priority=["retention", "development"])
+    assert rules_of(plan) == {"dun", "sell"} and not plan.suppressed  # collection neither holds nor is held
+    plan = plan_of(store, [*rs, rule("keep", TASK)], day(1), priority=["retention", "development"])
+    assert rules_of(plan) == {"dun", "keep"} and codes(plan) == {"sell": "priority"}
+    # for a cap, an unnamed category keeps its default place: collection first, before the reordered pair
+    caps = [{"channel": "email", "limit": 1, "per": "7d"}]
+    rs = [rule("a-dev", EMAIL, "development"), rule("b-keep", EMAIL), rule("c-dun", EMAIL, "collection")]
+    plan = plan_of(store, rs, day(1), priority=["development", "retention"], caps=caps)
+    assert rules_of(plan) == {"c-dun"} and codes(plan) == {"a-dev": "cap", "b-keep": "priority"}
+    plan = plan_of(store, rs[:2], day(1), priority=["development", "retention"], caps=caps)
+    assert rules_of(plan) == {"a-dev"} and codes(plan) == {"b-keep": "priority"}  # the list's order
+
+
+def test_an_action_held_back_uses_up_no_budget(store: Store) -> None:
+    """Only an action that passes every guard takes a spend budget, a cap's slot or a manager's slot."""
+    setup(store)
+    spend(store, "1000")  # issued on day 50
+    rs = [rule("a1", offer("200"), "development"), rule("b2", offer("100", "next_inbound"), "development")]
+    plan = plan_of(store, rs, day(60), spend_growth={"max": "20%"},
+                   caps=[{"channel": "any_outbound", "limit": 0, "per": "30d"}])
+    assert rules_of(plan) == {"b2"} and codes(plan) == {"a1": "cap"}  # b2 was held for 300 "offered"
+    rs = [rule("a0", TASK), rule("a1", TASK, "development"), rule("b2", EMAIL, "development")]
+    plan = plan_of(store, rs, day(60), manager_daily_task_limit=1,
+                   caps=[{"category": "development", "limit": 1, "per": "60d"}])
+    assert rules_of(plan) == {"a0", "b2"} and codes(plan) == {"a1": "manager_task_limit"}
+
+
+def test_a_run_stamped_later_the_same_day_counts_against_caps_and_the_task_limit(store: Store) -> None:
+    """The nightly run is stamped at the end of its day: a run that afternoon (or a reactive session, or a
+    backfill) sent nothing less for it. Its commits used to be ignored, and the cap was exceeded."""
+    setup(store, n=2)
+    e = engine_for({"version": 1, "rules": [rule("mail", EMAIL, episode="days_since_activity")],
+                    "policies": {"caps": [{"channel": "email", "limit": 1, "per": "1d", "window": "calendar"}]}},
+                   store)
+    assert len(e.run(day(1)).committed) == 2
+    news = engine_for({"version": 1, "rules": [rule("news", EMAIL)],
+                       "policies": {"caps": [{"channel": "email", "limit": 1, "per": "1d", "window": "calendar"}]}},
+                      store)
+    assert {s.reason_code for s in news.plan(f"{day(1)}T15:00:00Z").suppressed} == {"cap"}
+    assert len(news.plan(f"{day(0)}T15:00:00Z").actions) == 2  # the day before is another calendar day
+
+    rolling = engine_for({"version": 1, "rules": [rule("roll", EMAIL)],
+                          "policies": {"caps": [{"channel": "email", "limit": 1, "per": "7d"}]}}, store)
+    assert {s.reason_code for s in rolling.plan(day(-5)).suppressed} == {"cap"}  # 6 days before the run
+    assert len(rolling.plan(day(-6)).actions) == 2  # 7 days before: out of the window
+
+    tasks = engine_for({"version": 1, "rules": [rule("call", TASK)],
+                        "policies": {"manager_daily_task_limit": 2}}, store)
+    assert len(tasks.run(day(3)).committed) == 2
+    plan = tasks.plan(f"{day(3)}T09:00:00Z")
+    assert {s.reason_code for s in plan.suppressed} == {"duplicate"}
+    other = engine_for({"version": 1, "rules": [rule("call2", TASK)],
+                        "policies": {"manager_daily_task_limit": 2}}, store)
+    assert {s.reason_code for s in other.plan(f"{day(3)}T09:00:00Z").suppressed} == {"manager_task_limit"}
+    assert len(other.plan(f"{day(2)}T09:00:00Z").actions) == 2  # the day before has its own slots
+
+
+def test_numeric_episodes_compete_as_numbers_the_larger_first(store: Store) -> None:
+    """`episode: days_since_activity`: the client silent for 60 days goes before the one silent for 5
+    ("5" sorted before "60" as text)."""
+    store.add(managers=[{"id": "m1"}],
+              clients=[{"id": "a-recent", "manager_id": "m1"}, {"id": "b-old", "manager_id": "m1"}],
+              touches=[{"id": "t1", "client_id": "a-recent", "at": at(-5)},
+                       {"id": "t2", "client_id": "b-old", "at": at(-60)}])
+    plan = plan_of(store, [rule("call", TASK, episode="days_since_activity")], day(0), manager_daily_task_limit=1)
+    assert [a.client_id for a in plan.actions] == ["b-old"]
+    assert [s.action.client_id for s in plan.suppressed] == ["a-recent"]
+
+
+def test_an_offer_that_carried_out_an_action_is_counted_once(store: Store) -> None:
+    setup(store, created_at=at(-5))
+    e = engine_for({"version": 1, "rules": [rule("up", offer(None, "next_inbound"), "development",
+                                                 episode="days_since_activity")],
+                    "policies": {"caps": [{"category": "development", "limit": 2, "per": "60d"}]}}, store)
+    (sent,) = e.run(day(0)).committed
+    store.add(offers=[{"id": "crm-1", "client_id": "c1", "category": "development", "made_at": at(0, "12:00:00"),
+                       "action_id": sent.id}])
+    assert e.run(day(1)).committed  # one development offer so far, recorded twice
+    assert not e.run(day(2)).committed  # two: the cap is full
+
+
+@pytest.mark.parametrize(("policies", "message"), [
+    ({"priority": []}, "name at least two"),
+    ({"priority": ["retention"]}, "name at least two"),
+    ({"spend_growth": {"max": "20"}}, "would allow \\+2000%: write 20%"),
+    ({"caps": [{"channel": "sms", "limit": 1, "per": "0d"}]}, "per must be longer than 0"),
+    ({"spend_growth": {"window": "0d"}}, "window must be longer than 0"),
+    ({"no_development_for_unprofitable": {"window": 0}}, "window must be longer than 0"),
+    ({"cooloff": {"for": "0d"}}, "for must be longer than 0"),
+])
+def test_policies_that_would_mean_nothing_or_too_much_are_refused(policies: dict[str, Any], message: str) -> None:
+    with pytest.raises(retainer.RulesError, match=message):
+        retainer.load_rules({"version": 1, "rules": [rule("x", TASK)], "policies": policies})
+
+
+def test_calendar_windows_take_iso_spellings(store: Store) -> None:
+    setup(store)
+    store.add(touches=[{"id": "t1", "client_id": "c1", "at": at(4), "kind": "email", "direction": "outbound"}])
+    for per in ("1w", "P1W", "7d"):  # day 4 is a Monday: the touch is in this week
+        caps = [{"channel": "email", "limit": 1, "per": per, "window": "calendar"}]
+        assert codes(plan_of(store, [rule("mail", EMAIL)], day(10), caps=caps)) == {"mail": "cap"}, per
+        assert rules_of(plan_of(store, [rule("mail", EMAIL)], day(11), caps=caps)) == {"mail"}, per

@@ -199,6 +199,7 @@ class Offer(Entity):
     made_at: OptInstant = None
     ends_at: OptInstant = None
     amount: OptMoney = None
+    action_id: OptStr = None  # the retainer propose_offer this offer carries out: caps count it once
 
 
 class Contract(Entity):

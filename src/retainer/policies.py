@@ -84,9 +84,23 @@ def cap_since(cap: Cap, a: AsOf) -> datetime:
     calendar = since the start of the current day, ISO week (Monday) or month in the rules' zone."""
     if cap.window == "rolling":
         return a.window_start(cap.per)
-    d = a.date
-    start = {"1d": d, "1w": d - timedelta(days=d.weekday()), "1mo": d.replace(day=1)}[str(cap.per)]
-    return a.day_start(start) - timedelta(seconds=1)
+    return a.day_start(_period_start(cap, a.date)) - timedelta(seconds=1)
+
+
+def _period_start(cap: Cap, d: date) -> date:
+    return {"1d": d, "1w": d - timedelta(days=d.weekday()), "1mo": d.replace(day=1)}[cap.period() or ""]
+
+
+def cap_until(cap: Cap, a: AsOf) -> datetime:
+    """Exclusive upper bound of what counts against the cap: an earlier run stamped later than this plan
+    (the nightly run's end of day, seen by a run in the afternoon or by a reactive session) sent its
+    contacts already. Calendar: the end of the day, week or month; rolling: `per` after as_of."""
+    if cap.window == "rolling":
+        return a.instant + (a.instant - a.window_start(cap.per))
+    start = _period_start(cap, a.date)
+    end = {"1d": start + timedelta(days=1), "1w": start + timedelta(days=7),
+           "1mo": (start.replace(day=28) + timedelta(days=4)).replace(day=1)}[cap.period() or ""]  # fmt: skip
+    return a.day_start(end)
 
 
 def _touch_spec(cap: Cap, a: AsOf) -> AggSpec:
@@ -141,8 +155,14 @@ def hold(action: Action, code: str, detail: str) -> Suppression:
 
 
 def ranks(p: Policies) -> dict[str, int]:
-    """Category -> its place in `priority` (0 first); the default order when none is configured."""
-    return {c: k for k, c in enumerate(p.priority or DEFAULT_ORDER)}
+    """Category -> its place (0 first): the default order, with the categories `priority` names put in its
+    order on the places they hold there. `[retention, development]` leaves collection first and service
+    third (a list that left collection out used to put payment reminders after the up-sell)."""
+    order = list(DEFAULT_ORDER)
+    if p.priority:
+        for place, c in zip(sorted(order.index(c) for c in p.priority), p.priority, strict=True):
+            order[place] = c
+    return {c: k for k, c in enumerate(order)}
 
 
 def steady(p: Policies) -> Callable[[Suppression], bool]:
@@ -186,18 +206,21 @@ class Guard:
     def _order(self, x: Action) -> tuple[Any, ...]:
         """Who goes first for a cap or a manager's slots: higher priority, then the smaller rule id, then
         the older episode (the longest-forgotten client first), then the key."""
-        return (self._rank(x), x.rule, str(x.evidence.get("episode", "")), x.key)
+        return (self._rank(x), x.rule, _episode_order(str(x.evidence.get("episode", ""))), x.key)
 
     def _value(self, name: str, client_id: str | None) -> Any:
         i = self.row.get(client_id) if client_id is not None else None
         return None if i is None else self.frame.value(name, i)
 
-    def _past(self, since: datetime, types: Sequence[str] | None = None, everyone: bool = False) -> list[_Past]:
+    def _past(
+        self, since: datetime, until: datetime | None, types: Sequence[str] | None = None, everyone: bool = False
+    ) -> list[_Past]:
+        """Committed actions stamped after `since` and before `until` (None: any later stamp)."""
         ids = None if everyone else self.frame._partial
         return [
             _Past.of(e)
             for e in self.store.ledger(since=since, client_ids=ids, types=types)
-            if since < e.as_of <= self.a.instant
+            if since < e.as_of and (until is None or e.as_of < until)
         ]
 
     # ---------------------------------------------------------------- the guards
@@ -210,10 +233,25 @@ class Guard:
         # only caps, the daily task limit and spend growth hand out something scarce in order
         scarce = self.p.caps or self.p.manager_daily_task_limit or self.p.spend_growth
         todo = sorted(actions, key=self._order) if scarce else list(actions)
-        for guard in (self._no_marketing, self._unprofitable, self._cooloff, self._priority, self._spend_growth,
-                      self._caps, self._task_limit):
+        for guard in (self._no_marketing, self._unprofitable, self._cooloff, self._priority):
             todo = guard(todo, held)
-        return todo, held
+        # the scarce ones decide each action together: it takes a spend budget, a cap's slot and a
+        # manager's slot only once it has passed all three (an offer held by a cap used to count against
+        # the client's spend, and a task held by the daily limit used up a cap)
+        budgets = [b for b in (self._spend_growth(todo), self._caps(), self._task_limit()) if b is not None]
+        if not budgets:
+            return todo, held
+        keep = []
+        for x in todo:
+            for code, check, _take in budgets:
+                if detail := check(x):
+                    held.append(hold(x, code, detail))
+                    break
+            else:
+                for _code, _check, take in budgets:
+                    take(x)
+                keep.append(x)
+        return keep, held
 
     def _filter(
         self,
@@ -283,9 +321,10 @@ class Guard:
     def _priority(self, todo: list[Action], held: list[Suppression]) -> list[Action]:
         if self.p.priority is None:
             return todo
+        listed = frozenset(self.p.priority)  # the others neither hold back nor are held back
         firsts: dict[str | None, tuple[tuple[Any, ...], Action]] = {}
         for x in itertools.chain(todo, self.already):  # each client's first contact action is its top one
-            if x.type in CONTACT_TYPES:
+            if x.type in CONTACT_TYPES and x.category in listed:
                 k = self._order(x)
                 first = firsts.get(x.client_id)
                 if first is None or k < first[0]:
@@ -300,51 +339,57 @@ class Guard:
                 return f"{top.category} comes first: {top.rule} plans a {top.type.replace('_', ' ')} for this client"
             return None
 
-        return self._filter(todo, held, PRIORITY, why, CONTACT_TYPES)
+        return self._filter(todo, held, PRIORITY, why, CONTACT_TYPES, listed)
 
-    def _spend_growth(self, todo: list[Action], held: list[Suppression]) -> list[Action]:
+    def _spend_growth(self, todo: list[Action]) -> _Budget | None:
         g = self.p.spend_growth
         if g is None or not any(x.type == "propose_offer" for x in todo):
-            return todo
+            return None
         since = self.a.window_start(g.window)
         pending: dict[str | None, Decimal] = defaultdict(Decimal)
-        for e in self._past(since, ["propose_offer"]):
+        for e in self._past(since, self.a.instant + (self.a.instant - since), ["propose_offer"]):
             if e.fields.get("amount") is not None:
                 pending[e.client_id] += Decimal(str(e.fields["amount"]))
         name = f"revenue_{g.window}"
 
-        def why(x: Action) -> str | None:
-            amount = getattr(x, "amount", None)
-            if amount is None or amount <= 0:
+        def amount_of(x: Action) -> Decimal | None:
+            amount = getattr(x, "amount", None) if x.type == "propose_offer" else None
+            return amount if amount is not None and amount > 0 else None
+
+        def check(x: Action) -> str | None:
+            amount = amount_of(x)
+            if amount is None:
                 return None
             base = self._value(name, x.client_id) or Decimal(0)
-            total = pending[x.client_id] + amount
             if base <= 0:
                 if g.allow_without_baseline:
-                    pending[x.client_id] = total
                     return None
                 return f"no spend within {g.window} to measure growth against (allow_without_baseline is off)"
+            total = pending[x.client_id] + amount
             if total / base > g.max:
                 already = f" plus {_money(pending[x.client_id])} offered earlier" if pending[x.client_id] else ""
                 return (f"offer {_money(amount)}{already} would raise spend of {_money(base)} within {g.window} "
                         f"by {_pct(total / base)}, more than {_pct(g.max)}")
-            pending[x.client_id] = total
             return None
 
-        return self._filter(todo, held, SPEND_GROWTH, why, _OFFER)
+        def take(x: Action) -> None:
+            if (amount := amount_of(x)) is not None:
+                pending[x.client_id] += amount
 
-    def _caps(self, todo: list[Action], held: list[Suppression]) -> list[Action]:
+        return SPEND_GROWTH, check, take
+
+    def _caps(self) -> _Budget | None:
         caps = self.p.caps
         if not caps:
-            return todo
+            return None
         used: list[dict[str | None, int]] = [defaultdict(int) for _ in caps]
         earliest = min(cap_since(c, self.a) for c in caps)
-        past = self._past(earliest)
+        past = self._past(earliest, None)
         ledger_ids = {e.id for e in past}
         for k, c in enumerate(caps):
-            since = cap_since(c, self.a)
+            since, until = cap_since(c, self.a), cap_until(c, self.a)
             for e in past:
-                if e.as_of > since and _capped(c, e.type, e.category, e.fields):
+                if since < e.as_of < until and _capped(c, e.type, e.category, e.fields):
                     used[k][e.client_id] += 1
             if c.channel is not None:
                 for cid, n in self.frame.agg(_touch_spec(c, self.a)).items():
@@ -353,50 +398,74 @@ class Guard:
                 for o in self.store.facts("offers", self.a.instant, (Pred("category", "eq", c.category),),
                                           self.frame._partial):
                     made = o.made_at  # type: ignore[attr-defined]
-                    if made is not None and made > since and o.id not in ledger_ids:
+                    # an offer that carries out a committed propose_offer is that action: counted once
+                    mine = o.id in ledger_ids or o.action_id in ledger_ids  # type: ignore[attr-defined]
+                    if made is not None and made > since and not mine:
                         used[k][o.client_id] += 1  # type: ignore[attr-defined]
-        keep = []
         hits: dict[tuple[Any, ...], list[int]] = {}  # the caps an action counts against depend on these alone
-        for x in todo:
+
+        def hit(x: Action) -> list[int]:
             d = x.__dict__
             sig = (x.type, x.category, d.get("channel"), d.get("deliver"))
-            hit = hits.get(sig)
-            if hit is None:
+            got = hits.get(sig)
+            if got is None:
                 f = _fields(x)
-                hit = hits[sig] = [k for k, c in enumerate(caps) if _capped(c, x.type, x.category, f)]
-            if not hit:
-                keep.append(x)
-                continue
-            full = next((k for k in hit if used[k][x.client_id] >= caps[k].limit), None)
-            if full is not None:
-                c = caps[full]
-                held.append(hold(x, CAP, f"cap {c.label()}: {used[full][x.client_id]} already in the window "
-                                         "for this client"))
-                continue
-            for k in hit:
-                used[k][x.client_id] += 1
-            keep.append(x)
-        return keep
+                got = hits[sig] = [k for k, c in enumerate(caps) if _capped(c, x.type, x.category, f)]
+            return got
 
-    def _task_limit(self, todo: list[Action], held: list[Suppression]) -> list[Action]:
+        def check(x: Action) -> str | None:
+            full = next((k for k in hit(x) if used[k][x.client_id] >= caps[k].limit), None)
+            if full is None:
+                return None
+            return f"cap {caps[full].label()}: {used[full][x.client_id]} already in the window for this client"
+
+        def take(x: Action) -> None:
+            for k in hit(x):
+                used[k][x.client_id] += 1
+
+        return CAP, check, take
+
+    def _task_limit(self) -> _Budget | None:
         limit = self.p.manager_daily_task_limit
         if limit is None:
-            return todo
+            return None
         today = self.a.date
         since = self.a.day_start(today) - timedelta(seconds=1)
         used: dict[Any, int] = defaultdict(int)
-        for e in self._past(since, ["create_task"], everyone=True):
+        # the whole day's runs, a nightly one stamped at its end included
+        for e in self._past(since, self.a.day_start(today + timedelta(days=1)), ["create_task"], everyone=True):
             used[e.fields.get("assignee_id")] += 1
 
-        def why(x: Action) -> str | None:
+        def check(x: Action) -> str | None:
+            if x.type != "create_task":
+                return None
             who = getattr(x, "assignee_id", None)
             if used[who] >= limit:
                 return (f"manager {who} already has {used[who]} tasks from retainer for {today.isoformat()} "
                         f"(limit {limit}); planned again on the next run")
-            used[who] += 1
             return None
 
-        return self._filter(todo, held, MANAGER_TASK_LIMIT, why, _TASK)
+        def take(x: Action) -> None:
+            if x.type == "create_task":
+                used[getattr(x, "assignee_id", None)] += 1
+
+        return MANAGER_TASK_LIMIT, check, take
+
+
+#: a scarce guard: its reason code, why it holds an action back (None: it passes), and what a passing
+#: action uses up
+_Budget = tuple[str, Callable[[Action], "str | None"], Callable[[Action], None]]
+
+
+def _episode_order(text: str) -> tuple[int, Any]:
+    """The older episode first: a date (most episodes: the day the client went quiet, an invoice's date)
+    the earlier; a number (`episode: days_since_activity`, an amount) the larger, as a number ("60" before
+    "5", which text order had the other way round)."""
+    try:
+        n = Decimal(text)
+    except ArithmeticError:
+        return (1, text)
+    return (0, -n) if n.is_finite() else (1, text)
 
 
 def _money(v: Any) -> str:

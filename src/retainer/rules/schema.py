@@ -8,6 +8,7 @@ the whole file (feature names, placeholders, references between rules) are check
 
 from __future__ import annotations
 
+import contextlib
 from decimal import Decimal
 from functools import cached_property
 from typing import Annotated, Any, Literal
@@ -445,6 +446,17 @@ Percent = Annotated[
 
 
 
+#: (months, days, hours) -> the calendar window it can be
+_PERIODS = {(0, 1, 0): "1d", (0, 7, 0): "1w", (1, 0, 0): "1mo"}
+
+
+def _positive(d: Duration, name: str) -> Duration:
+    """A window of no length counts nothing (a cap) or holds everything (no spend in it): refused."""
+    if not (d.months or d.days or d.hours):
+        raise ValueError(f"{name} must be longer than 0, not {d}")
+    return d
+
+
 class Cap(_Model):
     """At most `limit` contacts per client in a window, by category or by channel."""
 
@@ -464,9 +476,14 @@ class Cap(_Model):
             raise ValueError("a cap has exactly one of category or channel")
         if self.categories is not None and self.channel is None:
             raise ValueError("categories narrows a channel cap; a category cap already has its category")
-        if self.window == "calendar" and str(self.per) not in ("1d", "1w", "1mo"):
+        _positive(self.per, "per")
+        if self.window == "calendar" and self.period() is None:
             raise ValueError(f"a calendar window is a day, week or month (per: 1d, 1w or 1mo), not {self.per}")
         return self
+
+    def period(self) -> str | None:
+        """A calendar window's unit, by value (P1W is 1w)."""
+        return _PERIODS.get((self.per.months, self.per.days, self.per.hours))
 
     @field_validator("channel")
     @classmethod
@@ -488,12 +505,18 @@ class SpendGrowth(_Model):
     @field_validator("max", mode="before")
     @classmethod
     def _share(cls, v: Any) -> Any:
-        if not isinstance(v, str | bool) and isinstance(v, int | float | Decimal) and v > 1:
-            raise ValueError(f"{v} would allow +{v * 100}%: write {v}% (or {Decimal(str(v)) / 100} as a share)")
+        n = v
+        if isinstance(v, str) and not v.strip().endswith("%"):  # "20" from a JSON form means 20 %, not 2000 %
+            with contextlib.suppress(ArithmeticError):
+                n = Decimal(v.strip())
+        if not isinstance(n, str | bool) and isinstance(n, int | float | Decimal) and n > 1:
+            raise ValueError(f"{v} would allow +{n * 100}%: write {n}% (or {Decimal(str(n)) / 100} as a share)")
         return v
     window: DurationField = Field(default_factory=lambda: parse_duration("90d"),
                                   description="spend = invoices issued within this window")
     allow_without_baseline: bool = Field(default=False, description="offer to clients with no spend in the window")
+
+    _window = field_validator("window")(lambda v: _positive(v, "window"))
 
 
 class Cooloff(_Model):
@@ -505,12 +528,16 @@ class Cooloff(_Model):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
+    _for = field_validator("for_")(lambda v: _positive(v, "for"))
+
 
 class Unprofitable(_Model):
     """No development for loss-making clients (seed 004)."""
 
     window: DurationField = Field(default_factory=lambda: parse_duration("180d"),
                                   description="profit = revenue minus cost_to_serve over this window")
+
+    _window = field_validator("window")(lambda v: _positive(v, "window"))
 
 
 class Policies(_Model):
@@ -537,6 +564,9 @@ class Policies(_Model):
     def _distinct(cls, v: list[str] | None) -> list[str] | None:
         if v is not None and len(set(v)) != len(v):
             raise ValueError("a category appears twice in priority")
+        if v is not None and len(v) < 2:  # `priority: []` once meant the default order: say what it does
+            raise ValueError("priority orders categories: name at least two, e.g. [retention, development] "
+                             "(leave it out for no priority)")
         return v
 
 

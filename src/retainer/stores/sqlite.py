@@ -107,6 +107,7 @@ _KINDS: dict[str, dict[str, str]] = {
         "made_at": "instant",
         "ends_at": "instant",
         "amount": "money",
+        "action_id": "text",
     },
     "contracts": {
         "id": "text",
