@@ -335,3 +335,18 @@ def test_plan_of_clients_warns_about_ids_it_does_not_know(tmp_path: Path) -> Non
                                 "client zz: no such client in the store; nothing planned"]  # fmt: skip
     assert {a["client_id"] for a in plan["actions"]} == {"c2"}
     assert "warning: client zz: no such client in the store" in r.stderr
+
+
+def test_brackets_in_messages_and_tables_are_shown_not_read_as_markup(tmp_path: Path) -> None:
+    """rich reads `[retention, development]` as a style and drops it: the error said "e.g.  (leave it out"."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nrules:\n  - {id: f, kind: forgotten, after: 30d}\npolicies:\n  priority: []\n")
+    r = run("validate", str(bad))
+    assert r.returncode == 2 and "e.g. [retention, development] (leave it out" in r.stderr, r.stderr
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "managers.csv").write_text("id,name\nm1,Anna\n")
+    (tmp_path / "d" / "clients.csv").write_text("id,manager_id,name,created_at\n[vip]c1,m1,ACME,2025-01-01\n")
+    rules = tmp_path / "r.yaml"
+    rules.write_text("version: 1\nrules:\n  - {id: f, kind: forgotten, after: 30d}\n")
+    r = run("plan", "-r", str(rules), "-d", str(tmp_path / "d"), "--as-of", "2026-03-01", "-f", "table")
+    assert r.returncode == 0 and "[vip]c1" in r.stdout, r.stdout

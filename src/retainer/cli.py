@@ -56,9 +56,24 @@ class _Lazy:
 
 
 def _table(*args: Any, **kwargs: Any) -> Table:
+    """A rich Table whose cells are plain text: a client's name or a reason with `[...]` in it is data,
+    not markup (rich would drop `[key-account]` as an unknown style)."""
     from rich.table import Table
+    from rich.text import Text
 
-    return Table(*args, **kwargs)
+    class Plain(Table):
+        def add_row(self, *cells: Any, **options: Any) -> None:
+            super().add_row(*(Text(c) if isinstance(c, str) else c for c in cells), **options)
+
+    return Plain(*args, **kwargs)
+
+
+def _e(text: object) -> str:
+    """Text for a rich message: brackets in it (`priority: [retention, development]`) are shown, not
+    read as markup."""
+    from rich.markup import escape
+
+    return escape(str(text))
 
 
 out: Console = _Lazy(soft_wrap=True)  # type: ignore[assignment]
@@ -76,7 +91,7 @@ def _interrupted() -> NoReturn:
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {_e(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -149,14 +164,14 @@ def validate(rules: Annotated[Path, typer.Argument(help="Rule file (YAML or JSON
     parts: dict[str, list[Any]] = {}
     for r in rs.rules:
         parts.setdefault(r.id, []).append(r)
-    err.print(f"[green]ok[/]: {rules} — {len(parts)} rule(s), time zone {rs.timezone}", highlight=False)
+    err.print(f"[green]ok[/]: {_e(rules)} — {len(parts)} rule(s), time zone {rs.timezone}", highlight=False)
     for rid, ps in parts.items():
         r = ps[0]
         steps = f"  ({', '.join(p.part for p in ps if p.part)})" if len(ps) > 1 else ""
-        out.print(f"  {rid:<24} {r.kind:<13} {r.category:<11}{steps}".rstrip(), highlight=False)
+        out.print(f"  {rid:<24} {r.kind:<13} {r.category:<11}{steps}".rstrip(), highlight=False, markup=False)
     for d in rs.file.rules:
         if not d.enabled:
-            out.print(f"  {d.id:<24} {d.kind:<13} {d.category:<11} (disabled)", highlight=False)
+            out.print(f"  {d.id:<24} {d.kind:<13} {d.category:<11} (disabled)", highlight=False, markup=False)
 
 
 @app.command()
@@ -239,7 +254,7 @@ def plan(
     else:
         print_plan_summary(p, out, limit=limit)
     for w in p.warnings[:10]:
-        err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]warning:[/] {_e(w)}", highlight=False, soft_wrap=True)
     if len(p.warnings) > 10:
         err.print(f"[yellow]warning:[/] ... and {len(p.warnings) - 10} more (the plan's JSON lists them all)")
     if _OWN_PROCESS:
@@ -429,7 +444,7 @@ def run(
         print_plan_summary(report.plan, out, limit=0 if not dry_run else 20, duplicates=False)
         _print_dispatch(report.dispatch, out, data)
     for w in report.plan.warnings[:10]:
-        err.print(f"[yellow]warning:[/] {w}", highlight=False)
+        err.print(f"[yellow]warning:[/] {_e(w)}", highlight=False)
     if not report.ok:
         raise typer.Exit(1)
 
@@ -723,13 +738,13 @@ def test_(
             sc = run_scenario_file(f)
         except ScenarioFailure as exc:
             failed += 1
-            out.print(f"[red]✗[/] {f}", highlight=False)
+            out.print(f"[red]✗[/] {_e(f)}", highlight=False)
             out.print(str(exc), highlight=False, markup=False)
         except (ScenarioError, RetainerError) as exc:
             broken += 1
-            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            err.print(f"[bold red]error:[/] {_e(exc)}", highlight=False)
         else:
-            out.print(f"[green]✓[/] {f} — {sc.name} ({len(sc.steps)} step{'s' * (len(sc.steps) != 1)})",
+            out.print(f"[green]✓[/] {_e(f)} — {_e(sc.name)} ({len(sc.steps)} step{'s' * (len(sc.steps) != 1)})",
                       highlight=False)  # fmt: skip
     passed = len(files) - failed - broken
     summary = f"{passed} passed, {failed} failed" + (f", {broken} invalid" if broken else "")
@@ -921,7 +936,7 @@ def main() -> None:
     try:
         app()
     except RetainerError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/] {_e(exc)}", highlight=False)
         sys.exit(2)
 
 
