@@ -185,6 +185,34 @@ def test_override_order_matters(store: Store) -> None:
     assert clients_of(plan) == {"attr", "plain_m2"}
 
 
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (["30d"], "is not a duration"),  # a CRM multi-select field: unhashable, once a TypeError
+        ({"days": 30}, "is not a duration"),
+        ("3000000d", "is longer than 100 years"),  # well-formed, but no date is that far back
+        ("100000y", "is longer than 100 years"),
+        (10**20, "is longer than 100 years"),
+    ],
+)
+def test_a_threshold_attribute_that_cannot_be_used_skips_only_that_client(
+    store: Store, value: Any, why: str
+) -> None:
+    store.add(managers=[{"id": "m1"}, {"id": "m2"}],
+              clients=[{"id": "ok", "manager_id": "m1"},
+                       {"id": "odd", "manager_id": "m1", "attributes": {"forgotten_after": value}}],
+              touches=[{"id": "t1", "client_id": "ok", "at": T0}, {"id": "t2", "client_id": "odd", "at": T0}])
+    engine = engine_for(release_rules(), store)
+    plan = engine.plan(day(80))
+    assert clients_of(plan) == clients_of(plan, "release") == {"ok"}
+    assert plan.stats["rules"]["forgotten"]["bad_threshold"] == plan.stats["rules"]["release"]["bad_threshold"] == 1
+    assert plan.warnings[0] == f"rule forgotten, client odd: attributes.forgotten_after {value!r} {why}" + (
+        " (write e.g. 45d, 6w, 2mo, 36h); skipped" if why == "is not a duration"
+        else ", the longest a threshold may be; skipped")
+    assert "no threshold" in str(engine.explain("odd", day(80), rule="forgotten"))
+    assert engine.run(day(80)).counts()["new"] == len(plan.actions) == 2  # the run goes on for the others
+
+
 # ---------------------------------------------------------------- what counts as activity
 
 

@@ -14,6 +14,7 @@ from retainer.stores import Store
 from retainer.timeutil import (
     Duration,
     DurationError,
+    DurationTooLongError,
     add_durations,
     get_tz,
     parse_as_of,
@@ -58,6 +59,22 @@ def test_parse_duration_forms(text: str | int, months: int, days: int, hours: in
 def test_parse_duration_rejects_invalid(bad: object) -> None:
     with pytest.raises(DurationError):
         parse_duration(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("longest", ["100y", "1200mo", "36525d", "5217w", "876600h", "P100Y", "P36525D", 36525])
+def test_a_duration_may_be_up_to_100_years(longest: str | int) -> None:
+    assert parse_duration(longest).approx_days() <= 36525
+
+
+@pytest.mark.parametrize(
+    "too_long",
+    ["101y", "1201mo", "36526d", "5218w", "876601h", "P100Y1D", "3000000d", "100000y", 10**20, "9" * 5000 + "d"],
+)
+def test_a_longer_duration_is_refused_as_too_long(too_long: str | int) -> None:
+    """No date is that far from as_of: such a duration once passed and crashed the plan (OverflowError)."""
+    with pytest.raises(DurationTooLongError, match="too long: at most 100 years"):
+        parse_duration(too_long)
+    assert issubclass(DurationTooLongError, DurationError)
 
 
 def test_duration_error_is_a_value_error_with_a_hint() -> None:
@@ -260,6 +277,17 @@ def test_get_tz() -> None:
     assert get_tz("Europe/Moscow") == MSK
     with pytest.raises(ValueError, match="Mars/Base"):
         get_tz("Mars/Base")
+
+
+@pytest.mark.parametrize(("zone", "message"), [
+    ("Mars/Base", "unknown time zone 'Mars/Base'"),
+    (None, "timezone must be a zone name or a tzinfo, not None: pass the rule set's"),  # was the machine's zone
+])
+def test_open_store_needs_a_known_zone(zone: str | None, message: str) -> None:
+    import retainer
+
+    with pytest.raises(retainer.ArgumentError, match=message):
+        retainer.open_store("memory://", timezone=zone)  # type: ignore[arg-type]
 
 
 def test_duration_text_round_trips() -> None:

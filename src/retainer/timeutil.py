@@ -14,9 +14,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from dateutil.relativedelta import relativedelta
 
 __all__ = [
+    "MAX_DURATION_YEARS",
     "AsOf",
     "Duration",
     "DurationError",
+    "DurationTooLongError",
     "add_durations",
     "as_aware",
     "day_start",
@@ -35,7 +37,11 @@ _ISO = re.compile(
 
 
 class DurationError(ValueError):
-    """A duration string that is neither `45d`-style nor ISO 8601."""
+    """A duration string that is neither `45d`-style nor ISO 8601, or one too long to use."""
+
+
+class DurationTooLongError(DurationError):
+    """A well-formed duration longer than MAX_DURATION_YEARS: no date offset can use it."""
 
 
 @dataclass(frozen=True, order=True)
@@ -85,41 +91,69 @@ class Duration:
         return self.text or f"P{self.months}M{self.days}DT{self.hours}H"
 
 
+#: The longest duration a rule or a client attribute may give. Far beyond any retention threshold, and
+#: it keeps as_of (AS_OF_YEARS) minus a few of them summed (after + grace) inside datetime's years.
+MAX_DURATION_YEARS = 100
+_MAX_DAYS = MAX_DURATION_YEARS * 36525 // 100  # 100 years of 365.25 days: 100y, 1200mo, 36525d, 876600h
+
+
+def _too_long(value: object) -> DurationTooLongError:
+    return DurationTooLongError(f"duration {value!r} is too long: at most {MAX_DURATION_YEARS} years ({_MAX_DAYS}d)")
+
+
+def _count(digits: str, value: object) -> int:
+    """A duration's number; thousands of digits are refused before `int()` (which limits them)."""
+    if len(digits.lstrip("0")) > 9:
+        raise _too_long(value)
+    return int(digits)
+
+
+def _within_limit(d: Duration, value: object) -> Duration:
+    # each part first: a 10**400-day int would overflow approx_days' float; then their sum (P100Y9D)
+    parts = d.days > _MAX_DAYS or d.months > 12 * MAX_DURATION_YEARS or d.hours > 24 * _MAX_DAYS
+    if parts or d.approx_days() > _MAX_DAYS:
+        raise _too_long(value)
+    return d
+
+
 @lru_cache(maxsize=1024)
 def parse_duration(value: str | int) -> Duration:
     """Parse `45d`, `6w`, `2mo`, `1y`, `36h` or ISO 8601 (`P60D`, `P1Y2M`, `PT36H`).
 
-    A bare integer means days, as analysts write `after: 60`.
+    A bare integer means days, as analysts write `after: 60`. At most MAX_DURATION_YEARS long: a
+    longer one cannot be an offset from a date.
     """
     if isinstance(value, bool):
         raise DurationError(f"invalid duration {value!r}")
     if isinstance(value, int):
         if value < 0:
             raise DurationError(f"duration must not be negative: {value}")
-        return Duration(days=value, text=f"{value}d")
+        return _within_limit(Duration(days=value, text=f"{value}d"), value)
     if not isinstance(value, str):
         raise DurationError(f"invalid duration {value!r}: expected a string like 60d")
     s = value.strip()
     m = _SHORT.match(s)
     if m:
-        n, unit = int(m.group(1)), m.group(2)
+        n, unit = _count(m.group(1), value), m.group(2)
         match unit:
             case "h":
-                return Duration(hours=n, text=s)
+                d = Duration(hours=n, text=s)
             case "d":
-                return Duration(days=n, text=s)
+                d = Duration(days=n, text=s)
             case "w":
-                return Duration(days=7 * n, text=s)
+                d = Duration(days=7 * n, text=s)
             case "mo":
-                return Duration(months=n, text=s)
+                d = Duration(months=n, text=s)
             case _:
-                return Duration(months=12 * n, text=s)
+                d = Duration(months=12 * n, text=s)
+        return _within_limit(d, value)
     m = _ISO.match(s.upper())
     if m:
-        g = {k: int(v) if v else 0 for k, v in m.groupdict().items()}
+        g = {k: _count(v, value) if v else 0 for k, v in m.groupdict().items()}
         if g["h"] and (g["y"] or g["mo"] or g["w"] or g["d"]):
             raise DurationError(f"invalid duration {value!r}: mix of hours and calendar units")
-        return Duration(months=12 * g["y"] + g["mo"], days=7 * g["w"] + g["d"], hours=g["h"], text=s)
+        d = Duration(months=12 * g["y"] + g["mo"], days=7 * g["w"] + g["d"], hours=g["h"], text=s)
+        return _within_limit(d, value)
     raise DurationError(
         f"invalid duration {value!r}: use a number with a unit (45d, 6w, 2mo, 1y, 36h) or ISO 8601 (P60D)"
     )

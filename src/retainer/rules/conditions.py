@@ -14,7 +14,16 @@ from typing import Any, Protocol
 
 from ..errors import did_you_mean
 from ..stores.base import COMPARE
-from ..timeutil import AsOf, Duration, DurationError, add_durations, parse_duration, parse_instant
+from ..timeutil import (
+    MAX_DURATION_YEARS,
+    AsOf,
+    Duration,
+    DurationError,
+    DurationTooLongError,
+    add_durations,
+    parse_duration,
+    parse_instant,
+)
 
 Path = tuple[str | int, ...]
 
@@ -302,7 +311,7 @@ class OlderThan(Node):
                     decided[i] = True
                     out[i] = _as_duration(col[i]) if col is not None else dur  # type: ignore[assignment]
                     if out[i] is None and col is not None:
-                        problems[i] = f"{dur} {col[i]!r} is not a duration (write e.g. 45d, 6w, 2mo, 36h)"
+                        problems[i] = _not_a_duration(dur, col[i])
         if self.plus is not None:
             plus = self.plus
             extended: dict[int, Duration] = {}  # by identity, as in `mask`
@@ -362,12 +371,25 @@ def _local(v: Any, as_of: AsOf) -> Any:
 
 
 def _as_duration(v: Any) -> Duration | None:
-    if v is None or v == "":
+    """A client's duration attribute, or None when it is empty or unusable (`_not_a_duration` says why)."""
+    if v is None or v == "" or not isinstance(v, str | int):  # a list or dict from a CRM custom field
         return None
     try:
         return parse_duration(v)
     except DurationError:
         return None
+
+
+def _not_a_duration(name: str, v: Any) -> str:
+    """The warning for a client skipped over its duration attribute (only for the few bad values)."""
+    if v is not None and v != "" and isinstance(v, str | int):
+        try:
+            parse_duration(v)
+        except DurationTooLongError:
+            return f"{name} {v!r} is longer than {MAX_DURATION_YEARS} years, the longest a threshold may be"
+        except DurationError:
+            pass
+    return f"{name} {v!r} is not a duration (write e.g. 45d, 6w, 2mo, 36h)"
 
 
 def _older_fn(as_of: AsOf, d: Duration) -> Callable[[datetime], bool]:
