@@ -146,6 +146,18 @@ def test_bad_duration(tmp_path: Path, bad: str) -> None:
     assert_error(err, p, 5, "forgotten", bad, "duration")
 
 
+@pytest.mark.parametrize("long", ["3000000d", "100000y"])
+def test_a_duration_too_long_for_a_date_is_refused_at_load(tmp_path: Path, long: str) -> None:
+    err, p = load_error(tmp_path, f"""
+        version: 1
+        rules:
+          - id: forgotten
+            kind: forgotten
+            after: {long}
+        """)
+    assert_error(err, p, 5, "forgotten", long, "too long: at most 100 years")
+
+
 def test_bad_duration_in_an_action(tmp_path: Path) -> None:
     err, p = load_error(tmp_path, """
         version: 1

@@ -246,6 +246,18 @@ def test_a_bad_handler_is_refused_before_anything_is_written(store: Store) -> No
     assert store.ledger() == [] and store.runs() == []
 
 
+def test_a_plain_function_is_a_handler(store: Store) -> None:
+    """Wrapped in CallbackHandler, alone or by action type: `handlers=crm.create_task` just works."""
+    crm(store, 2)
+    got: list[str] = []
+    assert run(store, handlers=lambda a: got.append(a.client_id)).ok and sorted(got) == ["c1", "c2"]
+    store.add(clients=[{"id": "c9", "manager_id": "m1"}],
+              touches=[{"id": "t9", "client_id": "c9", "at": "2026-01-02T10:00:00"}])
+    assert run(store, "2026-03-03", handlers={"create_task": got.append}).ok
+    assert [getattr(a, "client_id", None) for a in got[2:]] == ["c9"]
+    assert {e.status for e in store.ledger()} == {"done"}
+
+
 def test_a_single_handler_that_is_falsy_still_delivers(store: Store) -> None:
     class Empty(RecordingHandler):
         def __len__(self) -> int:  # e.g. a handler that is also an (empty) collection
@@ -312,10 +324,28 @@ def test_outcomes_merge(store: Store) -> None:
 
 
 def test_ledger_statuses_are_checked(store: Store) -> None:
-    with pytest.raises(ValueError, match="list of statuses"):
+    """A RetainerError, so hosts catch it with the rest, and still the ValueError it was before."""
+    with pytest.raises(retainer.ArgumentError, match="list of statuses"):
         store.ledger(status="dead")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="did you mean 'dead'"):
+    with pytest.raises(retainer.ArgumentError, match="did you mean 'dead'"):
         store.ledger(status=["deadd"])  # type: ignore[list-item]
+    assert issubclass(retainer.ArgumentError, RetainerError) and issubclass(retainer.ArgumentError, ValueError)
+
+
+def test_an_engine_without_rules_or_a_store_is_refused_as_a_retainer_error(store: Store) -> None:
+    with pytest.raises(retainer.ArgumentError, match="rules come from a file path, YAML/JSON text or a dict"):
+        retainer.Engine(None, store)  # type: ignore[arg-type]
+    with pytest.raises(retainer.ArgumentError, match="Engine needs a store"):
+        retainer.Engine(FORGOTTEN, None)  # type: ignore[arg-type]
+
+
+def test_a_single_client_id_as_a_string_is_refused(store: Store) -> None:
+    """`clients="c1"` was planned as the clients 'c' and '1'."""
+    crm(store, 1)
+    engine = engine_for(FORGOTTEN, store)
+    with pytest.raises(retainer.ArgumentError, match=r"clients is a list of client ids, e.g. \['c1'\]"):
+        engine.plan("2026-03-02", clients="c1")  # type: ignore[arg-type]
+    assert [a.client_id for a in engine.plan("2026-03-02", clients=["c1"]).actions] == ["c1"]
 
 
 def test_running_an_earlier_date_warns(store: Store) -> None:
@@ -362,6 +392,11 @@ def test_plan_json_bytes_and_dicts(store: Store) -> None:
     d["actions"][0]["title"] = "changed"
     d["actions"][0]["evidence"] = {}
     assert plan.actions[0].title == "Позвонить Ромашка" and plan.actions[0].evidence
+    assert plan.to_json() == text
+    d = plan.to_dict()  # and inside them: the evidence (shared by a match's actions), stats, warnings
+    d["actions"][0]["evidence"]["episode"] = "changed"
+    d["stats"]["rules"]["hi"]["matched"] = 99
+    d["warnings"].append("changed")
     assert plan.to_json() == text
 
 

@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 from .actions import Action, Suppression, parse_action
 from .engine import Engine, Explanation
-from .errors import DataError, DispatchError, RetainerError, RulesError, StoreError
+from .errors import ArgumentError, DataError, DispatchError, RetainerError, RulesError, StoreError
 from .ledger import LedgerEntry, RunRecord, RunReport
 from .model import Client, Contract, Deal, Invoice, Manager, Offer, Task, Touch
 from .plan import Plan
@@ -19,6 +19,7 @@ from .stores import MemoryStore, SQLiteStore, Store, open_store
 
 __all__ = [
     "Action",
+    "ArgumentError",
     "Client",
     "Contract",
     "DataError",

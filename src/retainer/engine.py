@@ -24,7 +24,7 @@ from . import policies
 from .actions import ACTION_TYPES, Action, Escalate, Suppression, action_id
 from .adapters.dispatch import Dispatcher, DispatchReport, Handlers, Retry, utc_now
 from .adapters.dispatch import replay as _replay
-from .errors import RetainerError
+from .errors import ArgumentError, RetainerError
 from .keys import action_key as _key
 from .keys import episode_text as _episode_text
 from .ledger import LedgerEntry, RunRecord, RunReport
@@ -502,6 +502,9 @@ class Engine:
 
     def __init__(self, rules: RuleSet | str | Path | Mapping[str, Any], store: Store) -> None:
         self.rules = rules if isinstance(rules, RuleSet) else load_rules(rules)
+        if not callable(getattr(store, "clients", None)):  # found now, not as an AttributeError in plan()
+            raise ArgumentError(f"Engine needs a store, e.g. retainer.open_store(url, timezone=rules.timezone); "
+                                f"got {store!r}")
         self.store = store
 
     @property
@@ -525,6 +528,8 @@ class Engine:
         Pure: reads the store, writes nothing. `clients` limits evaluation to those ids (used for
         incremental re-evaluation and explain); reassignment capacity still counts every client.
         """
+        if isinstance(clients, str | bytes):  # a single id would be planned as one client per character
+            raise ArgumentError(f"clients is a list of client ids, e.g. [{clients!r}], not a string")
         a = self.as_of(as_of)
         plan, _frame, _matches = self._plan(a, clients)
         return plan

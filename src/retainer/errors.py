@@ -66,6 +66,11 @@ class DispatchError(RetainerError):
     """A handler failed to deliver an action."""
 
 
+class ArgumentError(RetainerError, ValueError):
+    """A caller passed an argument retainer cannot use (an unknown time zone or status, a string where
+    a list is expected, no store). Also a ValueError: several of these were plain ValueErrors before."""
+
+
 def did_you_mean(word: str, choices: Iterable[str], *, n: int = 1, quote: bool = True) -> str:
     """`; did you mean 'x'?` for the closest choices, or "": one spelling of the hint in every message."""
     close = difflib.get_close_matches(word, list(choices), n=n)

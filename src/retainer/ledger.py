@@ -34,13 +34,13 @@ def check_statuses(status: Any) -> None:
     an empty answer."""
     if status is None:
         return
+    from .errors import ArgumentError, did_you_mean
+
     if isinstance(status, str):
-        raise ValueError(f"status is a list of statuses, e.g. [{status!r}]")
+        raise ArgumentError(f"status is a list of statuses, e.g. [{status!r}]")
     for s in status:
         if s not in STATUSES:
-            from .errors import did_you_mean
-
-            raise ValueError(f"unknown status {s!r}; valid: {', '.join(STATUSES)}{did_you_mean(s, STATUSES)}")
+            raise ArgumentError(f"unknown status {s!r}; valid: {', '.join(STATUSES)}{did_you_mean(s, STATUSES)}")
 
 
 def action_payload(action: Action) -> str:

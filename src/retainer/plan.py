@@ -6,6 +6,7 @@ no timings, every instant rendered in the rule set's time zone.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -57,9 +58,15 @@ def dumps_bytes(obj: Any, *, indent: int | None = None) -> bytes:
 
 
 def action_dict(a: Action) -> dict[str, Any]:
-    """Field values as they are (actions are flat; `_default` renders dates and decimals): a copy the
-    caller may change."""
-    return dict(a.__dict__)
+    """Field values as they are (`_default` renders dates and decimals): a copy the caller may change,
+    down to the evidence (one dict shared by the actions of a match) and its lists."""
+    d = dict(a.__dict__)
+    for k, v in d.items():
+        if isinstance(v, dict):
+            d[k] = {n: list(x) if isinstance(x, list) else x for n, x in v.items()}
+        elif isinstance(v, list):
+            d[k] = list(v)
+    return d
 
 
 def _as_is(a: Action) -> dict[str, Any]:
@@ -93,8 +100,8 @@ class Plan:
                 {"action": fields(s.action), "reason_code": s.reason_code, "detail": s.detail}
                 for s in self.suppressed
             ],
-            "stats": self.stats,
-            "warnings": self.warnings,
+            "stats": self.stats if fields is _as_is else copy.deepcopy(self.stats),
+            "warnings": self.warnings if fields is _as_is else list(self.warnings),
         }
 
     def to_json(self, *, indent: int | None = None) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from httpfake import FakeClock
 
-from retainer import DispatchError, RetainerError
+from retainer import ArgumentError, DispatchError, RetainerError
 from retainer.actions import Action
 from retainer.adapters import (
     CallbackHandler,
@@ -255,15 +255,16 @@ def test_a_handler_without_handle_is_refused(crm: Store) -> None:
     with pytest.raises(DispatchError, match="handle"):
         Dispatcher(crm, object())  # type: ignore[arg-type]
     with pytest.raises(DispatchError, match="'tag'"):
-        Dispatcher(crm, {"tag": print})  # type: ignore[dict-item]
+        Dispatcher(crm, {"tag": object()})  # type: ignore[dict-item]
+    assert isinstance(Dispatcher(crm, {"tag": print}).route("tag"), CallbackHandler)  # a function is wrapped
 
 
 def test_retry_settings() -> None:
     r = Retry(max_attempts=9, base_delay=0.5, factor=3, max_delay=10)
     assert [r.delay(n) for n in range(1, 5)] == [0.5, 1.5, 4.5, 10.0]
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ArgumentError, match="at least 1"):  # a RetainerError, and the ValueError it was
         Retry(max_attempts=0)
-    with pytest.raises(ValueError, match="factor"):
+    with pytest.raises(ArgumentError, match="factor"):
         Retry(factor=0.5)
 
 
@@ -349,8 +350,8 @@ def test_specs_an_explicit_star_route(tmp_path: Path) -> None:
 
 
 def test_a_path_that_cannot_be_a_jsonl_file_is_refused_at_once(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="is a folder"):
+    with pytest.raises(ArgumentError, match="is a folder"):
         JsonlHandler(tmp_path)
-    with pytest.raises(ValueError, match="does not exist"):  # a typo never grows a folder tree
+    with pytest.raises(ArgumentError, match="does not exist"):  # a typo never grows a folder tree
         JsonlHandler(tmp_path / "typo" / "actions.jsonl")
     assert not (tmp_path / "typo").exists()

@@ -219,7 +219,7 @@ def test_replay_without_handlers_leaves_the_action_for_the_next_run(
 
 @pytest.mark.parametrize("url", ["127.0.0.1:8080/hook", "ftp://crm/hook", ""])
 def test_a_url_without_http_scheme_is_refused(url: str) -> None:
-    with pytest.raises(ValueError, match="http:// or https://"):
+    with pytest.raises(retainer.ArgumentError, match="http:// or https://"):
         WebhookHandler(url)
 
 
@@ -242,5 +242,5 @@ def test_credentials_in_the_url_never_reach_messages_or_the_ledger() -> None:
     assert redact("http://127.0.0.1:8080/hook") == "http://127.0.0.1:8080/hook"
     hook = WebhookHandler("http://user:s3cret@127.0.0.1:1/hook?token=abc", timeout=0.5)
     assert "s3cret" not in repr(hook) and "abc" not in repr(hook)
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(retainer.ArgumentError, match="positive"):
         WebhookHandler("http://127.0.0.1/hook", timeout=0)

@@ -16,13 +16,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..actions import ACTION_TYPES, Action
-from ..errors import DispatchError, did_you_mean
+from ..errors import ArgumentError, DispatchError, did_you_mean
 from ..ledger import ACTIVE, LedgerEntry, Status
-from .base import ActionHandler, PermanentError
+from .base import ActionHandler, CallbackHandler, PermanentError
 
 __all__ = ["DispatchReport", "Dispatcher", "Retry", "describe_error", "utc_now"]
 
-Handlers = Mapping[str, ActionHandler] | ActionHandler
+#: one handler or a mapping by action type; a plain function `fn(action)` is wrapped in CallbackHandler
+Handlers = Mapping[str, ActionHandler | Callable[[Action], object]] | ActionHandler | Callable[[Action], object]
 
 
 def utc_now() -> datetime:
@@ -45,11 +46,11 @@ class Retry:
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1, not {self.max_attempts}")
+            raise ArgumentError(f"max_attempts must be at least 1, not {self.max_attempts}")
         if self.stop_after is not None and self.stop_after < 1:
-            raise ValueError(f"stop_after must be at least 1, not {self.stop_after}")
+            raise ArgumentError(f"stop_after must be at least 1, not {self.stop_after}")
         if self.base_delay < 0 or self.max_delay < 0 or self.factor < 1:
-            raise ValueError("delays must be >= 0 and factor >= 1")
+            raise ArgumentError("delays must be >= 0 and factor >= 1")
 
     def delay(self, attempt: int) -> float:
         return float(min(self.max_delay, self.base_delay * self.factor ** (attempt - 1)))
@@ -93,6 +94,11 @@ class DispatchReport:
         }
 
 
+def _as_handler(h: Any) -> Any:
+    """A plain function `fn(action)` is a handler too (wrapped in CallbackHandler); anything else as is."""
+    return h if hasattr(h, "handle") or not callable(h) else CallbackHandler(h)
+
+
 class Dispatcher:
     """Routes each action to the handler for its type (`"*"` catches the rest), in ledger order."""
 
@@ -107,17 +113,19 @@ class Dispatcher:
         batch: int = 200,  # actions taken from the queue between two looks at the retries that are due
     ) -> None:
         if isinstance(handlers, Mapping):
-            self.handlers: dict[str, ActionHandler] = dict(handlers)
-        elif hasattr(handlers, "handle"):
-            self.handlers = {"*": handlers}
+            self.handlers: dict[str, ActionHandler] = {k: _as_handler(h) for k, h in handlers.items()}
+        elif hasattr(handlers, "handle") or callable(handlers):
+            self.handlers = {"*": _as_handler(handlers)}
         else:
-            raise DispatchError(f"a handler needs a handle(action) method; got {handlers!r}")
+            raise DispatchError(f"a handler is a function fn(action) or has a handle(action) method; got {handlers!r}")
         for name, h in self.handlers.items():
             if name != "*" and name not in ACTION_TYPES:  # a typo would leave those actions pending, silently
                 raise DispatchError(f"handlers: unknown action type {name!r}{did_you_mean(name, ACTION_TYPES)} "
                                     f"(known: {', '.join(ACTION_TYPES)}, and '*' for the rest)")
             if not hasattr(h, "handle"):
-                raise DispatchError(f"handler for {name!r} has no handle(action) method: {h!r}")
+                raise DispatchError(
+                    f"handler for {name!r} is neither a function fn(action) nor has a handle(action) method: {h!r}"
+                )
         self.store = store
         self.retry = retry or Retry()
         self.clock = clock

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import IO
 
 from ..actions import Action
+from ..errors import ArgumentError
 from ..ledger import action_payload
 
 __all__ = ["JsonlHandler"]
@@ -25,9 +26,9 @@ class JsonlHandler:
     def __init__(self, path: str | Path, *, fsync: bool = False) -> None:
         self.path = Path(path)
         if self.path.is_dir():
-            raise ValueError(f"{self.path} is a folder: give a file name, e.g. {self.path / 'actions.jsonl'}")
+            raise ArgumentError(f"{self.path} is a folder: give a file name, e.g. {self.path / 'actions.jsonl'}")
         if not self.path.parent.is_dir():  # a typo must not grow a new folder tree
-            raise ValueError(f"folder {self.path.parent} does not exist")
+            raise ArgumentError(f"folder {self.path.parent} does not exist")
         self.fsync = fsync
         self._file: IO[str] | None = None
         self._seen: set[str] = set()

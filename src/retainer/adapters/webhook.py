@@ -8,6 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .. import __version__
 from ..actions import Action
+from ..errors import ArgumentError
 from ..ledger import action_payload
 from .base import PermanentError
 
@@ -64,12 +65,12 @@ class WebhookHandler:
         client: httpx.Client | None = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
-            raise ValueError(f"webhook URL must start with http:// or https://, not {redact(url)!r}")
+            raise ArgumentError(f"webhook URL must start with http:// or https://, not {redact(url)!r}")
         problem = _url_problem(url)
         if problem:  # found now, before a run commits actions that could never be delivered
-            raise ValueError(f"webhook URL {redact(url)!r}: {problem}")
+            raise ArgumentError(f"webhook URL {redact(url)!r}: {problem}")
         if not timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+            raise ArgumentError(f"timeout must be a positive number of seconds, not {timeout!r}")
         self.url = url
         self.shown = redact(url)  # what messages and the ledger show: no passwords or query tokens
         self.timeout = timeout

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from ..errors import RulesError
+from ..errors import ArgumentError, RulesError
 from ..policies import policy_features
 from ..timeutil import get_tz
 from . import templates
@@ -157,6 +157,8 @@ def _pydantic_message(err: Mapping[str, Any]) -> str:
 
 def load_rules(source: str | FsPath | Mapping[str, Any]) -> RuleSet:
     """Load rules from a file path, YAML/JSON text, or an already-parsed dict; raise RulesError."""
+    if not isinstance(source, str | FsPath | Mapping):  # None would be read as a file named "None"
+        raise ArgumentError(f"rules come from a file path, YAML/JSON text or a dict, not {source!r}")
     if isinstance(source, Mapping):
         return compile_rules(dict(source), _Lines(), "<dict>")
     if isinstance(source, FsPath) or ("\n" not in str(source) and not str(source).lstrip().startswith("{")):

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from datetime import UTC, tzinfo
 from pathlib import Path
 
-from ..errors import StoreError
+from ..errors import ArgumentError, StoreError
 from .base import AggSpec, Pred, Store
 from .memory import MemoryStore
 from .sqlite import SQLiteStore
@@ -53,7 +53,18 @@ def open_store(url: str, *, timezone: tzinfo | str = UTC, create: bool = True) -
     """
     from ..timeutil import get_tz
 
-    tz = get_tz(timezone) if isinstance(timezone, str) else timezone
+    if isinstance(timezone, str):
+        try:
+            tz = get_tz(timezone)
+        except ValueError as exc:
+            raise ArgumentError(str(exc)) from None
+    elif isinstance(timezone, tzinfo):
+        tz = timezone
+    else:  # None would read naive timestamps in whatever zone the machine is set to
+        raise ArgumentError(
+            f"timezone must be a zone name or a tzinfo, not {timezone!r}: pass the rule set's, "
+            "e.g. open_store(url, timezone=rules.timezone)"
+        )
     if "://" not in url:
         if url.endswith((".db", ".sqlite", ".sqlite3")):
             return _sqlite("/" + url, f"sqlite:///{url}", tz, create)
