@@ -12,7 +12,7 @@ from httpfake import FakeClock
 import retainer
 from retainer import RetainerError, StoreError
 from retainer.actions import Action
-from retainer.adapters import CallbackHandler, Retry
+from retainer.adapters import CallbackHandler, PermanentError, Retry
 from retainer.stores import Store
 from retainer.testing import RecordingHandler
 
@@ -443,3 +443,36 @@ def test_a_misspelt_action_type_in_handlers_is_refused_before_anything_is_commit
     with pytest.raises(retainer.DispatchError, match=r"unknown action type 'create_tsk'; did you mean 'create_task'\?"):
         run(store, handlers={"create_tsk": RecordingHandler(), "*": RecordingHandler()})
     assert store.ledger() == [] and store.runs() == []
+
+
+def test_an_action_committed_earlier_is_cancelled_once_it_must_not_go_out(store: Store) -> None:
+    """A message committed on one night and delivered on a later one (the CRM was down) is looked at
+    again: a client who asked not to be contacted since gets nothing, and a reminder for an invoice paid
+    since is not sent. Both used to be delivered, and a replay of a dead one too."""
+    rules = {"version": 1, "rules": [
+        {"id": "dunning", "kind": "debtor", "steps": [{"after": "3d", "notify_client": {"template": "reminder"}}]},
+        {"id": "news", "category": "retention", "when": {"client_id": {"in": ["c0", "c2"]}},
+         "then": [{"notify_client": {"template": "news"}}]}]}  # fmt: skip
+    invoice = {"id": "i1", "client_id": "c1", "issued_at": "2026-02-01", "due_at": "2026-02-20", "amount": 500}
+    store.add(managers=[{"id": "m1"}], invoices=[invoice],
+              clients=[{"id": f"c{k}", "manager_id": "m1"} for k in (0, 1, 2)])
+    e = engine_for(rules, store)
+    # c0's news is rejected (dead); the CRM is down for the other two, and the run gives up on it
+    def down(a: Action) -> None:
+        raise PermanentError("no such address") if a.client_id == "c0" else RuntimeError("CRM down")
+
+    first = e.run("2026-03-01", handlers=down, retry=Retry(base_delay=0, stop_after=2))
+    assert first.dispatch is not None and len(first.dispatch.dead) == 1 and len(first.dispatch.failed) == 2
+    store.upsert(invoices=[{**invoice, "paid_at": "2026-03-02T09:00"}],
+                 clients=[{"id": "c0", "manager_id": "m1", "contact_policy": "do_not_contact"},
+                          {"id": "c2", "manager_id": "m1", "contact_policy": "do_not_contact"}])
+    h = RecordingHandler()
+    report = e.run("2026-03-02", handlers=h)
+    assert h.actions == [] and report.dispatch is not None
+    assert sorted(report.dispatch.cancelled.values()) == ["do_not_contact", "paid"]
+    by_client = {x.client_id: x for x in store.ledger()}
+    assert by_client["c1"].status == by_client["c2"].status == "done"
+    assert by_client["c1"].outcome["cancelled"] == "paid" and by_client["c2"].outcome["cancelled"] == "do_not_contact"
+    _ids, replayed = e.replay(dead=True, handlers=h)
+    assert h.actions == [] and replayed is not None and list(replayed.cancelled.values()) == ["do_not_contact"]
+    assert store.ledger(client_ids=["c0"])[0].outcome["cancelled"] == "do_not_contact"

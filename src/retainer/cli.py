@@ -379,6 +379,8 @@ def _print_dispatch(d: Any, console: Console, data: str) -> None:
     console.print(f"delivered {len(d.done):,} ({d.attempts:,} attempts), dead {len(d.dead):,}", highlight=False)
     for type_, n in sorted(d.no_handler.items()):
         console.print(f"[yellow]pending[/] {n:,} {type_}: no handler for this type; they wait in the ledger")
+    for why, n in sorted(Counter(d.cancelled.values()).items()):
+        console.print(f"cancelled {n:,} action(s) committed earlier and not sent: {why} since", highlight=False)
     for handler, why in sorted(d.stopped.items()):
         console.print(
             f"[red]gave up on[/] {handler}: {why}; {d.left + len(d.failed):,} action(s) wait for the next run",

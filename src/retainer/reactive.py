@@ -705,7 +705,7 @@ class Session:
                 by_id = {x.id: x for x in committed}
                 for e in entries:
                     e.__dict__["action"] = by_id[e.id]
-                reaction.dispatch = d.dispatch(entries)
+                reaction.dispatch = d.dispatch(entries, planned=by_id)
             self.store.finish_run(run.id, self.clock(), {"new": len(committed)})
             reaction.timings["dispatch"] = time.perf_counter() - t1
         t2 = time.perf_counter()

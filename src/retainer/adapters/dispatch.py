@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 from ..actions import ACTION_TYPES, Action
 from ..errors import ArgumentError, DispatchError, did_you_mean
 from ..ledger import ACTIVE, LedgerEntry, Status
+from ..stores.base import virtual_value
 from .base import ActionHandler, CallbackHandler, PermanentError
 
 __all__ = ["DispatchReport", "Dispatcher", "Retry", "describe_error", "utc_now"]
@@ -75,6 +76,8 @@ class DispatchReport:
     stopped: dict[str, str] = field(default_factory=dict)  # handler -> why it was given up on
     left: int = 0  # actions not delivered because their handler was given up on
     skipped: list[str] = field(default_factory=list)  # done meanwhile (the host recorded an outcome)
+    #: id -> why: committed by an earlier run, and no longer to be sent (do_not_contact, paid)
+    cancelled: dict[str, str] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -89,6 +92,7 @@ class DispatchReport:
             "stopped": dict(sorted(self.stopped.items())),
             "left": self.left,
             "skipped": len(self.skipped),
+            "cancelled": dict(sorted(self.cancelled.items())),
             "attempts": self.attempts,
             "no_handler": dict(sorted(self.no_handler.items())),
         }
@@ -147,13 +151,19 @@ class Dispatcher:
                 a = by_id.get(e.id)
                 if a is not None:
                     e.__dict__["action"] = a  # fills the cached_property: the same action, unparsed
-        return self.dispatch(entries)
+        return self.dispatch(entries, planned=by_id)
 
-    def dispatch(self, entries: Iterable[LedgerEntry]) -> DispatchReport:
+    def dispatch(self, entries: Iterable[LedgerEntry], *, planned: Collection[str] = ()) -> DispatchReport:
+        """Deliver `entries`. Those not in `planned` (the ids of the plan just committed, checked by it) were
+        committed earlier: each is looked at again first, and cancelled when it must not go out any more."""
         report = DispatchReport()
         queue: list[LedgerEntry] = []
-        for e in entries:
-            if e.status not in ACTIVE:
+        active = [e for e in entries if e.status in ACTIVE]
+        void = self._void([e for e in active if e.id not in planned])
+        for e in active:
+            if e.id in void:
+                self.store.set_outcome(e.id, {"cancelled": void[e.id], "at": self.clock().isoformat()}, self.clock())
+                report.cancelled[e.id] = void[e.id]
                 continue
             if self.route(e.type) is None:
                 report.no_handler[e.type] = report.no_handler.get(e.type, 0) + 1
@@ -196,6 +206,29 @@ class Dispatcher:
                 elif st == "done":
                     streak[id(h)] = 0
         return report
+
+    def _void(self, earlier: list[LedgerEntry]) -> dict[str, str]:
+        """Actions an earlier run committed that must not go out now (id -> why), whatever rule planned them:
+        their client has asked not to be contacted since (`do_not_contact` means no action at all), or the
+        invoice they chase is paid. The plan that committed them could not know; the one that delivers
+        them (a night later, or a replay) must not send them."""
+        out: dict[str, str] = {}
+        clients: dict[str, Any] = {}
+        for e in earlier:
+            cid = e.client_id
+            if cid is None:
+                continue
+            if cid not in clients:
+                clients[cid] = self.store.get("clients", cid)
+            c = clients[cid]
+            if c is not None and c.contact_policy == "do_not_contact":
+                out[e.id] = "do_not_contact"
+                continue
+            invoice = e.action.evidence.get("invoice.id")  # a dunning step's invoice
+            inv = self.store.get("invoices", invoice) if isinstance(invoice, str) else None
+            if inv is not None and virtual_value("invoices", "outstanding", inv, self.clock()) <= 0:
+                out[e.id] = "paid"
+        return out
 
     def _attempt(
         self, e: LedgerEntry, attempts: dict[str, int], report: DispatchReport
