@@ -496,23 +496,55 @@ class SQLiteStore:
         self._checkpointer: tuple[threading.Event, threading.Thread] | None = None
         # whether this call makes the file: an importer that fails removes what it created
         self.created = self.path != ":memory:" and not Path(self.path).exists()
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []  # every thread's, to close
+        self._conns_lock = threading.Lock()
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout = 5000")
-            self.conn = conn
+            self._local.conn = conn
+            self._conns.append(conn)
             self._ensure_schema(create)  # first: a file that is not a store is refused untouched
             if self.path != ":memory:" and conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 conn.execute("PRAGMA journal_mode = wal")
-                # WAL + NORMAL: a commit survives any process crash (kill -9 included) and the file is
-                # never corrupted; only an OS crash or power loss may roll back the last commits, whole.
-                # FULL would fsync every delivery attempt the dispatcher records.
-                conn.execute("PRAGMA synchronous = NORMAL")
-                # reads: the file mapped instead of copied page by page through read(), and a page cache
-                # that holds a plan's working set (the default 2 MB thrashes on a 100k-client store)
-                conn.execute("PRAGMA mmap_size = 1073741824").fetchall()
-                conn.execute("PRAGMA cache_size = -65536")
+            self._tune(conn)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from exc
+
+    def _tune(self, conn: sqlite3.Connection) -> None:
+        """Per connection: how it writes and reads a WAL file."""
+        if self.path == ":memory:":
+            return
+        # WAL + NORMAL: a commit survives any process crash (kill -9 included) and the file is never
+        # corrupted; only an OS crash or power loss may roll back the last commits, whole. FULL would
+        # fsync every delivery attempt the dispatcher records.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        # reads: the file mapped instead of copied page by page through read(), and a page cache that
+        # holds a plan's working set (the default 2 MB thrashes on a 100k-client store)
+        conn.execute("PRAGMA mmap_size = 1073741824").fetchall()
+        conn.execute("PRAGMA cache_size = -65536")
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection. A store object may be shared by threads (a web app's workers, a run
+        delivering while another thread records outcomes): each gets its own connection to the file, as
+        two processes would, instead of one connection whose transactions would interleave. An in-memory
+        database has only the one."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            if self.path == ":memory:":
+                return self._conns[0]
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 5000")
+            self._tune(conn)
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    @conn.setter
+    def conn(self, conn: sqlite3.Connection) -> None:  # this thread's (a wrapper, in benchmarks/reactive.py)
+        self._local.conn = conn
 
     @cached_property
     def db(self) -> sqlite_utils.Database:
@@ -1462,7 +1494,9 @@ class SQLiteStore:
 
     def close(self) -> None:
         self.stop_checkpoints()
-        self.conn.close()
+        with self._conns_lock:
+            for conn in self._conns:
+                conn.close()
 
     def __enter__(self) -> SQLiteStore:
         return self

@@ -1,0 +1,69 @@
+"""One SQLite store object shared by threads, as a web app shares it: each thread gets its own
+connection, so a run delivering on one thread and writes on another never meet in one transaction."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import retainer
+from retainer.adapters import CallbackHandler
+
+RULES = {"version": 1, "rules": [{"id": "f", "kind": "forgotten", "after": "30d",
+                                  "then": [{"create_task": {"title": "Call {client.name}"}}]}]}  # fmt: skip
+
+
+def test_a_run_and_writes_on_other_threads_share_one_store(tmp_path: Path) -> None:
+    """A run delivered on one thread while another added touches and recorded outcomes failed 4 times in
+    4 with "cannot start a transaction within a transaction", leaving actions pending."""
+    store = retainer.open_store(f"sqlite:///{tmp_path / 'crm.db'}")
+    store.add(managers=[{"id": "m1"}], clients=[{"id": f"c{i:02d}", "manager_id": "m1", "created_at": "2025-01-01"}
+                                                     for i in range(40)])
+    engine = retainer.Engine(retainer.load_rules(RULES), store)
+    stop, errors, written = threading.Event(), [], [0]
+
+    def writer() -> None:
+        while not stop.is_set():
+            try:
+                written[0] += 1
+                store.add(touches=[{"id": f"w{written[0]}", "client_id": "c00", "at": "2026-02-28T10:00"}])
+                done = store.ledger(status=["done"], limit=1)
+                if done:
+                    engine.record_outcome(done[0].id, {"n": written[0]})
+            except Exception as exc:  # every failure is the finding
+                errors.append(f"{type(exc).__name__}: {exc}")
+            time.sleep(0.001)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        report = engine.run("2026-03-01", handlers=CallbackHandler(lambda a: time.sleep(0.002)))
+    finally:
+        stop.set()
+        t.join()
+    assert errors == [] and written[0] > 5
+    assert report.dispatch is not None and len(report.dispatch.done) == 40 and report.dispatch.complete
+    assert {e.status for e in store.ledger()} == {"done"}
+    assert [r.status for r in store.runs()] == ["finished"]
+    store.close()
+
+
+def test_every_connection_is_tuned_for_wal(tmp_path: Path) -> None:
+    """Reopened (already WAL) or opened on another thread: NORMAL sync, the file mapped, a large cache."""
+    path = tmp_path / "crm.db"
+    retainer.open_store(f"sqlite:///{path}").close()
+    store = retainer.open_store(f"sqlite:///{path}")
+    seen = []
+
+    def settings() -> None:
+        c = store.conn  # type: ignore[attr-defined]
+        seen.append(tuple(c.execute(f"PRAGMA {p}").fetchone()[0] for p in ("journal_mode", "synchronous",
+                                                                                "mmap_size", "cache_size")))
+
+    settings()
+    t = threading.Thread(target=settings)
+    t.start()
+    t.join()
+    assert seen == [("wal", 1, 1073741824, -65536)] * 2
+    store.close()
