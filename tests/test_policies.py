@@ -447,3 +447,18 @@ def test_calendar_windows_take_iso_spellings(store: Store) -> None:
         caps = [{"channel": "email", "limit": 1, "per": per, "window": "calendar"}]
         assert codes(plan_of(store, [rule("mail", EMAIL)], day(10), caps=caps)) == {"mail": "cap"}, per
         assert rules_of(plan_of(store, [rule("mail", EMAIL)], day(11), caps=caps)) == {"mail"}, per
+
+
+def test_explain_says_what_the_full_plan_may_decide_otherwise(store: Store) -> None:
+    """Explain plans the one client: the manager's daily slots and least-loaded picks depend on the
+    others. It showed the task as planned while the nightly plan held it back, without a word."""
+    setup(store, n=2)
+    store.add(managers=[{"id": "m2"}])
+    rules = {"version": 1, "rules": [rule("call", TASK)], "policies": {"manager_daily_task_limit": 1}}
+    e = engine_for(rules, store)
+    assert codes(e.plan(day(1))) == {"call": "manager_task_limit"}  # c2 waits for tomorrow
+    note = e.explain("c2", day(1)).note
+    assert note is not None and "1 tasks a day leave room" in note and "can differ in the full plan" in note
+    assert engine_for({"version": 1, "rules": [rule("call", TASK)]}, store).explain("c2", day(1)).note is None
+    move = {"version": 1, "rules": [rule("move", {"reassign": {"strategy": "least_loaded"}})]}
+    assert "the new manager" in (engine_for(move, store).explain("c1", day(1)).note or "")

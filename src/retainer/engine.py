@@ -439,6 +439,22 @@ def _emit_group(
                 actions.append(esc)
 
 
+def _shared_note(note: str | None, rules: list[RuleExplanation], task_limit: int | None) -> str | None:
+    """Explain plans this one client; what the nightly plan decides over all clients may differ: say so
+    where it matters (least-loaded counts the moves made for other clients first; the daily task limit
+    is shared by the manager's clients)."""
+    acts = [x for r in rules for x in r.actions]
+    shared = []
+    if any(x.type == "reassign" for x in acts):
+        shared.append("the new manager (reassignments of other clients in the same plan come first)")
+    if task_limit is not None and any(x.type == "create_task" for x in acts):
+        shared.append(f"whether the manager's {task_limit} tasks a day leave room")
+    if not shared:
+        return note
+    text = f"explained for this client alone: {' and '.join(shared)} can differ in the full plan (`retainer plan`)"
+    return f"{note}; {text}" if note else text
+
+
 @dataclass
 class RuleExplanation:
     rule: str
@@ -854,4 +870,5 @@ class Engine:
                         part=part or None,
                     )
                 )
-        return Explanation(client_id, at, out, note)
+        limit = self.rules.file.policies.manager_daily_task_limit
+        return Explanation(client_id, at, out, _shared_note(note, out, limit))
