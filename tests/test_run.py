@@ -476,3 +476,20 @@ def test_an_action_committed_earlier_is_cancelled_once_it_must_not_go_out(store:
     _ids, replayed = e.replay(dead=True, handlers=h)
     assert h.actions == [] and replayed is not None and list(replayed.cancelled.values()) == ["do_not_contact"]
     assert store.ledger(client_ids=["c0"])[0].outcome["cancelled"] == "do_not_contact"
+
+
+def test_a_reassignment_is_delivered_before_the_clients_other_actions(store: Store) -> None:
+    """Forgotten and released in one plan: the task goes to the new manager, so the CRM gets the move
+    first (in key order the task, `forgotten:...`, came before `release:...:reassign`)."""
+    store.add(managers=[{"id": "m1"}, {"id": "m2"}],
+              clients=[{"id": f"c{k}", "manager_id": "m1", "created_at": "2025-01-01"} for k in (1, 2)])
+    rules = {"version": 1, "rules": [
+        {"id": "forgotten", "kind": "forgotten", "after": "30d"},
+        {"id": "release", "kind": "release", "forgotten_rule": "forgotten", "grace": "7d",
+         "then": [{"reassign": {"strategy": "least_loaded"}},
+                  {"notify_manager": {"to": "new_manager", "template": "moved"}}]}]}  # fmt: skip
+    h = RecordingHandler()
+    engine_for(rules, store).run("2026-03-01", handlers=h)
+    assert [a.type for a in h.actions] == ["reassign", "reassign", "create_task", "create_task",
+                                           "notify_manager", "notify_manager"]  # then in ledger (key) order
+    assert {a.assignee_id for a in h.by_type("create_task")} == {"m2"}  # type: ignore[attr-defined]

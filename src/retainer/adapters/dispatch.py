@@ -169,6 +169,9 @@ class Dispatcher:
                 report.no_handler[e.type] = report.no_handler.get(e.type, 0) + 1
             else:
                 queue.append(e)
+        # reassignments first: the same plan's task for the client goes to the new manager, and a CRM that
+        # checks a task's assignee against the client's owner must see the move before the task
+        queue.sort(key=lambda e: e.type != "reassign")  # stable: ledger order otherwise
         attempts = {e.id: e.attempts for e in queue}
         waiting: list[tuple[float, int, LedgerEntry]] = []  # (due, order, entry) for retries
         order = {e.id: n for n, e in enumerate(queue)}
