@@ -192,7 +192,9 @@ def test_plan_jsonl_and_table() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--as-of", "2026-13-01"], "invalid as_of"),
+        (["--as-of", "2026-13-01"], "invalid as_of '2026-13-01': no such date or time (month must be in 1..12)"),
+        (["--as-of", "2026-02-29"], "no such date or time (day is out of range for month)"),
+        (["--as-of", "soon"], "invalid as_of 'soon': use a date (2026-03-01) or ISO 8601 instant"),
         (["--as-of", "2026-03-01", "--format", "xml"], "--format"),
     ],
 )

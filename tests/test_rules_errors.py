@@ -97,6 +97,19 @@ def test_unknown_field(tmp_path: Path) -> None:
     assert_error(err, p, 6, "forgotten", "colour")
 
 
+def test_a_scenario_given_as_a_rule_file_says_so(tmp_path: Path) -> None:
+    """`retainer validate x.scenario.yaml` said "unknown field 'name'"."""
+    err, _p = load_error(tmp_path, """
+        name: caps
+        rules:
+          version: 1
+          rules: [{id: f, kind: forgotten, after: 60d}]
+        given: {managers: [{id: m1}]}
+        steps: [{as_of: 2026-03-01, expect: []}]
+        """)
+    assert "this is a scenario (given, steps), not a rule file: run it with `retainer test`" in str(err)
+
+
 def test_misspelt_required_field_is_reported_as_unknown_field(tmp_path: Path) -> None:
     # the analyst typed `aftr`; the offending key is line 5
     err, p = load_error(tmp_path, """

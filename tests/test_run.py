@@ -330,6 +330,9 @@ def test_ledger_statuses_are_checked(store: Store) -> None:
     with pytest.raises(retainer.ArgumentError, match="did you mean 'dead'"):
         store.ledger(status=["deadd"])  # type: ignore[list-item]
     assert issubclass(retainer.ArgumentError, RetainerError) and issubclass(retainer.ArgumentError, ValueError)
+    for name in ("ids", "client_ids", "types"):  # one id was read as one id per character
+        with pytest.raises(retainer.ArgumentError, match=f"{name} is a list, e.g. \\['c1'\\]"):
+            store.ledger(**{name: "c1"})
 
 
 def test_an_engine_without_rules_or_a_store_is_refused_as_a_retainer_error(store: Store) -> None:

@@ -533,7 +533,11 @@ class Engine:
         try:
             return parse_as_of(value, self.rules.tz)
         except ValueError as exc:
-            why = str(exc) if isinstance(exc, AsOfRangeError) else "use a date (2026-03-01) or ISO 8601 instant"
+            why = (
+                str(exc) if isinstance(exc, AsOfRangeError)
+                else f"no such date or time ({exc})" if "out of range" in str(exc) or "must be in" in str(exc)
+                else "use a date (2026-03-01) or ISO 8601 instant"
+            )  # fmt: skip
             raise RetainerError(f"invalid as_of {value!r}: {why}") from exc
 
     # ------------------------------------------------------------------ plan

@@ -29,13 +29,16 @@ STATUSES: Final = ("pending", "done", "failed", "dead")
 ACTIVE: Final = ("pending", "failed")
 
 
-def check_statuses(status: Any) -> None:
-    """`ledger(status=...)` takes a list of known statuses: a bare string or a typo is a mistake, not
-    an empty answer."""
-    if status is None:
-        return
+def check_query(status: Any, **lists: Any) -> None:
+    """`ledger(status=..., ids=..., client_ids=..., types=...)` take lists, and statuses are known ones: a
+    bare string (read one character at a time) or a typo is a mistake, not an empty answer."""
     from .errors import ArgumentError, did_you_mean
 
+    for name, v in lists.items():
+        if isinstance(v, str):
+            raise ArgumentError(f"{name} is a list, e.g. [{v!r}]")
+    if status is None:
+        return
     if isinstance(status, str):
         raise ArgumentError(f"status is a list of statuses, e.g. [{status!r}]")
     for s in status:

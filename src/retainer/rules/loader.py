@@ -273,6 +273,8 @@ def compile_rules(data: Any, lines: _Lines, source: str) -> RuleSet:
 
     if not isinstance(data, dict):
         raise fail("a rule file is a mapping with version, rules, ...", ())
+    if "steps" in data and ("given" in data or isinstance(data.get("rules"), dict | str)):
+        raise fail("this is a scenario (given, steps), not a rule file: run it with `retainer test`", ())
     try:
         rf = RuleFile.model_validate(data)
     except ValidationError as exc:

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..actions import Action
 from ..errors import StoreError
-from ..ledger import ACTIVE, LedgerEntry, RunRecord, Status, action_payload, check_statuses
+from ..ledger import ACTIVE, LedgerEntry, RunRecord, Status, action_payload, check_query
 from ..model import Client, Entity, Manager
 from . import _ingest
 from .base import COMPARE, EXISTS_FIELD, TIME_FIELDS, VIRTUAL_FIELDS, AggSpec, Changes, Pred, virtual_value
@@ -276,7 +276,7 @@ class MemoryStore:
         since: datetime | None = None,
         limit: int | None = None,
     ) -> list[LedgerEntry]:
-        check_statuses(status)
+        check_query(status, ids=ids, client_ids=client_ids, types=types)
         idset = set(ids) if ids is not None else None
         cset = set(client_ids) if client_ids is not None else None
         rows: Iterable[LedgerEntry]

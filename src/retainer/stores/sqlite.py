@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..actions import Action
 from ..errors import StoreError
-from ..ledger import LedgerEntry, RunRecord, Status, action_payload, check_statuses
+from ..ledger import LedgerEntry, RunRecord, Status, action_payload, check_query
 from ..model import ENTITIES, Client, Entity, Manager, no_gc
 from ..timeutil import to_utc_text
 from . import _ingest
@@ -1372,7 +1372,7 @@ class SQLiteStore:
         since: datetime | None = None,
         limit: int | None = None,
     ) -> list[LedgerEntry]:
-        check_statuses(status)
+        check_query(status, ids=ids, client_ids=client_ids, types=types)
         where: list[str] = []
         params: list[Any] = []
         if since is not None:
