@@ -97,6 +97,28 @@ def test_unknown_field(tmp_path: Path) -> None:
     assert_error(err, p, 6, "forgotten", "colour")
 
 
+def test_an_error_outside_the_rules_names_its_path(tmp_path: Path) -> None:
+    """`limit: Input should be...` did not say which cap; `required field 'for'` not which policy."""
+    err, p = load_error(tmp_path, """
+        version: 1
+        rules: [{id: f, kind: forgotten, after: 60d}]
+        policies:
+          caps:
+            - {category: development, limit: 1, per: 60d}
+            - category: development
+              limit: -1
+              per: 30d
+        """)
+    assert_error(err, p, 7, None, "policies.caps[1].limit: Input should be greater than or equal to 0")
+    err, p = load_error(tmp_path, """
+        version: 1
+        rules: [{id: f, kind: forgotten, after: 60d}]
+        policies:
+          cooloff: {blocks: [development]}
+        """)
+    assert_error(err, p, 4, None, "policies.cooloff: required field 'for' is missing")
+
+
 def test_a_scenario_given_as_a_rule_file_says_so(tmp_path: Path) -> None:
     """`retainer validate x.scenario.yaml` said "unknown field 'name'"."""
     err, _p = load_error(tmp_path, """

@@ -144,13 +144,16 @@ def _pydantic_message(err: Mapping[str, Any]) -> str:
     if t == "extra_forbidden":
         return f"unknown field {loc[-1]!r}"
     if t == "missing":
-        return f"required field {loc[-1]!r} is missing"
+        where = _field_path(loc[:-1]) if loc and loc[0] != "rules" else ""
+        return f"{where}: required field {loc[-1]!r} is missing" if where else f"required field {loc[-1]!r} is missing"
     if t == "union_tag_invalid":
         ctx = err.get("ctx", {})
         return f"unknown rule kind {ctx.get('tag')!r}; valid kinds: {ctx.get('expected_tags')}"
     if t == "literal_error":
         return f"{_field_path(loc)}: {err['msg']} (got {err.get('input')!r})"
     msg = str(err["msg"]).removeprefix("Value error, ")
+    if loc and loc[0] != "rules":  # policies.caps[1].limit: outside a rule, only the path says where
+        return f"{_field_path(loc)}: {msg}"
     field = next((p for p in reversed(loc) if isinstance(p, str) and "[" not in p), None)
     return f"{field}: {msg}" if field else msg
 
