@@ -496,3 +496,21 @@ def test_a_reassignment_is_delivered_before_the_clients_other_actions(store: Sto
     assert [a.type for a in h.actions] == ["reassign", "reassign", "create_task", "create_task",
                                            "notify_manager", "notify_manager"]  # then in ledger (key) order
     assert {a.assignee_id for a in h.by_type("create_task")} == {"m2"}  # type: ignore[attr-defined]
+
+
+def test_two_dispatchers_that_read_one_pending_action_deliver_it_once(store: Store) -> None:
+    """A reactive session and a nightly run read the same pending action; while the first delivers it,
+    the second must not (it used to count its own attempt and call the CRM again)."""
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1", "created_at": "2025-01-01"}])
+    engine_for(FORGOTTEN, store).run("2026-03-01")  # committed, no handler: pending
+    stale = store.ledger(status=["pending"])
+    calls: list[str] = []
+    other = retainer.adapters.Dispatcher(store, lambda a: calls.append("other"))
+
+    def first(a: Action) -> None:
+        calls.append("first")
+        report = other.dispatch(stale)  # the other one read the ledger before this attempt was counted
+        assert report.skipped == [a.id] and not report.done
+
+    retainer.adapters.Dispatcher(store, first).dispatch(store.ledger(status=["pending"]))
+    assert calls == ["first"] and store.ledger()[0].status == "done"

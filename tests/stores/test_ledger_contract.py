@@ -125,6 +125,18 @@ def test_attempts_count_only_for_active_actions(store: Store) -> None:
     assert (e2.status, e2.attempts, e2.last_error, e2.updated_at) == ("failed", 2, "RuntimeError: x", later)
 
 
+def test_an_attempt_is_claimed_once(store: Store) -> None:
+    """Two dispatchers that read the same pending action (a reactive session, and the nightly run in
+    another process) both counted an attempt and both delivered it. With the attempts each read, only
+    the first claims it."""
+    store.commit_run(run_record(), [act("k1")], {})
+    (e,) = store.ledger()
+    assert store.begin_attempts([e.id], T0, {e.id: 0}) == [e.id]
+    assert store.begin_attempts([e.id], T0, {e.id: 0}) == []  # the other one read 0 attempts too
+    assert store.ledger()[0].attempts == 1
+    assert store.begin_attempts([e.id], T0, {e.id: 1}) == [e.id]  # a retry by the one that claimed it
+
+
 def test_requeue_moves_failed_and_dead_only(store: Store) -> None:
     store.commit_run(run_record(), [act("k1"), act("k2"), act("k3")], {})
     i1, i2, i3 = (e.id for e in store.ledger())

@@ -250,8 +250,9 @@ class Dispatcher:
             )
             rejected = True  # no call was made: says nothing about the endpoint, so no step towards giving up on it
         else:
-            if not self.store.begin_attempts([e.id], self.clock()):
-                report.skipped.append(e.id)  # done meanwhile: the host recorded an outcome
+            if not self.store.begin_attempts([e.id], self.clock(), {e.id: attempts[e.id]}):
+                # done meanwhile (the host recorded an outcome), or another dispatcher is delivering it
+                report.skipped.append(e.id)
                 report.failed.pop(e.id, None)
                 return None, False
             attempts[e.id] += 1

@@ -317,10 +317,13 @@ class Store(Protocol):
         that instant or later; what caps, escalations and processes look back on)."""
         ...
 
-    def begin_attempts(self, ids: Sequence[str], at: datetime) -> list[str]:
+    def begin_attempts(self, ids: Sequence[str], at: datetime, seen: Mapping[str, int] | None = None) -> list[str]:
         """Count one more delivery attempt for each id still `pending` or `failed`, BEFORE its handler
         is called, durably, so a crash mid-delivery can never let attempts exceed the limit. Returns
-        the ids counted: one that became `done` meanwhile (the host recorded an outcome) is skipped."""
+        the ids counted: one that became `done` meanwhile (the host recorded an outcome) is skipped, and
+        so is one whose attempts are no longer those in `seen` (id -> attempts when the caller read it):
+        another dispatcher (a reactive session, a run in another process) has just taken it, and
+        counting it here too would deliver it twice."""
         ...
 
     def finish_attempts(self, results: Sequence[tuple[str, Status, str | None, int]], at: datetime) -> None:

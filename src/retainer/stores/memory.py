@@ -319,11 +319,11 @@ class MemoryStore:
         self._ledger[id] = e
         return e
 
-    def begin_attempts(self, ids: Sequence[str], at: datetime) -> list[str]:
+    def begin_attempts(self, ids: Sequence[str], at: datetime, seen: Mapping[str, int] | None = None) -> list[str]:
         counted = []
         for i in ids:
             e = self._ledger[i]
-            if e.status in ("pending", "failed"):
+            if e.status in ("pending", "failed") and (seen is None or seen.get(i) in (None, e.attempts)):
                 self._update(i, attempts=e.attempts + 1, updated_at=at)
                 counted.append(i)
         return counted

@@ -1403,15 +1403,15 @@ class SQLiteStore:
         if missing:
             raise StoreError(f"no action with id {missing[0]!r} in the ledger of {self.url}")
 
-    def begin_attempts(self, ids: Sequence[str], at: datetime) -> list[str]:
+    def begin_attempts(self, ids: Sequence[str], at: datetime, seen: Mapping[str, int] | None = None) -> list[str]:
         t = to_utc_text(at)
         counted = []
         with self._transaction() as conn:
             for i in ids:  # by id, one row each: the unique index, never a scan of the ledger
                 cur = conn.execute(
                     "UPDATE retainer_actions SET attempts = attempts + 1, updated_at = ? "
-                    "WHERE id = ? AND status IN ('pending', 'failed')",
-                    [t, i],
+                    "WHERE id = ? AND status IN ('pending', 'failed') AND (? IS NULL OR attempts = ?)",
+                    [t, i, *[seen.get(i) if seen is not None else None] * 2],
                 )
                 if cur.rowcount:
                     counted.append(i)
