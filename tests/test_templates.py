@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from retainer.model import Client, Manager
 from retainer.rules.templates import ENGINE_OBJECTS, _parts, _show, bound
+from retainer.testing import run_scenario_file
 
 VALUES: dict[str, Any] = {
     "days_since_activity": 61,
@@ -75,3 +78,34 @@ def test_compiled_template_keeps_quotes_and_backslashes_literal() -> None:
     objects = dict.fromkeys(ENGINE_OBJECTS)
     objects["client"] = CLIENT
     assert bound(text, ENGINE_OBJECTS, column)(objects, 0) == "'\"\\n{x} " + CLIENT.name
+
+
+@pytest.mark.parametrize(("zone", "at", "shown"), [
+    ("Europe/Moscow", "2026-03-01T01:00", "2026-03-01"),  # 22:00 UTC the day before
+    ("America/New_York", "2026-03-01T20:00", "2026-03-01"),  # 01:00 UTC the day after
+])
+def test_dates_in_texts_are_the_rule_sets_local_dates(tmp_path: Path, zone: str, at: str, shown: str) -> None:
+    """`{invoice.due_at}` and `{last_activity_at}` were the UTC date: a day early east of UTC for every
+    date-only value, while the evidence and the episode key said the local date."""
+    scenario = tmp_path / "dates.scenario.yaml"
+    scenario.write_text(f"""
+rules:
+  version: 1
+  timezone: {zone}
+  rules:
+    - {{id: quiet, when: {{days_since_activity: {{gte: 1}}}}, episode: last_activity_at,
+       then: [{{create_task: {{title: "last {{last_activity_at}}"}}}}]}}
+    - id: debtor
+      kind: debtor
+      steps:
+        - {{after: 3d, create_task: {{title: "{{invoice.id}} issued {{invoice.issued_at}} due {{invoice.due_at}}"}}}}
+given:
+  managers: [{{id: m1}}]
+  clients: [{{id: c1, manager_id: m1}}]
+  touches: [{{id: t1, client_id: c1, at: "{at}"}}]
+  invoices: [{{id: i1, client_id: c1, issued_at: 2026-02-01, due_at: 2026-03-01, amount: 100}}]
+steps:
+  - as_of: 2026-03-04
+    expect: [{{rule: quiet, title: "last {shown}"}}, {{rule: debtor, title: "i1 issued 2026-02-01 due 2026-03-01"}}]
+""")
+    run_scenario_file(scenario)

@@ -249,7 +249,7 @@ class _Prep:
         aliases = rule.aliases
 
         def text(t: str) -> Callable[[dict[str, Any], int], str]:
-            return templates.bound(t, _OBJECTS, lambda name: frame.column(aliases.get(name, name)))
+            return templates.bound(t, _OBJECTS, lambda name: frame.column(aliases.get(name, name)), a.tz)
 
         self.reason = text(rule.reason)
         common = {"rule": rule.id, "category": rule.category, "as_of": self.as_of}

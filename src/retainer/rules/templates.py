@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime, tzinfo
 from decimal import Decimal
-from functools import lru_cache
+from functools import lru_cache, partial
 from types import CodeType
 from typing import Any
 
@@ -69,7 +69,9 @@ def check(text: str, is_feature: Callable[[str], bool], *, allow: Iterable[str] 
     return feats
 
 
-def _show(v: Any) -> str:
+def _show(v: Any, tz: tzinfo = UTC) -> str:
+    """A value as text: an instant is its date in the rule set's zone (as evidence and episode keys show
+    it; the UTC date is a day early east of UTC for every date-only value)."""
     t = type(v)
     if t is str:
         return v  # type: ignore[no-any-return]
@@ -78,7 +80,7 @@ def _show(v: Any) -> str:
     if v is None:
         return ""
     if isinstance(v, datetime):
-        return v.date().isoformat()
+        return v.astimezone(tz).date().isoformat()
     if isinstance(v, date):
         return v.isoformat()
     if isinstance(v, Decimal):
@@ -114,13 +116,13 @@ ENGINE_OBJECTS = ("client", "manager", "supervisor", "new_manager", "as_of", "ru
 
 
 def bound(
-    text: str, objects: tuple[str, ...], column: Callable[[str], Sequence[Any]]
+    text: str, objects: tuple[str, ...], column: Callable[[str], Sequence[Any]], tz: tzinfo = UTC
 ) -> Callable[[dict[str, Any], int], str]:
     """The template compiled once for every row of a plan's frame (a plan renders the same title for
     tens of thousands of clients) into one expression: literals embedded with repr(), `objects` looked
     up in `o`, any other name read from its column (`column(name)`) by row number. Nothing from the
     text is evaluated."""
-    env: dict[str, Any] = {"show": _show}
+    env: dict[str, Any] = {"show": _show if tz is UTC else partial(_show, tz=tz)}
     terms: list[str] = []
     for is_ph, name, obj, attr in _parts(text):
         if not is_ph:
