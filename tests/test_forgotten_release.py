@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ import retainer
 from retainer.actions import NAMESPACE, action_id
 from retainer.plan import Plan
 from retainer.stores import Store
+from retainer.testing import run_scenario_file
 from tests.conftest import engine_for
 
 DAY0 = date(2026, 1, 1)
@@ -869,3 +871,50 @@ def test_a_manager_id_in_the_rule_file_that_is_not_in_the_store_is_no_recipient(
         ("escalate", "no_recipient", "no manager ghost in the store to escalate to"),
         ("notify_manager", "no_recipient", "no manager ghost in the store to notify"),
     ]
+
+
+@pytest.mark.parametrize("name", ["release", "escalate"])
+def test_release_and_escalation_keep_the_forgotten_rules_when(tmp_path: Path, name: str) -> None:
+    """A forgotten rule for VIP clients only: its release and its escalation are for VIPs only too. Both
+    kept the rule's statuses and dropped its `when:`, so other clients were reassigned and escalated."""
+    scenarios = {
+        "release": """
+rules:
+  version: 1
+  rules:
+    - {id: forgotten-vip, kind: forgotten, after: 60d, when: {tags: {contains: vip}}}
+    - {id: release-vip, kind: release, forgotten_rule: forgotten-vip, grace: 14d}
+given:
+  managers: [{id: m1}, {id: m2}]
+  clients: [{id: vip1, manager_id: m1, tags: [vip]}, {id: small1, manager_id: m1}]
+  touches: [{id: t1, client_id: vip1, at: 2026-01-01}, {id: t2, client_id: small1, at: 2026-01-01}]
+steps:
+  - as_of: 2026-03-02
+    expect: [{rule: forgotten-vip, client_id: vip1}]
+    exact: true
+  - as_of: 2026-03-16
+    expect: [{rule: release-vip, type: reassign, client_id: vip1}]
+    absent: [{client_id: small1}]
+""",
+        "escalate": """
+rules:
+  version: 1
+  rules:
+    - {id: forgotten, kind: forgotten, after: 60d}
+    - {id: release, kind: release, forgotten_rule: forgotten, grace: 14d}
+    - {id: forgotten-vip, kind: forgotten, after: 30d, when: {tags: {contains: vip}}}
+    - {id: esc-vip, kind: escalate, forgotten_rule: forgotten-vip}
+given:
+  managers: [{id: boss}, {id: m1, supervisor_id: boss}, {id: m2, supervisor_id: boss}]
+  clients: [{id: small1, manager_id: m1}]
+  touches: [{id: t1, client_id: small1, at: 2026-01-01}]
+steps:
+  - as_of: 2026-03-16
+    expect: [{rule: release, type: reassign, client_id: small1, to_manager_id: m2}]
+  - as_of: 2026-04-15
+    absent: [{rule: esc-vip}]
+""",
+    }
+    f = tmp_path / f"{name}.scenario.yaml"
+    f.write_text(scenarios[name])
+    run_scenario_file(f)

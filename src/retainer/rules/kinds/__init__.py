@@ -181,6 +181,16 @@ def _forgotten(rule: ForgottenRule, ctx: CompileContext) -> Parts:
     )
 
 
+def _besides(node: Node, threshold: Node) -> Node:
+    """A forgotten rule's condition without its threshold: what a release or an escalation keeps of it
+    (its statuses, and the rule's own `when:`, which only the first used to be) while putting a longer
+    threshold in its place."""
+    if isinstance(node, All):
+        kept = tuple(_besides(c, threshold) for c in node.children if c is not threshold)
+        return kept[0] if len(kept) == 1 else All(kept)
+    return node
+
+
 def _release(rule: ReleaseRule, ctx: CompileContext) -> Parts:
     ref = ctx.compiled.get(rule.forgotten_rule)
     if ref is None or ref.kind != "forgotten" or ref.threshold is None:
@@ -188,8 +198,7 @@ def _release(rule: ReleaseRule, ctx: CompileContext) -> Parts:
         raise PresetError(f"forgotten_rule {rule.forgotten_rule!r} {what}", (*ctx.path, "forgotten_rule"))
     # `grace` extends every client's own threshold (hours and days may mix: docs/decisions.md)
     threshold = replace(ref.threshold, plus=rule.grace)
-    assert isinstance(ref.condition, All)
-    parts: list[Node] = [ref.condition.children[0], threshold]
+    parts: list[Node] = [_besides(ref.condition, ref.threshold), threshold]
     evidence = list(ref.evidence)
     if rule.unless_future_task:
         parts.append(Leaf("has_future_task", "eq", False))
@@ -343,14 +352,14 @@ def _escalate(rule: EscalateRule, ctx: CompileContext) -> Parts:
     default = (ActionSpec(escalate=EscalateSpec()),)
     if rule.forgotten_rule is not None:
         ref = _find(ctx, rule.forgotten_rule, "forgotten", "forgotten_rule")
-        assert ref.threshold is not None and isinstance(ref.condition, All)
+        assert ref.threshold is not None
         name = f"since_release[{ref.threshold.feature}]"
         if name not in ctx.registry.extra:
             ctx.registry.add(since_release_feature(name, ref.threshold.feature))
         threshold = replace(ref.threshold, feature=name, plus=rule.after)
         days = ref.aliases.get("days_since_activity", "days_since_activity")
         return Parts(
-            All((ref.condition.children[0], Leaf("released_at", "exists", True), threshold)),
+            All((_besides(ref.condition, ref.threshold), Leaf("released_at", "exists", True), threshold)),
             "released_at",
             default,
             ("released_at", days, ref.aliases.get("last_activity_at", "last_activity_at")),
