@@ -49,7 +49,7 @@ def test_a_run_commits_and_delivers_then_a_rerun_is_all_duplicates(store: Store)
     assert sorted(h.ids) == sorted(a.id for a in first.committed)
     assert {e.status for e in store.ledger()} == {"done"}
     assert first.counts() == {"new": 3, "duplicate": 0, "suppressed": 0, "done": 3, "dead": 0, "failed": 0,
-                              "no_handler": 0, "left": 0}  # fmt: skip
+                              "no_handler": 0, "left": 0, "cancelled": 0}  # fmt: skip
     again = run(store, "2026-03-05", handlers=h)
     assert again.committed == [] and len(again.duplicates) == 3 and len(h.actions) == 3
     assert again.duplicates[0].detail.startswith("already in the ledger (done)")
@@ -514,3 +514,25 @@ def test_two_dispatchers_that_read_one_pending_action_deliver_it_once(store: Sto
 
     retainer.adapters.Dispatcher(store, first).dispatch(store.ledger(status=["pending"]))
     assert calls == ["first"] and store.ledger()[0].status == "done"
+
+
+def test_a_missed_night_caught_up_sends_nothing_that_was_settled_since(store: Store) -> None:
+    """The night of the 18th runs on the 19th, after a payment made on the 19th: its plan as of the 18th
+    sees the invoice unpaid, but the reminder must not go out now. And a cancelled reminder, never
+    sent, uses up no cap."""
+    rules = {"version": 1, "rules": [
+        {"id": "dunning", "kind": "debtor",
+         "steps": [{"after": "3d", "notify_client": {"channel": "sms", "template": "r"}}]}],
+        "policies": {"caps": [{"channel": "sms", "limit": 1, "per": "1w", "window": "calendar"}]}}  # fmt: skip
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
+              invoices=[{"id": "i1", "client_id": "c1", "issued_at": "2026-02-01", "due_at": "2026-02-14",
+                         "amount": 100, "paid_at": "2026-02-19T09:00"},
+                        {"id": "i2", "client_id": "c1", "issued_at": "2026-02-01", "due_at": "2026-02-15",
+                         "amount": 100}])
+    e = engine_for(rules, store)
+    h = RecordingHandler()
+    now = lambda: retainer.engine.utc_now().replace(year=2026, month=2, day=19, hour=12)  # noqa: E731
+    report = e.run("2026-02-17", handlers=h, clock=now)  # i1 is 3 days overdue; i2 2 days
+    assert [a.key for a in h.actions] == [] and list(report.dispatch.cancelled.values()) == ["paid"]  # type: ignore[union-attr]
+    report = e.run("2026-02-18", handlers=h, clock=now)  # i2's turn: the cancelled i1 sent nothing this week
+    assert [a.key for a in h.actions] == ["dunning:c1:i2+3d:notify_client"]

@@ -168,6 +168,7 @@ class RunReport:
             "failed": len(d.failed) if d else 0,
             "no_handler": sum(d.no_handler.values()) if d else 0,
             "left": d.left if d else 0,
+            "cancelled": len(d.cancelled) if d else 0,
         }
 
     def to_dict(self) -> dict[str, Any]:

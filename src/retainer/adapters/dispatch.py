@@ -140,10 +140,12 @@ class Dispatcher:
         handler = self.handlers.get(action_type)  # `is None`, not `or`: a handler may be falsy (an empty list)
         return handler if handler is not None else self.handlers.get("*")
 
-    def dispatch_active(self, known: Iterable[Action] = ()) -> DispatchReport:
+    def dispatch_active(self, known: Iterable[Action] = (), *, current: bool = True) -> DispatchReport:
         """Deliver everything `pending` or `failed` in the ledger: this run's actions and whatever an
         interrupted earlier run left behind. `known` are action objects already in hand (the run's
-        own), used instead of parsing their ledger copies again."""
+        own), used instead of parsing their ledger copies again. `current`: their plan saw every fact
+        there is (as of now or later); a plan as of a past day (a missed night caught up) did not, and
+        its actions are looked at again like an earlier run's."""
         entries = self.store.ledger(status=ACTIVE)
         by_id = {a.id: a for a in known}
         if by_id:
@@ -151,7 +153,7 @@ class Dispatcher:
                 a = by_id.get(e.id)
                 if a is not None:
                     e.__dict__["action"] = a  # fills the cached_property: the same action, unparsed
-        return self.dispatch(entries, planned=by_id)
+        return self.dispatch(entries, planned=by_id if current else ())
 
     def dispatch(self, entries: Iterable[LedgerEntry], *, planned: Collection[str] = ()) -> DispatchReport:
         """Deliver `entries`. Those not in `planned` (the ids of the plan just committed, checked by it) were
