@@ -602,3 +602,21 @@ def test_new_manager_without_a_reassignment_is_no_recipient(store: Store) -> Non
     r = {"id": "g", "when": {"status": "active"}, "then": [{"create_task": {"assignee": "new_manager"}}]}
     plan = engine_for(rules(r), store).plan(day(1))
     assert not plan.actions and [s.reason_code for s in plan.suppressed] == ["no_recipient"]
+
+
+def test_a_step_a_later_one_overtook_is_never_sent_even_planned_as_of_an_earlier_day(store: Store) -> None:
+    """The night of the 25th sends the SMS (+10d) and skips the e-mail (+3d). A plan as of the 19th (a late
+    event in a reactive session, a night run again for a day passed) used to find the e-mail due and not
+    in the ledger, and sent it after the SMS."""
+    rules = {"version": 1, "rules": [{"id": "debtor", "kind": "debtor", "steps": [
+        {"after": "3d", "notify_client": {"channel": "email", "template": "r"}},
+        {"after": "10d", "notify_client": {"channel": "sms", "template": "r"}}]}]}  # fmt: skip
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
+              invoices=[{"id": "i7", "client_id": "c1", "issued_at": "2026-02-01", "due_at": "2026-02-15",
+                         "amount": "1200"}])
+    e = engine_for(rules, store)
+    night = e.run("2026-02-25")
+    assert [a.key for a in night.committed] == ["debtor:c1:i7+10d:notify_client"]
+    assert [s.reason_code for s in night.plan.suppressed] == ["superseded"]
+    before = e.plan("2026-02-19")
+    assert before.actions == [] and before.suppressed == []

@@ -10,13 +10,14 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import heapq
+import itertools
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -189,20 +190,44 @@ def _due_date(a: AsOf, due_in: Duration) -> date:
     return due_in.add_to_date(a.date)
 
 
-def _resolve_ladders(matches: list[_Match], ledger: Mapping[str, str]) -> list[_Match]:
-    """A dunning ladder sends only its latest due step per invoice: earlier steps never sent are
-    `superseded` (a late reminder after the final notice only confuses the client). They are reported
-    once, in the plan that sends the later step; after that they are history, not news."""
+def _ladder_tops(matches: list[_Match]) -> dict[tuple[str, str], _Match]:
+    """(rule, invoice) -> the latest due step of that invoice's ladder."""
     top: dict[tuple[str, str], _Match] = {}
     for m in matches:
         if m.rule.ladder is not None:
             k = (m.rule.id, m.frame.ids[m.i])
             if k not in top or m.rule.ladder > top[k].rule.ladder:  # type: ignore[operator]
                 top[k] = m
+    return top
+
+
+def _later_keys(top: Mapping[tuple[str, str], _Match], steps: Mapping[str, list[CompiledRule]]) -> dict[Any, list[str]]:
+    """The keys of the steps after each invoice's latest due one: due later by this as_of, but an earlier
+    run may have sent them (a plan as of a past day: a late event, a night run again for a day passed)."""
+    out: dict[Any, list[str]] = {}
+    for k, m in top.items():
+        after = [r for r in steps[m.rule.id] if r.ladder > m.rule.ladder]  # type: ignore[operator]
+        if after:
+            out[k] = [_key(r.id, m.subject_id, k[1] + r.suffix, kind) for r in after for kind in r.key_kinds]
+    return out
+
+
+def _resolve_ladders(
+    matches: list[_Match], ledger: Mapping[str, str], top: Mapping[tuple[str, str], _Match],
+    later: Mapping[Any, list[str]],
+) -> list[_Match]:
+    """A dunning ladder sends only its latest due step per invoice: earlier steps never sent are
+    `superseded` (a late reminder after the final notice only confuses the client). They are reported
+    once, in the plan that sends the later step; after that they are history, not news, and so are they
+    when a later step than any due now went out on an earlier night."""
+    gone = {k for k, keys in later.items() if any(x in ledger for x in keys)}
     out = []
     for m in matches:
         if m.rule.ladder is not None:
-            latest = top[(m.rule.id, m.frame.ids[m.i])]
+            k = (m.rule.id, m.frame.ids[m.i])
+            if k in gone and not any(x in ledger for x in m.keys):
+                continue  # a later step was sent: this one never will be
+            latest = top[k]
             if latest is not m:
                 if all(k in ledger for k in latest.keys) and not any(k in ledger for k in m.keys):
                     continue  # superseded on an earlier night
@@ -527,6 +552,15 @@ class Engine:
     def tz(self) -> Any:
         return self.rules.tz
 
+    @cached_property
+    def _ladders(self) -> dict[str, list[CompiledRule]]:
+        """A ladder rule's steps (one compiled rule each), by rule id."""
+        out: dict[str, list[CompiledRule]] = {}
+        for r in self.rules.rules:
+            if r.ladder is not None:
+                out.setdefault(r.id, []).append(r)
+        return out
+
     def as_of(self, value: str | date | datetime) -> AsOf:
         if not isinstance(value, str | date):  # datetime is a date
             raise RetainerError(f"as_of is required: a date (2026-03-01), a datetime or ISO 8601 text, not {value!r}")
@@ -641,8 +675,12 @@ class Engine:
             m.keys = [m.head + k for k in m.rule.key_kinds]
         # what earlier runs committed: those keys are duplicates, and a committed reassignment is not
         # re-decided (it would take capacity and advance round-robin for nothing)
-        ledger = self.store.ledger_status(k for m in matches for k in m.keys)
-        matches = _resolve_ladders(matches, ledger)
+        top = _ladder_tops(matches)
+        later = _later_keys(top, self._ladders) if top else {}
+        ledger = self.store.ledger_status(
+            itertools.chain((k for m in matches for k in m.keys), (k for ks in later.values() for k in ks))
+        )
+        matches = _resolve_ladders(matches, ledger, top, later)
         reassigner = _Reassigner(managers, self.store.manager_loads(a.instant), self.store)
         movers = [m for m in matches if m.rule.reassign is not None and not m.blocked and m.client]
         given = self._given(movers, matches, ledger, managers)
