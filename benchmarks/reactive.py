@@ -142,7 +142,9 @@ def main() -> None:
                              for k, v in sorted(kinds.items())},
         "breakdown_ms": {k: {"n": len(v), "p50": round(pct(v, 50), 3), "p99": round(pct(v, 99), 3)}
                          for k, v in sorted(parts.items())},
-        "engine_plan_one_client_without_session_ms": {"p50": round(pct(base, 50), 2), "p99": round(pct(base, 99), 2)},
+        "engine_plan_one_client_without_session_ms": (
+            {"p50": round(pct(base, 50), 2), "p99": round(pct(base, 99), 2)} if base else None  # --baseline 0
+        ),
     }
     print(json.dumps(out, indent=2))
 

@@ -286,12 +286,13 @@ def test_an_exception_inside_a_durable_rules_action_reaches_the_caller(store: St
     s._fired = Boom()
     with pytest.raises(ZeroDivisionError, match="inside a durable-rules action"):
         s.tick(at(53))
-    assert s.process_states("c1") == {}  # nothing half-done is kept in the session
+    # nothing half-done is kept in the session: its view is the ledger's, where the step is committed
+    assert s.process_states("c1") == {"debtor:c1:due:dunning": ("debtor~dunning", "step_3d")}
     s._fired = []
     r = s.tick(at(54))  # the step is committed already; the next step moves the rebuilt instance
     assert r.committed == []
     r = s.tick(at(60))
-    assert [(t.from_state, t.to_state) for t in r.transitions] == [("new", "step_10d")]
+    assert [(t.from_state, t.to_state) for t in r.transitions] == [("step_3d", "step_10d")]
 
 
 def test_an_exception_durable_rules_records_in_its_state_is_raised(store: Store) -> None:
@@ -439,3 +440,45 @@ def test_the_session_moves_sqlite_checkpoints_off_the_event_path(store: Store) -
     assert store.checkpoint_in_background()  # type: ignore[attr-defined]
     Session(RULES, store).close()  # did not start it: leaves it running
     assert store._checkpointer is not None  # type: ignore[attr-defined]
+
+
+def test_an_offer_a_nightly_run_committed_after_the_session_met_the_client_is_presented(tmp_path: Path) -> None:
+    """The session read a client's processes from the ledger only when it first met the client: a
+    win-back offer the nightly run committed later (after the manager recorded the reason) waited for a
+    call the session never reported."""
+    rules = retainer.load_rules(Path(__file__).parents[1] / "examples" / "rules" / "winback.yaml")
+    store = make_store("sqlite", tmp_path)
+    store.add(managers=[{"id": "boss"}, {"id": "m1", "supervisor_id": "boss"}],
+              clients=[{"id": "c1", "manager_id": "m1", "created_at": "2025-01-01"}],
+              invoices=[{"id": f"c1-{k}", "client_id": "c1", "issued_at": f"2025-{m}-01", "amount": 40000,
+                         "paid_at": f"2025-{m}-01"} for k, m in ((1, 10), (2, 11), (3, 12))])
+    engine = retainer.Engine(rules, store)
+    task = next(a for a in engine.run("2026-03-01").committed if a.type == "create_task")
+    session = Session(rules, store)
+    session.post({"type": "touch", "id": "t1", "client_id": "c1", "at": "2026-03-02T10:00", "direction": "outbound"})
+    engine.record_outcome(task.id, {"churn_reason": "price"})
+    offer = [a for a in engine.run("2026-03-03").committed if a.type == "propose_offer"]
+    assert len(offer) == 1 and offer[0].deliver == "next_inbound"  # type: ignore[attr-defined]
+    call = session.post({"type": "touch", "id": "t2", "client_id": "c1", "at": "2026-03-04T11:00",
+                         "direction": "inbound"})
+    assert [a.type for a in call.committed] == ["notify_manager"]
+    assert [(t.from_state, t.to_state) for t in call.transitions] == [("waiting", "presented")]
+
+
+def test_a_call_about_an_offer_is_told_to_the_manager_the_client_was_given_to(tmp_path: Path) -> None:
+    """Released to m2 in the night, the client calls before the CRM's export shows the move: the news
+    goes to m2 (as the night's task did), not to m1 who lost the client."""
+    rules = retainer.load_rules({"version": 1, "rules": [
+        {"id": "forgotten", "kind": "forgotten", "after": "60d"},
+        {"id": "release", "kind": "release", "forgotten_rule": "forgotten", "grace": "14d"},
+        {"id": "keep", "category": "retention", "when": {"days_since_activity": {"gte": 60}}, "episode": "client_id",
+         "then": [{"propose_offer": {"offer": "loyalty", "deliver": "next_inbound"}}]}]})  # fmt: skip
+    store = make_store("sqlite", tmp_path)
+    store.add(managers=[{"id": "m1"}, {"id": "m2"}], clients=[{"id": "c1", "manager_id": "m1"}],
+              touches=[{"id": "t0", "client_id": "c1", "at": "2025-12-01"}])
+    session = Session(rules, store, handlers=RecordingHandler())
+    night = session.tick("2026-03-01")
+    assert {a.type: getattr(a, "to_manager_id", None) for a in night.committed}["reassign"] == "m2"
+    call = session.post({"type": "touch", "id": "t1", "client_id": "c1", "at": "2026-03-02T10:00",
+                         "direction": "inbound"})
+    assert [(a.type, a.to_manager_id) for a in call.committed] == [("notify_manager", "m2")]  # type: ignore[attr-defined]

@@ -584,17 +584,21 @@ class Session:
 
     # ------------------------------------------------------------ persisted process state
 
-    def _hydrate(self, client_id: str) -> None:
-        if client_id in self._procs:
+    def _hydrate(self, client_id: str, *, merge: bool = True) -> None:
+        """The client's open processes: what this session knows (in memory, or saved by an earlier one),
+        plus any the ledger shows that it does not: a nightly run, or a host's recorded outcome, may have
+        started one since (an offer the run committed waits for the client's call). Not `merge` right
+        after this session's own commit: its actions move the processes themselves."""
+        known = self._procs.get(client_id)
+        if known is not None and not merge:
             return
-        raw = self.store.get_cursor(CURSOR + client_id)
-        if raw is not None:
-            procs = {sid: list(v) for sid, v in json.loads(raw).items() if v[0] in self.charts}
-        else:
-            procs = self._adopt(client_id)
-        self._procs[client_id] = {}
-        for sid, (cname, state) in sorted(procs.items()):
-            self._procs[client_id][sid] = [cname, state]
+        if known is None:
+            raw = self.store.get_cursor(CURSOR + client_id)
+            known = {} if raw is None else {sid: list(v) for sid, v in json.loads(raw).items() if v[0] in self.charts}
+            self._procs[client_id] = known
+        for sid, (cname, state) in sorted(self._adopt(client_id).items()):
+            if sid not in known:
+                known[sid] = [cname, state]
 
     def _adopt(self, client_id: str) -> dict[str, list[str]]:
         """A client this store has no session state for: its processes, as the ledger tells them."""
@@ -680,9 +684,19 @@ class Session:
             f"offer {offer or sid} is waiting for this contact",
             evidence={"offer_key": sid, "offer": offer, "touch_id": touch.id},
             as_of=a.instant.astimezone(a.tz),
-            to_manager_id=client.manager_id,
+            to_manager_id=self._owner(client),
             template="next_inbound_offer",
         )
+
+    def _owner(self, client: Client) -> str:
+        """The client's manager, or the one a committed reassignment gave it to while the CRM still shows
+        the old one (as the engine's own tasks are assigned: Engine._given): the one who lost the client
+        should not hear that it called."""
+        moves = [
+            e for e in self.store.ledger(client_ids=[client.id], types=["reassign"], status=[*ACTIVE, "done"])
+            if e.payload_fields.get("from_manager_id") == client.manager_id and e.payload_fields.get("to_manager_id")
+        ]
+        return str(max(moves, key=lambda e: e.as_of).payload_fields["to_manager_id"]) if moves else client.manager_id
 
     # ------------------------------------------------------------ commit and deliver
 
@@ -712,7 +726,7 @@ class Session:
         for act in committed:
             if act.client_id is None or not self._targets(act):
                 continue
-            self._hydrate(act.client_id)
+            self._hydrate(act.client_id, merge=False)
             for chart, sid, trigger in self._targets(act):
                 self._ensure(chart, act.client_id, sid, None)
                 tr = self._post(chart, act.client_id, sid, trigger, f"commit:{act.id}")
