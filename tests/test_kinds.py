@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 import retainer
 from retainer.plan import Plan
@@ -620,3 +622,22 @@ def test_a_step_a_later_one_overtook_is_never_sent_even_planned_as_of_an_earlier
     assert [s.reason_code for s in night.plan.suppressed] == ["superseded"]
     before = e.plan("2026-02-19")
     assert before.actions == [] and before.suppressed == []
+
+
+def test_watching_a_winback_escalates_only_an_unanswered_question(store: Store) -> None:
+    """`escalate watch_rule: winback` (full.yaml's "nobody answered why they left"): a reason recorded on
+    day 1 made the follow-up the watched action, an offer that waits for the client's call or an
+    escalation, and 14 days later the supervisor heard that the win-back was unanswered."""
+    raw = yaml.safe_load((Path(__file__).parents[1] / "examples" / "rules" / "winback.yaml").read_text())
+    raw["rules"].append({"id": "unanswered", "kind": "escalate", "watch_rule": "winback", "after": "14d"})
+    e = retainer.Engine(retainer.load_rules(raw), store)
+    store.add(managers=[{"id": "boss"}, {"id": "m1", "supervisor_id": "boss"}],
+              clients=[{"id": c, "manager_id": "m1", "created_at": "2025-01-01"} for c in ("c1", "c2", "c3")],
+              invoices=[{"id": f"{c}-{m}", "client_id": c, "issued_at": f"2025-{m}-01", "amount": 60000,
+                         "paid_at": f"2025-{m}-01"} for c in ("c1", "c2", "c3") for m in (10, 11, 12)])
+    asks = {a.client_id: a for a in e.run("2026-03-01").committed if a.rule == "winback"}
+    e.record_outcome(asks["c1"].id, {"churn_reason": "price"})  # an offer follows, for the next call
+    e.record_outcome(asks["c2"].id, {"churn_reason": "bad_service"})  # the supervisor is told at once
+    escalated = [a.client_id for d in range(2, 32) for a in e.run(f"2026-03-{d:02d}").committed
+                 if a.rule == "unanswered"]
+    assert escalated == ["c3"]  # only the client whose question nobody answered

@@ -244,11 +244,14 @@ def manager_frame(f: FeatureFrame) -> SubFrame:
 _LIVE = ("pending", "done", "failed")  # a dead action never reached the CRM
 
 
-def _latest_live(f: FeatureFrame, **filters: Any) -> dict[str, Any]:
-    """Per client, the latest committed action (of these filters) planned up to as_of that is not dead."""
+def _latest_live(f: FeatureFrame, keep: Callable[[Any], bool] | None = None, **filters: Any) -> dict[str, Any]:
+    """Per client, the latest committed action (of these filters, and `keep`) planned up to as_of that is
+    not dead."""
     latest: dict[str, Any] = {}
     for e in f.store.ledger(client_ids=f._partial, status=list(_LIVE), **filters):  # in commit order
         cid = e.client_id
+        if keep is not None and not keep(e):
+            continue
         if cid is not None and e.as_of <= f.as_of.instant and (cid not in latest or e.as_of >= latest[cid].as_of):
             latest[cid] = e
     return latest
@@ -274,12 +277,21 @@ def since_release_feature(name: str, anchor: str) -> FeatureImpl:
                        compute=compute)
 
 
+def _awaits_answer(e: Any) -> bool:
+    """An action somebody is expected to act on. Not an escalation (the supervisor has it already), an
+    offer that waits for the client's own call (`deliver: next_inbound`), or a tag or process start:
+    watching those escalated a win-back whose reason was recorded, or the escalation itself."""
+    if e.type in ("escalate", "tag", "untag", "start_process"):
+        return False
+    return not (e.type == "propose_offer" and e.payload_fields.get("deliver") == "next_inbound")
+
+
 def unresolved_feature(name: str, rule: str) -> FeatureImpl:
-    """When the latest action of `rule` for the client was planned, while it is unresolved: no outcome
-    recorded and no activity with the client since."""
+    """When the latest action of `rule` for the client that awaits an answer was planned, while it is
+    unresolved: no outcome recorded and no activity with the client since."""
 
     def compute(f: FeatureFrame) -> list[Any]:
-        latest = _latest_live(f, rule=rule)
+        latest = _latest_live(f, _awaits_answer, rule=rule)
         out: list[Any] = []
         for cid, last in zip(f.ids, f.column("last_activity_at"), strict=True):
             e = latest.get(cid)
