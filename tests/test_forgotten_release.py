@@ -918,3 +918,23 @@ steps:
     f = tmp_path / f"{name}.scenario.yaml"
     f.write_text(scenarios[name])
     run_scenario_file(f)
+
+
+def test_a_blank_threshold_attribute_is_not_set(tmp_path: Path) -> None:
+    """A CRM custom field left blank (`forgotten_after: ""`) skipped the client as "not a duration"; it
+    means "not set", so the rule's own threshold or an override applies."""
+    f = tmp_path / "blank.scenario.yaml"
+    f.write_text("""
+rules:
+  version: 1
+  rules:
+    - {id: forgotten, kind: forgotten, after: 60d, overrides: [{when: {tags: {contains: key-account}}, after: 30d}]}
+given:
+  managers: [{id: m1}]
+  clients: [{id: c1, manager_id: m1, tags: [key-account], attributes: {forgotten_after: "  "}}]
+  touches: [{id: t1, client_id: c1, at: 2026-01-01}]
+steps:
+  - as_of: 2026-01-31
+    expect: [{rule: forgotten, client_id: c1, evidence: {threshold: 30d}}]
+""")
+    run_scenario_file(f)

@@ -109,3 +109,8 @@ steps:
     expect: [{{rule: quiet, title: "last {shown}"}}, {{rule: debtor, title: "i1 issued 2026-02-01 due 2026-03-01"}}]
 """)
     run_scenario_file(scenario)
+
+
+def test_money_in_texts_is_rounded_to_the_cent_half_up() -> None:
+    assert [_show(Decimal(x)) for x in ("1000.125", "1000.135", "1000.124", "1000", "99.5")] == [
+        "1000.13", "1000.14", "1000.12", "1000", "99.50"]  # half to even gave 1000.12 for 1000.125

@@ -793,8 +793,10 @@ class FeatureRegistry:
             return impl
         if name.startswith("attributes."):
             key = name.split(".", 1)[1]
-            impl = FeatureImpl(
-                name, "any", f"client attribute {key}", compute=lambda f: [c.attributes.get(key) for c in f.clients]
+            impl = FeatureImpl(  # a blank CRM custom field ("", "  ") is not set: missing, as None is
+                name, "any", f"client attribute {key}",
+                compute=lambda f: [None if isinstance(v := c.attributes.get(key), str) and not v.strip() else v
+                                   for c in f.clients],
             )
         else:
             m = _WINDOWED.match(name)

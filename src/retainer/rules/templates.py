@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, tzinfo
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from functools import lru_cache, partial
 from types import CodeType
 from typing import Any
@@ -69,6 +69,9 @@ def check(text: str, is_feature: Callable[[str], bool], *, allow: Iterable[str] 
     return feats
 
 
+_CENT = Decimal("0.01")  # money in texts: to the cent, half up (1000.125 is 1000.13, as on an invoice)
+
+
 def _show(v: Any, tz: tzinfo = UTC) -> str:
     """A value as text: an instant is its date in the rule set's zone (as evidence and episode keys show
     it; the UTC date is a day early east of UTC for every date-only value)."""
@@ -84,7 +87,7 @@ def _show(v: Any, tz: tzinfo = UTC) -> str:
     if isinstance(v, date):
         return v.isoformat()
     if isinstance(v, Decimal):
-        return format(v.normalize(), "f") if v == v.to_integral() else str(round(v, 2))
+        return format(v.normalize(), "f") if v == v.to_integral() else str(v.quantize(_CENT, ROUND_HALF_UP))
     if isinstance(v, frozenset | set):
         return ", ".join(sorted(v))
     return str(v)
