@@ -641,3 +641,22 @@ def test_watching_a_winback_escalates_only_an_unanswered_question(store: Store) 
     escalated = [a.client_id for d in range(2, 32) for a in e.run(f"2026-03-{d:02d}").committed
                  if a.rule == "unanswered"]
     assert escalated == ["c3"]  # only the client whose question nobody answered
+
+
+@pytest.mark.parametrize(("cond", "held"), [
+    ({"between": ["2026-01-01", "2026-01-31"]}, True),  # the last day is in the range, all of it
+    ({"lte": "2026-01-31"}, True),
+    ({"lt": "2026-01-31"}, False),
+    ({"gt": "2026-01-31"}, False),  # after the day: from February 1
+    ({"gte": "2026-01-31"}, True),
+    ({"gt": "2026-01-30"}, True),
+    ({"lte": "2026-01-31T09:00"}, False),  # a time of day is that instant
+])
+def test_a_date_compared_with_an_instant_is_its_whole_day(store: Store, cond: dict[str, Any], held: bool) -> None:
+    """`last_activity_at: {between: [2026-01-01, 2026-01-31]}` missed a call at 10:00 on the 31st: the
+    upper date was read as its midnight."""
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
+              touches=[{"id": "t1", "client_id": "c1", "at": "2026-01-31T10:00"}])
+    rules = {"version": 1, "timezone": "Europe/Moscow", "rules": [
+        {"id": "r", "when": {"last_activity_at": cond}, "then": [{"tag": "x"}]}]}  # fmt: skip
+    assert bool(engine_for(rules, store).plan("2026-03-01").actions) is held

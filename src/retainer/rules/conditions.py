@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
@@ -482,6 +482,8 @@ def _coerce(op: str, v: Any, ftype: str, feature: str, tz: Any, path: Path) -> A
         if not isinstance(v, list) or len(v) != 2:
             raise ConditionError("between takes a list of two values [low, high]", path)
         low, high = _scalar(v[0], ftype, feature, tz, path), _scalar(v[1], ftype, feature, tz, path)
+        if ftype == "datetime" and _is_day(v[1]):
+            high = _day_last_second(v[1], tz)  # "between Jan 1 and Jan 31" takes in a call on Jan 31
         try:
             reversed_ = low > high
         except TypeError:  # values of a feature of no fixed type: compared per client
@@ -495,7 +497,29 @@ def _coerce(op: str, v: Any, ftype: str, feature: str, tz: Any, path: Path) -> A
         return str(v)
     if ftype == "set":
         raise ConditionError(f"{feature} is a set: use contains, or exists", path)
+    if ftype == "datetime" and op in ("lte", "gt") and _is_day(v):
+        _scalar(v, ftype, feature, tz, path)
+        return _day_last_second(v, tz)  # on or before the day / after the day: its whole day, not its midnight
     return _scalar(v, ftype, feature, tz, path)
+
+
+def _is_day(v: Any) -> bool:
+    """A date without a time of day (a value compared with an instant is then a whole day)."""
+    if isinstance(v, date):
+        return not isinstance(v, datetime)
+    if not isinstance(v, str):
+        return False
+    try:
+        date.fromisoformat(v.strip())
+    except ValueError:
+        return False
+    return True
+
+
+def _day_last_second(v: Any, tz: Any) -> datetime:
+    """The last second of a day in the rule set's zone: instants are kept to the second."""
+    d = v if isinstance(v, date) else date.fromisoformat(v.strip())
+    return parse_instant(d + timedelta(days=1), tz) - timedelta(seconds=1)
 
 
 def _scalar(v: Any, ftype: str, feature: str, tz: Any, path: Path) -> Any:
