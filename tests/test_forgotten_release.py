@@ -938,3 +938,20 @@ steps:
     expect: [{rule: forgotten, client_id: c1, evidence: {threshold: 30d}}]
 """)
     run_scenario_file(f)
+
+
+def test_a_cancelled_task_is_neither_done_nor_activity(store: Store) -> None:
+    """The manager cancels the forgotten task and the CRM stamps when it was closed: that reset the
+    client's last activity (it stopped being forgotten) and counted as a completed task."""
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
+              touches=[{"id": "t1", "client_id": "c1", "at": "2026-01-01"}],
+              tasks=[{"id": "k1", "client_id": "c1", "created_at": "2026-03-02", "done_at": "2026-03-03",
+                      "status": "cancelled", "source": "retainer"},
+                     {"id": "k2", "client_id": "c1", "created_at": "2025-12-01", "done_at": "2026-03-04",
+                      "status": "cancelled", "source": "crm"}])
+    rules = {"version": 1, "features": {"done_tasks": {"count": "tasks", "where": {"is_done": True}}},
+             "rules": [{"id": "forgotten", "kind": "forgotten", "after": "60d"},
+                       {"id": "did", "when": {"done_tasks": {"gte": 1}}, "then": [{"tag": "did"}]}]}
+    plan = engine_for(rules, store).plan("2026-03-05")
+    assert [a.rule for a in plan.actions] == ["forgotten"]
+    assert plan.actions[0].evidence["days_since_activity"] == 63  # since the call on January 1

@@ -391,8 +391,8 @@ def virtual(entity: str, name: str, r: dict[str, Any], as_of: datetime) -> Any:
         return (r["channel"] if r["channel"] is not None else r["kind"]).lower()
     if entity == "tasks":
         done = r["done_at"] is not None and r["done_at"] <= as_of
-        if name == "is_done":
-            return done
+        if name == "is_done":  # completed, and not cancelled (a CRM may stamp done_at on a cancelled task)
+            return done and r["status"] != "cancelled"
         # open at as_of: not cancelled, not yet done; a task done later was open then
         if r["status"] == "cancelled" or done:
             return False

@@ -398,7 +398,7 @@ def _activity_specs(spec: ActivitySpec | None) -> Callable[[AsOf], list[AggSpec]
             out.append(AggSpec("touches", "max", "at", tuple(where), "at"))
         if "tasks" in spec.sources:
             out.append(AggSpec("tasks", "max", "created_at", (Pred("source", "ne", "retainer"),), "created_at"))
-            out.append(AggSpec("tasks", "max", "done_at", (), "done_at"))
+            out.append(AggSpec("tasks", "max", "done_at", (Pred("status", "ne", "cancelled"),), "done_at"))
         if "deals" in spec.sources:
             out.append(AggSpec("deals", "max", "created_at", (), "created_at"))
             out.append(AggSpec("deals", "max", "closed_at", (), "closed_at"))

@@ -112,7 +112,7 @@ VIRTUAL_FIELDS: dict[str, dict[str, str]] = {
     },
     "tasks": {
         "is_open": "open at as_of: not cancelled and not yet done",
-        "is_done": "completed on or before as_of",
+        "is_done": "completed on or before as_of (not cancelled)",
     },
     "deals": {
         "is_open": "open at as_of: not closed yet",
@@ -145,8 +145,8 @@ def virtual_value(entity: str, name: str, row: Any, as_of: datetime) -> Any:
         return (row.channel if row.channel is not None else row.kind).lower()
     if entity == "tasks":
         done = row.done_at is not None and row.done_at <= as_of
-        if name == "is_done":
-            return done
+        if name == "is_done":  # a cancelled task with a done_at (some CRMs stamp it) was not completed
+            return done and row.status != "cancelled"
         if name == "is_open":
             if row.status == "cancelled" or done:
                 return False

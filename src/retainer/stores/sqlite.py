@@ -143,7 +143,7 @@ _PAID = "(CASE WHEN paid_at IS NOT NULL AND paid_at <= :asof THEN COALESCE(paid_
 _VIRTUAL_SQL: dict[str, dict[str, tuple[str, str]]] = {
     "touches": {"medium": ("lower(coalesce(channel, kind))", "text")},
     "tasks": {
-        "is_done": (_DONE, "bool"),
+        "is_done": (f"(status != 'cancelled' AND {_DONE})", "bool"),
         "is_open": (
             f"(status != 'cancelled' AND NOT {_DONE} AND (CASE WHEN done_at IS NULL THEN status = 'open' ELSE 1 END))",
             "bool",
@@ -172,7 +172,7 @@ _VIRTUAL_SQL["deals"] = {k: (v, "bool") for k, v in _VIRTUAL_SQL["deals"].items(
 _LATEST: dict[str, tuple[str, str, tuple[Pred, ...]]] = {
     "touches_at": ("touches", "at", ()),
     "tasks_created_at": ("tasks", "created_at", (Pred("source", "ne", "retainer"),)),
-    "tasks_done_at": ("tasks", "done_at", ()),
+    "tasks_done_at": ("tasks", "done_at", (Pred("status", "ne", "cancelled"),)),
     "deals_created_at": ("deals", "created_at", ()),
     "deals_closed_at": ("deals", "closed_at", ()),
     "invoices_issued_at": ("invoices", "issued_at", ()),
