@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from test_cli import CRM, RULES, run
+from test_cli import CRM, RULES, SCRIPT, run
 
 import retainer
 
@@ -219,3 +222,15 @@ def test_ctrl_c_while_delivering_says_nothing_is_lost(tmp_path: Path) -> None:
     assert "interrupted: what was committed stays in the ledger" in err and "Traceback" not in err
     statuses = {e.status for e in retainer.open_store(f"sqlite:///{db}").ledger()}
     assert statuses and statuses <= {"pending", "failed"}  # committed, none delivered, none lost
+
+
+def test_actions_list_shows_a_cancelled_action_as_cancelled(tmp_path: Path) -> None:
+    db = tmp_path / "crm.db"
+    store = retainer.open_store(f"sqlite:///{db}")
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1", "created_at": "2025-01-01"}])
+    report = retainer.Engine({"rules": [{"id": "f", "kind": "forgotten", "after": "60d"}]}, store).run("2026-03-01")
+    store.set_outcome(report.committed[0].id, {"cancelled": "do_not_contact"}, datetime.now(UTC))
+    store.close()
+    r = subprocess.run([SCRIPT, "actions", "list", "-d", str(db), "-f", "table"], capture_output=True, text=True,
+                       env={**os.environ, "COLUMNS": "200"}, timeout=60)
+    assert r.returncode == 0 and "cancelled (do_not_contact)" in r.stdout, r.stdout

@@ -43,7 +43,9 @@ def test_digest_sections() -> None:
     engine = retainer.Engine(FR, store)
     engine.run("2026-03-01")  # c1: forgotten and released; c2 is forgotten from 2 March (day 60)
     first = store.ledger()[0]
+    second = store.ledger()[1]
     engine.record_outcome(first.id, {"result": "lost", "churn_reason": "price"})
+    engine.record_outcome(second.id, {"cancelled": "do_not_contact", "churn_reason": " Price"})
     d = digest(engine, "2026-03-02", label="retention.yaml")
     md = d.to_markdown()
     titles = [s.title for s in d.sections]
@@ -57,9 +59,9 @@ def test_digest_sections() -> None:
     assert debtors.rows == [["Vega (c3)", "Ivan (m2)", Decimal("1400.50"), "2026-01-20", 41]]
     assert "| Vega (c3) | Ivan (m2) | 1,400.50 | 2026-01-20 | 41 |" in md
     churn = next(s for s in d.sections if s.title == "Churn reasons")
-    assert churn.rows == [["price", 1]]
+    assert churn.rows == [["price", 2]]  # " Price" and "price" are one answer
     delivery = next(s for s in d.sections if s.title == "Delivery")
-    assert delivery.rows == [["pending", 1], ["done", 1]]
+    assert delivery.rows == [["done", 1], ["cancelled", 1]]  # a cancelled action was never delivered
 
 
 def test_cli_report_markdown_and_html(tmp_path: Path) -> None:

@@ -485,7 +485,9 @@ def actions_list(
         for col in ("id", "type", "client", "rule", "status", "tries", "last error"):
             t.add_column(col, overflow="fold", no_wrap=col == "id")  # ids are copied into replay/outcome
         for e in entries:
-            t.add_row(e.id, e.type, e.client_id, e.rule, e.status, str(e.attempts), e.last_error or "")
+            why = (e.outcome or {}).get("cancelled")  # done, but never sent: say so
+            t.add_row(e.id, e.type, e.client_id, e.rule, f"cancelled ({why})" if why else e.status, str(e.attempts),
+                      e.last_error or "")
         out.print(t)
 
 

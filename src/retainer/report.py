@@ -19,6 +19,7 @@ from typing import Any
 from . import charts
 from .actions import Action
 from .engine import Engine
+from .rules.features import norm_reason
 from .stores.base import AggSpec, Pred
 
 __all__ = ["Digest", "Section", "digest"]
@@ -177,18 +178,18 @@ def digest(engine: Engine, as_of: str | date | datetime, *, top: int = 30, label
     reasons: Counter[str] = Counter()
     statuses: Counter[str] = Counter()
     for e in store.ledger():
-        statuses[e.status] += 1
+        statuses["cancelled" if (e.outcome or {}).get("cancelled") else e.status] += 1
         if e.outcome and e.outcome.get("churn_reason"):
-            reasons[str(e.outcome["churn_reason"])] += 1
+            reasons[norm_reason(e.outcome["churn_reason"])] += 1  # "Price" and "price" are one answer
     sections.append(Section(
-        "Churn reasons", ["reason", "clients"], [[r, n] for r, n in reasons.most_common()],
+        "Churn reasons", ["reason", "answers"], [[r, n] for r, n in reasons.most_common()],
         note="" if reasons else "No churn reasons recorded yet: the CRM reports them with "
              "`retainer actions outcome --data DB ID churn_reason=...` or Engine.record_outcome.",
         chart=reasons.most_common(),
     ))  # fmt: skip
     sections.append(Section(
         "Delivery", ["status", "actions"],
-        [[s, statuses[s]] for s in ("pending", "failed", "dead", "done") if statuses[s]],
+        [[s, statuses[s]] for s in ("pending", "failed", "dead", "done", "cancelled") if statuses[s]],
         note="Actions committed by runs, by delivery status; dead ones need a person: "
              "`retainer actions list --data DB --status dead`." if statuses else "No run has committed actions yet.",
     ))  # fmt: skip
