@@ -660,3 +660,15 @@ def test_a_date_compared_with_an_instant_is_its_whole_day(store: Store, cond: di
     rules = {"version": 1, "timezone": "Europe/Moscow", "rules": [
         {"id": "r", "when": {"last_activity_at": cond}, "then": [{"tag": "x"}]}]}  # fmt: skip
     assert bool(engine_for(rules, store).plan("2026-03-01").actions) is held
+
+
+def test_a_deal_lost_later_is_not_lost_yet(store: Store) -> None:
+    """`where: {status: lost}` reads the CRM's status now; `is_lost` is the state as of as_of, as `is_won`."""
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
+              deals=[{"id": "d1", "client_id": "c1", "created_at": "2026-01-10", "closed_at": "2026-04-01",
+                      "status": "lost", "amount": 500}])
+    rules = {"version": 1, "features": {"lost": {"count": "deals", "where": {"is_lost": True}}},
+             "rules": [{"id": "after-a-loss", "when": {"lost": {"gte": 1}}, "then": [{"tag": "lost"}]}]}
+    e = engine_for(rules, store)
+    assert e.plan("2026-03-01").actions == []  # still open then
+    assert [a.rule for a in e.plan("2026-04-01").actions] == ["after-a-loss"]

@@ -355,7 +355,7 @@ FIELDS: dict[str, dict[str, str]] = {
 VIRTUAL: dict[str, dict[str, str]] = {
     "touches": {"medium": "text"},
     "tasks": {"is_open": "bool", "is_done": "bool"},
-    "deals": {"is_open": "bool", "is_won": "bool"},
+    "deals": {"is_open": "bool", "is_won": "bool", "is_lost": "bool"},
     "invoices": {"paid_total": "money", "outstanding": "money"},
 }
 # The field that dates a fact: rows dated after as_of do not exist yet (DESIGN §1)
@@ -400,7 +400,8 @@ def virtual(entity: str, name: str, r: dict[str, Any], as_of: datetime) -> Any:
     if entity == "deals":
         if name == "is_open":
             return r["closed_at"] > as_of if r["closed_at"] is not None else r["status"] == "open"
-        return r["status"] == "won" and (r["closed_at"] is None or r["closed_at"] <= as_of)
+        status = "won" if name == "is_won" else "lost"
+        return r["status"] == status and (r["closed_at"] is None or r["closed_at"] <= as_of)
     paid = Decimal(0)
     if r["paid_at"] is not None and r["paid_at"] <= as_of:
         paid = r["paid_amount"] if r["paid_amount"] is not None else r["amount"]
@@ -536,6 +537,7 @@ VIRTUAL_SPECS = [
     AggSpec("tasks", "count", None, (Pred("is_done", "eq", True),)),
     AggSpec("deals", "count", None, (Pred("is_open", "eq", True),)),
     AggSpec("deals", "count", None, (Pred("is_won", "eq", True),)),
+    AggSpec("deals", "count", None, (Pred("is_lost", "eq", True),)),
     AggSpec("invoices", "sum", "paid_total"),
     AggSpec("invoices", "sum", "outstanding"),
     AggSpec("invoices", "max", "outstanding", (Pred("outstanding", "gt", Decimal(0)),)),

@@ -117,6 +117,7 @@ VIRTUAL_FIELDS: dict[str, dict[str, str]] = {
     "deals": {
         "is_open": "open at as_of: not closed yet",
         "is_won": "won on or before as_of",
+        "is_lost": "lost on or before as_of",
     },
     "invoices": {
         "paid_total": "amount paid on or before as_of",
@@ -134,7 +135,7 @@ Changes = dict[tuple[str, str], set[str]]
 VIRTUAL_SOURCES: dict[tuple[str, str], str | None] = {
     ("touches", "medium"): None,
     ("tasks", "is_open"): "done_at", ("tasks", "is_done"): "done_at",
-    ("deals", "is_open"): "closed_at", ("deals", "is_won"): "closed_at",
+    ("deals", "is_open"): "closed_at", ("deals", "is_won"): "closed_at", ("deals", "is_lost"): "closed_at",
     ("invoices", "paid_total"): "paid_at", ("invoices", "outstanding"): "paid_at",
 }  # fmt: skip
 
@@ -155,8 +156,8 @@ def virtual_value(entity: str, name: str, row: Any, as_of: datetime) -> Any:
         closed = row.closed_at is not None and row.closed_at <= as_of
         if name == "is_open":
             return row.status == "open" if row.closed_at is None else not closed
-        if name == "is_won":
-            return row.status == "won" and (row.closed_at is None or closed)
+        if name in ("is_won", "is_lost"):  # a deal closed after as_of was still open then
+            return row.status == ("won" if name == "is_won" else "lost") and (row.closed_at is None or closed)
     if entity == "invoices":
         paid = Decimal(0)
         if row.paid_at is not None and row.paid_at <= as_of:

@@ -152,6 +152,7 @@ _VIRTUAL_SQL: dict[str, dict[str, tuple[str, str]]] = {
     "deals": {
         "is_open": "(CASE WHEN closed_at IS NULL THEN status = 'open' ELSE closed_at > :asof END)",
         "is_won": "(status = 'won' AND (closed_at IS NULL OR closed_at <= :asof))",
+        "is_lost": "(status = 'lost' AND (closed_at IS NULL OR closed_at <= :asof))",
     },
     "invoices": {
         "paid_total": (_PAID, "money"),
