@@ -672,3 +672,16 @@ def test_a_deal_lost_later_is_not_lost_yet(store: Store) -> None:
     e = engine_for(rules, store)
     assert e.plan("2026-03-01").actions == []  # still open then
     assert [a.rule for a in e.plan("2026-04-01").actions] == ["after-a-loss"]
+
+
+def test_an_attribute_that_cannot_be_compared_is_said_in_the_warnings(store: Store) -> None:
+    """CRM custom fields are untyped: `employees: "1,200"` against `gte: 100` is false, as before, but it
+    is no longer silent."""
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "a", "manager_id": "m1", "attributes": {"employees": 500}},
+                                                {"id": "b", "manager_id": "m1", "attributes": {"employees": "1,200"}}])
+    rules = {"version": 1, "rules": [{"id": "big", "when": {"attributes.employees": {"gte": 100}},
+                                      "then": [{"tag": "big"}]}]}
+    plan = engine_for(rules, store).plan("2026-03-01")
+    assert [a.client_id for a in plan.actions] == ["a"]
+    assert plan.warnings == ["client b: attributes.employees is '1,200', which cannot be compared with 100: "
+                             "`gte` does not hold"]

@@ -201,6 +201,12 @@ class Not(Node):
         return self.child.features()
 
 
+def _shown(x: Any) -> str:
+    if isinstance(x, tuple | frozenset):  # between's bounds, in's values
+        return f"[{', '.join(str(v) for v in (x if isinstance(x, tuple) else sorted(x, key=str)))}]"
+    return repr(x) if isinstance(x, str) else str(x)
+
+
 def _contains(a: Any, b: Any) -> bool:
     return b in a
 
@@ -243,8 +249,20 @@ class Leaf(Node):
         try:  # one comparison per row; a value of another type (a bad attribute) takes the careful path
             return [v is not None and bool(fn(v, x)) for v in col]
         except TypeError:
-            test = self._test
-            return [test(v) for v in col]
+            pass
+        out = []
+        warnings = getattr(frame, "warnings", None)
+        if warnings is None:  # an invoice's frame: its client frame's
+            warnings = getattr(getattr(frame, "parent", None), "warnings", None)
+        for k, v in enumerate(col):
+            try:
+                out.append(v is not None and bool(fn(v, x)))
+            except TypeError:  # "1,200 employees" against 100: false, and said (a silent false hid the typo)
+                out.append(False)
+                if warnings is not None:
+                    warnings.append(f"{getattr(frame, 'subject', 'client')} {frame.ids[k]}: {self.feature} is {v!r}, "
+                                    f"which cannot be compared with {_shown(x)}: `{self.op}` does not hold")
+        return out
 
     def explain(self, frame: Frame, i: int) -> ExplainNode:
         v = frame.column(self.feature)[i]
