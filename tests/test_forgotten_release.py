@@ -793,6 +793,19 @@ def test_a_task_for_a_manager_who_left_goes_to_the_supervisor(store: Store) -> N
               touches=[{"id": "t1", "client_id": "c1", "at": T0}, {"id": "t2", "client_id": "c2", "at": T0}])
     plan = engine_for(forgotten_rules(), store).plan(day(60))
     assert {a.client_id: a.assignee_id for a in of(plan, "forgotten")} == {"c1": "s1", "c2": "m2"}
+    assert plan.warnings == []
+
+
+def test_a_task_for_a_manager_who_left_with_no_one_above_is_said(store: Store) -> None:
+    """With no active supervisor either, the task still goes to the manager who left (someone must see
+    it in the CRM), and the plan's warnings now say so instead of nothing."""
+    store.add(managers=[{"id": "m1", "active": False}, {"id": "m2"}],
+              clients=[{"id": "c1", "manager_id": "m1"}, {"id": "c2", "manager_id": "m2"}],
+              touches=[{"id": "t1", "client_id": "c1", "at": T0}, {"id": "t2", "client_id": "c2", "at": T0}])
+    plan = engine_for(forgotten_rules(), store).plan(day(60))
+    assert {a.client_id: a.assignee_id for a in of(plan, "forgotten")} == {"c1": "m1", "c2": "m2"}
+    assert plan.warnings == ["client c1: manager m1 is inactive and has no active supervisor: forgotten's tasks "
+                             "and messages for the manager still go to m1"]
 
 
 def test_as_of_is_required() -> None:

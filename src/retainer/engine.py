@@ -326,6 +326,8 @@ class _Prep:
             if whom is not None and whom not in _ROLES and whom not in managers:  # a literal manager id
                 absent = f"no manager {whom} in the store {_TO_WHOM[spec.type]}"
             self.fills.append((cls, static, tuple(texts.items()), _FILL.get(spec.type, 0), whom, absent))
+        #: a task or message for "the manager": one who left, with no active supervisor, would get it
+        self.to_manager = any(f[4] == "manager" and f[3] in (_TASK, _NOTIFY) for f in self.fills)
 
 
 _TASK, _REASSIGN, _NOTIFY, _ESCALATE = 1, 2, 3, 4
@@ -344,6 +346,7 @@ def _emit_group(
     moved: Mapping[str, Manager],
     actions: list[Action],
     suppressed: list[Suppression],
+    warnings: list[str],
 ) -> None:
     """The actions of one rule's matches over one frame (the hot loop of a plan: one pass per match,
     everything shared hoisted out of it)."""
@@ -394,6 +397,9 @@ def _emit_group(
             to_manager = supervisor.id
         else:
             to_manager = manager_id
+            if manager is not None and not manager.active and prep.to_manager and client is not None:  # nobody else
+                warnings.append(f"client {client.id}: manager {manager.id} is inactive and has no active supervisor: "
+                                f"{rule_id}'s tasks and messages for the manager still go to {manager.id}")
         whom = {
             "manager": to_manager,
             "supervisor": supervisor.id if supervisor else None,
@@ -709,7 +715,7 @@ class Engine:
         emit = matches
         if not duplicates and self.rules.file.policies.priority is None:
             emit = [m for m in matches if not _committed(m, ledger)]
-        actions, suppressed = self._emit_all(emit, a, managers, ledger, moved)
+        actions, suppressed = self._emit_all(emit, a, managers, ledger, moved, warnings)
         due = [s.action for s in suppressed if s.reason_code == policies.DUPLICATE]
         guard = policies.Guard(self.rules.file.policies, frame, self.store, a)
         actions, held = guard.apply(actions, due)
@@ -771,6 +777,7 @@ class Engine:
         managers: dict[str, Manager],
         ledger: Mapping[str, str],
         moved: Mapping[str, Manager],
+        warnings: list[str],
     ) -> tuple[list[Action], list[Suppression]]:
         """Every match's actions, or why each is held back. Matches are taken one rule (and frame) at a
         time, so what a rule's actions share is prepared once (`_Prep`) and read from locals in the loop."""
@@ -782,7 +789,7 @@ class Engine:
         tfile = self.rules.file.templates
         for ms in groups.values():
             prep = _Prep(ms[0].rule, ms[0].frame, a, tfile, managers)
-            _emit_group(prep, ms, a, managers, ledger, moved, actions, suppressed)
+            _emit_group(prep, ms, a, managers, ledger, moved, actions, suppressed, warnings)
         return actions, suppressed
 
     # ------------------------------------------------------------------ run
