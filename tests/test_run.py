@@ -280,7 +280,7 @@ def test_a_handler_that_keeps_failing_is_given_up_on_and_the_rest_waits(store: S
     report = run(store, handlers=down, retry=Retry(max_attempts=3, stop_after=5), clock=clock)
     assert clock.sleeps == []  # the retries of a handler given up on are not waited for
     d = report.dispatch
-    assert list(d.stopped) == [repr(down)] and "5 failures in a row" in d.stopped[repr(down)]
+    assert list(d.stopped) == ["RecordingHandler"] and "5 failures in a row" in d.stopped["RecordingHandler"]
     assert sum(down.calls.values()) == 5 and d.left == 18 and not d.complete and not report.ok
     assert sorted(e.status for e in store.ledger()) == ["failed"] * 5 + ["pending"] * 18
     later = run(store, "2026-03-03", handlers=RecordingHandler())  # the endpoint is back: all delivered

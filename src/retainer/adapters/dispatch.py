@@ -98,6 +98,12 @@ class DispatchReport:
         }
 
 
+def handler_name(h: Any) -> str:
+    """How messages name a handler: its own repr (a webhook's URL without secrets, a function's name), or
+    its class when it has none (`<crm.Handler object at 0x7f...>` says nothing to the reader)."""
+    return repr(h) if type(h).__repr__ is not object.__repr__ else type(h).__qualname__
+
+
 def _as_handler(h: Any) -> Any:
     """A plain function `fn(action)` is a handler too (wrapped in CallbackHandler); anything else as is."""
     return h if hasattr(h, "handle") or not callable(h) else CallbackHandler(h)
@@ -203,7 +209,7 @@ class Dispatcher:
                     streak[id(h)] = streak.get(id(h), 0) + 1
                     if self.retry.stop_after is not None and streak[id(h)] >= self.retry.stop_after:
                         error = report.failed.get(e.id) or report.dead[e.id]
-                        report.stopped[repr(h)] = f"{streak[id(h)]} failures in a row, the last: {error}"
+                        report.stopped[handler_name(h)] = f"{streak[id(h)]} failures in a row, the last: {error}"
                         given_up.add(id(h))
                         # its retries are not waited for: they stay `failed` for the next run
                         waiting = [w for w in waiting if id(self.route(w[2].type)) not in given_up]
