@@ -170,7 +170,8 @@ class Dispatcher:
         void = self._void([e for e in active if e.id not in planned])
         for e in active:
             if e.id in void:
-                self.store.set_outcome(e.id, {"cancelled": void[e.id], "at": self.clock().isoformat()}, self.clock())
+                now = self.clock()
+                self.store.set_outcome(e.id, {"cancelled": void[e.id], "at": now.isoformat()}, now)
                 report.cancelled[e.id] = void[e.id]
                 continue
             if self.route(e.type) is None:
