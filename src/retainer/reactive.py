@@ -326,13 +326,17 @@ class Session:
         timings: dict[str, float] = {}
         if kind == "tick":
             return self._tick(a, str(event.get("event_id") or f"tick:{a.instant.isoformat()}"), t0)
-        client_id, event_id, triggers = self._apply(kind, event, a)
+        client_id, event_id, triggers, inbound = self._apply(kind, event, a)
         timings["apply"] = time.perf_counter() - t0
         if client_id is None:  # a manager's row: nothing to decide for it alone
             return Reaction(event_id, a.instant.astimezone(a.tz), None, None,
                             timings={**timings, "total": time.perf_counter() - t0})
         t1 = time.perf_counter()
         self._hydrate(client_id)
+        if inbound is not None:  # the client called: every offer of its that waits for a call is presented
+            triggers += [(self.charts[cname], sid, "inbound", {"touch": inbound})
+                         for sid, (cname, state) in sorted(self._procs[client_id].items())
+                         if self.charts[cname].family == "offer" and state == "waiting"]
         transitions: list[Transition] = []
         commands: list[tuple[Chart, str, str, Mapping[str, Any]]] = []
         for chart, sid, trigger, payload in triggers:
@@ -377,7 +381,9 @@ class Session:
 
     def _apply(
         self, kind: str, ev: Mapping[str, Any], a: AsOf
-    ) -> tuple[str | None, str, list[tuple[Chart, str, str, dict]]]:
+    ) -> tuple[str | None, str, list[tuple[Chart, str, str, dict]], Any]:
+        """Write the event's fact. Returns its client, the event id, the process triggers it fires, and the
+        touch when it is an inbound one (the client's waiting offers are found after `_hydrate`)."""
         store = self.store
         triggers: list[tuple[Chart, str, str, dict]] = []
         at = a.instant
@@ -387,17 +393,12 @@ class Session:
             store.upsert(touches=[row])  # a touch delivered twice (at-least-once queues) is written once
             touch = store.get("touches", str(row["id"]))
             assert touch is not None
-            cid = touch.client_id  # type: ignore[attr-defined]
-            if touch.direction == "inbound":  # type: ignore[attr-defined]
-                self._hydrate(cid)
-                for sid, (cname, state) in sorted(self._procs[cid].items()):
-                    if self.charts[cname].family == "offer" and state == "waiting":
-                        triggers.append((self.charts[cname], sid, "inbound", {"touch": touch}))
-            return cid, str(ev.get("event_id") or f"touch:{touch.id}"), triggers
+            inbound = touch if touch.direction == "inbound" else None  # type: ignore[attr-defined]
+            return touch.client_id, str(ev.get("event_id") or f"touch:{touch.id}"), triggers, inbound  # type: ignore[attr-defined]
         if kind == "task_done":
             task = self._get("tasks", ev)
             store.upsert(tasks=[{**task.model_dump(), "done_at": at, "status": "done"}])
-            return task.client_id, str(ev.get("event_id") or f"task_done:{task.id}"), triggers
+            return task.client_id, str(ev.get("event_id") or f"task_done:{task.id}"), triggers, None
         if kind == "invoice_paid":
             inv = self._get("invoices", ev)
             paid = {"paid_at": at, "paid_amount": self._paid_total(inv, ev)}
@@ -407,7 +408,7 @@ class Session:
             if inv.paid_amount is None or inv.paid_amount >= inv.amount:  # partly paid: the ladder goes on
                 for chart in self._by_family.get("debtor", {}).values():
                     triggers.append((chart, self._debtor_sid(chart, cid, inv.id), "paid", {"invoice": inv.id}))
-            return cid, str(ev.get("event_id") or f"invoice_paid:{inv.id}"), triggers
+            return cid, str(ev.get("event_id") or f"invoice_paid:{inv.id}"), triggers, None
         if kind == "outcome":
             aid, outcome = ev.get("action_id"), ev.get("outcome")
             if not aid or not isinstance(outcome, Mapping):
@@ -417,7 +418,7 @@ class Session:
                 raise ReactiveError(f"action {aid} is about a manager, not a client: record it with Engine")
             cid = entry.client_id
             triggers += self._outcome_triggers(entry, outcome)
-            return cid, str(ev.get("event_id") or f"outcome:{aid}:{at.isoformat()}"), triggers
+            return cid, str(ev.get("event_id") or f"outcome:{aid}:{at.isoformat()}"), triggers, None
         # fact
         entity, row = ev.get("entity"), ev.get("row")
         if not isinstance(entity, str) or not isinstance(row, Mapping):
@@ -430,7 +431,7 @@ class Session:
             raise ReactiveError(f"a {entity} fact concerns no client; write it to the store and call refresh()")
         eid = str(ev.get("event_id") or f"fact:{entity}:{row['id']}:{_ts(at)}")
         # a manager: written and the cache refreshed; its clients are decided at their next event or tick
-        return (str(cid) if cid is not None else None), eid, triggers
+        return (str(cid) if cid is not None else None), eid, triggers, None
 
     @staticmethod
     def _paid_total(inv: Any, ev: Mapping[str, Any]) -> Decimal:
