@@ -501,16 +501,22 @@ class SQLiteStore:
         self._conns: list[sqlite3.Connection] = []  # every thread's, to close
         self._conns_lock = threading.Lock()
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout = 5000")
-            self._local.conn = conn
-            self._conns.append(conn)
+            conn = self._connect()
             self._ensure_schema(create)  # first: a file that is not a store is refused untouched
             if self.path != ":memory:" and conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 conn.execute("PRAGMA journal_mode = wal")
             self._tune(conn)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        """A new connection for this thread, kept to be closed with the store."""
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        self._local.conn = conn
+        with self._conns_lock:
+            self._conns.append(conn)
+        return conn
 
     def _tune(self, conn: sqlite3.Connection) -> None:
         """Per connection: how it writes and reads a WAL file."""
@@ -535,12 +541,8 @@ class SQLiteStore:
         if conn is None:
             if self.path == ":memory:":
                 return self._conns[0]
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout = 5000")
+            conn = self._connect()
             self._tune(conn)
-            self._local.conn = conn
-            with self._conns_lock:
-                self._conns.append(conn)
         return conn
 
     @conn.setter
