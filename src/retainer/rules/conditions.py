@@ -500,8 +500,8 @@ def _coerce(op: str, v: Any, ftype: str, feature: str, tz: Any, path: Path) -> A
         if not isinstance(v, list) or len(v) != 2:
             raise ConditionError("between takes a list of two values [low, high]", path)
         low, high = _scalar(v[0], ftype, feature, tz, path), _scalar(v[1], ftype, feature, tz, path)
-        if ftype == "datetime" and _is_day(v[1]):
-            high = _day_last_second(v[1], tz)  # "between Jan 1 and Jan 31" takes in a call on Jan 31
+        if ftype == "datetime" and (day := _day(v[1])) is not None:
+            high = _last_second(day, tz)  # "between Jan 1 and Jan 31" takes in a call on Jan 31
         try:
             reversed_ = low > high
         except TypeError:  # values of a feature of no fixed type: compared per client
@@ -515,28 +515,25 @@ def _coerce(op: str, v: Any, ftype: str, feature: str, tz: Any, path: Path) -> A
         return str(v)
     if ftype == "set":
         raise ConditionError(f"{feature} is a set: use contains, or exists", path)
-    if ftype == "datetime" and op in ("lte", "gt") and _is_day(v):
-        _scalar(v, ftype, feature, tz, path)
-        return _day_last_second(v, tz)  # on or before the day / after the day: its whole day, not its midnight
+    if ftype == "datetime" and op in ("lte", "gt") and (day := _day(v)) is not None:
+        return _last_second(day, tz)  # on or before the day / after the day: its whole day, not its midnight
     return _scalar(v, ftype, feature, tz, path)
 
 
-def _is_day(v: Any) -> bool:
-    """A date without a time of day (a value compared with an instant is then a whole day)."""
+def _day(v: Any) -> date | None:
+    """The date a value names without a time of day (compared with an instant, it is then a whole day)."""
     if isinstance(v, date):
-        return not isinstance(v, datetime)
+        return None if isinstance(v, datetime) else v
     if not isinstance(v, str):
-        return False
+        return None
     try:
-        date.fromisoformat(v.strip())
+        return date.fromisoformat(v.strip())
     except ValueError:
-        return False
-    return True
+        return None
 
 
-def _day_last_second(v: Any, tz: Any) -> datetime:
+def _last_second(d: date, tz: Any) -> datetime:
     """The last second of a day in the rule set's zone: instants are kept to the second."""
-    d = v if isinstance(v, date) else date.fromisoformat(v.strip())
     return parse_instant(d + timedelta(days=1), tz) - timedelta(seconds=1)
 
 
