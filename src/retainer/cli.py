@@ -7,6 +7,7 @@ Machine-readable output goes to stdout; messages, progress and errors go to stde
 from __future__ import annotations
 
 import codecs
+import functools
 import gc
 import json
 import os
@@ -55,9 +56,10 @@ class _Lazy:
         return getattr(self._console, name)
 
 
-def _table(*args: Any, **kwargs: Any) -> Table:
+@functools.cache
+def _plain_table() -> type[Table]:
     """A rich Table whose cells are plain text: a client's name or a reason with `[...]` in it is data,
-    not markup (rich would drop `[key-account]` as an unknown style)."""
+    not markup (rich would drop `[key-account]` as an unknown style). Made once, on first use."""
     from rich.table import Table
     from rich.text import Text
 
@@ -65,7 +67,11 @@ def _table(*args: Any, **kwargs: Any) -> Table:
         def add_row(self, *cells: Any, **options: Any) -> None:
             super().add_row(*(Text(c) if isinstance(c, str) else c for c in cells), **options)
 
-    return Plain(*args, **kwargs)
+    return Plain
+
+
+def _table(*args: Any, **kwargs: Any) -> Table:
+    return _plain_table()(*args, **kwargs)
 
 
 def _e(text: object) -> str:
