@@ -491,9 +491,8 @@ def actions_list(
         for col in ("id", "type", "client", "rule", "status", "tries", "last error"):
             t.add_column(col, overflow="fold", no_wrap=col == "id")  # ids are copied into replay/outcome
         for e in entries:
-            why = (e.outcome or {}).get("cancelled")  # done, but never sent: say so
-            t.add_row(e.id, e.type, e.client_id, e.rule, f"cancelled ({why})" if why else e.status, str(e.attempts),
-                      e.last_error or "")
+            status = f"cancelled ({e.cancelled})" if e.cancelled else e.status  # done, but never sent: say so
+            t.add_row(e.id, e.type, e.client_id, e.rule, status, str(e.attempts), e.last_error or "")
         out.print(t)
 
 

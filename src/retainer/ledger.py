@@ -79,6 +79,13 @@ class LedgerEntry:
         channel, amount and assignee on every plan). Shared: read it, do not change it."""
         return json.loads(self.payload)  # type: ignore[no-any-return]
 
+    @property
+    def cancelled(self) -> str | None:
+        """Why the action was cancelled before it went out (`done`, never delivered: do_not_contact, paid), or
+        None: the outcome `{"cancelled": ...}` that a dispatcher or a reactive session records."""
+        why = (self.outcome or {}).get("cancelled")
+        return str(why) if why else None
+
     @cached_property
     def action(self) -> Action:
         """The action exactly as it was committed (parsed on demand: listings rarely need it)."""

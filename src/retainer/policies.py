@@ -229,7 +229,7 @@ class Guard:
             _Past.of(e)
             for e in self.store.ledger(since=since, client_ids=ids, types=types)
             if since < e.as_of and (until is None or e.as_of < until)
-            and not (e.outcome or {}).get("cancelled")  # never sent: it used nothing up
+            and not e.cancelled  # never sent: it used nothing up
         ]
 
     # ---------------------------------------------------------------- the guards

@@ -612,7 +612,7 @@ class Session:
         for e in sorted(entries, key=lambda e: e.key):
             ep, typ = self._split(e.key, e.rule, client_id)
             deb = self._by_family.get("debtor", {}).get(e.rule)
-            if deb is not None and not (e.outcome or {}).get("cancelled"):
+            if deb is not None and not e.cancelled:
                 for suffix, st in deb.steps.items():
                     if ep.endswith(suffix):
                         inv = self.store.get("invoices", ep[: -len(suffix)])

@@ -178,7 +178,7 @@ def digest(engine: Engine, as_of: str | date | datetime, *, top: int = 30, label
     reasons: Counter[str] = Counter()
     statuses: Counter[str] = Counter()
     for e in store.ledger():
-        statuses["cancelled" if (e.outcome or {}).get("cancelled") else e.status] += 1
+        statuses["cancelled" if e.cancelled else e.status] += 1
         if e.outcome and e.outcome.get("churn_reason"):
             reasons[norm_reason(e.outcome["churn_reason"])] += 1  # "Price" and "price" are one answer
     sections.append(Section(
