@@ -44,7 +44,7 @@ from .model import Client, Manager
 from .plan import Plan
 from .rules.features import norm_reason
 from .rules.loader import RuleSet, load_rules
-from .stores.base import ManagerLoads, Store
+from .stores.base import ManagerLoads, Store, virtual_value
 from .timeutil import AsOf
 
 __all__ = ["EVENT_TYPES", "Chart", "Reaction", "ReactiveError", "Session", "Transition", "charts_for"]
@@ -405,7 +405,7 @@ class Session:
             store.upsert(invoices=[{**inv.model_dump(), **paid}])
             inv = self._get("invoices", ev)  # validated: the amount is a Decimal now
             cid = inv.client_id
-            if inv.paid_amount is None or inv.paid_amount >= inv.amount:  # partly paid: the ladder goes on
+            if virtual_value("invoices", "outstanding", inv, at) <= 0:  # partly paid: the ladder goes on
                 for chart in self._by_family.get("debtor", {}).values():
                     triggers.append((chart, self._debtor_sid(chart, cid, inv.id), "paid", {"invoice": inv.id}))
             return cid, str(ev.get("event_id") or f"invoice_paid:{inv.id}"), triggers, None
