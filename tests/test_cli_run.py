@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -234,3 +235,20 @@ def test_actions_list_shows_a_cancelled_action_as_cancelled(tmp_path: Path) -> N
     r = subprocess.run([SCRIPT, "actions", "list", "-d", str(db), "-f", "table"], capture_output=True, text=True,
                        env={**os.environ, "COLUMNS": "200"}, timeout=60)
     assert r.returncode == 0 and "cancelled (do_not_contact)" in r.stdout, r.stdout
+
+
+def test_run_leaves_an_action_another_dispatcher_is_delivering(db: str, tmp_path: Path) -> None:
+    code, first, _ = go(db)  # committed, no handler: pending
+    busy = first["new"][0]["id"]
+    now = datetime.now(UTC).isoformat()
+    with sqlite3.connect(db) as conn:  # a session in another container is delivering it right now
+        conn.execute("UPDATE retainer_actions SET attempts = 1, claimed_by = 'crm-web-7/31/99', updated_at = ? "
+                     "WHERE id = ?", [now, busy])  # fmt: skip
+    out = tmp_path / "actions.jsonl"
+    r = run("run", "-r", str(RULES), "-d", db, "--as-of", "2026-03-01", "--handler", f"jsonl:{out}", "-f", "table")
+    assert r.returncode == 0, r.stderr
+    assert "left 1 action(s) to the dispatcher delivering them now" in r.stdout
+    sent = [json.loads(x)["id"] for x in out.read_text().splitlines()]
+    assert busy not in sent and len(sent) == first["counts"]["new"] - 1
+    (e,) = [e for e in ledger(db) if e["id"] == busy]
+    assert (e["status"], e["attempts"]) == ("pending", 1)

@@ -385,6 +385,9 @@ def _print_dispatch(d: Any, console: Console, data: str) -> None:
     console.print(f"delivered {len(d.done):,} ({d.attempts:,} attempts), dead {len(d.dead):,}", highlight=False)
     for type_, n in sorted(d.no_handler.items()):
         console.print(f"[yellow]pending[/] {n:,} {type_}: no handler for this type; they wait in the ledger")
+    if d.in_flight:
+        console.print(f"left {len(d.in_flight):,} action(s) to the dispatcher delivering them now "
+                      "(a reactive session, another process)", highlight=False)  # fmt: skip
     for why, n in sorted(Counter(d.cancelled.values()).items()):
         console.print(f"cancelled {n:,} action(s) committed earlier and not sent: {why} since", highlight=False)
     for handler, why in sorted(d.stopped.items()):

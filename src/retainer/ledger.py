@@ -9,9 +9,13 @@ moves `pending -> done`, or `pending -> failed -> ... -> dead` after `max_attemp
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import os
+import socket
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -21,12 +25,87 @@ from .plan import Plan, _as_is, _default, action_dict, dumps
 if TYPE_CHECKING:
     from .adapters.dispatch import DispatchReport
 
-__all__ = ["ACTIVE", "STATUSES", "LedgerEntry", "RunRecord", "RunReport", "Status", "action_payload"]
+__all__ = [
+    "ACTIVE",
+    "STATUSES",
+    "LedgerEntry",
+    "RunRecord",
+    "RunReport",
+    "Status",
+    "action_payload",
+    "claim_alive",
+    "claim_holder",
+]
 
 Status = Literal["pending", "done", "failed", "dead"]
 STATUSES: Final = ("pending", "done", "failed", "dead")
 #: Statuses a dispatcher still works on; `done` is final and `dead` waits for a person (replay).
 ACTIVE: Final = ("pending", "failed")
+
+
+#: How long a claim by a process on another host (another container on a shared volume) is trusted: its
+#: liveness cannot be checked from here, and a claim never trusted again would keep its action forever
+FOREIGN_CLAIM_LEASE: Final = timedelta(minutes=10)
+
+_holder: tuple[int, str] | None = None  # (pid, token): recomputed in a forked child
+_delivering: set[str] = set()  # ids this process is delivering now, in any thread
+_delivering_lock = threading.Lock()
+
+
+def _start_time(pid: int) -> str:
+    """When the process started, in clock ticks since boot (Linux), so a reused pid is told apart; "" elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()  # field 22; the name may hold spaces
+    except (OSError, IndexError):
+        return ""
+
+
+def claim_holder() -> str:
+    """This process, as the ledger's `claimed_by` names it: host, pid and start time."""
+    global _holder
+    pid = os.getpid()
+    if _holder is None or _holder[0] != pid:
+        _holder = (pid, f"{socket.gethostname()}/{pid}/{_start_time(pid)}")
+    return _holder[1]
+
+
+@contextmanager
+def delivering(id: str) -> Iterator[None]:
+    """Marks `id` as being delivered by this process: what `claim_alive` asks of this process's own claims
+    (a claim of ours that is not marked is left from an attempt that was interrupted)."""
+    with _delivering_lock:
+        _delivering.add(id)
+    try:
+        yield
+    finally:
+        with _delivering_lock:
+            _delivering.discard(id)
+
+
+def claim_alive(entry: LedgerEntry, now: datetime) -> bool:
+    """Whether another dispatcher is delivering `entry` right now: its attempt began and has not ended,
+    and the process that began it still runs. Delivering it again here would send it twice; a claim
+    whose process died (killed mid-delivery) is stale, and the action is delivered again, at least once."""
+    token = entry.claimed_by
+    if not token:
+        return False
+    if token == claim_holder():
+        return entry.id in _delivering
+    host, _, rest = token.partition("/")
+    pid_text, _, started = rest.partition("/")
+    if host != claim_holder().partition("/")[0] or not pid_text.isdigit():
+        return now - entry.updated_at < FOREIGN_CLAIM_LEASE
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it runs, as another user
+    except OSError:
+        return False
+    return not started or _start_time(pid) in ("", started)
 
 
 def check_query(status: Any, **lists: Any) -> None:
@@ -72,6 +151,8 @@ class LedgerEntry:
     last_error: str | None = None
     outcome: dict[str, Any] | None = None
     outcome_at: datetime | None = None
+    #: the process delivering it now (`claim_holder()` of the dispatcher whose attempt has not ended), else None
+    claimed_by: str | None = None
 
     @cached_property
     def payload_fields(self) -> dict[str, Any]:

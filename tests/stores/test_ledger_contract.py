@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import retainer
 from retainer import StoreError
 from retainer.actions import Action, CreateTask, Escalate, Tag, action_id
-from retainer.ledger import STATUSES, RunRecord
+from retainer.ledger import STATUSES, RunRecord, claim_holder
 from retainer.stores import Store
 
 T0 = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)
@@ -135,6 +135,23 @@ def test_an_attempt_is_claimed_once(store: Store) -> None:
     assert store.begin_attempts([e.id], T0, {e.id: 0}) == []  # the other one read 0 attempts too
     assert store.ledger()[0].attempts == 1
     assert store.begin_attempts([e.id], T0, {e.id: 1}) == [e.id]  # a retry by the one that claimed it
+
+
+def test_an_attempt_holds_a_claim_until_it_ends(store: Store) -> None:
+    """While an attempt runs, the entry names the process delivering it, so another dispatcher (a nightly
+    run reading the ledger while a reactive session delivers) leaves it alone; the result drops the claim,
+    and so does a requeue."""
+    store.commit_run(run_record(), [act("k1"), act("k2")], {})
+    i1, i2 = (e.id for e in store.ledger())
+    assert [e.claimed_by for e in store.ledger()] == [None, None]
+    store.begin_attempts([i1, i2], T0)
+    assert [e.claimed_by for e in store.ledger()] == [claim_holder()] * 2
+    store.finish_attempts([(i1, "failed", "x", 1)], T0)
+    assert [e.claimed_by for e in store.ledger()] == [None, claim_holder()]
+    store.finish_attempts([(i2, "dead", "x", 1)], T0)
+    store.begin_attempts([i1], T0)
+    assert store.requeue([i1, i2], T0) == [i1, i2]
+    assert [(e.status, e.claimed_by) for e in store.ledger()] == [("pending", None)] * 2
 
 
 def test_requeue_moves_failed_and_dead_only(store: Store) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..actions import ACTION_TYPES, Action
 from ..errors import ArgumentError, DispatchError, did_you_mean
-from ..ledger import ACTIVE, LedgerEntry, Status
+from ..ledger import ACTIVE, LedgerEntry, Status, claim_alive, delivering
 from ..stores.base import virtual_value
 from .base import ActionHandler, CallbackHandler, PermanentError
 
@@ -76,6 +76,9 @@ class DispatchReport:
     stopped: dict[str, str] = field(default_factory=dict)  # handler -> why it was given up on
     left: int = 0  # actions not delivered because their handler was given up on
     skipped: list[str] = field(default_factory=list)  # done meanwhile (the host recorded an outcome)
+    #: being delivered by another dispatcher when this one read the ledger (a reactive session, a run in
+    #: another process): left to it. It records the result; a `failed` one is retried by the next run
+    in_flight: list[str] = field(default_factory=list)
     #: id -> why: committed by an earlier run, and no longer to be sent (do_not_contact, paid)
     cancelled: dict[str, str] = field(default_factory=dict)
 
@@ -92,6 +95,7 @@ class DispatchReport:
             "stopped": dict(sorted(self.stopped.items())),
             "left": self.left,
             "skipped": len(self.skipped),
+            "in_flight": len(self.in_flight),
             "cancelled": dict(sorted(self.cancelled.items())),
             "attempts": self.attempts,
             "no_handler": dict(sorted(self.no_handler.items())),
@@ -166,7 +170,15 @@ class Dispatcher:
         committed earlier: each is looked at again first, and cancelled when it must not go out any more."""
         report = DispatchReport()
         queue: list[LedgerEntry] = []
-        active = [e for e in entries if e.status in ACTIVE]
+        read_at = self.clock()
+        active = []
+        for e in entries:
+            if e.status not in ACTIVE:
+                continue
+            if claim_alive(e, read_at):  # never two deliveries at once; a claim whose process died is stale
+                report.in_flight.append(e.id)
+            else:
+                active.append(e)
         void = self._void([e for e in active if e.id not in planned])
         for e in active:
             if e.id in void:
@@ -258,25 +270,31 @@ class Dispatcher:
                 f"gave up after {attempts[e.id]} attempts that never returned (the process stopped while delivering it)"
             )
             rejected = True  # no call was made: says nothing about the endpoint, so no step towards giving up on it
+            self.store.finish_attempts([(e.id, st, err, attempts[e.id])], self.clock())
         else:
-            if not self.store.begin_attempts([e.id], self.clock(), {e.id: attempts[e.id]}):
-                # done meanwhile (the host recorded an outcome), or another dispatcher is delivering it
-                report.skipped.append(e.id)
-                report.failed.pop(e.id, None)
-                return None, False
-            attempts[e.id] += 1
-            report.attempts += 1
-            handler = self.route(e.type)
-            assert handler is not None
-            try:
-                handler.handle(e.action)
-            except PermanentError as exc:
-                st, err, rejected = "dead", describe_error(exc) + " (not retried)", True
-            except Exception as exc:
-                st, err = ("dead" if attempts[e.id] >= limit else "failed"), describe_error(exc)
-            else:
-                st, err = "done", None
-        self.store.finish_attempts([(e.id, st, err, attempts[e.id])], self.clock())
+            with delivering(e.id):  # marked before the claim: a thread of this process reading it then waits
+                if not self.store.begin_attempts([e.id], self.clock(), {e.id: attempts[e.id]}):
+                    # done meanwhile (the host recorded an outcome), or another dispatcher is delivering it
+                    report.skipped.append(e.id)
+                    report.failed.pop(e.id, None)
+                    return None, False
+                attempts[e.id] += 1
+                report.attempts += 1
+                handler = self.route(e.type)
+                assert handler is not None
+                try:
+                    handler.handle(e.action)
+                except PermanentError as exc:
+                    st, err, rejected = "dead", describe_error(exc) + " (not retried)", True
+                except Exception as exc:
+                    st, err = ("dead" if attempts[e.id] >= limit else "failed"), describe_error(exc)
+                except BaseException as exc:  # Ctrl-C or exit in the handler: whether it went out is unknown
+                    why = f"interrupted while delivering ({type(exc).__name__})"
+                    self.store.finish_attempts([(e.id, "failed", why, attempts[e.id])], self.clock())
+                    raise
+                else:
+                    st, err = "done", None
+                self.store.finish_attempts([(e.id, st, err, attempts[e.id])], self.clock())  # drops the claim
         if st == "failed":
             report.failed[e.id] = err or ""
             return st, rejected

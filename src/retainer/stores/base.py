@@ -324,12 +324,15 @@ class Store(Protocol):
         the ids counted: one that became `done` meanwhile (the host recorded an outcome) is skipped, and
         so is one whose attempts are no longer those in `seen` (id -> attempts when the caller read it):
         another dispatcher (a reactive session, a run in another process) has just taken it, and
-        counting it here too would deliver it twice."""
+        counting it here too would deliver it twice. Each counted entry is claimed for this process
+        (`claimed_by = ledger.claim_holder()`) until `finish_attempts`: while it runs, other dispatchers
+        leave the action alone (`ledger.claim_alive`)."""
         ...
 
     def finish_attempts(self, results: Sequence[tuple[str, Status, str | None, int]], at: datetime) -> None:
-        """Record `(id, status, error or None, attempts)` after delivery, in one transaction; only for
-        actions still `pending` or `failed` (an outcome the host recorded meanwhile stands)."""
+        """Record `(id, status, error or None, attempts)` after delivery, and drop the claim, in one
+        transaction; only for actions still `pending` or `failed` (an outcome the host recorded meanwhile
+        stands)."""
         ...
 
     def requeue(self, ids: Sequence[str], at: datetime) -> list[str]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..actions import Action
 from ..errors import StoreError
-from ..ledger import ACTIVE, LedgerEntry, RunRecord, Status, action_payload, check_query
+from ..ledger import ACTIVE, LedgerEntry, RunRecord, Status, action_payload, check_query, claim_holder
 from ..model import Client, Entity, Manager
 from . import _ingest
 from .base import COMPARE, EXISTS_FIELD, TIME_FIELDS, VIRTUAL_FIELDS, AggSpec, Changes, Pred, virtual_value
@@ -320,18 +320,18 @@ class MemoryStore:
         return e
 
     def begin_attempts(self, ids: Sequence[str], at: datetime, seen: Mapping[str, int] | None = None) -> list[str]:
-        counted = []
+        counted, holder = [], claim_holder()
         for i in ids:
             e = self._ledger[i]
             if e.status in ("pending", "failed") and (seen is None or seen.get(i) in (None, e.attempts)):
-                self._update(i, attempts=e.attempts + 1, updated_at=at)
+                self._update(i, attempts=e.attempts + 1, updated_at=at, claimed_by=holder)
                 counted.append(i)
         return counted
 
     def finish_attempts(self, results: Sequence[tuple[str, Status, str | None, int]], at: datetime) -> None:
         for i, st, error, n in results:
             if self._ledger[i].status in ("pending", "failed"):
-                self._update(i, status=st, last_error=error, attempts=n, updated_at=at)
+                self._update(i, status=st, last_error=error, attempts=n, updated_at=at, claimed_by=None)
 
     def requeue(self, ids: Sequence[str], at: datetime) -> list[str]:
         for i in ids:
@@ -339,7 +339,7 @@ class MemoryStore:
         moved = []
         for i in ids:
             if self._ledger[i].status in ("failed", "dead"):
-                self._update(i, status="pending", attempts=0, updated_at=at)
+                self._update(i, status="pending", attempts=0, updated_at=at, claimed_by=None)
                 moved.append(i)
         return moved
 

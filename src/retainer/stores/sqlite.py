@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..actions import Action
 from ..errors import StoreError
-from ..ledger import LedgerEntry, RunRecord, Status, action_payload, check_query
+from ..ledger import LedgerEntry, RunRecord, Status, action_payload, check_query, claim_holder
 from ..model import ENTITIES, Client, Entity, Manager, no_gc
 from ..timeutil import to_utc_text
 from . import _ingest
@@ -233,7 +233,8 @@ CREATE TABLE IF NOT EXISTS retainer_actions (
     updated_at TEXT NOT NULL,
     outcome TEXT,
     outcome_at TEXT,
-    payload TEXT NOT NULL
+    payload TEXT NOT NULL,
+    claimed_by TEXT
 );
 CREATE INDEX IF NOT EXISTS retainer_actions_status ON retainer_actions (status, seq);
 CREATE INDEX IF NOT EXISTS retainer_actions_client ON retainer_actions (client_id, as_of);
@@ -251,7 +252,7 @@ CREATE TABLE IF NOT EXISTS retainer_runs (
 """
 _LEDGER_COLS = (
     "id, key, run_id, type, rule, client_id, category, as_of, status, attempts, last_error, "
-    "created_at, updated_at, outcome, outcome_at, payload"
+    "created_at, updated_at, outcome, outcome_at, payload, claimed_by"
 )
 
 
@@ -308,7 +309,7 @@ def _entry(r: Sequence[Any]) -> LedgerEntry:
         id=r[0], key=r[1], run_id=r[2], type=r[3], rule=r[4], client_id=r[5] or None, category=r[6],
         as_of=datetime.fromisoformat(r[7]), status=r[8], attempts=r[9], last_error=r[10],
         created_at=datetime.fromisoformat(r[11]), updated_at=datetime.fromisoformat(r[12]),
-        outcome=json.loads(r[13]) if r[13] else None, outcome_at=_instant(r[14]), payload=r[15],
+        outcome=json.loads(r[13]) if r[13] else None, outcome_at=_instant(r[14]), payload=r[15], claimed_by=r[16],
     )
 
 
@@ -700,7 +701,7 @@ class SQLiteStore:
         """Columns later versions added (all optional): a store imported by an earlier retainer gets them
         empty, so it keeps working without a re-import."""
         missing = []
-        for entity, kinds in _KINDS.items():
+        for entity, kinds in (*_KINDS.items(), ("retainer_actions", {"claimed_by": "text"})):
             have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({entity})")}
             missing += [(entity, f, k) for f, k in kinds.items() if have and f not in have]
         if not missing:
@@ -1330,10 +1331,10 @@ class SQLiteStore:
                 [run.id, run.as_of.isoformat(), run.rules_digest, at, run.status, json.dumps(dict(run.counts))],
             )
             conn.executemany(
-                f"INSERT INTO retainer_actions ({_LEDGER_COLS}) VALUES ({', '.join('?' * 16)})",
+                f"INSERT INTO retainer_actions ({_LEDGER_COLS}) VALUES ({', '.join('?' * 17)})",
                 (
                     (a.id, a.key, run.id, a.type, a.rule, a.client_id or "", a.category, to_utc_text(a.as_of),
-                     "pending", 0, None, at, at, None, None, action_payload(a))
+                     "pending", 0, None, at, at, None, None, action_payload(a), None)
                     for a in fresh
                 ),
             )
@@ -1407,14 +1408,14 @@ class SQLiteStore:
             raise StoreError(f"no action with id {missing[0]!r} in the ledger of {self.url}")
 
     def begin_attempts(self, ids: Sequence[str], at: datetime, seen: Mapping[str, int] | None = None) -> list[str]:
-        t = to_utc_text(at)
+        t, holder = to_utc_text(at), claim_holder()
         counted = []
         with self._transaction() as conn:
             for i in ids:  # by id, one row each: the unique index, never a scan of the ledger
                 cur = conn.execute(
-                    "UPDATE retainer_actions SET attempts = attempts + 1, updated_at = ? "
+                    "UPDATE retainer_actions SET attempts = attempts + 1, updated_at = ?, claimed_by = ? "
                     "WHERE id = ? AND status IN ('pending', 'failed') AND (? IS NULL OR attempts = ?)",
-                    [t, i, *[seen.get(i) if seen is not None else None] * 2],
+                    [t, holder, i, *[seen.get(i) if seen is not None else None] * 2],
                 )
                 if cur.rowcount:
                     counted.append(i)
@@ -1424,8 +1425,8 @@ class SQLiteStore:
         t = to_utc_text(at)
         with self._transaction() as conn:
             conn.executemany(
-                "UPDATE retainer_actions SET status = ?, last_error = ?, attempts = ?, updated_at = ? "
-                "WHERE id = ? AND status IN ('pending', 'failed')",
+                "UPDATE retainer_actions SET status = ?, last_error = ?, attempts = ?, updated_at = ?, "
+                "claimed_by = NULL WHERE id = ? AND status IN ('pending', 'failed')",
                 [(st, error, n, t, i) for i, st, error, n in results],
             )
 
@@ -1441,7 +1442,7 @@ class SQLiteStore:
                 )
             ]
             conn.execute(
-                "UPDATE retainer_actions SET status = 'pending', attempts = 0, updated_at = ? "
+                "UPDATE retainer_actions SET status = 'pending', attempts = 0, updated_at = ?, claimed_by = NULL "
                 "WHERE id IN (SELECT value FROM json_each(?))",
                 [to_utc_text(at), json.dumps(moved)],
             )

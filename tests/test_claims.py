@@ -1,0 +1,199 @@
+"""Delivery claims: an action being delivered by one dispatcher is not delivered again by another that
+reads the ledger meanwhile (a nightly run while a reactive session delivers), and a claim whose process
+died is stale, so the action still goes out (DESIGN §6, §7: never lose or duplicate an action)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import retainer
+from retainer.actions import Action
+from retainer.adapters import Dispatcher
+from retainer.ledger import FOREIGN_CLAIM_LEASE, LedgerEntry, _start_time, claim_alive, claim_holder, delivering
+from retainer.testing import RecordingHandler
+
+RULES = {"rules": [{"id": "forgotten", "kind": "forgotten", "after": "60d"}]}
+AS_OF = "2026-03-02"
+TIMEOUT = 60
+
+
+def crm(store: Any, n: int = 3) -> None:
+    store.add(
+        managers=[{"id": "m1"}],
+        clients=[{"id": f"c{i}", "manager_id": "m1"} for i in range(1, n + 1)],
+        touches=[{"id": f"t{i}", "client_id": f"c{i}", "at": "2026-01-01T10:00:00", "kind": "call"}
+                 for i in range(1, n + 1)],
+    )  # fmt: skip
+
+
+def claimed(store: Any) -> LedgerEntry:
+    """An entry of `store`'s ledger with an attempt begun by this process."""
+    crm(store, 1)
+    retainer.Engine(RULES, store).run(AS_OF)  # committed, no handler: pending
+    (e,) = store.ledger()
+    store.begin_attempts([e.id], datetime.now(UTC))
+    (e,) = store.ledger()
+    return e  # type: ignore[no-any-return]
+
+
+def test_a_claim_of_this_process_holds_while_it_delivers(store: Any) -> None:
+    e = claimed(store)
+    now = datetime.now(UTC)
+    assert e.claimed_by == claim_holder()
+    with delivering(e.id):
+        assert claim_alive(e, now)  # another thread of this process is delivering it
+    assert not claim_alive(e, now)  # left behind by an attempt that ended without its result: stale
+
+
+def test_a_claim_lives_as_long_as_its_process(store: Any) -> None:
+    e = claimed(store)
+    now = datetime.now(UTC)
+    host = socket.gethostname()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started = _start_time(child.pid)
+        assert claim_alive(dataclasses.replace(e, claimed_by=f"{host}/{child.pid}/{started}"), now)
+        if started:  # Linux: a pid reused by another process does not keep the claim
+            assert not claim_alive(dataclasses.replace(e, claimed_by=f"{host}/{child.pid}/1"), now)
+    finally:
+        child.kill()
+        child.wait()
+    assert not claim_alive(dataclasses.replace(e, claimed_by=f"{host}/{child.pid}/{started}"), now)
+
+
+def test_a_claim_from_another_host_is_trusted_for_a_lease(store: Any) -> None:
+    e = dataclasses.replace(claimed(store), claimed_by="elsewhere/1/1")
+    assert claim_alive(e, e.updated_at + FOREIGN_CLAIM_LEASE - timedelta(seconds=1))
+    assert not claim_alive(e, e.updated_at + FOREIGN_CLAIM_LEASE)
+
+
+def test_another_thread_leaves_an_action_in_flight_alone(tmp_path: Path) -> None:
+    store = retainer.open_store(f"sqlite:///{tmp_path / 'crm.db'}")
+    crm(store, 2)
+    retainer.Engine(RULES, store).run(AS_OF)
+    first, second = (e.id for e in store.ledger())
+    inside, release = threading.Event(), threading.Event()
+    sent: list[str] = []
+
+    def slow(a: Action) -> None:
+        sent.append(a.id)
+        if a.id == first:
+            inside.set()
+            assert release.wait(TIMEOUT)
+
+    session = threading.Thread(target=lambda: Dispatcher(store, slow).dispatch_active())
+    session.start()
+    try:
+        assert inside.wait(TIMEOUT)
+        h = RecordingHandler()
+        report = Dispatcher(store, h).dispatch_active()  # the nightly run, reading the ledger now
+        assert report.in_flight == [first] and h.ids == [second]
+        assert report.to_dict()["in_flight"] == 1
+    finally:
+        release.set()
+        session.join(TIMEOUT)
+    assert sent == [first]  # the session found the second one delivered meanwhile
+    assert [(e.status, e.attempts, e.claimed_by) for e in store.ledger()] == [("done", 1, None)] * 2
+    store.close()
+
+
+CHILD = textwrap.dedent(
+    """
+    import json, pathlib, sys, time
+    import retainer
+    from retainer.adapters import Dispatcher
+
+    db, work = sys.argv[1], pathlib.Path(sys.argv[2])
+    store = retainer.open_store("sqlite:///" + db)
+
+    def slow(action):  # a reactive session's webhook that takes its time on the first action
+        (work / "sent").open("a").write(action.id + "\\n")
+        if not (work / "inside").exists():
+            (work / "inside").write_text(action.id)
+            deadline = time.monotonic() + 60
+            while not (work / "release").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+    report = Dispatcher(store, slow).dispatch_active()
+    print(json.dumps(report.to_dict()))
+    """
+)
+
+
+def wait_for(path: Path, child: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not path.exists():
+        assert child.poll() is None, child.communicate()
+        assert time.monotonic() < deadline, "the child never started delivering"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("killed", [False, True], ids=["in-flight", "killed-mid-delivery"])
+def test_a_run_in_another_process_never_delivers_an_action_twice_nor_loses_it(tmp_path: Path, killed: bool) -> None:
+    db = tmp_path / "crm.db"
+    store = retainer.open_store(f"sqlite:///{db}")
+    crm(store, 3)
+    retainer.Engine(RULES, store).run(AS_OF)  # committed by last night's run, without a handler
+    ids = [e.id for e in store.ledger()]
+    script = tmp_path / "session.py"
+    script.write_text(CHILD)
+    child = subprocess.Popen([sys.executable, str(script), str(db), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        wait_for(tmp_path / "inside", child)
+        in_flight = (tmp_path / "inside").read_text()
+        if killed:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(TIMEOUT)
+        h = RecordingHandler()
+        report = retainer.Engine(RULES, store).run(AS_OF, handlers=h)
+        assert report.dispatch is not None
+        if killed:  # its claim died with it: delivered again (at least once), never lost
+            assert report.dispatch.in_flight == [] and sorted(h.ids) == sorted(ids)
+        else:
+            assert report.dispatch.in_flight == [in_flight] and in_flight not in h.ids
+            assert sorted(h.ids) == sorted(set(ids) - {in_flight})
+    finally:
+        (tmp_path / "release").touch()
+        out, _ = child.communicate(timeout=TIMEOUT)
+    sent = (tmp_path / "sent").read_text().split()
+    if not killed:
+        assert child.returncode == 0 and json.loads(out)["done"] == 1
+        assert sent == [in_flight] and sorted(sent + h.ids) == sorted(ids)  # each exactly once
+        entries = store.ledger()
+        assert {(e.status, e.attempts, e.claimed_by) for e in entries} == {("done", 1, None)}
+    else:
+        assert {(e.status, e.claimed_by) for e in store.ledger()} == {("done", None)}
+        assert store.ledger(ids=[in_flight])[0].attempts == 2  # the killed attempt counts
+    store.close()
+
+
+def test_a_store_from_before_claims_gets_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    store = retainer.open_store(f"sqlite:///{path}")
+    crm(store, 1)
+    retainer.Engine(RULES, store).run(AS_OF)
+    store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE retainer_actions DROP COLUMN claimed_by")
+    store = retainer.open_store(f"sqlite:///{path}")
+    (e,) = store.ledger()
+    assert e.claimed_by is None and e.status == "pending"
+    h = RecordingHandler()
+    retainer.Engine(RULES, store).run(AS_OF, handlers=h)
+    assert h.ids == [e.id] and store.ledger()[0].status == "done"
+    store.close()
