@@ -239,6 +239,7 @@ def test_actions_list_shows_a_cancelled_action_as_cancelled(tmp_path: Path) -> N
 
 def test_run_leaves_an_action_another_dispatcher_is_delivering(db: str, tmp_path: Path) -> None:
     code, first, _ = go(db)  # committed, no handler: pending
+    assert code == 0
     busy = first["new"][0]["id"]
     now = datetime.now(UTC).isoformat()
     with sqlite3.connect(db) as conn:  # a session in another container is delivering it right now
