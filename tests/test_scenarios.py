@@ -210,6 +210,27 @@ def test_failures_show_the_closest_action_and_hint_at_typos() -> None:
         with pytest.raises(ScenarioFailure, match=re.escape(hint)):
             step.expect(spec)
 
+        with pytest.raises(ScenarioFailure, match=re.escape("can never match an action: " + hint)):
+            step.absent(spec)  # a misspelt negative check used to pass whatever the rules did
+    step.absent(type="create_task", client_id="c2")  # a real name that matches nothing is fine
+
+
+def test_expect_an_empty_list_means_no_new_action(tmp_path: Path) -> None:
+    """The docs write `expect: []` for "nothing happens today"; it used to check nothing at all."""
+    text = f"""
+        rules: {ONE}
+        given:
+          managers: [{{id: m1}}]
+          clients: [{{id: c1, manager_id: m1}}]
+          touches: [{{id: t1, client_id: c1, at: -60d, kind: call}}]
+        steps:
+          - as_of: 2026-03-01
+            expect: []
+    """
+    with pytest.raises(ScenarioFailure, match="unexpected action: create_task c1"):
+        run_scenario_file(write(tmp_path, text))
+    run_scenario_file(write(tmp_path, text.replace("-60d", "-59d")))
+
 
 def test_a_date_matches_any_instant_on_that_day() -> None:
     s = Scenario(RULES).given(**CRM)

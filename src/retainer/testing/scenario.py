@@ -187,12 +187,17 @@ class Step:
     def absent(self, *specs: Mapping[str, Any], **fields: Any) -> Step:
         """No new action matches any of the specs."""
         wanted = [*specs, *([fields] if fields else [])]
-        found = [(s, a) for s in wanted for a in self.actions if matches(_resolve(s, self.as_of), _flat(a))]
-        if found:
+        views = [_flat(a) for a in self.actions]
+        # a misspelt name can match nothing, so the check would pass whatever the rules do
+        blind = [(s, h) for s in wanted if (h := self._hints(_resolve(s, self.as_of), views))]
+        found = [(s, a) for s in wanted for a, v in zip(self.actions, views, strict=True)
+                 if matches(_resolve(s, self.as_of), v)]  # fmt: skip
+        if found or blind:
             self.fail(
-                [f"expected no action matching {_show(s)}, found: {_line(a)}" for s, a in found],
-                [a.client_id for _, a in found],
-                [a.rule for _, a in found],
+                [f"expected no action matching {_show(s)}, found: {_line(a)}" for s, a in found]
+                + [f"absent {_show(s)} can never match an action: {'; '.join(h)}" for s, h in blind],
+                [a.client_id for _, a in found] + [s.get("client_id") for s, _ in blind],
+                [a.rule for _, a in found] + [s.get("rule") for s, _ in blind],
             )
         return self
 
@@ -220,15 +225,7 @@ class Step:
         hints for names that cannot match anything (a misspelt field, rule id or action type)."""
         resolved = _resolve(spec, self.as_of)
         msg = f"expected {what} matching {_show(resolved)}: none found"
-        hints = []
-        fields = {k for v in views for k in v} | set(_flat_fields())
-        rule_ids = [r.id for r in self.scenario.engine.rules.rules]
-        for k, v in resolved.items():
-            if k not in fields:
-                hints.append(f"there is no field {k!r}{did_you_mean(k, fields)}")
-            elif hint := _unknown_name(k, v, rule_ids):
-                hints.append(hint)
-        if hints:
+        if hints := self._hints(resolved, views):
             return msg + "; " + "; ".join(hints)
         if views:
             # the candidate that agrees most, who it is about counting double: the action of the rule
@@ -240,6 +237,18 @@ class Step:
             who = f"{best.get('type')} {best.get('client_id')} (rule {best.get('rule')})"
             msg += f"\n      closest: {who}, " + "; ".join(diff)
         return msg
+
+    def _hints(self, resolved: Mapping[str, Any], views: list[dict[str, Any]]) -> list[str]:
+        """Names in an expectation that no action can have: a misspelt field, rule id or action type."""
+        hints = []
+        fields = {k for v in views for k in v} | set(_flat_fields())
+        rule_ids = [r.id for r in self.scenario.engine.rules.rules]
+        for k, v in resolved.items():
+            if k not in fields:
+                hints.append(f"there is no field {k!r}{did_you_mean(k, fields)}")
+            elif hint := _unknown_name(k, v, rule_ids):
+                hints.append(hint)
+        return hints
 
     def fail(self, problems: list[str], clients: Sequence[Any], rules: Sequence[Any]) -> None:
         raise ScenarioFailure(self.describe(problems, clients, rules))
@@ -373,7 +382,7 @@ class StepSpec(BaseModel):
     given: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
     upsert: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)  # rows replacing same-id ones
     record: list[dict[str, Any]] = Field(default_factory=list)  # outcomes reported before this step runs
-    expect: list[dict[str, Any]] = Field(default_factory=list)
+    expect: list[dict[str, Any]] | None = None  # [] = no new action at all
     exact: bool = False
     absent: list[dict[str, Any]] = Field(default_factory=list)
     suppressed: list[dict[str, Any]] | None = None  # [] = nothing held back (duplicates aside)
@@ -455,8 +464,8 @@ def run_scenario_file(path: str | Path) -> Scenario:
             except RetainerError as exc:
                 raise ScenarioError(str(exc), file=str(ls.path), line=line) from None
         step = sc.at(st.as_of, label=st.label)
-        if st.expect or st.exact:
-            step.expect(*st.expect, exact=st.exact)
+        if st.expect is not None or st.exact:
+            step.expect(*(st.expect or ()), exact=st.exact or not st.expect)  # `expect: []`: nothing new
         if st.absent:
             step.absent(*st.absent)
         if st.suppressed is not None:
