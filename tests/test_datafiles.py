@@ -52,6 +52,29 @@ def test_unknown_column_names_file_line_1(tmp_path: Path) -> None:
     assert str(e.value).startswith(f"{d / 'clients.csv'}:1 field contactpolicy: unknown column")
 
 
+def test_a_column_twice_in_the_header_is_refused(tmp_path: Path) -> None:
+    """The csv module keeps the last of two same-named cells: a stale `status` column appended by a
+    spreadsheet made active clients archived, silently."""
+    d = tmp_path / "d"
+    shutil.copytree(CRM, d)
+    lines = (d / "clients.csv").read_text().splitlines()
+    (d / "clients.csv").write_text("\n".join([lines[0] + ",status"] + [x + ",archived" for x in lines[1:]]) + "\n")
+    store = retainer.open_store("memory://")
+    with pytest.raises(retainer.DataError) as e:
+        import_data(d, store)
+    assert str(e.value) == f"{d / 'clients.csv'}:1 field status: column 'status' appears twice in the header"
+    assert list(store.iter("clients")) == []
+
+
+def test_a_jsonl_file_may_start_with_a_byte_order_mark(tmp_path: Path) -> None:
+    _to_jsonl(CRM, tmp_path / "j")
+    p = tmp_path / "j" / "clients.jsonl"
+    p.write_text("\ufeff" + p.read_text(), encoding="utf-8")
+    store = retainer.open_store("memory://")
+    import_data(tmp_path / "j", store)
+    assert len(list(store.iter("clients"))) == len((CRM / "clients.csv").read_text().splitlines()) - 1
+
+
 def test_bad_jsonl_line(tmp_path: Path) -> None:
     _to_jsonl(CRM, tmp_path / "j")
     p = tmp_path / "j" / "invoices.jsonl"

@@ -97,6 +97,10 @@ def _csv_rows(path: Path, entity: str) -> tuple[list[str], Iterator[tuple[int, l
     if "id" not in header:
         f.close()
         raise DataError("the header has no 'id' column", file=str(path), row=1)
+    twice = next((h for n, h in enumerate(header) if h in header[:n]), None)
+    if twice is not None:  # csv would keep the last cell, silently: `status` twice made active clients archived
+        f.close()
+        raise DataError(f"column {twice!r} appears twice in the header", file=str(path), row=1, field=twice)
 
     def rows() -> Iterator[tuple[int, list[str]]]:
         width = len(header)
@@ -129,7 +133,7 @@ def _csv_rows(path: Path, entity: str) -> tuple[list[str], Iterator[tuple[int, l
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:  # a byte-order mark, as Windows tools write it, as in CSV
         for n, line in enumerate(f, start=1):
             if not line.strip():
                 continue
