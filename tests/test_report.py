@@ -120,6 +120,36 @@ def test_digest_counts_forgotten_clients_a_full_day_holds_back() -> None:
     assert d.sections[0].rows == [["Anna (m1)", 2]]
 
 
+def test_digest_counts_each_forgotten_client_once_whatever_the_rules_do() -> None:
+    """It counted `create_task` actions: 0 for a forgotten rule that notifies the manager, twice a client
+    of a rule with two tasks or of two forgotten rules."""
+    store = crm()
+    task = {"create_task": {"assignee": "manager", "title": "Call", "due_in": "2d"}}
+    notify = {"notify_manager": {"template": "forgotten"}}
+    rules = {"rules": [
+        {"id": "f60", "kind": "forgotten", "after": "60d", "then": [notify]},
+        {"id": "f30", "kind": "forgotten", "after": "30d",
+         "then": [task, {"create_task": {"assignee": "supervisor", "title": "Check", "due_in": "2d"}}]},
+    ]}  # fmt: skip
+    only_notify = {"rules": rules["rules"][:1]}
+    assert digest(retainer.Engine(only_notify, store), "2026-03-02").sections[0].rows == [["Anna (m1)", 2]]
+    d = digest(retainer.Engine(rules, store), "2026-03-02")
+    assert d.sections[0].rows == [["Anna (m1)", 2]]  # c1 and c2, each once; c3 was touched in February
+    longest = d.sections[1].rows
+    assert [(r[0], r[2]) for r in longest] == [("Acme (c1)", 91), ("Borey (c2)", 60)]
+
+
+def test_an_invoice_due_today_is_not_a_debt_yet() -> None:
+    """As the rules' overdue features count it: due before as_of's day began."""
+    store = crm()
+    store.add(invoices=[{"id": "i4", "client_id": "c1", "issued_at": "2026-02-01", "due_at": "2026-03-02",
+                         "amount": "50"},
+                        {"id": "i5", "client_id": "c2", "issued_at": "2026-02-01", "due_at": "2026-03-01T23:00:00",
+                         "amount": "70"}])  # fmt: skip
+    debtors = next(s for s in digest(retainer.Engine(FR, store), "2026-03-02").sections if s.title.startswith("Debt"))
+    assert [r[0] for r in debtors.rows] == ["Vega (c3)", "Borey (c2)"]  # i5 was due yesterday; i4 is due today
+
+
 def test_markdown_cells_show_crm_names_as_text() -> None:
     """Found by a new-user review: a `|` in a client's name split the row, and HTML in a name reached the
     wiki the digest is pasted into. (The HTML page escaped both already.)"""

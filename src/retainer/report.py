@@ -104,15 +104,21 @@ def digest(engine: Engine, as_of: str | date | datetime, *, top: int = 30, label
     held = [(s.action, s) for s in plan.suppressed if s.reason_code != "duplicate"]
     sections: list[Section] = []
 
-    # forgotten clients per manager: every client a forgotten-kind rule matches today
-    forgotten: dict[str, list[Action]] = defaultdict(list)
+    # forgotten clients per manager: every client a forgotten-kind rule matches today, once, whatever the
+    # rule's actions (a task, a note to the manager, two of them) and however many forgotten rules match it
+    def days(x: Action) -> int:
+        return int(x.evidence.get("days_since_activity") or 0)
+
     waiting = [x for x, s in held if s.reason_code != "do_not_contact"]  # a cap or a full day: still forgotten
+    first: dict[str, Action] = {}  # client -> its first match, in key order
     for x in [*due, *waiting]:
-        if kinds.get(x.rule) == "forgotten" and x.type == "create_task":
-            forgotten[clients[x.client_id].manager_id if x.client_id in clients else "?"].append(x)
+        if kinds.get(x.rule) == "forgotten" and x.client_id is not None:
+            first.setdefault(x.client_id, x)
+    forgotten: dict[str, list[Action]] = defaultdict(list)
+    for cid, x in first.items():
+        forgotten[clients[cid].manager_id if cid in clients else "?"].append(x)
     per_manager = sorted(((name(m), len(xs)) for m, xs in forgotten.items()), key=lambda kv: (-kv[1], kv[0]))
-    longest = sorted((x for xs in forgotten.values() for x in xs),
-                     key=lambda x: -int(x.evidence.get("days_since_activity") or 0))[:top]  # fmt: skip
+    longest = sorted(first.values(), key=lambda x: (-days(x), x.client_id or ""))[:top]
     sections.append(Section(
         "Forgotten clients per manager", ["manager", "forgotten clients"], [list(r) for r in per_manager],
         note=f"{sum(len(v) for v in forgotten.values())} client(s) past their threshold today, whether an earlier "
@@ -155,7 +161,8 @@ def digest(engine: Engine, as_of: str | date | datetime, *, top: int = 30, label
     ))  # fmt: skip
 
     # debtors: overdue outstanding amounts, from the facts (no rule needed)
-    overdue = (Pred("due_at", "lt", a.instant), Pred("outstanding", "gt", Decimal(0)))
+    # due before as_of's day began, as the rules' overdue features count it: due today is not overdue yet
+    overdue = (Pred("due_at", "lt", a.day_start(a.date)), Pred("outstanding", "gt", Decimal(0)))
     owed, oldest = store.aggregate(
         [AggSpec("invoices", "sum", "outstanding", overdue), AggSpec("invoices", "min", "due_at", overdue)], a.instant
     )
