@@ -67,6 +67,39 @@ def days_of(b: Backtest, rule: str) -> list[str]:
     return [d.isoformat() for d, a in b.new if a.rule == rule]
 
 
+def test_a_reassignment_is_carried_out_for_the_steps_after_it() -> None:
+    """Found by a new-user review: each step saw the data's manager, so m2, with room for one client,
+    received both, and c1's next task went to m1, who had lost it."""
+    with fresh() as s:
+        s.add(managers=[{"id": "m1", "supervisor_id": "boss", "team": "north"}, {"id": "boss"},
+                        {"id": "m2", "supervisor_id": "boss", "team": "north", "max_clients": 1}],
+              clients=[{"id": "c1", "manager_id": "m1", "created_at": "2025-01-01"},
+                       {"id": "c2", "manager_id": "m1", "created_at": "2025-01-01"}],
+              touches=[{"id": "t1", "client_id": "c1", "at": "2025-11-01T10:00", "kind": "call"},
+                       {"id": "t2", "client_id": "c2", "at": "2025-11-20T10:00", "kind": "call"},
+                       {"id": "t3", "client_id": "c1", "at": "2026-01-25T10:00", "kind": "call"}])  # fmt: skip
+        rules = {"rules": [{"id": "forgotten", "kind": "forgotten", "after": "60d"},
+                           {"id": "release", "kind": "release", "forgotten_rule": "forgotten", "grace": "14d",
+                            "then": [{"reassign": {"strategy": "least_loaded"}}]}]}  # fmt: skip
+        b = both(rules, s, "2026-01-01", "2026-04-01")
+        to = ("assignee_id", "to_manager_id")
+        who = [(d.isoformat(), a.type, a.client_id, next(getattr(a, f) for f in to if hasattr(a, f))) for d, a in b.new]
+        assert who == [
+            ("2026-01-01", "create_task", "c1", "m1"),
+            ("2026-01-14", "reassign", "c1", "m2"),
+            ("2026-01-19", "create_task", "c2", "m1"),
+            ("2026-02-02", "escalate", "c2", "boss"),  # m2 is full now: nobody can take c2
+            ("2026-03-26", "create_task", "c1", "m2"),  # forgotten again, by its new manager
+        ]
+        assert b.client_manager == {"c1": "m2", "c2": "m1"}
+        assert [c.manager_id for c in s.clients(datetime(2026, 4, 2, tzinfo=UTC))] == ["m1", "m1"]  # the data stays
+        # a rule about the manager holds from the step after the move, with no fact of the client's own
+        moved = {"id": "moved", "when": {"manager_id": "m2"}, "then": [{"tag": "moved"}]}
+        tagging = {"rules": [*rules["rules"], moved]}
+        assert [(d.isoformat(), a.client_id) for d, a in both(tagging, s, "2026-01-01", "2026-04-01").new
+                if a.rule == "moved"] == [("2026-01-15", "c1")]  # fmt: skip
+
+
 def test_a_forgotten_client_crosses_60_days_with_no_new_fact(backend: str, tmp_path: Any) -> None:
     with fresh(backend) as s:
         crm(s, touches=[{"id": "t1", "client_id": "c1", "at": "2026-01-01T10:00"}])

@@ -2,9 +2,10 @@
 
 Each step is a real `Engine.run` as of that date against the CRM's facts (facts dated after the step
 are invisible, as in every plan) with a fresh in-memory ledger, so duplicates, grace periods and
-round-robin behave as in production, and the store's own ledger is never touched. The CRM's reaction
-is unknown, so actions are not applied to the facts (a reassigned client keeps its manager in the
-data; the ledger remembers the reassignment).
+round-robin behave as in production, and the store's own ledger is never touched. A reassignment is
+carried out, as the CRM does with the one it receives: later steps see the client with its new manager,
+and capacity and least-loaded count it there. Other reactions (a task done, a message answered) are
+unknown, so nothing else is applied to the facts.
 """
 
 from __future__ import annotations
@@ -63,14 +64,43 @@ class FreshLedger:
         self.url = base.url
         self.tz = base.tz
 
-        # clients never change during a backtest: a sweep asks for the loads every step
+        # clients change during a backtest only by reassignment: a sweep asks for the loads every step
         everyone = self._local.clients(_END_OF_TIME)
         self._loads = ManagerLoads(everyone)
+        self._moved: Counter[str] = Counter()  # clients gained (lost: negative) per manager by reassignment
+        self.moved: set[str] = set()  # the clients the last commit reassigned
         self.ids = [c.id for c in everyone]
         self.kept: Kept | None = None  # a sweep's aggregates, kept from step to step
 
     def manager_loads(self, as_of: datetime) -> dict[str, int]:
-        return self._loads.at(as_of)
+        loads = self._loads.at(as_of)
+        for mid, n in self._moved.items():  # steps only go forward: every move so far happened before as_of
+            if loads.get(mid, 0) + n:
+                loads[mid] = loads.get(mid, 0) + n
+            else:
+                loads.pop(mid, None)
+        return loads
+
+    def commit_run(self, run: RunRecord, actions: Sequence[Action], cursors: Mapping[str, str],
+                   **kw: Any) -> list[Action]:  # fmt: skip
+        """The local ledger's commit, then the committed reassignments carried out, as the CRM would: the
+        next steps plan the client's tasks for its new manager, release it from that one, and count it
+        against that one's capacity. (Without this, a manager with room for one client received three.)"""
+        committed = self._local.commit_run(run, actions, cursors, **kw)
+        moves = {}
+        for x in committed:
+            to = getattr(x, "to_manager_id", None) if x.type == "reassign" else None
+            c = self._local.get("clients", x.client_id) if to and x.client_id else None
+            if c is None or c.manager_id == to:
+                continue
+            moves[c.id] = c.model_copy(update={"manager_id": to})
+            if c.status != "archived":  # loads count the others
+                self._moved[c.manager_id] -= 1
+                self._moved[to] += 1
+        if moves:
+            self._local.upsert(clients=list(moves.values()))
+        self.moved = set(moves)
+        return committed
 
     def keep(self, steps: list[datetime], changes: list[Changes]) -> Kept:
         """From now on, aggregates at the sweep's steps are kept from step to step (`sweep.Kept`)."""
@@ -219,7 +249,7 @@ def backtest(
         _sweep(engine, overlay, days, result, progress)
     result.seconds = time.perf_counter() - t0
     if days:
-        result.client_manager = {c.id: c.manager_id for c in store.clients(engine.as_of(days[-1]).instant)}
+        result.client_manager = {c.id: c.manager_id for c in overlay.clients(engine.as_of(days[-1]).instant)}
     return result
 
 
@@ -380,6 +410,7 @@ def _sweep(
         result.new += [(day, x) for x in committed]
         _count(result, suppressed)
         carry = {x.client_id for x in committed if x.client_id is not None} if reads_ledger else set()
+        carry |= overlay.moved  # a new manager: conditions on the manager, and who gets the next task
         held = _held(suppressed)
         unsteady = {x.action.client_id for x in suppressed if x.reason_code != policies.DUPLICATE and not steady(x)}
         for cid, counts in held.items():
