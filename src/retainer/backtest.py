@@ -31,7 +31,7 @@ from .adapters.base import CallbackHandler
 from .engine import Engine
 from .errors import RetainerError
 from .ledger import RunRecord
-from .rules.features import FeatureFrame
+from .rules.features import MANAGER_FEATURES, FeatureFrame
 from .rules.loader import RuleSet
 from .rules.schema import Policies
 from .stores.base import AggSpec, Changes, ManagerLoads, Store
@@ -358,6 +358,9 @@ def _sweep(
         mengine = Engine(alone, overlay)  # type: ignore[arg-type]
     needed = rules.registry.closure(rules.features_needed())
     reads_ledger = any(rules.registry.get(n).ledger for n in needed)
+    # who gets a client's next task is read when it is next evaluated, for whatever reason: a reassigned
+    # client needs no evaluation of its own, unless a condition reads its manager
+    reads_manager = not MANAGER_FEATURES.isdisjoint(needed)
     abc: dict[str, Any] | None = {} if "abc_class" in needed else None
     managers = {m.id: m for m in overlay.managers()}
     scheduled: dict[str, date] = {}  # client -> its wake date
@@ -410,7 +413,8 @@ def _sweep(
         result.new += [(day, x) for x in committed]
         _count(result, suppressed)
         carry = {x.client_id for x in committed if x.client_id is not None} if reads_ledger else set()
-        carry |= overlay.moved  # a new manager: conditions on the manager, and who gets the next task
+        if reads_manager:  # a new manager: a condition on the manager may hold now
+            carry |= overlay.moved
         held = _held(suppressed)
         unsteady = {x.action.client_id for x in suppressed if x.reason_code != policies.DUPLICATE and not steady(x)}
         for cid, counts in held.items():

@@ -200,6 +200,10 @@ def invoice_frame(f: FeatureFrame) -> SubFrame:
     return sub
 
 
+#: a client's features that change when it is reassigned (a backtest carries reassignments out)
+MANAGER_FEATURES = frozenset({"manager_id", "manager_active", "manager_team"})
+
+
 def manager_frame(f: FeatureFrame) -> SubFrame:
     """One row per active manager (manager-level rules such as overdue_tasks)."""
     got = f.memo.get("frame:manager")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from typing import Annotated, Any, Literal, Protocol, get_args, get_origin
@@ -307,6 +307,21 @@ class IdSet(Protocol):
 
     def __contains__(self, id: object) -> bool: ...
     def update(self, ids: Iterable[str]) -> None: ...
+
+
+class Known:
+    """Ids stored in a table (any container) and those a load adds: a small write into a large table
+    copies no id set (a backtest's step carrying out a few hundred moves among 100k clients did)."""
+
+    def __init__(self, stored: Container[str]) -> None:
+        self.stored = stored
+        self.added: set[str] = set()
+
+    def __contains__(self, id: object) -> bool:
+        return id in self.added or id in self.stored
+
+    def update(self, ids: Iterable[str]) -> None:
+        self.added.update(ids)
 
 
 def check_batch(b: Batch, seen: set[str], existing_ids: IdSet | None, *, replace: bool) -> None:

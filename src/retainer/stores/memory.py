@@ -66,11 +66,12 @@ class MemoryStore:
     def load(self, batches: Iterable[_ingest.Batch], *, replace: bool = False) -> dict[str, int]:
         """Write validated batches atomically: all of them, or nothing when one is bad."""
         staged: list[_ingest.Batch] = []
-        known = {e: set(self._facts[e]) for e in ("managers", "clients")}
+        known = {e: _ingest.Known(self._facts[e]) for e in ("managers", "clients")}
         seen: dict[str, set[str]] = {}
         pending: _ingest.Pending = []
         for b in batches:
-            _ingest.check_batch(b, seen.setdefault(b.entity, set()), set(self._facts[b.entity]), replace=replace)
+            stored = _ingest.Known(self._facts[b.entity])
+            _ingest.check_batch(b, seen.setdefault(b.entity, set()), stored, replace=replace)
             _ingest.check_references(b, known, pending)
             if b.entity in known:
                 known[b.entity].update(m.id for m in b.models)
