@@ -450,6 +450,30 @@ def test_a_misspelt_action_type_in_handlers_is_refused_before_anything_is_commit
     assert store.ledger() == [] and store.runs() == []
 
 
+def test_a_handler_class_or_a_function_of_the_wrong_shape_is_refused_before_anything_is_committed(
+    store: Store,
+) -> None:
+    """Found by a new-user review: each action failed at delivery, was retried with backoff, and the run
+    ended as if the CRM were down."""
+
+    class Crm:
+        def handle(self, action: Action) -> None:
+            pass
+
+    def two(action: Action, extra: str) -> None:
+        pass
+
+    crm(store)
+    with pytest.raises(retainer.DispatchError, match=r"for '\*' is the class .*Crm: pass an instance, Crm\(\.\.\.\)"):
+        run(store, handlers=Crm)
+    with pytest.raises(retainer.DispatchError, match=r"for 'create_task' .* must take one argument, the action"):
+        run(store, handlers={"create_task": two})
+    with pytest.raises(retainer.DispatchError, match="must take one argument"):
+        run(store, handlers=lambda: None)
+    assert store.ledger() == [] and store.runs() == []
+    run(store, handlers={"create_task": Crm(), "*": lambda a, *more: None})  # these are fine
+
+
 def test_an_action_committed_earlier_is_cancelled_once_it_must_not_go_out(store: Store) -> None:
     """A message committed on one night and delivered on a later one (the CRM was down) is looked at
     again: a client who asked not to be contacted since gets nothing, and a reminder for an invoice paid

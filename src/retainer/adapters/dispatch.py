@@ -9,6 +9,7 @@ backoff take no time.
 from __future__ import annotations
 
 import heapq
+import inspect
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -108,6 +109,24 @@ def handler_name(h: Any) -> str:
     return repr(h) if type(h).__repr__ is not object.__repr__ else type(h).__qualname__
 
 
+def _check_signature(name: str, h: Any) -> None:
+    """A handler's mistakes that every delivery would repeat, found before anything is committed: a class
+    passed for an instance, a function that does not take one action. Found at delivery instead, each
+    action would fail, be retried with backoff, and look like a CRM that is down."""
+    fn = h.fn if isinstance(h, CallbackHandler) else h.handle
+    cls = h if isinstance(h, type) else fn if isinstance(fn, type) else None
+    if cls is not None:
+        raise DispatchError(f"handler for {name!r} is the class {cls.__qualname__}: "
+                            f"pass an instance, {cls.__name__}(...)")  # fmt: skip
+    try:
+        inspect.signature(fn).bind(object())
+    except TypeError as exc:
+        raise DispatchError(f"handler for {name!r} ({handler_name(h)}) must take one argument, the action: "
+                            f"{exc}") from None  # fmt: skip
+    except ValueError:
+        pass  # a builtin without a signature: trusted
+
+
 def _as_handler(h: Any) -> Any:
     """A plain function `fn(action)` is a handler too (wrapped in CallbackHandler); anything else as is."""
     return h if hasattr(h, "handle") or not callable(h) else CallbackHandler(h)
@@ -140,6 +159,7 @@ class Dispatcher:
                 raise DispatchError(
                     f"handler for {name!r} is neither a function fn(action) nor has a handle(action) method: {h!r}"
                 )
+            _check_signature(name, h)
         self.store = store
         self.retry = retry or Retry()
         self.clock = clock
