@@ -74,9 +74,11 @@ def down_url() -> str:
 
 def test_failed_delivery_goes_dead_with_its_cause_then_replay(db: str, tmp_path: Path) -> None:
     url = down_url()
-    code, report, _ = go(db, "--handler", f"webhook:{url}", "--max-attempts", "2", "--retry-delay", "0")
+    code, report, stderr = go(db, "--handler", f"webhook:{url}", "--max-attempts", "2", "--retry-delay", "0")
     assert code == 1  # some actions went dead: cron sees a failure
     dead = ledger(db, "--status", "dead")
+    # and its log, with JSON on stdout, says so in one line
+    assert f"error: {len(dead)} action(s) dead, 0 left for the next run; see `retainer actions list" in stderr
     assert len(dead) == report["counts"]["new"] == report["counts"]["dead"] > 0
     assert all(e["attempts"] == 2 and e["last_error"].startswith(f"ConnectionError: POST {url} failed") for e in dead)
     table = run("run", "-r", str(RULES), "-d", db, "--as-of", "2026-03-01")

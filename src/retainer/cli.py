@@ -457,6 +457,11 @@ def run(
     for w in report.plan.warnings[:10]:
         err.print(f"[yellow]warning:[/] {_e(w)}", highlight=False)
     if not report.ok:
+        d = report.dispatch
+        assert d is not None
+        if fmt == "json":  # the table said it already; a cron log of JSON needs the one line that matters
+            err.print(f"[red]error:[/] {len(d.dead):,} action(s) dead, {len(d.failed) + d.left:,} left for the next "
+                      f"run; see `retainer actions list --data {_e(data)} --status dead`", highlight=False)  # fmt: skip
         raise typer.Exit(1)
 
 
