@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from datetime import UTC
 from pathlib import Path
@@ -50,6 +51,29 @@ def test_unknown_column_names_file_line_1(tmp_path: Path) -> None:
     with pytest.raises(retainer.DataError) as e:
         import_data(d, retainer.open_store("memory://"))
     assert str(e.value).startswith(f"{d / 'clients.csv'}:1 field contactpolicy: unknown column")
+
+
+@pytest.mark.parametrize(
+    ("sep", "hint"),
+    [(";", "the header looks separated by ';': retainer reads comma-separated CSV"),
+     ("\t", "the header looks separated by '\\t': retainer reads comma-separated CSV")],
+)
+def test_a_csv_separated_by_something_else_says_so(tmp_path: Path, sep: str, hint: str) -> None:
+    """Excel's default in many locales is ';'."""
+    d = tmp_path / "d"
+    shutil.copytree(CRM, d)
+    (d / "clients.csv").write_text((d / "clients.csv").read_text().replace(",", sep))
+    with pytest.raises(retainer.DataError, match=re.escape(hint)):
+        import_data(d, retainer.open_store("memory://"))
+
+
+def test_a_trailing_comma_in_the_header_says_so(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    shutil.copytree(CRM, d)
+    lines = (d / "clients.csv").read_text().splitlines()
+    (d / "clients.csv").write_text("\n".join([lines[0] + ","] + [x + "," for x in lines[1:]]) + "\n")
+    with pytest.raises(retainer.DataError, match=r"clients\.csv:1: unknown column ''; an empty column name"):
+        import_data(d, retainer.open_store("memory://"))
 
 
 def test_a_column_twice_in_the_header_is_refused(tmp_path: Path) -> None:

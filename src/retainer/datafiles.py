@@ -88,12 +88,11 @@ def _csv_rows(path: Path, entity: str) -> tuple[list[str], Iterator[tuple[int, l
     for h in header:
         if h not in fields:
             f.close()
-            raise DataError(
-                f"unknown column {h!r}; valid columns: {', '.join(ENTITIES[entity].model_fields)}",
-                file=str(path),
-                row=1,
-                field=h,
-            )
+            sep = next((c for c in ";\t|" if c in h), None)
+            hint = (f"; the header looks separated by {sep!r}: retainer reads comma-separated CSV" if sep
+                    else "; an empty column name (a comma at the end of the header?)" if not h
+                    else f"; valid columns: {', '.join(ENTITIES[entity].model_fields)}")  # fmt: skip
+            raise DataError(f"unknown column {h!r}{hint}", file=str(path), row=1, field=h)
     if "id" not in header:
         f.close()
         raise DataError("the header has no 'id' column", file=str(path), row=1)

@@ -328,7 +328,7 @@ def check_batch(b: Batch, seen: set[str], existing_ids: IdSet | None, *, replace
     """Duplicate ids inside one write, or (for add) against what is stored, are errors."""
     for n, m in enumerate(b.models):
         if m.id in seen:
-            raise DataError("duplicate id in the same batch", id=m.id, field="id", **b.where(n))
+            raise DataError("duplicate id: an earlier row of this load has it too", id=m.id, field="id", **b.where(n))
         seen.add(m.id)
         if not replace and existing_ids is not None and m.id in existing_ids:
             raise DataError(
