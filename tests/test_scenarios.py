@@ -154,6 +154,8 @@ def test_steps_commit_so_a_new_episode_is_new(tmp_path: Path) -> None:
          "t.scenario.yaml:5: clients: field created_at: invalid date/time '-5x'"),
         (f"rules: {ONE}\nsteps:\n  - as_of: 2026-13-01\n", "t.scenario.yaml:3: invalid value '2026-13-01'"),
         (f"rules: {ONE}\nsteps:\n  - as_of: March 1st\n", "step 1: invalid as_of 'March 1st'"),
+        (f"rules: {ONE}\nsteps:\n  - as_of: 2026-03-01\n  - as_of: 2026-01-01\n",
+         "step 2: as_of 2026-01-01 is before step 1's (2026-03-01); steps go forward in time"),
         ("- just a list\n", "t.scenario.yaml:1: a scenario is a mapping"),
     ],
 )

@@ -617,7 +617,7 @@ def backtest(
     data: SourceOpt,
     start: Annotated[str, typer.Option("--from", help="First date replayed.")],
     end: Annotated[str, typer.Option("--to", help="Last date replayed.")],
-    step: Annotated[str, typer.Option("--step", help="1d (nightly runs), 1w, 1mo.")] = "1d",
+    step: Annotated[str, typer.Option("--step", help="Days, weeks or months: 1d (nightly runs), 1w, 2w, 1mo.")] = "1d",
     method: Annotated[
         str, typer.Option("--method", help="sweep (re-evaluate only what can change) or replan (full runs).")
     ] = "sweep",

@@ -334,6 +334,9 @@ class Scenario:
             a = parse_as_of(as_of, self.rules.tz)
         except ValueError as exc:
             raise RetainerError(f"step {len(self.steps) + 1}: invalid as_of {as_of!r}") from exc
+        if self.steps and a.instant < (last := self.steps[-1].as_of).instant:  # the ledger would hold the future
+            raise RetainerError(f"step {len(self.steps) + 1}: as_of {a.date} is before step {len(self.steps)}'s "
+                                f"({last.date}); steps go forward in time, as nights do")  # fmt: skip
         for rows, lines, path in self._pending:
             self._add(rows, a, lines, path, replace=bool(path) and path[-1] == "upsert")
         self._pending.clear()
