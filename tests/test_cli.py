@@ -352,3 +352,19 @@ def test_brackets_in_messages_and_tables_are_shown_not_read_as_markup(tmp_path: 
     rules.write_text("version: 1\nrules:\n  - {id: f, kind: forgotten, after: 30d}\n")
     r = run("plan", "-r", str(rules), "-d", str(tmp_path / "d"), "--as-of", "2026-03-01", "-f", "table")
     assert r.returncode == 0 and "[vip]c1" in r.stdout, r.stdout
+
+
+def test_import_archive_missing(tmp_path: Path) -> None:
+    db = tmp_path / "crm.db"
+    assert run("import", str(CRM), "--to", f"sqlite:///{db}").returncode == 0
+    export = tmp_path / "export"
+    shutil.copytree(CRM, export)
+    rows = (export / "clients.csv").read_text().splitlines()
+    (export / "clients.csv").write_text("\n".join(rows[:-1]) + "\n")  # the last client was deleted in the CRM
+    r = run("import", str(export), "--to", f"sqlite:///{db}", "--archive-missing")
+    assert r.returncode == 2 and "--archive-missing needs --replace" in r.stderr
+    r = run("import", str(export), "--to", f"sqlite:///{db}", "--replace", "--archive-missing")
+    assert r.returncode == 0 and "archived 1 client(s) the export no longer lists" in r.stderr
+    with sqlite3.connect(db) as con:
+        assert con.execute("select status from clients where id = ?", [rows[-1].split(",")[0]]).fetchone() == (
+            "archived",)

@@ -240,3 +240,32 @@ def test_an_amount_paid_without_its_date_is_a_data_error(tmp_path: Path) -> None
     with pytest.raises(retainer.DataError, match="paid_amount needs paid_at"):
         retainer.open_store("memory://").add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
                                              invoices=[row])  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_a_full_export_archives_the_clients_it_no_longer_lists(tmp_path: Path, backend: str) -> None:
+    """Found by a new-user review: a client deleted in the CRM stayed in the store after the nightly
+    `import --replace` and kept getting tasks and reassignments."""
+    from conftest import make_store
+
+    store = make_store(backend, tmp_path)
+    import_data(CRM, store)
+    rules = retainer.load_rules(ROOT / "examples" / "rules" / "retention.yaml")
+    planned = {a.client_id for a in retainer.Engine(rules, store).plan("2026-03-01").actions}
+    gone = sorted(planned)[0]  # a client tonight's plan acts on, then deleted in the CRM
+    d = tmp_path / "export"
+    shutil.copytree(CRM, d)
+    rows = (d / "clients.csv").read_text().splitlines()
+    (d / "clients.csv").write_text("\n".join(r for r in rows if not r.startswith(gone + ",")) + "\n")
+    kept = import_data(d, store, replace=True)  # without the option: nothing is deleted, as before
+    assert "archived" not in kept and store.get("clients", gone).status != "archived"  # type: ignore[union-attr]
+    counts = import_data(d, store, replace=True, archive_missing=True)
+    assert counts["archived"] == 1 and counts["clients"] == len(rows) - 2
+    assert store.get("clients", gone).status == "archived"  # type: ignore[union-attr]
+    assert gone not in {a.client_id for a in retainer.Engine(rules, store).plan("2026-03-01").actions}
+    with (CRM / "touches.csv").open(newline="") as f:  # its history stays
+        assert [t.id for t in store.iter("touches") if t.client_id == gone] == [  # type: ignore[attr-defined]
+            r["id"] for r in csv.DictReader(f) if r["client_id"] == gone]
+    assert import_data(d, store, replace=True, archive_missing=True)["archived"] == 0  # archived once
+    with pytest.raises(retainer.DataError, match="archive_missing needs replace"):
+        import_data(d, store, archive_missing=True)

@@ -784,6 +784,8 @@ def import_(
     ] = None,
     rules: Annotated[Path | None, typer.Option("--rules", "-r", help="Take the time zone from this rule file.")] = None,
     replace: Annotated[bool, typer.Option(help="Replace rows whose id already exists.")] = False,
+    archive_missing: Annotated[bool, typer.Option(
+        "--archive-missing", help="With --replace: archive stored clients the export no longer lists.")] = False,
 ) -> None:
     """Validate a data folder and load it into a store, all or nothing."""
     from .datafiles import import_data
@@ -797,6 +799,8 @@ def import_(
         _fail(str(exc))
     if not src.is_dir():
         _fail(f"data folder not found: {src}")
+    if archive_missing and not replace:
+        _fail("--archive-missing needs --replace: it is for a full export loaded over the store")
     t0 = time.perf_counter()
     try:
         store = open_store(to, timezone=tz)
@@ -804,7 +808,7 @@ def import_(
         _fail(str(exc))
     try:
         with err.status(f"importing {src} into {to} ..."):
-            counts = import_data(src, store, replace=replace)
+            counts = import_data(src, store, replace=replace, archive_missing=archive_missing)
     except (DataError, StoreError) as exc:
         store.close()
         _remove_if_created(store)
@@ -814,12 +818,15 @@ def import_(
         _remove_if_created(store)
         raise
     store.close()
+    archived = counts.pop("archived", None)
     total = sum(counts.values())
     err.print(
         f"[green]imported[/] {total:,} rows in {time.perf_counter() - t0:.1f}s: "
         + ", ".join(f"{k} {v:,}" for k, v in counts.items()),
         highlight=False,
     )
+    if archived is not None:
+        err.print(f"archived {archived:,} client(s) the export no longer lists", highlight=False)
 
 
 def _remove_if_created(store: object) -> None:

@@ -170,9 +170,38 @@ def read_batches(folder: str | Path, tz: tzinfo, *, chunk: int = CHUNK) -> Itera
             )
 
 
-def import_data(folder: str | Path, store: Store, *, replace: bool = False) -> dict[str, int]:
-    """Load a data folder into a store atomically; returns rows per entity."""
-    return store.load(read_batches(folder, store.tz), replace=replace)  # type: ignore[attr-defined]
+def import_data(
+    folder: str | Path, store: Store, *, replace: bool = False, archive_missing: bool = False
+) -> dict[str, int]:
+    """Load a data folder into a store atomically; returns rows per entity.
+
+    `archive_missing` (with `replace`, for a full export loaded every night): a stored client the folder's
+    clients file does not list any more (deleted or merged in the CRM) is archived, in the same load, so
+    it gets no more actions; its history stays. `"archived"` in the result counts them. Without it, such
+    a client stays as it was, since an import never deletes."""
+    if archive_missing and not replace:
+        raise DataError("archive_missing needs replace: it is for a full export loaded over the store")
+    batches = read_batches(folder, store.tz)
+    if not archive_missing or "clients" not in data_files(Path(folder)):
+        return store.load(batches, replace=replace)  # type: ignore[attr-defined,no-any-return]
+    archived: list[Any] = []
+    counts: dict[str, int] = store.load(_archiving(batches, store, archived), replace=True)  # type: ignore[attr-defined]
+    counts["clients"] -= len(archived)
+    counts["archived"] = len(archived)
+    return counts
+
+
+def _archiving(batches: Iterator[Batch], store: Store, archived: list[Any]) -> Iterator[Batch]:
+    """`batches`, then the stored clients they did not list, archived (a last batch of the same load)."""
+    listed: set[str] = set()
+    for b in batches:
+        if b.entity == "clients":
+            listed.update(m.id for m in b.models)
+        yield b
+    archived += [c.model_copy(update={"status": "archived"}) for c in store.iter("clients")  # type: ignore[attr-defined]
+                 if c.id not in listed and c.status != "archived"]  # fmt: skip
+    if archived:
+        yield Batch("clients", archived, "(clients missing from the import: archived)")
 
 
 def open_source(src: str, tz: tzinfo) -> Store:
