@@ -1,4 +1,5 @@
-"""Every fenced code block in docs/*.md is run or validated according to its language, so the docs never lie.
+"""Every fenced code block in docs/*.md and README.md is run or validated according to its language, so the
+docs never lie.
 
 Each page gets its own temporary directory holding a copy of examples/, and its blocks run there in
 order, sharing state (Python names, files such as `crm.db`):
@@ -40,6 +41,7 @@ from retainer.testing import run_scenario_file
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.glob("*.md"))
+README = ROOT / "README.md"
 
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$")
 NO_RUN = re.compile(r"^\s*<!--\s*no-run:(?P<reason>.*?)-->\s*$")
@@ -232,7 +234,7 @@ HANDLERS.update(dict.fromkeys(SHELLS, run_shell))
 # ---------------------------------------------------------------- tests
 
 
-@pytest.mark.parametrize("path", PAGES, ids=[p.name for p in PAGES])
+@pytest.mark.parametrize("path", [*PAGES, README], ids=[p.name for p in [*PAGES, README]])
 def test_page_blocks(
     path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
