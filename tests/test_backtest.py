@@ -19,6 +19,7 @@ from retainer.datafiles import import_data
 from retainer.model import ENTITIES
 from retainer.synth import generate
 
+ROOT = Path(__file__).resolve().parents[1]
 FR = {"rules": [{"id": "forgotten", "kind": "forgotten", "after": "60d"},
                 {"id": "release", "kind": "release", "forgotten_rule": "forgotten", "grace": "14d"}]}  # fmt: skip
 
@@ -200,3 +201,21 @@ def test_a_backtest_ledger_records_its_actions_as_delivered_in_the_commit(tmp_pa
     assert {(e.status, e.attempts, e.updated_at) for e in entries} == {("done", 1, a.instant)}
     assert overlay.ledger(status=["pending", "failed"]) == []
     assert store.ledger() == []  # the store's own ledger is never written
+
+
+def test_a_step_longer_than_a_night_says_what_it_does_to_daily_limits(tmp_path: Path) -> None:
+    """Found by a new-user review: a weekly backtest let each manager's daily limit act once a week and
+    understated their tasks by a fifth, silently."""
+    from retainer.backtest import step_notes
+
+    limited = retainer.load_rules({**FR, "policies": {"manager_daily_task_limit": 3}})
+    assert step_notes(limited, "1w") == [
+        "each --step 1w is one night's run: manager_daily_task_limit (3) limit one step, not one day, so the counts "
+        "are lower than nightly runs would give; use --step 1d"]  # fmt: skip
+    assert step_notes(limited, "1d") == [] and step_notes(retainer.load_rules(FR), "1mo") == []
+    rules = tmp_path / "r.yaml"
+    rules.write_text(json.dumps({**FR, "policies": {"caps": [{"category": "retention", "limit": 1, "per": "1d"}]}}))
+    r = run("backtest", "-r", str(rules), "-d", str(ROOT / "examples" / "crm"), "--from", "2026-02-01", "--to",
+            "2026-03-01", "--step", "1w", "-f", "json")  # fmt: skip
+    assert r.returncode == 0
+    assert "note: r.yaml: each --step 1w is one night's run: caps[0] (per 1d, rolling)" in r.stderr

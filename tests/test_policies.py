@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from test_cli import SCRIPT
 
 import retainer
 from retainer.plan import Plan
@@ -462,3 +466,22 @@ def test_explain_says_what_the_full_plan_may_decide_otherwise(store: Store) -> N
     assert engine_for({"version": 1, "rules": [rule("call", TASK)]}, store).explain("c2", day(1)).note is None
     move = {"version": 1, "rules": [rule("move", {"reassign": {"strategy": "least_loaded"}})]}
     assert "the new manager" in (engine_for(move, store).explain("c1", day(1)).note or "")
+
+
+def test_a_cap_that_can_hold_back_none_of_the_rules_actions_is_pointed_out(tmp_path: Path) -> None:
+    """Found by a new-user review: an analyst's "with caps" variant had an any_outbound cap over rules that
+    only create tasks, so it changed nothing, and nothing said so."""
+    from retainer.policies import idle_caps
+
+    tasks = [{"id": "f", "kind": "forgotten", "after": "60d"}]
+    caps = [{"channel": "any_outbound", "limit": 2, "per": "30d"}, {"category": "retention", "limit": 1, "per": "7d"}]
+    rs = retainer.load_rules({"rules": tasks, "policies": {"caps": caps}})
+    assert idle_caps(rs) == ["policies.caps[0] (channel any_outbound) can hold back none of these rules' actions: "
+                             "a channel cap limits notify_client actions (and, for any_outbound, outbound offers), "
+                             "not tasks"]  # fmt: skip
+    mail = [*tasks, {"id": "w", "kind": "forgotten", "after": "90d", "then": [{"notify_client": {"template": "x"}}]}]
+    assert idle_caps(retainer.load_rules({"rules": mail, "policies": {"caps": caps}})) == []
+    f = tmp_path / "r.yaml"
+    f.write_text(yaml.safe_dump({"rules": tasks, "policies": {"caps": caps}}))
+    r = subprocess.run([SCRIPT, "validate", str(f)], capture_output=True, text=True)
+    assert r.returncode == 0 and "note: policies.caps[0] (channel any_outbound) can hold back none" in r.stderr

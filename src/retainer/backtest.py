@@ -136,6 +136,23 @@ def steps_between(start: date, end: date, step: str) -> list[date]:
     return out
 
 
+def step_notes(rules: RuleSet, step: str) -> list[str]:
+    """What a step longer than a night changes for the counts: each step is one run, so a daily limit or a
+    daily cap allows its quota once a step (a weekly backtest understated a manager's tasks by a fifth)."""
+    try:
+        d = parse_duration(step)
+    except ValueError:
+        return []  # steps_between says why
+    if d.months == 0 and d.days <= 1:
+        return []
+    p = rules.file.policies
+    daily = [f"manager_daily_task_limit ({p.manager_daily_task_limit})"] if p.manager_daily_task_limit else []
+    daily += [f"caps[{i}] (per {c.per}, {c.window})" for i, c in enumerate(p.caps)
+              if c.per.months == 0 and c.per.days <= 1 and not c.per.hours]  # fmt: skip
+    return [f"each --step {step} is one night's run: {', '.join(daily)} limit one step, not one day, so the "
+            "counts are lower than nightly runs would give; use --step 1d"] if daily else []  # fmt: skip
+
+
 def _managers_of(a: Action, client_manager: Mapping[str, str]) -> list[tuple[str, str]]:
     """(manager, what it means for them) for one action: the load it puts on people."""
     match a.type:

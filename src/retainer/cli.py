@@ -178,6 +178,10 @@ def validate(rules: Annotated[Path, typer.Argument(help="Rule file (YAML or JSON
     for d in rs.file.rules:
         if not d.enabled:
             out.print(f"  {d.id:<24} {d.kind:<13} {d.category:<11} (disabled)", highlight=False, markup=False)
+    from .policies import idle_caps
+
+    for note in idle_caps(rs):
+        err.print(f"[yellow]note:[/] {_e(note)}", highlight=False)
 
 
 @app.command()
@@ -646,8 +650,12 @@ def backtest(
         store = open_source(data, sets[0][1].tz)
     except (DataError, StoreError) as exc:
         _fail(str(exc))
+    from .backtest import step_notes
+
     results = []
     for path, rs in sets:
+        for note in step_notes(rs, step):
+            err.print(f"[yellow]note:[/] {_e(path.name)}: {_e(note)}", highlight=False)
         label = path.name if not compare or path.name != compare.name else str(path)
         try:
             with err.status(f"backtesting {label} ...") as status:

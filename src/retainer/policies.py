@@ -26,6 +26,7 @@ from .stores.base import AggSpec, Pred
 if TYPE_CHECKING:
     from .ledger import LedgerEntry
     from .rules.features import FeatureFrame
+    from .rules.loader import RuleSet
     from .rules.schema import Cap, Policies
     from .stores.base import Store
     from .timeutil import AsOf
@@ -150,6 +151,21 @@ def _capped(cap: Cap, type_: str, category: str, fields: dict[str, Any]) -> bool
     if type_ == "propose_offer":
         return fields.get("deliver", "outbound") == "outbound" and cap.channel == "any_outbound"
     return False
+
+
+def idle_caps(rules: RuleSet) -> list[str]:
+    """Caps that can hold back none of the rule set's actions: an `any_outbound` cap over rules that only
+    create tasks has no effect, and a rule author comparing "with and without caps" should hear so."""
+    out = []
+    for i, cap in enumerate(rules.file.policies.caps):
+        if not any(_capped(cap, spec.type, r.category, {"channel": getattr(spec.params, "channel", None),
+                                                          "deliver": getattr(spec.params, "deliver", None)})
+                   for r in rules.rules for spec in r.then):  # fmt: skip
+            scope = f"category {cap.category}" if cap.category else f"channel {cap.channel}"
+            what = ("a category cap limits that category's tasks, messages and offers" if cap.category else
+                    "a channel cap limits notify_client actions (and, for any_outbound, outbound offers), not tasks")
+            out.append(f"policies.caps[{i}] ({scope}) can hold back none of these rules' actions: {what}")
+    return out
 
 
 def _fields(a: Action) -> dict[str, Any]:
