@@ -51,9 +51,13 @@ def test_digest_sections() -> None:
     titles = [s.title for s in d.sections]
     assert titles[:3] == ["Forgotten clients per manager", "Longest forgotten (top 30)", "Releases"]
     forgotten = d.sections[0]
-    assert forgotten.rows == [["Anna (m1)", 2]]  # c1 (tasked by the earlier run) and c2 (new today)
+    # c2 is new today; c1, tasked and released by the earlier run, is Ivan's now, though the data says Anna's
+    assert forgotten.rows == [["Anna (m1)", 1], ["Ivan (m2)", 1]]
+    assert [r[:2] for r in d.sections[1].rows] == [["Acme (c1)", "Ivan (m2)"], ["Borey (c2)", "Anna (m1)"]]
     releases = d.sections[2]
-    assert releases.rows == [["Acme (c1)", "Anna (m1)", "Ivan (m2)", "release"]]  # from the ledger: whom it went to
+    # from the ledger: whom it went to, and when
+    assert releases.rows == [["Acme (c1)", "Anna (m1)", "Ivan (m2)", "release", "2026-03-01"]]
+    assert releases.note == "0 client(s) released to a more responsive manager tonight, 1 earlier and still forgotten."
     debtors = next(s for s in d.sections if s.title.startswith("Debtors"))
     # i1 fully overdue, i2 partly paid; i3 not yet due
     assert debtors.rows == [["Vega (c3)", "Ivan (m2)", Decimal("1400.50"), "2026-01-20", 41]]
@@ -161,3 +165,13 @@ def test_markdown_cells_show_crm_names_as_text() -> None:
     engine = retainer.Engine(FR, store)
     engine.run("2026-03-01")  # once a run has committed actions, the delivery note says how to list dead ones
     assert "`retainer actions list --data DB --status dead`" in digest(engine, "2026-03-02").to_markdown()
+
+
+def test_releases_due_tonight_come_first_with_their_date() -> None:
+    store = crm()
+    store.add(clients=[{"id": "c10", "manager_id": "m1"}],
+              touches=[{"id": "t10", "client_id": "c10", "at": "2025-12-01T10:00:00", "kind": "call"}])  # fmt: skip
+    d = digest(retainer.Engine(FR, store), "2026-03-01")  # nothing committed: c1 and c10 are released tonight
+    releases = d.sections[2]
+    assert [(r[0], r[4]) for r in releases.rows] == [("Acme (c1)", "2026-03-01"), ("c10", "2026-03-01")]
+    assert releases.note.startswith("2 client(s) released to a more responsive manager tonight, 0 earlier")

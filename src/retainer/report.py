@@ -104,6 +104,19 @@ def digest(engine: Engine, as_of: str | date | datetime, *, top: int = 30, label
     held = [(s.action, s) for s in plan.suppressed if s.reason_code != "duplicate"]
     sections: list[Section] = []
 
+    # releases: tonight's, and those committed earlier (duplicates now) with whom they went to and when
+    moves = [x for x in due if x.type == "reassign"]
+    new = {x.id for x in plan.actions if x.type == "reassign"}
+    earlier = {e.id: e for e in store.ledger(ids=[x.id for x in moves if x.id not in new])}  # type: ignore[attr-defined]
+    released = [(earlier[x.id].action if x.id in earlier else x,
+                 earlier[x.id].as_of if x.id in earlier else plan.as_of) for x in moves]  # fmt: skip
+    # a release the CRM has not carried out yet: the client is its new manager's (the data says the old one)
+    owner = {x.client_id: x.to_manager_id for x, _ in released  # type: ignore[attr-defined]
+             if x.client_id in clients and clients[x.client_id].manager_id == x.from_manager_id}  # type: ignore[attr-defined]
+
+    def manager_of(cid: str | None) -> str:
+        return owner.get(cid) or (clients[cid].manager_id if cid in clients else "?")  # type: ignore[index]
+
     # forgotten clients per manager: every client a forgotten-kind rule matches today, once, whatever the
     # rule's actions (a task, a note to the manager, two of them) and however many forgotten rules match it
     def days(x: Action) -> int:
@@ -116,7 +129,7 @@ def digest(engine: Engine, as_of: str | date | datetime, *, top: int = 30, label
             first.setdefault(x.client_id, x)
     forgotten: dict[str, list[Action]] = defaultdict(list)
     for cid, x in first.items():
-        forgotten[clients[cid].manager_id if cid in clients else "?"].append(x)
+        forgotten[manager_of(cid)].append(x)
     per_manager = sorted(((name(m), len(xs)) for m, xs in forgotten.items()), key=lambda kv: (-kv[1], kv[0]))
     longest = sorted(first.values(), key=lambda x: (-days(x), x.client_id or ""))[:top]
     sections.append(Section(
@@ -128,23 +141,25 @@ def digest(engine: Engine, as_of: str | date | datetime, *, top: int = 30, label
     ))  # fmt: skip
     sections.append(Section(
         f"Longest forgotten (top {top})", ["client", "manager", "days without activity", "threshold"],
-        [[_client(clients, x.client_id), name(clients[x.client_id].manager_id) if x.client_id in clients else "?",
-          int(x.evidence.get("days_since_activity") or 0), x.evidence.get("threshold", "")] for x in longest],
+        [[_client(clients, x.client_id), name(manager_of(x.client_id)), int(x.evidence.get("days_since_activity") or 0),
+          x.evidence.get("threshold", "")] for x in longest],
     ))  # fmt: skip
 
-    # releases, and the clients nobody could take
-    moves = [x for x in due if x.type == "reassign"]
-    earlier = {e.id: e.action for e in store.ledger(ids=[x.id for x in moves if x.to_manager_id is None])}  # type: ignore[attr-defined]
-    moves = [earlier.get(x.id, x) for x in moves]  # a release committed earlier: whom it went to
+    # releases (tonight's first, then the latest), and the clients nobody could take
+    released.sort(key=lambda xa: (-xa[1].timestamp(), _natural(xa[0].client_id)))
+    tonight = sum(1 for _, at in released if at == plan.as_of)
     stuck = [(x, s) for x, s in held if x.type == "reassign"]
+    note = (f"{tonight} client(s) released to a more responsive manager tonight, {len(released) - tonight} "
+            "earlier and still forgotten.")  # fmt: skip
+    if stuck:
+        note += (f" {len(stuck)} could not be released ("
+                 + ", ".join(f"{k}: {v}" for k, v in Counter(s.reason_code for _, s in stuck).items()) + ").")
     sections.append(Section(
-        "Releases", ["client", "from", "to", "rule"],
+        "Releases", ["client", "from", "to", "rule", "released on"],
         [[_client(clients, x.client_id), name(x.from_manager_id), name(x.to_manager_id) if x.to_manager_id  # type: ignore[attr-defined]
-          else "(committed earlier)", x.rule] for x in moves[:top]],
-        note=f"{len(moves)} client(s) released to a more responsive manager; {len(stuck)} could not be "
-             "released (" + ", ".join(f"{k}: {v}" for k, v in Counter(s.reason_code for _, s in stuck).items())
-             + ")" if stuck else f"{len(moves)} client(s) released to a more responsive manager.",
-    ))
+          else "?", x.rule, at.astimezone(a.tz).date().isoformat()] for x, at in released[:top]],
+        note=note,
+    ))  # fmt: skip
 
     esc = [x for x in due if x.type == "escalate"]
     untold = Counter(x.about_manager_id for x, s in held  # type: ignore[attr-defined]
@@ -201,6 +216,11 @@ def digest(engine: Engine, as_of: str | date | datetime, *, top: int = 30, label
              "`retainer actions list --data DB --status dead`." if statuses else "No run has committed actions yet.",
     ))  # fmt: skip
     return Digest(plan.as_of, label, sections)
+
+
+def _natural(cid: str | None) -> tuple[Any, ...]:
+    """c22 before c100: ids sorted by their text and numbers, as a person reads them."""
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", cid or ""))
 
 
 def _client(clients: dict[str, Any], cid: str | None) -> str:
