@@ -198,6 +198,18 @@ def test_restart_resumes_a_dunning_ladder(store: Store, tmp_path: Path) -> None:
     assert len(r.cancelled) == 2  # no handlers: both steps were still pending
 
 
+def test_a_partly_paid_invoice_keeps_its_ladder_when_a_session_adopts_it(store: Store) -> None:
+    """The session's `invoice_paid` event and the dispatcher keep a partly paid ladder going; adopting it from
+    the ledger treated any payment as paid in full, so the session lost the process."""
+    retainer.Engine(retainer.load_rules(RULES), store).run(at(53))  # the nightly run's first dunning step
+    inv = store.get("invoices", "due")
+    assert inv is not None
+    store.upsert(invoices=[{**inv.model_dump(), "paid_at": at(54), "paid_amount": "1"}])
+    assert Session(RULES, store).process_states("c1") == {"debtor:c1:due:dunning": ("debtor~dunning", "step_3d")}
+    store.upsert(invoices=[{**inv.model_dump(), "paid_at": at(54)}])  # paid in full: nothing left to chase
+    assert Session(RULES, store).process_states("c1") == {}
+
+
 # ---------------------------------------------------------------- win-back and next_inbound offers
 
 

@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -46,6 +46,8 @@ from .rules.features import norm_reason
 from .rules.loader import RuleSet, load_rules
 from .stores.base import ManagerLoads, Store, virtual_value
 from .timeutil import AsOf
+
+_END_OF_TIME = datetime.max.replace(tzinfo=UTC)
 
 __all__ = ["EVENT_TYPES", "Chart", "Reaction", "ReactiveError", "Session", "Transition", "charts_for"]
 
@@ -616,7 +618,9 @@ class Session:
                 for suffix, st in deb.steps.items():
                     if ep.endswith(suffix):
                         inv = self.store.get("invoices", ep[: -len(suffix)])
-                        if inv is not None and getattr(inv, "paid_at", None) is None:
+                        # still owed, as far as the store knows: a partly paid invoice's ladder goes on, as
+                        # the invoice_paid event and the dispatcher have it
+                        if inv is not None and virtual_value("invoices", "outstanding", inv, _END_OF_TIME) > 0:
                             sid = self._debtor_sid(deb, client_id, ep[: -len(suffix)])
                             have = procs.get(sid)
                             order = list(deb.steps.values())
