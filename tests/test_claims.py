@@ -23,8 +23,9 @@ import pytest
 
 import retainer
 from retainer.actions import Action
-from retainer.adapters import Dispatcher
-from retainer.ledger import FOREIGN_CLAIM_LEASE, LedgerEntry, _start_time, claim_alive, claim_holder, delivering
+from retainer.adapters import Dispatcher, Retry
+from retainer.adapters.dispatch import replay
+from retainer.ledger import CLAIM_LEASE, LedgerEntry, _start_time, claim_alive, claim_holder, delivering
 from retainer.testing import RecordingHandler
 
 RULES = {"rules": [{"id": "forgotten", "kind": "forgotten", "after": "60d"}]}
@@ -62,24 +63,29 @@ def test_a_claim_of_this_process_holds_while_it_delivers(store: Any) -> None:
 
 def test_a_claim_lives_as_long_as_its_process(store: Any) -> None:
     e = claimed(store)
-    now = datetime.now(UTC)
-    host = socket.gethostname()
+    now = e.updated_at + timedelta(seconds=1)
+    host, ns = claim_holder().split("/")[:2]
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         started = _start_time(child.pid)
-        assert claim_alive(dataclasses.replace(e, claimed_by=f"{host}/{child.pid}/{started}"), now)
+        theirs = dataclasses.replace(e, claimed_by=f"{host}/{ns}/{child.pid}/{started}")
+        assert claim_alive(theirs, now)
+        assert not claim_alive(theirs, e.updated_at + CLAIM_LEASE)  # its result never came: stale after the lease
         if started:  # Linux: a pid reused by another process does not keep the claim
-            assert not claim_alive(dataclasses.replace(e, claimed_by=f"{host}/{child.pid}/1"), now)
+            assert not claim_alive(dataclasses.replace(e, claimed_by=f"{host}/{ns}/{child.pid}/1"), now)
     finally:
         child.kill()
         child.wait()
-    assert not claim_alive(dataclasses.replace(e, claimed_by=f"{host}/{child.pid}/{started}"), now)
+    assert not claim_alive(theirs, now)
 
 
-def test_a_claim_from_another_host_is_trusted_for_a_lease(store: Any) -> None:
-    e = dataclasses.replace(claimed(store), claimed_by="elsewhere/1/1")
-    assert claim_alive(e, e.updated_at + FOREIGN_CLAIM_LEASE - timedelta(seconds=1))
-    assert not claim_alive(e, e.updated_at + FOREIGN_CLAIM_LEASE)
+@pytest.mark.parametrize("token", ["elsewhere/4026531836/1/1", "{host}/4026000000/1/1"],
+                         ids=["another-host", "another-pid-namespace"])  # fmt: skip
+def test_a_claim_whose_process_cannot_be_seen_is_trusted_for_the_lease(store: Any, token: str) -> None:
+    """Two containers of one pod share a host name, not their pids: pid 1 here is not pid 1 there."""
+    e = dataclasses.replace(claimed(store), claimed_by=token.format(host=socket.gethostname()))
+    assert claim_alive(e, e.updated_at + CLAIM_LEASE - timedelta(seconds=1))
+    assert not claim_alive(e, e.updated_at + CLAIM_LEASE)
 
 
 def test_another_thread_leaves_an_action_in_flight_alone(tmp_path: Path) -> None:
@@ -109,6 +115,39 @@ def test_another_thread_leaves_an_action_in_flight_alone(tmp_path: Path) -> None
         session.join(TIMEOUT)
     assert sent == [first]  # the session found the second one delivered meanwhile
     assert [(e.status, e.attempts, e.claimed_by) for e in store.ledger()] == [("done", 1, None)] * 2
+    store.close()
+
+
+def test_a_replay_leaves_an_action_a_session_is_retrying(tmp_path: Path) -> None:
+    """Found by a review: a session retrying a failed action takes no run lock, and a replay reset it and
+    delivered it while the session's second try was still running."""
+    store = retainer.open_store(f"sqlite:///{tmp_path / 'crm.db'}")
+    crm(store, 1)
+    retainer.Engine(RULES, store).run(AS_OF)
+    (e,) = store.ledger()
+    inside, release = threading.Event(), threading.Event()
+    tries: list[str] = []
+
+    def flaky(a: Action) -> None:
+        tries.append(a.id)
+        if len(tries) == 1:
+            raise ConnectionError("down")
+        inside.set()
+        assert release.wait(TIMEOUT)
+
+    retry = Retry(max_attempts=3, base_delay=0)
+    session = threading.Thread(target=lambda: Dispatcher(store, flaky, retry=retry).dispatch_active())
+    session.start()
+    try:
+        assert inside.wait(TIMEOUT)  # its second try is running; the entry is `failed` from the first
+        assert store.ledger()[0].status == "failed"
+        h = RecordingHandler()
+        moved, report = replay(store, [e.id], handlers=h)
+        assert moved == [] and h.ids == [] and report is not None and report.attempts == 0
+    finally:
+        release.set()
+        session.join(TIMEOUT)
+    assert tries == [e.id, e.id] and [(x.status, x.attempts) for x in store.ledger()] == [("done", 2)]
     store.close()
 
 
@@ -196,4 +235,21 @@ def test_a_store_from_before_claims_gets_the_column(tmp_path: Path) -> None:
     h = RecordingHandler()
     retainer.Engine(RULES, store).run(AS_OF, handlers=h)
     assert h.ids == [e.id] and store.ledger()[0].status == "done"
+    store.close()
+
+
+def test_an_action_taken_over_from_a_dead_process_is_retried_by_its_new_dispatcher(tmp_path: Path) -> None:
+    db = tmp_path / "crm.db"
+    store = retainer.open_store(f"sqlite:///{db}")
+    crm(store, 1)
+    retainer.Engine(RULES, store).run(AS_OF)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    host, ns = claim_holder().split("/")[:2]
+    with sqlite3.connect(db) as conn:  # killed mid-delivery: its claim stays
+        conn.execute("UPDATE retainer_actions SET attempts = 1, claimed_by = ?", [f"{host}/{ns}/{child.pid}/1"])
+    h = RecordingHandler(fail=1)
+    report = Dispatcher(store, h, retry=Retry(max_attempts=3, base_delay=0)).dispatch_active()
+    assert report.done and report.attempts == 2  # the retry is checked against its own claim, not the dead one's
+    assert [(e.status, e.attempts, e.claimed_by) for e in store.ledger()] == [("done", 3, None)]
     store.close()

@@ -254,4 +254,6 @@ def test_run_leaves_an_action_another_dispatcher_is_delivering(db: str, tmp_path
     sent = [json.loads(x)["id"] for x in out.read_text().splitlines()]
     assert busy not in sent and len(sent) == first["counts"]["new"] - 1
     (e,) = [e for e in ledger(db) if e["id"] == busy]
-    assert (e["status"], e["attempts"]) == ("pending", 1)
+    assert (e["status"], e["attempts"], e["claimed_by"]) == ("pending", 1, "crm-web-7/31/99")
+    table = run("actions", "list", "-d", db, "-f", "table", "--status", "pending").stdout
+    assert "(deliveringsince" in "".join(c for c in table if c not in "│ \n")  # folded in a narrow terminal

@@ -504,6 +504,8 @@ def actions_list(
             t.add_column(col, overflow="fold", no_wrap=col == "id")  # ids are copied into replay/outcome
         for e in entries:
             status = f"cancelled ({e.cancelled})" if e.cancelled else e.status  # done, but never sent: say so
+            if e.claimed_by and e.status in ("pending", "failed"):  # an attempt began and has not ended
+                status += f" (delivering since {e.updated_at:%Y-%m-%d %H:%M:%S}Z: {e.claimed_by})"
             t.add_row(e.id, e.type, e.client_id, e.rule, status, str(e.attempts), e.last_error or "")
         out.print(t)
 
@@ -536,7 +538,8 @@ def actions_replay(
     err.print(f"requeued {len(moved)} action(s)", highlight=False)
     if ids:
         for e in store.ledger(ids=[i for i in ids if i not in set(moved)]):
-            why = "already delivered: replaying it would duplicate it" if e.status == "done" else "already waiting"
+            why = ("already delivered: replaying it would duplicate it" if e.status == "done" else "already waiting"
+                   if e.status == "pending" else "another dispatcher is delivering it now")  # fmt: skip
             err.print(f"  not requeued: {e.id} is {e.status} ({why})", highlight=False)
     if report is None:
         if moved:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACTIVE",
+    "CLAIM_LEASE",
     "STATUSES",
     "LedgerEntry",
     "RunRecord",
@@ -43,13 +44,25 @@ STATUSES: Final = ("pending", "done", "failed", "dead")
 ACTIVE: Final = ("pending", "failed")
 
 
-#: How long a claim by a process on another host (another container on a shared volume) is trusted: its
-#: liveness cannot be checked from here, and a claim never trusted again would keep its action forever
-FOREIGN_CLAIM_LEASE: Final = timedelta(minutes=10)
+#: How long a claim is trusted at most. A delivery takes seconds (a webhook's timeout is 10 s); a claim older
+#: than this is left from an attempt whose result could not be recorded (the database was locked) by a process
+#: that still runs, or was made where its process cannot be seen (another host, another pid namespace)
+CLAIM_LEASE: Final = timedelta(minutes=10)
 
 _holder: tuple[int, str] | None = None  # (pid, token): recomputed in a forked child
 _delivering: set[str] = set()  # ids this process is delivering now, in any thread
 _delivering_lock = threading.Lock()
+
+
+def _after_fork() -> None:
+    """A forked child delivers nothing its parent was delivering, and must not inherit a held lock."""
+    global _delivering_lock
+    _delivering_lock = threading.Lock()
+    _delivering.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def _start_time(pid: int) -> str:
@@ -61,12 +74,20 @@ def _start_time(pid: int) -> str:
         return ""
 
 
+def _pid_namespace() -> str:
+    """Which pids this process sees (Linux): two containers may share a host name but not their pids."""
+    try:
+        return os.readlink("/proc/self/ns/pid").removeprefix("pid:")
+    except OSError:
+        return ""
+
+
 def claim_holder() -> str:
-    """This process, as the ledger's `claimed_by` names it: host, pid and start time."""
+    """This process, as the ledger's `claimed_by` names it: host, pid namespace, pid and start time."""
     global _holder
     pid = os.getpid()
     if _holder is None or _holder[0] != pid:
-        _holder = (pid, f"{socket.gethostname()}/{pid}/{_start_time(pid)}")
+        _holder = (pid, f"{socket.gethostname()}/{_pid_namespace()}/{pid}/{_start_time(pid)}")
     return _holder[1]
 
 
@@ -84,18 +105,21 @@ def delivering(id: str) -> Iterator[None]:
 
 
 def claim_alive(entry: LedgerEntry, now: datetime) -> bool:
-    """Whether another dispatcher is delivering `entry` right now: its attempt began and has not ended,
-    and the process that began it still runs. Delivering it again here would send it twice; a claim
-    whose process died (killed mid-delivery) is stale, and the action is delivered again, at least once."""
+    """Whether another dispatcher is delivering `entry` right now: its attempt began less than `CLAIM_LEASE`
+    ago and has not ended, and the process that began it still runs (where that can be seen: this host and
+    pid namespace). Delivering it then would send it twice; a claim whose process died (killed
+    mid-delivery) is stale, and the action is delivered again, at least once."""
     token = entry.claimed_by
     if not token:
         return False
     if token == claim_holder():
         return entry.id in _delivering
-    host, _, rest = token.partition("/")
-    pid_text, _, started = rest.partition("/")
-    if host != claim_holder().partition("/")[0] or not pid_text.isdigit():
-        return now - entry.updated_at < FOREIGN_CLAIM_LEASE
+    if now - entry.updated_at >= CLAIM_LEASE:
+        return False
+    host, ns, pid_text, started = [*token.split("/"), "", "", ""][:4]
+    mine = claim_holder().split("/")
+    if host != mine[0] or ns != mine[1] or not pid_text.isdigit():
+        return True  # its process cannot be seen from here: trusted for the lease
     pid = int(pid_text)
     try:
         os.kill(pid, 0)
@@ -189,6 +213,7 @@ class LedgerEntry:
             "updated_at": self.updated_at.isoformat(),
             "outcome": self.outcome,
             "outcome_at": self.outcome_at.isoformat() if self.outcome_at else None,
+            "claimed_by": self.claimed_by,
             "action": json.loads(self.payload),
         }
 

@@ -154,6 +154,23 @@ def test_an_attempt_holds_a_claim_until_it_ends(store: Store) -> None:
     assert [(e.status, e.claimed_by) for e in store.ledger()] == [("pending", None)] * 2
 
 
+def test_an_attempt_and_a_requeue_need_the_claim_the_caller_read(store: Store) -> None:
+    """Attempts alone come back to the same number: a replay resets them to 0 and its own delivery counts
+    one, while a session that read 1 before waits to retry. The claim tells the two apart."""
+    store.commit_run(run_record(), [act("k1")], {})
+    (e,) = store.ledger()
+    store.begin_attempts([e.id], T0)
+    store.finish_attempts([(e.id, "failed", "x", 1)], T0)  # the session's first try; it will retry with 1
+    assert store.requeue([e.id], T0, {e.id: None}) == [e.id]  # a replay read it unclaimed
+    assert store.begin_attempts([e.id], T0, {e.id: 0}, {e.id: None}) == [e.id]  # and delivers it: attempts 1
+    assert store.begin_attempts([e.id], T0, {e.id: 1}, {e.id: None}) == []  # the session's retry: claimed since
+    assert store.requeue([e.id], T0, {e.id: None}) == []  # pending: nothing to requeue anyway
+    store.finish_attempts([(e.id, "failed", "y", 1)], T0)
+    store.begin_attempts([e.id], T0)
+    assert store.requeue([e.id], T0, {e.id: None}) == []  # failed, but claimed since it was read
+    assert store.ledger()[0].attempts == 2
+
+
 def test_requeue_moves_failed_and_dead_only(store: Store) -> None:
     store.commit_run(run_record(), [act("k1"), act("k2"), act("k3")], {})
     i1, i2, i3 = (e.id for e in store.ledger())

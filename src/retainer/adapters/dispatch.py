@@ -214,6 +214,7 @@ class Dispatcher:
         # checks a task's assignee against the client's owner must see the move before the task
         queue.sort(key=lambda e: e.type != "reassign")  # stable: ledger order otherwise
         attempts = {e.id: e.attempts for e in queue}
+        claims = {e.id: e.claimed_by for e in queue}  # with attempts, what a claim checks is unchanged
         waiting: list[tuple[float, int, LedgerEntry]] = []  # (due, order, entry) for retries
         order = {e.id: n for n, e in enumerate(queue)}
         streak: dict[int, int] = {}  # failures in a row that were not rejections, per handler (by id)
@@ -234,7 +235,7 @@ class Dispatcher:
                 if id(h) in given_up:
                     report.left += e.id not in report.failed  # the failed ones are reported with their error
                     continue
-                st, rejected = self._attempt(e, attempts, report)
+                st, rejected = self._attempt(e, attempts, claims, report)
                 if st == "failed":
                     due = self.clock().timestamp() + self.retry.delay(attempts[e.id])
                     heapq.heappush(waiting, (due, order[e.id], e))
@@ -275,7 +276,7 @@ class Dispatcher:
         return out
 
     def _attempt(
-        self, e: LedgerEntry, attempts: dict[str, int], report: DispatchReport
+        self, e: LedgerEntry, attempts: dict[str, int], claims: dict[str, str | None], report: DispatchReport
     ) -> tuple[Status | None, bool]:
         """One delivery, recorded around the call: the attempt is counted before it (so an action that
         kills the process uses up its own attempts, never another's), the result right after (so a
@@ -293,7 +294,7 @@ class Dispatcher:
             self.store.finish_attempts([(e.id, st, err, attempts[e.id])], self.clock())
         else:
             with delivering(e.id):  # marked before the claim: a thread of this process reading it then waits
-                if not self.store.begin_attempts([e.id], self.clock(), {e.id: attempts[e.id]}):
+                if not self.store.begin_attempts([e.id], self.clock(), {e.id: attempts[e.id]}, {e.id: claims[e.id]}):
                     # done meanwhile (the host recorded an outcome), or another dispatcher is delivering it
                     report.skipped.append(e.id)
                     report.failed.pop(e.id, None)
@@ -315,6 +316,7 @@ class Dispatcher:
                 else:
                     st, err = "done", None
                 self.store.finish_attempts([(e.id, st, err, attempts[e.id])], self.clock())  # drops the claim
+                claims[e.id] = None
         if st == "failed":
             report.failed[e.id] = err or ""
             return st, rejected
@@ -343,7 +345,12 @@ def replay(
     with store.run_lock("replay"):
         if dead:
             wanted += [e.id for e in store.ledger(status=["dead"]) if e.id not in set(wanted)]
-        moved = store.requeue(wanted, clock()) if wanted else []
+        now = clock()
+        # a reactive session takes no run lock: an action it is retrying right now stays with it
+        read = store.ledger(ids=wanted) if wanted else []
+        busy = {e.id for e in read if claim_alive(e, now)}
+        claims = {e.id: e.claimed_by for e in read}
+        moved = store.requeue([i for i in wanted if i not in busy], now, claims) if wanted else []
         if handlers is None:
             return moved, None
         d = Dispatcher(store, handlers, retry=retry, clock=clock, sleep=sleep)

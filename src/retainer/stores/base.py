@@ -318,7 +318,10 @@ class Store(Protocol):
         that instant or later; what caps, escalations and processes look back on)."""
         ...
 
-    def begin_attempts(self, ids: Sequence[str], at: datetime, seen: Mapping[str, int] | None = None) -> list[str]:
+    def begin_attempts(
+        self, ids: Sequence[str], at: datetime, seen: Mapping[str, int] | None = None,
+        claims: Mapping[str, str | None] | None = None,
+    ) -> list[str]:  # fmt: skip
         """Count one more delivery attempt for each id still `pending` or `failed`, BEFORE its handler
         is called, durably, so a crash mid-delivery can never let attempts exceed the limit. Returns
         the ids counted: one that became `done` meanwhile (the host recorded an outcome) is skipped, and
@@ -326,7 +329,9 @@ class Store(Protocol):
         another dispatcher (a reactive session, a run in another process) has just taken it, and
         counting it here too would deliver it twice. Each counted entry is claimed for this process
         (`claimed_by = ledger.claim_holder()`) until `finish_attempts`: while it runs, other dispatchers
-        leave the action alone (`ledger.claim_alive`)."""
+        leave the action alone (`ledger.claim_alive`). `claims` (id -> `claimed_by` when the caller read it):
+        only an id whose claim is still that one is counted. Attempts alone can come back to the same number
+        (a replay resets them, then its own delivery counts one) while another dispatcher delivers it."""
         ...
 
     def finish_attempts(self, results: Sequence[tuple[str, Status, str | None, int]], at: datetime) -> None:
@@ -335,9 +340,10 @@ class Store(Protocol):
         stands)."""
         ...
 
-    def requeue(self, ids: Sequence[str], at: datetime) -> list[str]:
-        """Put `failed`/`dead` actions back to `pending` with attempts reset (replay); returns those
-        that moved. `done` ones stay done: replaying a delivered action would duplicate it."""
+    def requeue(self, ids: Sequence[str], at: datetime, claims: Mapping[str, str | None] | None = None) -> list[str]:
+        """Put `failed`/`dead` actions back to `pending` with attempts reset and no claim (replay); returns
+        those that moved. `done` ones stay done: replaying a delivered action would duplicate it. `claims` as
+        in `begin_attempts`: an id claimed since the caller read it (a dispatcher retrying it) stays."""
         ...
 
     def set_outcome(self, id: str, outcome: Mapping[str, Any], at: datetime) -> LedgerEntry:

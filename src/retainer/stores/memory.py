@@ -320,11 +320,15 @@ class MemoryStore:
         self._ledger[id] = e
         return e
 
-    def begin_attempts(self, ids: Sequence[str], at: datetime, seen: Mapping[str, int] | None = None) -> list[str]:
+    def begin_attempts(
+        self, ids: Sequence[str], at: datetime, seen: Mapping[str, int] | None = None,
+        claims: Mapping[str, str | None] | None = None,
+    ) -> list[str]:  # fmt: skip
         counted, holder = [], claim_holder()
         for i in ids:
             e = self._ledger[i]
-            if e.status in ("pending", "failed") and (seen is None or seen.get(i) in (None, e.attempts)):
+            if (e.status in ("pending", "failed") and (seen is None or seen.get(i) in (None, e.attempts))
+                    and (claims is None or i not in claims or claims[i] == e.claimed_by)):  # fmt: skip
                 self._update(i, attempts=e.attempts + 1, updated_at=at, claimed_by=holder)
                 counted.append(i)
         return counted
@@ -334,12 +338,13 @@ class MemoryStore:
             if self._ledger[i].status in ("pending", "failed"):
                 self._update(i, status=st, last_error=error, attempts=n, updated_at=at, claimed_by=None)
 
-    def requeue(self, ids: Sequence[str], at: datetime) -> list[str]:
+    def requeue(self, ids: Sequence[str], at: datetime, claims: Mapping[str, str | None] | None = None) -> list[str]:
         for i in ids:
             self._update(i)  # unknown ids fail before anything moves
         moved = []
         for i in ids:
-            if self._ledger[i].status in ("failed", "dead"):
+            e = self._ledger[i]
+            if e.status in ("failed", "dead") and (claims is None or i not in claims or claims[i] == e.claimed_by):
                 self._update(i, status="pending", attempts=0, updated_at=at, claimed_by=None)
                 moved.append(i)
         return moved

@@ -1407,15 +1407,20 @@ class SQLiteStore:
         if missing:
             raise StoreError(f"no action with id {missing[0]!r} in the ledger of {self.url}")
 
-    def begin_attempts(self, ids: Sequence[str], at: datetime, seen: Mapping[str, int] | None = None) -> list[str]:
+    def begin_attempts(
+        self, ids: Sequence[str], at: datetime, seen: Mapping[str, int] | None = None,
+        claims: Mapping[str, str | None] | None = None,
+    ) -> list[str]:  # fmt: skip
         t, holder = to_utc_text(at), claim_holder()
         counted = []
         with self._transaction() as conn:
             for i in ids:  # by id, one row each: the unique index, never a scan of the ledger
                 cur = conn.execute(
                     "UPDATE retainer_actions SET attempts = attempts + 1, updated_at = ?, claimed_by = ? "
-                    "WHERE id = ? AND status IN ('pending', 'failed') AND (? IS NULL OR attempts = ?)",
-                    [t, holder, i, *[seen.get(i) if seen is not None else None] * 2],
+                    "WHERE id = ? AND status IN ('pending', 'failed') AND (? IS NULL OR attempts = ?) "
+                    "AND (? = 0 OR claimed_by IS ?)",
+                    [t, holder, i, *[seen.get(i) if seen is not None else None] * 2,
+                     int(claims is not None and i in claims), claims.get(i) if claims is not None else None],
                 )
                 if cur.rowcount:
                     counted.append(i)
@@ -1430,16 +1435,17 @@ class SQLiteStore:
                 [(st, error, n, t, i) for i, st, error, n in results],
             )
 
-    def requeue(self, ids: Sequence[str], at: datetime) -> list[str]:
+    def requeue(self, ids: Sequence[str], at: datetime, claims: Mapping[str, str | None] | None = None) -> list[str]:
         with self._transaction() as conn:
             self._known(conn, ids)
             moved = [
                 r[0]
                 for r in conn.execute(
-                    "SELECT id FROM retainer_actions WHERE status IN ('failed', 'dead') "
+                    "SELECT id, claimed_by FROM retainer_actions WHERE status IN ('failed', 'dead') "
                     "AND id IN (SELECT value FROM json_each(?)) ORDER BY seq",
                     [json.dumps(list(ids))],
                 )
+                if claims is None or r[0] not in claims or claims[r[0]] == r[1]
             ]
             conn.execute(
                 "UPDATE retainer_actions SET status = 'pending', attempts = 0, updated_at = ?, claimed_by = NULL "
