@@ -269,3 +269,8 @@ def test_a_full_export_archives_the_clients_it_no_longer_lists(tmp_path: Path, b
     assert import_data(d, store, replace=True, archive_missing=True)["archived"] == 0  # archived once
     with pytest.raises(retainer.DataError, match="archive_missing needs replace"):
         import_data(d, store, archive_missing=True)
+    before = [(c.id, c.status) for c in store.iter("clients")]  # type: ignore[attr-defined]
+    (d / "clients.csv").write_text(rows[0] + "\n")  # a failed export: the header alone
+    with pytest.raises(retainer.DataError, match="the clients file lists no client: archiving all"):
+        import_data(d, store, replace=True, archive_missing=True)
+    assert [(c.id, c.status) for c in store.iter("clients")] == before  # type: ignore[attr-defined]

@@ -12,6 +12,7 @@ import pytest
 from test_cli import RULES, run
 
 import retainer
+from retainer.actions import Action
 from retainer.report import digest
 
 FR = {"rules": [{"id": "forgotten", "kind": "forgotten", "after": "60d"},
@@ -44,8 +45,9 @@ def test_digest_sections() -> None:
     engine.run("2026-03-01")  # c1: forgotten and released; c2 is forgotten from 2 March (day 60)
     first = store.ledger()[0]
     second = store.ledger()[1]
-    engine.record_outcome(first.id, {"result": "lost", "churn_reason": "price"})
-    engine.record_outcome(second.id, {"cancelled": "do_not_contact", "churn_reason": " Price"})
+    assert (first.type, second.type) == ("create_task", "reassign")
+    engine.record_outcome(first.id, {"cancelled": "do_not_contact", "churn_reason": " Price"})
+    engine.record_outcome(second.id, {"result": "moved", "churn_reason": "price"})
     d = digest(engine, "2026-03-02", label="retention.yaml")
     md = d.to_markdown()
     titles = [s.title for s in d.sections]
@@ -175,3 +177,19 @@ def test_releases_due_tonight_come_first_with_their_date() -> None:
     releases = d.sections[2]
     assert [(r[0], r[4]) for r in releases.rows] == [("Acme (c1)", "2026-03-01"), ("c10", "2026-03-01")]
     assert releases.note.startswith("2 client(s) released to a more responsive manager tonight, 0 earlier")
+
+
+def test_a_release_the_crm_refused_moved_nobody() -> None:
+    from retainer.adapters import PermanentError
+
+    def crm_refuses_moves(a: Action) -> None:
+        if a.type == "reassign":
+            raise PermanentError("manager m2 cannot take clients")
+
+    store = crm()
+    engine = retainer.Engine(FR, store)
+    engine.run("2026-03-01", handlers=crm_refuses_moves)
+    assert [e.status for e in store.ledger() if e.type == "reassign"] == ["dead"]
+    d = digest(engine, "2026-03-02")
+    assert d.sections[0].rows == [["Anna (m1)", 2]]  # c1 is still Anna's
+    assert d.sections[2].rows == []

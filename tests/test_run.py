@@ -473,6 +473,15 @@ def test_a_handler_class_or_a_function_of_the_wrong_shape_is_refused_before_anyt
     assert store.ledger() == [] and store.runs() == []
     run(store, handlers={"create_task": Crm(), "*": lambda a, *more: None})  # these are fine
 
+    class Static:  # a class used as a namespace, as before
+        @staticmethod
+        def handle(action: Action) -> None:
+            pass
+
+    store.add(clients=[{"id": "c9", "manager_id": "m1"}],
+              touches=[{"id": "t9", "client_id": "c9", "at": "2026-01-01T10:00:00", "kind": "call"}])  # fmt: skip
+    assert run(store, handlers=Static).counts()["done"] == 1  # c9, new
+
 
 def test_an_action_committed_earlier_is_cancelled_once_it_must_not_go_out(store: Store) -> None:
     """A message committed on one night and delivered on a later one (the CRM was down) is looked at
@@ -505,6 +514,18 @@ def test_an_action_committed_earlier_is_cancelled_once_it_must_not_go_out(store:
     _ids, replayed = e.replay(dead=True, handlers=h)
     assert h.actions == [] and replayed is not None and list(replayed.cancelled.values()) == ["do_not_contact"]
     assert store.ledger(client_ids=["c0"])[0].outcome["cancelled"] == "do_not_contact"
+
+
+def test_an_action_for_a_client_archived_since_is_cancelled(store: Store) -> None:
+    """A client deleted in the CRM and archived by `import --archive-missing` got tonight's task anyway."""
+    crm(store, 2)
+    run(store)  # committed, no handler: pending
+    store.upsert(clients=[{"id": "c1", "manager_id": "m1", "status": "archived"}])
+    h = RecordingHandler()
+    report = run(store, "2026-03-03", handlers=h)
+    assert report.dispatch is not None and list(report.dispatch.cancelled.values()) == ["archived"]
+    assert [a.client_id for a in h.actions] == ["c2"]
+    assert store.ledger(client_ids=["c1"])[0].outcome["cancelled"] == "archived"  # type: ignore[index]
 
 
 def test_a_reassignment_is_delivered_before_the_clients_other_actions(store: Store) -> None:

@@ -155,7 +155,10 @@ def test_steps_commit_so_a_new_episode_is_new(tmp_path: Path) -> None:
         (f"rules: {ONE}\nsteps:\n  - as_of: 2026-13-01\n", "t.scenario.yaml:3: invalid value '2026-13-01'"),
         (f"rules: {ONE}\nsteps:\n  - as_of: March 1st\n", "step 1: invalid as_of 'March 1st'"),
         (f"rules: {ONE}\nsteps:\n  - as_of: 2026-03-01\n  - as_of: 2026-01-01\n",
-         "step 2: as_of 2026-01-01 is before step 1's (2026-03-01); steps go forward in time"),
+         "t.scenario.yaml:4: step 2: as_of 2026-01-01 is before step 1's (2026-03-01); steps go forward in time"),
+        (f"rules: {ONE}\nsteps:\n  - as_of: 2026-03-01\n  - as_of: 2026-03-01T10:00\n",
+         "step 2: as_of 2026-03-01T10:00:00+00:00 is before step 1's (2026-03-01T23:59:59+00:00, the end of that "
+         "day: a date alone means its end)"),
         ("- just a list\n", "t.scenario.yaml:1: a scenario is a mapping"),
     ],
 )
@@ -215,6 +218,8 @@ def test_failures_show_the_closest_action_and_hint_at_typos() -> None:
         with pytest.raises(ScenarioFailure, match=re.escape("can never match an action: " + hint)):
             step.absent(spec)  # a misspelt negative check used to pass whatever the rules did
     step.absent(type="create_task", client_id="c2")  # a real name that matches nothing is fine
+    off = {"rules": [*RULES["rules"], {"id": "wake", "kind": "forgotten", "after": "30d", "enabled": False}]}
+    Scenario(off).given(**CRM).at("2026-03-01").absent(rule="wake")  # a disabled rule's id is a real name
 
 
 def test_expect_an_empty_list_means_no_new_action(tmp_path: Path) -> None:

@@ -200,6 +200,9 @@ def _archiving(batches: Iterator[Batch], store: Store, archived: list[Any]) -> I
         yield b
     archived += [c.model_copy(update={"status": "archived"}) for c in store.iter("clients")  # type: ignore[attr-defined]
                  if c.id not in listed and c.status != "archived"]  # fmt: skip
+    if archived and not listed:  # raised inside the load: nothing of it is written
+        raise DataError(f"the clients file lists no client: archiving all {len(archived):,} stored clients is more "
+                        "likely a failed export than a closed business; nothing imported")  # fmt: skip
     if archived:
         yield Batch("clients", archived, "(clients missing from the import: archived)")
 

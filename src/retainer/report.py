@@ -108,8 +108,10 @@ def digest(engine: Engine, as_of: str | date | datetime, *, top: int = 30, label
     moves = [x for x in due if x.type == "reassign"]
     new = {x.id for x in plan.actions if x.type == "reassign"}
     earlier = {e.id: e for e in store.ledger(ids=[x.id for x in moves if x.id not in new])}  # type: ignore[attr-defined]
-    released = [(earlier[x.id].action if x.id in earlier else x,
-                 earlier[x.id].as_of if x.id in earlier else plan.as_of) for x in moves]  # fmt: skip
+    # one the CRM refused (dead) or that was cancelled before it went out moved nobody
+    failed = {i for i, e in earlier.items() if e.status == "dead" or e.cancelled}
+    released = [(earlier[x.id].action if x.id in earlier else x, earlier[x.id].as_of if x.id in earlier else plan.as_of)
+                for x in moves if x.id not in failed]  # fmt: skip
     # a release the CRM has not carried out yet: the client is its new manager's (the data says the old one)
     owner = {x.client_id: x.to_manager_id for x, _ in released  # type: ignore[attr-defined]
              if x.client_id in clients and clients[x.client_id].manager_id == x.from_manager_id}  # type: ignore[attr-defined]

@@ -114,13 +114,13 @@ def _check_signature(name: str, h: Any) -> None:
     passed for an instance, a function that does not take one action. Found at delivery instead, each
     action would fail, be retried with backoff, and look like a CRM that is down."""
     fn = h.fn if isinstance(h, CallbackHandler) else h.handle
-    cls = h if isinstance(h, type) else fn if isinstance(fn, type) else None
-    if cls is not None:
-        raise DispatchError(f"handler for {name!r} is the class {cls.__qualname__}: "
-                            f"pass an instance, {cls.__name__}(...)")  # fmt: skip
     try:
         inspect.signature(fn).bind(object())
     except TypeError as exc:
+        cls = h if isinstance(h, type) else fn if isinstance(fn, type) else None
+        if cls is not None:  # `handle(self, action)` on the class itself: the instance was meant
+            raise DispatchError(f"handler for {name!r} is the class {cls.__qualname__}: "
+                                f"pass an instance, {cls.__name__}(...)") from None  # fmt: skip
         raise DispatchError(f"handler for {name!r} ({handler_name(h)}) must take one argument, the action: "
                             f"{exc}") from None  # fmt: skip
     except ValueError:
@@ -255,8 +255,9 @@ class Dispatcher:
     def _void(self, earlier: list[LedgerEntry]) -> dict[str, str]:
         """Actions an earlier run committed that must not go out now (id -> why), whatever rule planned them:
         their client has asked not to be contacted since (`do_not_contact` means no action at all), or the
-        invoice they chase is paid. The plan that committed them could not know; the one that delivers
-        them (a night later, or a replay) must not send them."""
+        invoice they chase is paid, or the client has been archived since (an import with --archive-missing
+        archives a client deleted in the CRM). The plan that committed them could not know; the one that
+        delivers them (a night later, or a replay) must not send them."""
         out: dict[str, str] = {}
         clients: dict[str, Any] = {}
         for e in earlier:
@@ -268,6 +269,9 @@ class Dispatcher:
             c = clients[cid]
             if c is not None and c.contact_policy == "do_not_contact":
                 out[e.id] = "do_not_contact"
+                continue
+            if c is not None and c.status == "archived":  # archived clients get nothing (deleted in the CRM?)
+                out[e.id] = "archived"
                 continue
             invoice = e.action.evidence.get("invoice.id")  # a dunning step's invoice
             inv = self.store.get("invoices", invoice) if isinstance(invoice, str) else None

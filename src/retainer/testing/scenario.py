@@ -242,7 +242,7 @@ class Step:
         """Names in an expectation that no action can have: a misspelt field, rule id or action type."""
         hints = []
         fields = {k for v in views for k in v} | set(_flat_fields())
-        rule_ids = [r.id for r in self.scenario.engine.rules.rules]
+        rule_ids = [r.id for r in self.scenario.engine.rules.file.rules]  # a disabled rule's id is a name too
         for k, v in resolved.items():
             if k not in fields:
                 hints.append(f"there is no field {k!r}{did_you_mean(k, fields)}")
@@ -335,8 +335,11 @@ class Scenario:
         except ValueError as exc:
             raise RetainerError(f"step {len(self.steps) + 1}: invalid as_of {as_of!r}") from exc
         if self.steps and a.instant < (last := self.steps[-1].as_of).instant:  # the ledger would hold the future
-            raise RetainerError(f"step {len(self.steps) + 1}: as_of {a.date} is before step {len(self.steps)}'s "
-                                f"({last.date}); steps go forward in time, as nights do")  # fmt: skip
+            this, that = (str(a.date), str(last.date)) if a.date != last.date else (
+                a.instant.astimezone(a.tz).isoformat(), last.instant.astimezone(a.tz).isoformat()
+                + ", the end of that day: a date alone means its end")  # fmt: skip
+            raise RetainerError(f"step {len(self.steps) + 1}: as_of {this} is before step {len(self.steps)}'s "
+                                f"({that}); steps go forward in time, as nights do")  # fmt: skip
         for rows, lines, path in self._pending:
             self._add(rows, a, lines, path, replace=bool(path) and path[-1] == "upsert")
         self._pending.clear()
@@ -466,7 +469,12 @@ def run_scenario_file(path: str | Path) -> Scenario:
                 sc.record(outcome, **fields)
             except RetainerError as exc:
                 raise ScenarioError(str(exc), file=str(ls.path), line=line) from None
-        step = sc.at(st.as_of, label=st.label)
+        try:
+            step = sc.at(st.as_of, label=st.label)
+        except ScenarioError:
+            raise
+        except RetainerError as exc:  # a bad or backward as_of: where it is written
+            raise ScenarioError(str(exc), file=str(ls.path), line=ls.lines.line(("steps", i, "as_of"))) from None
         if st.expect is not None or st.exact:
             step.expect(*(st.expect or ()), exact=st.exact or not st.expect)  # `expect: []`: nothing new
         if st.absent:
