@@ -92,6 +92,12 @@ def test_a_reassignment_is_carried_out_for_the_steps_after_it() -> None:
             ("2026-03-26", "create_task", "c1", "m2"),  # forgotten again, by its new manager
         ]
         assert b.client_manager == {"c1": "m2", "c2": "m1"}
+        tag = {"id": "quiet", "when": {"days_since_activity": {"gte": 30}}, "then": [{"tag": "quiet"}]}
+        tagged = both({"rules": [*rules["rules"], tag]}, s, "2026-01-01", "2026-04-01")
+        assert [(d.isoformat(), a.client_id) for d, a in tagged.new if a.rule == "quiet"] == [
+            ("2026-01-01", "c1"), ("2026-01-01", "c2")]  # fmt: skip
+        # both were m1's clients then: c1's tag is not m2's because c1 moved to m2 two weeks later
+        assert tagged.per_manager()["m1"]["client actions"] == 2 and "client actions" not in tagged.per_manager()["m2"]
         assert [c.manager_id for c in s.clients(datetime(2026, 4, 2, tzinfo=UTC))] == ["m1", "m1"]  # the data stays
         # a rule about the manager holds from the step after the move, with no fact of the client's own
         moved = {"id": "moved", "when": {"manager_id": "m2"}, "then": [{"tag": "moved"}]}

@@ -51,6 +51,8 @@ _LOCAL = frozenset({
 
 
 _END_OF_TIME = datetime.max.replace(tzinfo=UTC)
+#: actions that name the managers they concern; the others count for their client's manager
+_OWN_MANAGER = frozenset({"create_task", "reassign", "notify_manager", "escalate"})
 
 
 class FreshLedger:
@@ -69,6 +71,7 @@ class FreshLedger:
         self._loads = ManagerLoads(everyone)
         self._moved: Counter[str] = Counter()  # clients gained (lost: negative) per manager by reassignment
         self.moved: set[str] = set()  # the clients the last commit reassigned
+        self.owners: dict[str, str] = {}  # action id -> its client's manager when it was committed
         self.ids = [c.id for c in everyone]
         self.kept: Kept | None = None  # a sweep's aggregates, kept from step to step
 
@@ -87,6 +90,11 @@ class FreshLedger:
         next steps plan the client's tasks for its new manager, release it from that one, and count it
         against that one's capacity. (Without this, a manager with room for one client received three.)"""
         committed = self._local.commit_run(run, actions, cursors, **kw)
+        for x in committed:  # who the client's other actions count for: its manager now, before any move
+            if x.type not in _OWN_MANAGER and x.client_id is not None:
+                c = self._local.get("clients", x.client_id)
+                if c is not None:
+                    self.owners[x.id] = c.manager_id
         moves = {}
         for x in committed:
             to = getattr(x, "to_manager_id", None) if x.type == "reassign" else None
@@ -153,8 +161,9 @@ def step_notes(rules: RuleSet, step: str) -> list[str]:
             "counts are lower than nightly runs would give; use --step 1d"] if daily else []  # fmt: skip
 
 
-def _managers_of(a: Action, client_manager: Mapping[str, str]) -> list[tuple[str, str]]:
-    """(manager, what it means for them) for one action: the load it puts on people."""
+def _managers_of(a: Action, owner: str) -> list[tuple[str, str]]:
+    """(manager, what it means for them) for one action: the load it puts on people; `owner` is the client's
+    manager when the action was committed."""
     match a.type:
         case "create_task":
             return [(a.assignee_id or "?", "tasks")]  # type: ignore[attr-defined]
@@ -162,7 +171,7 @@ def _managers_of(a: Action, client_manager: Mapping[str, str]) -> list[tuple[str
             return [(a.from_manager_id, "lost"), (a.to_manager_id or "?", "gained")]  # type: ignore[attr-defined]
         case "notify_manager" | "escalate":
             return [(a.to_manager_id or "?", "notifications")]  # type: ignore[attr-defined]
-    return [(client_manager.get(a.client_id, "?"), "client actions")]  # messages, tags, offers to their clients
+    return [(owner, "client actions")]  # messages, tags, offers to their clients
 
 
 @dataclass
@@ -173,10 +182,16 @@ class Backtest:
     days: list[date]
     new: list[tuple[date, Action]] = field(default_factory=list)
     suppressed: Counter[tuple[str, str]] = field(default_factory=Counter)  # (rule, reason) -> count
-    client_manager: dict[str, str] = field(default_factory=dict)
+    client_manager: dict[str, str] = field(default_factory=dict)  # at the last step
+    #: action id -> the client's manager when it was committed, for the actions counted by their client's
+    #: manager (messages, tags, offers): a client reassigned later keeps its earlier actions where they were
+    owners: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
     # ------------------------------------------------------------ views
+
+    def _owner(self, a: Action) -> str:
+        return self.owners.get(a.id) or self.client_manager.get(a.client_id or "", "?")
 
     def per_rule(self) -> dict[str, dict[str, int]]:
         out: dict[str, Counter[str]] = defaultdict(Counter)
@@ -192,7 +207,7 @@ class Backtest:
         totals: dict[str, Counter[str]] = defaultdict(Counter)
         daily: dict[tuple[str, date], int] = Counter()
         for day, a in self.new:
-            for m, what in _managers_of(a, self.client_manager):
+            for m, what in _managers_of(a, self._owner(a)):
                 totals[m][what] += 1
                 if what == "tasks":
                     daily[(m, day)] += 1
@@ -225,7 +240,7 @@ class Backtest:
     def csv_rows(self) -> list[dict[str, Any]]:
         counts: Counter[tuple[str, str, str, str, str]] = Counter()
         for day, a in self.new:
-            for m, what in _managers_of(a, self.client_manager):
+            for m, what in _managers_of(a, self._owner(a)):
                 counts[(day.isoformat(), a.rule, a.type, m, what)] += 1
         return [
             {"rules": self.label, "date": d, "rule": r, "type": t, "manager": m, "role": w, "count": n}
@@ -267,6 +282,7 @@ def backtest(
     result.seconds = time.perf_counter() - t0
     if days:
         result.client_manager = {c.id: c.manager_id for c in overlay.clients(engine.as_of(days[-1]).instant)}
+        result.owners = overlay.owners
     return result
 
 
