@@ -8,7 +8,9 @@ offer, durable-rules gets explicit unique ids and its exceptions reach the calle
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +28,7 @@ from retainer.reactive import CURSOR, ReactiveError, Session, charts_for
 from retainer.stores import Store
 from retainer.testing import RecordingHandler
 from tests.conftest import fresh, make_store
+from tests.test_cli import SCRIPT
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -208,6 +211,25 @@ def test_a_partly_paid_invoice_keeps_its_ladder_when_a_session_adopts_it(store: 
     assert Session(RULES, store).process_states("c1") == {"debtor:c1:due:dunning": ("debtor~dunning", "step_3d")}
     store.upsert(invoices=[{**inv.model_dump(), "paid_at": at(54)}])  # paid in full: nothing left to chase
     assert Session(RULES, store).process_states("c1") == {}
+
+
+def test_a_sessions_records_are_not_nightly_runs(store: Store, tmp_path: Path) -> None:
+    """`retainer runs` listed every event's record among the nights; and a nightly run took a session's
+    record, still `committed` while it delivered, for a run killed after its commit."""
+    s = Session(RULES, store)
+    r = s.tick(at(53))
+    assert r.committed and [x.kind for x in store.runs()] == ["event"]
+    store.commit_run(dataclasses.replace(store.runs()[0], id="busy", status="committed"), [], {})  # delivering now
+    retainer.Engine(retainer.load_rules(RULES), store).run(at(53))
+    assert [(x.kind, x.status) for x in store.runs()] == [("run", "finished"), ("event", "committed"),
+                                                          ("event", "finished")]  # fmt: skip
+    listed = subprocess.run([SCRIPT, "runs", "-d", str(tmp_path / "crm.db"), "-f", "json"], capture_output=True,
+                            text=True)  # fmt: skip
+    assert [x["kind"] for x in json.loads(listed.stdout)] == ["run"]
+    assert "reactive sessions' records are left out: --events lists them too" in listed.stderr
+    every = subprocess.run([SCRIPT, "runs", "-d", str(tmp_path / "crm.db"), "-f", "json", "--events"],
+                           capture_output=True, text=True)  # fmt: skip
+    assert len(json.loads(every.stdout)) == 3
 
 
 # ---------------------------------------------------------------- win-back and next_inbound offers

@@ -588,22 +588,25 @@ def runs(
     data: DataOpt,
     limit: Annotated[int, typer.Option(help="Newest N runs.")] = 20,
     fmt: Annotated[str | None, typer.Option("--format", "-f", help="table | json")] = None,
+    events: Annotated[bool, typer.Option("--events", help="Also list what reactive sessions committed.")] = False,
 ) -> None:
     """Run records, newest first: as_of, rules digest, what each run committed and delivered."""
     store = _ledger_store(data, "UTC")
-    records = store.runs(limit=limit)
+    records = store.runs(limit=limit, kind=None if events else "run")
+    if not events and store.runs(limit=1, kind="event"):
+        err.print("reactive sessions' records are left out: --events lists them too", highlight=False)
     if _format(fmt, ("table", "json")) == "json":
         sys.stdout.write(json.dumps([r.to_dict() for r in records], sort_keys=True) + "\n")
         return
     t = _table(title=f"Runs of {store.url}")
     counted = ("new", "duplicate", "done", "failed", "left", "dead")  # failed and left: the next run's work
-    for col in ("run", "as of", "started", "status", *counted):  # a narrow terminal folds the instants
+    for col in ("run", "as of", "started", "status", *counted, *(["kind"] if events else [])):  # narrow: folded
         t.add_column(col, overflow="fold", no_wrap=col not in ("as of", "started"), min_width=len(col))
     for r in records:
         c = r.counts
         t.add_row(
             r.id[:8], r.as_of.isoformat(), r.started_at.isoformat(timespec="seconds"), r.status,
-            *(str(c.get(k, "")) for k in counted),
+            *(str(c.get(k, "")) for k in counted), *([r.kind] if events else []),
         )  # fmt: skip
     out.print(t)
 

@@ -820,7 +820,7 @@ class Engine:
         if dry_run:  # a preview: no lock, so it never blocks (or waits for) the nightly run
             return RunReport(self._plan(a, None)[0], None, [], None)
         with self.store.run_lock(f"run as of {a.date}, started {clock().isoformat(timespec='seconds')}"):
-            earlier = self.store.runs(limit=50)
+            earlier = self.store.runs(limit=50, kind="run")  # a session's records are not runs: it takes no lock
             for r in earlier:  # we hold the lock, so a run still `committed` was killed after its commit
                 if r.status == "committed":
                     self.store.finish_run(r.id, clock(), r.counts, status="interrupted")

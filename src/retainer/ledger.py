@@ -234,6 +234,8 @@ class RunRecord:
     status: Literal["committed", "finished", "interrupted"] = "committed"
     finished_at: datetime | None = None
     counts: Mapping[str, int] = field(default_factory=dict)
+    #: `run`: a nightly run (`Engine.run`); `event`: what a reactive session committed for one event
+    kind: Literal["run", "event"] = "run"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -244,6 +246,7 @@ class RunRecord:
             "status": self.status,
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "counts": dict(self.counts),
+            "kind": self.kind,
         }
 
 

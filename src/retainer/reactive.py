@@ -713,7 +713,7 @@ class Session:
                 self._hydrate(act.client_id)
         if actions or cursors:
             run = RunRecord(id=str(uuid.uuid4()), as_of=a.instant.astimezone(a.tz),
-                            rules_digest=self.rules.digest, started_at=self.clock())
+                            rules_digest=self.rules.digest, started_at=self.clock(), kind="event")
             committed = self.store.commit_run(run, actions, cursors)
             reaction.committed = committed
             reaction.timings["commit"] = time.perf_counter() - t0

@@ -6,6 +6,7 @@ cursors are written with the commit, and the run lock fails fast.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -76,6 +77,11 @@ def test_run_records_newest_first_and_finished(store: Store) -> None:
     assert dict(r1.counts) == {"new": 1, "done": 1}
     assert r1.as_of == datetime(2026, 3, 1, 23, 59, 59, tzinfo=UTC) and r1.rules_digest == "abc"
     assert [r.id for r in store.runs(limit=1)] == ["run-2"]
+    event = dataclasses.replace(run_record(3, T0 + timedelta(hours=2)), kind="event")  # a reactive session's
+    store.commit_run(event, [act("k3")], {})
+    assert [(r.id, r.kind) for r in store.runs()] == [("run-3", "event"), ("run-2", "run"), ("run-1", "run")]
+    assert [r.id for r in store.runs(limit=1, kind="run")] == ["run-2"]
+    assert [r.id for r in store.runs(kind="event")] == ["run-3"]
 
 
 def test_cursors_are_written_with_the_commit(store: Store) -> None:

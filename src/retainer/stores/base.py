@@ -299,8 +299,8 @@ class Store(Protocol):
         """Close a run record: `finished`, or `interrupted` for one found unfinished by a later run."""
         ...
 
-    def runs(self, limit: int | None = None) -> list[RunRecord]:
-        """Run records, newest first."""
+    def runs(self, limit: int | None = None, kind: str | None = None) -> list[RunRecord]:
+        """Run records, newest first; only those of one `kind` (`run`, or a reactive session's `event`) if given."""
         ...
 
     def ledger(

@@ -262,8 +262,8 @@ class MemoryStore:
         r = self._runs[run_id]
         self._runs[run_id] = dataclasses.replace(r, status=status, finished_at=finished_at, counts=dict(counts))
 
-    def runs(self, limit: int | None = None) -> list[RunRecord]:
-        out = list(reversed(self._runs.values()))
+    def runs(self, limit: int | None = None, kind: str | None = None) -> list[RunRecord]:
+        out = [r for r in reversed(self._runs.values()) if kind is None or r.kind == kind]
         return out if limit is None else out[:limit]
 
     def ledger(

@@ -247,7 +247,8 @@ CREATE TABLE IF NOT EXISTS retainer_runs (
     started_at TEXT NOT NULL,
     status TEXT NOT NULL,
     finished_at TEXT,
-    counts TEXT NOT NULL DEFAULT '{}'
+    counts TEXT NOT NULL DEFAULT '{}',
+    kind TEXT
 );
 """
 _LEDGER_COLS = (
@@ -701,7 +702,8 @@ class SQLiteStore:
         """Columns later versions added (all optional): a store imported by an earlier retainer gets them
         empty, so it keeps working without a re-import."""
         missing = []
-        for entity, kinds in (*_KINDS.items(), ("retainer_actions", {"claimed_by": "text"})):
+        for entity, kinds in (*_KINDS.items(), ("retainer_actions", {"claimed_by": "text"}),
+                              ("retainer_runs", {"kind": "text"})):  # fmt: skip
             have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({entity})")}
             missing += [(entity, f, k) for f, k in kinds.items() if have and f not in have]
         if not missing:
@@ -1327,8 +1329,10 @@ class SQLiteStore:
                     there.add(a.key)
                     fresh.append(a)
             conn.execute(
-                "INSERT INTO retainer_runs (id, as_of, rules_digest, started_at, status, counts) VALUES (?,?,?,?,?,?)",
-                [run.id, run.as_of.isoformat(), run.rules_digest, at, run.status, json.dumps(dict(run.counts))],
+                "INSERT INTO retainer_runs (id, as_of, rules_digest, started_at, status, counts, kind) "
+                "VALUES (?,?,?,?,?,?,?)",
+                [run.id, run.as_of.isoformat(), run.rules_digest, at, run.status, json.dumps(dict(run.counts)),
+                 run.kind],
             )
             conn.executemany(
                 f"INSERT INTO retainer_actions ({_LEDGER_COLS}) VALUES ({', '.join('?' * 17)})",
@@ -1350,17 +1354,17 @@ class SQLiteStore:
                 [status, to_utc_text(finished_at), json.dumps(dict(counts), sort_keys=True), run_id],
             )
 
-    def runs(self, limit: int | None = None) -> list[RunRecord]:
+    def runs(self, limit: int | None = None, kind: str | None = None) -> list[RunRecord]:
         rows = self.conn.execute(
-            "SELECT id, as_of, rules_digest, started_at, status, finished_at, counts FROM retainer_runs "
-            "ORDER BY seq DESC LIMIT ?",
-            [-1 if limit is None else limit],
+            "SELECT id, as_of, rules_digest, started_at, status, finished_at, counts, COALESCE(kind, 'run') "
+            "FROM retainer_runs WHERE ? IS NULL OR COALESCE(kind, 'run') = ? ORDER BY seq DESC LIMIT ?",
+            [kind, kind, -1 if limit is None else limit],
         ).fetchall()
         return [
             RunRecord(
                 id=r[0], as_of=datetime.fromisoformat(r[1]), rules_digest=r[2],
                 started_at=datetime.fromisoformat(r[3]), status=r[4], finished_at=_instant(r[5]),
-                counts=json.loads(r[6]),
+                counts=json.loads(r[6]), kind=r[7],
             )
             for r in rows
         ]
