@@ -221,7 +221,7 @@ def test_a_run_in_another_process_never_delivers_an_action_twice_nor_loses_it(tm
     store.close()
 
 
-def test_a_store_from_before_claims_gets_the_column(tmp_path: Path) -> None:
+def test_a_store_from_before_claims_and_run_kinds_gets_the_columns(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     store = retainer.open_store(f"sqlite:///{path}")
     crm(store, 1)
@@ -229,9 +229,11 @@ def test_a_store_from_before_claims_gets_the_column(tmp_path: Path) -> None:
     store.close()
     with sqlite3.connect(path) as db:
         db.execute("ALTER TABLE retainer_actions DROP COLUMN claimed_by")
+        db.execute("ALTER TABLE retainer_runs DROP COLUMN kind")
     store = retainer.open_store(f"sqlite:///{path}")
     (e,) = store.ledger()
     assert e.claimed_by is None and e.status == "pending"
+    assert [r.kind for r in store.runs(kind="run")] == ["run"]  # written before kinds: runs
     h = RecordingHandler()
     retainer.Engine(RULES, store).run(AS_OF, handlers=h)
     assert h.ids == [e.id] and store.ledger()[0].status == "done"
