@@ -55,7 +55,7 @@ def claimed(store: Any) -> LedgerEntry:
 def test_a_claim_of_this_process_holds_while_it_delivers(store: Any) -> None:
     e = claimed(store)
     now = datetime.now(UTC)
-    assert e.claimed_by == claim_holder()
+    assert e.claimed_by is not None and e.claimed_by.partition("@")[0] == claim_holder()
     with delivering(e.id):
         assert claim_alive(e, now)  # another thread of this process is delivering it
     assert not claim_alive(e, now)  # left behind by an attempt that ended without its result: stale
@@ -77,6 +77,35 @@ def test_a_claim_lives_as_long_as_its_process(store: Any) -> None:
         child.kill()
         child.wait()
     assert not claim_alive(theirs, now)
+
+
+def test_the_lease_runs_on_the_machines_clock_not_a_dispatchers(store: Any) -> None:
+    """A session with an injected clock in the past stamped its attempts months ago: a run with the real
+    clock took its live claim for an expired one and delivered the action a second time."""
+    e = claimed(store)
+    host, seen = claim_holder().split("/")[:2]
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        who = f"{host}/{seen}/{child.pid}/{_start_time(child.pid)}"
+        past = e.updated_at - timedelta(days=90)  # the claimant's injected clock
+        fresh = dataclasses.replace(e, claimed_by=f"{who}@{int(time.time())}", updated_at=past)
+        assert claim_alive(fresh, datetime.now(UTC))
+        old = int(time.time() - CLAIM_LEASE.total_seconds() - 1)
+        assert not claim_alive(dataclasses.replace(fresh, claimed_by=f"{who}@{old}"), datetime.now(UTC))
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_two_dispatchers_of_one_process_on_one_action_keep_its_mark() -> None:
+    """The one refused its claim used to unmark the id as it left, and the other's live claim looked stale."""
+    from retainer import ledger
+
+    with delivering("a1"):
+        with delivering("a1"):
+            pass  # the second dispatcher, refused
+        assert "a1" in ledger._delivering
+    assert "a1" not in ledger._delivering
 
 
 @pytest.mark.parametrize("token", ["elsewhere/4026531836/1/1", "{host}/4026000000/1/1"],
@@ -255,3 +284,27 @@ def test_an_action_taken_over_from_a_dead_process_is_retried_by_its_new_dispatch
     assert report.done and report.attempts == 2  # the retry is checked against its own claim, not the dead one's
     assert [(e.status, e.attempts, e.claimed_by) for e in store.ledger()] == [("done", 3, None)]
     store.close()
+
+
+def test_a_run_out_of_attempts_leaves_dead_an_action_another_dispatcher_took_since(store: Any) -> None:
+    """A run with max_attempts=1 read an action with one attempt made, unclaimed; a session with more
+    attempts to give took it right after. The run must not write it dead over the session's delivery."""
+    crm(store, 1)
+    retainer.Engine(RULES, store).run(AS_OF)
+    (e,) = store.ledger()
+    store.begin_attempts([e.id], datetime.now(UTC))
+    store.finish_attempts([(e.id, "failed", "ConnectionError: down", 1)], datetime.now(UTC))
+
+    class SessionTakesItAfterTheRead:  # the store as the run sees it: the session claims between read and write
+        def __getattr__(self, name: str) -> Any:
+            return getattr(store, name)
+
+        def ledger(self, **kw: Any) -> Any:
+            read = store.ledger(**kw)
+            store.begin_attempts([e.id], datetime.now(UTC))
+            return read
+
+    report = Dispatcher(SessionTakesItAfterTheRead(), RecordingHandler(), retry=Retry(max_attempts=1)).dispatch_active()
+    assert list(report.dead) == [e.id]  # the run's own view: it gave up
+    (after,) = store.ledger()
+    assert after.status == "failed" and after.claimed_by is not None  # the ledger: still the session's

@@ -12,6 +12,8 @@ import json
 import os
 import socket
 import threading
+import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ __all__ = [
     "action_payload",
     "claim_alive",
     "claim_holder",
+    "claim_token",
 ]
 
 Status = Literal["pending", "done", "failed", "dead"]
@@ -49,8 +52,8 @@ ACTIVE: Final = ("pending", "failed")
 #: that still runs, or was made where its process cannot be seen (another host, another pid namespace)
 CLAIM_LEASE: Final = timedelta(minutes=10)
 
-_holder: tuple[int, str] | None = None  # (pid, token): recomputed in a forked child
-_delivering: set[str] = set()  # ids this process is delivering now, in any thread
+_holder: tuple[int, str] | None = None  # (pid, identity): recomputed in a forked child
+_delivering: Counter[str] = Counter()  # ids this process is delivering now, in any thread (how many marks)
 _delivering_lock = threading.Lock()
 
 
@@ -74,51 +77,72 @@ def _start_time(pid: int) -> str:
         return ""
 
 
-def _pid_namespace() -> str:
-    """Which pids this process sees (Linux): two containers may share a host name but not their pids."""
-    try:
-        return os.readlink("/proc/self/ns/pid").removeprefix("pid:")
-    except OSError:
-        return ""
+def _pids_seen() -> str:
+    """Which pids this process sees (Linux): its pid namespace, and the boot of the machine. Two containers
+    of one pod share a host name, not their pids; two machines' first namespaces have the same number."""
+    out = []
+    for path, read in (("/proc/self/ns/pid", os.readlink), ("/proc/sys/kernel/random/boot_id", _first_line)):
+        try:
+            out.append(read(path).removeprefix("pid:").strip("[]")[:12])
+        except OSError:
+            out.append("")
+    return "+".join(out)
+
+
+def _first_line(path: str) -> str:
+    with open(path) as f:
+        return f.readline().strip()
 
 
 def claim_holder() -> str:
-    """This process, as the ledger's `claimed_by` names it: host, pid namespace, pid and start time."""
+    """This process, as the ledger's `claimed_by` names it: host, which pids it sees, pid and start time."""
     global _holder
     pid = os.getpid()
     if _holder is None or _holder[0] != pid:
-        _holder = (pid, f"{socket.gethostname()}/{_pid_namespace()}/{pid}/{_start_time(pid)}")
+        _holder = (pid, f"{socket.gethostname()}/{_pids_seen()}/{pid}/{_start_time(pid)}")
     return _holder[1]
+
+
+def claim_token() -> str:
+    """A new claim: this process, and when by the machine's wall clock (`@` seconds). The lease is measured
+    with that clock, not with a dispatcher's injectable one, which may run in the past."""
+    return f"{claim_holder()}@{int(time.time())}"
 
 
 @contextmanager
 def delivering(id: str) -> Iterator[None]:
     """Marks `id` as being delivered by this process: what `claim_alive` asks of this process's own claims
-    (a claim of ours that is not marked is left from an attempt that was interrupted)."""
+    (a claim of ours that is not marked is left from an attempt that was interrupted). Counted: a second
+    dispatcher of this process that tries the same id and is refused must not unmark the first's."""
     with _delivering_lock:
-        _delivering.add(id)
+        _delivering[id] += 1
     try:
         yield
     finally:
         with _delivering_lock:
-            _delivering.discard(id)
+            _delivering[id] -= 1
+            if not _delivering[id]:
+                del _delivering[id]
 
 
 def claim_alive(entry: LedgerEntry, now: datetime) -> bool:
     """Whether another dispatcher is delivering `entry` right now: its attempt began less than `CLAIM_LEASE`
     ago and has not ended, and the process that began it still runs (where that can be seen: this host and
     pid namespace). Delivering it then would send it twice; a claim whose process died (killed
-    mid-delivery) is stale, and the action is delivered again, at least once."""
+    mid-delivery) is stale, and the action is delivered again, at least once. `now` measures the lease of a
+    claim written without its own wall-clock stamp."""
     token = entry.claimed_by
     if not token:
         return False
-    if token == claim_holder():
+    who, _, stamp = token.partition("@")
+    if who == claim_holder():
         return entry.id in _delivering
-    if now - entry.updated_at >= CLAIM_LEASE:
+    age = time.time() - int(stamp) if stamp.isdigit() else (now - entry.updated_at).total_seconds()
+    if age >= CLAIM_LEASE.total_seconds():
         return False
-    host, ns, pid_text, started = [*token.split("/"), "", "", ""][:4]
+    host, seen, pid_text, started = [*who.split("/"), "", "", ""][:4]
     mine = claim_holder().split("/")
-    if host != mine[0] or ns != mine[1] or not pid_text.isdigit():
+    if host != mine[0] or seen != mine[1] or not pid_text.isdigit():
         return True  # its process cannot be seen from here: trusted for the lease
     pid = int(pid_text)
     try:

@@ -151,9 +151,9 @@ def test_an_attempt_holds_a_claim_until_it_ends(store: Store) -> None:
     i1, i2 = (e.id for e in store.ledger())
     assert [e.claimed_by for e in store.ledger()] == [None, None]
     store.begin_attempts([i1, i2], T0)
-    assert [e.claimed_by for e in store.ledger()] == [claim_holder()] * 2
+    assert [(e.claimed_by or "").partition("@")[0] for e in store.ledger()] == [claim_holder()] * 2
     store.finish_attempts([(i1, "failed", "x", 1)], T0)
-    assert [e.claimed_by for e in store.ledger()] == [None, claim_holder()]
+    assert [(e.claimed_by or "").partition("@")[0] for e in store.ledger()] == ["", claim_holder()]
     store.finish_attempts([(i2, "dead", "x", 1)], T0)
     store.begin_attempts([i1], T0)
     assert store.requeue([i1, i2], T0) == [i1, i2]
@@ -175,6 +175,18 @@ def test_an_attempt_and_a_requeue_need_the_claim_the_caller_read(store: Store) -
     store.begin_attempts([e.id], T0)
     assert store.requeue([e.id], T0, {e.id: None}) == []  # failed, but claimed since it was read
     assert store.ledger()[0].attempts == 2
+
+
+def test_a_result_is_recorded_only_under_the_claim_given(store: Store) -> None:
+    """A run whose attempts ran out marked an action dead while a session with more attempts to give was
+    delivering it; the session's success then could not be recorded, and a replay sent it again."""
+    store.commit_run(run_record(), [act("k1")], {})
+    (e,) = store.ledger()
+    store.begin_attempts([e.id], T0)  # the session's attempt: claimed
+    store.finish_attempts([(e.id, "dead", "gave up", 1)], T0, {e.id: None})  # the run read it unclaimed
+    assert (store.ledger()[0].status, store.ledger()[0].claimed_by is not None) == ("pending", True)
+    store.finish_attempts([(e.id, "done", None, 1)], T0, {e.id: claim_holder()})  # the session's own result
+    assert (store.ledger()[0].status, store.ledger()[0].claimed_by) == ("done", None)
 
 
 def test_requeue_moves_failed_and_dead_only(store: Store) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..actions import ACTION_TYPES, Action
 from ..errors import ArgumentError, DispatchError, did_you_mean
-from ..ledger import ACTIVE, LedgerEntry, Status, claim_alive, delivering
+from ..ledger import ACTIVE, LedgerEntry, Status, claim_alive, claim_holder, delivering
 from ..stores.base import virtual_value
 from .base import ActionHandler, CallbackHandler, PermanentError
 
@@ -295,7 +295,8 @@ class Dispatcher:
                 f"gave up after {attempts[e.id]} attempts that never returned (the process stopped while delivering it)"
             )
             rejected = True  # no call was made: says nothing about the endpoint, so no step towards giving up on it
-            self.store.finish_attempts([(e.id, st, err, attempts[e.id])], self.clock())
+            # only as it was read: a dispatcher with more attempts to give may be delivering it now
+            self.store.finish_attempts([(e.id, st, err, attempts[e.id])], self.clock(), {e.id: claims[e.id]})
         else:
             with delivering(e.id):  # marked before the claim: a thread of this process reading it then waits
                 if not self.store.begin_attempts([e.id], self.clock(), {e.id: attempts[e.id]}, {e.id: claims[e.id]}):
@@ -305,6 +306,7 @@ class Dispatcher:
                     return None, False
                 attempts[e.id] += 1
                 report.attempts += 1
+                mine = {e.id: claim_holder()}
                 handler = self.route(e.type)
                 assert handler is not None
                 try:
@@ -315,11 +317,12 @@ class Dispatcher:
                     st, err = ("dead" if attempts[e.id] >= limit else "failed"), describe_error(exc)
                 except BaseException as exc:  # Ctrl-C or exit in the handler: whether it went out is unknown
                     why = f"interrupted while delivering ({type(exc).__name__})"
-                    self.store.finish_attempts([(e.id, "failed", why, attempts[e.id])], self.clock())
+                    self.store.finish_attempts([(e.id, "failed", why, attempts[e.id])], self.clock(), mine)
                     raise
                 else:
                     st, err = "done", None
-                self.store.finish_attempts([(e.id, st, err, attempts[e.id])], self.clock())  # drops the claim
+                # drops the claim, if still ours (a delivery past the lease may have been taken over)
+                self.store.finish_attempts([(e.id, st, err, attempts[e.id])], self.clock(), mine)
                 claims[e.id] = None
         if st == "failed":
             report.failed[e.id] = err or ""

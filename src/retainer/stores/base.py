@@ -328,16 +328,21 @@ class Store(Protocol):
         so is one whose attempts are no longer those in `seen` (id -> attempts when the caller read it):
         another dispatcher (a reactive session, a run in another process) has just taken it, and
         counting it here too would deliver it twice. Each counted entry is claimed for this process
-        (`claimed_by = ledger.claim_holder()`) until `finish_attempts`: while it runs, other dispatchers
+        (`claimed_by = ledger.claim_token()`) until `finish_attempts`: while it runs, other dispatchers
         leave the action alone (`ledger.claim_alive`). `claims` (id -> `claimed_by` when the caller read it):
         only an id whose claim is still that one is counted. Attempts alone can come back to the same number
         (a replay resets them, then its own delivery counts one) while another dispatcher delivers it."""
         ...
 
-    def finish_attempts(self, results: Sequence[tuple[str, Status, str | None, int]], at: datetime) -> None:
+    def finish_attempts(
+        self, results: Sequence[tuple[str, Status, str | None, int]], at: datetime,
+        claims: Mapping[str, str | None] | None = None,
+    ) -> None:  # fmt: skip
         """Record `(id, status, error or None, attempts)` after delivery, and drop the claim, in one
         transaction; only for actions still `pending` or `failed` (an outcome the host recorded meanwhile
-        stands)."""
+        stands), and, with `claims`, still claimed as given there (a process's identity, `claim_holder()`,
+        matches its own claims): a dispatcher giving up on an action must not mark it dead while another
+        one delivers it."""
         ...
 
     def requeue(self, ids: Sequence[str], at: datetime, claims: Mapping[str, str | None] | None = None) -> list[str]:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..actions import Action
 from ..errors import StoreError
-from ..ledger import LedgerEntry, RunRecord, Status, action_payload, check_query, claim_holder
+from ..ledger import LedgerEntry, RunRecord, Status, action_payload, check_query, claim_token
 from ..model import ENTITIES, Client, Entity, Manager, no_gc
 from ..timeutil import to_utc_text
 from . import _ingest
@@ -1415,7 +1415,7 @@ class SQLiteStore:
         self, ids: Sequence[str], at: datetime, seen: Mapping[str, int] | None = None,
         claims: Mapping[str, str | None] | None = None,
     ) -> list[str]:  # fmt: skip
-        t, holder = to_utc_text(at), claim_holder()
+        t, holder = to_utc_text(at), claim_token()
         counted = []
         with self._transaction() as conn:
             for i in ids:  # by id, one row each: the unique index, never a scan of the ledger
@@ -1430,14 +1430,19 @@ class SQLiteStore:
                     counted.append(i)
         return counted
 
-    def finish_attempts(self, results: Sequence[tuple[str, Status, str | None, int]], at: datetime) -> None:
+    def finish_attempts(
+        self, results: Sequence[tuple[str, Status, str | None, int]], at: datetime,
+        claims: Mapping[str, str | None] | None = None,
+    ) -> None:  # fmt: skip
         t = to_utc_text(at)
         with self._transaction() as conn:
             conn.executemany(
                 "UPDATE retainer_actions SET status = ?, last_error = ?, attempts = ?, updated_at = ?, "
-                "claimed_by = NULL WHERE id = ? AND status IN ('pending', 'failed')",
-                [(st, error, n, t, i) for i, st, error, n in results],
-            )
+                "claimed_by = NULL WHERE id = ? AND status IN ('pending', 'failed') AND (? = 0 OR claimed_by IS ? "
+                "OR (? IS NOT NULL AND substr(claimed_by, 1, length(?) + 1) = ? || '@'))",
+                [(st, error, n, t, i, int(claims is not None and i in claims), *[(claims or {}).get(i)] * 4)
+                 for i, st, error, n in results],
+            )  # fmt: skip
 
     def requeue(self, ids: Sequence[str], at: datetime, claims: Mapping[str, str | None] | None = None) -> list[str]:
         with self._transaction() as conn:
