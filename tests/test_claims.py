@@ -308,3 +308,44 @@ def test_a_run_out_of_attempts_leaves_dead_an_action_another_dispatcher_took_sin
     assert list(report.dead) == [e.id]  # the run's own view: it gave up
     (after,) = store.ledger()
     assert after.status == "failed" and after.claimed_by is not None  # the ledger: still the session's
+
+
+def test_an_old_store_that_cannot_be_written_is_still_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its ledger's new columns read as empty: a read-only copy from before claims and run kinds."""
+    from retainer.stores.sqlite import SQLiteStore
+
+    path = tmp_path / "old.db"
+    store = retainer.open_store(f"sqlite:///{path}")
+    crm(store, 1)
+    retainer.Engine(RULES, store).run(AS_OF)
+    store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE retainer_actions DROP COLUMN claimed_by")
+        db.execute("ALTER TABLE retainer_runs DROP COLUMN kind")
+
+    def read_only(self: Any) -> Any:
+        raise retainer.StoreError(f"{self.path}: cannot write: attempt to write a readonly database")
+
+    monkeypatch.setattr(SQLiteStore, "_transaction", read_only)
+    store = retainer.open_store(f"sqlite:///{path}")
+    (e,) = store.ledger()
+    assert (e.status, e.claimed_by) == ("pending", None)
+    assert [r.kind for r in store.runs(kind="run")] == ["run"] and store.runs(kind="event") == []
+    assert len(retainer.Engine(RULES, store).plan(AS_OF).suppressed) == 1  # the duplicate, from the ledger
+    store.close()
+
+
+def test_two_processes_opening_an_old_store_at_once_both_open_it(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    store = retainer.open_store(f"sqlite:///{path}")
+    crm(store, 1)
+    store.close()
+    script = tmp_path / "open.py"
+    script.write_text("import sys, retainer\nretainer.open_store('sqlite:///' + sys.argv[1]).close()\n")
+    for _ in range(4):
+        with sqlite3.connect(path) as db:
+            db.execute("ALTER TABLE retainer_runs DROP COLUMN kind")
+        procs = [subprocess.Popen([sys.executable, str(script), str(path)], stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]  # fmt: skip
+        errors = [p.communicate(timeout=TIMEOUT)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], errors

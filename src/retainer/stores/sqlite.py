@@ -23,7 +23,7 @@ from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..actions import Action
 from ..errors import StoreError
@@ -251,6 +251,8 @@ CREATE TABLE IF NOT EXISTS retainer_runs (
     kind TEXT
 );
 """
+#: ledger columns later versions added: read as empty in a read-only store written before them
+_LEDGER_NEW = {"retainer_actions": {"claimed_by": "text"}, "retainer_runs": {"kind": "text"}}
 _LEDGER_COLS = (
     "id, key, run_id, type, rule, client_id, category, as_of, status, attempts, last_error, "
     "created_at, updated_at, outcome, outcome_at, payload, claimed_by"
@@ -489,6 +491,8 @@ else:
 class SQLiteStore:
     """A CRM snapshot in one SQLite file (WAL mode, so readers never block the writer)."""
 
+    _absent: ClassVar[frozenset[tuple[str, str]]] = frozenset()  # (table, column) an old read-only store lacks
+
     def __init__(
         self, path: str | Path, *, timezone: tzinfo = UTC, url: str | None = None, create: bool = True
     ) -> None:
@@ -698,24 +702,38 @@ class SQLiteStore:
         field is one index seek."""
         return {(ix[0], ix[2]) for ix in self._indexes() if len(ix) >= 3 and ix[1] == "client_id"}
 
+    def _missing_columns(self) -> list[tuple[str, str, str]]:
+        out = []
+        for entity, kinds in (*_KINDS.items(), *_LEDGER_NEW.items()):
+            have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({entity})")}
+            out += [(entity, f, k) for f, k in kinds.items() if have and f not in have]
+        return out
+
     def _add_new_columns(self) -> None:
         """Columns later versions added (all optional): a store imported by an earlier retainer gets them
-        empty, so it keeps working without a re-import."""
-        missing = []
-        for entity, kinds in (*_KINDS.items(), ("retainer_actions", {"claimed_by": "text"}),
-                              ("retainer_runs", {"kind": "text"})):  # fmt: skip
-            have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({entity})")}
-            missing += [(entity, f, k) for f, k in kinds.items() if have and f not in have]
-        if not missing:
+        empty, so it keeps working without a re-import. Checked again under the write lock: two processes
+        opening an old store at once (a session service and the nightly run) both saw them missing, and
+        the second failed on "duplicate column name". A store that cannot be written (read-only) is still
+        read when only the ledger's new columns are missing: they read as empty."""
+        self._absent = frozenset()
+        if not self._missing_columns():
             return
         try:
-            with self.conn:
-                for entity, f, k in missing:
+            with self._transaction():
+                for entity, f, k in self._missing_columns():
                     sqltype = "INTEGER" if _SQLTYPE[k] is int else "TEXT"
                     self.conn.execute(f'ALTER TABLE {entity} ADD COLUMN "{f}" {sqltype}')
-        except sqlite3.OperationalError as exc:
+        except (sqlite3.OperationalError, StoreError) as exc:
+            missing = self._missing_columns()
+            if all(entity in _LEDGER_NEW for entity, _, _ in missing):
+                self._absent = frozenset((entity, f) for entity, f, _ in missing)
+                return
             raise StoreError(f"{self.path} was written by an earlier retainer and cannot be upgraded here ({exc}); "
                              "open it once where it is writable") from None
+
+    def _col(self, entity: str, col: str, absent: str) -> str:
+        """`col`, or what it reads as in a read-only store from before the column (`_add_new_columns`)."""
+        return absent if (entity, col) in self._absent else col
 
     # ------------------------------------------------------------ facts
 
@@ -1355,9 +1373,10 @@ class SQLiteStore:
             )
 
     def runs(self, limit: int | None = None, kind: str | None = None) -> list[RunRecord]:
+        kind_col = self._col("retainer_runs", "kind", "NULL")
         rows = self.conn.execute(
-            "SELECT id, as_of, rules_digest, started_at, status, finished_at, counts, COALESCE(kind, 'run') "
-            "FROM retainer_runs WHERE ? IS NULL OR COALESCE(kind, 'run') = ? ORDER BY seq DESC LIMIT ?",
+            f"SELECT id, as_of, rules_digest, started_at, status, finished_at, counts, COALESCE({kind_col}, 'run') "
+            f"FROM retainer_runs WHERE ? IS NULL OR COALESCE({kind_col}, 'run') = ? ORDER BY seq DESC LIMIT ?",
             [kind, kind, -1 if limit is None else limit],
         ).fetchall()
         return [
@@ -1393,7 +1412,8 @@ class SQLiteStore:
         if rule is not None:
             where.append("rule = ?")
             params.append(rule)
-        sql = f"SELECT {_LEDGER_COLS} FROM retainer_actions"
+        cols = _LEDGER_COLS.replace("claimed_by", self._col("retainer_actions", "claimed_by", "NULL"))
+        sql = f"SELECT {cols} FROM retainer_actions"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq LIMIT ?"
