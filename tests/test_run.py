@@ -463,9 +463,15 @@ def test_a_handler_class_or_a_function_of_the_wrong_shape_is_refused_before_anyt
     def two(action: Action, extra: str) -> None:
         pass
 
+    class Optional:
+        def handle(self, action: Action | None = None) -> None:
+            pass
+
     crm(store)
     with pytest.raises(retainer.DispatchError, match=r"for '\*' is the class .*Crm: pass an instance, Crm\(\.\.\.\)"):
         run(store, handlers=Crm)
+    with pytest.raises(retainer.DispatchError, match=r"is the class .*Optional: pass an instance"):
+        run(store, handlers=Optional)  # its action would go to `self`
     with pytest.raises(retainer.DispatchError, match=r"for 'create_task' .* must take one argument, the action"):
         run(store, handlers={"create_task": two})
     with pytest.raises(retainer.DispatchError, match="must take one argument"):

@@ -219,7 +219,10 @@ def test_failures_show_the_closest_action_and_hint_at_typos() -> None:
             step.absent(spec)  # a misspelt negative check used to pass whatever the rules did
     step.absent(type="create_task", client_id="c2")  # a real name that matches nothing is fine
     off = {"rules": [*RULES["rules"], {"id": "wake", "kind": "forgotten", "after": "30d", "enabled": False}]}
-    Scenario(off).given(**CRM).at("2026-03-01").absent(rule="wake")  # a disabled rule's id is a real name
+    off_step = Scenario(off).given(**CRM).at("2026-03-01")
+    off_step.absent(rule="wake")  # a disabled rule's id is a real name
+    with pytest.raises(ScenarioFailure, match=re.escape("rule 'wake' is disabled (enabled: false): it plans nothing")):
+        off_step.expect(rule="wake")
 
 
 def test_expect_an_empty_list_means_no_new_action(tmp_path: Path) -> None:

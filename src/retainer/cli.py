@@ -538,8 +538,10 @@ def actions_replay(
     err.print(f"requeued {len(moved)} action(s)", highlight=False)
     if ids:
         for e in store.ledger(ids=[i for i in ids if i not in set(moved)]):
-            why = ("already delivered: replaying it would duplicate it" if e.status == "done" else "already waiting"
-                   if e.status == "pending" else "another dispatcher is delivering it now")  # fmt: skip
+            why = (f"cancelled ({e.cancelled}) before it went out: it must not be sent" if e.cancelled
+                   else "already delivered: replaying it would duplicate it" if e.status == "done"
+                   else "already waiting" if e.status == "pending"
+                   else "another dispatcher is delivering it now")  # fmt: skip
             err.print(f"  not requeued: {e.id} is {e.status} ({why})", highlight=False)
     if report is None:
         if moved:

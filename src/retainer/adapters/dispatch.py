@@ -114,6 +114,9 @@ def _check_signature(name: str, h: Any) -> None:
     passed for an instance, a function that does not take one action. Found at delivery instead, each
     action would fail, be retried with backoff, and look like a CRM that is down."""
     fn = h.fn if isinstance(h, CallbackHandler) else h.handle
+    if isinstance(h, type) and not isinstance(inspect.getattr_static(h, "handle", None), staticmethod | classmethod):
+        # `handle(self, action=None)` on the class binds the action to self: the instance was meant
+        raise DispatchError(f"handler for {name!r} is the class {h.__qualname__}: pass an instance, {h.__name__}(...)")
     try:
         inspect.signature(fn).bind(object())
     except TypeError as exc:

@@ -48,8 +48,11 @@ class ScenarioFailure(AssertionError):
     """A step did not do what the scenario expects; the message is the whole readable report."""
 
 
-def _unknown_name(field: str, value: Any, rule_ids: list[str]) -> str | None:
-    """A rule id or action type that nothing can match (a typo), said with the closest real one."""
+def _unknown_name(field: str, value: Any, rule_ids: list[str], disabled: Sequence[str] = ()) -> str | None:
+    """A rule id or action type that nothing can match (a typo, or a disabled rule where an action is
+    expected), said with the closest real one."""
+    if field == "rule" and value in disabled:
+        return f"rule {value!r} is disabled (enabled: false): it plans nothing"
     if field == "rule" and value not in rule_ids:
         return f"no rule {value!r} in the rule set{did_you_mean(str(value), rule_ids)}"
     if field == "type" and value not in ACTION_TYPES:
@@ -189,7 +192,7 @@ class Step:
         wanted = [*specs, *([fields] if fields else [])]
         views = [_flat(a) for a in self.actions]
         # a misspelt name can match nothing, so the check would pass whatever the rules do
-        blind = [(s, h) for s in wanted if (h := self._hints(_resolve(s, self.as_of), views))]
+        blind = [(s, h) for s in wanted if (h := self._hints(_resolve(s, self.as_of), views, expected=False))]
         found = [(s, a) for s in wanted for a, v in zip(self.actions, views, strict=True)
                  if matches(_resolve(s, self.as_of), v)]  # fmt: skip
         if found or blind:
@@ -238,15 +241,18 @@ class Step:
             msg += f"\n      closest: {who}, " + "; ".join(diff)
         return msg
 
-    def _hints(self, resolved: Mapping[str, Any], views: list[dict[str, Any]]) -> list[str]:
-        """Names in an expectation that no action can have: a misspelt field, rule id or action type."""
+    def _hints(self, resolved: Mapping[str, Any], views: list[dict[str, Any]], expected: bool = True) -> list[str]:
+        """Names in an expectation that no action can have: a misspelt field, rule id or action type, and
+        where an action is `expected`, a disabled rule (`absent:` may name one: it is a real rule)."""
         hints = []
         fields = {k for v in views for k in v} | set(_flat_fields())
-        rule_ids = [r.id for r in self.scenario.engine.rules.file.rules]  # a disabled rule's id is a name too
+        defined = self.scenario.engine.rules.file.rules
+        rule_ids = [r.id for r in defined]
+        disabled = [r.id for r in defined if not r.enabled] if expected else []
         for k, v in resolved.items():
             if k not in fields:
                 hints.append(f"there is no field {k!r}{did_you_mean(k, fields)}")
-            elif hint := _unknown_name(k, v, rule_ids):
+            elif hint := _unknown_name(k, v, rule_ids, disabled):
                 hints.append(hint)
         return hints
 
