@@ -392,8 +392,10 @@ def _sweep(
     needed = rules.registry.closure(rules.features_needed())
     reads_ledger = any(rules.registry.get(n).ledger for n in needed)
     # who gets a client's next task is read when it is next evaluated, for whatever reason: a reassigned
-    # client needs no evaluation of its own, unless a condition reads its manager
-    reads_manager = not MANAGER_FEATURES.isdisjoint(needed)
+    # client needs no evaluation of its own, unless a condition reads its manager (every rule set needs
+    # `manager_id` for its actions; evaluating the 19,000 clients released on a first step again cost 20 %)
+    in_conditions = rules.registry.closure(set().union(*(r.condition.features() for r in rules.rules)))
+    reads_manager = not MANAGER_FEATURES.isdisjoint(in_conditions)
     abc: dict[str, Any] | None = {} if "abc_class" in needed else None
     managers = {m.id: m for m in overlay.managers()}
     scheduled: dict[str, date] = {}  # client -> its wake date
