@@ -250,8 +250,8 @@ def test_a_run_in_another_process_never_delivers_an_action_twice_nor_loses_it(tm
     store.close()
 
 
-def test_a_store_from_before_claims_and_run_kinds_gets_the_columns(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
+def old_store(path: Path) -> None:
+    """A SQLite store with one pending task, as a retainer from before claims and run kinds left it."""
     store = retainer.open_store(f"sqlite:///{path}")
     crm(store, 1)
     retainer.Engine(RULES, store).run(AS_OF)
@@ -259,6 +259,11 @@ def test_a_store_from_before_claims_and_run_kinds_gets_the_columns(tmp_path: Pat
     with sqlite3.connect(path) as db:
         db.execute("ALTER TABLE retainer_actions DROP COLUMN claimed_by")
         db.execute("ALTER TABLE retainer_runs DROP COLUMN kind")
+
+
+def test_a_store_from_before_claims_and_run_kinds_gets_the_columns(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old_store(path)
     store = retainer.open_store(f"sqlite:///{path}")
     (e,) = store.ledger()
     assert e.claimed_by is None and e.status == "pending"
@@ -315,13 +320,7 @@ def test_an_old_store_that_cannot_be_written_is_still_read(tmp_path: Path, monke
     from retainer.stores.sqlite import SQLiteStore
 
     path = tmp_path / "old.db"
-    store = retainer.open_store(f"sqlite:///{path}")
-    crm(store, 1)
-    retainer.Engine(RULES, store).run(AS_OF)
-    store.close()
-    with sqlite3.connect(path) as db:
-        db.execute("ALTER TABLE retainer_actions DROP COLUMN claimed_by")
-        db.execute("ALTER TABLE retainer_runs DROP COLUMN kind")
+    old_store(path)
 
     def read_only(self: Any) -> Any:
         raise retainer.StoreError(f"{self.path}: cannot write: attempt to write a readonly database")
