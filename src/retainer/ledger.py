@@ -38,6 +38,7 @@ __all__ = [
     "action_payload",
     "claim_alive",
     "claim_holder",
+    "claim_is",
     "claim_token",
 ]
 
@@ -107,6 +108,12 @@ def claim_token() -> str:
     """A new claim: this process, and when by the machine's wall clock (`@` seconds). The lease is measured
     with that clock, not with a dispatcher's injectable one, which may run in the past."""
     return f"{claim_holder()}@{int(time.time())}"
+
+
+def claim_is(claim: str | None, expected: str | None) -> bool:
+    """`claim` is `expected`, or a claim of the process `expected` names (`claim_holder()`, whatever the claim's
+    stamp): how a store checks the claim a result is recorded under. (SQLiteStore spells it in SQL.)"""
+    return claim == expected or (expected is not None and claim is not None and claim.partition("@")[0] == expected)
 
 
 @contextmanager
@@ -199,7 +206,7 @@ class LedgerEntry:
     last_error: str | None = None
     outcome: dict[str, Any] | None = None
     outcome_at: datetime | None = None
-    #: the process delivering it now (`claim_holder()` of the dispatcher whose attempt has not ended), else None
+    #: the process delivering it now (`claim_token()` of the dispatcher whose attempt has not ended), else None
     claimed_by: str | None = None
 
     @cached_property

@@ -120,10 +120,9 @@ def _check_signature(name: str, h: Any) -> None:
     try:
         inspect.signature(fn).bind(object())
     except TypeError as exc:
-        cls = h if isinstance(h, type) else fn if isinstance(fn, type) else None
-        if cls is not None:  # `handle(self, action)` on the class itself: the instance was meant
-            raise DispatchError(f"handler for {name!r} is the class {cls.__qualname__}: "
-                                f"pass an instance, {cls.__name__}(...)") from None  # fmt: skip
+        if isinstance(fn, type):  # a class without `handle`, called per action: its instance was meant
+            raise DispatchError(f"handler for {name!r} is the class {fn.__qualname__}: "
+                                f"pass an instance, {fn.__name__}(...)") from None  # fmt: skip
         raise DispatchError(f"handler for {name!r} ({handler_name(h)}) must take one argument, the action: "
                             f"{exc}") from None  # fmt: skip
     except ValueError:

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..actions import Action
 from ..errors import StoreError
-from ..ledger import ACTIVE, LedgerEntry, RunRecord, Status, action_payload, check_query, claim_token
+from ..ledger import ACTIVE, LedgerEntry, RunRecord, Status, action_payload, check_query, claim_is, claim_token
 from ..model import Client, Entity, Manager
 from . import _ingest
 from .base import COMPARE, EXISTS_FIELD, TIME_FIELDS, VIRTUAL_FIELDS, AggSpec, Changes, Pred, virtual_value
@@ -27,11 +27,6 @@ def _entry(values: Mapping[str, Any], **changes: Any) -> LedgerEntry:
     e = object.__new__(LedgerEntry)
     e.__dict__.update(values, **changes)
     return e
-
-
-def _claim_is(claim: str | None, expected: str | None) -> bool:
-    """`claim` is `expected`, or a claim of the process `expected` names (whatever its stamp)."""
-    return claim == expected or (expected is not None and claim is not None and claim.partition("@")[0] == expected)
 
 
 class MemoryStore:
@@ -333,7 +328,7 @@ class MemoryStore:
         for i in ids:
             e = self._ledger[i]
             if (e.status in ("pending", "failed") and (seen is None or seen.get(i) in (None, e.attempts))
-                    and (claims is None or i not in claims or _claim_is(e.claimed_by, claims[i]))):  # fmt: skip
+                    and (claims is None or i not in claims or claims[i] == e.claimed_by)):  # fmt: skip
                 self._update(i, attempts=e.attempts + 1, updated_at=at, claimed_by=holder)
                 counted.append(i)
         return counted
@@ -345,7 +340,7 @@ class MemoryStore:
         for i, st, error, n in results:
             e = self._ledger[i]
             if e.status in ("pending", "failed") and (claims is None or i not in claims
-                                                      or _claim_is(e.claimed_by, claims[i])):  # fmt: skip
+                                                      or claim_is(e.claimed_by, claims[i])):  # fmt: skip
                 self._update(i, status=st, last_error=error, attempts=n, updated_at=at, claimed_by=None)
 
     def requeue(self, ids: Sequence[str], at: datetime, claims: Mapping[str, str | None] | None = None) -> list[str]:
@@ -354,8 +349,7 @@ class MemoryStore:
         moved = []
         for i in ids:
             e = self._ledger[i]
-            if e.status in ("failed", "dead") and (claims is None or i not in claims
-                                                   or _claim_is(e.claimed_by, claims[i])):  # fmt: skip
+            if e.status in ("failed", "dead") and (claims is None or i not in claims or claims[i] == e.claimed_by):
                 self._update(i, status="pending", attempts=0, updated_at=at, claimed_by=None)
                 moved.append(i)
         return moved
