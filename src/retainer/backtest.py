@@ -78,8 +78,8 @@ class FreshLedger:
     def manager_loads(self, as_of: datetime) -> dict[str, int]:
         loads = self._loads.at(as_of)
         for mid, n in self._moved.items():  # steps only go forward: every move so far happened before as_of
-            if loads.get(mid, 0) + n:
-                loads[mid] = loads.get(mid, 0) + n
+            if k := loads.get(mid, 0) + n:
+                loads[mid] = k
             else:
                 loads.pop(mid, None)
         return loads
@@ -90,21 +90,19 @@ class FreshLedger:
         next steps plan the client's tasks for its new manager, release it from that one, and count it
         against that one's capacity. (Without this, a manager with room for one client received three.)"""
         committed = self._local.commit_run(run, actions, cursors, **kw)
-        for x in committed:  # who the client's other actions count for: its manager now, before any move
-            if x.type not in _OWN_MANAGER and x.client_id is not None:
-                c = self._local.get("clients", x.client_id)
-                if c is not None:
-                    self.owners[x.id] = c.manager_id
         moves = {}
-        for x in committed:
-            to = getattr(x, "to_manager_id", None) if x.type == "reassign" else None
-            c = self._local.get("clients", x.client_id) if to and x.client_id else None
-            if c is None or c.manager_id == to:
+        for x in committed:  # the moves are written after the loop: every client still has its manager here
+            c = self._local.get("clients", x.client_id) if x.client_id is not None else None
+            if c is None:
                 continue
-            moves[c.id] = c.model_copy(update={"manager_id": to})
-            if c.status != "archived":  # loads count the others
-                self._moved[c.manager_id] -= 1
-                self._moved[to] += 1
+            if x.type not in _OWN_MANAGER:  # who the client's other actions count for
+                self.owners[x.id] = c.manager_id
+            to = getattr(x, "to_manager_id", None) if x.type == "reassign" else None
+            if to and c.manager_id != to:
+                moves[c.id] = c.model_copy(update={"manager_id": to})
+                if c.status != "archived":  # loads count the others
+                    self._moved[c.manager_id] -= 1
+                    self._moved[to] += 1
         if moves:
             self._local.upsert(clients=list(moves.values()))
         self.moved = set(moves)

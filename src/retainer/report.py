@@ -143,8 +143,8 @@ def digest(engine: Engine, as_of: str | date | datetime, *, top: int = 30, label
     ))  # fmt: skip
     sections.append(Section(
         f"Longest forgotten (top {top})", ["client", "manager", "days without activity", "threshold"],
-        [[_client(clients, x.client_id), name(manager_of(x.client_id)), int(x.evidence.get("days_since_activity") or 0),
-          x.evidence.get("threshold", "")] for x in longest],
+        [[_client(clients, x.client_id), name(manager_of(x.client_id)), days(x), x.evidence.get("threshold", "")]
+         for x in longest],
     ))  # fmt: skip
 
     # releases (tonight's first, then the latest), and the clients nobody could take
