@@ -16,6 +16,7 @@ import re
 import socket
 import sqlite3
 import threading
+import urllib.parse
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -506,18 +507,62 @@ class SQLiteStore:
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []  # every thread's, to close
         self._conns_lock = threading.Lock()
+        #: why this store only reads (a file on a read-only mount, a snapshot): None when it can write
+        self.read_only: str | None = None
+        self._uri: str | None = None  # how every thread's connection opens a read-only file
         try:
-            conn = self._connect()
-            self._ensure_schema(create)  # first: a file that is not a store is refused untouched
-            if self.path != ":memory:" and conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            try:
+                conn = self._connect()
+                self._ensure_schema(create)  # first: a file that is not a store is refused untouched
+            except sqlite3.OperationalError as exc:
+                conn = self._open_read_only(exc)
+            writable = not self.read_only and self.path != ":memory:"
+            if writable and conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 conn.execute("PRAGMA journal_mode = wal")
             self._tune(conn)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from exc
 
+    def _open_read_only(self, exc: sqlite3.OperationalError) -> sqlite3.Connection:
+        """Open a store that cannot be written where it lies, for reading: a file on a read-only mount or
+        in a directory this user cannot write, where SQLite cannot make the write-ahead log's files
+        beside it. Plans, reports and explanations only read; anything that writes fails, saying why.
+        A log left by a writer that did not close the store holds commits the file does not yet: then it
+        cannot be read here, and the error says so rather than read the file without them."""
+        path = Path(self.path)
+        if self.path == ":memory:" or not path.is_file():
+            raise exc
+        self.close()
+        self._conns = []
+        wal = Path(f"{self.path}-wal")
+        pending = wal.exists() and wal.stat().st_size > 0
+        quoted = urllib.parse.quote(str(path.resolve()))
+        tries = [f"file:{quoted}?mode=ro"] + ([] if pending else [f"file:{quoted}?mode=ro&immutable=1"])
+        for uri in tries:
+            self._uri, self.read_only = uri, f"{self.path} is read-only here: SQLite cannot write beside it ({exc})"
+            try:
+                conn = self._connect()
+                self._ensure_schema(create=False)
+            except sqlite3.OperationalError:
+                self.close()
+                self._conns = []
+                continue
+            return conn
+        self.read_only = None
+        if pending:
+            raise StoreError(
+                f"cannot open SQLite store {self.path!r}: {exc}. It cannot be written here, and its write-ahead "
+                f"log {wal.name} holds commits not yet in the file: open it once where it is writable (or copy "
+                "the file and its -wal together to a writable place)"
+            ) from exc
+        raise exc
+
     def _connect(self) -> sqlite3.Connection:
         """A new connection for this thread, kept to be closed with the store."""
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        if self._uri is not None:
+            conn = sqlite3.connect(self._uri, uri=True, isolation_level=None, check_same_thread=False)
+        else:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 5000")
         self._local.conn = conn
         with self._conns_lock:
@@ -1265,6 +1310,8 @@ class SQLiteStore:
         return row[0] if row else None
 
     def set_cursor(self, name: str, value: str) -> None:
+        if self.read_only:
+            raise StoreError(f"{self.read_only}: cannot write")
         with self.conn:
             self.conn.execute("INSERT OR REPLACE INTO retainer_cursors VALUES (?, ?)", [name, value])
 
@@ -1282,8 +1329,13 @@ class SQLiteStore:
             finally:
                 self._mem_lock.release()
             return
+        if self.read_only:
+            raise StoreError(f"{self.read_only}: a run commits to its ledger and cannot run on it")
         lock_path = lock_file(self.path)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot take the run lock {lock_path}: {exc.strerror}") from exc
         try:
             if not _try_lock(fd):
                 holder = os.pread(fd, 500, 0).decode(errors="replace").strip() or "unknown holder"
@@ -1315,6 +1367,8 @@ class SQLiteStore:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE: take the write lock up front, so a check (duplicate keys, existing ids) and
         the writes that follow it see the same database."""
+        if self.read_only:
+            raise StoreError(f"{self.read_only}: cannot write")
         conn = self.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
