@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import retainer
 from retainer.actions import NAMESPACE, action_id
+from retainer.adapters.dispatch import Retry
 from retainer.plan import Plan
 from retainer.stores import Store
 from retainer.testing import run_scenario_file
@@ -444,6 +445,64 @@ def test_a_committed_reassignment_stands_until_the_host_moves_the_client(store: 
     assert not engine.run(day(74)).committed
     (task,) = of(engine.plan(day(90)), "late")
     assert task.assignee_id == "m2"
+
+
+def _released_then_ordered(store: Store) -> retainer.Engine:
+    """c1 released from m1 to m2 on day 74 (committed, not carried out: the CRM still shows m1), then an
+    unpaid order on day 75: the client is no longer forgotten, so the release rule no longer matches it."""
+    _forgotten_clients(store, [{"id": "m1"}, {"id": "m2"}], [{"id": "c1", "manager_id": "m1"}])
+    rules = release_rules()
+    rules["rules"].append({"id": "unpaid", "kind": "unpaid", "after": "1d"})
+    engine = engine_for(rules, store)
+    assert _moves(engine.run(day(74)).plan) == {"c1": "m2"}
+    store.add(invoices=[{"id": "i1", "client_id": "c1", "issued_at": at(75), "amount": 100}])
+    return engine
+
+
+def test_a_committed_release_stands_after_its_rule_stops_matching(store: Store) -> None:
+    engine = _released_then_ordered(store)
+    plan = engine.plan(day(77))
+    assert not of(plan, "release")
+    (task,) = of(plan, "unpaid")
+    assert task.assignee_id == "m2"
+    # the host carries the move out: the data is the truth from then on
+    store.upsert(clients=[{"id": "c1", "manager_id": "m2"}])
+    (task,) = of(engine.plan(day(77)), "unpaid")
+    assert task.assignee_id == "m2"
+
+
+@pytest.mark.parametrize("how", ["refused", "cancelled"])
+def test_a_release_the_crm_refused_or_that_was_cancelled_moved_nobody(store: Store, how: str) -> None:
+    """The CRM refused the move (dead after its attempts), or the host cancelled it (reverted by hand): the
+    client stays m1's, for the rules that no longer match and for those that still do."""
+    engine = _released_then_ordered(store)
+    (move,) = store.ledger(types=["reassign"])
+    if how == "refused":
+        def refuse(action: Any) -> None:
+            raise RuntimeError("422: the CRM refuses the move")
+
+        report = engine.run(day(75), {"*": lambda a: None, "reassign": refuse}, retry=Retry(max_attempts=1))
+        assert report.dispatch is not None and list(report.dispatch.dead) == [move.id]
+    else:
+        engine.record_outcome(move.id, {"cancelled": "moved back by hand"})
+    plan = engine.plan(day(77))
+    (task,) = of(plan, "unpaid")
+    assert task.assignee_id == "m1"
+
+
+def test_a_refused_release_moved_nobody_while_its_rule_still_matches(store: Store) -> None:
+    _forgotten_clients(store, [{"id": "m1"}, {"id": "m2"}], [{"id": "c1", "manager_id": "m1"}])
+    rules = release_rules()
+    rules["rules"].append({"id": "late", "category": "retention", "when": {"days_since_activity": {"gte": 90}},
+                           "then": [{"create_task": {"title": "Call {client.name}", "due_in": "1d"}}]})
+    engine = engine_for(rules, store)
+    assert _moves(engine.run(day(74)).plan) == {"c1": "m2"}
+    (move,) = store.ledger(types=["reassign"])
+    engine.record_outcome(move.id, {"cancelled": "moved back by hand"})
+    plan = engine.plan(day(90))
+    assert [s.reason_code for s in plan.suppressed if s.action.type == "reassign"] == ["duplicate"]
+    (task,) = of(plan, "late")
+    assert task.assignee_id == "m1"
 
 
 def test_least_loaded_picks_the_least_loaded_and_never_the_current(store: Store) -> None:

@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -26,6 +26,8 @@ from .plan import Plan, _as_is, _default, action_dict, dumps
 
 if TYPE_CHECKING:
     from .adapters.dispatch import DispatchReport
+    from .model import Client
+    from .stores.base import Store
 
 __all__ = [
     "ACTIVE",
@@ -40,6 +42,7 @@ __all__ = [
     "claim_holder",
     "claim_is",
     "claim_token",
+    "unapplied_moves",
 ]
 
 Status = Literal["pending", "done", "failed", "dead"]
@@ -184,6 +187,25 @@ def action_payload(action: Action) -> str:
     """The action's JSON as the ledger keeps it (and as a webhook receives it): compact, keys sorted,
     like `plan.to_json()` (through orjson: a first night at 100k clients commits 70k actions)."""
     return dumps(_as_is(action))
+
+
+def unapplied_moves(store: Store, clients: Iterable[Client], as_of: datetime) -> dict[str, str]:
+    """Client id -> the manager a committed reassignment gave it to, for the clients whose data still shows
+    the manager it was taken from: the host has not carried the move out yet, and the client is the new
+    manager's already (their tasks and messages go to them, as on the night it was decided). One the CRM
+    refused (dead) or that was cancelled moved nobody; one committed after `as_of` has not happened yet.
+    The newest commit wins. The engine, the report and a reactive session all read owners through this."""
+    by_id = {c.id: c for c in clients}
+    if not by_id:
+        return {}
+    out: dict[str, str] = {}
+    for e in store.ledger(client_ids=sorted(by_id), types=["reassign"], status=[*ACTIVE, "done"]):
+        if e.as_of > as_of or e.cancelled or e.client_id not in by_id:
+            continue
+        f = e.payload_fields
+        if f.get("to_manager_id") and f.get("from_manager_id") == by_id[e.client_id].manager_id:
+            out[e.client_id] = f["to_manager_id"]
+    return out
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from .adapters.dispatch import Dispatcher, DispatchReport, Handlers, Retry, utc_
 from .engine import Engine
 from .errors import RetainerError
 from .keys import action_key
-from .ledger import ACTIVE, LedgerEntry, RunRecord
+from .ledger import ACTIVE, LedgerEntry, RunRecord, unapplied_moves
 from .model import Client, Manager
 from .plan import Plan
 from .rules.features import norm_reason
@@ -689,19 +689,15 @@ class Session:
             f"offer {offer or sid} is waiting for this contact",
             evidence={"offer_key": sid, "offer": offer, "touch_id": touch.id},
             as_of=a.instant.astimezone(a.tz),
-            to_manager_id=self._owner(client),
+            to_manager_id=self._owner(client, a),
             template="next_inbound_offer",
         )
 
-    def _owner(self, client: Client) -> str:
+    def _owner(self, client: Client, a: AsOf) -> str:
         """The client's manager, or the one a committed reassignment gave it to while the CRM still shows
-        the old one (as the engine's own tasks are assigned: Engine._given): the one who lost the client
-        should not hear that it called."""
-        moves = [
-            e for e in self.store.ledger(client_ids=[client.id], types=["reassign"], status=[*ACTIVE, "done"])
-            if e.payload_fields.get("from_manager_id") == client.manager_id and e.payload_fields.get("to_manager_id")
-        ]
-        return str(max(moves, key=lambda e: e.as_of).payload_fields["to_manager_id"]) if moves else client.manager_id
+        the old one, as the engine assigns its tasks: the one who lost the client should not hear that it
+        called."""
+        return unapplied_moves(self.store, [client], a.instant).get(client.id, client.manager_id)
 
     # ------------------------------------------------------------ commit and deliver
 

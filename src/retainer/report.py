@@ -19,6 +19,7 @@ from typing import Any
 from . import charts
 from .actions import Action
 from .engine import Engine
+from .ledger import unapplied_moves
 from .rules.features import norm_reason
 from .stores.base import AggSpec, Pred
 
@@ -112,9 +113,13 @@ def digest(engine: Engine, as_of: str | date | datetime, *, top: int = 30, label
     failed = {i for i, e in earlier.items() if e.status == "dead" or e.cancelled}
     released = [(earlier[x.id].action if x.id in earlier else x, earlier[x.id].as_of if x.id in earlier else plan.as_of)
                 for x in moves if x.id not in failed]  # fmt: skip
-    # a release the CRM has not carried out yet: the client is its new manager's (the data says the old one)
-    owner = {x.client_id: x.to_manager_id for x, _ in released  # type: ignore[attr-defined]
-             if x.client_id in clients and clients[x.client_id].manager_id == x.from_manager_id}  # type: ignore[attr-defined]
+    # a release the CRM has not carried out yet, tonight's or an earlier night's (whether or not its rule
+    # still matches): the client is its new manager's (the data says the old one)
+    named = {x.client_id for x in due} | {x.client_id for x, _ in held}
+    owner = unapplied_moves(store, [clients[c] for c in sorted(named) if c in clients], a.instant)  # type: ignore[index]
+    owner |= {x.client_id: x.to_manager_id for x in plan.actions  # type: ignore[attr-defined]
+              if x.type == "reassign" and x.to_manager_id and x.client_id in clients  # type: ignore[attr-defined]
+              and clients[x.client_id].manager_id == x.from_manager_id}  # type: ignore[attr-defined]  # fmt: skip
 
     def manager_of(cid: str | None) -> str:
         return owner.get(cid) or (clients[cid].manager_id if cid in clients else "?")  # type: ignore[index]
