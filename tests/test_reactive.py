@@ -516,3 +516,73 @@ def test_a_call_about_an_offer_is_told_to_the_manager_the_client_was_given_to(tm
     call = session.post({"type": "touch", "id": "t1", "client_id": "c1", "at": "2026-03-02T10:00",
                          "direction": "inbound"})
     assert [(a.type, a.to_manager_id) for a in call.committed] == [("notify_manager", "m2")]  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------- delivery from a session (a vendor's review)
+
+DEBTOR_FILE = Path(__file__).resolve().parents[1] / "examples" / "rules" / "debtor.yaml"
+
+
+def _debtors(store: Store, n: int) -> None:
+    store.add(managers=[{"id": "m1", "name": "Anna"}],
+              clients=[{"id": f"c{i}", "manager_id": "m1", "name": f"Client {i}"} for i in range(1, n + 1)],
+              invoices=[{"id": f"i{i}", "client_id": f"c{i}", "issued_at": "2026-02-01", "due_at": "2026-02-15",
+                         "amount": "1200"} for i in range(1, n + 1)])  # fmt: skip
+
+
+def test_a_tick_delivers_what_earlier_ticks_left_when_the_crm_did_not_answer() -> None:
+    """One 503 during a tick: the session gives up on the handler for that tick (one attempt per event).
+    The next tick delivers what is still pending or failed, as the nightly run does."""
+    rules = retainer.load_rules(DEBTOR_FILE)
+    with fresh() as store:
+        _debtors(store, 3)
+        calls: list[str] = []
+
+        def crm(action: Any) -> None:
+            calls.append(action.key)
+            if len(calls) == 1:
+                raise ConnectionError("503 Service Unavailable")
+
+        s = Session(rules, store, crm, clock=lambda: datetime(2026, 2, 21, tzinfo=UTC))
+        first = s.tick("2026-02-20")
+        assert len(first.committed) == 3
+        assert {e.status for e in store.ledger()} != {"done"}
+        second = s.tick("2026-02-21")
+        assert not second.committed and second.dispatch is not None
+        assert {e.key: e.status for e in store.ledger()} == {x.key: "done" for x in first.committed}
+
+
+def test_a_late_event_does_not_send_a_reminder_for_an_invoice_paid_since() -> None:
+    """A call logged on Feb 20 that happened on Feb 18 at 09:00, before the payment at noon the session
+    already took in: planned as of 09:00 the invoice is unpaid; the reminder is committed, then cancelled
+    before it goes out, as Engine.run does for a past night."""
+    rules = retainer.load_rules(DEBTOR_FILE)
+    with fresh() as store:
+        _debtors(store, 1)
+        sent: list[str] = []
+        s = Session(rules, store, lambda a: sent.append(a.key), clock=lambda: datetime(2026, 2, 20, tzinfo=UTC))
+        s.tick("2026-02-17")
+        s.post({"type": "invoice_paid", "id": "i1", "at": "2026-02-18T12:00"})
+        r = s.post({"type": "touch", "id": "t1", "client_id": "c1", "at": "2026-02-18T09:00", "kind": "call"})
+        assert [a.rule for a in r.committed] == ["debtor"]
+        assert sent == []
+        assert r.dispatch is not None and list(r.dispatch.cancelled) == [r.committed[0].id]
+
+
+def test_no_prompt_about_a_waiting_offer_for_a_client_who_asked_not_to_be_contacted() -> None:
+    with fresh() as store:
+        seed(store)
+        rec = RecordingHandler()
+        s = Session(RULES, store, rec)
+        s.tick(at(160))
+        (task,) = [x for x in store.ledger() if x.rule == "winback"]
+        s.post({"type": "outcome", "action_id": task.id, "outcome": {"churn_reason": "price"}, "at": at(161)})
+        assert [x.type for x in store.ledger() if x.rule == "winback"].count("propose_offer") == 1
+        client = store.get("clients", "c1")
+        assert client is not None
+        s.post({"type": "fact", "entity": "clients", "at": at(162),
+                "row": {**client.model_dump(), "contact_policy": "do_not_contact"}})  # fmt: skip
+        r = s.post({"type": "touch", "id": "in1", "client_id": "c1", "at": at(163), "kind": "call",
+                    "direction": "inbound"})  # fmt: skip
+        assert r.committed == []
+        assert not [x for x in store.ledger() if x.type == "notify_manager"]

@@ -34,6 +34,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from . import policies
 from .actions import Action, NotifyManager, action_id
 from .adapters.dispatch import Dispatcher, DispatchReport, Handlers, Retry, utc_now
 from .engine import Engine
@@ -356,8 +357,8 @@ class Session:
         for chart, sid, cmd, payload in commands:
             if cmd == "cancel_pending":
                 cancelled += self._cancel(chart, client_id, sid, a)
-            elif cmd == "notify_manager":
-                extra.append(self._notify(chart, client_id, sid, payload, a))
+            elif cmd == "notify_manager" and (note := self._notify(chart, client_id, sid, payload, a)) is not None:
+                extra.append(note)
         plan = self.engine.plan(a.instant, clients=[client_id])
         timings["plan"] = time.perf_counter() - t2
         reaction = Reaction(event_id, a.instant.astimezone(a.tz), client_id, plan, cancelled=cancelled,
@@ -671,13 +672,19 @@ class Session:
         ep, typ = Session._split(offer_key, rule, client_id)
         return action_key(rule, client_id, f"{ep}~inbound", "notify_manager" + typ[len("propose_offer"):])
 
-    def _notify(self, chart: Chart, client_id: str, sid: str, payload: Mapping[str, Any], a: AsOf) -> Action:
-        """The client called in while an offer waits for that: tell the manager now."""
+    def _notify(
+        self, chart: Chart, client_id: str, sid: str, payload: Mapping[str, Any], a: AsOf
+    ) -> Action | None:
+        """The client called in while an offer waits for that: tell the manager now. Not for a client who
+        has since asked not to be contacted, or been archived: the offer was planned before, and the prompt
+        is an action of its own (None)."""
         touch = payload["touch"]
-        entry = next(iter(self.store.ledger(ids=[action_id(sid)])), None)
-        offer = getattr(entry.action, "offer", None) if entry is not None else None
         client = self.store.get("clients", client_id)
         assert isinstance(client, Client)
+        if policies.do_not_contact(client.contact_policy) or client.status == "archived":
+            return None
+        entry = next(iter(self.store.ledger(ids=[action_id(sid)])), None)
+        offer = getattr(entry.action, "offer", None) if entry is not None else None
         key = self._notify_key(sid, chart.rule, client_id)
         return NotifyManager(
             id=action_id(key),
@@ -714,14 +721,26 @@ class Session:
             reaction.committed = committed
             reaction.timings["commit"] = time.perf_counter() - t0
             t1 = time.perf_counter()
-            if committed and self.handlers is not None:
+            if committed and self.handlers is not None and reaction.client_id is not None:
                 d = Dispatcher(self.store, self.handlers, retry=self.retry, clock=self.clock, sleep=self.sleep)
                 entries = self.store.ledger(ids=[x.id for x in committed])
                 by_id = {x.id: x for x in committed}
                 for e in entries:
                     e.__dict__["action"] = by_id[e.id]
-                reaction.dispatch = d.dispatch(entries, planned=by_id)
+                # an event dated before facts the store has (a late webhook, a queue delivering out of
+                # order) planned without them: its actions are looked at again before they go out, as
+                # Engine.run does for a past night (a payment the session already took in cancels a
+                # reminder)
+                current = a.instant >= self.clock()
+                reaction.dispatch = d.dispatch(entries, planned=by_id if current else ())
             self.store.finish_run(run.id, self.clock(), {"new": len(committed)})
+            reaction.timings["dispatch"] = time.perf_counter() - t1
+        if reaction.client_id is None and self.handlers is not None:
+            # a tick delivers everything pending or failed, as Engine.run does: what it committed, and what
+            # earlier events and ticks left when the CRM did not answer (each event tries its own once)
+            t1 = time.perf_counter()
+            d = Dispatcher(self.store, self.handlers, retry=self.retry, clock=self.clock, sleep=self.sleep)
+            reaction.dispatch = d.dispatch_active(committed, current=a.instant >= self.clock())
             reaction.timings["dispatch"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         for act in committed:
