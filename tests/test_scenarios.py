@@ -225,6 +225,20 @@ def test_failures_show_the_closest_action_and_hint_at_typos() -> None:
         off_step.expect(rule="wake")
 
 
+def test_absent_naming_a_field_its_actions_cannot_have_fails() -> None:
+    """`absent: [{rule: upsell, reason_code: priority}]` meant "not held back by priority" and passed whatever
+    the policies did: new actions have no reason_code. Nor does a reassign have a due_at."""
+    step = Scenario(RULES).given(**CRM).at("2026-03-01")
+    held = "'reason_code' is a suppression's field, and new actions have none"
+    with pytest.raises(ScenarioFailure, match=re.escape("can never match an action: " + held)):
+        step.absent(rule="forgotten", reason_code="priority")
+    with pytest.raises(ScenarioFailure, match=re.escape(held)):
+        step.expect(rule="forgotten", reason_code="priority")
+    with pytest.raises(ScenarioFailure, match=re.escape("can never match an action: a reassign has no field 'due_at'")):
+        step.absent(type="reassign", due_at="+2d")
+    step.absent(type="create_task", due_at="+9d")  # a field of the type: fine
+
+
 def test_expect_an_empty_list_means_no_new_action(tmp_path: Path) -> None:
     """The docs write `expect: []` for "nothing happens today"; it used to check nothing at all."""
     text = f"""

@@ -129,11 +129,17 @@ def _suppressed_view(s: Suppression) -> dict[str, Any]:
     return {**_flat(s.action), "reason_code": s.reason_code, "detail": s.detail}
 
 
-def _flat_fields() -> set[str]:
-    """Every field any action type (or a suppression) has: what an expectation may name."""
-    out = {"reason_code", "detail"}
-    for cls in ACTION_TYPES.values():
-        out |= set(cls.model_fields)
+_HELD = frozenset({"reason_code", "detail"})  # what a suppression adds to its action's fields
+
+
+def _flat_fields(type_: Any = None, held: bool = True) -> set[str]:
+    """Every field an action of `type_` (any type: None) has, and with `held` what a suppression adds:
+    what an expectation may name. An `absent:` entry checks new actions: `reason_code` there matched
+    nothing, and the step passed whatever the policies held back."""
+    out = set(_HELD) if held else set()
+    for name, cls in ACTION_TYPES.items():
+        if type_ is None or type_ == name:
+            out |= set(cls.model_fields)
     return out
 
 
@@ -180,7 +186,7 @@ class Step:
                      if not any(matches(_resolve(s, self.as_of), v) for s in wanted)]  # fmt: skip
         if missing or extra:
             self.fail(
-                [self._not_found("an action", s, views) for s in missing]
+                [self._not_found("an action", s, views, held=False) for s in missing]
                 + [f"unexpected action: {_line(a)}" for a in extra],
                 [s.get("client_id") for s in missing] + [a.client_id for a in extra],
                 [s.get("rule") for s in missing] + [a.rule for a in extra],
@@ -192,7 +198,8 @@ class Step:
         wanted = [*specs, *([fields] if fields else [])]
         views = [_flat(a) for a in self.actions]
         # a misspelt name can match nothing, so the check would pass whatever the rules do
-        blind = [(s, h) for s in wanted if (h := self._hints(_resolve(s, self.as_of), views, expected=False))]
+        blind = [(s, h) for s in wanted
+                 if (h := self._hints(_resolve(s, self.as_of), views, expected=False, held=False))]  # fmt: skip
         found = [(s, a) for s in wanted for a, v in zip(self.actions, views, strict=True)
                  if matches(_resolve(s, self.as_of), v)]  # fmt: skip
         if found or blind:
@@ -223,12 +230,12 @@ class Step:
             )
         return self
 
-    def _not_found(self, what: str, spec: Mapping[str, Any], views: list[dict[str, Any]]) -> str:
+    def _not_found(self, what: str, spec: Mapping[str, Any], views: list[dict[str, Any]], held: bool = True) -> str:
         """What was wanted (relative dates resolved), the closest candidate and how it differs, and
         hints for names that cannot match anything (a misspelt field, rule id or action type)."""
         resolved = _resolve(spec, self.as_of)
         msg = f"expected {what} matching {_show(resolved)}: none found"
-        if hints := self._hints(resolved, views):
+        if hints := self._hints(resolved, views, held=held):
             return msg + "; " + "; ".join(hints)
         if views:
             # the candidate that agrees most, who it is about counting double: the action of the rule
@@ -241,17 +248,29 @@ class Step:
             msg += f"\n      closest: {who}, " + "; ".join(diff)
         return msg
 
-    def _hints(self, resolved: Mapping[str, Any], views: list[dict[str, Any]], expected: bool = True) -> list[str]:
-        """Names in an expectation that no action can have: a misspelt field, rule id or action type, and
-        where an action is `expected`, a disabled rule (`absent:` may name one: it is a real rule)."""
+    def _hints(
+        self, resolved: Mapping[str, Any], views: list[dict[str, Any]], expected: bool = True, held: bool = True
+    ) -> list[str]:
+        """Names in an expectation that no action can have: a misspelt field, rule id or action type, a
+        field the named action type does not have, a suppression's field where new actions are checked
+        (`held=False`), and where an action is `expected`, a disabled rule (`absent:` may name one: it is a
+        real rule)."""
         hints = []
-        fields = {k for v in views for k in v} | set(_flat_fields())
+        t = resolved.get("type")
+        type_ = t if isinstance(t, str) and t in ACTION_TYPES else None
+        known = _flat_fields(None, held) | {k for v in views for k in v if held or k not in _HELD}
+        own = _flat_fields(type_, held) if type_ is not None else known
         defined = self.scenario.engine.rules.file.rules
         rule_ids = [r.id for r in defined]
         disabled = [r.id for r in defined if not r.enabled] if expected else []
         for k, v in resolved.items():
-            if k not in fields:
-                hints.append(f"there is no field {k!r}{did_you_mean(k, fields)}")
+            if k in _HELD and not held:
+                hints.append(f"{k!r} is a suppression's field, and new actions have none: check what a policy "
+                             "held back with `suppressed:`")
+            elif k not in known:
+                hints.append(f"there is no field {k!r}{did_you_mean(k, known)}")
+            elif k not in own:
+                hints.append(f"a {type_} has no field {k!r}")
             elif hint := _unknown_name(k, v, rule_ids, disabled):
                 hints.append(hint)
         return hints
