@@ -505,6 +505,30 @@ def test_a_refused_release_moved_nobody_while_its_rule_still_matches(store: Stor
     assert task.assignee_id == "m1"
 
 
+def test_capacity_counts_the_moves_the_crm_has_not_carried_out_yet(store: Store) -> None:
+    """m2 has room for one client. Night 74 gives it c1; the host has not moved c1 by night 75 (it pulls
+    actions, or the delivery failed), when c2 is due for release: m2 is full, so c2 goes to nobody. Once the
+    CRM moves c1 the data counts it, once; a move the CRM refused frees the room."""
+    store.add(managers=[{"id": "m0"}, {"id": "m1", "supervisor_id": "m0"}, {"id": "m2", "max_clients": 1}],
+              clients=[{"id": "c1", "manager_id": "m1"}, {"id": "c2", "manager_id": "m1"}],
+              touches=[{"id": "t1", "client_id": "c1", "at": T0}, {"id": "t2", "client_id": "c2", "at": at(1)}])
+    engine = engine_for(release_rules({"strategy": "least_loaded"}), store)
+
+    def c2(plan: Plan) -> str | None:
+        (move,) = [a for a in [*plan.actions, *(s.action for s in plan.suppressed)]
+                   if a.type == "reassign" and a.client_id == "c2"]  # fmt: skip
+        return move.to_manager_id  # type: ignore[attr-defined,no-any-return]
+
+    assert _moves(engine.run(day(74)).plan) == {"c1": "m2"}
+    assert c2(engine.plan(day(75))) is None
+    store.upsert(clients=[{"id": "c1", "manager_id": "m2"}])  # carried out: the data has it
+    assert c2(engine.plan(day(75))) is None
+    store.upsert(clients=[{"id": "c1", "manager_id": "m1"}])
+    (move,) = store.ledger(types=["reassign"])
+    engine.record_outcome(move.id, {"cancelled": "the CRM refused"})
+    assert c2(engine.plan(day(75))) == "m2"
+
+
 def test_least_loaded_picks_the_least_loaded_and_never_the_current(store: Store) -> None:
     _forgotten_clients(store, [{"id": "m1"}, {"id": "m2"}, {"id": "m3"}], [
         {"id": "c1", "manager_id": "m1"},

@@ -586,3 +586,25 @@ def test_no_prompt_about_a_waiting_offer_for_a_client_who_asked_not_to_be_contac
                     "direction": "inbound"})  # fmt: skip
         assert r.committed == []
         assert not [x for x in store.ledger() if x.type == "notify_manager"]
+
+
+def test_a_session_counts_its_own_releases_against_capacity() -> None:
+    """Three forgotten clients of m1 get an outcome event each: every event plans its client alone. m2 and m3
+    have room for one client each; the third client cannot be released, as one nightly plan decides."""
+    release = {"id": "release", "kind": "release", "forgotten_rule": "forgotten", "grace": "14d",
+               "then": [{"reassign": {"strategy": "least_loaded"}}]}
+    rules = {"version": 1, "rules": [{"id": "forgotten", "kind": "forgotten", "after": "30d"}, release]}
+    with fresh() as store:
+        store.add(managers=[{"id": "boss"}, {"id": "m1", "supervisor_id": "boss"},
+                            {"id": "m2", "supervisor_id": "boss", "max_clients": 1},
+                            {"id": "m3", "supervisor_id": "boss", "max_clients": 1}],
+                  clients=[{"id": f"c{i}", "manager_id": "m1", "created_at": "2025-01-01"} for i in (1, 2, 3)],
+                  touches=[{"id": f"t{i}", "client_id": f"c{i}", "at": "2025-11-01T10:00"} for i in (1, 2, 3)])
+        s = Session(rules, store)
+        tasks = s.tick("2025-12-05").committed  # forgotten since Dec 1; releases from Dec 15
+        assert [t.type for t in tasks] == ["create_task"] * 3
+        for task in tasks:
+            s.post({"type": "outcome", "action_id": task.id, "outcome": {"result": "no answer"},
+                    "at": "2026-03-01T10:00"})  # fmt: skip
+        given = sorted(e.payload_fields["to_manager_id"] for e in store.ledger(types=["reassign"]))
+        assert given == ["m2", "m3"]

@@ -59,6 +59,10 @@ class FreshLedger:
     """Facts from `base`, except clients and managers, copied once into a private in-memory store that
     also holds a fresh ledger; the in-memory store answers "as of" questions as every store does."""
 
+    #: every committed reassignment is carried out at once (commit_run): the engine need not look for moves
+    #: the CRM has not made yet, which would read the whole ledger every step
+    carries_out_moves = True
+
     def __init__(self, base: Store) -> None:
         self._base = base
         self._local = MemoryStore(f"backtest:{base.url}", timezone=base.tz)

@@ -28,7 +28,7 @@ from .adapters.dispatch import replay as _replay
 from .errors import ArgumentError, RetainerError
 from .keys import action_key as _key
 from .keys import episode_text as _episode_text
-from .ledger import LedgerEntry, RunRecord, RunReport, unapplied_moves
+from .ledger import LedgerEntry, RunRecord, RunReport, loads_with_moves, unapplied_moves
 from .model import Client, Manager, fast_model, no_gc
 from .plan import Plan
 from .rules import templates
@@ -687,8 +687,13 @@ class Engine:
             itertools.chain((k for m in matches for k in m.keys), (k for ks in later.values() for k in ks))
         )
         matches = _resolve_ladders(matches, ledger, top, later)
-        reassigner = _Reassigner(managers, self.store.manager_loads(a.instant), self.store)
         movers = [m for m in matches if m.rule.reassign is not None and not m.blocked and m.client]
+        loads = self.store.manager_loads(a.instant)
+        if not getattr(self.store, "carries_out_moves", False) and any(
+            m.head + "reassign" not in ledger for m in movers
+        ):  # a choice to make: count the moves the CRM has not carried out where they go
+            loads = loads_with_moves(self.store, loads, a.instant)
+        reassigner = _Reassigner(managers, loads, self.store)
         given, refused = self._given(movers, matches, ledger, managers)
         for m in sorted(movers, key=lambda m: m.head):  # in key order
             spec = m.rule.reassign

@@ -42,6 +42,7 @@ __all__ = [
     "claim_holder",
     "claim_is",
     "claim_token",
+    "loads_with_moves",
     "unapplied_moves",
 ]
 
@@ -189,23 +190,42 @@ def action_payload(action: Action) -> str:
     return dumps(_as_is(action))
 
 
-def unapplied_moves(store: Store, clients: Iterable[Client], as_of: datetime) -> dict[str, str]:
+def unapplied_moves(
+    store: Store, clients: Iterable[Client], as_of: datetime, entries: Iterable[LedgerEntry] | None = None
+) -> dict[str, str]:
     """Client id -> the manager a committed reassignment gave it to, for the clients whose data still shows
     the manager it was taken from: the host has not carried the move out yet, and the client is the new
     manager's already (their tasks and messages go to them, as on the night it was decided). One the CRM
     refused (dead) or that was cancelled moved nobody; one committed after `as_of` has not happened yet.
-    The newest commit wins. The engine, the report and a reactive session all read owners through this."""
+    The newest commit wins. The engine, the report and a reactive session all read owners through this.
+    `entries`: the ledger's reassignments, when the caller has read them already."""
     by_id = {c.id: c for c in clients}
     if not by_id:
         return {}
+    if entries is None:
+        entries = store.ledger(client_ids=sorted(by_id), types=["reassign"], status=[*ACTIVE, "done"])
     out: dict[str, str] = {}
-    for e in store.ledger(client_ids=sorted(by_id), types=["reassign"], status=[*ACTIVE, "done"]):
-        if e.as_of > as_of or e.cancelled or e.client_id not in by_id:
+    for e in entries:
+        if e.as_of > as_of or e.cancelled or e.client_id not in by_id or e.status not in (*ACTIVE, "done"):
             continue
         f = e.payload_fields
         if f.get("to_manager_id") and f.get("from_manager_id") == by_id[e.client_id].manager_id:
             out[e.client_id] = f["to_manager_id"]
     return out
+
+
+def loads_with_moves(store: Store, loads: dict[str, int], as_of: datetime) -> dict[str, int]:
+    """`loads` (non-archived clients per manager, as the data shows them) with every committed move the
+    CRM has not carried out yet counted where it goes: a manager with room for one client got one a
+    night, every night, while the host had not moved the first (a pull host, a failed delivery), and a
+    reactive session gave one manager three clients in three events."""
+    for frm, to in store.moves_in_flight(as_of).values():
+        if k := loads.get(frm, 0) - 1:
+            loads[frm] = k
+        else:
+            loads.pop(frm, None)
+        loads[to] = loads.get(to, 0) + 1
+    return loads
 
 
 @dataclass(frozen=True)

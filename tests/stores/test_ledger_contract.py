@@ -347,3 +347,30 @@ def test_sqlite_refuses_a_database_that_is_not_a_store(tmp_path: Path) -> None:
         conn.execute("CREATE TABLE clients (id TEXT, segment TEXT)")
     with pytest.raises(StoreError, match="not a retainer store: it has a 'clients' table"):
         retainer.open_store(f"sqlite:///{path}", create=False)
+
+
+def _move(client: str, frm: str, to: str, day: int) -> Action:
+    from retainer.actions import Reassign
+
+    key = f"release:{client}:e{day}:reassign"
+    return Reassign(id=action_id(key), key=key, rule="release", client_id=client, category="retention",
+                    reason="forgotten", as_of=datetime(2026, 3, day, 23, 59, 59, tzinfo=UTC),
+                    from_manager_id=frm, to_manager_id=to)  # fmt: skip
+
+
+def test_moves_in_flight_are_the_committed_moves_the_data_does_not_show_yet(store: Store) -> None:
+    """Not yet carried out: the client is still with the manager it was taken from. Carried out, refused
+    (dead), cancelled, archived or committed after as_of: not in flight. The newest commit wins."""
+    store.add(managers=[{"id": m} for m in ("m1", "m2", "m3")],
+              clients=[{"id": "c1", "manager_id": "m1"}, {"id": "c2", "manager_id": "m2"},
+                       {"id": "c3", "manager_id": "m1"}, {"id": "c4", "manager_id": "m1"},
+                       {"id": "c5", "manager_id": "m1", "status": "archived"}, {"id": "c6", "manager_id": "m1"}])
+    moves = [_move("c1", "m1", "m2", 1), _move("c2", "m1", "m2", 1), _move("c3", "m1", "m2", 1),
+             _move("c4", "m1", "m2", 1), _move("c5", "m1", "m2", 1), _move("c6", "m1", "m2", 5),
+             _move("c1", "m1", "m3", 2)]  # fmt: skip
+    store.commit_run(run_record(), moves, {})
+    store.set_outcome(moves[3].id, {"cancelled": "moved back by hand"}, T0)
+    store.finish_attempts([(moves[0].id, "done", None, 1), (moves[2].id, "dead", "422: refused", 1)], T0)
+    assert store.moves_in_flight(datetime(2026, 3, 3, tzinfo=UTC)) == {"c1": ("m1", "m3")}
+    assert store.moves_in_flight(datetime(2026, 3, 1, 23, 59, 59, tzinfo=UTC)) == {"c1": ("m1", "m2")}
+    assert store.moves_in_flight(datetime(2026, 3, 6, tzinfo=UTC))["c6"] == ("m1", "m2")

@@ -244,6 +244,12 @@ class Store(Protocol):
         """Non-archived clients existing at as_of, per manager id (capacity checks)."""
         ...
 
+    def moves_in_flight(self, as_of: datetime) -> dict[str, tuple[str, str]]:
+        """Non-archived client id -> (from, to) manager ids of the newest reassignment committed by as_of that
+        the data does not show yet: the client is still with the manager it was taken from, and the move was
+        not refused (dead) or cancelled (`ledger.unapplied_moves`, for every client at once)."""
+        ...
+
     def aggregate(
         self, specs: Sequence[AggSpec], as_of: datetime, client_ids: Sequence[str] | None = None
     ) -> list[dict[str, Any]]:

@@ -13,7 +13,17 @@ from typing import Any
 
 from ..actions import Action
 from ..errors import StoreError
-from ..ledger import ACTIVE, LedgerEntry, RunRecord, Status, action_payload, check_query, claim_is, claim_token
+from ..ledger import (
+    ACTIVE,
+    LedgerEntry,
+    RunRecord,
+    Status,
+    action_payload,
+    check_query,
+    claim_is,
+    claim_token,
+    unapplied_moves,
+)
 from ..model import Client, Entity, Manager
 from . import _ingest
 from .base import COMPARE, EXISTS_FIELD, TIME_FIELDS, VIRTUAL_FIELDS, AggSpec, Changes, Pred, virtual_value
@@ -112,6 +122,13 @@ class MemoryStore:
             if c.status != "archived":
                 loads[c.manager_id] = loads.get(c.manager_id, 0) + 1
         return loads
+
+    def moves_in_flight(self, as_of: datetime) -> dict[str, tuple[str, str]]:
+        entries = [e for e in self.ledger(types=["reassign"], status=[*ACTIVE, "done"]) if e.as_of <= as_of]
+        ids = sorted({e.client_id for e in entries if e.client_id is not None})
+        clients = {c.id: c for c in self.clients(as_of, ids) if c.status != "archived"} if ids else {}
+        moves = unapplied_moves(self, clients.values(), as_of, entries)
+        return {cid: (clients[cid].manager_id, to) for cid, to in moves.items()}
 
     # ------------------------------------------------------------ aggregates
 

@@ -1063,6 +1063,23 @@ class SQLiteStore:
             ).fetchall()
         )
 
+    def moves_in_flight(self, as_of: datetime) -> dict[str, tuple[str, str]]:
+        # one join instead of a ledger entry and a client object per move: 29,000 committed releases at
+        # 100k took 0.9 s through ledger() and clients()
+        out: dict[str, tuple[str, str]] = {}
+        rows = self.conn.execute(
+            "SELECT a.client_id, c.manager_id, json_extract(a.payload, '$.to_manager_id'), "
+            "json_extract(a.payload, '$.from_manager_id'), json_extract(a.outcome, '$.cancelled') "
+            "FROM retainer_actions a JOIN clients c ON c.id = a.client_id "
+            "WHERE a.type = 'reassign' AND a.status IN ('pending', 'failed', 'done') AND a.as_of <= ? "
+            "AND c.status != 'archived' AND (c.created_at IS NULL OR c.created_at <= ?) ORDER BY a.seq",
+            [to_utc_text(as_of)] * 2,
+        )
+        for cid, manager, to, frm, cancelled in rows:
+            if to and frm == manager and not cancelled:  # as ledger.unapplied_moves: the newest such wins
+                out[cid] = (manager, to)
+        return out
+
     def fact_steps(self, steps: Sequence[datetime]) -> list[Changes]:
         bounds = [to_utc_text(t) for t in steps]  # fixed-width UTC text compares like the instants
         out: list[Changes] = [{} for _ in bounds[1:]]
