@@ -515,6 +515,22 @@ def test_profit_offer_end_and_contract_progress(store: Store) -> None:
     assert e.plan(day(1)).actions
 
 
+@pytest.mark.parametrize(("created", "profit"), [("2026-06-12T10:00:00+03:00", "800"),  # 20 days of cost
+                                                 ("2026-07-02T09:00:00+03:00", "1000"),  # created today
+                                                 ("2025-01-01T00:00:00Z", "100"),  # older than the window
+                                                 (None, "100")])  # fmt: skip
+def test_profit_counts_cost_only_since_the_client_was_created(
+    store: Store, created: str | None, profit: str
+) -> None:
+    """A client 20 days old with cost_to_serve 300 per 30 days cost 200, not the 900 of 90 days: the young
+    client read as loss-making and got no up-sell."""
+    base(store, cost_to_serve="300", **({"created_at": created} if created else {}))
+    store.add(invoices=[{"id": "i1", "client_id": "c1", "issued_at": "2026-07-02T10:00:00+03:00", "amount": "1000"}])
+    r = {"id": "g", "when": {"client_id": "c1"}, "then": [{"create_task": {"title": "{profit_90d}"}}]}
+    (t,) = engine_for({**rules(r), "timezone": "Europe/Moscow"}, store).plan("2026-07-02").actions
+    assert Decimal(t.title) == Decimal(profit)
+
+
 def test_explain_shows_each_invoice_and_step(store: Store) -> None:
     debt(store)
     e = engine_for(rules(DEBTOR, OVERDUE), store)

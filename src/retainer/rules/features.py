@@ -479,8 +479,19 @@ def _window(kind: str, text: str) -> FeatureImpl:
         rev = f"revenue_{text}"
 
         def profit(f: FeatureFrame) -> list[Any]:
-            days = Decimal((f.as_of.date - w.cutoff(f.as_of.date)).days)
-            return [r - (c.cost_to_serve or ZERO) * days / 30 for r, c in zip(f.column(rev), f.clients, strict=True)]
+            """The cost of the window's days the client existed: a client created 20 days ago, in a 180-day
+            window, cost 20 days, not 180 (every new client read as loss-making and got no up-sell)."""
+            a = f.as_of
+            start = w.cutoff(a.date)
+            out: list[Any] = []
+            for r, c in zip(f.column(rev), f.clients, strict=True):
+                cost = c.cost_to_serve
+                if not cost:
+                    out.append(r)
+                    continue
+                since = max(start, c.created_at.astimezone(a.tz).date()) if c.created_at is not None else start
+                out.append(r - cost * Decimal(max((a.date - since).days, 0)) / 30)
+            return out
 
         return FeatureImpl(
             name, "number", f"revenue within {w} minus cost_to_serve for the same days", deps=(rev,), compute=profit
