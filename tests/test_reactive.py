@@ -608,3 +608,30 @@ def test_a_session_counts_its_own_releases_against_capacity() -> None:
                     "at": "2026-03-01T10:00"})  # fmt: skip
         given = sorted(e.payload_fields["to_manager_id"] for e in store.ledger(types=["reassign"]))
         assert given == ["m2", "m3"]
+
+
+@pytest.mark.parametrize("through_session", [True, False])
+def test_a_payment_below_min_amount_stops_the_ladder_its_committed_step_included(through_session: bool) -> None:
+    """debtor.yaml: "bringing what is left below 100 stops the ladder at once". 1150 of 1200 paid: the
+    step committed before the payment is cancelled by the session, and a run that delivers a step
+    committed without a session leaves it out too."""
+    rules = retainer.load_rules(DEBTOR_FILE)
+    with fresh() as store:
+        _debtors(store, 1)
+        engine = retainer.Engine(rules, store)
+        if through_session:
+            s = Session(rules, store)
+            (step,) = s.tick("2026-02-18").committed
+            r = s.post({"type": "invoice_paid", "id": "i1", "at": "2026-02-19T09:00", "amount": "1150"})
+            assert r.cancelled == [step.id] and s.process_states("c1") == {}
+        else:
+            (step,) = engine.run("2026-02-18").committed
+            paid = {"paid_amount": "1150", "paid_at": "2026-02-19T09:00:00Z"}
+            store.upsert(invoices=[{"id": "i1", "client_id": "c1", "issued_at": "2026-02-01", "due_at": "2026-02-15",
+                                    "amount": "1200", **paid}])  # fmt: skip
+        sent: list[str] = []
+        report = engine.run("2026-02-19", handlers=lambda a: sent.append(a.key))
+        assert sent == []
+        if not through_session:
+            assert report.dispatch is not None
+            assert "below the rule's min_amount 100" in report.dispatch.cancelled[step.id]

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
@@ -567,6 +568,13 @@ class Engine:
                 out.setdefault(r.id, []).append(r)
         return out
 
+    @cached_property
+    def min_outstanding(self) -> dict[str, Decimal]:
+        """Debtor rule id -> its `min_amount`: an invoice paid down below it is done with, for the steps
+        committed before the payment too (a dispatcher and a session cancel them)."""
+        return {r.id: r.min_amount for r in self.rules.file.rules
+                if getattr(r, "kind", None) == "debtor" and r.min_amount > 0}  # type: ignore[attr-defined]  # fmt: skip
+
     def as_of(self, value: str | date | datetime) -> AsOf:
         if not isinstance(value, str | date):  # datetime is a date
             raise RetainerError(f"as_of is required: a date (2026-03-01), a datetime or ISO 8601 text, not {value!r}")
@@ -833,9 +841,8 @@ class Engine:
         same store at the same time fails at once with `StoreError`.
         """
         a = self.as_of(as_of)
-        dispatcher = Dispatcher(
-            self.store, handlers if handlers is not None else {}, retry=retry, clock=clock, sleep=sleep
-        )
+        dispatcher = Dispatcher(self.store, handlers if handlers is not None else {}, retry=retry, clock=clock,
+                                sleep=sleep, min_outstanding=self.min_outstanding)  # fmt: skip
         if dry_run:  # a preview: no lock, so it never blocks (or waits for) the nightly run
             return RunReport(self._plan(a, None)[0], None, [], None)
         with self.store.run_lock(f"run as of {a.date}, started {clock().isoformat(timespec='seconds')}"):

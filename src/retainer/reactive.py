@@ -408,8 +408,9 @@ class Session:
             store.upsert(invoices=[{**inv.model_dump(), **paid}])
             inv = self._get("invoices", ev)  # validated: the amount is a Decimal now
             cid = inv.client_id
-            if virtual_value("invoices", "outstanding", inv, at) <= 0:  # partly paid: the ladder goes on
-                for chart in self._by_family.get("debtor", {}).values():
+            left = virtual_value("invoices", "outstanding", inv, at)
+            for chart in self._by_family.get("debtor", {}).values():  # partly paid: the ladder goes on, unless
+                if left <= 0 or left < self.engine.min_outstanding.get(chart.rule, 0):  # below its min_amount
                     triggers.append((chart, self._debtor_sid(chart, cid, inv.id), "paid", {"invoice": inv.id}))
             return cid, str(ev.get("event_id") or f"invoice_paid:{inv.id}"), triggers, None
         if kind == "outcome":
@@ -621,7 +622,8 @@ class Session:
                         inv = self.store.get("invoices", ep[: -len(suffix)])
                         # still owed, as far as the store knows: a partly paid invoice's ladder goes on, as
                         # the invoice_paid event and the dispatcher have it
-                        if inv is not None and virtual_value("invoices", "outstanding", inv, _END_OF_TIME) > 0:
+                        left = virtual_value("invoices", "outstanding", inv, _END_OF_TIME) if inv else 0
+                        if inv is not None and left > 0 and left >= self.engine.min_outstanding.get(e.rule, 0):
                             sid = self._debtor_sid(deb, client_id, ep[: -len(suffix)])
                             have = procs.get(sid)
                             order = list(deb.steps.values())
@@ -722,7 +724,8 @@ class Session:
             reaction.timings["commit"] = time.perf_counter() - t0
             t1 = time.perf_counter()
             if committed and self.handlers is not None and reaction.client_id is not None:
-                d = Dispatcher(self.store, self.handlers, retry=self.retry, clock=self.clock, sleep=self.sleep)
+                d = Dispatcher(self.store, self.handlers, retry=self.retry, clock=self.clock, sleep=self.sleep,
+                               min_outstanding=self.engine.min_outstanding)
                 entries = self.store.ledger(ids=[x.id for x in committed])
                 by_id = {x.id: x for x in committed}
                 for e in entries:
@@ -739,7 +742,8 @@ class Session:
             # a tick delivers everything pending or failed, as Engine.run does: what it committed, and what
             # earlier events and ticks left when the CRM did not answer (each event tries its own once)
             t1 = time.perf_counter()
-            d = Dispatcher(self.store, self.handlers, retry=self.retry, clock=self.clock, sleep=self.sleep)
+            d = Dispatcher(self.store, self.handlers, retry=self.retry, clock=self.clock, sleep=self.sleep,
+                               min_outstanding=self.engine.min_outstanding)
             reaction.dispatch = d.dispatch_active(committed, current=a.instant >= self.clock())
             reaction.timings["dispatch"] = time.perf_counter() - t1
         t2 = time.perf_counter()

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from ..actions import ACTION_TYPES, Action
@@ -146,7 +147,10 @@ class Dispatcher:
         clock: Callable[[], datetime] = utc_now,
         sleep: Callable[[float], None] = time.sleep,
         batch: int = 200,  # actions taken from the queue between two looks at the retries that are due
+        min_outstanding: Mapping[str, Decimal] | None = None,
     ) -> None:
+        """`min_outstanding`: rule id -> the least an invoice must still owe for that rule's dunning steps to
+        go out (a debtor rule's `min_amount`; Engine and Session pass their rules')."""
         if isinstance(handlers, Mapping):
             self.handlers: dict[str, ActionHandler] = {k: _as_handler(h) for k, h in handlers.items()}
         elif hasattr(handlers, "handle") or callable(handlers):
@@ -167,6 +171,7 @@ class Dispatcher:
         self.clock = clock
         self.sleep = sleep
         self.batch = batch
+        self.min_outstanding = dict(min_outstanding or {})
 
     def route(self, action_type: str) -> ActionHandler | None:
         handler = self.handlers.get(action_type)  # `is None`, not `or`: a handler may be falsy (an empty list)
@@ -277,8 +282,13 @@ class Dispatcher:
                 continue
             invoice = e.action.evidence.get("invoice.id")  # a dunning step's invoice
             inv = self.store.get("invoices", invoice) if isinstance(invoice, str) else None
-            if inv is not None and virtual_value("invoices", "outstanding", inv, self.clock()) <= 0:
+            if inv is None:
+                continue
+            left = virtual_value("invoices", "outstanding", inv, self.clock())
+            if left <= 0:
                 out[e.id] = "paid"
+            elif left < self.min_outstanding.get(e.rule, 0):  # the ladder stops there: the text says more is owed
+                out[e.id] = f"paid down to {left}, below the rule's min_amount {self.min_outstanding[e.rule]}"
         return out
 
     def _attempt(
