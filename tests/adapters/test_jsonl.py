@@ -67,6 +67,28 @@ def test_a_second_handler_on_the_same_file_skips_what_is_already_there(crm: Stor
     assert lines(path) == [action_payload(x) for x in (a, b, c)]
 
 
+@pytest.mark.parametrize("take", ["rename", "delete"])
+def test_a_file_the_host_took_away_is_started_again_at_the_path(crm: Store, tmp_path: Path, take: str) -> None:
+    """A long-lived handler (a session, a worker) and a host that consumes the spool file by renaming or
+    deleting it: the next action starts a new file at the path, not the taken one nobody reads."""
+    path = tmp_path / "actions.jsonl"
+    a, b, c = actions(crm)
+    h = JsonlHandler(path)
+    h.handle(a)
+    if take == "rename":
+        path.rename(tmp_path / "processing.jsonl")
+    else:
+        path.unlink()
+    h.handle(b)
+    h.handle(a)  # sent again after the host took the file (at least once): the new file has it once
+    h.handle(a)
+    h.close()
+    assert lines(path) == [action_payload(x) for x in (b, a)]
+    if take == "rename":
+        assert lines(tmp_path / "processing.jsonl") == [action_payload(a)]
+    assert c.id not in path.read_text()
+
+
 def test_a_crash_between_writing_and_recording_does_not_write_twice(crm: Store, tmp_path: Path) -> None:
     """The line is written, then the process 'dies' before the ledger says done; a replay by a fresh
     handler (a new process) delivers again, and the file still has the action once."""

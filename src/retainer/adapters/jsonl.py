@@ -20,7 +20,8 @@ class JsonlHandler:
     Delivery is at-least-once (a crash after writing but before the ledger says `done` repeats it), so
     the handler makes the file exactly-once itself: on first use it reads the ids already in the file
     and skips them, and it drops a half-written last line left by a killed process (a complete last
-    line that only lacks its newline is kept).
+    line that only lacks its newline is kept). The host may rename or delete the file to process it:
+    the next action starts a new file at the path, as log writers do.
     """
 
     def __init__(self, path: str | Path, *, fsync: bool = False) -> None:
@@ -34,11 +35,24 @@ class JsonlHandler:
         self._seen: set[str] = set()
 
     def _open(self) -> IO[str]:
+        if self._file is not None and not self._same_file(self._file):
+            # the host took the file away (renamed or deleted it to process it, as one consumes a spool
+            # file): writing on would append to a file nobody reads any more while the ledger says `done`
+            self.close()
+            self._seen = set()
         if self._file is None:
             if self.path.exists():
                 self._repair_and_scan()
             self._file = self.path.open("a", encoding="utf-8")
         return self._file
+
+    def _same_file(self, f: IO[str]) -> bool:
+        try:
+            there = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(f.fileno())
+        return (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino)
 
     def _repair_and_scan(self) -> None:
         with self.path.open("rb+") as f:
