@@ -377,3 +377,46 @@ def test_a_path_that_cannot_be_a_jsonl_file_is_refused_at_once(tmp_path: Path) -
     with pytest.raises(ArgumentError, match="does not exist"):  # a typo never grows a folder tree
         JsonlHandler(tmp_path / "typo" / "actions.jsonl")
     assert not (tmp_path / "typo").exists()
+
+
+# ------------------------------------------------------------------ delivery order
+
+
+RELEASE = {"rules": [{"id": "forgotten", "kind": "forgotten", "after": "30d"},
+                     {"id": "release", "kind": "release", "forgotten_rule": "forgotten", "grace": "14d",
+                      "then": [{"reassign": {}}, {"notify_manager": {"to": "supervisor", "template": "released"}}]}]}
+
+
+@pytest.mark.parametrize("stop_after", [None, 1])
+def test_a_clients_actions_wait_for_its_reassignment_when_it_needs_a_retry(
+    crm: Store, clock: FakeClock, stop_after: int | None
+) -> None:
+    """The CRM answers the move with one 503. The client's task, assigned to the new manager, waits for the
+    retried move (a CRM that checks a task's assignee against the owner refused it, and it died). When the
+    dispatch gives up on the move's handler, the task waits with it for the next run."""
+    crm.add(managers=[{"id": "m2", "name": "Ben"}])
+    calls: list[str] = []
+    owner = {"c1": "m1"}
+
+    def move(a: Action) -> None:
+        calls.append(a.type)
+        if calls.count("reassign") == 1:
+            raise ConnectionError("503")
+        owner["c1"] = a.to_manager_id  # type: ignore[attr-defined]
+
+    def rest(a: Action) -> None:
+        calls.append(a.type)
+        if a.type == "create_task" and a.assignee_id != owner["c1"]:  # type: ignore[attr-defined]
+            raise PermanentError("422: not the client's manager")
+
+    report = engine(crm, RELEASE).run(AS_OF, handlers={"reassign": move, "*": rest},
+                                    retry=Retry(base_delay=1, stop_after=stop_after), clock=clock, sleep=clock.sleep)
+    assert report.dispatch is not None and not report.dispatch.dead
+    if stop_after is None:
+        assert calls[:3] == ["reassign", "reassign", "create_task"]
+        assert {e.status for e in crm.ledger()} == {"done"}
+    else:
+        assert calls == ["reassign"]
+        assert report.dispatch.left == 2
+        assert {e.type: e.status for e in crm.ledger()} == {"reassign": "failed", "create_task": "pending",
+                                                            "notify_manager": "pending"}

@@ -226,6 +226,11 @@ class Dispatcher:
         order = {e.id: n for n, e in enumerate(queue)}
         streak: dict[int, int] = {}  # failures in a row that were not rejections, per handler (by id)
         given_up: set[int] = set()  # handlers (by id) this dispatch stopped using
+        # client -> when its reassignment is tried again: its other actions wait for it, so the CRM still
+        # sees the move first when the move needed a retry (a task for the new manager went first, was
+        # refused as not the owner's, and died)
+        moving: dict[str, float] = {}
+        stalled: set[str] = set()  # clients whose move this dispatch gave up on: their other actions wait too
         queue.reverse()  # pop() from the end = ledger order
         while queue or waiting:
             now = self.clock().timestamp()
@@ -242,17 +247,30 @@ class Dispatcher:
                 if id(h) in given_up:
                     report.left += e.id not in report.failed  # the failed ones are reported with their error
                     continue
+                if e.type != "reassign" and e.client_id in stalled:  # its move is left for the next run
+                    report.left += e.id not in report.failed
+                    continue
+                if e.type != "reassign" and e.client_id in moving:
+                    heapq.heappush(waiting, (moving[e.client_id], order[e.id], e))  # right after the move
+                    continue
                 st, rejected = self._attempt(e, attempts, claims, report)
                 if st == "failed":
                     due = self.clock().timestamp() + self.retry.delay(attempts[e.id])
                     heapq.heappush(waiting, (due, order[e.id], e))
+                    if e.type == "reassign" and e.client_id is not None:
+                        moving[e.client_id] = due
+                elif e.type == "reassign":
+                    moving.pop(e.client_id or "", None)
                 if st in ("failed", "dead") and not rejected:  # the endpoint failed, not the request
                     streak[id(h)] = streak.get(id(h), 0) + 1
                     if self.retry.stop_after is not None and streak[id(h)] >= self.retry.stop_after:
                         error = report.failed.get(e.id) or report.dead[e.id]
                         report.stopped[handler_name(h)] = f"{streak[id(h)]} failures in a row, the last: {error}"
                         given_up.add(id(h))
-                        # its retries are not waited for: they stay `failed` for the next run
+                        # its retries are not waited for: they stay `failed` for the next run, and so do the
+                        # actions waiting for a move it was to retry
+                        dropped = [w[2] for w in waiting if id(self.route(w[2].type)) in given_up]
+                        stalled |= {x.client_id for x in dropped if x.type == "reassign" and x.client_id is not None}
                         waiting = [w for w in waiting if id(self.route(w[2].type)) not in given_up]
                         heapq.heapify(waiting)
                 elif st == "done":
