@@ -205,6 +205,9 @@ class _SessionStore:
         self._store = store
         self._managers: list[Manager] | None = None
         self._loads: ManagerLoads | None = None
+        # SQLite's count of commits by other connections: another process (the nightly import) may have
+        # deactivated a manager, and a session that never ticks kept giving clients to them
+        self._version: Any = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
@@ -214,6 +217,13 @@ class _SessionStore:
         self._loads = None
 
     def managers(self) -> list[Manager]:
+        """Read again whenever another connection has committed since (a few hundred rows: under a
+        millisecond). The loads are not: they read every client, and a nightly run commits thousands of
+        times; they are kept exact by `fact` events, ticks and `refresh()`."""
+        probe = getattr(self._store, "data_version", None)
+        if probe is not None and (version := probe()) != self._version:
+            self._version = version
+            self._managers = None
         if self._managers is None:
             self._managers = self._store.managers()
         return list(self._managers)

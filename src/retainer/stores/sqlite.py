@@ -1053,6 +1053,11 @@ class SQLiteStore:
     def managers(self) -> list[Manager]:
         return self._models("managers", "ORDER BY id")
 
+    def data_version(self) -> int:
+        """Changes when another connection (another process, another thread's) commits: a cheap "has
+        anything changed behind my back" for caches such as a reactive session's managers."""
+        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+
     def manager_loads(self, as_of: datetime) -> dict[str, int]:
         return dict(
             self.conn.execute(
