@@ -657,3 +657,31 @@ def test_a_session_sees_a_manager_deactivated_by_another_process(tmp_path: Path)
     r = s.post({"type": "outcome", "action_id": task.id, "outcome": {"result": "no answer"}, "at": "2026-03-01"})
     assert [a.to_manager_id for a in r.committed if a.type == "reassign"] == ["m3"]  # type: ignore[attr-defined]
     store.close()
+
+
+def test_threads_sharing_a_session_lose_no_process_state(tmp_path: Path) -> None:
+    """Two worker threads post payments to one session over SQLite: every ladder is closed, and a restarted
+    session reads them closed (the threads raced on the states to save, and some were never saved)."""
+    import threading
+
+    rules = retainer.load_rules(DEBTOR_FILE)
+    store = make_store("sqlite", tmp_path, rules.timezone)
+    n = 200
+    store.add(managers=[{"id": "m1"}], clients=[{"id": f"c{i}", "manager_id": "m1"} for i in range(n)],
+              invoices=[{"id": f"i{i}", "client_id": f"c{i}", "issued_at": "2026-02-01", "due_at": "2026-02-15",
+                         "amount": "1200"} for i in range(n)])  # fmt: skip
+    s = Session(rules, store)
+    s.tick("2026-02-26")
+
+    def worker(k: int) -> None:
+        for i in range(k, n, 2):
+            s.post({"type": "invoice_paid", "id": f"i{i}", "at": "2026-02-27T10:00"})
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    again = Session(rules, store)
+    assert [i for i in range(n) if again.process_states(f"c{i}")] == []
+    store.close()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -302,6 +303,7 @@ class Session:
         self._live: dict[tuple[str, str], str] = {}  # (chart, sid) -> its instance id in durable-rules
         self._dirty: set[str] = set()  # clients whose process states changed since the last persist
         self._seq = 0
+        self._lock = threading.RLock()
         # an event's commit must not pay for copying the write-ahead log into the file (docs/reactive.md)
         background = getattr(store, "checkpoint_in_background", None)
         self._checkpoints = bool(background()) if background is not None else False
@@ -326,7 +328,12 @@ class Session:
         Events (`type`): `touch` (the touch's fields), `task_done` (`id`, `at`), `invoice_paid` (`id`,
         `at`, optional `amount`), `outcome` (`action_id`, `outcome`, `at`), `fact` (`entity`, `row`,
         `at`: any other fact written with `upsert`), `tick` (`at`: the clock moved; everyone is planned).
+        Threads may share a session: their events are decided one at a time.
         """
+        with self._lock:  # the process states, the durable-rules host and the cache are the session's own
+            return self._react(event, as_of)
+
+    def _react(self, event: Mapping[str, Any], as_of: str | date | datetime | None) -> Reaction:
         t0 = time.perf_counter()
         if not isinstance(event, Mapping) or event.get("type") not in EVENT_TYPES:
             got = event.get("type") if isinstance(event, Mapping) else event
@@ -383,8 +390,9 @@ class Session:
 
     def process_states(self, client_id: str) -> dict[str, tuple[str, str]]:
         """The client's open process instances: `{sid: (chart, state)}`."""
-        self._hydrate(client_id)
-        return {sid: (c, s) for sid, (c, s) in sorted(self._procs[client_id].items())}
+        with self._lock:
+            self._hydrate(client_id)
+            return {sid: (c, s) for sid, (c, s) in sorted(self._procs[client_id].items())}
 
     def refresh(self) -> None:
         """Forget the cached managers and loads (after changing clients or managers behind our back)."""
