@@ -22,6 +22,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from .actions import Action, Suppression, parse_action
+from .errors import DataError
 from .plan import Plan, _as_is, _default, action_dict, dumps
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ __all__ = [
     "RunReport",
     "Status",
     "action_payload",
+    "check_outcome",
     "claim_alive",
     "claim_holder",
     "claim_is",
@@ -182,6 +184,21 @@ def check_query(status: Any, **lists: Any) -> None:
     for s in status:
         if s not in STATUSES:
             raise ArgumentError(f"unknown status {s!r}; valid: {', '.join(STATUSES)}{did_you_mean(s, STATUSES)}")
+
+
+def check_outcome(outcome: Any) -> dict[str, Any]:
+    """An outcome as every store keeps it: a mapping with text keys and JSON values (instants and dates
+    as ISO text, money as numbers, sets as sorted lists). The memory store kept the raw objects while
+    SQLite wrote `str()` of them, so a host's tests on memory:// passed and production read other values."""
+    if not isinstance(outcome, Mapping):
+        raise DataError(f"an outcome is a mapping such as {{'result': 'completed'}}, not {outcome!r}")
+    bad = [k for k in outcome if not isinstance(k, str)]
+    if bad:
+        raise DataError(f"outcome keys are text; {bad[0]!r} is {type(bad[0]).__name__}")
+    try:
+        return json.loads(dumps(outcome))  # type: ignore[no-any-return]
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"outcome {dict(outcome)!r} cannot be kept as JSON: {exc}") from None
 
 
 def action_payload(action: Action) -> str:

@@ -435,9 +435,10 @@ class Session:
             aid, outcome = ev.get("action_id"), ev.get("outcome")
             if not aid or not isinstance(outcome, Mapping):
                 raise ReactiveError("an outcome event needs `action_id` and an `outcome` mapping")
-            entry = store.set_outcome(str(aid), outcome, at)
-            if entry.client_id is None:
+            known = store.ledger(ids=[str(aid)])
+            if known and known[0].client_id is None:  # checked before writing: the error must be true
                 raise ReactiveError(f"action {aid} is about a manager, not a client: record it with Engine")
+            entry = store.set_outcome(str(aid), outcome, at)
             cid = entry.client_id
             triggers += self._outcome_triggers(entry, outcome)
             return cid, str(ev.get("event_id") or f"outcome:{aid}:{at.isoformat()}"), triggers, None

@@ -374,3 +374,23 @@ def test_moves_in_flight_are_the_committed_moves_the_data_does_not_show_yet(stor
     assert store.moves_in_flight(datetime(2026, 3, 3, tzinfo=UTC)) == {"c1": ("m1", "m3")}
     assert store.moves_in_flight(datetime(2026, 3, 1, 23, 59, 59, tzinfo=UTC)) == {"c1": ("m1", "m2")}
     assert store.moves_in_flight(datetime(2026, 3, 6, tzinfo=UTC))["c6"] == ("m1", "m2")
+
+
+def test_outcomes_are_kept_as_json_alike_by_every_store(store: Store) -> None:
+    """The memory store kept the raw objects and SQLite wrote str() of them: a host's tests on memory://
+    read other values than production did. A key that is not text is refused, naming it."""
+    from decimal import Decimal
+
+    from retainer.errors import DataError
+
+    a = act("r:c1:e:x")
+    store.commit_run(run_record(), [a], {})
+    e = store.set_outcome(a.id, {"at": datetime(2026, 1, 15, 9, 30, tzinfo=UTC), "day": date(2026, 1, 15),
+                                 "paid": Decimal("12.50"), "tags": {"b", "a"}}, T0)  # fmt: skip
+    expected = {"at": "2026-01-15T09:30:00+00:00", "day": "2026-01-15", "paid": 12.5, "tags": ["a", "b"]}
+    assert e.outcome == expected and store.ledger(ids=[a.id])[0].outcome == expected
+    with pytest.raises(DataError, match="outcome keys are text; 1 is int"):
+        store.set_outcome(a.id, {1: "x"}, T0)
+    with pytest.raises(DataError, match="cannot be kept as JSON"):
+        store.set_outcome(a.id, {"x": object()}, T0)
+    assert store.ledger(ids=[a.id])[0].outcome == expected

@@ -19,6 +19,7 @@ from ..ledger import (
     RunRecord,
     Status,
     action_payload,
+    check_outcome,
     check_query,
     claim_is,
     claim_token,
@@ -372,6 +373,7 @@ class MemoryStore:
         return moved
 
     def set_outcome(self, id: str, outcome: Mapping[str, Any], at: datetime) -> LedgerEntry:
+        outcome = check_outcome(outcome)
         before = self._update(id).outcome or {}  # unknown id: StoreError
         e = self._update(id, outcome={**before, **outcome}, outcome_at=at, updated_at=at)
         if e.status != "done":

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..actions import Action
 from ..errors import StoreError
-from ..ledger import LedgerEntry, RunRecord, Status, action_payload, check_query, claim_token
+from ..ledger import LedgerEntry, RunRecord, Status, action_payload, check_outcome, check_query, claim_token
 from ..model import ENTITIES, Client, Entity, Manager, no_gc
 from ..timeutil import to_utc_text
 from . import _ingest
@@ -1560,6 +1560,7 @@ class SQLiteStore:
         return moved
 
     def set_outcome(self, id: str, outcome: Mapping[str, Any], at: datetime) -> LedgerEntry:
+        outcome = check_outcome(outcome)
         t = to_utc_text(at)
         with self._transaction() as conn:
             self._known(conn, [id])
