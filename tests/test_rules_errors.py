@@ -1020,3 +1020,28 @@ def test_a_between_with_its_bounds_reversed_is_refused(tmp_path: Path) -> None:
             then: [{tag: x}]
         """)
     assert_error(err, p, 4, "w", "between [60, 30] never holds: write the low bound first")
+
+
+@pytest.mark.parametrize("bound", ["{gt: 66}", "{between: [30, 66]}", "{lte: -0.1}"])
+def test_contract_progress_outside_0_to_1_is_refused(tmp_path: Path, bound: str) -> None:
+    """The seed's "the last third of the contract" written as 66 passed validate and never matched."""
+    err, path = load_error(tmp_path, f"""
+        version: 1
+        rules:
+          - id: renew
+            category: retention
+            when: {{contract_progress: {bound}}}
+            then: [{{tag: renew}}]
+        """)
+    assert_error(err, path, 5, "renew", "contract_progress runs from 0 to 1 (0.5 = halfway)")
+
+
+def test_shares_take_percent_text(store: Store) -> None:
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
+              contracts=[{"id": "k1", "client_id": "c1", "starts_at": "2026-01-01T00:00:00Z",
+                          "ends_at": "2027-01-01T00:00:00Z"}])  # fmt: skip
+    as_of = "2026-09-01T00:00:00Z"  # 0.6658 of the contract
+    for bound, hit in (("66%", True), ("67%", False), ("0.66", True)):
+        rules = {"version": 1, "rules": [{"id": "late", "category": "retention", "then": [{"tag": "late"}],
+                                          "when": {"contract_progress": {"gt": bound}}}]}  # fmt: skip
+        assert bool(engine_for(rules, store).plan(as_of).actions) is hit, bound

@@ -537,13 +537,30 @@ def _last_second(d: date, tz: Any) -> datetime:
     return parse_instant(d + timedelta(days=1), tz) - timedelta(seconds=1)
 
 
+def _is_share(feature: str) -> bool:
+    """Features that are shares or ratios (0.3 = 30 %): they also take "30%"."""
+    return feature == "contract_progress" or feature.startswith("spend_growth_")
+
+
+def _out_of_share(v: Any, d: Decimal, path: Path) -> Any:
+    """The seed's "development mid-life, retention in the last third" written as 30 and 66 never matched,
+    and validate said ok."""
+    raise ConditionError(f"contract_progress runs from 0 to 1 (0.5 = halfway); {v!r} is outside it: "
+                         f"write {d / 100} or \"{v}%\"", path)
+
+
 def _scalar(v: Any, ftype: str, feature: str, tz: Any, path: Path) -> Any:
     try:
         match ftype:
             case "int" | "number":
                 if isinstance(v, bool) or not isinstance(v, int | float | str | Decimal):
                     raise TypeError
-                d = Decimal(str(v))
+                if isinstance(v, str) and v.strip().endswith("%") and _is_share(feature):
+                    d = Decimal(v.strip()[:-1].strip()) / 100
+                else:
+                    d = Decimal(str(v))
+                if feature == "contract_progress" and not 0 <= d <= 1:
+                    return _out_of_share(v, d, path)
                 return int(d) if ftype == "int" and d == int(d) else d
             case "bool":
                 if not isinstance(v, bool):
@@ -559,5 +576,7 @@ def _scalar(v: Any, ftype: str, feature: str, tz: Any, path: Path) -> Any:
                 return str(v)
             case _:
                 return v
+    except ConditionError:
+        raise
     except (TypeError, ValueError, InvalidOperation):
         raise ConditionError(f"{feature} is {ftype}; {v!r} is not a valid value for it", path) from None
