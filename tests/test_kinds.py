@@ -531,6 +531,39 @@ def test_profit_counts_cost_only_since_the_client_was_created(
     assert Decimal(t.title) == Decimal(profit)
 
 
+def test_contract_progress_reads_the_contract_that_started_last(store: Store) -> None:
+    """An early renewal runs beside the old contract: the old one 96 % through, the renewal 4 %. Progress
+    was read from the later start to the earlier end (48 %: mid-life, so up-sell instead of renewal)."""
+    base(store)
+    store.add(contracts=[{"id": "old", "client_id": "c1", "starts_at": "2025-01-01T00:00:00Z",
+                          "ends_at": "2026-01-01T00:00:00Z"},
+                         {"id": "new", "client_id": "c1", "starts_at": "2025-12-01T00:00:00Z",
+                          "ends_at": "2026-12-01T00:00:00Z"}])  # fmt: skip
+    r = {"id": "g", "when": {"client_id": "c1"},
+         "then": [{"create_task": {"title": "{contract_progress}|{contract_started_at}"}}]}
+    (t,) = engine_for(rules(r), store).plan("2025-12-15T00:00:00Z").actions
+    progress, started = t.title.split("|")
+    assert Decimal(progress) == Decimal("0.04") and started.startswith("2025-12-01")  # 14 days of 365
+    (t,) = engine_for(rules(r), store).plan("2025-11-15T00:00:00Z").actions  # before the renewal started
+    assert t.title.startswith("0.87|2025-01-01")
+
+
+def test_an_up_sell_per_contract_with_contract_started_at_as_the_episode(store: Store) -> None:
+    """`episode: client_id` offered once per client, ever: the renewal never got its mid-life offer."""
+    base(store)
+    store.add(contracts=[{"id": "k1", "client_id": "c1", "starts_at": "2025-01-01T00:00:00Z",
+                          "ends_at": "2026-01-01T00:00:00Z"},
+                         {"id": "k2", "client_id": "c1", "starts_at": "2026-01-01T00:00:00Z",
+                          "ends_at": "2027-01-01T00:00:00Z"}])  # fmt: skip
+    r = {"id": "up", "category": "development", "when": {"contract_progress": {"between": ["30%", "70%"]}},
+         "episode": "contract_started_at", "then": [{"tag": "upsell"}]}
+    e = engine_for(rules(r), store)
+    first = e.run("2025-07-01").committed
+    assert [a.key for a in first] == ["up:c1:2025-01-01:tag"]
+    assert not e.run("2025-08-01").committed
+    assert [a.key for a in e.run("2026-07-01").committed] == ["up:c1:2026-01-01:tag"]
+
+
 def test_explain_shows_each_invoice_and_step(store: Store) -> None:
     debt(store)
     e = engine_for(rules(DEBTOR, OVERDUE), store)

@@ -196,7 +196,8 @@ def check_outcome(outcome: Any) -> dict[str, Any]:
     if bad:
         raise DataError(f"outcome keys are text; {bad[0]!r} is {type(bad[0]).__name__}")
     try:
-        return json.loads(dumps(outcome))  # type: ignore[no-any-return]
+        # in the host's key order (SQLite reads it back sorted; equal either way)
+        return json.loads(json.dumps(outcome, default=_default, ensure_ascii=False))  # type: ignore[no-any-return]
     except (TypeError, ValueError) as exc:
         raise DataError(f"outcome {dict(outcome)!r} cannot be kept as JSON: {exc}") from None
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from .rules.conditions import All as AllOf
 from .rules.conditions import AnyOf, Leaf, Node, Not, OlderThan
-from .rules.features import FeatureFrame, SubFrame, invoice_frame
+from .rules.features import FeatureFrame, SubFrame, contract_span, invoice_frame
 from .rules.loader import RuleSet
 from .stores.base import EXISTS_FIELD, TIME_FIELDS, VIRTUAL_SOURCES, AggSpec, Changes, Pred
 from .timeutil import AsOf, Duration, parse_as_of
@@ -194,13 +194,13 @@ class Wakes:
             parent = self._progress(leaf, fr.parent)
             return [parent[j] for j in fr.row_client]
         a = self._a
-        first, last = self.registry.get("contract_progress").aggs(a)
+        (span,) = self.registry.get("contract_progress").aggs(a)
         v = leaf.value
         consts = [float(c) for c in (v if leaf.op in ("in", "not_in", "between") else [v])
                   if isinstance(c, int | float | Decimal) and not isinstance(c, bool)]  # fmt: skip
         out: list[Wake] = []
-        for p, start, end in zip(fr.column("contract_progress"), fr.agg_column(first), fr.agg_column(last),
-                                 strict=True):  # fmt: skip
+        for p, text in zip(fr.column("contract_progress"), fr.agg_column(span), strict=True):
+            start, end = contract_span(text)
             w: Wake = None
             if p is not None and start is not None and end is not None:
                 for c in consts:

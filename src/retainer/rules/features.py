@@ -592,8 +592,11 @@ def _builtins(abc: FeatureImpl) -> dict[str, FeatureImpl]:
     def overdue_min(a: AsOf) -> AggSpec:
         return AggSpec("invoices", "min", "due_at", overdue_where(a))
 
-    def cur_contract(a: AsOf, fn: Any, fld: str) -> AggSpec:
-        return AggSpec("contracts", fn, fld, (Pred("ends_at", "gt", a.instant),), "starts_at")
+    def cur_contract(a: AsOf) -> AggSpec:
+        """The contract running at as_of that started last (a renewal signed early runs beside the old one):
+        its start and its own end, as the max of `start|end` texts."""
+        return AggSpec("contracts", "max", "span", (Pred("ends_at", "gt", a.instant),), "starts_at")
+
 
     last_inv = AggSpec("invoices", "max", "issued_at", (), "issued_at")
     open_deals = AggSpec("deals", "count", None, (Pred("is_open", "eq", True),))
@@ -602,10 +605,9 @@ def _builtins(abc: FeatureImpl) -> dict[str, FeatureImpl]:
 
     def contract_progress(f: FeatureFrame) -> list[Any]:
         a = f.as_of
-        starts = f.agg_column(cur_contract(a, "max", "starts_at"))
-        ends = f.agg_column(cur_contract(a, "min", "ends_at"))
         out: list[Any] = []
-        for s, e in zip(starts, ends, strict=True):
+        for text in f.agg_column(cur_contract(a)):
+            s, e = contract_span(text)
             if s is None or e is None or e <= s:
                 out.append(None)
             else:
@@ -645,8 +647,15 @@ def _builtins(abc: FeatureImpl) -> dict[str, FeatureImpl]:
             "contract_progress",
             "number",
             "elapsed share (0..1) of the current contract",
-            aggs=lambda a: [cur_contract(a, "max", "starts_at"), cur_contract(a, "min", "ends_at")],
+            aggs=lambda a: [cur_contract(a)],
             compute=contract_progress,
+        ),
+        FeatureImpl(
+            "contract_started_at",
+            "datetime",
+            "when the current contract started (an episode per contract)",
+            aggs=lambda a: [cur_contract(a)],
+            compute=lambda f: [contract_span(t)[0] for t in f.agg_column(cur_contract(f.as_of))],
         ),
         abc,
         released_at_feature(),
@@ -656,12 +665,20 @@ def _builtins(abc: FeatureImpl) -> dict[str, FeatureImpl]:
     return {i.name: i for i in impls}
 
 
+def contract_span(text: str | None) -> tuple[datetime | None, datetime | None]:
+    """The start and end of the contract in a `contracts.span` value (`start|end`, UTC text)."""
+    if not text:
+        return None, None
+    s, _, e = text.partition("|")
+    return (datetime.fromisoformat(s) if s else None), (datetime.fromisoformat(e) if e else None)
+
+
 # ---------------------------------------------------------------- named features (the file's `features:`)
 
 
 def _field_type(entity: str, fld: str) -> str:
     if fld in VIRTUAL_FIELDS.get(entity, {}):
-        return "bool" if fld.startswith("is_") else "str" if fld == "medium" else "number"
+        return "bool" if fld.startswith("is_") else "str" if fld in ("medium", "span") else "number"
     found = set()
     todo = [ENTITIES[entity].model_fields[fld].annotation]
     while todo:

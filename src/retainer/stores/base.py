@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args, runtime_checkable
 
 from ..model import ENTITIES, Client, Entity, Manager
+from ..timeutil import to_utc_text
 
 if TYPE_CHECKING:
     from ..actions import Action
@@ -123,6 +124,9 @@ VIRTUAL_FIELDS: dict[str, dict[str, str]] = {
         "paid_total": "amount paid on or before as_of",
         "outstanding": "amount - paid_total",
     },
+    "contracts": {
+        "span": "`starts_at|ends_at` as UTC text: its max is the contract that started last, with its own end",
+    },
 }
 
 
@@ -137,6 +141,7 @@ VIRTUAL_SOURCES: dict[tuple[str, str], str | None] = {
     ("tasks", "is_open"): "done_at", ("tasks", "is_done"): "done_at",
     ("deals", "is_open"): "closed_at", ("deals", "is_won"): "closed_at", ("deals", "is_lost"): "closed_at",
     ("invoices", "paid_total"): "paid_at", ("invoices", "outstanding"): "paid_at",
+    ("contracts", "span"): None,
 }  # fmt: skip
 
 
@@ -166,6 +171,8 @@ def virtual_value(entity: str, name: str, row: Any, as_of: datetime) -> Any:
             return paid
         if name == "outstanding":
             return max(row.amount - paid, Decimal(0))
+    if entity == "contracts" and name == "span":
+        return "|".join(to_utc_text(t) if t is not None else "" for t in (row.starts_at, row.ends_at))
     raise KeyError(f"{entity}.{name}")
 
 

@@ -159,6 +159,7 @@ _VIRTUAL_SQL: dict[str, dict[str, tuple[str, str]]] = {
         "paid_total": (_PAID, "money"),
         "outstanding": (f"max(amount - {_PAID}, 0)", "money"),
     },
+    "contracts": {"span": ("(coalesce(starts_at, '') || '|' || coalesce(ends_at, ''))", "text")},
 }
 _VIRTUAL_SQL["deals"] = {k: (v, "bool") for k, v in _VIRTUAL_SQL["deals"].items()}  # type: ignore[misc]
 
