@@ -211,6 +211,18 @@ def test_spend_growth_boundary_is_allowed(store: Store, amount: str, held: bool)
                                              "more than 20 %")
 
 
+@pytest.mark.parametrize(("base", "text"), [("999.99", "of 999.99 within 90d by 20.0002 %"),
+                                            ("999.9999", "of 999.9999 within 90d by 20.000002 %")])
+def test_spend_growth_detail_shows_why_a_ratio_just_over_the_cap_is_over(store: Store, base: str, text: str) -> None:
+    """Rounded to 3 places, 200 over 999.99 read "by 20 %, more than 20 %", and a base of 999.9999 read
+    1,000.00: the decision was right and its explanation said otherwise."""
+    setup(store)
+    spend(store, base)
+    plan = plan_of(store, [rule("up", offer("200"), "development")], day(60), spend_growth={"max": "20%"})
+    (held,) = plan.suppressed
+    assert held.detail == f"offer 200.00 would raise spend {text}, more than 20 %"
+
+
 def test_spend_growth_without_baseline(store: Store) -> None:
     setup(store)
     r = [rule("up", offer("10"), "development")]

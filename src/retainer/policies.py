@@ -398,8 +398,8 @@ class Guard:
             total = pending[x.client_id] + amount
             if total / base > g.max:
                 already = f" plus {_money(pending[x.client_id])} offered earlier" if pending[x.client_id] else ""
-                return (f"offer {_money(amount)}{already} would raise spend of {_money(base)} within {g.window} "
-                        f"by {_pct(total / base)}, more than {_pct(g.max)}")
+                return (f"offer {_money(amount)}{already} would raise spend of {_money(base, exact=True)} within "
+                        f"{g.window} by {_pct(total / base, above=g.max)}, more than {_pct(g.max)}")
             return None
 
         def take(x: Action) -> None:
@@ -499,13 +499,23 @@ def _episode_order(text: str) -> tuple[int, Any]:
     return (0, -Decimal(text))
 
 
-def _money(v: Any) -> str:
-    d = Decimal(str(v)).quantize(Decimal("0.01"))
-    return f"{d:,}"
+def _money(v: Any, *, exact: bool = False) -> str:
+    """Cents; `exact`: every digit when cents would round (a base of 999.9999 read as 1,000.00, and 20 %
+    growth over it as "more than 20 %")."""
+    d = Decimal(str(v))
+    q = d.quantize(Decimal("0.01"))
+    return f"{q:,}" if q == d or not exact else f"{d.normalize():,f}"
 
 
-def _pct(v: Decimal) -> str:
-    return f"{(v * 100).quantize(Decimal('0.001')).normalize():f} %"
+def _pct(v: Decimal, *, above: Decimal | None = None) -> str:
+    """A percentage to 3 places, or to as many as it takes to show it is `above` a limit it exceeds (a
+    ratio just over 20 % was written "20 %, more than 20 %")."""
+    places = 3
+    while True:
+        shown = (v * 100).quantize(Decimal(1).scaleb(-places))
+        if above is None or shown > above * 100 or places >= 12:
+            return f"{shown.normalize():f} %"
+        places += 3
 
 
 def day_period(d: date, every: str) -> str:

@@ -147,10 +147,12 @@ def _show(spec: Mapping[str, Any]) -> str:
     return "{" + ", ".join(f"{k}: {json.dumps(v, default=str, ensure_ascii=False)}" for k, v in spec.items()) + "}"
 
 
+_TARGETS = (("to_manager_id", "to"), ("assignee_id", "to"), ("channel", "by"), ("tag", "tag"), ("offer", "offer"))
+
+
 def _line(a: Action) -> str:
-    target = next((getattr(a, f) for f in ("to_manager_id", "assignee_id", "channel", "tag", "offer")
-                   if getattr(a, f, None)), "")  # fmt: skip
-    return f"{a.type} {a.client_id} (rule {a.rule}{', to ' + str(target) if target else ''}): {a.reason}"
+    target = next((f"{word} {getattr(a, f)}" for f, word in _TARGETS if getattr(a, f, None)), "")
+    return f"{a.type} {a.client_id} (rule {a.rule}{', ' + target if target else ''}): {a.reason}"
 
 
 # ---------------------------------------------------------------- the Python builder
