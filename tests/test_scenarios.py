@@ -251,8 +251,9 @@ def test_expect_an_empty_list_means_no_new_action(tmp_path: Path) -> None:
           - as_of: 2026-03-01
             expect: []
     """
-    with pytest.raises(ScenarioFailure, match="unexpected action: create_task c1"):
+    with pytest.raises(ScenarioFailure, match="unexpected action: create_task c1") as exc:
         run_scenario_file(write(tmp_path, text))
+    assert "t.scenario.yaml:7)" in str(exc.value)  # the failing step's file and line
     run_scenario_file(write(tmp_path, text.replace("-60d", "-59d")))
 
 

@@ -167,6 +167,7 @@ class Step:
     as_of: AsOf
     report: RunReport
     label: str = ""
+    line: int | None = None  # where the step is written, in a scenario file
 
     @property
     def actions(self) -> list[Action]:
@@ -283,7 +284,8 @@ class Step:
     def describe(self, problems: list[str], clients: Sequence[Any], rules: Sequence[Any]) -> str:
         """The failure report: where, what was expected, what happened, and why the rules decided so."""
         sc = self.scenario
-        head = f"scenario {sc.name}" + (f" ({sc.source})" if sc.source else "")
+        where = f"{sc.source}:{self.line}" if sc.source and self.line else sc.source
+        head = f"scenario {sc.name}" + (f" ({where})" if where else "")
         label = f" ({self.label})" if self.label else ""
         out = [head, f"step {self.number}{label}, as of {self.report.plan.as_of.isoformat()}:"]
         out += [f"  ✗ {p}" for p in problems]
@@ -502,6 +504,7 @@ def run_scenario_file(path: str | Path) -> Scenario:
             raise
         except RetainerError as exc:  # a bad or backward as_of: where it is written
             raise ScenarioError(str(exc), file=str(ls.path), line=ls.lines.line(("steps", i, "as_of"))) from None
+        step.line = ls.lines.line(("steps", i))
         if st.expect is not None or st.exact:
             step.expect(*(st.expect or ()), exact=st.exact or not st.expect)  # `expect: []`: nothing new
         if st.absent:
