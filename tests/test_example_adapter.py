@@ -257,9 +257,13 @@ def test_retryable_answers_are_retried_with_the_same_key(
     first, *rest = sorted(engine.store.ledger(), key=lambda e: e.type != "reassign")  # in delivery order
     assert first.attempts == 2 and {e.attempts for e in rest} == {1} and clock.sleeps == [1.0]
     assert len(fake_crm.requests) == 8
-    rejected, retried = fake_crm.requests[0], fake_crm.requests[7]
+    keys = [r.headers["idempotency-key"] for r in fake_crm.requests]
+    rejected, retried = fake_crm.requests[0], fake_crm.requests[keys.index(first.id, 1)]
     assert rejected.headers["idempotency-key"] == retried.headers["idempotency-key"] == first.id
     assert rejected.body == retried.body
+    # the moved client's other actions wait for its move: the CRM sees the new owner first
+    same_client = [i for i, e in enumerate(keys) for x in rest if x.id == e and x.client_id == first.client_id]
+    assert same_client and min(same_client) > keys.index(first.id, 1)
     assert {r.headers["authorization"] for r in fake_crm.requests} == {"Bearer s3cret"}
 
 
@@ -271,7 +275,8 @@ def test_a_crm_that_is_down_is_retried_then_dead(
     with example[0].ExampleCRMHandler(url, timeout=2.0) as handler:
         report = engine.run(AS_OF, handlers=handler, retry=Retry(max_attempts=2, stop_after=None), clock=clock,
                             sleep=clock.sleep)
-    assert report.counts()["dead"] == 7 and clock.sleeps == [1.0]
+    # the released client's other actions wait for its move's retry, so theirs comes a backoff later
+    assert report.counts()["dead"] == 7 and clock.sleeps == [1.0, 1.0]
     entries = engine.store.ledger()
     assert {(e.status, e.attempts) for e in entries} == {("dead", 2)}
     assert all(
