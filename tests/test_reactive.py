@@ -685,3 +685,20 @@ def test_threads_sharing_a_session_lose_no_process_state(tmp_path: Path) -> None
     again = Session(rules, store)
     assert [i for i in range(n) if again.process_states(f"c{i}")] == []
     store.close()
+
+
+def test_an_outcome_delivered_twice_is_taken_in_once() -> None:
+    """An at-least-once queue redelivers an outcome event: the second copy brought the finished win-back
+    back as an open process that never moved again, in every later session."""
+    with fresh() as store:
+        seed(store)
+        s = Session(RULES, store)
+        s.tick(at(160))
+        (task,) = [x for x in store.ledger() if x.rule == "winback"]
+        ev = {"type": "outcome", "action_id": task.id, "outcome": {"churn_reason": "survey_needed"}, "at": at(161)}
+        first = s.post(ev)
+        assert [a.type for a in first.committed] == ["create_task"]
+        states = s.process_states("c1")
+        again = s.post(ev)
+        assert again.committed == [] and again.transitions == []
+        assert s.process_states("c1") == states == Session(RULES, store).process_states("c1")

@@ -41,7 +41,7 @@ from .adapters.dispatch import Dispatcher, DispatchReport, Handlers, Retry, utc_
 from .engine import Engine
 from .errors import RetainerError
 from .keys import action_key
-from .ledger import ACTIVE, LedgerEntry, RunRecord, unapplied_moves
+from .ledger import ACTIVE, LedgerEntry, RunRecord, check_outcome, unapplied_moves
 from .model import Client, Manager
 from .plan import Plan
 from .rules.features import norm_reason
@@ -438,6 +438,11 @@ class Session:
             known = store.ledger(ids=[str(aid)])
             if known and known[0].client_id is None:  # checked before writing: the error must be true
                 raise ReactiveError(f"action {aid} is about a manager, not a client: record it with Engine")
+            before = (known[0].outcome or {}) if known else {}
+            if known and before and all(k in before and before[k] == v for k, v in check_outcome(outcome).items()):
+                # the same outcome again (an at-least-once queue): already taken in; moving the process
+                # again brought a finished win-back back as an open one that never moved on
+                return known[0].client_id, str(ev.get("event_id") or f"outcome:{aid}:{at.isoformat()}"), triggers, None
             entry = store.set_outcome(str(aid), outcome, at)
             cid = entry.client_id
             triggers += self._outcome_triggers(entry, outcome)
