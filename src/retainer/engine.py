@@ -882,7 +882,8 @@ class Engine:
         sleep: Callable[[float], None] = time.sleep,
     ) -> tuple[list[str], DispatchReport | None]:
         """Give dead (or failed) actions another round of attempts; see `adapters.dispatch.replay`."""
-        return _replay(self.store, ids, dead=dead, handlers=handlers, retry=retry, clock=clock, sleep=sleep)
+        return _replay(self.store, ids, dead=dead, handlers=handlers, retry=retry, clock=clock, sleep=sleep,
+                       min_outstanding=self.min_outstanding)
 
     def record_outcome(
         self, action_id: str, outcome: Mapping[str, Any], *, clock: Callable[[], datetime] = utc_now

@@ -420,3 +420,60 @@ def test_a_clients_actions_wait_for_its_reassignment_when_it_needs_a_retry(
         assert report.dispatch.left == 2
         assert {e.type: e.status for e in crm.ledger()} == {"reassign": "failed", "create_task": "pending",
                                                             "notify_manager": "pending"}
+
+
+def _moves_and_tasks(store: Store, clients: list[str], unmoved: tuple[str, ...] = ()) -> list[Action]:
+    from datetime import UTC, date, datetime
+
+    from retainer.actions import CreateTask, Reassign, action_id
+    from retainer.ledger import RunRecord
+
+    as_of = datetime(2026, 3, 1, 23, 59, 59, tzinfo=UTC)
+    store.add(managers=[{"id": "m2"}],
+              clients=[{"id": c, "manager_id": "m1"} for c in [*clients, *unmoved] if c != "c1"])  # fmt: skip
+    out: list[Action] = []
+    for c in clients:
+        key = f"release:{c}:e:reassign"
+        out.append(Reassign(id=action_id(key), key=key, rule="release", client_id=c, category="retention",
+                            reason="x", as_of=as_of, from_manager_id="m1", to_manager_id="m2"))  # fmt: skip
+    for c in [*clients, *unmoved]:
+        key = f"forgotten:{c}:e:create_task"
+        out.append(CreateTask(id=action_id(key), key=key, rule="forgotten", client_id=c, category="retention",
+                              reason="x", as_of=as_of, assignee_id="m2", title="call",
+                              due_at=date(2026, 3, 3)))  # fmt: skip
+    store.commit_run(RunRecord(id="r1", as_of=as_of, rules_digest="x", started_at=as_of), out, {})
+    return out
+
+
+def test_a_move_left_untried_when_its_handler_is_given_up_holds_its_clients_task_too(
+    crm: Store, clock: FakeClock
+) -> None:
+    """The move endpoint is given up on after two failures, with c3's move not yet tried: c3's task waits
+    for the next run with it (it went to the new manager before the move)."""
+    acts = _moves_and_tasks(crm, ["c1", "c2", "c3"])
+    sent: list[str | None] = []
+
+    def down(a: Action) -> None:
+        raise ConnectionError("503")
+
+    d = Dispatcher(crm, {"reassign": down, "create_task": lambda a: sent.append(a.client_id)},
+                   retry=Retry(stop_after=2), clock=clock, sleep=clock.sleep)  # fmt: skip
+    report = d.dispatch_active(acts)
+    assert sent == [] and report.left == 4  # c3's move, and the three tasks
+    accounted = {*report.done, *report.dead, *report.failed}
+    assert len([a for a in acts if a.id not in accounted]) == report.left
+
+
+def test_a_task_held_behind_a_move_is_reported_left_when_the_crm_is_given_up_on(crm: Store, clock: FakeClock) -> None:
+    """c1's task waits behind c1's retried move; the CRM stays down and is given up on: the task is left
+    for the next run and says so (it was in no list of the report)."""
+    acts = _moves_and_tasks(crm, ["c1"], unmoved=("c2",))
+
+    def down(a: Action) -> None:
+        raise ConnectionError("503")
+
+    d = Dispatcher(crm, {"*": down}, retry=Retry(stop_after=4, max_attempts=5), clock=clock, sleep=clock.sleep)
+    report = d.dispatch_active(acts)
+    accounted = {*report.done, *report.dead, *report.failed}
+    assert acts[1].id not in accounted  # c1's task never went out
+    assert report.left == len([x for x in acts if x.id not in accounted]) >= 1

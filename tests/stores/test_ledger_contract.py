@@ -359,8 +359,9 @@ def _move(client: str, frm: str, to: str, day: int) -> Action:
 
 
 def test_moves_in_flight_are_the_committed_moves_the_data_does_not_show_yet(store: Store) -> None:
-    """Not yet carried out: the client is still with the manager it was taken from. Carried out, refused
-    (dead), cancelled, archived or committed after as_of: not in flight. The newest commit wins."""
+    """Not shown by the data yet: the client is still with the manager it was taken from (pending, failed, or
+    delivered before the data caught up). Carried out in the data, refused (dead), cancelled, archived or
+    committed after as_of: not in flight. The newest commit wins."""
     store.add(managers=[{"id": m} for m in ("m1", "m2", "m3")],
               clients=[{"id": "c1", "manager_id": "m1"}, {"id": "c2", "manager_id": "m2"},
                        {"id": "c3", "manager_id": "m1"}, {"id": "c4", "manager_id": "m1"},
@@ -370,8 +371,12 @@ def test_moves_in_flight_are_the_committed_moves_the_data_does_not_show_yet(stor
              _move("c1", "m1", "m3", 2)]  # fmt: skip
     store.commit_run(run_record(), moves, {})
     store.set_outcome(moves[3].id, {"cancelled": "moved back by hand"}, T0)
-    store.finish_attempts([(moves[0].id, "done", None, 1), (moves[2].id, "dead", "422: refused", 1)], T0)
+    store.finish_attempts([(moves[2].id, "dead", "422: refused", 1)], T0)
     assert store.moves_in_flight(datetime(2026, 3, 3, tzinfo=UTC)) == {"c1": ("m1", "m3")}
+    assert store.moves_in_flight(datetime(2026, 3, 1, 23, 59, 59, tzinfo=UTC)) == {"c1": ("m1", "m2")}
+    store.finish_attempts([(moves[0].id, "failed", "503", 1)], T0)  # failed: still to be carried out
+    assert store.moves_in_flight(datetime(2026, 3, 1, 23, 59, 59, tzinfo=UTC)) == {"c1": ("m1", "m2")}
+    store.finish_attempts([(moves[0].id, "done", None, 2)], T0)  # delivered; the data has not caught up
     assert store.moves_in_flight(datetime(2026, 3, 1, 23, 59, 59, tzinfo=UTC)) == {"c1": ("m1", "m2")}
     assert store.moves_in_flight(datetime(2026, 3, 6, tzinfo=UTC))["c6"] == ("m1", "m2")
 
@@ -394,3 +399,18 @@ def test_outcomes_are_kept_as_json_alike_by_every_store(store: Store) -> None:
     with pytest.raises(DataError, match="cannot be kept as JSON"):
         store.set_outcome(a.id, {"x": object()}, T0)
     assert store.ledger(ids=[a.id])[0].outcome == expected
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_an_outcome_that_is_not_json_is_refused(store: Store, bad: Any) -> None:
+    """NaN was stored, and SQLite's JSON functions then refused the ledger row in every later plan."""
+    from decimal import Decimal
+
+    from retainer.errors import DataError
+
+    a = act("r:c1:e:x")
+    store.commit_run(run_record(), [a], {})
+    for value in (bad, Decimal(str(bad))):
+        with pytest.raises(DataError, match="cannot be kept as JSON"):
+            store.set_outcome(a.id, {"score": value}, T0)
+    assert store.ledger(ids=[a.id])[0].outcome is None

@@ -246,6 +246,8 @@ class Dispatcher:
                 h = self.route(e.type)
                 if id(h) in given_up:
                     report.left += e.id not in report.failed  # the failed ones are reported with their error
+                    if e.type == "reassign" and e.client_id is not None:
+                        stalled.add(e.client_id)  # left for the next run: the client's other actions wait too
                     continue
                 if e.type != "reassign" and e.client_id in stalled:  # its move is left for the next run
                     report.left += e.id not in report.failed
@@ -271,6 +273,7 @@ class Dispatcher:
                         # actions waiting for a move it was to retry
                         dropped = [w[2] for w in waiting if id(self.route(w[2].type)) in given_up]
                         stalled |= {x.client_id for x in dropped if x.type == "reassign" and x.client_id is not None}
+                        report.left += sum(x.id not in report.failed for x in dropped)  # waited, never tried
                         waiting = [w for w in waiting if id(self.route(w[2].type)) not in given_up]
                         heapq.heapify(waiting)
                 elif st == "done":
@@ -374,10 +377,12 @@ def replay(
     retry: Retry | None = None,
     clock: Callable[[], datetime] = utc_now,
     sleep: Callable[[float], None] = time.sleep,
+    min_outstanding: Mapping[str, Decimal] | None = None,
 ) -> tuple[list[str], DispatchReport | None]:
     """Put `failed`/`dead` actions (the given ids, and every dead one with `dead=True`) back to
     `pending` with fresh attempts, then deliver them now if handlers are given (else the next run
-    does). Holds the run lock: two dispatchers at once could deliver one action twice."""
+    does). Holds the run lock: two dispatchers at once could deliver one action twice. `min_outstanding`
+    as for `Dispatcher` (`Engine.replay` passes its rules')."""
     wanted = list(dict.fromkeys(ids))
     with store.run_lock("replay"):
         if dead:
@@ -390,5 +395,5 @@ def replay(
         moved = store.requeue([i for i in wanted if i not in busy], now, claims) if wanted else []
         if handlers is None:
             return moved, None
-        d = Dispatcher(store, handlers, retry=retry, clock=clock, sleep=sleep)
+        d = Dispatcher(store, handlers, retry=retry, clock=clock, sleep=sleep, min_outstanding=min_outstanding)
         return moved, d.dispatch(store.ledger(ids=moved)) if moved else DispatchReport()

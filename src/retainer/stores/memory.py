@@ -23,7 +23,7 @@ from ..ledger import (
     check_query,
     claim_is,
     claim_token,
-    unapplied_moves,
+    moves_in_flight,
 )
 from ..model import Client, Entity, Manager
 from . import _ingest
@@ -125,11 +125,7 @@ class MemoryStore:
         return loads
 
     def moves_in_flight(self, as_of: datetime) -> dict[str, tuple[str, str]]:
-        entries = [e for e in self.ledger(types=["reassign"], status=[*ACTIVE, "done"]) if e.as_of <= as_of]
-        ids = sorted({e.client_id for e in entries if e.client_id is not None})
-        clients = {c.id: c for c in self.clients(as_of, ids) if c.status != "archived"} if ids else {}
-        moves = unapplied_moves(self, clients.values(), as_of, entries)
-        return {cid: (clients[cid].manager_id, to) for cid, to in moves.items()}
+        return moves_in_flight(self, as_of)
 
     # ------------------------------------------------------------ aggregates
 

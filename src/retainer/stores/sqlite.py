@@ -531,8 +531,9 @@ class SQLiteStore:
         A log left by a writer that did not close the store holds commits the file does not yet: then it
         cannot be read here, and the error says so rather than read the file without them."""
         path = Path(self.path)
-        if self.path == ":memory:" or not path.is_file():
-            raise exc
+        why = str(exc).lower()
+        if self.path == ":memory:" or not path.is_file() or not ("unable to open" in why or "readonly" in why):
+            raise exc  # a locked or broken store is not a read-only one
         self.close()
         self._conns = []
         wal = Path(f"{self.path}-wal")
