@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import retainer
+from retainer.adapters.dispatch import Retry
 from retainer.reactive import CURSOR, ReactiveError, Session, charts_for
 from retainer.stores import Store
 from retainer.testing import RecordingHandler
@@ -702,3 +703,74 @@ def test_an_outcome_delivered_twice_is_taken_in_once() -> None:
         again = s.post(ev)
         assert again.committed == [] and again.transitions == []
         assert s.process_states("c1") == states == Session(RULES, store).process_states("c1")
+
+
+def test_a_payment_below_min_amount_cancels_a_replayed_step() -> None:
+    """Engine.replay looks at a dead step again as a run does: paid down below min_amount, it is cancelled."""
+    rules = retainer.load_rules(DEBTOR_FILE)
+    with fresh() as store:
+        _debtors(store, 1)
+        engine = retainer.Engine(rules, store)
+
+        def down(a: Any) -> None:
+            raise ConnectionError("503")
+
+        (step,) = engine.run("2026-02-18", handlers=down, retry=Retry(max_attempts=1)).committed
+        assert store.ledger(ids=[step.id])[0].status == "dead"
+        paid = {"paid_amount": "1150", "paid_at": "2026-02-19T09:00:00Z"}
+        store.upsert(invoices=[{"id": "i1", "client_id": "c1", "issued_at": "2026-02-01", "due_at": "2026-02-15",
+                                "amount": "1200", **paid}])  # fmt: skip
+        sent: list[str] = []
+        _moved, report = engine.replay([step.id], handlers=lambda a: sent.append(a.key))
+        assert sent == [] and report is not None and step.id in report.cancelled
+
+
+def test_a_worker_thread_sees_a_manager_deactivated_by_another_process(tmp_path: Path) -> None:
+    """SQLite's data_version counts per connection, and each thread has its own: a worker thread's first
+    look must read the managers, not compare with the main thread's count."""
+    import threading
+
+    release = {"id": "release", "kind": "release", "forgotten_rule": "forgotten", "grace": "14d",
+               "then": [{"reassign": {}}]}
+    rules = {"version": 1, "rules": [{"id": "forgotten", "kind": "forgotten", "after": "30d"}, release]}
+    store = make_store("sqlite", tmp_path)
+    store.add(managers=[{"id": "m1"}, {"id": "m2"}, {"id": "m3"}],
+              clients=[{"id": "c1", "manager_id": "m1", "created_at": "2025-01-01"},
+                       {"id": "c3", "manager_id": "m3", "created_at": "2025-01-01"}],
+              touches=[{"id": "t1", "client_id": "c1", "at": "2025-11-01T10:00"},
+                       {"id": "t3", "client_id": "c3", "at": "2025-12-01T10:00"}])  # fmt: skip
+    s = Session(rules, store)
+    (task,) = s.tick("2025-12-05").committed
+    other = retainer.open_store(f"sqlite:///{tmp_path / 'crm.db'}", create=False)
+    other.upsert(managers=[{"id": "m2", "active": False}])
+    other.close()
+    got: list[Any] = []
+
+    def worker() -> None:
+        r = s.post({"type": "outcome", "action_id": task.id, "outcome": {"result": "no answer"}, "at": "2026-03-01"})
+        got.extend(a.to_manager_id for a in r.committed if a.type == "reassign")
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert got == ["m3"]
+    store.close()
+
+
+def test_an_outcome_recorded_through_the_engine_then_posted_still_moves_the_process() -> None:
+    """Only the same event again (recorded as of its own `at`) is a repeat: a host that records the outcome
+    with Engine.record_outcome and also posts it to the session gets the next step."""
+    states = []
+    for through_engine in (False, True):
+        with fresh() as store:
+            seed(store)
+            s = Session(RULES, store)
+            s.tick(at(160))
+            (task,) = [x for x in store.ledger() if x.rule == "winback"]
+            if through_engine:
+                retainer.Engine(RULES, store).record_outcome(task.id, {"churn_reason": "survey_needed"})
+            r = s.post({"type": "outcome", "action_id": task.id, "outcome": {"churn_reason": "survey_needed"},
+                        "at": at(161)})  # fmt: skip
+            assert [a.type for a in r.committed] == ["create_task"]
+            states.append((s.process_states("c1"), [(t.from_state, t.to_state) for t in r.transitions]))
+    assert states[0] == states[1] and states[0][1]

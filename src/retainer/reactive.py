@@ -206,9 +206,10 @@ class _SessionStore:
         self._store = store
         self._managers: list[Manager] | None = None
         self._loads: ManagerLoads | None = None
-        # SQLite's count of commits by other connections: another process (the nightly import) may have
-        # deactivated a manager, and a session that never ticks kept giving clients to them
-        self._version: Any = None
+        # SQLite's count of commits by other connections, per connection (so per thread): another process
+        # (the nightly import) may have deactivated a manager, and a session that never ticks kept giving
+        # clients to them
+        self._versions: dict[int, Any] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
@@ -222,9 +223,11 @@ class _SessionStore:
         millisecond). The loads are not: they read every client, and a nightly run commits thousands of
         times; they are kept exact by `fact` events, ticks and `refresh()`."""
         probe = getattr(self._store, "data_version", None)
-        if probe is not None and (version := probe()) != self._version:
-            self._version = version
-            self._managers = None
+        if probe is not None:
+            thread, version = threading.get_ident(), probe()
+            if self._versions.get(thread) != version:  # a thread's first look counts as a change
+                self._versions[thread] = version
+                self._managers = None
         if self._managers is None:
             self._managers = self._store.managers()
         return list(self._managers)
@@ -439,7 +442,8 @@ class Session:
             if known and known[0].client_id is None:  # checked before writing: the error must be true
                 raise ReactiveError(f"action {aid} is about a manager, not a client: record it with Engine")
             before = (known[0].outcome or {}) if known else {}
-            if known and before and all(k in before and before[k] == v for k, v in check_outcome(outcome).items()):
+            again = known and known[0].outcome_at == at  # the same event: recorded as of its own `at`
+            if again and before and all(k in before and before[k] == v for k, v in check_outcome(outcome).items()):
                 # the same outcome again (an at-least-once queue): already taken in; moving the process
                 # again brought a finished win-back back as an open one that never moved on
                 return known[0].client_id, str(ev.get("event_id") or f"outcome:{aid}:{at.isoformat()}"), triggers, None
