@@ -757,3 +757,22 @@ def test_an_outcome_recorded_through_the_engine_then_posted_still_moves_the_proc
             assert [a.type for a in r.committed] == ["create_task"]
             states.append((s.process_states("c1"), [(t.from_state, t.to_state) for t in r.transitions]))
     assert states[0] == states[1] and states[0][1]
+
+
+@pytest.mark.parametrize("bought_again", [False, True])
+def test_no_win_back_prompt_for_a_client_who_bought_again(bought_again: bool) -> None:
+    """The win-back stops as soon as the client buys again: its discount, waiting for the client's call,
+    is not offered to a client who came back on its own."""
+    with fresh() as store:
+        seed(store)
+        s = Session(RULES, store, RecordingHandler())
+        s.tick(at(160))
+        (task,) = [x for x in store.ledger() if x.rule == "winback"]
+        s.post({"type": "outcome", "action_id": task.id, "outcome": {"churn_reason": "price"}, "at": at(161)})
+        if bought_again:
+            s.post({"type": "fact", "entity": "invoices", "at": at(162),
+                    "row": {"id": "back", "client_id": "c1", "issued_at": at(162), "amount": "5000"}})  # fmt: skip
+        r = s.post({"type": "touch", "id": "in1", "client_id": "c1", "at": at(163), "kind": "call",
+                    "direction": "inbound"})  # fmt: skip
+        prompts = [a for a in r.committed if a.type == "notify_manager"]
+        assert len(prompts) == (0 if bought_again else 1)

@@ -299,6 +299,7 @@ class Session:
         self._by_family: dict[str, dict[str, Chart]] = {}
         for c in self.charts.values():
             self._by_family.setdefault(c.family, {})[c.rule] = c
+        self._kinds = {r.id: r.kind for r in self.rules.rules}
         self._fired: list[Transition] = []
         self._errors: list[BaseException] = []
         self._host = _Host({f"{c.name}$state": _definition(c, self._action) for c in self.charts.values()})
@@ -374,12 +375,15 @@ class Session:
         t2 = time.perf_counter()
         extra: list[Action] = []
         cancelled: list[str] = []
-        for chart, sid, cmd, payload in commands:
+        for chart, sid, cmd, _payload in commands:
             if cmd == "cancel_pending":
                 cancelled += self._cancel(chart, client_id, sid, a)
-            elif cmd == "notify_manager" and (note := self._notify(chart, client_id, sid, payload, a)) is not None:
-                extra.append(note)
         plan = self.engine.plan(a.instant, clients=[client_id])
+        for chart, sid, cmd, payload in commands:
+            if cmd != "notify_manager" or self._over(chart, plan):
+                continue
+            if (note := self._notify(chart, client_id, sid, payload, a)) is not None:
+                extra.append(note)
         timings["plan"] = time.perf_counter() - t2
         reaction = Reaction(event_id, a.instant.astimezone(a.tz), client_id, plan, cancelled=cancelled,
                             transitions=transitions)
@@ -701,6 +705,15 @@ class Session:
     def _notify_key(offer_key: str, rule: str, client_id: str) -> str:
         ep, typ = Session._split(offer_key, rule, client_id)
         return action_key(rule, client_id, f"{ep}~inbound", "notify_manager" + typ[len("propose_offer"):])
+
+    def _over(self, chart: Chart, plan: Plan) -> bool:
+        """A win-back's offer waits for the client's call only while the client is still churned: one who
+        bought again has come back on its own ("the process stops as soon as the client buys again"), and
+        a discount for that is money given away. Every part of a win-back rule holds only while its churned
+        rule does, so the client's plan matching none of them says so."""
+        if self._kinds.get(chart.rule) != "winback":
+            return False
+        return not plan.stats.get("rules", {}).get(chart.rule, {}).get("matched", 0)
 
     def _notify(
         self, chart: Chart, client_id: str, sid: str, payload: Mapping[str, Any], a: AsOf
