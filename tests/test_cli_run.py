@@ -257,3 +257,32 @@ def test_run_leaves_an_action_another_dispatcher_is_delivering(db: str, tmp_path
     assert (e["status"], e["attempts"], e["claimed_by"]) == ("pending", 1, "crm-web-7/31/99")
     table = run("actions", "list", "-d", db, "-f", "table", "--status", "pending").stdout
     assert "(deliveringsince" in "".join(c for c in table if c not in "│ \n")  # folded in a narrow terminal
+
+
+@pytest.mark.parametrize("with_rules", [False, True])
+def test_replay_with_the_rules_cancels_a_step_paid_down_below_min_amount(tmp_path: Path, with_rules: bool) -> None:
+    """`actions replay` reads no rules unless given them: a dead reminder for an invoice paid down to 50
+    (below the rule's min_amount 100) goes out without them, and is cancelled with them."""
+    from retainer.adapters.dispatch import Retry
+
+    rules_file = RULES.parent / "debtor.yaml"
+    path = tmp_path / "crm.db"
+    store = retainer.open_store(f"sqlite:///{path}")
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1", "name": "Acme"}],
+              invoices=[{"id": "i1", "client_id": "c1", "issued_at": "2026-02-01", "due_at": "2026-02-15",
+                         "amount": "1200"}])  # fmt: skip
+
+    def down(a: object) -> None:
+        raise ConnectionError("503")
+
+    (step,) = retainer.Engine(retainer.load_rules(rules_file), store).run(
+        "2026-02-18", handlers=down, retry=Retry(max_attempts=1)).committed
+    store.upsert(invoices=[{"id": "i1", "client_id": "c1", "issued_at": "2026-02-01", "due_at": "2026-02-15",
+                            "amount": "1200", "paid_amount": "1150", "paid_at": "2026-02-19T09:00:00Z"}])  # fmt: skip
+    store.close()
+    out = tmp_path / "sent.jsonl"
+    r = run("actions", "replay", "--data", str(path), step.id, "--handler", f"jsonl:{out}",
+            *(["--rules", str(rules_file)] if with_rules else []))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    sent = out.read_text().splitlines() if out.exists() else []
+    assert len(sent) == (0 if with_rules else 1)

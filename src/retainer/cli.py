@@ -520,6 +520,11 @@ def actions_replay(
     retry_delay: DelayOpt = 1.0,
     timeout: TimeoutOpt = 10.0,
     header: HeaderOpt = None,
+    rules: Annotated[
+        Path | None,
+        typer.Option("--rules", "-r", help="Rule file: a dunning step paid down below its rule's min_amount is "
+                     "cancelled, as a run does (without it, only a step whose invoice is paid in full)."),
+    ] = None,
 ) -> None:
     """Put dead (or failed) actions back to pending with fresh attempts; deliver them now with
     --handler, or leave them for the next run. Exit 1 if some die again."""
@@ -529,8 +534,10 @@ def actions_replay(
         _fail("give action ids or --dead")
     handlers = _handlers(handler, header, timeout)
     store = _ledger_store(data, "UTC")
+    mins = Engine(_rules(rules), store).min_outstanding if rules is not None else None
     try:
-        moved, report = replay(store, ids or (), dead=dead, handlers=handlers, retry=_retry(max_attempts, retry_delay))
+        moved, report = replay(store, ids or (), dead=dead, handlers=handlers, retry=_retry(max_attempts, retry_delay),
+                               min_outstanding=mins)
     except RetainerError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
