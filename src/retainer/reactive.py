@@ -289,12 +289,15 @@ class Session:
         self._cache = _SessionStore(store)
         self.engine = Engine(self.rules, self._cache)  # type: ignore[arg-type]
         self.handlers = handlers
-        if handlers is not None:
-            Dispatcher(store, handlers)  # a misspelt action type is refused now, not at the first delivery
         # one attempt per action by default: `post` answers a phone call and must not sleep through backoff;
         # what fails stays `failed` for the next run (`retainer run`, `Engine.run`), which retries it
         self.retry = retry if retry is not None else Retry(stop_after=1)
         self.clock, self.sleep = clock, sleep
+        # built once: a misspelt action type is refused now, not at the first delivery, and an event does
+        # not check the handlers' signatures again
+        self._dispatcher = None if handlers is None else Dispatcher(
+            store, handlers, retry=self.retry, clock=clock, sleep=sleep, min_outstanding=self.engine.min_outstanding
+        )
         self.charts = {c.name: c for c in charts_for(self.rules)}
         self._by_family: dict[str, dict[str, Chart]] = {}
         for c in self.charts.values():
@@ -433,9 +436,8 @@ class Session:
             store.upsert(invoices=[{**inv.model_dump(), **paid}])
             inv = self._get("invoices", ev)  # validated: the amount is a Decimal now
             cid = inv.client_id
-            left = virtual_value("invoices", "outstanding", inv, at)
-            for chart in self._by_family.get("debtor", {}).values():  # partly paid: the ladder goes on, unless
-                if left <= 0 or left < self.engine.min_outstanding.get(chart.rule, 0):  # below its min_amount
+            for chart in self._by_family.get("debtor", {}).values():
+                if not self._owed(inv, at, chart.rule):
                     triggers.append((chart, self._debtor_sid(chart, cid, inv.id), "paid", {"invoice": inv.id}))
             return cid, str(ev.get("event_id") or f"invoice_paid:{inv.id}"), triggers, None
         if kind == "outcome":
@@ -445,16 +447,16 @@ class Session:
             known = store.ledger(ids=[str(aid)])
             if known and known[0].client_id is None:  # checked before writing: the error must be true
                 raise ReactiveError(f"action {aid} is about a manager, not a client: record it with Engine")
+            eid = str(ev.get("event_id") or f"outcome:{aid}:{at.isoformat()}")
             before = (known[0].outcome or {}) if known else {}
             again = known and known[0].outcome_at == at  # the same event: recorded as of its own `at`
             if again and before and all(k in before and before[k] == v for k, v in check_outcome(outcome).items()):
                 # the same outcome again (an at-least-once queue): already taken in; moving the process
                 # again brought a finished win-back back as an open one that never moved on
-                return known[0].client_id, str(ev.get("event_id") or f"outcome:{aid}:{at.isoformat()}"), triggers, None
+                return known[0].client_id, eid, triggers, None
             entry = store.set_outcome(str(aid), outcome, at)
-            cid = entry.client_id
             triggers += self._outcome_triggers(entry, outcome)
-            return cid, str(ev.get("event_id") or f"outcome:{aid}:{at.isoformat()}"), triggers, None
+            return entry.client_id, eid, triggers, None
         # fact
         entity, row = ev.get("entity"), ev.get("row")
         if not isinstance(entity, str) or not isinstance(row, Mapping):
@@ -524,6 +526,12 @@ class Session:
         body = key[len(head):]
         ep, _, typ = body.rpartition(":")
         return ep, typ
+
+    def _owed(self, inv: Any, at: datetime, rule: str) -> bool:
+        """Whether the invoice's dunning ladder goes on: something is still owed (a partly paid invoice's
+        does), and no less than the debtor rule's `min_amount`."""
+        left = virtual_value("invoices", "outstanding", inv, at)
+        return bool(left > 0 and left >= self.engine.min_outstanding.get(rule, 0))
 
     def _debtor_sid(self, chart: Chart, client_id: str, invoice_id: str) -> str:
         return action_key(chart.rule, client_id, invoice_id, "dunning")
@@ -654,8 +662,7 @@ class Session:
                         inv = self.store.get("invoices", ep[: -len(suffix)])
                         # still owed, as far as the store knows: a partly paid invoice's ladder goes on, as
                         # the invoice_paid event and the dispatcher have it
-                        left = virtual_value("invoices", "outstanding", inv, _END_OF_TIME) if inv else 0
-                        if inv is not None and left > 0 and left >= self.engine.min_outstanding.get(e.rule, 0):
+                        if inv is not None and self._owed(inv, _END_OF_TIME, e.rule):
                             sid = self._debtor_sid(deb, client_id, ep[: -len(suffix)])
                             have = procs.get(sid)
                             order = list(deb.steps.values())
@@ -764,9 +771,7 @@ class Session:
             reaction.committed = committed
             reaction.timings["commit"] = time.perf_counter() - t0
             t1 = time.perf_counter()
-            if committed and self.handlers is not None and reaction.client_id is not None:
-                d = Dispatcher(self.store, self.handlers, retry=self.retry, clock=self.clock, sleep=self.sleep,
-                               min_outstanding=self.engine.min_outstanding)
+            if committed and self._dispatcher is not None and reaction.client_id is not None:
                 entries = self.store.ledger(ids=[x.id for x in committed])
                 by_id = {x.id: x for x in committed}
                 for e in entries:
@@ -776,16 +781,14 @@ class Session:
                 # Engine.run does for a past night (a payment the session already took in cancels a
                 # reminder)
                 current = a.instant >= self.clock()
-                reaction.dispatch = d.dispatch(entries, planned=by_id if current else ())
+                reaction.dispatch = self._dispatcher.dispatch(entries, planned=by_id if current else ())
             self.store.finish_run(run.id, self.clock(), {"new": len(committed)})
             reaction.timings["dispatch"] = time.perf_counter() - t1
-        if reaction.client_id is None and self.handlers is not None:
+        if reaction.client_id is None and self._dispatcher is not None:
             # a tick delivers everything pending or failed, as Engine.run does: what it committed, and what
             # earlier events and ticks left when the CRM did not answer (each event tries its own once)
             t1 = time.perf_counter()
-            d = Dispatcher(self.store, self.handlers, retry=self.retry, clock=self.clock, sleep=self.sleep,
-                               min_outstanding=self.engine.min_outstanding)
-            reaction.dispatch = d.dispatch_active(committed, current=a.instant >= self.clock())
+            reaction.dispatch = self._dispatcher.dispatch_active(committed, current=a.instant >= self.clock())
             reaction.timings["dispatch"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         for act in committed:
