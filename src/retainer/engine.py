@@ -793,7 +793,7 @@ class Engine:
             to = managers.get(e.payload_fields.get("to_manager_id") or "")
             if to is not None:
                 out[e.key] = to
-            if e.status == "dead" or e.cancelled:
+            if e.void:
                 refused.add(e.key)
         return out, refused
 

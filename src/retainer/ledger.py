@@ -227,7 +227,7 @@ def unapplied_moves(
         entries = store.ledger(client_ids=sorted(by_id), types=["reassign"], status=_MOVED)
     out: dict[str, str] = {}
     for e in entries:
-        if e.as_of > as_of or e.cancelled or e.client_id not in by_id or e.status not in _MOVED:
+        if e.as_of > as_of or e.void or e.client_id not in by_id:
             continue
         f = e.payload_fields
         if f.get("to_manager_id") and f.get("from_manager_id") == by_id[e.client_id].manager_id:
@@ -295,6 +295,12 @@ class LedgerEntry:
         None: the outcome `{"cancelled": ...}` that a dispatcher or a reactive session records."""
         why = (self.outcome or {}).get("cancelled")
         return str(why) if why else None
+
+    @property
+    def void(self) -> bool:
+        """It never took effect: the CRM refused it for good (`dead`) or it was cancelled before it went out.
+        A reassignment in either state moved nobody."""
+        return self.status == "dead" or self.cancelled is not None
 
     @cached_property
     def action(self) -> Action:

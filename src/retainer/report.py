@@ -110,7 +110,7 @@ def digest(engine: Engine, as_of: str | date | datetime, *, top: int = 30, label
     new = {x.id for x in plan.actions if x.type == "reassign"}
     earlier = {e.id: e for e in store.ledger(ids=[x.id for x in moves if x.id not in new])}  # type: ignore[attr-defined]
     # one the CRM refused (dead) or that was cancelled before it went out moved nobody
-    failed = {i for i, e in earlier.items() if e.status == "dead" or e.cancelled}
+    failed = {i for i, e in earlier.items() if e.void}
     released = [(earlier[x.id].action if x.id in earlier else x, earlier[x.id].as_of if x.id in earlier else plan.as_of)
                 for x in moves if x.id not in failed]  # fmt: skip
     # a release the CRM has not carried out yet, tonight's or an earlier night's (whether or not its rule

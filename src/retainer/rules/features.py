@@ -597,7 +597,6 @@ def _builtins(abc: FeatureImpl) -> dict[str, FeatureImpl]:
         its start and its own end, as the max of `start|end` texts."""
         return AggSpec("contracts", "max", "span", (Pred("ends_at", "gt", a.instant),), "starts_at")
 
-
     last_inv = AggSpec("invoices", "max", "issued_at", (), "issued_at")
     open_deals = AggSpec("deals", "count", None, (Pred("is_open", "eq", True),))
     won = AggSpec("deals", "max", "closed_at", (Pred("is_won", "eq", True),), "closed_at")

@@ -1334,10 +1334,8 @@ class SQLiteStore:
         return row[0] if row else None
 
     def set_cursor(self, name: str, value: str) -> None:
-        if self.read_only:
-            raise StoreError(f"{self.read_only}: cannot write")
-        with self.conn:
-            self.conn.execute("INSERT OR REPLACE INTO retainer_cursors VALUES (?, ?)", [name, value])
+        with self._transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO retainer_cursors VALUES (?, ?)", [name, value])
 
     # ------------------------------------------------------------ ledger
 
