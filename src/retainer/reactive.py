@@ -37,7 +37,7 @@ from typing import Any
 
 from . import policies
 from .actions import Action, NotifyManager, action_id
-from .adapters.dispatch import Dispatcher, DispatchReport, Handlers, Retry, utc_now
+from .adapters.dispatch import Dispatcher, DispatchReport, Handlers, Retry, dunning_over, utc_now
 from .engine import Engine
 from .errors import RetainerError
 from .keys import action_key
@@ -46,7 +46,7 @@ from .model import Client, Manager
 from .plan import Plan
 from .rules.features import norm_reason
 from .rules.loader import RuleSet, load_rules
-from .stores.base import ManagerLoads, Store, virtual_value
+from .stores.base import ManagerLoads, Store
 from .timeutil import AsOf
 
 _END_OF_TIME = datetime.max.replace(tzinfo=UTC)
@@ -528,10 +528,8 @@ class Session:
         return ep, typ
 
     def _owed(self, inv: Any, at: datetime, rule: str) -> bool:
-        """Whether the invoice's dunning ladder goes on: something is still owed (a partly paid invoice's
-        does), and no less than the debtor rule's `min_amount`."""
-        left = virtual_value("invoices", "outstanding", inv, at)
-        return bool(left > 0 and left >= self.engine.min_outstanding.get(rule, 0))
+        """Whether the invoice's dunning ladder goes on, as the dispatcher judges it."""
+        return dunning_over(inv, at, self.engine.min_outstanding.get(rule, 0)) is None
 
     def _debtor_sid(self, chart: Chart, client_id: str, invoice_id: str) -> str:
         return action_key(chart.rule, client_id, invoice_id, "dunning")

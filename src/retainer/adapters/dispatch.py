@@ -23,7 +23,7 @@ from ..ledger import ACTIVE, LedgerEntry, Status, claim_alive, claim_holder, del
 from ..stores.base import virtual_value
 from .base import ActionHandler, CallbackHandler, PermanentError
 
-__all__ = ["DispatchReport", "Dispatcher", "Retry", "describe_error", "utc_now"]
+__all__ = ["DispatchReport", "Dispatcher", "Retry", "describe_error", "dunning_over", "utc_now"]
 
 #: one handler or a mapping by action type; a plain function `fn(action)` is wrapped in CallbackHandler
 Handlers = Mapping[str, ActionHandler | Callable[[Action], object]] | ActionHandler | Callable[[Action], object]
@@ -303,13 +303,8 @@ class Dispatcher:
                 continue
             invoice = e.action.evidence.get("invoice.id")  # a dunning step's invoice
             inv = self.store.get("invoices", invoice) if isinstance(invoice, str) else None
-            if inv is None:
-                continue
-            left = virtual_value("invoices", "outstanding", inv, self.clock())
-            if left <= 0:
-                out[e.id] = "paid"
-            elif left < self.min_outstanding.get(e.rule, 0):  # the ladder stops there: the text says more is owed
-                out[e.id] = f"paid down to {left}, below the rule's min_amount {self.min_outstanding[e.rule]}"
+            if inv is not None and (why := dunning_over(inv, self.clock(), self.min_outstanding.get(e.rule, 0))):
+                out[e.id] = why
         return out
 
     def _attempt(
@@ -366,6 +361,17 @@ class Dispatcher:
         else:
             report.dead[e.id] = err or ""
         return st, rejected
+
+
+def dunning_over(invoice: Any, at: datetime, minimum: Decimal | int = 0) -> str | None:
+    """Why an invoice's dunning ladder is over at `at` (None: it goes on): paid, or paid down below the
+    debtor rule's `min_amount` (a step written before says more is owed). A partly paid invoice's goes on."""
+    left = virtual_value("invoices", "outstanding", invoice, at)
+    if left <= 0:
+        return "paid"
+    if left < minimum:
+        return f"paid down to {left}, below the rule's min_amount {minimum}"
+    return None
 
 
 def replay(
