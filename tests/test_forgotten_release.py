@@ -471,13 +471,17 @@ def test_a_committed_release_stands_after_its_rule_stops_matching(store: Store) 
     assert task.assignee_id == "m2"
 
 
-@pytest.mark.parametrize("how", ["refused", "cancelled"])
+@pytest.mark.parametrize("how", ["refused", "cancelled", "moved back"])
 def test_a_release_the_crm_refused_or_that_was_cancelled_moved_nobody(store: Store, how: str) -> None:
-    """The CRM refused the move (dead after its attempts), or the host cancelled it (reverted by hand): the
-    client stays m1's, for the rules that no longer match and for those that still do."""
+    """The CRM refused the move (dead after its attempts), the host cancelled it, or the CRM carried it out
+    and a manager moved the client back by hand (the next imports show m2, then m1): the client is m1's, for
+    the rules that no longer match and for those that still do."""
     engine = _released_then_ordered(store)
     (move,) = store.ledger(types=["reassign"])
-    if how == "refused":
+    if how == "moved back":
+        store.upsert(clients=[{"id": "c1", "manager_id": "m2"}])
+        store.upsert(clients=[{"id": "c1", "manager_id": "m1"}])
+    elif how == "refused":
         def refuse(action: Any) -> None:
             raise RuntimeError("422: the CRM refuses the move")
 
@@ -490,7 +494,8 @@ def test_a_release_the_crm_refused_or_that_was_cancelled_moved_nobody(store: Sto
     assert task.assignee_id == "m1"
 
 
-def test_a_refused_release_moved_nobody_while_its_rule_still_matches(store: Store) -> None:
+@pytest.mark.parametrize("how", ["cancelled", "moved back"])
+def test_a_refused_release_moved_nobody_while_its_rule_still_matches(store: Store, how: str) -> None:
     _forgotten_clients(store, [{"id": "m1"}, {"id": "m2"}], [{"id": "c1", "manager_id": "m1"}])
     rules = release_rules()
     rules["rules"].append({"id": "late", "category": "retention", "when": {"days_since_activity": {"gte": 90}},
@@ -498,7 +503,11 @@ def test_a_refused_release_moved_nobody_while_its_rule_still_matches(store: Stor
     engine = engine_for(rules, store)
     assert _moves(engine.run(day(74)).plan) == {"c1": "m2"}
     (move,) = store.ledger(types=["reassign"])
-    engine.record_outcome(move.id, {"cancelled": "moved back by hand"})
+    if how == "cancelled":
+        engine.record_outcome(move.id, {"cancelled": "moved back by hand"})
+    else:  # carried out, then taken back in the CRM; the host never said so
+        store.upsert(clients=[{"id": "c1", "manager_id": "m2"}])
+        store.upsert(clients=[{"id": "c1", "manager_id": "m1"}])
     plan = engine.plan(day(90))
     assert [s.reason_code for s in plan.suppressed if s.action.type == "reassign"] == ["duplicate"]
     (task,) = of(plan, "late")

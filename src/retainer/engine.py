@@ -29,7 +29,15 @@ from .adapters.dispatch import replay as _replay
 from .errors import ArgumentError, RetainerError
 from .keys import action_key as _key
 from .keys import episode_text as _episode_text
-from .ledger import LedgerEntry, RunRecord, RunReport, loads_with_moves, unapplied_moves
+from .ledger import (
+    LedgerEntry,
+    RunRecord,
+    RunReport,
+    loads_with_moves,
+    manager_changes,
+    overtaken,
+    unapplied_moves,
+)
 from .model import Client, Manager, fast_model, no_gc
 from .plan import Plan
 from .rules import templates
@@ -775,7 +783,8 @@ class Engine:
         self, movers: list[_Match], matches: list[_Match], ledger: Mapping[str, str], managers: dict[str, Manager]
     ) -> tuple[dict[str, Manager], set[str]]:
         """The managers that earlier runs gave these clients to, by reassign key, and the keys of those the
-        CRM refused (dead) or that were cancelled: they moved nobody. A committed reassignment stands: the
+        CRM refused (dead) or that were cancelled, which moved nobody, or that a later write of the data
+        overtook (the client moved back by hand): the data says who has the client. A committed reassignment stands: the
         client is the new manager's from then on, so the other rules' tasks and messages go to them on every
         later plan, as on the night it was decided (a re-run of that night must plan nothing new), whether
         or not the host has moved the client yet. Read only for clients with an action not yet in the
@@ -789,11 +798,13 @@ class Engine:
             return {}, set()
         out: dict[str, Manager] = {}
         refused: set[str] = set()
-        for e in self.store.ledger(ids=[action_id(k) for k in keys]):
+        entries = self.store.ledger(ids=[action_id(k) for k in keys])
+        changes = manager_changes(self.store, sorted({e.client_id for e in entries if e.client_id}))
+        for e in entries:
             to = managers.get(e.payload_fields.get("to_manager_id") or "")
             if to is not None:
                 out[e.key] = to
-            if e.void:
+            if e.void or overtaken(e, changes):
                 refused.add(e.key)
         return out, refused
 

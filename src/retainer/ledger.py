@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -225,14 +225,29 @@ def unapplied_moves(
         return {}
     if entries is None:
         entries = store.ledger(client_ids=sorted(by_id), types=["reassign"], status=_MOVED)
+    changes = manager_changes(store, sorted(by_id))
     out: dict[str, str] = {}
     for e in entries:
-        if e.as_of > as_of or e.void or e.client_id not in by_id:
+        if e.as_of > as_of or e.void or e.client_id not in by_id or overtaken(e, changes):
             continue
         f = e.payload_fields
         if f.get("to_manager_id") and f.get("from_manager_id") == by_id[e.client_id].manager_id:
             out[e.client_id] = f["to_manager_id"]
     return out
+
+
+def manager_changes(store: Store, client_ids: Sequence[str]) -> dict[str, int]:
+    """`Store.manager_changes`, or nothing from a store written before it (every move reads as before)."""
+    probe = getattr(store, "manager_changes", None)
+    return probe(client_ids) if probe is not None and client_ids else {}
+
+
+def overtaken(e: LedgerEntry, changes: Mapping[str, int]) -> bool:
+    """A write of the data changed the client's manager after this reassignment was committed: the data
+    shows who has the client now (the move carried out, undone by hand, or overridden), and the move no
+    longer says it. Without this, a manager who took a released client back in the CRM lost it to the
+    new manager in every later plan, until the host recorded the reassignment as cancelled."""
+    return e.seq > 0 and changes.get(e.client_id or "", -1) >= e.seq
 
 
 def loads_with_moves(store: Store, loads: dict[str, int], as_of: datetime) -> dict[str, int]:
@@ -282,6 +297,9 @@ class LedgerEntry:
     outcome_at: datetime | None = None
     #: the process delivering it now (`claim_token()` of the dispatcher whose attempt has not ended), else None
     claimed_by: str | None = None
+    #: its place in the store's commit order (1 first; 0: not known). A write of the data is dated by it
+    #: (`Store.manager_changes`): the store's clock, so the host's and the engine's clocks need not agree.
+    seq: int = 0
 
     @cached_property
     def payload_fields(self) -> dict[str, Any]:

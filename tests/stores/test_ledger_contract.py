@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import retainer
-from retainer import StoreError
+from retainer import StoreError, ledger
 from retainer.actions import Action, CreateTask, Escalate, Tag, action_id
 from retainer.ledger import STATUSES, RunRecord, claim_holder
 from retainer.stores import Store
@@ -379,6 +379,34 @@ def test_moves_in_flight_are_the_committed_moves_the_data_does_not_show_yet(stor
     store.finish_attempts([(moves[0].id, "done", None, 2)], T0)  # delivered; the data has not caught up
     assert store.moves_in_flight(datetime(2026, 3, 1, 23, 59, 59, tzinfo=UTC)) == {"c1": ("m1", "m2")}
     assert store.moves_in_flight(datetime(2026, 3, 6, tzinfo=UTC))["c6"] == ("m1", "m2")
+
+
+def test_a_move_the_data_overtook_is_not_in_flight(store: Store) -> None:
+    """A write that changes the client's manager after the commit says who has the client: the move carried
+    out and then undone by hand (c1), or overridden in the CRM before the host carried it out (c2). A write
+    that leaves the manager as it was (c3: a renamed client, a nightly re-import) says nothing about the
+    move, and a change made before the commit (c4) does not overtake it."""
+    store.add(managers=[{"id": m} for m in ("m1", "m2", "m3")],
+              clients=[{"id": c, "manager_id": "m1"} for c in ("c1", "c2", "c3", "c4")])  # fmt: skip
+    store.commit_run(run_record(1), [act("r:c9:e:x", client="c4")], {})
+    store.upsert(clients=[{"id": "c4", "manager_id": "m3"}])  # before the move below
+    moves = [_move("c1", "m1", "m2", 1), _move("c2", "m1", "m2", 1), _move("c3", "m1", "m2", 1),
+             _move("c4", "m3", "m2", 1)]  # fmt: skip
+    store.commit_run(run_record(2), moves, {})
+    at = datetime(2026, 3, 2, tzinfo=UTC)
+    assert set(store.moves_in_flight(at)) == {"c1", "c2", "c3", "c4"}
+    assert store.manager_changes(["c1", "c2", "c3"]) == {}
+    store.upsert(clients=[{"id": "c1", "manager_id": "m2"}])  # carried out: not in flight, as before
+    assert set(store.moves_in_flight(at)) == {"c2", "c3", "c4"}
+    store.upsert(clients=[{"id": "c1", "manager_id": "m1"}, {"id": "c2", "manager_id": "m3"},
+                          {"id": "c3", "manager_id": "m1", "name": "Acme"}])  # fmt: skip
+    assert store.moves_in_flight(at) == {"c3": ("m1", "m2"), "c4": ("m3", "m2")}
+    entries = {e.client_id: e for e in store.ledger(types=["reassign"])}
+    assert [entries[c].seq for c in ("c1", "c2", "c3", "c4")] == [2, 3, 4, 5]
+    changes = store.manager_changes(["c1", "c2", "c3", "c4", "c9"])
+    assert changes == {"c1": 5, "c2": 5, "c4": 1}
+    clients = store.clients(at)
+    assert ledger.unapplied_moves(store, clients, at) == {"c3": "m2", "c4": "m2"}
 
 
 def test_outcomes_are_kept_as_json_alike_by_every_store(store: Store) -> None:

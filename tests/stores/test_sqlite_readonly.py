@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ import pytest
 import retainer
 from retainer.datafiles import import_data
 from retainer.errors import StoreError
+from retainer.ledger import RunRecord
 from retainer.stores.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -164,3 +166,33 @@ def test_a_read_only_store_with_commits_only_in_its_log_is_refused_not_read_with
         pytest.raises(StoreError, match=r"crm\.db-wal holds commits not yet in the file"),
     ):
         retainer.open_store(f"sqlite:///{view / 'crm.db'}", create=False)
+
+
+def test_a_store_from_before_manager_changes_gets_the_table_or_is_read_without_it(
+    writable: Path, tmp_path: Path
+) -> None:
+    """Written before `retainer_manager_changes`: opened where it can be written it gets the table (and a
+    client moved back by hand overtakes the move from then on); read-only, every committed move reads as
+    before, not carried out while the data shows the manager it was taken from."""
+    from retainer.actions import Reassign, action_id
+
+    key = "release:c1:e:reassign"
+    move = Reassign(id=action_id(key), key=key, rule="release", client_id="c1", category="retention", reason="r",
+                    as_of=datetime(2026, 2, 1, tzinfo=UTC), from_manager_id="m1", to_manager_id="m2")  # fmt: skip
+    db = writable / "crm.db"
+    store = retainer.open_store(f"sqlite:///{db}", create=False)
+    store.commit_run(RunRecord(id="r1", as_of=move.as_of, rules_digest="x", started_at=move.as_of), [move], {})
+    store.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TABLE retainer_manager_changes")
+    conn.close()
+    at = datetime(2026, 3, 1, tzinfo=UTC)
+    with _read_only(writable, tmp_path) as view:
+        old = retainer.open_store(f"sqlite:///{view / 'crm.db'}", create=False)
+        assert old.moves_in_flight(at) == {"c1": ("m1", "m2")} and old.manager_changes(["c1"]) == {}
+        old.close()
+    store = retainer.open_store(f"sqlite:///{db}", create=False)
+    store.upsert(clients=[{**store.get("clients", "c1").model_dump(), "manager_id": "m2"}])  # type: ignore[union-attr]
+    store.upsert(clients=[{**store.get("clients", "c1").model_dump(), "manager_id": "m1"}])  # type: ignore[union-attr]
+    assert store.manager_changes(["c1"]) == {"c1": 1} and store.moves_in_flight(at) == {}
+    store.close()

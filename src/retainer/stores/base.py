@@ -258,6 +258,13 @@ class Store(Protocol):
         `ledger.moves_in_flight` is the reference)."""
         ...
 
+    def manager_changes(self, client_ids: Sequence[str]) -> dict[str, int]:
+        """Client id -> the `seq` of the newest ledger entry when a write (`upsert`) last changed the client's
+        `manager_id`, for those of `client_ids` whose manager a write has changed while the ledger held
+        entries. A reassignment committed before that write is over: the data shows who has the client now
+        (`ledger.overtaken`)."""
+        ...
+
     def aggregate(
         self, specs: Sequence[AggSpec], as_of: datetime, client_ids: Sequence[str] | None = None
     ) -> list[dict[str, Any]]:

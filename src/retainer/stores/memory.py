@@ -62,6 +62,7 @@ class MemoryStore:
         self._as_ofs: list[datetime] = []
         self._as_of_sorted = True
         self._keys: dict[str, str] = {}  # key -> id
+        self._manager_changes: dict[str, int] = {}  # client -> ledger length when a write changed its manager
         self._runs: dict[str, RunRecord] = {}
         self._lock = threading.Lock()
         self._holder: str | None = None
@@ -91,7 +92,10 @@ class MemoryStore:
         counts: dict[str, int] = {}
         for b in staged:  # all checked: now write
             table = self._facts[b.entity]
+            clients = b.entity == "clients" and bool(self._ledger)
             for m in b.models:
+                if clients and (old := table.get(m.id)) is not None and old.manager_id != m.manager_id:  # type: ignore[attr-defined]
+                    self._manager_changes[m.id] = len(self._ledger)
                 table[m.id] = m
             counts[b.entity] = counts.get(b.entity, 0) + len(b.models)
         return counts
@@ -126,6 +130,9 @@ class MemoryStore:
 
     def moves_in_flight(self, as_of: datetime) -> dict[str, tuple[str, str]]:
         return moves_in_flight(self, as_of)
+
+    def manager_changes(self, client_ids: Sequence[str]) -> dict[str, int]:
+        return {c: self._manager_changes[c] for c in client_ids if c in self._manager_changes}
 
     # ------------------------------------------------------------ aggregates
 
@@ -251,7 +258,7 @@ class MemoryStore:
                 {"id": a.id, "key": a.key, "run_id": run.id, "type": a.type, "rule": a.rule, "client_id": a.client_id,
                  "category": a.category, "as_of": a.as_of, "status": status, "attempts": attempts,
                  "created_at": run.started_at, "updated_at": run.started_at, "payload": action_payload(a),
-                 **_ENTRY_DEFAULTS}
+                 **_ENTRY_DEFAULTS, "seq": len(self._ledger) + len(staged) + 1}
             )  # fmt: skip
         if run.id in self._runs:
             raise StoreError(f"run {run.id} is already recorded")

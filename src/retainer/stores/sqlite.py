@@ -253,6 +253,10 @@ CREATE TABLE IF NOT EXISTS retainer_runs (
     kind TEXT
 );
 """
+# client -> the ledger's newest seq when a write last changed the client's manager (`Store.manager_changes`)
+_CHANGES_DDL = """
+CREATE TABLE IF NOT EXISTS retainer_manager_changes (client_id TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+"""
 #: ledger columns later versions added: read as empty in a read-only store written before them
 _LEDGER_NEW = {"retainer_actions": {"claimed_by": "text"}, "retainer_runs": {"kind": "text"}}
 _LEDGER_COLS = (
@@ -310,11 +314,13 @@ def _instant(v: str | None) -> datetime | None:
 
 
 def _entry(r: Sequence[Any]) -> LedgerEntry:
+    """A row of `_LEDGER_COLS, seq`."""
     return LedgerEntry(
         id=r[0], key=r[1], run_id=r[2], type=r[3], rule=r[4], client_id=r[5] or None, category=r[6],
         as_of=datetime.fromisoformat(r[7]), status=r[8], attempts=r[9], last_error=r[10],
         created_at=datetime.fromisoformat(r[11]), updated_at=datetime.fromisoformat(r[12]),
         outcome=json.loads(r[13]) if r[13] else None, outcome_at=_instant(r[14]), payload=r[15], claimed_by=r[16],
+        seq=r[17],
     )
 
 
@@ -494,6 +500,7 @@ class SQLiteStore:
     """A CRM snapshot in one SQLite file (WAL mode, so readers never block the writer)."""
 
     _absent: ClassVar[frozenset[tuple[str, str]]] = frozenset()  # (table, column) an old read-only store lacks
+    _changes = False  # whether the store has retainer_manager_changes (an old read-only one may not)
 
     def __init__(
         self, path: str | Path, *, timezone: tzinfo = UTC, url: str | None = None, create: bool = True
@@ -622,6 +629,7 @@ class SQLiteStore:
                 raise StoreError(f"{self.path}: schema version {row[0]}, this retainer reads {SCHEMA_VERSION}")
             if "retainer_actions" not in tables:
                 self.conn.executescript(_LEDGER_DDL)  # a store imported before the ledger existed
+            self._changes = "retainer_manager_changes" in tables or self._add_changes_table()
             self._add_new_columns()
             self._summaries = self._summaries_current() or self._migrate()
             self._add_new_indexes()
@@ -637,7 +645,8 @@ class SQLiteStore:
                 f"{self.path} is an empty database, not a retainer store: "
                 f"load data into it first (`retainer import DIR --to sqlite:///{self.path}`)"
             )
-        self.conn.executescript(_LEDGER_DDL)
+        self.conn.executescript(_LEDGER_DDL + _CHANGES_DDL)
+        self._changes = True
         with self.conn:
             for entity, kinds in _KINDS.items():
                 self.db[entity].create(  # type: ignore[union-attr]
@@ -733,6 +742,17 @@ class SQLiteStore:
         except (StoreError, sqlite3.OperationalError):
             pass
         self.__dict__.pop("_seekable", None)
+
+    def _add_changes_table(self) -> bool:
+        """The table of manager changes, in a store written before it; a store that cannot be written now is
+        read without it (every committed move reads as before: not carried out while the data shows the
+        manager it was taken from)."""
+        try:
+            with self._transaction() as conn:
+                conn.execute(_CHANGES_DDL)
+        except (StoreError, sqlite3.OperationalError):
+            return False
+        return True
 
     def _indexes(self) -> set[tuple[str, ...]]:
         """(entity, column, column, ...) of every index on the fact tables."""
@@ -830,6 +850,7 @@ class SQLiteStore:
                 if b.entity in known:
                     known[b.entity].update(m.id for m in b.models)
                 cols = list(_KINDS[b.entity])
+                managers = self._managers_of(conn, b) if b.entity == "clients" and not bulk and replace else None
                 before = None
                 if summaries and b.entity in _NEWEST and b.models:
                     before = self._note_summaries(conn, b, replace and not was_empty[b.entity], bulk_summaries)
@@ -848,6 +869,8 @@ class SQLiteStore:
                     conn.executemany(sql, _encoder(b.entity)(b.models))
                 if before is not None:
                     self._merge_summaries(conn, b, before)
+                if managers:
+                    self._note_manager_changes(conn, b, managers)
                 counts[b.entity] = counts.get(b.entity, 0) + len(b.models)
             _ingest.check_pending(pending, known)
             for stmt in deferred:
@@ -992,6 +1015,32 @@ class SQLiteStore:
         for j, ids in sorted(stale.items()):
             self._refresh_summaries(conn, entity, ids, [cols[j]])
 
+    @staticmethod
+    def _managers_of(conn: sqlite3.Connection, b: _ingest.Batch) -> dict[str, str]:
+        """The stored manager of each client of a batch about to be replaced."""
+        rows = conn.execute("SELECT id, manager_id FROM clients WHERE id IN (SELECT value FROM json_each(?))",
+                            [json.dumps([m.id for m in b.models])])  # fmt: skip
+        return dict(rows.fetchall())
+
+    def _note_manager_changes(self, conn: sqlite3.Connection, b: _ingest.Batch, before: dict[str, str]) -> None:
+        """Date each client whose manager this batch changed by the ledger's newest seq (`manager_changes`)."""
+        changed = [m.id for m in b.models if m.id in before and before[m.id] != m.manager_id]  # type: ignore[attr-defined]
+        seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM retainer_actions").fetchone()[0] if changed else 0
+        if seq and self._changes:
+            conn.executemany("INSERT OR REPLACE INTO retainer_manager_changes VALUES (?, ?)",
+                             [(cid, seq) for cid in changed])  # fmt: skip
+
+    def manager_changes(self, client_ids: Sequence[str]) -> dict[str, int]:
+        if not self._changes or not client_ids:
+            return {}
+        return dict(
+            self.conn.execute(
+                "SELECT client_id, seq FROM retainer_manager_changes "
+                "WHERE client_id IN (SELECT value FROM json_each(?))",
+                [json.dumps(list(client_ids))],
+            ).fetchall()
+        )
+
     def _existing(self, entity: str, models: list[Entity]) -> set[str]:
         ids = json.dumps([m.id for m in models])
         return {
@@ -1074,12 +1123,16 @@ class SQLiteStore:
         # one join instead of a ledger entry and a client object per move: 29,000 committed releases at
         # 100k took 0.9 s through ledger() and clients()
         out: dict[str, tuple[str, str]] = {}
+        # a move the data overtook (the manager changed by a write after its commit) is not in flight
+        changes = ("LEFT JOIN retainer_manager_changes m ON m.client_id = a.client_id",
+                   "AND (m.seq IS NULL OR m.seq < a.seq)") if self._changes else ("", "")  # fmt: skip
         rows = self.conn.execute(
             "SELECT a.client_id, c.manager_id, json_extract(a.payload, '$.to_manager_id'), "
             "json_extract(a.payload, '$.from_manager_id'), json_extract(a.outcome, '$.cancelled') "
-            "FROM retainer_actions a JOIN clients c ON c.id = a.client_id "
+            f"FROM retainer_actions a JOIN clients c ON c.id = a.client_id {changes[0]} "
             "WHERE a.type = 'reassign' AND a.status IN ('pending', 'failed', 'done') AND a.as_of <= ? "
-            "AND c.status != 'archived' AND (c.created_at IS NULL OR c.created_at <= ?) ORDER BY a.seq",
+            "AND c.status != 'archived' AND (c.created_at IS NULL OR c.created_at <= ?) "
+            f"{changes[1]} ORDER BY a.seq",
             [to_utc_text(as_of)] * 2,
         )
         for cid, manager, to, frm, cancelled in rows:
@@ -1489,7 +1542,7 @@ class SQLiteStore:
             where.append("rule = ?")
             params.append(rule)
         cols = _LEDGER_COLS.replace("claimed_by", self._col("retainer_actions", "claimed_by", "NULL"))
-        sql = f"SELECT {cols} FROM retainer_actions"
+        sql = f"SELECT {cols}, seq FROM retainer_actions"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq LIMIT ?"
