@@ -364,16 +364,20 @@ def test_escalate_released_but_then_worked_with(store: Store) -> None:
     assert of(e.plan(day(160)), "esc")
 
 
-@pytest.mark.parametrize(("what", "expected"), [("nothing", True), ("touch", False), ("outcome", False)])
+@pytest.mark.parametrize(("what", "expected"), [("nothing", True), ("touch", False), ("outcome", False),
+                                               ("same day", False), ("day before", True)])
 def test_escalate_watched_action_unresolved(store: Store, what: str, expected: bool) -> None:
+    """`same day`: a call at 10:00 on the day the task was planned (a run at 02:30 stamps it 23:59:59 of that
+    day) answers it. `day before`: a call imported late, made before the task's day, does not."""
     base(store)
     store.add(touches=[{"id": "t0", "client_id": "c1", "at": at(0), "kind": "call"}])
     e = engine_for(rules(FORGOTTEN, {"id": "esc", "kind": "escalate", "watch_rule": "forgotten", "after": "10d"}),
                    store)
     task = e.run(day(60)).committed[0]
     assert not of(e.plan(day(69)), "esc")
-    if what == "touch":
-        store.add(touches=[{"id": "t1", "client_id": "c1", "at": at(65), "kind": "call"}])
+    if what in ("touch", "same day", "day before"):
+        when = {"touch": at(65), "same day": at(60, "00:00:00"), "day before": at(59, "23:59:59")}[what]
+        store.add(touches=[{"id": "t1", "client_id": "c1", "at": when, "kind": "call"}])
     if what == "outcome":
         e.record_outcome(task.id, {"result": "completed"})
     got = of(e.plan(day(70)), "esc")

@@ -292,14 +292,18 @@ def _awaits_answer(e: Any) -> bool:
 
 def unresolved_feature(name: str, rule: str) -> FeatureImpl:
     """When the latest action of `rule` for the client that awaits an answer was planned, while it is
-    unresolved: no outcome recorded and no activity with the client since."""
+    unresolved: no outcome recorded and no activity with the client since the day it was planned. The day,
+    not the instant: a date-only as_of is that day's end, so a run at 02:30 stamps its task 23:59:59 and a
+    call at 10:00 that morning, after the task reached the CRM, escalated it ten days later for nothing."""
 
     def compute(f: FeatureFrame) -> list[Any]:
         latest = _latest_live(f, _awaits_answer, rule=rule)
+        a = f.as_of
         out: list[Any] = []
         for cid, last in zip(f.ids, f.column("last_activity_at"), strict=True):
             e = latest.get(cid)
-            out.append(None if e is None or e.outcome or (last is not None and last > e.as_of) else e.as_of)
+            answered = last is not None and e is not None and last >= a.day_start(a.local_date(e.as_of))
+            out.append(None if e is None or e.outcome or answered else e.as_of)
         return out
 
     return FeatureImpl(name, "datetime", f"when {rule}'s latest action was planned, if still unresolved",
