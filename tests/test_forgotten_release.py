@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import retainer
 from retainer.actions import NAMESPACE, action_id
 from retainer.adapters.dispatch import Retry
+from retainer.ledger import loads_with_moves
 from retainer.plan import Plan
 from retainer.stores import Store
 from retainer.testing import run_scenario_file
@@ -512,6 +513,32 @@ def test_a_refused_release_moved_nobody_while_its_rule_still_matches(store: Stor
     assert [s.reason_code for s in plan.suppressed if s.action.type == "reassign"] == ["duplicate"]
     (task,) = of(plan, "late")
     assert task.assignee_id == "m1"
+
+
+def test_a_client_released_again_before_the_data_shows_the_first_move_leaves_its_new_manager(
+    store: Store,
+) -> None:
+    """Released m1 -> m2 on day 74 and not carried out in the CRM; m2 calls on day 75 and forgets the client
+    too: the second release takes it from m2 (told as the manager losing it), never "to m2", and the chain
+    of moves says whose it is afterwards, and whom it counts for."""
+    others = {"x1": "m1", "y1": "m1", "x3": "m3", "x4": "m4", "y4": "m4"}  # busy with clients called lately
+    store.add(managers=[{"id": "m1"}, {"id": "m2"}, {"id": "m3"}, {"id": "m4"}],
+              clients=[{"id": "c1", "manager_id": "m1"}, *({"id": c, "manager_id": m} for c, m in others.items())],
+              touches=[{"id": "t1", "client_id": "c1", "at": T0},
+                       *({"id": f"t{c}", "client_id": c, "at": at(200)} for c in others)])  # fmt: skip
+    then = [{"reassign": {"strategy": "least_loaded"}}, {"notify_manager": {"to": "manager", "template": "lost"}}]
+    engine = engine_for(release_rules(then=then), store)
+    first = engine.run(day(74)).committed
+    assert [(a.from_manager_id, a.to_manager_id) for a in first if a.type == "reassign"] == [("m1", "m2")]  # type: ignore[attr-defined]
+    store.add(touches=[{"id": "t2", "client_id": "c1", "at": at(75)}])
+    second = engine.run(day(75 + 74)).committed
+    (move,) = [a for a in second if a.type == "reassign"]
+    assert (move.from_manager_id, move.to_manager_id) == ("m2", "m3")  # type: ignore[attr-defined]
+    (told,) = [a for a in second if a.type == "notify_manager"]
+    assert told.to_manager_id == "m2"  # type: ignore[attr-defined]
+    later = engine.as_of(day(160)).instant
+    assert store.moves_in_flight(later) == {"c1": ("m1", "m3")}
+    assert loads_with_moves(store, store.manager_loads(later), later) == {"m1": 2, "m3": 2, "m4": 2}
 
 
 def test_capacity_counts_the_moves_the_crm_has_not_carried_out_yet(store: Store) -> None:

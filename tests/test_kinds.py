@@ -448,6 +448,23 @@ def test_overdue_tasks_go_by_the_tasks_manager_and_once_a_week(store: Store) -> 
     assert [a.key for a in e.run(day(11)).committed] == ["overdue:m2:2026-W03:escalate"]  # Monday: a new week
 
 
+def test_overdue_tasks_of_a_client_whose_move_the_data_does_not_show_count_for_its_new_manager(
+    store: Store,
+) -> None:
+    """c1 released m1 -> m2 on day 74; the CRM still shows m1. Its open tasks without a manager of their own
+    are m2's from then on, as in a backtest (which carries moves out): the escalation is about m2."""
+    base(store)
+    store.add(touches=[{"id": "t0", "client_id": "c1", "at": at(0), "kind": "call"}])
+    e = engine_for(rules(FORGOTTEN, RELEASE, {**OVERDUE, "count": 1}), store)
+    (move,) = [a for a in e.run(day(74)).committed if a.type == "reassign"]
+    assert move.to_manager_id == "m2"  # type: ignore[attr-defined]
+    store.add(tasks=[{"id": "k1", "client_id": "c1", "created_at": at(75), "due_at": at(76), "status": "open"}])
+    assert [a.about_manager_id for a in of(e.plan(day(80)), "overdue")] == ["m2"]  # type: ignore[attr-defined]
+    store.upsert(clients=[{"id": "c1", "manager_id": "m2", "name": "Acme"}])  # carried out, then taken back
+    store.upsert(clients=[{"id": "c1", "manager_id": "m1", "name": "Acme"}])
+    assert [a.about_manager_id for a in of(e.plan(day(80)), "overdue")] == ["m1"]  # type: ignore[attr-defined]
+
+
 def test_overdue_tasks_escalation_without_supervisor_is_held_back(store: Store) -> None:
     store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}])
     tasks(store, [1, 1, 1])

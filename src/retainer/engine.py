@@ -33,9 +33,9 @@ from .ledger import (
     LedgerEntry,
     RunRecord,
     RunReport,
+    carried_out,
     loads_with_moves,
     manager_changes,
-    overtaken,
     unapplied_moves,
 )
 from .model import Client, Manager, fast_model, no_gc
@@ -64,6 +64,7 @@ class _Match:
     subject_id: str  # the client's id, or the manager's for a manager-level rule
     about: Manager | None = None  # the manager a manager-level rule is about
     new_manager: Manager | None = None
+    owner: Manager | None = None  # whom a move not yet in the data gave the client to, when it moves again
     reassign_failed: str | None = None
     superseded: str | None = None  # a ladder step overtaken by a later one that is due too
     keys: list[str] = field(default_factory=list)  # every key this match can produce, for the ledger check
@@ -369,11 +370,12 @@ def _emit_group(
         threshold = str(m.threshold) if m.threshold is not None else ""
         incoming = m.new_manager or (get_moved(client.id) if client is not None else None)
         taker = incoming if m.new_manager is None else None  # another rule of this plan reassigns the client
-        manager = about or taker or (get_manager(client.manager_id) if client is not None else None)
+        owner = about or taker or m.owner  # whose client it is, when not the manager the data shows
+        manager = owner or (get_manager(client.manager_id) if client is not None else None)
         supervisor = get_manager(manager.supervisor_id) if manager and manager.supervisor_id else None
         manager_id = (
             manager.id  # type: ignore[union-attr]
-            if about is not None or taker is not None
+            if owner is not None
             else client.manager_id
             if client is not None
             else None
@@ -711,17 +713,23 @@ class Engine:
             loads = loads_with_moves(self.store, loads, a.instant)
         reassigner = _Reassigner(managers, loads, self.store)
         given, refused = self._given(movers, matches, ledger, managers)
+        # a client released again before the data shows the last move is taken from the manager it was given
+        pickers = [m.client for m in movers if m.head + "reassign" not in ledger and m.client]
+        owners = (unapplied_moves(self.store, pickers, a.instant)
+                  if pickers and not getattr(self.store, "carries_out_moves", False) else {})  # fmt: skip
         for m in sorted(movers, key=lambda m: m.head):  # in key order
             spec = m.rule.reassign
             assert spec is not None and m.client is not None
             if m.head + "reassign" in ledger:
                 m.new_manager = given.get(m.head + "reassign")
                 continue
-            m.new_manager = reassigner.pick(m.rule.id, m.client.manager_id, spec)
+            current = owners.get(m.client.id, m.client.manager_id)
+            m.owner = managers.get(current) if current != m.client.manager_id else None
+            m.new_manager = reassigner.pick(m.rule.id, current, spec)
             if m.new_manager is None:
                 m.reassign_failed = (
                     f"no active manager with spare capacity other than "
-                    f"{m.client.manager_id} ({spec.strategy}"
+                    f"{current} ({spec.strategy}"
                     f"{', pool ' + ','.join(spec.pool) if spec.pool else ''}"
                     f"{', same team' if spec.same_team else ''})"
                 )
@@ -783,8 +791,9 @@ class Engine:
         self, movers: list[_Match], matches: list[_Match], ledger: Mapping[str, str], managers: dict[str, Manager]
     ) -> tuple[dict[str, Manager], set[str]]:
         """The managers that earlier runs gave these clients to, by reassign key, and the keys of those the
-        CRM refused (dead) or that were cancelled, which moved nobody, or that a later write of the data
-        overtook (the client moved back by hand): the data says who has the client. A committed reassignment stands: the
+        CRM refused (dead) or that were cancelled, which moved nobody, or that the data has shown carried
+        out (`ledger.carried_out`; the client may have been moved back by hand since): the data says who
+        has the client. A committed reassignment stands: the
         client is the new manager's from then on, so the other rules' tasks and messages go to them on every
         later plan, as on the night it was decided (a re-run of that night must plan nothing new), whether
         or not the host has moved the client yet. Read only for clients with an action not yet in the
@@ -804,7 +813,7 @@ class Engine:
             to = managers.get(e.payload_fields.get("to_manager_id") or "")
             if to is not None:
                 out[e.key] = to
-            if e.void or overtaken(e, changes):
+            if e.void or carried_out(e, changes):
                 refused.add(e.key)
         return out, refused
 

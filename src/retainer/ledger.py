@@ -218,7 +218,9 @@ def unapplied_moves(
     up with it (a delivered move before the next import), and the client is the new manager's already
     (their tasks and messages go to them, as on the night it was decided). One the CRM refused (dead) or
     that was cancelled moved nobody; one committed after `as_of` has not happened yet.
-    The newest commit wins. The engine, the report and a reactive session all read owners through this.
+    Moves chain: a client released again before the data showed the first move was taken from the manager
+    it had been given to. Otherwise the newest commit from the manager the data shows wins.
+    The engine, the report and a reactive session all read owners through this.
     `entries`: the ledger's reassignments, when the caller has read them already."""
     by_id = {c.id: c for c in clients}
     if not by_id:
@@ -226,28 +228,31 @@ def unapplied_moves(
     if entries is None:
         entries = store.ledger(client_ids=sorted(by_id), types=["reassign"], status=_MOVED)
     changes = manager_changes(store, sorted(by_id))
-    out: dict[str, str] = {}
-    for e in entries:
-        if e.as_of > as_of or e.void or e.client_id not in by_id or overtaken(e, changes):
+    owner: dict[str, str] = {}
+    for e in entries:  # in commit order
+        if e.as_of > as_of or e.void or e.client_id not in by_id or carried_out(e, changes):
             continue
         f = e.payload_fields
-        if f.get("to_manager_id") and f.get("from_manager_id") == by_id[e.client_id].manager_id:
-            out[e.client_id] = f["to_manager_id"]
-    return out
+        if f.get("to_manager_id") and f.get("from_manager_id") in (by_id[e.client_id].manager_id,
+                                                                   owner.get(e.client_id)):  # fmt: skip
+            owner[e.client_id] = f["to_manager_id"]
+    return {cid: to for cid, to in owner.items() if to != by_id[cid].manager_id}
 
 
-def manager_changes(store: Store, client_ids: Sequence[str]) -> dict[str, int]:
+def manager_changes(store: Store, client_ids: Sequence[str]) -> dict[str, dict[str, int]]:
     """`Store.manager_changes`, or nothing from a store written before it (every move reads as before)."""
     probe = getattr(store, "manager_changes", None)
     return probe(client_ids) if probe is not None and client_ids else {}
 
 
-def overtaken(e: LedgerEntry, changes: Mapping[str, int]) -> bool:
-    """A write of the data changed the client's manager after this reassignment was committed: the data
-    shows who has the client now (the move carried out, undone by hand, or overridden), and the move no
-    longer says it. Without this, a manager who took a released client back in the CRM lost it to the
-    new manager in every later plan, until the host recorded the reassignment as cancelled."""
-    return e.seq > 0 and changes.get(e.client_id or "", -1) >= e.seq
+def carried_out(e: LedgerEntry, changes: Mapping[str, Mapping[str, int]]) -> bool:
+    """Since this reassignment was committed, a write of the data has shown the client with the manager it
+    gave the client to: the move is done, and from then on the data says who has the client, whatever it
+    shows now. Without this, a manager who took a released client back in the CRM lost it again to the new
+    manager in every later plan, until the host recorded the reassignment as cancelled. (A write that gives
+    the client the manager an earlier move of a chain gave it does not carry out the later move.)"""
+    to = e.payload_fields.get("to_manager_id")
+    return e.seq > 0 and bool(to) and changes.get(e.client_id or "", {}).get(to, -1) >= e.seq
 
 
 def loads_with_moves(store: Store, loads: dict[str, int], as_of: datetime) -> dict[str, int]:
@@ -255,15 +260,22 @@ def loads_with_moves(store: Store, loads: dict[str, int], as_of: datetime) -> di
     CRM has not carried out yet counted where it goes: a manager with room for one client got one a
     night, every night, while the host had not moved the first (a pull host, a failed delivery), and a
     reactive session gave one manager three clients in three events."""
-    probe = getattr(store, "moves_in_flight", None)  # a store written before it: read through the ledger
-    moves = probe(as_of) if probe is not None else moves_in_flight(store, as_of)
-    for frm, to in moves.values():
+    for frm, to in store_moves_in_flight(store, as_of).values():
         if (k := loads.get(frm, 0) - 1) > 0:
             loads[frm] = k
         else:
             loads.pop(frm, None)
         loads[to] = loads.get(to, 0) + 1
     return loads
+
+
+def store_moves_in_flight(store: Store, as_of: datetime) -> dict[str, tuple[str, str]]:
+    """`Store.moves_in_flight`; none for a store that carries out every move at commit (a backtest's); read
+    through the ledger for a store written before it."""
+    if getattr(store, "carries_out_moves", False):
+        return {}
+    probe = getattr(store, "moves_in_flight", None)
+    return probe(as_of) if probe is not None else moves_in_flight(store, as_of)  # type: ignore[no-any-return]
 
 
 def moves_in_flight(store: Store, as_of: datetime) -> dict[str, tuple[str, str]]:

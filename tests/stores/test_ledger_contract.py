@@ -381,17 +381,17 @@ def test_moves_in_flight_are_the_committed_moves_the_data_does_not_show_yet(stor
     assert store.moves_in_flight(datetime(2026, 3, 6, tzinfo=UTC))["c6"] == ("m1", "m2")
 
 
-def test_a_move_the_data_overtook_is_not_in_flight(store: Store) -> None:
-    """A write that changes the client's manager after the commit says who has the client: the move carried
-    out and then undone by hand (c1), or overridden in the CRM before the host carried it out (c2). A write
-    that leaves the manager as it was (c3: a renamed client, a nightly re-import) says nothing about the
-    move, and a change made before the commit (c4) does not overtake it."""
+def test_a_move_the_data_has_shown_carried_out_is_over(store: Store) -> None:
+    """Once a write has shown the client with the manager a move gave it to, the move is done and the data
+    says who has the client: c1 carried out, then moved back by hand. A write that leaves the manager as
+    it was (c3: a renamed client, a nightly re-import) says nothing, and one that gave the client the
+    move's manager before the commit (c4, long ago) does not carry it out."""
     store.add(managers=[{"id": m} for m in ("m1", "m2", "m3")],
               clients=[{"id": c, "manager_id": "m1"} for c in ("c1", "c2", "c3", "c4")])  # fmt: skip
     store.commit_run(run_record(1), [act("r:c9:e:x", client="c4")], {})
-    store.upsert(clients=[{"id": "c4", "manager_id": "m3"}])  # before the move below
-    moves = [_move("c1", "m1", "m2", 1), _move("c2", "m1", "m2", 1), _move("c3", "m1", "m2", 1),
-             _move("c4", "m3", "m2", 1)]  # fmt: skip
+    store.upsert(clients=[{"id": "c4", "manager_id": "m2"}])  # before the move below: m2's, then m1's again
+    store.upsert(clients=[{"id": "c4", "manager_id": "m1"}])
+    moves = [_move(c, "m1", "m2", 1) for c in ("c1", "c2", "c3", "c4")]
     store.commit_run(run_record(2), moves, {})
     at = datetime(2026, 3, 2, tzinfo=UTC)
     assert set(store.moves_in_flight(at)) == {"c1", "c2", "c3", "c4"}
@@ -400,13 +400,28 @@ def test_a_move_the_data_overtook_is_not_in_flight(store: Store) -> None:
     assert set(store.moves_in_flight(at)) == {"c2", "c3", "c4"}
     store.upsert(clients=[{"id": "c1", "manager_id": "m1"}, {"id": "c2", "manager_id": "m3"},
                           {"id": "c3", "manager_id": "m1", "name": "Acme"}])  # fmt: skip
-    assert store.moves_in_flight(at) == {"c3": ("m1", "m2"), "c4": ("m3", "m2")}
+    assert store.moves_in_flight(at) == {"c3": ("m1", "m2"), "c4": ("m1", "m2")}
     entries = {e.client_id: e for e in store.ledger(types=["reassign"])}
     assert [entries[c].seq for c in ("c1", "c2", "c3", "c4")] == [2, 3, 4, 5]
     changes = store.manager_changes(["c1", "c2", "c3", "c4", "c9"])
-    assert changes == {"c1": 5, "c2": 5, "c4": 1}
-    clients = store.clients(at)
-    assert ledger.unapplied_moves(store, clients, at) == {"c3": "m2", "c4": "m2"}
+    assert changes == {"c1": {"m2": 5, "m1": 5}, "c2": {"m3": 5}, "c4": {"m2": 1, "m1": 1}}
+    assert ledger.unapplied_moves(store, store.clients(at), at) == {"c3": "m2", "c4": "m2"}
+
+
+def test_moves_made_before_the_data_shows_the_last_one_chain(store: Store) -> None:
+    """A client released again before the data showed its first move was taken from the manager it had
+    been given to: m1 -> m2 -> m3 leaves it with m3, m1 -> m2 -> m1 back where the data shows it. Once the
+    data shows the first move, the second is the one in flight."""
+    store.add(managers=[{"id": m} for m in ("m1", "m2", "m3")],
+              clients=[{"id": c, "manager_id": "m1"} for c in ("c1", "c2")])  # fmt: skip
+    store.commit_run(run_record(1), [_move("c1", "m1", "m2", 1), _move("c2", "m1", "m2", 1)], {})
+    store.commit_run(run_record(2), [_move("c1", "m2", "m3", 2), _move("c2", "m2", "m1", 2)], {})
+    at = datetime(2026, 3, 3, tzinfo=UTC)
+    assert store.moves_in_flight(at) == {"c1": ("m1", "m3")}
+    assert ledger.unapplied_moves(store, store.clients(at), at) == {"c1": "m3"}
+    store.upsert(clients=[{"id": "c1", "manager_id": "m2"}])
+    assert store.moves_in_flight(at) == {"c1": ("m2", "m3")}
+    assert ledger.unapplied_moves(store, store.clients(at), at) == {"c1": "m3"}
 
 
 def test_outcomes_are_kept_as_json_alike_by_every_store(store: Store) -> None:

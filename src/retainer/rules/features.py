@@ -222,6 +222,13 @@ def manager_frame(f: FeatureFrame) -> SubFrame:
         after = parse_duration(name[len("overdue_tasks[") : -1])
         bound = a.older_bound(after)  # overdue by `after`: due before this instant
         client_manager = {c.id: c.manager_id for c in f.clients}
+        # a client given to another manager whose move the data does not show yet is that manager's
+        # (`ledger.unapplied_moves`), in runs as in backtests, which carry every move out at once
+        from ..ledger import store_moves_in_flight
+
+        for cid, (_was, to) in store_moves_in_flight(f.store, a.instant).items():
+            if cid in client_manager:
+                client_manager[cid] = to
         counts: dict[str, int] = {}
         for t in f.store.facts("tasks", a.instant, (Pred("is_open", "eq", True), Pred("due_at", "lt", bound))):
             who = t.manager_id or client_manager.get(t.client_id)  # type: ignore[attr-defined]

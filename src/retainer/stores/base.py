@@ -258,11 +258,11 @@ class Store(Protocol):
         `ledger.moves_in_flight` is the reference)."""
         ...
 
-    def manager_changes(self, client_ids: Sequence[str]) -> dict[str, int]:
-        """Client id -> the `seq` of the newest ledger entry when a write (`upsert`) last changed the client's
-        `manager_id`, for those of `client_ids` whose manager a write has changed while the ledger held
-        entries. A reassignment committed before that write is over: the data shows who has the client now
-        (`ledger.overtaken`)."""
+    def manager_changes(self, client_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Client id -> {manager id: the `seq` of the newest ledger entry when a write (`upsert`) last gave
+        the client that manager}, for those of `client_ids` whose manager a write has changed while the
+        ledger held entries. A reassignment is carried out once the data has shown the client with the
+        manager it gave it to (`ledger.carried_out`); from then on the data says who has the client."""
         ...
 
     def aggregate(

@@ -62,7 +62,8 @@ class MemoryStore:
         self._as_ofs: list[datetime] = []
         self._as_of_sorted = True
         self._keys: dict[str, str] = {}  # key -> id
-        self._manager_changes: dict[str, int] = {}  # client -> ledger length when a write changed its manager
+        # client -> {manager: the ledger's length when a write last gave the client that manager}
+        self._manager_changes: dict[str, dict[str, int]] = {}
         self._runs: dict[str, RunRecord] = {}
         self._lock = threading.Lock()
         self._holder: str | None = None
@@ -95,7 +96,7 @@ class MemoryStore:
             clients = b.entity == "clients" and bool(self._ledger)
             for m in b.models:
                 if clients and (old := table.get(m.id)) is not None and old.manager_id != m.manager_id:  # type: ignore[attr-defined]
-                    self._manager_changes[m.id] = len(self._ledger)
+                    self._manager_changes.setdefault(m.id, {})[m.manager_id] = len(self._ledger)  # type: ignore[attr-defined]
                 table[m.id] = m
             counts[b.entity] = counts.get(b.entity, 0) + len(b.models)
         return counts
@@ -131,8 +132,8 @@ class MemoryStore:
     def moves_in_flight(self, as_of: datetime) -> dict[str, tuple[str, str]]:
         return moves_in_flight(self, as_of)
 
-    def manager_changes(self, client_ids: Sequence[str]) -> dict[str, int]:
-        return {c: self._manager_changes[c] for c in client_ids if c in self._manager_changes}
+    def manager_changes(self, client_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        return {c: dict(self._manager_changes[c]) for c in client_ids if c in self._manager_changes}
 
     # ------------------------------------------------------------ aggregates
 

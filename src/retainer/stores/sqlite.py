@@ -253,9 +253,12 @@ CREATE TABLE IF NOT EXISTS retainer_runs (
     kind TEXT
 );
 """
-# client -> the ledger's newest seq when a write last changed the client's manager (`Store.manager_changes`)
+# (client, manager) -> the ledger's newest seq when a write last gave the client that manager
+# (`Store.manager_changes`)
 _CHANGES_DDL = """
-CREATE TABLE IF NOT EXISTS retainer_manager_changes (client_id TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS retainer_manager_changes (
+    client_id TEXT NOT NULL, manager_id TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (client_id, manager_id)
+) WITHOUT ROWID;
 """
 #: ledger columns later versions added: read as empty in a read-only store written before them
 _LEDGER_NEW = {"retainer_actions": {"claimed_by": "text"}, "retainer_runs": {"kind": "text"}}
@@ -1023,23 +1026,24 @@ class SQLiteStore:
         return dict(rows.fetchall())
 
     def _note_manager_changes(self, conn: sqlite3.Connection, b: _ingest.Batch, before: dict[str, str]) -> None:
-        """Date each client whose manager this batch changed by the ledger's newest seq (`manager_changes`)."""
-        changed = [m.id for m in b.models if m.id in before and before[m.id] != m.manager_id]  # type: ignore[attr-defined]
+        """Date the manager each client of this batch was given by the ledger's newest seq (`manager_changes`)."""
+        changed = [m for m in b.models if m.id in before and before[m.id] != m.manager_id]  # type: ignore[attr-defined]
         seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM retainer_actions").fetchone()[0] if changed else 0
         if seq and self._changes:
-            conn.executemany("INSERT OR REPLACE INTO retainer_manager_changes VALUES (?, ?)",
-                             [(cid, seq) for cid in changed])  # fmt: skip
+            conn.executemany("INSERT OR REPLACE INTO retainer_manager_changes VALUES (?, ?, ?)",
+                             [(m.id, m.manager_id, seq) for m in changed])  # type: ignore[attr-defined]  # fmt: skip
 
-    def manager_changes(self, client_ids: Sequence[str]) -> dict[str, int]:
+    def manager_changes(self, client_ids: Sequence[str]) -> dict[str, dict[str, int]]:
         if not self._changes or not client_ids:
             return {}
-        return dict(
-            self.conn.execute(
-                "SELECT client_id, seq FROM retainer_manager_changes "
-                "WHERE client_id IN (SELECT value FROM json_each(?))",
-                [json.dumps(list(client_ids))],
-            ).fetchall()
-        )
+        out: dict[str, dict[str, int]] = {}
+        for cid, manager, seq in self.conn.execute(
+            "SELECT client_id, manager_id, seq FROM retainer_manager_changes "
+            "WHERE client_id IN (SELECT value FROM json_each(?))",
+            [json.dumps(list(client_ids))],
+        ):
+            out.setdefault(cid, {})[manager] = seq
+        return out
 
     def _existing(self, entity: str, models: list[Entity]) -> set[str]:
         ids = json.dumps([m.id for m in models])
@@ -1123,8 +1127,9 @@ class SQLiteStore:
         # one join instead of a ledger entry and a client object per move: 29,000 committed releases at
         # 100k took 0.9 s through ledger() and clients()
         out: dict[str, tuple[str, str]] = {}
-        # a move the data overtook (the manager changed by a write after its commit) is not in flight
-        changes = ("LEFT JOIN retainer_manager_changes m ON m.client_id = a.client_id",
+        # a move the data has shown carried out since its commit is not in flight (`ledger.carried_out`)
+        changes = ("LEFT JOIN retainer_manager_changes m ON m.client_id = a.client_id "
+                   "AND m.manager_id = json_extract(a.payload, '$.to_manager_id')",
                    "AND (m.seq IS NULL OR m.seq < a.seq)") if self._changes else ("", "")  # fmt: skip
         rows = self.conn.execute(
             "SELECT a.client_id, c.manager_id, json_extract(a.payload, '$.to_manager_id'), "
@@ -1135,10 +1140,10 @@ class SQLiteStore:
             f"{changes[1]} ORDER BY a.seq",
             [to_utc_text(as_of)] * 2,
         )
-        for cid, manager, to, frm, cancelled in rows:
-            if to and frm == manager and not cancelled:  # as ledger.unapplied_moves: the newest such wins
+        for cid, manager, to, frm, cancelled in rows:  # as ledger.unapplied_moves: chained, in commit order
+            if to and not cancelled and (frm == manager or (cid in out and frm == out[cid][1])):
                 out[cid] = (manager, to)
-        return out
+        return {cid: move for cid, move in out.items() if move[1] != move[0]}
 
     def fact_steps(self, steps: Sequence[datetime]) -> list[Changes]:
         bounds = [to_utc_text(t) for t in steps]  # fixed-width UTC text compares like the instants
