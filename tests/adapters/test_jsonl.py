@@ -477,3 +477,55 @@ def test_a_task_held_behind_a_move_is_reported_left_when_the_crm_is_given_up_on(
     accounted = {*report.done, *report.dead, *report.failed}
     assert acts[1].id not in accounted  # c1's task never went out
     assert report.left == len([x for x in acts if x.id not in accounted]) >= 1
+
+
+_FULL_DISK = """
+import json, os, resource, signal, sys
+from retainer.adapters import JsonlHandler
+from retainer.actions import parse_action
+path, payload = sys.argv[1], json.loads(sys.argv[2])
+action = parse_action(payload)
+size = os.path.getsize(path)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails (EFBIG), as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 40, resource.RLIM_INFINITY))
+h = JsonlHandler(path)
+try:
+    h.handle(action)
+except OSError as exc:
+    print("first attempt failed:", exc.errno)
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+h.handle(action)  # the dispatcher's retry, once there is room again
+h.close()
+"""
+
+
+def test_a_write_that_fails_half_way_leaves_nothing_and_the_retry_writes_the_line_once(
+    crm: Store, tmp_path: Path
+) -> None:
+    """A disk that fills up mid-line: the buffered file kept the unwritten part and wrote it again with the
+    retry, so the action was in the file twice (and one the ledger then called `dead` was in it too)."""
+    import subprocess
+    import sys
+
+    (a, *_) = actions(crm)
+    path = tmp_path / "actions.jsonl"
+    path.write_text(json.dumps({"note": "the host's own line"}) + "\n", encoding="utf-8")
+    r = subprocess.run([sys.executable, "-c", _FULL_DISK, str(path), action_payload(a)], capture_output=True,
+                       text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("first attempt failed")
+    got = lines(path)
+    assert got[0] == json.dumps({"note": "the host's own line"})
+    assert [json.loads(x)["id"] for x in got[1:]] == [a.id]
+
+
+def test_a_device_is_written_to_not_read(crm: Store) -> None:
+    """`jsonl:/dev/full` (how one tries a full disk) was read to the end first: for ever, until the kernel
+    killed the process. A write to it fails, and is retried as any failed delivery is."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    (a, *_) = actions(crm)
+    h = JsonlHandler("/dev/full")
+    with pytest.raises(OSError):
+        h.handle(a)
+    h.close()
