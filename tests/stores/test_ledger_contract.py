@@ -457,3 +457,18 @@ def test_an_outcome_that_is_not_json_is_refused(store: Store, bad: Any) -> None:
         with pytest.raises(DataError, match="cannot be kept as JSON"):
             store.set_outcome(a.id, {"score": value}, T0)
     assert store.ledger(ids=[a.id])[0].outcome is None
+
+
+def test_sqlite_a_full_disk_is_a_store_error_and_keeps_nothing(tmp_path: Path) -> None:
+    """SQLite rolls back by itself on SQLITE_FULL; our second ROLLBACK then raised "no transaction is active"
+    over the error that said what happened, as a raw sqlite3 error (a traceback from `retainer run`)."""
+    s = retainer.open_store(f"sqlite:///{tmp_path / 'crm.db'}")
+    s.commit_run(run_record(1), [act("k0")], {})
+    pages = s.conn.execute("PRAGMA page_count").fetchone()[0]  # type: ignore[attr-defined]
+    s.conn.execute(f"PRAGMA max_page_count = {pages}")  # type: ignore[attr-defined]  # the disk is full
+    many = [act(f"k{i}-" + "x" * 500) for i in range(1, 200)]
+    with pytest.raises(StoreError, match=r"cannot write: database or disk is full; nothing of this write was kept"):
+        s.commit_run(run_record(2), many, {})
+    assert [e.key for e in s.ledger()] == ["k0"] and [r.id for r in s.runs()] == ["run-1"]
+    s.conn.execute("PRAGMA max_page_count = 1073741823")  # type: ignore[attr-defined]  # room again
+    assert len(s.commit_run(run_record(2), many, {})) == 199

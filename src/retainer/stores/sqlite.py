@@ -1456,14 +1456,24 @@ class SQLiteStore:
             raise StoreError(f"{self.path}: cannot write: {exc}") from exc
         try:
             yield conn
+        except sqlite3.OperationalError as exc:  # a full disk, an I/O error: say so, not a traceback
+            self._rollback(conn)
+            raise StoreError(f"{self.path}: cannot write: {exc}; nothing of this write was kept") from exc
         except BaseException:
-            conn.execute("ROLLBACK")
+            self._rollback(conn)
             raise
         try:
             conn.execute("COMMIT")
         except sqlite3.OperationalError as exc:
+            self._rollback(conn)
+            raise StoreError(f"{self.path}: commit failed: {exc}; nothing of this write was kept") from exc
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        """SQLite has already rolled back after some errors (SQLITE_FULL): a second ROLLBACK would raise
+        "no transaction is active" over the error that says what happened."""
+        if conn.in_transaction:
             conn.execute("ROLLBACK")
-            raise StoreError(f"{self.path}: commit failed: {exc}") from exc
 
     def commit_run(self, run: RunRecord, actions: Sequence[Action], cursors: Mapping[str, str]) -> list[Action]:
         at = to_utc_text(run.started_at)
