@@ -99,6 +99,38 @@ def test_add_durations_adds_calendar_and_hour_parts() -> None:
 
 
 @pytest.mark.parametrize(
+    ("start", "first", "then", "end"),
+    [
+        (date(2026, 1, 31), "30d", "1mo", date(2026, 4, 2)),  # forgotten Mar 2, a month of grace: Apr 2
+        (date(2026, 1, 30), "30d", "1mo", date(2026, 4, 1)),
+        (date(2026, 1, 31), "1mo", "1mo", date(2026, 3, 28)),  # forgotten Feb 28 (clamped), then Mar 28
+        (date(2024, 2, 29), "1y", "1mo", date(2025, 3, 28)),  # forgotten Feb 28 2025
+        (date(2026, 1, 31), "1mo", "14d", date(2026, 3, 14)),  # months first is the same thing
+        (date(2026, 1, 31), "60d", "14d", date(2026, 4, 15)),
+    ],
+)
+def test_a_threshold_extended_by_another_counts_the_second_from_the_end_of_the_first(
+    start: date, first: str, then: str, end: date
+) -> None:
+    """A release's `grace` counts from the day the client became forgotten: one relativedelta put every
+    month first, so a month of grace after `30d` was 28 days from Jan 31, and `1mo` twice was `2mo`."""
+    total = add_durations(parse_duration(first), parse_duration(then))
+    assert total.add_to_date(start) == end
+    assert total.cutoff(end) == start and total.add_to_date(total.cutoff(end - timedelta(days=1))) < end
+
+
+@given(st.sampled_from(["3d", "30d", "1w", "1mo", "2mo", "1y", "P1M2D"]), st.sampled_from(["0d", "14d", "1mo", "1y"]),
+       st.dates(min_value=date(2000, 1, 1), max_value=date(2040, 12, 31)))  # fmt: skip
+def test_an_extended_threshold_is_the_first_then_the_second(first: str, then: str, start: date) -> None:
+    a, b = parse_duration(first), parse_duration(then)
+    total = add_durations(a, b)
+    assert total.add_to_date(start) == b.add_to_date(a.add_to_date(start))
+    end = total.add_to_date(start)
+    c = total.cutoff(end)  # the latest start that reaches `end`: at or after this one
+    assert c >= start and total.add_to_date(c) <= end < total.add_to_date(c + timedelta(days=1))
+
+
+@pytest.mark.parametrize(
     ("event", "held"),
     [
         # 36h first: Nov 24 11:00 MSK lands on Nov 25 23:00 -> Nov 25 + 3 days = Nov 28 = as_of date

@@ -58,6 +58,10 @@ class Duration:
     days: int = 0
     hours: int = 0
     text: str = ""
+    #: (months, days) applied one after another, for a threshold extended by another whose months come
+    #: after the first's days (`30d` then a `1mo` grace): one relativedelta adds all months first. Empty
+    #: when months-first is the same thing (the months, if any, are all in the first part).
+    steps: tuple[tuple[int, int], ...] = ()
 
     @property
     def is_hours(self) -> bool:
@@ -67,6 +71,10 @@ class Duration:
     def add_to_date(self, d: date) -> date:
         if not self.months:  # days alone: plain date arithmetic, without relativedelta's cost
             return d + timedelta(days=self.days)
+        if self.steps:
+            for months, days in self.steps:
+                d = d + relativedelta(months=months, days=days)
+            return d
         return d + relativedelta(months=self.months, days=self.days)
 
     def cutoff(self, as_of_date: date) -> date:
@@ -271,5 +279,10 @@ def _in_range(a: AsOf) -> AsOf:
 
 
 def add_durations(a: Duration, b: Duration) -> Duration:
-    """`a` then `b`; used where one threshold extends another (forgotten `after` + release `grace`)."""
-    return Duration(months=a.months + b.months, days=a.days + b.days, hours=a.hours + b.hours, text=f"{a}+{b}")
+    """`a` then `b`; used where one threshold extends another (forgotten `after` + release `grace`): a
+    month of grace counts from the day the client became forgotten, so `30d` then `1mo` from Jan 31 ends
+    on Apr 2 (Mar 2 + 1mo), not Mar 30 (Jan 31 + 1mo + 30d, months first)."""
+    parts = [p for p in (*(a.steps or [(a.months, a.days)]), *(b.steps or [(b.months, b.days)])) if p != (0, 0)]
+    months_first = all(m == 0 for m, _d in parts[1:])
+    return Duration(months=a.months + b.months, days=a.days + b.days, hours=a.hours + b.hours, text=f"{a}+{b}",
+                    steps=() if months_first else tuple(parts))  # fmt: skip
