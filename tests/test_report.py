@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -46,8 +47,9 @@ def test_digest_sections() -> None:
     first = store.ledger()[0]
     second = store.ledger()[1]
     assert (first.type, second.type) == ("create_task", "reassign")
-    engine.record_outcome(first.id, {"cancelled": "do_not_contact", "churn_reason": " Price"})
-    engine.record_outcome(second.id, {"result": "moved", "churn_reason": "price"})
+    morning = datetime(2026, 3, 2, 9, tzinfo=UTC)  # outcomes recorded after the digest's date are not in it
+    engine.record_outcome(first.id, {"cancelled": "do_not_contact", "churn_reason": " Price"}, clock=lambda: morning)
+    engine.record_outcome(second.id, {"result": "moved", "churn_reason": "price"}, clock=lambda: morning)
     d = digest(engine, "2026-03-02", label="retention.yaml")
     md = d.to_markdown()
     titles = [s.title for s in d.sections]
@@ -193,3 +195,26 @@ def test_a_release_the_crm_refused_moved_nobody() -> None:
     d = digest(engine, "2026-03-02")
     assert d.sections[0].rows == [["Anna (m1)", 2]]  # c1 is still Anna's
     assert d.sections[2].rows == []
+
+
+def test_a_released_debtor_is_its_new_managers_and_a_past_digest_counts_only_what_was_committed_by_then() -> None:
+    """c1 (Anna's in the data) is released to Ivan on Mar 1 and owes money: the debtors say Ivan, as the
+    forgotten clients do. A later run's actions and outcomes are not in a digest of an earlier date."""
+    store = crm()
+    store.add(invoices=[{"id": "i9", "client_id": "c1", "issued_at": "2025-11-20", "due_at": "2025-12-05",
+                         "amount": "50"}])  # fmt: skip
+    engine = retainer.Engine(FR, store)
+    engine.run("2026-03-01")
+    debtors = next(s for s in digest(engine, "2026-03-02").sections if s.title.startswith("Debtors"))
+    assert [r[:2] for r in debtors.rows] == [["Vega (c3)", "Ivan (m2)"], ["Acme (c1)", "Ivan (m2)"]]
+    assert debtors.chart == [("Ivan (m2)", 1450.5)]
+    engine.run("2026-04-01")  # c2: forgotten and released since; its task gets a churn reason at once
+    later = [e for e in store.ledger() if e.as_of > engine.as_of("2026-03-02").instant]
+    assert later
+    engine.record_outcome(later[0].id, {"churn_reason": "price"}, clock=lambda: datetime(2026, 4, 1, 12, tzinfo=UTC))
+    d = digest(engine, "2026-03-02")
+    delivery = next(s for s in d.sections if s.title == "Delivery")
+    assert delivery.rows == [["pending", 2]]  # the night of Mar 1 only
+    assert next(s for s in d.sections if s.title == "Churn reasons").rows == []
+    now = digest(engine, "2026-04-01")
+    assert next(s for s in now.sections if s.title == "Churn reasons").rows == [["price", 1]]

@@ -189,13 +189,17 @@ def digest(engine: Engine, as_of: str | date | datetime, *, top: int = 30, label
         [AggSpec("invoices", "sum", "outstanding", overdue), AggSpec("invoices", "min", "due_at", overdue)], a.instant
     )
     debtors = sorted(owed.items(), key=lambda kv: (-kv[1], kv[0]))
+    # a debtor released to another manager whose move the data does not show yet is that manager's, as in
+    # the sections above (it was the old one's here, and the new one's among the forgotten)
+    unnamed = [clients[c] for c in sorted(owed) if c in clients and c not in owner]  # type: ignore[index]
+    owner |= unapplied_moves(store, unnamed, a.instant)
     by_manager: Counter[str] = Counter()
     for cid, amount in debtors:
         if cid in clients:
-            by_manager[name(clients[cid].manager_id)] += amount  # type: ignore[assignment]
+            by_manager[name(manager_of(cid))] += amount  # type: ignore[assignment]
     sections.append(Section(
         f"Debtors (top {top})", ["client", "manager", "overdue amount", "overdue since", "days"],
-        [[_client(clients, cid), name(clients[cid].manager_id) if cid in clients else "?", amount,
+        [[_client(clients, cid), name(manager_of(cid)), amount,
           oldest[cid].astimezone(a.tz).date().isoformat(), (a.date - oldest[cid].astimezone(a.tz).date()).days]
          for cid, amount in debtors[:top]],
         note=f"{len(debtors)} client(s) owe {sum(owed.values(), Decimal(0)):,.2f} past due.",
@@ -203,12 +207,15 @@ def digest(engine: Engine, as_of: str | date | datetime, *, top: int = 30, label
         chart_title="overdue amount per manager (all debtors)",
     ))  # fmt: skip
 
-    # churn reasons the host reported back (record_outcome / `retainer actions outcome ... churn_reason=...`)
+    # churn reasons the host reported back (record_outcome / `retainer actions outcome ... churn_reason=...`),
+    # and the actions committed, as of the date: a digest of a past date counted what later runs committed
     reasons: Counter[str] = Counter()
     statuses: Counter[str] = Counter()
     for e in store.ledger():
+        if e.as_of > a.instant:
+            continue
         statuses["cancelled" if e.cancelled else e.status] += 1
-        if e.outcome and e.outcome.get("churn_reason"):
+        if e.outcome and e.outcome.get("churn_reason") and (e.outcome_at is None or e.outcome_at <= a.instant):
             reasons[norm_reason(e.outcome["churn_reason"])] += 1  # "Price" and "price" are one answer
     sections.append(Section(
         "Churn reasons", ["reason", "answers"], [[r, n] for r, n in reasons.most_common()],
