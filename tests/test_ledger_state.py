@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -80,13 +80,19 @@ class LedgerMachine(RuleBasedStateMachine):
         self.store.add(clients=[{"id": f"c{self.clients}", "manager_id": "m0", "created_at": when.isoformat()}])
         self.clients += 1
 
+    def _night(self, step: int) -> str:
+        """The next night's as_of; the clock is that night's (a run dated after tomorrow is refused)."""
+        self.day += step
+        self.clock.now = max(self.clock.now, datetime.combine(START + timedelta(days=self.day), time(2), UTC))
+        return (START + timedelta(days=self.day)).isoformat()
+
     @rule(step=st.integers(0, 25), fail=failures)
     def run(self, step: int, fail: Any) -> None:
-        self.day += step
+        as_of = self._night(step)
         before = {e.key for e in self.store.ledger()}
         h = self._handler(fail)
         report = self.engine.run(
-            (START + timedelta(days=self.day)).isoformat(), handlers=h, retry=Retry(max_attempts=MAX_ATTEMPTS),
+            as_of, handlers=h, retry=Retry(max_attempts=MAX_ATTEMPTS),
             clock=self.clock, sleep=self.clock.sleep,
         )  # fmt: skip
         new = {a.key for a in report.plan.actions}
@@ -100,8 +106,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(step=st.integers(0, 25), after=st.integers(0, 3))
     def interrupted_run(self, step: int, after: int) -> None:
         """Ctrl-C in the middle of delivery: the commit stands, what was delivered is recorded."""
-        self.day += step
-        as_of = (START + timedelta(days=self.day)).isoformat()
+        as_of = self._night(step)
         expected = {a.key for a in self.engine.plan(as_of).actions}
         accepted: list[str] = []
 

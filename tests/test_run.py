@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -37,7 +38,7 @@ def crm(store: Store, n: int = 3) -> None:
 
 
 def run(store: Store, as_of: str = "2026-03-02", rules: dict[str, Any] = FORGOTTEN, **kw: Any) -> Any:
-    clock = kw.pop("clock", None) or FakeClock()
+    clock = kw.pop("clock", None) or FakeClock(max(FakeClock().now, datetime.fromisoformat(as_of).replace(tzinfo=UTC)))
     return engine_for(rules, store).run(as_of, clock=clock, sleep=clock.sleep, **kw)
 
 
@@ -146,10 +147,11 @@ def test_routing_by_type_and_actions_without_handler_stay_pending(store: Store) 
     crm_only_tasks = RecordingHandler()
     other = engine_for(WITH_RELEASE, store)
     store.add(clients=[{"id": "c9", "manager_id": "m1", "created_at": "2026-01-01T00:00:00"}])
-    r = other.run("2026-03-20", handlers={"create_task": crm_only_tasks}, clock=FakeClock())
+    night = FakeClock(datetime(2026, 3, 20, tzinfo=UTC))
+    r = other.run("2026-03-20", handlers={"create_task": crm_only_tasks}, clock=night)
     assert r.dispatch.no_handler == {"reassign": 1}
     assert [e.status for e in store.ledger(client_ids=["c9"])] == ["done", "pending"]
-    later = other.run("2026-03-21", handlers=RecordingHandler(), clock=FakeClock())  # the next run delivers it
+    later = other.run("2026-03-21", handlers=RecordingHandler(), clock=night)  # the next run delivers it
     assert later.committed == [] and len(later.dispatch.done) == 1
     assert {e.status for e in store.ledger()} == {"done"}
 
@@ -532,6 +534,51 @@ def test_an_action_for_a_client_archived_since_is_cancelled(store: Store) -> Non
     assert report.dispatch is not None and list(report.dispatch.cancelled.values()) == ["archived"]
     assert [a.client_id for a in h.actions] == ["c2"]
     assert store.ledger(client_ids=["c1"])[0].outcome["cancelled"] == "archived"  # type: ignore[index]
+
+
+def test_a_run_dated_after_tomorrow_is_refused_and_writes_nothing(store: Store) -> None:
+    """2062 for 2026: every client called lately was released on the spot, and when it really was forgotten
+    its task was a duplicate. Tomorrow (a host in another zone, a run just before midnight) is fine; a plan
+    or a dry run may look as far ahead as it likes."""
+    crm(store)
+    clock = FakeClock(datetime(2026, 3, 1, 22, 0, tzinfo=UTC))  # the rules' zone is UTC: today is Mar 1
+    for typo in ("2062-03-01", "2026-03-03"):
+        with pytest.raises(retainer.ArgumentError, match=rf"as_of {typo} is after tomorrow \(2026-03-02, by the"):
+            run(store, typo, clock=clock)
+    assert store.ledger() == [] and store.runs() == []
+    assert run(store, "2062-03-01", clock=clock, dry_run=True).plan.actions
+    assert run(store, "2026-03-02", clock=clock).committed
+
+
+def test_an_action_for_a_manager_deactivated_since_is_cancelled(store: Store) -> None:
+    """The CRM was down the night c1 was released to m2; the next morning's export deactivates m2. The
+    move and m2's "call them" task must not go out (the client went to someone who had left); c2's, to
+    m3, still do."""
+    store.add(managers=[{"id": "m1"}, {"id": "m2"}, {"id": "m3"}],
+              clients=[{"id": "c1", "manager_id": "m1"}, {"id": "c2", "manager_id": "m1"}])  # fmt: skip
+    rules = {"version": 1, "rules": [
+        {"id": "forgotten", "kind": "forgotten", "after": "30d"},
+        {"id": "release", "kind": "release", "forgotten_rule": "forgotten", "grace": "7d",
+         "then": [{"reassign": {"strategy": "least_loaded"}},
+                  {"create_task": {"title": "Call", "assignee": "new_manager", "due_in": "1d"}}]}]}  # fmt: skip
+    store.add(touches=[{"id": f"t{c}", "client_id": c, "at": "2026-01-01T10:00:00"} for c in ("c1", "c2")])
+
+    def down(a: Action) -> None:
+        raise RuntimeError("CRM down")
+
+    clock = FakeClock()
+    e = engine_for(rules, store)
+    first = e.run("2026-03-01", handlers=down, retry=Retry(base_delay=0, stop_after=1), clock=clock, sleep=clock.sleep)
+    assert {(a.type, getattr(a, "to_manager_id", None) or getattr(a, "assignee_id", None))
+            for a in first.committed} >= {("reassign", "m2"), ("create_task", "m2")}  # fmt: skip
+    store.upsert(managers=[{"id": "m2", "active": False}])
+    h = RecordingHandler()
+    report = e.run("2026-03-02", handlers=h, clock=clock, sleep=clock.sleep)
+    assert report.dispatch is not None
+    gone = {store.ledger(ids=[i])[0].type: why for i, why in report.dispatch.cancelled.items()}
+    assert gone == {"reassign": "manager m2 is no longer active", "create_task": "manager m2 is no longer active"}
+    assert {(a.type, a.client_id) for a in h.actions} == {("reassign", "c2"), ("create_task", "c2")}
+    assert store.moves_in_flight(e.as_of("2026-03-02").instant) == {"c2": ("m1", "m3")}
 
 
 def test_a_reassignment_is_delivered_before_the_clients_other_actions(store: Store) -> None:

@@ -284,10 +284,12 @@ class Dispatcher:
         """Actions an earlier run committed that must not go out now (id -> why), whatever rule planned them:
         their client has asked not to be contacted since (`do_not_contact` means no action at all), or the
         invoice they chase is paid, or the client has been archived since (an import with --archive-missing
-        archives a client deleted in the CRM). The plan that committed them could not know; the one that
-        delivers them (a night later, or a replay) must not send them."""
+        archives a client deleted in the CRM), or the manager they go to has been deactivated since. The plan
+        that committed them could not know; the one that delivers them (a night later, or a replay) must
+        not send them."""
         out: dict[str, str] = {}
         clients: dict[str, Any] = {}
+        managers: dict[str, Any] = {}
         for e in earlier:
             cid = e.client_id
             if cid is None:
@@ -301,11 +303,30 @@ class Dispatcher:
             if c is not None and c.status == "archived":  # archived clients get nothing (deleted in the CRM?)
                 out[e.id] = "archived"
                 continue
+            if (gone := self._left(e, managers)) is not None:
+                out[e.id] = gone
+                continue
             invoice = e.action.evidence.get("invoice.id")  # a dunning step's invoice
             inv = self.store.get("invoices", invoice) if isinstance(invoice, str) else None
             if inv is not None and (why := dunning_over(inv, self.clock(), self.min_outstanding.get(e.rule, 0))):
                 out[e.id] = why
         return out
+
+    def _left(self, e: LedgerEntry, managers: dict[str, Any]) -> str | None:
+        """Why an earlier run's action must not go to its manager any more: the one a reassignment gives the
+        client to, or a task or message is for, has been deactivated since (or is gone from the data). A
+        night the CRM was down, then a morning export that deactivated the manager: the client went to
+        someone who had left, with its "call them" task."""
+        f = e.payload_fields
+        who = f.get("assignee_id") if e.type == "create_task" else f.get("to_manager_id")
+        if not who or e.type not in ("create_task", "reassign", "notify_manager", "escalate"):
+            return None
+        if who not in managers:
+            managers[who] = self.store.get("managers", who)
+        m = managers[who]
+        if m is None:
+            return f"manager {who} is no longer in the data"
+        return None if m.active else f"manager {who} is no longer active"
 
     def _attempt(
         self, e: LedgerEntry, attempts: dict[str, int], claims: dict[str, str | None], report: DispatchReport
