@@ -339,6 +339,23 @@ FORGOTTEN = {"id": "forgotten", "kind": "forgotten", "after": "60d"}
 RELEASE = {"id": "release", "kind": "release", "forgotten_rule": "forgotten", "grace": "14d"}
 
 
+@pytest.mark.parametrize(("chain", "to"), [("active", "boss"), ("boss left", "ceo"), ("all left", None)])
+def test_messages_for_the_supervisor_go_up_to_the_nearest_active_one(store: Store, chain: str, to: str | None) -> None:
+    """The escalation "nothing helped" went to a supervisor who had left, silently: it goes to the one above
+    (the head of sales), or is held back with no_recipient when nobody up the chain is active."""
+    store.add(managers=[{"id": "ceo", "active": chain != "all left"},
+                        {"id": "boss", "supervisor_id": "ceo", "active": chain == "active"},
+                        {"id": "m1", "supervisor_id": "boss"}],
+              clients=[{"id": "c1", "manager_id": "m1", "name": "Acme"}],
+              touches=[{"id": "t0", "client_id": "c1", "at": at(0), "kind": "call"}])  # fmt: skip
+    then = [{"create_task": {"title": "Call", "due_in": "1d"}}, {"escalate": {"to": "supervisor", "template": "x"}}]
+    e = engine_for(rules({**FORGOTTEN, "then": then}), store)
+    plan = e.plan(day(60))
+    assert [(a.type, getattr(a, "assignee_id", None) or getattr(a, "to_manager_id", None))
+            for a in plan.actions] == [("create_task", "m1"), *([("escalate", to)] if to else [])]  # fmt: skip
+    assert [s.reason_code for s in plan.suppressed] == ([] if to else ["no_recipient"])
+
+
 def test_escalate_released_client_forgotten_again(store: Store) -> None:
     base(store)
     store.add(touches=[{"id": "t0", "client_id": "c1", "at": at(0), "kind": "call"}])

@@ -347,6 +347,21 @@ _ROLES = frozenset({"manager", "supervisor", "new_manager"})
 _TO_WHOM = {"create_task": "to assign the task to", "notify_manager": "to notify", "escalate": "to escalate to"}
 
 
+_UNSET: Any = object()
+
+
+def _active_supervisor(manager: Manager, managers: Mapping[str, Manager]) -> Manager | None:
+    """The nearest active manager up the chain of supervisors: an escalation ("nothing helped") or a note
+    for the supervisor of a manager whose supervisor has left goes to the one above, not to someone who
+    will never read it. None when nobody up the chain is active."""
+    seen = {manager.id}
+    boss = managers.get(manager.supervisor_id or "")
+    while boss is not None and not boss.active and boss.supervisor_id and boss.id not in seen:
+        seen.add(boss.id)
+        boss = managers.get(boss.supervisor_id)
+    return boss if boss is not None and boss.active else None
+
+
 def _emit_group(
     prep: _Prep,
     ms: list[_Match],
@@ -365,6 +380,7 @@ def _emit_group(
     hold, make, new_id, plain = policies.hold, _make, action_id, _PLAIN
     evidence_cols, reason_of, fills = prep.evidence, prep.reason, prep.fills
     as_of_date, rule_id, tz = prep.as_of_date, rule.id, a.tz
+    bosses: dict[str, Any] = {}  # manager id -> its nearest active supervisor
     for m in ms:
         i, client, about = m.i, m.client, m.about
         threshold = str(m.threshold) if m.threshold is not None else ""
@@ -372,7 +388,10 @@ def _emit_group(
         taker = incoming if m.new_manager is None else None  # another rule of this plan reassigns the client
         owner = about or taker or m.owner  # whose client it is, when not the manager the data shows
         manager = owner or (get_manager(client.manager_id) if client is not None else None)
-        supervisor = get_manager(manager.supervisor_id) if manager and manager.supervisor_id else None
+        if manager is None or not manager.supervisor_id:
+            supervisor = None
+        elif (supervisor := bosses.get(manager.id, _UNSET)) is _UNSET:
+            supervisor = bosses[manager.id] = _active_supervisor(manager, managers)
         manager_id = (
             manager.id  # type: ignore[union-attr]
             if owner is not None
@@ -476,7 +495,7 @@ def _emit_group(
             if key in ledger:
                 suppressed.append(hold(esc, policies.DUPLICATE, _dup(ledger[key])))
             elif supervisor is None:
-                suppressed.append(hold(esc, policies.NO_RECIPIENT, f"manager {manager_id} has no supervisor"))
+                suppressed.append(hold(esc, policies.NO_RECIPIENT, f"manager {manager_id} has no active supervisor"))
             else:
                 actions.append(esc)
 
