@@ -8,7 +8,22 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .actions import Action, Suppression, parse_action
+from .actions import (
+    Action,
+    AnyAction,
+    CreateDeal,
+    CreateTask,
+    Escalate,
+    NotifyClient,
+    NotifyManager,
+    ProposeOffer,
+    Reassign,
+    StartProcess,
+    Suppression,
+    Tag,
+    Untag,
+    parse_action,
+)
 from .engine import Engine, Explanation
 from .errors import ArgumentError, DataError, DispatchError, RetainerError, RulesError, StoreError
 from .ledger import LedgerEntry, RunRecord, RunReport
@@ -19,31 +34,42 @@ from .stores import MemoryStore, SQLiteStore, Store, open_store
 
 __all__ = [
     "Action",
+    "AnyAction",
     "ArgumentError",
     "Client",
     "Contract",
+    "CreateDeal",
+    "CreateTask",
     "DataError",
     "Deal",
     "DispatchError",
     "Engine",
+    "Escalate",
     "Explanation",
     "Invoice",
     "LedgerEntry",
     "Manager",
     "MemoryStore",
+    "NotifyClient",
+    "NotifyManager",
     "Offer",
     "Plan",
+    "ProposeOffer",
+    "Reassign",
     "RetainerError",
     "RuleSet",
     "RulesError",
     "RunRecord",
     "RunReport",
     "SQLiteStore",
+    "StartProcess",
     "Store",
     "StoreError",
     "Suppression",
+    "Tag",
     "Task",
     "Touch",
+    "Untag",
     "__version__",
     "load_rules",
     "open_store",

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from ..actions import ACTION_TYPES
 from ..errors import RetainerError, did_you_mean
 from .base import ActionHandler, CallbackHandler, PermanentError
-from .dispatch import Dispatcher, DispatchReport, Retry
+from .dispatch import Dispatcher, DispatchReport, Handlers, Retry
 from .jsonl import JsonlHandler
 from .recording import RecordingHandler
 from .webhook import WebhookHandler
@@ -20,6 +20,7 @@ __all__ = [
     "CallbackHandler",
     "DispatchReport",
     "Dispatcher",
+    "Handlers",
     "JsonlHandler",
     "PermanentError",
     "RecordingHandler",
