@@ -188,8 +188,15 @@ def test_no_eligible_manager_escalates_to_the_supervisor(crm: Crm, rules: dict[s
     managers = {m["id"]: m for m in crm["managers"]}
     failed = [x for x in plan.suppressed if x.reason_code == "no_eligible_manager" and isinstance(x.action, Reassign)]
     escalations = {(a.rule, a.client_id): a for a in plan.actions if isinstance(a, Escalate)}
+    def nearest_active_supervisor(mid: str) -> str | None:  # who left is passed over for the one above
+        seen, sup = {mid}, managers.get(mid, {}).get("supervisor_id")
+        while sup in managers and not managers[sup].get("active", True) and sup not in seen:
+            seen.add(sup)
+            sup = managers[sup].get("supervisor_id")
+        return sup if sup in managers and managers[sup].get("active", True) else None
+
     for x in failed:
-        sup = managers.get(x.action.from_manager_id, {}).get("supervisor_id")
+        sup = nearest_active_supervisor(x.action.from_manager_id)
         if sup is None:
             assert (x.action.rule, x.action.client_id) not in escalations
         else:

@@ -224,6 +224,9 @@ def test_record_outcome(store: Store) -> None:
         engine.record_outcome("x", {"result": "completed"})
     with pytest.raises(RetainerError, match="mapping"):
         engine.record_outcome(e.id, "completed")  # type: ignore[arg-type]
+    with pytest.raises(retainer.ArgumentError, match="clock must return a timezone-aware datetime"):
+        engine.record_outcome(e.id, {"note": "x"}, clock=lambda: datetime(2026, 3, 3))  # memory: naive; SQLite: local
+    assert store.ledger()[0].outcome == {"result": "completed", "churn_reason": "price"}
 
 
 def test_a_second_run_while_one_is_in_progress_fails_fast(store: Store) -> None:

@@ -415,3 +415,24 @@ def test_every_iso_spelling_of_a_date_means_the_end_of_that_day(text: str) -> No
     a = parse_as_of(text, MSK)
     assert a.instant == datetime(2026, 3, 1, 23, 59, 59, tzinfo=MSK)
     assert parse_as_of("2026-03-01T00:00", MSK).instant == datetime(2026, 3, 1, tzinfo=MSK)
+
+
+def test_a_store_opened_without_a_zone_under_rules_in_another_zone_says_so() -> None:
+    """DESIGN §5's own example opens the store without `timezone=`: a call at 22:30 on Dec 31 (Moscow
+    time, written without an offset) was read as UTC, so Jan 1, and the task came a day late, silently."""
+    import retainer
+
+    rules = retainer.load_rules({"version": 1, "timezone": "Europe/Moscow",
+                                 "rules": [{"id": "f", "kind": "forgotten", "after": "60d"}]})  # fmt: skip
+    facts = {"managers": [{"id": "m1"}], "clients": [{"id": "c1", "manager_id": "m1"}],
+             "touches": [{"id": "t1", "client_id": "c1", "at": "2025-12-31T22:30"}]}  # fmt: skip
+    plain = retainer.open_store("memory://")
+    plain.add(**facts)
+    (warning,) = retainer.Engine(rules, plain).plan("2026-03-01").warnings
+    assert "opened without a timezone" in warning and "Europe/Moscow" in warning
+    for tz in ("UTC", "Europe/Moscow"):  # given: whatever it is, the caller chose it
+        chosen = retainer.open_store("memory://", timezone=tz)
+        chosen.add(**facts)
+        assert retainer.Engine(rules, chosen).plan("2026-03-01").warnings == []
+    utc_rules = retainer.load_rules({"version": 1, "rules": [{"id": "f", "kind": "forgotten", "after": "60d"}]})
+    assert retainer.Engine(utc_rules, plain).plan("2026-03-01").warnings == []

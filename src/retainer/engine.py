@@ -16,7 +16,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -46,6 +46,7 @@ from .rules.features import FeatureFrame, SubFrame, invoice_frame, manager_frame
 from .rules.kinds import CompiledRule
 from .rules.loader import RuleSet, load_rules
 from .rules.schema import ReassignSpec
+from .stores import DEFAULT_TZ
 from .stores.base import AggSpec, Store
 from .timeutil import AsOf, AsOfRangeError, Duration, parse_as_of
 
@@ -348,6 +349,12 @@ _TO_WHOM = {"create_task": "to assign the task to", "notify_manager": "to notify
 
 
 _UNSET: Any = object()
+
+
+def _not_utc(a: AsOf) -> bool:
+    """The rules' zone is ahead of or behind UTC at some time of as_of's year (winter or summer)."""
+    year = a.instant.year
+    return any(datetime(year, m, 1, tzinfo=UTC).astimezone(a.tz).utcoffset() for m in (1, 7))
 
 
 def _active_supervisor(manager: Manager, managers: Mapping[str, Manager]) -> Manager | None:
@@ -795,6 +802,12 @@ class Engine:
             "suppressed": dict(sorted(Counter(s.reason_code for s in suppressed).items())),
         }
         warnings += frame.warnings
+        if getattr(self.store, "tz", None) is DEFAULT_TZ and _not_utc(a):
+            warnings.append(
+                f"the store was opened without a timezone, so times written without an offset were read as UTC, "
+                f"while the rules count days in {self.rules.timezone}: open it with "
+                f"open_store(url, timezone=rules.timezone) unless the data's times are UTC"
+            )
         plan = Plan(
             a.instant.astimezone(a.tz),
             actions,
@@ -938,7 +951,10 @@ class Engine:
         stored with the action, which counts as `done` from then on."""
         if not isinstance(outcome, Mapping):
             raise RetainerError(f"an outcome is a mapping such as {{'result': 'completed'}}, not {outcome!r}")
-        return self.store.set_outcome(action_id, outcome, clock())
+        at = clock()
+        if not isinstance(at, datetime) or at.utcoffset() is None:  # read as UTC by one store, local by another
+            raise ArgumentError(f"clock must return a timezone-aware datetime, not {at!r}")
+        return self.store.set_outcome(action_id, outcome, at)
 
     # ------------------------------------------------------------------ explain
 

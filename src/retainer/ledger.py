@@ -170,11 +170,14 @@ def claim_alive(entry: LedgerEntry, now: datetime) -> bool:
     return not started or _start_time(pid) in ("", started)
 
 
-def check_query(status: Any, **lists: Any) -> None:
+def check_query(status: Any, since: Any = None, **lists: Any) -> None:
     """`ledger(status=..., ids=..., client_ids=..., types=...)` take lists, and statuses are known ones: a
-    bare string (read one character at a time) or a typo is a mistake, not an empty answer."""
+    bare string (read one character at a time) or a typo is a mistake, not an empty answer. `since` is an
+    aware datetime: a naive one was an error in one store and read as UTC by the other."""
     from .errors import ArgumentError, did_you_mean
 
+    if since is not None and (not isinstance(since, datetime) or since.utcoffset() is None):
+        raise ArgumentError(f"since is a timezone-aware datetime, e.g. datetime(2026, 3, 1, tzinfo=UTC), not {since!r}")
     for name, v in lists.items():
         if isinstance(v, str):
             raise ArgumentError(f"{name} is a list, e.g. [{v!r}]")

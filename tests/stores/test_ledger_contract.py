@@ -117,6 +117,9 @@ def test_ledger_filters_by_type_and_planned_since(store: Store) -> None:
     assert [e.key for e in store.ledger(since=early, types=["create_task"], client_ids=["c1"])] == ["k1"]
     (e,) = store.ledger(rule="o")
     assert e.client_id is None and e.action.client_id is None  # a manager-level action has no client
+    for bad in (datetime(2026, 3, 1), "2026-03-01", date(2026, 3, 1)):  # an error in one store, UTC in the other
+        with pytest.raises(retainer.ArgumentError, match="since is a timezone-aware datetime"):
+            store.ledger(since=bad)  # type: ignore[arg-type]
 
 
 def test_attempts_count_only_for_active_actions(store: Store) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, tzinfo
+from datetime import timedelta, tzinfo
+from datetime import timezone as _timezone
 from pathlib import Path
+from typing import Final
 
 from ..errors import ArgumentError, StoreError
 from .base import AggSpec, Pred, Store
@@ -45,10 +47,15 @@ def register(scheme: str, factory: Factory) -> None:
     SCHEMES[scheme] = factory
 
 
-def open_store(url: str, *, timezone: tzinfo | str = UTC, create: bool = True) -> Store:
+#: UTC, when the caller gave no zone: an engine whose rules count days in another zone says so in its plans
+DEFAULT_TZ: Final = _timezone(timedelta(0), "UTC")
+
+
+def open_store(url: str, *, timezone: tzinfo | str = DEFAULT_TZ, create: bool = True) -> Store:
     """Open a store from a URL; a bare path ending in .db/.sqlite/.sqlite3 means SQLite.
 
-    `timezone` is how naive timestamps in added rows are read (the CLI passes the rule set's).
+    `timezone` is how naive timestamps in added rows are read (the CLI passes the rule set's); UTC when
+    not given.
     `create=False` is for readers: a mistyped path is an error, not a new empty CRM with nothing to do.
     """
     from ..timeutil import get_tz

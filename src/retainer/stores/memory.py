@@ -299,7 +299,7 @@ class MemoryStore:
         since: datetime | None = None,
         limit: int | None = None,
     ) -> list[LedgerEntry]:
-        check_query(status, ids=ids, client_ids=client_ids, types=types)
+        check_query(status, since, ids=ids, client_ids=client_ids, types=types)
         idset = set(ids) if ids is not None else None
         cset = set(client_ids) if client_ids is not None else None
         rows: Iterable[LedgerEntry]

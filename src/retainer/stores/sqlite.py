@@ -1543,7 +1543,7 @@ class SQLiteStore:
         since: datetime | None = None,
         limit: int | None = None,
     ) -> list[LedgerEntry]:
-        check_query(status, ids=ids, client_ids=client_ids, types=types)
+        check_query(status, since, ids=ids, client_ids=client_ids, types=types)
         where: list[str] = []
         params: list[Any] = []
         if since is not None:
