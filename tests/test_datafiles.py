@@ -141,6 +141,27 @@ def test_a_misnamed_file_is_an_error_not_silently_skipped(tmp_path: Path, name: 
     assert needle in str(info.value) and info.value.file == str(d / name)
 
 
+@pytest.mark.parametrize("name", ["touches.ndjson", "touches.json", "Touches.tsv", "touches.txt", "touches.xlsx",
+                                  "touches.csv.gz", "touches.csv.bak"])
+def test_an_entity_file_in_a_format_not_read_is_an_error_not_silently_skipped(tmp_path: Path, name: str) -> None:
+    """`touches.ndjson` skipped without a word made every client look forgotten (mass reassignments)."""
+    d = tmp_path / "crm"
+    shutil.copytree(CRM, d)
+    (d / "touches.csv").rename(d / name)
+    with pytest.raises(retainer.DataError) as info:
+        open_source(str(d), UTC)
+    assert info.value.file == str(d / name)
+    assert str(info.value).startswith(f"{d / name}: not read; retainer reads touches.csv or touches.jsonl")
+
+
+def test_files_that_are_not_data_are_ignored(tmp_path: Path) -> None:
+    d = tmp_path / "crm"
+    shutil.copytree(CRM, d)
+    for name in ("README.md", ".gitkeep", ".~lock.touches.csv#", "notes.txt", "export.log"):
+        (d / name).write_text("x\n")
+    assert open_source(str(d), UTC).count("touches") > 0
+
+
 def test_empty_required_cell_and_bad_date_messages(tmp_path: Path) -> None:
     d = tmp_path / "crm"
     shutil.copytree(CRM, d)

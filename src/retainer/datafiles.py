@@ -37,11 +37,22 @@ def data_files(folder: Path) -> dict[str, Path]:
         if paths:
             found[entity] = paths[0]
     expected = f"expected {', '.join(e + '.csv' for e in ENTITIES)} (or .jsonl)"
-    # a misspelt file would silently drop every row in it (every client looks forgotten): refuse it
+    # a file that is not read would silently drop every row in it (every client looks forgotten): refuse a
+    # misspelt name (`Touches.csv`) and an entity's rows in a format retainer does not read (`touches.ndjson`,
+    # `touches.xlsx`); other files (README.md, .gitkeep, an editor's lock file) are not meant as data
     for p in sorted(folder.iterdir()):
-        if p.suffix.lower() in (".csv", ".jsonl") and p not in found.values():
-            did = did_you_mean(p.name.lower(), [e + p.suffix.lower() for e in ENTITIES], quote=False)
+        if p in found.values():
+            continue
+        suffix, stem = p.suffix.lower(), p.name.split(".", 1)[0].lower()
+        if suffix in (".csv", ".jsonl"):
+            did = did_you_mean(p.name.lower(), [e + suffix for e in ENTITIES], quote=False)
             raise DataError(f"unknown data file {p.name}{did} ({expected})", file=str(p))
+        if stem in ENTITIES:
+            raise DataError(
+                f"not read; retainer reads {stem}.csv or {stem}.jsonl (one JSON object per line): "
+                "convert or rename it, or move it out of the folder",
+                file=str(p),
+            )
     if not found:
         raise DataError(f"no data files in {folder}: {expected}")
     return found
