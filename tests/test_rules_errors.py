@@ -1045,3 +1045,37 @@ def test_shares_take_percent_text(store: Store) -> None:
         rules = {"version": 1, "rules": [{"id": "late", "category": "retention", "then": [{"tag": "late"}],
                                           "when": {"contract_progress": {"gt": bound}}}]}  # fmt: skip
         assert bool(engine_for(rules, store).plan(as_of).actions) is hit, bound
+
+
+@pytest.mark.parametrize("cond", ["{gte: .nan}", '{gte: "NaN"}', "{lt: .inf}", '{gt: "-Infinity"}', "{gte: 1.0e+400}",
+                                  "{between: [.nan, 5]}", "{in: [5, .nan]}", ".nan"])
+def test_a_threshold_that_is_not_a_finite_number_is_refused(tmp_path: Path, cond: str) -> None:
+    """NaN passed validate, then every plan crashed with decimal.InvalidOperation (inside between, validate
+    itself did); infinity made the rule silently never (or always) match."""
+    err, p = load_error(tmp_path, f"""
+        version: 1
+        rules:
+          - id: g
+            when: {{revenue_365d: {cond}}}
+            then: [{{tag: x}}]
+        """)
+    assert_error(err, p, 4, "g", "revenue_365d", "is not a finite number")
+
+
+def test_a_non_finite_number_in_a_named_feature_is_refused(tmp_path: Path) -> None:
+    err, p = load_error(tmp_path, """
+        version: 1
+        features:
+          big: {sum: invoices.amount, where: {amount: {gte: .nan}}}
+        rules:
+          - id: g
+            when: {big: {gte: 1}}
+            then: [{tag: x}]
+        """)
+    assert_error(err, p, 3, None, "amount", "is not a finite number")
+
+
+def test_a_non_finite_number_for_a_client_attribute_is_refused() -> None:
+    with pytest.raises(RulesError, match=r"attributes.score: nan is not a finite number"):
+        retainer.load_rules({"version": 1, "rules": [
+            {"id": "g", "when": {"attributes.score": {"gte": float("nan")}}, "then": [{"tag": "x"}]}]})

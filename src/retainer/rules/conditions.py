@@ -6,6 +6,7 @@ A leaf compares one feature with a value. A missing value (None) makes every op 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -559,6 +560,8 @@ def _scalar(v: Any, ftype: str, feature: str, tz: Any, path: Path) -> Any:
                     d = Decimal(v.strip()[:-1].strip()) / 100
                 else:
                     d = Decimal(str(v))
+                if not d.is_finite():  # NaN crashed every plan at its first comparison; infinity never matches
+                    raise ConditionError(f"{feature} is {ftype}; {v!r} is not a finite number", path)
                 if feature == "contract_progress" and not 0 <= d <= 1:
                     return _out_of_share(v, d, path)
                 return int(d) if ftype == "int" and d == int(d) else d
@@ -575,6 +578,8 @@ def _scalar(v: Any, ftype: str, feature: str, tz: Any, path: Path) -> Any:
                     raise TypeError
                 return str(v)
             case _:
+                if isinstance(v, float) and not math.isfinite(v):  # compared per client, as with a number
+                    raise ConditionError(f"{feature}: {v!r} is not a finite number", path)
                 return v
     except ConditionError:
         raise
