@@ -295,3 +295,27 @@ def test_a_full_export_archives_the_clients_it_no_longer_lists(tmp_path: Path, b
     with pytest.raises(retainer.DataError, match="the clients file lists no client: archiving all"):
         import_data(d, store, replace=True, archive_missing=True)
     assert [(c.id, c.status) for c in store.iter("clients")] == before  # type: ignore[attr-defined]
+
+
+def test_a_repeated_key_in_a_jsonl_row_is_refused(tmp_path: Path) -> None:
+    """json kept the last client_id silently: the touch counted for another client, as a CSV column twice is
+    refused."""
+    _to_jsonl(CRM, tmp_path / "j")
+    p = tmp_path / "j" / "touches.jsonl"
+    p.write_text('{"id": "t1", "client_id": "c1", "at": "2025-12-20T10:00", "client_id": "c2"}\n')
+    with pytest.raises(retainer.DataError) as info:
+        open_source(str(tmp_path / "j"), UTC)
+    assert str(info.value).startswith(f"{p}:1 field client_id: duplicate key 'client_id'"), str(info.value)
+
+
+def test_a_repeated_key_in_a_csv_attributes_cell_is_refused(tmp_path: Path) -> None:
+    d = tmp_path / "crm"
+    shutil.copytree(CRM, d)
+    p = d / "clients.csv"
+    lines = p.read_text().splitlines()
+    lines[0] += ",attributes"
+    lines[1] += ',"{""segment"": ""a"", ""segment"": ""b""}"'
+    lines[2:] = [line + "," for line in lines[2:]]
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(retainer.DataError, match=r"clients.csv:2 id=c1 field attributes: .*duplicate key 'segment'"):
+        open_source(str(d), UTC)

@@ -1079,3 +1079,12 @@ def test_a_non_finite_number_for_a_client_attribute_is_refused() -> None:
     with pytest.raises(RulesError, match=r"attributes.score: nan is not a finite number"):
         retainer.load_rules({"version": 1, "rules": [
             {"id": "g", "when": {"attributes.score": {"gte": float("nan")}}, "then": [{"tag": "x"}]}]})
+
+
+def test_a_repeated_key_in_a_json_rule_file_is_refused_with_its_line(tmp_path: Path) -> None:
+    """json.loads kept the last `after` silently: the rule ran with 30d, as YAML and CSV refuse a repeat."""
+    text = '{\n "version": 1,\n "rules": [\n  {"id": "f", "kind": "forgotten", "after": "60d", "after": "30d"}\n ]\n}'
+    err, p = load_error(tmp_path, text, name="rules.json")
+    assert_error(err, p, 4, None, "duplicate key 'after'")
+    with pytest.raises(RulesError, match="duplicate key 'after'"):  # JSON text, and JSON YAML cannot read (a tab)
+        retainer.load_rules(text.replace('"version"', '\t"version"').replace("\n", " "))

@@ -15,7 +15,7 @@ from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError, did_you_mean
+from .errors import DataError, RepeatedKeyError, did_you_mean, unique_keys
 from .model import ENTITIES
 from .stores import MemoryStore, Store, open_store
 from .stores._ingest import Batch, validate_rows
@@ -148,7 +148,10 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(line, object_pairs_hook=unique_keys)
+            except RepeatedKeyError as exc:
+                raise DataError(f"{exc}: json would keep the last value silently", file=str(path), row=n,
+                                field=exc.key) from None  # fmt: skip
             except ValueError as exc:
                 raise DataError(f"not valid JSON: {exc.msg}", file=str(path), row=n) from None
             if not isinstance(obj, dict):

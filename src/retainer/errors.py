@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Any
 
 
 class RetainerError(Exception):
@@ -77,3 +78,23 @@ def did_you_mean(word: str, choices: Iterable[str], *, n: int = 1, quote: bool =
     if not close:
         return ""
     return f"; did you mean {', '.join(repr(c) if quote else c for c in close)}?"
+
+
+class RepeatedKeyError(ValueError):
+    """A JSON object names a key twice. Raised by `unique_keys`; each reader turns it into its own error
+    with the file and line."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"duplicate key {key!r}")
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`object_pairs_hook` for `json.loads`: json keeps the last of a repeated key silently (a threshold or a
+    touch's client_id replaced without a word); YAML rule files and CSV headers already refuse a repeat."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise RepeatedKeyError(k)
+        out[k] = v
+    return out

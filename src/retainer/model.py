@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from .errors import RepeatedKeyError, unique_keys
 from .timeutil import parse_instant
 
 __all__ = [
@@ -137,7 +138,9 @@ class Client(Entity):
     def _parse_attributes(cls, v: Any) -> Any:
         if isinstance(v, str):
             try:
-                return json.loads(v)
+                return json.loads(v, object_pairs_hook=unique_keys)
+            except RepeatedKeyError as exc:
+                raise ValueError(f"attributes: {exc}") from None
             except ValueError as exc:
                 raise ValueError("attributes must be a JSON object") from exc
         return v
