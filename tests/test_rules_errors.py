@@ -1088,3 +1088,24 @@ def test_a_repeated_key_in_a_json_rule_file_is_refused_with_its_line(tmp_path: P
     assert_error(err, p, 4, None, "duplicate key 'after'")
     with pytest.raises(RulesError, match="duplicate key 'after'"):  # JSON text, and JSON YAML cannot read (a tab)
         retainer.load_rules(text.replace('"version"', '\t"version"').replace("\n", " "))
+
+
+@pytest.mark.parametrize(("value", "shown"), [("[60d]", "['60d']"), ("{d: 60}", "{'d': 60}")])
+def test_a_duration_that_is_a_list_or_mapping_is_a_rules_error(tmp_path: Path, value: str, shown: str) -> None:
+    """`after: [60d]` was a TypeError traceback (unhashable type: 'list') from validate and load_rules."""
+    err, p = load_error(tmp_path, f"""
+        version: 1
+        rules:
+          - id: f
+            kind: forgotten
+            after: {value}
+        """)
+    assert_error(err, p, 5, "f", f"invalid duration {shown}: expected a string like 60d")
+    err, p = load_error(tmp_path, f"""
+        version: 1
+        rules:
+          - id: g
+            when: {{last_activity_at: {{older_than: {value}}}}}
+            then: [{{tag: x}}]
+        """)
+    assert_error(err, p, 4, "g", f"invalid duration {shown}")

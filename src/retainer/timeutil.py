@@ -116,7 +116,6 @@ def _within_limit(d: Duration, value: object) -> Duration:
     return d
 
 
-@lru_cache(maxsize=1024)
 def parse_duration(value: str | int) -> Duration:
     """Parse `45d`, `6w`, `2mo`, `1y`, `36h` or ISO 8601 (`P60D`, `P1Y2M`, `PT36H`).
 
@@ -125,12 +124,17 @@ def parse_duration(value: str | int) -> Duration:
     """
     if isinstance(value, bool):
         raise DurationError(f"invalid duration {value!r}")
+    if not isinstance(value, int | str):  # checked before the cache, which cannot hash `after: [60d]`
+        raise DurationError(f"invalid duration {value!r}: expected a string like 60d")
+    return _parse_duration(value)
+
+
+@lru_cache(maxsize=1024)
+def _parse_duration(value: str | int) -> Duration:
     if isinstance(value, int):
         if value < 0:
             raise DurationError(f"duration must not be negative: {value}")
         return _within_limit(Duration(days=value, text=f"{value}d"), value)
-    if not isinstance(value, str):
-        raise DurationError(f"invalid duration {value!r}: expected a string like 60d")
     s = value.strip()
     m = _SHORT.match(s)
     if m:
