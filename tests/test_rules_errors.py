@@ -1109,3 +1109,19 @@ def test_a_duration_that_is_a_list_or_mapping_is_a_rules_error(tmp_path: Path, v
             then: [{{tag: x}}]
         """)
     assert_error(err, p, 4, "g", f"invalid duration {shown}")
+
+
+def test_a_json_rule_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    """Notepad writes one; YAML rule files and data files took it, JSON said "decode using utf-8-sig"."""
+    p = tmp_path / "rules.json"
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps(RULE_DICT, indent=2).encode())
+    assert retainer.load_rules(p).digest == retainer.load_rules(RULE_DICT).digest
+
+
+def test_a_rule_file_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
+    """A Russian comment saved in cp1251 was reported by byte position, not by line."""
+    p = tmp_path / "rules.yaml"
+    p.write_bytes("version: 1\n# Привет\nrules:\n  - {id: f, kind: forgotten, after: 60d}\n".encode("cp1251"))
+    with pytest.raises(RulesError) as info:
+        retainer.load_rules(p)
+    assert_error(info.value, str(p), 2, None, "not UTF-8 text (byte 0xcf in column 3); save the file as UTF-8")

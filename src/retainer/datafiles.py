@@ -15,7 +15,7 @@ from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError, RepeatedKeyError, did_you_mean, unique_keys
+from .errors import DataError, RepeatedKeyError, did_you_mean, not_utf8, unique_keys
 from .model import ENTITIES
 from .stores import MemoryStore, Store, open_store
 from .stores._ingest import Batch, validate_rows
@@ -59,18 +59,8 @@ def data_files(folder: Path) -> dict[str, Path]:
 
 
 def _not_utf8(path: Path) -> DataError:
-    """The first line of `path` that is not UTF-8 (read again as bytes: only on the error path)."""
-    with path.open("rb") as f:
-        for n, raw in enumerate(f, start=1):
-            try:
-                raw.decode("utf-8-sig" if n == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                bad = raw[exc.start : exc.start + 1].hex()
-                return DataError(
-                    f"not UTF-8 text (byte 0x{bad} in column {exc.start + 1}); save the file as UTF-8",
-                    file=str(path), row=n,
-                )  # fmt: skip
-    return DataError("not UTF-8 text; save the file as UTF-8", file=str(path))
+    line, message = not_utf8(path)
+    return DataError(message, file=str(path), row=line)
 
 
 def _utf8(path: Path, rows: Iterator[Any]) -> Iterator[Any]:

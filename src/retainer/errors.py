@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 
@@ -78,6 +79,19 @@ def did_you_mean(word: str, choices: Iterable[str], *, n: int = 1, quote: bool =
     if not close:
         return ""
     return f"; did you mean {', '.join(repr(c) if quote else c for c in close)}?"
+
+
+def not_utf8(path: Path) -> tuple[int | None, str]:
+    """The first line of `path` that is not UTF-8 and what to say about it, for a rule or data file's error
+    (read again as bytes: only on the error path)."""
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                bad = raw[exc.start : exc.start + 1].hex()
+                return n, f"not UTF-8 text (byte 0x{bad} in column {exc.start + 1}); save the file as UTF-8"
+    return None, "not UTF-8 text; save the file as UTF-8"
 
 
 class RepeatedKeyError(ValueError):
