@@ -162,6 +162,35 @@ def test_files_that_are_not_data_are_ignored(tmp_path: Path) -> None:
     assert open_source(str(d), UTC).count("touches") > 0
 
 
+def _clients(d: Path, rows: int, name_of: Any) -> Path:
+    shutil.copytree(CRM, d)
+    p = d / "clients.csv"
+    lines = ["id,manager_id,name,status,tags,contact_policy,created_at"]
+    lines += [f"c{i},m1,{name_of(i)},active,,ok,2025-01-10" for i in range(1, rows + 1)]
+    p.write_text("\n".join(lines) + "\n")
+    for f in d.iterdir():  # only the clients and managers: the example's facts name clients c1..c6
+        if f.stem not in ("clients", "managers"):
+            f.unlink()
+    return p
+
+
+def test_a_quote_left_open_in_a_big_file_is_reported_on_its_line(tmp_path: Path) -> None:
+    """Over the csv module's 128 KB cell limit the runaway quote was a `_csv.Error` traceback, exit 1."""
+    p = _clients(tmp_path / "d", 5000, lambda i: '"OOO ""Romashka""' if i == 10 else f"Client {i}")
+    with pytest.raises(retainer.DataError) as e:
+        import_data(tmp_path / "d", retainer.open_store("memory://"))
+    assert str(e.value).startswith(f'{p}:11: a quote (") opened on this line is not closed, so lines 11 to '), str(
+        e.value
+    )
+
+
+def test_a_cell_over_the_csv_limit_is_reported_on_its_line(tmp_path: Path) -> None:
+    p = _clients(tmp_path / "d", 3, lambda i: "x" * 200_000 if i == 2 else f"Client {i}")
+    with pytest.raises(retainer.DataError) as e:
+        import_data(tmp_path / "d", retainer.open_store("memory://"))
+    assert str(e.value).startswith(f"{p}:3: a cell is longer than 131,072 characters"), str(e.value)
+    assert ".jsonl" in str(e.value)
+
 def test_empty_required_cell_and_bad_date_messages(tmp_path: Path) -> None:
     d = tmp_path / "crm"
     shutil.copytree(CRM, d)

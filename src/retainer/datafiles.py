@@ -77,11 +77,36 @@ def _csv_rows(path: Path, entity: str) -> tuple[list[str], Iterator[tuple[int, l
     fields = set(ENTITIES[entity].model_fields)
     f = path.open(newline="", encoding="utf-8-sig")
     reader = csv.reader(f)
+
+    def path_line(n: int) -> str:
+        """Line n of the file (on the error path only)."""
+        with path.open(encoding="utf-8-sig", errors="replace") as g:
+            return next(itertools.islice(g, n - 1, None), "")
+
+    def runaway(start: int, what: str) -> str | None:
+        """Why the row from line `start` ran on to the current line, if a quote opened there never closed."""
+        if reader.line_num > start and '"' in path_line(start):
+            return (f'a quote (") opened on this line is not closed, so lines {start} to {reader.line_num} were '
+                    f"read as one {what}")  # fmt: skip
+        return None
+
+    def unreadable(exc: csv.Error, start: int) -> DataError:
+        """A cell over the csv module's limit (128 KB): as a rule a quote that never closed in a big file."""
+        if quote := runaway(start, "cell"):
+            return DataError(quote, file=str(path), row=start)
+        if "field larger" in str(exc):
+            return DataError(f"a cell is longer than {csv.field_size_limit():,} characters, the most a CSV cell may "
+                             f"hold; write such rows to {entity}.jsonl", file=str(path), row=start)  # fmt: skip
+        return DataError(f"not readable as CSV: {exc}", file=str(path), row=reader.line_num)
+
     try:
         header = next(reader, None)
     except UnicodeDecodeError:
         f.close()
         raise _not_utf8(path) from None
+    except csv.Error as exc:
+        f.close()
+        raise unreadable(exc, 1) from None
     if header is None:
         f.close()
         return [], iter(())
@@ -106,28 +131,23 @@ def _csv_rows(path: Path, entity: str) -> tuple[list[str], Iterator[tuple[int, l
         width = len(header)
         with f:
             start = reader.line_num + 1
-            for row in reader:
-                if len(row) != width or not row[0] or row[0].isspace():
-                    if not "".join(row).strip():  # a blank line, or only empty cells
-                        start = reader.line_num + 1
-                        continue
-                    if len(row) != width:
-                        if reader.line_num > start and '"' in path_line(start):  # a quote that never closed
+            try:
+                for row in reader:
+                    if len(row) != width or not row[0] or row[0].isspace():
+                        if not "".join(row).strip():  # a blank line, or only empty cells
+                            start = reader.line_num + 1
+                            continue
+                        if len(row) != width:
+                            if quote := runaway(start, "row"):
+                                raise DataError(f"expected {width} cells, found {len(row)}: {quote}", file=str(path),
+                                                row=start)  # fmt: skip
                             raise DataError(
-                                f"expected {width} cells, found {len(row)}: a quote (\") opened on this line "
-                                f"is not closed, so lines {start} to {reader.line_num} were read as one row",
-                                file=str(path), row=start,
-                            )  # fmt: skip
-                        raise DataError(
-                            f"expected {width} cells, found {len(row)}", file=str(path), row=reader.line_num
-                        )
-                yield reader.line_num, row
-                start = reader.line_num + 1
-
-    def path_line(n: int) -> str:
-        """Line n of the file (on the error path only)."""
-        with path.open(encoding="utf-8-sig", errors="replace") as g:
-            return next(itertools.islice(g, n - 1, None), "")
+                                f"expected {width} cells, found {len(row)}", file=str(path), row=reader.line_num
+                            )
+                    yield reader.line_num, row
+                    start = reader.line_num + 1
+            except csv.Error as exc:
+                raise unreadable(exc, start) from None
 
     return header, rows()
 
