@@ -214,6 +214,17 @@ def test_plan_missing_rules_and_data_exit_2(tmp_path: Path) -> None:
     assert r.returncode == 2 and "scheme" in r.stderr
 
 
+def test_a_store_urls_password_is_never_echoed() -> None:
+    """Cron mail and CI logs kept `postgresql://crm:S3cretPass@db.internal/crm` from the error message."""
+    r = run("plan", "--rules", str(RULES), "--data", "postgresql://crm:S3cretPass@db.internal/crm?sslpassword=x",
+            "--as-of", "2026-03-01")  # fmt: skip
+    assert r.returncode == 2 and "'postgresql://***@db.internal/crm?***'" in r.stderr, r.stderr
+    assert "S3cretPass" not in r.stderr
+    with pytest.raises(retainer.StoreError) as info:
+        retainer.open_store("sqlite://crm:S3cretPass@db.internal/crm.db")
+    assert "S3cretPass" not in str(info.value) and "'sqlite://***@db.internal/crm.db'" in str(info.value)
+
+
 def _bad_crm(tmp_path: Path) -> Path:
     d = tmp_path / "crm"
     shutil.copytree(CRM, d)

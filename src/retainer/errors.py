@@ -6,6 +6,7 @@ import difflib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 
 class RetainerError(Exception):
@@ -79,6 +80,18 @@ def did_you_mean(word: str, choices: Iterable[str], *, n: int = 1, quote: bool =
     if not close:
         return ""
     return f"; did you mean {', '.join(repr(c) if quote else c for c in close)}?"
+
+
+def redact(url: str) -> str:
+    """`https://user:secret@crm/hook?token=x` -> `https://***@crm/hook?***`: webhook and store URLs end up in
+    messages, and those in cron mail and CI logs. A URL with nothing to hide is shown as written."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc and not parts.query and not parts.fragment:
+        return url
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
 
 
 def not_utf8(path: Path) -> tuple[int | None, str]:
