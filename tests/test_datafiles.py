@@ -348,3 +348,44 @@ def test_a_repeated_key_in_a_csv_attributes_cell_is_refused(tmp_path: Path) -> N
     p.write_text("\n".join(lines) + "\n")
     with pytest.raises(retainer.DataError, match=r"clients.csv:2 id=c1 field attributes: .*duplicate key 'segment'"):
         open_source(str(d), UTC)
+
+
+def test_1c_empty_date_reads_as_an_empty_cell(tmp_path: Path) -> None:
+    """1C writes 0001-01-01T00:00:00 for "no date": in Moscow it was an OverflowError traceback, in UTC a task
+    done (or an invoice paid) in year 1."""
+    d = tmp_path / "crm"
+    shutil.copytree(CRM, d)
+    p = d / "tasks.csv"
+    lines = p.read_text().splitlines()
+    assert lines[0] == "id,client_id,manager_id,created_at,due_at,done_at,status,kind,source"
+    p.write_text("\n".join([*lines, "k2,c4,m2,2025-12-02T09:00,0001-01-01T00:00:00,0001-01-01,open,call,crm"]) + "\n")
+    for zone in ("Europe/Moscow", "UTC", "America/New_York"):
+        store = retainer.open_store("memory://", timezone=zone)
+        import_data(d, store)
+        task = store.get("tasks", "k2")
+        assert (task.due_at, task.done_at) == (None, None)
+        assert "due_at" not in task.model_fields_set  # as an empty cell: the default, not a value
+    p.write_text("\n".join([*lines, "k2,c4,m2,0001-01-01T00:00:00,,,open,call,crm"]) + "\n")
+    with pytest.raises(retainer.DataError) as e:
+        import_data(d, retainer.open_store("memory://", timezone="Europe/Moscow"))
+    assert str(e.value) == (f"{p}:{len(lines) + 1} id=k2 field created_at: '0001-01-01T00:00:00' is 1C's empty date, "
+                            "and this field needs a date")
+
+
+@pytest.mark.parametrize("zone", ["Europe/Moscow", "UTC"])
+@pytest.mark.parametrize("when", ["9999-12-31T23:59:59-12:00", "0001-01-01T03:00:00", "1899-12-31", "3000-01-01"])
+def test_a_date_outside_the_years_1900_to_2999_names_its_row_and_field(tmp_path: Path, when: str, zone: str) -> None:
+    """`0001-01-01` (in Moscow) or `9999-12-31T23:59:59-12:00` was an uncaught OverflowError, exit 1."""
+    d = tmp_path / "crm"
+    shutil.copytree(CRM, d)
+    p = d / "tasks.csv"
+    lines = p.read_text().splitlines()
+    p.write_text("\n".join([*lines, f"k2,c4,m2,2025-12-02T09:00,{when},,open,call,crm"]) + "\n")
+    with pytest.raises(retainer.DataError) as e:
+        import_data(d, retainer.open_store("memory://", timezone=zone))
+    assert str(e.value) == (f"{p}:{len(lines) + 1} id=k2 field due_at: invalid date/time {when!r}: dates must lie "
+                            "between the years 1900 and 2999 (leave the cell empty for none)")
+    store = retainer.open_store("memory://", timezone=zone)
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}])
+    with pytest.raises(retainer.DataError, match=r"touches\[0\] id=t1 field at: .*between the years 1900 and 2999"):
+        store.add(touches=[{"id": "t1", "client_id": "c1", "at": when}])

@@ -1125,3 +1125,19 @@ def test_a_rule_file_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
     with pytest.raises(RulesError) as info:
         retainer.load_rules(p)
     assert_error(info.value, str(p), 2, None, "not UTF-8 text (byte 0xcf in column 3); save the file as UTF-8")
+
+
+
+@pytest.mark.parametrize("cond", ["{gte: 0001-01-01T00:00:00}", "{lte: 9999-12-31}",
+                                  "{between: [2026-01-01, 9999-12-31]}", '{gt: "9999-12-31T23:59:59-12:00"}'])
+def test_a_date_outside_the_years_1900_to_2999_in_a_rule_is_refused(tmp_path: Path, cond: str) -> None:
+    """In Moscow `0001-01-01` (and `9999-12-31` with `lte`, in any zone) was an OverflowError from validate."""
+    err, p = load_error(tmp_path, f"""
+        version: 1
+        timezone: Europe/Moscow
+        rules:
+          - id: g
+            when: {{created_at: {cond}}}
+            then: [{{tag: x}}]
+        """)
+    assert_error(err, p, 5, "g", "created_at: ", "dates must lie between the years 1900 and 2999")

@@ -18,10 +18,12 @@ from ..stores.base import COMPARE
 from ..timeutil import (
     MAX_DURATION_YEARS,
     AsOf,
+    DateRangeError,
     Duration,
     DurationError,
     DurationTooLongError,
     add_durations,
+    day_start,
     parse_duration,
     parse_instant,
 )
@@ -97,7 +99,7 @@ def _fmt(v: Any) -> str:
     """As an analyst reads it: `none` rather than None, tags as a plain list."""
     if v is None:
         return "none"
-    if isinstance(v, datetime):
+    if isinstance(v, date):
         return v.isoformat()
     if isinstance(v, frozenset | set):
         return ", ".join(sorted(map(str, v))) if v else "none"
@@ -516,9 +518,10 @@ def _coerce(op: str, v: Any, ftype: str, feature: str, tz: Any, path: Path) -> A
         return str(v)
     if ftype == "set":
         raise ConditionError(f"{feature} is a set: use contains, or exists", path)
+    value = _scalar(v, ftype, feature, tz, path)
     if ftype == "datetime" and op in ("lte", "gt") and (day := _day(v)) is not None:
         return _last_second(day, tz)  # on or before the day / after the day: its whole day, not its midnight
-    return _scalar(v, ftype, feature, tz, path)
+    return value
 
 
 def _day(v: Any) -> date | None:
@@ -534,8 +537,9 @@ def _day(v: Any) -> date | None:
 
 
 def _last_second(d: date, tz: Any) -> datetime:
-    """The last second of a day in the rule set's zone: instants are kept to the second."""
-    return parse_instant(d + timedelta(days=1), tz) - timedelta(seconds=1)
+    """The last second of a day in the rule set's zone (a day parse_instant took): instants are kept to the
+    second."""
+    return day_start(d + timedelta(days=1), tz) - timedelta(seconds=1)
 
 
 def _is_share(feature: str) -> bool:
@@ -572,7 +576,10 @@ def _scalar(v: Any, ftype: str, feature: str, tz: Any, path: Path) -> Any:
             case "datetime":
                 if not isinstance(v, str | date):
                     raise TypeError
-                return parse_instant(v, tz)
+                try:
+                    return parse_instant(v, tz)
+                except DateRangeError as exc:
+                    raise ConditionError(f"{feature}: {_fmt(v)}: {exc}", path) from None
             case "str" | "set":
                 if isinstance(v, list | dict):
                     raise TypeError
