@@ -55,6 +55,10 @@ def test_the_python_api_takes_iso_text_and_says_which_date_is_wrong(tmp_path: Pa
     assert by_text.days == by_date.days and by_text.per_rule() == by_date.per_rule()
     with pytest.raises(RetainerError, match="the end must be a date like 2026-03-01, not 'soon'"):
         backtest(rules, store, "2026-01-20", "soon")
+    with pytest.raises(RetainerError, match="the end 9999-12-31: dates must lie between the years 1900 and 2999"):
+        backtest(rules, store, "2026-01-20", "9999-12-31")  # stepping past year 9999 was an OverflowError
+    with pytest.raises(RetainerError, match="the start 0001-01-01: dates must lie between the years 1900 and 2999"):
+        backtest(rules, store, date(1, 1, 1), "2026-02-20")
     with pytest.raises(RetainerError, match="method 'fast': use sweep or replan"):
         backtest(rules, store, "2026-01-20", "2026-02-20", method="fast")
 

@@ -195,6 +195,9 @@ def test_plan_jsonl_and_table() -> None:
         (["--as-of", "2026-13-01"], "invalid as_of '2026-13-01': no such date or time (month must be in 1..12)"),
         (["--as-of", "2026-02-29"], "no such date or time (day is out of range for month)"),
         (["--as-of", "soon"], "invalid as_of 'soon': use a date (2026-03-01) or ISO 8601 instant"),
+        # an OverflowError traceback in the rules' zone (Moscow), as_of or not
+        (["--as-of", "0001-01-01T00:00"], "invalid as_of '0001-01-01T00:00': dates must lie between the years 1900"),
+        (["--as-of", "9999-12-31T23:59:59-12:00"], "dates must lie between the years 1900 and 2999"),
         (["--as-of", "2026-03-01", "--format", "xml"], "--format"),
     ],
 )
@@ -212,6 +215,17 @@ def test_plan_missing_rules_and_data_exit_2(tmp_path: Path) -> None:
     assert r.returncode == 2 and "not found" in r.stderr
     r = run("plan", "--rules", str(RULES), "--data", "postgres://x", "--as-of", "2026-03-01")
     assert r.returncode == 2 and "scheme" in r.stderr
+
+
+def test_a_store_urls_password_is_never_echoed() -> None:
+    """Cron mail and CI logs kept `postgresql://crm:S3cretPass@db.internal/crm` from the error message."""
+    r = run("plan", "--rules", str(RULES), "--data", "postgresql://crm:S3cretPass@db.internal/crm?sslpassword=x",
+            "--as-of", "2026-03-01")  # fmt: skip
+    assert r.returncode == 2 and "'postgresql://***@db.internal/crm?***'" in r.stderr, r.stderr
+    assert "S3cretPass" not in r.stderr
+    with pytest.raises(retainer.StoreError) as info:
+        retainer.open_store("sqlite://crm:S3cretPass@db.internal/crm.db")
+    assert "S3cretPass" not in str(info.value) and "'sqlite://***@db.internal/crm.db'" in str(info.value)
 
 
 def _bad_crm(tmp_path: Path) -> Path:

@@ -141,6 +141,56 @@ def test_a_misnamed_file_is_an_error_not_silently_skipped(tmp_path: Path, name: 
     assert needle in str(info.value) and info.value.file == str(d / name)
 
 
+@pytest.mark.parametrize("name", ["touches.ndjson", "touches.json", "Touches.tsv", "touches.txt", "touches.xlsx",
+                                  "touches.csv.gz", "touches.csv.bak"])
+def test_an_entity_file_in_a_format_not_read_is_an_error_not_silently_skipped(tmp_path: Path, name: str) -> None:
+    """`touches.ndjson` skipped without a word made every client look forgotten (mass reassignments)."""
+    d = tmp_path / "crm"
+    shutil.copytree(CRM, d)
+    (d / "touches.csv").rename(d / name)
+    with pytest.raises(retainer.DataError) as info:
+        open_source(str(d), UTC)
+    assert info.value.file == str(d / name)
+    assert str(info.value).startswith(f"{d / name}: not read; retainer reads touches.csv or touches.jsonl")
+
+
+def test_files_that_are_not_data_are_ignored(tmp_path: Path) -> None:
+    d = tmp_path / "crm"
+    shutil.copytree(CRM, d)
+    for name in ("README.md", ".gitkeep", ".~lock.touches.csv#", "notes.txt", "export.log"):
+        (d / name).write_text("x\n")
+    assert open_source(str(d), UTC).count("touches") > 0
+
+
+def _clients(d: Path, rows: int, name_of: Any) -> Path:
+    shutil.copytree(CRM, d)
+    p = d / "clients.csv"
+    lines = ["id,manager_id,name,status,tags,contact_policy,created_at"]
+    lines += [f"c{i},m1,{name_of(i)},active,,ok,2025-01-10" for i in range(1, rows + 1)]
+    p.write_text("\n".join(lines) + "\n")
+    for f in d.iterdir():  # only the clients and managers: the example's facts name clients c1..c6
+        if f.stem not in ("clients", "managers"):
+            f.unlink()
+    return p
+
+
+def test_a_quote_left_open_in_a_big_file_is_reported_on_its_line(tmp_path: Path) -> None:
+    """Over the csv module's 128 KB cell limit the runaway quote was a `_csv.Error` traceback, exit 1."""
+    p = _clients(tmp_path / "d", 5000, lambda i: '"OOO ""Romashka""' if i == 10 else f"Client {i}")
+    with pytest.raises(retainer.DataError) as e:
+        import_data(tmp_path / "d", retainer.open_store("memory://"))
+    assert str(e.value).startswith(f'{p}:11: a quote (") opened on this line is not closed, so lines 11 to '), str(
+        e.value
+    )
+
+
+def test_a_cell_over_the_csv_limit_is_reported_on_its_line(tmp_path: Path) -> None:
+    p = _clients(tmp_path / "d", 3, lambda i: "x" * 200_000 if i == 2 else f"Client {i}")
+    with pytest.raises(retainer.DataError) as e:
+        import_data(tmp_path / "d", retainer.open_store("memory://"))
+    assert str(e.value).startswith(f"{p}:3: a cell is longer than 131,072 characters"), str(e.value)
+    assert ".jsonl" in str(e.value)
+
 def test_empty_required_cell_and_bad_date_messages(tmp_path: Path) -> None:
     d = tmp_path / "crm"
     shutil.copytree(CRM, d)
@@ -274,3 +324,68 @@ def test_a_full_export_archives_the_clients_it_no_longer_lists(tmp_path: Path, b
     with pytest.raises(retainer.DataError, match="the clients file lists no client: archiving all"):
         import_data(d, store, replace=True, archive_missing=True)
     assert [(c.id, c.status) for c in store.iter("clients")] == before  # type: ignore[attr-defined]
+
+
+def test_a_repeated_key_in_a_jsonl_row_is_refused(tmp_path: Path) -> None:
+    """json kept the last client_id silently: the touch counted for another client, as a CSV column twice is
+    refused."""
+    _to_jsonl(CRM, tmp_path / "j")
+    p = tmp_path / "j" / "touches.jsonl"
+    p.write_text('{"id": "t1", "client_id": "c1", "at": "2025-12-20T10:00", "client_id": "c2"}\n')
+    with pytest.raises(retainer.DataError) as info:
+        open_source(str(tmp_path / "j"), UTC)
+    assert str(info.value).startswith(f"{p}:1 field client_id: duplicate key 'client_id'"), str(info.value)
+
+
+def test_a_repeated_key_in_a_csv_attributes_cell_is_refused(tmp_path: Path) -> None:
+    d = tmp_path / "crm"
+    shutil.copytree(CRM, d)
+    p = d / "clients.csv"
+    lines = p.read_text().splitlines()
+    lines[0] += ",attributes"
+    lines[1] += ',"{""segment"": ""a"", ""segment"": ""b""}"'
+    lines[2:] = [line + "," for line in lines[2:]]
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(retainer.DataError, match=r"clients.csv:2 id=c1 field attributes: .*duplicate key 'segment'"):
+        open_source(str(d), UTC)
+
+
+def test_1c_empty_date_reads_as_an_empty_cell(tmp_path: Path) -> None:
+    """1C writes 0001-01-01T00:00:00 for "no date": in Moscow it was an OverflowError traceback, in UTC a task
+    done (or an invoice paid) in year 1."""
+    d = tmp_path / "crm"
+    shutil.copytree(CRM, d)
+    p = d / "tasks.csv"
+    lines = p.read_text().splitlines()
+    assert lines[0] == "id,client_id,manager_id,created_at,due_at,done_at,status,kind,source"
+    p.write_text("\n".join([*lines, "k2,c4,m2,2025-12-02T09:00,0001-01-01T00:00:00,0001-01-01,open,call,crm"]) + "\n")
+    for zone in ("Europe/Moscow", "UTC", "America/New_York"):
+        store = retainer.open_store("memory://", timezone=zone)
+        import_data(d, store)
+        task = store.get("tasks", "k2")
+        assert (task.due_at, task.done_at) == (None, None)
+        assert "due_at" not in task.model_fields_set  # as an empty cell: the default, not a value
+    p.write_text("\n".join([*lines, "k2,c4,m2,0001-01-01T00:00:00,,,open,call,crm"]) + "\n")
+    with pytest.raises(retainer.DataError) as e:
+        import_data(d, retainer.open_store("memory://", timezone="Europe/Moscow"))
+    assert str(e.value) == (f"{p}:{len(lines) + 1} id=k2 field created_at: '0001-01-01T00:00:00' is 1C's empty date, "
+                            "and this field needs a date")
+
+
+@pytest.mark.parametrize("zone", ["Europe/Moscow", "UTC"])
+@pytest.mark.parametrize("when", ["9999-12-31T23:59:59-12:00", "0001-01-01T03:00:00", "1899-12-31", "3000-01-01"])
+def test_a_date_outside_the_years_1900_to_2999_names_its_row_and_field(tmp_path: Path, when: str, zone: str) -> None:
+    """`0001-01-01` (in Moscow) or `9999-12-31T23:59:59-12:00` was an uncaught OverflowError, exit 1."""
+    d = tmp_path / "crm"
+    shutil.copytree(CRM, d)
+    p = d / "tasks.csv"
+    lines = p.read_text().splitlines()
+    p.write_text("\n".join([*lines, f"k2,c4,m2,2025-12-02T09:00,{when},,open,call,crm"]) + "\n")
+    with pytest.raises(retainer.DataError) as e:
+        import_data(d, retainer.open_store("memory://", timezone=zone))
+    assert str(e.value) == (f"{p}:{len(lines) + 1} id=k2 field due_at: invalid date/time {when!r}: dates must lie "
+                            "between the years 1900 and 2999 (leave the cell empty for none)")
+    store = retainer.open_store("memory://", timezone=zone)
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}])
+    with pytest.raises(retainer.DataError, match=r"touches\[0\] id=t1 field at: .*between the years 1900 and 2999"):
+        store.add(touches=[{"id": "t1", "client_id": "c1", "at": when}])

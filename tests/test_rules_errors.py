@@ -1045,3 +1045,99 @@ def test_shares_take_percent_text(store: Store) -> None:
         rules = {"version": 1, "rules": [{"id": "late", "category": "retention", "then": [{"tag": "late"}],
                                           "when": {"contract_progress": {"gt": bound}}}]}  # fmt: skip
         assert bool(engine_for(rules, store).plan(as_of).actions) is hit, bound
+
+
+@pytest.mark.parametrize("cond", ["{gte: .nan}", '{gte: "NaN"}', "{lt: .inf}", '{gt: "-Infinity"}', "{gte: 1.0e+400}",
+                                  "{between: [.nan, 5]}", "{in: [5, .nan]}", ".nan"])
+def test_a_threshold_that_is_not_a_finite_number_is_refused(tmp_path: Path, cond: str) -> None:
+    """NaN passed validate, then every plan crashed with decimal.InvalidOperation (inside between, validate
+    itself did); infinity made the rule silently never (or always) match."""
+    err, p = load_error(tmp_path, f"""
+        version: 1
+        rules:
+          - id: g
+            when: {{revenue_365d: {cond}}}
+            then: [{{tag: x}}]
+        """)
+    assert_error(err, p, 4, "g", "revenue_365d", "is not a finite number")
+
+
+def test_a_non_finite_number_in_a_named_feature_is_refused(tmp_path: Path) -> None:
+    err, p = load_error(tmp_path, """
+        version: 1
+        features:
+          big: {sum: invoices.amount, where: {amount: {gte: .nan}}}
+        rules:
+          - id: g
+            when: {big: {gte: 1}}
+            then: [{tag: x}]
+        """)
+    assert_error(err, p, 3, None, "amount", "is not a finite number")
+
+
+def test_a_non_finite_number_for_a_client_attribute_is_refused() -> None:
+    with pytest.raises(RulesError, match=r"attributes.score: nan is not a finite number"):
+        retainer.load_rules({"version": 1, "rules": [
+            {"id": "g", "when": {"attributes.score": {"gte": float("nan")}}, "then": [{"tag": "x"}]}]})
+
+
+def test_a_repeated_key_in_a_json_rule_file_is_refused_with_its_line(tmp_path: Path) -> None:
+    """json.loads kept the last `after` silently: the rule ran with 30d, as YAML and CSV refuse a repeat."""
+    text = '{\n "version": 1,\n "rules": [\n  {"id": "f", "kind": "forgotten", "after": "60d", "after": "30d"}\n ]\n}'
+    err, p = load_error(tmp_path, text, name="rules.json")
+    assert_error(err, p, 4, None, "duplicate key 'after'")
+    with pytest.raises(RulesError, match="duplicate key 'after'"):  # JSON text, and JSON YAML cannot read (a tab)
+        retainer.load_rules(text.replace('"version"', '\t"version"').replace("\n", " "))
+
+
+@pytest.mark.parametrize(("value", "shown"), [("[60d]", "['60d']"), ("{d: 60}", "{'d': 60}")])
+def test_a_duration_that_is_a_list_or_mapping_is_a_rules_error(tmp_path: Path, value: str, shown: str) -> None:
+    """`after: [60d]` was a TypeError traceback (unhashable type: 'list') from validate and load_rules."""
+    err, p = load_error(tmp_path, f"""
+        version: 1
+        rules:
+          - id: f
+            kind: forgotten
+            after: {value}
+        """)
+    assert_error(err, p, 5, "f", f"invalid duration {shown}: expected a string like 60d")
+    err, p = load_error(tmp_path, f"""
+        version: 1
+        rules:
+          - id: g
+            when: {{last_activity_at: {{older_than: {value}}}}}
+            then: [{{tag: x}}]
+        """)
+    assert_error(err, p, 4, "g", f"invalid duration {shown}")
+
+
+def test_a_json_rule_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    """Notepad writes one; YAML rule files and data files took it, JSON said "decode using utf-8-sig"."""
+    p = tmp_path / "rules.json"
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps(RULE_DICT, indent=2).encode())
+    assert retainer.load_rules(p).digest == retainer.load_rules(RULE_DICT).digest
+
+
+def test_a_rule_file_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
+    """A Russian comment saved in cp1251 was reported by byte position, not by line."""
+    p = tmp_path / "rules.yaml"
+    p.write_bytes("version: 1\n# Привет\nrules:\n  - {id: f, kind: forgotten, after: 60d}\n".encode("cp1251"))
+    with pytest.raises(RulesError) as info:
+        retainer.load_rules(p)
+    assert_error(info.value, str(p), 2, None, "not UTF-8 text (byte 0xcf in column 3); save the file as UTF-8")
+
+
+
+@pytest.mark.parametrize("cond", ["{gte: 0001-01-01T00:00:00}", "{lte: 9999-12-31}",
+                                  "{between: [2026-01-01, 9999-12-31]}", '{gt: "9999-12-31T23:59:59-12:00"}'])
+def test_a_date_outside_the_years_1900_to_2999_in_a_rule_is_refused(tmp_path: Path, cond: str) -> None:
+    """In Moscow `0001-01-01` (and `9999-12-31` with `lte`, in any zone) was an OverflowError from validate."""
+    err, p = load_error(tmp_path, f"""
+        version: 1
+        timezone: Europe/Moscow
+        rules:
+          - id: g
+            when: {{created_at: {cond}}}
+            then: [{{tag: x}}]
+        """)
+    assert_error(err, p, 5, "g", "created_at: ", "dates must lie between the years 1900 and 2999")

@@ -271,6 +271,13 @@ def test_a_number_is_not_a_date(tmp_path: Path) -> None:
         run_scenario_file(p)
 
 
+
+def test_a_scenario_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
+    p = write(tmp_path, f"rules: {ONE}\ngiven: {{}}\nsteps: []\n")
+    p.write_bytes(p.read_bytes().replace(b"given", "# Привет\ngiven".encode("cp1251")))
+    with pytest.raises(ScenarioError, match=re.escape("t.scenario.yaml:2: not UTF-8 text (byte 0xcf in column 3)")):
+        run_scenario_file(p)
+
 WINBACK_SCENARIO = """
 rules:
   version: 1

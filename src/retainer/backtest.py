@@ -37,7 +37,7 @@ from .rules.schema import Policies
 from .stores.base import AggSpec, Changes, ManagerLoads, Store
 from .stores.memory import MemoryStore
 from .sweep import Kept, Quiet, Wakes
-from .timeutil import AsOf, parse_duration
+from .timeutil import AsOf, DateRangeError, in_years, parse_duration
 
 __all__ = ["METHODS", "Backtest", "backtest", "steps_between"]
 
@@ -290,13 +290,18 @@ def backtest(
 
 def _day(value: date | str, name: str) -> date:
     if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
+        d = value.date()
+    elif isinstance(value, date):
+        d = value
+    else:
+        try:
+            d = date.fromisoformat(str(value).strip())
+        except ValueError:
+            raise RetainerError(f"the {name} must be a date like 2026-03-01, not {value!r}") from None
     try:
-        return date.fromisoformat(str(value).strip())
-    except ValueError:
-        raise RetainerError(f"the {name} must be a date like 2026-03-01, not {value!r}") from None
+        return in_years(d)  # steps past year 9999 overflowed
+    except DateRangeError as exc:
+        raise RetainerError(f"the {name} {d}: {exc}") from None
 
 
 _SINK = CallbackHandler(lambda a: None)  # delivered at once: the ledger stays small and exact

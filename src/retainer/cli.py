@@ -22,7 +22,7 @@ import typer
 
 from . import __version__
 from .engine import Engine
-from .errors import DataError, RetainerError, RulesError, StoreError
+from .errors import DataError, RetainerError, RulesError, StoreError, redact
 from .plan import Plan
 from .rules.loader import RuleSet, load_rules
 from .rules.schema import json_schema
@@ -830,7 +830,7 @@ def import_(
     except StoreError as exc:
         _fail(str(exc))
     try:
-        with err.status(f"importing {src} into {to} ..."):
+        with err.status(f"importing {src} into {redact(to)} ..."):
             counts = import_data(src, store, replace=replace, archive_missing=archive_missing)
     except (DataError, StoreError) as exc:
         store.close()

@@ -15,7 +15,7 @@ from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError, did_you_mean
+from .errors import DataError, RepeatedKeyError, did_you_mean, not_utf8, unique_keys
 from .model import ENTITIES
 from .stores import MemoryStore, Store, open_store
 from .stores._ingest import Batch, validate_rows
@@ -37,29 +37,30 @@ def data_files(folder: Path) -> dict[str, Path]:
         if paths:
             found[entity] = paths[0]
     expected = f"expected {', '.join(e + '.csv' for e in ENTITIES)} (or .jsonl)"
-    # a misspelt file would silently drop every row in it (every client looks forgotten): refuse it
+    # a file that is not read would silently drop every row in it (every client looks forgotten): refuse a
+    # misspelt name (`Touches.csv`) and an entity's rows in a format retainer does not read (`touches.ndjson`,
+    # `touches.xlsx`); other files (README.md, .gitkeep, an editor's lock file) are not meant as data
     for p in sorted(folder.iterdir()):
-        if p.suffix.lower() in (".csv", ".jsonl") and p not in found.values():
-            did = did_you_mean(p.name.lower(), [e + p.suffix.lower() for e in ENTITIES], quote=False)
+        if p in found.values():
+            continue
+        suffix, stem = p.suffix.lower(), p.name.split(".", 1)[0].lower()
+        if suffix in (".csv", ".jsonl"):
+            did = did_you_mean(p.name.lower(), [e + suffix for e in ENTITIES], quote=False)
             raise DataError(f"unknown data file {p.name}{did} ({expected})", file=str(p))
+        if stem in ENTITIES:
+            raise DataError(
+                f"not read; retainer reads {stem}.csv or {stem}.jsonl (one JSON object per line): "
+                "convert or rename it, or move it out of the folder",
+                file=str(p),
+            )
     if not found:
         raise DataError(f"no data files in {folder}: {expected}")
     return found
 
 
 def _not_utf8(path: Path) -> DataError:
-    """The first line of `path` that is not UTF-8 (read again as bytes: only on the error path)."""
-    with path.open("rb") as f:
-        for n, raw in enumerate(f, start=1):
-            try:
-                raw.decode("utf-8-sig" if n == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                bad = raw[exc.start : exc.start + 1].hex()
-                return DataError(
-                    f"not UTF-8 text (byte 0x{bad} in column {exc.start + 1}); save the file as UTF-8",
-                    file=str(path), row=n,
-                )  # fmt: skip
-    return DataError("not UTF-8 text; save the file as UTF-8", file=str(path))
+    line, message = not_utf8(path)
+    return DataError(message, file=str(path), row=line)
 
 
 def _utf8(path: Path, rows: Iterator[Any]) -> Iterator[Any]:
@@ -76,11 +77,36 @@ def _csv_rows(path: Path, entity: str) -> tuple[list[str], Iterator[tuple[int, l
     fields = set(ENTITIES[entity].model_fields)
     f = path.open(newline="", encoding="utf-8-sig")
     reader = csv.reader(f)
+
+    def path_line(n: int) -> str:
+        """Line n of the file (on the error path only)."""
+        with path.open(encoding="utf-8-sig", errors="replace") as g:
+            return next(itertools.islice(g, n - 1, None), "")
+
+    def runaway(start: int, what: str) -> str | None:
+        """Why the row from line `start` ran on to the current line, if a quote opened there never closed."""
+        if reader.line_num > start and '"' in path_line(start):
+            return (f'a quote (") opened on this line is not closed, so lines {start} to {reader.line_num} were '
+                    f"read as one {what}")  # fmt: skip
+        return None
+
+    def unreadable(exc: csv.Error, start: int) -> DataError:
+        """A cell over the csv module's limit (128 KB): as a rule a quote that never closed in a big file."""
+        if quote := runaway(start, "cell"):
+            return DataError(quote, file=str(path), row=start)
+        if "field larger" in str(exc):
+            return DataError(f"a cell is longer than {csv.field_size_limit():,} characters, the most a CSV cell may "
+                             f"hold; write such rows to {entity}.jsonl", file=str(path), row=start)  # fmt: skip
+        return DataError(f"not readable as CSV: {exc}", file=str(path), row=reader.line_num)
+
     try:
         header = next(reader, None)
     except UnicodeDecodeError:
         f.close()
         raise _not_utf8(path) from None
+    except csv.Error as exc:
+        f.close()
+        raise unreadable(exc, 1) from None
     if header is None:
         f.close()
         return [], iter(())
@@ -105,28 +131,23 @@ def _csv_rows(path: Path, entity: str) -> tuple[list[str], Iterator[tuple[int, l
         width = len(header)
         with f:
             start = reader.line_num + 1
-            for row in reader:
-                if len(row) != width or not row[0] or row[0].isspace():
-                    if not "".join(row).strip():  # a blank line, or only empty cells
-                        start = reader.line_num + 1
-                        continue
-                    if len(row) != width:
-                        if reader.line_num > start and '"' in path_line(start):  # a quote that never closed
+            try:
+                for row in reader:
+                    if len(row) != width or not row[0] or row[0].isspace():
+                        if not "".join(row).strip():  # a blank line, or only empty cells
+                            start = reader.line_num + 1
+                            continue
+                        if len(row) != width:
+                            if quote := runaway(start, "row"):
+                                raise DataError(f"expected {width} cells, found {len(row)}: {quote}", file=str(path),
+                                                row=start)  # fmt: skip
                             raise DataError(
-                                f"expected {width} cells, found {len(row)}: a quote (\") opened on this line "
-                                f"is not closed, so lines {start} to {reader.line_num} were read as one row",
-                                file=str(path), row=start,
-                            )  # fmt: skip
-                        raise DataError(
-                            f"expected {width} cells, found {len(row)}", file=str(path), row=reader.line_num
-                        )
-                yield reader.line_num, row
-                start = reader.line_num + 1
-
-    def path_line(n: int) -> str:
-        """Line n of the file (on the error path only)."""
-        with path.open(encoding="utf-8-sig", errors="replace") as g:
-            return next(itertools.islice(g, n - 1, None), "")
+                                f"expected {width} cells, found {len(row)}", file=str(path), row=reader.line_num
+                            )
+                    yield reader.line_num, row
+                    start = reader.line_num + 1
+            except csv.Error as exc:
+                raise unreadable(exc, start) from None
 
     return header, rows()
 
@@ -137,7 +158,10 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(line, object_pairs_hook=unique_keys)
+            except RepeatedKeyError as exc:
+                raise DataError(f"{exc}: json would keep the last value silently", file=str(path), row=n,
+                                field=exc.key) from None  # fmt: skip
             except ValueError as exc:
                 raise DataError(f"not valid JSON: {exc.msg}", file=str(path), row=n) from None
             if not isinstance(obj, dict):

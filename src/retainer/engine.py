@@ -48,7 +48,7 @@ from .rules.loader import RuleSet, load_rules
 from .rules.schema import ReassignSpec
 from .stores import DEFAULT_TZ
 from .stores.base import AggSpec, Store
-from .timeutil import AsOf, AsOfRangeError, Duration, parse_as_of
+from .timeutil import AsOf, DateRangeError, Duration, parse_as_of
 
 __all__ = ["Engine", "Explanation", "RuleExplanation"]
 
@@ -618,7 +618,7 @@ class Engine:
             return parse_as_of(value, self.rules.tz)
         except ValueError as exc:
             why = (
-                str(exc) if isinstance(exc, AsOfRangeError)
+                str(exc) if isinstance(exc, DateRangeError)
                 else f"no such date or time ({exc})" if "out of range" in str(exc) or "must be in" in str(exc)
                 else "use a date (2026-03-01) or ISO 8601 instant"
             )  # fmt: skip

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 
 class RetainerError(Exception):
@@ -77,3 +80,48 @@ def did_you_mean(word: str, choices: Iterable[str], *, n: int = 1, quote: bool =
     if not close:
         return ""
     return f"; did you mean {', '.join(repr(c) if quote else c for c in close)}?"
+
+
+def redact(url: str) -> str:
+    """`https://user:secret@crm/hook?token=x` -> `https://***@crm/hook?***`: webhook and store URLs end up in
+    messages, and those in cron mail and CI logs. A URL with nothing to hide is shown as written."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc and not parts.query and not parts.fragment:
+        return url
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
+
+
+def not_utf8(path: Path) -> tuple[int | None, str]:
+    """The first line of `path` that is not UTF-8 and what to say about it, for a rule or data file's error
+    (read again as bytes: only on the error path)."""
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                bad = raw[exc.start : exc.start + 1].hex()
+                return n, f"not UTF-8 text (byte 0x{bad} in column {exc.start + 1}); save the file as UTF-8"
+    return None, "not UTF-8 text; save the file as UTF-8"
+
+
+class RepeatedKeyError(ValueError):
+    """A JSON object names a key twice. Raised by `unique_keys`; each reader turns it into its own error
+    with the file and line."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"duplicate key {key!r}")
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`object_pairs_hook` for `json.loads`: json keeps the last of a repeated key silently (a threshold or a
+    touch's client_id replaced without a word); YAML rule files and CSV headers already refuse a repeat."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise RepeatedKeyError(k)
+        out[k] = v
+    return out

@@ -8,6 +8,7 @@ Money is `Decimal` with at most 4 decimal places, so sums are exact in every sto
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 from collections.abc import Iterator
@@ -17,8 +18,10 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
-from .timeutil import parse_instant
+from .errors import RepeatedKeyError, unique_keys
+from .timeutil import DateRangeError, parse_instant
 
 __all__ = [
     "ENTITIES",
@@ -35,13 +38,26 @@ __all__ = [
 ]
 
 
+#: 1C, the usual ERP/CRM of Russian and Ukrainian users, exports an empty date as 0001-01-01T00:00:00: read as
+#: an empty cell (docs/decisions.md)
+ONEC_EMPTY_DATES = frozenset({"0001-01-01", "0001-01-01T00:00:00", "0001-01-01 00:00:00", "0001-01-01T00:00"})
+
+
+def _no_date(value: Any) -> bool:
+    return isinstance(value, str) and value.strip() in ONEC_EMPTY_DATES
+
+
 def _instant(value: Any, info: ValidationInfo) -> Any:
     if value is None or value == "":
         return None
     if isinstance(value, str | date):
+        if _no_date(value):  # in a field that has a default, Entity._blank_means_default took it as empty
+            raise ValueError(f"{value!r} is 1C's empty date, and this field needs a date")
         tz = (info.context or {}).get("tz", UTC)
         try:
             return parse_instant(value, tz)
+        except DateRangeError as exc:
+            raise ValueError(f"invalid date/time {value!r}: {exc} (leave the cell empty for none)") from None
         except ValueError as exc:
             raise ValueError(f"invalid date/time {value!r}: use ISO 8601 such as 2026-03-01T10:00") from exc
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -95,15 +111,27 @@ class Entity(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _blank_means_default(cls, data: Any) -> Any:
-        """An empty cell (or null) in a field with a default takes the default, as in a CRM export."""
+        """An empty cell (or null, or 1C's empty date in a date field) in a field with a default takes the
+        default, as in a CRM export."""
         if isinstance(data, dict):
-            fields = cls.model_fields
+            fields, dates = cls.model_fields, _date_fields(cls)
             return {
                 k: v
                 for k, v in data.items()
-                if not ((v is None or v == "") and k in fields and not fields[k].is_required())
-            }
+                if not ((v is None or v == "" or (k in dates and _no_date(v)))
+                        and k in fields and not fields[k].is_required())
+            }  # fmt: skip
         return data
+
+
+@functools.cache
+def _date_fields(model: type[Entity]) -> frozenset[str]:
+    return frozenset(n for n, f in model.model_fields.items() if is_instant(f))
+
+
+def is_instant(f: FieldInfo) -> bool:
+    """A date/time field: read by `_instant`."""
+    return any(isinstance(m, BeforeValidator) and m.func is _instant for m in f.metadata)
 
 
 class Manager(Entity):
@@ -137,7 +165,9 @@ class Client(Entity):
     def _parse_attributes(cls, v: Any) -> Any:
         if isinstance(v, str):
             try:
-                return json.loads(v)
+                return json.loads(v, object_pairs_hook=unique_keys)
+            except RepeatedKeyError as exc:
+                raise ValueError(f"attributes: {exc}") from None
             except ValueError as exc:
                 raise ValueError("attributes must be a JSON object") from exc
         return v

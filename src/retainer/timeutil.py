@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import lru_cache
+from typing import TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dateutil.relativedelta import relativedelta
@@ -16,6 +17,7 @@ from dateutil.relativedelta import relativedelta
 __all__ = [
     "MAX_DURATION_YEARS",
     "AsOf",
+    "DateRangeError",
     "Duration",
     "DurationError",
     "DurationTooLongError",
@@ -23,6 +25,7 @@ __all__ = [
     "as_aware",
     "day_start",
     "get_tz",
+    "in_years",
     "parse_as_of",
     "parse_duration",
     "parse_instant",
@@ -124,7 +127,6 @@ def _within_limit(d: Duration, value: object) -> Duration:
     return d
 
 
-@lru_cache(maxsize=1024)
 def parse_duration(value: str | int) -> Duration:
     """Parse `45d`, `6w`, `2mo`, `1y`, `36h` or ISO 8601 (`P60D`, `P1Y2M`, `PT36H`).
 
@@ -133,12 +135,17 @@ def parse_duration(value: str | int) -> Duration:
     """
     if isinstance(value, bool):
         raise DurationError(f"invalid duration {value!r}")
+    if not isinstance(value, int | str):  # checked before the cache, which cannot hash `after: [60d]`
+        raise DurationError(f"invalid duration {value!r}: expected a string like 60d")
+    return _parse_duration(value)
+
+
+@lru_cache(maxsize=1024)
+def _parse_duration(value: str | int) -> Duration:
     if isinstance(value, int):
         if value < 0:
             raise DurationError(f"duration must not be negative: {value}")
         return _within_limit(Duration(days=value, text=f"{value}d"), value)
-    if not isinstance(value, str):
-        raise DurationError(f"invalid duration {value!r}: expected a string like 60d")
     s = value.strip()
     m = _SHORT.match(s)
     if m:
@@ -187,14 +194,17 @@ def as_aware(dt: datetime, tz: tzinfo) -> datetime:
 
 
 def parse_instant(value: str | date | datetime, tz: tzinfo) -> datetime:
-    """A fact's timestamp: ISO 8601 text, a datetime, or a date (= start of that day in `tz`)."""
+    """A fact's timestamp: ISO 8601 text, a datetime, or a date (= start of that day in `tz`).
+
+    Raises DateRangeError outside AS_OF_YEARS: near datetime's ends a zone's offset overflows (1C's empty date
+    `0001-01-01` in Moscow), and plans add years to facts."""
     if isinstance(value, datetime):
-        return as_aware(value, tz)
+        return as_aware(in_years(value), tz)
     if isinstance(value, date):
-        return day_start(value, tz)
+        return day_start(in_years(value), tz)
     if len(value) == 10:
-        return day_start(date.fromisoformat(value), tz)
-    return as_aware(datetime.fromisoformat(value.strip()), tz)  # Python 3.11 reads "Z" and offsets
+        return day_start(in_years(date.fromisoformat(value)), tz)
+    return as_aware(in_years(datetime.fromisoformat(value.strip())), tz)  # Python 3.11 reads "Z" and offsets
 
 
 def day_start(d: date, tz: tzinfo) -> datetime:
@@ -251,7 +261,7 @@ class AsOf:
 def parse_as_of(value: str | date | datetime, tz: tzinfo) -> AsOf:
     """A date-only as_of means the END of that day in `tz`, so facts dated that day count."""
     if isinstance(value, datetime):
-        return _in_range(AsOf(as_aware(value, tz), tz))
+        return _in_range(AsOf(parse_instant(value, tz), tz))
     if isinstance(value, date):
         d = value
     else:
@@ -260,21 +270,32 @@ def parse_as_of(value: str | date | datetime, tz: tzinfo) -> AsOf:
             d = date.fromisoformat(s)
         except ValueError:
             return _in_range(AsOf(parse_instant(s, tz), tz))
-    end = datetime.combine(d, time(23, 59, 59), tzinfo=tz)
+    end = datetime.combine(in_years(d), time(23, 59, 59), tzinfo=tz)
     return _in_range(AsOf(end.astimezone(UTC), tz))
 
 
 #: Plans look back years (windows, `1y` thresholds) and forward (due dates): keep clear of datetime's ends.
+#: Facts, as_of and the dates in rules all lie within these years.
 AS_OF_YEARS = (1900, 2999)
 
 
-class AsOfRangeError(ValueError):
-    """A well-formed as_of outside AS_OF_YEARS: its message is the whole explanation."""
+class DateRangeError(ValueError):
+    """A well-formed date outside AS_OF_YEARS: its message is the whole explanation."""
+
+
+_D = TypeVar("_D", bound=date)
+
+
+def in_years(d: _D) -> _D:
+    """`d`, if its year (as written, before any zone) lies in AS_OF_YEARS: then no offset can overflow."""
+    if not AS_OF_YEARS[0] <= d.year <= AS_OF_YEARS[1]:
+        raise DateRangeError(f"dates must lie between the years {AS_OF_YEARS[0]} and {AS_OF_YEARS[1]}")
+    return d
 
 
 def _in_range(a: AsOf) -> AsOf:
     if not AS_OF_YEARS[0] <= a.instant.year <= AS_OF_YEARS[1]:
-        raise AsOfRangeError(f"as_of must lie between the years {AS_OF_YEARS[0]} and {AS_OF_YEARS[1]}")
+        raise DateRangeError(f"as_of must lie between the years {AS_OF_YEARS[0]} and {AS_OF_YEARS[1]}")
     return a
 
 

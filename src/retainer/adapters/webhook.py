@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
 
 from .. import __version__
 from ..actions import Action
-from ..errors import ArgumentError
+from ..errors import ArgumentError, redact
 from ..ledger import action_payload
 from .base import PermanentError
 
@@ -16,15 +15,6 @@ if TYPE_CHECKING:
     import httpx
 
 __all__ = ["WebhookHandler", "redact"]
-
-
-def redact(url: str) -> str:
-    """`https://user:secret@crm/hook?token=x` -> `https://***@crm/hook?***`: URLs end up in logs."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rsplit("@", 1)[1]
-    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
 
 #: 4xx answers worth retrying (timeouts, rate limits); any other 4xx means the request itself is wrong.
 RETRYABLE_4XX = frozenset({408, 409, 425, 429})

@@ -6,6 +6,7 @@ A leaf compares one feature with a value. A missing value (None) makes every op 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -17,10 +18,12 @@ from ..stores.base import COMPARE
 from ..timeutil import (
     MAX_DURATION_YEARS,
     AsOf,
+    DateRangeError,
     Duration,
     DurationError,
     DurationTooLongError,
     add_durations,
+    day_start,
     parse_duration,
     parse_instant,
 )
@@ -96,7 +99,7 @@ def _fmt(v: Any) -> str:
     """As an analyst reads it: `none` rather than None, tags as a plain list."""
     if v is None:
         return "none"
-    if isinstance(v, datetime):
+    if isinstance(v, date):
         return v.isoformat()
     if isinstance(v, frozenset | set):
         return ", ".join(sorted(map(str, v))) if v else "none"
@@ -515,9 +518,10 @@ def _coerce(op: str, v: Any, ftype: str, feature: str, tz: Any, path: Path) -> A
         return str(v)
     if ftype == "set":
         raise ConditionError(f"{feature} is a set: use contains, or exists", path)
+    value = _scalar(v, ftype, feature, tz, path)
     if ftype == "datetime" and op in ("lte", "gt") and (day := _day(v)) is not None:
         return _last_second(day, tz)  # on or before the day / after the day: its whole day, not its midnight
-    return _scalar(v, ftype, feature, tz, path)
+    return value
 
 
 def _day(v: Any) -> date | None:
@@ -533,8 +537,9 @@ def _day(v: Any) -> date | None:
 
 
 def _last_second(d: date, tz: Any) -> datetime:
-    """The last second of a day in the rule set's zone: instants are kept to the second."""
-    return parse_instant(d + timedelta(days=1), tz) - timedelta(seconds=1)
+    """The last second of a day in the rule set's zone (a day parse_instant took): instants are kept to the
+    second."""
+    return day_start(d + timedelta(days=1), tz) - timedelta(seconds=1)
 
 
 def _is_share(feature: str) -> bool:
@@ -559,6 +564,8 @@ def _scalar(v: Any, ftype: str, feature: str, tz: Any, path: Path) -> Any:
                     d = Decimal(v.strip()[:-1].strip()) / 100
                 else:
                     d = Decimal(str(v))
+                if not d.is_finite():  # NaN crashed every plan at its first comparison; infinity never matches
+                    raise ConditionError(f"{feature} is {ftype}; {v!r} is not a finite number", path)
                 if feature == "contract_progress" and not 0 <= d <= 1:
                     return _out_of_share(v, d, path)
                 return int(d) if ftype == "int" and d == int(d) else d
@@ -569,12 +576,17 @@ def _scalar(v: Any, ftype: str, feature: str, tz: Any, path: Path) -> Any:
             case "datetime":
                 if not isinstance(v, str | date):
                     raise TypeError
-                return parse_instant(v, tz)
+                try:
+                    return parse_instant(v, tz)
+                except DateRangeError as exc:
+                    raise ConditionError(f"{feature}: {_fmt(v)}: {exc}", path) from None
             case "str" | "set":
                 if isinstance(v, list | dict):
                     raise TypeError
                 return str(v)
             case _:
+                if isinstance(v, float) and not math.isfinite(v):  # compared per client, as with a number
+                    raise ConditionError(f"{feature}: {v!r} is not a finite number", path)
                 return v
     except ConditionError:
         raise

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from ..errors import ArgumentError, RulesError
+from ..errors import ArgumentError, RepeatedKeyError, RulesError, not_utf8, unique_keys
 from ..policies import policy_features
 from ..timeutil import get_tz
 from . import templates
@@ -169,8 +169,11 @@ def load_rules(source: str | FsPath | Mapping[str, Any]) -> RuleSet:
         if not p.exists():
             raise RulesError(f"rule file not found: {p}", file=str(p))
         try:
-            text = p.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+            text = p.read_text(encoding="utf-8-sig")  # a byte-order mark, as Notepad writes it, as in data files
+        except UnicodeDecodeError:
+            line, message = not_utf8(p)
+            raise RulesError(message, file=str(p), line=line) from None
+        except OSError as exc:
             raise RulesError(f"cannot read the rule file: {exc}", file=str(p)) from None
         name = str(p)
     else:
@@ -183,10 +186,17 @@ def load_rules(source: str | FsPath | Mapping[str, Any]) -> RuleSet:
 
 
 def parse_json(text: str, source: str) -> tuple[Any, _Lines]:
-    """Strict JSON (tabs, escaped surrogate pairs); line numbers borrowed from the YAML node tree
-    when that parser can read the same text, else errors name the file only."""
+    """Strict JSON (tabs, escaped surrogate pairs, no repeated key); line numbers borrowed from the YAML
+    node tree when that parser can read the same text, else errors name the file only."""
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=unique_keys)
+    except RepeatedKeyError as exc:
+        try:
+            parse_yaml(text, source)  # refuses the same repeat, naming its line
+        except RulesError as named:
+            if named.message.startswith("duplicate key"):
+                raise named from None
+        raise RulesError(str(exc), file=source) from None
     except ValueError as exc:
         line = getattr(exc, "lineno", None)
         raise RulesError(f"not valid JSON: {getattr(exc, 'msg', exc)}", file=source, line=line) from None

@@ -8,7 +8,7 @@ from datetime import timezone as _timezone
 from pathlib import Path
 from typing import Final
 
-from ..errors import ArgumentError, StoreError
+from ..errors import ArgumentError, StoreError, redact
 from .base import AggSpec, Pred, Store
 from .memory import MemoryStore
 from .sqlite import SQLiteStore
@@ -19,21 +19,23 @@ __all__ = ["SCHEMES", "AggSpec", "MemoryStore", "Pred", "SQLiteStore", "Store", 
 def _sqlite(rest: str, url: str, tz: tzinfo, create: bool = True) -> Store:
     # sqlite:///crm.db -> "crm.db" (relative), sqlite:////var/crm.db -> "/var/crm.db"
     if not rest.startswith("/"):
-        raise StoreError(f"bad store URL {url!r}: write sqlite:///relative.db or sqlite:////absolute.db")
+        raise StoreError(f"bad store URL {redact(url)!r}: write sqlite:///relative.db or sqlite:////absolute.db")
     path = rest[1:]
     if not path:
-        raise StoreError(f"bad store URL {url!r}: no database file given")
+        raise StoreError(f"bad store URL {redact(url)!r}: no database file given")
     if path != ":memory:":
         if not Path(path).parent.exists():
-            raise StoreError(f"bad store URL {url!r}: folder {str(Path(path).parent)!r} does not exist")
+            raise StoreError(f"bad store URL {redact(url)!r}: folder {str(Path(path).parent)!r} does not exist")
         if not create and not Path(path).exists():
-            raise StoreError(f"database not found: {path} (from {url!r})")
+            raise StoreError(f"database not found: {path} (from {redact(url)!r})")
     return SQLiteStore(path, timezone=tz, url=url, create=create)
 
 
 def _memory(rest: str, url: str, tz: tzinfo, create: bool = True) -> Store:
     if not create:
-        raise StoreError(f"{url!r} starts empty in every process: give a .db file, a sqlite:/// URL or a data folder")
+        raise StoreError(
+            f"{redact(url)!r} starts empty in every process: give a .db file, a sqlite:/// URL or a data folder"
+        )
     return MemoryStore(url, timezone=tz)
 
 
@@ -76,11 +78,12 @@ def open_store(url: str, *, timezone: tzinfo | str = DEFAULT_TZ, create: bool = 
         if url.endswith((".db", ".sqlite", ".sqlite3")):
             return _sqlite("/" + url, f"sqlite:///{url}", tz, create)
         raise StoreError(
-            f"bad store URL {url!r}: expected memory:// or sqlite:///path.db "
+            f"bad store URL {redact(url)!r}: expected memory:// or sqlite:///path.db "
             f"(known schemes: {', '.join(sorted(SCHEMES))})"
         )
     scheme, rest = url.split("://", 1)
     factory = SCHEMES.get(scheme)
     if factory is None:
-        raise StoreError(f"unknown store scheme {scheme!r} in {url!r}; known: {', '.join(sorted(SCHEMES))}")
+        known = ", ".join(sorted(SCHEMES))
+        raise StoreError(f"unknown store scheme {scheme!r} in {redact(url)!r}; known: {known}")
     return factory(rest, url, tz, create)

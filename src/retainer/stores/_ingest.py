@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal, Protocol, get_args, get_origin
 from pydantic import BeforeValidator, ValidationError
 
 from ..errors import DataError
-from ..model import ENTITIES, Entity, _blank_none, _instant, _money, no_gc
+from ..model import ENTITIES, ONEC_EMPTY_DATES, Entity, _blank_none, _money, is_instant, no_gc
 from ..timeutil import parse_instant
 
 #: (entity, field) -> the entity it must reference
@@ -141,13 +141,14 @@ def _field_code(model: type[Entity], name: str, v: str, env: dict[str, Any], utc
         for d in model.__pydantic_decorators__.field_validators.values()
         if name in d.info.fields and d.info.mode == "before"
     ]
-    if _instant in before:
+    if is_instant(f):
         if utc:  # the common `2026-03-01T10:00:00`, naive, in a UTC store: what parse_instant makes of it
-            # and the date-only `2026-03-01`, the start of that day
+            # and the date-only `2026-03-01`, the start of that day; `'1900' <= v < '3'` is its range of years
             return (
                 f"fromiso({v} + '+00:00') if type({v}) is str and len({v}) == 19 and {v}[4] == '-' "
-                f"and {v}[13] == ':' and {v}[16] == ':' else fromiso({v} + 'T00:00:00+00:00') "
-                f"if type({v}) is str and len({v}) == 10 and {v}[4] == '-' and {v}[7] == '-' else instant({v}, tz)"
+                f"and {v}[13] == ':' and {v}[16] == ':' and '1900' <= {v} < '3' else fromiso({v} + 'T00:00:00+00:00') "
+                f"if type({v}) is str and len({v}) == 10 and {v}[4] == '-' and {v}[7] == '-' and '1900' <= {v} < '3' "
+                f"else instant({v}, tz)"
             )
         return f"instant({v}, tz)"
     if _money in before:
@@ -185,6 +186,7 @@ def _converter(model: type[Entity], columns: tuple[str, ...], utc: bool) -> Any:
     env: dict[str, Any] = {
         "instant": parse_instant,
         "fromiso": datetime.fromisoformat,
+        "nodates": ONEC_EMPTY_DATES,
         "money": _money,
         "bools": _BOOLS,
         "slow": _slow,
@@ -209,10 +211,11 @@ def _converter(model: type[Entity], columns: tuple[str, ...], utc: bool) -> Any:
         if fields[name].is_required():
             body.append(f"    f{j} = {f'need({code})' if code.startswith('money(') else code}")
             body.append(f"    fs.append({name!r})")
-        else:  # an empty cell (or None) takes the default, as Entity._blank_means_default says
+        else:  # an empty cell (or None, or 1C's empty date) takes the default, as Entity._blank_means_default says
             env[f"d{j}"] = fields[name].get_default(call_default_factory=False)
             dflt = f"d{j}" if fields[name].default_factory is None else f"{fields[name].default_factory.__name__}()"
-            body.append(f"    if {v} is None or {v} == '':")
+            nodate = f" or {v} in nodates" if is_instant(fields[name]) else ""
+            body.append(f"    if {v} is None or {v} == ''{nodate}:")
             body.append(f"        f{j} = {dflt}")
             body.append("    else:")
             body.append(f"        f{j} = {code}")
