@@ -112,6 +112,19 @@ def test_churned_silence_factor_floor(store: Store) -> None:
     assert of(e.plan(day(36)), "churned")
 
 
+def test_churned_a_floor_in_months_counts_from_the_last_invoice(store: Store) -> None:
+    """Invoices 29 days apart, the last on Jan 31: the client's own silence is 29 days (Mar 1), longer than
+    a month from Jan 31 (Feb 28). An average month (30.4 days) let the floor win: churned a day early."""
+    base(store)
+    store.add(invoices=[{"id": f"i{k}", "client_id": "c1", "issued_at": d, "amount": 10}
+                        for k, d in enumerate(("2025-12-04", "2026-01-02", "2026-01-31"))])  # fmt: skip
+    r = {"id": "churned", "kind": "churned", "min_orders": 3, "silence_factor": 1, "min_silence": "1mo"}
+    e = engine_for(rules(r), store)
+    assert not of(e.plan("2026-02-28"), "churned")
+    (tag, *_) = of(e.plan("2026-03-01"), "churned")
+    assert tag.evidence["threshold"] == "29d"
+
+
 def test_churned_is_one_episode_until_the_client_buys_again(store: Store) -> None:
     base(store)
     invoices(store, [0, 30, 60])

@@ -13,7 +13,7 @@ import re
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal, get_args
 
@@ -367,7 +367,11 @@ def churn_silence_feature(name: str, lookback: Duration, factor: Decimal, floor:
             mid = len(gaps) // 2
             median = Decimal(gaps[mid]) if len(gaps) % 2 else Decimal(gaps[mid - 1] + gaps[mid]) / 2
             n = int((median * factor).to_integral_value(rounding="ROUND_CEILING"))
-            out.append(f"{n}d" if n >= floor.approx_days() else str(floor))
+            # the floor applies where it ends later than the client's own silence, counted from its last
+            # invoice: a month from Jan 31 is 28 days, so an average month put a 1mo floor over a 29-day rhythm
+            own_longer = (n >= floor.approx_days() if floor.is_hours
+                          else days[-1] + timedelta(days=n) >= floor.add_to_date(days[-1]))  # fmt: skip
+            out.append(f"{n}d" if own_longer else str(floor))
         return out
 
     return FeatureImpl(name, "any", f"{factor} x the median gap between invoices within {lookback}", aggs=aggs,
