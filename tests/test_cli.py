@@ -382,3 +382,16 @@ def test_import_archive_missing(tmp_path: Path) -> None:
     with sqlite3.connect(db) as con:
         assert con.execute("select status from clients where id = ?", [rows[-1].split(",")[0]]).fetchone() == (
             "archived",)
+
+
+@pytest.mark.parametrize("args", [("--as-of", "2026-03-01", "--as-of", "2026-04-15"),
+                                  ("--as-of=2026-03-01", "--as-of", "2026-04-15"),
+                                  ("--as-of", "2026-03-01", "-r", str(RULES))])  # fmt: skip
+def test_an_option_that_takes_one_value_given_twice_is_refused(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """click keeps the last: a wrapper that appended its own --as-of committed another night, silently."""
+    db = tmp_path / "crm.db"
+    r = run("run", "--rules", str(RULES), "--data", str(db), *args)
+    assert r.returncode == 2 and "is given twice; give it once" in r.stderr, r.stderr
+    assert not db.exists()
+    ok = run("actions", "list", "--data", str(tmp_path / "none.db"), "--status", "dead", "--status", "failed")
+    assert "given twice" not in ok.stderr  # repeatable options stay repeatable

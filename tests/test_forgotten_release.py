@@ -929,8 +929,12 @@ def test_a_task_for_a_manager_who_left_with_no_one_above_is_said(store: Store) -
 
 def test_as_of_is_required() -> None:
     engine = engine_for(forgotten_rules(), retainer.open_store("memory://"))
-    with pytest.raises(retainer.RetainerError, match="as_of is required"):
+    with pytest.raises(retainer.ArgumentError, match="as_of is required"):
         engine.plan(None)  # type: ignore[arg-type]
+    with pytest.raises(retainer.ArgumentError, match="as_of is not int 20260301: give a date"):  # not "required"
+        engine.plan(20260301)  # type: ignore[arg-type]
+    with pytest.raises(retainer.DataError, match=r"clients is a list of rows .* not one dict"):  # was "should be
+        engine.store.add(clients={"id": "c3", "manager_id": "m1"})  # a valid dictionary", naming the key 'id'
 
 
 _MIDS = [f"m{i}" for i in range(8)]

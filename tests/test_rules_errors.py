@@ -331,6 +331,17 @@ def test_bad_timezone(tmp_path: Path) -> None:
     assert_error(err, p, 2, None, "Mars/Olympus")
 
 
+def test_a_timezone_that_depends_on_the_machine_is_refused(tmp_path: Path) -> None:
+    """`localtime` is a file of the tz database: the same rules gave other days on a laptop and a server."""
+    err, p = load_error(tmp_path, """
+        version: 1
+        timezone: localtime
+        rules:
+          - {id: forgotten, kind: forgotten, after: 60d}
+        """)
+    assert_error(err, p, 2, None, "'localtime' depends on the machine")
+
+
 def test_named_feature_with_an_unknown_entity(tmp_path: Path) -> None:
     err, p = load_error(tmp_path, """
         version: 1

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+from typer.core import TyperGroup
 
 from . import __version__
 from .engine import Engine
@@ -31,8 +32,31 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
+class _OnceGroup(TyperGroup):
+    """Refuses an option given twice that takes one value (`--as-of 2026-03-01 --as-of 2026-04-15`): click
+    keeps the last, so a wrapper that appended its own `--as-of` committed another night without a word."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if cmd is not None and not hasattr(cmd, "commands"):  # a command, not a group of them
+            single = {o: p.name for p in cmd.params if p.param_type_name == "option" and not p.multiple
+                      and not getattr(p, "is_flag", False) and not getattr(p, "count", False)
+                      for o in p.opts}  # fmt: skip
+            seen: dict[str, str] = {}
+            for a in rest:
+                if a == "--":
+                    break
+                opt = a.split("=", 1)[0]
+                if (p := single.get(opt)) is not None:
+                    if p in seen:
+                        _fail(f"{seen[p]} is given twice; give it once")
+                    seen[p] = opt
+        return name, cmd, rest
+
+
 app = typer.Typer(
     name="retainer",
+    cls=_OnceGroup,
     help="Keep CRM clients from being forgotten: evaluate retention rules as of a date and plan actions.",
     no_args_is_help=True,
     add_completion=False,
@@ -469,7 +493,8 @@ def run(
         raise typer.Exit(1)
 
 
-actions_app = typer.Typer(help="Inspect the ledger, replay dead actions, record outcomes.", no_args_is_help=True)
+actions_app = typer.Typer(help="Inspect the ledger, replay dead actions, record outcomes.", no_args_is_help=True,
+                          cls=_OnceGroup)
 app.add_typer(actions_app, name="actions")
 
 DataOpt = Annotated[str, typer.Option("--data", "-d", help="Store URL or .db file.")]

@@ -613,7 +613,8 @@ class Engine:
 
     def as_of(self, value: str | date | datetime) -> AsOf:
         if not isinstance(value, str | date):  # datetime is a date
-            raise RetainerError(f"as_of is required: a date (2026-03-01), a datetime or ISO 8601 text, not {value!r}")
+            what = "is required" if value is None else f"is not {type(value).__name__} {value!r}"
+            raise ArgumentError(f"as_of {what}: give a date (2026-03-01), a datetime or ISO 8601 text")
         try:
             return parse_as_of(value, self.rules.tz)
         except ValueError as exc:

@@ -174,10 +174,17 @@ def _parse_duration(value: str | int) -> Duration:
     )
 
 
+#: names the tz database holds that are not a place: `localtime` is whatever zone the machine running the
+#: plan is set to, so one rule file gave different days (and action keys) on a laptop and on the server
+_NOT_ZONES = frozenset({"localtime", "posixrules", "factory"})
+
+
 @lru_cache(maxsize=64)
 def get_tz(name: str) -> tzinfo:
     if name.upper() == "UTC":
         return UTC
+    if name.strip().lower() in _NOT_ZONES:
+        raise ValueError(f"time zone {name!r} depends on the machine: name the zone, e.g. Europe/Moscow")
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:

@@ -288,6 +288,9 @@ def test_retry_settings() -> None:
         Retry(max_attempts=0)
     with pytest.raises(ArgumentError, match="factor"):
         Retry(factor=0.5)
+    for bad in (float("nan"), float("inf")):  # nan waited max_delay before every retry
+        with pytest.raises(ArgumentError, match="base_delay must be a finite number of seconds"):
+            Retry(base_delay=bad)
 
 
 # ------------------------------------------------------------------ --handler specs

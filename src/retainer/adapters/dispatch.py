@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import inspect
+import math
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -54,6 +55,9 @@ class Retry:
             raise ArgumentError(f"stop_after must be at least 1, not {self.stop_after}")
         if self.base_delay < 0 or self.max_delay < 0 or self.factor < 1:
             raise ArgumentError("delays must be >= 0 and factor >= 1")
+        bad = [n for n in ("base_delay", "factor", "max_delay") if not math.isfinite(getattr(self, n))]
+        if bad:  # `--retry-delay nan` waited the whole max_delay before every retry
+            raise ArgumentError(f"{bad[0]} must be a finite number of seconds, not {getattr(self, bad[0])}")
 
     def delay(self, attempt: int) -> float:
         return float(min(self.max_delay, self.base_delay * self.factor ** (attempt - 1)))

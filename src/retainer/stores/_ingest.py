@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from typing import Annotated, Any, Literal, Protocol, get_args, get_origin
 
-from pydantic import BeforeValidator, ValidationError
+from pydantic import BaseModel, BeforeValidator, ValidationError
 
 from ..errors import DataError
 from ..model import ENTITIES, ONEC_EMPTY_DATES, Entity, _blank_none, _money, is_instant, no_gc
@@ -371,6 +371,10 @@ def check_pending(pending: Pending, known: Mapping[str, IdSet]) -> None:
 
 def batches(rows: Mapping[str, Iterable[Any]], tz: tzinfo) -> list[Batch]:
     """Validate keyword rows (`clients=[...]`) into batches, referenced entities first."""
+    for e, given in rows.items():
+        if isinstance(given, Mapping | str | bytes | BaseModel):  # one row, not a list of them
+            raise DataError(f"{e} is a list of rows (dicts or models), e.g. {e}=[{{...}}], "
+                            f"not one {type(given).__name__}")  # fmt: skip
     return [Batch(e, validate_rows(e, rows[e], tz)) for e in order_entities(rows)]
 
 
