@@ -436,3 +436,13 @@ def test_a_store_opened_without_a_zone_under_rules_in_another_zone_says_so() -> 
         assert retainer.Engine(rules, chosen).plan("2026-03-01").warnings == []
     utc_rules = retainer.load_rules({"version": 1, "rules": [{"id": "f", "kind": "forgotten", "after": "60d"}]})
     assert retainer.Engine(utc_rules, plain).plan("2026-03-01").warnings == []
+
+
+def test_a_day_whose_last_hour_repeats_ends_at_its_second_end() -> None:
+    """Asia/Almaty went from UTC+6 to UTC+5 at midnight after 2024-02-29: 23:00-24:00 happened twice. A touch
+    at the second 23:30 is dated Feb 29, so the day-only as_of 2024-02-29 must include it."""
+    almaty = get_tz("Asia/Almaty")
+    touch = datetime(2024, 2, 29, 23, 30, tzinfo=almaty).replace(fold=1)
+    a = parse_as_of("2024-02-29", almaty)
+    assert touch.astimezone(UTC) <= a.instant and a.instant == datetime(2024, 2, 29, 18, 59, 59, tzinfo=UTC)
+    assert parse_as_of("2026-03-01", MSK).instant == datetime(2026, 3, 1, 20, 59, 59, tzinfo=UTC)  # no fold: as before

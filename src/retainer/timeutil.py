@@ -277,7 +277,9 @@ def parse_as_of(value: str | date | datetime, tz: tzinfo) -> AsOf:
             d = date.fromisoformat(s)
         except ValueError:
             return _in_range(AsOf(parse_instant(s, tz), tz))
-    end = datetime.combine(in_years(d), time(23, 59, 59), tzinfo=tz)
+    # fold=1: where a zone repeats the day's last hour (Asia/Almaty on 2024-02-29), the day ends at the
+    # second 23:59:59; the first left a touch at the second 23:30 in no day at all
+    end = datetime.combine(in_years(d), time(23, 59, 59, fold=1), tzinfo=tz)
     return _in_range(AsOf(end.astimezone(UTC), tz))
 
 
