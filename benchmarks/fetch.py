@@ -30,7 +30,7 @@ def main() -> None:
     import retainer
     from retainer.rules.features import FeatureFrame
 
-    engine = retainer.Engine(retainer.load_rules(a.rules), retainer.open_store(f"sqlite:///{a.db}"))
+    engine = retainer.Engine(retainer.load_rules(a.rules), retainer.open_store(f"sqlite:///{a.db}", timezone="UTC"))
     store = engine.store
     print(json.dumps({"open": round(time.perf_counter() - t0, 4)}))
     asof = engine.as_of(a.as_of)

@@ -70,7 +70,8 @@ def child(db: Path, pairs_out: Path | None, rules: Path = RULES) -> None:
     t0 = time.perf_counter()
     import retainer
 
-    engine = retainer.Engine(retainer.load_rules(rules), retainer.open_store(f"sqlite:///{db}"))
+    store = retainer.open_store(f"sqlite:///{db}", timezone="UTC")  # the zone it was imported in
+    engine = retainer.Engine(retainer.load_rules(rules), store)
     setup = time.perf_counter() - t0
     t1 = time.perf_counter()
     plan = engine.plan(AS_OF)

@@ -693,8 +693,8 @@ class Engine:
                 bad = sorted(i for i in problems if live[i])
                 st["bad_threshold"] = len(bad)
                 warnings += [f"rule {rule.id}, client {clients[i].id}: {problems[i]}; skipped" for i in bad]
-            for i, hit in enumerate(mask):
-                if not hit or not row_live[i]:
+            for i in itertools.compress(range(len(mask)), mask):  # the rows that hold, picked out in C
+                if not row_live[i]:
                     continue
                 st["matched"] += 1
                 if episodes is None:
