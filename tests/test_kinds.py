@@ -369,6 +369,17 @@ def test_messages_for_the_supervisor_go_up_to_the_nearest_active_one(store: Stor
     assert [s.reason_code for s in plan.suppressed] == ([] if to else ["no_recipient"])
 
 
+def test_a_supervisor_cycle_is_nobody_to_escalate_to(store: Store) -> None:
+    """m1's supervisor m2 left, and m2's supervisor is m1 (data allows it): the walk up came back to m1,
+    who was asked to escalate about himself."""
+    store.add(managers=[{"id": "m1", "supervisor_id": "m2"}, {"id": "m2", "supervisor_id": "m1", "active": False}],
+              clients=[{"id": "c1", "manager_id": "m1"}],
+              touches=[{"id": "t0", "client_id": "c1", "at": at(0)}])  # fmt: skip
+    then = [{"escalate": {"to": "supervisor", "template": "x"}}]
+    plan = engine_for(rules({**FORGOTTEN, "then": then}), store).plan(day(60))
+    assert not plan.actions and [s.reason_code for s in plan.suppressed] == ["no_recipient"]
+
+
 def test_escalate_released_client_forgotten_again(store: Store) -> None:
     base(store)
     store.add(touches=[{"id": "t0", "client_id": "c1", "at": at(0), "kind": "call"}])

@@ -218,3 +218,20 @@ def test_a_released_debtor_is_its_new_managers_and_a_past_digest_counts_only_wha
     assert next(s for s in d.sections if s.title == "Churn reasons").rows == []
     now = digest(engine, "2026-04-01")
     assert next(s for s in now.sections if s.title == "Churn reasons").rows == [["price", 1]]
+
+
+def test_a_client_released_again_tonight_is_listed_under_tonights_manager() -> None:
+    """Released m1 -> m2 (not carried out), called by m2, forgotten again: tonight's move is from m2 (the
+    owner on paper) to another manager, who gets the task; the digest listed the client under m2."""
+    store = crm()
+    store.add(managers=[{"id": "m3", "name": "Oleg", "supervisor_id": "boss"}])
+    engine = retainer.Engine(FR, store)
+    engine.run("2026-03-01")  # c1: Anna -> Ivan (or Oleg: least loaded)
+    (first,) = [a for a in store.ledger() if a.type == "reassign"]
+    store.add(touches=[{"id": "t9", "client_id": "c1", "at": "2026-03-02T10:00:00", "kind": "call"}])
+    plan = engine.plan("2026-05-20")
+    (move,) = [a for a in plan.actions if a.type == "reassign" and a.client_id == "c1"]
+    assert move.from_manager_id == first.payload_fields["to_manager_id"]  # type: ignore[attr-defined]
+    d = digest(engine, "2026-05-20")
+    rows = {r[0]: r[1] for r in d.sections[1].rows}
+    assert rows["Acme (c1)"].endswith(f"({move.to_manager_id})")  # type: ignore[attr-defined]

@@ -363,10 +363,10 @@ def _active_supervisor(manager: Manager, managers: Mapping[str, Manager]) -> Man
     will never read it. None when nobody up the chain is active."""
     seen = {manager.id}
     boss = managers.get(manager.supervisor_id or "")
-    while boss is not None and not boss.active and boss.supervisor_id and boss.id not in seen:
+    while boss is not None and boss.id not in seen and not boss.active:
         seen.add(boss.id)
-        boss = managers.get(boss.supervisor_id)
-    return boss if boss is not None and boss.active else None
+        boss = managers.get(boss.supervisor_id or "")
+    return boss if boss is not None and boss.id not in seen and boss.active else None  # a cycle: nobody
 
 
 def _emit_group(

@@ -233,7 +233,10 @@ def unapplied_moves(
     changes = manager_changes(store, sorted(by_id))
     owner: dict[str, str] = {}
     for e in entries:  # in commit order
-        if e.as_of > as_of or e.void or e.client_id not in by_id or carried_out(e, changes):
+        if e.as_of > as_of or e.void or e.client_id not in by_id:
+            continue
+        if carried_out(e, changes):  # and so is every move before it: the data shows the client since
+            owner.pop(e.client_id, None)
             continue
         f = e.payload_fields
         if f.get("to_manager_id") and f.get("from_manager_id") in (by_id[e.client_id].manager_id,
@@ -253,7 +256,8 @@ def carried_out(e: LedgerEntry, changes: Mapping[str, Mapping[str, int]]) -> boo
     gave the client to: the move is done, and from then on the data says who has the client, whatever it
     shows now. Without this, a manager who took a released client back in the CRM lost it again to the new
     manager in every later plan, until the host recorded the reassignment as cancelled. (A write that gives
-    the client the manager an earlier move of a chain gave it does not carry out the later move.)"""
+    the client the manager an earlier move of a chain gave it does not carry out the later move; one that
+    carries out a later move carries out every move before it.)"""
     to = e.payload_fields.get("to_manager_id")
     return e.seq > 0 and bool(to) and changes.get(e.client_id or "", {}).get(to, -1) >= e.seq
 

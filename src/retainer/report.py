@@ -117,9 +117,10 @@ def digest(engine: Engine, as_of: str | date | datetime, *, top: int = 30, label
     # still matches): the client is its new manager's (the data says the old one)
     named = {x.client_id for x in due} | {x.client_id for x, _ in held}
     owner = unapplied_moves(store, [clients[c] for c in sorted(named) if c in clients], a.instant)  # type: ignore[index]
+    # tonight's moves: from the manager the data shows, or, released again, from the one an earlier move gave
     owner |= {x.client_id: x.to_manager_id for x in plan.actions  # type: ignore[attr-defined]
               if x.type == "reassign" and x.to_manager_id and x.client_id in clients  # type: ignore[attr-defined]
-              and clients[x.client_id].manager_id == x.from_manager_id}  # type: ignore[attr-defined]  # fmt: skip
+              and x.from_manager_id in (clients[x.client_id].manager_id, owner.get(x.client_id))}  # type: ignore[attr-defined]  # fmt: skip
 
     def manager_of(cid: str | None) -> str:
         return owner.get(cid) or (clients[cid].manager_id if cid in clients else "?")  # type: ignore[index]

@@ -427,6 +427,23 @@ def test_moves_made_before_the_data_shows_the_last_one_chain(store: Store) -> No
     assert ledger.unapplied_moves(store, store.clients(at), at) == {"c1": "m3"}
 
 
+def test_a_move_carried_out_carries_out_the_moves_before_it(store: Store) -> None:
+    """c1: m1 -> m2 -> m3, and the CRM shows m3 without ever showing m2; m1 then takes the client back by
+    hand: the first move must not come back to life (the client went to m2, who never had it). c2: m1 -> m2,
+    m2 -> m1, m1 -> m2 while the data showed m1; the CRM carries out the last: the middle one is over too."""
+    store.add(managers=[{"id": m} for m in ("m1", "m2", "m3")],
+              clients=[{"id": c, "manager_id": "m1"} for c in ("c1", "c2")])  # fmt: skip
+    store.commit_run(run_record(1), [_move("c1", "m1", "m2", 1), _move("c2", "m1", "m2", 1)], {})
+    store.commit_run(run_record(2), [_move("c1", "m2", "m3", 2), _move("c2", "m2", "m1", 2)], {})
+    store.commit_run(run_record(3), [_move("c2", "m1", "m2", 3)], {})
+    at = datetime(2026, 3, 4, tzinfo=UTC)
+    assert store.moves_in_flight(at) == {"c1": ("m1", "m3"), "c2": ("m1", "m2")}
+    store.upsert(clients=[{"id": "c1", "manager_id": "m3"}, {"id": "c2", "manager_id": "m2"}])
+    assert store.moves_in_flight(at) == {} and ledger.unapplied_moves(store, store.clients(at), at) == {}
+    store.upsert(clients=[{"id": "c1", "manager_id": "m1"}])
+    assert store.moves_in_flight(at) == {} and ledger.unapplied_moves(store, store.clients(at), at) == {}
+
+
 def test_outcomes_are_kept_as_json_alike_by_every_store(store: Store) -> None:
     """The memory store kept the raw objects and SQLite wrote str() of them: a host's tests on memory://
     read other values than production did. A key that is not text is refused, naming it."""

@@ -195,4 +195,14 @@ def test_a_store_from_before_manager_changes_gets_the_table_or_is_read_without_i
     store.upsert(clients=[{**store.get("clients", "c1").model_dump(), "manager_id": "m2"}])  # type: ignore[union-attr]
     store.upsert(clients=[{**store.get("clients", "c1").model_dump(), "manager_id": "m1"}])  # type: ignore[union-attr]
     assert store.manager_changes(["c1"]) == {"c1": {"m2": 1, "m1": 1}} and store.moves_in_flight(at) == {}
+    # a move the data showed carried out before the upgrade: taken back by hand after it, it stays back
+    store.upsert(clients=[{**store.get("clients", "c1").model_dump(), "manager_id": "m2"}])  # type: ignore[union-attr]
+    store.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TABLE retainer_manager_changes")
+    conn.close()
+    store = retainer.open_store(f"sqlite:///{db}", create=False)
+    assert store.manager_changes(["c1"]) == {"c1": {"m2": 1}}
+    store.upsert(clients=[{**store.get("clients", "c1").model_dump(), "manager_id": "m1"}])  # type: ignore[union-attr]
+    assert store.moves_in_flight(at) == {}
     store.close()

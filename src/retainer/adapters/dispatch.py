@@ -288,7 +288,8 @@ class Dispatcher:
         """Actions an earlier run committed that must not go out now (id -> why), whatever rule planned them:
         their client has asked not to be contacted since (`do_not_contact` means no action at all), or the
         invoice they chase is paid, or the client has been archived since (an import with --archive-missing
-        archives a client deleted in the CRM), or the manager they go to has been deactivated since. The plan
+        archives a client deleted in the CRM), or the manager a reassignment gives the client to has been
+        deactivated since. The plan
         that committed them could not know; the one that delivers them (a night later, or a replay) must
         not send them."""
         out: dict[str, str] = {}
@@ -317,13 +318,14 @@ class Dispatcher:
         return out
 
     def _left(self, e: LedgerEntry, managers: dict[str, Any]) -> str | None:
-        """Why an earlier run's action must not go to its manager any more: the one a reassignment gives the
-        client to, or a task or message is for, has been deactivated since (or is gone from the data). A
-        night the CRM was down, then a morning export that deactivated the manager: the client went to
-        someone who had left, with its "call them" task."""
-        f = e.payload_fields
-        who = f.get("assignee_id") if e.type == "create_task" else f.get("to_manager_id")
-        if not who or e.type not in ("create_task", "reassign", "notify_manager", "escalate"):
+        """Why an earlier run's reassignment must not go out any more: the manager it gives the client to has
+        been deactivated since (or is gone from the data). A night the CRM was down, then a morning export
+        that deactivated the manager, sent the client to someone who had left. Only reassignments: a plan
+        never gives a client to an inactive manager, so one is inactive since; a task or a message may be
+        meant for one (a manager who left with no active supervisor still gets the task, and the plan warns),
+        and cancelling it would lose it."""
+        who = e.payload_fields.get("to_manager_id")
+        if not who or e.type != "reassign":
             return None
         if who not in managers:
             managers[who] = self.store.get("managers", who)
