@@ -46,7 +46,7 @@ __all__ = ["METHODS", "Backtest", "backtest", "steps_between"]
 _LOCAL = frozenset({
     "run_lock", "ledger_status", "commit_run", "finish_run", "runs", "ledger", "begin_attempts",
     "finish_attempts", "requeue", "set_outcome", "get_cursor", "set_cursor",
-    "clients", "managers",
+    "clients", "managers", "manager_changes",
 })  # fmt: skip
 
 

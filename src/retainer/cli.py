@@ -417,7 +417,8 @@ def _print_dispatch(d: Any, console: Console, data: str) -> None:
         console.print(f"left {len(d.in_flight):,} action(s) to the dispatcher delivering them now "
                       "(a reactive session, another process)", highlight=False)  # fmt: skip
     for why, n in sorted(Counter(d.cancelled.values()).items()):
-        console.print(f"cancelled {n:,} action(s) committed earlier and not sent: {why} since", highlight=False)
+        since = f"{why} since" if why in ("do_not_contact", "paid", "archived") else why  # a sentence of its own
+        console.print(f"cancelled {n:,} action(s) committed earlier and not sent: {since}", highlight=False)
     for handler, why in sorted(d.stopped.items()):
         console.print(
             f"[red]gave up on[/] {handler}: {why}; {d.left + len(d.failed):,} action(s) wait for the next run",

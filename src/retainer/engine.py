@@ -46,7 +46,6 @@ from .rules.features import FeatureFrame, SubFrame, invoice_frame, manager_frame
 from .rules.kinds import CompiledRule
 from .rules.loader import RuleSet, load_rules
 from .rules.schema import ReassignSpec
-from .stores import DEFAULT_TZ
 from .stores.base import AggSpec, Store
 from .timeutil import AsOf, DateRangeError, Duration, parse_as_of
 
@@ -803,7 +802,7 @@ class Engine:
             "suppressed": dict(sorted(Counter(s.reason_code for s in suppressed).items())),
         }
         warnings += frame.warnings
-        if getattr(self.store, "tz", None) is DEFAULT_TZ and _not_utc(a):
+        if getattr(self.store, "zone_defaulted", False) and _not_utc(a):
             warnings.append(
                 f"the store was opened without a timezone, so times written without an offset were read as UTC, "
                 f"while the rules count days in {self.rules.timezone}: open it with "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta, tzinfo
+from datetime import UTC, timedelta, tzinfo
 from datetime import timezone as _timezone
 from pathlib import Path
 from typing import Final
@@ -49,7 +49,8 @@ def register(scheme: str, factory: Factory) -> None:
     SCHEMES[scheme] = factory
 
 
-#: UTC, when the caller gave no zone: an engine whose rules count days in another zone says so in its plans
+#: `timezone`'s default: the store reads naive times as UTC (`datetime.UTC` itself, which the fast paths
+#: know), and is marked `zone_defaulted`, so an engine whose rules count days in another zone says so
 DEFAULT_TZ: Final = _timezone(timedelta(0), "UTC")
 
 
@@ -62,7 +63,9 @@ def open_store(url: str, *, timezone: tzinfo | str = DEFAULT_TZ, create: bool = 
     """
     from ..timeutil import get_tz
 
-    if isinstance(timezone, str):
+    if timezone is DEFAULT_TZ:
+        tz: tzinfo = UTC
+    elif isinstance(timezone, str):
         try:
             tz = get_tz(timezone)
         except ValueError as exc:
@@ -74,6 +77,13 @@ def open_store(url: str, *, timezone: tzinfo | str = DEFAULT_TZ, create: bool = 
             f"timezone must be a zone name or a tzinfo, not {timezone!r}: pass the rule set's, "
             "e.g. open_store(url, timezone=rules.timezone)"
         )
+    store = _open(url, tz, create)
+    if timezone is DEFAULT_TZ:
+        store.zone_defaulted = True  # type: ignore[attr-defined]
+    return store
+
+
+def _open(url: str, tz: tzinfo, create: bool) -> Store:
     if "://" not in url:
         if url.endswith((".db", ".sqlite", ".sqlite3")):
             return _sqlite("/" + url, f"sqlite:///{url}", tz, create)
