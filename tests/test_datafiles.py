@@ -375,16 +375,22 @@ def test_1c_empty_date_reads_as_an_empty_cell(tmp_path: Path) -> None:
 @pytest.mark.parametrize("zone", ["Europe/Moscow", "UTC"])
 @pytest.mark.parametrize("when", ["9999-12-31T23:59:59-12:00", "0001-01-01T03:00:00", "1899-12-31", "3000-01-01"])
 def test_a_date_outside_the_years_1900_to_2999_names_its_row_and_field(tmp_path: Path, when: str, zone: str) -> None:
-    """`0001-01-01` (in Moscow) or `9999-12-31T23:59:59-12:00` was an uncaught OverflowError, exit 1."""
+    """`0001-01-01` (in Moscow) or `9999-12-31T23:59:59-12:00` was an uncaught OverflowError, exit 1. In a field
+    that may be empty, a date in the year 3000 or later is "no end" (9999-12-31, 1C's 3999-12-31): empty."""
     d = tmp_path / "crm"
     shutil.copytree(CRM, d)
     p = d / "tasks.csv"
     lines = p.read_text().splitlines()
     p.write_text("\n".join([*lines, f"k2,c4,m2,2025-12-02T09:00,{when},,open,call,crm"]) + "\n")
-    with pytest.raises(retainer.DataError) as e:
-        import_data(d, retainer.open_store("memory://", timezone=zone))
-    assert str(e.value) == (f"{p}:{len(lines) + 1} id=k2 field due_at: invalid date/time {when!r}: dates must lie "
-                            "between the years 1900 and 2999 (leave the cell empty for none)")
+    if when[:4] >= "3000":  # "no end" in a field that may be empty (9999-12-31: an open-ended contract)
+        store = retainer.open_store("memory://", timezone=zone)
+        import_data(d, store)
+        assert store.get("tasks", "k2").due_at is None  # type: ignore[union-attr]
+    else:
+        with pytest.raises(retainer.DataError) as e:
+            import_data(d, retainer.open_store("memory://", timezone=zone))
+        assert str(e.value) == (f"{p}:{len(lines) + 1} id=k2 field due_at: invalid date/time {when!r}: dates must "
+                                "lie between the years 1900 and 2999 (leave the cell empty for none)")
     store = retainer.open_store("memory://", timezone=zone)
     store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}])
     with pytest.raises(retainer.DataError, match=r"touches\[0\] id=t1 field at: .*between the years 1900 and 2999"):

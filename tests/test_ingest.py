@@ -52,6 +52,9 @@ INSTANTS = [
     "1899-12-31T23:00:00",
     "3000-01-01",
     "9999-12-31T23:59:59-12:00",
+    "9999-12-31",  # "no end": an empty cell where the field may be empty
+    "3999-12-31T23:59:59",  # 1C's largest date
+    "2999-12-31",
 ]
 MONEY = ["1.5", "100", "1.23456", "1.2300", "abc", "1e3", "NaN", "Infinity", " 2 ", "-0", "0.0001", "1,5"]
 BOOLS = ["true", "false", "True", "TRUE", "yes", "no", "1", "0", "2", " true", "t"]
@@ -154,6 +157,7 @@ def test_every_instant_spelling_converts_exactly_like_the_model(zone: str, requi
     if not required:  # a 1C export has one in every open task and unpaid invoice: kept off the model's slow path
         convert = _ingest._converter(ENTITIES["tasks"], header, zone == "UTC")
         assert convert(("k1", "c1", "2026-01-01", "0001-01-01T00:00:00"), tz).due_at is None
+        assert convert(("k1", "c1", "2026-01-01", "9999-12-31"), tz).due_at is None
 
 
 def test_the_converters_take_the_reference_workload_without_the_model() -> None:

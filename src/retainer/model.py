@@ -47,6 +47,17 @@ def _no_date(value: Any) -> bool:
     return isinstance(value, str) and value.strip() in ONEC_EMPTY_DATES
 
 
+#: the first year read as "no date" in a field that may be empty: systems write 9999-12-31 (1C: 3999-12-31) for
+#: "no end" (an open-ended contract, an invoice with no due date); a date that far would overflow a plan's sums
+ENDLESS_YEAR = 3000
+
+
+def _endless(value: Any) -> bool:
+    if isinstance(value, date):
+        return value.year >= ENDLESS_YEAR
+    return isinstance(value, str) and (v := value.strip())[:4].isdigit() and int(v[:4]) >= ENDLESS_YEAR
+
+
 def _instant(value: Any, info: ValidationInfo) -> Any:
     if value is None or value == "":
         return None
@@ -111,14 +122,14 @@ class Entity(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _blank_means_default(cls, data: Any) -> Any:
-        """An empty cell (or null, or 1C's empty date in a date field) in a field with a default takes the
-        default, as in a CRM export."""
+        """An empty cell (or null, or in a date field 1C's empty date or a "no end" date such as 9999-12-31) in
+        a field with a default takes the default, as in a CRM export."""
         if isinstance(data, dict):
             fields, dates = cls.model_fields, _date_fields(cls)
             return {
                 k: v
                 for k, v in data.items()
-                if not ((v is None or v == "" or (k in dates and _no_date(v)))
+                if not ((v is None or v == "" or (k in dates and (_no_date(v) or _endless(v))))
                         and k in fields and not fields[k].is_required())
             }  # fmt: skip
         return data
