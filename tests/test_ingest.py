@@ -54,7 +54,15 @@ INSTANTS = [
     "9999-12-31T23:59:59-12:00",
     "9999-12-31",  # "no end": an empty cell where the field may be empty
     "3999-12-31T23:59:59",  # 1C's largest date
+    " 9999-12-31T23:59:59Z ",
     "2999-12-31",
+    "9999-13-45",  # not dates at all, in no year: refused
+    "31.10.2025",
+    "4/15/2026",
+    "45945",
+    "3000000000",
+    "3a00-01-01",
+    "45",
 ]
 MONEY = ["1.5", "100", "1.23456", "1.2300", "abc", "1e3", "NaN", "Infinity", " 2 ", "-0", "0.0001", "1,5"]
 BOOLS = ["true", "false", "True", "TRUE", "yes", "no", "1", "0", "2", " true", "t"]
@@ -157,7 +165,7 @@ def test_every_instant_spelling_converts_exactly_like_the_model(zone: str, requi
     if not required:  # a 1C export has one in every open task and unpaid invoice: kept off the model's slow path
         convert = _ingest._converter(ENTITIES["tasks"], header, zone == "UTC")
         assert convert(("k1", "c1", "2026-01-01", "0001-01-01T00:00:00"), tz).due_at is None
-        assert convert(("k1", "c1", "2026-01-01", "9999-12-31"), tz).due_at is None
+        assert convert(("k1", "c1", "2026-01-01", "9999-12-31"), tz) is None  # rare: the model's path decides
 
 
 def test_the_converters_take_the_reference_workload_without_the_model() -> None:
@@ -304,3 +312,16 @@ def test_an_amount_too_large_for_the_store_is_a_data_error_naming_the_row(store:
                                 "amount": str(MAX_AMOUNT)}]) == {"invoices": 1}
     (inv,) = store.facts("invoices", datetime(2026, 3, 1, tzinfo=UTC))
     assert inv.amount == MAX_AMOUNT  # the largest amount round-trips exactly
+
+
+@pytest.mark.parametrize("cell", ["45945", "3000000000", "31.10.2025", "9999-13-45", "3a00-01-01"])
+def test_only_a_real_date_in_the_year_3000_or_later_is_no_end(cell: str) -> None:
+    """An Excel day number (45945 is 2025-10-15) or a Russian-style date was read as "no date", and the
+    invoice was never dunned: only an ISO date that far reads as empty."""
+    store = retainer.open_store("memory://", timezone="Europe/Moscow")
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}])
+    row = {"id": "i1", "client_id": "c1", "issued_at": "2025-10-01", "amount": 5}
+    with pytest.raises(retainer.DataError, match=r"invoices\[0\] id=i1 field due_at: invalid date/time"):
+        store.add(invoices=[{**row, "due_at": cell}])
+    store.add(invoices=[{**row, "due_at": "9999-12-31"}])
+    assert store.get("invoices", "i1").due_at is None  # type: ignore[union-attr]

@@ -555,9 +555,9 @@ def test_a_run_dated_after_tomorrow_is_refused_and_writes_nothing(store: Store) 
 
 def test_a_reassignment_to_a_manager_deactivated_since_is_cancelled(store: Store) -> None:
     """The CRM was down the night c1 was released to m2; the next morning's export deactivates m2. The move
-    must not go out (the client went to someone who had left); c2's, to m3, still does. A task is not
-    cancelled for its manager (one who left with no active supervisor gets the task on purpose, and a
-    catch-up run cancelled that one)."""
+    must not go out (the client went to someone who had left), nor the task planned with it for m2; c2's,
+    to m3, still do. A task is not cancelled for its manager alone: one who left with no active supervisor
+    gets the task on purpose, and a catch-up run cancelled that one."""
     store.add(managers=[{"id": "m1"}, {"id": "m2"}, {"id": "m3"}],
               clients=[{"id": "c1", "manager_id": "m1"}, {"id": "c2", "manager_id": "m1"}])  # fmt: skip
     rules = {"version": 1, "rules": [
@@ -580,10 +580,37 @@ def test_a_reassignment_to_a_manager_deactivated_since_is_cancelled(store: Store
     report = e.run("2026-03-02", handlers=h, clock=clock, sleep=clock.sleep)
     assert report.dispatch is not None
     gone = {store.ledger(ids=[i])[0].type: why for i, why in report.dispatch.cancelled.items()}
-    assert gone == {"reassign": "manager m2 is no longer active"}
-    assert {(a.type, a.client_id) for a in h.actions} == {("reassign", "c2"), ("create_task", "c2"),
-                                                          ("create_task", "c1")}  # fmt: skip
+    assert gone == {"reassign": "manager m2 is no longer active",
+                    "create_task": "its client's move to m2 was cancelled: manager m2 is no longer active"}
+    assert {(a.type, a.client_id) for a in h.actions} == {("reassign", "c2"), ("create_task", "c2")}
     assert store.moves_in_flight(e.as_of("2026-03-02").instant) == {"c2": ("m1", "m3")}
+
+
+def test_an_escalation_to_a_supervisor_deactivated_since_is_cancelled_a_task_for_a_manager_who_left_is_not(
+    store: Store,
+) -> None:
+    """A plan never escalates to a supervisor who has left (it goes up the chain), so one committed to a
+    supervisor deactivated before delivery is stale. A task for a manager who has left, with no active
+    supervisor, is planned so on purpose (the plan warns): a catch-up run cancelled it, and it was lost."""
+    store.add(managers=[{"id": "s1"}, {"id": "m1", "supervisor_id": "s1"}, {"id": "m9", "active": False}],
+              clients=[{"id": "c1", "manager_id": "m1"}, {"id": "c9", "manager_id": "m9"}],
+              touches=[{"id": f"t{c}", "client_id": c, "at": "2026-01-01T10:00:00"} for c in ("c1", "c9")])  # fmt: skip
+    rules = {"version": 1, "rules": [{"id": "f", "kind": "forgotten", "after": "30d", "then": [
+        {"create_task": {"title": "Call", "due_in": "1d"}}, {"escalate": {"to": "supervisor", "template": "x"}}]}]}
+    clock = FakeClock(datetime(2026, 3, 5, tzinfo=UTC))
+
+    def down(a: Action) -> None:
+        raise RuntimeError("CRM down")
+
+    e = engine_for(rules, store)
+    e.run("2026-03-01", handlers=down, retry=Retry(base_delay=0, stop_after=1), clock=clock, sleep=clock.sleep)
+    store.upsert(managers=[{"id": "s1", "active": False}])
+    h = RecordingHandler()
+    report = e.run("2026-03-02", handlers=h, clock=clock, sleep=clock.sleep)  # a catch-up night: as_of is past
+    assert report.dispatch is not None
+    gone = {store.ledger(ids=[i])[0].key: why for i, why in report.dispatch.cancelled.items()}
+    assert gone == {"f:c1:2026-01-01:escalate": "manager s1 is no longer active"}
+    assert sorted((a.type, a.client_id) for a in h.actions) == [("create_task", "c1"), ("create_task", "c9")]
 
 
 def test_a_reassignment_is_delivered_before_the_clients_other_actions(store: Store) -> None:

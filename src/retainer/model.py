@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import gc
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
@@ -52,10 +53,21 @@ def _no_date(value: Any) -> bool:
 ENDLESS_YEAR = 3000
 
 
+_ISO_DAY = re.compile(r"\s*(\d{4})-(\d{2})-(\d{2})(?:[T ]\S*)?\s*$")
+
+
 def _endless(value: Any) -> bool:
+    """An ISO date (or date and time) in ENDLESS_YEAR or later. Only that: `45945` (an Excel day number) or
+    `31.10.2025` is not a date at all, and is refused as before rather than read as "no date"."""
     if isinstance(value, date):
         return value.year >= ENDLESS_YEAR
-    return isinstance(value, str) and (v := value.strip())[:4].isdigit() and int(v[:4]) >= ENDLESS_YEAR
+    if not isinstance(value, str) or (m := _ISO_DAY.match(value)) is None or int(m[1]) < ENDLESS_YEAR:
+        return False
+    try:
+        date(int(m[1]), int(m[2]), int(m[3]))
+    except ValueError:  # 9999-13-45: not a day
+        return False
+    return True
 
 
 def _instant(value: Any, info: ValidationInfo) -> Any:

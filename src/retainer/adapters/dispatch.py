@@ -288,13 +288,13 @@ class Dispatcher:
         """Actions an earlier run committed that must not go out now (id -> why), whatever rule planned them:
         their client has asked not to be contacted since (`do_not_contact` means no action at all), or the
         invoice they chase is paid, or the client has been archived since (an import with --archive-missing
-        archives a client deleted in the CRM), or the manager a reassignment gives the client to has been
-        deactivated since. The plan
+        archives a client deleted in the CRM), or the manager they go to has left since (`_left`). The plan
         that committed them could not know; the one that delivers them (a night later, or a replay) must
         not send them."""
         out: dict[str, str] = {}
         clients: dict[str, Any] = {}
         managers: dict[str, Any] = {}
+        moves: dict[tuple[str, str], str] = {}  # (client, manager it was to go to) -> why the move is cancelled
         for e in earlier:
             cid = e.client_id
             if cid is None:
@@ -310,21 +310,30 @@ class Dispatcher:
                 continue
             if (gone := self._left(e, managers)) is not None:
                 out[e.id] = gone
+                if e.type == "reassign":
+                    moves[(cid, e.action.to_manager_id)] = gone  # type: ignore[attr-defined]
                 continue
             invoice = e.action.evidence.get("invoice.id")  # a dunning step's invoice
             inv = self.store.get("invoices", invoice) if isinstance(invoice, str) else None
             if inv is not None and (why := dunning_over(inv, self.clock(), self.min_outstanding.get(e.rule, 0))):
                 out[e.id] = why
+        if moves:  # the tasks and messages planned with a cancelled move, for the manager it named, go with it
+            for e in earlier:
+                if e.id not in out and e.type in ("create_task", "notify_manager") and e.client_id is not None:
+                    who = getattr(e.action, "assignee_id", None) or getattr(e.action, "to_manager_id", None)
+                    if (why := moves.get((e.client_id, who or ""))) is not None:
+                        out[e.id] = f"its client's move to {who} was cancelled: {why}"
         return out
 
     def _left(self, e: LedgerEntry, managers: dict[str, Any]) -> str | None:
-        """Why an earlier run's reassignment must not go out any more: the manager it gives the client to has
-        been deactivated since (or is gone from the data). A night the CRM was down, then a morning export
-        that deactivated the manager, sent the client to someone who had left. Only reassignments: a plan
-        never gives a client to an inactive manager, so one is inactive since; a task or a message may be
-        meant for one (a manager who left with no active supervisor still gets the task, and the plan warns),
-        and cancelling it would lose it."""
-        if e.type != "reassign":
+        """Why an earlier run's reassignment or escalation must not go out any more: the manager it gives the
+        client to, or the supervisor it tells, has been deactivated since (or is gone from the data). A night
+        the CRM was down, then a morning export that deactivated the manager, sent the client to someone who
+        had left. A plan never picks an inactive manager for either (an escalation goes up to the nearest
+        active supervisor), so one is inactive since. Not a task or a message on its own: one may be meant
+        for a manager who left (with no active supervisor the task still goes to them, and the plan warns),
+        and cancelling it lost it."""
+        if e.type not in ("reassign", "escalate"):
             return None
         # the action, which `_void` parses anyway: its payload parsed again, and kept, took 100 MB at 100k
         who = getattr(e.action, "to_manager_id", None)

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal, Protocol, get_args, get_origin
 from pydantic import BaseModel, BeforeValidator, ValidationError
 
 from ..errors import DataError
-from ..model import ENDLESS_YEAR, ENTITIES, ONEC_EMPTY_DATES, Entity, _blank_none, _money, is_instant, no_gc
+from ..model import ENTITIES, ONEC_EMPTY_DATES, Entity, _blank_none, _money, is_instant, no_gc
 from ..timeutil import parse_instant
 
 #: (entity, field) -> the entity it must reference
@@ -214,8 +214,8 @@ def _converter(model: type[Entity], columns: tuple[str, ...], utc: bool) -> Any:
         else:  # an empty cell (or None, or 1C's empty date) takes the default, as Entity._blank_means_default says
             env[f"d{j}"] = fields[name].get_default(call_default_factory=False)
             dflt = f"d{j}" if fields[name].default_factory is None else f"{fields[name].default_factory.__name__}()"
-            nodate = (f" or {v} in nodates or (type({v}) is str and '{ENDLESS_YEAR}' <= {v}[:4] <= '9999')"
-                      if is_instant(fields[name]) else "")  # fmt: skip
+            # a "no end" date (9999-12-31) is rare: its row takes the model's path, which alone decides it
+            nodate = f" or {v} in nodates" if is_instant(fields[name]) else ""
             body.append(f"    if {v} is None or {v} == ''{nodate}:")
             body.append(f"        f{j} = {dflt}")
             body.append("    else:")
