@@ -733,16 +733,15 @@ class Engine:
         matches = _resolve_ladders(matches, ledger, top, later)
         movers = [m for m in matches if m.rule.reassign is not None and not m.blocked and m.client]
         loads = self.store.manager_loads(a.instant)
-        if not getattr(self.store, "carries_out_moves", False) and any(
-            m.head + "reassign" not in ledger for m in movers
-        ):  # a choice to make: count the moves the CRM has not carried out where they go
+        owners: dict[str, str] = {}
+        pickers = [m.client for m in movers if m.head + "reassign" not in ledger and m.client]
+        if pickers and not getattr(self.store, "carries_out_moves", False):  # a choice to make:
+            # count the moves the CRM has not carried out where they go, and take a client released again
+            # before the data shows its last move from the manager that move gave it to
             loads = loads_with_moves(self.store, loads, a.instant)
+            owners = unapplied_moves(self.store, pickers, a.instant)
         reassigner = _Reassigner(managers, loads, self.store)
         given, refused = self._given(movers, matches, ledger, managers)
-        # a client released again before the data shows the last move is taken from the manager it was given
-        pickers = [m.client for m in movers if m.head + "reassign" not in ledger and m.client]
-        owners = (unapplied_moves(self.store, pickers, a.instant)
-                  if pickers and not getattr(self.store, "carries_out_moves", False) else {})  # fmt: skip
         for m in sorted(movers, key=lambda m: m.head):  # in key order
             spec = m.rule.reassign
             assert spec is not None and m.client is not None
@@ -825,11 +824,11 @@ class Engine:
         """The managers that earlier runs gave these clients to, by reassign key, and the keys of those the
         CRM refused (dead) or that were cancelled, which moved nobody, or that the data has shown carried
         out (`ledger.carried_out`; the client may have been moved back by hand since): the data says who
-        has the client. A committed reassignment stands: the
-        client is the new manager's from then on, so the other rules' tasks and messages go to them on every
-        later plan, as on the night it was decided (a re-run of that night must plan nothing new), whether
-        or not the host has moved the client yet. Read only for clients with an action not yet in the
-        ledger: a night of duplicates (29,000 committed releases at 100k) reads none."""
+        has the client. A committed reassignment stands: the client is the new manager's from then on, so
+        the other rules' tasks and messages go to them on every later plan, as on the night it was decided
+        (a re-run of that night must plan nothing new), whether or not the host has moved the client yet.
+        Read only for clients with an action not yet in the ledger: a night of duplicates (29,000
+        committed releases at 100k) reads none."""
         committed = [m for m in movers if m.head + "reassign" in ledger]
         if not committed:
             return {}, set()

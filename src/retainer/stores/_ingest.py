@@ -11,7 +11,7 @@ from pydantic import BaseModel, BeforeValidator, ValidationError
 
 from ..errors import DataError
 from ..model import ENTITIES, ONEC_EMPTY_DATES, Entity, _blank_none, _money, is_instant, no_gc
-from ..timeutil import parse_instant
+from ..timeutil import AS_OF_YEARS, parse_instant
 
 #: (entity, field) -> the entity it must reference
 REFERENCES: dict[tuple[str, str], str] = {
@@ -143,11 +143,12 @@ def _field_code(model: type[Entity], name: str, v: str, env: dict[str, Any], utc
     ]
     if is_instant(f):
         if utc:  # the common `2026-03-01T10:00:00`, naive, in a UTC store: what parse_instant makes of it
-            # and the date-only `2026-03-01`, the start of that day; `'1900' <= v < '3'` is its range of years
+            # and the date-only `2026-03-01`, the start of that day, within AS_OF_YEARS (compared as text)
+            years = f"'{AS_OF_YEARS[0]}' <= {v} < '{AS_OF_YEARS[1] + 1}'"
             return (
                 f"fromiso({v} + '+00:00') if type({v}) is str and len({v}) == 19 and {v}[4] == '-' "
-                f"and {v}[13] == ':' and {v}[16] == ':' and '1900' <= {v} < '3' else fromiso({v} + 'T00:00:00+00:00') "
-                f"if type({v}) is str and len({v}) == 10 and {v}[4] == '-' and {v}[7] == '-' and '1900' <= {v} < '3' "
+                f"and {v}[13] == ':' and {v}[16] == ':' and {years} else fromiso({v} + 'T00:00:00+00:00') "
+                f"if type({v}) is str and len({v}) == 10 and {v}[4] == '-' and {v}[7] == '-' and {years} "
                 f"else instant({v}, tz)"
             )
         return f"instant({v}, tz)"

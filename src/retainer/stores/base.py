@@ -252,9 +252,9 @@ class Store(Protocol):
         ...
 
     def moves_in_flight(self, as_of: datetime) -> dict[str, tuple[str, str]]:
-        """Non-archived client id -> (from, to) manager ids of the newest reassignment committed by as_of that
-        the data does not show yet: the client is still with the manager it was taken from, and the move was
-        not refused (dead) or cancelled (`ledger.unapplied_moves`, for every client at once;
+        """Non-archived client id -> (the manager the data shows, the one the moves gave it to) for the
+        reassignments committed by as_of that the data does not show yet, chained, and not refused (dead),
+        cancelled or carried out (`ledger.unapplied_moves`, for every client at once;
         `ledger.moves_in_flight` is the reference)."""
         ...
 

@@ -265,7 +265,7 @@ class MemoryStore:
             raise StoreError(f"run {run.id} is already recorded")
         self._runs[run.id] = run
         for k, e in staged.items():
-            self._seq[e.id] = len(self._ledger)
+            self._seq[e.id] = e.seq  # an index of the entries' own seq, for sorting ids fast
             if not delivered:
                 self._active[e.id] = self._seq[e.id]
             self._ledger[e.id] = e

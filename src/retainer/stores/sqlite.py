@@ -861,7 +861,8 @@ class SQLiteStore:
                 if b.entity in known:
                     known[b.entity].update(m.id for m in b.models)
                 cols = list(_KINDS[b.entity])
-                managers = self._managers_of(conn, b) if b.entity == "clients" and not bulk and replace else None
+                managers = (self._managers_of(conn, b) if self._changes and b.entity == "clients" and not bulk
+                            and replace else None)  # fmt: skip
                 before = None
                 if summaries and b.entity in _NEWEST and b.models:
                     before = self._note_summaries(conn, b, replace and not was_empty[b.entity], bulk_summaries)
@@ -1037,7 +1038,7 @@ class SQLiteStore:
         """Date the manager each client of this batch was given by the ledger's newest seq (`manager_changes`)."""
         changed = [m for m in b.models if m.id in before and before[m.id] != m.manager_id]  # type: ignore[attr-defined]
         seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM retainer_actions").fetchone()[0] if changed else 0
-        if seq and self._changes:
+        if seq:
             conn.executemany("INSERT OR REPLACE INTO retainer_manager_changes VALUES (?, ?, ?)",
                              [(m.id, m.manager_id, seq) for m in changed])  # type: ignore[attr-defined]  # fmt: skip
 
