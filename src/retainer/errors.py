@@ -107,6 +107,18 @@ def not_utf8(path: Path) -> tuple[int | None, str]:
     return None, "not UTF-8 text; save the file as UTF-8"
 
 
+def read_rules_text(path: Path, what: str, error: type[RulesError] = RulesError) -> str:
+    """A rule or scenario file's text, a byte-order mark (as Notepad writes it) dropped as in data files;
+    `error` names the first line that is not UTF-8, or why the file cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        line, message = not_utf8(path)
+        raise error(message, file=str(path), line=line) from None
+    except OSError as exc:
+        raise error(f"cannot read {what}: {exc}", file=str(path)) from None
+
+
 class RepeatedKeyError(ValueError):
     """A JSON object names a key twice. Raised by `unique_keys`; each reader turns it into its own error
     with the file and line."""

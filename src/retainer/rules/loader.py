@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from ..errors import ArgumentError, RepeatedKeyError, RulesError, not_utf8, unique_keys
+from ..errors import ArgumentError, RepeatedKeyError, RulesError, read_rules_text, unique_keys
 from ..policies import policy_features
 from ..timeutil import get_tz
 from . import templates
@@ -168,13 +168,7 @@ def load_rules(source: str | FsPath | Mapping[str, Any]) -> RuleSet:
         p = FsPath(source)
         if not p.exists():
             raise RulesError(f"rule file not found: {p}", file=str(p))
-        try:
-            text = p.read_text(encoding="utf-8-sig")  # a byte-order mark, as Notepad writes it, as in data files
-        except UnicodeDecodeError:
-            line, message = not_utf8(p)
-            raise RulesError(message, file=str(p), line=line) from None
-        except OSError as exc:
-            raise RulesError(f"cannot read the rule file: {exc}", file=str(p)) from None
+        text = read_rules_text(p, "the rule file")
         name = str(p)
     else:
         text, name = str(source), "<text>"

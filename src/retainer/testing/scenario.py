@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..actions import ACTION_TYPES, Action, Suppression
 from ..adapters.recording import RecordingHandler
 from ..engine import Engine
-from ..errors import DataError, RetainerError, RulesError, did_you_mean, not_utf8
+from ..errors import DataError, RetainerError, RulesError, did_you_mean, read_rules_text
 from ..ledger import LedgerEntry, RunReport, action_payload
 from ..rules.loader import RuleSet, _Lines, _pydantic_message, compile_rules, load_rules, parse_yaml
 from ..stores import open_store
@@ -446,13 +446,7 @@ def load_scenario(path: str | Path) -> LoadedScenario:
     """Read and validate a `*.scenario.yaml`; errors name the file and line."""
     p = Path(path)
     source = str(p)
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        line, message = not_utf8(p)
-        raise ScenarioError(message, file=source, line=line) from None
-    except OSError as exc:
-        raise ScenarioError(f"cannot read the scenario: {exc}", file=source) from None
+    text = read_rules_text(p, "the scenario", ScenarioError)
     try:
         data, lines = parse_yaml(text, source)
     except RulesError as exc:
