@@ -394,6 +394,19 @@ def test_escalate_released_client_forgotten_again(store: Store) -> None:
     assert esc.key == f"esc:c1:{day(74)}:escalate"
 
 
+def test_a_cancelled_release_is_no_release_to_escalate(store: Store) -> None:
+    """The host undid the move (outcome `cancelled`): the client never left m1, so "released on ... and
+    forgotten again" was false, and the supervisor was told about the wrong failure."""
+    base(store)
+    store.add(touches=[{"id": "t0", "client_id": "c1", "at": at(0), "kind": "call"}])
+    e = engine_for(rules(FORGOTTEN, RELEASE, {"id": "esc", "kind": "escalate", "forgotten_rule": "forgotten"}),
+                   store)
+    moved = next(a for a in e.run(day(74)).committed if a.type == "reassign")
+    assert of(e.plan(day(74 + 60)), "esc")
+    e.record_outcome(moved.id, {"cancelled": "undone in the CRM"})
+    assert not of(e.plan(day(74 + 60)), "esc")
+
+
 def test_escalate_released_but_then_worked_with(store: Store) -> None:
     base(store)
     store.add(touches=[{"id": "t0", "client_id": "c1", "at": at(0), "kind": "call"}])

@@ -280,9 +280,14 @@ def _latest_live(f: FeatureFrame, keep: Callable[[Any], bool] | None = None, **f
     return latest
 
 
+def _moved(e: Any) -> bool:
+    """A reassignment cancelled before it went out (its manager left, the host undid it) moved nobody."""
+    return e.cancelled is None
+
+
 def released_at_feature() -> FeatureImpl:
     def compute(f: FeatureFrame) -> list[Any]:
-        latest = _latest_live(f, types=["reassign"])
+        latest = _latest_live(f, _moved, types=["reassign"])
         return [e.as_of if (e := latest.get(cid)) is not None else None for cid in f.ids]
 
     return FeatureImpl("released_at", "datetime", "when retainer last reassigned the client (from the ledger)",
