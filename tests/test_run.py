@@ -585,6 +585,55 @@ def test_a_reassignment_to_a_manager_deactivated_since_is_cancelled(store: Store
     assert {(a.type, a.client_id) for a in h.actions} == {("reassign", "c2"), ("create_task", "c2")}
     assert store.moves_in_flight(e.as_of("2026-03-02").instant) == {"c2": ("m1", "m3")}
 
+    # the next night decides c1's release again, as a second attempt of the same episode: the client must
+    # not stay with the manager who forgot it until it is forgotten anew
+    h = RecordingHandler()
+    e.run("2026-03-03", handlers=h, clock=clock, sleep=clock.sleep)
+    assert sorted((a.key, getattr(a, "to_manager_id", None) or getattr(a, "assignee_id", None)) for a in h.actions) == [
+        ("release:c1:2026-01-01#2:create_task", "m3"), ("release:c1:2026-01-01#2:reassign", "m3")]
+    assert store.moves_in_flight(e.as_of("2026-03-03").instant) == {"c1": ("m1", "m3"), "c2": ("m1", "m3")}
+    again = e.run("2026-03-04", handlers=RecordingHandler(), clock=clock, sleep=clock.sleep)
+    assert not again.committed
+
+
+def test_each_move_cancelled_for_a_manager_who_left_is_decided_again_until_the_host_cancels_one(
+    store: Store,
+) -> None:
+    store.add(managers=[{"id": f"m{n}"} for n in range(1, 5)], clients=[{"id": "c1", "manager_id": "m1"}],
+              touches=[{"id": "t1", "client_id": "c1", "at": "2026-01-01T10:00:00"}])  # fmt: skip
+    rules = {"version": 1, "rules": [
+        {"id": "forgotten", "kind": "forgotten", "after": "30d",
+         "then": [{"create_task": {"title": "Call", "due_in": "1d"}}]},
+        {"id": "release", "kind": "release", "forgotten_rule": "forgotten", "grace": "7d"}]}  # fmt: skip
+    e = engine_for(rules, store)
+    clock = FakeClock(datetime(2026, 3, 2, 2, 0, tzinfo=UTC))
+    for n, (key, to) in enumerate([("2026-01-01", "m2"), ("2026-01-01#2", "m3"), ("2026-01-01#3", "m4")]):
+        report = e.run("2026-03-01", clock=clock, sleep=clock.sleep)  # no handler: committed, not delivered
+        (move,) = [a for a in report.committed if a.type == "reassign"]
+        assert (move.key, move.to_manager_id) == (f"release:c1:{key}:reassign", to)  # type: ignore[attr-defined]
+        assert [x.action.key for x in e.explain("c1", "2026-03-01", rule="release").rules[0].suppressed] == [move.key]
+        if n < 2:
+            store.upsert(managers=[{"id": to, "active": False}])
+            e.record_outcome(move.id, {"cancelled": f"manager {to} is no longer active", "code": "manager_left"},
+                             clock=clock)  # fmt: skip
+    e.record_outcome(move.id, {"cancelled": "undone by hand"}, clock=clock)
+    assert not e.run("2026-03-01", clock=clock, sleep=clock.sleep).committed
+
+
+def test_a_reassignment_the_host_cancelled_is_not_decided_again(store: Store) -> None:
+    """Only retainer's own cancellation for a manager who left asks for a second decision: a host that
+    records `{"cancelled": ...}` on a move (undone in the CRM) has decided, and the next night must not
+    move the client again."""
+    store.add(managers=[{"id": "m1"}, {"id": "m2"}], clients=[{"id": "c1", "manager_id": "m1"}],
+              touches=[{"id": "t1", "client_id": "c1", "at": "2026-01-01T10:00:00"}])  # fmt: skip
+    clock = FakeClock(datetime(2026, 3, 20, 2, 0, tzinfo=UTC))
+    e = engine_for(WITH_RELEASE, store)
+    first = e.run("2026-03-19", clock=clock, sleep=clock.sleep)
+    (move,) = [a for a in first.committed if a.type == "reassign"]
+    e.record_outcome(move.id, {"cancelled": "undone by hand"}, clock=clock)
+    later = e.run("2026-03-20", clock=clock, sleep=clock.sleep)
+    assert not later.committed and later.plan.stats["suppressed"] == {"duplicate": 2}
+
 
 def test_an_escalation_to_a_supervisor_deactivated_since_is_cancelled_a_task_for_a_manager_who_left_is_not(
     store: Store,

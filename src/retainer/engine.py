@@ -30,9 +30,11 @@ from .errors import ArgumentError, RetainerError
 from .keys import action_key as _key
 from .keys import episode_text as _episode_text
 from .ledger import (
+    MANAGER_LEFT,
     LedgerEntry,
     RunRecord,
     RunReport,
+    Status,
     carried_out,
     loads_with_moves,
     manager_changes,
@@ -69,6 +71,12 @@ class _Match:
     superseded: str | None = None  # a ladder step overtaken by a later one that is due too
     keys: list[str] = field(default_factory=list)  # every key this match can produce, for the ledger check
     head: str = ""  # the keys' common prefix, rule:subject:episode:
+    attempt: int = 1  # the decision's number in its episode: a move cancelled because its manager left is decided again
+
+    @property
+    def key_episode(self) -> str:
+        """The episode as its keys spell it: `2026-01-01`, then `2026-01-01#2` for a second decision."""
+        return self.episode if self.attempt == 1 else f"{self.episode}#{self.attempt}"
 
 
 class _Reassigner:
@@ -481,7 +489,7 @@ def _emit_group(
             else:
                 actions.append(act)
         if m.reassign_failed and not m.blocked:
-            key = _key(rule_id, m.subject_id, m.episode, "escalate")
+            key = _key(rule_id, m.subject_id, m.key_episode, "escalate")
             esc = make(
                 Escalate,
                 {
@@ -732,6 +740,7 @@ class Engine:
         )
         matches = _resolve_ladders(matches, ledger, top, later)
         movers = [m for m in matches if m.rule.reassign is not None and not m.blocked and m.client]
+        self._decide_again(movers, ledger)
         loads = self.store.manager_loads(a.instant)
         owners: dict[str, str] = {}
         pickers = [m.client for m in movers if m.head + "reassign" not in ledger and m.client]
@@ -817,6 +826,24 @@ class Engine:
             warnings=sorted(set(warnings)),
         )
         return plan, frame, matches
+
+    def _decide_again(self, movers: list[_Match], ledger: dict[str, Status]) -> None:
+        """A move that a run cancelled before it went out because its new manager had left since
+        (`ledger.MANAGER_LEFT`) moved nobody: the client is still with the manager who forgot it, and would
+        stay there until it was forgotten anew. So the release is decided again, as the next attempt of the
+        same episode, with keys of its own (`...:2026-01-01#2:reassign`). A move the host cancelled stands."""
+        todo = [m for m in movers if ledger.get(m.head + "reassign") == "done"]  # a cancelled action is `done`
+        while todo:
+            codes = self.store.cancellations([m.head + "reassign" for m in todo])
+            todo = [m for m in todo if codes.get(m.head + "reassign") == MANAGER_LEFT]
+            if not todo:
+                return
+            for m in todo:
+                m.attempt += 1
+                m.head = _key(m.rule.id, m.subject_id, m.key_episode, "")
+                m.keys = [m.head + k for k in m.rule.key_kinds]
+            ledger.update(self.store.ledger_status(k for m in todo for k in m.keys))
+            todo = [m for m in todo if ledger.get(m.head + "reassign") == "done"]
 
     def _given(
         self, movers: list[_Match], matches: list[_Match], ledger: Mapping[str, str], managers: dict[str, Manager]
@@ -994,6 +1021,7 @@ class Engine:
                 dur = r.threshold.durations(fr)[k] if r.threshold else None
                 ep = (_episode_text(fr.value(r.episode, k), a) if r.episode else "once") + r.suffix
                 prefix = _key(r.id, client_id, ep, "")
+                again = prefix[:-1] + "#"  # a later decision of the episode (a move cancelled because its manager left)
                 part = " · ".join(x for x in (f"invoice {fr.ids[k]}" if r.subject == "invoice" else None, r.part) if x)
                 out.append(
                     RuleExplanation(
@@ -1003,8 +1031,8 @@ class Engine:
                         node,
                         ep if node.held else None,
                         str(dur) if dur else None,
-                        [x for x in plan.actions if x.key.startswith(prefix)],
-                        [s for s in plan.suppressed if s.action.key.startswith(prefix)],
+                        [x for x in plan.actions if x.key.startswith((prefix, again))],
+                        [s for s in plan.suppressed if s.action.key.startswith((prefix, again))],
                         part=part or None,
                     )
                 )

@@ -52,6 +52,9 @@ Status = Literal["pending", "done", "failed", "dead"]
 STATUSES: Final = ("pending", "done", "failed", "dead")
 #: Statuses a dispatcher still works on; `done` is final and `dead` waits for a person (replay).
 ACTIVE: Final = ("pending", "failed")
+#: the code of a cancellation by retainer (outcome `{"cancelled": why, "code": ...}`) of a reassignment whose new
+#: manager left before it went out: it moved nobody, so the next plan decides the release again
+MANAGER_LEFT: Final = "manager_left"
 _MOVED: Final = ("pending", "failed", "done")  # a reassignment in these moved its client (dead: refused)
 
 

@@ -48,6 +48,21 @@ def test_commit_returns_the_new_actions_and_skips_committed_keys(store: Store) -
     assert store.ledger_status([a.key, "nope", c.key]) == {a.key: "pending", c.key: "pending"}
 
 
+def test_cancellations_name_the_cancelled_keys_with_their_code(store: Store) -> None:
+    """A plan asks which committed moves were cancelled, and why, by key: a falsy `cancelled` is not one (as
+    `LedgerEntry.cancelled` reads it), nor a delivered action with another outcome."""
+    acts = [act(f"r:c{n}:e:x", f"c{n}") for n in range(1, 7)]
+    store.commit_run(run_record(), acts, {})
+    assert store.cancellations([a.key for a in acts]) == {}
+    store.set_outcome(acts[0].id, {"cancelled": "manager m2 is no longer active", "code": ledger.MANAGER_LEFT}, T0)
+    store.set_outcome(acts[1].id, {"cancelled": "undone by hand"}, T0)
+    store.set_outcome(acts[2].id, {"result": "completed"}, T0)
+    for a, falsy in zip(acts[3:], ("", False, []), strict=True):
+        store.set_outcome(a.id, {"cancelled": falsy, "code": "x"}, T0)
+    assert [store.ledger(ids=[a.id])[0].cancelled is not None for a in acts] == [True, True] + [False] * 4
+    assert store.cancellations([*(a.key for a in acts), "nope"]) == {acts[0].key: "manager_left", acts[1].key: ""}
+
+
 def test_one_commit_with_a_key_twice_keeps_one(store: Store) -> None:
     a = act("r:c1:e:x")
     assert store.commit_run(run_record(), [a, a], {}) == [a]

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..actions import ACTION_TYPES, Action
 from ..errors import ArgumentError, DispatchError, did_you_mean
-from ..ledger import ACTIVE, LedgerEntry, Status, claim_alive, claim_holder, delivering
+from ..ledger import ACTIVE, MANAGER_LEFT, LedgerEntry, Status, claim_alive, claim_holder, delivering
 from ..stores.base import virtual_value
 from .base import ActionHandler, CallbackHandler, PermanentError
 
@@ -214,8 +214,10 @@ class Dispatcher:
         for e in active:
             if e.id in void:
                 now = self.clock()
-                self.store.set_outcome(e.id, {"cancelled": void[e.id], "at": now.isoformat()}, now)
-                report.cancelled[e.id] = void[e.id]
+                why, code = void[e.id]
+                outcome = {"cancelled": why, "at": now.isoformat(), **({"code": code} if code else {})}
+                self.store.set_outcome(e.id, outcome, now)
+                report.cancelled[e.id] = why
                 continue
             if self.route(e.type) is None:
                 report.no_handler[e.type] = report.no_handler.get(e.type, 0) + 1
@@ -284,14 +286,15 @@ class Dispatcher:
                     streak[id(h)] = 0
         return report
 
-    def _void(self, earlier: list[LedgerEntry]) -> dict[str, str]:
-        """Actions an earlier run committed that must not go out now (id -> why), whatever rule planned them:
+    def _void(self, earlier: list[LedgerEntry]) -> dict[str, tuple[str, str | None]]:
+        """Actions an earlier run committed that must not go out now (id -> why, and the code of a reassignment
+        whose new manager left, which the next plan decides again: `MANAGER_LEFT`), whatever rule planned them:
         their client has asked not to be contacted since (`do_not_contact` means no action at all), or the
         invoice they chase is paid, or the client has been archived since (an import with --archive-missing
         archives a client deleted in the CRM), or the manager they go to has left since (`_left`). The plan
         that committed them could not know; the one that delivers them (a night later, or a replay) must
         not send them."""
-        out: dict[str, str] = {}
+        out: dict[str, tuple[str, str | None]] = {}
         clients: dict[str, Any] = {}
         managers: dict[str, Any] = {}
         moves: dict[tuple[str, str], str] = {}  # (client, manager it was to go to) -> why the move is cancelled
@@ -303,26 +306,26 @@ class Dispatcher:
                 clients[cid] = self.store.get("clients", cid)
             c = clients[cid]
             if c is not None and c.contact_policy == "do_not_contact":
-                out[e.id] = "do_not_contact"
+                out[e.id] = ("do_not_contact", None)
                 continue
             if c is not None and c.status == "archived":  # archived clients get nothing (deleted in the CRM?)
-                out[e.id] = "archived"
+                out[e.id] = ("archived", None)
                 continue
             if (gone := self._left(e, managers)) is not None:
-                out[e.id] = gone
+                out[e.id] = (gone, MANAGER_LEFT if e.type == "reassign" else None)
                 if e.type == "reassign":
                     moves[(cid, e.action.to_manager_id)] = gone  # type: ignore[attr-defined]
                 continue
             invoice = e.action.evidence.get("invoice.id")  # a dunning step's invoice
             inv = self.store.get("invoices", invoice) if isinstance(invoice, str) else None
             if inv is not None and (why := dunning_over(inv, self.clock(), self.min_outstanding.get(e.rule, 0))):
-                out[e.id] = why
+                out[e.id] = (why, None)
         if moves:  # the tasks and messages planned with a cancelled move, for the manager it named, go with it
             for e in earlier:
                 if e.id not in out and e.type in ("create_task", "notify_manager") and e.client_id is not None:
                     who = getattr(e.action, "assignee_id", None) or getattr(e.action, "to_manager_id", None)
                     if (why := moves.get((e.client_id, who or ""))) is not None:
-                        out[e.id] = f"its client's move to {who} was cancelled: {why}"
+                        out[e.id] = (f"its client's move to {who} was cancelled: {why}", None)
         return out
 
     def _left(self, e: LedgerEntry, managers: dict[str, Any]) -> str | None:

@@ -308,6 +308,12 @@ class Store(Protocol):
         """The committed ones among `keys`, with their status (duplicate detection)."""
         ...
 
+    def cancellations(self, keys: Iterable[str]) -> dict[str, str]:
+        """The ones among `keys` cancelled before they went out (outcome `{"cancelled": ...}`), with the code
+        the cancellation gave ("" when it gave none, as a host's does): `ledger.MANAGER_LEFT` asks for a new
+        decision. One indexed read, as `ledger_status`: a plan asks it for every committed move it meets."""
+        ...
+
     def commit_run(self, run: RunRecord, actions: Sequence[Action], cursors: Mapping[str, str]) -> list[Action]:
         """In ONE transaction: the run record, every action whose key is not in the ledger yet (as
         `pending`), and the round-robin cursors. Returns the actions committed, in order; the others

@@ -242,6 +242,15 @@ class MemoryStore:
     def ledger_status(self, keys: Iterable[str]) -> dict[str, Status]:
         return {k: self._ledger[self._keys[k]].status for k in keys if k in self._keys}
 
+    def cancellations(self, keys: Iterable[str]) -> dict[str, str]:
+        out = {}
+        for k in keys:
+            e = self._ledger[self._keys[k]] if k in self._keys else None
+            if e is not None and e.status == "done" and e.cancelled is not None:
+                code = (e.outcome or {}).get("code")
+                out[k] = code if isinstance(code, str) else ""
+        return out
+
     def commit_run(
         self, run: RunRecord, actions: Sequence[Action], cursors: Mapping[str, str], *, delivered: bool = False
     ) -> list[Action]:

@@ -1456,6 +1456,17 @@ class SQLiteStore:
             ).fetchall()
         )
 
+    def cancellations(self, keys: Iterable[str]) -> dict[str, str]:
+        if not self.conn.execute("SELECT 1 FROM retainer_actions LIMIT 1").fetchone():
+            return {}
+        rows = self.conn.execute(
+            "SELECT key, json_extract(outcome, '$.code') FROM retainer_actions WHERE key IN "
+            "(SELECT value FROM json_each(?)) AND status = 'done' "
+            "AND coalesce(json_extract(outcome, '$.cancelled'), '') NOT IN ('', 0, '[]', '{}')",  # falsy: not cancelled
+            [json.dumps(list(keys))],
+        ).fetchall()
+        return {k: code if isinstance(code, str) else "" for k, code in rows}
+
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE: take the write lock up front, so a check (duplicate keys, existing ids) and
