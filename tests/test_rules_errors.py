@@ -428,6 +428,7 @@ def test_duplicate_key(tmp_path: Path) -> None:
         ("days_since_activity: {exists: maybe}", "exists"),
         ("days_since_activity: {contains: 5}", "contains"),
         ("tags: {eq: vip}", "tags"),
+        ("tags: {contains: [vip, key-account]}", "contains takes one value; for any of several write {tags: {in"),
         ("days_since_activity: {older_than: 30d}", "older_than"),
         ("last_activity_at: {older_than: soon}", "soon"),
         ("days_since_activity: {}", "days_since_activity"),
@@ -588,6 +589,11 @@ DSLI = "days_since_last_invoice"
         ({DSLI: {"gte": 10, "lte": 50}}, {"c2"}),  # several ops on one feature: all must hold
         ({"tags": {"contains": "vip"}}, {"c1", "c3"}),
         ({"tags": {"contains": "key-account"}}, {"c1"}),
+        # on a set, in / not_in: any of the values, none of them (the whole set was looked up as one value)
+        ({"tags": {"in": ["key-account", "nope"]}}, {"c1"}),
+        ({"tags": {"in": ["vip", "key-account"]}}, {"c1", "c3"}),
+        ({"tags": {"not_in": ["vip"]}}, {"c2"}),
+        ({"tags": {"not_in": ["key-account", "nope"]}}, {"c2", "c3"}),
         ({"name": {"contains": "Corp"}}, {"c1"}),
         ({"status": "prospect"}, {"c3"}),
         ({"status": {"in": ["active", "prospect"]}}, {"c1", "c2", "c3"}),

@@ -218,12 +218,24 @@ def _between(a: Any, b: tuple[Any, Any]) -> bool:
     return b[0] <= a <= b[1]
 
 
+def _has_any(a: Any, b: frozenset[Any]) -> bool:
+    return not b.isdisjoint(a)
+
+
+def _has_none(a: Any, b: frozenset[Any]) -> bool:
+    return b.isdisjoint(a)
+
+
 _BINARY: dict[str, Callable[[Any, Any], bool]] = {
     **COMPARE,
     "between": _between,
     "contains": _contains,
+    # `in` and `not_in` on a set feature (`tags: {in: [key-account, vip]}`): any of the values, none of them
+    "has_any": _has_any,
+    "has_none": _has_none,
 }
 _SYMBOL = {"eq": "=", "ne": "≠", "gt": ">", "gte": "≥", "lt": "<", "lte": "≤"}
+_SET_OPS = {"in": "has_any", "not_in": "has_none"}
 
 
 @dataclass(frozen=True)
@@ -276,9 +288,10 @@ class Leaf(Node):
             return f"{self.feature} {_SYMBOL[self.op]} {_fmt(self.value)}"
         if self.op == "exists":
             return f"{self.feature} {'exists' if self.value else 'is missing'}"
-        if self.op in ("in", "not_in"):
+        if self.op in ("in", "not_in", "has_any", "has_none"):
             # sorted: a set's order depends on the process's hash seed, and reasons must be byte-stable
-            return f"{self.feature} {self.op.replace('_', ' ')} [{', '.join(map(_fmt, sorted(self.value, key=str)))}]"
+            words = {"not_in": "not in", "has_any": "has any of", "has_none": "has none of"}.get(self.op, self.op)
+            return f"{self.feature} {words} [{', '.join(map(_fmt, sorted(self.value, key=str)))}]"
         if self.op == "between":
             return f"{self.feature} between {_fmt(self.value[0])} and {_fmt(self.value[1])}"
         return f"{self.feature} {self.op} {_fmt(self.value)}"
@@ -473,7 +486,7 @@ def _parse_leaves(feature: str, val: Any, types: FeatureTypes, tz: Any, path: Pa
             for x in value if isinstance(value, frozenset) else (value,):
                 if x not in choices:
                     raise ConditionError(_unknown_value(feature, x, choices), p)
-        out.append(Leaf(feature, op, value))
+        out.append(Leaf(feature, _SET_OPS.get(op, op) if ftype == "set" else op, value))
     return out
 
 
@@ -515,6 +528,10 @@ def _coerce(op: str, v: Any, ftype: str, feature: str, tz: Any, path: Path) -> A
     if op == "contains":
         if ftype not in ("set", "str", "any"):
             raise ConditionError(f"contains needs a set or text feature; {feature} is {ftype}", path)
+        if isinstance(v, list | dict):  # str() of a list is never in a tag set: the condition never held
+            raise ConditionError(
+                f"contains takes one value; for any of several write {{{feature}: {{in: [...]}}}}, "
+                f"for each of them all: [{{{feature}: {{contains: ...}}}}, ...]", path)
         return str(v)
     if ftype == "set":
         raise ConditionError(f"{feature} is a set: use contains, or exists", path)
