@@ -213,6 +213,33 @@ def test_replay_dead_actions(store: Store) -> None:
     assert again == [] and len(h.actions) == 1  # a done action is never re-sent
 
 
+def test_a_move_the_crm_refused_stays_refused_when_the_host_closes_it(store: Store) -> None:
+    """The host records what became of the dead move ("refused"): it used to become `done`, a move made, and
+    the client's next task went to m2, who never got the client. `replay --dead` leaves it: it is closed."""
+    store.add(managers=[{"id": "m1"}, {"id": "m2"}],
+              clients=[{"id": "c1", "manager_id": "m1", "created_at": "2025-01-01"}],
+              touches=[{"id": "t1", "client_id": "c1", "at": "2025-11-01T10:00"}])  # fmt: skip
+    rules = {"version": 1, "rules": [
+        *WITH_RELEASE["rules"],
+        {"id": "vip", "category": "service", "when": {"tags": {"contains": "vip"}},
+         "then": [{"create_task": {"title": "VIP review", "due_in": "3d"}}]}]}  # fmt: skip
+    clock = FakeClock(datetime(2026, 1, 21, 2, 0, tzinfo=UTC))
+
+    def crm(a: Action) -> None:
+        if a.type == "reassign":
+            raise PermanentError("422: m2 is on leave")
+
+    e = engine_for(rules, store)
+    e.run("2026-01-20", handlers=crm, clock=clock, sleep=clock.sleep)
+    (move,) = store.ledger(types=["reassign"])
+    e.record_outcome(move.id, {"result": "refused"}, clock=clock)
+    assert store.ledger(ids=[move.id])[0].status == "dead"
+    store.upsert(clients=[{"id": "c1", "manager_id": "m1", "created_at": "2025-01-01", "tags": "vip"}])  # a week on
+    (task,) = [a for a in e.plan("2026-01-27").actions if a.rule == "vip" and a.type == "create_task"]
+    assert task.assignee_id == "m1"  # type: ignore[attr-defined]
+    assert e.replay(dead=True, clock=clock, sleep=clock.sleep)[0] == []
+
+
 def test_record_outcome(store: Store) -> None:
     crm(store, 1)
     engine = engine_for(FORGOTTEN, store)
@@ -537,6 +564,17 @@ def test_an_action_for_a_client_archived_since_is_cancelled(store: Store) -> Non
     assert report.dispatch is not None and list(report.dispatch.cancelled.values()) == ["archived"]
     assert [a.client_id for a in h.actions] == ["c2"]
     assert store.ledger(client_ids=["c1"])[0].outcome["cancelled"] == "archived"  # type: ignore[index]
+
+
+def test_a_run_without_handlers_cancels_what_a_pull_host_must_not_send(store: Store) -> None:
+    """operations.md: pull right after a run. The run, with nothing to deliver through, still looks again at
+    the pending actions of earlier runs, so a host pulling `pending` does not get c1's, who opted out."""
+    crm(store, 2)
+    run(store)  # committed, no handler: pending
+    store.upsert(clients=[{"id": "c1", "manager_id": "m1", "contact_policy": "do_not_contact"}])
+    report = run(store, "2026-03-03")
+    assert report.dispatch is not None and list(report.dispatch.cancelled.values()) == ["do_not_contact"]
+    assert [e.client_id for e in store.ledger(status=["pending"])] == ["c2"]
 
 
 def test_a_run_dated_after_tomorrow_is_refused_and_writes_nothing(store: Store) -> None:

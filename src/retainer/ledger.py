@@ -199,6 +199,8 @@ def check_outcome(outcome: Any) -> dict[str, Any]:
     SQLite wrote `str()` of them, so a host's tests on memory:// passed and production read other values."""
     if not isinstance(outcome, Mapping):
         raise DataError(f"an outcome is a mapping such as {{'result': 'completed'}}, not {outcome!r}")
+    if not outcome:  # an empty callback body passed on as is: it marked an undelivered action done
+        raise DataError("an outcome says what became of the action, e.g. {'result': 'completed'}; this one is empty")
     bad = [k for k in outcome if not isinstance(k, str)]
     if bad:
         raise DataError(f"outcome keys are text; {bad[0]!r} is {type(bad[0]).__name__}")

@@ -239,6 +239,29 @@ def test_outcome_is_stored_and_marks_done(store: Store) -> None:
         store.set_outcome("nope", {"result": "x"}, at)
 
 
+def test_an_outcome_on_a_dead_action_keeps_it_dead(store: Store) -> None:
+    """The CRM refused it: an outcome the host records to close it ("refused") does not make it an action
+    that took effect (a refused move counted as made, and the client's tasks went to a manager who never got
+    it). It stays dead, with the outcome."""
+    store.commit_run(run_record(), [act("k1")], {})
+    (e,) = store.ledger()
+    store.begin_attempts([e.id], T0, {e.id: 0})
+    store.finish_attempts([(e.id, "dead", "422 refused", 1)], T0)
+    got = store.set_outcome(e.id, {"result": "refused"}, T0)
+    assert (got.status, got.outcome, got.void) == ("dead", {"result": "refused"}, True)
+    assert store.ledger()[0] == got
+
+
+def test_an_empty_outcome_is_refused(store: Store) -> None:
+    """A CRM callback with an empty body, passed on as is, marked an undelivered action done with nothing
+    said, and it was never delivered."""
+    store.commit_run(run_record(), [act("k1")], {})
+    (e,) = store.ledger()
+    with pytest.raises(retainer.DataError, match="empty"):
+        store.set_outcome(e.id, {}, T0)
+    assert store.ledger()[0].status == "pending"
+
+
 def test_run_lock_fails_fast_while_held(store: Store) -> None:
     busy = "another retainer run is in progress"
     with store.run_lock("first"), pytest.raises(StoreError, match=busy), store.run_lock("second"):

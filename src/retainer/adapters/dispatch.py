@@ -433,8 +433,8 @@ def replay(
     as for `Dispatcher` (`Engine.replay` passes its rules')."""
     wanted = list(dict.fromkeys(ids))
     with store.run_lock("replay"):
-        if dead:
-            wanted += [e.id for e in store.ledger(status=["dead"]) if e.id not in set(wanted)]
+        if dead:  # not one the host closed with an outcome ("refused"): named by id, it goes out again
+            wanted += [e.id for e in store.ledger(status=["dead"]) if e.id not in set(wanted) and not e.outcome]
         now = clock()
         # a reactive session takes no run lock: an action it is retrying right now stays with it
         read = store.ledger(ids=wanted) if wanted else []

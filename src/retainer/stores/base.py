@@ -380,8 +380,9 @@ class Store(Protocol):
 
     def set_outcome(self, id: str, outcome: Mapping[str, Any], at: datetime) -> LedgerEntry:
         """What the host reports back (task completed, churn reason), merged into earlier outcomes. An
-        action still `pending`, `failed` or `dead` becomes `done`: the host says it was acted on.
-        Unknown id: `StoreError`."""
+        action still `pending` or `failed` becomes `done`: the host says it was acted on. A `dead` one stays
+        `dead`: the CRM refused it, so it never took effect (a refused move is no move), and `replay
+        --dead` leaves it, as the host has closed it. An empty outcome, or an unknown id: an error."""
         ...
 
     def close(self) -> None: ...

@@ -389,7 +389,7 @@ class MemoryStore:
         outcome = check_outcome(outcome)
         before = self._update(id).outcome or {}  # unknown id: StoreError
         e = self._update(id, outcome={**before, **outcome}, outcome_at=at, updated_at=at)
-        if e.status != "done":
+        if e.status not in ("done", "dead"):  # a dead action never took effect, whatever the host says of it
             e = self._update(id, status="done")
         return e
 

@@ -1659,7 +1659,8 @@ class SQLiteStore:
             (before,) = conn.execute("SELECT outcome FROM retainer_actions WHERE id = ?", [id]).fetchone()
             merged = {**(json.loads(before) if before else {}), **outcome}
             conn.execute(
-                "UPDATE retainer_actions SET outcome = ?, outcome_at = ?, updated_at = ?, status = 'done' WHERE id = ?",
+                "UPDATE retainer_actions SET outcome = ?, outcome_at = ?, updated_at = ?, "
+                "status = CASE status WHEN 'dead' THEN 'dead' ELSE 'done' END WHERE id = ?",  # dead never took effect
                 [json.dumps(merged, sort_keys=True, ensure_ascii=False, default=str), t, t, id],
             )
         return self.ledger(ids=[id])[0]
