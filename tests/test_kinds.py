@@ -303,6 +303,23 @@ def test_debtor_late_first_run_sends_only_the_latest_step(store: Store) -> None:
     assert "step 10d is due now" in sup[0].detail
 
 
+def test_a_final_step_nobody_can_receive_does_not_silence_the_ladder(store: Store) -> None:
+    """m1 has no supervisor, so the 30d escalation has no recipient. It used to supersede every earlier step
+    all the same: no e-mail, no SMS, no call, then or ever, for a debt 35 days overdue. The latest step that
+    can go out goes out; the escalation is held back as `no_recipient`, and goes once there is a supervisor."""
+    debt(store)
+    store.upsert(managers=[{"id": "m1", "name": "Anna"}])  # no supervisor
+    e = engine_for(rules(DEBTOR), store)
+    plan = e.run(day(10 + 35)).plan
+    assert [a.key for a in of(plan, "debtor")] == ["debtor:c1:i1+20d:create_task"]
+    assert sorted((s.action.key.split(":")[2], s.reason_code) for s in held(plan)) == [
+        ("i1+10d", "superseded"), ("i1+30d", "no_recipient"), ("i1+3d", "superseded")]
+    assert "step 20d is due now" in held(plan, "superseded")[0].detail
+    assert not e.run(day(10 + 36)).committed  # the call is a duplicate; nothing earlier comes back
+    store.upsert(managers=[{"id": "m1", "name": "Anna", "supervisor_id": "boss"}])
+    assert [a.key for a in e.run(day(10 + 37)).committed] == ["debtor:c1:i1+30d:escalate"]
+
+
 def test_debtor_payment_stops_the_ladder(store: Store) -> None:
     debt(store, paid_at=15)
     e = engine_for(rules(DEBTOR), store)

@@ -47,6 +47,7 @@ from .rules.conditions import ExplainNode
 from .rules.features import FeatureFrame, SubFrame, invoice_frame, manager_frame
 from .rules.kinds import CompiledRule
 from .rules.loader import RuleSet, load_rules
+from .rules.notes import ROLES
 from .rules.schema import ReassignSpec
 from .stores.base import AggSpec, Store
 from .timeutil import AsOf, DateRangeError, Duration, parse_as_of
@@ -208,14 +209,18 @@ def _due_date(a: AsOf, due_in: Duration) -> date:
     return due_in.add_to_date(a.date)
 
 
-def _ladder_tops(matches: list[_Match]) -> dict[tuple[str, str], _Match]:
-    """(rule, invoice) -> the latest due step of that invoice's ladder."""
-    top: dict[tuple[str, str], _Match] = {}
+def _ladder_tops(matches: list[_Match], sends: Callable[[_Match], bool]) -> dict[tuple[str, str], _Match]:
+    """(rule, invoice) -> the latest due step of that invoice's ladder that has someone to send it to, else
+    the latest. A final step that nobody can receive (an escalation for a manager with no supervisor) must
+    not silence the ladder: the earlier steps were all `superseded` by it, and the debt was never chased."""
+    steps: dict[tuple[str, str], list[_Match]] = {}
     for m in matches:
         if m.rule.ladder is not None:
-            k = (m.rule.id, m.frame.ids[m.i])
-            if k not in top or m.rule.ladder > top[k].rule.ladder:  # type: ignore[operator]
-                top[k] = m
+            steps.setdefault((m.rule.id, m.frame.ids[m.i]), []).append(m)
+    top: dict[tuple[str, str], _Match] = {}
+    for k, ms in steps.items():
+        ms.sort(key=lambda m: m.rule.ladder, reverse=True)  # type: ignore[arg-type,return-value]
+        top[k] = next((m for m in ms if sends(m)), ms[0])
     return top
 
 
@@ -246,7 +251,7 @@ def _resolve_ladders(
             if k in gone and not any(x in ledger for x in m.keys):
                 continue  # a later step was sent: this one never will be
             latest = top[k]
-            if latest is not m:
+            if latest is not m and m.rule.ladder < latest.rule.ladder:  # type: ignore[operator]  # a later one: unsent
                 if all(k in ledger for k in latest.keys) and not any(k in ledger for k in m.keys):
                     continue  # superseded on an earlier night
                 m.superseded = f"{latest.rule.part} is due now; an earlier step not sent in time is skipped"
@@ -339,11 +344,8 @@ class _Prep:
                     texts["title"] = text(p.title)
                 case "start_process":
                     static["process"] = p.process
-            whom = getattr(p, "assignee", None) or getattr(p, "to", None)
-            absent = None
-            if whom is not None and whom not in _ROLES and whom not in managers:  # a literal manager id
-                absent = f"no manager {whom} in the store {_TO_WHOM[spec.type]}"
-            self.fills.append((cls, static, tuple(texts.items()), _FILL.get(spec.type, 0), whom, absent))
+            fill, whom, absent = _target(spec, managers)
+            self.fills.append((cls, static, tuple(texts.items()), fill, whom, absent))
         #: a task or message for "the manager": one who left, with no active supervisor, would get it
         self.to_manager = any(f[4] == "manager" and f[3] in (_TASK, _NOTIFY) for f in self.fills)
 
@@ -351,7 +353,7 @@ class _Prep:
 _TASK, _REASSIGN, _NOTIFY, _ESCALATE = 1, 2, 3, 4
 _FILL = {"create_task": _TASK, "reassign": _REASSIGN, "notify_manager": _NOTIFY, "escalate": _ESCALATE}
 #: who an action's `assignee`/`to` can name besides a manager id (the keys of `whom` in _emit_group)
-_ROLES = frozenset({"manager", "supervisor", "new_manager"})
+_ROLES = frozenset(ROLES)
 _TO_WHOM = {"create_task": "to assign the task to", "notify_manager": "to notify", "escalate": "to escalate to"}
 
 
@@ -376,6 +378,50 @@ def _active_supervisor(manager: Manager, managers: Mapping[str, Manager]) -> Man
     return boss if boss is not None and boss.id not in seen and boss.active else None  # a cycle: nobody
 
 
+def _target(spec: Any, managers: Mapping[str, Manager]) -> tuple[int, str | None, str | None]:
+    """An action of a rule: what it fills in (`_TASK`...), whom it is for (a role or a manager id), and why it
+    has no recipient when the rule file names a manager id the store does not have."""
+    whom = getattr(spec.params, "assignee", None) or getattr(spec.params, "to", None)
+    absent = None
+    if whom is not None and whom not in _ROLES and whom not in managers:  # a literal manager id
+        absent = f"no manager {whom} in the store {_TO_WHOM[spec.type]}"
+    return _FILL.get(spec.type, 0), whom, absent
+
+
+def _people(
+    m: _Match, managers: Mapping[str, Manager], moved: Mapping[str, Manager], bosses: dict[str, Any]
+) -> tuple[Manager | None, Manager | None, str | None, Manager | None, dict[str, str | None]]:
+    """Who a match's actions are about and for: the client's manager (the one this plan, or a move the data
+    does not show yet, gives it to), that manager's nearest active supervisor, the manager's id as the actions
+    name it, the manager this plan gives the client to, and whom each role means. "The manager" is the
+    supervisor when the manager has left: a task for someone who left is a lost task. `bosses` caches the
+    supervisors by manager id."""
+    client = m.client
+    incoming = m.new_manager or (moved.get(client.id) if client is not None else None)
+    taker = incoming if m.new_manager is None else None  # another rule of this plan reassigns the client
+    owner = m.about or taker or m.owner  # whose client it is, when not the manager the data shows
+    manager = owner or (managers.get(client.manager_id) if client is not None else None)
+    if manager is None or not manager.supervisor_id:
+        supervisor = None
+    elif (supervisor := bosses.get(manager.id, _UNSET)) is _UNSET:
+        supervisor = bosses[manager.id] = _active_supervisor(manager, managers)
+    manager_id = manager.id if owner is not None else client.manager_id if client is not None else None  # type: ignore[union-attr]
+    to_manager = supervisor.id if manager is not None and not manager.active and supervisor is not None else manager_id
+    whom = {
+        "manager": to_manager,
+        "supervisor": supervisor.id if supervisor else None,
+        "new_manager": incoming.id if incoming is not None else None,  # the manager this plan gives the client to
+    }
+    return manager, supervisor, manager_id, incoming, whom
+
+
+def _sends(targets: list[tuple[int, str | None, str | None]], whom: Mapping[str, str | None]) -> bool:
+    """Whether any of a match's actions has someone to go to: a dunning step whose only action is an
+    escalation, for a manager with no supervisor, sends nothing."""
+    return any(fill not in (_TASK, _NOTIFY, _ESCALATE) or (not absent and whom.get(to, to))  # type: ignore[arg-type]
+               for fill, to, absent in targets)  # fmt: skip
+
+
 def _emit_group(
     prep: _Prep,
     ms: list[_Match],
@@ -390,29 +436,14 @@ def _emit_group(
     """The actions of one rule's matches over one frame (the hot loop of a plan: one pass per match,
     everything shared hoisted out of it)."""
     rule = ms[0].rule
-    get_manager, get_moved = managers.get, moved.get
-    hold, make, new_id, plain = policies.hold, _make, action_id, _PLAIN
+    hold, make, new_id, plain, people = policies.hold, _make, action_id, _PLAIN, _people
     evidence_cols, reason_of, fills = prep.evidence, prep.reason, prep.fills
     as_of_date, rule_id, tz = prep.as_of_date, rule.id, a.tz
     bosses: dict[str, Any] = {}  # manager id -> its nearest active supervisor
     for m in ms:
-        i, client, about = m.i, m.client, m.about
+        i, client = m.i, m.client
         threshold = str(m.threshold) if m.threshold is not None else ""
-        incoming = m.new_manager or (get_moved(client.id) if client is not None else None)
-        taker = incoming if m.new_manager is None else None  # another rule of this plan reassigns the client
-        owner = about or taker or m.owner  # whose client it is, when not the manager the data shows
-        manager = owner or (get_manager(client.manager_id) if client is not None else None)
-        if manager is None or not manager.supervisor_id:
-            supervisor = None
-        elif (supervisor := bosses.get(manager.id, _UNSET)) is _UNSET:
-            supervisor = bosses[manager.id] = _active_supervisor(manager, managers)
-        manager_id = (
-            manager.id  # type: ignore[union-attr]
-            if owner is not None
-            else client.manager_id
-            if client is not None
-            else None
-        )
+        manager, supervisor, manager_id, incoming, whom = people(m, managers, moved, bosses)
         objects = {
             "client": client,
             "manager": manager,
@@ -435,20 +466,9 @@ def _emit_group(
         evidence["episode"] = m.episode
         reason = reason_of(objects, i)
         client_id = client.id if client is not None else None
-        # "the manager" is the client's manager at as_of, or the supervisor when that manager has left (a
-        # task for someone who left is a lost task)
-        if manager is not None and not manager.active and supervisor is not None and supervisor.active:
-            to_manager = supervisor.id
-        else:
-            to_manager = manager_id
-            if manager is not None and not manager.active and prep.to_manager and client is not None:  # nobody else
-                warnings.append(f"client {client.id}: manager {manager.id} is inactive and has no active supervisor: "
-                                f"{rule_id}'s tasks and messages for the manager still go to {manager.id}")
-        whom = {
-            "manager": to_manager,
-            "supervisor": supervisor.id if supervisor else None,
-            "new_manager": incoming.id if incoming is not None else None,  # the manager this plan gives the client to
-        }
+        if manager is not None and not manager.active and supervisor is None and prep.to_manager and client is not None:
+            warnings.append(f"client {client.id}: manager {manager.id} is inactive and has no active supervisor: "
+                            f"{rule_id}'s tasks and messages for the manager still go to {manager.id}")
         for (cls, static, texts, fill, to, absent), key in zip(fills, m.keys, strict=False):
             values = {**static, "key": key, "id": new_id(key), "client_id": client_id, "reason": reason,
                       "evidence": evidence}  # fmt: skip
@@ -733,12 +753,7 @@ class Engine:
             m.keys = [m.head + k for k in m.rule.key_kinds]
         # what earlier runs committed: those keys are duplicates, and a committed reassignment is not
         # re-decided (it would take capacity and advance round-robin for nothing)
-        top = _ladder_tops(matches)
-        later = _later_keys(top, self._ladders) if top else {}
-        ledger = self.store.ledger_status(
-            itertools.chain((k for m in matches for k in m.keys), (k for ks in later.values() for k in ks))
-        )
-        matches = _resolve_ladders(matches, ledger, top, later)
+        ledger = self.store.ledger_status(k for m in matches for k in m.keys)
         movers = [m for m in matches if m.rule.reassign is not None and not m.blocked and m.client]
         self._decide_again(movers, ledger)
         loads = self.store.manager_loads(a.instant)
@@ -785,6 +800,7 @@ class Engine:
             for cid, to in unapplied_moves(self.store, waiting.values(), a.instant).items():
                 if (new := managers.get(to)) is not None:
                     moved[cid] = new
+        matches = self._ladders_due(matches, ledger, managers, moved)
         emit = matches
         if not duplicates and self.rules.file.policies.priority is None:
             emit = [m for m in matches if not _committed(m, ledger)]
@@ -826,6 +842,29 @@ class Engine:
             warnings=sorted(set(warnings)),
         )
         return plan, frame, matches
+
+    def _ladders_due(
+        self, matches: list[_Match], ledger: dict[str, Status], managers: dict[str, Manager],
+        moved: Mapping[str, Manager],
+    ) -> list[_Match]:  # fmt: skip
+        """The dunning steps this plan sends or reports (`_resolve_ladders`), once it is known whom each
+        action goes to: after the reassignments, so an escalation for a client given to another manager
+        asks the new manager's supervisor, as the action itself will."""
+        if not any(m.rule.ladder is not None for m in matches):
+            return matches
+        bosses: dict[str, Any] = {}
+        targets: dict[int, list[tuple[int, str | None, str | None]]] = {}
+
+        def sends(m: _Match) -> bool:
+            if (t := targets.get(id(m.rule))) is None:
+                t = targets[id(m.rule)] = [_target(spec, managers) for spec in m.rule.then]
+            return _sends(t, _people(m, managers, moved, bosses)[4])
+
+        top = _ladder_tops(matches, sends)
+        later = _later_keys(top, self._ladders)
+        if later:
+            ledger.update(self.store.ledger_status(k for ks in later.values() for k in ks))
+        return _resolve_ladders(matches, ledger, top, later)
 
     def _decide_again(self, movers: list[_Match], ledger: dict[str, Status]) -> None:
         """A move that a run cancelled before it went out because its new manager had left since
