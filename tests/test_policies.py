@@ -244,6 +244,26 @@ def test_spend_growth_adds_offers_of_the_plan_and_of_earlier_runs(store: Store) 
     assert not plan.actions and "plus 150.00 offered earlier" in plan.suppressed[0].detail
 
 
+def test_spend_growth_counts_the_offers_the_crm_holds_once(store: Store) -> None:
+    """Seed 004: no offer that raises spend by more than 20 %. A manager's own offer of 150, made in the CRM
+    within the window, plus the rule's 150 is +30 %: held. An offer that carries out a committed
+    propose_offer (its action_id) is that action, counted once; one made before the window does not count."""
+    setup(store, created_at=at(-1))
+    spend(store, "1000")
+    rs = [rule("up", offer("150"), "development")]
+    store.add(offers=[{"id": "old", "client_id": "c1", "made_at": at(-40), "amount": "150"}])  # before the window
+    assert rules_of(plan_of(store, rs, day(60), spend_growth={"max": "20%"})) == {"up"}
+    store.add(offers=[{"id": "o1", "client_id": "c1", "made_at": at(55), "amount": "150"}])
+    plan = plan_of(store, rs, day(60), spend_growth={"max": "20%"})
+    assert codes(plan) == {"up": "spend_growth"} and "plus 150.00 offered earlier" in plan.suppressed[0].detail
+    e = engine_for({"version": 1, "rules": [rule("c", offer("50"), "development", episode="days_since_activity")],
+                    "policies": {"spend_growth": {"max": "20%"}}}, store)
+    (made,) = e.run(day(60)).committed  # 150 + 50: 20 %, allowed
+    store.add(offers=[{"id": "o2", "client_id": "c1", "made_at": at(60, "12:00:00"), "amount": "50",
+                       "action_id": made.id}])  # fmt: skip
+    assert "plus 200.00 offered earlier" in e.run(day(61)).plan.suppressed[0].detail  # 150 + 50, not + 50 again
+
+
 # ---------------------------------------------------------------- cooloff and unprofitable
 
 

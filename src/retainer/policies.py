@@ -377,9 +377,18 @@ class Guard:
             return None
         since = self.a.window_start(g.window)
         pending: dict[str | None, Decimal] = defaultdict(Decimal)
-        for e in self._past(since, _ahead(self.a, since), ["propose_offer"]):
+        past = self._past(since, _ahead(self.a, since), ["propose_offer"])
+        for e in past:
             if e.fields.get("amount") is not None:
                 pending[e.client_id] += Decimal(str(e.fields["amount"]))
+        # and the offers the CRM holds, made within the window (a manager's own 2,000 offer, then the rule's
+        # 2,000, was +40 %), except one that carries out a propose_offer counted above: once, as caps count
+        ledger_ids = {e.id for e in past}
+        for o in self.store.facts("offers", self.a.instant, (), self.frame._partial):
+            made, amount = o.made_at, o.amount  # type: ignore[attr-defined]
+            if (made is not None and made > since and amount is not None and amount > 0
+                    and o.id not in ledger_ids and o.action_id not in ledger_ids):  # type: ignore[attr-defined]
+                pending[o.client_id] += amount  # type: ignore[attr-defined]
         name = f"revenue_{g.window}"
 
         def amount_of(x: Action) -> Decimal | None:
