@@ -379,6 +379,10 @@ def test_import_archive_missing(tmp_path: Path) -> None:
     assert r.returncode == 2 and "--archive-missing needs --replace" in r.stderr
     r = run("import", str(export), "--to", f"sqlite:///{db}", "--replace", "--archive-missing")
     assert r.returncode == 0 and "archived 1 client(s) the export no longer lists" in r.stderr
+    # no zone given: the import says how it read local times (a call at 23:30 in Kyiv was a day late, silently)
+    assert "times without an offset were read as UTC" in r.stderr
+    r = run("import", str(export), "--to", f"sqlite:///{db}", "--replace", "--rules", str(RULES))
+    assert r.returncode == 0 and "without an offset" not in r.stderr
     with sqlite3.connect(db) as con:
         assert con.execute("select status from clients where id = ?", [rows[-1].split(",")[0]]).fetchone() == (
             "archived",)

@@ -4,12 +4,14 @@ named features, episodes and explain (DESIGN §3, §5, §12)."""
 from __future__ import annotations
 
 import json
+import subprocess
 import textwrap
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_cli import SCRIPT
 
 import retainer
 from retainer import RulesError
@@ -1158,3 +1160,34 @@ def test_a_date_outside_the_years_1900_to_2999_in_a_rule_is_refused(tmp_path: Pa
             then: [{{tag: x}}]
         """)
     assert_error(err, p, 5, "g", "created_at: ", "dates must lie between the years 1900 and 2999")
+
+
+def test_validate_notes_a_recipient_or_template_one_typo_away(tmp_path: Path) -> None:
+    """`to: supervisr` is a manager id (nobody), and `template: relased` an id for the host (no text): both
+    valid, both meant otherwise, and `validate` said "ok". It still does, with a note for each."""
+    from retainer.rules.notes import near_misses
+
+    f = tmp_path / "r.yaml"
+    f.write_text(textwrap.dedent("""\
+        version: 1
+        templates:
+          released: {subject: "Client moved", body: "{client.name} is yours"}
+        rules:
+          - id: debtor
+            kind: debtor
+            steps:
+              - {after: 3d, create_task: {title: Call, assignee: manger}}
+              - {after: 30d, escalate: {to: supervisr}}
+          - id: tell
+            kind: forgotten
+            after: 60d
+            then: [{notify_manager: {template: relased}}, {notify_manager: {template: released, to: m7}}]
+        """))
+    assert near_misses(retainer.load_rules(f)) == [
+        "rule debtor: create_task for 'manger' goes to a manager of that id; did you mean 'manager'?",
+        "rule debtor: escalate for 'supervisr' goes to a manager of that id; did you mean 'supervisor'?",
+        "rule tell: template 'relased' is not defined in this file, so the host gets it as an id, with no subject "
+        "or body; did you mean 'released'?",
+    ]
+    r = subprocess.run([SCRIPT, "validate", str(f)], capture_output=True, text=True)
+    assert r.returncode == 0 and "note: rule tell: template 'relased' is not defined" in r.stderr

@@ -203,8 +203,9 @@ def validate(rules: Annotated[Path, typer.Argument(help="Rule file (YAML or JSON
         if not d.enabled:
             out.print(f"  {d.id:<24} {d.kind:<13} {d.category:<11} (disabled)", highlight=False, markup=False)
     from .policies import idle_caps
+    from .rules.notes import near_misses
 
-    for note in idle_caps(rs):
+    for note in [*idle_caps(rs), *near_misses(rs)]:
         err.print(f"[yellow]note:[/] {_e(note)}", highlight=False)
 
 
@@ -876,6 +877,9 @@ def import_(
     )
     if archived is not None:
         err.print(f"archived {archived:,} client(s) the export no longer lists", highlight=False)
+    if timezone is None and rules is None:  # a 23:30 call in Kyiv read as 23:30 UTC lands on the next day there
+        err.print("note: times without an offset were read as UTC; if the CRM writes local time, import again "
+                  "with --rules (the rules' zone) or --timezone", highlight=False)
 
 
 def _remove_if_created(store: object) -> None:
