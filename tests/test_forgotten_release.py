@@ -260,6 +260,9 @@ def test_activity_narrowing_to_touches_ignores_invoices(store: Store) -> None:
          True),
         ({"tasks": [{"id": "x", "client_id": "c1", "created_at": at(30), "source": "crm"}]}, True),
         ({"tasks": [{"id": "x", "client_id": "c1", "created_at": at(30), "source": "retainer"}]}, False),
+        # retainer's own task, written back by a CRM sync that knows its action but not `source`
+        ({"tasks": [{"id": "x", "client_id": "c1", "created_at": at(30), "action_id": "6f1b-a"}]}, False),
+        ({"tasks": [{"id": "x", "client_id": "c1", "created_at": at(30), "action_id": " "}]}, True),
         ({"tasks": [{"id": "x", "client_id": "c1", "created_at": at(30), "source": "retainer",
                      "status": "done", "done_at": at(35)}]}, True),
         ({"tasks": [{"id": "x", "client_id": "c1", "created_at": at(0), "source": "crm",

@@ -219,6 +219,18 @@ class Task(Entity):
     status: Literal["open", "done", "cancelled"] = "open"
     kind: OptStr = None
     source: Literal["crm", "retainer"] = "crm"
+    # the retainer create_task this task carries out (a CRM sync writes retainer's tasks back): it makes the
+    # task retainer's, whose creation is not activity, whatever `source` the sync sent
+    action_id: OptStr = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retainers_own(cls, data: Any) -> Any:
+        """A sync that sent retainer's task back as the CRM's (`source` left at `crm`) reset the forgotten clock
+        with every reminder: the client was never released."""
+        if isinstance(data, dict) and isinstance(a := data.get("action_id"), str) and a.strip():
+            return {**data, "source": "retainer"}
+        return data
 
 
 class Deal(Entity):

@@ -83,6 +83,7 @@ _KINDS: dict[str, dict[str, str]] = {
         "status": "text",
         "kind": "text",
         "source": "text",
+        "action_id": "text",
     },
     "deals": {
         "id": "text",
