@@ -26,7 +26,7 @@ from .actions import (
 )
 from .engine import Engine, Explanation
 from .errors import ArgumentError, DataError, DispatchError, RetainerError, RulesError, StoreError
-from .ledger import LedgerEntry, RunRecord, RunReport
+from .ledger import LedgerEntry, RunRecord, RunReport, Status
 from .model import Client, Contract, Deal, Invoice, Manager, Offer, Task, Touch
 from .plan import Plan
 from .rules.loader import RuleSet, load_rules
@@ -63,6 +63,7 @@ __all__ = [
     "RunReport",
     "SQLiteStore",
     "StartProcess",
+    "Status",
     "Store",
     "StoreError",
     "Suppression",

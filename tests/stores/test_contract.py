@@ -97,6 +97,12 @@ def test_models_round_trip_as_models(store: Store) -> None:
     assert store.get("managers", "m1").max_clients == 0  # 0 = no clients at all, not "unlimited"
 
 
+def test_a_writable_store_says_it_is_not_read_only(store: Store) -> None:
+    """operations.md tells hosts to read `store.read_only`: a memory store had no such attribute, so host code
+    written against SQLite failed its unit tests on memory://."""
+    assert store.read_only is None
+
+
 def test_unknown_entity_is_a_data_error(store: Store) -> None:
     with pytest.raises(DataError):
         store.add(widgets=[{"id": "w1"}])

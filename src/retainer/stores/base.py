@@ -216,6 +216,7 @@ class Store(Protocol):
 
     url: str
     tz: tzinfo  # how naive timestamps in added rows are read
+    read_only: str | None  # why the store only reads (a file SQLite cannot write beside), or None
 
     def add(self, **rows: Iterable[Entity | Mapping[str, Any]]) -> dict[str, int]:
         """Insert new facts, keyed by entity name (`clients=[...]`). Dicts are validated (naive times

@@ -46,6 +46,7 @@ class MemoryStore:
     def __init__(self, url: str = "memory://", *, timezone: tzinfo = UTC) -> None:
         self.url = url
         self.tz = timezone
+        self.read_only: str | None = None  # as a SQLite store's: host code reads it on either
         self._facts: dict[str, dict[str, Entity]] = {e: {} for e in _ingest.ENTITIES}
         self._cursors: dict[str, str] = {}
         self._ledger: dict[str, LedgerEntry] = {}  # by id, in commit order
