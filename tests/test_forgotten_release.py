@@ -145,9 +145,11 @@ def _override_store(store: Store) -> None:
             {"id": "attr", "manager_id": "m1", "tags": ["key-account"], "attributes": {"forgotten_after": "10d"}},
             {"id": "attr_long", "manager_id": "m2", "tags": ["key-account"],
              "attributes": {"forgotten_after": 100}},  # a bare number of days
+            # and as text, as a CRM custom field (a CSV cell) holds it: it was refused as not a duration
+            {"id": "attr_text", "manager_id": "m2", "attributes": {"forgotten_after": " 100 "}},
         ],
         touches=[{"id": f"t{i}", "client_id": c, "at": T0}
-                 for i, c in enumerate(["key_m1", "plain_m1", "plain_m2", "attr", "attr_long"])],
+                 for i, c in enumerate(["key_m1", "plain_m1", "plain_m2", "attr", "attr_long", "attr_text"])],
     )
 
 
@@ -163,7 +165,7 @@ def _override_store(store: Store) -> None:
         (89, {"attr", "key_m1", "plain_m2"}),
         (90, {"attr", "key_m1", "plain_m2", "plain_m1"}),
         (99, {"attr", "key_m1", "plain_m2", "plain_m1"}),
-        (100, {"attr", "key_m1", "plain_m2", "plain_m1", "attr_long"}),
+        (100, {"attr", "key_m1", "plain_m2", "plain_m1", "attr_long", "attr_text"}),
     ],
 )
 def test_overrides_first_match_wins_and_attribute_beats_all(store: Store, n: int, expected: set[str]) -> None:
@@ -177,7 +179,7 @@ def test_override_threshold_is_in_the_evidence(store: Store) -> None:
     plan = engine_for(forgotten_rules(overrides=OVERRIDES), store).plan(day(100))
     thresholds = {a.client_id: a.evidence["threshold"] for a in plan.actions}
     assert thresholds == {"attr": "10d", "key_m1": "30d", "plain_m2": "60d", "plain_m1": "90d",
-                          "attr_long": "100d"}
+                          "attr_long": "100d", "attr_text": "100d"}
     assert {a.client_id: a.evidence["days_since_activity"] for a in plan.actions} == dict.fromkeys(thresholds, 100)
 
 

@@ -408,6 +408,8 @@ def _as_duration(v: Any) -> Duration | None:
     """A client's duration attribute, or None when it is empty or unusable (`_not_a_duration` says why)."""
     if v is None or v == "" or not isinstance(v, str | int):  # a list or dict from a CRM custom field
         return None
+    if isinstance(v, str) and v.strip().isascii() and v.strip().isdigit():
+        v = int(v)  # a number of days, as a CRM custom field (a CSV cell) holds it: text
     try:
         return parse_duration(v)
     except DurationError:
