@@ -650,8 +650,9 @@ def test_reassign_pool(store: Store) -> None:
     # the current manager in the pool is still never chosen
     _moves_only_self = engine_for(release_rules({"pool": ["m1"]}), store).plan(day(74))
     assert _moves(_moves_only_self) == {}
-    assert [(s.action.type, s.reason_code) for s in _moves_only_self.suppressed
-            if s.action.type == "reassign"] == [("reassign", "no_eligible_manager")]
+    assert [(s.action.type, s.reason_code, s.detail) for s in _moves_only_self.suppressed
+            if s.action.type == "reassign"] == [
+        ("reassign", "no_eligible_manager", "no active manager in the pool (m1) other than m1 (least_loaded)")]
 
 
 def test_reassign_same_team(store: Store) -> None:
@@ -663,6 +664,17 @@ def test_reassign_same_team(store: Store) -> None:
     ])
     assert _moves(engine_for(release_rules({"same_team": True}), store).plan(day(74))) == {"c1": "m3"}
     assert _moves(engine_for(release_rules(), store).plan(day(74))) == {"c1": "m2"}
+    # nobody else in the team: said so (it read "no active manager with spare capacity", and the analyst
+    # went looking at max_clients); a manager with no team has nobody to share one with
+    store.upsert(managers=[{"id": "m3", "team": "C"}])
+    (held,) = [s for s in engine_for(release_rules({"same_team": True}), store).plan(day(74)).suppressed
+               if s.action.type == "reassign"]
+    assert held.detail == ("no active manager in team A other than m1 (supervisors are eligible only from a pool) "
+                           "(least_loaded)")
+    store.upsert(managers=[{"id": "m1"}])
+    (held,) = [s for s in engine_for(release_rules({"same_team": True}), store).plan(day(74)).suppressed
+               if s.action.type == "reassign"]
+    assert held.detail == "m1 has no team, and the rule reassigns within the team (same_team) (least_loaded)"
 
 
 def test_supervisors_are_excluded_unless_in_the_pool(store: Store) -> None:
@@ -690,6 +702,7 @@ def test_nobody_eligible_escalates_to_the_supervisor(store: Store) -> None:
     assert esc.id == str(uuid.uuid5(NAMESPACE, esc.key))
     sup = [s for s in plan.suppressed if s.action.rule == "release"]
     assert [(s.action.type, s.reason_code) for s in sup] == [("reassign", "no_eligible_manager")]
+    assert sup[0].detail == "every active manager other than m1 is at max_clients: m3 (0 of 0) (least_loaded)"
     assert plan.stats["suppressed"].get("no_eligible_manager") == 1
 
 

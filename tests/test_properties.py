@@ -193,7 +193,8 @@ def test_no_eligible_manager_escalates_to_the_supervisor(crm: Crm, rules: dict[s
         while sup in managers and not managers[sup].get("active", True) and sup not in seen:
             seen.add(sup)
             sup = managers[sup].get("supervisor_id")
-        return sup if sup in managers and managers[sup].get("active", True) else None
+        # back where it started (a cycle of supervisors in the data): nobody, not the manager himself
+        return sup if sup in managers and managers[sup].get("active", True) and sup not in seen else None
 
     for x in failed:
         sup = nearest_active_supervisor(x.action.from_manager_id)

@@ -145,6 +145,24 @@ class _Reassigner:
         self._move(choice.id, +1)
         return choice
 
+    def why_none(self, current: str, spec: ReassignSpec) -> str:
+        """Why `pick` found nobody, naming what emptied the choice: an analyst read "no spare capacity" and
+        looked at max_clients, when the cause was the team."""
+        cur = self.managers.get(current)
+        team = cur.team if cur is not None else None
+        where = "".join((f" in the pool ({', '.join(spec.pool)})" if spec.pool is not None else "",
+                         f" in team {team}" if spec.same_team else ""))  # fmt: skip
+        if spec.same_team and team is None:
+            return f"{current} has no team, and the rule reassigns within the team (same_team)"
+        key = (tuple(spec.pool) if spec.pool is not None else None, spec.same_team, team if spec.same_team else None)
+        others = [m for m in self._candidates(key, spec, team) if m.id != current]
+        if not others:
+            aside = "" if spec.pool is not None else " (supervisors are eligible only from a pool)"
+            return f"no active manager{where} other than {current}{aside}"
+        full = ", ".join(f"{m.id} ({self.loads.get(m.id, 0)} of {m.max_clients})" for m in others[:5])
+        more = f" and {len(others) - 5} more" if len(others) > 5 else ""
+        return f"every active manager other than {current}{where} is at max_clients: {full}{more}"
+
     def _least_loaded(self, key: tuple[Any, ...], cands: list[Manager], current: str) -> Manager | None:
         heap = self._heaps.get(key)
         if heap is None:
@@ -776,12 +794,7 @@ class Engine:
             m.owner = managers.get(current) if current != m.client.manager_id else None
             m.new_manager = reassigner.pick(m.rule.id, current, spec)
             if m.new_manager is None:
-                m.reassign_failed = (
-                    f"no active manager with spare capacity other than "
-                    f"{current} ({spec.strategy}"
-                    f"{', pool ' + ','.join(spec.pool) if spec.pool else ''}"
-                    f"{', same team' if spec.same_team else ''})"
-                )
+                m.reassign_failed = f"{reassigner.why_none(current, spec)} ({spec.strategy})"
 
         # a client given to another manager in this plan: the other rules' tasks and messages for "the
         # manager" go to the new one (who now has to call), not to the one who just lost the client
