@@ -183,6 +183,26 @@ def test_override_threshold_is_in_the_evidence(store: Store) -> None:
     assert {a.client_id: a.evidence["days_since_activity"] for a in plan.actions} == dict.fromkeys(thresholds, 100)
 
 
+def test_explain_shows_the_overrides_up_to_the_one_that_applies(store: Store) -> None:
+    """An analyst saw "threshold 60d" for a key account and could not tell why: the override's condition and
+    the client's value were not shown (it was a wrong operator)."""
+    _override_store(store)
+    e = engine_for(forgotten_rules(overrides=OVERRIDES), store)
+
+    def cases(cid: str) -> tuple[str, list[tuple[str, bool, str]]]:
+        (top,) = [c for c in e.explain(cid, day(100)).rules[0].condition.to_dict()["children"]
+                  if c["condition"].startswith("last activity")]
+        return top["condition"], [(c["condition"], c["held"], c["children"][0]["condition"])
+                                  for c in top.get("children", [])]
+
+    assert cases("plain_m2") == ("last activity at least 60d ago (the default: no override applies)", [
+        ("override #1: 30d", False, "tags contains key-account"), ("override #2: 90d", False, "manager_id = m1")])
+    assert cases("key_m1") == ("last activity at least 30d ago (override #1)", [
+        ("override #1: 30d", True, "tags contains key-account")])  # the first that holds wins: #2 is not shown
+    assert cases("attr")[1][0] == ("client attribute forgotten_after: attributes.forgotten_after", True,
+                                   "attributes.forgotten_after exists")
+
+
 def test_override_order_matters(store: Store) -> None:
     _override_store(store)
     reversed_rules = forgotten_rules(overrides=list(reversed(OVERRIDES)))

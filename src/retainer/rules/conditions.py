@@ -375,21 +375,29 @@ class OlderThan(Node):
         d = self.durations(frame, problems)[i]
         held = v is not None and d is not None and _older_fn(frame.as_of, d)(v)
         which = ""
-        for k, (cond, _dur) in enumerate(self.cases):
-            if cond.mask(frame)[i]:
-                label = self.case_labels[k] if k < len(self.case_labels) else f"case #{k + 1}"
+        # the cases up to the one that chose the threshold (the first that holds wins), each with its own
+        # condition: "why did this key account get 60 days" (the override's operator, the client's tags)
+        cases: list[ExplainNode] = []
+        for k, (cond, dur) in enumerate(self.cases):
+            label = self.case_labels[k] if k < len(self.case_labels) else f"case #{k + 1}"
+            hit = cond.mask(frame)[i]
+            if k or not (isinstance(dur, str) and not hit):  # an unset attribute threshold: no news, left out
+                cases.append(ExplainNode(f"{label}: {dur}", hit, _NOVALUE, (cond.explain(frame, i),)))
+            if hit:
                 which = f" ({label})"
                 break
         name = "last activity" if self.feature.startswith("activity_anchor_at") else self.feature
         if d is None:
             return ExplainNode(f"{name}: no threshold, {problems.get(i, 'invalid')}{which}", False,
-                               _local(v, frame.as_of))
+                               _local(v, frame.as_of), tuple(cases))
         when = _local(v, frame.as_of)
         note = ""
         if isinstance(when, datetime):  # "59 days before as_of": the count an analyst checks
             days = (frame.as_of.date - when.date()).days
             note = f"{days} day{'s' * (days != 1)} before as_of"
-        return ExplainNode(f"{name} at least {d} ago{which}", held, when, note=note)
+        if not which and cases:
+            which = " (the default: no override applies)"
+        return ExplainNode(f"{name} at least {d} ago{which}", held, when, tuple(cases), note=note)
 
     def features(self) -> set[str]:
         fs = {self.feature}
