@@ -1191,3 +1191,26 @@ def test_validate_notes_a_recipient_or_template_one_typo_away(tmp_path: Path) ->
     ]
     r = subprocess.run([SCRIPT, "validate", str(f)], capture_output=True, text=True)
     assert r.returncode == 0 and "note: rule tell: template 'relased' is not defined" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("rules: [{id: f, kind: forgotten, afer: 60d}]", "unknown field 'afer'; did you mean 'after'?"),
+        ("rules: [{id: f, kind: forgotten}]\npolicies: {cool_off: {}}",
+         "unknown field 'cool_off'; did you mean 'cooloff'?"),
+        ("rules: [{id: d, kind: debtor, steps: [{after: 3d, escalate: {tto: supervisor}}]}]",
+         "unknown field 'tto'; did you mean 'to'?"),
+        ("rules: [{id: g, when: {status: active}, then: [{create_task: {titel: x}}]}]",
+         "unknown field 'titel'; did you mean 'title'?"),
+        ("templates: {a: {subjet: x, body: y}}\nrules: [{id: g, when: {status: active}}]",
+         "unknown field 'subjet'; did you mean 'subject'?"),
+        ("verison: 1\nrules: [{id: g, when: {status: active}}]", "unknown field 'verison'; did you mean 'version'?"),
+        ("rules: [{id: g, when: {status: active}, zzz: 1}]", "unknown field 'zzz'"),  # nothing close: no guess
+    ],
+)
+def test_a_misspelt_key_gets_a_did_you_mean(text: str, hint: str) -> None:
+    """Features, actions and operators got hints, keys of rules, policies and steps did not (`afer`)."""
+    with pytest.raises(RulesError) as exc:
+        retainer.load_rules(text if text.startswith("verison") else f"version: 1\n{text}")
+    assert str(exc.value).endswith(hint)

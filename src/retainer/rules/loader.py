@@ -13,12 +13,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from pathlib import Path as FsPath
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from ..errors import ArgumentError, RepeatedKeyError, RulesError, read_rules_text, unique_keys
+from ..errors import ArgumentError, RepeatedKeyError, RulesError, did_you_mean, read_rules_text, unique_keys
 from ..policies import policy_features
 from ..timeutil import get_tz
 from . import templates
@@ -139,10 +140,52 @@ def _field_path(loc: Sequence[Any]) -> str:
     return out
 
 
+def _strip(t: Any) -> Any:
+    """The type inside `Annotated[...]` and `X | None`."""
+    while True:
+        if get_origin(t) is Annotated:
+            t = get_args(t)[0]
+        elif get_origin(t) in (Union, UnionType) and type(None) in get_args(t) and len(get_args(t)) == 2:
+            t = next(a for a in get_args(t) if a is not type(None))
+        else:
+            return t
+
+
+def _kinds_of(m: Any) -> tuple[Any, ...]:
+    """The `kind` values a member of a discriminated union takes (its `Literal`), or none."""
+    f = m.model_fields.get("kind") if isinstance(m, type) and issubclass(m, BaseModel) else None
+    return get_args(f.annotation) if f is not None else ()
+
+
+def _fields_at(loc: Sequence[Any]) -> list[str]:
+    """The keys the rule file's schema allows where `loc` ends (for the did-you-mean of an unknown key), walked
+    from RuleFile through models, lists, mappings and the rule kinds' union (its tag is in `loc`)."""
+    t: Any = RuleFile
+    for p in loc:
+        t = _strip(t)
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            f = t.model_fields.get(p) if isinstance(p, str) else None
+            if f is None:
+                return []
+            t = f.annotation
+        elif get_origin(t) is list and isinstance(p, int):
+            t = get_args(t)[0]
+        elif get_origin(t) is dict and isinstance(p, str):
+            t = get_args(t)[1]
+        elif get_origin(t) in (Union, UnionType):  # the rule kinds, a union discriminated by `kind`: `p` is it
+            t = next((m for m in get_args(t) if p in _kinds_of(m)), None)
+            if t is None:
+                return []
+        else:
+            return []
+    t = _strip(t)
+    return list(t.model_fields) if isinstance(t, type) and issubclass(t, BaseModel) else []
+
+
 def _pydantic_message(err: Mapping[str, Any]) -> str:
     t, loc = err["type"], err["loc"]
     if t == "extra_forbidden":
-        return f"unknown field {loc[-1]!r}"
+        return f"unknown field {loc[-1]!r}{did_you_mean(str(loc[-1]), _fields_at(loc[:-1]))}"
     if t == "missing":
         where = _field_path(loc[:-1]) if loc and loc[0] != "rules" else ""
         return f"{where}: required field {loc[-1]!r} is missing" if where else f"required field {loc[-1]!r} is missing"
