@@ -1214,3 +1214,18 @@ def test_a_misspelt_key_gets_a_did_you_mean(text: str, hint: str) -> None:
     with pytest.raises(RulesError) as exc:
         retainer.load_rules(text if text.startswith("verison") else f"version: 1\n{text}")
     assert str(exc.value).endswith(hint)
+
+
+@pytest.mark.parametrize(("step", "line"), [
+    ("- {after: 20d, create_task: {title: 'Call about {invoice.outstandng}'}}", 8),
+    ("- after: 20d\n        then:\n          - create_task:\n"
+     "              title: 'Call about {invoice.outstandng}'", 11),
+])
+def test_a_placeholder_typo_in_a_ladder_step_names_its_own_line(tmp_path: Path, step: str, line: int) -> None:
+    """It named the rule's first line (`- id: debtor`), 30 lines above the typo, in a step written either way."""
+    f = tmp_path / "r.yaml"
+    f.write_text("version: 1\nrules:\n  - id: debtor\n    kind: debtor\n    steps:\n"
+                 "      - {after: 3d, notify_client: {channel: email, template: reminder}}\n"
+                 f"      - {{after: 10d, notify_client: {{channel: sms, template: reminder}}}}\n      {step}\n")
+    with pytest.raises(RulesError, match=rf"r.yaml:{line} \(rule debtor\): unknown placeholder \{{invoice.outstandng"):
+        retainer.load_rules(f)

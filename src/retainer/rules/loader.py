@@ -245,9 +245,11 @@ def parse_json(text: str, source: str) -> tuple[Any, _Lines]:
 
 
 def _check_texts(
-    rule: CompiledRule, rf: RuleFile, registry: FeatureRegistry, path: Path, source: str, lines: _Lines
+    rule: CompiledRule, rf: RuleFile, registry: FeatureRegistry, path: Path, source: str, lines: _Lines,
+    then_at: tuple[Path, ...] | None = None,
 ) -> set[str]:
-    """Every placeholder of the reason, titles and templates exists; returns the features they use."""
+    """Every placeholder of the reason, titles and templates exists; returns the features they use. `then_at`:
+    where each action is written in the rule (a ladder step's, a win-back outcome's), for the error's line."""
     has_reassign = any(a.type == "reassign" for a in rule.then)
     texts: list[tuple[str, Path]] = [(rule.reason, path)]
     for k, a in enumerate(rule.then):
@@ -256,7 +258,7 @@ def _check_texts(
             text = getattr(p, fld, None)
             if text is None:
                 continue
-            ap: Path = (*path, "then", k, a.type, fld)
+            ap: Path = (*path, *(then_at[k] if then_at else ("then", k, a.type)), fld)
             if fld == "template" and text in rf.templates:
                 t = rf.templates[text]
                 texts += [(t.body, ("templates", text, "body"))]
@@ -387,7 +389,7 @@ def compile_rules(data: Any, lines: _Lines, source: str) -> RuleSet:
                     suffix=parts.suffix,
                     part=parts.part,
                 )
-                used = _check_texts(rule, rf, registry, path, source, lines)
+                used = _check_texts(rule, rf, registry, path, source, lines, parts.then_at)
                 _check_subject(rule, registry, path)
                 out.append(rule)
                 if r.enabled:

@@ -123,6 +123,9 @@ class Parts:
     ladder: int | None = None
     suffix: str = ""
     part: str | None = None
+    # where each of `then`'s actions is written in the rule (up to its fields), for errors that name the line:
+    # ("steps", 2, "create_task") for a ladder step's; ("then", k, type) when not given
+    then_at: tuple[tuple[Any, ...], ...] | None = None
 
 
 def describe(node: Node) -> str:
@@ -285,6 +288,7 @@ def _winback(rule: WinbackRule, ctx: CompileContext) -> list[Parts]:
     step1 = Parts(
         base, "last_invoice_at", (), evidence, reason_text, ref.threshold,
         then=(ActionSpec(create_task=rule.task), *(rule.then or ())), part="find the churn reason",
+        then_at=(("task",), *(("then", k, a.type) for k, a in enumerate(rule.then or ()))),
     )
     out = [step1]
     name = f"outcome[{rule.id}.{rule.outcome_field}]"
@@ -296,6 +300,7 @@ def _winback(rule: WinbackRule, ctx: CompileContext) -> list[Parts]:
                 "last_invoice_at", (), (*evidence, name),
                 f"{reason_text}; the reason found: {reason}", ref.threshold,
                 then=tuple(actions), suffix=f"~{reason}", part=f"outcome {reason}",
+                then_at=tuple(("on_outcome", reason, k, a.type) for k, a in enumerate(actions)),
             )
         )
     return out
@@ -339,6 +344,9 @@ def _debtor(rule: DebtorRule, ctx: CompileContext) -> list[Parts]:
                 f"(step {step.after})",
                 threshold,
                 then=tuple(step.then),
+                # written inline ({after: 3d, notify_client: ...}) or under then: the line lookup skips
+                # the parts a file does not have
+                then_at=tuple(("steps", _k, "then", j, a.type) for j, a in enumerate(step.then)),
                 subject="invoice",
                 ladder=rank,
                 suffix=f"+{step.after}",
