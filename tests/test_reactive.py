@@ -306,9 +306,14 @@ def test_every_message_to_durable_rules_has_an_explicit_unique_id(store: Store) 
     s.tick(at(53))
     s.tick(at(60))
     s.post({"type": "invoice_paid", "id": "due", "at": at(61)})
-    assert len(sent) == 3
+    # an instance is loaded in its saved state (resume), takes its trigger and is deleted again
+    assert [m["trigger"] for m in sent] == [
+        "committed:+3d", "resume:step_3d", "committed:+10d", "resume:step_10d", "paid"]
     assert all(m.get("id") and m.get("sid") for m in sent)
     assert len({m["id"] for m in sent}) == len(sent)
+    for m in sent:  # durable-rules holds no instance between events
+        with pytest.raises(Exception, match="error code"):
+            s._host.get_state("debtor~dunning", m["sid"])
 
 
 def test_an_exception_inside_a_durable_rules_action_reaches_the_caller(store: Store) -> None:
@@ -335,6 +340,67 @@ def test_an_exception_durable_rules_records_in_its_state_is_raised(store: Store)
     s._host.post = lambda *a, **k: {"sid": "x", "exception": "exception caught boom"}  # type: ignore[method-assign]
     with pytest.raises(ReactiveError, match="exception caught boom"):
         s.tick(at(53))
+
+
+def test_a_session_keeps_more_processes_open_than_durable_rules_holds_and_a_restart_resumes_them(
+    tmp_path: Path,
+) -> None:
+    """durable-rules holds at most 1,024 instances per ruleset: a tick over 1,100 open ladders raised a raw
+    MemoryError after committing and delivering, every night, and saved no process state (then 1,024)."""
+    rules = retainer.load_rules(DEBTOR_FILE)
+    n = 1100
+    store = make_store("sqlite", tmp_path, rules.timezone)
+    _debtors(store, n)
+    s = Session(rules, store)
+    assert len(s.tick("2026-02-20").committed) == n
+    saved = [json.loads(store.get_cursor(f"{CURSOR}c{i}") or "{}") for i in range(1, n + 1)]
+    assert saved == [{f"debtor:c{i}:i{i}:dunning": ["debtor~dunning", "step_3d"]} for i in range(1, n + 1)]
+    store.close()
+    again = retainer.open_store(f"sqlite:///{tmp_path / 'crm.db'}", timezone=rules.timezone)  # a restart
+    s2 = Session(rules, again)
+    r = s2.tick("2026-02-26")
+    assert len(r.committed) == n
+    assert [(t.from_state, t.to_state) for t in r.transitions] == [("step_3d", "step_10d")] * n
+    paid = s2.post({"type": "invoice_paid", "id": f"i{n}", "at": "2026-02-27T09:00"})
+    assert [(t.from_state, t.to_state) for t in paid.transitions] == [("step_10d", "paid")]
+    assert s2.process_states(f"c{n}") == {} and s2.process_states("c1") == {
+        "debtor:c1:i1:dunning": ("debtor~dunning", "step_10d")}
+    again.close()
+
+
+def test_a_saved_state_the_rule_file_no_longer_has_is_read_from_the_ledger(store: Store) -> None:
+    """A step removed from the ladder since the state was saved: it cannot be loaded into durable-rules, so
+    every event for the client failed; the ledger says where the process stands instead."""
+    Session(RULES, store).tick(at(53))
+    store.set_cursor(CURSOR + "c1", json.dumps({"debtor:c1:due:dunning": ["debtor~dunning", "step_5d"]}))
+    s = Session(RULES, store)
+    assert s.process_states("c1") == {"debtor:c1:due:dunning": ("debtor~dunning", "step_3d")}
+    assert [(t.from_state, t.to_state) for t in s.tick(at(60)).transitions] == [("step_3d", "step_10d")]
+
+
+def test_a_durable_rules_failure_is_a_reactive_error_and_the_states_moved_before_it_are_saved() -> None:
+    rules = retainer.load_rules(DEBTOR_FILE)
+    with fresh() as store:
+        _debtors(store, 3)
+        s = Session(rules, store)
+        real, calls = s._host.post, []
+
+        def full(name: str, message: dict[str, Any], complete: Any = None) -> Any:
+            calls.append(message["sid"])
+            if len(calls) == 2:
+                raise MemoryError  # what durable-rules' C extension raises when a ruleset is full
+            return real(name, message, complete)
+
+        s._host.post = full  # type: ignore[method-assign]
+        with pytest.raises(ReactiveError, match=r"durable-rules failed in debtor~dunning for debtor:c2:i2:dunning "
+                                                r"\(committed:\+3d\): MemoryError"):
+            s.tick("2026-02-20")
+        assert len(store.ledger()) == 3  # committed before the processes moved
+        assert store.get_cursor(CURSOR + "c1") and store.get_cursor(CURSOR + "c2") is None
+        # the next event builds durable-rules afresh; the ledger tells the session where c2 and c3 stand
+        r = s.tick("2026-02-26")
+        assert [(t.sid, t.from_state, t.to_state) for t in r.transitions] == [
+            (f"debtor:c{i}:i{i}:dunning", "step_3d", "step_10d") for i in (1, 2, 3)]
 
 
 @pytest.mark.parametrize(

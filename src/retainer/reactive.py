@@ -17,13 +17,15 @@ Those processes are durable-rules *statecharts* generated from the rule file:
   `presented`): the client's next inbound touch tells its manager now (a `notify_manager` action).
 
 Each client's open process instances and their states are persisted in the store (cursor
-`reactive:client:<id>`) on every transition, so a new session over the same store resumes them.
-Every message given to durable-rules carries an explicit unique `id` and `sid`; an exception raised in
-or by durable-rules propagates to the caller of `post`. See docs/reactive.md.
+`reactive:client:<id>`) on every transition, so a new session over the same store resumes them; an
+instance is in durable-rules (at most 1,024 per ruleset) only while it takes a trigger.
+Every message given to durable-rules carries an explicit unique `id` and `sid`; a durable-rules failure
+reaches the caller of `post` as a `ReactiveError`. See docs/reactive.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -260,6 +262,13 @@ class _Host:
 # ---------------------------------------------------------------- the session
 
 
+def _why(exc: BaseException) -> str:
+    """A durable-rules exception as text: its C extension raises a bare MemoryError when a ruleset is full."""
+    if isinstance(exc, MemoryError):
+        return f"MemoryError {exc}".rstrip() + " (durable-rules is out of room for process instances)"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _ts(v: Any) -> str:
     return v.isoformat() if isinstance(v, datetime | date) else str(v)
 
@@ -305,9 +314,9 @@ class Session:
         self._kinds = {r.id: r.kind for r in self.rules.rules}
         self._fired: list[Transition] = []
         self._errors: list[BaseException] = []
-        self._host = _Host({f"{c.name}$state": _definition(c, self._action) for c in self.charts.values()})
+        self._host: Any = None
+        self._durable()  # built now: a missing extra or a chart durable-rules refuses fails here, not at an event
         self._procs: dict[str, dict[str, list[str]]] = {}  # client -> {sid: [chart, state]} (open ones)
-        self._live: dict[tuple[str, str], str] = {}  # (chart, sid) -> its instance id in durable-rules
         self._dirty: set[str] = set()  # clients whose process states changed since the last persist
         self._seq = 0
         self._lock = threading.RLock()
@@ -338,7 +347,17 @@ class Session:
         Threads may share a session: their events are decided one at a time.
         """
         with self._lock:  # the process states, the durable-rules host and the cache are the session's own
-            return self._react(event, as_of)
+            try:
+                return self._react(event, as_of)
+            except BaseException:
+                # the transitions made before the failure follow actions already in the ledger: save them, and
+                # read every client's processes again (saved states, then the ledger) rather than trust a memory
+                # the failure cut short. The failure raised is the one to report: if saving fails too, the
+                # states stay in memory, dirty, for the next event
+                with contextlib.suppress(Exception):
+                    self._persist()
+                    self._procs.clear()
+                raise
 
     def _react(self, event: Mapping[str, Any], as_of: str | date | datetime | None) -> Reaction:
         t0 = time.perf_counter()
@@ -367,7 +386,7 @@ class Session:
         transitions: list[Transition] = []
         commands: list[tuple[Chart, str, str, Mapping[str, Any]]] = []
         for chart, sid, trigger, payload in triggers:
-            self._ensure(chart, client_id, sid, payload.get("adopt"))
+            self._adopt_one(chart, client_id, sid, payload.get("adopt"))
             tr = self._post(chart, client_id, sid, trigger, event_id)
             if tr is not None:
                 transitions.append(tr)
@@ -571,59 +590,79 @@ class Session:
 
         return run
 
+    def _durable(self) -> Any:
+        """The durable-rules host, built on first use and again after a failure: a ruleset durable-rules
+        failed in is never used again (past its instance limit it crashes the process on the next call)."""
+        if self._host is None:
+            definitions = {f"{c.name}$state": _definition(c, self._action) for c in self.charts.values()}
+            try:
+                self._host = _Host(definitions)
+            except ReactiveError:
+                raise
+            except Exception as exc:
+                raise ReactiveError(f"durable-rules refused the statecharts of the rule file: {_why(exc)}") from exc
+        return self._host
+
     def _post(self, chart: Chart, client_id: str, sid: str, trigger: str, event_id: str) -> Transition | None:
         """Send one trigger to one process instance, if its state accepts it; returns the transition.
 
-        Inside durable-rules an instance is `<sid>@<n>`: a new incarnation whenever the session (re)builds
-        it, so an instance left behind by a failure is never reused."""
+        durable-rules holds an instance only while it takes a trigger: the session loads it in the state it
+        keeps (a `resume:<state>` message moves a fresh instance there), posts the trigger and deletes it.
+        durable-rules holds at most 1,024 instances per ruleset (the 1,025th raises MemoryError), so keeping
+        every open ladder, win-back and offer in it failed a tick past 1,024 open invoices. Inside durable-rules
+        an instance is `<sid>@<n>`, new each time, so one a failure left behind is never reused."""
         procs = self._procs[client_id]
         state = procs[sid][1] if sid in procs else START
         if not chart.accepts(state, trigger):
             return None
-        key = (chart.name, sid)
-        dsid = self._live.get(key)
-        if dsid is None:
-            self._seq += 1
-            dsid = self._live[key] = f"{sid}@{self._seq}"
         self._seq += 1
-        message = {"id": f"{event_id}#{self._seq}", "sid": dsid, "trigger": trigger}
-        self._fired.clear()
-        self._errors.clear()
+        dsid = f"{sid}@{self._seq}"
         try:
-            result = self._host.post(chart.name, message)
-            if self._errors:
-                raise self._errors[0]
-            if isinstance(result, Mapping) and result.get("exception"):
-                raise ReactiveError(f"durable-rules failed in {chart.name} for {sid}: {result['exception']}")
-            fired = [t for t in self._fired if t.sid == dsid]
-            if len(fired) != 1 or fired[0].trigger != trigger:
-                raise ReactiveError(
-                    f"durable-rules did not take {chart.name} {sid}: {state} --{trigger}--> (fired {self._fired})"
-                )
+            if state != START:
+                self._send(chart, sid, dsid, f"resume:{state}", event_id)
+            f = self._send(chart, sid, dsid, trigger, event_id)
+            try:
+                self._durable().delete_state(chart.name, dsid)
+            except Exception as exc:
+                raise ReactiveError(f"durable-rules could not delete {chart.name} instance {sid}: {_why(exc)}") from exc
         except BaseException:
-            self._live.pop(key, None)  # rebuilt from the session's state on the next event
+            self._host = None  # built afresh for the next message; the session's own states are untouched
             raise
-        f = fired[0]
         tr = Transition(chart.name, sid, f.from_state, f.to_state, trigger)
         if tr.to_state in chart.final:
             procs.pop(sid, None)
-            del self._live[key]
-            self._host.delete_state(chart.name, dsid)
         else:
             procs[sid] = [chart.name, tr.to_state]
         self._dirty.add(client_id)
         return tr
 
-    def _ensure(self, chart: Chart, client_id: str, sid: str, adopt: str | None) -> None:
-        """Make sure durable-rules holds the instance in the state the session knows (after a restart,
-        or for a process a nightly run started): a `resume:<state>` message moves a fresh instance there."""
+    def _send(self, chart: Chart, sid: str, dsid: str, trigger: str, event_id: str) -> Transition:
+        """One message to durable-rules; the one transition it fired. Its failures are ReactiveErrors."""
+        self._seq += 1
+        message = {"id": f"{event_id}#{self._seq}", "sid": dsid, "trigger": trigger}
+        self._fired.clear()
+        self._errors.clear()
+        try:
+            result = self._durable().post(chart.name, message)
+        except Exception as exc:
+            if any(exc is e for e in self._errors):
+                raise  # raised by our own action: durable-rules only passed it on
+            raise ReactiveError(f"durable-rules failed in {chart.name} for {sid} ({trigger}): {_why(exc)}") from exc
+        if self._errors:
+            raise self._errors[0]
+        if isinstance(result, Mapping) and result.get("exception"):
+            raise ReactiveError(f"durable-rules failed in {chart.name} for {sid}: {result['exception']}")
+        fired = [t for t in self._fired if t.sid == dsid]
+        if len(fired) != 1 or fired[0].trigger != trigger:
+            raise ReactiveError(f"durable-rules did not take {chart.name} {sid} --{trigger}--> (fired {self._fired})")
+        return fired[0]
+
+    def _adopt_one(self, chart: Chart, client_id: str, sid: str, adopt: str | None) -> None:
+        """A process started outside this session (a nightly run committed its first step): the session takes
+        it in the state the event implies."""
         procs = self._procs[client_id]
         if sid not in procs and adopt is not None:
-            procs[sid] = [chart.name, adopt]  # a process started outside this session (a nightly run)
-        if sid in procs and (chart.name, sid) not in self._live:
-            state = procs[sid][1]
-            procs.pop(sid)
-            self._post(chart, client_id, sid, f"resume:{state}", "resume")
+            procs[sid] = [chart.name, adopt]
 
     # ------------------------------------------------------------ persisted process state
 
@@ -637,7 +676,10 @@ class Session:
             return
         if known is None:
             raw = self.store.get_cursor(CURSOR + client_id)
-            known = {} if raw is None else {sid: list(v) for sid, v in json.loads(raw).items() if v[0] in self.charts}
+            # a state the rule file no longer has (a ladder step removed since) is left to the ledger's view below
+            saved = {} if raw is None else json.loads(raw)
+            known = {sid: list(v) for sid, v in saved.items()
+                     if v[0] in self.charts and self.charts[v[0]].accepts(START, f"resume:{v[1]}")}
             self._procs[client_id] = known
         for sid, (cname, state) in sorted(self._adopt(client_id).items()):
             if sid not in known:
@@ -689,7 +731,7 @@ class Session:
     def _persist(self) -> None:
         for cid in sorted(self._dirty):
             self.store.set_cursor(CURSOR + cid, json.dumps(self._procs.get(cid, {}), sort_keys=True))
-        self._dirty.clear()
+            self._dirty.discard(cid)
 
     # ------------------------------------------------------------ commands
 
@@ -794,7 +836,6 @@ class Session:
                 continue
             self._hydrate(act.client_id, merge=False)
             for chart, sid, trigger in self._targets(act):
-                self._ensure(chart, act.client_id, sid, None)
                 tr = self._post(chart, act.client_id, sid, trigger, f"commit:{act.id}")
                 if tr is not None:
                     reaction.transitions.append(tr)
