@@ -842,3 +842,52 @@ def test_no_win_back_prompt_for_a_client_who_bought_again(bought_again: bool) ->
                     "direction": "inbound"})  # fmt: skip
         prompts = [a for a in r.committed if a.type == "notify_manager"]
         assert len(prompts) == (0 if bought_again else 1)
+
+
+# ---------------------------------------------------------------- instants later than the clock (a vendor's review)
+
+NOW = datetime(2026, 2, 19, 9, 0, tzinfo=UTC)  # the invoices of _debtors fell due on Feb 15: 4 days overdue
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s: s.tick("2062-02-19"),  # 2062 for 2026: a typo in the year
+        lambda s: s.post({"type": "tick", "at": "2026-02-21"}),
+        lambda s: s.post({"type": "touch", "id": "t1", "client_id": "c1", "at": "2026-02-19"}, as_of="2026-03-30"),
+    ],
+)
+def test_a_session_refuses_to_decide_after_tomorrow_as_engine_run_does(call: Any) -> None:
+    """A tick as of 2062 committed and delivered, right now, the actions due then, and their keys were spent:
+    the real ones were suppressed as duplicates when their day came."""
+    rules = retainer.load_rules(DEBTOR_FILE)
+    with fresh() as store:
+        _debtors(store, 1)
+        s = Session(rules, store, RecordingHandler(), clock=lambda: NOW)
+        with pytest.raises(retainer.ArgumentError, match=r"is after tomorrow \(2026-02-20, by the clock\): a (tick|"
+                                                         r"post with as_of) commits and delivers"):
+            call(s)
+        assert store.ledger() == [] and store.runs() == []
+        with pytest.raises(retainer.ArgumentError, match="a run commits"):  # one check, the run's
+            retainer.Engine(rules, store).run("2062-02-19", clock=lambda: NOW)
+        assert [a.key for a in s.tick("2026-02-20").committed] == ["debtor:c1:i1+3d:notify_client"]  # tomorrow
+
+
+def test_an_event_dated_later_than_now_is_written_and_decided_as_of_now() -> None:
+    """A CRM logs a meeting with its planned time, 10 days ahead. Decided as of that instant, the +10d SMS
+    went out now, 6 days early, and the +3d e-mail due today was skipped as superseded."""
+    rules = retainer.load_rules(DEBTOR_FILE)
+    with retainer.open_store("memory://", timezone=rules.timezone) as store:
+        _debtors(store, 1)
+        rec = RecordingHandler()
+        s = Session(rules, store, rec, clock=lambda: NOW)
+        r = s.post({"type": "touch", "id": "meet", "client_id": "c1", "at": "2026-03-01T10:00", "kind": "meeting"})
+        assert r.as_of == NOW
+        assert [a.key for a in rec.actions] == ["debtor:c1:i1+3d:notify_client"]
+        assert r.plan is not None and not r.plan.suppressed
+        meeting = store.get("touches", "meet")
+        assert meeting is not None and meeting.at == datetime(2026, 3, 1, 7, 0, tzinfo=UTC)  # type: ignore[attr-defined]
+        # a payment dated later counts from its date: the ladder goes on until then
+        r = s.post({"type": "invoice_paid", "id": "i1", "at": "2026-02-25T10:00"})
+        assert r.transitions == [] and s.process_states("c1") == {"debtor:c1:i1:dunning": ("debtor~dunning", "step_3d")}
+        assert store.get("invoices", "i1").paid_at == datetime(2026, 2, 25, 7, 0, tzinfo=UTC)  # type: ignore[union-attr]

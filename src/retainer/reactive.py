@@ -40,7 +40,7 @@ from typing import Any
 from . import policies
 from .actions import Action, NotifyManager, action_id
 from .adapters.dispatch import Dispatcher, DispatchReport, Handlers, Retry, dunning_over, utc_now
-from .engine import Engine
+from .engine import Engine, refuse_after_tomorrow
 from .errors import RetainerError
 from .keys import action_key
 from .ledger import ACTIVE, LedgerEntry, RunRecord, check_outcome, unapplied_moves
@@ -277,10 +277,12 @@ class Session:
     """Feed it events; it decides per event. See the module docstring and docs/reactive.md.
 
     `handlers` are the engine's (one handler, or a mapping by action type with `"*"`); without them
-    committed actions stay `pending` in the ledger for the host to fetch. No clock decides anything:
-    an event's `at` is its as_of (the `as_of=` argument of `post` overrides it); `clock` only stamps
-    run records and delivery attempts. Delivery makes one attempt per action unless `retry` says
-    otherwise: a failure leaves the action `failed` for the next run, so `post` never sleeps.
+    committed actions stay `pending` in the ledger for the host to fetch. An event's `at` is its as_of
+    (the `as_of=` argument of `post` overrides it); `clock` stamps run records and delivery attempts, and
+    bounds the as_of as it bounds `Engine.run`: a tick (or `as_of=`) after tomorrow is refused, and an
+    event dated later than now is written as it is and decided as of now. Delivery makes one attempt per
+    action unless `retry` says otherwise: a failure leaves the action `failed` for the next run, so `post`
+    never sleeps.
     """
 
     def __init__(
@@ -339,7 +341,8 @@ class Session:
     # ------------------------------------------------------------ public API
 
     def post(self, event: Mapping[str, Any], *, as_of: str | date | datetime | None = None) -> Reaction:
-        """Apply one event and decide for the client it concerns, as of the event's `at`.
+        """Apply one event and decide for the client it concerns, as of the event's `at` (or now, if it is
+        dated later than now by `clock`).
 
         Events (`type`): `touch` (the touch's fields), `task_done` (`id`, `at`), `invoice_paid` (`id`,
         `at`, optional `amount`), `outcome` (`action_id`, `outcome`, `at`), `fact` (`entity`, `row`,
@@ -368,11 +371,21 @@ class Session:
         when = as_of if as_of is not None else event.get("at")
         if when is None:
             raise ReactiveError(f"{kind} event {event.get('id', '')!r} has no `at` and no as_of was given")
-        a = self.engine.as_of(when)
+        fact = self.engine.as_of(when)  # when the event's fact happened
+        if kind == "tick" or as_of is not None:
+            # the host names the instant to decide as of: refused after tomorrow, as Engine.run refuses it
+            refuse_after_tomorrow(fact, self.clock, "a tick" if kind == "tick" else "a post with as_of")
+            a = fact
+        else:
+            # an event dated later than now (a meeting logged with its planned time) is written as it is, and
+            # decided as of now: as of its own date, the steps due by then would be sent now and earlier ones
+            # skipped as superseded
+            now = self.clock()
+            a = fact if fact.instant <= now else self.engine.as_of(now)
         timings: dict[str, float] = {}
         if kind == "tick":
             return self._tick(a, str(event.get("event_id") or f"tick:{a.instant.isoformat()}"), t0)
-        client_id, event_id, triggers, inbound = self._apply(kind, event, a)
+        client_id, event_id, triggers, inbound = self._apply(kind, event, fact, a)
         timings["apply"] = time.perf_counter() - t0
         if client_id is None:  # a manager's row: nothing to decide for it alone
             return Reaction(event_id, a.instant.astimezone(a.tz), None, None,
@@ -414,7 +427,8 @@ class Session:
         return reaction
 
     def tick(self, as_of: str | date | datetime) -> Reaction:
-        """The clock moved to `as_of`: plan everyone (time-driven steps: ladders, forgotten clients)."""
+        """The clock moved to `as_of`: plan everyone (time-driven steps: ladders, forgotten clients). An as_of
+        after tomorrow by `clock` is refused (`ArgumentError`), as `Engine.run` refuses it."""
         return self.post({"type": "tick", "at": as_of})
 
     def process_states(self, client_id: str) -> dict[str, tuple[str, str]]:
@@ -430,13 +444,14 @@ class Session:
     # ------------------------------------------------------------ events -> facts
 
     def _apply(
-        self, kind: str, ev: Mapping[str, Any], a: AsOf
+        self, kind: str, ev: Mapping[str, Any], fact: AsOf, a: AsOf
     ) -> tuple[str | None, str, list[tuple[Chart, str, str, dict]], Any]:
-        """Write the event's fact. Returns its client, the event id, the process triggers it fires, and the
-        touch when it is an inbound one (the client's waiting offers are found after `_hydrate`)."""
+        """Write the event's fact, dated `fact`; `a` is the instant decided as of (earlier for a fact dated
+        later than now). Returns its client, the event id, the process triggers it fires, and the touch when
+        it is an inbound one (the client's waiting offers are found after `_hydrate`)."""
         store = self.store
         triggers: list[tuple[Chart, str, str, dict]] = []
-        at = a.instant
+        at = fact.instant
         if kind == "touch":
             row = {k: v for k, v in ev.items() if k not in ("type", "event_id")}
             row.setdefault("at", at)
@@ -456,7 +471,7 @@ class Session:
             inv = self._get("invoices", ev)  # validated: the amount is a Decimal now
             cid = inv.client_id
             for chart in self._by_family.get("debtor", {}).values():
-                if not self._owed(inv, at, chart.rule):
+                if not self._owed(inv, a.instant, chart.rule):  # a payment dated later counts from its date
                     triggers.append((chart, self._debtor_sid(chart, cid, inv.id), "paid", {"invoice": inv.id}))
             return cid, str(ev.get("event_id") or f"invoice_paid:{inv.id}"), triggers, None
         if kind == "outcome":
