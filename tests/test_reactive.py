@@ -140,6 +140,31 @@ def test_a_running_total_is_taken_as_it_is_so_a_redelivered_payment_changes_noth
     assert [a.key for a in s.tick(at(60)).committed if a.rule == "debtor"] == ["debtor:c1:due+10d:notify_client"]
 
 
+@pytest.mark.parametrize("late", [False, True])
+def test_a_running_total_delivered_out_of_order_does_not_move_the_payment_backwards(store: Store, late: bool) -> None:
+    """A queue hands over the 11:00 total (paid in full) before the 10:00 one (200): the stale event wrote 200
+    back over the full payment, the ladder was adopted again, and the next tick dunned a client who had paid."""
+    s = Session(RULES, store)
+    s.tick(at(53))
+    part = {"type": "invoice_paid", "id": "due", "at": at(54) + timedelta(hours=10), "paid_total": "200"}
+    full = {"type": "invoice_paid", "id": "due", "at": at(54) + timedelta(hours=11), "paid_total": "500"}
+    for ev in [full, part] if late else [part, full]:
+        s.post(ev)
+    inv = store.get("invoices", "due")
+    assert (inv.paid_amount, inv.paid_at) == (500, at(54) + timedelta(hours=11))  # type: ignore[union-attr]
+    assert s.process_states("c1") == {}
+    assert not [a for a in s.tick(at(80)).committed if a.rule == "debtor"]
+
+
+def test_an_instalment_delivered_late_is_added_and_keeps_the_later_date(store: Store) -> None:
+    s = Session(RULES, store)
+    s.tick(at(53))
+    s.post({"type": "invoice_paid", "id": "due", "at": at(55), "amount": "200"})
+    s.post({"type": "invoice_paid", "id": "due", "at": at(54), "amount": "100"})  # paid the day before
+    inv = store.get("invoices", "due")
+    assert (inv.paid_amount, inv.paid_at) == (300, at(55))  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

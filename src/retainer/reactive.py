@@ -466,9 +466,16 @@ class Session:
             return task.client_id, str(ev.get("event_id") or f"task_done:{task.id}"), triggers, None
         if kind == "invoice_paid":
             inv = self._get("invoices", ev)
-            paid = {"paid_at": at, "paid_amount": self._paid_total(inv, ev)}
-            store.upsert(invoices=[{**inv.model_dump(), **paid}])
-            inv = self._get("invoices", ev)  # validated: the amount is a Decimal now
+            total = self._paid_total(inv, ev)
+            if inv.paid_at is None or at >= inv.paid_at:
+                store.upsert(invoices=[{**inv.model_dump(), "paid_at": at, "paid_amount": total}])
+                inv = self._get("invoices", ev)  # validated: the amount is a Decimal now
+            elif "amount" in ev:  # an instalment paid before the last one recorded: added, the date kept
+                store.upsert(invoices=[{**inv.model_dump(), "paid_amount": total}])
+                inv = self._get("invoices", ev)
+            # else a total (`paid_total`, or paid in full) dated before the payment stored, delivered late by a
+            # queue: the later total stands, and the payment does not move backwards (a paid invoice was partly
+            # paid again, and its ladder went on)
             cid = inv.client_id
             for chart in self._by_family.get("debtor", {}).values():
                 if not self._owed(inv, a.instant, chart.rule):  # a payment dated later counts from its date
@@ -509,7 +516,8 @@ class Session:
     def _paid_total(inv: Any, ev: Mapping[str, Any]) -> Decimal:
         """What the invoice has been paid in all after this event. `amount` is this payment, added to what
         was paid before (instalments); `paid_total` is the running total the CRM keeps, taken as it is (a
-        redelivered event then changes nothing); neither: paid in full."""
+        redelivered event then changes nothing); neither: paid in full. A total dated before the payment
+        stored is not taken at all (`_apply`)."""
         if "amount" in ev and "paid_total" in ev:
             raise ReactiveError(f"invoice_paid event {inv.id!r}: give `amount` (this payment) or `paid_total`, "
                                 "not both")
