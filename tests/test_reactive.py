@@ -911,8 +911,42 @@ def test_an_event_dated_later_than_now_is_written_and_decided_as_of_now() -> Non
         assert [a.key for a in rec.actions] == ["debtor:c1:i1+3d:notify_client"]
         assert r.plan is not None and not r.plan.suppressed
         meeting = store.get("touches", "meet")
-        assert meeting is not None and meeting.at == datetime(2026, 3, 1, 7, 0, tzinfo=UTC)  # type: ignore[attr-defined]
+        assert meeting is not None
+        assert meeting.at == datetime(2026, 3, 1, 7, 0, tzinfo=UTC)  # type: ignore[attr-defined]
         # a payment dated later counts from its date: the ladder goes on until then
         r = s.post({"type": "invoice_paid", "id": "i1", "at": "2026-02-25T10:00"})
-        assert r.transitions == [] and s.process_states("c1") == {"debtor:c1:i1:dunning": ("debtor~dunning", "step_3d")}
-        assert store.get("invoices", "i1").paid_at == datetime(2026, 2, 25, 7, 0, tzinfo=UTC)  # type: ignore[union-attr]
+        assert r.transitions == []
+        assert s.process_states("c1") == {"debtor:c1:i1:dunning": ("debtor~dunning", "step_3d")}
+        invoice = store.get("invoices", "i1")
+        assert invoice is not None
+        assert invoice.paid_at == datetime(2026, 2, 25, 7, 0, tzinfo=UTC)  # type: ignore[attr-defined]
+
+
+def test_a_session_refuses_a_store_that_reads_naive_times_in_another_zone_than_the_rules() -> None:
+    """Rules in Moscow, a store opened without timezone= (naive times read as UTC): a call at 10:00 was stored
+    as 10:00 UTC and decided as of 10:00 Moscow (07:00 UTC), before it happened, so the client on the phone
+    was reported forgotten. The engine's warning sat in reaction.plan.warnings, which nobody reads."""
+    rules = retainer.load_rules(DEBTOR_FILE)
+    with retainer.open_store("memory://") as store:
+        with pytest.raises(retainer.ArgumentError, match=r"without a timezone.*rules count days in Europe/Moscow.*"
+                                                         r"open_store\(url, timezone=rules.timezone\)"):
+            Session(rules, store)
+        Session(RULES, store).close()  # rules counting days in UTC read naive times as the store does
+    for tz in (rules.timezone, "UTC"):  # said explicitly: the host knows what its CRM's times are
+        with retainer.open_store("memory://", timezone=tz) as store:
+            Session(rules, store).close()
+
+
+def test_an_events_time_without_an_offset_is_read_in_the_stores_zone() -> None:
+    """A store whose times are UTC (said explicitly), rules counting days in Moscow: the call at 10:00 was
+    stored as 10:00 UTC and decided as of 10:00 Moscow time, three hours before it, so a client on the
+    phone after 60 days of silence was reported forgotten."""
+    rules = retainer.load_rules({"version": 1, "timezone": "Europe/Moscow",
+                                 "rules": [{"id": "forgotten", "kind": "forgotten", "after": "60d"}]})  # fmt: skip
+    with retainer.open_store("memory://", timezone="UTC") as store:
+        store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
+                  touches=[{"id": "t1", "client_id": "c1", "at": "2025-12-31T10:00"}])  # fmt: skip
+        s = Session(rules, store)
+        r = s.post({"type": "touch", "id": "t2", "client_id": "c1", "at": "2026-03-01T10:00", "direction": "inbound"})
+        assert r.as_of == datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+        assert r.committed == []

@@ -40,8 +40,8 @@ from typing import Any
 from . import policies
 from .actions import Action, NotifyManager, action_id
 from .adapters.dispatch import Dispatcher, DispatchReport, Handlers, Retry, dunning_over, utc_now
-from .engine import Engine, refuse_after_tomorrow
-from .errors import RetainerError
+from .engine import Engine, _not_utc, refuse_after_tomorrow
+from .errors import ArgumentError, RetainerError
 from .keys import action_key
 from .ledger import ACTIVE, LedgerEntry, RunRecord, check_outcome, unapplied_moves
 from .model import Client, Manager
@@ -49,7 +49,7 @@ from .plan import Plan
 from .rules.features import norm_reason
 from .rules.loader import RuleSet, load_rules
 from .stores.base import ManagerLoads, Store
-from .timeutil import AsOf
+from .timeutil import AsOf, parse_as_of, parse_instant
 
 _END_OF_TIME = datetime.max.replace(tzinfo=UTC)
 
@@ -296,6 +296,16 @@ class Session:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.rules = rules if isinstance(rules, RuleSet) else load_rules(rules)
+        if getattr(store, "zone_defaulted", False) and _not_utc(parse_as_of(clock(), self.rules.tz)):
+            # Engine.plan only warns (a nightly run may be right to read UTC data so); a session reads each
+            # event's naive `at` twice, and the two readings must agree
+            raise ArgumentError(
+                f"the store was opened without a timezone, so it reads times written without an offset as UTC, "
+                f"while the rules count days in {self.rules.timezone}: a session would read one event's `at` "
+                f"in both zones (a call at 10:00 stored as 10:00 UTC, decided as of 10:00 "
+                f"{self.rules.timezone}, before it happened). Open the store with "
+                f"open_store(url, timezone=rules.timezone), or timezone='UTC' if the CRM's times are UTC"
+            )
         self.store = store
         self._cache = _SessionStore(store)
         self.engine = Engine(self.rules, self._cache)  # type: ignore[arg-type]
@@ -371,7 +381,8 @@ class Session:
         when = as_of if as_of is not None else event.get("at")
         if when is None:
             raise ReactiveError(f"{kind} event {event.get('id', '')!r} has no `at` and no as_of was given")
-        fact = self.engine.as_of(when)  # when the event's fact happened
+        # when the event's fact happened; an as_of (a tick's, or post's as_of=) is read as Engine.run reads it
+        fact = self.engine.as_of(when) if kind == "tick" or as_of is not None else self._event_time(when)
         if kind == "tick" or as_of is not None:
             # the host names the instant to decide as of: refused after tomorrow, as Engine.run refuses it
             refuse_after_tomorrow(fact, self.clock, "a tick" if kind == "tick" else "a post with as_of")
@@ -425,6 +436,17 @@ class Session:
         self._commit(a, [*plan.actions, *extra], plan.cursors, reaction)
         reaction.timings = {**timings, **reaction.timings, "total": time.perf_counter() - t0}
         return reaction
+
+    def _event_time(self, at: Any) -> AsOf:
+        """An event's `at` is its fact's time: written without an offset, it is read in the store's zone, as the
+        store reads the fact it writes. Read in the rules' zone, a call at 10:00 in a store whose times are UTC
+        was decided as of 07:00 UTC (rules in Moscow), before it happened."""
+        tz = getattr(self.store, "tz", None)
+        naive = (isinstance(at, datetime) and at.utcoffset() is None) or (isinstance(at, str) and len(at.strip()) > 10)
+        if tz is not None and naive:
+            with contextlib.suppress(ValueError, TypeError):  # not a time: engine.as_of says why
+                at = parse_instant(at, tz)
+        return self.engine.as_of(at)
 
     def tick(self, as_of: str | date | datetime) -> Reaction:
         """The clock moved to `as_of`: plan everyone (time-driven steps: ladders, forgotten clients). An as_of
