@@ -297,14 +297,13 @@ class Session:
     ) -> None:
         self.rules = rules if isinstance(rules, RuleSet) else load_rules(rules)
         if getattr(store, "zone_defaulted", False) and _not_utc(parse_as_of(clock(), self.rules.tz)):
-            # Engine.plan only warns (a nightly run may be right to read UTC data so); a session reads each
-            # event's naive `at` twice, and the two readings must agree
+            # Engine.plan only warns, in plan.warnings, which nobody reads in a session: each event would be
+            # read in UTC only because nobody said otherwise
             raise ArgumentError(
                 f"the store was opened without a timezone, so it reads times written without an offset as UTC, "
-                f"while the rules count days in {self.rules.timezone}: a session would read one event's `at` "
-                f"in both zones (a call at 10:00 stored as 10:00 UTC, decided as of 10:00 "
-                f"{self.rules.timezone}, before it happened). Open the store with "
-                f"open_store(url, timezone=rules.timezone), or timezone='UTC' if the CRM's times are UTC"
+                f"while the rules count days in {self.rules.timezone}: an event at 10:00 {self.rules.timezone} "
+                f"would count from 10:00 UTC. Open the store with open_store(url, timezone=rules.timezone), or "
+                f"timezone='UTC' if the CRM's times are UTC"
             )
         self.store = store
         self._cache = _SessionStore(store)
