@@ -329,6 +329,7 @@ class Session:
         self._durable()  # built now: a missing extra or a chart durable-rules refuses fails here, not at an event
         self._procs: dict[str, dict[str, list[str]]] = {}  # client -> {sid: [chart, state]} (open ones)
         self._dirty: set[str] = set()  # clients whose process states changed since the last persist
+        self._moving: set[str] = set()  # clients whose processes the current event moves
         self._seq = 0
         self._lock = threading.RLock()
         # an event's commit must not pay for copying the write-ahead log into the file (docs/reactive.md)
@@ -359,16 +360,18 @@ class Session:
         Threads may share a session: their events are decided one at a time.
         """
         with self._lock:  # the process states, the durable-rules host and the cache are the session's own
+            self._moving.clear()
             try:
                 return self._react(event, as_of)
             except BaseException:
                 # the transitions made before the failure follow actions already in the ledger: save them, and
-                # read every client's processes again (saved states, then the ledger) rather than trust a memory
-                # the failure cut short. The failure raised is the one to report: if saving fails too, the
-                # states stay in memory, dirty, for the next event
+                # read the processes of the clients this event was moving again (saved states, then the ledger)
+                # rather than trust a memory the failure cut short. The failure raised is the one to report: if
+                # saving fails too, the states stay in memory, dirty, for the next event
                 with contextlib.suppress(Exception):
                     self._persist()
-                    self._procs.clear()
+                    for cid in self._moving:
+                        self._procs.pop(cid, None)
                 raise
 
     def _react(self, event: Mapping[str, Any], as_of: str | date | datetime | None) -> Reaction:
@@ -401,6 +404,7 @@ class Session:
             return Reaction(event_id, a.instant.astimezone(a.tz), None, None,
                             timings={**timings, "total": time.perf_counter() - t0})
         t1 = time.perf_counter()
+        self._moving.add(client_id)
         self._hydrate(client_id)
         if inbound is not None:  # the client called: every offer of its that waits for a call is presented
             triggers += [(self.charts[cname], sid, "inbound", {"touch": inbound})
@@ -846,8 +850,10 @@ class Session:
         t0 = time.perf_counter()
         committed: list[Action] = []
         for act in actions:  # know the clients' processes before the commit moves them
-            if act.client_id is not None and act.client_id not in self._procs and self._targets(act):
-                self._hydrate(act.client_id)
+            if act.client_id is not None and self._targets(act):
+                self._moving.add(act.client_id)
+                if act.client_id not in self._procs:
+                    self._hydrate(act.client_id)
         if actions or cursors:
             run = RunRecord(id=str(uuid.uuid4()), as_of=a.instant.astimezone(a.tz),
                             rules_digest=self.rules.digest, started_at=self.clock(), kind="event")
