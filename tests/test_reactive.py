@@ -140,6 +140,31 @@ def test_a_running_total_is_taken_as_it_is_so_a_redelivered_payment_changes_noth
     assert [a.key for a in s.tick(at(60)).committed if a.rule == "debtor"] == ["debtor:c1:due+10d:notify_client"]
 
 
+@pytest.mark.parametrize("late", [False, True])
+def test_a_running_total_delivered_out_of_order_does_not_move_the_payment_backwards(store: Store, late: bool) -> None:
+    """A queue hands over the 11:00 total (paid in full) before the 10:00 one (200): the stale event wrote 200
+    back over the full payment, the ladder was adopted again, and the next tick dunned a client who had paid."""
+    s = Session(RULES, store)
+    s.tick(at(53))
+    part = {"type": "invoice_paid", "id": "due", "at": at(54) + timedelta(hours=10), "paid_total": "200"}
+    full = {"type": "invoice_paid", "id": "due", "at": at(54) + timedelta(hours=11), "paid_total": "500"}
+    for ev in [full, part] if late else [part, full]:
+        s.post(ev)
+    inv = store.get("invoices", "due")
+    assert (inv.paid_amount, inv.paid_at) == (500, at(54) + timedelta(hours=11))  # type: ignore[union-attr]
+    assert s.process_states("c1") == {}
+    assert not [a for a in s.tick(at(80)).committed if a.rule == "debtor"]
+
+
+def test_an_instalment_delivered_late_is_added_and_keeps_the_later_date(store: Store) -> None:
+    s = Session(RULES, store)
+    s.tick(at(53))
+    s.post({"type": "invoice_paid", "id": "due", "at": at(55), "amount": "200"})
+    s.post({"type": "invoice_paid", "id": "due", "at": at(54), "amount": "100"})  # paid the day before
+    inv = store.get("invoices", "due")
+    assert (inv.paid_amount, inv.paid_at) == (300, at(55))  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -306,9 +331,14 @@ def test_every_message_to_durable_rules_has_an_explicit_unique_id(store: Store) 
     s.tick(at(53))
     s.tick(at(60))
     s.post({"type": "invoice_paid", "id": "due", "at": at(61)})
-    assert len(sent) == 3
+    # an instance is loaded in its saved state (resume), takes its trigger and is deleted again
+    assert [m["trigger"] for m in sent] == [
+        "committed:+3d", "resume:step_3d", "committed:+10d", "resume:step_10d", "paid"]
     assert all(m.get("id") and m.get("sid") for m in sent)
     assert len({m["id"] for m in sent}) == len(sent)
+    for m in sent:  # durable-rules holds no instance between events
+        with pytest.raises(Exception, match="error code"):
+            s._host.get_state("debtor~dunning", m["sid"])
 
 
 def test_an_exception_inside_a_durable_rules_action_reaches_the_caller(store: Store) -> None:
@@ -335,6 +365,67 @@ def test_an_exception_durable_rules_records_in_its_state_is_raised(store: Store)
     s._host.post = lambda *a, **k: {"sid": "x", "exception": "exception caught boom"}  # type: ignore[method-assign]
     with pytest.raises(ReactiveError, match="exception caught boom"):
         s.tick(at(53))
+
+
+def test_a_session_keeps_more_processes_open_than_durable_rules_holds_and_a_restart_resumes_them(
+    tmp_path: Path,
+) -> None:
+    """durable-rules holds at most 1,024 instances per ruleset: a tick over 1,100 open ladders raised a raw
+    MemoryError after committing and delivering, every night, and saved no process state (then 1,024)."""
+    rules = retainer.load_rules(DEBTOR_FILE)
+    n = 1100
+    store = make_store("sqlite", tmp_path, rules.timezone)
+    _debtors(store, n)
+    s = Session(rules, store)
+    assert len(s.tick("2026-02-20").committed) == n
+    saved = [json.loads(store.get_cursor(f"{CURSOR}c{i}") or "{}") for i in range(1, n + 1)]
+    assert saved == [{f"debtor:c{i}:i{i}:dunning": ["debtor~dunning", "step_3d"]} for i in range(1, n + 1)]
+    store.close()
+    again = retainer.open_store(f"sqlite:///{tmp_path / 'crm.db'}", timezone=rules.timezone)  # a restart
+    s2 = Session(rules, again)
+    r = s2.tick("2026-02-26")
+    assert len(r.committed) == n
+    assert [(t.from_state, t.to_state) for t in r.transitions] == [("step_3d", "step_10d")] * n
+    paid = s2.post({"type": "invoice_paid", "id": f"i{n}", "at": "2026-02-27T09:00"})
+    assert [(t.from_state, t.to_state) for t in paid.transitions] == [("step_10d", "paid")]
+    assert s2.process_states(f"c{n}") == {} and s2.process_states("c1") == {
+        "debtor:c1:i1:dunning": ("debtor~dunning", "step_10d")}
+    again.close()
+
+
+def test_a_saved_state_the_rule_file_no_longer_has_is_read_from_the_ledger(store: Store) -> None:
+    """A step removed from the ladder since the state was saved: it cannot be loaded into durable-rules, so
+    every event for the client failed; the ledger says where the process stands instead."""
+    Session(RULES, store).tick(at(53))
+    store.set_cursor(CURSOR + "c1", json.dumps({"debtor:c1:due:dunning": ["debtor~dunning", "step_5d"]}))
+    s = Session(RULES, store)
+    assert s.process_states("c1") == {"debtor:c1:due:dunning": ("debtor~dunning", "step_3d")}
+    assert [(t.from_state, t.to_state) for t in s.tick(at(60)).transitions] == [("step_3d", "step_10d")]
+
+
+def test_a_durable_rules_failure_is_a_reactive_error_and_the_states_moved_before_it_are_saved() -> None:
+    rules = retainer.load_rules(DEBTOR_FILE)
+    with fresh() as store:
+        _debtors(store, 3)
+        s = Session(rules, store)
+        real, calls = s._host.post, []
+
+        def full(name: str, message: dict[str, Any], complete: Any = None) -> Any:
+            calls.append(message["sid"])
+            if len(calls) == 2:
+                raise MemoryError  # what durable-rules' C extension raises when a ruleset is full
+            return real(name, message, complete)
+
+        s._host.post = full  # type: ignore[method-assign]
+        with pytest.raises(ReactiveError, match=r"durable-rules failed in debtor~dunning for debtor:c2:i2:dunning "
+                                                r"\(committed:\+3d\): MemoryError"):
+            s.tick("2026-02-20")
+        assert len(store.ledger()) == 3  # committed before the processes moved
+        assert store.get_cursor(CURSOR + "c1") and store.get_cursor(CURSOR + "c2") is None
+        # the next event builds durable-rules afresh; the ledger tells the session where c2 and c3 stand
+        r = s.tick("2026-02-26")
+        assert [(t.sid, t.from_state, t.to_state) for t in r.transitions] == [
+            (f"debtor:c{i}:i{i}:dunning", "step_3d", "step_10d") for i in (1, 2, 3)]
 
 
 @pytest.mark.parametrize(
@@ -776,3 +867,86 @@ def test_no_win_back_prompt_for_a_client_who_bought_again(bought_again: bool) ->
                     "direction": "inbound"})  # fmt: skip
         prompts = [a for a in r.committed if a.type == "notify_manager"]
         assert len(prompts) == (0 if bought_again else 1)
+
+
+# ---------------------------------------------------------------- instants later than the clock (a vendor's review)
+
+NOW = datetime(2026, 2, 19, 9, 0, tzinfo=UTC)  # the invoices of _debtors fell due on Feb 15: 4 days overdue
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s: s.tick("2062-02-19"),  # 2062 for 2026: a typo in the year
+        lambda s: s.post({"type": "tick", "at": "2026-02-21"}),
+        lambda s: s.post({"type": "touch", "id": "t1", "client_id": "c1", "at": "2026-02-19"}, as_of="2026-03-30"),
+    ],
+)
+def test_a_session_refuses_to_decide_after_tomorrow_as_engine_run_does(call: Any) -> None:
+    """A tick as of 2062 committed and delivered, right now, the actions due then, and their keys were spent:
+    the real ones were suppressed as duplicates when their day came."""
+    rules = retainer.load_rules(DEBTOR_FILE)
+    with fresh() as store:
+        _debtors(store, 1)
+        s = Session(rules, store, RecordingHandler(), clock=lambda: NOW)
+        with pytest.raises(retainer.ArgumentError, match=r"is after tomorrow \(2026-02-20, by the clock\): a (tick|"
+                                                         r"post with as_of) commits and delivers"):
+            call(s)
+        assert store.ledger() == [] and store.runs() == []
+        with pytest.raises(retainer.ArgumentError, match="a run commits"):  # one check, the run's
+            retainer.Engine(rules, store).run("2062-02-19", clock=lambda: NOW)
+        assert [a.key for a in s.tick("2026-02-20").committed] == ["debtor:c1:i1+3d:notify_client"]  # tomorrow
+
+
+def test_an_event_dated_later_than_now_is_written_and_decided_as_of_now() -> None:
+    """A CRM logs a meeting with its planned time, 10 days ahead. Decided as of that instant, the +10d SMS
+    went out now, 6 days early, and the +3d e-mail due today was skipped as superseded."""
+    rules = retainer.load_rules(DEBTOR_FILE)
+    with retainer.open_store("memory://", timezone=rules.timezone) as store:
+        _debtors(store, 1)
+        rec = RecordingHandler()
+        s = Session(rules, store, rec, clock=lambda: NOW)
+        r = s.post({"type": "touch", "id": "meet", "client_id": "c1", "at": "2026-03-01T10:00", "kind": "meeting"})
+        assert r.as_of == NOW
+        assert [a.key for a in rec.actions] == ["debtor:c1:i1+3d:notify_client"]
+        assert r.plan is not None and not r.plan.suppressed
+        meeting = store.get("touches", "meet")
+        assert meeting is not None
+        assert meeting.at == datetime(2026, 3, 1, 7, 0, tzinfo=UTC)  # type: ignore[attr-defined]
+        # a payment dated later counts from its date: the ladder goes on until then
+        r = s.post({"type": "invoice_paid", "id": "i1", "at": "2026-02-25T10:00"})
+        assert r.transitions == []
+        assert s.process_states("c1") == {"debtor:c1:i1:dunning": ("debtor~dunning", "step_3d")}
+        invoice = store.get("invoices", "i1")
+        assert invoice is not None
+        assert invoice.paid_at == datetime(2026, 2, 25, 7, 0, tzinfo=UTC)  # type: ignore[attr-defined]
+
+
+def test_a_session_refuses_a_store_that_reads_naive_times_in_another_zone_than_the_rules() -> None:
+    """Rules in Moscow, a store opened without timezone= (naive times read as UTC): a call at 10:00 was stored
+    as 10:00 UTC and decided as of 10:00 Moscow (07:00 UTC), before it happened, so the client on the phone
+    was reported forgotten. The engine's warning sat in reaction.plan.warnings, which nobody reads."""
+    rules = retainer.load_rules(DEBTOR_FILE)
+    with retainer.open_store("memory://") as store:
+        with pytest.raises(retainer.ArgumentError, match=r"without a timezone.*rules count days in Europe/Moscow.*"
+                                                         r"open_store\(url, timezone=rules.timezone\)"):
+            Session(rules, store)
+        Session(RULES, store).close()  # rules counting days in UTC read naive times as the store does
+    for tz in (rules.timezone, "UTC"):  # said explicitly: the host knows what its CRM's times are
+        with retainer.open_store("memory://", timezone=tz) as store:
+            Session(rules, store).close()
+
+
+def test_an_events_time_without_an_offset_is_read_in_the_stores_zone() -> None:
+    """A store whose times are UTC (said explicitly), rules counting days in Moscow: the call at 10:00 was
+    stored as 10:00 UTC and decided as of 10:00 Moscow time, three hours before it, so a client on the
+    phone after 60 days of silence was reported forgotten."""
+    rules = retainer.load_rules({"version": 1, "timezone": "Europe/Moscow",
+                                 "rules": [{"id": "forgotten", "kind": "forgotten", "after": "60d"}]})  # fmt: skip
+    with retainer.open_store("memory://", timezone="UTC") as store:
+        store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
+                  touches=[{"id": "t1", "client_id": "c1", "at": "2025-12-31T10:00"}])  # fmt: skip
+        s = Session(rules, store)
+        r = s.post({"type": "touch", "id": "t2", "client_id": "c1", "at": "2026-03-01T10:00", "direction": "inbound"})
+        assert r.as_of == datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+        assert r.committed == []

@@ -378,6 +378,18 @@ _TO_WHOM = {"create_task": "to assign the task to", "notify_manager": "to notify
 _UNSET: Any = object()
 
 
+def refuse_after_tomorrow(a: AsOf, clock: Callable[[], datetime], what: str = "a run") -> None:
+    """What commits and delivers (`Engine.run`, a reactive session's tick) refuses an as_of after tomorrow by
+    the clock: its actions, sent now, would be spent before they are due (a typo in the year)."""
+    today = clock().astimezone(a.tz).date()
+    if a.date > today + timedelta(days=1):
+        raise ArgumentError(
+            f"as_of {a.date} is after tomorrow ({today + timedelta(days=1)}, by the clock): {what} commits and "
+            f"delivers what is due on that date, and those actions, sent now, would be spent before they are "
+            f"due (a typo in the year?). Look ahead with a plan (`retainer plan`, `Engine.plan`)"
+        )
+
+
 def _not_utc(a: AsOf) -> bool:
     """The rules' zone is ahead of or behind UTC at some time of as_of's year (winter or summer)."""
     year = a.instant.year
@@ -975,13 +987,7 @@ class Engine:
                                 sleep=sleep, min_outstanding=self.min_outstanding)  # fmt: skip
         if dry_run:  # a preview: no lock, so it never blocks (or waits for) the nightly run
             return RunReport(self._plan(a, None)[0], None, [], None)
-        today = clock().astimezone(a.tz).date()
-        if a.date > today + timedelta(days=1):
-            raise ArgumentError(
-                f"as_of {a.date} is after tomorrow ({today + timedelta(days=1)}, by the clock): a run commits and "
-                f"delivers what is due on that date, and those actions, sent now, would be spent before they are "
-                f"due (a typo in the year?). Look ahead with a plan (`retainer plan`, `Engine.plan`)"
-            )
+        refuse_after_tomorrow(a, clock)
         with self.store.run_lock(f"run as of {a.date}, started {clock().isoformat(timespec='seconds')}"):
             earlier = self.store.runs(limit=50, kind="run")  # a session's records are not runs: it takes no lock
             for r in earlier:  # we hold the lock, so a run still `committed` was killed after its commit

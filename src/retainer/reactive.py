@@ -17,13 +17,15 @@ Those processes are durable-rules *statecharts* generated from the rule file:
   `presented`): the client's next inbound touch tells its manager now (a `notify_manager` action).
 
 Each client's open process instances and their states are persisted in the store (cursor
-`reactive:client:<id>`) on every transition, so a new session over the same store resumes them.
-Every message given to durable-rules carries an explicit unique `id` and `sid`; an exception raised in
-or by durable-rules propagates to the caller of `post`. See docs/reactive.md.
+`reactive:client:<id>`) on every transition, so a new session over the same store resumes them; an
+instance is in durable-rules (at most 1,024 per ruleset) only while it takes a trigger.
+Every message given to durable-rules carries an explicit unique `id` and `sid`; a durable-rules failure
+reaches the caller of `post` as a `ReactiveError`. See docs/reactive.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -38,8 +40,8 @@ from typing import Any
 from . import policies
 from .actions import Action, NotifyManager, action_id
 from .adapters.dispatch import Dispatcher, DispatchReport, Handlers, Retry, dunning_over, utc_now
-from .engine import Engine
-from .errors import RetainerError
+from .engine import Engine, _not_utc, refuse_after_tomorrow
+from .errors import ArgumentError, RetainerError
 from .keys import action_key
 from .ledger import ACTIVE, LedgerEntry, RunRecord, check_outcome, unapplied_moves
 from .model import Client, Manager
@@ -47,7 +49,7 @@ from .plan import Plan
 from .rules.features import norm_reason
 from .rules.loader import RuleSet, load_rules
 from .stores.base import ManagerLoads, Store
-from .timeutil import AsOf
+from .timeutil import AsOf, parse_as_of, parse_instant
 
 _END_OF_TIME = datetime.max.replace(tzinfo=UTC)
 
@@ -260,6 +262,13 @@ class _Host:
 # ---------------------------------------------------------------- the session
 
 
+def _why(exc: BaseException) -> str:
+    """A durable-rules exception as text: its C extension raises a bare MemoryError when a ruleset is full."""
+    if isinstance(exc, MemoryError):
+        return f"MemoryError {exc}".rstrip() + " (durable-rules is out of room for process instances)"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _ts(v: Any) -> str:
     return v.isoformat() if isinstance(v, datetime | date) else str(v)
 
@@ -268,10 +277,12 @@ class Session:
     """Feed it events; it decides per event. See the module docstring and docs/reactive.md.
 
     `handlers` are the engine's (one handler, or a mapping by action type with `"*"`); without them
-    committed actions stay `pending` in the ledger for the host to fetch. No clock decides anything:
-    an event's `at` is its as_of (the `as_of=` argument of `post` overrides it); `clock` only stamps
-    run records and delivery attempts. Delivery makes one attempt per action unless `retry` says
-    otherwise: a failure leaves the action `failed` for the next run, so `post` never sleeps.
+    committed actions stay `pending` in the ledger for the host to fetch. An event's `at` is its as_of
+    (the `as_of=` argument of `post` overrides it); `clock` stamps run records and delivery attempts, and
+    bounds the as_of as it bounds `Engine.run`: a tick (or `as_of=`) after tomorrow is refused, and an
+    event dated later than now is written as it is and decided as of now. Delivery makes one attempt per
+    action unless `retry` says otherwise: a failure leaves the action `failed` for the next run, so `post`
+    never sleeps.
     """
 
     def __init__(
@@ -285,6 +296,15 @@ class Session:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.rules = rules if isinstance(rules, RuleSet) else load_rules(rules)
+        if getattr(store, "zone_defaulted", False) and _not_utc(parse_as_of(clock(), self.rules.tz)):
+            # Engine.plan only warns, in plan.warnings, which nobody reads in a session: each event would be
+            # read in UTC only because nobody said otherwise
+            raise ArgumentError(
+                f"the store was opened without a timezone, so it reads times written without an offset as UTC, "
+                f"while the rules count days in {self.rules.timezone}: an event at 10:00 {self.rules.timezone} "
+                f"would count from 10:00 UTC. Open the store with open_store(url, timezone=rules.timezone), or "
+                f"timezone='UTC' if the CRM's times are UTC"
+            )
         self.store = store
         self._cache = _SessionStore(store)
         self.engine = Engine(self.rules, self._cache)  # type: ignore[arg-type]
@@ -305,10 +325,11 @@ class Session:
         self._kinds = {r.id: r.kind for r in self.rules.rules}
         self._fired: list[Transition] = []
         self._errors: list[BaseException] = []
-        self._host = _Host({f"{c.name}$state": _definition(c, self._action) for c in self.charts.values()})
+        self._host: Any = None
+        self._durable()  # built now: a missing extra or a chart durable-rules refuses fails here, not at an event
         self._procs: dict[str, dict[str, list[str]]] = {}  # client -> {sid: [chart, state]} (open ones)
-        self._live: dict[tuple[str, str], str] = {}  # (chart, sid) -> its instance id in durable-rules
         self._dirty: set[str] = set()  # clients whose process states changed since the last persist
+        self._moving: set[str] = set()  # clients whose processes the current event moves
         self._seq = 0
         self._lock = threading.RLock()
         # an event's commit must not pay for copying the write-ahead log into the file (docs/reactive.md)
@@ -330,7 +351,8 @@ class Session:
     # ------------------------------------------------------------ public API
 
     def post(self, event: Mapping[str, Any], *, as_of: str | date | datetime | None = None) -> Reaction:
-        """Apply one event and decide for the client it concerns, as of the event's `at`.
+        """Apply one event and decide for the client it concerns, as of the event's `at` (or now, if it is
+        dated later than now by `clock`).
 
         Events (`type`): `touch` (the touch's fields), `task_done` (`id`, `at`), `invoice_paid` (`id`,
         `at`, optional `amount`), `outcome` (`action_id`, `outcome`, `at`), `fact` (`entity`, `row`,
@@ -338,7 +360,19 @@ class Session:
         Threads may share a session: their events are decided one at a time.
         """
         with self._lock:  # the process states, the durable-rules host and the cache are the session's own
-            return self._react(event, as_of)
+            self._moving.clear()
+            try:
+                return self._react(event, as_of)
+            except BaseException:
+                # the transitions made before the failure follow actions already in the ledger: save them, and
+                # read the processes of the clients this event was moving again (saved states, then the ledger)
+                # rather than trust a memory the failure cut short. The failure raised is the one to report: if
+                # saving fails too, the states stay in memory, dirty, for the next event
+                with contextlib.suppress(Exception):
+                    self._persist()
+                    for cid in self._moving:
+                        self._procs.pop(cid, None)
+                raise
 
     def _react(self, event: Mapping[str, Any], as_of: str | date | datetime | None) -> Reaction:
         t0 = time.perf_counter()
@@ -349,16 +383,28 @@ class Session:
         when = as_of if as_of is not None else event.get("at")
         if when is None:
             raise ReactiveError(f"{kind} event {event.get('id', '')!r} has no `at` and no as_of was given")
-        a = self.engine.as_of(when)
+        # when the event's fact happened; an as_of (a tick's, or post's as_of=) is read as Engine.run reads it
+        fact = self.engine.as_of(when) if kind == "tick" or as_of is not None else self._event_time(when)
+        if kind == "tick" or as_of is not None:
+            # the host names the instant to decide as of: refused after tomorrow, as Engine.run refuses it
+            refuse_after_tomorrow(fact, self.clock, "a tick" if kind == "tick" else "a post with as_of")
+            a = fact
+        else:
+            # an event dated later than now (a meeting logged with its planned time) is written as it is, and
+            # decided as of now: as of its own date, the steps due by then would be sent now and earlier ones
+            # skipped as superseded
+            now = self.clock()
+            a = fact if fact.instant <= now else self.engine.as_of(now)
         timings: dict[str, float] = {}
         if kind == "tick":
             return self._tick(a, str(event.get("event_id") or f"tick:{a.instant.isoformat()}"), t0)
-        client_id, event_id, triggers, inbound = self._apply(kind, event, a)
+        client_id, event_id, triggers, inbound = self._apply(kind, event, fact, a)
         timings["apply"] = time.perf_counter() - t0
         if client_id is None:  # a manager's row: nothing to decide for it alone
             return Reaction(event_id, a.instant.astimezone(a.tz), None, None,
                             timings={**timings, "total": time.perf_counter() - t0})
         t1 = time.perf_counter()
+        self._moving.add(client_id)
         self._hydrate(client_id)
         if inbound is not None:  # the client called: every offer of its that waits for a call is presented
             triggers += [(self.charts[cname], sid, "inbound", {"touch": inbound})
@@ -367,7 +413,7 @@ class Session:
         transitions: list[Transition] = []
         commands: list[tuple[Chart, str, str, Mapping[str, Any]]] = []
         for chart, sid, trigger, payload in triggers:
-            self._ensure(chart, client_id, sid, payload.get("adopt"))
+            self._adopt_one(chart, client_id, sid, payload.get("adopt"))
             tr = self._post(chart, client_id, sid, trigger, event_id)
             if tr is not None:
                 transitions.append(tr)
@@ -394,8 +440,20 @@ class Session:
         reaction.timings = {**timings, **reaction.timings, "total": time.perf_counter() - t0}
         return reaction
 
+    def _event_time(self, at: Any) -> AsOf:
+        """An event's `at` is its fact's time: written without an offset, it is read in the store's zone, as the
+        store reads the fact it writes. Read in the rules' zone, a call at 10:00 in a store whose times are UTC
+        was decided as of 07:00 UTC (rules in Moscow), before it happened."""
+        tz = getattr(self.store, "tz", None)
+        naive = (isinstance(at, datetime) and at.utcoffset() is None) or (isinstance(at, str) and len(at.strip()) > 10)
+        if tz is not None and naive:
+            with contextlib.suppress(ValueError, TypeError):  # not a time: engine.as_of says why
+                at = parse_instant(at, tz)
+        return self.engine.as_of(at)
+
     def tick(self, as_of: str | date | datetime) -> Reaction:
-        """The clock moved to `as_of`: plan everyone (time-driven steps: ladders, forgotten clients)."""
+        """The clock moved to `as_of`: plan everyone (time-driven steps: ladders, forgotten clients). An as_of
+        after tomorrow by `clock` is refused (`ArgumentError`), as `Engine.run` refuses it."""
         return self.post({"type": "tick", "at": as_of})
 
     def process_states(self, client_id: str) -> dict[str, tuple[str, str]]:
@@ -411,13 +469,14 @@ class Session:
     # ------------------------------------------------------------ events -> facts
 
     def _apply(
-        self, kind: str, ev: Mapping[str, Any], a: AsOf
+        self, kind: str, ev: Mapping[str, Any], fact: AsOf, a: AsOf
     ) -> tuple[str | None, str, list[tuple[Chart, str, str, dict]], Any]:
-        """Write the event's fact. Returns its client, the event id, the process triggers it fires, and the
-        touch when it is an inbound one (the client's waiting offers are found after `_hydrate`)."""
+        """Write the event's fact, dated `fact`; `a` is the instant decided as of (earlier for a fact dated
+        later than now). Returns its client, the event id, the process triggers it fires, and the touch when
+        it is an inbound one (the client's waiting offers are found after `_hydrate`)."""
         store = self.store
         triggers: list[tuple[Chart, str, str, dict]] = []
-        at = a.instant
+        at = fact.instant
         if kind == "touch":
             row = {k: v for k, v in ev.items() if k not in ("type", "event_id")}
             row.setdefault("at", at)
@@ -432,12 +491,19 @@ class Session:
             return task.client_id, str(ev.get("event_id") or f"task_done:{task.id}"), triggers, None
         if kind == "invoice_paid":
             inv = self._get("invoices", ev)
-            paid = {"paid_at": at, "paid_amount": self._paid_total(inv, ev)}
-            store.upsert(invoices=[{**inv.model_dump(), **paid}])
-            inv = self._get("invoices", ev)  # validated: the amount is a Decimal now
+            total = self._paid_total(inv, ev)
+            if inv.paid_at is None or at >= inv.paid_at:
+                store.upsert(invoices=[{**inv.model_dump(), "paid_at": at, "paid_amount": total}])
+                inv = self._get("invoices", ev)  # validated: the amount is a Decimal now
+            elif "amount" in ev:  # an instalment paid before the last one recorded: added, the date kept
+                store.upsert(invoices=[{**inv.model_dump(), "paid_amount": total}])
+                inv = self._get("invoices", ev)
+            # else a total (`paid_total`, or paid in full) dated before the payment stored, delivered late by a
+            # queue: the later total stands, and the payment does not move backwards (a paid invoice was partly
+            # paid again, and its ladder went on)
             cid = inv.client_id
             for chart in self._by_family.get("debtor", {}).values():
-                if not self._owed(inv, at, chart.rule):
+                if not self._owed(inv, a.instant, chart.rule):  # a payment dated later counts from its date
                     triggers.append((chart, self._debtor_sid(chart, cid, inv.id), "paid", {"invoice": inv.id}))
             return cid, str(ev.get("event_id") or f"invoice_paid:{inv.id}"), triggers, None
         if kind == "outcome":
@@ -475,7 +541,8 @@ class Session:
     def _paid_total(inv: Any, ev: Mapping[str, Any]) -> Decimal:
         """What the invoice has been paid in all after this event. `amount` is this payment, added to what
         was paid before (instalments); `paid_total` is the running total the CRM keeps, taken as it is (a
-        redelivered event then changes nothing); neither: paid in full."""
+        redelivered event then changes nothing); neither: paid in full. A total dated before the payment
+        stored is not taken at all (`_apply`)."""
         if "amount" in ev and "paid_total" in ev:
             raise ReactiveError(f"invoice_paid event {inv.id!r}: give `amount` (this payment) or `paid_total`, "
                                 "not both")
@@ -571,59 +638,79 @@ class Session:
 
         return run
 
+    def _durable(self) -> Any:
+        """The durable-rules host, built on first use and again after a failure: a ruleset durable-rules
+        failed in is never used again (past its instance limit it crashes the process on the next call)."""
+        if self._host is None:
+            definitions = {f"{c.name}$state": _definition(c, self._action) for c in self.charts.values()}
+            try:
+                self._host = _Host(definitions)
+            except ReactiveError:
+                raise
+            except Exception as exc:
+                raise ReactiveError(f"durable-rules refused the statecharts of the rule file: {_why(exc)}") from exc
+        return self._host
+
     def _post(self, chart: Chart, client_id: str, sid: str, trigger: str, event_id: str) -> Transition | None:
         """Send one trigger to one process instance, if its state accepts it; returns the transition.
 
-        Inside durable-rules an instance is `<sid>@<n>`: a new incarnation whenever the session (re)builds
-        it, so an instance left behind by a failure is never reused."""
+        durable-rules holds an instance only while it takes a trigger: the session loads it in the state it
+        keeps (a `resume:<state>` message moves a fresh instance there), posts the trigger and deletes it.
+        durable-rules holds at most 1,024 instances per ruleset (the 1,025th raises MemoryError), so keeping
+        every open ladder, win-back and offer in it failed a tick past 1,024 open invoices. Inside durable-rules
+        an instance is `<sid>@<n>`, new each time, so one a failure left behind is never reused."""
         procs = self._procs[client_id]
         state = procs[sid][1] if sid in procs else START
         if not chart.accepts(state, trigger):
             return None
-        key = (chart.name, sid)
-        dsid = self._live.get(key)
-        if dsid is None:
-            self._seq += 1
-            dsid = self._live[key] = f"{sid}@{self._seq}"
         self._seq += 1
-        message = {"id": f"{event_id}#{self._seq}", "sid": dsid, "trigger": trigger}
-        self._fired.clear()
-        self._errors.clear()
+        dsid = f"{sid}@{self._seq}"
         try:
-            result = self._host.post(chart.name, message)
-            if self._errors:
-                raise self._errors[0]
-            if isinstance(result, Mapping) and result.get("exception"):
-                raise ReactiveError(f"durable-rules failed in {chart.name} for {sid}: {result['exception']}")
-            fired = [t for t in self._fired if t.sid == dsid]
-            if len(fired) != 1 or fired[0].trigger != trigger:
-                raise ReactiveError(
-                    f"durable-rules did not take {chart.name} {sid}: {state} --{trigger}--> (fired {self._fired})"
-                )
+            if state != START:
+                self._send(chart, sid, dsid, f"resume:{state}", event_id)
+            f = self._send(chart, sid, dsid, trigger, event_id)
+            try:
+                self._durable().delete_state(chart.name, dsid)
+            except Exception as exc:
+                raise ReactiveError(f"durable-rules could not delete {chart.name} instance {sid}: {_why(exc)}") from exc
         except BaseException:
-            self._live.pop(key, None)  # rebuilt from the session's state on the next event
+            self._host = None  # built afresh for the next message; the session's own states are untouched
             raise
-        f = fired[0]
         tr = Transition(chart.name, sid, f.from_state, f.to_state, trigger)
         if tr.to_state in chart.final:
             procs.pop(sid, None)
-            del self._live[key]
-            self._host.delete_state(chart.name, dsid)
         else:
             procs[sid] = [chart.name, tr.to_state]
         self._dirty.add(client_id)
         return tr
 
-    def _ensure(self, chart: Chart, client_id: str, sid: str, adopt: str | None) -> None:
-        """Make sure durable-rules holds the instance in the state the session knows (after a restart,
-        or for a process a nightly run started): a `resume:<state>` message moves a fresh instance there."""
+    def _send(self, chart: Chart, sid: str, dsid: str, trigger: str, event_id: str) -> Transition:
+        """One message to durable-rules; the one transition it fired. Its failures are ReactiveErrors."""
+        self._seq += 1
+        message = {"id": f"{event_id}#{self._seq}", "sid": dsid, "trigger": trigger}
+        self._fired.clear()
+        self._errors.clear()
+        try:
+            result = self._durable().post(chart.name, message)
+        except Exception as exc:
+            if any(exc is e for e in self._errors):
+                raise  # raised by our own action: durable-rules only passed it on
+            raise ReactiveError(f"durable-rules failed in {chart.name} for {sid} ({trigger}): {_why(exc)}") from exc
+        if self._errors:
+            raise self._errors[0]
+        if isinstance(result, Mapping) and result.get("exception"):
+            raise ReactiveError(f"durable-rules failed in {chart.name} for {sid}: {result['exception']}")
+        fired = [t for t in self._fired if t.sid == dsid]
+        if len(fired) != 1 or fired[0].trigger != trigger:
+            raise ReactiveError(f"durable-rules did not take {chart.name} {sid} --{trigger}--> (fired {self._fired})")
+        return fired[0]
+
+    def _adopt_one(self, chart: Chart, client_id: str, sid: str, adopt: str | None) -> None:
+        """A process started outside this session (a nightly run committed its first step): the session takes
+        it in the state the event implies."""
         procs = self._procs[client_id]
         if sid not in procs and adopt is not None:
-            procs[sid] = [chart.name, adopt]  # a process started outside this session (a nightly run)
-        if sid in procs and (chart.name, sid) not in self._live:
-            state = procs[sid][1]
-            procs.pop(sid)
-            self._post(chart, client_id, sid, f"resume:{state}", "resume")
+            procs[sid] = [chart.name, adopt]
 
     # ------------------------------------------------------------ persisted process state
 
@@ -637,7 +724,10 @@ class Session:
             return
         if known is None:
             raw = self.store.get_cursor(CURSOR + client_id)
-            known = {} if raw is None else {sid: list(v) for sid, v in json.loads(raw).items() if v[0] in self.charts}
+            # a state the rule file no longer has (a ladder step removed since) is left to the ledger's view below
+            saved = {} if raw is None else json.loads(raw)
+            known = {sid: list(v) for sid, v in saved.items()
+                     if v[0] in self.charts and self.charts[v[0]].accepts(START, f"resume:{v[1]}")}
             self._procs[client_id] = known
         for sid, (cname, state) in sorted(self._adopt(client_id).items()):
             if sid not in known:
@@ -689,7 +779,7 @@ class Session:
     def _persist(self) -> None:
         for cid in sorted(self._dirty):
             self.store.set_cursor(CURSOR + cid, json.dumps(self._procs.get(cid, {}), sort_keys=True))
-        self._dirty.clear()
+            self._dirty.discard(cid)
 
     # ------------------------------------------------------------ commands
 
@@ -760,8 +850,10 @@ class Session:
         t0 = time.perf_counter()
         committed: list[Action] = []
         for act in actions:  # know the clients' processes before the commit moves them
-            if act.client_id is not None and act.client_id not in self._procs and self._targets(act):
-                self._hydrate(act.client_id)
+            if act.client_id is not None and self._targets(act):
+                self._moving.add(act.client_id)
+                if act.client_id not in self._procs:
+                    self._hydrate(act.client_id)
         if actions or cursors:
             run = RunRecord(id=str(uuid.uuid4()), as_of=a.instant.astimezone(a.tz),
                             rules_digest=self.rules.digest, started_at=self.clock(), kind="event")
@@ -794,7 +886,6 @@ class Session:
                 continue
             self._hydrate(act.client_id, merge=False)
             for chart, sid, trigger in self._targets(act):
-                self._ensure(chart, act.client_id, sid, None)
                 tr = self._post(chart, act.client_id, sid, trigger, f"commit:{act.id}")
                 if tr is not None:
                     reaction.transitions.append(tr)
