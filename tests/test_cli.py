@@ -341,16 +341,15 @@ def test_plan_json_is_the_same_whatever_the_hash_seed(tmp_path: Path) -> None:
     assert "abc_class in [A, B]" in outs[0]
 
 
-def test_plan_of_clients_warns_about_ids_it_does_not_know(tmp_path: Path) -> None:
-    """A typo (or `-c c1,c2` taken as one id) gave an empty plan and exit 0 with no word about it."""
+def test_plan_of_clients_refuses_ids_it_does_not_know(tmp_path: Path) -> None:
+    """A typo (or `-c c1,c2` taken as one id) gave an empty plan and exit 0 with no word about it; then a
+    warning and exit 0, while `explain` exited 2 for the same id. Bad input: exit 2, naming the ids."""
     r = run("plan", "-r", str(RULES), "-d", str(CRM), "--as-of", "2026-03-01", "-c", "c2", "-c", "zz", "-c", "c1,c2",
             "-f", "json")  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    plan = json.loads(r.stdout)
-    assert plan["warnings"] == ["client c1,c2: no such client in the store; nothing planned",
-                                "client zz: no such client in the store; nothing planned"]  # fmt: skip
-    assert {a["client_id"] for a in plan["actions"]} == {"c2"}
-    assert "warning: client zz: no such client in the store" in r.stderr
+    assert r.returncode == 2 and r.stdout == ""
+    assert "no such client in the store: c1,c2, zz" in r.stderr
+    ok = run("plan", "-r", str(RULES), "-d", str(CRM), "--as-of", "2026-03-01", "-c", "c2", "-f", "json")
+    assert ok.returncode == 0 and {a["client_id"] for a in json.loads(ok.stdout)["actions"]} == {"c2"}
 
 
 def test_brackets_in_messages_and_tables_are_shown_not_read_as_markup(tmp_path: Path) -> None:

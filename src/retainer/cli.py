@@ -164,9 +164,15 @@ def _engine(rules: Path, data: str) -> Engine:
 
 def _plan(engine: Engine, as_of: str, clients: list[str] | None = None) -> Plan:
     try:
-        return engine.plan(as_of, clients=clients or None)
+        plan = engine.plan(as_of, clients=clients or None)
     except RetainerError as exc:
         _fail(str(exc))
+    # a --client the store does not have is a typo, as `explain` says (exit 2); one created after as_of is not
+    unknown = [w.split(":", 1)[0].removeprefix("client ") for w in plan.warnings
+               if w.endswith(": no such client in the store; nothing planned")]
+    if unknown:
+        _fail(f"no such client in the store: {', '.join(unknown)}")
+    return plan
 
 
 def _version(value: bool) -> None:
