@@ -202,6 +202,21 @@ def test_pytest_collects_scenarios_with_readable_failures(pytester: pytest.Pytes
     assert "Traceback" not in text and "scenario.py" not in text  # no Python internals for analysts
 
 
+def test_scenario_yml_files_are_found_as_yaml_ones_are(tmp_path: Path, pytester: pytest.Pytester) -> None:
+    """A folder of `*.scenario.yml` files said "no *.scenario.yaml files" (exit 2) and pytest ran no test,
+    while each file given by name ran."""
+    good = (EXAMPLES / "forgotten-release.scenario.yaml").read_text().replace(
+        "rules: ../rules/retention.yaml", f"rules: {ROOT / 'examples' / 'rules' / 'retention.yaml'}")  # fmt: skip
+    write(tmp_path, good, "good.scenario.yml")
+    write(tmp_path, good.replace("to_manager_id: m2}", "to_manager_id: m9}"), "bad.scenario.yaml")
+    r = run("test", str(tmp_path))
+    assert r.returncode == 1 and "✓" in r.stdout and "1 passed, 1 failed" in r.stdout, r.stdout + r.stderr
+    pytester.makefile(".scenario.yml", good=good)
+    result = pytester.runpytest_subprocess("-v")
+    result.assert_outcomes(passed=1)
+    assert "good.scenario.yml::forgotten, then released" in result.stdout.str()
+
+
 def test_failures_show_the_closest_action_and_hint_at_typos() -> None:
     s = Scenario(RULES).given(**CRM)
     step = s.at("2026-03-01")

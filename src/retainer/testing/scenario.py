@@ -36,6 +36,9 @@ from ..timeutil import AsOf, parse_as_of, parse_duration
 
 __all__ = ["Scenario", "ScenarioError", "ScenarioFailure", "Step", "load_scenario", "run_scenario_file"]
 
+#: what a scenario file's name ends with; both spellings of YAML, as an explicit path already ran either
+SUFFIXES = (".scenario.yaml", ".scenario.yml")
+
 _RELATIVE = re.compile(r"^([+-])\s*(\d+\s*(?:h|d|w|mo|y))$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -442,6 +445,16 @@ class LoadedScenario:
     name: str = field(default="")
 
 
+def scenario_name(path: Path) -> str:
+    """`orders` for `orders.scenario.yaml` or `orders.scenario.yml`."""
+    return next((path.name.removesuffix(x) for x in SUFFIXES if path.name.endswith(x)), path.name)
+
+
+def scenario_files(folder: Path) -> list[Path]:
+    """Every `*.scenario.yaml` and `*.scenario.yml` under `folder`, sorted."""
+    return sorted(f for x in SUFFIXES for f in folder.rglob("*" + x))
+
+
 def load_scenario(path: str | Path) -> LoadedScenario:
     """Read and validate a `*.scenario.yaml`; errors name the file and line."""
     p = Path(path)
@@ -468,7 +481,7 @@ def load_scenario(path: str | Path) -> LoadedScenario:
         sub = _Lines()
         sub.lines = {k[1:]: v for k, v in lines.lines.items() if k[:1] == ("rules",)}
         rules = compile_rules(spec.rules, sub, source)
-    name = spec.name or p.name.removesuffix(".scenario.yaml")
+    name = spec.name or scenario_name(p)
     return LoadedScenario(spec, p, lines, rules, name)
 
 
