@@ -29,6 +29,11 @@ CRM = {
 }
 
 
+def steps(*as_of: str) -> str:
+    """`steps:` with one step a line, each checking that nothing new happens (a step must check something)."""
+    return "steps:\n" + "".join(f"  - {{as_of: {a}, exact: true}}\n" for a in as_of)
+
+
 def write(tmp_path: Path, text: str, name: str = "t.scenario.yaml") -> Path:
     p = tmp_path / name
     p.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
@@ -143,20 +148,20 @@ def test_steps_commit_so_a_new_episode_is_new(tmp_path: Path) -> None:
         ("rules: {rules: []}\nsteps: []\n", "t.scenario.yaml:2: steps: List should have at least 1 item"),
         ("rules: {rules: []}\nsteps:\n  - as_of: 2026-03-01\n    expct: []\n",
          "t.scenario.yaml:4: unknown field 'expct'"),
-        ("rules: nowhere.yaml\nsteps:\n  - as_of: 2026-03-01\n",
+        (f"rules: nowhere.yaml\n{steps('2026-03-01')}",
          "t.scenario.yaml:1: rule file not found: nowhere.yaml"),
-        ("rules:\n  rules:\n    - {id: f, kind: forgotten, after: 60 days}\nsteps:\n  - as_of: 2026-03-01\n",
+        (f"rules:\n  rules:\n    - {{id: f, kind: forgotten, after: 60 days}}\n{steps('2026-03-01')}",
          "t.scenario.yaml:3 (rule f): after: invalid duration"),
-        (f"rules: {ONE}\ngiven:\n  clients:\n    - {{id: c1, manager_id: ghost}}\nsteps:\n  - as_of: 2026-03-01\n",
+        (f"rules: {ONE}\ngiven:\n  clients:\n    - {{id: c1, manager_id: ghost}}\n{steps('2026-03-01')}",
          "t.scenario.yaml:4: clients[0] id=c1 field manager_id: unknown manager 'ghost'"),
         (f"rules: {ONE}\ngiven:\n  managers: [{{id: m1}}]\n  clients:\n"
-         "    - {id: c1, manager_id: m1, created_at: -5x}\nsteps:\n  - as_of: 2026-03-01\n",
+         f"    - {{id: c1, manager_id: m1, created_at: -5x}}\n{steps('2026-03-01')}",
          "t.scenario.yaml:5: clients: field created_at: invalid date/time '-5x'"),
-        (f"rules: {ONE}\nsteps:\n  - as_of: 2026-13-01\n", "t.scenario.yaml:3: invalid value '2026-13-01'"),
-        (f"rules: {ONE}\nsteps:\n  - as_of: March 1st\n", "step 1: invalid as_of 'March 1st'"),
-        (f"rules: {ONE}\nsteps:\n  - as_of: 2026-03-01\n  - as_of: 2026-01-01\n",
+        (f"rules: {ONE}\n{steps('2026-13-01')}", "t.scenario.yaml:3: invalid value '2026-13-01'"),
+        (f"rules: {ONE}\n{steps('March 1st')}", "step 1: invalid as_of 'March 1st'"),
+        (f"rules: {ONE}\n{steps('2026-03-01', '2026-01-01')}",
          "t.scenario.yaml:4: step 2: as_of 2026-01-01 is before step 1's (2026-03-01); steps go forward in time"),
-        (f"rules: {ONE}\nsteps:\n  - as_of: 2026-03-01\n  - as_of: 2026-03-01T10:00\n",
+        (f"rules: {ONE}\n{steps('2026-03-01', '2026-03-01T10:00')}",
          "step 2: as_of 2026-03-01T10:00:00+00:00 is before step 1's (2026-03-01T23:59:59+00:00, the end of that "
          "day: a date alone means its end)"),
         ("- just a list\n", "t.scenario.yaml:1: a scenario is a mapping"),
@@ -272,6 +277,59 @@ def test_expect_an_empty_list_means_no_new_action(tmp_path: Path) -> None:
     run_scenario_file(write(tmp_path, text.replace("-60d", "-59d")))
 
 
+CHECKLESS = f"""
+rules: {ONE}
+given:
+  managers: [{{id: m1}}]
+  clients: [{{id: c1, manager_id: m1}}]
+  touches: [{{id: t1, client_id: c1, at: -60d, kind: call}}]
+steps:
+  - as_of: 2026-03-01
+    label: nothing happens today
+"""
+
+
+@pytest.mark.parametrize(("checks", "message"), [
+    ("    expect:\n", "t.scenario.yaml:9: step 1: `expect:` has no value (were its entries commented out?), so it "
+     'checks nothing: list the new actions, or write `expect: []` for "no new action"'),
+    ("    expect:\n    #  - {type: create_task, client_id: c1}\n    suppressed:\n", "t.scenario.yaml:9: step 1: "
+     "`expect:` has no value"),
+    ("    expect: []\n    suppressed:\n", "t.scenario.yaml:10: step 1: `suppressed:` has no value (were its entries "
+     'commented out?), so it checks nothing: list the held-back actions, or write `suppressed: []`'),
+    ("    absent:\n", "t.scenario.yaml:9: step 1: `absent:` has no value"),
+    ("    exact:\n", "t.scenario.yaml:9: step 1: `exact:` has no value (were its entries commented out?), so it "
+     'checks nothing: write `exact: true` for "no other new action", or leave the key out'),
+    ("    absent: []\n", "t.scenario.yaml:9: step 1: `absent: []` checks nothing: list the actions that must not "
+     "appear (`expect: []` says there is no new action at all)"),
+    ("", "t.scenario.yaml:7: step 1 checks nothing, so it passes whatever the rules do: say what it must do with "
+     "`expect: [...]` (the new actions), `expect: []` (no new action), `absent: [...]` or `suppressed: [...]`"),
+    ("    exact: false\n", "t.scenario.yaml:7: step 1 checks nothing"),
+])
+def test_a_step_that_checks_nothing_is_refused(tmp_path: Path, checks: str, message: str) -> None:
+    """Found by an analyst's review: `expect:` with its entries commented out (YAML null), an empty
+    `suppressed:` and a step with no check at all passed whatever the plan did (here: a forgotten task)."""
+    p = write(tmp_path, CHECKLESS + checks)
+    with pytest.raises(ScenarioError) as exc:
+        run_scenario_file(p)
+    assert message in str(exc.value)
+    r = run("test", str(p))
+    assert r.returncode == 2 and message in r.stderr.replace("\n", ""), r.stdout + r.stderr
+    with pytest.raises(ScenarioFailure, match="unexpected action: create_task c1"):
+        run_scenario_file(write(tmp_path, CHECKLESS + "    expect: []\n"))
+
+
+def test_a_python_check_with_no_entry_is_refused() -> None:
+    step = Scenario(RULES).given(**CRM).at("2026-03-01")
+    for check, instead in ((step.expect, "expect(exact=True) says there is no new action"),
+                           (step.absent, "expect(exact=True) says there is no new action"),
+                           (step.held_back, "held_back(only=True) says nothing was held back")):
+        with pytest.raises(retainer.ArgumentError, match=re.escape(f"with no entry checks nothing: name the fields "
+                                                                   f"of an action; {instead}")):
+            check()
+    with pytest.raises(ScenarioFailure, match="unexpected action: create_task c1"):
+        step.expect(exact=True)
+
+
 def test_a_date_matches_any_instant_on_that_day() -> None:
     s = Scenario(RULES).given(**CRM)
     s.at("2026-03-01").expect(type="create_task", evidence={"last_activity_at": "-60d"})  # a timestamp field
@@ -281,7 +339,7 @@ def test_a_number_is_not_a_date(tmp_path: Path) -> None:
     """`at: -60` (the `d` forgotten) must not pass as 1970."""
     p = write(tmp_path, f"rules: {ONE}\ngiven:\n  managers: [{{id: m1}}]\n  clients: [{{id: c1, manager_id: m1}}]\n"
                         "  touches:\n    - {id: t1, client_id: c1, at: -60, kind: call}\n"
-                        "steps:\n  - as_of: 2026-03-01\n")  # fmt: skip
+                        f"{steps('2026-03-01')}")  # fmt: skip
     with pytest.raises(ScenarioError, match=re.escape("t.scenario.yaml:6: touches: field at: invalid date/time -60")):
         run_scenario_file(p)
 

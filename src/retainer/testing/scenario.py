@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..actions import ACTION_TYPES, Action, Suppression
 from ..adapters.recording import RecordingHandler
 from ..engine import Engine
-from ..errors import DataError, RetainerError, RulesError, did_you_mean, read_rules_text
+from ..errors import ArgumentError, DataError, RetainerError, RulesError, did_you_mean, read_rules_text
 from ..ledger import LedgerEntry, RunReport, action_payload
 from ..rules.loader import RuleSet, _Lines, _pydantic_message, compile_rules, load_rules, parse_yaml
 from ..stores import open_store
@@ -161,6 +161,15 @@ def _line(a: Action) -> str:
 # ---------------------------------------------------------------- the Python builder
 
 
+def _wanted(check: str, specs: Sequence[Mapping[str, Any]], fields: Mapping[str, Any], strict: bool,
+            instead: str) -> list[Mapping[str, Any]]:  # fmt: skip
+    """The entries of a check; none (and no `exact`/`only`) would check nothing and pass whatever happened."""
+    wanted = [*specs, *([fields] if fields else [])]
+    if not wanted and not strict:
+        raise ArgumentError(f"{check}() with no entry checks nothing: name the fields of an action; {instead}")
+    return wanted
+
+
 @dataclass
 class Step:
     """What one step did, with assertions that explain themselves when they fail."""
@@ -183,7 +192,7 @@ class Step:
 
     def expect(self, *specs: Mapping[str, Any], exact: bool = False, **fields: Any) -> Step:
         """Each spec (or the keyword fields) matches at least one new action; `exact`: and no other."""
-        wanted = [*specs, *([fields] if fields else [])]
+        wanted = _wanted("expect", specs, fields, exact, "expect(exact=True) says there is no new action")
         views = [_flat(a) for a in self.actions]
         missing = [s for s in wanted if not any(matches(_resolve(s, self.as_of), v) for v in views)]
         extra = []
@@ -201,7 +210,7 @@ class Step:
 
     def absent(self, *specs: Mapping[str, Any], **fields: Any) -> Step:
         """No new action matches any of the specs."""
-        wanted = [*specs, *([fields] if fields else [])]
+        wanted = _wanted("absent", specs, fields, False, "expect(exact=True) says there is no new action")
         views = [_flat(a) for a in self.actions]
         # a misspelt name can match nothing, so the check would pass whatever the rules do
         blind = [(s, h) for s in wanted
@@ -220,7 +229,7 @@ class Step:
     def held_back(self, *specs: Mapping[str, Any], only: bool = False, **fields: Any) -> Step:
         """Each spec matches a suppressed action (its fields plus `reason_code`, `detail`). `only`: no
         suppression other than those (and `duplicate`s, the normal result of running again)."""
-        wanted = [*specs, *([fields] if fields else [])]
+        wanted = _wanted("held_back", specs, fields, only, "held_back(only=True) says nothing was held back")
         views = [_suppressed_view(s) for s in self.suppressed]
         missing = [s for s in wanted if not any(matches(_resolve(s, self.as_of), v) for v in views)]
         extra = []
@@ -420,9 +429,10 @@ class StepSpec(BaseModel):
     given: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
     upsert: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)  # rows replacing same-id ones
     record: list[dict[str, Any]] = Field(default_factory=list)  # outcomes reported before this step runs
+    # the checks; None: not given (a key given with no value is refused by _check_something)
     expect: list[dict[str, Any]] | None = None  # [] = no new action at all
-    exact: bool = False
-    absent: list[dict[str, Any]] = Field(default_factory=list)
+    exact: bool | None = None
+    absent: list[dict[str, Any]] | None = None
     suppressed: list[dict[str, Any]] | None = None  # [] = nothing held back (duplicates aside)
 
 
@@ -434,6 +444,32 @@ class ScenarioSpec(BaseModel):
     rules: str | dict[str, Any]
     given: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
     steps: list[StepSpec] = Field(min_length=1)
+
+
+#: what to write instead of a check key left with no value (YAML null: `expect:` with every entry commented out)
+_NO_VALUE = {
+    "expect": "list the new actions, or write `expect: []` for \"no new action\"",
+    "exact": "write `exact: true` for \"no other new action\", or leave the key out",
+    "absent": "list the actions that must not appear (`expect: []` says there is no new action at all)",
+    "suppressed": "list the held-back actions, or write `suppressed: []` for \"nothing held back\"",
+}
+
+
+def _check_something(st: StepSpec, i: int, lines: _Lines, source: str) -> None:
+    """A step passes whatever the rules do when its checks are empty: refuse it as bad input. A key with no
+    value (`expect:` whose entries were all commented out) read as "no check", and so did a step with
+    none, so an analyst who silenced a failing expectation "for now" got a green suite."""
+    for key, instead in _NO_VALUE.items():
+        if key in st.model_fields_set and getattr(st, key) is None:
+            raise ScenarioError(f"step {i + 1}: `{key}:` has no value (were its entries commented out?), so it "
+                                f"checks nothing: {instead}", file=source, line=lines.line(("steps", i, key)))
+    if st.absent == []:
+        raise ScenarioError(f"step {i + 1}: `absent: []` checks nothing: {_NO_VALUE['absent']}", file=source,
+                            line=lines.line(("steps", i, "absent")))  # fmt: skip
+    if st.expect is None and not st.exact and not st.absent and st.suppressed is None:
+        raise ScenarioError(f"step {i + 1} checks nothing, so it passes whatever the rules do: say what it must do "
+                            "with `expect: [...]` (the new actions), `expect: []` (no new action), `absent: [...]` "
+                            "or `suppressed: [...]`", file=source, line=lines.line(("steps", i)))  # fmt: skip
 
 
 @dataclass
@@ -471,6 +507,8 @@ def load_scenario(path: str | Path) -> LoadedScenario:
     except ValidationError as exc:
         err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
         raise ScenarioError(_pydantic_message(err), file=source, line=lines.line(tuple(err["loc"]))) from None
+    for i, st in enumerate(spec.steps):
+        _check_something(st, i, lines, source)
     if isinstance(spec.rules, str):
         rules_path = (p.parent / spec.rules).resolve()
         if not rules_path.exists():
@@ -516,7 +554,7 @@ def run_scenario_file(path: str | Path) -> Scenario:
             raise ScenarioError(str(exc), file=str(ls.path), line=ls.lines.line(("steps", i, "as_of"))) from None
         step.line = ls.lines.line(("steps", i))
         if st.expect is not None or st.exact:
-            step.expect(*(st.expect or ()), exact=st.exact or not st.expect)  # `expect: []`: nothing new
+            step.expect(*(st.expect or ()), exact=bool(st.exact) or not st.expect)  # `expect: []`: nothing new
         if st.absent:
             step.absent(*st.absent)
         if st.suppressed is not None:
