@@ -237,7 +237,7 @@ def test_failures_show_the_closest_action_and_hint_at_typos() -> None:
 
         with pytest.raises(ScenarioFailure, match=re.escape("can never match an action: " + hint)):
             step.absent(spec)  # a misspelt negative check used to pass whatever the rules did
-    step.absent(type="create_task", client_id="c2")  # a real name that matches nothing is fine
+    step.absent(type="reassign", client_id="c1")  # real names that match nothing are fine
     off = {"rules": [*RULES["rules"], {"id": "wake", "kind": "forgotten", "after": "30d", "enabled": False}]}
     off_step = Scenario(off).given(**CRM).at("2026-03-01")
     off_step.absent(rule="wake")  # a disabled rule's id is a real name
@@ -257,6 +257,30 @@ def test_absent_naming_a_field_its_actions_cannot_have_fails() -> None:
     with pytest.raises(ScenarioFailure, match=re.escape("can never match an action: a reassign has no field 'due_at'")):
         step.absent(type="reassign", due_at="+2d")
     step.absent(type="create_task", due_at="+9d")  # a field of the type: fine
+
+
+def test_absent_naming_what_the_scenario_or_the_rule_cannot_have_fails() -> None:
+    """Found by an analyst's review: `absent: [{rule: release, client_id: C1}]` "proved" c1 was not released
+    (it was), and so did a field or an action type that the named rule never plans."""
+    s = Scenario(RULES).given(**CRM)
+    s.at("2026-03-01")
+    step = s.at("2026-03-15")
+    for spec, hint in (
+        ({"rule": "release", "client_id": "C1"}, "no client 'C1' in the scenario at this step; did you mean 'c1'?"),
+        ({"rule": "forgotten", "to_manager_id": "m2"},
+         "rule 'forgotten' plans only create_task: none has a field 'to_manager_id'"),
+        ({"rule": "release", "type": "create_task"}, "rule 'release' plans no create_task, only reassign, escalate"),
+    ):
+        with pytest.raises(ScenarioFailure, match=re.escape("can never match an action: " + hint)):
+            step.absent(spec)
+        with pytest.raises(ScenarioFailure, match=re.escape("none found; " + hint)):
+            step.expect(spec)  # the same names, the same hint
+    step.absent(rule="release", type="escalate", client_id="c1")  # it plans one when nobody can take c1
+    with pytest.raises(ScenarioFailure, match=re.escape("expected no action matching")):
+        step.absent(rule="release", client_id="c1")  # the control: c1 was released
+    with pytest.raises(retainer.RetainerError, match=re.escape("no client 'C1' in the scenario at this step; did you "
+                                                               "mean 'c1'?")):
+        s.record({"result": "done"}, client_id="C1")
 
 
 def test_expect_an_empty_list_means_no_new_action(tmp_path: Path) -> None:

@@ -51,16 +51,27 @@ class ScenarioFailure(AssertionError):
     """A step did not do what the scenario expects; the message is the whole readable report."""
 
 
-def _unknown_name(field: str, value: Any, rule_ids: list[str], disabled: Sequence[str] = ()) -> str | None:
-    """A rule id or action type that nothing can match (a typo, or a disabled rule where an action is
-    expected), said with the closest real one."""
+def _unknown_name(field: str, value: Any, rule_ids: list[str], disabled: Sequence[str] = (),
+                  clients: Sequence[str] | None = None) -> str | None:  # fmt: skip
+    """A rule id, action type or client id that nothing can match (a typo, or a disabled rule where an
+    action is expected), said with the closest real one."""
     if field == "rule" and value in disabled:
         return f"rule {value!r} is disabled (enabled: false): it plans nothing"
     if field == "rule" and value not in rule_ids:
         return f"no rule {value!r} in the rule set{did_you_mean(str(value), rule_ids)}"
     if field == "type" and value not in ACTION_TYPES:
         return f"no action type {value!r}{did_you_mean(str(value), ACTION_TYPES)}"
+    if field == "client_id" and clients is not None and value is not None \
+            and not any(_scalar_equal(value, c) for c in clients):  # fmt: skip
+        return f"no client {value!r} in the scenario at this step{did_you_mean(str(value), clients)}"
     return None
+
+
+def _planned_types(rules: RuleSet, rule_id: Any) -> tuple[str, ...]:
+    """The action types rule `rule_id` can plan, in its order: its parts' `then` (every ladder and process
+    step) and the escalation of a release that finds nobody; none for a rule that is not planned."""
+    kinds = (k.split("#", 1)[0] for r in rules.rules if r.id == rule_id for k in r.key_kinds)
+    return tuple(dict.fromkeys(kinds))
 
 
 #: the fields that say which action it is (a closest match agrees on these first)
@@ -267,26 +278,38 @@ class Step:
         self, resolved: Mapping[str, Any], views: list[dict[str, Any]], expected: bool = True, held: bool = True
     ) -> list[str]:
         """Names in an expectation that no action can have: a misspelt field, rule id or action type, a
-        field the named action type does not have, a suppression's field where new actions are checked
+        client the scenario does not have, a field the named action type does not have, an action type or
+        field the named rule never plans, a suppression's field where new actions are checked
         (`held=False`), and where an action is `expected`, a disabled rule (`absent:` may name one: it is a
-        real rule)."""
+        real rule). `expect`, `absent` and `suppressed` all ask here."""
         hints = []
+        sc = self.scenario
         t = resolved.get("type")
         type_ = t if isinstance(t, str) and t in ACTION_TYPES else None
+        rule = resolved.get("rule")
+        plans = _planned_types(sc.engine.rules, rule)
         known = _flat_fields(None, held) | {k for v in views for k in v if held or k not in _HELD}
-        own = _flat_fields(type_, held) if type_ is not None else known
-        defined = self.scenario.engine.rules.file.rules
+        if type_ is not None:
+            own = _flat_fields(type_, held)
+        else:  # the fields of what the named rule plans
+            own = set().union(*(_flat_fields(x, held) for x in plans)) if plans else known
+        defined = sc.engine.rules.file.rules
         rule_ids = [r.id for r in defined]
         disabled = [r.id for r in defined if not r.enabled] if expected else []
+        clients = [c.id for c in sc.store.iter("clients")]
         for k, v in resolved.items():
             if k in _HELD and not held:
                 hints.append(f"{k!r} is a suppression's field, and new actions have none: check what a policy "
                              "held back with `suppressed:`")
             elif k not in known:
                 hints.append(f"there is no field {k!r}{did_you_mean(k, known)}")
-            elif k not in own:
+            elif k not in own and type_ is not None:
                 hints.append(f"a {type_} has no field {k!r}")
-            elif hint := _unknown_name(k, v, rule_ids, disabled):
+            elif k not in own:
+                hints.append(f"rule {rule!r} plans only {', '.join(plans)}: none has a field {k!r}")
+            elif k == "type" and plans and v not in plans:
+                hints.append(f"rule {rule!r} plans no {v}, only {', '.join(plans)}")
+            elif hint := _unknown_name(k, v, rule_ids, disabled, clients):
                 hints.append(hint)
         return hints
 
@@ -359,8 +382,9 @@ class Scenario:
             what = "no committed action matches" if not found else f"{len(found)} committed actions match"
             listed = "".join(f"\n  {_line(e.action)}" for e in found[:5])
             rule_ids = [r.id for r in self.engine.rules.rules]
+            clients = [c.id for c in self.store.iter("clients")]
             listed += "".join(f"\n  {hint}" for k, v in match.items()
-                              if v is not None and (hint := _unknown_name(k, v, rule_ids)))
+                              if v is not None and (hint := _unknown_name(k, v, rule_ids, (), clients)))
             raise RetainerError(f"record {_show(match)}: {what}; it needs exactly one (add rule, client_id, type "
                                 f"or key){listed}")
         at = self.steps[-1].as_of.instant if self.steps else None
