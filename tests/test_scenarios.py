@@ -283,6 +283,32 @@ def test_absent_naming_what_the_scenario_or_the_rule_cannot_have_fails() -> None
         s.record({"result": "done"}, client_id="C1")
 
 
+def test_each_entry_needs_an_action_of_its_own() -> None:
+    """Found by an analyst's review: `expect: [{type: reassign, to_manager_id: m2}]` twice, for "both clients
+    go to m2", passed on one action (a went to m2, b to m3)."""
+    rules = {"rules": [RULES["rules"][0], {**RULES["rules"][1], "then": [{"reassign": {"strategy": "least_loaded"}}]}]}
+    s = Scenario(rules).given(managers=[{"id": m} for m in ("m1", "m2", "m3")],
+                              clients=[{"id": c, "manager_id": "m1"} for c in ("a", "b")],
+                              touches=[{"id": f"t{c}", "client_id": c, "at": "-74d"} for c in ("a", "b")])
+    step = s.at("2026-03-15")
+    twice = {"type": "reassign", "to_manager_id": "m2"}
+    with pytest.raises(ScenarioFailure) as exc:
+        step.expect(twice, twice)
+    assert ('✗ expected an action of its own matching entry 2 {type: "reassign", to_manager_id: "m2"}: the only one '
+            "that matches, reassign a (rule release, to m2), is entry 1's; each entry stands for one, so two alike "
+            'need two\n      closest other: reassign b (rule release), to_manager_id: expected "m2", got "m3"'
+            in str(exc.value))
+    step.expect(twice, {**twice, "to_manager_id": "m3"})
+    anyone, a = {"type": "reassign"}, {"type": "reassign", "client_id": "a"}
+    step.expect(anyone, a).expect(a, anyone)  # the order never matters: `anyone` takes b's move either way
+    step.expect({"type": "create_task"}, anyone, exact=True)  # one entry may match several: exact asks no more
+    again = s.at("2026-03-15")  # the same night again: four duplicates
+    dup = {"type": "reassign", "reason_code": "duplicate"}
+    again.held_back(dup, dup)
+    with pytest.raises(ScenarioFailure, match=re.escape("expected a suppressed action of its own matching entry 3")):
+        again.held_back(dup, dup, dup)
+
+
 def test_expect_an_empty_list_means_no_new_action(tmp_path: Path) -> None:
     """The docs write `expect: []` for "nothing happens today"; it used to check nothing at all."""
     text = f"""

@@ -157,6 +157,20 @@ def _flat_fields(type_: Any = None, held: bool = True) -> set[str]:
     return out
 
 
+def _closest(resolved: Mapping[str, Any], views: list[dict[str, Any]], label: str = "closest") -> str:
+    """The candidate that agrees most with an expectation and how it differs, on a line of its own; who
+    it is about counts double: the action of the rule expected, with a wrong date, is closer than another
+    rule's action with the right date."""
+    if not views:
+        return ""
+    best = max(views, key=lambda v: sum((2 if k in _IDENTITY else 1) * (k in v and matches(x, v[k]))
+                                        for k, x in resolved.items()))  # fmt: skip
+    diff = [f"{k}: expected {json.dumps(x, default=str)}, got {json.dumps(best.get(k), default=str)}"
+            for k, x in resolved.items() if not (k in best and matches(x, best[k]))]  # fmt: skip
+    who = f"{best.get('type')} {best.get('client_id')} (rule {best.get('rule')})"
+    return f"\n      {label}: {who}, " + "; ".join(diff)
+
+
 def _show(spec: Mapping[str, Any]) -> str:
     return "{" + ", ".join(f"{k}: {json.dumps(v, default=str, ensure_ascii=False)}" for k, v in spec.items()) + "}"
 
@@ -164,9 +178,41 @@ def _show(spec: Mapping[str, Any]) -> str:
 _TARGETS = (("to_manager_id", "to"), ("assignee_id", "to"), ("channel", "by"), ("tag", "tag"), ("offer", "offer"))
 
 
-def _line(a: Action) -> str:
+def _who(a: Action) -> str:
+    """`reassign c1 (rule release, to m2)`: which action it is, in a few words."""
     target = next((f"{word} {getattr(a, f)}" for f, word in _TARGETS if getattr(a, f, None)), "")
-    return f"{a.type} {a.client_id} (rule {a.rule}{', ' + target if target else ''}): {a.reason}"
+    return f"{a.type} {a.client_id} (rule {a.rule}{', ' + target if target else ''})"
+
+
+def _line(a: Action) -> str:
+    return f"{_who(a)}: {a.reason}"
+
+
+def _match(fits: list[list[int]]) -> dict[int, int]:
+    """A maximum matching of entries to actions (action -> entry), by augmenting paths: `fits[i]` lists the
+    actions entry i matches. A step has a handful of each, so the simple algorithm is plenty."""
+    owner: dict[int, int] = {}
+
+    def place(i: int, seen: set[int]) -> bool:
+        for j in fits[i]:
+            if j not in seen:
+                seen.add(j)
+                if j not in owner or place(owner[j], seen):  # free, or its entry can move to another action
+                    owner[j] = i
+                    return True
+        return False
+
+    for i in range(len(fits)):
+        place(i, set())
+    return owner
+
+
+@dataclass
+class _Pairs:
+    fits: list[list[int]]  # per entry, the actions (or suppressions) it matches
+    owner: dict[int, int]  # action -> the entry it stands for
+    missing: list[int]  # entries without an action of their own
+    problems: list[str]  # what is wrong with each of those
 
 
 # ---------------------------------------------------------------- the Python builder
@@ -202,20 +248,18 @@ class Step:
         return self.report.plan.suppressed
 
     def expect(self, *specs: Mapping[str, Any], exact: bool = False, **fields: Any) -> Step:
-        """Each spec (or the keyword fields) matches at least one new action; `exact`: and no other."""
+        """Each spec (or the keyword fields) matches a new action of its own: two alike need two actions.
+        `exact`: and every new action matches some spec (one spec may match several)."""
         wanted = _wanted("expect", specs, fields, exact, "expect(exact=True) says there is no new action")
         views = [_flat(a) for a in self.actions]
-        missing = [s for s in wanted if not any(matches(_resolve(s, self.as_of), v) for v in views)]
-        extra = []
-        if exact:
-            extra = [a for a, v in zip(self.actions, views, strict=True)
-                     if not any(matches(_resolve(s, self.as_of), v) for s in wanted)]  # fmt: skip
+        pairs = self._pair("an action", wanted, views, [_who(a) for a in self.actions], False)
+        missing = pairs.missing
+        extra = [j for j in range(len(views)) if not any(j in f for f in pairs.fits)] if exact else []
         if missing or extra:
             self.fail(
-                [self._not_found("an action", s, views, held=False) for s in missing]
-                + [f"unexpected action: {_line(a)}" for a in extra],
-                [s.get("client_id") for s in missing] + [a.client_id for a in extra],
-                [s.get("rule") for s in missing] + [a.rule for a in extra],
+                pairs.problems + [f"unexpected action: {_line(self.actions[j])}" for j in extra],
+                [wanted[i].get("client_id") for i in missing] + [self.actions[j].client_id for j in extra],
+                [wanted[i].get("rule") for i in missing] + [self.actions[j].rule for j in extra],
             )
         return self
 
@@ -238,23 +282,48 @@ class Step:
         return self
 
     def held_back(self, *specs: Mapping[str, Any], only: bool = False, **fields: Any) -> Step:
-        """Each spec matches a suppressed action (its fields plus `reason_code`, `detail`). `only`: no
-        suppression other than those (and `duplicate`s, the normal result of running again)."""
+        """Each spec matches a suppressed action of its own (its fields plus `reason_code`, `detail`). `only`:
+        no suppression other than those (and `duplicate`s, the normal result of running again)."""
         wanted = _wanted("held_back", specs, fields, only, "held_back(only=True) says nothing was held back")
         views = [_suppressed_view(s) for s in self.suppressed]
-        missing = [s for s in wanted if not any(matches(_resolve(s, self.as_of), v) for v in views)]
-        extra = []
-        if only:
-            extra = [s for s, v in zip(self.suppressed, views, strict=True) if s.reason_code != "duplicate"
-                     and not any(matches(_resolve(w, self.as_of), v) for w in wanted)]  # fmt: skip
+        pairs = self._pair("a suppressed action", wanted, views,
+                           [f"{_who(s.action)} held back ({s.reason_code})" for s in self.suppressed], True)
+        missing = pairs.missing
+        extra = [j for j, s in enumerate(self.suppressed)
+                 if s.reason_code != "duplicate" and not any(j in f for f in pairs.fits)] if only else []  # fmt: skip
         if missing or extra:
+            held = self.suppressed
             self.fail(
-                [self._not_found("a suppressed action", s, views) for s in missing]
-                + [f"unexpected suppression ({s.reason_code}): {_line(s.action)}" for s in extra],
-                [s.get("client_id") for s in missing] + [s.action.client_id for s in extra],
-                [s.get("rule") for s in missing] + [s.action.rule for s in extra],
+                pairs.problems + [f"unexpected suppression ({held[j].reason_code}): {_line(held[j].action)}"
+                                  for j in extra],
+                [wanted[i].get("client_id") for i in missing] + [held[j].action.client_id for j in extra],
+                [wanted[i].get("rule") for i in missing] + [held[j].action.rule for j in extra],
             )
         return self
+
+    def _pair(
+        self, what: str, wanted: list[Mapping[str, Any]], views: list[dict[str, Any]], lines: list[str], held: bool
+    ) -> _Pairs:
+        """Give each entry an action of its own, as many as can have one (a maximum matching: the order
+        of the entries never matters), and say what is wrong with each entry left without one. `lines`
+        name the actions (or suppressions) in a few words."""
+        resolved = [_resolve(w, self.as_of) for w in wanted]
+        fits = [[j for j, v in enumerate(views) if matches(r, v)] for r in resolved]
+        owner = _match(fits)
+        missing = [i for i in range(len(wanted)) if i not in owner.values()]
+        problems = []
+        for i in missing:
+            if not fits[i]:
+                problems.append(self._not_found(what, wanted[i], views, held=held))
+                continue
+            (j, *more) = fits[i]
+            taken = (f"the only one that matches, {lines[j]}, is entry {owner[j] + 1}'s" if not more else
+                     f"the {len(fits[i])} that match are other entries': "
+                     + "; ".join(f"{lines[k]} (entry {owner[k] + 1})" for k in fits[i]))  # fmt: skip
+            others = _closest(resolved[i], [v for j, v in enumerate(views) if j not in fits[i]], "closest other")
+            problems.append(f"expected {what} of its own matching entry {i + 1} {_show(resolved[i])}: {taken}; each "
+                            f"entry stands for one, so two alike need two{others}")
+        return _Pairs(fits, owner, missing, problems)
 
     def _not_found(self, what: str, spec: Mapping[str, Any], views: list[dict[str, Any]], held: bool = True) -> str:
         """What was wanted (relative dates resolved), the closest candidate and how it differs, and
@@ -263,16 +332,7 @@ class Step:
         msg = f"expected {what} matching {_show(resolved)}: none found"
         if hints := self._hints(resolved, views, held=held):
             return msg + "; " + "; ".join(hints)
-        if views:
-            # the candidate that agrees most, who it is about counting double: the action of the rule
-            # expected, with a wrong date, is closer than another rule's action with the right date
-            best = max(views, key=lambda v: sum((2 if k in _IDENTITY else 1) * (k in v and matches(x, v[k]))
-                                                for k, x in resolved.items()))
-            diff = [f"{k}: expected {json.dumps(x, default=str)}, got {json.dumps(best.get(k), default=str)}"
-                    for k, x in resolved.items() if not (k in best and matches(x, best[k]))]  # fmt: skip
-            who = f"{best.get('type')} {best.get('client_id')} (rule {best.get('rule')})"
-            msg += f"\n      closest: {who}, " + "; ".join(diff)
-        return msg
+        return msg + _closest(resolved, views)
 
     def _hints(
         self, resolved: Mapping[str, Any], views: list[dict[str, Any]], expected: bool = True, held: bool = True
