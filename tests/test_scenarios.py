@@ -447,6 +447,25 @@ def test_record_needs_exactly_one_action(tmp_path: Path, record: str, message: s
     assert exc.value.line == 21  # the record line (write() drops the leading newline)
 
 
+@pytest.mark.parametrize(("outcome", "message"), [
+    ("{churn_reason: survey_neded}", "churn_reason 'survey_neded' is not one of the task's options (bad_product, "
+     "bad_service, price, other, survey_needed), so rule 'winback' would never move on; did you mean 'survey_needed'?"),
+    ("{reason: survey_needed}", "rule 'winback' reads the answer from 'churn_reason', and the outcome {reason: "
+     '"survey_needed"} has none, so the rule would never move on; did you mean \'churn_reason\' for \'reason\'?'),
+])
+def test_record_refuses_an_answer_the_process_cannot_act_on(tmp_path: Path, outcome: str, message: str) -> None:
+    """Found by an analyst's review: `outcome: {churn_reason: pricey}` (or `{reason: price}`) was recorded,
+    and the step failed later for a missing offer, with no word about the answer; the engine only warns."""
+    text = WINBACK_SCENARIO.replace("outcome: {churn_reason: survey_needed}", f"outcome: {outcome}")
+    with pytest.raises(ScenarioError) as exc:
+        run_scenario_file(write(tmp_path, text))
+    assert exc.value.line == 21 and message in str(exc.value)
+    r = run("test", str(tmp_path / "t.scenario.yaml"))
+    assert r.returncode == 2 and "t.scenario.yaml:21: record {rule: " in r.stderr
+    spelt = WINBACK_SCENARIO.replace("{churn_reason: survey_needed}", "{churn_reason: Survey Needed, note: call}")
+    run_scenario_file(write(tmp_path, spelt))  # the host's spelling of an option, and other keys, are fine
+
+
 def test_python_builder_records_outcomes() -> None:
     from retainer import load_rules
 

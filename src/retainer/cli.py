@@ -609,10 +609,9 @@ def actions_outcome(
     err.print(f"{e.id}: {e.status}, outcome {json.dumps(e.outcome, ensure_ascii=False)}", highlight=False)
     options = getattr(e.action, "options", None)
     if options:  # a task with answers to pick from (a win-back reason): say so when none of them was given
-        from .rules.features import norm_reason
+        from .rules.features import is_option
 
-        given = {norm_reason(v) for v in outcome.values()}
-        if not given & {norm_reason(o) for o in options}:
+        if not any(is_option(v, options) for v in outcome.values()):
             err.print(f"[yellow]warning[/]: none of {', '.join(f'{k}={v}' for k, v in outcome.items())} is one of "
                       f"this task's options ({', '.join(options)}); a process waiting for the answer "
                       f"(win-back reads churn_reason=...) will not move on", highlight=False)

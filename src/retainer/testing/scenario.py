@@ -29,6 +29,7 @@ from ..adapters.recording import RecordingHandler
 from ..engine import Engine
 from ..errors import ArgumentError, DataError, RetainerError, RulesError, did_you_mean, read_rules_text
 from ..ledger import LedgerEntry, RunReport, action_payload
+from ..rules.features import is_option, norm_reason
 from ..rules.loader import RuleSet, _Lines, _pydantic_message, compile_rules, load_rules, parse_yaml
 from ..stores import open_store
 from ..stores._ingest import validate_rows
@@ -447,8 +448,28 @@ class Scenario:
                               if v is not None and (hint := _unknown_name(k, v, rule_ids, (), clients)))
             raise RetainerError(f"record {_show(match)}: {what}; it needs exactly one (add rule, client_id, type "
                                 f"or key){listed}")
+        if problem := self._unanswerable(found[0].action, outcome):
+            raise RetainerError(f"record {_show(match)}: {problem}")
         at = self.steps[-1].as_of.instant if self.steps else None
         return self.engine.record_outcome(found[0].id, outcome, **({"clock": lambda: at} if at else {}))
+
+    def _unanswerable(self, action: Action, outcome: Mapping[str, Any]) -> str | None:
+        """Why a process waiting for this answer could never act on it: the rule reads its answer from one
+        key (a win-back's `outcome_field`, `churn_reason`), and the engine acts on one of the task's options
+        only (anything else: it warns and waits). None when the answer fits or the rule reads none."""
+        options = getattr(action, "options", None)
+        rule = next((r for r in self.rules.file.rules if r.id == action.rule), None)
+        key = getattr(rule, "outcome_field", None)
+        if not options or not isinstance(key, str) or not isinstance(outcome, Mapping):
+            return None
+        if key not in outcome:
+            close = next((k for k in outcome if did_you_mean(str(k), [key])), None)
+            return (f"rule {action.rule!r} reads the answer from {key!r}, and the outcome {_show(outcome)} has none, "
+                    f"so the rule would never move on" + (f"; did you mean {key!r} for {close!r}?" if close else ""))
+        if not is_option(outcome[key], options):
+            return (f"{key} {outcome[key]!r} is not one of the task's options ({', '.join(options)}), so rule "
+                    f"{action.rule!r} would never move on{did_you_mean(norm_reason(outcome[key]), options)}")
+        return None
 
     def _given_from_file(self, rows: dict[str, list[Any]], lines: _Lines, path: tuple[Any, ...]) -> None:
         self._pending.append((rows, lines, path))
