@@ -29,6 +29,11 @@ CRM = {
 }
 
 
+def steps(*as_of: str) -> str:
+    """`steps:` with one step a line, each checking that nothing new happens (a step must check something)."""
+    return "steps:\n" + "".join(f"  - {{as_of: {a}, exact: true}}\n" for a in as_of)
+
+
 def write(tmp_path: Path, text: str, name: str = "t.scenario.yaml") -> Path:
     p = tmp_path / name
     p.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
@@ -143,20 +148,20 @@ def test_steps_commit_so_a_new_episode_is_new(tmp_path: Path) -> None:
         ("rules: {rules: []}\nsteps: []\n", "t.scenario.yaml:2: steps: List should have at least 1 item"),
         ("rules: {rules: []}\nsteps:\n  - as_of: 2026-03-01\n    expct: []\n",
          "t.scenario.yaml:4: unknown field 'expct'"),
-        ("rules: nowhere.yaml\nsteps:\n  - as_of: 2026-03-01\n",
+        (f"rules: nowhere.yaml\n{steps('2026-03-01')}",
          "t.scenario.yaml:1: rule file not found: nowhere.yaml"),
-        ("rules:\n  rules:\n    - {id: f, kind: forgotten, after: 60 days}\nsteps:\n  - as_of: 2026-03-01\n",
+        (f"rules:\n  rules:\n    - {{id: f, kind: forgotten, after: 60 days}}\n{steps('2026-03-01')}",
          "t.scenario.yaml:3 (rule f): after: invalid duration"),
-        (f"rules: {ONE}\ngiven:\n  clients:\n    - {{id: c1, manager_id: ghost}}\nsteps:\n  - as_of: 2026-03-01\n",
+        (f"rules: {ONE}\ngiven:\n  clients:\n    - {{id: c1, manager_id: ghost}}\n{steps('2026-03-01')}",
          "t.scenario.yaml:4: clients[0] id=c1 field manager_id: unknown manager 'ghost'"),
         (f"rules: {ONE}\ngiven:\n  managers: [{{id: m1}}]\n  clients:\n"
-         "    - {id: c1, manager_id: m1, created_at: -5x}\nsteps:\n  - as_of: 2026-03-01\n",
+         f"    - {{id: c1, manager_id: m1, created_at: -5x}}\n{steps('2026-03-01')}",
          "t.scenario.yaml:5: clients: field created_at: invalid date/time '-5x'"),
-        (f"rules: {ONE}\nsteps:\n  - as_of: 2026-13-01\n", "t.scenario.yaml:3: invalid value '2026-13-01'"),
-        (f"rules: {ONE}\nsteps:\n  - as_of: March 1st\n", "step 1: invalid as_of 'March 1st'"),
-        (f"rules: {ONE}\nsteps:\n  - as_of: 2026-03-01\n  - as_of: 2026-01-01\n",
+        (f"rules: {ONE}\n{steps('2026-13-01')}", "t.scenario.yaml:3: invalid value '2026-13-01'"),
+        (f"rules: {ONE}\n{steps('March 1st')}", "step 1: invalid as_of 'March 1st'"),
+        (f"rules: {ONE}\n{steps('2026-03-01', '2026-01-01')}",
          "t.scenario.yaml:4: step 2: as_of 2026-01-01 is before step 1's (2026-03-01); steps go forward in time"),
-        (f"rules: {ONE}\nsteps:\n  - as_of: 2026-03-01\n  - as_of: 2026-03-01T10:00\n",
+        (f"rules: {ONE}\n{steps('2026-03-01', '2026-03-01T10:00')}",
          "step 2: as_of 2026-03-01T10:00:00+00:00 is before step 1's (2026-03-01T23:59:59+00:00, the end of that "
          "day: a date alone means its end)"),
         ("- just a list\n", "t.scenario.yaml:1: a scenario is a mapping"),
@@ -202,6 +207,21 @@ def test_pytest_collects_scenarios_with_readable_failures(pytester: pytest.Pytes
     assert "Traceback" not in text and "scenario.py" not in text  # no Python internals for analysts
 
 
+def test_scenario_yml_files_are_found_as_yaml_ones_are(tmp_path: Path, pytester: pytest.Pytester) -> None:
+    """A folder of `*.scenario.yml` files said "no *.scenario.yaml files" (exit 2) and pytest ran no test,
+    while each file given by name ran."""
+    good = (EXAMPLES / "forgotten-release.scenario.yaml").read_text().replace(
+        "rules: ../rules/retention.yaml", f"rules: {ROOT / 'examples' / 'rules' / 'retention.yaml'}")  # fmt: skip
+    write(tmp_path, good, "good.scenario.yml")
+    write(tmp_path, good.replace("to_manager_id: m2}", "to_manager_id: m9}"), "bad.scenario.yaml")
+    r = run("test", str(tmp_path))
+    assert r.returncode == 1 and "✓" in r.stdout and "1 passed, 1 failed" in r.stdout, r.stdout + r.stderr
+    pytester.makefile(".scenario.yml", good=good)
+    result = pytester.runpytest_subprocess("-v")
+    result.assert_outcomes(passed=1)
+    assert "good.scenario.yml::forgotten, then released" in result.stdout.str()
+
+
 def test_failures_show_the_closest_action_and_hint_at_typos() -> None:
     s = Scenario(RULES).given(**CRM)
     step = s.at("2026-03-01")
@@ -217,7 +237,7 @@ def test_failures_show_the_closest_action_and_hint_at_typos() -> None:
 
         with pytest.raises(ScenarioFailure, match=re.escape("can never match an action: " + hint)):
             step.absent(spec)  # a misspelt negative check used to pass whatever the rules did
-    step.absent(type="create_task", client_id="c2")  # a real name that matches nothing is fine
+    step.absent(type="reassign", client_id="c1")  # real names that match nothing are fine
     off = {"rules": [*RULES["rules"], {"id": "wake", "kind": "forgotten", "after": "30d", "enabled": False}]}
     off_step = Scenario(off).given(**CRM).at("2026-03-01")
     off_step.absent(rule="wake")  # a disabled rule's id is a real name
@@ -239,6 +259,56 @@ def test_absent_naming_a_field_its_actions_cannot_have_fails() -> None:
     step.absent(type="create_task", due_at="+9d")  # a field of the type: fine
 
 
+def test_absent_naming_what_the_scenario_or_the_rule_cannot_have_fails() -> None:
+    """Found by an analyst's review: `absent: [{rule: release, client_id: C1}]` "proved" c1 was not released
+    (it was), and so did a field or an action type that the named rule never plans."""
+    s = Scenario(RULES).given(**CRM)
+    s.at("2026-03-01")
+    step = s.at("2026-03-15")
+    for spec, hint in (
+        ({"rule": "release", "client_id": "C1"}, "no client 'C1' in the scenario at this step; did you mean 'c1'?"),
+        ({"rule": "forgotten", "to_manager_id": "m2"},
+         "rule 'forgotten' plans only create_task: none has a field 'to_manager_id'"),
+        ({"rule": "release", "type": "create_task"}, "rule 'release' plans no create_task, only reassign, escalate"),
+    ):
+        with pytest.raises(ScenarioFailure, match=re.escape("can never match an action: " + hint)):
+            step.absent(spec)
+        with pytest.raises(ScenarioFailure, match=re.escape("none found; " + hint)):
+            step.expect(spec)  # the same names, the same hint
+    step.absent(rule="release", type="escalate", client_id="c1")  # it plans one when nobody can take c1
+    with pytest.raises(ScenarioFailure, match=re.escape("expected no action matching")):
+        step.absent(rule="release", client_id="c1")  # the control: c1 was released
+    with pytest.raises(retainer.RetainerError, match=re.escape("no client 'C1' in the scenario at this step; did you "
+                                                               "mean 'c1'?")):
+        s.record({"result": "done"}, client_id="C1")
+
+
+def test_each_entry_needs_an_action_of_its_own() -> None:
+    """Found by an analyst's review: `expect: [{type: reassign, to_manager_id: m2}]` twice, for "both clients
+    go to m2", passed on one action (a went to m2, b to m3)."""
+    rules = {"rules": [RULES["rules"][0], {**RULES["rules"][1], "then": [{"reassign": {"strategy": "least_loaded"}}]}]}
+    s = Scenario(rules).given(managers=[{"id": m} for m in ("m1", "m2", "m3")],
+                              clients=[{"id": c, "manager_id": "m1"} for c in ("a", "b")],
+                              touches=[{"id": f"t{c}", "client_id": c, "at": "-74d"} for c in ("a", "b")])
+    step = s.at("2026-03-15")
+    twice = {"type": "reassign", "to_manager_id": "m2"}
+    with pytest.raises(ScenarioFailure) as exc:
+        step.expect(twice, twice)
+    assert ('✗ expected an action of its own matching entry 2 {type: "reassign", to_manager_id: "m2"}: the only one '
+            "that matches, reassign a (rule release, to m2), is entry 1's; each entry stands for one, so two alike "
+            'need two\n      closest other: reassign b (rule release), to_manager_id: expected "m2", got "m3"'
+            in str(exc.value))
+    step.expect(twice, {**twice, "to_manager_id": "m3"})
+    anyone, a = {"type": "reassign"}, {"type": "reassign", "client_id": "a"}
+    step.expect(anyone, a).expect(a, anyone)  # the order never matters: `anyone` takes b's move either way
+    step.expect({"type": "create_task"}, anyone, exact=True)  # one entry may match several: exact asks no more
+    again = s.at("2026-03-15")  # the same night again: four duplicates
+    dup = {"type": "reassign", "reason_code": "duplicate"}
+    again.held_back(dup, dup)
+    with pytest.raises(ScenarioFailure, match=re.escape("expected a suppressed action of its own matching entry 3")):
+        again.held_back(dup, dup, dup)
+
+
 def test_expect_an_empty_list_means_no_new_action(tmp_path: Path) -> None:
     """The docs write `expect: []` for "nothing happens today"; it used to check nothing at all."""
     text = f"""
@@ -257,6 +327,59 @@ def test_expect_an_empty_list_means_no_new_action(tmp_path: Path) -> None:
     run_scenario_file(write(tmp_path, text.replace("-60d", "-59d")))
 
 
+CHECKLESS = f"""
+rules: {ONE}
+given:
+  managers: [{{id: m1}}]
+  clients: [{{id: c1, manager_id: m1}}]
+  touches: [{{id: t1, client_id: c1, at: -60d, kind: call}}]
+steps:
+  - as_of: 2026-03-01
+    label: nothing happens today
+"""
+
+
+@pytest.mark.parametrize(("checks", "message"), [
+    ("    expect:\n", "t.scenario.yaml:9: step 1: `expect:` has no value (were its entries commented out?), so it "
+     'checks nothing: list the new actions, or write `expect: []` for "no new action"'),
+    ("    expect:\n    #  - {type: create_task, client_id: c1}\n    suppressed:\n", "t.scenario.yaml:9: step 1: "
+     "`expect:` has no value"),
+    ("    expect: []\n    suppressed:\n", "t.scenario.yaml:10: step 1: `suppressed:` has no value (were its entries "
+     'commented out?), so it checks nothing: list the held-back actions, or write `suppressed: []`'),
+    ("    absent:\n", "t.scenario.yaml:9: step 1: `absent:` has no value"),
+    ("    exact:\n", "t.scenario.yaml:9: step 1: `exact:` has no value (were its entries commented out?), so it "
+     'checks nothing: write `exact: true` for "no other new action", or leave the key out'),
+    ("    absent: []\n", "t.scenario.yaml:9: step 1: `absent: []` checks nothing: list the actions that must not "
+     "appear (`expect: []` says there is no new action at all)"),
+    ("", "t.scenario.yaml:7: step 1 checks nothing, so it passes whatever the rules do: say what it must do with "
+     "`expect: [...]` (the new actions), `expect: []` (no new action), `absent: [...]` or `suppressed: [...]`"),
+    ("    exact: false\n", "t.scenario.yaml:7: step 1 checks nothing"),
+])
+def test_a_step_that_checks_nothing_is_refused(tmp_path: Path, checks: str, message: str) -> None:
+    """Found by an analyst's review: `expect:` with its entries commented out (YAML null), an empty
+    `suppressed:` and a step with no check at all passed whatever the plan did (here: a forgotten task)."""
+    p = write(tmp_path, CHECKLESS + checks)
+    with pytest.raises(ScenarioError) as exc:
+        run_scenario_file(p)
+    assert message in str(exc.value)
+    r = run("test", str(p))
+    assert r.returncode == 2 and message in r.stderr.replace("\n", ""), r.stdout + r.stderr
+    with pytest.raises(ScenarioFailure, match="unexpected action: create_task c1"):
+        run_scenario_file(write(tmp_path, CHECKLESS + "    expect: []\n"))
+
+
+def test_a_python_check_with_no_entry_is_refused() -> None:
+    step = Scenario(RULES).given(**CRM).at("2026-03-01")
+    for check, instead in ((step.expect, "expect(exact=True) says there is no new action"),
+                           (step.absent, "expect(exact=True) says there is no new action"),
+                           (step.held_back, "held_back(only=True) says nothing was held back")):
+        with pytest.raises(retainer.ArgumentError, match=re.escape(f"with no entry checks nothing: name the fields "
+                                                                   f"of an action; {instead}")):
+            check()
+    with pytest.raises(ScenarioFailure, match="unexpected action: create_task c1"):
+        step.expect(exact=True)
+
+
 def test_a_date_matches_any_instant_on_that_day() -> None:
     s = Scenario(RULES).given(**CRM)
     s.at("2026-03-01").expect(type="create_task", evidence={"last_activity_at": "-60d"})  # a timestamp field
@@ -266,7 +389,7 @@ def test_a_number_is_not_a_date(tmp_path: Path) -> None:
     """`at: -60` (the `d` forgotten) must not pass as 1970."""
     p = write(tmp_path, f"rules: {ONE}\ngiven:\n  managers: [{{id: m1}}]\n  clients: [{{id: c1, manager_id: m1}}]\n"
                         "  touches:\n    - {id: t1, client_id: c1, at: -60, kind: call}\n"
-                        "steps:\n  - as_of: 2026-03-01\n")  # fmt: skip
+                        f"{steps('2026-03-01')}")  # fmt: skip
     with pytest.raises(ScenarioError, match=re.escape("t.scenario.yaml:6: touches: field at: invalid date/time -60")):
         run_scenario_file(p)
 
@@ -322,6 +445,25 @@ def test_record_needs_exactly_one_action(tmp_path: Path, record: str, message: s
     with pytest.raises(ScenarioError, match=message) as exc:
         run_scenario_file(write(tmp_path, text))
     assert exc.value.line == 21  # the record line (write() drops the leading newline)
+
+
+@pytest.mark.parametrize(("outcome", "message"), [
+    ("{churn_reason: survey_neded}", "churn_reason 'survey_neded' is not one of the task's options (bad_product, "
+     "bad_service, price, other, survey_needed), so rule 'winback' would never move on; did you mean 'survey_needed'?"),
+    ("{reason: survey_needed}", "rule 'winback' reads the answer from 'churn_reason', and the outcome {reason: "
+     '"survey_needed"} has none, so the rule would never move on; did you mean \'churn_reason\' for \'reason\'?'),
+])
+def test_record_refuses_an_answer_the_process_cannot_act_on(tmp_path: Path, outcome: str, message: str) -> None:
+    """Found by an analyst's review: `outcome: {churn_reason: pricey}` (or `{reason: price}`) was recorded,
+    and the step failed later for a missing offer, with no word about the answer; the engine only warns."""
+    text = WINBACK_SCENARIO.replace("outcome: {churn_reason: survey_needed}", f"outcome: {outcome}")
+    with pytest.raises(ScenarioError) as exc:
+        run_scenario_file(write(tmp_path, text))
+    assert exc.value.line == 21 and message in str(exc.value)
+    r = run("test", str(tmp_path / "t.scenario.yaml"))
+    assert r.returncode == 2 and "t.scenario.yaml:21: record {rule: " in r.stderr
+    spelt = WINBACK_SCENARIO.replace("{churn_reason: survey_needed}", "{churn_reason: Survey Needed, note: call}")
+    run_scenario_file(write(tmp_path, spelt))  # the host's spelling of an option, and other keys, are fine
 
 
 def test_python_builder_records_outcomes() -> None:

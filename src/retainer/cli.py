@@ -616,10 +616,9 @@ def actions_outcome(
     err.print(f"{e.id}: {e.status}, outcome {json.dumps(e.outcome, ensure_ascii=False)}", highlight=False)
     options = getattr(e.action, "options", None)
     if options:  # a task with answers to pick from (a win-back reason): say so when none of them was given
-        from .rules.features import norm_reason
+        from .rules.features import is_option
 
-        given = {norm_reason(v) for v in outcome.values()}
-        if not given & {norm_reason(o) for o in options}:
+        if not any(is_option(v, options) for v in outcome.values()):
             err.print(f"[yellow]warning[/]: none of {', '.join(f'{k}={v}' for k, v in outcome.items())} is one of "
                       f"this task's options ({', '.join(options)}); a process waiting for the answer "
                       f"(win-back reads churn_reason=...) will not move on", highlight=False)
@@ -787,24 +786,24 @@ def report(
 
 @app.command("test")
 def test_(
-    paths: Annotated[list[Path], typer.Argument(help="Scenario files (*.scenario.yaml) or folders holding them.")],
+    paths: Annotated[list[Path], typer.Argument(help="Scenario files (*.scenario.yaml, .yml) or folders of them.")],
 ) -> None:
     """Run scenario tests: facts, then steps that run the rules and check the actions (docs: testing).
 
     Exit 0: all passed. Exit 1: a scenario failed. Exit 2: a scenario file is invalid or none was found.
     """
-    from .testing.scenario import ScenarioError, ScenarioFailure, run_scenario_file
+    from .testing.scenario import ScenarioError, ScenarioFailure, run_scenario_file, scenario_files
 
     files: list[Path] = []
     for p in paths:
         if p.is_dir():
-            files += sorted(p.rglob("*.scenario.yaml"))
+            files += scenario_files(p)
         elif p.exists():
             files.append(p)
         else:
             _fail(f"not found: {p}")
     if not files:
-        _fail(f"no *.scenario.yaml files under {', '.join(map(str, paths))}")
+        _fail(f"no *.scenario.yaml or *.scenario.yml files under {', '.join(map(str, paths))}")
     failed = broken = 0
     for f in files:
         try:

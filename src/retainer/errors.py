@@ -76,7 +76,9 @@ class ArgumentError(RetainerError, ValueError):
 
 def did_you_mean(word: str, choices: Iterable[str], *, n: int = 1, quote: bool = True) -> str:
     """`; did you mean 'x'?` for the closest choices, or "": one spelling of the hint in every message."""
-    close = difflib.get_close_matches(word, list(choices), n=n)
+    choices = list(choices)
+    close = difflib.get_close_matches(word, choices, n=n)
+    close = close or [c for c in choices if c.casefold() == word.casefold()][:n]  # `C1` for `c1`: half the letters
     if not close:
         return ""
     return f"; did you mean {', '.join(repr(c) if quote else c for c in close)}?"

@@ -339,6 +339,12 @@ def norm_reason(v: Any) -> str:
     return str(v).strip().lower().replace(" ", "_")
 
 
+def is_option(v: Any, options: Sequence[str]) -> bool:
+    """Whether a recorded answer is one of a task's options, however the host spelt it: what a process
+    waiting for the answer (a win-back reading churn_reason) can act on."""
+    return norm_reason(v) in {norm_reason(o) for o in options}
+
+
 def outcome_feature(
     name: str, rule: str, episode: str, kind: str, field_: str, options: Sequence[str] = ()
 ) -> FeatureImpl:
@@ -356,7 +362,7 @@ def outcome_feature(
             e = found.get(action_key(rule, cid, episode_text(ep, a), kind)) if found and ep is not None else None
             v = e.outcome.get(field_) if e is not None and e.outcome else None
             text = None if v is None else norm_reason(v)
-            if text is not None and options and text not in {norm_reason(o) for o in options}:
+            if text is not None and options and not is_option(text, options):
                 f.warnings.append(f"rule {rule}, client {cid}: {field_} {v!r} recorded on action {e.id} is not one "  # type: ignore[union-attr]
                                   f"of the options ({', '.join(options)}); the process waits")
             out.append(text)

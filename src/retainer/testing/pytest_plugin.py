@@ -1,4 +1,4 @@
-"""pytest collects `*.scenario.yaml` files as tests (registered through the `pytest11` entry point).
+"""pytest collects `*.scenario.yaml` and `*.scenario.yml` files as tests (through the `pytest11` entry point).
 
 A failing scenario reports the scenario, the step, expected vs actual actions and the explanation of
 the rules involved, with no Python traceback: analysts read it, not developers.
@@ -12,13 +12,11 @@ from typing import Any
 
 import pytest
 
-from .scenario import ScenarioError, ScenarioFailure, load_scenario, run_scenario_file
-
-SUFFIX = ".scenario.yaml"
+from .scenario import SUFFIXES, ScenarioError, ScenarioFailure, load_scenario, run_scenario_file, scenario_name
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-    if file_path.name.endswith(SUFFIX):
+    if file_path.name.endswith(SUFFIXES):
         return ScenarioFile.from_parent(parent, path=file_path)
     return None
 
@@ -28,7 +26,7 @@ class ScenarioFile(pytest.File):
         try:
             name = load_scenario(self.path).name
         except ScenarioError:
-            name = self.path.name.removesuffix(SUFFIX)  # the item reports the error when it runs
+            name = scenario_name(self.path)  # the item reports the error when it runs
         yield ScenarioItem.from_parent(self, name=name)
 
 

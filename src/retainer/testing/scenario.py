@@ -27,14 +27,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..actions import ACTION_TYPES, Action, Suppression
 from ..adapters.recording import RecordingHandler
 from ..engine import Engine
-from ..errors import DataError, RetainerError, RulesError, did_you_mean, read_rules_text
+from ..errors import ArgumentError, DataError, RetainerError, RulesError, did_you_mean, read_rules_text
 from ..ledger import LedgerEntry, RunReport, action_payload
+from ..rules.features import is_option, norm_reason
 from ..rules.loader import RuleSet, _Lines, _pydantic_message, compile_rules, load_rules, parse_yaml
 from ..stores import open_store
 from ..stores._ingest import validate_rows
 from ..timeutil import AsOf, parse_as_of, parse_duration
 
 __all__ = ["Scenario", "ScenarioError", "ScenarioFailure", "Step", "load_scenario", "run_scenario_file"]
+
+#: what a scenario file's name ends with; both spellings of YAML, as an explicit path already ran either
+SUFFIXES = (".scenario.yaml", ".scenario.yml")
 
 _RELATIVE = re.compile(r"^([+-])\s*(\d+\s*(?:h|d|w|mo|y))$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -48,16 +52,27 @@ class ScenarioFailure(AssertionError):
     """A step did not do what the scenario expects; the message is the whole readable report."""
 
 
-def _unknown_name(field: str, value: Any, rule_ids: list[str], disabled: Sequence[str] = ()) -> str | None:
-    """A rule id or action type that nothing can match (a typo, or a disabled rule where an action is
-    expected), said with the closest real one."""
+def _unknown_name(field: str, value: Any, rule_ids: list[str], disabled: Sequence[str] = (),
+                  clients: Sequence[str] | None = None) -> str | None:  # fmt: skip
+    """A rule id, action type or client id that nothing can match (a typo, or a disabled rule where an
+    action is expected), said with the closest real one."""
     if field == "rule" and value in disabled:
         return f"rule {value!r} is disabled (enabled: false): it plans nothing"
     if field == "rule" and value not in rule_ids:
         return f"no rule {value!r} in the rule set{did_you_mean(str(value), rule_ids)}"
     if field == "type" and value not in ACTION_TYPES:
         return f"no action type {value!r}{did_you_mean(str(value), ACTION_TYPES)}"
+    if field == "client_id" and clients is not None and value is not None \
+            and not any(_scalar_equal(value, c) for c in clients):  # fmt: skip
+        return f"no client {value!r} in the scenario at this step{did_you_mean(str(value), clients)}"
     return None
+
+
+def _planned_types(rules: RuleSet, rule_id: Any) -> tuple[str, ...]:
+    """The action types rule `rule_id` can plan, in its order: its parts' `then` (every ladder and process
+    step) and the escalation of a release that finds nobody; none for a rule that is not planned."""
+    kinds = (k.split("#", 1)[0] for r in rules.rules if r.id == rule_id for k in r.key_kinds)
+    return tuple(dict.fromkeys(kinds))
 
 
 #: the fields that say which action it is (a closest match agrees on these first)
@@ -143,6 +158,20 @@ def _flat_fields(type_: Any = None, held: bool = True) -> set[str]:
     return out
 
 
+def _closest(resolved: Mapping[str, Any], views: list[dict[str, Any]], label: str = "closest") -> str:
+    """The candidate that agrees most with an expectation and how it differs, on a line of its own; who
+    it is about counts double: the action of the rule expected, with a wrong date, is closer than another
+    rule's action with the right date."""
+    if not views:
+        return ""
+    best = max(views, key=lambda v: sum((2 if k in _IDENTITY else 1) * (k in v and matches(x, v[k]))
+                                        for k, x in resolved.items()))  # fmt: skip
+    diff = [f"{k}: expected {json.dumps(x, default=str)}, got {json.dumps(best.get(k), default=str)}"
+            for k, x in resolved.items() if not (k in best and matches(x, best[k]))]  # fmt: skip
+    who = f"{best.get('type')} {best.get('client_id')} (rule {best.get('rule')})"
+    return f"\n      {label}: {who}, " + "; ".join(diff)
+
+
 def _show(spec: Mapping[str, Any]) -> str:
     return "{" + ", ".join(f"{k}: {json.dumps(v, default=str, ensure_ascii=False)}" for k, v in spec.items()) + "}"
 
@@ -150,12 +179,53 @@ def _show(spec: Mapping[str, Any]) -> str:
 _TARGETS = (("to_manager_id", "to"), ("assignee_id", "to"), ("channel", "by"), ("tag", "tag"), ("offer", "offer"))
 
 
-def _line(a: Action) -> str:
+def _who(a: Action) -> str:
+    """`reassign c1 (rule release, to m2)`: which action it is, in a few words."""
     target = next((f"{word} {getattr(a, f)}" for f, word in _TARGETS if getattr(a, f, None)), "")
-    return f"{a.type} {a.client_id} (rule {a.rule}{', ' + target if target else ''}): {a.reason}"
+    return f"{a.type} {a.client_id} (rule {a.rule}{', ' + target if target else ''})"
+
+
+def _line(a: Action) -> str:
+    return f"{_who(a)}: {a.reason}"
+
+
+def _match(fits: list[list[int]]) -> dict[int, int]:
+    """A maximum matching of entries to actions (action -> entry), by augmenting paths: `fits[i]` lists the
+    actions entry i matches. A step has a handful of each, so the simple algorithm is plenty."""
+    owner: dict[int, int] = {}
+
+    def place(i: int, seen: set[int]) -> bool:
+        for j in fits[i]:
+            if j not in seen:
+                seen.add(j)
+                if j not in owner or place(owner[j], seen):  # free, or its entry can move to another action
+                    owner[j] = i
+                    return True
+        return False
+
+    for i in range(len(fits)):
+        place(i, set())
+    return owner
+
+
+@dataclass
+class _Pairs:
+    fits: list[list[int]]  # per entry, the actions (or suppressions) it matches
+    owner: dict[int, int]  # action -> the entry it stands for
+    missing: list[int]  # entries without an action of their own
+    problems: list[str]  # what is wrong with each of those
 
 
 # ---------------------------------------------------------------- the Python builder
+
+
+def _wanted(check: str, specs: Sequence[Mapping[str, Any]], fields: Mapping[str, Any], strict: bool,
+            instead: str) -> list[Mapping[str, Any]]:  # fmt: skip
+    """The entries of a check; none (and no `exact`/`only`) would check nothing and pass whatever happened."""
+    wanted = [*specs, *([fields] if fields else [])]
+    if not wanted and not strict:
+        raise ArgumentError(f"{check}() with no entry checks nothing: name the fields of an action; {instead}")
+    return wanted
 
 
 @dataclass
@@ -179,26 +249,24 @@ class Step:
         return self.report.plan.suppressed
 
     def expect(self, *specs: Mapping[str, Any], exact: bool = False, **fields: Any) -> Step:
-        """Each spec (or the keyword fields) matches at least one new action; `exact`: and no other."""
-        wanted = [*specs, *([fields] if fields else [])]
+        """Each spec (or the keyword fields) matches a new action of its own: two alike need two actions.
+        `exact`: and every new action matches some spec (one spec may match several)."""
+        wanted = _wanted("expect", specs, fields, exact, "expect(exact=True) says there is no new action")
         views = [_flat(a) for a in self.actions]
-        missing = [s for s in wanted if not any(matches(_resolve(s, self.as_of), v) for v in views)]
-        extra = []
-        if exact:
-            extra = [a for a, v in zip(self.actions, views, strict=True)
-                     if not any(matches(_resolve(s, self.as_of), v) for s in wanted)]  # fmt: skip
+        pairs = self._pair("an action", wanted, views, [_who(a) for a in self.actions], False)
+        missing = pairs.missing
+        extra = [j for j in range(len(views)) if not any(j in f for f in pairs.fits)] if exact else []
         if missing or extra:
             self.fail(
-                [self._not_found("an action", s, views, held=False) for s in missing]
-                + [f"unexpected action: {_line(a)}" for a in extra],
-                [s.get("client_id") for s in missing] + [a.client_id for a in extra],
-                [s.get("rule") for s in missing] + [a.rule for a in extra],
+                pairs.problems + [f"unexpected action: {_line(self.actions[j])}" for j in extra],
+                [wanted[i].get("client_id") for i in missing] + [self.actions[j].client_id for j in extra],
+                [wanted[i].get("rule") for i in missing] + [self.actions[j].rule for j in extra],
             )
         return self
 
     def absent(self, *specs: Mapping[str, Any], **fields: Any) -> Step:
         """No new action matches any of the specs."""
-        wanted = [*specs, *([fields] if fields else [])]
+        wanted = _wanted("absent", specs, fields, False, "expect(exact=True) says there is no new action")
         views = [_flat(a) for a in self.actions]
         # a misspelt name can match nothing, so the check would pass whatever the rules do
         blind = [(s, h) for s in wanted
@@ -215,23 +283,48 @@ class Step:
         return self
 
     def held_back(self, *specs: Mapping[str, Any], only: bool = False, **fields: Any) -> Step:
-        """Each spec matches a suppressed action (its fields plus `reason_code`, `detail`). `only`: no
-        suppression other than those (and `duplicate`s, the normal result of running again)."""
-        wanted = [*specs, *([fields] if fields else [])]
+        """Each spec matches a suppressed action of its own (its fields plus `reason_code`, `detail`). `only`:
+        no suppression other than those (and `duplicate`s, the normal result of running again)."""
+        wanted = _wanted("held_back", specs, fields, only, "held_back(only=True) says nothing was held back")
         views = [_suppressed_view(s) for s in self.suppressed]
-        missing = [s for s in wanted if not any(matches(_resolve(s, self.as_of), v) for v in views)]
-        extra = []
-        if only:
-            extra = [s for s, v in zip(self.suppressed, views, strict=True) if s.reason_code != "duplicate"
-                     and not any(matches(_resolve(w, self.as_of), v) for w in wanted)]  # fmt: skip
+        pairs = self._pair("a suppressed action", wanted, views,
+                           [f"{_who(s.action)} held back ({s.reason_code})" for s in self.suppressed], True)
+        missing = pairs.missing
+        extra = [j for j, s in enumerate(self.suppressed)
+                 if s.reason_code != "duplicate" and not any(j in f for f in pairs.fits)] if only else []  # fmt: skip
         if missing or extra:
+            held = self.suppressed
             self.fail(
-                [self._not_found("a suppressed action", s, views) for s in missing]
-                + [f"unexpected suppression ({s.reason_code}): {_line(s.action)}" for s in extra],
-                [s.get("client_id") for s in missing] + [s.action.client_id for s in extra],
-                [s.get("rule") for s in missing] + [s.action.rule for s in extra],
+                pairs.problems + [f"unexpected suppression ({held[j].reason_code}): {_line(held[j].action)}"
+                                  for j in extra],
+                [wanted[i].get("client_id") for i in missing] + [held[j].action.client_id for j in extra],
+                [wanted[i].get("rule") for i in missing] + [held[j].action.rule for j in extra],
             )
         return self
+
+    def _pair(
+        self, what: str, wanted: list[Mapping[str, Any]], views: list[dict[str, Any]], lines: list[str], held: bool
+    ) -> _Pairs:
+        """Give each entry an action of its own, as many as can have one (a maximum matching: the order
+        of the entries never matters), and say what is wrong with each entry left without one. `lines`
+        name the actions (or suppressions) in a few words."""
+        resolved = [_resolve(w, self.as_of) for w in wanted]
+        fits = [[j for j, v in enumerate(views) if matches(r, v)] for r in resolved]
+        owner = _match(fits)
+        missing = [i for i in range(len(wanted)) if i not in owner.values()]
+        problems = []
+        for i in missing:
+            if not fits[i]:
+                problems.append(self._not_found(what, wanted[i], views, held=held))
+                continue
+            (j, *more) = fits[i]
+            taken = (f"the only one that matches, {lines[j]}, is entry {owner[j] + 1}'s" if not more else
+                     f"the {len(fits[i])} that match are other entries': "
+                     + "; ".join(f"{lines[k]} (entry {owner[k] + 1})" for k in fits[i]))  # fmt: skip
+            others = _closest(resolved[i], [v for j, v in enumerate(views) if j not in fits[i]], "closest other")
+            problems.append(f"expected {what} of its own matching entry {i + 1} {_show(resolved[i])}: {taken}; each "
+                            f"entry stands for one, so two alike need two{others}")
+        return _Pairs(fits, owner, missing, problems)
 
     def _not_found(self, what: str, spec: Mapping[str, Any], views: list[dict[str, Any]], held: bool = True) -> str:
         """What was wanted (relative dates resolved), the closest candidate and how it differs, and
@@ -240,41 +333,44 @@ class Step:
         msg = f"expected {what} matching {_show(resolved)}: none found"
         if hints := self._hints(resolved, views, held=held):
             return msg + "; " + "; ".join(hints)
-        if views:
-            # the candidate that agrees most, who it is about counting double: the action of the rule
-            # expected, with a wrong date, is closer than another rule's action with the right date
-            best = max(views, key=lambda v: sum((2 if k in _IDENTITY else 1) * (k in v and matches(x, v[k]))
-                                                for k, x in resolved.items()))
-            diff = [f"{k}: expected {json.dumps(x, default=str)}, got {json.dumps(best.get(k), default=str)}"
-                    for k, x in resolved.items() if not (k in best and matches(x, best[k]))]  # fmt: skip
-            who = f"{best.get('type')} {best.get('client_id')} (rule {best.get('rule')})"
-            msg += f"\n      closest: {who}, " + "; ".join(diff)
-        return msg
+        return msg + _closest(resolved, views)
 
     def _hints(
         self, resolved: Mapping[str, Any], views: list[dict[str, Any]], expected: bool = True, held: bool = True
     ) -> list[str]:
         """Names in an expectation that no action can have: a misspelt field, rule id or action type, a
-        field the named action type does not have, a suppression's field where new actions are checked
+        client the scenario does not have, a field the named action type does not have, an action type or
+        field the named rule never plans, a suppression's field where new actions are checked
         (`held=False`), and where an action is `expected`, a disabled rule (`absent:` may name one: it is a
-        real rule)."""
+        real rule). `expect`, `absent` and `suppressed` all ask here."""
         hints = []
+        sc = self.scenario
         t = resolved.get("type")
         type_ = t if isinstance(t, str) and t in ACTION_TYPES else None
+        rule = resolved.get("rule")
+        plans = _planned_types(sc.engine.rules, rule)
         known = _flat_fields(None, held) | {k for v in views for k in v if held or k not in _HELD}
-        own = _flat_fields(type_, held) if type_ is not None else known
-        defined = self.scenario.engine.rules.file.rules
+        if type_ is not None:
+            own = _flat_fields(type_, held)
+        else:  # the fields of what the named rule plans
+            own = set().union(*(_flat_fields(x, held) for x in plans)) if plans else known
+        defined = sc.engine.rules.file.rules
         rule_ids = [r.id for r in defined]
         disabled = [r.id for r in defined if not r.enabled] if expected else []
+        clients = [c.id for c in sc.store.iter("clients")]
         for k, v in resolved.items():
             if k in _HELD and not held:
                 hints.append(f"{k!r} is a suppression's field, and new actions have none: check what a policy "
                              "held back with `suppressed:`")
             elif k not in known:
                 hints.append(f"there is no field {k!r}{did_you_mean(k, known)}")
-            elif k not in own:
+            elif k not in own and type_ is not None:
                 hints.append(f"a {type_} has no field {k!r}")
-            elif hint := _unknown_name(k, v, rule_ids, disabled):
+            elif k not in own:
+                hints.append(f"rule {rule!r} plans only {', '.join(plans)}: none has a field {k!r}")
+            elif k == "type" and plans and v not in plans:
+                hints.append(f"rule {rule!r} plans no {v}, only {', '.join(plans)}")
+            elif hint := _unknown_name(k, v, rule_ids, disabled, clients):
                 hints.append(hint)
         return hints
 
@@ -347,12 +443,33 @@ class Scenario:
             what = "no committed action matches" if not found else f"{len(found)} committed actions match"
             listed = "".join(f"\n  {_line(e.action)}" for e in found[:5])
             rule_ids = [r.id for r in self.engine.rules.rules]
+            clients = [c.id for c in self.store.iter("clients")]
             listed += "".join(f"\n  {hint}" for k, v in match.items()
-                              if v is not None and (hint := _unknown_name(k, v, rule_ids)))
+                              if v is not None and (hint := _unknown_name(k, v, rule_ids, (), clients)))
             raise RetainerError(f"record {_show(match)}: {what}; it needs exactly one (add rule, client_id, type "
                                 f"or key){listed}")
+        if problem := self._unanswerable(found[0].action, outcome):
+            raise RetainerError(f"record {_show(match)}: {problem}")
         at = self.steps[-1].as_of.instant if self.steps else None
         return self.engine.record_outcome(found[0].id, outcome, **({"clock": lambda: at} if at else {}))
+
+    def _unanswerable(self, action: Action, outcome: Mapping[str, Any]) -> str | None:
+        """Why a process waiting for this answer could never act on it: the rule reads its answer from one
+        key (a win-back's `outcome_field`, `churn_reason`), and the engine acts on one of the task's options
+        only (anything else: it warns and waits). None when the answer fits or the rule reads none."""
+        options = getattr(action, "options", None)
+        rule = next((r for r in self.rules.file.rules if r.id == action.rule), None)
+        key = getattr(rule, "outcome_field", None)
+        if not options or not isinstance(key, str) or not isinstance(outcome, Mapping):
+            return None
+        if key not in outcome:
+            close = next((k for k in outcome if did_you_mean(str(k), [key])), None)
+            return (f"rule {action.rule!r} reads the answer from {key!r}, and the outcome {_show(outcome)} has none, "
+                    f"so the rule would never move on" + (f"; did you mean {key!r} for {close!r}?" if close else ""))
+        if not is_option(outcome[key], options):
+            return (f"{key} {outcome[key]!r} is not one of the task's options ({', '.join(options)}), so rule "
+                    f"{action.rule!r} would never move on{did_you_mean(norm_reason(outcome[key]), options)}")
+        return None
 
     def _given_from_file(self, rows: dict[str, list[Any]], lines: _Lines, path: tuple[Any, ...]) -> None:
         self._pending.append((rows, lines, path))
@@ -417,9 +534,10 @@ class StepSpec(BaseModel):
     given: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
     upsert: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)  # rows replacing same-id ones
     record: list[dict[str, Any]] = Field(default_factory=list)  # outcomes reported before this step runs
+    # the checks; None: not given (a key given with no value is refused by _check_something)
     expect: list[dict[str, Any]] | None = None  # [] = no new action at all
-    exact: bool = False
-    absent: list[dict[str, Any]] = Field(default_factory=list)
+    exact: bool | None = None
+    absent: list[dict[str, Any]] | None = None
     suppressed: list[dict[str, Any]] | None = None  # [] = nothing held back (duplicates aside)
 
 
@@ -433,6 +551,32 @@ class ScenarioSpec(BaseModel):
     steps: list[StepSpec] = Field(min_length=1)
 
 
+#: what to write instead of a check key left with no value (YAML null: `expect:` with every entry commented out)
+_NO_VALUE = {
+    "expect": "list the new actions, or write `expect: []` for \"no new action\"",
+    "exact": "write `exact: true` for \"no other new action\", or leave the key out",
+    "absent": "list the actions that must not appear (`expect: []` says there is no new action at all)",
+    "suppressed": "list the held-back actions, or write `suppressed: []` for \"nothing held back\"",
+}
+
+
+def _check_something(st: StepSpec, i: int, lines: _Lines, source: str) -> None:
+    """A step passes whatever the rules do when its checks are empty: refuse it as bad input. A key with no
+    value (`expect:` whose entries were all commented out) read as "no check", and so did a step with
+    none, so an analyst who silenced a failing expectation "for now" got a green suite."""
+    for key, instead in _NO_VALUE.items():
+        if key in st.model_fields_set and getattr(st, key) is None:
+            raise ScenarioError(f"step {i + 1}: `{key}:` has no value (were its entries commented out?), so it "
+                                f"checks nothing: {instead}", file=source, line=lines.line(("steps", i, key)))
+    if st.absent == []:
+        raise ScenarioError(f"step {i + 1}: `absent: []` checks nothing: {_NO_VALUE['absent']}", file=source,
+                            line=lines.line(("steps", i, "absent")))  # fmt: skip
+    if st.expect is None and not st.exact and not st.absent and st.suppressed is None:
+        raise ScenarioError(f"step {i + 1} checks nothing, so it passes whatever the rules do: say what it must do "
+                            "with `expect: [...]` (the new actions), `expect: []` (no new action), `absent: [...]` "
+                            "or `suppressed: [...]`", file=source, line=lines.line(("steps", i)))  # fmt: skip
+
+
 @dataclass
 class LoadedScenario:
     spec: ScenarioSpec
@@ -440,6 +584,16 @@ class LoadedScenario:
     lines: _Lines
     rules: RuleSet
     name: str = field(default="")
+
+
+def scenario_name(path: Path) -> str:
+    """`orders` for `orders.scenario.yaml` or `orders.scenario.yml`."""
+    return next((path.name.removesuffix(x) for x in SUFFIXES if path.name.endswith(x)), path.name)
+
+
+def scenario_files(folder: Path) -> list[Path]:
+    """Every `*.scenario.yaml` and `*.scenario.yml` under `folder`, sorted."""
+    return sorted(f for x in SUFFIXES for f in folder.rglob("*" + x))
 
 
 def load_scenario(path: str | Path) -> LoadedScenario:
@@ -458,6 +612,8 @@ def load_scenario(path: str | Path) -> LoadedScenario:
     except ValidationError as exc:
         err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
         raise ScenarioError(_pydantic_message(err), file=source, line=lines.line(tuple(err["loc"]))) from None
+    for i, st in enumerate(spec.steps):
+        _check_something(st, i, lines, source)
     if isinstance(spec.rules, str):
         rules_path = (p.parent / spec.rules).resolve()
         if not rules_path.exists():
@@ -468,7 +624,7 @@ def load_scenario(path: str | Path) -> LoadedScenario:
         sub = _Lines()
         sub.lines = {k[1:]: v for k, v in lines.lines.items() if k[:1] == ("rules",)}
         rules = compile_rules(spec.rules, sub, source)
-    name = spec.name or p.name.removesuffix(".scenario.yaml")
+    name = spec.name or scenario_name(p)
     return LoadedScenario(spec, p, lines, rules, name)
 
 
@@ -503,7 +659,7 @@ def run_scenario_file(path: str | Path) -> Scenario:
             raise ScenarioError(str(exc), file=str(ls.path), line=ls.lines.line(("steps", i, "as_of"))) from None
         step.line = ls.lines.line(("steps", i))
         if st.expect is not None or st.exact:
-            step.expect(*(st.expect or ()), exact=st.exact or not st.expect)  # `expect: []`: nothing new
+            step.expect(*(st.expect or ()), exact=bool(st.exact) or not st.expect)  # `expect: []`: nothing new
         if st.absent:
             step.absent(*st.absent)
         if st.suppressed is not None:
