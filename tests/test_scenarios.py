@@ -222,6 +222,44 @@ def test_scenario_yml_files_are_found_as_yaml_ones_are(tmp_path: Path, pytester:
     assert "good.scenario.yml::forgotten, then released" in result.stdout.str()
 
 
+WARNED = """\
+rules:
+  version: 1
+  rules: [{id: forgotten, kind: forgotten, after: 60d}]
+given:
+  managers: [{id: m1}]
+  clients:
+    - {id: c1, manager_id: m1, created_at: 2026-01-01}
+    - {id: c2, manager_id: m1, created_at: 2026-01-01, attributes: {forgotten_after: 2 weeks}}
+steps:
+  - as_of: 2026-03-02
+    expect: [{client_id: c1}]
+"""
+
+
+def test_a_step_reports_every_check_that_failed_and_the_plans_warnings(tmp_path: Path) -> None:
+    """A wrong expect hid a failing absent of the same step, and the analyst fixed one at a time; the client
+    skipped over its `forgotten_after: 2 weeks` was only in the plan's warnings, which nobody saw."""
+    p = write(tmp_path, WARNED.replace("expect: [{client_id: c1}]",
+                                       "expect: [{client_id: c1, type: tag}]\n    absent: [{client_id: c1}]"))
+    with pytest.raises(ScenarioFailure) as exc:
+        run_scenario_file(p)
+    text = str(exc.value)
+    assert 'expected an action matching {client_id: "c1", type: "tag"}: none found' in text
+    assert 'expected no action matching {client_id: "c1"}, found: create_task c1' in text
+    assert "warning: rule forgotten, client c2: attributes.forgotten_after '2 weeks' is not a duration" in text
+    ok = write(tmp_path, WARNED, "ok.scenario.yaml")
+    r = run("test", str(ok))
+    assert r.returncode == 0 and "warning: step 1: rule forgotten, client c2: attributes.forgotten_after" in r.stdout
+
+
+def test_pytest_shows_the_warnings_of_a_passing_scenario(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".scenario.yaml", ok=WARNED)
+    result = pytester.runpytest_subprocess("-q")
+    result.assert_outcomes(passed=1, warnings=1)
+    assert "ScenarioWarning" in result.stdout.str() and "forgotten_after '2 weeks'" in result.stdout.str()
+
+
 def test_failures_show_the_closest_action_and_hint_at_typos() -> None:
     s = Scenario(RULES).given(**CRM)
     step = s.at("2026-03-01")

@@ -818,6 +818,8 @@ def test_(
         else:
             out.print(f"[green]✓[/] {_e(f)} — {_e(sc.name)} ({len(sc.steps)} step{'s' * (len(sc.steps) != 1)})",
                       highlight=False)  # fmt: skip
+            for w in sc.warnings:  # passed, but a client may have been skipped over its data
+                out.print(f"  [yellow]warning[/]: {_e(w)}", highlight=False)
     passed = len(files) - failed - broken
     summary = f"{passed} passed, {failed} failed" + (f", {broken} invalid" if broken else "")
     out.print(summary, highlight=False)  # after the ✓/✗ lines, on the same stream, so a pipe keeps the order

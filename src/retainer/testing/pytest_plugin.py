@@ -6,6 +6,7 @@ the rules involved, with no Python traceback: analysts read it, not developers.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,10 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     return None
 
 
+class ScenarioWarning(UserWarning):
+    """A plan warning of a passing scenario (a client skipped for a threshold attribute that is not a duration)."""
+
+
 class ScenarioFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item]:
         try:
@@ -32,7 +37,9 @@ class ScenarioFile(pytest.File):
 
 class ScenarioItem(pytest.Item):
     def runtest(self) -> None:
-        run_scenario_file(self.path)
+        sc = run_scenario_file(self.path)
+        for w in sc.warnings:  # in pytest's warnings summary: a passing scenario may have skipped a client
+            warnings.warn(ScenarioWarning(f"{self.name}: {w}"), stacklevel=1)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, ScenarioFailure | ScenarioError):

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -238,6 +239,26 @@ class Step:
     report: RunReport
     label: str = ""
     line: int | None = None  # where the step is written, in a scenario file
+    # while a scenario file's step runs all its checks: what each failing one found, reported together
+    _found: list[tuple[list[str], list[Any], list[Any]]] | None = field(default=None, repr=False)
+
+    @contextmanager
+    def all_checks(self) -> Iterator[Step]:
+        """Run several checks and fail once with what every failing one found: a wrong `expect` hid a failing
+        `absent` or `suppressed` of the same step, and the analyst fixed one at a time."""
+        self._found = []
+        try:
+            yield self
+        finally:
+            found, self._found = self._found, None
+        if found:
+            self.fail([p for f in found for p in f[0]], [c for f in found for c in f[1]],
+                      [r for f in found for r in f[2]])
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the plan said about the data (a client skipped for a `forgotten_after` that is not a duration)."""
+        return self.report.plan.warnings
 
     @property
     def actions(self) -> list[Action]:
@@ -375,6 +396,9 @@ class Step:
         return hints
 
     def fail(self, problems: list[str], clients: Sequence[Any], rules: Sequence[Any]) -> None:
+        if self._found is not None:  # within all_checks: reported with the step's other failures
+            self._found.append((problems, list(clients), list(rules)))
+            return
         raise ScenarioFailure(self.describe(problems, clients, rules))
 
     def describe(self, problems: list[str], clients: Sequence[Any], rules: Sequence[Any]) -> str:
@@ -385,6 +409,7 @@ class Step:
         label = f" ({self.label})" if self.label else ""
         out = [head, f"step {self.number}{label}, as of {self.report.plan.as_of.isoformat()}:"]
         out += [f"  ✗ {p}" for p in problems]
+        out += [f"  warning: {w}" for w in self.warnings]  # a client skipped over its data may be the why
         out.append(f"  new actions ({len(self.actions)}):" if self.actions else "  new actions: none")
         out += [f"    {_line(a)}" for a in self.actions]
         if self.suppressed:
@@ -423,6 +448,12 @@ class Scenario:
         self.engine = Engine(self.rules, self.store)
         self.steps: list[Step] = []
         self._pending: list[tuple[dict[str, list[Any]], _Lines | None, tuple[Any, ...]]] = []
+
+    @property
+    def warnings(self) -> list[str]:
+        """Every step's plan warnings, by step: a passing scenario may still have skipped a client over its data
+        (`retainer test` and pytest show them)."""
+        return [f"step {st.number}: {w}" for st in self.steps for w in st.warnings]
 
     def given(self, **rows: list[Mapping[str, Any]]) -> Scenario:
         """Facts for the next step; relative dates (`-61d`) are read against that step's as_of."""
@@ -658,10 +689,11 @@ def run_scenario_file(path: str | Path) -> Scenario:
         except RetainerError as exc:  # a bad or backward as_of: where it is written
             raise ScenarioError(str(exc), file=str(ls.path), line=ls.lines.line(("steps", i, "as_of"))) from None
         step.line = ls.lines.line(("steps", i))
-        if st.expect is not None or st.exact:
-            step.expect(*(st.expect or ()), exact=bool(st.exact) or not st.expect)  # `expect: []`: nothing new
-        if st.absent:
-            step.absent(*st.absent)
-        if st.suppressed is not None:
-            step.held_back(*st.suppressed, only=not st.suppressed)
+        with step.all_checks():
+            if st.expect is not None or st.exact:
+                step.expect(*(st.expect or ()), exact=bool(st.exact) or not st.expect)  # `expect: []`: nothing new
+            if st.absent:
+                step.absent(*st.absent)
+            if st.suppressed is not None:
+                step.held_back(*st.suppressed, only=not st.suppressed)
     return sc
