@@ -1167,7 +1167,8 @@ def _alias_bomb(levels: int) -> str:
     """Ten aliases of the level below per level: 377 bytes at 6 levels took 4 s and 400 MB to refuse."""
     lines = ['a0: &a0 ["x","x","x","x","x","x","x","x","x","x"]']
     lines += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, levels)]
-    return "\n".join(lines) + f"\nversion: 1\nrules:\n  - {{id: r, kind: forgotten, after: 60d, description: *a{levels - 1}}}\n"
+    rule = f"{{id: r, kind: forgotten, after: 60d, description: *a{levels - 1}}}"
+    return "\n".join(lines) + f"\nversion: 1\nrules:\n  - {rule}\n"
 
 
 def test_aliases_that_expand_past_the_budget_are_refused_before_they_are_built(tmp_path: Path) -> None:

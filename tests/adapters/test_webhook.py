@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -159,6 +159,67 @@ def test_a_slow_server_times_out(crm: Store, server: FakeServer, clock: FakeCloc
     assert (entry.status, entry.attempts) == ("dead", 1)
     assert entry.last_error is not None and entry.last_error.startswith("TimeoutError: ")
     assert "timed out after 0.2s" in entry.last_error
+
+
+def test_the_timeout_bounds_the_whole_attempt_not_each_read(crm: Store, server: FakeServer, clock: FakeClock) -> None:
+    """A server that sent a byte every 0.3 s held a `timeout=1` delivery (and the run's lock) for as long as it
+    liked, and the delivery "succeeded", so the give-up guard never fired either."""
+    server.default = Reply(200, "x" * 30, drip=0.3)
+    h = WebhookHandler(server.url, timeout=1.0)
+    started = time.monotonic()
+    try:
+        run(crm, h, clock, Retry(max_attempts=1))
+    finally:
+        h.close()
+    assert time.monotonic() - started < 2.5
+    entry = only_entry(crm)
+    assert (entry.status, entry.attempts) == ("dead", 1)
+    assert entry.last_error is not None and entry.last_error.startswith("TimeoutError: ")
+
+
+def _peak_mib(fn: Callable[[], object]) -> float:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("status", [200, 500])
+def test_a_compressed_answer_is_never_inflated_past_the_cap(
+    crm: Store, server: FakeServer, clock: FakeClock, status: int
+) -> None:
+    """A 20 KB gzip body that inflates to 20 MB was inflated whole, even for a success nobody reads."""
+    import gzip
+
+    bomb = gzip.compress(b"no " + b"0" * (20 * 2**20), compresslevel=9)
+    server.default = Reply(status, bomb, headers=(("Content-Encoding", "gzip"),))
+    h = WebhookHandler(server.url, timeout=5.0)
+    try:
+        assert _peak_mib(lambda: run(crm, h, clock, Retry(max_attempts=1))) < 8
+    finally:
+        h.close()
+    assert server.requests[0].headers["accept-encoding"] == "identity"
+    entry = only_entry(crm)
+    if status == 200:
+        assert entry.status == "done"
+    else:
+        assert entry.last_error is not None and entry.last_error.endswith("500 Internal Server Error: no " + "0" * 197)
+
+
+def test_a_huge_error_page_is_read_only_as_far_as_the_cap(crm: Store, server: FakeServer, clock: FakeClock) -> None:
+    """A 500 with a 30 MB body was read whole to keep 200 characters of it."""
+    server.default = Reply(500, b"down " * (6 * 2**20))
+    h = WebhookHandler(server.url, timeout=5.0)
+    try:
+        assert _peak_mib(lambda: run(crm, h, clock, Retry(max_attempts=1))) < 8
+    finally:
+        h.close()
+    entry = only_entry(crm)
+    assert entry.last_error is not None and "answered 500 Internal Server Error: down down" in entry.last_error
 
 
 def test_a_server_that_is_down_is_a_connection_error(crm: Store, clock: FakeClock) -> None:
