@@ -305,3 +305,68 @@ def test_credentials_in_the_url_never_reach_messages_or_the_ledger() -> None:
     assert "s3cret" not in repr(hook) and "abc" not in repr(hook)
     with pytest.raises(retainer.ArgumentError, match="positive"):
         WebhookHandler("http://127.0.0.1/hook", timeout=0)
+
+
+@pytest.mark.parametrize("url", [
+    "https://user:s3/cret@crm.example/hook",  # '/' in a base64 token: the URL was shown whole
+    "https://user:s3#cret@crm.example/hook",
+    "https://user:s3?cret@crm.example/hook",
+    "https://user:1234/s3cret@crm.example/hook",  # was accepted as host `user`, port 1234
+])
+def test_a_password_with_a_slash_or_hash_is_masked_and_the_url_refused(url: str) -> None:
+    from retainer.errors import redact
+
+    assert redact(url) == "https://***@crm.example/hook"
+    with pytest.raises(retainer.ArgumentError) as info:
+        WebhookHandler(url)
+    assert "s3" not in str(info.value) and "1234" not in str(info.value)
+    assert "an @ after the host" in str(info.value)
+
+
+@pytest.mark.parametrize("spec", [
+    "webhook:https://user:s3cret@crm.example:99999/hook",
+    "webhook:https://crm.example/hook?token=s3cret x",
+    "ftp://user:s3cret@crm.example/",
+    "webhook:https://user:s3/cret@crm.example/hook",
+])
+def test_a_bad_handler_spec_is_reported_without_its_credentials(spec: str) -> None:
+    """The raw spec came first in the message: `--handler 'webhook:https://user:s3cret@...': ...` on stderr,
+    which the documented cron line appends to a log file."""
+    from retainer.adapters import handler_from_spec
+
+    with pytest.raises(retainer.RetainerError) as info:
+        handler_from_spec(spec)
+    assert "s3" not in str(info.value) and "--handler '" in str(info.value)
+
+
+def test_secrets_a_server_echoes_and_control_characters_are_not_kept_in_the_error(
+    crm: Store, server: FakeServer, clock: FakeClock
+) -> None:
+    """A gateway that echoes the request's headers put `Authorization: Basic ...` (the URL's user:password)
+    into the ledger, and a body with ESC sequences reached the terminal through `actions list`."""
+    import base64
+
+    basic = base64.b64encode(b"user:s3cr/et").decode()
+    server.default = Reply(401, f"got Basic {basic}, s3cr/et, token=qu3rytok, Bearer hdr-s3cret \x1b]0;pwned\x07")
+    h = WebhookHandler(server.url.replace("//", "//user:s3cr%2Fet@") + "/hook?token=qu3rytok", timeout=2.0,
+                       headers={"X-Api-Key": "Bearer hdr-s3cret"})
+    try:
+        run(crm, h, clock, Retry(max_attempts=1))
+    finally:
+        h.close()
+    assert server.requests[0].headers["authorization"] == f"Basic {basic}"
+    error = only_entry(crm).last_error
+    assert error is not None and error.endswith(
+        "answered 401 Unauthorized: got Basic ***, ***, token=***, *** \\x1b]0;pwned\\x07 (not retried)")
+
+
+@pytest.mark.parametrize(("headers", "message"), [
+    ({"Authorization Bearer s3cret-token": "x"}, "header #1: its name is not a header name"),
+    ({"Authorization": "Bearer s3cret-token\x01"}, "header 'Authorization': its value has a character"),
+    ({"Authorization": "Bearer s3cret\u2019token"}, "header 'Authorization': its value has a character"),
+])
+def test_a_malformed_header_is_refused_at_once_without_its_value(headers: dict[str, str], message: str) -> None:
+    """A name holding the token was a retryable ConnectionError, stored for every action with the token in it."""
+    with pytest.raises(retainer.ArgumentError) as info:
+        WebhookHandler("https://crm.example/hook", headers=headers)
+    assert str(info.value).startswith(message) and "s3cret" not in str(info.value)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import functools
+import re
 import threading
 import time
 import zlib
@@ -11,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..actions import Action
-from ..errors import ArgumentError, redact
+from ..errors import ArgumentError, printable, redact
 from ..ledger import action_payload
 from .base import PermanentError
 
@@ -23,6 +25,9 @@ __all__ = ["WebhookHandler", "redact"]
 #: The most of an answer's body read (and, compressed, inflated): its start is kept as the error text.
 #: A 300 MB error page or a gzip bomb used to be read and inflated whole, even for a success.
 BODY_CAP = 64 * 1024
+
+#: A header name (RFC 9110 token).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 #: 4xx answers worth retrying (timeouts, rate limits); any other 4xx means the request itself is wrong.
 RETRYABLE_4XX = frozenset({408, 409, 425, 429})
@@ -36,6 +41,9 @@ def _url_problem(url: str) -> str | None:
         return "it contains a space (write %20)"
     try:
         parts = urlsplit(url)
+        if "@" in url.partition("://")[2] and "@" not in parts.netloc:  # `user:12/34@crm` went to host `user`,
+            # and the port error of `user:s3/cret@crm` named the password's start
+            return "an @ after the host: write a / ? # or @ in a user name or password as %2F %3F %23 %40"
         port = parts.port  # raises for a port out of range or not a number
     except ValueError as exc:
         return str(exc)
@@ -69,8 +77,15 @@ class WebhookHandler:
             raise ArgumentError(f"webhook URL {redact(url)!r}: {problem}")
         if not timeout > 0:
             raise ArgumentError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        for n, (name, value) in enumerate((headers or {}).items(), start=1):
+            if not _TOKEN.fullmatch(name):  # the whole line may be a token pasted without `Name:`: never shown
+                raise ArgumentError(f"header #{n}: its name is not a header name (letters, digits, - and _)")
+            if not all(" " <= c <= "~" for c in value):
+                raise ArgumentError(f"header {name!r}: its value has a character that is not printable ASCII "
+                                    "(a control character or a curly quote pasted with a token?)")  # fmt: skip
         self.url = url
         self.shown = redact(url)  # what messages and the ledger show: no passwords or query tokens
+        self._secrets = _secrets(url, headers or {})
         self.timeout = timeout
         # identity: a compressed answer is inflated by nobody but _text, and only up to BODY_CAP
         self.headers = {"User-Agent": f"retainer/{__version__}", "Accept-Encoding": "identity", **(headers or {})}
@@ -93,12 +108,13 @@ class WebhookHandler:
         except httpx.TimeoutException as exc:
             raise TimeoutError(f"POST {self.shown} timed out after {self.timeout:g}s") from exc
         except httpx.TransportError as exc:
-            raise ConnectionError(f"POST {self.shown} failed: {exc}") from exc
+            raise ConnectionError(f"POST {self.shown} failed: {self._scrub(str(exc))}") from exc
         finally:
             self._deadline.at = None
         if r.is_success:
             return
-        text = _text(body, r.headers.get("content-encoding", "")).strip().replace("\n", " ")[:200]
+        text = self._scrub(_text(body, r.headers.get("content-encoding", "")))
+        text = printable(text.strip().replace("\n", " ").replace("\r", " "))[:200]
         message = f"POST {self.shown} answered {r.status_code} {r.reason_phrase}" + (f": {text}" if text else "")
         if 300 <= r.status_code < 400:  # a POST is not re-sent to another address behind the operator's back
             where = r.headers.get("location", "elsewhere")
@@ -108,6 +124,13 @@ class WebhookHandler:
         if 400 <= r.status_code < 500 and r.status_code not in RETRYABLE_4XX:
             raise PermanentError(message)
         raise ConnectionError(message)
+
+    def _scrub(self, text: str) -> str:
+        """`text` (an answer's body, a transport error) without the secrets this handler sends: a gateway
+        that echoes the request's headers put `Authorization: Basic ...` into the ledger and the terminal."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     def close(self) -> None:
         self._client.close()
@@ -215,3 +238,20 @@ def _text(body: bytes, encoding: str) -> str:
         except zlib.error:
             return "(a compressed body)"
     return body.decode("utf-8", errors="replace")
+
+
+def _secrets(url: str, headers: Mapping[str, str]) -> list[str]:
+    """What a server could echo of the credentials sent: the URL's password and its Basic header, the
+    query's values, each header's value and its words (`Bearer <token>`), longest first; short ones
+    (`1`, `json`) would mask ordinary text."""
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
+    parts = urlsplit(url)
+    found: set[str] = {v for _, v in parse_qsl(parts.query)}
+    if parts.password is not None:
+        user, password = unquote(parts.username or ""), unquote(parts.password)
+        found |= {password, f"{user}:{password}", base64.b64encode(f"{user}:{password}".encode()).decode()}
+    for name, value in headers.items():
+        if name.lower() != "user-agent":
+            found |= {value, *value.split()}
+    return sorted((s for s in found if len(s) >= 6), key=len, reverse=True)
