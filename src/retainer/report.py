@@ -19,6 +19,7 @@ from typing import Any
 from . import charts
 from .actions import Action
 from .engine import Engine
+from .errors import printable
 from .ledger import unapplied_moves
 from .rules.features import norm_reason
 from .stores.base import AggSpec, Pred
@@ -82,7 +83,7 @@ _MD_MARKUP = re.compile(r"([\\`*_\[\]!~|])")
 def _md(text: str) -> str:
     """A table cell of Markdown: names come from the CRM, so a `|` must not split the row and markup must
     show as text (a digest is mailed or pasted into a wiki, which renders HTML in Markdown)."""
-    text = _MD_MARKUP.sub(r"\\\1", text)
+    text = _MD_MARKUP.sub(r"\\\1", printable(text))  # and no ESC sequence for whoever cats the file
     return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
             .replace("\r", " ").replace("\n", " "))  # fmt: skip
 
