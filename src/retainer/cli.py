@@ -379,10 +379,17 @@ def _handlers(specs: list[str] | None, headers: list[str] | None, timeout: float
         hdrs[name.strip()] = value.strip()
     if not specs:
         return None
+    import warnings
+
     try:
-        return handlers_from_specs(specs, headers=hdrs, timeout=timeout)
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            handlers = handlers_from_specs(specs, headers=hdrs, timeout=timeout)
     except RetainerError as exc:
         _fail(str(exc))
+    for w in said:  # credentials over plain http: said once, as the run's other warnings are
+        err.print(f"[yellow]warning:[/] {_e(w.message)}", highlight=False)
+    return handlers
 
 
 def _retry(max_attempts: int, retry_delay: float) -> Any:

@@ -370,3 +370,25 @@ def test_a_malformed_header_is_refused_at_once_without_its_value(headers: dict[s
     with pytest.raises(retainer.ArgumentError) as info:
         WebhookHandler("https://crm.example/hook", headers=headers)
     assert str(info.value).startswith(message) and "s3cret" not in str(info.value)
+
+
+@pytest.mark.parametrize(("url", "headers", "warned"), [
+    ("http://user:s3cret@crm.example/hook", {}, True),
+    ("http://crm.example/hook?token=s3cret", {}, True),
+    ("http://crm.example/hook", {"Authorization": "Bearer s3cret"}, True),
+    ("http://crm.example/hook?page=1", {}, False),  # nothing secret sent
+    ("https://user:s3cret@crm.example/hook", {"Authorization": "Bearer s3cret"}, False),
+    ("http://user:s3cret@127.0.0.1:8080/hook", {}, False),  # stays on this machine
+    ("http://user:s3cret@localhost/hook", {}, False),
+    ("http://user:s3cret@[::1]/hook", {}, False),
+])
+def test_credentials_over_plain_http_to_another_host_are_warned_about(
+    url: str, headers: dict[str, str], warned: bool
+) -> None:
+    import warnings
+
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        WebhookHandler(url, headers=headers).close()
+    messages = [str(w.message) for w in said]
+    assert len(messages) == warned and all("go over plain http://" in m and "s3cret" not in m for m in messages)

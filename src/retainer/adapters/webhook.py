@@ -7,6 +7,7 @@ import functools
 import re
 import threading
 import time
+import warnings
 import zlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -86,6 +87,9 @@ class WebhookHandler:
         self.url = url
         self.shown = redact(url)  # what messages and the ledger show: no passwords or query tokens
         self._secrets = _secrets(url, headers or {})
+        if url.startswith("http://") and _credentials(url, headers or {}) and not _loopback(url):
+            warnings.warn(f"webhook {self.shown}: credentials (a password in the URL, a token, --header) go over "
+                          "plain http://, readable on the way; use https://", UserWarning, stacklevel=2)  # fmt: skip
         self.timeout = timeout
         # identity: a compressed answer is inflated by nobody but _text, and only up to BODY_CAP
         self.headers = {"User-Agent": f"retainer/{__version__}", "Accept-Encoding": "identity", **(headers or {})}
@@ -255,3 +259,27 @@ def _secrets(url: str, headers: Mapping[str, str]) -> list[str]:
         if name.lower() != "user-agent":
             found |= {value, *value.split()}
     return sorted((s for s in found if len(s) >= 6), key=len, reverse=True)
+
+
+def _loopback(url: str) -> bool:
+    """Whether `url` points at this machine (`localhost`, 127.0.0.0/8, ::1): plain http stays local."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _credentials(url: str, headers: Mapping[str, str]) -> bool:
+    """Whether a request to `url` carries a secret: a user or password, a token-like query value, a header."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    parts = urlsplit(url)
+    keys = [k.lower() for k, _ in parse_qsl(parts.query)]
+    secret = ("token", "key", "secret", "sig", "auth", "pass")
+    return "@" in parts.netloc or bool(headers) or any(w in k for k in keys for w in secret)
