@@ -1210,3 +1210,20 @@ def test_a_rule_file_nested_too_deeply_is_a_rules_error(tmp_path: Path, name: st
     """5,000 `[` was a RecursionError traceback (exit 1) from validate, plan and the scenario runner."""
     err, p = load_error(tmp_path, text, name=name)
     assert_error(err, p, line, None, "nested more than 100 levels deep")
+
+
+def test_rule_definitions_are_indexed_once_per_file_not_once_per_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The id -> rule index was built again for every rule: 8,000 rules took 37 s to validate."""
+    from retainer.rules import loader
+
+    seen: set[int] = set()
+    real = loader.CompileContext
+
+    def spy(*args: Any) -> Any:
+        seen.add(id(args[5]))
+        return real(*args)
+
+    monkeypatch.setattr(loader, "CompileContext", spy)
+    retainer.load_rules({"version": 1, "rules": [
+        {"id": f"f{n}", "kind": "forgotten", "after": f"{30 + n}d"} for n in range(50)]})
+    assert len(seen) == 1

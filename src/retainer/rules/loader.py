@@ -389,10 +389,11 @@ def compile_rules(data: Any, lines: _Lines, source: str) -> RuleSet:
     order = sorted(range(len(rf.rules)), key=lambda i: (rf.rules[i].kind in DEPENDENT_KINDS, rf.rules[i].id))
     needed: set[str] = set()
     parts_of: dict[str, list[CompiledRule]] = {}
+    definitions = {d.id: d for d in rf.rules}  # once: built per rule, 8,000 rules took 37 s to validate
     for i in order:
         r = rf.rules[i]
         path: Path = ("rules", i)
-        ctx = CompileContext(registry, tz, path, compiled, kinds, {d.id: d for d in rf.rules})
+        ctx = CompileContext(registry, tz, path, compiled, kinds, definitions)
         out: list[CompiledRule] = []
         try:
             made = PRESETS[r.kind](r, ctx)
