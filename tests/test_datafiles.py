@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 from datetime import UTC
@@ -395,3 +396,105 @@ def test_a_date_outside_the_years_1900_to_2999_names_its_row_and_field(tmp_path:
     store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}])
     with pytest.raises(retainer.DataError, match=r"touches\[0\] id=t1 field at: .*between the years 1900 and 2999"):
         store.add(touches=[{"id": "t1", "client_id": "c1", "at": when}])
+
+
+# ---------------------------------------------------------------- hostile files: special files, huge values
+
+
+def _folder(tmp_path: Path) -> Path:
+    d = tmp_path / "crm"
+    shutil.copytree(CRM, d)
+    return d
+
+
+@pytest.mark.parametrize(("make", "what"), [
+    (lambda p: p.mkdir(), "a folder"),  # was an IsADirectoryError traceback
+    (lambda p: os.mkfifo(p), "a pipe"),  # `plan` waited for a writer for ever
+    (lambda p: p.symlink_to(os.devnull), "a device"),  # `/dev/zero` was one endless line, until memory ran out
+])
+def test_a_data_file_that_is_not_a_regular_file_is_refused(tmp_path: Path, make: Any, what: str) -> None:
+    import threading
+
+    d = _folder(tmp_path)
+    make(d / "deals.csv")
+    # for the pipe, a writer that hangs up after 3 s: a reader would otherwise wait for one for ever
+    fd = os.open(d / "deals.csv", os.O_RDWR) if what == "a pipe" else None
+    lock, open_ = threading.Lock(), [fd is not None]
+
+    def hang_up() -> None:
+        with lock:
+            if open_[0] and fd is not None:
+                os.close(fd)
+                open_[0] = False
+
+    timer = threading.Timer(3, hang_up)
+    timer.start()
+    try:
+        with pytest.raises(retainer.DataError) as info:
+            open_source(str(d), UTC)
+    finally:
+        timer.cancel()
+        hang_up()
+    assert str(info.value) == f"{d / 'deals.csv'}: not a regular file ({what}): a data file must be a file"
+
+
+def test_a_link_to_a_regular_data_file_is_read(tmp_path: Path) -> None:
+    """An export kept elsewhere and linked into the folder is still a data file."""
+    d = _folder(tmp_path)
+    (tmp_path / "touches.csv").write_bytes((d / "touches.csv").read_bytes())
+    (d / "touches.csv").unlink()
+    (d / "touches.csv").symlink_to(tmp_path / "touches.csv")
+    assert len(list(open_source(str(d), UTC).iter("touches"))) == len(list(open_source(str(CRM), UTC).iter("touches")))
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('{"id": "c9", "manager_id": "m1", "n": ' + "9" * 5000 + "}", "not valid JSON: a number with more than 4,300"),
+    ('{"id": "c9", "manager_id": "m1", "attributes": ' + "[" * 100_000 + "]" * 100_000 + "}",
+     "not valid JSON: nested too deeply"),
+    ('{"id": "c9", "manager_id": "m1", "attributes": {"a": ' + "[" * 40 + "]" * 40 + "}}",
+     "field attributes: attributes nest more than 32 levels deep"),
+    ('{"id": "c9", "manager_id": "m1", "cost_to_serve": "1e999999999"}',
+     "field cost_to_serve: amount '1e999999999' is too large"),
+    ('{"id": "c9", "manager_id": "m1", "cost_to_serve": 1e999999999}', "invalid amount 'inf'"),
+])
+def test_a_hostile_jsonl_value_is_a_data_error_naming_its_line(tmp_path: Path, line: str, message: str) -> None:
+    """Each of these was a traceback (RecursionError, AttributeError, decimal.Overflow) and exit 1."""
+    _to_jsonl(CRM, tmp_path / "j")
+    p = tmp_path / "j" / "clients.jsonl"
+    p.write_text(p.read_text() + line + "\n")
+    with pytest.raises(retainer.DataError) as info:
+        open_source(str(tmp_path / "j"), UTC)
+    n = len(p.read_text().splitlines())
+    assert str(info.value).startswith(f"{p}:{n}") and message in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize(("cell", "message"), [
+    ("1e999999999", "field cost_to_serve: amount '1e999999999' is too large"),
+    ("-1E+99999999999", "field cost_to_serve: amount '-1E+99999999999' is too large"),
+])
+def test_a_money_cell_with_a_huge_exponent_is_a_data_error(tmp_path: Path, cell: str, message: str) -> None:
+    d = _folder(tmp_path)
+    (d / "clients.csv").write_text(f"id,manager_id,cost_to_serve\nc9,m1,{cell}\n")
+    with pytest.raises(retainer.DataError, match=re.escape(message)):
+        open_source(str(d), UTC)
+
+
+def test_attributes_nested_deeply_in_a_csv_cell_are_a_data_error(tmp_path: Path) -> None:
+    d = _folder(tmp_path)
+    p = d / "clients.csv"
+    lines = p.read_text().splitlines()
+    lines[0] += ",attributes"
+    lines[1] += ',"{""a"": ' + "[" * 50_000 + "]" * 50_000 + '}"'
+    lines[2:] = [line + "," for line in lines[2:]]
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(retainer.DataError, match=r"clients.csv:2 id=c1 field attributes: attributes nest more than 32"):
+        open_source(str(d), UTC)
+
+
+def test_a_jsonl_line_over_the_limit_is_refused_on_its_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("retainer.datafiles.MAX_JSONL_LINE", 1000)
+    _to_jsonl(CRM, tmp_path / "j")
+    p = tmp_path / "j" / "clients.jsonl"
+    p.write_text(p.read_text() + '{"id": "c9", "manager_id": "m1", "name": "' + "x" * 2000 + '"}\n')
+    with pytest.raises(retainer.DataError, match=r"clients.jsonl:\d+: the line is longer than 1,000 characters"):
+        open_source(str(tmp_path / "j"), UTC)

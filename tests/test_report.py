@@ -171,6 +171,23 @@ def test_markdown_cells_show_crm_names_as_text() -> None:
     assert "`retainer actions list --data DB --status dead`" in digest(engine, "2026-03-02").to_markdown()
 
 
+def test_markdown_links_and_images_in_crm_names_show_as_text() -> None:
+    """A name `[Re-login required](https://evil.example/login) ![i](http://evil.example/p.png)` came out as is,
+    and the rendered digest showed a phishing link and loaded a tracking image."""
+    markdown = pytest.importorskip("markdown")
+    store = crm()
+    evil = "[Re-login required](https://evil.example/login) ![i](http://evil.example/p.png) *x* `y`"
+    store.upsert(clients=[{"id": "c3", "manager_id": "m2", "name": evil}], managers=[{"id": "m2", "name": evil}])
+    md = digest(retainer.Engine(FR, store), "2026-03-02").to_markdown()
+    assert "\\[Re-login required\\](https://evil.example/login) \\!\\[i\\](http://evil.example/p.png)" in md
+    html = markdown.markdown(md, extensions=["tables"])
+    assert "<a " not in html and "<img" not in html and "<em>" not in html and "<code>y</code>" not in html
+    assert "[Re-login required](https://evil.example/login)" in html
+    store.upsert(clients=[{"id": "c3", "manager_id": "m2", "name": "Vega\x1b[2J\x1b]0;pwned\x07"}])
+    md = digest(retainer.Engine(FR, store), "2026-03-02").to_markdown()  # printed by `retainer report`
+    assert "\x1b" not in md and "\x07" not in md and "Vega\\\\x1b\\[2J" in md
+
+
 def test_releases_due_tonight_come_first_with_their_date() -> None:
     store = crm()
     store.add(clients=[{"id": "c10", "manager_id": "m1"}],

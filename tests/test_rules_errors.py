@@ -1229,3 +1229,70 @@ def test_a_placeholder_typo_in_a_ladder_step_names_its_own_line(tmp_path: Path, 
                  f"      - {{after: 10d, notify_client: {{channel: sms, template: reminder}}}}\n      {step}\n")
     with pytest.raises(RulesError, match=rf"r.yaml:{line} \(rule debtor\): unknown placeholder \{{invoice.outstandng"):
         retainer.load_rules(f)
+# ---------------------------------------------------------------- hostile files: aliases, nesting
+
+
+def _alias_bomb(levels: int) -> str:
+    """Ten aliases of the level below per level: 377 bytes at 6 levels took 4 s and 400 MB to refuse."""
+    lines = ['a0: &a0 ["x","x","x","x","x","x","x","x","x","x"]']
+    lines += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    rule = f"{{id: r, kind: forgotten, after: 60d, description: *a{levels - 1}}}"
+    return "\n".join(lines) + f"\nversion: 1\nrules:\n  - {rule}\n"
+
+
+def test_aliases_that_expand_past_the_budget_are_refused_before_they_are_built(tmp_path: Path) -> None:
+    import time
+
+    started = time.monotonic()
+    err, p = load_error(tmp_path, _alias_bomb(5))  # 100,000 values: 0.5 s unchecked
+    assert time.monotonic() - started < 2.0
+    assert_error(err, p, 4, None, "anchors and aliases (*name) expand to more than 10,000 values")
+
+
+def test_a_scenario_file_is_read_with_the_same_alias_budget(tmp_path: Path) -> None:
+    from retainer.testing import ScenarioError, load_scenario
+
+    p = tmp_path / "bomb.scenario.yaml"
+    p.write_text(_alias_bomb(5), encoding="utf-8")
+    with pytest.raises(ScenarioError, match=r"bomb.scenario.yaml:4: anchors and aliases"):
+        load_scenario(p)
+
+
+def test_a_few_aliases_still_load(tmp_path: Path) -> None:
+    p = tmp_path / "rules.yaml"
+    p.write_text(textwrap.dedent("""
+        version: 1
+        rules:
+          - {id: f, kind: forgotten, after: 60d, then: &then [{create_task: {title: "call {client.name}"}}]}
+          - {id: g, kind: forgotten, after: 90d, then: *then}
+        """), encoding="utf-8")
+    assert [r.id for r in retainer.load_rules(p).rules] == ["f", "g"]
+
+
+@pytest.mark.parametrize(("name", "text", "line"), [
+    ("rules.yaml", "version: 1\nrules: " + "[" * 5000 + "]" * 5000 + "\n", 2),
+    ("rules.json", '{"version": 1,\n "rules": ' + "[" * 100_000 + "]" * 100_000 + "}", 2),
+    ("rules.json", '{"version": 1,\n "rules": ' + "[" * 150 + "]" * 150 + "}", 2),
+    ("rules.yaml", "a: &a " + "[" * 60 + "]" * 60 + "\nversion: 1\nrules: " + "[" * 50 + "*a" + "]" * 50, 3),
+])
+def test_a_rule_file_nested_too_deeply_is_a_rules_error(tmp_path: Path, name: str, text: str, line: int) -> None:
+    """5,000 `[` was a RecursionError traceback (exit 1) from validate, plan and the scenario runner."""
+    err, p = load_error(tmp_path, text, name=name)
+    assert_error(err, p, line, None, "nested more than 100 levels deep")
+
+
+def test_rule_definitions_are_indexed_once_per_file_not_once_per_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The id -> rule index was built again for every rule: 8,000 rules took 37 s to validate."""
+    from retainer.rules import loader
+
+    seen: set[int] = set()
+    real = loader.CompileContext
+
+    def spy(*args: Any) -> Any:
+        seen.add(id(args[5]))
+        return real(*args)
+
+    monkeypatch.setattr(loader, "CompileContext", spy)
+    retainer.load_rules({"version": 1, "rules": [
+        {"id": f"f{n}", "kind": "forgotten", "after": f"{30 + n}d"} for n in range(50)]})
+    assert len(seen) == 1

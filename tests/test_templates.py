@@ -114,3 +114,18 @@ steps:
 def test_money_in_texts_is_rounded_to_the_cent_half_up() -> None:
     assert [_show(Decimal(x)) for x in ("1000.125", "1000.135", "1000.124", "1000", "99.5")] == [
         "1000.13", "1000.14", "1000.12", "1000", "99.50"]  # half to even gave 1000.12 for 1000.125
+
+
+def test_a_text_with_thousands_of_placeholders_plans() -> None:
+    """`validate` passed a title of 1,500 placeholders, and every plan then died with a RecursionError in
+    compile(): the template was one `a + b + ...` expression nested that deep."""
+    import retainer
+
+    title = "{client.name} {{x}} {days_since_activity} " * 1000
+    rules = retainer.load_rules({"version": 1, "rules": [
+        {"id": "f", "kind": "forgotten", "after": "30d", "then": [{"create_task": {"title": title}}]}]})
+    store = retainer.open_store("memory://")
+    store.add(managers=[{"id": "m1"}],
+              clients=[{"id": "c1", "manager_id": "m1", "name": "A", "created_at": "2025-01-01"}])
+    [action] = retainer.Engine(rules, store).plan("2026-03-01").actions
+    assert action.title == "A {x} 424 " * 1000  # type: ignore[attr-defined]

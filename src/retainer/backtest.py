@@ -16,7 +16,7 @@ import io
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from html import escape
@@ -478,19 +478,27 @@ def _sweep(
 # ---------------------------------------------------------------- output
 
 
+def _csv_rows(results: list[Backtest]) -> Iterator[dict[str, Any]]:
+    """Rows with text that a spreadsheet would run as a formula (`=HYPERLINK(...)` as a manager id from the
+    CRM, evaluated when an analyst opens the file) quoted with a leading `'`, as OWASP advises."""
+    for b in results:
+        for r in b.csv_rows():
+            yield {k: "'" + v if isinstance(v, str) and v.startswith(("=", "+", "-", "@", "\t", "\r")) else v
+                   for k, v in r.items()}  # fmt: skip
+
+
 def write_csv(results: list[Backtest], path: Path) -> None:
-    rows = [r for b in results for r in b.csv_rows()]
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=["rules", "date", "rule", "type", "manager", "role", "count"])
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(_csv_rows(results))
 
 
 def csv_text(results: list[Backtest]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=["rules", "date", "rule", "type", "manager", "role", "count"])
     w.writeheader()
-    w.writerows(r for b in results for r in b.csv_rows())
+    w.writerows(_csv_rows(results))
     return buf.getvalue()
 
 

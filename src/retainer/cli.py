@@ -23,7 +23,7 @@ from typer.core import TyperGroup
 
 from . import __version__
 from .engine import Engine
-from .errors import DataError, RetainerError, RulesError, StoreError, redact
+from .errors import DataError, RetainerError, RulesError, StoreError, printable, redact
 from .plan import Plan
 from .rules.loader import RuleSet, load_rules
 from .rules.schema import json_schema
@@ -89,7 +89,7 @@ def _plain_table() -> type[Table]:
 
     class Plain(Table):
         def add_row(self, *cells: Any, **options: Any) -> None:
-            super().add_row(*(Text(c) if isinstance(c, str) else c for c in cells), **options)
+            super().add_row(*(Text(printable(c)) if isinstance(c, str) else c for c in cells), **options)
 
     return Plain
 
@@ -100,14 +100,15 @@ def _table(*args: Any, **kwargs: Any) -> Table:
 
 def _e(text: object) -> str:
     """Text for a rich message: brackets in it (`priority: [retention, development]`) are shown, not
-    read as markup."""
+    read as markup, and control characters (ESC sequences in a CRM id or a server's answer) as escapes."""
     from rich.markup import escape
 
-    return escape(str(text))
+    return escape(printable(str(text)))
 
 
-out: Console = _Lazy(soft_wrap=True)  # type: ignore[assignment]
-err: Console = _Lazy(stderr=True, soft_wrap=True)  # type: ignore[assignment]
+# emoji=False: rich turned `:x:` in data into an emoji (`root:x:0` printed as `root❌0`)
+out: Console = _Lazy(soft_wrap=True, emoji=False)  # type: ignore[assignment]
+err: Console = _Lazy(stderr=True, soft_wrap=True, emoji=False)  # type: ignore[assignment]
 
 
 def _interrupted() -> NoReturn:
@@ -343,7 +344,7 @@ def explain(
     if fmt == "json":
         print(json.dumps(ex.to_dict(), indent=2, sort_keys=True, ensure_ascii=False, default=str))
     elif fmt == "text":
-        print(ex)
+        print(printable(str(ex)))
     else:
         _fail(f"--format must be text or json, not {fmt!r}")
 
@@ -385,10 +386,17 @@ def _handlers(specs: list[str] | None, headers: list[str] | None, timeout: float
         hdrs[name.strip()] = value.strip()
     if not specs:
         return None
+    import warnings
+
     try:
-        return handlers_from_specs(specs, headers=hdrs, timeout=timeout)
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            handlers = handlers_from_specs(specs, headers=hdrs, timeout=timeout)
     except RetainerError as exc:
         _fail(str(exc))
+    for w in said:  # credentials over plain http: said once, as the run's other warnings are
+        err.print(f"[yellow]warning:[/] {_e(w.message)}", highlight=False)
+    return handlers
 
 
 def _retry(max_attempts: int, retry_delay: float) -> Any:
@@ -428,7 +436,7 @@ def _print_dispatch(d: Any, console: Console, data: str) -> None:
         console.print(f"cancelled {n:,} action(s) committed earlier and not sent: {since}", highlight=False)
     for handler, why in sorted(d.stopped.items()):
         console.print(
-            f"[red]gave up on[/] {handler}: {why}; {d.left + len(d.failed):,} action(s) wait for the next run",
+            f"[red]gave up on[/] {_e(handler)}: {_e(why)}; {d.left + len(d.failed):,} action(s) wait for the next run",
             highlight=False,
         )
     for i, (aid, error) in enumerate(sorted(d.dead.items())):
@@ -436,7 +444,7 @@ def _print_dispatch(d: Any, console: Console, data: str) -> None:
             console.print(f"... and {len(d.dead) - 10} more: retainer actions list --data {data} --status dead",
                           highlight=False)  # fmt: skip
             break
-        console.print(f"[red]dead[/] {aid}: {error}", highlight=False)
+        console.print(f"[red]dead[/] {aid}: {_e(error)}", highlight=False)  # a server's answer: data, not markup
 
 
 @app.command()
@@ -811,7 +819,7 @@ def test_(
         except ScenarioFailure as exc:
             failed += 1
             out.print(f"[red]✗[/] {_e(f)}", highlight=False)
-            out.print(str(exc), highlight=False, markup=False)
+            out.print(printable(str(exc)), highlight=False, markup=False)
         except (ScenarioError, RetainerError) as exc:
             broken += 1
             err.print(f"[bold red]error:[/] {_e(exc)}", highlight=False)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import os
+import stat
 from collections.abc import Iterator
 from datetime import tzinfo
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .errors import DataError, RepeatedKeyError, did_you_mean, not_utf8, unique_keys
 from .model import ENTITIES
@@ -31,10 +33,11 @@ def data_files(folder: Path) -> dict[str, Path]:
         raise DataError(f"data folder not found: {folder}")
     found: dict[str, Path] = {}
     for entity in ENTITIES:
-        paths = [p for p in (folder / f"{entity}.csv", folder / f"{entity}.jsonl") if p.exists()]
+        paths = [p for p in (folder / f"{entity}.csv", folder / f"{entity}.jsonl") if p.exists() or p.is_symlink()]
         if len(paths) > 1:
             raise DataError(f"both {paths[0].name} and {paths[1].name} exist; keep one", file=str(folder))
         if paths:
+            _regular(paths[0])
             found[entity] = paths[0]
     expected = f"expected {', '.join(e + '.csv' for e in ENTITIES)} (or .jsonl)"
     # a file that is not read would silently drop every row in it (every client looks forgotten): refuse a
@@ -58,6 +61,38 @@ def data_files(folder: Path) -> dict[str, Path]:
     return found
 
 
+def _regular(path: Path) -> None:
+    """Refuse a data file that is not a regular file (itself or where its link points): a FIFO named
+    deals.csv hung `plan` for ever, a link to /dev/zero read one endless line, and a folder named
+    deals.csv was an IsADirectoryError traceback."""
+    try:
+        st = path.stat()
+    except OSError as exc:  # a dangling link
+        raise DataError(f"cannot read it: {exc.strerror or exc}", file=str(path)) from None
+    if not stat.S_ISREG(st.st_mode):
+        what = "a folder" if stat.S_ISDIR(st.st_mode) else "a pipe" if stat.S_ISFIFO(st.st_mode) else "a device"
+        raise DataError(f"not a regular file ({what}): a data file must be a file", file=str(path))
+
+
+def _open_regular(path: Path, **options: Any) -> IO[str]:
+    """`path` opened for reading, once it is known to be a regular file: opened without blocking (a pipe
+    swapped in after the check is not waited on), checked again on the open file, then read as text."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DataError("not a regular file: a data file must be a file", file=str(path))
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return open(fd, encoding="utf-8-sig", **options)  # the caller closes it
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+#: The longest JSONL line read (a CSV cell is capped at 128 KB; bigger rows go to .jsonl).
+MAX_JSONL_LINE = 16 * 1024 * 1024
+
+
 def _not_utf8(path: Path) -> DataError:
     line, message = not_utf8(path)
     return DataError(message, file=str(path), row=line)
@@ -75,7 +110,7 @@ def _csv_rows(path: Path, entity: str) -> tuple[list[str], Iterator[tuple[int, l
     """The header and the (line, cells) of each non-blank row; cells stay text ("" is empty) for
     the compiled converters of `validate_rows`."""
     fields = set(ENTITIES[entity].model_fields)
-    f = path.open(newline="", encoding="utf-8-sig")
+    f = _open_regular(path, newline="")
     reader = csv.reader(f)
 
     def path_line(n: int) -> str:
@@ -153,8 +188,12 @@ def _csv_rows(path: Path, entity: str) -> tuple[list[str], Iterator[tuple[int, l
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8-sig") as f:  # a byte-order mark, as Windows tools write it, as in CSV
-        for n, line in enumerate(f, start=1):
+    with _open_regular(path) as f:  # a byte-order mark, as Windows tools write it, as in CSV
+        n = 0
+        while line := f.readline(MAX_JSONL_LINE + 1):
+            n += 1
+            if len(line) > MAX_JSONL_LINE:
+                raise DataError(f"the line is longer than {MAX_JSONL_LINE:,} characters", file=str(path), row=n)
             if not line.strip():
                 continue
             try:
@@ -162,8 +201,11 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             except RepeatedKeyError as exc:
                 raise DataError(f"{exc}: json would keep the last value silently", file=str(path), row=n,
                                 field=exc.key) from None  # fmt: skip
-            except ValueError as exc:
-                raise DataError(f"not valid JSON: {exc.msg}", file=str(path), row=n) from None
+            except RecursionError:
+                raise DataError("not valid JSON: nested too deeply", file=str(path), row=n) from None
+            except ValueError as exc:  # an integer of over 4,300 digits is a ValueError without `msg`
+                why = getattr(exc, "msg", None) or "a number with more than 4,300 digits"
+                raise DataError(f"not valid JSON: {why}", file=str(path), row=n) from None
             if not isinstance(obj, dict):
                 raise DataError("each line must be a JSON object", file=str(path), row=n)
             yield n, obj

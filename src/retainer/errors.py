@@ -86,14 +86,34 @@ def did_you_mean(word: str, choices: Iterable[str], *, n: int = 1, quote: bool =
 
 def redact(url: str) -> str:
     """`https://user:secret@crm/hook?token=x` -> `https://***@crm/hook?***`: webhook and store URLs end up in
-    messages, and those in cron mail and CI logs. A URL with nothing to hide is shown as written."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc and not parts.query and not parts.fragment:
+    messages, and those in cron mail and CI logs. A URL with nothing to hide is shown as written.
+
+    Everything between `//` and the last `@` is taken for the user and password, even where a URL parser
+    would end the host earlier: a password with `/`, `?` or `#` (base64 tokens have `/`) was shown whole.
+    That hides the host of a URL with an `@` in its path, which is the safe mistake."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        url = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # `[` in the host: nothing after the scheme is shown
+        return f"{scheme}://***" if sep else "***"
+    if not parts.query and not parts.fragment:
         return url
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rsplit("@", 1)[1]
-    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "***" if parts.query else "", ""))
+
+
+#: C0 and C1 control characters (but tab and newline), and the bidirectional overrides: shown as `\\x1b` or
+#: `\\u202e`. A CRM id or a server's answer with ESC sequences cleared the operator's screen, set the window
+#: title or planted a link when printed; an override makes text read in another order than it is.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0))} | {
+    c: f"\\u{c:04x}" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))
+}
+
+
+def printable(text: str) -> str:
+    """`text` with control characters shown as escapes, for a terminal or a stored error message."""
+    return text.translate(_CONTROLS)
 
 
 def not_utf8(path: Path) -> tuple[int | None, str]:

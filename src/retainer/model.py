@@ -94,6 +94,23 @@ def _instant(value: Any, info: ValidationInfo) -> Any:
 MAX_AMOUNT = Decimal(2**63 - 1) / 10_000
 
 
+#: How deep a client's attributes may nest: the stores encode them as JSON (orjson stops at 255 levels),
+#: and no rule reads further than a few levels.
+MAX_ATTRIBUTE_DEPTH = 32
+
+
+def _nests_deeper(value: Any, limit: int) -> bool:
+    """Whether dicts and lists in `value` nest more than `limit` levels (without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict | list):
+            if d > limit:
+                return True
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return False
+
+
 def _money(value: Any) -> Any:
     if value is None or value == "":
         return None
@@ -105,7 +122,7 @@ def _money(value: Any) -> Any:
         raise ValueError(f"invalid amount {value!r}") from exc
     if not d.is_finite():
         raise ValueError(f"invalid amount {value!r}")
-    if abs(d) > MAX_AMOUNT:
+    if d.copy_abs() > MAX_AMOUNT:  # not abs(): under the context, 1e999999999 raised decimal.Overflow
         raise ValueError(f"amount {value!r} is too large (at most {MAX_AMOUNT})")
     if d != d.quantize(Decimal("0.0001")):
         raise ValueError(f"amount {value!r} has more than 4 decimal places")
@@ -188,11 +205,15 @@ class Client(Entity):
     def _parse_attributes(cls, v: Any) -> Any:
         if isinstance(v, str):
             try:
-                return json.loads(v, object_pairs_hook=unique_keys)
+                v = json.loads(v, object_pairs_hook=unique_keys)
             except RepeatedKeyError as exc:
                 raise ValueError(f"attributes: {exc}") from None
+            except RecursionError:  # 50,000 `[` in a cell was a traceback
+                raise ValueError(f"attributes nest more than {MAX_ATTRIBUTE_DEPTH} levels deep") from None
             except ValueError as exc:
                 raise ValueError("attributes must be a JSON object") from exc
+        if isinstance(v, dict) and _nests_deeper(v, MAX_ATTRIBUTE_DEPTH):
+            raise ValueError(f"attributes nest more than {MAX_ATTRIBUTE_DEPTH} levels deep")
         return v
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from . import charts
 from .actions import Action
 from .engine import Engine
+from .errors import printable
 from .ledger import unapplied_moves
 from .rules.features import norm_reason
 from .stores.base import AggSpec, Pred
@@ -43,11 +44,11 @@ class Digest:
     sections: list[Section]
 
     def to_markdown(self) -> str:
-        out = [f"# Supervisor's digest as of {self.as_of.date().isoformat()}", "", f"Rules: {self.rules}", ""]
+        out = [f"# Supervisor's digest as of {self.as_of.date().isoformat()}", "", f"Rules: {_md(self.rules)}", ""]
         for s in self.sections:
             out += [f"## {s.title}", ""]
             if s.note:
-                out += [s.note, ""]
+                out += [_md_note(s.note), ""]
             if s.rows:
                 out.append("| " + " | ".join(s.headers) + " |")
                 out.append("|" + "|".join("---:" if _numeric(s, i) else "---" for i in range(len(s.headers))) + "|")
@@ -74,11 +75,22 @@ def _numeric(s: Section, i: int) -> bool:
     return bool(s.rows) and isinstance(s.rows[0][i], int | float | Decimal)
 
 
+#: Markdown's inline markup, backslash-escaped in CRM text: a client named `[Re-login](https://evil/login)`
+#: or `![i](http://evil/p.png)` became a phishing link and a tracking image in the supervisor's digest.
+_MD_MARKUP = re.compile(r"([\\`*_\[\]!~|])")
+
+
 def _md(text: str) -> str:
     """A table cell of Markdown: names come from the CRM, so a `|` must not split the row and markup must
     show as text (a digest is mailed or pasted into a wiki, which renders HTML in Markdown)."""
-    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+    text = _MD_MARKUP.sub(r"\\\1", printable(text))  # and no ESC sequence for whoever cats the file
+    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
             .replace("\r", " ").replace("\n", " "))  # fmt: skip
+
+
+def _md_note(note: str) -> str:
+    """A section's note, which may name managers: CRM text escaped as in cells, its own `code` kept."""
+    return "".join(part if part.startswith("`") else _md(part) for part in re.split(r"(`[^`]+`)", note))
 
 
 def _cell(c: Any) -> str:

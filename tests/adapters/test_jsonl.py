@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -522,13 +523,74 @@ def test_a_write_that_fails_half_way_leaves_nothing_and_the_retry_writes_the_lin
     assert [json.loads(x)["id"] for x in got[1:]] == [a.id]
 
 
-def test_a_device_is_written_to_not_read(crm: Store) -> None:
-    """`jsonl:/dev/full` (how one tries a full disk) was read to the end first: for ever, until the kernel
-    killed the process. A write to it fails, and is retried as any failed delivery is."""
+def test_a_device_or_a_pipe_is_refused_not_read_or_written(tmp_path: Path) -> None:
+    """`jsonl:/dev/full` was read to the end first: for ever, until the kernel killed the process."""
     if not Path("/dev/full").exists():
         pytest.skip("no /dev/full on this system")
+    with pytest.raises(ArgumentError, match="is not a regular file"):
+        JsonlHandler("/dev/full")
+    os.mkfifo(tmp_path / "actions.jsonl")
+    with pytest.raises(ArgumentError, match="is not a regular file"):
+        JsonlHandler(tmp_path / "actions.jsonl")
+
+
+def test_a_symbolic_link_is_refused_and_its_target_left_alone(crm: Store, tmp_path: Path) -> None:
+    """A link planted in a spool folder (or a wrong path) made the run cut the last line of its target, a
+    config file, because it was not JSON, and append the actions to it."""
     (a, *_) = actions(crm)
-    h = JsonlHandler("/dev/full")
-    with pytest.raises(OSError):
+    victim = tmp_path / "victim.conf"
+    victim.write_text("keep=1\nimportant_setting=42", encoding="utf-8")
+    link = tmp_path / "actions.jsonl"
+    link.symlink_to(victim)
+    with pytest.raises(ArgumentError, match="is a symbolic link"):
+        JsonlHandler(link)
+    link.unlink()
+    h = JsonlHandler(link)  # a link made after the handler was built: refused when the file is opened
+    link.symlink_to(victim)
+    with pytest.raises(OSError, match=r"not a regular file|symbolic link"):
         h.handle(a)
     h.close()
+    assert victim.read_text(encoding="utf-8") == "keep=1\nimportant_setting=42"
+
+
+def test_a_last_line_that_is_not_ours_is_never_cut(crm: Store, tmp_path: Path) -> None:
+    """Only a torn start of an action line is dropped; any other unfinished text is kept and ended."""
+    a, b, _c = actions(crm)
+    path = tmp_path / "actions.jsonl"
+    path.write_text(action_payload(a) + "\nimportant_setting=42", encoding="utf-8")
+    h = JsonlHandler(path)
+    h.handle(a)
+    h.handle(b)
+    h.close()
+    assert lines(path) == [action_payload(a), "important_setting=42", action_payload(b)]
+
+
+@pytest.mark.parametrize("cut", [1, 2, 5, 12, 60])
+def test_a_torn_start_of_any_action_line_is_recognised_as_ours(crm: Store, tmp_path: Path, cut: int) -> None:
+    path = tmp_path / "actions.jsonl"
+    for a in actions(crm):
+        path.write_text(action_payload(a)[:cut], encoding="utf-8")
+        h = JsonlHandler(path)
+        h.handle(a)
+        h.close()
+        assert lines(path) == [action_payload(a)]
+
+
+def test_a_big_spool_file_is_scanned_a_line_at_a_time(crm: Store, tmp_path: Path) -> None:
+    """The whole file was read, split and parsed at once: 98 MB unconsumed took 309 MB before the first write."""
+    import tracemalloc
+
+    (a, *_) = actions(crm)
+    path = tmp_path / "actions.jsonl"
+    path.write_text(('{"note": "the host\'s own line, kept"}\n' * 500_000) + action_payload(a) + "\n", encoding="utf-8")
+    size = path.stat().st_size
+    h = JsonlHandler(path)
+    tracemalloc.start()
+    try:
+        h.handle(a)  # found in the file: not written again
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        h.close()
+    assert peak < 4 * 2**20
+    assert path.stat().st_size == size

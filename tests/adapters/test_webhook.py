@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -161,6 +161,67 @@ def test_a_slow_server_times_out(crm: Store, server: FakeServer, clock: FakeCloc
     assert "timed out after 0.2s" in entry.last_error
 
 
+def test_the_timeout_bounds_the_whole_attempt_not_each_read(crm: Store, server: FakeServer, clock: FakeClock) -> None:
+    """A server that sent a byte every 0.3 s held a `timeout=1` delivery (and the run's lock) for as long as it
+    liked, and the delivery "succeeded", so the give-up guard never fired either."""
+    server.default = Reply(200, "x" * 30, drip=0.3)
+    h = WebhookHandler(server.url, timeout=1.0)
+    started = time.monotonic()
+    try:
+        run(crm, h, clock, Retry(max_attempts=1))
+    finally:
+        h.close()
+    assert time.monotonic() - started < 2.5
+    entry = only_entry(crm)
+    assert (entry.status, entry.attempts) == ("dead", 1)
+    assert entry.last_error is not None and entry.last_error.startswith("TimeoutError: ")
+
+
+def _peak_mib(fn: Callable[[], object]) -> float:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("status", [200, 500])
+def test_a_compressed_answer_is_never_inflated_past_the_cap(
+    crm: Store, server: FakeServer, clock: FakeClock, status: int
+) -> None:
+    """A 20 KB gzip body that inflates to 20 MB was inflated whole, even for a success nobody reads."""
+    import gzip
+
+    bomb = gzip.compress(b"no " + b"0" * (20 * 2**20), compresslevel=9)
+    server.default = Reply(status, bomb, headers=(("Content-Encoding", "gzip"),))
+    h = WebhookHandler(server.url, timeout=5.0)
+    try:
+        assert _peak_mib(lambda: run(crm, h, clock, Retry(max_attempts=1))) < 8
+    finally:
+        h.close()
+    assert server.requests[0].headers["accept-encoding"] == "identity"
+    entry = only_entry(crm)
+    if status == 200:
+        assert entry.status == "done"
+    else:
+        assert entry.last_error is not None and entry.last_error.endswith("500 Internal Server Error: no " + "0" * 197)
+
+
+def test_a_huge_error_page_is_read_only_as_far_as_the_cap(crm: Store, server: FakeServer, clock: FakeClock) -> None:
+    """A 500 with a 30 MB body was read whole to keep 200 characters of it."""
+    server.default = Reply(500, b"down " * (6 * 2**20))
+    h = WebhookHandler(server.url, timeout=5.0)
+    try:
+        assert _peak_mib(lambda: run(crm, h, clock, Retry(max_attempts=1))) < 8
+    finally:
+        h.close()
+    entry = only_entry(crm)
+    assert entry.last_error is not None and "answered 500 Internal Server Error: down down" in entry.last_error
+
+
 def test_a_server_that_is_down_is_a_connection_error(crm: Store, clock: FakeClock) -> None:
     h = WebhookHandler(closed_port_url(), timeout=2.0)
     try:
@@ -244,3 +305,90 @@ def test_credentials_in_the_url_never_reach_messages_or_the_ledger() -> None:
     assert "s3cret" not in repr(hook) and "abc" not in repr(hook)
     with pytest.raises(retainer.ArgumentError, match="positive"):
         WebhookHandler("http://127.0.0.1/hook", timeout=0)
+
+
+@pytest.mark.parametrize("url", [
+    "https://user:s3/cret@crm.example/hook",  # '/' in a base64 token: the URL was shown whole
+    "https://user:s3#cret@crm.example/hook",
+    "https://user:s3?cret@crm.example/hook",
+    "https://user:1234/s3cret@crm.example/hook",  # was accepted as host `user`, port 1234
+])
+def test_a_password_with_a_slash_or_hash_is_masked_and_the_url_refused(url: str) -> None:
+    from retainer.errors import redact
+
+    assert redact(url) == "https://***@crm.example/hook"
+    with pytest.raises(retainer.ArgumentError) as info:
+        WebhookHandler(url)
+    assert "s3" not in str(info.value) and "1234" not in str(info.value)
+    assert "an @ after the host" in str(info.value)
+
+
+@pytest.mark.parametrize("spec", [
+    "webhook:https://user:s3cret@crm.example:99999/hook",
+    "webhook:https://crm.example/hook?token=s3cret x",
+    "ftp://user:s3cret@crm.example/",
+    "webhook:https://user:s3/cret@crm.example/hook",
+])
+def test_a_bad_handler_spec_is_reported_without_its_credentials(spec: str) -> None:
+    """The raw spec came first in the message: `--handler 'webhook:https://user:s3cret@...': ...` on stderr,
+    which the documented cron line appends to a log file."""
+    from retainer.adapters import handler_from_spec
+
+    with pytest.raises(retainer.RetainerError) as info:
+        handler_from_spec(spec)
+    assert "s3" not in str(info.value) and "--handler '" in str(info.value)
+
+
+def test_secrets_a_server_echoes_and_control_characters_are_not_kept_in_the_error(
+    crm: Store, server: FakeServer, clock: FakeClock
+) -> None:
+    """A gateway that echoes the request's headers put `Authorization: Basic ...` (the URL's user:password)
+    into the ledger, and a body with ESC sequences reached the terminal through `actions list`."""
+    import base64
+
+    basic = base64.b64encode(b"user:s3cr/et").decode()
+    server.default = Reply(401, f"got Basic {basic}, s3cr/et, token=qu3rytok, Bearer hdr-s3cret \x1b]0;pwned\x07")
+    h = WebhookHandler(server.url.replace("//", "//user:s3cr%2Fet@") + "/hook?token=qu3rytok", timeout=2.0,
+                       headers={"X-Api-Key": "Bearer hdr-s3cret"})
+    try:
+        run(crm, h, clock, Retry(max_attempts=1))
+    finally:
+        h.close()
+    assert server.requests[0].headers["authorization"] == f"Basic {basic}"
+    error = only_entry(crm).last_error
+    assert error is not None and error.endswith(
+        "answered 401 Unauthorized: got Basic ***, ***, token=***, *** \\x1b]0;pwned\\x07 (not retried)")
+
+
+@pytest.mark.parametrize(("headers", "message"), [
+    ({"Authorization Bearer s3cret-token": "x"}, "header #1: its name is not a header name"),
+    ({"Authorization": "Bearer s3cret-token\x01"}, "header 'Authorization': its value has a character"),
+    ({"Authorization": "Bearer s3cret\u2019token"}, "header 'Authorization': its value has a character"),
+])
+def test_a_malformed_header_is_refused_at_once_without_its_value(headers: dict[str, str], message: str) -> None:
+    """A name holding the token was a retryable ConnectionError, stored for every action with the token in it."""
+    with pytest.raises(retainer.ArgumentError) as info:
+        WebhookHandler("https://crm.example/hook", headers=headers)
+    assert str(info.value).startswith(message) and "s3cret" not in str(info.value)
+
+
+@pytest.mark.parametrize(("url", "headers", "warned"), [
+    ("http://user:s3cret@crm.example/hook", {}, True),
+    ("http://crm.example/hook?token=s3cret", {}, True),
+    ("http://crm.example/hook", {"Authorization": "Bearer s3cret"}, True),
+    ("http://crm.example/hook?page=1", {}, False),  # nothing secret sent
+    ("https://user:s3cret@crm.example/hook", {"Authorization": "Bearer s3cret"}, False),
+    ("http://user:s3cret@127.0.0.1:8080/hook", {}, False),  # stays on this machine
+    ("http://user:s3cret@localhost/hook", {}, False),
+    ("http://user:s3cret@[::1]/hook", {}, False),
+])
+def test_credentials_over_plain_http_to_another_host_are_warned_about(
+    url: str, headers: dict[str, str], warned: bool
+) -> None:
+    import warnings
+
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        WebhookHandler(url, headers=headers).close()
+    messages = [str(w.message) for w in said]
+    assert len(messages) == warned and all("go over plain http://" in m and "s3cret" not in m for m in messages)

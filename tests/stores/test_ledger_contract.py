@@ -280,6 +280,28 @@ def test_sqlite_run_lock_holds_across_connections(tmp_path: Path) -> None:
         pass
 
 
+def test_sqlite_run_lock_does_not_follow_a_link_or_take_a_pipe(tmp_path: Path) -> None:
+    """`crm.db-runlock -> victim.txt` (a group-writable folder) left victim.txt empty after a run."""
+    import os
+
+    store = retainer.open_store(f"sqlite:///{tmp_path / 'crm.db'}")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious data\n")
+    lock = Path(os.path.realpath(tmp_path / "crm.db") + "-runlock")
+    lock.symlink_to(victim)
+    with pytest.raises(StoreError, match="cannot take the run lock"), store.run_lock("nightly"):
+        pass
+    assert victim.read_text() == "precious data\n"
+    lock.unlink()
+    os.mkfifo(lock)
+    with pytest.raises(StoreError, match="not a regular file"), store.run_lock("nightly"):
+        pass
+    lock.unlink()
+    with store.run_lock("nightly"):
+        pass
+    store.close()
+
+
 def test_sqlite_ledger_survives_reopening(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'crm.db'}"
     s = retainer.open_store(url)

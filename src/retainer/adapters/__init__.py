@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from ..actions import ACTION_TYPES
-from ..errors import RetainerError, did_you_mean
+from ..errors import RetainerError, did_you_mean, redact
 from .base import ActionHandler, CallbackHandler, PermanentError
 from .dispatch import Dispatcher, DispatchReport, Handlers, Retry
 from .jsonl import JsonlHandler
@@ -36,20 +36,22 @@ KINDS = ("jsonl", "webhook")
 def handler_from_spec(spec: str, *, headers: Mapping[str, str] | None = None, timeout: float = 10.0) -> ActionHandler:
     """`jsonl:actions.jsonl` or `webhook:https://crm.example/hooks/retainer`."""
     kind, sep, target = spec.partition(":")
+    # what messages show of the spec: a webhook URL's password or token goes to stderr, and so to the cron log
+    shown = f"{kind}{sep}{redact(target)}" if kind in KINDS else redact(spec)
     if not sep or not target:
-        raise RetainerError(f"--handler {spec!r}: expected jsonl:PATH or webhook:URL")
+        raise RetainerError(f"--handler {shown!r}: expected jsonl:PATH or webhook:URL")
     if kind == "jsonl":
         try:
             return JsonlHandler(target)
         except ValueError as exc:
-            raise RetainerError(f"--handler {spec!r}: {exc}") from None
+            raise RetainerError(f"--handler {shown!r}: {exc}") from None
     if kind == "webhook":
         try:
             return WebhookHandler(target, headers=headers, timeout=timeout)
         except ValueError as exc:
-            raise RetainerError(f"--handler {spec!r}: {exc}") from None
+            raise RetainerError(f"--handler {shown!r}: {exc}") from None
     raise RetainerError(
-        f"--handler {spec!r}: unknown kind {kind!r}; known: {', '.join(KINDS)}{did_you_mean(kind, KINDS)}"
+        f"--handler {shown!r}: unknown kind {kind!r}; known: {', '.join(KINDS)}{did_you_mean(kind, KINDS)}"
     )
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import stat
 from pathlib import Path
 
-from ..actions import Action
+from ..actions import ACTION_TYPES, Action
 from ..errors import ArgumentError
 from ..ledger import action_payload
 
@@ -20,14 +22,20 @@ class JsonlHandler:
     Delivery is at-least-once (a crash after writing but before the ledger says `done` repeats it), so
     the handler makes the file exactly-once itself: on first use it reads the ids already in the file
     and skips them, and it drops a half-written last line left by a killed process (a complete last
-    line that only lacks its newline is kept). The host may rename or delete the file to process it:
-    the next action starts a new file at the path, as log writers do.
+    line that only lacks its newline is kept, and so is any text that is not the start of an action
+    line). The host may rename or delete the file to process it: the next action starts a new file at
+    the path, as log writers do. The path must be a regular file or not exist: a symbolic link, a
+    device or a pipe is refused, never written through.
     """
 
     def __init__(self, path: str | Path, *, fsync: bool = False) -> None:
         self.path = Path(path)
+        if self.path.is_symlink():  # a link planted in a spool folder made the run append to (and cut) its target
+            raise ArgumentError(f"{self.path} is a symbolic link: give the file itself")
         if self.path.is_dir():
             raise ArgumentError(f"{self.path} is a folder: give a file name, e.g. {self.path / 'actions.jsonl'}")
+        if self.path.exists() and not self.path.is_file():
+            raise ArgumentError(f"{self.path} is not a regular file (a device or a pipe): give a file name")
         if not self.path.parent.is_dir():  # a typo must not grow a new folder tree
             raise ArgumentError(f"folder {self.path.parent} does not exist")
         self.fsync = fsync
@@ -41,9 +49,23 @@ class JsonlHandler:
             self.close()
             self._seen = set()
         if self._fd is None:
-            if self.path.is_file():  # not a device or a pipe (`/dev/full` would be read for ever)
-                self._repair_and_scan()
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            if self.path.exists() and (self.path.is_symlink() or not self.path.is_file()):
+                raise OSError(f"{self.path} is not a regular file any more (a link, a device or a pipe): not written")
+            flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+            try:
+                fd = os.open(self.path, flags, 0o666)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:  # made a link since the check above
+                    raise OSError(f"{self.path} is a symbolic link: not written through it") from None
+                raise
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise OSError(f"{self.path} is not a regular file: not written")
+                self._repair_and_scan(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd = fd
         return self._fd
 
     def _same_file(self, fd: int) -> bool:
@@ -54,24 +76,34 @@ class JsonlHandler:
         mine = os.fstat(fd)
         return (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino)
 
-    def _repair_and_scan(self) -> None:
-        with self.path.open("rb+") as f:
-            data = f.read()
-            end = data.rfind(b"\n") + 1
-            if end < len(data):
-                try:  # a whole line that only lacks its newline (another writer's, or cut just before it)
-                    json.loads(data[end:])
-                    f.write(b"\n")
-                    data += b"\n"
-                    end = len(data)
-                except ValueError:  # a line cut short by a crash: never acknowledged, so drop it
-                    f.truncate(end)
-        for line in data[:end].splitlines():
-            if line.strip():
-                try:
-                    self._seen.add(json.loads(line)["id"])
-                except (ValueError, KeyError, TypeError):
-                    continue  # a foreign line: not ours to judge
+    def _repair_and_scan(self, fd: int) -> None:
+        """Read the ids already in the file, a line at a time (a spool file the host has not consumed may be
+        large), and end the file with a newline. A last line without its newline is kept when it is whole
+        JSON (another writer's, or ours cut just before the newline) or when it is not the start of a line
+        of ours: text at the path that retainer did not write is never cut. Only a torn start of an action
+        line, left by a process killed mid-write and never acknowledged, is dropped."""
+        tail = b""
+        with open(os.dup(fd), "rb", closefd=True) as f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    tail = line
+                    break
+                self._remember(line)
+        if not tail:
+            return
+        try:
+            json.loads(tail)
+        except ValueError:
+            if _torn_action(tail):
+                os.ftruncate(fd, os.fstat(fd).st_size - len(tail))
+                return
+        self._remember(tail)
+        os.write(fd, b"\n")
+
+    def _remember(self, line: bytes) -> None:
+        if b'"id"' in line:
+            with contextlib.suppress(ValueError, KeyError, TypeError):  # a foreign line: not ours to judge
+                self._seen.add(json.loads(line)["id"])
 
     def handle(self, action: Action) -> None:
         fd = self._open()
@@ -108,3 +140,13 @@ class JsonlHandler:
 
     def __repr__(self) -> str:
         return f"JsonlHandler({str(self.path)!r})"
+
+
+#: How a line of ours starts: `{"` and the first of its sorted keys (`as_of` for most actions).
+_STARTS = tuple(f'{{"{min(t.model_fields)}":'.encode() for t in ACTION_TYPES.values())
+
+
+def _torn_action(tail: bytes) -> bool:
+    """Whether `tail` (a last line without its newline, not JSON) can be the start of an action line this
+    handler wrote: what a process killed mid-write leaves, and the only text the handler ever removes."""
+    return any(tail.startswith(s) or s.startswith(tail) for s in _STARTS)

@@ -47,6 +47,54 @@ class _Lines:
         return best
 
 
+#: How deep a rule or scenario file may nest (a `when:` of all/any/not is a handful of levels); deeper
+#: was a RecursionError and a traceback, and 5,000 `[` fit in 10 KB.
+MAX_DEPTH = 100
+#: How many values anchors and aliases (`&a`, `*a`, `<<: *a`) may add to a file beyond those written out.
+#: Each alias was built again in full, so ten levels of ten aliases (477 bytes) asked for 10^10 values.
+ALIAS_BUDGET = 10_000
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses, while composing the node tree (cheaply: aliases are shared there), a tree
+    nested deeper than MAX_DEPTH or one whose aliases expand to more than ALIAS_BUDGET extra values."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._depth = 0
+        self._written = 0  # nodes in the text itself
+        self._size: dict[int, tuple[int, int]] = {}  # id(node) -> (values once aliases are expanded, height)
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        line = self.peek_event().start_mark.line + 1
+        if self._depth >= MAX_DEPTH:
+            raise RulesError(f"nested more than {MAX_DEPTH} levels deep", line=line)
+        alias = self.check_event(yaml.AliasEvent)
+        self._depth += 1
+        try:
+            node: yaml.Node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if alias:
+            size, height = self._size[id(node)]
+        else:
+            self._written += 1
+            kids: list[yaml.Node] = []
+            if isinstance(node, yaml.SequenceNode):
+                kids = node.value
+            elif isinstance(node, yaml.MappingNode):
+                kids = [n for kv in node.value for n in kv]
+            size = 1 + sum(self._size[id(k)][0] for k in kids)
+            height = 1 + max((self._size[id(k)][1] for k in kids), default=0)
+            self._size[id(node)] = (size, height)
+        if size > self._written + ALIAS_BUDGET:
+            raise RulesError(f"anchors and aliases (*name) expand to more than {ALIAS_BUDGET:,} values; "
+                             "write the values out", line=line)  # fmt: skip
+        if self._depth + height > MAX_DEPTH:
+            raise RulesError(f"nested more than {MAX_DEPTH} levels deep (through an alias)", line=line)
+        return node
+
+
 def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: Path, lines: _Lines) -> Any:
     lines.lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
@@ -70,8 +118,9 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: Path, lines: _Lin
 
 
 def parse_yaml(text: str, source: str) -> tuple[Any, _Lines]:
+    """Rule or scenario text (YAML, or JSON read as YAML for its line numbers) and where each key is."""
     lines = _Lines()
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -228,20 +277,44 @@ def parse_json(text: str, source: str) -> tuple[Any, _Lines]:
     try:
         data = json.loads(text, object_pairs_hook=unique_keys)
     except RepeatedKeyError as exc:
-        try:
-            parse_yaml(text, source)  # refuses the same repeat, naming its line
-        except RulesError as named:
-            if named.message.startswith("duplicate key"):
-                raise named from None
+        _named_by_yaml(text, source, "duplicate key")  # refuses the same repeat, naming its line
         raise RulesError(str(exc), file=source) from None
+    except RecursionError:
+        _named_by_yaml(text, source, "nested")
+        raise RulesError(f"nested more than {MAX_DEPTH} levels deep", file=source) from None
     except ValueError as exc:
         line = getattr(exc, "lineno", None)
         raise RulesError(f"not valid JSON: {getattr(exc, 'msg', exc)}", file=source, line=line) from None
     try:
         _, lines = parse_yaml(text, source)
-    except RulesError:
+    except RulesError as exc:
+        if exc.message.startswith("nested"):
+            raise
         lines = _Lines()
+        if _depth(data) > MAX_DEPTH:
+            raise RulesError(f"nested more than {MAX_DEPTH} levels deep", file=source) from None
     return data, lines
+
+
+def _named_by_yaml(text: str, source: str, error: str) -> None:
+    """Raise the YAML reader's error about `text` if it is the `error` JSON found: it names the line."""
+    try:
+        parse_yaml(text, source)
+    except RulesError as named:
+        if named.message.startswith(error):
+            raise named from None
+
+
+def _depth(data: Any) -> int:
+    """How deep lists and dicts nest in `data` (without recursion: the point is to refuse what is too deep)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        obj, d = stack.pop()
+        if isinstance(obj, dict | list):
+            deepest = max(deepest, d)
+            if d <= MAX_DEPTH:
+                stack.extend((v, d + 1) for v in (obj.values() if isinstance(obj, dict) else obj))
+    return deepest
 
 
 def _check_texts(
@@ -361,10 +434,11 @@ def compile_rules(data: Any, lines: _Lines, source: str) -> RuleSet:
     order = sorted(range(len(rf.rules)), key=lambda i: (rf.rules[i].kind in DEPENDENT_KINDS, rf.rules[i].id))
     needed: set[str] = set()
     parts_of: dict[str, list[CompiledRule]] = {}
+    definitions = {d.id: d for d in rf.rules}  # once: built per rule, 8,000 rules took 37 s to validate
     for i in order:
         r = rf.rules[i]
         path: Path = ("rules", i)
-        ctx = CompileContext(registry, tz, path, compiled, kinds, {d.id: d for d in rf.rules})
+        ctx = CompileContext(registry, tz, path, compiled, kinds, definitions)
         out: list[CompiledRule] = []
         try:
             made = PRESETS[r.kind](r, ctx)

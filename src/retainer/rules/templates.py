@@ -138,7 +138,9 @@ def bound(
             k = f"c{len(env)}"
             env[k] = column(name)
             terms.append(f"(x if type(x := {k}[i]) is str else show(x))")
-    src = " + ".join(terms) if terms else repr("")
+    # a join of one tuple, not `a + b + ...`: 1,500 placeholders nested that deep were a RecursionError in
+    # compile() on every plan of a rule file that `validate` had passed
+    src = terms[0] if len(terms) == 1 else f"''.join(({', '.join(terms)},))" if terms else repr("")
     return eval(_compiled(src), env)  # type: ignore[no-any-return]
 
 

@@ -15,6 +15,7 @@ import os
 import re
 import socket
 import sqlite3
+import stat
 import threading
 import urllib.parse
 from bisect import bisect_right
@@ -1426,11 +1427,13 @@ class SQLiteStore:
         if self.read_only:
             raise StoreError(f"{self.read_only}: a run commits to its ledger and cannot run on it")
         lock_path = lock_file(self.path)
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # not through a link: `crm.db-runlock -> victim` left the victim empty
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise StoreError(f"cannot take the run lock {lock_path}: {exc.strerror}") from exc
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise StoreError(f"cannot take the run lock {lock_path}: not a regular file")
             if not _try_lock(fd):
                 holder = os.pread(fd, 500, 0).decode(errors="replace").strip() or "unknown holder"
                 raise StoreError(
