@@ -1296,3 +1296,10 @@ def test_rule_definitions_are_indexed_once_per_file_not_once_per_rule(monkeypatc
     retainer.load_rules({"version": 1, "rules": [
         {"id": f"f{n}", "kind": "forgotten", "after": f"{30 + n}d"} for n in range(50)]})
     assert len(seen) == 1
+
+
+def test_one_line_of_yaml_is_rules_not_a_file_name() -> None:
+    """`load_rules("rules: [...]")` said "rule file not found: rules: [...]"; a one-line path still is a path."""
+    assert [r.id for r in retainer.load_rules("rules: [{id: f, kind: forgotten, after: 60d}]").rules] == ["f"]
+    with pytest.raises(RulesError, match=r"rule file not found: nope\.yaml"):
+        retainer.load_rules("nope.yaml")

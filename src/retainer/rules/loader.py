@@ -256,7 +256,11 @@ def load_rules(source: str | FsPath | Mapping[str, Any]) -> RuleSet:
         raise ArgumentError(f"rules come from a file path, YAML/JSON text or a dict, not {source!r}")
     if isinstance(source, Mapping):
         return compile_rules(dict(source), _Lines(), "<dict>")
-    if isinstance(source, FsPath) or ("\n" not in str(source) and not str(source).lstrip().startswith("{")):
+    one_line = isinstance(source, str) and "\n" not in source
+    # one line is a path, unless it reads as YAML (`{...}`, or `key: value` naming no file): "rule file not
+    # found: version: 1, rules: [...]" puzzled a host passing a one-line rule set
+    if isinstance(source, FsPath) or (one_line and not source.lstrip().startswith("{")  # type: ignore[union-attr]
+                                      and not (": " in source and not FsPath(source).exists())):
         p = FsPath(source)
         if not p.exists():
             raise RulesError(f"rule file not found: {p}", file=str(p))
