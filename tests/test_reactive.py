@@ -922,6 +922,26 @@ def test_an_event_dated_later_than_now_is_written_and_decided_as_of_now() -> Non
         assert invoice.paid_at == datetime(2026, 2, 25, 7, 0, tzinfo=UTC)  # type: ignore[attr-defined]
 
 
+def test_an_event_dated_today_without_a_time_is_decided_with_its_fact() -> None:
+    """A CRM exports a payment date, not a time. Posted at 10:00, `at: 2026-03-11` was stored at the day's end,
+    taken for a future event and decided as of now, before the payment: the client who had just paid in full
+    got the next reminder."""
+    steps = [{"after": "3d", "notify_client": {"channel": "email", "template": "reminder"}},
+             {"after": "10d", "notify_client": {"channel": "sms", "template": "final"}}]
+    rules = retainer.load_rules({"version": 1, "rules": [{"id": "debtor", "kind": "debtor", "steps": steps}]})
+    with retainer.open_store("memory://", timezone=rules.timezone) as store:
+        store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
+                  invoices=[{"id": "i1", "client_id": "c1", "issued_at": "2026-02-01", "due_at": "2026-03-01",
+                             "amount": 900}])  # fmt: skip
+        rec = RecordingHandler()
+        s = Session(rules, store, rec, clock=lambda: datetime(2026, 3, 11, 10, 0, tzinfo=UTC))
+        s.tick("2026-03-10T23:00")
+        assert [a.key for a in rec.actions] == ["debtor:c1:i1+3d:notify_client"]
+        r = s.post({"type": "invoice_paid", "id": "i1", "at": "2026-03-11"})
+        assert r.committed == [] and [a.key for a in rec.actions] == ["debtor:c1:i1+3d:notify_client"]
+        assert [t.to_state for t in r.transitions] == ["paid"]
+
+
 def test_a_session_refuses_a_store_that_reads_naive_times_in_another_zone_than_the_rules() -> None:
     """Rules in Moscow, a store opened without timezone= (naive times read as UTC): a call at 10:00 was stored
     as 10:00 UTC and decided as of 10:00 Moscow (07:00 UTC), before it happened, so the client on the phone

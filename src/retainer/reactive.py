@@ -394,7 +394,13 @@ class Session:
             # decided as of now: as of its own date, the steps due by then would be sent now and earlier ones
             # skipped as superseded
             now = self.clock()
-            a = fact if fact.instant <= now else self.engine.as_of(now)
+            # a date alone (`at: 2026-03-01`) is that whole day, stored at its end: posted during the day it is
+            # today's fact, not a future one (decided as of now, the payment just posted was not yet seen, and
+            # the client who had paid got the next reminder)
+            dated = (isinstance(when, date) and not isinstance(when, datetime)) or (
+                isinstance(when, str) and len(when.strip()) == 10)  # fmt: skip
+            future = fact.date > now.astimezone(fact.tz).date() if dated else fact.instant > now
+            a = self.engine.as_of(now) if future else fact
         timings: dict[str, float] = {}
         if kind == "tick":
             return self._tick(a, str(event.get("event_id") or f"tick:{a.instant.isoformat()}"), t0)
