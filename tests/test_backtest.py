@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -205,6 +205,21 @@ def test_a_backtest_ledger_records_its_actions_as_delivered_in_the_commit(tmp_pa
     assert {(e.status, e.attempts, e.updated_at) for e in entries} == {("done", 1, a.instant)}
     assert overlay.ledger(status=["pending", "failed"]) == []
     assert store.ledger() == []  # the store's own ledger is never written
+
+
+def test_a_backtest_reads_no_cancellation_from_the_production_ledger(tmp_path: Path) -> None:
+    """Production cancelled a move because its manager left: a backtest over that store decided the move again
+    in its own fresh ledger, where it had never been cancelled (sweep and re-plan then disagreed)."""
+    from retainer.backtest import FreshLedger
+
+    store = make_store("memory", tmp_path)
+    small_crm(store)
+    e = retainer.Engine(retainer.load_rules(FR), store)
+    (move,) = [a for a in e.run("2026-03-20", clock=lambda: datetime(2026, 3, 21, tzinfo=UTC)).committed
+               if a.type == "reassign"]  # fmt: skip
+    e.record_outcome(move.id, {"cancelled": "manager left", "code": "manager_left"})
+    assert store.cancellations([move.key]) == {move.key: "manager_left"}
+    assert FreshLedger(store).cancellations([move.key]) == {}
 
 
 def test_a_step_longer_than_a_night_says_what_it_does_to_daily_limits(tmp_path: Path) -> None:

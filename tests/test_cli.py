@@ -345,9 +345,9 @@ def test_plan_of_clients_refuses_ids_it_does_not_know(tmp_path: Path) -> None:
     """A typo (or `-c c1,c2` taken as one id) gave an empty plan and exit 0 with no word about it; then a
     warning and exit 0, while `explain` exited 2 for the same id. Bad input: exit 2, naming the ids."""
     r = run("plan", "-r", str(RULES), "-d", str(CRM), "--as-of", "2026-03-01", "-c", "c2", "-c", "zz", "-c", "c1,c2",
-            "-f", "json")  # fmt: skip
+            "-c", "acme:2", "-f", "json")  # fmt: skip
     assert r.returncode == 2 and r.stdout == ""
-    assert "no such client in the store: c1,c2, zz" in r.stderr
+    assert "no such client in the store: zz, c1,c2, acme:2" in r.stderr
     ok = run("plan", "-r", str(RULES), "-d", str(CRM), "--as-of", "2026-03-01", "-c", "c2", "-f", "json")
     assert ok.returncode == 0 and {a["client_id"] for a in json.loads(ok.stdout)["actions"]} == {"c2"}
 

@@ -430,6 +430,7 @@ def test_duplicate_key(tmp_path: Path) -> None:
         ("days_since_activity: {exists: maybe}", "exists"),
         ("days_since_activity: {contains: 5}", "contains"),
         ("tags: {eq: vip}", "tags"),
+        ("tags: {between: [a, b]}", "tags is a set: use contains, in, not_in or exists"),
         ("tags: {contains: [vip, key-account]}", "contains takes one value; for any of several write {tags: {in"),
         ("days_since_activity: {older_than: 30d}", "older_than"),
         ("last_activity_at: {older_than: soon}", "soon"),

@@ -627,8 +627,10 @@ def test_a_reassignment_to_a_manager_deactivated_since_is_cancelled(store: Store
     # not stay with the manager who forgot it until it is forgotten anew
     h = RecordingHandler()
     e.run("2026-03-03", handlers=h, clock=clock, sleep=clock.sleep)
+    # and the forgotten task cancelled with the move (it was m2's) goes to m3 with it
     assert sorted((a.key, getattr(a, "to_manager_id", None) or getattr(a, "assignee_id", None)) for a in h.actions) == [
-        ("release:c1:2026-01-01#2:create_task", "m3"), ("release:c1:2026-01-01#2:reassign", "m3")]
+        ("forgotten:c1:2026-01-01#2:create_task", "m3"), ("release:c1:2026-01-01#2:create_task", "m3"),
+        ("release:c1:2026-01-01#2:reassign", "m3")]
     assert store.moves_in_flight(e.as_of("2026-03-03").instant) == {"c1": ("m1", "m3"), "c2": ("m1", "m3")}
     again = e.run("2026-03-04", handlers=RecordingHandler(), clock=clock, sleep=clock.sleep)
     assert not again.committed
@@ -656,6 +658,29 @@ def test_each_move_cancelled_for_a_manager_who_left_is_decided_again_until_the_h
                              clock=clock)  # fmt: skip
     e.record_outcome(move.id, {"cancelled": "undone by hand"}, clock=clock)
     assert not e.run("2026-03-01", clock=clock, sleep=clock.sleep).committed
+
+
+@pytest.mark.parametrize("then", ["moved by hand", "host cancels too"])
+def test_a_move_cancelled_for_a_manager_who_left_stays_cancelled_when_the_crm_or_host_decided(
+    store: Store, then: str
+) -> None:
+    """The client given to m4 by hand since (the data is the truth: the second decision moved it from m4 back
+    to a stranger), or the host recording its own cancellation over retainer's (the old code stayed, merged)."""
+    store.add(managers=[{"id": f"m{n}"} for n in range(1, 5)], clients=[{"id": "c1", "manager_id": "m1"}],
+              touches=[{"id": "t1", "client_id": "c1", "at": "2026-01-01T10:00:00"}])  # fmt: skip
+    rules = {"version": 1, "rules": [
+        {"id": "forgotten", "kind": "forgotten", "after": "30d"},
+        {"id": "release", "kind": "release", "forgotten_rule": "forgotten", "grace": "7d"}]}  # fmt: skip
+    e = engine_for(rules, store)
+    clock = FakeClock(datetime(2026, 3, 2, 2, 0, tzinfo=UTC))
+    (move,) = [a for a in e.run("2026-03-01", clock=clock, sleep=clock.sleep).committed if a.type == "reassign"]
+    store.upsert(managers=[{"id": "m2", "active": False}])
+    e.record_outcome(move.id, {"cancelled": "manager m2 is no longer active", "code": "manager_left"}, clock=clock)
+    if then == "moved by hand":
+        store.upsert(clients=[{"id": "c1", "manager_id": "m4"}])
+    else:
+        e.record_outcome(move.id, {"cancelled": "the client asked to stay with m1"}, clock=clock)
+    assert not [a for a in e.run("2026-03-01", clock=clock, sleep=clock.sleep).committed if a.type == "reassign"]
 
 
 def test_a_reassignment_the_host_cancelled_is_not_decided_again(store: Store) -> None:

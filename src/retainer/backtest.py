@@ -44,7 +44,7 @@ __all__ = ["METHODS", "Backtest", "backtest", "steps_between"]
 #: what a backtest keeps to itself: the ledger and cursors (fresh), and clients and managers (read once,
 #: since hundreds of steps ask for the same rows as of different dates)
 _LOCAL = frozenset({
-    "run_lock", "ledger_status", "commit_run", "finish_run", "runs", "ledger", "begin_attempts",
+    "run_lock", "ledger_status", "cancellations", "commit_run", "finish_run", "runs", "ledger", "begin_attempts",
     "finish_attempts", "requeue", "set_outcome", "get_cursor", "set_cursor",
     "clients", "managers", "manager_changes",
 })  # fmt: skip

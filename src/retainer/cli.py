@@ -169,8 +169,7 @@ def _plan(engine: Engine, as_of: str, clients: list[str] | None = None) -> Plan:
     except RetainerError as exc:
         _fail(str(exc))
     # a --client the store does not have is a typo, as `explain` says (exit 2); one created after as_of is not
-    unknown = [w.split(":", 1)[0].removeprefix("client ") for w in plan.warnings
-               if w.endswith(": no such client in the store; nothing planned")]
+    unknown = [c for c in dict.fromkeys(clients or ()) if engine.store.get("clients", c) is None]
     if unknown:
         _fail(f"no such client in the store: {', '.join(unknown)}")
     return plan

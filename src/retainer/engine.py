@@ -11,6 +11,7 @@ import bisect
 import dataclasses
 import heapq
 import itertools
+import re
 import time
 import uuid
 from collections import Counter
@@ -785,7 +786,7 @@ class Engine:
         # re-decided (it would take capacity and advance round-robin for nothing)
         ledger = self.store.ledger_status(k for m in matches for k in m.keys)
         movers = [m for m in matches if m.rule.reassign is not None and not m.blocked and m.client]
-        self._decide_again(movers, ledger)
+        self._decide_again(movers, matches, ledger)
         loads = self.store.manager_loads(a.instant)
         owners: dict[str, str] = {}
         pickers = [m.client for m in movers if m.head + "reassign" not in ledger and m.client]
@@ -891,23 +892,45 @@ class Engine:
             ledger.update(self.store.ledger_status(k for ks in later.values() for k in ks))
         return _resolve_ladders(matches, ledger, top, later)
 
-    def _decide_again(self, movers: list[_Match], ledger: dict[str, Status]) -> None:
+    def _decide_again(self, movers: list[_Match], matches: list[_Match], ledger: dict[str, Status]) -> None:
         """A move that a run cancelled before it went out because its new manager had left since
         (`ledger.MANAGER_LEFT`) moved nobody: the client is still with the manager who forgot it, and would
         stay there until it was forgotten anew. So the release is decided again, as the next attempt of the
-        same episode, with keys of its own (`...:2026-01-01#2:reassign`). A move the host cancelled stands."""
+        same episode, with keys of its own (`...:2026-01-01#2:reassign`), and so are the client's tasks and
+        messages cancelled with that move (the forgotten task it gave the new manager). A move the host
+        cancelled stands, and so does one whose client the data shows with another manager since (moved by
+        hand in the CRM: the data is the truth)."""
+        cancellations = getattr(self.store, "cancellations", None)  # a store written for an earlier protocol
+        if cancellations is None:
+            return
+        again: set[str] = set()  # clients whose move is decided again
         todo = [m for m in movers if ledger.get(m.head + "reassign") == "done"]  # a cancelled action is `done`
         while todo:
-            codes = self.store.cancellations([m.head + "reassign" for m in todo])
+            codes = cancellations([m.head + "reassign" for m in todo])
             todo = [m for m in todo if codes.get(m.head + "reassign") == MANAGER_LEFT]
             if not todo:
-                return
-            for m in todo:
-                m.attempt += 1
-                m.head = _key(m.rule.id, m.subject_id, m.key_episode, "")
-                m.keys = [m.head + k for k in m.rule.key_kinds]
-            ledger.update(self.store.ledger_status(k for m in todo for k in m.keys))
+                break
+            # only while the data shows the manager the cancelled move took the client from (a few entries)
+            was = {e.key: e.payload_fields.get("from_manager_id")
+                   for e in self.store.ledger(ids=[action_id(m.head + "reassign") for m in todo])}  # fmt: skip
+            todo = [m for m in todo if m.client is not None and was.get(m.head + "reassign") == m.client.manager_id]
+            self._next_attempt(todo, ledger)
+            again |= {m.subject_id for m in todo}
             todo = [m for m in todo if ledger.get(m.head + "reassign") == "done"]
+        others = [m for m in matches if m.subject_id in again and m.rule.reassign is None and m.keys
+                  and ledger.get(m.keys[0]) == "done"]  # fmt: skip
+        if others:
+            codes = cancellations([m.keys[0] for m in others])
+            self._next_attempt([m for m in others if codes.get(m.keys[0]) == MANAGER_LEFT], ledger)
+
+    def _next_attempt(self, ms: list[_Match], ledger: dict[str, Status]) -> None:
+        """The next decision of each match's episode, with keys of its own, and their ledger status."""
+        for m in ms:
+            m.attempt += 1
+            m.head = _key(m.rule.id, m.subject_id, m.key_episode, "")
+            m.keys = [m.head + k for k in m.rule.key_kinds]
+        if ms:
+            ledger.update(self.store.ledger_status(k for m in ms for k in m.keys))
 
     def _given(
         self, movers: list[_Match], matches: list[_Match], ledger: Mapping[str, str], managers: dict[str, Manager]
@@ -1074,12 +1097,18 @@ class Engine:
                         node = ExplainNode("an invoice with money outstanding", False)
                         out.append(RuleExplanation(r.id, r.kind, False, node, None, None))
                     continue
+            eps = [(_episode_text(fr.value(r.episode, k), a) if r.episode else "once") + r.suffix for k in rows]
             for k in rows:
                 node = r.condition.explain(fr, k)
                 dur = r.threshold.durations(fr)[k] if r.threshold else None
-                ep = (_episode_text(fr.value(r.episode, k), a) if r.episode else "once") + r.suffix
+                ep = eps[k]
                 prefix = _key(r.id, client_id, ep, "")
-                again = prefix[:-1] + "#"  # a later decision of the episode (a move cancelled because its manager left)
+                # the episode's keys, and those of its later decisions (`#2`: a move cancelled as its manager left),
+                # not another row's that only starts alike (invoice INV#2 for INV)
+                later = re.compile(re.escape(prefix[:-1]) + r"(#\d+):").match
+
+                def ours(key: str, prefix: str = prefix, ep: str = ep, later: Any = later, eps: Any = eps) -> bool:
+                    return key.startswith(prefix) or ((m := later(key)) is not None and ep + m[1] not in eps)
                 part = " · ".join(x for x in (f"invoice {fr.ids[k]}" if r.subject == "invoice" else None, r.part) if x)
                 out.append(
                     RuleExplanation(
@@ -1089,8 +1118,8 @@ class Engine:
                         node,
                         ep if node.held else None,
                         str(dur) if dur else None,
-                        [x for x in plan.actions if x.key.startswith((prefix, again))],
-                        [s for s in plan.suppressed if s.action.key.startswith((prefix, again))],
+                        [x for x in plan.actions if ours(x.key)],
+                        [s for s in plan.suppressed if ours(s.action.key)],
                         part=part or None,
                     )
                 )

@@ -193,6 +193,15 @@ def check_query(status: Any, since: Any = None, **lists: Any) -> None:
             raise ArgumentError(f"unknown status {s!r}; valid: {', '.join(STATUSES)}{did_you_mean(s, STATUSES)}")
 
 
+def merge_outcome(before: Mapping[str, Any] | None, outcome: Mapping[str, Any]) -> dict[str, Any]:
+    """An outcome recorded over an earlier one: the new keys win, and a cancellation that gives no `code` (the
+    host's) drops an earlier one's (retainer's `manager_left` asked the next plan to decide the move again)."""
+    merged = {**(before or {}), **outcome}
+    if "cancelled" in outcome and "code" not in outcome:
+        merged.pop("code", None)
+    return merged
+
+
 def check_outcome(outcome: Any) -> dict[str, Any]:
     """An outcome as every store keeps it: a mapping with text keys and JSON values (instants and dates
     as ISO text, money as numbers, sets as sorted lists). The memory store kept the raw objects while

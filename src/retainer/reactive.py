@@ -791,7 +791,7 @@ class Session:
 
     def _cancel(self, chart: Chart, client_id: str, sid: str, a: AsOf) -> list[str]:
         """An invoice was paid: its dunning steps committed but not delivered yet are cancelled (outcome
-        `{"cancelled": "paid"}`, which also makes them `done`, so no dispatcher delivers them)."""
+        `{"cancelled": "paid"}`, which makes a pending or failed one `done`, so no dispatcher delivers them)."""
         _ep, _ = self._split(sid, chart.rule, client_id)
         invoice = _ep
         out = []

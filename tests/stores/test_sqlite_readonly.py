@@ -206,3 +206,25 @@ def test_a_store_from_before_manager_changes_gets_the_table_or_is_read_without_i
     store.upsert(clients=[{**store.get("clients", "c1").model_dump(), "manager_id": "m1"}])  # type: ignore[union-attr]
     assert store.moves_in_flight(at) == {}
     store.close()
+
+
+def test_a_store_from_before_tasks_action_id_is_read_read_only(writable: Path, tmp_path: Path) -> None:
+    """`tasks.action_id` is new: a store written before it could not be opened where it cannot be written
+    ("cannot be upgraded here"), so plan, explain and report failed on a read-only mount. The optional column
+    reads as empty; opened writable, the store gets it."""
+    db = writable / "crm.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("ALTER TABLE tasks DROP COLUMN action_id")
+    conn.close()
+    with _read_only(writable, tmp_path) as view:
+        old = retainer.open_store(f"sqlite:///{view / 'crm.db'}", create=False, timezone="Europe/Moscow")
+        tasks = list(old.iter("tasks"))
+        assert tasks and {t.action_id for t in tasks} == {None}  # type: ignore[attr-defined]
+        plan = retainer.Engine(retainer.load_rules(RULES), old).plan(AS_OF)
+        old.close()
+    store = retainer.open_store(f"sqlite:///{db}", create=False, timezone="Europe/Moscow")
+    assert retainer.Engine(retainer.load_rules(RULES), store).plan(AS_OF).to_json() == plan.to_json()
+    store.close()
+    with sqlite3.connect(db) as conn:
+        assert "action_id" in {r[1] for r in conn.execute("PRAGMA table_info(tasks)")}
+    conn.close()

@@ -325,7 +325,8 @@ class Dispatcher:
                 if e.id not in out and e.type in ("create_task", "notify_manager") and e.client_id is not None:
                     who = getattr(e.action, "assignee_id", None) or getattr(e.action, "to_manager_id", None)
                     if (why := moves.get((e.client_id, who or ""))) is not None:
-                        out[e.id] = (f"its client's move to {who} was cancelled: {why}", None)
+                        # decided again with the move, for the manager the next plan gives the client to
+                        out[e.id] = (f"its client's move to {who} was cancelled: {why}", MANAGER_LEFT)
         return out
 
     def _left(self, e: LedgerEntry, managers: dict[str, Any]) -> str | None:

@@ -514,6 +514,8 @@ def _unknown_feature(name: str, known: Sequence[str]) -> str:
 
 
 def _coerce(op: str, v: Any, ftype: str, feature: str, tz: Any, path: Path) -> Any:
+    if ftype == "set" and op not in ("exists", "in", "not_in", "contains"):  # `between` on tags never held
+        raise ConditionError(f"{feature} is a set: use contains, in, not_in or exists", path)
     if op == "exists":
         if not isinstance(v, bool):
             raise ConditionError("exists takes true or false", path)
@@ -543,8 +545,6 @@ def _coerce(op: str, v: Any, ftype: str, feature: str, tz: Any, path: Path) -> A
                 f"contains takes one value; for any of several write {{{feature}: {{in: [...]}}}}, "
                 f"for each of them all: [{{{feature}: {{contains: ...}}}}, ...]", path)
         return str(v)
-    if ftype == "set":
-        raise ConditionError(f"{feature} is a set: use contains, or exists", path)
     value = _scalar(v, ftype, feature, tz, path)
     if ftype == "datetime" and op in ("lte", "gt") and (day := _day(v)) is not None:
         return _last_second(day, tz)  # on or before the day / after the day: its whole day, not its midnight

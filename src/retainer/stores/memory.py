@@ -23,6 +23,7 @@ from ..ledger import (
     check_query,
     claim_is,
     claim_token,
+    merge_outcome,
     moves_in_flight,
 )
 from ..model import Client, Entity, Manager
@@ -389,7 +390,7 @@ class MemoryStore:
     def set_outcome(self, id: str, outcome: Mapping[str, Any], at: datetime) -> LedgerEntry:
         outcome = check_outcome(outcome)
         before = self._update(id).outcome or {}  # unknown id: StoreError
-        e = self._update(id, outcome={**before, **outcome}, outcome_at=at, updated_at=at)
+        e = self._update(id, outcome=merge_outcome(before, outcome), outcome_at=at, updated_at=at)
         if e.status not in ("done", "dead"):  # a dead action never took effect, whatever the host says of it
             e = self._update(id, status="done")
         return e

@@ -29,7 +29,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..actions import Action
 from ..errors import StoreError
-from ..ledger import LedgerEntry, RunRecord, Status, action_payload, check_outcome, check_query, claim_token
+from ..ledger import (
+    LedgerEntry,
+    RunRecord,
+    Status,
+    action_payload,
+    check_outcome,
+    check_query,
+    claim_token,
+    merge_outcome,
+)
 from ..model import ENTITIES, Client, Entity, Manager, no_gc
 from ..timeutil import to_utc_text
 from . import _ingest
@@ -794,7 +803,8 @@ class SQLiteStore:
         empty, so it keeps working without a re-import. Checked again under the write lock: two processes
         opening an old store at once (a session service and the nightly run) both saw them missing, and
         the second failed on "duplicate column name". A store that cannot be written (read-only) is still
-        read when only the ledger's new columns are missing: they read as empty."""
+        read when only columns that may be empty are missing (the ledger's new ones, `tasks.action_id`): they
+        read as empty."""
         self._absent = frozenset()
         if not self._missing_columns():
             return
@@ -805,11 +815,18 @@ class SQLiteStore:
                     self.conn.execute(f'ALTER TABLE {entity} ADD COLUMN "{f}" {sqltype}')
         except (sqlite3.OperationalError, StoreError) as exc:
             missing = self._missing_columns()
-            if all(entity in _LEDGER_NEW for entity, _, _ in missing):
+            # an optional column (all that later versions add are) reads as empty: `tasks.action_id` is new, and a
+            # store written before it, on a read-only mount, could not be planned at all
+            if all(entity in _LEDGER_NEW or not ENTITIES[entity].model_fields[f].is_required()
+                   for entity, f, _ in missing):  # fmt: skip
                 self._absent = frozenset((entity, f) for entity, f, _ in missing)
                 return
             raise StoreError(f"{self.path} was written by an earlier retainer and cannot be upgraded here ({exc}); "
                              "open it once where it is writable") from None
+
+    def _columns(self, entity: str) -> str:
+        """An entity's columns for a SELECT, in `_KINDS` order: NULL for one an old read-only store lacks."""
+        return ", ".join(self._col(entity, c, "NULL") for c in _KINDS[entity])
 
     def _col(self, entity: str, col: str, absent: str) -> str:
         """`col`, or what it reads as in a read-only store from before the column (`_add_new_columns`)."""
@@ -1067,9 +1084,7 @@ class SQLiteStore:
         self, entity: str, sql_tail: str = "", params: Sequence[Any] | Mapping[str, Any] = ()
     ) -> Iterator[Entity]:
         """Streamed in chunks, so iterating a large fact table keeps memory bounded."""
-        kinds = _KINDS[entity]
-        cols = list(kinds)
-        cur = self.conn.execute(f"SELECT {', '.join(cols)} FROM {entity} {sql_tail}", _args(params))
+        cur = self.conn.execute(f"SELECT {self._columns(entity)} FROM {entity} {sql_tail}", _args(params))
         build = _builder(entity)
         while rows := cur.fetchmany(10_000):
             yield from build(rows)
@@ -1077,11 +1092,10 @@ class SQLiteStore:
     def _models(
         self, entity: str, sql_tail: str = "", params: Sequence[Any] | Mapping[str, Any] = ()
     ) -> list[Any]:
-        kinds = _KINDS[entity]
-        cols = list(kinds)
         build = _builder(entity)
         with no_gc():
-            rows = self.conn.execute(f"SELECT {', '.join(cols)} FROM {entity} {sql_tail}", _args(params)).fetchall()
+            sql = f"SELECT {self._columns(entity)} FROM {entity} {sql_tail}"
+            rows = self.conn.execute(sql, _args(params)).fetchall()
             return build(rows)
 
     def get(self, entity: str, id: str) -> Entity | None:
@@ -1661,7 +1675,7 @@ class SQLiteStore:
         with self._transaction() as conn:
             self._known(conn, [id])
             (before,) = conn.execute("SELECT outcome FROM retainer_actions WHERE id = ?", [id]).fetchone()
-            merged = {**(json.loads(before) if before else {}), **outcome}
+            merged = merge_outcome(json.loads(before) if before else None, outcome)
             conn.execute(
                 "UPDATE retainer_actions SET outcome = ?, outcome_at = ?, updated_at = ?, "
                 "status = CASE status WHEN 'dead' THEN 'dead' ELSE 'done' END WHERE id = ?",  # dead never took effect
