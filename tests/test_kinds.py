@@ -826,3 +826,12 @@ def test_an_attribute_that_cannot_be_compared_is_said_in_the_warnings(store: Sto
     assert [a.client_id for a in plan.actions] == ["a"]
     assert plan.warnings == ["client b: attributes.employees is '1,200', which cannot be compared with 100: "
                              "`gte` does not hold"]
+
+
+def test_explain_keeps_each_invoice_to_its_own_actions(store: Store) -> None:
+    """Invoice `INV#2` reads like the second decision of `INV`'s episode: explain listed its task under INV."""
+    base(store)
+    store.add(invoices=[{"id": i, "client_id": "c1", "issued_at": at(0), "amount": "100"} for i in ("INV", "INV#2")])
+    e = engine_for(rules({"id": "unpaid", "kind": "unpaid", "after": "10d"}), store)
+    assert [(r.part, [a.key for a in r.actions]) for r in e.explain("c1", day(60)).rules] == [
+        ("invoice INV", ["unpaid:c1:INV:create_task"]), ("invoice INV#2", ["unpaid:c1:INV#2:create_task"])]
