@@ -232,14 +232,21 @@ def _ladder_tops(matches: list[_Match], sends: Callable[[_Match], bool]) -> dict
     """(rule, invoice) -> the latest due step of that invoice's ladder that has someone to send it to, else
     the latest. A final step that nobody can receive (an escalation for a manager with no supervisor) must
     not silence the ladder: the earlier steps were all `superseded` by it, and the debt was never chased."""
-    steps: dict[tuple[str, str], list[_Match]] = {}
+    top: dict[tuple[str, str], _Match] = {}
     for m in matches:
         if m.rule.ladder is not None:
-            steps.setdefault((m.rule.id, m.frame.ids[m.i]), []).append(m)
-    top: dict[tuple[str, str], _Match] = {}
-    for k, ms in steps.items():
-        ms.sort(key=lambda m: m.rule.ladder, reverse=True)  # type: ignore[arg-type,return-value]
-        top[k] = next((m for m in ms if sends(m)), ms[0])
+            k = (m.rule.id, m.frame.ids[m.i])
+            if k not in top or m.rule.ladder > top[k].rule.ladder:  # type: ignore[operator]
+                top[k] = m
+    mute = {k for k, m in top.items() if not sends(m)}  # rare: read the steps of those ladders again
+    if mute:
+        steps: dict[tuple[str, str], list[_Match]] = {}
+        for m in matches:
+            if m.rule.ladder is not None and (k := (m.rule.id, m.frame.ids[m.i])) in mute:
+                steps.setdefault(k, []).append(m)
+        for k, ms in steps.items():
+            ms.sort(key=lambda m: m.rule.ladder, reverse=True)  # type: ignore[arg-type,return-value]
+            top[k] = next((m for m in ms if sends(m)), ms[0])
     return top
 
 
