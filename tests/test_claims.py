@@ -190,9 +190,11 @@ CHILD = textwrap.dedent(
     store = retainer.open_store("sqlite:///" + db)
 
     def slow(action):  # a reactive session's webhook that takes its time on the first action
-        (work / "sent").open("a").write(action.id + "\\n")
-        if not (work / "inside").exists():
-            (work / "inside").write_text(action.id)
+        with (work / "sent").open("a") as f:
+            f.write(action.id + "\\n")
+        if not (work / "inside").exists():  # written whole, then named: the test reads it as soon as it exists
+            (work / "inside.tmp").write_text(action.id)
+            (work / "inside.tmp").rename(work / "inside")
             deadline = time.monotonic() + 60
             while not (work / "release").exists() and time.monotonic() < deadline:
                 time.sleep(0.01)
