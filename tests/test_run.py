@@ -780,3 +780,24 @@ def test_a_missed_night_caught_up_sends_nothing_that_was_settled_since(store: St
     assert [a.key for a in h.actions] == [] and list(report.dispatch.cancelled.values()) == ["paid"]  # type: ignore[union-attr]
     report = e.run("2026-02-18", handlers=h, clock=now)  # i2's turn: the cancelled i1 sent nothing this week
     assert [a.key for a in h.actions] == ["dunning:c1:i2+3d:notify_client"]
+
+
+def test_a_store_written_for_the_earlier_protocol_plans_without_cancellations(store: Store) -> None:
+    """A host's own store class, written before `Store.cancellations`: Engine.plan raised AttributeError on the
+    first committed move it met. Such a store plans as before (no move is decided again)."""
+
+    class Older:
+        def __init__(self, base: Store) -> None:
+            self._base = base
+
+        def __getattr__(self, name: str) -> Any:
+            if name == "cancellations":
+                raise AttributeError(name)
+            return getattr(self._base, name)
+
+    store.add(managers=[{"id": "m1"}, {"id": "m2"}], clients=[{"id": "c1", "manager_id": "m1"}],
+              touches=[{"id": "t1", "client_id": "c1", "at": "2026-01-01T10:00:00"}])  # fmt: skip
+    clock = FakeClock(datetime(2026, 3, 20, 2, 0, tzinfo=UTC))
+    engine_for(WITH_RELEASE, store).run("2026-03-19", clock=clock, sleep=clock.sleep)  # the move is committed
+    old = retainer.Engine(retainer.load_rules(WITH_RELEASE), Older(store))  # type: ignore[arg-type]
+    assert old.plan("2026-03-20").stats["suppressed"] == {"duplicate": 2}
