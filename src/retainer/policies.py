@@ -236,6 +236,13 @@ class Guard:
         i = self.row.get(client_id) if client_id is not None else None
         return None if i is None else self.frame.value(name, i)
 
+    def _crm_offers(self, since: datetime, ledger_ids: set[str], where: Sequence[Pred] = ()) -> list[Any]:
+        """The CRM's own offers made after `since` that no committed action counted already: an offer that
+        carries out a committed propose_offer (its id, or its `action_id`) is that action, counted once."""
+        return [o for o in self.store.facts("offers", self.a.instant, where, self.frame._partial)
+                if o.made_at is not None and o.made_at > since  # type: ignore[attr-defined]
+                and o.id not in ledger_ids and o.action_id not in ledger_ids]  # type: ignore[attr-defined]  # fmt: skip
+
     def _past(
         self, since: datetime, until: datetime | None, types: Sequence[str] | None = None, everyone: bool = False
     ) -> list[_Past]:
@@ -382,13 +389,10 @@ class Guard:
             if e.fields.get("amount") is not None:
                 pending[e.client_id] += Decimal(str(e.fields["amount"]))
         # and the offers the CRM holds, made within the window (a manager's own 2,000 offer, then the rule's
-        # 2,000, was +40 %), except one that carries out a propose_offer counted above: once, as caps count
-        ledger_ids = {e.id for e in past}
-        for o in self.store.facts("offers", self.a.instant, (), self.frame._partial):
-            made, amount = o.made_at, o.amount  # type: ignore[attr-defined]
-            if (made is not None and made > since and amount is not None and amount > 0
-                    and o.id not in ledger_ids and o.action_id not in ledger_ids):  # type: ignore[attr-defined]
-                pending[o.client_id] += amount  # type: ignore[attr-defined]
+        # 2,000, was +40 %)
+        for o in self._crm_offers(since, {e.id for e in past}):
+            if o.amount is not None and o.amount > 0:
+                pending[o.client_id] += o.amount
         name = f"revenue_{g.window}"
 
         def amount_of(x: Action) -> Decimal | None:
@@ -434,13 +438,8 @@ class Guard:
                 for cid, n in self.frame.agg(_touch_spec(c, self.a)).items():
                     used[k][cid] += n
             else:
-                for o in self.store.facts("offers", self.a.instant, (Pred("category", "eq", c.category),),
-                                          self.frame._partial):
-                    made = o.made_at  # type: ignore[attr-defined]
-                    # an offer that carries out a committed propose_offer is that action: counted once
-                    mine = o.id in ledger_ids or o.action_id in ledger_ids  # type: ignore[attr-defined]
-                    if made is not None and made > since and not mine:
-                        used[k][o.client_id] += 1  # type: ignore[attr-defined]
+                for o in self._crm_offers(since, ledger_ids, (Pred("category", "eq", c.category),)):
+                    used[k][o.client_id] += 1
         hits: dict[tuple[Any, ...], list[int]] = {}  # the caps an action counts against depend on these alone
         last: list[list[int]] = [[]]  # the caps of the action just checked, for `take` (called right after)
 
