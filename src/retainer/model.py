@@ -99,8 +99,9 @@ MAX_AMOUNT = Decimal(2**63 - 1) / 10_000
 MAX_ATTRIBUTE_DEPTH = 32
 
 
-def _nests_deeper(value: Any, limit: int) -> bool:
-    """Whether dicts and lists in `value` nest more than `limit` levels (without recursion)."""
+def nests_deeper(value: Any, limit: int) -> bool:
+    """Whether dicts and lists in `value` nest more than `limit` levels (without recursion: the point is to
+    refuse what is too deep). Client attributes and parsed rule files ask."""
     stack = [(value, 1)]
     while stack:
         v, d = stack.pop()
@@ -212,7 +213,7 @@ class Client(Entity):
                 raise ValueError(f"attributes nest more than {MAX_ATTRIBUTE_DEPTH} levels deep") from None
             except ValueError as exc:
                 raise ValueError("attributes must be a JSON object") from exc
-        if isinstance(v, dict) and _nests_deeper(v, MAX_ATTRIBUTE_DEPTH):
+        if isinstance(v, dict) and nests_deeper(v, MAX_ATTRIBUTE_DEPTH):
             raise ValueError(f"attributes nest more than {MAX_ATTRIBUTE_DEPTH} levels deep")
         return v
 

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..errors import ArgumentError, RepeatedKeyError, RulesError, did_you_mean, read_rules_text, unique_keys
+from ..model import nests_deeper
 from ..policies import policy_features
 from ..timeutil import get_tz
 from . import templates
@@ -295,7 +296,7 @@ def parse_json(text: str, source: str) -> tuple[Any, _Lines]:
         if exc.message.startswith("nested"):
             raise
         lines = _Lines()
-        if _depth(data) > MAX_DEPTH:
+        if nests_deeper(data, MAX_DEPTH):
             raise RulesError(f"nested more than {MAX_DEPTH} levels deep", file=source) from None
     return data, lines
 
@@ -307,18 +308,6 @@ def _named_by_yaml(text: str, source: str, error: str) -> None:
     except RulesError as named:
         if named.message.startswith(error):
             raise named from None
-
-
-def _depth(data: Any) -> int:
-    """How deep lists and dicts nest in `data` (without recursion: the point is to refuse what is too deep)."""
-    deepest, stack = 0, [(data, 1)]
-    while stack:
-        obj, d = stack.pop()
-        if isinstance(obj, dict | list):
-            deepest = max(deepest, d)
-            if d <= MAX_DEPTH:
-                stack.extend((v, d + 1) for v in (obj.values() if isinstance(obj, dict) else obj))
-    return deepest
 
 
 def _check_texts(
