@@ -164,15 +164,15 @@ def _engine(rules: Path, data: str) -> Engine:
 
 
 def _plan(engine: Engine, as_of: str, clients: list[str] | None = None) -> Plan:
-    try:
-        plan = engine.plan(as_of, clients=clients or None)
-    except RetainerError as exc:
-        _fail(str(exc))
-    # a --client the store does not have is a typo, as `explain` says (exit 2); one created after as_of is not
+    # a --client the store does not have is a typo, as `explain` says (exit 2), found before planning; one
+    # created after as_of is not (the plan says so)
     unknown = [c for c in dict.fromkeys(clients or ()) if engine.store.get("clients", c) is None]
     if unknown:
         _fail(f"no such client in the store: {', '.join(unknown)}")
-    return plan
+    try:
+        return engine.plan(as_of, clients=clients or None)
+    except RetainerError as exc:
+        _fail(str(exc))
 
 
 def _version(value: bool) -> None:
