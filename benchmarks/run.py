@@ -77,7 +77,9 @@ def child(db: Path, pairs_out: Path | None, rules: Path = RULES) -> None:
     plan = engine.plan(AS_OF)
     total = time.perf_counter() - t1
     t2 = time.perf_counter()
-    json_mb = len(plan.to_json()) / 1e6
+    sink = _Count()
+    plan.write_json(sink)  # as `retainer plan` writes it: a piece at a time, never whole in memory
+    json_mb = sink.n / 1e6
     to_json = time.perf_counter() - t2
     if pairs_out is not None:
         every = [*plan.actions, *(s.action for s in plan.suppressed)]
@@ -90,6 +92,16 @@ def child(db: Path, pairs_out: Path | None, rules: Path = RULES) -> None:
         "superseded": plan.stats["suppressed"].get("superseded", 0),
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "file_mb": file_mb(),
     }))
+
+
+class _Count:
+    """A binary file that only counts what is written to it."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def write(self, b: bytes) -> None:
+        self.n += len(b)
 
 
 def file_mb() -> float:
@@ -192,6 +204,10 @@ def main() -> None:
     results["e2e_s"] = statistics.median(s for s, _ in e2e)
     results["e2e_rss_mb"] = max(m for _, m in e2e)
     results["plan_json_mb"] = (a.work / "plan.json").stat().st_size / 1e6
+    e2e = [timed([RETAINER, "plan", "-r", str(FULL_RULES), "-d", f"sqlite:///{db}", "--as-of", AS_OF, "-f", "json"],
+                 stdout=a.work / "plan-full.json") for _ in range(a.repeat)]
+    results["e2e_full_s"] = statistics.median(s for s, _ in e2e)
+    results["e2e_full_rss_mb"] = max(m for _, m in e2e)
     # the floors: minimal hand-written programs writing the same actions, one building each in a Python
     # loop (floor.py), one having SQLite write them (floor_sql.py)
     floor_pairs = a.work / "floor.pairs"
@@ -307,11 +323,13 @@ def render(r: dict[str, Any], a: argparse.Namespace) -> str:
         ("  of which: fetch aggregates from SQLite", e["plan.fetch"], None, ""),
         ("  of which: evaluate conditions", e["plan.evaluate"], None, ""),
         ("  of which: build actions, reassign", e["plan.actions"], None, ""),
-        ("retainer `Plan.to_json()`", e["to_json"], None, ""),
+        ("retainer writing the plan's JSON (`Plan.write_json`)", e["to_json"], None, ""),
         (f"retainer `Engine.plan`, every kind and policy (`examples/rules/full.yaml`; "
          f"{r['engine_full']['actions']:,.0f} actions, {r['engine_full']['suppressed']:,.0f} held back)",
          r["engine_full"]["plan"], r["engine_full"]["rss_mb"], ratio(r["engine_full"]["plan"], fr)),
         ("retainer `retainer plan -f json`, end to end", r["e2e_s"], r["e2e_rss_mb"], ratio(r["e2e_s"], fr)),
+        ("retainer `retainer plan -f json`, every kind and policy, end to end", r["e2e_full_s"], r["e2e_full_rss_mb"],
+         ratio(r["e2e_full_s"], fr)),
         ("tuned SQLite query (`fr_sql.py`), forgotten + release", fr, None, "1.0×"),
         ("floor, Python loop (`floor.py`): the same actions, hand-written, end to end", r["floor_s"],
          r["floor_rss_mb"], ratio(r["floor_s"], fr)),
@@ -413,8 +431,9 @@ actions, {r['engine_full']['superseded']:,.0f} of them `superseded` dunning step
 need the same, for every kind and policy, to approach 2 s and 500 MB. Peak RSS counts the pages of the store
 file that SQLite maps into memory: at the end of the plan {r['engine_full']['file_mb']:.0f} MB of the full set's
 and {r['engine']['file_mb']:.0f} MB of forgotten + release's are mapped files, which the kernel can drop at any
-time. The rest is Python objects, most of them the plan itself: the full set's plan JSON alone is
-{r['engine_full']['json_mb']:.0f} MB.
+time. The rest is Python objects, most of them the plan itself (about 500 MB of Python objects for the full
+set). Its JSON, {r['engine_full']['json_mb']:.0f} MB for the full set, is written a few hundred KB at a time
+(`Plan.write_json`), so it adds nothing to the peak.
 
 What is left between retainer and the floor is its generality: typed facts and actions, per-client
 episodes and thresholds from attributes, policies, the ledger check, and a reason with evidence for every
@@ -444,8 +463,8 @@ def _targets(r: dict[str, Any]) -> str:
          r["engine_full"]["plan"] < 2),
         ("peak memory at 100k under 500 MB (forgotten + release, end to end)", f"{r['e2e_rss_mb']:.0f} MB",
          r["e2e_rss_mb"] < 500),
-        ("peak memory at 100k under 500 MB (full example rule set)", f"{r['engine_full']['rss_mb']:.0f} MB",
-         r["engine_full"]["rss_mb"] < 500),
+        ("peak memory at 100k under 500 MB (full example rule set, end to end)", f"{r['e2e_full_rss_mb']:.0f} MB",
+         r["e2e_full_rss_mb"] < 500),
     ]  # fmt: skip
     rx = r.get("reactive")
     if rx:

@@ -179,6 +179,36 @@ def test_plan_json_with_a_lone_surrogate_in_the_data(tmp_path: Path) -> None:
     assert b"Acme \x80 Logistics" in r.stdout
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "cp1251"])
+def test_plan_json_in_pieces_keeps_their_order_through_both_layers(
+    monkeypatch: pytest.MonkeyPatch, encoding: str
+) -> None:
+    """`retainer plan` writes the JSON a piece at a time: orjson's bytes straight to stdout's buffer, a piece
+    with a lone surrogate through the text layer (its error handler decides). Interleaved, the pieces
+    come out in order, and make the plan's JSON."""
+    import io
+
+    from retainer import cli
+    from retainer import plan as plan_module
+    from retainer.stores.memory import MemoryStore
+
+    monkeypatch.setattr(plan_module, "_PIECE", 1)
+    store = MemoryStore()
+    names = ["Ж0", "Ж1", "X\udc80", "Ж3", "Ж4"]
+    store.add(managers=[{"id": "m1"}],
+              clients=[{"id": f"c{i}", "manager_id": "m1", "name": n} for i, n in enumerate(names)])
+    rules = {"rules": [{"id": "hi", "when": {"status": {"eq": "active"}},
+                        "then": [{"create_task": {"title": "Call {client.name}", "due_in": "1d"}}]}]}  # fmt: skip
+    plan = retainer.Engine(retainer.load_rules(rules), store).plan("2026-03-01")
+    assert sum(isinstance(p, str) for p in plan.json_pieces()) == 1
+    raw = io.BytesIO()
+    stdout = io.TextIOWrapper(raw, encoding=encoding, errors="surrogateescape", newline="\n")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    cli._write_json(plan)
+    stdout.flush()
+    assert raw.getvalue() == (plan.to_json() + "\n").encode(encoding, "surrogateescape")
+
+
 def test_plan_jsonl_and_table() -> None:
     r = run("plan", "-r", str(RULES), "-d", str(CRM), "--as-of", "2026-03-01", "-f", "jsonl")
     assert r.returncode == 0

@@ -5,6 +5,7 @@ Each example builds its own store(s), so the properties hold for the generated d
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import uuid
@@ -90,6 +91,26 @@ def test_facts_after_as_of_never_change_the_plan(backend: str, data: st.DataObje
         extra = data.draw(S.future_facts(crm, as_of), label="facts after as_of")
         S.load(s, extra)
         assert engine.plan(S.AS_OF_TEXT).to_json() == before
+
+
+@SETTINGS
+@given(crm=S.crms(), rules=st.one_of(S.rule_sets(), S.full_rule_sets()), piece=st.integers(1, 4))
+def test_a_plan_written_in_pieces_is_the_plan_encoded_whole(crm: Crm, rules: dict[str, Any], piece: int) -> None:
+    """`retainer plan` writes the JSON a few thousand actions at a time; here a piece is 1-4 actions, so
+    every plan is written in many: the pieces join to the whole tree encoded in one call."""
+    from retainer import plan as plan_module
+
+    plan = make_plan(crm, rules)
+    whole = plan_module.dumps_bytes(plan._tree(plan_module._as_is))
+    old, plan_module._PIECE = plan_module._PIECE, piece
+    try:
+        out = io.BytesIO()
+        plan.write_json(out)
+        assert out.getvalue() == whole
+        assert plan.to_json_bytes() == whole and plan.to_json() == whole.decode()
+    finally:
+        plan_module._PIECE = old
+    assert json.loads(whole) == json.loads(json.dumps(plan.to_dict(), default=plan_module._default))
 
 
 # ------------------------------------------------------------------ release / reassign

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -412,6 +413,30 @@ def test_a_number_beyond_64_bits_in_the_evidence_is_planned_committed_and_delive
     assert json.loads(payloads["c1"])["evidence"]["attributes.account"] == big
     assert all(", " not in p and '": ' not in p for p in payloads.values())  # one compact form for both
     assert sorted(a.evidence["attributes.account"] for a in h.actions) == [7, big]
+
+
+def test_a_plan_in_pieces_mixes_orjson_and_the_standard_library_piece_by_piece(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Written in pieces, only the piece holding a number beyond 64 bits goes through the standard
+    library (text); the others stay orjson's bytes, and all of them join to one valid JSON text."""
+    from retainer import plan as plan_module
+
+    monkeypatch.setattr(plan_module, "_PIECE", 1)
+    big = 2**70 + 1
+    store.add(managers=[{"id": "m1"}],
+              clients=[{"id": f"c{i}", "manager_id": "m1", "attributes": {"account": big if i == 1 else i + 10}}
+                       for i in range(3)])  # fmt: skip
+    rules = {"rules": [{"id": "big", "when": {"attributes.account": {"gt": 5}}, "then": [{"tag": "x"}]}]}
+    plan = retainer.Engine(retainer.load_rules(rules), store).plan("2026-03-01")
+    pieces = list(plan.json_pieces())
+    assert [p for p in pieces if isinstance(p, str)] == [pieces[2]]  # c1's action, the second
+    text = plan.to_json()
+    assert [a["evidence"]["attributes.account"] for a in json.loads(text)["actions"]] == [10, big, 12]
+    assert plan.to_json_bytes() == text.encode()
+    out = io.BytesIO()
+    plan.write_json(out)
+    assert out.getvalue() == text.encode()
 
 
 def test_plan_json_bytes_and_dicts(store: Store) -> None:

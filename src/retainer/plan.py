@@ -7,9 +7,10 @@ no timings, every instant rendered in the rule set's time zone.
 from __future__ import annotations
 
 import copy
+import io
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -69,6 +70,27 @@ def action_dict(a: Action) -> dict[str, Any]:
     return d
 
 
+#: actions per call of the encoder when a plan is written in pieces: large enough that the calls cost
+#: nothing next to the encoding, small enough that a piece is a few hundred KB whatever the plan's size
+_PIECE = 2000
+
+
+def _items(items: Sequence[Any], fields: Callable[[Any], Any]) -> Iterator[bytes | str]:
+    """The members of a JSON array, `_PIECE` at a time, each piece but the first led by its comma: what
+    `_encode` writes for the whole list, without its brackets."""
+    for n in range(0, len(items), _PIECE):
+        piece = _encode([fields(x) for x in items[n : n + _PIECE]], None)
+        lead = "," if n else ""
+        if isinstance(piece, str):
+            yield lead + piece[1:-1]
+        else:
+            yield lead.encode() + piece[1:-1]
+
+
+def _held(s: Suppression) -> dict[str, Any]:
+    return {"action": _as_is(s.action), "reason_code": s.reason_code, "detail": s.detail}
+
+
 def _as_is(a: Action) -> dict[str, Any]:
     """The action's own field dict, for serialisers that only read it. A copy of each costs more than
     writing the JSON: 1.5 s and 230 MB for the 350,000 actions of the full example set at 100k."""
@@ -106,16 +128,51 @@ class Plan:
 
     def to_json(self, *, indent: int | None = None) -> str:
         """Compact by default; byte-identical for equal plans."""
-        return dumps(self._tree(_as_is), indent=indent)
+        if indent is not None:
+            return dumps(self._tree(_as_is), indent=indent)
+        out = io.StringIO()
+        for piece in self.json_pieces():
+            out.write(piece if isinstance(piece, str) else piece.decode())
+        return out.getvalue()
 
     def to_json_bytes(self, *, indent: int | None = None) -> bytes:
         """`to_json()` as UTF-8, for a file or a socket: no text copy of a plan that can be 200 MB."""
-        return dumps_bytes(self._tree(_as_is), indent=indent)
+        if indent is not None:
+            return dumps_bytes(self._tree(_as_is), indent=indent)
+        out = io.BytesIO()
+        self.write_json(out)
+        return out.getvalue()  # the buffer itself, not a copy of it
+
+    def write_json(self, fp: Any) -> None:
+        """`to_json_bytes()` written to a binary file as it is made, a few hundred KB at a time: the
+        plan's JSON is never whole in memory (222 MB for the full example rule set at 100k clients).
+        A lone surrogate raises `UnicodeEncodeError`, as in `to_json_bytes()`."""
+        for piece in self.json_pieces():
+            fp.write(piece.encode() if isinstance(piece, str) else piece)
+
+    def json_pieces(self) -> Iterator[bytes | str]:
+        """The compact JSON of `to_json()` in pieces that concatenate to it: UTF-8 bytes, or text where the
+        standard library wrote the piece (an integer wider than 64 bits, a lone surrogate; see `_encode`)."""
+        yield b'{"actions":['
+        yield from _items(self.actions, _as_is)
+        yield b'],"as_of":'
+        yield _encode(self.as_of.isoformat(), None)
+        yield b',"stats":'
+        yield _encode(self.stats, None)
+        yield b',"suppressed":['
+        yield from _items(self.suppressed, _held)
+        yield b'],"warnings":'
+        yield _encode(self.warnings, None)
+        yield b"}"
 
     def to_jsonl(self) -> str:
         """One action per line (then one suppression per line, marked), for piping into other tools."""
-        lines = [dumps({"kind": "action", **_as_is(a)}) for a in self.actions]
+        return "".join(self.jsonl_lines())
+
+    def jsonl_lines(self) -> Iterator[str]:
+        """The lines of `to_jsonl()` one by one, as `retainer plan -f jsonl` writes them."""
+        for a in self.actions:
+            yield dumps({"kind": "action", **_as_is(a)}) + "\n"
         for x in self.suppressed:
             held = {"kind": "suppressed", "reason_code": x.reason_code, "detail": x.detail}
-            lines.append(dumps({**held, "action": _as_is(x.action)}))
-        return "".join(line + "\n" for line in lines)
+            yield dumps({**held, "action": _as_is(x.action)}) + "\n"
