@@ -227,6 +227,51 @@ def test_restart_resumes_a_dunning_ladder(store: Store, tmp_path: Path) -> None:
     assert len(r.cancelled) == 2  # no handlers: both steps were still pending
 
 
+def _pay_in_store(store: Store, day: float, amount: str | None = None) -> None:
+    """The CRM records the payment itself (an import, `store.upsert`): no `invoice_paid` event."""
+    inv = store.get("invoices", "due")
+    assert inv is not None
+    store.upsert(invoices=[{**inv.model_dump(), "paid_at": at(day), "paid_amount": amount}])
+
+
+@pytest.mark.parametrize("restarted", [False, True])
+def test_a_payment_written_to_the_store_directly_closes_its_ladder_at_the_next_tick(
+    store: Store, tmp_path: Path, restarted: bool
+) -> None:
+    """Found in review: a payment the CRM wrote to the store itself never moved the session's ladder, so the
+    ladder stayed open for good (in `process_states`, and saved again with the client's every change). The
+    next tick closes it as the event would have, its undelivered step cancelled; after a restart too, from
+    the saved states alone."""
+    s = Session(RULES, store)  # no handlers: the first step stays pending
+    s.tick(at(53))
+    _pay_in_store(store, 54)
+    if restarted:
+        store = retainer.open_store(f"sqlite:///{tmp_path / 'crm.db'}")  # a new process over the same file
+        s = Session(RULES, store)
+    r = s.tick(at(55))
+    assert [(t.chart, t.sid, t.from_state, t.to_state) for t in r.transitions] == [
+        ("debtor~dunning", "debtor:c1:due:dunning", "step_3d", "paid")]  # fmt: skip
+    (step,) = store.ledger(ids=r.cancelled)
+    assert step.key == "debtor:c1:due+3d:notify_client" and step.outcome == {"cancelled": "paid",
+                                                                             "at": at(55).isoformat()}  # fmt: skip
+    assert json.loads(store.get_cursor(CURSOR + "c1") or "") == {}
+    assert s.process_states("c1") == {}
+    assert s.tick(at(56)).transitions == []
+
+
+@pytest.mark.parametrize(("day", "amount"), [(54, "100"), (70, None)])
+def test_a_ladder_stays_open_while_the_store_shows_money_owed_at_the_tick(
+    store: Store, day: float, amount: str | None
+) -> None:
+    """Partly paid, or paid only after the tick's as_of: the ladder goes on, and its next step comes."""
+    s = Session(RULES, store)
+    s.tick(at(53))
+    _pay_in_store(store, day, amount)
+    r = s.tick(at(60))
+    assert [(t.from_state, t.to_state) for t in r.transitions] == [("step_3d", "step_10d")]
+    assert s.process_states("c1") == {"debtor:c1:due:dunning": ("debtor~dunning", "step_10d")}
+
+
 def test_a_partly_paid_invoice_keeps_its_ladder_when_a_session_adopts_it(store: Store) -> None:
     """The session's `invoice_paid` event and the dispatcher keep a partly paid ladder going; adopting it from
     the ledger treated any payment as paid in full, so the session lost the process."""

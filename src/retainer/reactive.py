@@ -48,7 +48,7 @@ from .model import Client, Manager
 from .plan import Plan
 from .rules.features import norm_reason
 from .rules.loader import RuleSet, load_rules
-from .stores.base import ManagerLoads, Store
+from .stores.base import ManagerLoads, Pred, Store
 from .timeutil import AsOf, parse_as_of, parse_instant
 
 _END_OF_TIME = datetime.max.replace(tzinfo=UTC)
@@ -904,8 +904,44 @@ class Session:
         reaction = Reaction(event_id, a.instant.astimezone(a.tz), None, plan)
         reaction.timings["plan"] = time.perf_counter() - t0
         self._commit(a, plan.actions, plan.cursors, reaction)
+        t1 = time.perf_counter()
+        self._close_paid(a, event_id, reaction)
+        reaction.timings["paid"] = time.perf_counter() - t1
         reaction.timings["total"] = time.perf_counter() - t0
         return reaction
+
+    def _close_paid(self, a: AsOf, event_id: str, reaction: Reaction) -> None:
+        """Dunning ladders whose invoice the store shows paid as of the tick take `paid`, as if the payment had
+        been posted: their steps not delivered yet are cancelled. A payment the CRM wrote to the store itself
+        (an import, `store.upsert`), or instalments that added up out of order, left the ladder open for good:
+        shown by `process_states`, and saved again with the client's every change. Every open ladder is looked
+        at, the saved ones (one read of the cursors) and the ones in memory, with one read of their invoices."""
+        debtor = {c.name for c in self._by_family.get("debtor", {}).values()}
+        if not debtor:
+            return
+        ladders: dict[str, tuple[str, str]] = {}  # sid -> (client, chart)
+        listed = getattr(self.store, "cursors", None)  # a store written before Store.cursors: memory only
+        for name, raw in (listed(CURSOR) if listed is not None else {}).items():
+            cid = name[len(CURSOR) :]
+            if cid not in self._procs:  # the session's own states are newer than what it saved
+                ladders.update((sid, (cid, v[0])) for sid, v in json.loads(raw).items() if v[0] in debtor)
+        for cid, procs in self._procs.items():
+            ladders.update((sid, (cid, v[0])) for sid, v in procs.items() if v[0] in debtor)
+        if not ladders:
+            return
+        invoice = {sid: self._split(sid, self.charts[c].rule, cid)[0] for sid, (cid, c) in ladders.items()}
+        found = self.store.facts("invoices", a.instant, (Pred("id", "in", frozenset(invoice.values())),))
+        invoices = {i.id: i for i in found}
+        for sid, (cid, cname) in sorted(ladders.items()):
+            chart, inv = self.charts[cname], invoices.get(invoice[sid])
+            if inv is None or self._owed(inv, a.instant, chart.rule):
+                continue  # still owed (or no such invoice as of the tick: nothing says it was paid)
+            self._moving.add(cid)
+            self._hydrate(cid)
+            if (tr := self._post(chart, cid, sid, "paid", event_id)) is not None:
+                reaction.transitions.append(tr)
+                reaction.cancelled += self._cancel(chart, cid, sid, a)
+        self._persist()
 
 
 def replay_events(session: Session, events: Iterable[Mapping[str, Any]]) -> list[Reaction]:

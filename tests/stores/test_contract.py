@@ -345,6 +345,19 @@ def test_cursors_round_trip(store: Store) -> None:
     assert store.get_cursor("nothing") is None
 
 
+def test_cursors_by_prefix(store: Store) -> None:
+    """The names that start with the prefix, taken literally (`_` and `%` are no wildcards), whatever
+    follows it: non-ASCII and astral characters too."""
+    names = ["reactive:client:c1", "reactive:client:c2", "reactive:client:ж", "reactive:client:\U0001f600",
+             "reactive:clients", "reactive:client", "round_robin:release", "reactive:client_x"]  # fmt: skip
+    for n, name in enumerate(names):
+        store.set_cursor(name, str(n))
+    assert store.cursors("reactive:client:") == dict(zip(names[:4], "0123", strict=True))
+    assert list(store.cursors("reactive:client")) == sorted(n for n in names if n.startswith("reactive:client"))
+    assert store.cursors("reactive:client_") == {"reactive:client_x": "7"}
+    assert store.cursors("nothing") == {}
+
+
 # ------------------------------------------------------------------ aggregates vs a pure-Python reference
 
 # Field kinds per entity, as the generated rows carry them (defaults for omitted fields)

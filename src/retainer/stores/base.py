@@ -298,6 +298,11 @@ class Store(Protocol):
 
     def set_cursor(self, name: str, value: str) -> None: ...
 
+    def cursors(self, prefix: str) -> dict[str, str]:
+        """Every cursor whose name starts with `prefix`, by name (a reactive session's saved process states
+        are `reactive:client:<id>`: a tick looks them all over in one read)."""
+        ...
+
     # ------------------------------------------------------------ ledger
 
     def run_lock(self, owner: str) -> AbstractContextManager[None]:

@@ -228,6 +228,9 @@ class MemoryStore:
     def set_cursor(self, name: str, value: str) -> None:
         self._cursors[name] = value
 
+    def cursors(self, prefix: str) -> dict[str, str]:
+        return {k: v for k, v in sorted(self._cursors.items()) if k.startswith(prefix)}
+
     # ------------------------------------------------------------ ledger
 
     @contextmanager

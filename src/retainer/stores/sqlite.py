@@ -1424,6 +1424,13 @@ class SQLiteStore:
         with self._transaction() as conn:
             conn.execute("INSERT OR REPLACE INTO retainer_cursors VALUES (?, ?)", [name, value])
 
+    def cursors(self, prefix: str) -> dict[str, str]:
+        # a range of the primary key, not LIKE: `_` and `%` in a prefix are plain characters, and the
+        # range is one index seek; every name that starts with the prefix sorts below prefix + U+10FFFF
+        rows = self.conn.execute("SELECT name, value FROM retainer_cursors WHERE name >= ? AND name < ? ORDER BY name",
+                                 [prefix, prefix + "\U0010ffff"])  # fmt: skip
+        return dict(rows)
+
     # ------------------------------------------------------------ ledger
 
     @contextmanager
