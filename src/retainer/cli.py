@@ -490,7 +490,7 @@ def run(
             if hasattr(h, "close"):
                 h.close()
     if fmt == "json":
-        sys.stdout.write(json.dumps(report.to_dict(), sort_keys=True, ensure_ascii=False) + "\n")
+        sys.stdout.write(report.to_json() + "\n")
     else:
         c = report.counts()
         if dry_run:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from .actions import Action, Suppression, parse_action
 from .errors import DataError
-from .plan import Plan, _as_is, _default, action_dict, dumps
+from .plan import Plan, _as_is, _default, dumps
 
 if TYPE_CHECKING:
     from .adapters.dispatch import DispatchReport
@@ -449,24 +449,28 @@ class RunReport:
             "cancelled": len(d.cancelled) if d else 0,
         }
 
+    def _tree(self) -> dict[str, Any]:
+        return {
+            "run": self.run.to_dict() if self.run else None,
+            "dry_run": self.run is None,
+            "as_of": self.plan.as_of.isoformat(),
+            "counts": self.counts(),
+            "new": [_as_is(a) for a in self.committed],  # read only: the JSON is the copy
+            "duplicates": [s.action.key for s in self.duplicates],
+            "suppressed": [
+                {"key": s.action.key, "reason_code": s.reason_code, "detail": s.detail}
+                for s in self.plan.suppressed
+                if s.reason_code != "duplicate"
+            ],
+            "dispatch": self.dispatch.to_dict() if self.dispatch else None,
+            "warnings": self.plan.warnings,
+        }
+
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(
-            json.dumps(
-                {
-                    "run": self.run.to_dict() if self.run else None,
-                    "dry_run": self.run is None,
-                    "as_of": self.plan.as_of.isoformat(),
-                    "counts": self.counts(),
-                    "new": [action_dict(a) for a in self.committed],
-                    "duplicates": [s.action.key for s in self.duplicates],
-                    "suppressed": [
-                        {"key": s.action.key, "reason_code": s.reason_code, "detail": s.detail}
-                        for s in self.plan.suppressed
-                        if s.reason_code != "duplicate"
-                    ],
-                    "dispatch": self.dispatch.to_dict() if self.dispatch else None,
-                    "warnings": self.plan.warnings,
-                },
-                default=_default,
-            )
-        )
+        """Plain JSON values (numbers, text, lists, dicts), fresh: the caller may change them."""
+        return json.loads(self.to_json())  # type: ignore[no-any-return]
+
+    def to_json(self) -> str:
+        """Compact, keys sorted, as `retainer run -f json` writes it (orjson: a first night at 100k clients
+        reports 70k new actions; the standard library took 1 s to write them, and as long to copy them)."""
+        return dumps(self._tree())

@@ -21,8 +21,10 @@ from typing import Any
 from ..actions import ACTION_TYPES, Action
 from ..errors import ArgumentError, DispatchError, did_you_mean
 from ..ledger import ACTIVE, MANAGER_LEFT, LedgerEntry, Status, claim_alive, claim_holder, delivering
-from ..stores.base import virtual_value
+from ..stores.base import Pred, virtual_value
 from .base import ActionHandler, CallbackHandler, PermanentError
+
+_END_OF_TIME = datetime.max.replace(tzinfo=UTC)  # every client and invoice, whenever created
 
 __all__ = ["DispatchReport", "Dispatcher", "Retry", "describe_error", "dunning_over", "utc_now"]
 
@@ -295,16 +297,20 @@ class Dispatcher:
         that committed them could not know; the one that delivers them (a night later, or a replay) must
         not send them."""
         out: dict[str, tuple[str, str | None]] = {}
-        clients: dict[str, Any] = {}
         managers: dict[str, Any] = {}
         moves: dict[tuple[str, str], str] = {}  # (client, manager it was to go to) -> why the move is cancelled
+        # their clients and the invoices they chase, read at once: one by one, a first night at 100k clients
+        # read 40,000 clients in 40,000 queries
+        ids = {e.client_id for e in earlier if e.client_id is not None}
+        clients = {c.id: c for c in self.store.clients(_END_OF_TIME, sorted(ids))} if ids else {}
+        chased = {i for e in earlier if isinstance(i := e.action.evidence.get("invoice.id"), str)}
+        invoices = {i.id: i for i in self.store.facts("invoices", _END_OF_TIME, (Pred("id", "in", frozenset(chased)),))
+                    } if chased else {}  # fmt: skip
         for e in earlier:
             cid = e.client_id
             if cid is None:
                 continue
-            if cid not in clients:
-                clients[cid] = self.store.get("clients", cid)
-            c = clients[cid]
+            c = clients.get(cid)
             if c is not None and c.contact_policy == "do_not_contact":
                 out[e.id] = ("do_not_contact", None)
                 continue
@@ -317,7 +323,7 @@ class Dispatcher:
                     moves[(cid, e.action.to_manager_id)] = gone  # type: ignore[attr-defined]
                 continue
             invoice = e.action.evidence.get("invoice.id")  # a dunning step's invoice
-            inv = self.store.get("invoices", invoice) if isinstance(invoice, str) else None
+            inv = invoices.get(invoice) if isinstance(invoice, str) else None
             if inv is not None and (why := dunning_over(inv, self.clock(), self.min_outstanding.get(e.rule, 0))):
                 out[e.id] = (why, None)
         if moves:  # the tasks and messages planned with a cancelled move, for the manager it named, go with it
