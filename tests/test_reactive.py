@@ -156,6 +156,37 @@ def test_a_running_total_delivered_out_of_order_does_not_move_the_payment_backwa
     assert not [a for a in s.tick(at(80)).committed if a.rule == "debtor"]
 
 
+def test_post_with_as_of_writes_the_fact_at_its_own_time(store: Store) -> None:
+    """Found in review: `post(event, as_of=now)` wrote the payment dated at the as_of, so a late copy of an older
+    total passed for the newest payment and undid the full one (the client who paid got the SMS), and a task
+    done on day 52 was stored as done when it was posted."""
+    s = Session(RULES, store)
+    s.tick(at(53))
+    s.post({"type": "invoice_paid", "id": "due", "at": at(54.5), "paid_total": "500"}, as_of=at(54.6))
+    s.post({"type": "invoice_paid", "id": "due", "at": at(54.4), "paid_total": "200"}, as_of=at(54.7))  # late
+    inv = store.get("invoices", "due")
+    assert inv is not None and (inv.paid_amount, inv.paid_at) == (500, at(54.5))
+    store.add(tasks=[{"id": "k1", "client_id": "c1", "created_at": at(10)}])
+    s.post({"type": "task_done", "id": "k1", "at": at(52)}, as_of=at(54.8))
+    assert store.get("tasks", "k1").done_at == at(52)  # type: ignore[union-attr]
+    assert not [a for a in s.tick(at(61)).committed if a.rule == "debtor"]
+
+
+def test_a_smaller_running_total_at_the_instant_of_the_stored_one_is_an_older_copy(store: Store) -> None:
+    """Found in review: payments dated by day share their instant; the first instalment's total redelivered after
+    the second (paid in full) moved the payment back to 200, reopened the ladder and dunned the client."""
+    s = Session(RULES, store)
+    s.tick(at(53))
+    first = {"type": "invoice_paid", "id": "due", "at": at(54), "paid_total": "200"}
+    s.post(first)
+    s.post({**first, "paid_total": "500"})
+    assert s.process_states("c1") == {}
+    s.post(first)
+    assert store.get("invoices", "due").paid_amount == 500  # type: ignore[union-attr]
+    assert s.process_states("c1") == {}
+    assert not [a for a in s.tick(at(61)).committed if a.rule == "debtor"]
+
+
 def test_an_instalment_delivered_late_is_added_and_keeps_the_later_date(store: Store) -> None:
     s = Session(RULES, store)
     s.tick(at(53))

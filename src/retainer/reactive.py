@@ -383,12 +383,15 @@ class Session:
         when = as_of if as_of is not None else event.get("at")
         if when is None:
             raise ReactiveError(f"{kind} event {event.get('id', '')!r} has no `at` and no as_of was given")
-        # when the event's fact happened; an as_of (a tick's, or post's as_of=) is read as Engine.run reads it
-        fact = self.engine.as_of(when) if kind == "tick" or as_of is not None else self._event_time(when)
+        # when the event's fact happened: its own `at` whatever the as_of (post's as_of= is when to decide, not
+        # when the payment was made: a late copy of an older total, dated at the as_of, passed for the newest
+        # payment and undid a full one); an as_of (a tick's, or post's as_of=) is read as Engine.run reads it
+        own = event.get("at") if kind != "tick" else None
+        fact = self._event_time(own) if own is not None else self.engine.as_of(when)
         if kind == "tick" or as_of is not None:
             # the host names the instant to decide as of: refused after tomorrow, as Engine.run refuses it
-            refuse_after_tomorrow(fact, self.clock, "a tick" if kind == "tick" else "a post with as_of")
-            a = fact
+            a = self.engine.as_of(when) if own is not None else fact
+            refuse_after_tomorrow(a, self.clock, "a tick" if kind == "tick" else "a post with as_of")
         else:
             # an event dated later than now (a meeting logged with its planned time) is written as it is, and
             # decided as of now: as of its own date, the steps due by then would be sent now and earlier ones
@@ -498,7 +501,12 @@ class Session:
         if kind == "invoice_paid":
             inv = self._get("invoices", ev)
             total = self._paid_total(inv, ev)
-            if inv.paid_at is None or at >= inv.paid_at:
+            stored = (inv.paid_amount if inv.paid_amount is not None else inv.amount) if inv.paid_at else None
+            # a running total at the instant of the stored payment (payments dated by day share it) is a copy of
+            # an earlier one when it is smaller: the larger stands, as a later one would (a redelivered first
+            # instalment undid the second, and the client who had paid in full was dunned)
+            older = "paid_total" in ev and at == inv.paid_at and stored is not None and total < stored
+            if inv.paid_at is None or (at >= inv.paid_at and not older):
                 store.upsert(invoices=[{**inv.model_dump(), "paid_at": at, "paid_amount": total}])
                 inv = self._get("invoices", ev)  # validated: the amount is a Decimal now
             elif "amount" in ev:  # an instalment paid before the last one recorded: added, the date kept
