@@ -370,6 +370,42 @@ def test_restart_resumes_a_winback_mid_process_and_an_inbound_call_tells_the_man
     assert s2.process_states("c1") == {}
 
 
+def _offer_waiting(store: Store) -> tuple[Session, str]:
+    """c1 churned, the win-back's reason was `price`: a discount waits for c1's next inbound call."""
+    s = Session(RULES, store)
+    s.post({"type": "invoice_paid", "id": "due", "at": at(41)})
+    (task,) = [a for a in s.tick(at(131)).committed if a.rule == "winback"]
+    r = s.post({"type": "outcome", "action_id": task.id, "outcome": {"churn_reason": "price"}, "at": at(132)})
+    (offer,) = [a.id for a in r.committed if a.type == "propose_offer"]
+    return s, offer
+
+
+@pytest.mark.parametrize("restarted", [False, True])
+def test_an_outcome_on_a_waiting_offer_closes_it_after_a_restart_too(
+    store: Store, tmp_path: Path, restarted: bool
+) -> None:
+    """Found in review: after a restart the session looked for the offer among the client's processes before it
+    had read them, so a declined offer stayed waiting and the client's next call prompted the manager."""
+    s, offer = _offer_waiting(store)
+    if restarted:
+        s = Session(RULES, retainer.open_store(f"sqlite:///{tmp_path / 'crm.db'}"))
+    r = s.post({"type": "outcome", "action_id": offer, "outcome": {"result": "declined"}, "at": at(133)})
+    assert [(t.chart, t.from_state, t.to_state) for t in r.transitions] == [("winback~offer", "waiting", "closed")]
+    call = s.post({"type": "touch", "id": "t-in", "client_id": "c1", "at": at(134), "direction": "inbound"})
+    assert not call.committed
+
+
+def test_the_prompt_about_a_waiting_offer_goes_to_the_active_supervisor_of_a_manager_who_left(store: Store) -> None:
+    """Found in review: the prompt went to the manager who had left (the engine gives her tasks to the nearest
+    active supervisor), and no dispatcher check stops a message: it was lost."""
+    s, _offer = _offer_waiting(store)
+    s.post({"type": "fact", "entity": "managers", "at": at(133),
+            "row": {"id": "m1", "name": "Anna", "supervisor_id": "boss", "active": False}})  # fmt: skip
+    call = s.post({"type": "touch", "id": "t-in", "client_id": "c1", "at": at(134), "direction": "inbound"})
+    (note,) = call.committed
+    assert note.type == "notify_manager" and note.to_manager_id == "boss"
+
+
 def test_a_process_started_by_a_nightly_run_is_adopted(store: Store) -> None:
     store.upsert(invoices=[{"id": "due", "client_id": "c1", "issued_at": at(40), "due_at": at(50), "amount": "500",
                             "paid_at": at(41)}])

@@ -40,7 +40,7 @@ from typing import Any
 from . import policies
 from .actions import Action, NotifyManager, action_id
 from .adapters.dispatch import Dispatcher, DispatchReport, Handlers, Retry, dunning_over, utc_now
-from .engine import Engine, _not_utc, refuse_after_tomorrow
+from .engine import Engine, _active_supervisor, _not_utc, refuse_after_tomorrow
 from .errors import ArgumentError, RetainerError
 from .keys import action_key
 from .ledger import ACTIVE, LedgerEntry, RunRecord, check_outcome, unapplied_moves
@@ -535,6 +535,11 @@ class Session:
                 # again brought a finished win-back back as an open one that never moved on
                 return known[0].client_id, eid, triggers, None
             entry = store.set_outcome(str(aid), outcome, at)
+            if entry.client_id is not None and entry.client_id not in self._procs:
+                # its saved processes first: an offer waiting in a saved state (after a restart) was not found,
+                # so the declined offer stayed waiting and the client's next call prompted the manager
+                self._moving.add(entry.client_id)
+                self._procs[entry.client_id] = self._saved(entry.client_id)
             triggers += self._outcome_triggers(entry, outcome)
             return entry.client_id, eid, triggers, None
         # fact
@@ -737,15 +742,18 @@ class Session:
         if known is not None and not merge:
             return
         if known is None:
-            raw = self.store.get_cursor(CURSOR + client_id)
-            # a state the rule file no longer has (a ladder step removed since) is left to the ledger's view below
-            saved = {} if raw is None else json.loads(raw)
-            known = {sid: list(v) for sid, v in saved.items()
-                     if v[0] in self.charts and self.charts[v[0]].accepts(START, f"resume:{v[1]}")}
-            self._procs[client_id] = known
+            known = self._procs[client_id] = self._saved(client_id)
         for sid, (cname, state) in sorted(self._adopt(client_id).items()):
             if sid not in known:
                 known[sid] = [cname, state]
+
+    def _saved(self, client_id: str) -> dict[str, list[str]]:
+        """The client's processes as a session saved them. A state the rule file no longer has (a ladder step
+        removed since) is left out, to the ledger's view (`_adopt`)."""
+        raw = self.store.get_cursor(CURSOR + client_id)
+        saved = {} if raw is None else json.loads(raw)
+        return {sid: list(v) for sid, v in saved.items()
+                if v[0] in self.charts and self.charts[v[0]].accepts(START, f"resume:{v[1]}")}  # fmt: skip
 
     def _adopt(self, client_id: str) -> dict[str, list[str]]:
         """A client this store has no session state for: its processes, as the ledger tells them."""
@@ -855,8 +863,14 @@ class Session:
     def _owner(self, client: Client, a: AsOf) -> str:
         """The client's manager, or the one a committed reassignment gave it to while the CRM still shows
         the old one, as the engine assigns its tasks: the one who lost the client should not hear that it
-        called."""
-        return unapplied_moves(self.store, [client], a.instant).get(client.id, client.manager_id)
+        called. A manager who has left is replaced by the nearest active supervisor, as for the engine's
+        tasks (found in review: the prompt went to the manager who had left, and was lost)."""
+        owner = unapplied_moves(self.store, [client], a.instant).get(client.id, client.manager_id)
+        managers = {m.id: m for m in self._cache.managers()}
+        m = managers.get(owner)
+        if m is not None and not m.active and (boss := _active_supervisor(m, managers)) is not None:
+            return boss.id
+        return owner
 
     # ------------------------------------------------------------ commit and deliver
 
