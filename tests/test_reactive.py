@@ -110,6 +110,19 @@ def test_dunning_ladder_runs_and_a_payment_cancels_its_pending_steps(store: Stor
     assert not [a for a in s.tick(at(80)).committed if a.rule == "debtor"]  # the ladder stopped
 
 
+def test_a_payment_delivered_twice_closes_its_ladder_once(store: Store) -> None:
+    """Found in review: the copy reported the ladder paid again (`new -> paid`) and cancelled its step again,
+    with the copy's date."""
+    s = Session(RULES, store)  # no handlers: the reminder stays pending
+    s.tick(at(53))
+    first = s.post({"type": "invoice_paid", "id": "due", "at": at(54)})
+    assert [(t.from_state, t.to_state) for t in first.transitions] == [("step_3d", "paid")] and first.cancelled
+    copy = s.post({"type": "invoice_paid", "id": "due", "at": at(54), "event_id": "again"})
+    assert copy.transitions == [] and copy.cancelled == []
+    (step,) = store.ledger(ids=first.cancelled)
+    assert step.outcome == {"cancelled": "paid", "at": at(54).isoformat()}
+
+
 def test_a_partial_payment_keeps_the_ladder(store: Store) -> None:
     s = Session(RULES, store)
     s.tick(at(53))

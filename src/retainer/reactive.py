@@ -499,7 +499,7 @@ class Session:
             store.upsert(tasks=[{**task.model_dump(), "done_at": at, "status": "done"}])
             return task.client_id, str(ev.get("event_id") or f"task_done:{task.id}"), triggers, None
         if kind == "invoice_paid":
-            inv = self._get("invoices", ev)
+            inv = before = self._get("invoices", ev)
             total = self._paid_total(inv, ev)
             stored = (inv.paid_amount if inv.paid_amount is not None else inv.amount) if inv.paid_at else None
             # a running total at the instant of the stored payment (payments dated by day share it) is a copy of
@@ -517,7 +517,9 @@ class Session:
             # paid again, and its ladder went on)
             cid = inv.client_id
             for chart in self._by_family.get("debtor", {}).values():
-                if not self._owed(inv, a.instant, chart.rule):  # a payment dated later counts from its date
+                # a payment dated later counts from its date; a ladder over before this event (a copy of the
+                # payment, redelivered) is not paid again: its steps were cancelled once, with their date
+                if not self._owed(inv, a.instant, chart.rule) and self._owed(before, a.instant, chart.rule):
                     triggers.append((chart, self._debtor_sid(chart, cid, inv.id), "paid", {"invoice": inv.id}))
             return cid, str(ev.get("event_id") or f"invoice_paid:{inv.id}"), triggers, None
         if kind == "outcome":
