@@ -419,6 +419,36 @@ def test_the_prompt_about_a_waiting_offer_goes_to_the_active_supervisor_of_a_man
     assert note.type == "notify_manager" and note.to_manager_id == "boss"
 
 
+def test_a_win_back_whose_reason_was_recorded_past_the_session_is_done_when_its_next_step_is_committed(
+    store: Store,
+) -> None:
+    """Found in review: with the reason recorded through `Engine.record_outcome` (or `retainer actions outcome`)
+    and the next step committed by a tick, the session's win-back stayed `reason_pending` for good."""
+    s = Session(RULES, store)
+    s.post({"type": "invoice_paid", "id": "due", "at": at(41)})
+    (task,) = [a for a in s.tick(at(131)).committed if a.rule == "winback"]
+    retainer.Engine(retainer.load_rules(RULES), store).record_outcome(task.id, {"churn_reason": "survey_needed"})
+    r = s.tick(at(132))
+    assert [a.key for a in r.committed if a.rule == "winback"] == ["winback:c1:2026-02-10~survey_needed:create_task"]
+    moved = [(t.chart, t.from_state, t.to_state) for t in r.transitions]
+    assert moved == [("winback~winback", "reason_pending", "done")]
+    assert s.process_states("c1") == {}
+
+
+def test_an_outcome_posted_again_later_does_not_reopen_a_finished_win_back(store: Store) -> None:
+    """Found in review: the task's outcome sent again with a later time (a note added to it) took the finished
+    win-back back to `next_survey_needed`, where it stayed: its next step was committed already."""
+    s = Session(RULES, store)
+    s.post({"type": "invoice_paid", "id": "due", "at": at(41)})
+    (task,) = [a for a in s.tick(at(131)).committed if a.rule == "winback"]
+    outcome = {"type": "outcome", "action_id": task.id, "outcome": {"churn_reason": "survey_needed"}}
+    assert s.post({**outcome, "at": at(132)}).committed
+    assert s.process_states("c1") == {}
+    again = s.post({**outcome, "at": at(133)})
+    assert again.transitions == [] and again.committed == []
+    assert s.process_states("c1") == {}
+
+
 def test_a_process_started_by_a_nightly_run_is_adopted(store: Store) -> None:
     store.upsert(invoices=[{"id": "due", "client_id": "c1", "issued_at": at(40), "due_at": at(50), "amount": "500",
                             "paid_at": at(41)}])

@@ -119,6 +119,9 @@ def _winback_chart(rule_id: str, reasons: Sequence[str], outcome_field: str) -> 
         states.append(nxt)
         t[("reason_pending", f"outcome:{r}")] = (nxt, None)
         t[(nxt, f"committed:~{r}")] = ("done", None)
+        # the reason recorded past the session (`retainer actions outcome`, Engine.record_outcome), then its next
+        # step committed by a tick or a nightly run: done all the same (it stayed `reason_pending` for good)
+        t[("reason_pending", f"committed:~{r}")] = ("done", None)
         t[(START, f"resume:{nxt}")] = (nxt, None)
     return Chart(f"{rule_id}~winback", "winback", rule_id, (*states, "done", "closed"),
                  frozenset({"done", "closed"}), t, reasons=tuple(reasons), outcome_field=outcome_field)
@@ -599,7 +602,12 @@ class Session:
             if reason is not None:
                 r = norm_reason(reason)
                 trig = f"outcome:{r}" if r in wb.reasons else "outcome:*"
-                out.append((wb, self._winback_sid(wb, cid, ep), trig, {"adopt": "reason_pending"}))
+                # the reason's next step already committed: the outcome posted again (a note added to it) must
+                # not bring the finished win-back back as an open one that never moves on
+                step = action_key(rule, cid, f"{ep}~{r}", "")
+                if r not in wb.reasons or not any(e.key.startswith(step) for e in self.store.ledger(
+                        client_ids=[cid], rule=rule)):  # fmt: skip
+                    out.append((wb, self._winback_sid(wb, cid, ep), trig, {"adopt": "reason_pending"}))
         offer = self._by_family.get("offer", {}).get(rule)
         if offer is not None and typ.startswith("propose_offer") and entry.key in self._procs.get(cid, {}):
             out.append((offer, entry.key, "outcome", {}))
