@@ -393,6 +393,37 @@ def test_running_an_earlier_date_warns(store: Store) -> None:
     assert any("is before the last run's" in w for w in report.plan.warnings)
 
 
+@pytest.mark.parametrize("change", ["paid", "do_not_contact"])
+def test_what_changes_while_the_nightly_run_plans_is_looked_at_before_its_actions_go_out(
+    store: Store, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """Found in review: a run as of today trusted its own plan, so a payment (or a do-not-contact request)
+    written by another process while it was planning did not stop the reminder it had just planned."""
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1", "name": "Acme"}],
+              invoices=[{"id": "i1", "client_id": "c1", "issued_at": "2026-02-01", "due_at": "2026-02-15",
+                         "amount": "1200"}])  # fmt: skip
+    rules = {"rules": [{"id": "debtor", "kind": "debtor", "steps": [
+        {"after": "3d", "notify_client": {"channel": "email", "template": "reminder"}}]}]}  # fmt: skip
+    engine = engine_for(rules, store)
+    real = engine._plan
+
+    def plan_then_change(*a: Any, **k: Any) -> Any:
+        out = real(*a, **k)
+        if change == "paid":
+            store.upsert(invoices=[{"id": "i1", "client_id": "c1", "issued_at": "2026-02-01", "due_at": "2026-02-15",
+                                    "amount": "1200", "paid_at": "2026-02-20T01:00:00Z"}])  # fmt: skip
+        else:
+            store.upsert(clients=[{"id": "c1", "manager_id": "m1", "name": "Acme", "contact_policy": "do_not_contact"}])
+        return out
+
+    monkeypatch.setattr(engine, "_plan", plan_then_change)
+    h = RecordingHandler()
+    report = engine.run("2026-02-20", h, clock=lambda: datetime(2026, 2, 20, 2, tzinfo=UTC))  # as of today
+    assert [a.key for a in report.committed] == ["debtor:c1:i1+3d:notify_client"]
+    assert h.actions == []
+    assert report.dispatch is not None and list(report.dispatch.cancelled.values()) == [change]
+
+
 def test_a_number_beyond_64_bits_in_the_evidence_is_planned_committed_and_delivered(store: Store) -> None:
     """A client attribute can hold an account number too big for 64 bits: the plan's JSON, the ledger's
     copy and the delivered action keep it exactly (orjson stops at 64 bits; the standard library takes

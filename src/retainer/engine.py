@@ -1037,8 +1037,7 @@ class Engine:
                 plan.actions = committed
                 late_dups = [policies.hold(x, policies.DUPLICATE, _dup("meanwhile")) for x in late]
                 plan.suppressed = sorted([*plan.suppressed, *late_dups], key=lambda s: (s.action.key, s.reason_code))
-            current = a.instant >= clock()  # else a payment made since as_of is news to this plan
-            report = RunReport(plan, run, committed, dispatcher.dispatch_active(committed, current=current))
+            report = RunReport(plan, run, committed, dispatcher.dispatch_active(committed))
             done = dataclasses.replace(run, status="finished", finished_at=clock(), counts=report.counts())
             self.store.finish_run(run.id, done.finished_at, done.counts)  # type: ignore[arg-type]
             report.run = done

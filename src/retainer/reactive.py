@@ -904,19 +904,17 @@ class Session:
                 by_id = {x.id: x for x in committed}
                 for e in entries:
                     e.__dict__["action"] = by_id[e.id]
-                # an event dated before facts the store has (a late webhook, a queue delivering out of
-                # order) planned without them: its actions are looked at again before they go out, as
-                # Engine.run does for a past night (a payment the session already took in cancels a
-                # reminder)
-                current = a.instant >= self.clock()
-                reaction.dispatch = self._dispatcher.dispatch(entries, planned=by_id if current else ())
+                # looked at again before they go out: an event dated before facts the store has (a late
+                # webhook, a queue delivering out of order) planned without them (a payment the session
+                # already took in cancels a reminder)
+                reaction.dispatch = self._dispatcher.dispatch(entries)
             self.store.finish_run(run.id, self.clock(), {"new": len(committed)})
             reaction.timings["dispatch"] = time.perf_counter() - t1
         if reaction.client_id is None and self._dispatcher is not None:
             # a tick delivers everything pending or failed, as Engine.run does: what it committed, and what
             # earlier events and ticks left when the CRM did not answer (each event tries its own once)
             t1 = time.perf_counter()
-            reaction.dispatch = self._dispatcher.dispatch_active(committed, current=a.instant >= self.clock())
+            reaction.dispatch = self._dispatcher.dispatch_active(committed)
             reaction.timings["dispatch"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         for act in committed:

@@ -12,7 +12,7 @@ import heapq
 import inspect
 import math
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -183,12 +183,10 @@ class Dispatcher:
         handler = self.handlers.get(action_type)  # `is None`, not `or`: a handler may be falsy (an empty list)
         return handler if handler is not None else self.handlers.get("*")
 
-    def dispatch_active(self, known: Iterable[Action] = (), *, current: bool = True) -> DispatchReport:
+    def dispatch_active(self, known: Iterable[Action] = ()) -> DispatchReport:
         """Deliver everything `pending` or `failed` in the ledger: this run's actions and whatever an
         interrupted earlier run left behind. `known` are action objects already in hand (the run's
-        own), used instead of parsing their ledger copies again. `current`: their plan saw every fact
-        there is (as of now or later); a plan as of a past day (a missed night caught up) did not, and
-        its actions are looked at again like an earlier run's."""
+        own), used instead of parsing their ledger copies again."""
         entries = self.store.ledger(status=ACTIVE)
         by_id = {a.id: a for a in known}
         if by_id:
@@ -196,11 +194,12 @@ class Dispatcher:
                 a = by_id.get(e.id)
                 if a is not None:
                     e.__dict__["action"] = a  # fills the cached_property: the same action, unparsed
-        return self.dispatch(entries, planned=by_id if current else ())
+        return self.dispatch(entries)
 
-    def dispatch(self, entries: Iterable[LedgerEntry], *, planned: Collection[str] = ()) -> DispatchReport:
-        """Deliver `entries`. Those not in `planned` (the ids of the plan just committed, checked by it) were
-        committed earlier: each is looked at again first, and cancelled when it must not go out any more."""
+    def dispatch(self, entries: Iterable[LedgerEntry]) -> DispatchReport:
+        """Deliver `entries`. Each is looked at again first, and cancelled when it must not go out any more:
+        the plan that committed it may be a night old, or seconds old with a payment written since (a session
+        took it in while the nightly run was planning, and the run sent the reminder: found in review)."""
         report = DispatchReport()
         queue: list[LedgerEntry] = []
         read_at = self.clock()
@@ -212,7 +211,7 @@ class Dispatcher:
                 report.in_flight.append(e.id)
             else:
                 active.append(e)
-        void = self._void([e for e in active if e.id not in planned])
+        void = self._void(active)
         for e in active:
             if e.id in void:
                 now = self.clock()
