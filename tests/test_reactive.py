@@ -383,9 +383,9 @@ def test_restart_resumes_a_winback_mid_process_and_an_inbound_call_tells_the_man
     assert s2.process_states("c1") == {}
 
 
-def _offer_waiting(store: Store) -> tuple[Session, str]:
+def _offer_waiting(store: Store, **kw: Any) -> tuple[Session, str]:
     """c1 churned, the win-back's reason was `price`: a discount waits for c1's next inbound call."""
-    s = Session(RULES, store)
+    s = Session(RULES, store, **kw)
     s.post({"type": "invoice_paid", "id": "due", "at": at(41)})
     (task,) = [a for a in s.tick(at(131)).committed if a.rule == "winback"]
     r = s.post({"type": "outcome", "action_id": task.id, "outcome": {"churn_reason": "price"}, "at": at(132)})
@@ -447,6 +447,17 @@ def test_an_outcome_posted_again_later_does_not_reopen_a_finished_win_back(store
     again = s.post({**outcome, "at": at(133)})
     assert again.transitions == [] and again.committed == []
     assert s.process_states("c1") == {}
+
+
+def test_only_a_call_made_after_the_offer_and_not_after_now_presents_it(store: Store) -> None:
+    """Found in review: a call logged late that happened before the offer existed, or an inbound meeting logged
+    with its planned time, presented the offer, and the client's real next call got no prompt."""
+    s, _offer = _offer_waiting(store, clock=lambda: at(140))  # the offer was made on day 132
+    for when in (at(131), at(150)):
+        r = s.post({"type": "touch", "id": f"t{when.day}", "client_id": "c1", "at": when, "direction": "inbound"})
+        assert not r.committed and r.transitions == []
+    r = s.post({"type": "touch", "id": "t-real", "client_id": "c1", "at": at(139), "direction": "inbound"})
+    assert [a.type for a in r.committed] == ["notify_manager"]
 
 
 def test_a_process_started_by_a_nightly_run_is_adopted(store: Store) -> None:

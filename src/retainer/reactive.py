@@ -421,7 +421,8 @@ class Session:
         if inbound is not None:  # the client called: every offer of its that waits for a call is presented
             triggers += [(self.charts[cname], sid, "inbound", {"touch": inbound})
                          for sid, (cname, state) in sorted(self._procs[client_id].items())
-                         if self.charts[cname].family == "offer" and state == "waiting"]
+                         if self.charts[cname].family == "offer" and state == "waiting"
+                         and self._after_offer(sid, inbound)]  # fmt: skip
         transitions: list[Transition] = []
         commands: list[tuple[Chart, str, str, Mapping[str, Any]]] = []
         for chart, sid, trigger, payload in triggers:
@@ -827,6 +828,16 @@ class Session:
                 self.store.set_outcome(e.id, {"cancelled": "paid", "at": a.instant.isoformat()}, a.instant)
                 out.append(e.id)
         return out
+
+    def _after_offer(self, sid: str, touch: Any) -> bool:
+        """Whether an inbound touch is the call a waiting offer waits for: made after the offer was (its as_of,
+        or its commit if that came first), and not later than now. A call logged late that happened before
+        the offer existed, or a meeting logged with its planned time, presented it, and the client's real
+        next call got no prompt (found in review)."""
+        if touch.at > self.clock():
+            return False
+        entry = next(iter(self.store.ledger(ids=[action_id(sid)])), None)
+        return entry is None or touch.at > min(entry.as_of, entry.created_at)
 
     @staticmethod
     def _notify_key(offer_key: str, rule: str, client_id: str) -> str:
