@@ -191,6 +191,36 @@ def test_a_window_aggregate_expiring_flips_a_condition() -> None:
         assert days_of(b, "quiet") == ["2026-02-04"]  # the touch of 5 January leaves the 30-day window
 
 
+def test_the_cost_of_a_client_younger_than_its_profit_window_grows_by_time_alone() -> None:
+    """Found in review: a client created inside the window has cost one day more each day, with no new fact;
+    the sweep woke it daily for windows in months only, so a rule on `profit_90d` never fired."""
+    with fresh() as s:
+        s.add(managers=[{"id": "m1"}],
+              clients=[{"id": "c1", "manager_id": "m1", "created_at": "2026-01-01", "cost_to_serve": 600}],
+              invoices=[{"id": "i1", "client_id": "c1", "issued_at": "2026-01-05", "amount": 1000,
+                         "paid_at": "2026-01-06"}])  # fmt: skip
+        rules = {"rules": [{"id": "loss", "category": "service", "when": {"profit_90d": {"lt": 0}},
+                            "episode": "client_id", "then": [{"tag": "loss-making"}]}]}  # fmt: skip
+        b = both(rules, s, "2026-01-10", "2026-03-31")
+        assert days_of(b, "loss") == ["2026-02-21"]  # 1000 - 600 * 51 / 30 < 0
+
+
+def test_a_reassigned_client_is_evaluated_for_a_rule_whose_episode_is_its_manager() -> None:
+    """Found in review: a hand-over task per new manager (`episode: manager_id`) was never planned for the
+    manager a release gave the client to: the sweep looked for the manager in conditions only."""
+    with fresh() as s:
+        crm(s, touches=[{"id": "t1", "client_id": "c1", "at": "2025-12-01T10:00"}])
+        rules = {"rules": [
+            {"id": "forgotten", "kind": "forgotten", "after": "30d"},
+            {"id": "release", "kind": "release", "forgotten_rule": "forgotten", "grace": "7d",
+             "then": [{"reassign": {"strategy": "least_loaded"}}]},
+            {"id": "handover", "category": "service", "when": {"status": "active"}, "episode": "manager_id",
+             "then": [{"create_task": {"title": "Introduce yourself to {client.name}"}}]}]}  # fmt: skip
+        b = both(rules, s, "2026-01-01", "2026-01-20")
+        assert [(d.isoformat(), a.assignee_id) for d, a in b.new if a.rule == "handover"] == [  # type: ignore[attr-defined]
+            ("2026-01-01", "m1"), ("2026-01-08", "m2")]  # fmt: skip
+
+
 @pytest.mark.parametrize("zone", ["UTC", "Asia/Tokyo"])
 def test_contract_progress_crosses_its_constants_on_their_days_without_daily_plans(zone: str) -> None:
     """Progress grows with time alone: each leaf is due on the day the progress reaches its constant, and

@@ -401,7 +401,9 @@ def _sweep(
     # who gets a client's next task is read when it is next evaluated, for whatever reason: a reassigned
     # client needs no evaluation of its own, unless a condition reads its manager (every rule set needs
     # `manager_id` for its actions; evaluating the 19,000 clients released on a first step again cost 20 %)
-    in_conditions = rules.registry.closure(set().union(*(r.condition.features() for r in rules.rules)))
+    # (an episode on the manager reads it too: a hand-over task per new manager, found in review)
+    read = [r.condition.features() | ({r.episode} if r.episode else set()) for r in rules.rules]
+    in_conditions = rules.registry.closure(set().union(*read))
     reads_manager = not MANAGER_FEATURES.isdisjoint(in_conditions)
     abc: dict[str, Any] | None = {} if "abc_class" in needed else None
     managers = {m.id: m for m in overlay.managers()}

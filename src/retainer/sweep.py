@@ -267,17 +267,24 @@ class Wakes:
                 if i is not None and (out[i] is None or w < out[i]):  # type: ignore[operator]
                     out[i] = w
         _merge(out, self._deps(fr, name))
-        if name.startswith("profit_") and self._months_window(name):  # days per window vary by date
-            _merge(out, [self._next if c.cost_to_serve else None for c in fr.clients])
+        if name.startswith("profit_"):  # the cost of the window's days moves by time alone when they vary
+            _merge(out, [self._next if c.cost_to_serve and self._costs_move(name, c) else None for c in fr.clients])
         return out
 
-    def _months_window(self, name: str) -> bool:
+    def _costs_move(self, name: str, client: Any) -> bool:
+        """Whether a client's cost over the window changes from one day to the next with no new fact: a window
+        in months holds a different number of days each day, and a client created inside the window has
+        cost one day more each day (found in review: a rule on `profit_90d` fired days late, or never)."""
         from .timeutil import parse_duration
 
         try:
-            return parse_duration(name.split("_", 1)[1]).months != 0
+            w = parse_duration(name.split("_", 1)[1])
         except ValueError:
             return True
+        if w.months:
+            return True
+        a = self._a
+        return client.created_at is not None and client.created_at.astimezone(a.tz).date() > w.cutoff(a.date)
 
     def _deps(self, fr: Frame, name: str) -> list[Wake]:
         out: list[Wake] = [None] * len(fr.ids)
