@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -146,6 +148,48 @@ def test_cli_backtest_writes_json_csv_html(tmp_path: Path) -> None:
     csv_out = run("backtest", "-r", str(RULES), "-d", str(RULES.parents[1] / "crm"), "--from", "2026-02-01",
                   "--to", "2026-03-15", "-f", "csv")  # fmt: skip
     assert csv_out.returncode == 0 and csv_out.stdout.startswith("rules,date,rule,type")
+
+
+def test_a_backtest_tells_what_its_plans_warned_of(tmp_path: Path) -> None:
+    """Found in review: a client whose `forgotten_after` is "45 days" is skipped with a warning by `retainer
+    plan`; the backtest kept the warnings to itself, and the client silently went missing from its counts."""
+    store = make_store("sqlite", tmp_path)
+    store.add(managers=[{"id": "m1"}],
+              clients=[{"id": "c1", "manager_id": "m1", "created_at": "2025-01-01",
+                        "attributes": {"forgotten_after": "45 days"}},
+                       {"id": "c2", "manager_id": "m1", "created_at": "2025-01-01"}])  # fmt: skip
+    rules = {"rules": [{"id": "forgotten", "kind": "forgotten", "after": "60d"}]}  # the attribute beats `after`
+    want = {"rule forgotten, client c1: attributes.forgotten_after '45 days' is not a duration (write e.g. 45d, "
+            "6w, 2mo, 36h); skipped"}  # fmt: skip
+    for method in ("sweep", "replan"):
+        b = backtest(retainer.load_rules(rules), store, date(2026, 3, 1), date(2026, 3, 3), method=method)
+        assert b.warnings == want and [a.client_id for _, a in b.new] == ["c2"]
+        assert b.to_dict()["warnings"] == sorted(want)
+
+
+def test_the_json_timeline_keeps_the_dates_apart_from_a_rule_called_days(tmp_path: Path) -> None:
+    """Found in review: the rules' series sat beside the step dates, so a rule with the id `days` replaced them."""
+    store = make_store("sqlite", tmp_path)
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1", "created_at": "2025-01-01"}])
+    rules = {"rules": [{"id": "days", "kind": "forgotten", "after": "60d"}]}
+    timeline = backtest(retainer.load_rules(rules), store, date(2026, 3, 1), date(2026, 3, 2)).to_dict()["timeline"]
+    assert timeline == {"days": ["2026-03-01", "2026-03-02"], "rules": {"days": [1, 0]}}
+
+
+def test_cli_backtest_prints_the_warnings_on_stderr(tmp_path: Path) -> None:
+    crm = tmp_path / "crm"
+    shutil.copytree(RULES.parents[1] / "crm", crm)
+    rows = list(csv.DictReader((crm / "clients.csv").open(encoding="utf-8")))
+    for r in rows:
+        r["attributes"] = '{"forgotten_after": "45 days"}' if r["id"] == "c1" else ""
+    with (crm / "clients.csv").open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    r = run("backtest", "-r", str(RULES), "-d", str(crm), "--from", "2026-02-01", "--to", "2026-03-01", "-f", "json")
+    assert r.returncode == 0, r.stderr
+    assert "warning: rule forgotten, client c1: attributes.forgotten_after '45 days' is not a duration" in r.stderr
+    assert any("client c1" in w for w in json.loads(r.stdout)[0]["warnings"])
 
 
 @pytest.mark.parametrize(

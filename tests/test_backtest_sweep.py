@@ -29,6 +29,7 @@ SETTINGS = settings(max_examples=30, deadline=None,
 def same(a: Backtest, b: Backtest) -> None:
     assert [(d, x.model_dump_json()) for d, x in a.new] == [(d, x.model_dump_json()) for d, x in b.new]
     assert a.suppressed == b.suppressed
+    assert a.warnings == b.warnings
 
 
 def both(rules: dict[str, Any], store: retainer.Store, start: str, end: str, step: str = "1d") -> Backtest:

@@ -189,6 +189,8 @@ class Backtest:
     #: manager (messages, tags, offers): a client reassigned later keeps its earlier actions where they were
     owners: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    #: what the plans warned of (a client attribute `forgotten_after: "45 days"`: that client skipped), each once
+    warnings: set[str] = field(default_factory=set)
 
     # ------------------------------------------------------------ views
 
@@ -236,7 +238,9 @@ class Backtest:
             "actions": len(self.new),
             "per_rule": self.per_rule(),
             "per_manager": self.per_manager(),
-            "timeline": {"days": [d.isoformat() for d in self.days], **self.timeline()},
+            # the rules' series under their own key: a rule may be called `days`
+            "timeline": {"days": [d.isoformat() for d in self.days], "rules": self.timeline()},
+            "warnings": sorted(self.warnings),
         }
 
     def csv_rows(self) -> list[dict[str, Any]]:
@@ -312,6 +316,7 @@ def _replan(engine: Engine, days: list[date], result: Backtest, progress: Callab
         a = engine.as_of(day)
         report = engine.run(day, handlers=_SINK, clock=lambda a=a: a.instant, sleep=lambda s: None)
         result.new += [(day, x) for x in report.committed]
+        result.warnings.update(report.plan.warnings)
         _count(result, report.plan.suppressed)
         if progress:
             progress(i + 1, len(days))
@@ -438,8 +443,9 @@ def _sweep(
         cursors: dict[str, str] = {}
         frame = None
         if ids is None or ids:
-            plan, frame, ms = engine._plan(a, ids, wakes.specs(a), duplicates=False)
+            plan, frame, ms = engine._plan(a, ids, wakes.specs(a), duplicates=False, internal=True)
             actions, suppressed, cursors = plan.actions, plan.suppressed, plan.cursors
+            result.warnings.update(plan.warnings)
             seen = set(frame.ids)  # what was known of these clients is replaced below
             for cid in seen:
                 refused.pop(cid, None)
@@ -451,6 +457,7 @@ def _sweep(
                 empty.update(c for c, v in zip(frame.ids, frame.column(n), strict=True) if v is None)
         if mengine is not None and ids is not None:
             mplan = mengine._plan(a, None)[0]
+            result.warnings.update(mplan.warnings)
             actions = sorted([*actions, *mplan.actions], key=lambda x: x.key)
             suppressed = [*suppressed, *mplan.suppressed]
         committed = _commit(engine, a, actions, cursors) if actions else []

@@ -294,12 +294,17 @@ def plan(
         sys.stdout.writelines(p.jsonl_lines())
     else:
         print_plan_summary(p, out, limit=limit)
-    for w in p.warnings[:10]:
-        err.print(f"[yellow]warning:[/] {_e(w)}", highlight=False, soft_wrap=True)
-    if len(p.warnings) > 10:
-        err.print(f"[yellow]warning:[/] ... and {len(p.warnings) - 10} more (the plan's JSON lists them all)")
+    _warn(p.warnings, "the plan's JSON lists them all")
     if _OWN_PROCESS:
         _exit_now()
+
+
+def _warn(warnings: list[str], where: str, about: str = "") -> None:
+    """Bad data the rules met, on stderr: the first ten, and where the rest are."""
+    for w in warnings[:10]:
+        err.print(f"[yellow]warning:[/] {_e(about + w)}", highlight=False, soft_wrap=True)
+    if len(warnings) > 10:
+        err.print(f"[yellow]warning:[/] {_e(about)}... and {len(warnings) - 10} more ({where})")
 
 
 def _write_json(p: Plan) -> None:
@@ -739,6 +744,8 @@ def backtest(
     else:
         for r in results:
             _print_backtest(r, out)
+    for r in results:  # a client skipped for a bad threshold attribute is missing from every count above
+        _warn(sorted(r.warnings), "-f json lists them all", f"{r.label}: " if len(results) > 1 else "")
 
 
 def _print_backtest(r: Any, console: Console, top: int = 15) -> None:

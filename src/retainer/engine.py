@@ -705,17 +705,21 @@ class Engine:
         return plan
 
     def _plan(
-        self, a: AsOf, ids: Sequence[str] | None, extra: Sequence[AggSpec] = (), *, duplicates: bool = True
+        self, a: AsOf, ids: Sequence[str] | None, extra: Sequence[AggSpec] = (), *, duplicates: bool = True,
+        internal: bool = False,
     ) -> tuple[Plan, FeatureFrame, list[_Match]]:
         """`extra`: aggregates the caller reads from the frame afterwards, fetched with the plan's own (a
         backtest's wake dates): one read per fact table instead of two. `duplicates=False`: the caller
         (a backtest) never reads the plan's duplicates, so matches whose every action is in the ledger
-        are not built, unless a policy needs them (retention-first ranks against what is already due)."""
+        are not built, unless a policy needs them (retention-first ranks against what is already due).
+        `internal`: the ids are the caller's own choice (a backtest's woken clients), not a user's, so one
+        not created yet is no typo to warn of."""
         with no_gc():  # a plan builds tens of thousands of acyclic objects
-            return self._evaluate(a, ids, extra, duplicates)
+            return self._evaluate(a, ids, extra, duplicates, internal)
 
     def _evaluate(
-        self, a: AsOf, ids: Sequence[str] | None, extra: Sequence[AggSpec] = (), duplicates: bool = True
+        self, a: AsOf, ids: Sequence[str] | None, extra: Sequence[AggSpec] = (), duplicates: bool = True,
+        internal: bool = False,
     ) -> tuple[Plan, FeatureFrame, list[_Match]]:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -730,7 +734,7 @@ class Engine:
         matches: list[_Match] = []
         rule_stats: dict[str, dict[str, int]] = {}
         warnings: list[str] = []
-        if ids is not None and len(clients) < len(wanted := set(ids)):  # a typo in a list of ids must not pass
+        if ids is not None and not internal and len(clients) < len(wanted := set(ids)):  # a typo must not pass
             for cid in sorted(wanted - {c.id for c in clients}):
                 later = self.store.get("clients", cid) is not None
                 warnings.append(f"client {cid}: " + ("created after as_of; nothing planned" if later
