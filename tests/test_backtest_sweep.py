@@ -192,6 +192,20 @@ def test_a_window_aggregate_expiring_flips_a_condition() -> None:
         assert days_of(b, "quiet") == ["2026-02-04"]  # the touch of 5 January leaves the 30-day window
 
 
+def test_a_client_created_mid_period_is_no_warning() -> None:
+    """The sweep asks for the clients it wakes, one not created yet at the step (a contract ending before the
+    client's own creation date wakes it): no typo in a user's list of ids, so no "created after as_of"
+    warning (re-planning every step has none)."""
+    with fresh() as s:
+        crm(s)
+        s.add(clients=[{"id": "c2", "manager_id": "m1", "created_at": "2026-01-20T10:00:00Z"}],
+              contracts=[{"id": "n1", "client_id": "c2", "ends_at": "2026-01-15T00:00:00Z"}])  # fmt: skip
+        rules = {"rules": [{"id": "forgotten", "kind": "forgotten", "after": "30d"},
+                           {"id": "any", "when": {"revenue_90d": {"gte": 0}}, "then": [{"tag": "x"}]}]}  # fmt: skip
+        b = both(rules, s, "2026-01-10", "2026-02-20")
+        assert b.warnings == set() and days_of(b, "forgotten") == ["2026-01-10", "2026-02-19"]
+
+
 def test_the_cost_of_a_client_younger_than_its_profit_window_grows_by_time_alone() -> None:
     """Found in review: a client created inside the window has cost one day more each day, with no new fact;
     the sweep woke it daily for windows in months only, so a rule on `profit_90d` never fired."""

@@ -202,11 +202,12 @@ def test_plan_json_in_pieces_keeps_their_order_through_both_layers(
     plan = retainer.Engine(retainer.load_rules(rules), store).plan("2026-03-01")
     assert sum(isinstance(p, str) for p in plan.json_pieces()) == 1
     raw = io.BytesIO()
-    stdout = io.TextIOWrapper(raw, encoding=encoding, errors="surrogateescape", newline="\n")
+    stdout = io.TextIOWrapper(io.BufferedWriter(raw), encoding=encoding, errors="surrogateescape", newline="\n")
     monkeypatch.setattr(sys, "stdout", stdout)
+    stdout.write("before\n")  # held by the text layer: it goes first
     cli._write_json(plan)
     stdout.flush()
-    assert raw.getvalue() == (plan.to_json() + "\n").encode(encoding, "surrogateescape")
+    assert raw.getvalue() == ("before\n" + plan.to_json() + "\n").encode(encoding, "surrogateescape")
 
 
 def test_plan_jsonl_and_table() -> None:

@@ -110,17 +110,40 @@ def test_dunning_ladder_runs_and_a_payment_cancels_its_pending_steps(store: Stor
     assert not [a for a in s.tick(at(80)).committed if a.rule == "debtor"]  # the ladder stopped
 
 
-def test_a_payment_delivered_twice_closes_its_ladder_once(store: Store) -> None:
+@pytest.mark.parametrize("left", ["pending", "dead"])
+def test_a_payment_delivered_twice_closes_its_ladder_once(store: Store, left: str) -> None:
     """Found in review: the copy reported the ladder paid again (`new -> paid`) and cancelled its step again,
     with the copy's date."""
-    s = Session(RULES, store)  # no handlers: the reminder stays pending
+    def down(action: Any) -> None:
+        raise ConnectionError("503")
+
+    # no handlers: the reminder stays pending; a CRM that is down: it goes dead
+    s = Session(RULES, store) if left == "pending" else Session(RULES, store, down, retry=Retry(max_attempts=1))
     s.tick(at(53))
+    assert [e.status for e in store.ledger()] == [left]
     first = s.post({"type": "invoice_paid", "id": "due", "at": at(54)})
     assert [(t.from_state, t.to_state) for t in first.transitions] == [("step_3d", "paid")] and first.cancelled
     copy = s.post({"type": "invoice_paid", "id": "due", "at": at(54), "event_id": "again"})
     assert copy.transitions == [] and copy.cancelled == []
     (step,) = store.ledger(ids=first.cancelled)
     assert step.outcome == {"cancelled": "paid", "at": at(54).isoformat()}
+
+
+@pytest.mark.parametrize("known", [True, False])
+def test_a_payment_the_crm_wrote_first_then_posted_still_cancels_the_pending_step(store: Store, known: bool) -> None:
+    """Found in review: a payment written to the store (a sync) and then posted looked like a copy of an event
+    already taken in, so the step left pending stayed pending, for a host that sends pending actions itself."""
+    if known:
+        Session(RULES, store).tick(at(53))  # a session met the ladder (and saved it)
+    else:
+        retainer.Engine(retainer.load_rules(RULES), store).run(at(53))  # a nightly run started it
+    inv = store.get("invoices", "due")
+    assert inv is not None
+    store.upsert(invoices=[{**inv.model_dump(), "paid_at": at(54)}])
+    r = Session(RULES, store).post({"type": "invoice_paid", "id": "due", "at": at(54)})
+    assert [(t.from_state, t.to_state) for t in r.transitions] == [("step_3d" if known else "new", "paid")]
+    (step,) = store.ledger(ids=r.cancelled)
+    assert step.key == "debtor:c1:due+3d:notify_client" and step.status == "done"
 
 
 def test_a_partial_payment_keeps_the_ladder(store: Store) -> None:
@@ -183,6 +206,17 @@ def test_post_with_as_of_writes_the_fact_at_its_own_time(store: Store) -> None:
     s.post({"type": "task_done", "id": "k1", "at": at(52)}, as_of=at(54.8))
     assert store.get("tasks", "k1").done_at == at(52)  # type: ignore[union-attr]
     assert not [a for a in s.tick(at(61)).committed if a.rule == "debtor"]
+
+
+def test_a_payment_dated_by_day_and_posted_with_as_of_that_day_is_seen_by_its_decision(store: Store) -> None:
+    """Found in review: a day without a time is stored at the day's end, after an as_of earlier that day, so the
+    decision did not see the payment: the ladder stayed open and that day's reminder went out."""
+    s = Session(RULES, store, clock=lambda: at(60.4))
+    s.tick(at(53))
+    r = s.post({"type": "invoice_paid", "id": "due", "at": at(60).date().isoformat()}, as_of=at(60.4))
+    assert [(t.from_state, t.to_state) for t in r.transitions] == [("step_3d", "paid")]
+    assert not [a for a in r.committed if a.rule == "debtor"] and s.process_states("c1") == {}
+    assert store.get("invoices", "due").paid_at == at(60.4)  # type: ignore[union-attr]
 
 
 def test_a_smaller_running_total_at_the_instant_of_the_stored_one_is_an_older_copy(store: Store) -> None:
@@ -301,6 +335,22 @@ def test_a_payment_written_to_the_store_directly_closes_its_ladder_at_the_next_t
     assert json.loads(store.get_cursor(CURSOR + "c1") or "") == {}
     assert s.process_states("c1") == {}
     assert s.tick(at(56)).transitions == []
+
+
+def test_a_tick_works_on_a_store_written_before_store_cursors() -> None:
+    """A backend that declares the Store protocol but predates `cursors` inherits its stub, which returns None:
+    every tick with a dunning rule raised after delivering (found in review). Its ladders in memory still close."""
+    from retainer.stores.memory import MemoryStore
+
+    class Older(MemoryStore):
+        cursors = Store.cursors  # the protocol's stub
+
+    store = Older()
+    seed(store)
+    s = Session(RULES, store)
+    assert [a.key for a in s.tick(at(53)).committed if a.rule == "debtor"] == ["debtor:c1:due+3d:notify_client"]
+    _pay_in_store(store, 54)
+    assert [(t.from_state, t.to_state) for t in s.tick(at(55)).transitions] == [("step_3d", "paid")]
 
 
 @pytest.mark.parametrize(("day", "amount"), [(54, "100"), (70, None)])
@@ -458,6 +508,23 @@ def test_only_a_call_made_after_the_offer_and_not_after_now_presents_it(store: S
         assert not r.committed and r.transitions == []
     r = s.post({"type": "touch", "id": "t-real", "client_id": "c1", "at": at(139), "direction": "inbound"})
     assert [a.type for a in r.committed] == ["notify_manager"]
+
+
+def test_a_call_after_the_offer_was_committed_presents_it_even_before_the_offers_as_of() -> None:
+    """An offer decided as of the end of a day (a tick at night for that day, a post with a later as_of) exists
+    from its commit: a call between the two is the call it waits for."""
+    store = make_store("memory", Path("."))
+    seed(store)
+    now = [at(132.1)]
+    s = Session(RULES, store, clock=lambda: now[0])
+    s.post({"type": "invoice_paid", "id": "due", "at": at(41)})
+    (task,) = [a for a in s.tick(at(131)).committed if a.rule == "winback"]
+    r = s.post({"type": "outcome", "action_id": task.id, "outcome": {"churn_reason": "price"}, "at": at(132)},
+               as_of=at(132.9))  # committed at 132.1, decided as of 132.9
+    assert [a.type for a in r.committed] == ["propose_offer"]
+    now[0] = at(132.5)
+    call = s.post({"type": "touch", "id": "t-in", "client_id": "c1", "at": at(132.3), "direction": "inbound"})
+    assert [a.type for a in call.committed] == ["notify_manager"]
 
 
 def test_a_process_started_by_a_nightly_run_is_adopted(store: Store) -> None:

@@ -325,8 +325,7 @@ def _write_json(p: Plan) -> None:
         else:
             try:
                 buf.write(piece.encode())
-            except UnicodeEncodeError:
-                buf.flush()
+            except UnicodeEncodeError:  # the text layer writes into the same buffer, after what is in it
                 out.write(piece)
                 out.flush()
     if raw:

@@ -272,6 +272,11 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _date_only(at: Any) -> bool:
+    """An event's `at` given as a day without a time (`2026-03-01`): that whole day, stored at its end."""
+    return (isinstance(at, date) and not isinstance(at, datetime)) or (isinstance(at, str) and len(at.strip()) == 10)
+
+
 def _ts(v: Any) -> str:
     return v.isoformat() if isinstance(v, datetime | date) else str(v)
 
@@ -395,6 +400,8 @@ class Session:
             # the host names the instant to decide as of: refused after tomorrow, as Engine.run refuses it
             a = self.engine.as_of(when) if own is not None else fact
             refuse_after_tomorrow(a, self.clock, "a tick" if kind == "tick" else "a post with as_of")
+            if _date_only(own) and fact.date == a.date and fact.instant > a.instant:
+                fact = a  # a day without a time, the day decided: that day's fact, seen by the decision
         else:
             # an event dated later than now (a meeting logged with its planned time) is written as it is, and
             # decided as of now: as of its own date, the steps due by then would be sent now and earlier ones
@@ -403,9 +410,7 @@ class Session:
             # a date alone (`at: 2026-03-01`) is that whole day, stored at its end: posted during the day it is
             # today's fact, not a future one (decided as of now, the payment just posted was not yet seen, and
             # the client who had paid got the next reminder)
-            dated = (isinstance(when, date) and not isinstance(when, datetime)) or (
-                isinstance(when, str) and len(when.strip()) == 10)  # fmt: skip
-            future = fact.date > now.astimezone(fact.tz).date() if dated else fact.instant > now
+            future = fact.date > now.astimezone(fact.tz).date() if _date_only(when) else fact.instant > now
             a = self.engine.as_of(now) if future else fact
         timings: dict[str, float] = {}
         if kind == "tick":
@@ -426,6 +431,12 @@ class Session:
         transitions: list[Transition] = []
         commands: list[tuple[Chart, str, str, Mapping[str, Any]]] = []
         for chart, sid, trigger, payload in triggers:
+            if trigger == "paid" and sid not in self._procs[client_id] and not self._open_steps(
+                    chart, client_id, payload["invoice"]):  # fmt: skip
+                # no ladder to close: a copy of the payment, redelivered (its steps were cancelled once, with
+                # their date), or an invoice nothing was sent about; the payment the CRM wrote to the store
+                # first, then posted, still cancels the steps it left pending
+                continue
             self._adopt_one(chart, client_id, sid, payload.get("adopt"))
             tr = self._post(chart, client_id, sid, trigger, event_id)
             if tr is not None:
@@ -503,7 +514,7 @@ class Session:
             store.upsert(tasks=[{**task.model_dump(), "done_at": at, "status": "done"}])
             return task.client_id, str(ev.get("event_id") or f"task_done:{task.id}"), triggers, None
         if kind == "invoice_paid":
-            inv = before = self._get("invoices", ev)
+            inv = self._get("invoices", ev)
             total = self._paid_total(inv, ev)
             stored = (inv.paid_amount if inv.paid_amount is not None else inv.amount) if inv.paid_at else None
             # a running total at the instant of the stored payment (payments dated by day share it) is a copy of
@@ -521,9 +532,7 @@ class Session:
             # paid again, and its ladder went on)
             cid = inv.client_id
             for chart in self._by_family.get("debtor", {}).values():
-                # a payment dated later counts from its date; a ladder over before this event (a copy of the
-                # payment, redelivered) is not paid again: its steps were cancelled once, with their date
-                if not self._owed(inv, a.instant, chart.rule) and self._owed(before, a.instant, chart.rule):
+                if not self._owed(inv, a.instant, chart.rule):  # a payment dated later counts from its date
                     triggers.append((chart, self._debtor_sid(chart, cid, inv.id), "paid", {"invoice": inv.id}))
             return cid, str(ev.get("event_id") or f"invoice_paid:{inv.id}"), triggers, None
         if kind == "outcome":
@@ -819,15 +828,19 @@ class Session:
     def _cancel(self, chart: Chart, client_id: str, sid: str, a: AsOf) -> list[str]:
         """An invoice was paid: its dunning steps committed but not delivered yet are cancelled (outcome
         `{"cancelled": "paid"}`, which makes a pending or failed one `done`, so no dispatcher delivers them)."""
-        _ep, _ = self._split(sid, chart.rule, client_id)
-        invoice = _ep
+        invoice, _ = self._split(sid, chart.rule, client_id)
         out = []
-        for e in self.store.ledger(client_ids=[client_id], rule=chart.rule, status=[*ACTIVE, "dead"]):
-            ep, _typ = self._split(e.key, chart.rule, client_id)
-            if any(ep == invoice + s for s in chart.steps):
-                self.store.set_outcome(e.id, {"cancelled": "paid", "at": a.instant.isoformat()}, a.instant)
-                out.append(e.id)
+        for e in self._open_steps(chart, client_id, invoice):
+            self.store.set_outcome(e.id, {"cancelled": "paid", "at": a.instant.isoformat()}, a.instant)
+            out.append(e.id)
         return out
+
+    def _open_steps(self, chart: Chart, client_id: str, invoice: str) -> list[LedgerEntry]:
+        """The invoice's dunning steps committed, not delivered and not cancelled yet."""
+        steps = {invoice + s for s in chart.steps}
+        entries = self.store.ledger(client_ids=[client_id], rule=chart.rule, status=[*ACTIVE, "dead"])
+        return [e for e in entries if "cancelled" not in (e.outcome or {})
+                and self._split(e.key, chart.rule, client_id)[0] in steps]  # fmt: skip
 
     def _after_offer(self, sid: str, touch: Any) -> bool:
         """Whether an inbound touch is the call a waiting offer waits for: made after the offer was (its as_of,
@@ -962,7 +975,7 @@ class Session:
             return
         ladders: dict[str, tuple[str, str]] = {}  # sid -> (client, chart)
         listed = getattr(self.store, "cursors", None)  # a store written before Store.cursors: memory only
-        for name, raw in (listed(CURSOR) if listed is not None else {}).items():
+        for name, raw in ((listed(CURSOR) if listed is not None else None) or {}).items():  # (or the stub's None)
             cid = name[len(CURSOR) :]
             if cid not in self._procs:  # the session's own states are newer than what it saved
                 ladders.update((sid, (cid, v[0])) for sid, v in json.loads(raw).items() if v[0] in debtor)

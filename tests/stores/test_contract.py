@@ -345,6 +345,19 @@ def test_cursors_round_trip(store: Store) -> None:
     assert store.get_cursor("nothing") is None
 
 
+def test_facts_by_id(store: Store) -> None:
+    """The rows named (a dispatcher's check of a few dunning steps' invoices), as of as_of, in client order;
+    an id the store lacks, or a row not issued yet, is left out; the other conditions still apply."""
+    store.add(managers=[{"id": "m1"}], clients=[{"id": c, "manager_id": "m1"} for c in ("c1", "c2")],
+              invoices=[{"id": i, "client_id": c, "issued_at": f"2026-01-0{n}T10:00:00Z", "amount": 10 * n}
+                        for n, (i, c) in enumerate([("i3", "c1"), ("i1", "c2"), ("i2", "c1"), ("i9", "c1")], 1)])
+    as_of = datetime(2026, 1, 3, 12, tzinfo=UTC)
+    got = store.facts("invoices", as_of, (Pred("id", "in", frozenset({"i1", "i2", "i9", "nope"})),))
+    assert [r.id for r in got] == ["i2", "i1"]  # i9 is issued on 4 January
+    big = (Pred("id", "in", frozenset({"i1", "i2", "i3"})), Pred("amount", "gte", Decimal(20)))
+    assert [r.id for r in store.facts("invoices", as_of, big)] == ["i2", "i1"]
+
+
 def test_cursors_by_prefix(store: Store) -> None:
     """The names that start with the prefix, taken literally (`_` and `%` are no wildcards), whatever
     follows it: non-ASCII and astral characters too."""
