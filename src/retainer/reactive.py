@@ -326,6 +326,11 @@ class Session:
         self._dispatcher = None if handlers is None else Dispatcher(
             store, handlers, retry=self.retry, clock=clock, sleep=sleep, min_outstanding=self.engine.min_outstanding
         )
+        # a tick without handlers delivers nothing, but still looks at every pending action, as Engine.run does
+        # without handlers: a host that pulls them after it must not get a reminder for an invoice paid since
+        self._ticker = self._dispatcher or Dispatcher(
+            store, {}, retry=self.retry, clock=clock, sleep=sleep, min_outstanding=self.engine.min_outstanding
+        )
         self.charts = {c.name: c for c in charts_for(self.rules)}
         self._by_family: dict[str, dict[str, Chart]] = {}
         for c in self.charts.values():
@@ -934,11 +939,11 @@ class Session:
                 reaction.dispatch = self._dispatcher.dispatch(entries)
             self.store.finish_run(run.id, self.clock(), {"new": len(committed)})
             reaction.timings["dispatch"] = time.perf_counter() - t1
-        if reaction.client_id is None and self._dispatcher is not None:
+        if reaction.client_id is None:
             # a tick delivers everything pending or failed, as Engine.run does: what it committed, and what
             # earlier events and ticks left when the CRM did not answer (each event tries its own once)
             t1 = time.perf_counter()
-            reaction.dispatch = self._dispatcher.dispatch_active(committed)
+            reaction.dispatch = self._ticker.dispatch_active(committed)
             reaction.timings["dispatch"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         for act in committed:
