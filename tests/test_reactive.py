@@ -210,13 +210,25 @@ def test_post_with_as_of_writes_the_fact_at_its_own_time(store: Store) -> None:
 
 def test_a_payment_dated_by_day_and_posted_with_as_of_that_day_is_seen_by_its_decision(store: Store) -> None:
     """Found in review: a day without a time is stored at the day's end, after an as_of earlier that day, so the
-    decision did not see the payment: the ladder stayed open and that day's reminder went out."""
-    s = Session(RULES, store, clock=lambda: at(60.4))
+    decision did not see the payment: the ladder stayed open and that day's reminder went out. Written at its
+    as_of instead, a late copy of the day's first total passed for a later payment and undid the full one."""
+    now = [at(60.3)]
+    s = Session(RULES, store, clock=lambda: now[0])
     s.tick(at(53))
-    r = s.post({"type": "invoice_paid", "id": "due", "at": at(60).date().isoformat()}, as_of=at(60.4))
-    assert [(t.from_state, t.to_state) for t in r.transitions] == [("step_3d", "paid")]
+    day = at(60).date().isoformat()
+    first = {"type": "invoice_paid", "id": "due", "at": day, "paid_total": "200"}
+    s.post(first, as_of=now[0])
+    now[0] = at(60.4)
+    r = s.post({**first, "paid_total": "500"}, as_of=now[0])  # the first, partly paid, sent that day's step
+    assert [(t.from_state, t.to_state) for t in r.transitions] == [("step_10d", "paid")]
     assert not [a for a in r.committed if a.rule == "debtor"] and s.process_states("c1") == {}
-    assert store.get("invoices", "due").paid_at == at(60.4)  # type: ignore[union-attr]
+    end_of_day = at(61) - timedelta(seconds=1)
+    assert store.get("invoices", "due").paid_at == end_of_day  # type: ignore[union-attr]
+    now[0] = at(60.5)
+    s.post(first, as_of=now[0])  # the first total again, late: a copy (every copy of that day is at its end)
+    inv = store.get("invoices", "due")
+    assert inv is not None and (inv.paid_amount, inv.paid_at) == (500, end_of_day)
+    assert s.process_states("c1") == {}
 
 
 def test_a_smaller_running_total_at_the_instant_of_the_stored_one_is_an_older_copy(store: Store) -> None:

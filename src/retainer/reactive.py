@@ -406,7 +406,10 @@ class Session:
             a = self.engine.as_of(when) if own is not None else fact
             refuse_after_tomorrow(a, self.clock, "a tick" if kind == "tick" else "a post with as_of")
             if _date_only(own) and fact.date == a.date and fact.instant > a.instant:
-                fact = a  # a day without a time, the day decided: that day's fact, seen by the decision
+                # a day without a time, the day decided: written at the day's end, as every copy of it is (a
+                # copy written at its own as_of passed for a later payment and undid a full one), and decided
+                # with it, as without as_of (decided before it, the client who had just paid was dunned)
+                a = fact
         else:
             # an event dated later than now (a meeting logged with its planned time) is written as it is, and
             # decided as of now: as of its own date, the steps due by then would be sent now and earlier ones

@@ -354,6 +354,8 @@ def test_facts_by_id(store: Store) -> None:
     as_of = datetime(2026, 1, 3, 12, tzinfo=UTC)
     got = store.facts("invoices", as_of, (Pred("id", "in", frozenset({"i1", "i2", "i9", "nope"})),))
     assert [r.id for r in got] == ["i2", "i1"]  # i9 is issued on 4 January
+    twice = store.facts("invoices", as_of, (Pred("id", "in", ["i1", "i1"]),))  # type: ignore[arg-type]
+    assert [r.id for r in twice] == ["i1"]  # a row once, however often it is named
     big = (Pred("id", "in", frozenset({"i1", "i2", "i3"})), Pred("amount", "gte", Decimal(20)))
     assert [r.id for r in store.facts("invoices", as_of, big)] == ["i2", "i1"]
 

@@ -167,7 +167,7 @@ class MemoryStore:
         table = self._facts[entity]
         ids = next((p.value for p in where if p.field == "id" and p.op == "in"), None)
         # rows by id are looked up, not scanned for: a dispatcher checks an event's dunning step this way
-        rows = table.values() if ids is None else [table[i] for i in sorted(ids, key=str) if i in table]
+        rows = table.values() if ids is None else [table[i] for i in sorted(set(ids), key=str) if i in table]
         for row in rows:
             if wanted is not None and row.client_id not in wanted:  # type: ignore[attr-defined]
                 continue
