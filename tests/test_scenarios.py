@@ -347,24 +347,6 @@ def test_each_entry_needs_an_action_of_its_own() -> None:
         again.held_back(dup, dup, dup)
 
 
-def test_expect_an_empty_list_means_no_new_action(tmp_path: Path) -> None:
-    """The docs write `expect: []` for "nothing happens today"; it used to check nothing at all."""
-    text = f"""
-        rules: {ONE}
-        given:
-          managers: [{{id: m1}}]
-          clients: [{{id: c1, manager_id: m1}}]
-          touches: [{{id: t1, client_id: c1, at: -60d, kind: call}}]
-        steps:
-          - as_of: 2026-03-01
-            expect: []
-    """
-    with pytest.raises(ScenarioFailure, match="unexpected action: create_task c1") as exc:
-        run_scenario_file(write(tmp_path, text))
-    assert "t.scenario.yaml:7)" in str(exc.value)  # the failing step's file and line
-    run_scenario_file(write(tmp_path, text.replace("-60d", "-59d")))
-
-
 CHECKLESS = f"""
 rules: {ONE}
 given:
@@ -375,6 +357,15 @@ steps:
   - as_of: 2026-03-01
     label: nothing happens today
 """
+
+
+def test_expect_an_empty_list_means_no_new_action(tmp_path: Path) -> None:
+    """The docs write `expect: []` for "nothing happens today"; it used to check nothing at all."""
+    text = CHECKLESS + "    expect: []\n"
+    with pytest.raises(ScenarioFailure, match="unexpected action: create_task c1") as exc:
+        run_scenario_file(write(tmp_path, text))
+    assert "t.scenario.yaml:7)" in str(exc.value)  # the failing step's file and line
+    run_scenario_file(write(tmp_path, text.replace("-60d", "-59d")))
 
 
 @pytest.mark.parametrize(("checks", "message"), [

@@ -146,16 +146,23 @@ def test_rate_limits_and_server_errors_are_retried(
     assert clock.sleeps == [1.0] and len(server.requests) == 2
 
 
-def test_a_slow_server_times_out(crm: Store, server: FakeServer, clock: FakeClock) -> None:
-    server.default = Reply(200, delay=5.0)  # cut short by the server's teardown
-    h = WebhookHandler(server.url, timeout=0.2)
+def _one_attempt(
+    crm: Store, server: FakeServer, clock: FakeClock, reply: Reply, timeout: float
+) -> tuple[float, LedgerEntry]:
+    """One delivery to a server answering `reply`: the seconds it took, and the action's ledger entry."""
+    server.default = reply
+    h = WebhookHandler(server.url, timeout=timeout)
     started = time.monotonic()
     try:
         run(crm, h, clock, Retry(max_attempts=1))
     finally:
         h.close()
-    assert time.monotonic() - started < 2.0
-    entry = only_entry(crm)
+    return time.monotonic() - started, only_entry(crm)
+
+
+def test_a_slow_server_times_out(crm: Store, server: FakeServer, clock: FakeClock) -> None:
+    took, entry = _one_attempt(crm, server, clock, Reply(200, delay=5.0), 0.2)  # cut short by the server's teardown
+    assert took < 2.0
     assert (entry.status, entry.attempts) == ("dead", 1)
     assert entry.last_error is not None and entry.last_error.startswith("TimeoutError: ")
     assert "timed out after 0.2s" in entry.last_error
@@ -164,15 +171,8 @@ def test_a_slow_server_times_out(crm: Store, server: FakeServer, clock: FakeCloc
 def test_the_timeout_bounds_the_whole_attempt_not_each_read(crm: Store, server: FakeServer, clock: FakeClock) -> None:
     """A server that sent a byte every 0.3 s held a `timeout=1` delivery (and the run's lock) for as long as it
     liked, and the delivery "succeeded", so the give-up guard never fired either."""
-    server.default = Reply(200, "x" * 30, drip=0.3)
-    h = WebhookHandler(server.url, timeout=1.0)
-    started = time.monotonic()
-    try:
-        run(crm, h, clock, Retry(max_attempts=1))
-    finally:
-        h.close()
-    assert time.monotonic() - started < 2.5
-    entry = only_entry(crm)
+    took, entry = _one_attempt(crm, server, clock, Reply(200, "x" * 30, drip=0.3), 1.0)
+    assert took < 2.5
     assert (entry.status, entry.attempts) == ("dead", 1)
     assert entry.last_error is not None and entry.last_error.startswith("TimeoutError: ")
 
