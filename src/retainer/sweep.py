@@ -15,7 +15,7 @@ here wakes the client on the next step, so a new feature is slow until described
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
@@ -268,23 +268,25 @@ class Wakes:
                     out[i] = w
         _merge(out, self._deps(fr, name))
         if name.startswith("profit_"):  # the cost of the window's days moves by time alone when they vary
-            _merge(out, [self._next if c.cost_to_serve and self._costs_move(name, c) else None for c in fr.clients])
+            moves = self._costs_move(name)
+            _merge(out, [self._next if c.cost_to_serve and moves(c) else None for c in fr.clients])
         return out
 
-    def _costs_move(self, name: str, client: Any) -> bool:
+    def _costs_move(self, name: str) -> Callable[[Any], bool]:
         """Whether a client's cost over the window changes from one day to the next with no new fact: a window
         in months holds a different number of days each day, and a client created inside the window has
-        cost one day more each day (found in review: a rule on `profit_90d` fired days late, or never)."""
+        cost one day more each day (found in review: a rule on `profit_90d` fired days late, or never). The
+        window is read once per feature, not once per client."""
         from .timeutil import parse_duration
 
         try:
             w = parse_duration(name.split("_", 1)[1])
         except ValueError:
-            return True
+            return lambda c: True
         if w.months:
-            return True
-        a = self._a
-        return client.created_at is not None and client.created_at.astimezone(a.tz).date() > w.cutoff(a.date)
+            return lambda c: True
+        tz, start = self._a.tz, w.cutoff(self._a.date)
+        return lambda c: c.created_at is not None and c.created_at.astimezone(tz).date() > start
 
     def _deps(self, fr: Frame, name: str) -> list[Wake]:
         out: list[Wake] = [None] * len(fr.ids)
