@@ -277,6 +277,12 @@ def _date_only(at: Any) -> bool:
     return (isinstance(at, date) and not isinstance(at, datetime)) or (isinstance(at, str) and len(at.strip()) == 10)
 
 
+def _reason_acted_on(keys: Iterable[str], rule: str, client_id: str, episode: str, reason: str) -> bool:
+    """Whether the ledger's `keys` hold the win-back's next step for that reason (`...~<reason>:...`)."""
+    step = action_key(rule, client_id, f"{episode}~{reason}", "")
+    return any(k.startswith(step) for k in keys)
+
+
 def _ts(v: Any) -> str:
     return v.isoformat() if isinstance(v, datetime | date) else str(v)
 
@@ -322,15 +328,11 @@ class Session:
         self.retry = retry if retry is not None else Retry(stop_after=1)
         self.clock, self.sleep = clock, sleep
         # built once: a misspelt action type is refused now, not at the first delivery, and an event does
-        # not check the handlers' signatures again
-        self._dispatcher = None if handlers is None else Dispatcher(
-            store, handlers, retry=self.retry, clock=clock, sleep=sleep, min_outstanding=self.engine.min_outstanding
-        )
-        # a tick without handlers delivers nothing, but still looks at every pending action, as Engine.run does
-        # without handlers: a host that pulls them after it must not get a reminder for an invoice paid since
-        self._ticker = self._dispatcher or Dispatcher(
-            store, {}, retry=self.retry, clock=clock, sleep=sleep, min_outstanding=self.engine.min_outstanding
-        )
+        # not check the handlers' signatures again. Without handlers too, as Engine.run builds its own: a tick
+        # then delivers nothing, but still looks at every pending action, so a host that pulls them after it
+        # gets no reminder for an invoice paid since
+        self._dispatcher = Dispatcher(store, handlers if handlers is not None else {}, retry=self.retry, clock=clock,
+                                      sleep=sleep, min_outstanding=self.engine.min_outstanding)  # fmt: skip
         self.charts = {c.name: c for c in charts_for(self.rules)}
         self._by_family: dict[str, dict[str, Chart]] = {}
         for c in self.charts.values():
@@ -622,9 +624,8 @@ class Session:
                 trig = f"outcome:{r}" if r in wb.reasons else "outcome:*"
                 # the reason's next step already committed: the outcome posted again (a note added to it) must
                 # not bring the finished win-back back as an open one that never moves on
-                step = action_key(rule, cid, f"{ep}~{r}", "")
-                if r not in wb.reasons or not any(e.key.startswith(step) for e in self.store.ledger(
-                        client_ids=[cid], rule=rule)):  # fmt: skip
+                if r not in wb.reasons or not _reason_acted_on(
+                        (e.key for e in self.store.ledger(client_ids=[cid], rule=rule)), rule, cid, ep, r):  # fmt: skip
                     out.append((wb, self._winback_sid(wb, cid, ep), trig, {"adopt": "reason_pending"}))
         offer = self._by_family.get("offer", {}).get(rule)
         if offer is not None and typ.startswith("propose_offer") and entry.key in self._procs.get(cid, {}):
@@ -776,9 +777,12 @@ class Session:
                 known[sid] = [cname, state]
 
     def _saved(self, client_id: str) -> dict[str, list[str]]:
-        """The client's processes as a session saved them. A state the rule file no longer has (a ladder step
-        removed since) is left out, to the ledger's view (`_adopt`)."""
-        raw = self.store.get_cursor(CURSOR + client_id)
+        """The client's processes as a session saved them."""
+        return self._states(self.store.get_cursor(CURSOR + client_id))
+
+    def _states(self, raw: str | None) -> dict[str, list[str]]:
+        """Saved process states (a cursor's JSON). A state the rule file no longer has (a ladder step removed
+        since) is left out, to the ledger's view (`_adopt`)."""
         saved = {} if raw is None else json.loads(raw)
         return {sid: list(v) for sid, v in saved.items()
                 if v[0] in self.charts and self.charts[v[0]].accepts(START, f"resume:{v[1]}")}  # fmt: skip
@@ -814,8 +818,7 @@ class Session:
                 r = norm_reason(reason) if reason is not None else None
                 if r is None:
                     procs[sid] = [wb.name, "reason_pending"]
-                elif r in wb.reasons and not any(k.startswith(action_key(e.rule, client_id, f"{ep}~{r}", ""))
-                                                 for k in keys):
+                elif r in wb.reasons and not _reason_acted_on(keys, e.rule, client_id, ep, r):
                     procs[sid] = [wb.name, f"next_{_state_name(r)}"]
             offer = self._by_family.get("offer", {}).get(e.rule)
             if (
@@ -931,7 +934,7 @@ class Session:
             reaction.committed = committed
             reaction.timings["commit"] = time.perf_counter() - t0
             t1 = time.perf_counter()
-            if committed and self._dispatcher is not None and reaction.client_id is not None:
+            if committed and self.handlers is not None and reaction.client_id is not None:
                 entries = self.store.ledger(ids=[x.id for x in committed])
                 by_id = {x.id: x for x in committed}
                 for e in entries:
@@ -946,7 +949,7 @@ class Session:
             # a tick delivers everything pending or failed, as Engine.run does: what it committed, and what
             # earlier events and ticks left when the CRM did not answer (each event tries its own once)
             t1 = time.perf_counter()
-            reaction.dispatch = self._ticker.dispatch_active(committed)
+            reaction.dispatch = self._dispatcher.dispatch_active(committed)
             reaction.timings["dispatch"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         for act in committed:
@@ -986,7 +989,7 @@ class Session:
         for name, raw in ((listed(CURSOR) if listed is not None else None) or {}).items():  # (or the stub's None)
             cid = name[len(CURSOR) :]
             if cid not in self._procs:  # the session's own states are newer than what it saved
-                ladders.update((sid, (cid, v[0])) for sid, v in json.loads(raw).items() if v[0] in debtor)
+                ladders.update((sid, (cid, v[0])) for sid, v in self._states(raw).items() if v[0] in debtor)
         for cid, procs in self._procs.items():
             ladders.update((sid, (cid, v[0])) for sid, v in procs.items() if v[0] in debtor)
         if not ladders:
