@@ -87,14 +87,15 @@ def _items(items: Sequence[Any], fields: Callable[[Any], Any]) -> Iterator[bytes
             yield lead.encode() + piece[1:-1]
 
 
-def _held(s: Suppression) -> dict[str, Any]:
-    return {"action": _as_is(s.action), "reason_code": s.reason_code, "detail": s.detail}
-
-
 def _as_is(a: Action) -> dict[str, Any]:
     """The action's own field dict, for serialisers that only read it. A copy of each costs more than
     writing the JSON: 1.5 s and 230 MB for the 350,000 actions of the full example set at 100k."""
     return a.__dict__
+
+
+def _held(s: Suppression, fields: Callable[[Action], dict[str, Any]] = _as_is) -> dict[str, Any]:
+    """A held-back action as the plan's JSON shows it."""
+    return {"action": fields(s.action), "reason_code": s.reason_code, "detail": s.detail}
 
 
 @dataclass
@@ -118,10 +119,7 @@ class Plan:
         return {
             "as_of": self.as_of.isoformat(),
             "actions": [fields(a) for a in self.actions],
-            "suppressed": [
-                {"action": fields(s.action), "reason_code": s.reason_code, "detail": s.detail}
-                for s in self.suppressed
-            ],
+            "suppressed": [_held(s, fields) for s in self.suppressed],
             "stats": self.stats if fields is _as_is else copy.deepcopy(self.stats),
             "warnings": self.warnings if fields is _as_is else list(self.warnings),
         }
