@@ -215,6 +215,9 @@ def test_ctrl_c_while_delivering_says_nothing_is_lost(tmp_path: Path) -> None:
             [sys.executable, "-m", "retainer", "run", "-r", str(RULES), "-d", str(db), "--as-of", "2026-03-01",
              "--handler", f"webhook:http://127.0.0.1:{srv.server_address[1]}/x"],
             stderr=subprocess.PIPE, text=True,
+            # a shell starts a background job (`pytest &`) with SIGINT ignored, and a child inherits that:
+            # Python then installs no Ctrl-C handler, and the run delivered on, 10 s a call, past the timeout
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )  # fmt: skip
         assert started.wait(30), "no delivery started"
         p.send_signal(signal.SIGINT)
