@@ -185,11 +185,11 @@ def test_a_malformed_header_is_named_without_its_secret(tmp_path: Path, env: str
     assert "supersecret" not in r.stderr and "abc123" not in r.stderr
 
 
-def test_ctrl_c_while_delivering_says_nothing_is_lost(tmp_path: Path) -> None:
-    """Found by a new-user review: the message was dead code (typer exits 130 on Ctrl-C without a word)."""
+def _signal_while_delivering(tmp_path: Path, sig: int) -> tuple[int, str, str]:
+    """`retainer run` delivering to a webhook that takes 10 s to answer, sent `sig` mid-call: its exit code,
+    its stderr and the store."""
     import http.server
     import signal
-    import subprocess
     import sys
     import threading
 
@@ -220,14 +220,38 @@ def test_ctrl_c_while_delivering_says_nothing_is_lost(tmp_path: Path) -> None:
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )  # fmt: skip
         assert started.wait(30), "no delivery started"
-        p.send_signal(signal.SIGINT)
+        p.send_signal(sig)
         err = p.communicate(timeout=30)[1]
     finally:
         srv.shutdown()
-    assert p.returncode == 130
+    return p.returncode, err, f"sqlite:///{db}"
+
+
+def test_ctrl_c_while_delivering_says_nothing_is_lost(tmp_path: Path) -> None:
+    """Found by a new-user review: the message was dead code (typer exits 130 on Ctrl-C without a word)."""
+    import signal
+
+    code, err, url = _signal_while_delivering(tmp_path, signal.SIGINT)
+    assert code == 130
     assert "interrupted: what was committed stays in the ledger" in err and "Traceback" not in err
-    statuses = {e.status for e in retainer.open_store(f"sqlite:///{db}").ledger()}
+    statuses = {e.status for e in retainer.open_store(url).ledger()}
     assert statuses and statuses <= {"pending", "failed"}  # committed, none delivered, none lost
+
+
+def test_sigterm_while_delivering_records_the_attempt_and_exits_143(tmp_path: Path) -> None:
+    """A scheduler stopping the job (systemd, Kubernetes) sends SIGTERM. Killed outright, the run left the
+    action it was delivering claimed, and a run in a new container trusts a claim for 10 minutes; stopped
+    as Ctrl-C stops it, the attempt is recorded, so the next run delivers it at once."""
+    import signal
+
+    code, err, url = _signal_while_delivering(tmp_path, signal.SIGTERM)
+    assert code == 143, err
+    assert "terminated: what was committed stays in the ledger" in err and "Traceback" not in err
+    entries = retainer.open_store(url).ledger()
+    assert {e.status for e in entries} <= {"pending", "failed"}
+    cut = [e for e in entries if e.status == "failed"]
+    assert len(cut) == 1 and cut[0].last_error == "interrupted while delivering (Terminated)"
+    assert cut[0].claimed_by is None  # nothing left for the next run to wait on
 
 
 def test_actions_list_shows_a_cancelled_action_as_cancelled(tmp_path: Path) -> None:

@@ -7,13 +7,17 @@ Machine-readable output goes to stdout; messages, progress and errors go to stde
 from __future__ import annotations
 
 import codecs
+import contextlib
 import functools
 import gc
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -111,14 +115,41 @@ out: Console = _Lazy(soft_wrap=True, emoji=False)  # type: ignore[assignment]
 err: Console = _Lazy(stderr=True, soft_wrap=True, emoji=False)  # type: ignore[assignment]
 
 
-def _interrupted() -> NoReturn:
-    """Ctrl-C while delivering: say that nothing is lost (typer would exit 130 without a word)."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler stopping the job: systemd, Kubernetes, `timeout`), raised where Ctrl-C would be."""
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """Treat SIGTERM as Ctrl-C while a command commits and delivers. Killed outright, a run leaves the action
+    it was delivering claimed, and a run in another container (a new pod) trusts that claim for 10 minutes;
+    stopped this way, the attempt is recorded as interrupted and the next run delivers it at once. A
+    SIGTERM the parent chose to ignore stays ignored."""
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _interrupted(exc: KeyboardInterrupt) -> NoReturn:
+    """Ctrl-C or SIGTERM while delivering: say that nothing is lost (typer would exit 130 without a word).
+    The exit code is the shell's for the signal: 130 for SIGINT, 143 for SIGTERM."""
+    what = "terminated" if isinstance(exc, Terminated) else "interrupted"
     err.print(
-        "[yellow]interrupted:[/] what was committed stays in the ledger; "
+        f"[yellow]{what}:[/] what was committed stays in the ledger; "
         "the next `retainer run` delivers what is still pending",
         highlight=False,
     )
-    raise typer.Exit(130)
+    raise typer.Exit(143 if isinstance(exc, Terminated) else 130)
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -484,11 +515,12 @@ def run(
     store = _ledger_store(data, rs.tz)
     engine = Engine(rs, store)
     try:
-        report = engine.run(as_of, handlers, dry_run=dry_run, retry=retry)
+        with _stop_on_sigterm():
+            report = engine.run(as_of, handlers, dry_run=dry_run, retry=retry)
     except RetainerError as exc:
         _fail(str(exc))
-    except KeyboardInterrupt:  # here, where typer has not yet turned it into a silent exit
-        _interrupted()
+    except KeyboardInterrupt as exc:  # here, where typer has not yet turned it into a silent exit
+        _interrupted(exc)
     finally:
         for h in (handlers or {}).values():
             if hasattr(h, "close"):
@@ -588,12 +620,13 @@ def actions_replay(
     store = _ledger_store(data, "UTC")
     mins = Engine(_rules(rules), store).min_outstanding if rules is not None else None
     try:
-        moved, report = replay(store, ids or (), dead=dead, handlers=handlers, retry=_retry(max_attempts, retry_delay),
-                               min_outstanding=mins)
+        with _stop_on_sigterm():
+            moved, report = replay(store, ids or (), dead=dead, handlers=handlers,
+                                   retry=_retry(max_attempts, retry_delay), min_outstanding=mins)
     except RetainerError as exc:
         _fail(str(exc))
-    except KeyboardInterrupt:
-        _interrupted()
+    except KeyboardInterrupt as exc:
+        _interrupted(exc)
     err.print(f"requeued {len(moved)} action(s)", highlight=False)
     if ids:
         for e in store.ledger(ids=[i for i in ids if i not in set(moved)]):
