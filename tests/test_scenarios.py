@@ -414,6 +414,24 @@ def test_a_date_matches_any_instant_on_that_day() -> None:
     s.at("2026-03-01").expect(type="create_task", evidence={"last_activity_at": "-60d"})  # a timestamp field
 
 
+def test_a_time_without_an_offset_is_the_rules_wall_clock_in_an_expectation_too(tmp_path: Path) -> None:
+    """Found in review: `given` reads 23:30 as 23:30 Kyiv, but the expectation naming that very text never
+    matched (a naive time compared with an aware one is never equal)."""
+    rules = "{version: 1, timezone: Europe/Kyiv, rules: [{id: forgotten, kind: forgotten, after: 30d}]}"
+    given = ("given:\n  managers: [{id: m1}]\n  clients: [{id: c1, manager_id: m1}]\n"
+             "  touches: [{id: t1, client_id: c1, at: '2026-02-27T23:30:00', kind: call}]\n")  # fmt: skip
+    for at, ok in (("'2026-02-27T23:30:00'", True), ("2026-02-27T23:30:00", True),  # quoted, a YAML timestamp
+                   ("'2026-02-27T23:30:00+02:00'", True), ("'2026-02-27T21:30:00Z'", True),
+                   ("'2026-02-27T21:30:00'", False)):  # fmt: skip
+        p = write(tmp_path, f"rules: {rules}\n{given}steps:\n  - as_of: 2026-03-29\n    expect: [{{rule: forgotten, "
+                            f"evidence: {{last_activity_at: {at}}}}}]\n")  # fmt: skip
+        if ok:
+            run_scenario_file(p)
+        else:
+            with pytest.raises(ScenarioFailure):
+                run_scenario_file(p)
+
+
 def test_a_number_is_not_a_date(tmp_path: Path) -> None:
     """`at: -60` (the `d` forgotten) must not pass as 1970."""
     p = write(tmp_path, f"rules: {ONE}\ngiven:\n  managers: [{{id: m1}}]\n  clients: [{{id: c1, manager_id: m1}}]\n"

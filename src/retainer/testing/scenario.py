@@ -115,9 +115,14 @@ def _scalar_equal(expected: Any, actual: Any) -> bool:
     if _DATE.match(e) and isinstance(actual, str) and len(actual) > 10 and actual[10] == "T":
         return actual[:10] == e  # a date matches any instant on that (local) day
     try:  # instants written in another offset or precision
-        return datetime.fromisoformat(e) == datetime.fromisoformat(str(actual))
+        want, got = datetime.fromisoformat(e), datetime.fromisoformat(str(actual))
     except ValueError:
         return False
+    if want.tzinfo is None and got.tzinfo is not None:
+        # a time without an offset is a wall-clock time in the rules' zone, as in `given`; an action writes
+        # its instants in that zone, so its own wall clock is the one to compare
+        return want == got.replace(tzinfo=None)
+    return want == got
 
 
 def matches(expected: Any, actual: Any) -> bool:
