@@ -792,15 +792,62 @@ def test_watching_a_winback_escalates_only_an_unanswered_question(store: Store) 
     ({"gte": "2026-01-31"}, True),
     ({"gt": "2026-01-30"}, True),
     ({"lte": "2026-01-31T09:00"}, False),  # a time of day is that instant
+    # found in review: these read the date as its midnight, so a call that day was not "on" it
+    ({"eq": "2026-01-31"}, True),
+    ({"ne": "2026-01-31"}, False),
+    ({"in": ["2026-01-20", "2026-01-31"]}, True),
+    ({"not_in": ["2026-01-31"]}, False),
+    ({"not_in": ["2026-01-30", "2026-02-01"]}, True),  # the days around it
+    ({"in": ["2026-01-31T10:00"]}, True),  # an instant in the list is that instant
+    ({"between": ["2026-01-31", "2026-02-05"]}, True),  # the first day is in the range, all of it too
+    ({"between": ["2026-01-31T10:00:01", "2026-02-05"]}, False),
+    ({"eq": "2026-01-31T10:00"}, True),
 ])
 def test_a_date_compared_with_an_instant_is_its_whole_day(store: Store, cond: dict[str, Any], held: bool) -> None:
     """`last_activity_at: {between: [2026-01-01, 2026-01-31]}` missed a call at 10:00 on the 31st: the
-    upper date was read as its midnight."""
+    upper date was read as its midnight. Explain reads the condition as the plan does."""
     store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
-              touches=[{"id": "t1", "client_id": "c1", "at": "2026-01-31T10:00"}])
+              touches=[{"id": "t1", "client_id": "c1", "at": "2026-01-31T10:00+03:00"}])  # 10:00 in Moscow
     rules = {"version": 1, "timezone": "Europe/Moscow", "rules": [
         {"id": "r", "when": {"last_activity_at": cond}, "then": [{"tag": "x"}]}]}  # fmt: skip
-    assert bool(engine_for(rules, store).plan("2026-03-01").actions) is held
+    e = engine_for(rules, store)
+    assert bool(e.plan("2026-03-01").actions) is held
+    assert e.explain("c1", "2026-03-01").rules[0].matched is held
+
+
+def test_a_date_in_a_features_where_is_its_whole_day_too(store: Store) -> None:
+    """Found in review: `where: {at: {lte: 2026-01-31}}` counted nothing of January 31 (its midnight), while
+    the same bound in a rule's `when` took the day in."""
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
+              touches=[{"id": "t1", "client_id": "c1", "at": "2026-01-31T10:00"},
+                       {"id": "t2", "client_id": "c1", "at": "2026-02-01T00:00"}])  # fmt: skip
+    counts = {"lte": 1, "lt": 0, "gt": 1, "gte": 2, "eq": 1}
+    rules = {"version": 1, "timezone": "Europe/Moscow",
+             "features": {op: {"count": "touches", "where": {"at": {op: "2026-01-31"}}} for op in counts},
+             "rules": [{"id": op, "when": {op: {"eq": n}}, "then": [{"tag": op}]} for op, n in counts.items()]}
+    assert sorted(a.rule for a in engine_for(rules, store).plan("2026-03-01").actions) == sorted(counts)
+    for op in ("ne", "in", "not_in"):  # a whole day cannot be left out in `where`: refused, not counted wrong
+        bad = {"version": 1, "features": {"f": {"count": "touches", "where": {"at": {op: (
+            ["2026-01-31"] if op != "ne" else "2026-01-31")}}}}, "rules": [{"id": "r", "when": {"f": {"gte": 1}},
+            "then": [{"tag": "x"}]}]}  # fmt: skip
+        with pytest.raises(retainer.RulesError, match=f"`{op}` of whole days cannot be counted in `where`"):
+            retainer.load_rules(bad)
+
+
+def test_a_rules_dates_and_times_are_shown_in_its_zone() -> None:
+    """Found in review: a Kyiv rule's `lte: 2026-01-31` read `≤ 2026-01-31T21:59:59+00:00` in reasons and
+    explain, next to the client's values in +02:00."""
+    rules = retainer.load_rules({"version": 1, "timezone": "Europe/Kyiv", "rules": [
+        {"id": "a", "when": {"last_activity_at": {"lte": "2026-01-31"}}, "then": [{"tag": "x"}]},
+        {"id": "b", "when": {"last_activity_at": {"gt": "2026-02-27T23:00:00"}}, "then": [{"tag": "x"}]},
+        {"id": "c", "when": {"last_activity_at": {"in": ["2026-01-31", "2026-02-27T23:00:00"]}},
+         "then": [{"tag": "x"}]},
+    ]})  # fmt: skip
+    assert [r.reason for r in rules.rules] == [
+        "last_activity_at ≤ 2026-01-31",
+        "last_activity_at > 2026-02-27T23:00:00+02:00",
+        "last_activity_at in [2026-01-31, 2026-02-27T23:00:00+02:00]",
+    ]
 
 
 def test_a_deal_lost_later_is_not_lost_yet(store: Store) -> None:

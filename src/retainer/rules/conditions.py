@@ -7,8 +7,9 @@ A leaf compares one feature with a value. A missing value (None) makes every op 
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
@@ -24,6 +25,7 @@ from ..timeutil import (
     DurationTooLongError,
     add_durations,
     day_start,
+    in_years,
     parse_duration,
     parse_instant,
 )
@@ -95,10 +97,13 @@ class ExplainNode:
 _NOVALUE: Any = type("_NoValue", (), {"__repr__": lambda self: "-"})()
 
 
-def _fmt(v: Any) -> str:
-    """As an analyst reads it: `none` rather than None, tags as a plain list."""
+def _fmt(v: Any, tz: Any = None) -> str:
+    """As an analyst reads it: `none` rather than None, tags as a plain list, an instant in the rule set's
+    zone `tz` (next to the client's values, which are shown in it)."""
     if v is None:
         return "none"
+    if tz is not None and isinstance(v, datetime):
+        v = v.astimezone(tz)
     if isinstance(v, date):
         return v.isoformat()
     if isinstance(v, frozenset | set):
@@ -116,6 +121,57 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, Duration):
         return str(v)
     return v
+
+
+class Day:
+    """A date without a time compared with an instant feature: its whole day in the rule set's zone, for every
+    operator. `{eq: 2026-01-31}` holds for a call at 10:00 that day, `{lte: ...}` takes it in, `{gt: ...}`
+    starts the next day, `{ne: ...}` and `not_in` leave out the whole day. A date compared as its midnight
+    held none of that for `eq`, `in` and `ne`. Shown as the date the analyst wrote."""
+
+    __slots__ = ("day", "end", "start")
+
+    def __init__(self, day: date, tz: Any) -> None:
+        self.day, self.start, self.end = day, day_start(day, tz), _last_second(day, tz)
+
+    # `instant OP day` reaches these reflected (datetime returns NotImplemented): `instant <= day` is
+    # `day.__ge__(instant)`, and between's `day <= instant` is `day.__le__(instant)`
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Day):
+            return (self.start, self.end) == (other.start, other.end)
+        if isinstance(other, datetime):
+            return self.start <= other <= self.end
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((Day, self.start))
+
+    def __lt__(self, other: Any) -> bool:  # other > day: after the day
+        return bool(self.end < (other.end if isinstance(other, Day) else other))
+
+    def __le__(self, other: Any) -> bool:  # other >= day: on the day or after
+        return bool(self.start <= (other.start if isinstance(other, Day) else other))
+
+    def __gt__(self, other: Any) -> bool:  # other < day: before the day
+        return bool(self.start > (other.start if isinstance(other, Day) else other))
+
+    def __ge__(self, other: Any) -> bool:  # other <= day: before the day's end
+        return bool(self.end >= (other.end if isinstance(other, Day) else other))
+
+    def __str__(self) -> str:
+        return self.day.isoformat()
+
+    __repr__ = __str__
+
+
+class _WithDays(frozenset[Any]):
+    """`in` / `not_in` values with a `Day` among them: an instant is in the set when it is one of its instants
+    or falls on one of its days (a frozenset finds neither by hash)."""
+
+    def __contains__(self, v: object) -> bool:
+        return frozenset.__contains__(self, v) or (
+            isinstance(v, datetime) and any(d == v for d in self if type(d) is Day)
+        )
 
 
 def _memo(fn: Callable[[Any, Frame], list[bool]]) -> Callable[[Any, Frame], list[bool]]:
@@ -235,6 +291,8 @@ _BINARY: dict[str, Callable[[Any, Any], bool]] = {
     "has_none": _has_none,
 }
 _SYMBOL = {"eq": "=", "ne": "≠", "gt": ">", "gte": "≥", "lt": "<", "lte": "≤"}
+#: an instant against a `Day`, as one comparison with the day's first or last instant
+_DAY_BOUND = {"lt": ("lt", "start"), "gte": ("ge", "start"), "lte": ("le", "end"), "gt": ("gt", "end")}
 _SET_OPS = {"in": "has_any", "not_in": "has_none"}
 
 
@@ -243,6 +301,8 @@ class Leaf(Node):
     feature: str
     op: str
     value: Any
+    #: the rule set's zone, to show the value's instants in (not part of what the condition is)
+    tz: Any = field(default=None, compare=False, repr=False)
 
     def _test(self, v: Any) -> bool:
         if self.op == "exists":
@@ -261,6 +321,11 @@ class Leaf(Node):
         if self.op == "exists":
             return [(v is not None) == x for v in col]
         fn = _BINARY[self.op]
+        if self.op in _DAY_BOUND and type(x) is Day:  # compared with one of its instants, in C
+            cmp, end = _DAY_BOUND[self.op]
+            fn, x = getattr(operator, cmp), getattr(x, end)
+        elif self.op == "between" and Day in (type(x[0]), type(x[1])):
+            x = (x[0].start if type(x[0]) is Day else x[0], x[1].end if type(x[1]) is Day else x[1])
         try:  # one comparison per row; a value of another type (a bad attribute) takes the careful path
             return [v is not None and bool(fn(v, x)) for v in col]
         except TypeError:
@@ -284,17 +349,19 @@ class Leaf(Node):
         return ExplainNode(self.text(), self._test(v), _local(v, frame.as_of))
 
     def text(self) -> str:
+        tz = self.tz
         if self.op in _SYMBOL:
-            return f"{self.feature} {_SYMBOL[self.op]} {_fmt(self.value)}"
+            return f"{self.feature} {_SYMBOL[self.op]} {_fmt(self.value, tz)}"
         if self.op == "exists":
             return f"{self.feature} {'exists' if self.value else 'is missing'}"
         if self.op in ("in", "not_in", "has_any", "has_none"):
             # sorted: a set's order depends on the process's hash seed, and reasons must be byte-stable
             words = {"not_in": "not in", "has_any": "has any of", "has_none": "has none of"}.get(self.op, self.op)
-            return f"{self.feature} {words} [{', '.join(map(_fmt, sorted(self.value, key=str)))}]"
+            shown = sorted(_fmt(v, tz) for v in self.value)
+            return f"{self.feature} {words} [{', '.join(shown)}]"
         if self.op == "between":
-            return f"{self.feature} between {_fmt(self.value[0])} and {_fmt(self.value[1])}"
-        return f"{self.feature} {self.op} {_fmt(self.value)}"
+            return f"{self.feature} between {_fmt(self.value[0], tz)} and {_fmt(self.value[1], tz)}"
+        return f"{self.feature} {self.op} {_fmt(self.value, tz)}"
 
     def features(self) -> set[str]:
         return {self.feature}
@@ -496,7 +563,7 @@ def _parse_leaves(feature: str, val: Any, types: FeatureTypes, tz: Any, path: Pa
             for x in value if isinstance(value, frozenset) else (value,):
                 if x not in choices:
                     raise ConditionError(_unknown_value(feature, x, choices), p)
-        out.append(Leaf(feature, _SET_OPS.get(op, op) if ftype == "set" else op, value))
+        out.append(Leaf(feature, _SET_OPS.get(op, op) if ftype == "set" else op, value, tz))
     return out
 
 
@@ -523,13 +590,12 @@ def _coerce(op: str, v: Any, ftype: str, feature: str, tz: Any, path: Path) -> A
     if op in ("in", "not_in"):
         if not isinstance(v, list):
             raise ConditionError(f"{op} takes a list", path)
-        return frozenset(_scalar(x, ftype, feature, tz, path) for x in v)
+        values = [_scalar(x, ftype, feature, tz, path) for x in v]
+        return _WithDays(values) if any(type(x) is Day for x in values) else frozenset(values)
     if op == "between":
         if not isinstance(v, list) or len(v) != 2:
             raise ConditionError("between takes a list of two values [low, high]", path)
         low, high = _scalar(v[0], ftype, feature, tz, path), _scalar(v[1], ftype, feature, tz, path)
-        if ftype == "datetime" and (day := _day(v[1])) is not None:
-            high = _last_second(day, tz)  # "between Jan 1 and Jan 31" takes in a call on Jan 31
         try:
             reversed_ = low > high
         except TypeError:  # values of a feature of no fixed type: compared per client
@@ -545,10 +611,7 @@ def _coerce(op: str, v: Any, ftype: str, feature: str, tz: Any, path: Path) -> A
                 f"contains takes one value; for any of several write {{{feature}: {{in: [...]}}}}, "
                 f"for each of them all: [{{{feature}: {{contains: ...}}}}, ...]", path)
         return str(v)
-    value = _scalar(v, ftype, feature, tz, path)
-    if ftype == "datetime" and op in ("lte", "gt") and (day := _day(v)) is not None:
-        return _last_second(day, tz)  # on or before the day / after the day: its whole day, not its midnight
-    return value
+    return _scalar(v, ftype, feature, tz, path)
 
 
 def _day(v: Any) -> date | None:
@@ -604,6 +667,8 @@ def _scalar(v: Any, ftype: str, feature: str, tz: Any, path: Path) -> Any:
                 if not isinstance(v, str | date):
                     raise TypeError
                 try:
+                    if (day := _day(v)) is not None:
+                        return Day(in_years(day), tz)
                     return parse_instant(v, tz)
                 except DateRangeError as exc:
                     raise ConditionError(f"{feature}: {_fmt(v)}: {exc}", path) from None

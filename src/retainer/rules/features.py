@@ -755,9 +755,17 @@ def _choices(entity: str, fld: str) -> tuple[str, ...]:
     return tuple(sorted(out))
 
 
+#: a date on a time field in a feature's `where`: a whole day, which `ne`, `in` and `not_in` cannot name there
+_WHOLE_DAYS = (
+    "{entity}.{key} is a date and time: a date stands for its whole day, and `{op}` of whole days cannot be "
+    "counted in `where`; name the day's instants (`2026-01-31T10:00:00`), or bound it with lt/lte/gt/gte, "
+    "or write the condition in the rule's `when`"
+)
+
+
 def named_feature(name: str, d: FeatureDef, tz: Any) -> FeatureImpl:
     """Compile one `features:` entry into an aggregate, validating entity, fields and values."""
-    from .conditions import ConditionError, _scalar
+    from .conditions import ConditionError, Day, _scalar
 
     entity, _, fld = d.target.partition(".")
     if entity not in EXISTS_FIELD:
@@ -799,9 +807,22 @@ def named_feature(name: str, d: FeatureDef, tz: Any) -> FeatureImpl:
                 elif op in ("in", "not_in"):
                     if not isinstance(v, list):
                         raise FeatureDefError(f"{op} takes a list", "where", key, op)
-                    preds.append(Pred(key, op, frozenset(_scalar(x, ftype, key, tz, ()) for x in v)))
+                    values = frozenset(_scalar(x, ftype, key, tz, ()) for x in v)
+                    if any(type(x) is Day for x in values):
+                        raise FeatureDefError(_WHOLE_DAYS.format(entity=entity, key=key, op=op), "where", key, op)
+                    preds.append(Pred(key, op, values))
                 elif op in ("eq", "ne", "gt", "gte", "lt", "lte"):
                     val = _scalar(v, ftype, key, tz, ())
+                    if type(val) is Day:  # the whole day, as in a rule's `when`: bounds at its first or last instant
+                        if op == "ne":
+                            raise FeatureDefError(_WHOLE_DAYS.format(entity=entity, key=key, op=op), "where", key, op)
+                        if op in ("eq", "gte"):
+                            preds.append(Pred(key, "gte", val.start))
+                        if op in ("eq", "lte"):
+                            preds.append(Pred(key, "lte", val.end))
+                        if op in ("lt", "gt"):
+                            preds.append(Pred(key, op, val.start if op == "lt" else val.end))
+                        continue
                     preds.append(Pred(key, op, Decimal(val) if ftype == "number" else val))
                 else:
                     raise FeatureDefError(
