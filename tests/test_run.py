@@ -577,6 +577,50 @@ def test_a_handler_class_or_a_function_of_the_wrong_shape_is_refused_before_anyt
     assert run(store, handlers=Static).counts()["done"] == 1  # c9, new
 
 
+def test_an_async_handler_is_refused_before_anything_is_committed(store: Store) -> None:
+    """Found in an ops review: `async def` passed the signature check; each call made a coroutine that nobody
+    awaited, and every action was recorded `done` with nothing sent, for good."""
+    import functools
+
+    sent: list[str] = []
+
+    async def send(action: Action) -> None:
+        sent.append(action.id)
+
+    class Crm:
+        async def handle(self, action: Action) -> None:
+            sent.append(action.id)
+
+    class Caller:
+        async def __call__(self, action: Action) -> None:
+            sent.append(action.id)
+
+    crm(store)
+    for h in (send, Crm(), {"create_task": send}, functools.partial(send), Caller()):
+        with pytest.raises(retainer.DispatchError, match=r"is async: it would return a coroutine that nobody awaits"):
+            run(store, handlers=h)  # type: ignore[arg-type]
+    assert store.ledger() == [] and store.runs() == [] and sent == []
+
+    # one that hides it (a plain function returning a coroutine): refused at delivery, nothing recorded as done
+    report = run(store, handlers=lambda a: send(a))
+    assert report.counts()["done"] == 0 and sent == []
+    assert {e.status for e in store.ledger()} == {"dead"}
+    assert all("returned an awaitable instead of delivering" in (e.last_error or "") for e in store.ledger())
+
+
+def test_an_error_text_that_is_not_unicode_is_kept_escaped(store: Store) -> None:
+    """Found in an ops review: a CRM's cp1251 answer decoded with surrogateescape made the ledger write of the
+    error raise, and the run crashed after one attempt."""
+    crm(store)
+
+    def refuse(action: Action) -> None:
+        raise RuntimeError("CRM said: " + "Ошибка".encode("cp1251").decode("utf-8", "surrogateescape"))
+
+    report = run(store, handlers=refuse, retry=Retry(max_attempts=1, base_delay=0))
+    assert report.counts()["dead"] == len(store.ledger()) > 0
+    assert {e.last_error for e in store.ledger()} == {r"RuntimeError: CRM said: \udcce\udcf8\udce8\udce1\udcea\udce0"}
+
+
 def test_an_action_committed_earlier_is_cancelled_once_it_must_not_go_out(store: Store) -> None:
     """A message committed on one night and delivered on a later one (the CRM was down) is looked at
     again: a client who asked not to be contacted since gets nothing, and a reminder for an invoice paid

@@ -334,6 +334,8 @@ def test_specs_an_equals_sign_inside_a_url_is_not_a_route() -> None:
         ("webhook:https:///path", "it has no host"),
         ("webhook:http://127.0.0.1:99999/x", "Port out of range"),
         ("webhook:http://exa mple.com/", "it contains a space (write %20)"),
+        # found in an ops review: a byte that is not UTF-8 in argv (read as a surrogate) failed every request
+        ("webhook:http://127.0.0.1:9/hook\udcff", "it has a byte that is not UTF-8 text"),
     ],
 )
 def test_specs_bad_kind_or_target(spec: str, message: str) -> None:

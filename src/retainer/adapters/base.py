@@ -33,8 +33,8 @@ class CallbackHandler:
     def __init__(self, fn: Callable[[Action], object]) -> None:
         self.fn = fn
 
-    def handle(self, action: Action) -> None:
-        self.fn(action)
+    def handle(self, action: Action) -> object:
+        return self.fn(action)  # an awaitable returned is refused by the dispatcher: nothing was delivered
 
     def __repr__(self) -> str:
         return f"CallbackHandler({getattr(self.fn, '__qualname__', self.fn)!r})"

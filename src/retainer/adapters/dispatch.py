@@ -8,6 +8,7 @@ backoff take no time.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import inspect
 import math
@@ -66,8 +67,9 @@ class Retry:
 
 
 def describe_error(exc: BaseException) -> str:
-    """`TimeoutError: POST ... timed out`: the cause, named, in one line."""
-    text = " ".join(str(exc).split())
+    """`TimeoutError: POST ... timed out`: the cause, named, in one line, as text any store can keep (a CRM's
+    answer decoded with `surrogateescape` holds lone surrogates, which SQLite refused: the run crashed)."""
+    text = " ".join(str(exc).split()).encode("utf-8", "backslashreplace").decode("utf-8")
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -121,6 +123,13 @@ def _check_signature(name: str, h: Any) -> None:
     passed for an instance, a function that does not take one action. Found at delivery instead, each
     action would fail, be retried with backoff, and look like a CRM that is down."""
     fn = h.fn if isinstance(h, CallbackHandler) else h.handle
+    if _is_async(fn):
+        raise DispatchError(
+            f"handler for {name!r} ({handler_name(h)}) is async: it would return a coroutine that nobody awaits, "
+            f"and its actions would be recorded as delivered. Give a function that delivers before it returns, "
+            f"e.g. lambda action: asyncio.run(send(action)), or asyncio.run_coroutine_threadsafe(send(action), "
+            f"loop).result() from a thread beside your event loop"
+        )
     if isinstance(h, type) and not isinstance(inspect.getattr_static(h, "handle", None), staticmethod | classmethod):
         # `handle(self, action=None)` on the class binds the action to self: the instance was meant
         raise DispatchError(f"handler for {name!r} is the class {h.__qualname__}: pass an instance, {h.__name__}(...)")
@@ -134,6 +143,14 @@ def _check_signature(name: str, h: Any) -> None:
                             f"{exc}") from None  # fmt: skip
     except ValueError:
         pass  # a builtin without a signature: trusted
+
+
+def _is_async(fn: Any) -> bool:
+    """`async def`, also behind functools.partial or as an object's `async def __call__`."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    call = None if inspect.isroutine(fn) or isinstance(fn, type) else inspect.getattr_static(type(fn), "__call__", None)
+    return inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn) or inspect.iscoroutinefunction(call)
 
 
 def _as_handler(h: Any) -> Any:
@@ -386,7 +403,10 @@ class Dispatcher:
                 handler = self.route(e.type)
                 assert handler is not None
                 try:
-                    handler.handle(e.action)
+                    if inspect.isawaitable(result := handler.handle(e.action)):
+                        _discard(result)
+                        raise PermanentError("the handler returned an awaitable instead of delivering: "
+                                             "nothing was sent (an async handler; see `_check_signature`)")
                 except PermanentError as exc:
                     st, err, rejected = "dead", describe_error(exc) + " (not retried)", True
                 except Exception as exc:
@@ -409,6 +429,13 @@ class Dispatcher:
         else:
             report.dead[e.id] = err or ""
         return st, rejected
+
+
+def _discard(awaitable: Any) -> None:
+    """Close a coroutine nobody will await, so Python does not warn of it at exit."""
+    close = getattr(awaitable, "close", None)
+    if callable(close):
+        close()
 
 
 def dunning_over(invoice: Any, at: datetime, minimum: Decimal | int = 0) -> str | None:

@@ -41,6 +41,10 @@ def _url_problem(url: str) -> str | None:
     if any(c.isspace() for c in url):
         return "it contains a space (write %20)"
     try:
+        url.encode("utf-8")
+    except UnicodeEncodeError:  # a byte that is not UTF-8 in argv: every request failed after the commit
+        return "it has a byte that is not UTF-8 text (write it percent-encoded, e.g. %FF)"
+    try:
         parts = urlsplit(url)
         if "@" in url.partition("://")[2] and "@" not in parts.netloc:  # `user:12/34@crm` went to host `user`,
             # and the port error of `user:s3/cret@crm` named the password's start
