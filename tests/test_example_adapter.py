@@ -180,18 +180,22 @@ def test_a_422_is_a_dead_action_naming_the_status(
     args = ["--rules", str(files[0]), "--data", str(files[1]), "--as-of", AS_OF, "--crm-url", fake_crm.url]
     assert example[1].main(args) == 1
     out = capsys.readouterr()
-    assert json.loads(out.out)["dead"] == 1 and json.loads(out.out)["done"] == 6
-    [dead] = [e for e in ledger(files[1]).values() if e.status == "dead"]
+    # the move, and the note and escalation its rule planned with it ("moved to m2" would be false), unsent
+    assert json.loads(out.out)["dead"] == 3 and json.loads(out.out)["done"] == 4
+    dead, *with_it = sorted((e for e in ledger(files[1]).values() if e.status == "dead"),
+                            key=lambda e: (e.type != "reassign", e.type))  # fmt: skip
+    assert [(e.type, e.attempts) for e in with_it] == [("escalate", 0), ("notify_manager", 0)]
+    assert all("went dead (PermanentError" in (e.last_error or "") for e in with_it)
     assert dead.id == fake_crm.requests[0].headers["idempotency-key"]  # the rejected request
     assert dead.attempts == 1
     assert dead.last_error is not None
     assert dead.last_error.startswith("PermanentError: PATCH ") and "422" in dead.last_error
     assert "m2 is on leave" in dead.last_error and dead.last_error.endswith("(not retried)")
     assert f"dead {dead.id}: " in out.err and "422" in out.err
-    assert len(fake_crm.requests) == 7
+    assert len(fake_crm.requests) == 5
 
     assert example[1].main(args) == 0  # dead waits for a person: the next night does not retry it
-    assert len(fake_crm.requests) == 7
+    assert len(fake_crm.requests) == 5
 
 
 def test_nightly_runs_as_a_script(files: tuple[Path, Path], fake_crm: FakeServer) -> None:
@@ -277,7 +281,10 @@ def test_a_crm_that_is_down_is_retried_then_dead(
                             sleep=clock.sleep)
     # the released client's other actions wait for its move's retry, so theirs comes a backoff later
     assert report.counts()["dead"] == 7 and clock.sleeps == [1.0, 1.0]
-    entries = engine.store.ledger()
+    # the release's note and escalation go dead with their move, unsent
+    notes = [e for e in engine.store.ledger() if e.type in ("notify_manager", "escalate")]
+    assert notes and {(e.status, e.attempts) for e in notes} == {("dead", 0)}
+    entries = [e for e in engine.store.ledger() if e not in notes]
     assert {(e.status, e.attempts) for e in entries} == {("dead", 2)}
     assert all(
         (e.last_error or "").startswith(f"ConnectionError: {'PATCH' if e.type == 'reassign' else 'POST'} ")

@@ -736,6 +736,66 @@ def test_a_reassignment_to_a_manager_deactivated_since_is_cancelled(store: Store
     assert not again.committed
 
 
+RELEASE_TOLD = {"version": 1, "templates": {"released": {"subject": "{client.name} moved to {new_manager.id}",
+                                                        "body": "moved"}},
+                "rules": [{"id": "forgotten", "kind": "forgotten", "after": "30d"},
+                          {"id": "release", "kind": "release", "forgotten_rule": "forgotten", "grace": "7d",
+                           "then": [{"reassign": {"strategy": "least_loaded"}},
+                                    {"notify_manager": {"to": "supervisor", "template": "released"}}]}]}
+
+
+def _released(store: Store) -> None:
+    store.add(managers=[{"id": "boss"}, {"id": "m1", "supervisor_id": "boss"}, {"id": "m2"}, {"id": "m3"}],
+              clients=[{"id": "c1", "manager_id": "m1", "name": "Acme"}],
+              touches=[{"id": "t1", "client_id": "c1", "at": "2026-01-01T10:00:00"}])  # fmt: skip
+
+
+def test_the_supervisors_note_of_a_move_cancelled_for_a_manager_who_left_is_cancelled_with_it(store: Store) -> None:
+    """Found in an ops review: the run cancelled the move to m2, who had left, then told the supervisor
+    "Acme moved to m2" in the same dispatch. The note goes with the move, and is decided again with it."""
+    _released(store)
+    clock = FakeClock()
+    e = engine_for(RELEASE_TOLD, store)
+    e.run("2026-03-01", clock=clock)  # committed, no handler: pending
+    store.upsert(managers=[{"id": "m2", "active": False}])
+    h = RecordingHandler()
+    report = e.run("2026-03-02", handlers=h, clock=clock, sleep=clock.sleep)
+    assert report.dispatch is not None and h.actions == []
+    gone = {store.ledger(ids=[i])[0].type: why for i, why in report.dispatch.cancelled.items()}
+    because = "its client's move to m2 was cancelled: manager m2 is no longer active"
+    assert gone == {"reassign": "manager m2 is no longer active", "notify_manager": because,
+                    "create_task": because}  # the forgotten task, m2's with the move  # fmt: skip
+    h = RecordingHandler()
+    e.run("2026-03-03", handlers=h, clock=clock, sleep=clock.sleep)
+    assert sorted((a.key, getattr(a, "subject", None)) for a in h.actions) == [
+        ("forgotten:c1:2026-01-01#2:create_task", None),
+        ("release:c1:2026-01-01#2:notify_manager", "Acme moved to m3"), ("release:c1:2026-01-01#2:reassign", None)]
+
+
+def test_the_supervisors_note_of_a_move_the_crm_refused_goes_dead_with_it_and_replays_with_it(store: Store) -> None:
+    """Found in an ops review: the CRM refused the move (422), and the supervisor was still told "Acme moved to
+    m2". The note is dead with the move, not sent; replaying the dead actions sends both, the move first."""
+    _released(store)
+    clock = FakeClock()
+    sent: list[str] = []
+
+    def crm(a: Action) -> None:
+        if a.type == "reassign" and not sent:
+            sent.append("refused")
+            raise PermanentError("422: m2 is not in the sales team")
+        sent.append(a.type)
+
+    e = engine_for(RELEASE_TOLD, store)
+    report = e.run("2026-03-01", handlers=crm, clock=clock, sleep=clock.sleep)
+    assert report.dispatch is not None and sent == ["refused", "create_task"]  # the forgotten task goes, as before
+    by_type = {x.type: x for x in store.ledger()}
+    assert by_type["reassign"].status == by_type["notify_manager"].status == "dead"
+    assert (by_type["notify_manager"].last_error or "").startswith("not sent: the move it was planned with went dead (")
+    assert set(report.dispatch.dead) == {by_type["reassign"].id, by_type["notify_manager"].id}
+    _, again = retainer.adapters.dispatch.replay(store, (), dead=True, handlers=crm)
+    assert sent == ["refused", "create_task", "reassign", "notify_manager"] and again is not None and again.complete
+
+
 def test_each_move_cancelled_for_a_manager_who_left_is_decided_again_until_the_host_cancels_one(
     store: Store,
 ) -> None:

@@ -255,6 +255,7 @@ class Dispatcher:
         # refused as not the owner's, and died)
         moving: dict[str, float] = {}
         stalled: set[str] = set()  # clients whose move this dispatch gave up on: their other actions wait too
+        dead_moves: dict[str, str] = {}  # the episode (key prefix) of a move that went dead here -> its error
         queue.reverse()  # pop() from the end = ledger order
         while queue or waiting:
             now = self.clock().timestamp()
@@ -279,7 +280,18 @@ class Dispatcher:
                 if e.type != "reassign" and e.client_id in moving:
                     heapq.heappush(waiting, (moving[e.client_id], order[e.id], e))  # right after the move
                     continue
+                if e.type != "reassign" and (died := dead_moves.get(_episode(e.key))) is not None:
+                    # planned with a move the CRM refused: "moved to Ivan" would be false. Dead with it, not
+                    # cancelled: replaying the dead actions once the CRM takes the move sends both
+                    why = f"not sent: the move it was planned with went dead ({died})"
+                    self.store.finish_attempts([(e.id, "dead", why, attempts[e.id])], self.clock(),
+                                               {e.id: claims[e.id]})  # fmt: skip
+                    report.dead[e.id] = why
+                    report.failed.pop(e.id, None)
+                    continue
                 st, rejected = self._attempt(e, attempts, claims, report)
+                if st == "dead" and e.type == "reassign":
+                    dead_moves[_episode(e.key)] = report.dead.get(e.id, "")
                 if st == "failed":
                     due = self.clock().timestamp() + self.retry.delay(attempts[e.id])
                     heapq.heappush(waiting, (due, order[e.id], e))
@@ -315,6 +327,9 @@ class Dispatcher:
         out: dict[str, tuple[str, str | None]] = {}
         managers: dict[str, Any] = {}
         moves: dict[tuple[str, str], str] = {}  # (client, manager it was to go to) -> why the move is cancelled
+        # a cancelled move's episode (`release:c2:2026-01-15:`) -> the manager it named and why: the rule's other
+        # actions ("Borealis Trade moved to Ivan", told to the supervisor) are about a move that never happened
+        episodes: dict[str, tuple[str, str]] = {}
         # their clients and the invoices they chase, read at once: one by one, a first night at 100k clients
         # read 40,000 clients in 40,000 queries
         ids = {e.client_id for e in earlier if e.client_id is not None}
@@ -337,14 +352,20 @@ class Dispatcher:
                 out[e.id] = (gone, MANAGER_LEFT if e.type == "reassign" else None)
                 if e.type == "reassign":
                     moves[(cid, e.action.to_manager_id)] = gone  # type: ignore[attr-defined]
+                    episodes[_episode(e.key)] = (e.action.to_manager_id, gone)  # type: ignore[attr-defined]
                 continue
             invoice = e.action.evidence.get("invoice.id")  # a dunning step's invoice
             inv = invoices.get(invoice) if isinstance(invoice, str) else None
             if inv is not None and (why := dunning_over(inv, self.clock(), self.min_outstanding.get(e.rule, 0))):
                 out[e.id] = (why, None)
-        if moves:  # the tasks and messages planned with a cancelled move, for the manager it named, go with it
+        if moves:  # the tasks and messages planned with a cancelled move, for the manager it named, go with it,
+            # and so does everything else its rule planned with it; all are decided again with the move
             for e in earlier:
-                if e.id not in out and e.type in ("create_task", "notify_manager") and e.client_id is not None:
+                if e.id in out or e.client_id is None:
+                    continue
+                if (ep := episodes.get(_episode(e.key))) is not None:
+                    out[e.id] = (f"its client's move to {ep[0]} was cancelled: {ep[1]}", MANAGER_LEFT)
+                elif e.type in ("create_task", "notify_manager"):
                     who = getattr(e.action, "assignee_id", None) or getattr(e.action, "to_manager_id", None)
                     if (why := moves.get((e.client_id, who or ""))) is not None:
                         # decided again with the move, for the manager the next plan gives the client to
@@ -429,6 +450,11 @@ class Dispatcher:
         else:
             report.dead[e.id] = err or ""
         return st, rejected
+
+
+def _episode(key: str) -> str:
+    """`release:c2:2026-01-15:` of `release:c2:2026-01-15:notify_manager`: what one rule decided for one episode."""
+    return key.rpartition(":")[0] + ":"
 
 
 def _discard(awaitable: Any) -> None:
