@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -575,6 +576,57 @@ def test_a_handler_class_or_a_function_of_the_wrong_shape_is_refused_before_anyt
     store.add(clients=[{"id": "c9", "manager_id": "m1"}],
               touches=[{"id": "t9", "client_id": "c9", "at": "2026-01-01T10:00:00", "kind": "call"}])  # fmt: skip
     assert run(store, handlers=Static).counts()["done"] == 1  # c9, new
+
+
+def test_a_write_lock_held_by_the_crm_is_waited_for_not_the_end_of_the_night(tmp_path: Path) -> None:
+    """Found in an ops review: the CRM's own sync holding SQLite's write lock past the store's 5 s wait, while a
+    run delivered, stopped the run (exit 2): the delivery it had just made was not recorded, so the next run sent
+    it again, and the rest waited a day. A write meeting the lock now waits (up to `Retry.lock_wait`), at the
+    commit and around each delivery."""
+    import sqlite3
+    import threading
+
+    db = tmp_path / "crm.db"
+    store = retainer.open_store(f"sqlite:///{db}")
+    crm(store)
+    store.conn.execute("PRAGMA busy_timeout = 50")  # the store's own wait, cut so the test takes a second
+
+    def sync(seconds: float) -> threading.Thread:
+        taken = threading.Event()
+
+        def hold() -> None:
+            c = sqlite3.connect(db, isolation_level=None)
+            c.execute("BEGIN IMMEDIATE")
+            taken.set()
+            threading.Event().wait(seconds)
+            c.execute("ROLLBACK")
+            c.close()
+
+        t = threading.Thread(target=hold)
+        t.start()
+        taken.wait()
+        return t
+
+    sent: list[str] = []
+
+    def deliver(a: Action) -> None:
+        if not sent:
+            threads.append(sync(0.6))  # the sync starts while the first delivery is under way
+        sent.append(a.id)
+
+    threads = [sync(0.6)]  # and one is running when the run commits
+    report = run(store, handlers=deliver)
+    for t in threads:
+        t.join()
+    assert len(threads) == 2 and report.counts()["done"] == len(sent) == len(store.ledger()) > 0
+    assert {e.status for e in store.ledger()} == {"done"} and [r.status for r in store.runs()] == ["finished"]
+
+    with pytest.raises(StoreError, match="database is locked"):  # past lock_wait: stopped, as before, said why
+        t = sync(1.0)
+        try:
+            run(store, "2026-03-03", handlers=deliver, retry=Retry(lock_wait=0.2))
+        finally:
+            t.join()
 
 
 def test_an_async_handler_is_refused_before_anything_is_committed(store: Store) -> None:

@@ -1034,7 +1034,7 @@ class Engine:
                     f"facts known since then may make this run's actions stale"
                 )
             run = RunRecord(id=str(uuid.uuid4()), as_of=plan.as_of, rules_digest=self.rules.digest, started_at=clock())
-            committed = self.store.commit_run(run, plan.actions, plan.cursors)
+            committed = dispatcher.patiently(self.store.commit_run, run, plan.actions, plan.cursors)
             if len(committed) != len(plan.actions):  # someone committed them between plan and commit
                 fresh = {x.key for x in committed}
                 late = [x for x in plan.actions if x.key not in fresh]
@@ -1043,7 +1043,7 @@ class Engine:
                 plan.suppressed = sorted([*plan.suppressed, *late_dups], key=lambda s: (s.action.key, s.reason_code))
             report = RunReport(plan, run, committed, dispatcher.dispatch_active(committed))
             done = dataclasses.replace(run, status="finished", finished_at=clock(), counts=report.counts())
-            self.store.finish_run(run.id, done.finished_at, done.counts)  # type: ignore[arg-type]
+            dispatcher.patiently(self.store.finish_run, run.id, done.finished_at, done.counts)
             report.run = done
             return report
 

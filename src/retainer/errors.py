@@ -65,6 +65,11 @@ class StoreError(RetainerError):
     """A store cannot be opened, read or written (bad URL, locked database, schema mismatch)."""
 
 
+class StoreBusyError(StoreError):
+    """Another writer held the store's write lock for longer than a write waits (the CRM's own sync, an
+    import): worth waiting for again, unlike a store that cannot be written at all."""
+
+
 class DispatchError(RetainerError):
     """A handler failed to deliver an action."""
 

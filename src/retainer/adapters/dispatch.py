@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 from ..actions import ACTION_TYPES, Action
-from ..errors import ArgumentError, DispatchError, did_you_mean
+from ..errors import ArgumentError, DispatchError, StoreBusyError, did_you_mean
 from ..ledger import ACTIVE, MANAGER_LEFT, LedgerEntry, Status, claim_alive, claim_holder, delivering
 from ..stores.base import Pred, virtual_value
 from .base import ActionHandler, CallbackHandler, PermanentError
@@ -50,15 +50,19 @@ class Retry:
     #: this many retryable failures in a row through one handler mean its endpoint is down: the run
     #: stops using it and leaves the rest of its actions for the next run (None: never give up early)
     stop_after: int | None = 10
+    #: seconds a ledger write waits for another writer's lock (the CRM's own sync, an import) before the
+    #: run stops: the store's own wait is 5 s, and a night stopped by a sync, after a delivery it could not
+    #: record, sent that action again and left the rest for a day
+    lock_wait: float = 600.0
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ArgumentError(f"max_attempts must be at least 1, not {self.max_attempts}")
         if self.stop_after is not None and self.stop_after < 1:
             raise ArgumentError(f"stop_after must be at least 1, not {self.stop_after}")
-        if self.base_delay < 0 or self.max_delay < 0 or self.factor < 1:
+        if self.base_delay < 0 or self.max_delay < 0 or self.factor < 1 or self.lock_wait < 0:
             raise ArgumentError("delays must be >= 0 and factor >= 1")
-        bad = [n for n in ("base_delay", "factor", "max_delay") if not math.isfinite(getattr(self, n))]
+        bad = [n for n in ("base_delay", "factor", "max_delay", "lock_wait") if not math.isfinite(getattr(self, n))]
         if bad:  # `--retry-delay nan` waited the whole max_delay before every retry
             raise ArgumentError(f"{bad[0]} must be a finite number of seconds, not {getattr(self, bad[0])}")
 
@@ -234,7 +238,7 @@ class Dispatcher:
                 now = self.clock()
                 why, code = void[e.id]
                 outcome = {"cancelled": why, "at": now.isoformat(), **({"code": code} if code else {})}
-                self.store.set_outcome(e.id, outcome, now)
+                self.patiently(self.store.set_outcome, e.id, outcome, now)
                 report.cancelled[e.id] = why
                 continue
             if self.route(e.type) is None:
@@ -284,8 +288,8 @@ class Dispatcher:
                     # planned with a move the CRM refused: "moved to Ivan" would be false. Dead with it, not
                     # cancelled: replaying the dead actions once the CRM takes the move sends both
                     why = f"not sent: the move it was planned with went dead ({died})"
-                    self.store.finish_attempts([(e.id, "dead", why, attempts[e.id])], self.clock(),
-                                               {e.id: claims[e.id]})  # fmt: skip
+                    self.patiently(self.store.finish_attempts, [(e.id, "dead", why, attempts[e.id])], self.clock(),
+                                {e.id: claims[e.id]})  # fmt: skip
                     report.dead[e.id] = why
                     report.failed.pop(e.id, None)
                     continue
@@ -315,6 +319,22 @@ class Dispatcher:
                 elif st == "done":
                     streak[id(h)] = 0
         return report
+
+    def patiently(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A ledger write that meets another writer's lock waits for it, up to `Retry.lock_wait`: the CRM writes
+        its facts while a run delivers (that is why a run holds no write transaction), and the result of a
+        delivery must be recorded, or the next run sends the action again."""
+        deadline, pause = None, 0.5
+        while True:
+            try:
+                return fn(*args)
+            except StoreBusyError:
+                now = self.clock().timestamp()
+                deadline = now + self.retry.lock_wait if deadline is None else deadline
+                if now >= deadline:
+                    raise
+                self.sleep(min(pause, deadline - now))
+                pause = min(pause * 2, 10.0)
 
     def _void(self, earlier: list[LedgerEntry]) -> dict[str, tuple[str, str | None]]:
         """Actions an earlier run committed that must not go out now (id -> why, and the code of a reassignment
@@ -410,10 +430,12 @@ class Dispatcher:
             )
             rejected = True  # no call was made: says nothing about the endpoint, so no step towards giving up on it
             # only as it was read: a dispatcher with more attempts to give may be delivering it now
-            self.store.finish_attempts([(e.id, st, err, attempts[e.id])], self.clock(), {e.id: claims[e.id]})
+            self.patiently(self.store.finish_attempts, [(e.id, st, err, attempts[e.id])], self.clock(),
+                        {e.id: claims[e.id]})  # fmt: skip
         else:
             with delivering(e.id):  # marked before the claim: a thread of this process reading it then waits
-                if not self.store.begin_attempts([e.id], self.clock(), {e.id: attempts[e.id]}, {e.id: claims[e.id]}):
+                if not self.patiently(self.store.begin_attempts, [e.id], self.clock(), {e.id: attempts[e.id]},
+                                   {e.id: claims[e.id]}):  # fmt: skip
                     # done meanwhile (the host recorded an outcome), or another dispatcher is delivering it
                     report.skipped.append(e.id)
                     report.failed.pop(e.id, None)
@@ -439,7 +461,7 @@ class Dispatcher:
                 else:
                     st, err = "done", None
                 # drops the claim, if still ours (a delivery past the lease may have been taken over)
-                self.store.finish_attempts([(e.id, st, err, attempts[e.id])], self.clock(), mine)
+                self.patiently(self.store.finish_attempts, [(e.id, st, err, attempts[e.id])], self.clock(), mine)
                 claims[e.id] = None
         if st == "failed":
             report.failed[e.id] = err or ""

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..actions import Action
-from ..errors import StoreError
+from ..errors import StoreBusyError, StoreError
 from ..ledger import (
     LedgerEntry,
     RunRecord,
@@ -1502,7 +1502,8 @@ class SQLiteStore:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            raise StoreError(f"{self.path}: cannot write: {exc}") from exc
+            busy = getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+            raise (StoreBusyError if busy else StoreError)(f"{self.path}: cannot write: {exc}") from exc
         try:
             yield conn
         except sqlite3.OperationalError as exc:  # a full disk, an I/O error: say so, not a traceback
