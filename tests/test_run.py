@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -627,6 +627,25 @@ def test_a_write_lock_held_by_the_crm_is_waited_for_not_the_end_of_the_night(tmp
             run(store, "2026-03-03", handlers=deliver, retry=Retry(lock_wait=0.2))
         finally:
             t.join()
+
+
+def test_a_rate_limited_crm_is_waited_for_not_given_up_on(store: Store) -> None:
+    """Found in an ops review: a CRM allowing one call a second answered the burst with 429s, ten actions met
+    ten in a row, and the run gave up on a CRM that was up, every night. A `RetryLater` pauses every call
+    through that handler for the time asked, so the night goes through."""
+    crm(store, n=15)
+    clock = FakeClock()
+    calls: list[datetime] = []
+
+    def limited(a: Action) -> None:
+        if calls and clock() < calls[-1] + timedelta(seconds=1):
+            raise retainer.adapters.RetryLater("429 Too Many Requests", 1.0)
+        calls.append(clock())
+
+    report = run(store, handlers=limited, clock=clock)
+    assert report.dispatch is not None and report.dispatch.stopped == {}
+    assert report.counts()["done"] == len(store.ledger()) == len(calls) > 10
+    assert all(e.attempts <= 2 for e in store.ledger())  # one 429 at most: then it waits its turn
 
 
 def test_an_async_handler_is_refused_before_anything_is_committed(store: Store) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -144,6 +145,35 @@ def test_rate_limits_and_server_errors_are_retried(
     entry = only_entry(crm)
     assert (entry.status, entry.attempts) == ("done", 2)
     assert clock.sleeps == [1.0] and len(server.requests) == 2
+
+
+@pytest.mark.parametrize(("reply", "paused"), [
+    (Reply(429, headers=(("Retry-After", "7"),)), 7.0),  # the CRM's own wait, not the backoff's 1 s
+    (Reply(503, headers=(("Retry-After", "3"),)), 3.0),
+    (Reply(429), 1.0),  # no Retry-After: the backoff
+    (Reply(429, headers=(("Retry-After", "3600"),)), 60.0),  # at most Retry.max_delay
+    (Reply(429, headers=(("Retry-After", "soon"),)), 1.0),  # unreadable: the backoff
+])  # fmt: skip
+def test_a_crm_asking_to_slow_down_is_waited_for(
+    crm: Store, server: FakeServer, hook: WebhookHandler, clock: FakeClock, reply: Reply, paused: float
+) -> None:
+    """Found in an ops review: `Retry-After` was never read."""
+    server.queue(reply, 201)
+    run(crm, hook, clock)
+    entry = only_entry(crm)
+    assert (entry.status, entry.attempts) == ("done", 2)
+    assert clock.sleeps == [paused] and len(server.requests) == 2
+
+
+def test_retry_after_as_an_http_date() -> None:
+    from email.utils import format_datetime
+
+    from retainer.adapters.webhook import _retry_after
+
+    soon = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    assert 25 <= (_retry_after(soon) or 0) <= 30
+    assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # past: at once
+    assert _retry_after("") is None and _retry_after("-5") is None
 
 
 def _one_attempt(

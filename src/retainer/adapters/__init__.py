@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 
 from ..actions import ACTION_TYPES
 from ..errors import RetainerError, did_you_mean, redact
-from .base import ActionHandler, CallbackHandler, PermanentError
+from .base import ActionHandler, CallbackHandler, PermanentError, RetryLater
 from .dispatch import Dispatcher, DispatchReport, Handlers, Retry
 from .jsonl import JsonlHandler
 from .recording import RecordingHandler
@@ -25,6 +25,7 @@ __all__ = [
     "PermanentError",
     "RecordingHandler",
     "Retry",
+    "RetryLater",
     "WebhookHandler",
     "handler_from_spec",
     "handlers_from_specs",

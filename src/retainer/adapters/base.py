@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 
 from ..actions import Action
 
-__all__ = ["ActionHandler", "CallbackHandler", "PermanentError"]
+__all__ = ["ActionHandler", "CallbackHandler", "PermanentError", "RetryLater"]
 
 
 @runtime_checkable
@@ -25,6 +25,16 @@ class ActionHandler(Protocol):
 class PermanentError(Exception):
     """Raised by a handler when retrying cannot help (the CRM rejected the action as invalid):
     the dispatcher marks the action `dead` at once instead of retrying it."""
+
+
+class RetryLater(Exception):
+    """Raised by a handler when the CRM asks to slow down (HTTP 429, or 503 with `Retry-After`): the endpoint is
+    up, so it never counts toward giving up on the handler, and the handler's actions wait `seconds` (at most
+    `Retry.max_delay`) before the next call through it."""
+
+    def __init__(self, message: str, seconds: float | None = None) -> None:
+        super().__init__(message)
+        self.seconds = seconds
 
 
 class CallbackHandler:

@@ -23,7 +23,7 @@ from ..actions import ACTION_TYPES, Action
 from ..errors import ArgumentError, DispatchError, StoreBusyError, did_you_mean
 from ..ledger import ACTIVE, MANAGER_LEFT, LedgerEntry, Status, claim_alive, claim_holder, delivering
 from ..stores.base import Pred, virtual_value
-from .base import ActionHandler, CallbackHandler, PermanentError
+from .base import ActionHandler, CallbackHandler, PermanentError, RetryLater
 
 _END_OF_TIME = datetime.max.replace(tzinfo=UTC)  # every client and invoice, whenever created
 
@@ -260,6 +260,11 @@ class Dispatcher:
         moving: dict[str, float] = {}
         stalled: set[str] = set()  # clients whose move this dispatch gave up on: their other actions wait too
         dead_moves: dict[str, str] = {}  # the episode (key prefix) of a move that went dead here -> its error
+        # a CRM that answered "too many requests" (`RetryLater`): the seconds it asked for, by action, and when
+        # each such handler (by id) may be called again. Sent back to back, ten actions in a burst met ten 429s
+        # and the run gave up on a CRM that was up, every night
+        throttled: dict[str, float | None] = {}
+        paused: dict[int, float] = {}
         queue.reverse()  # pop() from the end = ledger order
         while queue or waiting:
             now = self.clock().timestamp()
@@ -284,6 +289,9 @@ class Dispatcher:
                 if e.type != "reassign" and e.client_id in moving:
                     heapq.heappush(waiting, (moving[e.client_id], order[e.id], e))  # right after the move
                     continue
+                if (until := paused.get(id(h), 0.0)) > self.clock().timestamp():  # the CRM asked to slow down
+                    heapq.heappush(waiting, (until, order[e.id], e))
+                    continue
                 if e.type != "reassign" and (died := dead_moves.get(_episode(e.key))) is not None:
                     # planned with a move the CRM refused: "moved to Ivan" would be false. Dead with it, not
                     # cancelled: replaying the dead actions once the CRM takes the move sends both
@@ -293,11 +301,15 @@ class Dispatcher:
                     report.dead[e.id] = why
                     report.failed.pop(e.id, None)
                     continue
-                st, rejected = self._attempt(e, attempts, claims, report)
+                st, rejected = self._attempt(e, attempts, claims, report, throttled)
                 if st == "dead" and e.type == "reassign":
                     dead_moves[_episode(e.key)] = report.dead.get(e.id, "")
+                if e.id in throttled:  # every call through this handler waits, not only this action's retry
+                    asked = throttled.pop(e.id)
+                    pause = min(self.retry.max_delay, asked if asked is not None else self.retry.delay(1))
+                    paused[id(h)] = self.clock().timestamp() + pause
                 if st == "failed":
-                    due = self.clock().timestamp() + self.retry.delay(attempts[e.id])
+                    due = max(self.clock().timestamp() + self.retry.delay(attempts[e.id]), paused.get(id(h), 0.0))
                     heapq.heappush(waiting, (due, order[e.id], e))
                     if e.type == "reassign" and e.client_id is not None:
                         moving[e.client_id] = due
@@ -414,8 +426,9 @@ class Dispatcher:
         return None if m.active else f"manager {who} is no longer active"
 
     def _attempt(
-        self, e: LedgerEntry, attempts: dict[str, int], claims: dict[str, str | None], report: DispatchReport
-    ) -> tuple[Status | None, bool]:
+        self, e: LedgerEntry, attempts: dict[str, int], claims: dict[str, str | None], report: DispatchReport,
+        throttled: dict[str, float | None],
+    ) -> tuple[Status | None, bool]:  # fmt: skip
         """One delivery, recorded around the call: the attempt is counted before it (so an action that
         kills the process uses up its own attempts, never another's), the result right after (so a
         crash loses at most the result of the one action in flight). Returns the new status (None:
@@ -452,6 +465,9 @@ class Dispatcher:
                                              "nothing was sent (an async handler; see `_check_signature`)")
                 except PermanentError as exc:
                     st, err, rejected = "dead", describe_error(exc) + " (not retried)", True
+                except RetryLater as exc:
+                    st, err = ("dead" if attempts[e.id] >= limit else "failed"), describe_error(exc)
+                    throttled[e.id] = exc.seconds
                 except Exception as exc:
                     st, err = ("dead" if attempts[e.id] >= limit else "failed"), describe_error(exc)
                 except BaseException as exc:  # Ctrl-C or exit in the handler: whether it went out is unknown

@@ -10,13 +10,14 @@ import time
 import warnings
 import zlib
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..actions import Action
 from ..errors import ArgumentError, printable, redact
 from ..ledger import action_payload
-from .base import PermanentError
+from .base import PermanentError, RetryLater
 
 if TYPE_CHECKING:
     import httpx
@@ -57,6 +58,24 @@ def _url_problem(url: str) -> str | None:
     if port == 0:
         return "port 0 is not a port"
     return None
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds a `Retry-After` header asks for (a number, or an HTTP date), or None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    from email.utils import parsedate_to_datetime
+
+    try:
+        at = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if at.tzinfo is None:
+        return None
+    return max(0.0, (at - datetime.now(UTC)).total_seconds())
 
 
 class WebhookHandler:
@@ -131,6 +150,9 @@ class WebhookHandler:
             )
         if 400 <= r.status_code < 500 and r.status_code not in RETRYABLE_4XX:
             raise PermanentError(message)
+        wait = _retry_after(r.headers.get("retry-after"))
+        if r.status_code == 429 or (r.status_code == 503 and wait is not None):  # up, and asking to slow down
+            raise RetryLater(message + (f" (retry after {wait:g}s)" if wait is not None else ""), wait)
         raise ConnectionError(message)
 
     def _scrub(self, text: str) -> str:
