@@ -288,6 +288,25 @@ def test_run_leaves_an_action_another_dispatcher_is_delivering(db: str, tmp_path
     assert "(deliveringsince" in "".join(c for c in table if c not in "│ \n")  # folded in a narrow terminal
 
 
+def test_actions_list_says_when_the_process_delivering_an_action_has_stopped(db: str) -> None:
+    """Found in an ops review: after a `kill -9` mid-delivery, `actions list` said the action was being delivered
+    by a process that was gone, for good."""
+    import time
+
+    from retainer.ledger import claim_holder
+
+    code, first, _ = go(db)
+    assert code == 0
+    host, seen, *_ = claim_holder().split("/")
+    killed = f"{host}/{seen}/999999999/1@{int(time.time())}"  # this host, a pid that runs nothing
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE retainer_actions SET attempts = 1, claimed_by = ?, updated_at = ? WHERE id = ?",
+                     [killed, datetime.now(UTC).isoformat(), first["new"][0]["id"]])  # fmt: skip
+    r = run("actions", "list", "-d", db, "-f", "table", "--status", "pending")
+    flat = "".join(c for c in r.stdout if c not in "│ \n")
+    assert "whichstopped;thenextrundeliversit" in flat and "(deliveringsince" not in flat, r.stdout
+
+
 @pytest.mark.parametrize("with_rules", [False, True])
 def test_replay_with_the_rules_cancels_a_step_paid_down_below_min_amount(tmp_path: Path, with_rules: bool) -> None:
     """`actions replay` reads no rules unless given them: a dead reminder for an invoice paid down to 50

@@ -583,13 +583,21 @@ def actions_list(
     elif f == "jsonl":
         sys.stdout.writelines(json.dumps(e.to_dict(), sort_keys=True, ensure_ascii=False) + "\n" for e in entries)
     else:
+        from .adapters.dispatch import utc_now
+        from .ledger import claim_alive
+
+        now = utc_now()
         t = _table(title=f"{len(entries)} action(s) in the ledger of {store.url}")
         for col in ("id", "type", "client", "rule", "status", "tries", "last error"):
             t.add_column(col, overflow="fold", no_wrap=col == "id")  # ids are copied into replay/outcome
         for e in entries:
             status = f"cancelled ({e.cancelled})" if e.cancelled else e.status  # done, but never sent: say so
             if e.claimed_by and e.status in ("pending", "failed"):  # an attempt began and has not ended
-                status += f" (delivering since {e.updated_at:%Y-%m-%d %H:%M:%S}Z: {e.claimed_by})"
+                since = f"{e.updated_at:%Y-%m-%d %H:%M:%S}Z"
+                if claim_alive(e, now):
+                    status += f" (delivering since {since}: {e.claimed_by})"
+                else:  # killed mid-delivery: nobody is delivering it, and the next run sends it again
+                    status += f" (an attempt began {since} by {e.claimed_by}, which stopped; the next run delivers it)"
             t.add_row(e.id, e.type, e.client_id, e.rule, status, str(e.attempts), e.last_error or "")
         out.print(t)
 
