@@ -648,6 +648,34 @@ def test_a_rate_limited_crm_is_waited_for_not_given_up_on(store: Store) -> None:
     assert all(e.attempts <= 2 for e in store.ledger())  # one 429 at most: then it waits its turn
 
 
+def test_a_night_the_crm_was_down_uses_up_no_attempts(store: Store) -> None:
+    """Found in an ops review: the failures that made a run give up on a CRM that was down used up the actions'
+    retries, so one error the next night made them dead (and the move's task went out without the move). The
+    attempts of the failures that made the run give up are given back; the errors stay."""
+    crm(store)
+    clock = FakeClock()
+    retry = Retry(max_attempts=3, base_delay=0, stop_after=4)
+
+    def down(a: Action) -> None:
+        raise ConnectionError("connection refused")
+
+    first = run(store, handlers=down, retry=retry, clock=clock)
+    assert first.dispatch is not None and first.dispatch.stopped
+    assert {(e.status, e.attempts) for e in store.ledger()} == {("failed", 0)}
+    assert {e.last_error for e in store.ledger()} == {"ConnectionError: connection refused"}
+
+    calls: list[str] = []
+
+    def blip(a: Action) -> None:  # up again, after two errors
+        calls.append(a.id)
+        if len(calls) <= 2:
+            raise ConnectionError("connection reset")
+
+    second = run(store, "2026-03-03", handlers=blip, retry=retry, clock=clock)
+    assert second.dispatch is not None and second.dispatch.complete, second.dispatch
+    assert {e.status for e in store.ledger()} == {"done"}
+
+
 def test_an_async_handler_is_refused_before_anything_is_committed(store: Store) -> None:
     """Found in an ops review: `async def` passed the signature check; each call made a coroutine that nobody
     awaited, and every action was recorded `done` with nothing sent, for good."""

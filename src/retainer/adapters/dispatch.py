@@ -253,6 +253,7 @@ class Dispatcher:
         waiting: list[tuple[float, int, LedgerEntry]] = []  # (due, order, entry) for retries
         order = {e.id: n for n, e in enumerate(queue)}
         streak: dict[int, int] = {}  # failures in a row that were not rejections, per handler (by id)
+        spent: dict[int, dict[str, int]] = {}  # per handler, the actions failed in its streak: their attempts before
         given_up: set[int] = set()  # handlers (by id) this dispatch stopped using
         # client -> when its reassignment is tried again: its other actions wait for it, so the CRM still
         # sees the move first when the move needed a retry (a task for the new manager went first, was
@@ -317,10 +318,12 @@ class Dispatcher:
                     moving.pop(e.client_id or "", None)
                 if st in ("failed", "dead") and not rejected:  # the endpoint failed, not the request
                     streak[id(h)] = streak.get(id(h), 0) + 1
+                    spent.setdefault(id(h), {}).setdefault(e.id, attempts[e.id] - 1)
                     if self.retry.stop_after is not None and streak[id(h)] >= self.retry.stop_after:
                         error = report.failed.get(e.id) or report.dead[e.id]
                         report.stopped[handler_name(h)] = f"{streak[id(h)]} failures in a row, the last: {error}"
                         given_up.add(id(h))
+                        self._give_back(spent.pop(id(h)), attempts, report)
                         # its retries are not waited for: they stay `failed` for the next run, and so do the
                         # actions waiting for a move it was to retry
                         dropped = [w[2] for w in waiting if id(self.route(w[2].type)) in given_up]
@@ -330,7 +333,18 @@ class Dispatcher:
                         heapq.heapify(waiting)
                 elif st == "done":
                     streak[id(h)] = 0
+                    spent.pop(id(h), None)
         return report
+
+    def _give_back(self, spent: Mapping[str, int], attempts: dict[str, int], report: DispatchReport) -> None:
+        """The attempts of the failures that made this dispatch give up on a handler were the endpoint's (down),
+        not the actions': each `failed` action gets them back (`spent`: id -> its attempts before them). Kept,
+        a night the CRM was down used up the retries, and one error the next night made an action dead."""
+        back = [(i, "failed", report.failed[i], n) for i, n in spent.items() if i in report.failed and attempts[i] > n]
+        if back:
+            self.patiently(self.store.finish_attempts, back, self.clock(), dict.fromkeys((i for i, *_ in back), None))
+            for i, *_, n in back:
+                attempts[i] = n
 
     def patiently(self, fn: Callable[..., Any], *args: Any) -> Any:
         """A ledger write that meets another writer's lock waits for it, up to `Retry.lock_wait`: the CRM writes
