@@ -339,7 +339,11 @@ class Dispatcher:
     def _give_back(self, spent: Mapping[str, int], attempts: dict[str, int], report: DispatchReport) -> None:
         """The attempts of the failures that made this dispatch give up on a handler were the endpoint's (down),
         not the actions': each `failed` action gets them back (`spent`: id -> its attempts before them). Kept,
-        a night the CRM was down used up the retries, and one error the next night made an action dead."""
+        a night the CRM was down used up the retries, and one error the next night made an action dead. Only when
+        the failures were spread over several actions: one action failing alone (a session tries each action
+        once, `stop_after=1`) says nothing of the endpoint."""
+        if len(spent) < 2:
+            return
         back = [(i, "failed", report.failed[i], n) for i, n in spent.items() if i in report.failed and attempts[i] > n]
         if back:
             self.patiently(self.store.finish_attempts, back, self.clock(), dict.fromkeys((i for i, *_ in back), None))
