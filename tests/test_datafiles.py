@@ -36,6 +36,33 @@ def test_jsonl_folder_plans_like_csv(tmp_path: Path) -> None:
     assert a == b
 
 
+def test_tags_are_separated_by_semicolons_or_commas(tmp_path: Path) -> None:
+    """Found in an analyst review: `"key-account,vip"` was one tag, so the key-account override never applied,
+    without a word."""
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "managers.csv").write_text("id\nm1\n")
+    (d / "clients.csv").write_text('id,manager_id,tags\nc1,m1,"key-account,vip"\nc2,m1,key-account; vip\n'
+                                   'c3,m1,"a, b;c"\nc4,m1,\n')  # fmt: skip
+    store = retainer.open_store("memory://")
+    import_data(d, store)
+    assert {c.id: c.tags for c in store.iter("clients")} == {
+        "c1": {"key-account", "vip"}, "c2": {"key-account", "vip"}, "c3": {"a", "b", "c"}, "c4": frozenset()}
+
+
+def test_an_empty_csv_file_is_an_error_not_a_table_without_rows(tmp_path: Path) -> None:
+    """Found in an analyst review: a 0-byte touches.csv (an export that failed) was read as no touches, and
+    every client looked forgotten; a 0-byte clients.csv was blamed on touches.csv. A header alone is no rows."""
+    d = tmp_path / "d"
+    shutil.copytree(CRM, d)
+    (d / "touches.csv").write_text("")
+    with pytest.raises(retainer.DataError, match=r"touches\.csv:1: the file is empty, without even its header line"):
+        import_data(d, retainer.open_store("memory://"))
+    (d / "touches.csv").write_text("id,client_id,at\n")
+    import_data(d, store := retainer.open_store("memory://"))
+    assert store.count("touches") == 0 and store.count("clients") > 0
+
+
 def test_csv_and_jsonl_for_one_entity_is_an_error(tmp_path: Path) -> None:
     d = tmp_path / "d"
     shutil.copytree(CRM, d)

@@ -1,6 +1,6 @@
 """A CRM as a folder of files: `clients.csv managers.csv touches.csv ...` (or `.jsonl`).
 
-Column names are the model fields; an empty cell is a missing value; `tags` are `;`-separated.
+Column names are the model fields; an empty cell is a missing value; `tags` are separated by `;` or `,`.
 A missing file means no rows. Rows are validated in chunks and streamed into a store inside one
 transaction, so a bad row anywhere (reported as file:line, id and field) writes nothing.
 """
@@ -142,9 +142,11 @@ def _csv_rows(path: Path, entity: str) -> tuple[list[str], Iterator[tuple[int, l
     except csv.Error as exc:
         f.close()
         raise unreadable(exc, 1) from None
-    if header is None:
+    if header is None:  # not even a header: an export that failed, not a table with no rows
         f.close()
-        return [], iter(())
+        raise DataError("the file is empty, without even its header line (an export that failed?): a table with "
+                        "no rows still has its header; with none of these rows, leave the file out",
+                        file=str(path), row=1)  # fmt: skip
     header = [h.strip() for h in header]
     for h in header:
         if h not in fields:

@@ -183,6 +183,9 @@ class Manager(Entity):
     team: OptStr = None
 
 
+_TAG_SEP = re.compile(r"[;,]")
+
+
 class Client(Entity):
     manager_id: Id
     name: OptStr = None
@@ -197,8 +200,10 @@ class Client(Entity):
     @field_validator("tags", mode="before")
     @classmethod
     def _split_tags(cls, v: Any) -> Any:
+        """A cell of text holds tags separated by `;` or `,`: exports write `key-account,vip` as often as
+        `key-account;vip`, and read as one tag it silently never matched `tags: {contains: key-account}`."""
         if isinstance(v, str):
-            return frozenset(t.strip() for t in v.split(";") if t.strip())
+            return frozenset(t.strip() for t in _TAG_SEP.split(v) if t.strip())
         return v
 
     @field_validator("attributes", mode="before")
