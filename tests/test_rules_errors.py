@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from test_cli import SCRIPT
 
 import retainer
@@ -1054,6 +1055,29 @@ def test_contract_progress_outside_0_to_1_is_refused(tmp_path: Path, bound: str)
             then: [{{tag: renew}}]
         """)
     assert_error(err, path, 5, "renew", "contract_progress runs from 0 to 1 (0.5 = halfway)")
+
+
+@pytest.mark.parametrize(("feature", "bound"), [("spend_growth", "{gt: 20}"), ("spend_growth_90d", "{lt: -30}"),
+                                              ("spend_growth_30d", "{between: [0, 50]}")])  # fmt: skip
+def test_spend_growth_written_as_a_whole_percent_is_refused(tmp_path: Path, feature: str, bound: str) -> None:
+    """Found in an analyst review: `spend_growth: {gt: 20}` (meant: +20 %) passed validate and never held; the
+    policy's `max: 20` was refused with "write 20%"."""
+    err, path = load_error(tmp_path, f"""
+        version: 1
+        rules:
+          - id: grew
+            when: {{{feature}: {bound}}}
+            then: [{{tag: grew}}]
+        """)
+    assert_error(err, path, 4, "grew", f"{feature} is a share of the earlier spend (0.2 = +20 %)", "write")
+
+
+@pytest.mark.parametrize("bound", ['"20%"', "0.2", '"150%"', "-1"])
+def test_spend_growth_takes_percent_text_under_either_name(tmp_path: Path, bound: str) -> None:
+    """`spend_growth` is `spend_growth_90d`: "20%" was refused for the first and taken for the second."""
+    for feature in ("spend_growth", "spend_growth_90d"):
+        retainer.load_rules({"version": 1, "rules": [{"id": "g", "then": [{"tag": "g"}],
+                                                      "when": {feature: {"gt": yaml.safe_load(bound)}}}]})  # fmt: skip
 
 
 def test_shares_take_percent_text(store: Store) -> None:

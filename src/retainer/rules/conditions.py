@@ -634,7 +634,12 @@ def _last_second(d: date, tz: Any) -> datetime:
 
 def _is_share(feature: str) -> bool:
     """Features that are shares or ratios (0.3 = 30 %): they also take "30%"."""
-    return feature == "contract_progress" or feature.startswith("spend_growth_")
+    return feature == "contract_progress" or _is_growth(feature)
+
+
+def _is_growth(feature: str) -> bool:
+    """`spend_growth` (90 days) and `spend_growth_<window>`: the same feature, read the same way."""
+    return feature == "spend_growth" or feature.startswith("spend_growth_")
 
 
 def _out_of_share(v: Any, d: Decimal, path: Path) -> Any:
@@ -650,14 +655,18 @@ def _scalar(v: Any, ftype: str, feature: str, tz: Any, path: Path) -> Any:
             case "int" | "number":
                 if isinstance(v, bool) or not isinstance(v, int | float | str | Decimal):
                     raise TypeError
-                if isinstance(v, str) and v.strip().endswith("%") and _is_share(feature):
-                    d = Decimal(v.strip()[:-1].strip()) / 100
-                else:
-                    d = Decimal(str(v))
+                percent = isinstance(v, str) and v.strip().endswith("%") and _is_share(feature)
+                d = Decimal(v.strip()[:-1].strip()) / 100 if percent else Decimal(str(v))  # type: ignore[union-attr]
                 if not d.is_finite():  # NaN crashed every plan at its first comparison; infinity never matches
                     raise ConditionError(f"{feature} is {ftype}; {v!r} is not a finite number", path)
                 if feature == "contract_progress" and not 0 <= d <= 1:
                     return _out_of_share(v, d, path)
+                if _is_growth(feature) and not percent and abs(d) > 1:  # `gt: 20` meant +20 %, never held
+                    raise ConditionError(
+                        f"{feature} is a share of the earlier spend (0.2 = +20 %), so {v!r} means {d * 100:+}%: "
+                        f"write \"{v}%\" or {d / 100}; a change beyond ±100 % is written as a percent (\"150%\")",
+                        path,
+                    )
                 return int(d) if ftype == "int" and d == int(d) else d
             case "bool":
                 if not isinstance(v, bool):
