@@ -1328,3 +1328,24 @@ def test_one_line_of_yaml_is_rules_not_a_file_name() -> None:
     assert [r.id for r in retainer.load_rules("rules: [{id: f, kind: forgotten, after: 60d}]").rules] == ["f"]
     with pytest.raises(RulesError, match=r"rule file not found: nope\.yaml"):
         retainer.load_rules("nope.yaml")
+
+
+@pytest.mark.parametrize(("text", "line", "rule", "needle"), [
+    # found in an analyst review: these slips met a regex, a pydantic type name, or no error at all
+    ("  - {id: забытые клиенты, kind: forgotten, after: 60d}\n", 3, "забытые клиенты",
+     "an id is Latin letters, digits and _ . - (it starts with a letter or a digit; no spaces)"),
+    ("  - id: g\n    when:\n      and:\n        - {days_since_activity: {gte: 10}}\n    then: [{tag: x}]\n", 5, "g",
+     "'and' is not a condition: did you mean `all:`?"),
+    ("  - id: g\n    when:\n      or: [{days_since_activity: {gte: 10}}]\n    then: [{tag: x}]\n", 5, "g",
+     "did you mean `any:`?"),
+    ("  - id: g\n    when:\n      - {days_since_activity: {gte: 10}}\n    then: [{tag: x}]\n", 4, "g",
+     "when: a list of conditions needs `all:` (each must hold) or `any:` (one is enough)"),
+    ("  - {id: f, kind: forgotten, after: 0d}\n", 3, "f", "after: must be longer than 0, not 0d"),
+    ("  - id: f\n    kind: forgotten\n    after: 60d\n    overrides: [{when: {tags: {contains: vip}}, after: 0d}]\n",
+     6, "f", "must be longer than 0, not 0d"),
+])  # fmt: skip
+def test_likely_slips_get_a_message_that_says_what_to_write(
+    tmp_path: Path, text: str, line: int, rule: str, needle: str
+) -> None:
+    err, path = load_error(tmp_path, "version: 1\nrules:\n" + text)
+    assert_error(err, path, line, rule, needle)

@@ -573,6 +573,10 @@ def _unknown_value(feature: str, value: Any, choices: Sequence[str]) -> str:
 
 
 def _unknown_feature(name: str, known: Sequence[str]) -> str:
+    junction = {"and": "all", "or": "any", "&&": "all", "||": "any"}.get(name.lower())
+    if junction is not None:  # a condition's `and:` read as a feature name
+        forms = "{all: [...]}, {any: [...]}, {not: {...}}"
+        return f"{name!r} is not a condition: did you mean `{junction}:`? ({forms})"
     hint = did_you_mean(name, known, n=3, quote=False)
     return (
         f"unknown feature {name!r}{hint} (built-in features: see `retainer schema` and docs/rules.md; "

@@ -244,6 +244,12 @@ def _pydantic_message(err: Mapping[str, Any]) -> str:
         return f"unknown rule kind {ctx.get('tag')!r}; valid kinds: {ctx.get('expected_tags')}"
     if t == "literal_error":
         return f"{_field_path(loc)}: {err['msg']} (got {err.get('input')!r})"
+    if t == "string_pattern_mismatch" and loc and loc[-1] == "id":  # the regex said nothing to an analyst
+        return (f"id {err.get('input')!r}: an id is Latin letters, digits and _ . - (it starts with a letter or a "
+                f"digit; no spaces): e.g. forgotten-clients; the rule's `description` takes any text")
+    if t == "dict_type" and loc and loc[-1] in ("when", "overrides_when") and isinstance(err.get("input"), list):
+        return (f"{loc[-1]}: a list of conditions needs `all:` (each must hold) or `any:` (one is enough): "
+                f"when: {{all: [...]}}")
     msg = str(err["msg"]).removeprefix("Value error, ")
     if loc and loc[0] != "rules":  # policies.caps[1].limit: outside a rule, only the path says where
         return f"{_field_path(loc)}: {msg}"

@@ -234,6 +234,11 @@ class Override(_Model):
     when: Condition
     after: DurationField
 
+    @field_validator("after")
+    @classmethod
+    def _some_time(cls, v: Duration) -> Duration:
+        return _not_now(v)
+
 
 class ActivitySpec(_Model):
     """Which facts count as activity (default: all of them)."""
@@ -267,6 +272,20 @@ class ForgottenRule(_RuleBase):
         if "archived" in v:
             raise ValueError("archived clients get nothing; remove 'archived' from statuses")
         return v
+
+    @field_validator("after")
+    @classmethod
+    def _some_time(cls, v: Duration) -> Duration:
+        return _not_now(v)
+
+
+def _not_now(d: Duration) -> Duration:
+    """`after: 0d` made every client forgotten every night ("no activity for 0 days" for one called that
+    morning): refused, as a window of no length is."""
+    if not (d.months or d.days or d.hours):
+        raise ValueError(f"must be longer than 0, not {d}: a client is forgotten after some time without "
+                         f"activity (e.g. 60d)")
+    return d
 
 
 class ReleaseRule(_RuleBase):
