@@ -119,6 +119,15 @@ def test_a_failed_expectation_explains_itself() -> None:
         step.expect(exact=True)
 
 
+def test_an_expectation_naming_no_client_explains_the_scenarios_few_clients() -> None:
+    """Found in an analyst review: without `client_id` a failure printed no why at all, though the scenario had
+    one client."""
+    s = Scenario(RULES, name="one client").given(**CRM)
+    with pytest.raises(ScenarioFailure) as exc:
+        s.at("2026-03-01").expect(rule="release")
+    assert "why (rule release, client c1):" in str(exc.value)
+
+
 def test_steps_commit_so_a_new_episode_is_new(tmp_path: Path) -> None:
     p = write(tmp_path, """
         rules:

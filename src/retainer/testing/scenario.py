@@ -421,8 +421,13 @@ class Step:
             out.append(f"  suppressed ({len(self.suppressed)}):")
             out += [f"    {s.reason_code}: {_line(s.action)} — {s.detail}" for s in self.suppressed]
         seen: set[tuple[str, str | None]] = set()
-        for c, r in zip(clients, rules, strict=False):
-            if not c or (c, r) in seen:
+        # an entry that names no client: the scenario's clients, when they are few enough to read (it printed
+        # no why at all, though the scenario had one client; found in an analyst review)
+        few = [m.id for m in sc.engine.store.clients(self.as_of.instant)][:4]
+        pairs = [(c, r) for cs, r in zip(clients, rules, strict=False)
+                 for c in ([cs] if cs else few if len(few) <= 3 else [])]  # fmt: skip
+        for c, r in pairs:
+            if (c, r) in seen:
                 continue
             seen.add((c, r))
             rule = r if r in {x.id for x in sc.engine.rules.rules} else None
