@@ -146,6 +146,30 @@ def test_calendar_day_and_month_boundaries(store: Store, per: str, touch: str, a
     assert bool(plan_of(store, [rule("mail", EMAIL)], as_of, caps=caps).suppressed) is held
 
 
+MONTH_CAP = {"caps": [{"category": "retention", "limit": 1, "per": "1mo", "window": "calendar"}]}
+
+
+@pytest.mark.parametrize(("run", "plan_at", "held"), [
+    ("2026-03-31", "2026-03-31T12:00:00Z", True),  # the nightly run of the 31st, stamped 23:59:59
+    ("2026-03-31", "2026-04-01T12:00:00Z", False),  # April is another month
+    ("2026-03-01", "2026-02-28T12:00:00Z", False),  # March 1 is past February's end
+    ("2026-02-28", "2026-02-28T12:00:00Z", True),
+])
+def test_a_calendar_month_cap_ends_with_the_month_whatever_its_length(
+        store: Store, run: str, plan_at: str, held: bool) -> None:
+    """Found by a test review: the end of a calendar month window (where an earlier run's commits stop
+    counting) could be taken as 30 days after the 1st and no test noticed. March's window then ended on
+    the 31st at 00:00, so an afternoon run on March 31 did not see the nightly run's e-mail, and February's
+    ran to March 3, so a plan for February 28 counted a run of March 1."""
+    setup(store)
+    night = engine_for({"version": 1, "rules": [rule("night", EMAIL)], "policies": MONTH_CAP}, store)
+    assert len(night.run(run).committed) == 1
+    later = engine_for({"version": 1, "rules": [rule("later", EMAIL)], "policies": MONTH_CAP}, store)
+    plan = later.plan(plan_at)
+    assert codes(plan) == ({"later": "cap"} if held else {})
+    assert rules_of(plan) == (set() if held else {"later"})
+
+
 def test_category_cap_counts_offers_and_ledger_and_priority_takes_it_first(store: Store) -> None:
     setup(store)
     store.add(invoices=[{"id": "i1", "client_id": "c1", "issued_at": at(1), "amount": 100000}])
