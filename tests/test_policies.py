@@ -301,6 +301,27 @@ def test_cooloff_after_an_offer_ends(store: Store, n: int, held: bool) -> None:
     assert "keep" in rules_of(plan)
 
 
+@pytest.mark.parametrize(("tz", "ends_at", "ended"), [
+    ("Europe/Moscow", "2026-03-01T22:30:00Z", date(2026, 3, 2)),  # March 1 in UTC, March 2 in Moscow
+    ("America/New_York", "2026-03-02T03:30:00Z", date(2026, 3, 1)),  # March 2 in UTC, March 1 in New York
+])
+def test_cooloff_counts_from_the_day_the_offer_ended_in_the_rules_time_zone(
+        store: Store, tz: str, ends_at: str, ended: date) -> None:
+    """Found by a test review: every cool-off example was in UTC with offers ending at midnight, so the
+    end of the offer could be read as a UTC date and no test noticed: a cool-off of 30 days then ended a
+    day early (Moscow) or late (New York). It counts from the offer's last day in the rules' zone."""
+    setup(store)
+    store.add(offers=[{"id": "o1", "client_id": "c1", "category": "retention", "made_at": "2026-02-01T10:00:00Z",
+                       "ends_at": ends_at}])
+    e = engine_for({"version": 1, "timezone": tz, "rules": [rule("sell", TASK, "development")],
+                    "policies": {"cooloff": {"after": "offer_end", "for": "30d", "blocks": ["development"]}}}, store)
+    last_held = ended + timedelta(days=29)
+    plan = e.plan(last_held.isoformat())
+    assert codes(plan) == {"sell": "cooloff"}
+    assert plan.suppressed[0].detail.startswith(f"an offer ended on {ended.isoformat()}:")
+    assert rules_of(e.plan((last_held + timedelta(days=1)).isoformat())) == {"sell"}
+
+
 def test_cooloff_ignores_offers_still_running(store: Store) -> None:
     setup(store)
     store.add(offers=[{"id": "o1", "client_id": "c1", "category": "retention", "made_at": at(0), "ends_at": at(50)}])
