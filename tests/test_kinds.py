@@ -343,6 +343,18 @@ def test_debtor_min_amount_and_no_due_date(store: Store) -> None:
     assert not of(engine_for(rules(base_rules), store).plan(day(40)))
 
 
+@pytest.mark.parametrize(("paid_amount", "due"), [("400", True), ("400.01", False)])
+def test_debtor_min_amount_is_the_least_outstanding_that_is_dunned(store: Store, paid_amount: str, due: bool) -> None:
+    """Found by a test review: `min_amount` was only tried far from its edge, so "above" instead of "at
+    least" survived every test. 500 invoiced, 400 paid: 100 left, exactly min_amount, is dunned; 99.99 is a
+    residue left alone (the invoice's amount, 500, is over min_amount either way)."""
+    debt(store, paid_at=12, paid_amount=paid_amount)
+    plan = engine_for(rules({**DEBTOR, "min_amount": 100}), store).plan(day(21))
+    assert [a.key for a in of(plan, "debtor")] == (["debtor:c1:i1+10d:notify_client"] if due else [])
+    if due:
+        assert of(plan, "debtor")[0].evidence["invoice.outstanding"] == Decimal("100")
+
+
 def test_debtor_is_collection_no_marketing_does_not_stop_it_but_do_not_contact_does(store: Store) -> None:
     debt(store)
     store.upsert(clients=[{"id": "c1", "manager_id": "m1", "name": "Acme", "contact_policy": "no_marketing"}])
