@@ -361,6 +361,25 @@ def test_manager_daily_task_limit_counts_earlier_runs_of_the_same_day(store: Sto
         s.detail for s in plan.suppressed if s.reason_code == "manager_task_limit")
 
 
+def test_a_rule_without_episode_acts_once_per_client_over_nightly_runs(store: Store) -> None:
+    """Found by a test review: a rule without `episode` is "once per client" (docs/rules.md), yet an
+    episode of the run's date (a new key, so a new action, every night) survived every test about
+    duplicates: they re-ran the same night only. Nightly runs over a week commit each client's message
+    and task once; every later night plans them again and holds them back as `duplicate`."""
+    setup(store, n=3)
+    e = engine_for({"version": 1, "rules": [rule("mail", EMAIL), rule("call", TASK, "service")]}, store)
+    committed = []
+    for n in range(7):
+        report = e.run(day(n))
+        committed += [(n, a.key) for a in report.committed]
+        if n:
+            assert not report.plan.actions
+            assert {s.reason_code for s in report.plan.suppressed} == {"duplicate"}
+            assert len(report.plan.suppressed) == 6
+    assert sorted(committed) == sorted((0, f"{r}:c{k}:once:{t}") for k in (1, 2, 3)
+                                       for r, t in (("call", "create_task"), ("mail", "notify_client")))
+
+
 def test_policies_validate() -> None:
     bad = [
         ({"caps": [{"limit": 1, "per": "30d"}]}, "exactly one of category or channel"),
