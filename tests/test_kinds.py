@@ -327,6 +327,20 @@ def test_debtor_payment_stops_the_ladder(store: Store) -> None:
     assert not of(e.plan(day(15))) and not e.plan(day(40)).suppressed
 
 
+@pytest.mark.parametrize(("paid", "dunned"), [("10:00:00", False), ("10:00:01", True)])
+def test_debtor_a_payment_at_the_plans_instant_counts_one_a_second_later_does_not(
+        store: Store, paid: str, dunned: bool) -> None:
+    """Found by a test review: the memory store could take a payment up to a second after as_of as made,
+    and no test of the engine put one on the edge. A plan as of 10:00:00 sees a payment stamped 10:00:00,
+    not one stamped 10:00:01."""
+    base(store)
+    store.add(invoices=[{"id": "i1", "client_id": "c1", "issued_at": at(0), "due_at": at(10), "amount": "500",
+                         "paid_at": at(14, paid)}])
+    plan = engine_for(rules(DEBTOR), store).plan(at(14))
+    assert [a.key for a in of(plan, "debtor")] == (["debtor:c1:i1+3d:notify_client"] if dunned else [])
+    assert not plan.suppressed
+
+
 def test_debtor_partial_payment_keeps_the_ladder_with_what_is_left(store: Store) -> None:
     debt(store, paid_at=12, paid_amount="350")
     plan = engine_for(rules(DEBTOR), store).plan(day(21))

@@ -632,6 +632,41 @@ def test_aggregate_examples(store: Store) -> None:
     assert store.aggregate([], as_of) == []
 
 
+def test_a_fact_at_as_of_exactly_counts_and_one_a_second_later_does_not(store: Store) -> None:
+    """Found by a test review: the memory store could read every fact, and every payment, up to a second
+    past as_of, and only one example here noticed; the hypothesis references rarely put a row on the
+    edge. A row of each entity dated exactly as_of exists, one a second later does not (facts() and a
+    count without a time window alike); an invoice paid at as_of is paid, one paid a second later is
+    still outstanding."""
+    as_of = ts("2026-03-01T23:59:59")
+    now, later = as_of.isoformat(), (as_of + timedelta(seconds=1)).isoformat()
+    born = {"touches": "at", "tasks": "created_at", "deals": "created_at", "invoices": "issued_at",
+            "offers": "made_at", "contracts": "starts_at"}
+    extra = {"invoices": {"amount": 10}}
+    rows = {e: [{"id": f"{e}-{name}", "client_id": "c1", f: t, **extra.get(e, {})}
+                for name, t in (("now", now), ("later", later))] for e, f in born.items()}
+    rows["invoices"] += [
+        {"id": "invoices-paid", "client_id": "c1", "issued_at": "2026-01-10", "amount": 100, "paid_at": now},
+        {"id": "invoices-paid-later", "client_id": "c1", "issued_at": "2026-01-10", "amount": 200,
+         "paid_at": later, "paid_amount": 150},
+    ]
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}], **rows)
+    for entity in born:
+        want = [f"{entity}-now"] + (["invoices-paid", "invoices-paid-later"] if entity == "invoices" else [])
+        assert sorted(r.id for r in store.facts(entity, as_of)) == sorted(want), entity
+    counts = store.aggregate([AggSpec(e, "count") for e in born], as_of)
+    assert counts == [{"c1": 3 if e == "invoices" else 1} for e in born]
+    paid, outstanding, unpaid = store.aggregate([
+        AggSpec("invoices", "sum", "paid_total"), AggSpec("invoices", "sum", "outstanding"),
+        AggSpec("invoices", "count", None, (Pred("outstanding", "gt", 0),))], as_of)
+    assert paid == {"c1": Decimal(100)}  # the payment a second later is not in yet
+    assert outstanding == {"c1": Decimal(210)}  # 10 (issued at as_of) + 200 (paid a second later)
+    assert unpaid == {"c1": 2}
+    # and a second later both are in
+    assert store.aggregate([AggSpec("invoices", "sum", "paid_total")], as_of + timedelta(seconds=1)) == [
+        {"c1": Decimal(250)}]
+
+
 def test_aggregate_empty_store(store: Store) -> None:
     specs = [AggSpec("touches", "count"), AggSpec("invoices", "sum", "amount")]
     assert store.aggregate(specs, S.AS_OF) == [{}, {}]
