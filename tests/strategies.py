@@ -278,6 +278,37 @@ def future_facts(draw: st.DrawFn, crm: dict[str, list[dict[str, Any]]],
     return {"clients": new_clients, **draw(facts(cids, after=after, id_prefix="x", sizes=small))}
 
 
+@st.composite
+def dunning_crms(draw: st.DrawFn) -> dict[str, list[dict[str, Any]]]:
+    """`crms()` (sparse) plus invoices issued and due before AS_OF that are still owed (unpaid, partly paid, or
+    paid only after AS_OF), for a few clients, a do_not_contact one among them: what debtor and unpaid
+    rules act on. Random invoices are seldom both overdue and owed by such a client (found by a test review)."""
+    crm = draw(crms(sizes=SPARSE))
+    cs = crm["clients"]
+    debtors = draw(st.lists(st.sampled_from(range(len(cs))), min_size=1, max_size=4, unique=True))
+    first = cs[debtors[0]]
+    first["contact_policy"] = "do_not_contact"
+    first["status"] = draw(st.sampled_from(["active", "prospect"]))
+    rows = []
+    for n, k in enumerate(debtors):
+        for m in range(draw(st.integers(1, 2))):
+            issued = datetime.combine(AS_OF_DATE - timedelta(days=draw(st.integers(2, 90))), time(0), tzinfo=UTC)
+            issued += timedelta(seconds=draw(st.sampled_from([0, 36_000, 86_399])))
+            amount = draw(st.sampled_from([Decimal("50"), Decimal("100"), Decimal("500.25"), Decimal("3000")]))
+            row: dict[str, Any] = {"id": f"dun{n}-{m}", "client_id": cs[k]["id"], "issued_at": issued,
+                                   "amount": amount}
+            due = draw(st.one_of(st.none(), st.integers(0, 30)))
+            row["due_at"] = None if due is None else issued + timedelta(days=due)
+            paid = draw(st.sampled_from(["unpaid", "unpaid", "partial", "later"]))
+            if paid == "partial":
+                row["paid_at"], row["paid_amount"] = issued + timedelta(days=1), amount / 4
+            elif paid == "later":
+                row["paid_at"] = AS_OF + timedelta(seconds=draw(st.sampled_from([1, 86_400])))
+            rows.append(row)
+    crm["invoices"] = crm.get("invoices", []) + rows
+    return crm
+
+
 def shuffled(crm: dict[str, list[dict[str, Any]]], rnd: Any) -> dict[str, list[dict[str, Any]]]:
     """The same rows in another order, entities passed in another order too."""
     out = {}

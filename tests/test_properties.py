@@ -5,6 +5,7 @@ Each example builds its own store(s), so the properties hold for the generated d
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import random
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 import strategies as S
 from conftest import engine_for, fresh
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import retainer
@@ -241,6 +242,33 @@ def test_do_not_contact_clients_get_only_suppressions(crm: Crm, rules: dict[str,
             assert x.reason_code in ("do_not_contact", "superseded"), x  # a skipped dunning step says so first
         else:
             assert x.reason_code != "do_not_contact", x
+
+
+DUNNING = ("debtor", "unpaid")
+
+
+@SETTINGS
+@given(crm=S.dunning_crms(), rules=S.full_rule_sets(kinds=list(DUNNING)))
+def test_do_not_contact_clients_get_no_dunning_either(crm: Crm, rules: dict[str, Any]) -> None:
+    """Found by a test review: debtor and unpaid steps (rules about an invoice, not a client) could reach
+    do_not_contact clients and the property above never noticed, since its random invoices were hardly
+    ever overdue and owed by such a client. Here they are: the clients get nothing, and every dunning
+    action they would get with contact allowed is held back as do_not_contact (or superseded) instead."""
+    plan = make_plan(crm, rules)
+    dnc = {c["id"] for c in crm["clients"] if c.get("contact_policy") == "do_not_contact"}
+    assert not [a.key for a in plan.actions if a.client_id in dnc]
+    held = {x.action.key: x.reason_code for x in plan.suppressed if x.action.client_id in dnc}
+    allowed = copy.deepcopy(crm)
+    for c in allowed["clients"]:
+        if c["id"] in dnc:
+            c["contact_policy"] = "ok"
+    would = [a.key for a in make_plan(allowed, rules).actions if a.client_id in dnc and a.rule in DUNNING]
+    for key in would:
+        assert held.get(key) in ("do_not_contact", "superseded"), key
+    event(f"dunning actions a do_not_contact client would get: {'none' if not would else 'some'}")
+    if any(x.reason_code == "do_not_contact" and x.action.rule in DUNNING and x.action.client_id in dnc
+           for x in plan.suppressed):
+        event("a dunning action held back as do_not_contact")
 
 
 @SETTINGS
