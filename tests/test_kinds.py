@@ -257,6 +257,24 @@ def test_unpaid_touch_after_issue_counts_as_activity(store: Store) -> None:
     assert not of(engine_for(rules(UNPAID), store).plan(day(30)), "unpaid")
 
 
+def test_unpaid_counts_only_the_activity_its_rule_names(store: Store) -> None:
+    """Found in an analyst review: a regular buyer's next invoices and payments are activity, so its forgotten
+    invoice never got a task, and `activity:` was refused for unpaid rules. Explain names what was counted."""
+    base(store)
+    store.add(invoices=[{"id": "i1", "client_id": "c1", "issued_at": at(0), "amount": 1200},
+                        {"id": "i2", "client_id": "c1", "issued_at": at(5), "amount": 300, "paid_at": at(6),
+                         "paid_amount": 300}])  # fmt: skip
+    talked = {**UNPAID, "activity": {"sources": ["touches", "tasks"]}}
+    e = engine_for(rules(UNPAID), store)
+    assert not of(e.plan(day(20)), "unpaid")  # by default, i2 is activity since i1
+    why = str(e.explain("c1", day(20)))
+    assert "✘ invoice.activity_since_issue = False  [value: True, the client's last activity counted: " in why
+    e = engine_for(rules(talked), store)
+    assert [a.key for a in of(e.plan(day(20)), "unpaid")] == ["unpaid:c1:i1:create_task"]
+    store.add(touches=[{"id": "t1", "client_id": "c1", "at": at(12), "kind": "call"}])  # a call is following up
+    assert not of(e.plan(day(20)), "unpaid")
+
+
 # ---------------------------------------------------------------- debtor
 
 DEBTOR = {

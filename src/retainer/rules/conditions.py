@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -291,6 +292,7 @@ _BINARY: dict[str, Callable[[Any, Any], bool]] = {
     "has_none": _has_none,
 }
 _SYMBOL = {"eq": "=", "ne": "≠", "gt": ">", "gte": "≥", "lt": "<", "lte": "≤"}
+_ACTIVITY_KEY = re.compile(r"\[[0-9a-f]{8}\]$")
 #: an instant against a `Day`, as one comparison with the day's first or last instant
 _DAY_BOUND = {"lt": ("lt", "start"), "gte": ("ge", "start"), "lte": ("le", "end"), "gt": ("gt", "end")}
 _SET_OPS = {"in": "has_any", "not_in": "has_none"}
@@ -346,22 +348,26 @@ class Leaf(Node):
 
     def explain(self, frame: Frame, i: int) -> ExplainNode:
         v = frame.column(self.feature)[i]
-        return ExplainNode(self.text(), self._test(v), _local(v, frame.as_of))
+        note = ""
+        if self.feature.startswith("invoice.activity_since_issue") and v:  # which activity: "True" said nothing
+            last = frame.column("last_activity_at" + self.feature.removeprefix("invoice.activity_since_issue"))[i]
+            note = f"the client's last activity counted: {_fmt(last, frame.as_of.tz)}"
+        return ExplainNode(self.text(), self._test(v), _local(v, frame.as_of), note=note)
 
     def text(self) -> str:
-        tz = self.tz
+        tz, name = self.tz, _ACTIVITY_KEY.sub("", self.feature)  # `[1a2b3c4d]`: an `activity:` narrowing's key
         if self.op in _SYMBOL:
-            return f"{self.feature} {_SYMBOL[self.op]} {_fmt(self.value, tz)}"
+            return f"{name} {_SYMBOL[self.op]} {_fmt(self.value, tz)}"
         if self.op == "exists":
-            return f"{self.feature} {'exists' if self.value else 'is missing'}"
+            return f"{name} {'exists' if self.value else 'is missing'}"
         if self.op in ("in", "not_in", "has_any", "has_none"):
             # sorted: a set's order depends on the process's hash seed, and reasons must be byte-stable
             words = {"not_in": "not in", "has_any": "has any of", "has_none": "has none of"}.get(self.op, self.op)
             shown = sorted(_fmt(v, tz) for v in self.value)
-            return f"{self.feature} {words} [{', '.join(shown)}]"
+            return f"{name} {words} [{', '.join(shown)}]"
         if self.op == "between":
-            return f"{self.feature} between {_fmt(self.value[0], tz)} and {_fmt(self.value[1], tz)}"
-        return f"{self.feature} {self.op} {_fmt(self.value, tz)}"
+            return f"{name} between {_fmt(self.value[0], tz)} and {_fmt(self.value[1], tz)}"
+        return f"{name} {self.op} {_fmt(self.value, tz)}"
 
     def features(self) -> set[str]:
         return {self.feature}

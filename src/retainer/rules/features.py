@@ -201,8 +201,8 @@ def invoice_frame(f: FeatureFrame) -> SubFrame:
     )
 
     def lazy(sub: SubFrame, name: str) -> list[Any] | None:
-        if name == "invoice.activity_since_issue":
-            last = sub.column("last_activity_at")
+        if name.startswith("invoice.activity_since_issue"):  # `[key]`: what an unpaid rule's `activity:` counts
+            last = sub.column("last_activity_at" + name.removeprefix("invoice.activity_since_issue"))
             return [v is not None and v > t for v, t in zip(last, issued, strict=True)]
         return None
 

@@ -360,6 +360,9 @@ class UnpaidRule(_RuleBase):
     kind: Literal["unpaid"] = Field(description="an unpaid invoice nobody followed up (one task per invoice)")
     category: Category = Field(default="collection", description=CATEGORY_DOC)
     after: DurationField = Field(default_factory=lambda: parse_duration("7d"), description="time since issue")
+    activity: ActivitySpec | None = Field(
+        default=None, description="which facts since the issue count as following it up (default: all of them)"
+    )
 
 
 class LadderStep(_Model):

@@ -306,17 +306,33 @@ def _winback(rule: WinbackRule, ctx: CompileContext) -> list[Parts]:
     return out
 
 
+def _followed_up(ctx: CompileContext, rule: UnpaidRule) -> tuple[str, str]:
+    """The last-activity feature an unpaid rule reads, and its "activity since issue" flag: narrowed by the rule's
+    `activity:` (a regular buyer's next invoices and payments are activity by default, so its forgotten invoice
+    never got a task; `activity: {sources: [touches, tasks]}` counts only talking to the client)."""
+    last, _anchor = ctx.registry.activity(rule.activity)
+    if last == "last_activity_at":
+        return last, "invoice.activity_since_issue"
+    since = f"invoice.activity_since_issue[{last.split('[', 1)[1]}"
+    if since not in ctx.registry.extra:
+        from ..features import FeatureImpl
+
+        base = ctx.registry.get("invoice.activity_since_issue")
+        ctx.registry.add(FeatureImpl(since, "bool", base.doc, deps=(last,), subject="invoice"))
+    return last, since
+
+
 def _unpaid(rule: UnpaidRule, ctx: CompileContext) -> Parts:
     threshold = OlderThan("invoice.issued_at", rule.after)
+    last, since = _followed_up(ctx, rule)
     return Parts(
-        All((Leaf("status", "in", frozenset({"active", "prospect"})), threshold,
-             Leaf("invoice.activity_since_issue", "eq", False))),
+        All((Leaf("status", "in", frozenset({"active", "prospect"})), threshold, Leaf(since, "eq", False))),
         "invoice.id",
         (ActionSpec(create_task=CreateTaskSpec(
             title="Invoice {invoice.id} for {invoice.amount} is unpaid for {invoice.days_since_issue} days "
                   "and nobody talked to {client.name} since",
             due_in=parse_duration("1d"))),),
-        ("invoice.id", "invoice.amount", "invoice.outstanding", "invoice.days_since_issue", "last_activity_at"),
+        ("invoice.id", "invoice.amount", "invoice.outstanding", "invoice.days_since_issue", last),
         "invoice {invoice.id} issued {invoice.days_since_issue} days ago (threshold {threshold}), unpaid "
         "{invoice.outstanding}, no activity since",
         threshold,
