@@ -1349,3 +1349,16 @@ def test_likely_slips_get_a_message_that_says_what_to_write(
 ) -> None:
     err, path = load_error(tmp_path, "version: 1\nrules:\n" + text)
     assert_error(err, path, line, rule, needle)
+
+
+@pytest.mark.parametrize(("text", "line", "needle"), [
+    # found in an analyst review: PyYAML's own words, and once a line past the end of the file
+    ("  - id: f\n    kind: forgotten\n    after: 60d\n  then:\n    - create_task: {title: x}\n", 6,
+     "this line is indented differently from the lines above it"),
+    ("  - id: f\n  kind: forgotten\n  after: 60d\n", 4, "the keys of one mapping line up"),
+    ("  - id: f\n    kind: forgotten\n    after:60d\n", 5, "'after:60d': write a space after the colon (after: 60d)"),
+    ("  - id: f\n    kind:forgotten\n    after: 60d\n", 4, "'kind:forgotten': write a space after the colon"),
+])  # fmt: skip
+def test_yaml_slips_name_their_line_and_what_to_do(tmp_path: Path, text: str, line: int, needle: str) -> None:
+    err, path = load_error(tmp_path, "version: 1\nrules:\n" + text)
+    assert_error(err, path, line, None, "not valid YAML/JSON", needle)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import tzinfo
@@ -118,6 +119,30 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: Path, lines: _Lin
         raise RulesError(f"invalid value {node.value!r}: {exc}", line=node.start_mark.line + 1) from None
 
 
+def _yaml_problem(exc: yaml.MarkedYAMLError, text: str) -> tuple[str, int | None]:
+    """PyYAML's complaint, with what an analyst can do about the usual slips: an indentation that does not
+    line up ("expected <block end>, but found '?'"), a key without a space after its colon (reported at the
+    line after it, or past the end of the file)."""
+    mark = exc.problem_mark or exc.context_mark
+    problem = str(exc.problem or exc)
+    line = mark.line + 1 if mark else None
+    rows = text.splitlines()
+    if problem.startswith("expected <block end>") or problem.startswith("expected <block mapping start>"):
+        return (f"{problem}: this line is indented differently from the lines above it; the keys of one mapping "
+                "line up (a rule's `kind:`, `after:` and `then:` start under its `id:`, after the `- `)", line)
+    if problem == "could not find expected ':'" and line is not None:
+        last = min(line, len(rows))  # PyYAML names the line after the slip, or one past the end of the file
+        for n in range(last, max(last - 3, 0), -1):
+            if (m := _NO_SPACE.match(rows[n - 1].strip())) is not None:
+                return f"{rows[n - 1].strip()!r}: write a space after the colon ({m[1]}: {m[2]})", n
+        return f"{problem} (a key needs `: ` after it, as in `after: 60d`)", last
+    return problem, line
+
+
+#: `after:60d`: a key and its value without the space YAML needs between them
+_NO_SPACE = re.compile(r"^(?:- )?([\w.-]+):([^\s/].*)$")
+
+
 def parse_yaml(text: str, source: str) -> tuple[Any, _Lines]:
     """Rule or scenario text (YAML, or JSON read as YAML for its line numbers) and where each key is."""
     lines = _Lines()
@@ -128,10 +153,8 @@ def parse_yaml(text: str, source: str) -> tuple[Any, _Lines]:
             raise RulesError("the rule file is empty", file=source)
         data = _construct(loader, node, (), lines)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        raise RulesError(
-            f"not valid YAML/JSON: {exc.problem or exc}", file=source, line=mark.line + 1 if mark else None
-        ) from None
+        message, line = _yaml_problem(exc, text)
+        raise RulesError(f"not valid YAML/JSON: {message}", file=source, line=line) from None
     except RulesError as exc:
         exc.file = source
         raise RulesError(exc.message, file=source, line=exc.line) from None
