@@ -1072,6 +1072,12 @@ def test_spend_growth_written_as_a_whole_percent_is_refused(tmp_path: Path, feat
     assert_error(err, path, 4, "grew", f"{feature} is a share of the earlier spend (0.2 = +20 %)", "write")
 
 
+def test_a_files_own_feature_named_like_spend_growth_is_not_a_share() -> None:
+    """Found in review: `spend_growth_eur` (a sum of money) was refused as a share: only the built-in windows are."""
+    retainer.load_rules({"version": 1, "features": {"spend_growth_eur": {"sum": "invoices.amount", "within": "90d"}},
+                         "rules": [{"id": "g", "when": {"spend_growth_eur": {"gt": 5000}}, "then": [{"tag": "g"}]}]})
+
+
 @pytest.mark.parametrize("bound", ['"20%"', "0.2", '"150%"', "-1"])
 def test_spend_growth_takes_percent_text_under_either_name(tmp_path: Path, bound: str) -> None:
     """`spend_growth` is `spend_growth_90d`: "20%" was refused for the first and taken for the second."""

@@ -645,7 +645,63 @@ def test_a_rate_limited_crm_is_waited_for_not_given_up_on(store: Store) -> None:
     report = run(store, handlers=limited, clock=clock)
     assert report.dispatch is not None and report.dispatch.stopped == {}
     assert report.counts()["done"] == len(store.ledger()) == len(calls) > 10
-    assert all(e.attempts <= 2 for e in store.ledger())  # one 429 at most: then it waits its turn
+    assert {e.attempts for e in store.ledger()} == {1}  # a "later" spends no attempt: the CRM took nothing
+
+
+def test_a_crm_over_its_quota_is_waited_for_longer_each_time_and_kills_no_action(store: Store) -> None:
+    """Found in a review of the throttling: a 429 without Retry-After paused 1 s every time, each counted toward
+    giving up on the handler and used up an attempt, so a CRM out of its minute's quota was given up on after
+    10 s, and its actions went dead. The pause now grows, a 429 spends nothing, and only `throttle_wait` of
+    "later" with nothing delivered leaves the rest for the next run."""
+    crm(store, n=3)
+    clock = FakeClock()
+    start = clock()
+
+    def quota(a: Action) -> None:  # the minute's quota is spent: "later", with no time named, for 100 s
+        if clock() < start + timedelta(seconds=100.3):
+            raise retainer.adapters.RetryLater("429 Too Many Requests", None)
+
+    report = run(store, handlers=quota, clock=clock, retry=Retry(max_attempts=2))
+    assert report.dispatch is not None and report.dispatch.stopped == {} and report.dispatch.dead == {}
+    assert {(e.status, e.attempts) for e in store.ledger()} == {("done", 1)}
+    assert clock.sleeps[:4] == [1.0, 2.0, 4.0, 8.0]  # it backs off: no burst of "later"s
+    assert max(clock.sleeps) <= 60.0  # at most max_delay
+
+    store.add(clients=[{"id": "c9", "manager_id": "m1"}],
+              touches=[{"id": "t9", "client_id": "c9", "at": "2026-01-01T10:00:00", "kind": "call"}])  # fmt: skip
+
+    def never(a: Action) -> None:
+        raise retainer.adapters.RetryLater("429 Too Many Requests", 0.7)  # a fraction: the fake clock rounds it
+
+    report = run(store, "2026-03-03", handlers=never, clock=FakeClock(), retry=Retry(throttle_wait=30))
+    assert report.dispatch is not None
+    assert [why.split(" for ")[0] for why in report.dispatch.stopped.values()] == ["asked to slow down"]
+    assert [(e.status, e.attempts) for e in store.ledger() if e.client_id == "c9"] == [("failed", 0)]
+
+
+def test_a_move_paused_by_its_crm_still_goes_before_its_clients_other_actions(store: Store) -> None:
+    """Found in a review of the throttling: a move held back by its handler's pause let the client's task and
+    the supervisor's note go out first through another handler."""
+    crm(store, n=2)
+    sent: list[tuple[str, str | None]] = []
+
+    def moves(a: Action) -> None:
+        if not sent:
+            sent.append(("429", a.client_id))
+            raise retainer.adapters.RetryLater("429", 5.0)
+        sent.append((a.type, a.client_id))
+
+    def others(a: Action) -> None:
+        sent.append((a.type, a.client_id))
+
+    rules = {"version": 1, "rules": [FORGOTTEN["rules"][0], {
+        "id": "release", "kind": "release", "forgotten_rule": "forgotten", "grace": "7d",
+        "then": [{"reassign": {"strategy": "least_loaded"}},
+                 {"notify_manager": {"to": "supervisor", "template": "released"}}]}]}
+    run(store, "2026-03-20", rules=rules, handlers={"reassign": moves, "*": others})
+    for c in ("c1", "c2"):
+        order = [t for t, cid in sent if cid == c and t != "429"]
+        assert order[0] == "reassign" and len(order) == 3, sent
 
 
 def test_a_night_the_crm_was_down_uses_up_no_attempts(store: Store) -> None:
@@ -704,7 +760,23 @@ def test_an_async_handler_is_refused_before_anything_is_committed(store: Store) 
     report = run(store, handlers=lambda a: send(a))
     assert report.counts()["done"] == 0 and sent == []
     assert {e.status for e in store.ledger()} == {"dead"}
-    assert all("returned an awaitable instead of delivering" in (e.last_error or "") for e in store.ledger())
+    assert all("returned an awaitable instead of delivering (a coroutine, closed unrun: nothing was sent)"
+               in (e.last_error or "") for e in store.ledger())  # fmt: skip
+
+    # a task already scheduled is cancelled, and the ledger does not claim that nothing went out
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    try:
+        store.add(clients=[{"id": "c9", "manager_id": "m1"}],
+                  touches=[{"id": "t9", "client_id": "c9", "at": "2026-01-01T10:00:00", "kind": "call"}])  # fmt: skip
+        futures: list[asyncio.Future[None]] = []
+        run(store, "2026-03-03", handlers=lambda a: futures.append(loop.create_future()) or futures[-1])
+        (e,) = [e for e in store.ledger() if e.client_id == "c9"]
+        assert e.status == "dead" and "a scheduled task, cancelled: it may have sent" in (e.last_error or "")
+        assert futures[0].cancelled()
+    finally:
+        loop.close()
 
 
 def test_an_error_text_that_is_not_unicode_is_kept_escaped(store: Store) -> None:

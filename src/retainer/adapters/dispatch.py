@@ -8,6 +8,7 @@ backoff take no time.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import heapq
 import inspect
@@ -54,15 +55,19 @@ class Retry:
     #: run stops: the store's own wait is 5 s, and a night stopped by a sync, after a delivery it could not
     #: record, sent that action again and left the rest for a day
     lock_wait: float = 600.0
+    #: seconds a run keeps waiting on a CRM that asks to slow down (`RetryLater`, HTTP 429) with no delivery
+    #: through that handler in between, before it leaves the handler's actions for the next run
+    throttle_wait: float = 600.0
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ArgumentError(f"max_attempts must be at least 1, not {self.max_attempts}")
         if self.stop_after is not None and self.stop_after < 1:
             raise ArgumentError(f"stop_after must be at least 1, not {self.stop_after}")
-        if self.base_delay < 0 or self.max_delay < 0 or self.factor < 1 or self.lock_wait < 0:
+        waits = ("base_delay", "factor", "max_delay", "lock_wait", "throttle_wait")
+        if any(getattr(self, n) < 0 for n in waits) or self.factor < 1:
             raise ArgumentError("delays must be >= 0 and factor >= 1")
-        bad = [n for n in ("base_delay", "factor", "max_delay", "lock_wait") if not math.isfinite(getattr(self, n))]
+        bad = [n for n in waits if not math.isfinite(getattr(self, n))]
         if bad:  # `--retry-delay nan` waited the whole max_delay before every retry
             raise ArgumentError(f"{bad[0]} must be a finite number of seconds, not {getattr(self, bad[0])}")
 
@@ -266,6 +271,8 @@ class Dispatcher:
         # and the run gave up on a CRM that was up, every night
         throttled: dict[str, float | None] = {}
         paused: dict[int, float] = {}
+        slowed: dict[int, int] = {}  # per handler, "slow down" answers since its last delivery (the pause grows)
+        slowed_since: dict[int, float] = {}  # and when the first of them came
         queue.reverse()  # pop() from the end = ledger order
         while queue or waiting:
             now = self.clock().timestamp()
@@ -274,8 +281,8 @@ class Dispatcher:
                 ready.append(heapq.heappop(waiting)[2])
             while queue and len(ready) < self.batch:
                 ready.append(queue.pop())
-            if not ready:
-                self.sleep(max(0.0, waiting[0][0] - now))
+            if not ready:  # at least a millisecond: a clock that rounds a tiny wait to nothing looped for ever
+                self.sleep(max(0.001, waiting[0][0] - now))
                 continue
             for e in ready:
                 h = self.route(e.type)
@@ -292,6 +299,8 @@ class Dispatcher:
                     continue
                 if (until := paused.get(id(h), 0.0)) > self.clock().timestamp():  # the CRM asked to slow down
                     heapq.heappush(waiting, (until, order[e.id], e))
+                    if e.type == "reassign" and e.client_id is not None:
+                        moving[e.client_id] = until  # its client's other actions wait for it, as for a retry
                     continue
                 if e.type != "reassign" and (died := dead_moves.get(_episode(e.key))) is not None:
                     # planned with a move the CRM refused: "moved to Ivan" would be false. Dead with it, not
@@ -306,9 +315,24 @@ class Dispatcher:
                 if st == "dead" and e.type == "reassign":
                     dead_moves[_episode(e.key)] = report.dead.get(e.id, "")
                 if e.id in throttled:  # every call through this handler waits, not only this action's retry
-                    asked = throttled.pop(e.id)
-                    pause = min(self.retry.max_delay, asked if asked is not None else self.retry.delay(1))
-                    paused[id(h)] = self.clock().timestamp() + pause
+                    asked, now = throttled.pop(e.id), self.clock().timestamp()
+                    n = slowed[id(h)] = slowed.get(id(h), 0) + 1
+                    since = slowed_since.setdefault(id(h), now)
+                    pause = min(self.retry.max_delay, asked if asked else self.retry.delay(n))  # backs off, unasked
+                    paused[id(h)] = now + pause
+                    if now - since >= self.retry.throttle_wait:  # it keeps saying "later": the next run, then
+                        report.stopped[handler_name(h)] = (f"asked to slow down for {now - since:g}s with nothing "
+                                                           f"delivered, the last: {report.failed.get(e.id, '')}")
+                        given_up.add(id(h))
+                        dropped = [w[2] for w in waiting if id(self.route(w[2].type)) in given_up]
+                        stalled |= {x.client_id for x in dropped if x.type == "reassign" and x.client_id is not None}
+                        report.left += sum(x.id not in report.failed for x in dropped)
+                        waiting = [w for w in waiting if id(self.route(w[2].type)) not in given_up]
+                        heapq.heapify(waiting)
+                        continue
+                elif st == "done":
+                    slowed.pop(id(h), None)
+                    slowed_since.pop(id(h), None)
                 if st == "failed":
                     due = max(self.clock().timestamp() + self.retry.delay(attempts[e.id]), paused.get(id(h), 0.0))
                     heapq.heappush(waiting, (due, order[e.id], e))
@@ -478,19 +502,22 @@ class Dispatcher:
                 assert handler is not None
                 try:
                     if inspect.isawaitable(result := handler.handle(e.action)):
-                        _discard(result)
-                        raise PermanentError("the handler returned an awaitable instead of delivering: "
-                                             "nothing was sent (an async handler; see `_check_signature`)")
+                        what = _discard(result)
+                        raise PermanentError(f"the handler returned an awaitable instead of delivering ({what}): "
+                                             f"make it deliver before it returns")
                 except PermanentError as exc:
                     st, err, rejected = "dead", describe_error(exc) + " (not retried)", True
-                except RetryLater as exc:
-                    st, err = ("dead" if attempts[e.id] >= limit else "failed"), describe_error(exc)
+                except RetryLater as exc:  # the CRM took nothing and asked to be called later: no attempt spent,
+                    # and the endpoint is up (a rate limit never made the run give up on it, nor an action dead)
+                    attempts[e.id] -= 1
+                    st, err, rejected = "failed", describe_error(exc), True
                     throttled[e.id] = exc.seconds
                 except Exception as exc:
                     st, err = ("dead" if attempts[e.id] >= limit else "failed"), describe_error(exc)
                 except BaseException as exc:  # Ctrl-C or exit in the handler: whether it went out is unknown
                     why = f"interrupted while delivering ({type(exc).__name__})"
-                    self.store.finish_attempts([(e.id, "failed", why, attempts[e.id])], self.clock(), mine)
+                    with contextlib.suppress(StoreBusyError):  # locked: the stale claim says it, after we exit
+                        self.store.finish_attempts([(e.id, "failed", why, attempts[e.id])], self.clock(), mine)
                     raise
                 else:
                     st, err = "done", None
@@ -513,11 +540,17 @@ def _episode(key: str) -> str:
     return key.rpartition(":")[0] + ":"
 
 
-def _discard(awaitable: Any) -> None:
-    """Close a coroutine nobody will await, so Python does not warn of it at exit."""
-    close = getattr(awaitable, "close", None)
-    if callable(close):
-        close()
+def _discard(awaitable: Any) -> str:
+    """Stop what a handler returned instead of delivering, and say what that means for the action: a coroutine
+    never ran (closed, so Python does not warn of it at exit); a task or future already scheduled is cancelled,
+    but it may have sent the action meanwhile."""
+    if inspect.iscoroutine(awaitable):
+        awaitable.close()
+        return "a coroutine, closed unrun: nothing was sent"
+    cancel = getattr(awaitable, "cancel", None)
+    if callable(cancel) and cancel():
+        return "a scheduled task, cancelled: it may have sent the action before that"
+    return "it may have run: whether the action went out is unknown"
 
 
 def dunning_over(invoice: Any, at: datetime, minimum: Decimal | int = 0) -> str | None:

@@ -648,8 +648,17 @@ def _is_share(feature: str) -> bool:
 
 
 def _is_growth(feature: str) -> bool:
-    """`spend_growth` (90 days) and `spend_growth_<window>`: the same feature, read the same way."""
-    return feature == "spend_growth" or feature.startswith("spend_growth_")
+    """`spend_growth` (90 days) and `spend_growth_<window>`: the same feature, read the same way. Not a rule
+    file's own feature that only starts so (`spend_growth_eur`, a sum of money)."""
+    if feature == "spend_growth":
+        return True
+    if not feature.startswith("spend_growth_"):
+        return False
+    try:
+        parse_duration(feature.removeprefix("spend_growth_"))
+    except DurationError:
+        return False
+    return True
 
 
 def _out_of_share(v: Any, d: Decimal, path: Path) -> Any:
