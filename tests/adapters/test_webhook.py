@@ -173,7 +173,7 @@ def test_retry_after_as_an_http_date() -> None:
     soon = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
     assert 25 <= (_retry_after(soon) or 0) <= 30
     assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # past: at once
-    assert _retry_after("") is None and _retry_after("-5") is None
+    assert _retry_after("") is None and _retry_after("-5") is None and _retry_after("²") is None
 
 
 def _one_attempt(
