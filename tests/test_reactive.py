@@ -304,6 +304,22 @@ def test_a_failing_handler_is_tried_once_and_post_never_sleeps(store: Store) -> 
     assert store.ledger(ids=[step.id])[0].status == "done"
 
 
+def test_a_crm_saying_later_never_makes_post_sleep(store: Store) -> None:
+    """Found in a review of the throttling: a 429 no longer counted as a failure, so a session waited out the
+    pauses inside `post`, calling the CRM again and again for up to 10 minutes."""
+    slept: list[float] = []
+    calls: list[str] = []
+
+    def crm(a: retainer.Action) -> None:
+        calls.append(a.id)
+        raise retainer.adapters.RetryLater("429 Too Many Requests", None)
+
+    s = Session(RULES, store, handlers=crm, sleep=slept.append)
+    r = s.tick(at(53))
+    assert slept == [] and len(calls) == 1 and r.committed
+    assert {e.status for e in store.ledger(ids=[a.id for a in r.committed])} <= {"failed", "pending"}
+
+
 def test_restart_resumes_a_dunning_ladder(store: Store, tmp_path: Path) -> None:
     Session(RULES, store).tick(at(53))
     assert json.loads(store.get_cursor(CURSOR + "c1") or "") == {"debtor:c1:due:dunning": ["debtor~dunning", "step_3d"]}

@@ -679,6 +679,30 @@ def test_a_crm_over_its_quota_is_waited_for_longer_each_time_and_kills_no_action
     assert [(e.status, e.attempts) for e in store.ledger() if e.client_id == "c9"] == [("failed", 0)]
 
 
+@pytest.mark.parametrize("throttle_wait", [0.0, 30.0])
+def test_a_move_whose_crm_keeps_saying_later_is_left_with_its_clients_actions(
+    store: Store, throttle_wait: float
+) -> None:
+    """Found in a review of the throttling: giving up on a handler that kept saying "later" while it held a move
+    did not hold back the move's client: its other actions went out without the move (throttle_wait 0), or
+    waited for a move time already past, for ever (the run spun)."""
+    crm(store, n=2)
+    sent: list[tuple[str, str | None]] = []
+
+    def moves(a: Action) -> None:
+        raise retainer.adapters.RetryLater("429 Too Many Requests", "soon")  # a reading an adapter got wrong
+
+    def others(a: Action) -> None:
+        sent.append((a.type, a.client_id))
+
+    report = run(store, "2026-03-20", rules=WITH_RELEASE, handlers={"reassign": moves, "*": others},
+                 retry=Retry(throttle_wait=throttle_wait, base_delay=0))  # fmt: skip
+    assert report.dispatch is not None and report.dispatch.stopped
+    moved = {e.client_id for e in store.ledger() if e.type == "reassign" and e.status == "done"}
+    assert [x for x in sent if x[1] not in moved] == []  # nothing of a client whose move waits
+    assert {e.status for e in store.ledger()} <= {"pending", "failed"}
+
+
 def test_a_move_paused_by_its_crm_still_goes_before_its_clients_other_actions(store: Store) -> None:
     """Found in a review of the throttling: a move held back by its handler's pause let the client's task and
     the supervisor's note go out first through another handler."""

@@ -323,10 +323,10 @@ class Session:
         self._cache = _SessionStore(store)
         self.engine = Engine(self.rules, self._cache)  # type: ignore[arg-type]
         self.handlers = handlers
-        # one attempt per action by default: `post` answers a phone call and must not sleep through backoff,
-        # nor wait minutes for another writer's lock beyond the store's own few seconds; what fails stays
+        # one attempt per action by default: `post` answers a phone call and must not sleep through backoff, a
+        # CRM's "later", nor wait minutes for another writer's lock beyond the store's own few seconds; what fails stays
         # `failed` for the next run (`retainer run`, `Engine.run`), which retries it
-        self.retry = retry if retry is not None else Retry(stop_after=1, lock_wait=0)
+        self.retry = retry if retry is not None else Retry(stop_after=1, lock_wait=0, throttle_wait=0)
         self.clock, self.sleep = clock, sleep
         # built once: a misspelt action type is refused now, not at the first delivery, and an event does
         # not check the handlers' signatures again. Without handlers too, as Engine.run builds its own: a tick

@@ -72,7 +72,10 @@ class Retry:
             raise ArgumentError(f"{bad[0]} must be a finite number of seconds, not {getattr(self, bad[0])}")
 
     def delay(self, attempt: int) -> float:
-        return float(min(self.max_delay, self.base_delay * self.factor ** (attempt - 1)))
+        try:
+            return float(min(self.max_delay, self.base_delay * self.factor ** (attempt - 1)))
+        except OverflowError:  # a long run of "later"s: factor ** 1024 is past a float
+            return float(self.max_delay)
 
 
 def describe_error(exc: BaseException) -> str:
@@ -314,23 +317,19 @@ class Dispatcher:
                 st, rejected = self._attempt(e, attempts, claims, report, throttled)
                 if st == "dead" and e.type == "reassign":
                     dead_moves[_episode(e.key)] = report.dead.get(e.id, "")
+                over = None  # why the run stops waiting on a handler that keeps saying "later"
                 if e.id in throttled:  # every call through this handler waits, not only this action's retry
-                    asked, now = throttled.pop(e.id), self.clock().timestamp()
+                    asked, now = _seconds(throttled.pop(e.id)), self.clock().timestamp()
                     n = slowed[id(h)] = slowed.get(id(h), 0) + 1
                     since = slowed_since.setdefault(id(h), now)
-                    pause = min(self.retry.max_delay, asked if asked else self.retry.delay(n))  # backs off, unasked
-                    paused[id(h)] = now + pause
-                    if now - since >= self.retry.throttle_wait:  # it keeps saying "later": the next run, then
-                        report.stopped[handler_name(h)] = (f"asked to slow down for {now - since:g}s with nothing "
-                                                           f"delivered, the last: {report.failed.get(e.id, '')}")
-                        given_up.add(id(h))
-                        dropped = [w[2] for w in waiting if id(self.route(w[2].type)) in given_up]
-                        stalled |= {x.client_id for x in dropped if x.type == "reassign" and x.client_id is not None}
-                        report.left += sum(x.id not in report.failed for x in dropped)
-                        waiting = [w for w in waiting if id(self.route(w[2].type)) not in given_up]
-                        heapq.heapify(waiting)
-                        continue
-                elif st == "done":
+                    # as asked, or backing off while it names no time; at least a second either way (a CRM saying
+                    # "later" with no wait, or `--retry-delay 0`, was called back to back)
+                    pause = asked if asked is not None and asked > 0 else max(_throttle_backoff(n), self.retry.delay(n))
+                    paused[id(h)] = now + min(pause, max(self.retry.max_delay, _THROTTLE_CAP))
+                    if now - since >= self.retry.throttle_wait:
+                        over = (f"asked to slow down for {now - since:g}s with nothing delivered, the last: "
+                                f"{report.failed.get(e.id, '')}")
+                elif st is not None:  # an answer that was not "later": the CRM takes requests again
                     slowed.pop(id(h), None)
                     slowed_since.pop(id(h), None)
                 if st == "failed":
@@ -345,19 +344,21 @@ class Dispatcher:
                     spent.setdefault(id(h), {}).setdefault(e.id, attempts[e.id] - 1)
                     if self.retry.stop_after is not None and streak[id(h)] >= self.retry.stop_after:
                         error = report.failed.get(e.id) or report.dead[e.id]
-                        report.stopped[handler_name(h)] = f"{streak[id(h)]} failures in a row, the last: {error}"
-                        given_up.add(id(h))
+                        over = f"{streak[id(h)]} failures in a row, the last: {error}"
                         self._give_back(spent.pop(id(h)), attempts, report)
-                        # its retries are not waited for: they stay `failed` for the next run, and so do the
-                        # actions waiting for a move it was to retry
-                        dropped = [w[2] for w in waiting if id(self.route(w[2].type)) in given_up]
-                        stalled |= {x.client_id for x in dropped if x.type == "reassign" and x.client_id is not None}
-                        report.left += sum(x.id not in report.failed for x in dropped)  # waited, never tried
-                        waiting = [w for w in waiting if id(self.route(w[2].type)) not in given_up]
-                        heapq.heapify(waiting)
                 elif st == "done":
                     streak[id(h)] = 0
                     spent.pop(id(h), None)
+                if over is not None:
+                    report.stopped[handler_name(h)] = over
+                    given_up.add(id(h))
+                    # its retries are not waited for: they stay `failed` for the next run, and so do the actions
+                    # waiting for a move it was to retry
+                    dropped = [w[2] for w in waiting if id(self.route(w[2].type)) in given_up]
+                    stalled |= {x.client_id for x in dropped if x.type == "reassign" and x.client_id is not None}
+                    report.left += sum(x.id not in report.failed for x in dropped)  # waited, never tried
+                    waiting = [w for w in waiting if id(self.route(w[2].type)) not in given_up]
+                    heapq.heapify(waiting)
         return report
 
     def _give_back(self, spent: Mapping[str, int], attempts: dict[str, int], report: DispatchReport) -> None:
@@ -533,6 +534,25 @@ class Dispatcher:
         else:
             report.dead[e.id] = err or ""
         return st, rejected
+
+
+#: a "later" that names no time: 1, 2, 4 ... seconds whatever the retry delays (`--retry-delay 0` called the CRM
+#: back to back), up to a minute, or `max_delay` when that is longer
+_THROTTLE_CAP = 60.0
+
+
+def _throttle_backoff(n: int) -> float:
+    return min(2.0 ** min(n - 1, 16), _THROTTLE_CAP)
+
+
+def _seconds(value: Any) -> float | None:
+    """`RetryLater.seconds` as a number of seconds, or None when it names none that can be read (an adapter's
+    Decimal or text is read; a wrong type crashed the run)."""
+    try:
+        n = float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+    return n if n is not None and math.isfinite(n) else None
 
 
 def _episode(key: str) -> str:
