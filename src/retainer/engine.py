@@ -386,6 +386,21 @@ _TO_WHOM = {"create_task": "to assign the task to", "notify_manager": "to notify
 _UNSET: Any = object()
 
 
+def client_ids(clients: Iterable[Any] | None, what: str = "clients") -> list[str] | None:
+    """The ids a caller named, as the store spells them: read once (a generator read twice planned nobody), and
+    an int id as its text, as `store.add` takes it. A single string would be one client per character."""
+    if clients is None:
+        return None
+    if isinstance(clients, str | bytes):
+        raise ArgumentError(f"{what} is a list of client ids, e.g. [{clients!r}], not a string")
+    out = []
+    for c in clients:
+        if isinstance(c, bool) or not isinstance(c, str | int):
+            raise ArgumentError(f"{what}: a client id is text (or a whole number), not {c!r}")
+        out.append(str(c))
+    return out
+
+
 def refuse_after_tomorrow(a: AsOf, clock: Callable[[], datetime], what: str = "a run") -> None:
     """What commits and delivers (`Engine.run`, a reactive session's tick) refuses an as_of after tomorrow by
     the clock: its actions, sent now, would be spent before they are due (a typo in the year)."""
@@ -698,10 +713,8 @@ class Engine:
         Pure: reads the store, writes nothing. `clients` limits evaluation to those ids (used for
         incremental re-evaluation and explain); reassignment capacity still counts every client.
         """
-        if isinstance(clients, str | bytes):  # a single id would be planned as one client per character
-            raise ArgumentError(f"clients is a list of client ids, e.g. [{clients!r}], not a string")
         a = self.as_of(as_of)
-        plan, _frame, _matches = self._plan(a, clients)
+        plan, _frame, _matches = self._plan(a, client_ids(clients))
         return plan
 
     def _plan(
@@ -1058,6 +1071,8 @@ class Engine:
         sleep: Callable[[float], None] = time.sleep,
     ) -> tuple[list[str], DispatchReport | None]:
         """Give dead (or failed) actions another round of attempts; see `adapters.dispatch.replay`."""
+        if isinstance(ids, str | bytes):  # one id would be replayed as one id per character
+            raise ArgumentError(f"ids is a list of action ids, e.g. [{ids!r}], not a string")
         return _replay(self.store, ids, dead=dead, handlers=handlers, retry=retry, clock=clock, sleep=sleep,
                        min_outstanding=self.min_outstanding)
 
@@ -1077,6 +1092,7 @@ class Engine:
 
     def explain(self, client_id: str, as_of: str | date | datetime, rule: str | None = None) -> Explanation:
         """Per rule: every condition with the client's value and whether it held, and the outcome."""
+        (client_id,) = client_ids([client_id], "client_id") or ()
         a = self.as_of(as_of)
         rules = [r for r in self.rules.rules if rule is None or r.id == rule]
         if not rules:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from datetime import UTC, timedelta, tzinfo
 from datetime import timezone as _timezone
@@ -54,8 +55,8 @@ def register(scheme: str, factory: Factory) -> None:
 DEFAULT_TZ: Final = _timezone(timedelta(0), "UTC")
 
 
-def open_store(url: str, *, timezone: tzinfo | str = DEFAULT_TZ, create: bool = True) -> Store:
-    """Open a store from a URL; a bare path ending in .db/.sqlite/.sqlite3 means SQLite.
+def open_store(url: str | os.PathLike[str], *, timezone: tzinfo | str = DEFAULT_TZ, create: bool = True) -> Store:
+    """Open a store from a URL; a bare path ending in .db/.sqlite/.sqlite3 (text or a `pathlib.Path`) means SQLite.
 
     `timezone` is how naive timestamps in added rows are read (the CLI passes the rule set's); UTC when
     not given.
@@ -77,6 +78,10 @@ def open_store(url: str, *, timezone: tzinfo | str = DEFAULT_TZ, create: bool = 
             f"timezone must be a zone name or a tzinfo, not {timezone!r}: pass the rule set's, "
             "e.g. open_store(url, timezone=rules.timezone)"
         )
+    if isinstance(url, os.PathLike):
+        url = os.fspath(url)
+    if not isinstance(url, str):
+        raise ArgumentError(f"a store URL is text (memory://, sqlite:///crm.db) or a path, not {url!r}")
     store = _open(url, tz, create)
     if timezone is DEFAULT_TZ:
         store.zone_defaulted = True  # type: ignore[attr-defined]
