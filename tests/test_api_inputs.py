@@ -57,3 +57,31 @@ def test_replay_refuses_one_id_given_as_a_string(store: Store) -> None:
     with pytest.raises(retainer.ArgumentError, match=r"ids is a list of action ids, e\.g\. \["):
         e.replay(a.id)
     assert e.replay([a.id])[0] == []  # pending, not failed or dead: nothing to put back
+
+
+@pytest.mark.parametrize("text", ["2026-03-01+03:00", "2026-03-01-05:00", "2026-03-01x10:00", "2026-03-01x10:00:00",
+                                  "20260301+0300"])  # fmt: skip
+def test_a_date_with_an_offset_or_an_odd_separator_is_no_instant(store: Store, text: str) -> None:
+    """Python reads any character after the date as the separator: `2026-03-01+03:00` (a date with its offset, as
+    SOAP and 1C write it) was stored as 03:00 local, its offset and sign lost, in facts, imports and as_of."""
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}])
+    with pytest.raises(retainer.DataError, match=r"touches\[0\] id=t1 field at: invalid date/time"):
+        store.add(touches=[{"id": "t1", "client_id": "c1", "at": text}])
+    assert store.count("touches") == 0
+    with pytest.raises(retainer.RetainerError, match="invalid as_of"):
+        engine_for(RULES, store).plan(text)
+    for fine in ("2026-03-01T10:00", "2026-03-01 10:00:00", "2026-03-01t10:00", "20260301T100000",
+                 "2026-03-01T10:00+03:00", "2026-03-01"):  # fmt: skip
+        engine_for(RULES, store).plan(fine)
+
+
+def test_an_import_reads_a_date_with_an_offset_as_no_instant(tmp_path: Path) -> None:
+    from retainer.datafiles import import_data
+
+    d = tmp_path / "crm"
+    d.mkdir()
+    (d / "managers.csv").write_text("id\nm1\n")
+    (d / "clients.csv").write_text("id,manager_id\nc1,m1\n")
+    (d / "touches.csv").write_text("id,client_id,at\nt1,c1,2026-03-01x10:00:00\n")  # 19 characters: the fast path
+    with pytest.raises(retainer.DataError, match=r"touches\.csv:2 id=t1 field at: invalid date/time"):
+        import_data(d, retainer.open_store("memory://"))

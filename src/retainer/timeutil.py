@@ -211,7 +211,14 @@ def parse_instant(value: str | date | datetime, tz: tzinfo) -> datetime:
         return day_start(in_years(value), tz)
     if len(value) == 10:
         return day_start(in_years(date.fromisoformat(value)), tz)
-    return as_aware(in_years(datetime.fromisoformat(value.strip())), tz)  # Python 3.11 reads "Z" and offsets
+    text = value.strip()
+    cut = 10 if text[4:5] == "-" else 8  # where the date ends: 2026-03-01 or 20260301
+    if len(text) > cut and text[cut] not in "Tt ":
+        # Python takes any character there as the separator: `2026-03-01+03:00` (a date with its offset, as
+        # SOAP and 1C write it) was read as 03:00 local, the offset and its sign lost
+        raise ValueError(f"{value!r} is not ISO 8601: a date and a time are separated by T or a space "
+                         f"(2026-03-01T10:00); a date with an offset is not an instant, write its time")
+    return as_aware(in_years(datetime.fromisoformat(text)), tz)  # Python 3.11 reads "Z" and offsets
 
 
 def day_start(d: date, tz: tzinfo) -> datetime:

@@ -148,7 +148,8 @@ def _field_code(model: type[Entity], name: str, v: str, env: dict[str, Any], utc
             years = f"'{AS_OF_YEARS[0]}' <= {v} < '{AS_OF_YEARS[1] + 1}'"
             return (
                 f"fromiso({v} + '+00:00') if type({v}) is str and len({v}) == 19 and {v}[4] == '-' "
-                f"and {v}[13] == ':' and {v}[16] == ':' and {years} else fromiso({v} + 'T00:00:00+00:00') "
+                f"and {v}[10] in 'T ' and {v}[13] == ':' and {v}[16] == ':' and {years} "
+                f"else fromiso({v} + 'T00:00:00+00:00') "
                 f"if type({v}) is str and len({v}) == 10 and {v}[4] == '-' and {v}[7] == '-' and {years} "
                 f"else instant({v}, tz)"
             )
