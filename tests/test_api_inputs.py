@@ -85,3 +85,22 @@ def test_an_import_reads_a_date_with_an_offset_as_no_instant(tmp_path: Path) -> 
     (d / "touches.csv").write_text("id,client_id,at\nt1,c1,2026-03-01x10:00:00\n")  # 19 characters: the fast path
     with pytest.raises(retainer.DataError, match=r"touches\.csv:2 id=t1 field at: invalid date/time"):
         import_data(d, retainer.open_store("memory://"))
+
+
+def test_tags_and_attributes_given_from_python_are_what_every_store_keeps(store: Store) -> None:
+    """A tag holding `;` came back from SQLite as two tags, and an attribute that is no JSON value (a Decimal, a
+    date) as its text, while the memory store kept them: the two stores planned differently."""
+    import datetime as dt
+    from decimal import Decimal
+
+    store.add(managers=[{"id": "m1"}])
+    store.add(clients=[{"id": "c1", "manager_id": "m1", "tags": [" vip ", "", "key-account"]}])
+    assert store.get("clients", "c1").tags == {"vip", "key-account"}  # type: ignore[union-attr]
+    with pytest.raises(retainer.DataError, match=r"clients\[0\] id=c2 field tags: a tag cannot hold ';'"):
+        store.add(clients=[{"id": "c2", "manager_id": "m1", "tags": ["a;b"]}])
+    for value in (Decimal("7"), dt.date(2026, 1, 1), {1, 2}, float("nan")):
+        with pytest.raises(retainer.DataError, match=r"field attributes: attributes\['x'\] is .*: attributes hold "
+                                                     r"JSON values"):  # fmt: skip
+            store.add(clients=[{"id": "c3", "manager_id": "m1", "attributes": {"x": value}}])
+    store.add(clients=[{"id": "c4", "manager_id": "m1", "attributes": {"x": [1, "a", {"b": None}], "y": 2.5}}])
+    assert store.count("clients") == 2

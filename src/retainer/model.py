@@ -204,11 +204,18 @@ class Client(Entity):
         `key-account;vip`, and read as one tag it silently never matched `tags: {contains: key-account}`."""
         if isinstance(v, str):
             return frozenset(t.strip() for t in _TAG_SEP.split(v) if t.strip())
+        if isinstance(v, list | tuple | set | frozenset):  # from Python: as the stores keep them, or refused
+            tags = [t.strip() if isinstance(t, str) else t for t in v]
+            bad = next((t for t in tags if isinstance(t, str) and ";" in t), None)
+            if bad is not None:  # SQLite keeps tags `;`-joined: it read this one back as two
+                raise ValueError(f"a tag cannot hold ';': {bad!r} (give each tag on its own)")
+            return frozenset(t for t in tags if t != "")
         return v
 
     @field_validator("attributes", mode="before")
     @classmethod
     def _parse_attributes(cls, v: Any) -> Any:
+        objects = not isinstance(v, str)  # Python objects, not JSON text: their values may not be JSON
         if isinstance(v, str):
             try:
                 v = json.loads(v, object_pairs_hook=unique_keys)
@@ -220,6 +227,14 @@ class Client(Entity):
                 raise ValueError("attributes must be a JSON object") from exc
         if isinstance(v, dict) and nests_deeper(v, MAX_ATTRIBUTE_DEPTH):
             raise ValueError(f"attributes nest more than {MAX_ATTRIBUTE_DEPTH} levels deep")
+        if objects and isinstance(v, dict):  # JSON values only: SQLite keeps them as JSON, and read a Decimal
+            # back as text, so the two stores planned differently
+            for key, item in v.items():
+                try:
+                    json.dumps(item, allow_nan=False)
+                except (TypeError, ValueError):
+                    raise ValueError(f"attributes[{key!r}] is {item!r}: attributes hold JSON values (text, numbers, "
+                                     f"true/false, lists, objects); convert it, e.g. str() or float()") from None
         return v
 
 
