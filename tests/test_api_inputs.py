@@ -104,3 +104,18 @@ def test_tags_and_attributes_given_from_python_are_what_every_store_keeps(store:
             store.add(clients=[{"id": "c3", "manager_id": "m1", "attributes": {"x": value}}])
     store.add(clients=[{"id": "c4", "manager_id": "m1", "attributes": {"x": [1, "a", {"b": None}], "y": 2.5}}])
     assert store.count("clients") == 2
+
+
+def test_a_model_copied_with_bad_values_is_validated_like_a_dict(store: Store) -> None:
+    """`get()` then `model_copy(update=...)`, the natural way to send the full client back, skipped validation: a
+    status 'bogus' or a time as text got into the store, and plans crashed."""
+    crm(store)
+    c1 = store.get("clients", "c1")
+    assert c1 is not None
+    with pytest.raises(retainer.DataError, match=r"clients\[0\] id=c1 field status: Input should be 'active'"):
+        store.upsert(clients=[c1.model_copy(update={"status": "bogus"})])
+    t1 = store.get("touches", "t2")
+    assert t1 is not None
+    store.upsert(touches=[t1.model_copy(update={"at": "2025-11-05"})])
+    assert store.get("touches", "t2").at.tzinfo is not None  # type: ignore[union-attr]
+    engine_for(RULES, store).plan("2026-03-01")

@@ -34,6 +34,7 @@ from .ledger import RunRecord
 from .rules.features import MANAGER_FEATURES, FeatureFrame
 from .rules.loader import RuleSet
 from .rules.schema import Policies
+from .stores._ingest import Batch
 from .stores.base import AggSpec, Changes, ManagerLoads, Store
 from .stores.memory import MemoryStore
 from .sweep import Kept, Quiet, Wakes
@@ -66,7 +67,9 @@ class FreshLedger:
     def __init__(self, base: Store) -> None:
         self._base = base
         self._local = MemoryStore(f"backtest:{base.url}", timezone=base.tz)
-        self._local.add(managers=list(base.iter("managers")), clients=list(base.iter("clients")))
+        # the store's own rows, valid already: loaded as they are (`add` validates models again, for a script's)
+        self._local.load([Batch("managers", list(base.iter("managers"))), Batch("clients", list(base.iter("clients")))],
+                         replace=False)  # fmt: skip
         self.url = base.url
         self.tz = base.tz
 
@@ -107,8 +110,8 @@ class FreshLedger:
                 if c.status != "archived":  # loads count the others
                     self._moved[c.manager_id] -= 1
                     self._moved[to] += 1
-        if moves:
-            self._local.upsert(clients=list(moves.values()))
+        if moves:  # rows of the store with a manager the engine chose: valid as they are
+            self._local.load([Batch("clients", list(moves.values()))], replace=True)
         self.moved = set(moves)
         return committed
 

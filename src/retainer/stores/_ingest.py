@@ -62,8 +62,10 @@ def validate_rows(
     with no_gc():
         for n, row in enumerate(rows):
             if header is None:
-                if isinstance(row, model):
-                    append(row)
+                if isinstance(row, model):  # validated again: `model_copy(update=...)` and `model_construct`
+                    # skip validation, and a status 'bogus' or a date as text got into the store and crashed plans
+                    where = lines[n] if lines is not None else n
+                    append(_validate_one(model, row.__dict__, ctx, entity=entity, where=where, file=file))
                     continue
                 if isinstance(row, Entity):
                     where = lines[n] if lines is not None else n
