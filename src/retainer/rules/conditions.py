@@ -7,7 +7,6 @@ A leaf compares one feature with a value. A missing value (None) makes every op 
 from __future__ import annotations
 
 import math
-import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -95,6 +94,17 @@ class ExplainNode:
         return d
 
 
+_SINCE_ISSUE = "invoice.activity_since_issue"
+
+
+def since_issue_source(name: str) -> str | None:
+    """The last-activity feature an `invoice.activity_since_issue` flag compares the issue with: the rule's
+    `activity:` narrowing (`[1a2b3c4d]`) is the same on both. None for any other feature."""
+    if not name.startswith(_SINCE_ISSUE):
+        return None
+    return "last_activity_at" + name.removeprefix(_SINCE_ISSUE)
+
+
 _NOVALUE: Any = type("_NoValue", (), {"__repr__": lambda self: "-"})()
 
 
@@ -158,6 +168,10 @@ class Day:
 
     def __ge__(self, other: Any) -> bool:  # other <= day: before the day's end
         return bool(self.end >= (other.end if isinstance(other, Day) else other))
+
+    def bound(self, op: str) -> datetime:
+        """The one instant an instant is compared with for `op` (lt, gte: the day's first; lte, gt: its last)."""
+        return self.start if op in ("lt", "gte") else self.end
 
     def __str__(self) -> str:
         return self.day.isoformat()
@@ -293,8 +307,6 @@ _BINARY: dict[str, Callable[[Any, Any], bool]] = {
 }
 _SYMBOL = {"eq": "=", "ne": "≠", "gt": ">", "gte": "≥", "lt": "<", "lte": "≤"}
 _ACTIVITY_KEY = re.compile(r"\[[0-9a-f]{8}\]$")
-#: an instant against a `Day`, as one comparison with the day's first or last instant
-_DAY_BOUND = {"lt": ("lt", "start"), "gte": ("ge", "start"), "lte": ("le", "end"), "gt": ("gt", "end")}
 _SET_OPS = {"in": "has_any", "not_in": "has_none"}
 
 
@@ -323,9 +335,8 @@ class Leaf(Node):
         if self.op == "exists":
             return [(v is not None) == x for v in col]
         fn = _BINARY[self.op]
-        if self.op in _DAY_BOUND and type(x) is Day:  # compared with one of its instants, in C
-            cmp, end = _DAY_BOUND[self.op]
-            fn, x = getattr(operator, cmp), getattr(x, end)
+        if self.op in ("lt", "gte", "lte", "gt") and type(x) is Day:  # compared with one of its instants, in C
+            x = x.bound(self.op)
         elif self.op == "between" and Day in (type(x[0]), type(x[1])):
             x = (x[0].start if type(x[0]) is Day else x[0], x[1].end if type(x[1]) is Day else x[1])
         try:  # one comparison per row; a value of another type (a bad attribute) takes the careful path
@@ -349,9 +360,8 @@ class Leaf(Node):
     def explain(self, frame: Frame, i: int) -> ExplainNode:
         v = frame.column(self.feature)[i]
         note = ""
-        if self.feature.startswith("invoice.activity_since_issue") and v:  # which activity: "True" said nothing
-            last = frame.column("last_activity_at" + self.feature.removeprefix("invoice.activity_since_issue"))[i]
-            note = f"the client's last activity counted: {_fmt(last, frame.as_of.tz)}"
+        if v and (source := since_issue_source(self.feature)) is not None:  # which activity: "True" said nothing
+            note = f"the client's last activity counted: {_fmt(frame.column(source)[i], frame.as_of.tz)}"
         return ExplainNode(self.text(), self._test(v), _local(v, frame.as_of), note=note)
 
     def text(self) -> str:

@@ -22,6 +22,7 @@ from ..errors import did_you_mean
 from ..model import ENTITIES, Client, Manager
 from ..stores.base import EXISTS_FIELD, VIRTUAL_FIELDS, AggSpec, Pred, Store, virtual_value
 from ..timeutil import AsOf, Duration, DurationError, parse_duration
+from .conditions import since_issue_source
 from .schema import ActivitySpec, FeatureDef
 
 ZERO = Decimal(0)
@@ -201,9 +202,8 @@ def invoice_frame(f: FeatureFrame) -> SubFrame:
     )
 
     def lazy(sub: SubFrame, name: str) -> list[Any] | None:
-        if name.startswith("invoice.activity_since_issue"):  # `[key]`: what an unpaid rule's `activity:` counts
-            last = sub.column("last_activity_at" + name.removeprefix("invoice.activity_since_issue"))
-            return [v is not None and v > t for v, t in zip(last, issued, strict=True)]
+        if (source := since_issue_source(name)) is not None:  # `[key]`: what an unpaid rule's `activity:` counts
+            return [v is not None and v > t for v, t in zip(sub.column(source), issued, strict=True)]
         return None
 
     sub._lazy = lazy
@@ -816,12 +816,7 @@ def named_feature(name: str, d: FeatureDef, tz: Any) -> FeatureImpl:
                     if type(val) is Day:  # the whole day, as in a rule's `when`: bounds at its first or last instant
                         if op == "ne":
                             raise FeatureDefError(_WHOLE_DAYS.format(entity=entity, key=key, op=op), "where", key, op)
-                        if op in ("eq", "gte"):
-                            preds.append(Pred(key, "gte", val.start))
-                        if op in ("eq", "lte"):
-                            preds.append(Pred(key, "lte", val.end))
-                        if op in ("lt", "gt"):
-                            preds.append(Pred(key, op, val.start if op == "lt" else val.end))
+                        preds += [Pred(key, o, val.bound(o)) for o in (("gte", "lte") if op == "eq" else (op,))]
                         continue
                     preds.append(Pred(key, op, Decimal(val) if ftype == "number" else val))
                 else:
