@@ -18,6 +18,7 @@ from ..conditions import All, AnyOf, Leaf, Node, Not, OlderThan, Path, parse_con
 from ..features import (
     FeatureImpl,
     FeatureRegistry,
+    _days,
     churn_silence_feature,
     norm_reason,
     outcome_feature,
@@ -149,18 +150,23 @@ def _generic(rule: GenericRule, ctx: CompileContext) -> Parts:
     return Parts(cond, rule.episode, (), tuple(sorted(cond.features())), rule.description or describe(cond))
 
 
+def _narrowed(ctx: CompileContext, base: str, last: str, build: Callable[[str, str], FeatureImpl]) -> str:
+    """`base` read over the activity `last` counts: `base` itself for every activity, else `base[key]` with the
+    key of the `activity:` narrowing (`days_since_activity[1a2b3c4d]`), built (`build(name, doc)`) once per file."""
+    if last == "last_activity_at":
+        return base
+    name = f"{base}[{last.split('[', 1)[1]}"
+    if name not in ctx.registry.extra:
+        ctx.registry.add(build(name, ctx.registry.get(base).doc))
+    return name
+
+
 def _activity_aliases(ctx: CompileContext, rule: ForgottenRule) -> tuple[str, dict[str, str]]:
     last, anchor = ctx.registry.activity(rule.activity)
     if last == "last_activity_at":
         return anchor, {}
-    days = f"days_since_activity[{last.split('[', 1)[1]}"
-    if days not in ctx.registry.extra:
-        base = ctx.registry.get("days_since_activity")
-        from ..features import FeatureImpl, _days
-
-        ctx.registry.add(
-            FeatureImpl(days, "int", base.doc, deps=(anchor,), compute=lambda f: _days(f.as_of, f.column(anchor)))
-        )
+    days = _narrowed(ctx, "days_since_activity", last, lambda name, doc: FeatureImpl(
+        name, "int", doc, deps=(anchor,), compute=lambda f: _days(f.as_of, f.column(anchor))))  # fmt: skip
     return anchor, {"last_activity_at": last, "days_since_activity": days}
 
 
@@ -311,14 +317,8 @@ def _followed_up(ctx: CompileContext, rule: UnpaidRule) -> tuple[str, str]:
     `activity:` (a regular buyer's next invoices and payments are activity by default, so its forgotten invoice
     never got a task; `activity: {sources: [touches, tasks]}` counts only talking to the client)."""
     last, _anchor = ctx.registry.activity(rule.activity)
-    if last == "last_activity_at":
-        return last, "invoice.activity_since_issue"
-    since = f"invoice.activity_since_issue[{last.split('[', 1)[1]}"
-    if since not in ctx.registry.extra:
-        from ..features import FeatureImpl
-
-        base = ctx.registry.get("invoice.activity_since_issue")
-        ctx.registry.add(FeatureImpl(since, "bool", base.doc, deps=(last,), subject="invoice"))
+    since = _narrowed(ctx, "invoice.activity_since_issue", last,
+                      lambda name, doc: FeatureImpl(name, "bool", doc, deps=(last,), subject="invoice"))  # fmt: skip
     return last, since
 
 
