@@ -14,6 +14,7 @@ from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -230,14 +231,22 @@ class _RuleBase(_Model):
     then: list[ActionSpec] | None = Field(default=None, description="the actions to plan (default: the kind's own)")
 
 
+def _not_now(d: Duration) -> Duration:
+    """`after: 0d` made every client forgotten every night ("no activity for 0 days" for one called that
+    morning): refused, as a window of no length is."""
+    if not (d.months or d.days or d.hours):
+        raise ValueError(f"must be longer than 0, not {d}: a client is forgotten after some time without "
+                         f"activity (e.g. 60d)")
+    return d
+
+
+#: how long without activity a client is forgotten after (a forgotten rule's `after`, and its overrides')
+ForgottenAfter = Annotated[DurationField, AfterValidator(_not_now)]
+
+
 class Override(_Model):
     when: Condition
-    after: DurationField
-
-    @field_validator("after")
-    @classmethod
-    def _some_time(cls, v: Duration) -> Duration:
-        return _not_now(v)
+    after: ForgottenAfter
 
 
 class ActivitySpec(_Model):
@@ -261,7 +270,7 @@ class GenericRule(_RuleBase):
 
 class ForgottenRule(_RuleBase):
     kind: Literal["forgotten"] = Field(description="an active client whose last activity is at least `after` ago")
-    after: DurationField
+    after: ForgottenAfter
     overrides: list[Override] = Field(default_factory=list)
     statuses: list[Literal["active", "prospect", "archived"]] = Field(default_factory=lambda: ["active"])
     activity: ActivitySpec | None = None
@@ -273,19 +282,6 @@ class ForgottenRule(_RuleBase):
             raise ValueError("archived clients get nothing; remove 'archived' from statuses")
         return v
 
-    @field_validator("after")
-    @classmethod
-    def _some_time(cls, v: Duration) -> Duration:
-        return _not_now(v)
-
-
-def _not_now(d: Duration) -> Duration:
-    """`after: 0d` made every client forgotten every night ("no activity for 0 days" for one called that
-    morning): refused, as a window of no length is."""
-    if not (d.months or d.days or d.hours):
-        raise ValueError(f"must be longer than 0, not {d}: a client is forgotten after some time without "
-                         f"activity (e.g. 60d)")
-    return d
 
 
 class ReleaseRule(_RuleBase):
