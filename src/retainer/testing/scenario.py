@@ -423,7 +423,7 @@ class Step:
         seen: set[tuple[str, str | None]] = set()
         # an entry that names no client: the scenario's clients, when they are few enough to read (it printed
         # no why at all, though the scenario had one client; found in an analyst review)
-        few = [m.id for m in sc.engine.store.clients(self.as_of.instant)][:4]
+        few = [] if all(clients) else [m.id for m in sc.engine.store.clients(self.as_of.instant)]
         pairs = [(c, r) for cs, r in zip(clients, rules, strict=False)
                  for c in ([cs] if cs else few if len(few) <= 3 else [])]  # fmt: skip
         for c, r in pairs:
