@@ -1197,10 +1197,12 @@ def test_an_event_dated_later_than_now_is_written_and_decided_as_of_now() -> Non
         assert invoice.paid_at == datetime(2026, 2, 25, 7, 0, tzinfo=UTC)  # type: ignore[attr-defined]
 
 
-def test_an_event_dated_today_without_a_time_is_decided_with_its_fact() -> None:
+@pytest.mark.parametrize("day", ["2026-03-11", "20260311", "2026-W11-3"])
+def test_an_event_dated_today_without_a_time_is_decided_with_its_fact(day: str) -> None:
     """A CRM exports a payment date, not a time. Posted at 10:00, `at: 2026-03-11` was stored at the day's end,
     taken for a future event and decided as of now, before the payment: the client who had just paid in full
-    got the next reminder."""
+    got the next reminder. So did the compact spelling `20260311`, which the store and as_of read as that day
+    but the session took for an instant."""
     steps = [{"after": "3d", "notify_client": {"channel": "email", "template": "reminder"}},
              {"after": "10d", "notify_client": {"channel": "sms", "template": "final"}}]
     rules = retainer.load_rules({"version": 1, "rules": [{"id": "debtor", "kind": "debtor", "steps": steps}]})
@@ -1212,7 +1214,7 @@ def test_an_event_dated_today_without_a_time_is_decided_with_its_fact() -> None:
         s = Session(rules, store, rec, clock=lambda: datetime(2026, 3, 11, 10, 0, tzinfo=UTC))
         s.tick("2026-03-10T23:00")
         assert [a.key for a in rec.actions] == ["debtor:c1:i1+3d:notify_client"]
-        r = s.post({"type": "invoice_paid", "id": "i1", "at": "2026-03-11"})
+        r = s.post({"type": "invoice_paid", "id": "i1", "at": day})
         assert r.committed == [] and [a.key for a in rec.actions] == ["debtor:c1:i1+3d:notify_client"]
         assert [t.to_state for t in r.transitions] == ["paid"]
 

@@ -49,7 +49,7 @@ from .plan import Plan
 from .rules.features import norm_reason
 from .rules.loader import RuleSet, load_rules
 from .stores.base import ManagerLoads, Pred, Store
-from .timeutil import AsOf, parse_as_of, parse_instant
+from .timeutil import AsOf, date_only, parse_as_of, parse_instant
 
 _END_OF_TIME = datetime.max.replace(tzinfo=UTC)
 
@@ -272,11 +272,6 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _date_only(at: Any) -> bool:
-    """An event's `at` given as a day without a time (`2026-03-01`): that whole day, stored at its end."""
-    return (isinstance(at, date) and not isinstance(at, datetime)) or (isinstance(at, str) and len(at.strip()) == 10)
-
-
 def _reason_acted_on(keys: Iterable[str], rule: str, client_id: str, episode: str, reason: str) -> bool:
     """Whether the ledger's `keys` hold the win-back's next step for that reason (`...~<reason>:...`)."""
     step = action_key(rule, client_id, f"{episode}~{reason}", "")
@@ -408,7 +403,7 @@ class Session:
             # the host names the instant to decide as of: refused after tomorrow, as Engine.run refuses it
             a = self.engine.as_of(when) if own is not None else fact
             refuse_after_tomorrow(a, self.clock, "a tick" if kind == "tick" else "a post with as_of")
-            if _date_only(own) and fact.date == a.date and fact.instant > a.instant:
+            if date_only(own) is not None and fact.date == a.date and fact.instant > a.instant:
                 # a day without a time, the day decided: written at the day's end, as every copy of it is (a
                 # copy written at its own as_of passed for a later payment and undid a full one), and decided
                 # with it, as without as_of (decided before it, the client who had just paid was dunned)
@@ -421,7 +416,7 @@ class Session:
             # a date alone (`at: 2026-03-01`) is that whole day, stored at its end: posted during the day it is
             # today's fact, not a future one (decided as of now, the payment just posted was not yet seen, and
             # the client who had paid got the next reminder)
-            future = fact.date > now.astimezone(fact.tz).date() if _date_only(when) else fact.instant > now
+            future = fact.date > now.astimezone(fact.tz).date() if date_only(when) is not None else fact.instant > now
             a = self.engine.as_of(now) if future else fact
         timings: dict[str, float] = {}
         if kind == "tick":

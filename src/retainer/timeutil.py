@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import lru_cache
-from typing import TypeVar
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dateutil.relativedelta import relativedelta
@@ -219,6 +219,19 @@ def parse_instant(value: str | date | datetime, tz: tzinfo) -> datetime:
         raise ValueError(f"{value!r} is not ISO 8601: a date and a time are separated by T or a space "
                          f"(2026-03-01T10:00); a date with an offset is not an instant, write its time")
     return as_aware(in_years(datetime.fromisoformat(text)), tz)  # Python 3.11 reads "Z" and offsets
+
+
+def date_only(v: Any) -> date | None:
+    """The date a value names without a time of day (`2026-03-01`, `20260301`, a `date`): compared with an
+    instant, or given as an event's time, it is then a whole day. None for an instant or anything else."""
+    if isinstance(v, date):
+        return None if isinstance(v, datetime) else v
+    if not isinstance(v, str):
+        return None
+    try:
+        return date.fromisoformat(v.strip())
+    except ValueError:
+        return None
 
 
 def day_start(d: date, tz: tzinfo) -> datetime:

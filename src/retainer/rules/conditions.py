@@ -24,6 +24,7 @@ from ..timeutil import (
     DurationError,
     DurationTooLongError,
     add_durations,
+    date_only,
     day_start,
     in_years,
     parse_duration,
@@ -634,18 +635,6 @@ def _coerce(op: str, v: Any, ftype: str, feature: str, tz: Any, path: Path) -> A
     return _scalar(v, ftype, feature, tz, path)
 
 
-def _day(v: Any) -> date | None:
-    """The date a value names without a time of day (compared with an instant, it is then a whole day)."""
-    if isinstance(v, date):
-        return None if isinstance(v, datetime) else v
-    if not isinstance(v, str):
-        return None
-    try:
-        return date.fromisoformat(v.strip())
-    except ValueError:
-        return None
-
-
 def _last_second(d: date, tz: Any) -> datetime:
     """The last second of a day in the rule set's zone (a day parse_instant took): instants are kept to the
     second."""
@@ -705,7 +694,7 @@ def _scalar(v: Any, ftype: str, feature: str, tz: Any, path: Path) -> Any:
                 if not isinstance(v, str | date):
                     raise TypeError
                 try:
-                    if (day := _day(v)) is not None:
+                    if (day := date_only(v)) is not None:
                         return Day(in_years(day), tz)
                     return parse_instant(v, tz)
                 except DateRangeError as exc:
