@@ -252,3 +252,16 @@ def test_a_client_released_again_tonight_is_listed_under_tonights_manager() -> N
     d = digest(engine, "2026-05-20")
     rows = {r[0]: r[1] for r in d.sections[1].rows}
     assert rows["Acme (c1)"].endswith(f"({move.to_manager_id})")  # type: ignore[attr-defined]
+
+
+def test_a_digest_with_a_managers_escalation_beside_client_actions() -> None:
+    """`overdue_tasks` escalates about a manager (no client): sorted with the clients' ids, it crashed
+    `retainer report` for every rule set with supervisor control, examples/rules/full.yaml among them."""
+    store = crm()
+    store.add(tasks=[{"id": f"k{n}", "client_id": "c3", "manager_id": "m2", "created_at": "2026-01-01",
+                      "due_at": "2026-02-20", "status": "open"} for n in (1, 2)])  # fmt: skip
+    rules = {"rules": [*FR["rules"], {"id": "overdue", "kind": "overdue_tasks", "count": 2, "after": "3d"}]}
+    engine = retainer.Engine(rules, store)
+    assert {a.client_id for a in engine.plan("2026-03-02").actions} == {"c1", "c2", None}
+    d = digest(engine, "2026-03-02")
+    assert d.sections[0].rows == [["Anna (m1)", 1], ["Ivan (m2)", 1]]  # c1 released to Ivan tonight

@@ -127,7 +127,7 @@ def digest(engine: Engine, as_of: str | date | datetime, *, top: int = 30, label
                 for x in moves if x.id not in failed]  # fmt: skip
     # a release the CRM has not carried out yet, tonight's or an earlier night's (whether or not its rule
     # still matches): the client is its new manager's (the data says the old one)
-    named = {x.client_id for x in due} | {x.client_id for x, _ in held}
+    named = {x.client_id for x in due if x.client_id} | {x.client_id for x, _ in held if x.client_id}  # not a manager's
     owner = unapplied_moves(store, [clients[c] for c in sorted(named) if c in clients], a.instant)  # type: ignore[index]
     # tonight's moves: from the manager the data shows, or, released again, from the one an earlier move gave
     owner |= {x.client_id: x.to_manager_id for x in plan.actions  # type: ignore[attr-defined]
