@@ -473,6 +473,40 @@ def test_a_committed_reassignment_stands_until_the_host_moves_the_client(store: 
     assert task.assignee_id == "m2"
 
 
+@pytest.mark.parametrize("late", [{"touches": [{"id": "late", "client_id": "c1", "at": at(14)}]},
+                                  {"tasks": [{"id": "late", "client_id": "c1", "created_at": at(-20),
+                                              "done_at": at(5), "due_at": at(5)}]}])
+def test_a_fact_logged_late_within_a_decided_silence_is_the_same_episode(store: Store, late: dict[str, Any]) -> None:
+    """Released on day 74 for a silence since day 0, and carried out; then a call of day 14 is synced late. Read
+    as a new episode (`...:2026-01-15:...`), the same silence got a second task and a second move, back to the
+    manager who had forgotten the client. As of day 74 the client was forgotten and releasable counting from
+    day 14 too (60 days), so it is the episode decided then: its actions are duplicates."""
+    _forgotten_clients(store, [{"id": "m0"}, {"id": "m1", "supervisor_id": "m0"}, {"id": "m2", "supervisor_id": "m0"}],
+                       [{"id": "c1", "manager_id": "m1"}])
+    engine = engine_for(release_rules(), store)
+    first = engine.run(day(74))
+    assert _moves(first.plan) == {"c1": "m2"} and len(first.committed) == 2
+    store.upsert(clients=[{"id": "c1", "manager_id": "m2"}])
+    store.add(**late)
+    for n, rules in ((75, {"forgotten"}), (88, {"forgotten", "release"}), (120, {"forgotten", "release"})):
+        report = engine.run(day(n))
+        assert not report.committed, n
+        assert {s.action.key for s in report.plan.suppressed} == {a.key for a in first.plan.actions if a.rule in rules}
+    assert engine.explain("c1", day(120), "forgotten").rules[0].matched
+
+
+def test_a_late_fact_that_would_have_kept_the_rule_from_holding_starts_a_new_silence(store: Store) -> None:
+    """A call of day 65 synced after the day-74 release: as of day 74 the client had been called 9 days
+    before, so the silence since day 65 is a new one, decided when it is 60 days old (day 125), not before
+    and not never."""
+    _forgotten_clients(store, [{"id": "m1"}, {"id": "m2"}], [{"id": "c1", "manager_id": "m1"}])
+    engine = engine_for(forgotten_rules(), store)
+    assert [a.key for a in engine.run(day(74)).committed] == ["forgotten:c1:2026-01-01:create_task"]
+    store.add(touches=[{"id": "late", "client_id": "c1", "at": at(65)}])
+    assert not engine.run(day(124)).committed
+    assert [a.key for a in engine.run(day(125)).committed] == ["forgotten:c1:2026-03-07:create_task"]
+
+
 def _released_then_ordered(store: Store) -> retainer.Engine:
     """c1 released from m1 to m2 on day 74 (committed, not carried out: the CRM still shows m1), then an
     unpaid order on day 75: the client is no longer forgotten, so the release rule no longer matches it."""

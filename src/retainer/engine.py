@@ -44,7 +44,7 @@ from .ledger import (
 from .model import Client, Manager, fast_model, no_gc
 from .plan import Plan
 from .rules import templates
-from .rules.conditions import ExplainNode
+from .rules.conditions import ExplainNode, OlderThan
 from .rules.features import FeatureFrame, SubFrame, invoice_frame, manager_frame
 from .rules.kinds import CompiledRule
 from .rules.loader import RuleSet, load_rules
@@ -809,6 +809,7 @@ class Engine:
         # what earlier runs committed: those keys are duplicates, and a committed reassignment is not
         # re-decided (it would take capacity and advance round-robin for nothing)
         ledger = self.store.ledger_status(k for m in matches for k in m.keys)
+        self._same_silence(matches, ledger, a)
         movers = [m for m in matches if m.rule.reassign is not None and not m.blocked and m.client]
         self._decide_again(movers, matches, ledger)
         loads = self.store.manager_loads(a.instant)
@@ -916,6 +917,46 @@ class Engine:
             ledger.update(self.store.ledger_status(k for ks in later.values() for k in ks))
         return _resolve_ladders(matches, ledger, top, later)
 
+    def _same_silence(self, matches: list[_Match], ledger: dict[str, Status], a: AsOf) -> None:
+        """A fact logged late (a call of 15 December, synced in March) moves an episode's date to before the
+        night that decided it. Read as a new episode, the same silence got a second task, and its client a
+        second move, back to the manager who had forgotten it. So when the silence counted from the new date
+        had already been reached as of an earlier decision of the rule for the client (under another episode),
+        the match is that decision's episode, and its actions are the ones already in the ledger. The silence
+        is the threshold without a release's grace: a call that moves a release's day past the night it was
+        made still leaves it the same silence. A late call that would have kept the client from being
+        forgotten then (9 days before that night) starts a new episode: the silence since it is a new one.
+        For rules of one part whose episode is the date their threshold counts from (forgotten, release,
+        churned, repeat sale; not a win-back's steps), and only for a match with nothing in the ledger yet: a
+        night of duplicates reads nothing."""
+        parts = Counter(r.id for r in self.rules.rules)  # a process's steps share their rule's id and dates
+        fresh = [
+            m for m in matches
+            if m.threshold is not None and m.client is not None and m.rule.threshold is not None
+            and m.rule.episode == m.rule.threshold.feature and parts[m.rule.id] == 1 and m.keys[0] not in ledger
+        ]  # fmt: skip
+        if not fresh:
+            return
+        earlier: dict[tuple[str, str | None], list[LedgerEntry]] = {}
+        for e in self.store.ledger(client_ids=sorted({m.subject_id for m in fresh})):
+            earlier.setdefault((e.rule, e.client_id), []).append(e)
+        redated = []
+        for m in fresh:
+            silence = m.rule.silence
+            assert silence is not None
+            reached = silence.durations(m.frame)[m.i]
+            found = None  # the last such decision, in commit order
+            for e in earlier.get((m.rule.id, m.subject_id), ()):
+                ep = e.payload_fields.get("evidence", {}).get("episode")
+                if isinstance(ep, str) and ep != m.episode and OlderThan.held(
+                    AsOf(e.as_of, a.tz), m.frame.column(m.rule.episode)[m.i], reached
+                ):
+                    found = ep
+            if found is not None:
+                m.episode = found
+                redated.append(m)
+        self._next_attempt(redated, ledger, attempt=1)
+
     def _decide_again(self, movers: list[_Match], matches: list[_Match], ledger: dict[str, Status]) -> None:
         """A move that a run cancelled before it went out because its new manager had left since
         (`ledger.MANAGER_LEFT`) moved nobody: the client is still with the manager who forgot it, and would
@@ -947,10 +988,11 @@ class Engine:
             codes = cancellations([m.keys[0] for m in others])
             self._next_attempt([m for m in others if codes.get(m.keys[0]) == MANAGER_LEFT], ledger)
 
-    def _next_attempt(self, ms: list[_Match], ledger: dict[str, Status]) -> None:
-        """The next decision of each match's episode, with keys of its own, and their ledger status."""
+    def _next_attempt(self, ms: list[_Match], ledger: dict[str, Status], attempt: int | None = None) -> None:
+        """The next decision of each match's episode (or decision `attempt`), with keys of its own, and their
+        ledger status."""
         for m in ms:
-            m.attempt += 1
+            m.attempt = m.attempt + 1 if attempt is None else attempt
             m.head = _key(m.rule.id, m.subject_id, m.key_episode, "")
             m.keys = [m.head + k for k in m.rule.key_kinds]
         if ms:
@@ -1098,6 +1140,11 @@ class Engine:
         if not rules:
             known = ", ".join(sorted({r.id for r in self.rules.rules}))
             raise RetainerError(f"unknown rule {rule!r}; rules in this set: {known}")
+        if rule is not None and rules[0].subject == "manager":  # an empty explanation read as "nothing to say"
+            raise RetainerError(
+                f"rule {rule!r} is about managers ({rules[0].kind}), not about a client: its escalations in the "
+                f"plan give the count in their reason and evidence; explain takes a client's rules"
+            )
         plan, frame, _ = self._plan(a, [client_id])
         at = a.instant.astimezone(a.tz)
         if not frame.ids:

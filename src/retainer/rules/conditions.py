@@ -453,11 +453,17 @@ class OlderThan(Node):
         fns = {k: _older_fn(as_of, d) for k, d in kinds.items()}
         return [v is not None and d is not None and fns[id(d)](v) for v, d in zip(values, durs, strict=True)]
 
+    @staticmethod
+    def held(as_of: AsOf, value: datetime | None, d: Duration | None) -> bool:
+        """Whether `value` is at least `d` old as of `as_of`: the threshold for one client at any instant (the
+        engine asks it of an earlier night's decision)."""
+        return value is not None and d is not None and _older_fn(as_of, d)(value)
+
     def explain(self, frame: Frame, i: int) -> ExplainNode:
         v = frame.column(self.feature)[i]
         problems: dict[int, str] = {}
         d = self.durations(frame, problems)[i]
-        held = v is not None and d is not None and _older_fn(frame.as_of, d)(v)
+        held = self.held(frame.as_of, v, d)
         which = ""
         # the cases up to the one that chose the threshold (the first that holds wins), each with its own
         # condition: "why did this key account get 60 days" (the override's operator, the client's tags)

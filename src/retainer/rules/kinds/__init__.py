@@ -86,6 +86,14 @@ class CompiledRule:
         return tuple(out)
 
     @cached_property
+    def silence(self) -> OlderThan | None:
+        """The threshold without its `plus`: when the silence a release's episode names was reached, which
+        a grace then extends (one object per rule, so a frame's memo of its durations is found again)."""
+        if self.threshold is None or self.threshold.plus is None:
+            return self.threshold
+        return replace(self.threshold, plus=None)
+
+    @cached_property
     def reassign(self) -> ReassignSpec | None:
         """The rule's reassignment, if one of its actions is one."""
         return next((s.reassign for s in self.then if s.reassign is not None), None)
