@@ -967,6 +967,45 @@ def test_the_supervisors_note_of_a_move_cancelled_for_a_manager_who_left_is_canc
         ("release:c1:2026-01-01#2:notify_manager", "Acme moved to m3"), ("release:c1:2026-01-01#2:reassign", None)]
 
 
+def test_a_move_not_delivered_yet_is_cancelled_when_the_crm_gave_the_client_to_someone_else_since(
+    store: Store,
+) -> None:
+    """Found in a vendor's review: the CRM was down on the night of the release; during the day a supervisor gave
+    the client to m3, and the sync wrote it. The next night sent the move m1 -> m2, taking the client from m3,
+    with m2's task and the supervisor's "moved to m2". The data is the truth: the move and what it brought
+    are cancelled, and not decided again (a person decided)."""
+    _released(store)
+    clock = FakeClock()
+    e = engine_for(RELEASE_TOLD, store)
+    e.run("2026-03-01", clock=clock)  # committed, no handler: pending
+    store.upsert(clients=[{"id": "c1", "manager_id": "m3"}])
+    h = RecordingHandler()
+    report = e.run("2026-03-02", handlers=h, clock=clock, sleep=clock.sleep)
+    assert report.dispatch is not None and h.actions == []
+    gone = {store.ledger(ids=[i])[0].type: why for i, why in report.dispatch.cancelled.items()}
+    because = "its client's move to m2 was cancelled: the client was given to m3 in the CRM since"
+    assert gone == {"reassign": "the client was given to m3 in the CRM since", "notify_manager": because,
+                    "create_task": because}  # fmt: skip
+    assert not e.run("2026-03-03", handlers=h, clock=clock, sleep=clock.sleep).committed and h.actions == []
+
+
+def test_a_move_of_a_chain_the_data_does_not_show_yet_is_delivered(store: Store) -> None:
+    """Released m1 -> m2, then (the CRM not having carried it out) released again m2 -> m3: the data still shows
+    m1, which the second move neither takes the client from nor gives it to. That is no move by hand."""
+    store.add(managers=[{"id": "m1"}, {"id": "m2"}, {"id": "m3"}],
+              clients=[{"id": "c1", "manager_id": "m1"}, {"id": "c2", "manager_id": "m1"}],  # c2: m1 has more
+              touches=[{"id": "t1", "client_id": "c1", "at": "2026-01-01T10:00:00"},
+                       {"id": "t0", "client_id": "c2", "at": "2026-04-19T10:00:00"}])  # fmt: skip
+    clock = FakeClock(datetime(2026, 4, 21, 2, 0, tzinfo=UTC))
+    e = engine_for(RELEASE_TOLD, store)
+    e.run("2026-03-01", clock=clock)
+    store.add(touches=[{"id": "t2", "client_id": "c1", "at": "2026-03-02T10:00:00"}])  # m2 called, then forgot
+    h = RecordingHandler()
+    e.run("2026-04-20", handlers=h, clock=clock, sleep=clock.sleep)
+    moves = [(a.from_manager_id, a.to_manager_id) for a in h.actions if a.type == "reassign"]  # type: ignore[attr-defined]
+    assert moves == [("m1", "m2"), ("m2", "m3")]
+
+
 def test_the_supervisors_note_of_a_move_the_crm_refused_goes_dead_with_it_and_replays_with_it(store: Store) -> None:
     """Found in an ops review: the CRM refused the move (422), and the supervisor was still told "Acme moved to
     m2". The note is dead with the move, not sent; replaying the dead actions sends both, the move first."""

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..actions import ACTION_TYPES, Action
 from ..errors import ArgumentError, DispatchError, StoreBusyError, did_you_mean
-from ..ledger import ACTIVE, MANAGER_LEFT, LedgerEntry, Status, claim_alive, claim_holder, delivering
+from ..ledger import ACTIVE, MANAGER_LEFT, LedgerEntry, Status, claim_alive, claim_holder, delivering, manager_changes
 from ..stores.base import Pred, virtual_value
 from .base import ActionHandler, CallbackHandler, PermanentError, RetryLater
 
@@ -401,10 +401,12 @@ class Dispatcher:
         not send them."""
         out: dict[str, tuple[str, str | None]] = {}
         managers: dict[str, Any] = {}
-        moves: dict[tuple[str, str], str] = {}  # (client, manager it was to go to) -> why the move is cancelled
-        # a cancelled move's episode (`release:c2:2026-01-15:`) -> the manager it named and why: the rule's other
-        # actions ("Borealis Trade moved to Ivan", told to the supervisor) are about a move that never happened
-        episodes: dict[str, tuple[str, str]] = {}
+        # (client, manager it was to go to) -> why the move is cancelled, and the code of one decided again
+        moves: dict[tuple[str, str], tuple[str, str | None]] = {}
+        # a cancelled move's episode (`release:c2:2026-01-15:`) -> the manager it named, why, and the code: the
+        # rule's other actions ("Borealis Trade moved to Ivan", told to the supervisor) are about a move that
+        # never happened
+        episodes: dict[str, tuple[str, str, str | None]] = {}
         # their clients and the invoices they chase, read at once: one by one, a first night at 100k clients
         # read 40,000 clients in 40,000 queries
         ids = {e.client_id for e in earlier if e.client_id is not None}
@@ -412,6 +414,8 @@ class Dispatcher:
         chased = {i for e in earlier if isinstance(i := e.action.evidence.get("invoice.id"), str)}
         invoices = {i.id: i for i in self.store.facts("invoices", _END_OF_TIME, (Pred("id", "in", frozenset(chased)),))
                     } if chased else {}  # fmt: skip
+        changes = manager_changes(self.store, sorted({e.client_id for e in earlier if e.type == "reassign"
+                                                      and e.client_id is not None}))  # fmt: skip
         for e in earlier:
             cid = e.client_id
             if cid is None:
@@ -426,8 +430,15 @@ class Dispatcher:
             if (gone := self._left(e, managers)) is not None:
                 out[e.id] = (gone, MANAGER_LEFT if e.type == "reassign" else None)
                 if e.type == "reassign":
-                    moves[(cid, e.action.to_manager_id)] = gone  # type: ignore[attr-defined]
-                    episodes[_episode(e.key)] = (e.action.to_manager_id, gone)  # type: ignore[attr-defined]
+                    moves[(cid, e.action.to_manager_id)] = (gone, MANAGER_LEFT)  # type: ignore[attr-defined]
+                    episodes[_episode(e.key)] = (e.action.to_manager_id, gone, MANAGER_LEFT)  # type: ignore[attr-defined]
+                continue
+            if e.type == "reassign" and c is not None and (now := _moved_by_hand(e, c.manager_id, changes)):
+                # a night the CRM was down, then a supervisor gave the client to a third manager: sent the next
+                # night, the move took the client from them. The data is the truth; the move is not decided again
+                out[e.id] = (now, None)
+                moves[(cid, e.action.to_manager_id)] = (now, None)  # type: ignore[attr-defined]
+                episodes[_episode(e.key)] = (e.action.to_manager_id, now, None)  # type: ignore[attr-defined]
                 continue
             invoice = e.action.evidence.get("invoice.id")  # a dunning step's invoice
             inv = invoices.get(invoice) if isinstance(invoice, str) else None
@@ -439,12 +450,12 @@ class Dispatcher:
                 if e.id in out or e.client_id is None:
                     continue
                 if (ep := episodes.get(_episode(e.key))) is not None:
-                    out[e.id] = (f"its client's move to {ep[0]} was cancelled: {ep[1]}", MANAGER_LEFT)
+                    out[e.id] = (f"its client's move to {ep[0]} was cancelled: {ep[1]}", ep[2])
                 elif e.type in ("create_task", "notify_manager"):
                     who = getattr(e.action, "assignee_id", None) or getattr(e.action, "to_manager_id", None)
                     if (why := moves.get((e.client_id, who or ""))) is not None:
-                        # decided again with the move, for the manager the next plan gives the client to
-                        out[e.id] = (f"its client's move to {who} was cancelled: {why}", MANAGER_LEFT)
+                        # decided again with the move (when it is), for the manager the next plan gives the client to
+                        out[e.id] = (f"its client's move to {who} was cancelled: {why[0]}", why[1])
         return out
 
     def _left(self, e: LedgerEntry, managers: dict[str, Any]) -> str | None:
@@ -553,6 +564,17 @@ def _seconds(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return n if n is not None and math.isfinite(n) else None
+
+
+def _moved_by_hand(e: LedgerEntry, now: str | None, changes: Mapping[str, Mapping[str, int]]) -> str | None:
+    """Why a reassignment not delivered yet must not go out: since it was committed, the data has given its
+    client to a manager it neither takes the client from nor gives it to (moved by hand in the CRM)."""
+    f = e.payload_fields
+    if now is None or now in (f.get("from_manager_id"), f.get("to_manager_id")) or e.seq <= 0:
+        return None
+    if changes.get(e.client_id or "", {}).get(now, -1) < e.seq:
+        return None  # the data showed that manager before the move was decided: a move of a chain not shown yet
+    return f"the client was given to {now} in the CRM since"
 
 
 def _episode(key: str) -> str:
