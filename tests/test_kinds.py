@@ -598,6 +598,10 @@ def test_overdue_tasks_are_skipped_by_partial_plans(store: Store) -> None:
     tasks(store, [1, 1, 1])
     e = engine_for(rules(OVERDUE), store)
     assert of(e.plan(day(10))) and not of(e.plan(day(10), clients=["c1"]))
+    # asked of a client, it has nothing to say: an empty explanation read as "no reason" (exit 0)
+    with pytest.raises(retainer.RetainerError, match=r"rule 'overdue' is about managers \(overdue_tasks\)"):
+        e.explain("c1", day(10), rule="overdue")
+    assert e.explain("c1", day(10)).rules == []
 
 
 # ---------------------------------------------------------------- features
@@ -710,7 +714,8 @@ def test_explain_shows_each_invoice_and_step(store: Store) -> None:
     assert [s.reason_code for s in ex.rules[0].suppressed] == ["superseded"]
     assert [a.key for a in ex.rules[1].actions] == ["debtor:c1:i1+10d:notify_client"]
     assert "[invoice i1 · step 10d]: MATCHED, threshold 10d" in str(ex)
-    assert not e.explain("c1", day(22), rule="overdue").rules  # about managers, not this client
+    with pytest.raises(retainer.RetainerError, match="is about managers"):  # not this client
+        e.explain("c1", day(22), rule="overdue")
     store.upsert(invoices=[{"id": "i1", "client_id": "c1", "issued_at": at(0), "due_at": at(10), "amount": "500",
                             "paid_at": at(15)}])
     (only,) = e.explain("c1", day(22), rule="debtor").rules
