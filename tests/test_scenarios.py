@@ -278,7 +278,10 @@ def test_failures_show_the_closest_action_and_hint_at_typos() -> None:
     assert 'closest: create_task c1 (rule forgotten), due_at: expected "2026-03-04", got "2026-03-02"' in str(exc.value)
     for spec, hint in (({"clientid": "c1"}, "there is no field 'clientid'; did you mean 'client_id'?"),
                        ({"rule": "forgoten"}, "no rule 'forgoten' in the rule set; did you mean 'forgotten'?"),
-                       ({"type": "create-task"}, "no action type 'create-task'; did you mean 'create_task'?")):
+                       ({"type": "create-task"}, "no action type 'create-task'; did you mean 'create_task'?"),
+                       # `due_at: +2` (YAML reads the number 2), the unit forgotten, as `at: -60` in `given`
+                       ({"due_at": 2}, "due_at: 2 is a number where a date belongs: write +2d (days from the step's"),
+                       ({"due_at": "-3"}, "due_at: -3 is a number where a date belongs: write -3d")):
         with pytest.raises(ScenarioFailure, match=re.escape(hint)):
             step.expect(spec)
 
@@ -581,6 +584,9 @@ def test_a_record_that_matches_nothing_hints_at_a_misspelt_rule_or_type() -> Non
     s = Scenario(RULES).given(**CRM)
     s.at("2026-03-01")
     for match, hint in (({"rule": "forgoten"}, "no rule 'forgoten' in the rule set; did you mean 'forgotten'?"),
-                        ({"type": "create-task"}, "no action type 'create-task'; did you mean 'create_task'?")):
+                        ({"type": "create-task"}, "no action type 'create-task'; did you mean 'create_task'?"),
+                       # `due_at: +2` (YAML reads the number 2), the unit forgotten, as `at: -60` in `given`
+                       ({"due_at": 2}, "due_at: 2 is a number where a date belongs: write +2d (days from the step's"),
+                       ({"due_at": "-3"}, "due_at: -3 is a number where a date belongs: write -3d")):
         with pytest.raises(retainer.RetainerError, match=re.escape(hint)):
             s.record({"churn_reason": "price"}, **match)

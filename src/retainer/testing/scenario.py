@@ -69,6 +69,21 @@ def _unknown_name(field: str, value: Any, rule_ids: list[str], disabled: Sequenc
     return None
 
 
+#: the actions' fields that hold a date or an instant (where `+2` means `+2d` forgotten)
+_DATE_FIELDS = frozenset({n for c in ACTION_TYPES.values() for n, f in c.model_fields.items()
+                          if "date" in str(f.annotation)})  # fmt: skip
+_NUMBER = re.compile(r"^[+-]?\s*\d+$")
+
+
+def _unitless(v: Any) -> bool:
+    return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, str) and bool(_NUMBER.match(v.strip())))
+
+
+def _signed(v: Any) -> str:
+    t = str(v).replace(" ", "").strip()
+    return t if t[:1] in "+-" else f"+{t}"
+
+
 def _planned_types(rules: RuleSet, rule_id: Any) -> tuple[str, ...]:
     """The action types rule `rule_id` can plan, in its order: its parts' `then` (every ladder and process
     step) and the escalation of a release that finds nobody; none for a rule that is not planned."""
@@ -396,6 +411,9 @@ class Step:
                 hints.append(f"rule {rule!r} plans only {', '.join(plans)}: none has a field {k!r}")
             elif k == "type" and plans and v not in plans:
                 hints.append(f"rule {rule!r} plans no {v}, only {', '.join(plans)}")
+            elif k in _DATE_FIELDS and _unitless(v):  # `due_at: +2`: a number, as `at: -60` in `given` is refused
+                hints.append(f"{k}: {v} is a number where a date belongs: write {_signed(v)}d (days from the step's "
+                             f"as_of), or a date")
             elif hint := _unknown_name(k, v, rule_ids, disabled, clients):
                 hints.append(hint)
         return hints
