@@ -228,7 +228,7 @@ def test_release_pointing_at_a_missing_rule(tmp_path: Path) -> None:
             forgotten_rule: forgoten
             grace: 14d
         """)
-    assert_error(err, p, 8, "release", "forgoten")
+    assert_error(err, p, 8, "release", "forgotten_rule 'forgoten' does not exist; did you mean 'forgotten'?")
 
 
 def test_release_pointing_at_a_non_forgotten_rule(tmp_path: Path) -> None:
@@ -242,7 +242,7 @@ def test_release_pointing_at_a_non_forgotten_rule(tmp_path: Path) -> None:
             when: {status: active}
             then: [{tag: x}]
         """)
-    assert_error(err, p, 5, "release", "aaa-generic", "not a forgotten rule")
+    assert_error(err, p, 5, "release", "aaa-generic", "not a forgotten rule; there are no forgotten rules in this file")
 
 
 def test_release_grace_in_hours_on_a_day_threshold_loads(tmp_path: Path) -> None:
@@ -1349,6 +1349,19 @@ def test_one_line_of_yaml_is_rules_not_a_file_name() -> None:
     ("  - {id: f, kind: forgotten, after: 0d}\n", 3, "f", "after: must be longer than 0, not 0d"),
     ("  - id: f\n    kind: forgotten\n    after: 60d\n    overrides: [{when: {tags: {contains: vip}}, after: 0d}]\n",
      6, "f", "must be longer than 0, not 0d"),
+    # and these met a bare "does not exist" or "unknown", with nothing to go on
+    ("  - {id: forgotten, kind: forgotten, after: 60d}\n  - {id: e, kind: escalate, watch_rule: forgoten, after: 1d}\n",
+     4, "e", "watch_rule 'forgoten' does not exist; did you mean 'forgotten'?"),
+    ("  - {id: f, kind: forgotten, after: 60d}\n  - {id: e, kind: escalate, watch_rule: x, after: 1d}\n", 4, "e",
+     "watch_rule 'x' does not exist; the rules in this file: f"),
+    ("  - {id: f, kind: forgotten, after: 60d}\n  - {id: r, kind: release, forgotten_rule: x, grace: 1d}\n", 4,
+     "r", "forgotten_rule 'x' does not exist; the forgotten rules in this file: f"),
+    ("  - {id: g, when: {status: active}, episode: last_invoce_at, then: [{tag: x}]}\n", 3, "g",
+     "unknown episode feature 'last_invoce_at'; did you mean 'last_invoice_at'?"),
+    ("  - {id: r, kind: repeat_sale, after: 30d, then: [{create_task: {title: '{days_since_wondeal}'}}]}\n", 3, "r",
+     "unknown placeholder {days_since_wondeal}; did you mean 'days_since_won_deal'?"),
+    ("  - id: f\n    kind: forgotten\n    after: 60d\n    policies:\n      manager_daily_task_limit: 5\n", 6, "f",
+     "`policies:` belongs at the top of the file, not indented under a rule"),
 ])  # fmt: skip
 def test_likely_slips_get_a_message_that_says_what_to_write(
     tmp_path: Path, text: str, line: int, rule: str, needle: str
@@ -1364,6 +1377,7 @@ def test_likely_slips_get_a_message_that_says_what_to_write(
     ("  - id: f\n  kind: forgotten\n  after: 60d\n", 4, "the keys of one mapping line up"),
     ("  - id: f\n    kind: forgotten\n    after:60d\n", 5, "'after:60d': write a space after the colon (after: 60d)"),
     ("  - id: f\n    kind:forgotten\n    after: 60d\n", 4, "'kind:forgotten': write a space after the colon"),
+    ("  - id: f\n\tkind: forgotten\n", 4, "YAML indents with spaces, and this line has a tab"),
 ])  # fmt: skip
 def test_yaml_slips_name_their_line_and_what_to_do(tmp_path: Path, text: str, line: int, needle: str) -> None:
     err, path = load_error(tmp_path, "version: 1\nrules:\n" + text)

@@ -584,9 +584,6 @@ def test_a_record_that_matches_nothing_hints_at_a_misspelt_rule_or_type() -> Non
     s = Scenario(RULES).given(**CRM)
     s.at("2026-03-01")
     for match, hint in (({"rule": "forgoten"}, "no rule 'forgoten' in the rule set; did you mean 'forgotten'?"),
-                        ({"type": "create-task"}, "no action type 'create-task'; did you mean 'create_task'?"),
-                       # `due_at: +2` (YAML reads the number 2), the unit forgotten, as `at: -60` in `given`
-                       ({"due_at": 2}, "due_at: 2 is a number where a date belongs: write +2d (days from the step's"),
-                       ({"due_at": "-3"}, "due_at: -3 is a number where a date belongs: write -3d")):
+                        ({"type": "create-task"}, "no action type 'create-task'; did you mean 'create_task'?")):
         with pytest.raises(retainer.RetainerError, match=re.escape(hint)):
             s.record({"churn_reason": "price"}, **match)

@@ -130,6 +130,8 @@ def _yaml_problem(exc: yaml.MarkedYAMLError, text: str) -> tuple[str, int | None
     if problem.startswith("expected <block end>") or problem.startswith("expected <block mapping start>"):
         return (f"{problem}: this line is indented differently from the lines above it; the keys of one mapping "
                 "line up (a rule's `kind:`, `after:` and `then:` start under its `id:`, after the `- `)", line)
+    if "found character '\\t'" in problem:
+        return f"{problem}: YAML indents with spaces, and this line has a tab; replace it with spaces", line
     if problem == "could not find expected ':'" and line is not None:
         last = min(line, len(rows))  # PyYAML names the line after the slip, or one past the end of the file
         for n in range(last, max(last - 3, 0), -1):
@@ -138,6 +140,9 @@ def _yaml_problem(exc: yaml.MarkedYAMLError, text: str) -> tuple[str, int | None
         return f"{problem} (a key needs `: ` after it, as in `after: 60d`)", last
     return problem, line
 
+
+#: the rule file's own keys: one of them inside a rule was indented under it by mistake
+_TOP_LEVEL = frozenset({"version", "timezone", "policies", "templates", "features", "rules", "abc"})
 
 #: `after:60d`: a key and its value without the space YAML needs between them
 _NO_SPACE = re.compile(r"^(?:- )?([\w.-]+):([^\s/].*)$")
@@ -258,6 +263,9 @@ def _fields_at(loc: Sequence[Any]) -> list[str]:
 def _pydantic_message(err: Mapping[str, Any]) -> str:
     t, loc = err["type"], err["loc"]
     if t == "extra_forbidden":
+        if len(loc) > 1 and loc[0] == "rules" and loc[-1] in _TOP_LEVEL:  # `policies:` indented under the last rule
+            return (f"unknown field {loc[-1]!r} in a rule: `{loc[-1]}:` belongs at the top of the file, not indented "
+                    f"under a rule (start it at the first column, as `rules:`)")
         return f"unknown field {loc[-1]!r}{did_you_mean(str(loc[-1]), _fields_at(loc[:-1]))}"
     if t == "missing":
         where = _field_path(loc[:-1]) if loc and loc[0] != "rules" else ""
@@ -369,6 +377,7 @@ def _check_texts(
                 text,
                 lambda n: n in registry or n in rule.aliases or (n == "threshold" and rule.threshold is not None),
                 allow=allow,
+                names=lambda: [*registry.names(), *rule.aliases, *(("threshold",) if rule.threshold else ())],
             )
         except templates.TemplateError as exc:
             raise RulesError(str(exc), file=source, line=lines.line(tp), rule=rule.id) from None

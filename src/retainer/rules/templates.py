@@ -14,6 +14,7 @@ from functools import lru_cache, partial
 from types import CodeType
 from typing import Any
 
+from ..errors import did_you_mean
 from ..model import Client, Manager
 
 _PH = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
@@ -36,8 +37,12 @@ def placeholders(text: str) -> list[str]:
     return out
 
 
-def check(text: str, is_feature: Callable[[str], bool], *, allow: Iterable[str] = ()) -> list[str]:
-    """Validate every placeholder; return the features it uses (they are fetched with the plan)."""
+def check(
+    text: str, is_feature: Callable[[str], bool], *, allow: Iterable[str] = (),
+    names: Callable[[], Iterable[str]] = tuple,
+) -> list[str]:
+    """Validate every placeholder; return the features it uses (they are fetched with the plan). `names`: the
+    features a misspelt placeholder may have meant (asked only then)."""
     feats = []
     allowed_objects = {"client", "manager", "supervisor", *allow}
     for ph in placeholders(text):
@@ -61,6 +66,8 @@ def check(text: str, is_feature: Callable[[str], bool], *, allow: Iterable[str] 
                 if "invoice" in allowed_objects
                 else ""
             )
+            if hint := did_you_mean(ph, [*names(), "as_of", "rule"]):
+                raise TemplateError(f"unknown placeholder {{{ph}}}{hint}")
             raise TemplateError(
                 f"unknown placeholder {{{ph}}}: use client.<field>, manager.<field>, "
                 f"supervisor.<field>{extra}, as_of, rule, or a feature name"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
+from ...errors import did_you_mean
 from ...timeutil import parse_duration
 from ..conditions import All, AnyOf, Leaf, Node, Not, OlderThan, Path, parse_condition
 from ..features import (
@@ -154,7 +155,8 @@ def describe(node: Node) -> str:
 def _generic(rule: GenericRule, ctx: CompileContext) -> Parts:
     cond = ctx.condition(rule.when, ("when",))
     if rule.episode is not None and rule.episode not in ctx.registry:
-        raise PresetError(f"unknown episode feature {rule.episode!r}", (*ctx.path, "episode"))
+        raise PresetError(f"unknown episode feature {rule.episode!r}{did_you_mean(rule.episode, ctx.registry.names())}",
+                          (*ctx.path, "episode"))
     return Parts(cond, rule.episode, (), tuple(sorted(cond.features())), rule.description or describe(cond))
 
 
@@ -212,7 +214,9 @@ def _release(rule: ReleaseRule, ctx: CompileContext) -> Parts:
     ref = ctx.compiled.get(rule.forgotten_rule)
     if ref is None or ref.kind != "forgotten" or ref.threshold is None:
         what = "is not a forgotten rule" if rule.forgotten_rule in ctx.kinds else "does not exist"
-        raise PresetError(f"forgotten_rule {rule.forgotten_rule!r} {what}", (*ctx.path, "forgotten_rule"))
+        hint = _rules_of(ctx, "forgotten", rule.forgotten_rule)
+        raise PresetError(f"forgotten_rule {rule.forgotten_rule!r} {what}{hint}",
+                          (*ctx.path, "forgotten_rule"))
     # `grace` extends every client's own threshold (hours and days may mix: docs/decisions.md)
     threshold = replace(ref.threshold, plus=rule.grace)
     parts: list[Node] = [_besides(ref.condition, ref.threshold), threshold]
@@ -260,6 +264,15 @@ def _churned(rule: ChurnedRule, ctx: CompileContext) -> Parts:
     )
 
 
+def _rules_of(ctx: CompileContext, kind: str | None, wrong: str, own: str = "") -> str:
+    """What a reference to another rule could have named: a did-you-mean, else the rules of that kind."""
+    ids = [rid for rid, k in ctx.kinds.items() if (kind is None or k == kind) and rid != own]
+    if hint := did_you_mean(wrong, ids):
+        return hint
+    what = f"{kind} rules" if kind else "rules"
+    return f"; the {what} in this file: {', '.join(ids)}" if ids else f"; there are no {what} in this file"
+
+
 def _find(ctx: CompileContext, ref: str | None, kind: str, field_: str) -> CompiledRule:
     if ref is None:
         found = [rid for rid, k in ctx.kinds.items() if k == kind]
@@ -270,7 +283,7 @@ def _find(ctx: CompileContext, ref: str | None, kind: str, field_: str) -> Compi
     got = ctx.compiled.get(ref)
     if got is None or got.kind != kind:
         what = f"is not a {kind} rule" if ref in ctx.kinds else "does not exist"
-        raise PresetError(f"{field_} {ref!r} {what}", (*ctx.path, field_))
+        raise PresetError(f"{field_} {ref!r} {what}{_rules_of(ctx, kind, ref)}", (*ctx.path, field_))
     return got
 
 
@@ -402,7 +415,8 @@ def _escalate(rule: EscalateRule, ctx: CompileContext) -> Parts:
         )
     assert rule.watch_rule is not None and rule.after is not None
     if rule.watch_rule not in ctx.kinds:
-        raise PresetError(f"watch_rule {rule.watch_rule!r} does not exist", (*ctx.path, "watch_rule"))
+        hint = _rules_of(ctx, None, rule.watch_rule, rule.id)
+        raise PresetError(f"watch_rule {rule.watch_rule!r} does not exist{hint}", (*ctx.path, "watch_rule"))
     if rule.watch_rule == rule.id:
         raise PresetError("an escalate rule cannot watch itself; name the rule whose actions it watches",
                           (*ctx.path, "watch_rule"))
