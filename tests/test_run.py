@@ -1195,3 +1195,40 @@ def test_a_store_written_for_the_earlier_protocol_plans_without_cancellations(st
     engine_for(WITH_RELEASE, store).run("2026-03-19", clock=clock, sleep=clock.sleep)  # the move is committed
     old = retainer.Engine(retainer.load_rules(WITH_RELEASE), Older(store))  # type: ignore[arg-type]
     assert old.plan("2026-03-20").stats["suppressed"] == {"duplicate": 2}
+
+
+def test_a_long_delivery_looks_again_at_what_it_has_not_sent(store: Store) -> None:
+    """Found in a vendor's review: a night of webhook delivery takes hours, and the CRM's sync writes meanwhile.
+    The run read the invoices once, before its first delivery, and dunned at 03:00 the client who had paid at
+    01:00. Every `Retry.recheck` seconds the actions not sent yet are looked at again."""
+    rules = {"version": 1, "rules": [{"id": "debtor", "kind": "debtor", "steps": [
+        {"after": "3d", "notify_client": {"channel": "email", "template": "reminder"}}]}]}  # fmt: skip
+
+    def inv(i: int, **kw: Any) -> dict[str, Any]:
+        return {"id": f"i{i}", "client_id": f"c{i}", "issued_at": "2026-02-01", "due_at": "2026-02-15",
+                "amount": "1200", **kw}  # fmt: skip
+
+    store.add(managers=[{"id": "m1"}], clients=[{"id": f"c{i}", "manager_id": "m1"} for i in (1, 2, 3)],
+              invoices=[inv(1), inv(2), inv(3)])  # fmt: skip
+    clock = FakeClock(datetime(2026, 2, 20, 23, 0, tzinfo=UTC))
+    sent: list[str | None] = []
+
+    def slow_crm(a: Action) -> None:
+        sent.append(a.client_id)
+        if a.client_id == "c1":  # the sync writes c2's payment while c1's reminder takes its time
+            store.upsert(invoices=[inv(2, paid_at="2026-02-20T23:00")])
+            clock.sleep(10)
+        if a.client_id == "c2":
+            clock.sleep(30)
+
+    report = engine_for(rules, store).run("2026-02-20", handlers=slow_crm, retry=Retry(recheck=10), clock=clock,
+                                          sleep=clock.sleep)  # fmt: skip
+    assert sent == ["c1", "c3"]
+    assert report.dispatch is not None and list(report.dispatch.cancelled.values()) == ["paid"]
+    (c2,) = store.ledger(client_ids=["c2"])
+    assert c2.outcome is not None and c2.outcome["cancelled"] == "paid"
+    sent.clear()
+    store.upsert(invoices=[inv(3, paid_at="2026-02-21T00:00")])  # within the recheck: not looked at again
+    engine_for(rules, store).run("2026-02-21", handlers=slow_crm, retry=Retry(recheck=600), clock=clock,
+                                 sleep=clock.sleep)  # fmt: skip
+    assert sent == []

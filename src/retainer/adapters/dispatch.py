@@ -58,13 +58,17 @@ class Retry:
     #: seconds a run keeps waiting on a CRM that asks to slow down (`RetryLater`, HTTP 429) with no delivery
     #: through that handler in between, before it leaves the handler's actions for the next run
     throttle_wait: float = 600.0
+    #: seconds of delivery after which the actions not sent yet are looked at again (a payment, do_not_contact,
+    #: a manager who left, written by the CRM's sync meanwhile): a webhook night takes hours, and the client who
+    #: paid at 01:00 was dunned at 03:00 on what the run read at midnight
+    recheck: float = 30.0
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ArgumentError(f"max_attempts must be at least 1, not {self.max_attempts}")
         if self.stop_after is not None and self.stop_after < 1:
             raise ArgumentError(f"stop_after must be at least 1, not {self.stop_after}")
-        waits = ("base_delay", "factor", "max_delay", "lock_wait", "throttle_wait")
+        waits = ("base_delay", "factor", "max_delay", "lock_wait", "throttle_wait", "recheck")
         if any(getattr(self, n) < 0 for n in waits) or self.factor < 1:
             raise ArgumentError("delays must be >= 0 and factor >= 1")
         bad = [n for n in waits if not math.isfinite(getattr(self, n))]
@@ -240,14 +244,9 @@ class Dispatcher:
                 report.in_flight.append(e.id)
             else:
                 active.append(e)
-        void = self._void(active)
+        void = self._cancel(active, report)
         for e in active:
             if e.id in void:
-                now = self.clock()
-                why, code = void[e.id]
-                outcome = {"cancelled": why, "at": now.isoformat(), **({"code": code} if code else {})}
-                self.patiently(self.store.set_outcome, e.id, outcome, now)
-                report.cancelled[e.id] = why
                 continue
             if self.route(e.type) is None:
                 report.no_handler[e.type] = report.no_handler.get(e.type, 0) + 1
@@ -277,6 +276,8 @@ class Dispatcher:
         slowed: dict[int, int] = {}  # per handler, "slow down" answers since its last delivery (the pause grows)
         slowed_since: dict[int, float] = {}  # and when the first of them came
         queue.reverse()  # pop() from the end = ledger order
+        checked = self.clock().timestamp()
+        gone: set[str] = set()  # cancelled by a later look (`Retry.recheck`), wherever they wait
         while queue or waiting:
             now = self.clock().timestamp()
             ready: list[LedgerEntry] = []
@@ -287,7 +288,13 @@ class Dispatcher:
             if not ready:  # at least a millisecond: a clock that rounds a tiny wait to nothing looped for ever
                 self.sleep(max(0.001, waiting[0][0] - now))
                 continue
-            for e in ready:
+            for k, e in enumerate(ready):
+                if self.clock().timestamp() - checked >= self.retry.recheck:  # what the CRM wrote since the last look
+                    checked = self.clock().timestamp()
+                    gone |= self._cancel([x for x in (*ready[k:], *queue, *(w[2] for w in waiting))
+                                          if x.id not in gone], report).keys()  # fmt: skip
+                if e.id in gone:
+                    continue
                 h = self.route(e.type)
                 if id(h) in given_up:
                     report.left += e.id not in report.failed  # the failed ones are reported with their error
@@ -390,6 +397,19 @@ class Dispatcher:
                     raise
                 self.sleep(min(pause, deadline - now))
                 pause = min(pause * 2, 10.0)
+
+    def _cancel(self, entries: list[LedgerEntry], report: DispatchReport) -> dict[str, tuple[str, str | None]]:
+        """Cancel the entries that must not go out any more (`_void`), in the ledger and the report."""
+        void = self._void(entries) if entries else {}
+        for e in entries:
+            if e.id in void:
+                now = self.clock()
+                why, code = void[e.id]
+                outcome = {"cancelled": why, "at": now.isoformat(), **({"code": code} if code else {})}
+                self.patiently(self.store.set_outcome, e.id, outcome, now)
+                report.cancelled[e.id] = why
+                report.failed.pop(e.id, None)  # an earlier attempt of this run failed: cancelled now
+        return void
 
     def _void(self, earlier: list[LedgerEntry]) -> dict[str, tuple[str, str | None]]:
         """Actions an earlier run committed that must not go out now (id -> why, and the code of a reassignment
