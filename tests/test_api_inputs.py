@@ -119,3 +119,29 @@ def test_a_model_copied_with_bad_values_is_validated_like_a_dict(store: Store) -
     store.upsert(touches=[t1.model_copy(update={"at": "2025-11-05"})])
     assert store.get("touches", "t2").at.tzinfo is not None  # type: ignore[union-attr]
     engine_for(RULES, store).plan("2026-03-01")
+
+
+def test_what_a_host_maps_to_a_bad_request_or_a_retry_has_a_class_of_its_own(store: Store) -> None:
+    """Found in a vendor's review: a mistyped date in a query string raised a plain RetainerError (a web layer
+    mapping ValueError/ArgumentError to 400 answered 500), and "another run is in progress" was the same
+    StoreError as "database not found", so a job runner could not tell "retry later" from "misconfigured"."""
+    crm(store)
+    e = engine_for(RULES, store)
+    for bad in ("yesterday", "2026-02-30"):
+        with pytest.raises(retainer.ArgumentError, match="invalid as_of"):
+            e.plan(bad)
+        with pytest.raises(ValueError):
+            e.explain("c1", bad)
+    with pytest.raises(retainer.ArgumentError, match="unknown rule 'x'"):
+        e.explain("c1", "2026-03-01", rule="x")
+    inner: list[BaseException] = []
+
+    def nested(_action: retainer.Action) -> None:
+        try:
+            e.run("2026-03-01")
+        except retainer.StoreBusyError as exc:
+            inner.append(exc)
+
+    e.run("2026-03-01", handlers=nested)
+    assert inner and all(isinstance(x, retainer.RunInProgressError) for x in inner)  # one per action
+    assert "another retainer run is in progress" in str(inner[0])

@@ -25,7 +25,16 @@ from .actions import (
     parse_action,
 )
 from .engine import Engine, Explanation
-from .errors import ArgumentError, DataError, DispatchError, RetainerError, RulesError, StoreError
+from .errors import (
+    ArgumentError,
+    DataError,
+    DispatchError,
+    RetainerError,
+    RulesError,
+    RunInProgressError,
+    StoreBusyError,
+    StoreError,
+)
 from .ledger import LedgerEntry, RunRecord, RunReport, Status
 from .model import Client, Contract, Deal, Invoice, Manager, Offer, Task, Touch
 from .plan import Plan
@@ -59,12 +68,14 @@ __all__ = [
     "RetainerError",
     "RuleSet",
     "RulesError",
+    "RunInProgressError",
     "RunRecord",
     "RunReport",
     "SQLiteStore",
     "StartProcess",
     "Status",
     "Store",
+    "StoreBusyError",
     "StoreError",
     "Suppression",
     "Tag",

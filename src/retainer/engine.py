@@ -703,7 +703,7 @@ class Engine:
                 else f"no such date or time ({exc})" if "out of range" in str(exc) or "must be in" in str(exc)
                 else "use a date (2026-03-01) or ISO 8601 instant"
             )  # fmt: skip
-            raise RetainerError(f"invalid as_of {value!r}: {why}") from exc
+            raise ArgumentError(f"invalid as_of {value!r}: {why}") from exc
 
     # ------------------------------------------------------------------ plan
 
@@ -1139,7 +1139,7 @@ class Engine:
         rules = [r for r in self.rules.rules if rule is None or r.id == rule]
         if not rules:
             known = ", ".join(sorted({r.id for r in self.rules.rules}))
-            raise RetainerError(f"unknown rule {rule!r}; rules in this set: {known}")
+            raise ArgumentError(f"unknown rule {rule!r}; rules in this set: {known}")
         if rule is not None and rules[0].subject == "manager":  # an empty explanation read as "nothing to say"
             raise RetainerError(
                 f"rule {rule!r} is about managers ({rules[0].kind}), not about a client: its escalations in the "

@@ -70,6 +70,11 @@ class StoreBusyError(StoreError):
     import): worth waiting for again, unlike a store that cannot be written at all."""
 
 
+class RunInProgressError(StoreBusyError):
+    """Another retainer run holds the store's run lock: try again when it has finished (a job runner's "retry
+    later", unlike a store that cannot be opened)."""
+
+
 class DispatchError(RetainerError):
     """A handler failed to deliver an action."""
 

@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from ..actions import Action
-from ..errors import StoreError
+from ..errors import RunInProgressError, StoreError
 from ..ledger import (
     ACTIVE,
     LedgerEntry,
@@ -240,7 +240,9 @@ class MemoryStore:
     @contextmanager
     def run_lock(self, owner: str) -> Iterator[None]:
         if not self._lock.acquire(blocking=False):
-            raise StoreError(f"another retainer run is in progress on {self.url} ({self._holder}); try again later")
+            raise RunInProgressError(
+                f"another retainer run is in progress on {self.url} ({self._holder}); try again later"
+            )
         self._holder = owner
         try:
             yield

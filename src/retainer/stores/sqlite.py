@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..actions import Action
-from ..errors import StoreBusyError, StoreError
+from ..errors import RunInProgressError, StoreBusyError, StoreError
 from ..ledger import (
     LedgerEntry,
     RunRecord,
@@ -1439,7 +1439,7 @@ class SQLiteStore:
         SIGKILL), so a crashed run never blocks the next one, and nothing has to guess staleness."""
         if self.path == ":memory:":
             if not self._mem_lock.acquire(blocking=False):
-                raise StoreError(f"another retainer run is in progress on {self.url}")
+                raise RunInProgressError(f"another retainer run is in progress on {self.url}")
             try:
                 yield
             finally:
@@ -1457,7 +1457,7 @@ class SQLiteStore:
                 raise StoreError(f"cannot take the run lock {lock_path}: not a regular file")
             if not _try_lock(fd):
                 holder = os.pread(fd, 500, 0).decode(errors="replace").strip() or "unknown holder"
-                raise StoreError(
+                raise RunInProgressError(
                     f"another retainer run is in progress on {self.path} ({holder}); "
                     f"it holds {lock_path}. Wait for it to finish, or stop it, then run again"
                 )
