@@ -145,3 +145,14 @@ def test_what_a_host_maps_to_a_bad_request_or_a_retry_has_a_class_of_its_own(sto
     e.run("2026-03-01", handlers=nested)
     assert inner and all(isinstance(x, retainer.RunInProgressError) for x in inner)  # one per action
     assert "another retainer run is in progress" in str(inner[0])
+
+
+def test_an_explanation_pickles_for_a_cache_or_a_task_queue(store: Store) -> None:
+    """Plans, actions and ledger entries pickled; an explanation did not (its "no value" marker was a class made
+    on the fly), so it could not go into Django's cache or a Celery result."""
+    import pickle
+
+    crm(store)
+    ex = engine_for(RULES, store).explain("c1", "2026-03-01")
+    back = pickle.loads(pickle.dumps(ex))
+    assert str(back) == str(ex) and back.to_dict() == ex.to_dict()

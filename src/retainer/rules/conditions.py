@@ -106,7 +106,17 @@ def since_issue_source(name: str) -> str | None:
     return "last_activity_at" + name.removeprefix(_SINCE_ISSUE)
 
 
-_NOVALUE: Any = type("_NoValue", (), {"__repr__": lambda self: "-"})()
+class _NoValue:
+    """No value to show (a condition of conditions): one instance, which pickles as itself."""
+
+    def __repr__(self) -> str:
+        return "-"
+
+    def __reduce__(self) -> str:
+        return "_NOVALUE"
+
+
+_NOVALUE: Any = _NoValue()
 
 
 def _fmt(v: Any, tz: Any = None) -> str:
