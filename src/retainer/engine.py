@@ -930,11 +930,12 @@ class Engine:
         churned, repeat sale; not a win-back's steps), and only for a match with nothing in the ledger yet: a
         night of duplicates reads nothing."""
         parts = Counter(r.id for r in self.rules.rules)  # a process's steps share their rule's id and dates
-        fresh = [
-            m for m in matches
-            if m.threshold is not None and m.client is not None and m.rule.threshold is not None
-            and m.rule.episode == m.rule.threshold.feature and parts[m.rule.id] == 1 and m.keys[0] not in ledger
-        ]  # fmt: skip
+        dated = {id(r) for r in self.rules.rules
+                 if r.threshold is not None and r.episode == r.threshold.feature and parts[r.id] == 1}  # fmt: skip
+        if not dated or not self.store.ledger(limit=1):  # a first night: 40,000 fresh clients, nothing before
+            return
+        fresh = [m for m in matches if id(m.rule) in dated and m.keys[0] not in ledger and m.threshold is not None
+                 and m.client is not None]  # fmt: skip
         if not fresh:
             return
         earlier: dict[tuple[str, str | None], list[LedgerEntry]] = {}
