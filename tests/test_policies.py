@@ -247,6 +247,18 @@ def test_spend_growth_detail_shows_why_a_ratio_just_over_the_cap_is_over(store: 
     assert held.detail == f"offer 200.00 would raise spend {text}, more than 20 %"
 
 
+def test_spend_growth_in_a_backfill_counts_a_later_runs_offer_a_month_ahead(store: Store) -> None:
+    """`window: 1mo`: a run as of 4 April offered 150 on a spend of 1,000, then a backfill as of 5 March offered
+    150 more (+30 %): the later run's offer was looked for 28 days ahead, not a month."""
+    setup(store, created_at="2025-01-01")
+    store.add(invoices=[{"id": "i1", "client_id": "c1", "issued_at": "2026-03-05", "amount": "1000"}])
+    e = engine_for({"version": 1, "rules": [rule("up", offer("150", "next_inbound"), "development",
+                                                 episode="days_since_activity")],
+                    "policies": {"spend_growth": {"max": "20%", "window": "1mo"}}}, store)  # fmt: skip
+    assert len(e.run("2026-04-04").committed) == 1
+    assert codes(e.plan("2026-03-05")) == {"up": "spend_growth"}
+
+
 def test_spend_growth_without_baseline(store: Store) -> None:
     setup(store)
     r = [rule("up", offer("10"), "development")]
@@ -500,6 +512,28 @@ def test_a_run_stamped_later_the_same_day_counts_against_caps_and_the_task_limit
                         "policies": {"manager_daily_task_limit": 2}}, store)
     assert {s.reason_code for s in other.plan(f"{day(3)}T09:00:00Z").suppressed} == {"manager_task_limit"}
     assert len(other.plan(f"{day(2)}T09:00:00Z").actions) == 2  # the day before has its own slots
+
+
+@pytest.mark.parametrize(("backfill", "held"), [("2026-03-05", True), ("2026-03-04", False)])
+def test_a_backfill_counts_a_later_run_as_far_as_a_month_reaches_forward(store: Store, backfill: str,
+                                                                          held: bool) -> None:
+    """Found by a property test: a rolling `1mo` cap looked as far past a backfill's as_of as the month reached
+    back before it (28 days before 5 March), so the 4 April run was not counted, and a backfill of 5 March
+    sent a second e-mail within one month. In date order that e-mail is held back; 4 March is a month
+    before 4 April, out of its window either way. The spend-growth window reads the same bound."""
+    setup(store, created_at="2025-01-01")
+    caps = {"caps": [{"channel": "email", "limit": 1, "per": "1mo", "window": "rolling"}]}
+    e = engine_for({"version": 1, "rules": [rule("mail", EMAIL, episode="days_since_activity")], "policies": caps},
+                   store)  # fmt: skip
+    assert len(e.run("2026-04-04").committed) == 1
+    plan = e.plan(backfill)
+    assert ({s.reason_code for s in plan.suppressed} == {"cap"}) is held and bool(plan.actions) is not held
+    in_order = retainer.open_store("memory://")
+    setup(in_order, created_at="2025-01-01")
+    forward = engine_for({"version": 1, "rules": [rule("mail", EMAIL, episode="days_since_activity")],
+                          "policies": caps}, in_order)  # fmt: skip
+    assert len(forward.run(backfill).committed) == 1
+    assert len(forward.run("2026-04-04").committed) == (0 if held else 1)
 
 
 def test_numeric_episodes_compete_as_numbers_the_larger_first(store: Store) -> None:

@@ -99,17 +99,11 @@ def cap_until(cap: Cap, a: AsOf) -> datetime:
     (the nightly run's end of day, seen by a run in the afternoon or by a reactive session) sent its
     contacts already. Calendar: the end of the day, week or month; rolling: `per` after as_of."""
     if cap.window == "rolling":
-        return _ahead(a, a.window_start(cap.per))
+        return a.window_end(cap.per)
     start = _period_start(cap, a.date)
     end = {"1d": start + timedelta(days=1), "1w": start + timedelta(days=7),
            "1mo": (start.replace(day=28) + timedelta(days=4)).replace(day=1)}[cap.period() or ""]  # fmt: skip
     return a.day_start(end)
-
-
-def _ahead(a: AsOf, since: datetime) -> datetime:
-    """As far past as_of as a rolling window reaches back before it: where a later-stamped run's commits
-    stop counting."""
-    return a.instant + (a.instant - since)
 
 
 def _touch_spec(cap: Cap, a: AsOf) -> AggSpec:
@@ -384,7 +378,7 @@ class Guard:
             return None
         since = self.a.window_start(g.window)
         pending: dict[str | None, Decimal] = defaultdict(Decimal)
-        past = self._past(since, _ahead(self.a, since), ["propose_offer"])
+        past = self._past(since, self.a.window_end(g.window), ["propose_offer"])
         for e in past:
             if e.fields.get("amount") is not None:
                 pending[e.client_id] += Decimal(str(e.fields["amount"]))

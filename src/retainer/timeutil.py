@@ -271,6 +271,14 @@ class AsOf:
             return self.instant - timedelta(hours=within.hours)
         return self.older_bound(within) - timedelta(seconds=1)
 
+    def window_end(self, within: Duration) -> datetime:
+        """Exclusive upper bound of the instants whose own "within D" window holds this as_of: the mirror of
+        `window_start`. What a run stamped later committed counts against a plan as of now (a backfill) up to
+        here, as this plan's commits would count against that run in date order."""
+        if within.is_hours:
+            return self.instant + timedelta(hours=within.hours)
+        return self.day_start(within.add_to_date(self.date)) + timedelta(hours=within.hours)
+
     def older_bound(self, d: Duration) -> datetime:
         """For a calendar (or mixed) duration: events strictly before this instant are at least `d` old."""
         return self.day_start(d.cutoff(self.date) + timedelta(days=1)) - timedelta(hours=d.hours)
