@@ -525,6 +525,7 @@ CAPS = [
     {"channel": "any_outbound", "limit": 2, "per": "30d", "window": "rolling"},
     {"channel": "email", "limit": 1, "per": "1w", "window": "calendar"},
     {"channel": "sms", "limit": 0, "per": "1d", "window": "calendar"},
+    {"channel": "any_outbound", "limit": 1, "per": "1mo", "window": "rolling"},  # months reach unevenly
 ]
 
 
@@ -536,7 +537,8 @@ def policy_sets(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.booleans()):
         p["priority"] = draw(st.permutations(["collection", "retention", "service", "development"]))
     if draw(st.booleans()):
-        p["spend_growth"] = {"max": draw(st.sampled_from(["20%", "0.5", "5%"])), "window": "90d",
+        p["spend_growth"] = {"max": draw(st.sampled_from(["20%", "0.5", "5%"])),
+                             "window": draw(st.sampled_from(["90d", "1mo"])),
                              "allow_without_baseline": draw(st.booleans())}
     if draw(st.booleans()):
         p["cooloff"] = {"after": "offer_end", "for": draw(st.sampled_from(["30d", "1mo"])),

@@ -4,7 +4,7 @@ and the run dates, the guarantees hold in the ledger, where it matters."""
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from retainer.actions import Action
-from retainer.policies import CONTACT_TYPES, SELLING_TYPES, cap_since
+from retainer.policies import CONTACT_TYPES, SELLING_TYPES, cap_since, cap_until
 from retainer.rules.schema import Cap
 from retainer.timeutil import parse_duration
 
@@ -25,13 +25,13 @@ Crm = dict[str, list[dict[str, Any]]]
 
 
 @st.composite
-def run_days(draw: st.DrawFn) -> list[str]:
+def run_days(draw: st.DrawFn, gaps: tuple[int, ...] = (0, 1, 1, 3, 7, 20)) -> list[str]:
     """Increasing run dates around the CRM's as_of, sometimes the same day twice."""
     d = S.AS_OF_DATE - timedelta(days=draw(st.integers(0, 40)))
     out = []
     for _ in range(draw(st.integers(2, 6))):
         out.append(d.isoformat())
-        d += timedelta(days=draw(st.sampled_from([0, 1, 1, 3, 7, 20])))
+        d += timedelta(days=draw(st.sampled_from(gaps)))
     return out
 
 
@@ -157,6 +157,50 @@ def test_guarantees_hold_across_nightly_runs(crm: Crm, rules: dict[str, Any], da
             if x.type == "create_task":
                 per_day[(a.date, x.assignee_id)] += 1  # type: ignore[attr-defined]
         assert all(n <= limit for n in per_day.values()), per_day
+
+
+@SETTINGS
+@given(days=st.lists(st.dates(date(2026, 1, 1), date(2026, 7, 31)), min_size=2, max_size=7, unique=True),
+       per=st.sampled_from(["1mo", "2mo", "30d", "7d", "1w", "1d", "36h"]),
+       window=st.sampled_from(["rolling", "calendar"]), limit=st.integers(1, 2),
+       spend=st.sampled_from(["1mo", "30d", "2mo"]))
+def test_caps_and_spend_hold_whatever_order_the_nights_run_in(
+    days: list[date], per: str, window: str, limit: int, spend: str
+) -> None:
+    """A backfill (a night run after later ones) counts what they committed as far ahead as its window reaches,
+    as they would have counted it in date order: no window ever holds more than the cap, and no window's
+    offers more than the spend growth allows, whichever run came first (found by a property test: a month
+    was counted 28 days ahead of 5 March, not 31)."""
+    if window == "calendar" and per not in ("1d", "1w", "1mo"):
+        per = "1mo"
+    cap = {"channel": "email", "limit": limit, "per": per, "window": window}
+    rules = {"version": 1, "policies": {"caps": [cap], "spend_growth": {"max": "20%", "window": spend}},
+             "rules": [{"id": "mail", "category": "development", "when": {"status": "active"},
+                        "episode": "days_since_activity",
+                        "then": [{"notify_client": {"channel": "email", "template": "news"}},
+                                 {"propose_offer": {"offer": "up", "amount": "150", "deliver": "next_inbound"}}]}]}
+    with fresh() as store:
+        store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1", "created_at": "2025-01-01"}],
+                  invoices=[{"id": f"i{m}", "client_id": "c1", "issued_at": f"2026-{m:02}-01", "amount": "1000",
+                             "paid_at": f"2026-{m:02}-01"} for m in range(1, 9)])  # fmt: skip
+        engine = engine_for(rules, store)
+        for d in days:
+            engine.run(d.isoformat())
+        ledger = [e for e in store.ledger() if not e.cancelled]
+    model = Cap.model_validate(cap)
+    sent = sorted(e.as_of for e in ledger if e.type == "notify_client")
+    offers = sorted(e.as_of for e in ledger if e.type == "propose_offer")
+    window_of = parse_duration(spend)
+    for at in sent:  # every window that ends at (or, calendar, holds) a contact
+        a = engine.as_of(at)
+        since, until = cap_since(model, a), (a.instant if window == "rolling" else cap_until(model, a))
+        assert sum(1 for b in sent if since < b <= until) <= limit, (cap, a.date, [b.date() for b in sent])
+    for at in offers:  # 150 on the 1,000 invoiced each month: one offer per window within +20 %
+        a = engine.as_of(at)
+        since = a.window_start(window_of)
+        base = 1000 * sum(1 for m in range(1, 9) if since < datetime(2026, m, 1, tzinfo=UTC) <= a.instant)
+        offered = 150 * sum(1 for b in offers if since < b <= a.instant)
+        assert offered <= base * Decimal("0.2"), (spend, a.date, [b.date() for b in offers])
 
 
 @SETTINGS
