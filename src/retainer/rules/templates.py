@@ -66,7 +66,8 @@ def check(
                 if "invoice" in allowed_objects
                 else ""
             )
-            if hint := did_you_mean(ph, [*names(), "as_of", "rule"]):
+            # a feature's name; not `invoice.number`, whose shared `invoice.` made `invoice.due_at` look close
+            if "." not in ph and (hint := did_you_mean(ph, [n for n in (*names(), "as_of", "rule") if "." not in n])):
                 raise TemplateError(f"unknown placeholder {{{ph}}}{hint}")
             raise TemplateError(
                 f"unknown placeholder {{{ph}}}: use client.<field>, manager.<field>, "
