@@ -1227,8 +1227,119 @@ def test_a_long_delivery_looks_again_at_what_it_has_not_sent(store: Store) -> No
     assert report.dispatch is not None and list(report.dispatch.cancelled.values()) == ["paid"]
     (c2,) = store.ledger(client_ids=["c2"])
     assert c2.outcome is not None and c2.outcome["cancelled"] == "paid"
-    sent.clear()
-    store.upsert(invoices=[inv(3, paid_at="2026-02-21T00:00")])  # within the recheck: not looked at again
-    engine_for(rules, store).run("2026-02-21", handlers=slow_crm, retry=Retry(recheck=600), clock=clock,
-                                 sleep=clock.sleep)  # fmt: skip
-    assert sent == []
+
+
+def test_a_move_cancelled_by_a_later_look_no_longer_holds_its_clients_actions(store: Store) -> None:
+    """Found in review: the move timed out, waited for its retry, and the next look cancelled it (the client was
+    given to m3 meanwhile); the client's reminder kept waiting for the move, re-queued for ever at full CPU,
+    holding the run lock."""
+    rules = {"version": 1, "rules": [
+        {"id": "forgotten", "kind": "forgotten", "after": "30d"},
+        {"id": "release", "kind": "release", "forgotten_rule": "forgotten", "grace": "7d"},
+        {"id": "debtor", "kind": "debtor", "steps": [
+            {"after": "3d", "notify_client": {"channel": "email", "template": "reminder"}}]}]}  # fmt: skip
+    store.add(managers=[{"id": "m1"}, {"id": "m2"}, {"id": "m3"}], clients=[{"id": "c1", "manager_id": "m1"}],
+              touches=[{"id": "t1", "client_id": "c1", "at": "2026-01-01T10:00:00"}],
+              invoices=[{"id": "i1", "client_id": "c1", "issued_at": "2025-12-01", "due_at": "2025-12-15",
+                         "amount": "100"}])  # fmt: skip
+    clock = FakeClock(datetime(2026, 3, 2, 1, 0, tzinfo=UTC))
+    reads = [0]
+
+    def counted() -> datetime:
+        reads[0] += 1
+        assert reads[0] < 10_000, "the dispatch loops"
+        return clock()
+
+    calls: list[str] = []
+
+    def crm(a: Action) -> None:
+        calls.append(a.type)
+        if a.type == "reassign":
+            store.upsert(clients=[{"id": "c1", "manager_id": "m3"}])
+            raise TimeoutError("CRM timed out")
+
+    report = engine_for(rules, store).run("2026-03-01", handlers=crm, retry=Retry(base_delay=60, recheck=30),
+                                          clock=counted, sleep=clock.sleep)  # fmt: skip
+    assert calls == ["reassign", "notify_client"]
+    assert report.dispatch is not None
+    assert "the client was given to m3 in the CRM since" in report.dispatch.cancelled.values()
+
+
+def test_a_later_look_leaves_alone_what_another_dispatcher_delivered_meanwhile(store: Store) -> None:
+    """Found in review: a session's tick delivered c2's reminder while the run's c1 call took a minute, then c2
+    paid; the run's next look recorded the delivered reminder as cancelled ("paid"), never sent."""
+    rules = {"version": 1, "rules": [{"id": "debtor", "kind": "debtor", "steps": [
+        {"after": "3d", "notify_client": {"channel": "email", "template": "reminder"}}]}]}  # fmt: skip
+
+    def inv(i: int, **kw: Any) -> dict[str, Any]:
+        return {"id": f"i{i}", "client_id": f"c{i}", "issued_at": "2026-02-01", "due_at": "2026-02-15",
+                "amount": "1200", **kw}  # fmt: skip
+
+    store.add(managers=[{"id": "m1"}], clients=[{"id": f"c{i}", "manager_id": "m1"} for i in (1, 2)],
+              invoices=[inv(1), inv(2)])  # fmt: skip
+    clock = FakeClock(datetime(2026, 2, 20, 23, 0, tzinfo=UTC))
+    ticked: list[str] = []
+
+    def slow_crm(a: Action) -> None:
+        if a.client_id == "c1":
+            retainer.adapters.Dispatcher(store, ticked.append, clock=clock, sleep=clock.sleep).dispatch_active()
+            store.upsert(invoices=[inv(2, paid_at="2026-02-20T23:00")])
+            clock.sleep(60)
+
+    report = engine_for(rules, store).run("2026-02-20", handlers=slow_crm, retry=Retry(recheck=30), clock=clock,
+                                          sleep=clock.sleep)  # fmt: skip
+    (c2,) = store.ledger(client_ids=["c2"])
+    assert ticked and c2.status == "done" and c2.outcome is None
+    assert report.dispatch is not None and not report.dispatch.cancelled
+
+
+def test_a_chain_of_moves_the_data_catches_up_with_is_no_move_by_hand(store: Store) -> None:
+    """Found in review: moves m1 -> m2, m2 -> m3, m3 -> m4 waited (a pull host behind); the data then showed m2,
+    the first carried out, and the last move was cancelled as a move by hand: the client stayed with m3, who
+    had forgotten it too."""
+    rules = {"version": 1, "rules": [
+        {"id": "forgotten", "kind": "forgotten", "after": "30d"},
+        {"id": "release", "kind": "release", "forgotten_rule": "forgotten", "grace": "7d",
+         "then": [{"reassign": {"strategy": "round_robin"}}]}]}  # fmt: skip
+    store.add(managers=[{"id": f"m{i}"} for i in (1, 2, 3, 4)], clients=[{"id": "c1", "manager_id": "m1"}],
+              touches=[{"id": "t1", "client_id": "c1", "at": "2026-01-01T10:00:00Z"}])  # fmt: skip
+    clock = FakeClock(datetime(2026, 7, 1, 2, 0, tzinfo=UTC))
+    e = engine_for(rules, store)
+    e.run("2026-03-01", clock=clock)
+    store.add(touches=[{"id": "t2", "client_id": "c1", "at": "2026-03-02T10:00:00Z"}])
+    e.run("2026-04-10", clock=clock)
+    store.add(touches=[{"id": "t3", "client_id": "c1", "at": "2026-04-11T10:00:00Z"}])
+    e.run("2026-05-20", clock=clock)
+    store.upsert(clients=[{"id": "c1", "manager_id": "m2"}])  # the CRM carried out the first
+    h = RecordingHandler()
+    report = e.run("2026-05-21", handlers=h, clock=clock, sleep=clock.sleep)
+    assert [(a.from_manager_id, a.to_manager_id) for a in h.actions if a.type == "reassign"] == [
+        ("m1", "m2"), ("m2", "m3"), ("m3", "m4")]  # type: ignore[attr-defined]
+    assert report.dispatch is not None and not report.dispatch.cancelled
+
+
+def test_an_action_a_later_look_cancelled_is_not_also_left_for_the_next_run(store: Store) -> None:
+    """Found in review: the CRM down, c2 paid while its call hung; given up on, the run counted c2's reminder,
+    cancelled by then, as left for the next run too."""
+    rules = {"version": 1, "rules": [{"id": "debtor", "kind": "debtor", "steps": [
+        {"after": "3d", "notify_client": {"channel": "email", "template": "reminder"}}]}]}  # fmt: skip
+
+    def inv(i: int, **kw: Any) -> dict[str, Any]:
+        return {"id": f"i{i}", "client_id": f"c{i}", "issued_at": "2026-02-01", "due_at": "2026-02-15",
+                "amount": "1200", **kw}  # fmt: skip
+
+    store.add(managers=[{"id": "m1"}], clients=[{"id": f"c{i}", "manager_id": "m1"} for i in (1, 2)],
+              invoices=[inv(1), inv(2)])  # fmt: skip
+    clock = FakeClock(datetime(2026, 2, 20, 23, 0, tzinfo=UTC))
+
+    def down(a: Action) -> None:
+        if a.client_id == "c2":
+            store.upsert(invoices=[inv(2, paid_at="2026-02-20T23:00")])
+            clock.sleep(40)
+        raise ConnectionError("CRM down")
+
+    report = engine_for(rules, store).run("2026-02-20", handlers=down, clock=clock, sleep=clock.sleep,
+                                          retry=Retry(base_delay=60, recheck=30, stop_after=3))  # fmt: skip
+    assert report.dispatch is not None and list(report.dispatch.cancelled.values()) == ["paid"]
+    assert report.dispatch.left == 0 and list(report.dispatch.failed) == [store.ledger(client_ids=["c1"])[0].id]
+

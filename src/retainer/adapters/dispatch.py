@@ -291,8 +291,12 @@ class Dispatcher:
             for k, e in enumerate(ready):
                 if self.clock().timestamp() - checked >= self.retry.recheck:  # what the CRM wrote since the last look
                     checked = self.clock().timestamp()
-                    gone |= self._cancel([x for x in (*ready[k:], *queue, *(w[2] for w in waiting))
-                                          if x.id not in gone], report).keys()  # fmt: skip
+                    void = self._cancel([x for x in (*ready[k:], *queue, *(w[2] for w in waiting))
+                                         if x.id not in gone], report, again=True)  # fmt: skip
+                    gone |= void.keys()
+                    for x in (*ready[k:], *queue, *(w[2] for w in waiting)):
+                        if x.id in void and x.type == "reassign":  # its client's actions wait for it no more
+                            moving.pop(x.client_id or "", None)
                 if e.id in gone:
                     continue
                 h = self.route(e.type)
@@ -361,7 +365,7 @@ class Dispatcher:
                     given_up.add(id(h))
                     # its retries are not waited for: they stay `failed` for the next run, and so do the actions
                     # waiting for a move it was to retry
-                    dropped = [w[2] for w in waiting if id(self.route(w[2].type)) in given_up]
+                    dropped = [w[2] for w in waiting if id(self.route(w[2].type)) in given_up and w[2].id not in gone]
                     stalled |= {x.client_id for x in dropped if x.type == "reassign" and x.client_id is not None}
                     report.left += sum(x.id not in report.failed for x in dropped)  # waited, never tried
                     waiting = [w for w in waiting if id(self.route(w[2].type)) not in given_up]
@@ -398,9 +402,17 @@ class Dispatcher:
                 self.sleep(min(pause, deadline - now))
                 pause = min(pause * 2, 10.0)
 
-    def _cancel(self, entries: list[LedgerEntry], report: DispatchReport) -> dict[str, tuple[str, str | None]]:
-        """Cancel the entries that must not go out any more (`_void`), in the ledger and the report."""
+    def _cancel(
+        self, entries: list[LedgerEntry], report: DispatchReport, again: bool = False
+    ) -> dict[str, tuple[str, str | None]]:
+        """Cancel the entries that must not go out any more (`_void`), in the ledger and the report. `again`: the
+        entries were read before delivery began, so only those still waiting in the ledger now, and not being
+        delivered elsewhere, are cancelled (a session's tick may have delivered one meanwhile)."""
         void = self._void(entries) if entries else {}
+        if again and void:
+            now = self.clock()
+            still = {x.id for x in self.store.ledger(ids=list(void)) if x.status in ACTIVE and not claim_alive(x, now)}
+            void = {i: why for i, why in void.items() if i in still}
         for e in entries:
             if e.id in void:
                 now = self.clock()
@@ -453,17 +465,25 @@ class Dispatcher:
                     moves[(cid, e.action.to_manager_id)] = (gone, MANAGER_LEFT)  # type: ignore[attr-defined]
                     episodes[_episode(e.key)] = (e.action.to_manager_id, gone, MANAGER_LEFT)  # type: ignore[attr-defined]
                 continue
-            if e.type == "reassign" and c is not None and (now := _moved_by_hand(e, c.manager_id, changes)):
-                # a night the CRM was down, then a supervisor gave the client to a third manager: sent the next
-                # night, the move took the client from them. The data is the truth; the move is not decided again
-                out[e.id] = (now, None)
-                moves[(cid, e.action.to_manager_id)] = (now, None)  # type: ignore[attr-defined]
-                episodes[_episode(e.key)] = (e.action.to_manager_id, now, None)  # type: ignore[attr-defined]
-                continue
             invoice = e.action.evidence.get("invoice.id")  # a dunning step's invoice
             inv = invoices.get(invoice) if isinstance(invoice, str) else None
             if inv is not None and (why := dunning_over(inv, self.clock(), self.min_outstanding.get(e.rule, 0))):
                 out[e.id] = (why, None)
+        # a night the CRM was down, then a supervisor gave the client to a third manager: sent the next night,
+        # the move took the client from them. The data is the truth; the move is not decided again. Unless the
+        # data is catching up with a chain of moves (m1 -> m2, then m2 -> m3: it shows m2 now), read only then
+        hand = {e.id: (e, why) for e in earlier if e.id not in out and e.type == "reassign" and e.client_id in clients
+                and (why := _moved_by_hand(e, clients[e.client_id].manager_id, changes))}  # fmt: skip
+        if hand:
+            given: dict[str | None, set[Any]] = {}
+            for x in self.store.ledger(client_ids=sorted({e.client_id for e, _ in hand.values() if e.client_id}),
+                                       types=["reassign"]):  # fmt: skip
+                given.setdefault(x.client_id, set()).add(x.payload_fields.get("to_manager_id"))
+            for e, why in hand.values():
+                if clients[e.client_id or ""].manager_id not in given.get(e.client_id, ()):
+                    out[e.id] = (why, None)
+                    moves[(e.client_id or "", e.action.to_manager_id)] = (why, None)  # type: ignore[attr-defined]
+                    episodes[_episode(e.key)] = (e.action.to_manager_id, why, None)  # type: ignore[attr-defined]
         if moves:  # the tasks and messages planned with a cancelled move, for the manager it named, go with it,
             # and so does everything else its rule planned with it; all are decided again with the move
             for e in earlier:
