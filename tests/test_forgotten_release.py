@@ -507,6 +507,30 @@ def test_a_late_fact_that_would_have_kept_the_rule_from_holding_starts_a_new_sil
     assert [a.key for a in engine.run(day(125)).committed] == ["forgotten:c1:2026-03-07:create_task"]
 
 
+@pytest.mark.parametrize(("tags", "first", "late", "nights", "keys"), [
+    # made a key account since (60d -> 30d): a call of day 25 would have kept the client from being forgotten on
+    # day 60 (35 days), so the silence since it is new, decided on day 55 of it
+    (([], ["key-account"]), 60, 25, (61, 90), ["forgotten:c1:2026-01-01:create_task",
+                                                "forgotten:c1:2026-01-26:create_task"]),
+    # no longer one (30d -> 60d): a call of day 8 was 32 days old on the night of day 40, past the 30 days then
+    ((["key-account"], []), 40, 8, (67, 68), ["forgotten:c1:2026-01-01:create_task"]),
+])  # fmt: skip
+def test_a_late_fact_is_the_same_silence_by_the_threshold_of_the_night_that_decided_it(
+    store: Store, tags: tuple[list[str], list[str]], first: int, late: int, nights: tuple[int, ...], keys: list[str]
+) -> None:
+    """Found in review: today's threshold was asked, not the one that decided the night (kept in the evidence)."""
+    rules = forgotten_rules(overrides=[{"when": {"tags": {"contains": "key-account"}}, "after": "30d"}])
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1", "tags": tags[0]}],
+              touches=[{"id": "t0", "client_id": "c1", "at": T0}])  # fmt: skip
+    engine = engine_for(rules, store)
+    engine.run(day(first))
+    store.upsert(clients=[{"id": "c1", "manager_id": "m1", "tags": tags[1]}])
+    store.add(touches=[{"id": "late", "client_id": "c1", "at": at(late)}])
+    for n in nights:
+        engine.run(day(n))
+    assert [e.key for e in store.ledger()] == keys
+
+
 def _released_then_ordered(store: Store) -> retainer.Engine:
     """c1 released from m1 to m2 on day 74 (committed, not carried out: the CRM still shows m1), then an
     unpaid order on day 75: the client is no longer forgotten, so the release rule no longer matches it."""

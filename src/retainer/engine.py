@@ -44,7 +44,7 @@ from .ledger import (
 from .model import Client, Manager, fast_model, no_gc
 from .plan import Plan
 from .rules import templates
-from .rules.conditions import ExplainNode, OlderThan
+from .rules.conditions import ExplainNode, OlderThan, as_duration
 from .rules.features import FeatureFrame, SubFrame, invoice_frame, manager_frame
 from .rules.kinds import CompiledRule
 from .rules.loader import RuleSet, load_rules
@@ -921,7 +921,8 @@ class Engine:
         """A fact logged late (a call of 15 December, synced in March) moves an episode's date to before the
         night that decided it. Read as a new episode, the same silence got a second task, and its client a
         second move, back to the manager who had forgotten it. So when the silence counted from the new date
-        had already been reached as of an earlier decision of the rule for the client (under another episode),
+        had already been reached, by the threshold of that night (kept in its evidence; the rule or the client's
+        attribute may have changed since), as of an earlier decision of the rule for the client (another episode),
         the match is that decision's episode, and its actions are the ones already in the ledger. The silence
         is the threshold without a release's grace: a call that moves a release's day past the night it was
         made still leaves it the same silence. A late call that would have kept the client from being
@@ -944,14 +945,19 @@ class Engine:
         redated = []
         for m in fresh:
             silence = m.rule.silence
-            assert silence is not None
-            reached = silence.durations(m.frame)[m.i]
+            assert silence is not None and m.rule.threshold is not None
+            now = silence.durations(m.frame)[m.i]
+            anchor = m.frame.column(m.rule.episode)[m.i]
             found = None  # the last such decision, in commit order
             for e in earlier.get((m.rule.id, m.subject_id), ()):
-                ep = e.payload_fields.get("evidence", {}).get("episode")
-                if isinstance(ep, str) and ep != m.episode and OlderThan.held(
-                    AsOf(e.as_of, a.tz), m.frame.column(m.rule.episode)[m.i], reached
-                ):
+                evidence = e.payload_fields.get("evidence", {})
+                ep = evidence.get("episode")
+                # the threshold of that night (the rule or the client's attribute may have changed since); a
+                # release's is its forgotten rule's, then `+` the grace
+                text = evidence.get("threshold")
+                then = (as_duration(text.rsplit("+", 1)[0] if m.rule.threshold.plus is not None else text)
+                        if isinstance(text, str) else None)  # fmt: skip
+                if isinstance(ep, str) and ep != m.episode and OlderThan.held(AsOf(e.as_of, a.tz), anchor, then or now):
                     found = ep
             if found is not None:
                 m.episode = found
@@ -1142,7 +1148,7 @@ class Engine:
             known = ", ".join(sorted({r.id for r in self.rules.rules}))
             raise ArgumentError(f"unknown rule {rule!r}; rules in this set: {known}")
         if rule is not None and rules[0].subject == "manager":  # an empty explanation read as "nothing to say"
-            raise RetainerError(
+            raise ArgumentError(
                 f"rule {rule!r} is about managers ({rules[0].kind}), not about a client: its escalations in the "
                 f"plan give the count in their reason and evidence; explain takes a client's rules"
             )

@@ -437,7 +437,7 @@ class OlderThan(Node):
             for i in range(n):
                 if m[i] and not decided[i]:
                     decided[i] = True
-                    out[i] = _as_duration(col[i]) if col is not None else dur  # type: ignore[assignment]
+                    out[i] = as_duration(col[i]) if col is not None else dur  # type: ignore[assignment]
                     if out[i] is None and col is not None:
                         problems[i] = _not_a_duration(dur, col[i])
         if self.plus is not None:
@@ -512,7 +512,7 @@ def _local(v: Any, as_of: AsOf) -> Any:
     return v.astimezone(as_of.tz) if isinstance(v, datetime) else v
 
 
-def _as_duration(v: Any) -> Duration | None:
+def as_duration(v: Any) -> Duration | None:
     """A client's duration attribute, or None when it is empty or unusable (`_not_a_duration` says why)."""
     if v is None or v == "" or not isinstance(v, str | int):  # a list or dict from a CRM custom field
         return None
