@@ -599,7 +599,7 @@ def test_overdue_tasks_are_skipped_by_partial_plans(store: Store) -> None:
     e = engine_for(rules(OVERDUE), store)
     assert of(e.plan(day(10))) and not of(e.plan(day(10), clients=["c1"]))
     # asked of a client, it has nothing to say: an empty explanation read as "no reason" (exit 0)
-    with pytest.raises(retainer.RetainerError, match=r"rule 'overdue' is about managers \(overdue_tasks\)"):
+    with pytest.raises(retainer.ArgumentError, match=r"rule 'overdue' is about managers \(overdue_tasks\)"):
         e.explain("c1", day(10), rule="overdue")
     assert e.explain("c1", day(10)).rules == []
 

@@ -1382,3 +1382,14 @@ def test_likely_slips_get_a_message_that_says_what_to_write(
 def test_yaml_slips_name_their_line_and_what_to_do(tmp_path: Path, text: str, line: int, needle: str) -> None:
     err, path = load_error(tmp_path, "version: 1\nrules:\n" + text)
     assert_error(err, path, line, None, "not valid YAML/JSON", needle)
+
+
+def test_a_top_level_key_deeper_in_a_rule_is_a_field_the_action_does_not_have(tmp_path: Path) -> None:
+    """Found in review: `timezone:` in a create_task was told to move to the top of the file, which would have
+    changed the whole rule set's zone."""
+    text = "version: 1\nrules:\n  - id: f\n    kind: forgotten\n    after: 60d\n    then:\n" \
+           "      - create_task: {title: x, timezone: UTC}\n"  # fmt: skip
+    err, path = load_error(tmp_path, text)
+    assert_error(err, path, 7, "f")
+    assert str(err).endswith("unknown field 'timezone'"), str(err)
+

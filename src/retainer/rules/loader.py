@@ -263,7 +263,8 @@ def _fields_at(loc: Sequence[Any]) -> list[str]:
 def _pydantic_message(err: Mapping[str, Any]) -> str:
     t, loc = err["type"], err["loc"]
     if t == "extra_forbidden":
-        if len(loc) > 1 and loc[0] == "rules" and loc[-1] in _TOP_LEVEL:  # `policies:` indented under the last rule
+        if len(loc) == 4 and loc[0] == "rules" and loc[-1] in _TOP_LEVEL:  # `policies:` under the last rule (rules,
+            # its index, its kind, the key); not a `timezone:` deeper in
             return (f"unknown field {loc[-1]!r} in a rule: `{loc[-1]}:` belongs at the top of the file, not indented "
                     f"under a rule (start it at the first column, as `rules:`)")
         return f"unknown field {loc[-1]!r}{did_you_mean(str(loc[-1]), _fields_at(loc[:-1]))}"
