@@ -945,18 +945,24 @@ def _released(store: Store) -> None:
               touches=[{"id": "t1", "client_id": "c1", "at": "2026-01-01T10:00:00"}])  # fmt: skip
 
 
-def test_the_supervisors_note_of_a_move_cancelled_for_a_manager_who_left_is_cancelled_with_it(store: Store) -> None:
-    """Found in an ops review: the run cancelled the move to m2, who had left, then told the supervisor
-    "Acme moved to m2" in the same dispatch. The note goes with the move, and is decided again with it."""
+def _release_pending_then(store: Store, **change: Any) -> tuple[retainer.Engine, FakeClock, dict[str, str]]:
+    """c1's release (with the supervisor's note) committed on 1 March and not delivered; then `change` is
+    written, and the next night cancels: what it cancelled, by action type."""
     _released(store)
     clock = FakeClock()
     e = engine_for(RELEASE_TOLD, store)
     e.run("2026-03-01", clock=clock)  # committed, no handler: pending
-    store.upsert(managers=[{"id": "m2", "active": False}])
+    store.upsert(**change)
     h = RecordingHandler()
     report = e.run("2026-03-02", handlers=h, clock=clock, sleep=clock.sleep)
     assert report.dispatch is not None and h.actions == []
-    gone = {store.ledger(ids=[i])[0].type: why for i, why in report.dispatch.cancelled.items()}
+    return e, clock, {store.ledger(ids=[i])[0].type: why for i, why in report.dispatch.cancelled.items()}
+
+
+def test_the_supervisors_note_of_a_move_cancelled_for_a_manager_who_left_is_cancelled_with_it(store: Store) -> None:
+    """Found in an ops review: the run cancelled the move to m2, who had left, then told the supervisor
+    "Acme moved to m2" in the same dispatch. The note goes with the move, and is decided again with it."""
+    e, clock, gone = _release_pending_then(store, managers=[{"id": "m2", "active": False}])
     because = "its client's move to m2 was cancelled: manager m2 is no longer active"
     assert gone == {"reassign": "manager m2 is no longer active", "notify_manager": because,
                     "create_task": because}  # the forgotten task, m2's with the move  # fmt: skip
@@ -974,18 +980,11 @@ def test_a_move_not_delivered_yet_is_cancelled_when_the_crm_gave_the_client_to_s
     the client to m3, and the sync wrote it. The next night sent the move m1 -> m2, taking the client from m3,
     with m2's task and the supervisor's "moved to m2". The data is the truth: the move and what it brought
     are cancelled, and not decided again (a person decided)."""
-    _released(store)
-    clock = FakeClock()
-    e = engine_for(RELEASE_TOLD, store)
-    e.run("2026-03-01", clock=clock)  # committed, no handler: pending
-    store.upsert(clients=[{"id": "c1", "manager_id": "m3"}])
-    h = RecordingHandler()
-    report = e.run("2026-03-02", handlers=h, clock=clock, sleep=clock.sleep)
-    assert report.dispatch is not None and h.actions == []
-    gone = {store.ledger(ids=[i])[0].type: why for i, why in report.dispatch.cancelled.items()}
+    e, clock, gone = _release_pending_then(store, clients=[{"id": "c1", "manager_id": "m3"}])
     because = "its client's move to m2 was cancelled: the client was given to m3 in the CRM since"
     assert gone == {"reassign": "the client was given to m3 in the CRM since", "notify_manager": because,
                     "create_task": because}  # fmt: skip
+    h = RecordingHandler()
     assert not e.run("2026-03-03", handlers=h, clock=clock, sleep=clock.sleep).committed and h.actions == []
 
 
@@ -1197,19 +1196,27 @@ def test_a_store_written_for_the_earlier_protocol_plans_without_cancellations(st
     assert old.plan("2026-03-20").stats["suppressed"] == {"duplicate": 2}
 
 
+REMINDER = {"version": 1, "rules": [{"id": "debtor", "kind": "debtor", "steps": [
+    {"after": "3d", "notify_client": {"channel": "email", "template": "reminder"}}]}]}  # fmt: skip
+
+
+def _owed(i: int, **kw: Any) -> dict[str, Any]:
+    """Client c<i>'s invoice i<i>, 1,200 due on 15 February (a reminder is due 3 days later)."""
+    return {"id": f"i{i}", "client_id": f"c{i}", "issued_at": "2026-02-01", "due_at": "2026-02-15",
+            "amount": "1200", **kw}  # fmt: skip
+
+
+def _debtors(store: Store, n: int) -> None:
+    store.add(managers=[{"id": "m1"}], clients=[{"id": f"c{i}", "manager_id": "m1"} for i in range(1, n + 1)],
+              invoices=[_owed(i) for i in range(1, n + 1)])  # fmt: skip
+
+
 def test_a_long_delivery_looks_again_at_what_it_has_not_sent(store: Store) -> None:
     """Found in a vendor's review: a night of webhook delivery takes hours, and the CRM's sync writes meanwhile.
     The run read the invoices once, before its first delivery, and dunned at 03:00 the client who had paid at
     01:00. Every `Retry.recheck` seconds the actions not sent yet are looked at again."""
-    rules = {"version": 1, "rules": [{"id": "debtor", "kind": "debtor", "steps": [
-        {"after": "3d", "notify_client": {"channel": "email", "template": "reminder"}}]}]}  # fmt: skip
-
-    def inv(i: int, **kw: Any) -> dict[str, Any]:
-        return {"id": f"i{i}", "client_id": f"c{i}", "issued_at": "2026-02-01", "due_at": "2026-02-15",
-                "amount": "1200", **kw}  # fmt: skip
-
-    store.add(managers=[{"id": "m1"}], clients=[{"id": f"c{i}", "manager_id": "m1"} for i in (1, 2, 3)],
-              invoices=[inv(1), inv(2), inv(3)])  # fmt: skip
+    rules, inv = REMINDER, _owed
+    _debtors(store, 3)
     clock = FakeClock(datetime(2026, 2, 20, 23, 0, tzinfo=UTC))
     sent: list[str | None] = []
 
@@ -1268,15 +1275,8 @@ def test_a_move_cancelled_by_a_later_look_no_longer_holds_its_clients_actions(st
 def test_a_later_look_leaves_alone_what_another_dispatcher_delivered_meanwhile(store: Store) -> None:
     """Found in review: a session's tick delivered c2's reminder while the run's c1 call took a minute, then c2
     paid; the run's next look recorded the delivered reminder as cancelled ("paid"), never sent."""
-    rules = {"version": 1, "rules": [{"id": "debtor", "kind": "debtor", "steps": [
-        {"after": "3d", "notify_client": {"channel": "email", "template": "reminder"}}]}]}  # fmt: skip
-
-    def inv(i: int, **kw: Any) -> dict[str, Any]:
-        return {"id": f"i{i}", "client_id": f"c{i}", "issued_at": "2026-02-01", "due_at": "2026-02-15",
-                "amount": "1200", **kw}  # fmt: skip
-
-    store.add(managers=[{"id": "m1"}], clients=[{"id": f"c{i}", "manager_id": "m1"} for i in (1, 2)],
-              invoices=[inv(1), inv(2)])  # fmt: skip
+    rules, inv = REMINDER, _owed
+    _debtors(store, 2)
     clock = FakeClock(datetime(2026, 2, 20, 23, 0, tzinfo=UTC))
     ticked: list[str] = []
 
@@ -1321,15 +1321,8 @@ def test_a_chain_of_moves_the_data_catches_up_with_is_no_move_by_hand(store: Sto
 def test_an_action_a_later_look_cancelled_is_not_also_left_for_the_next_run(store: Store) -> None:
     """Found in review: the CRM down, c2 paid while its call hung; given up on, the run counted c2's reminder,
     cancelled by then, as left for the next run too."""
-    rules = {"version": 1, "rules": [{"id": "debtor", "kind": "debtor", "steps": [
-        {"after": "3d", "notify_client": {"channel": "email", "template": "reminder"}}]}]}  # fmt: skip
-
-    def inv(i: int, **kw: Any) -> dict[str, Any]:
-        return {"id": f"i{i}", "client_id": f"c{i}", "issued_at": "2026-02-01", "due_at": "2026-02-15",
-                "amount": "1200", **kw}  # fmt: skip
-
-    store.add(managers=[{"id": "m1"}], clients=[{"id": f"c{i}", "manager_id": "m1"} for i in (1, 2)],
-              invoices=[inv(1), inv(2)])  # fmt: skip
+    rules, inv = REMINDER, _owed
+    _debtors(store, 2)
     clock = FakeClock(datetime(2026, 2, 20, 23, 0, tzinfo=UTC))
 
     def down(a: Action) -> None:
