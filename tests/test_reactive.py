@@ -209,9 +209,10 @@ def test_post_with_as_of_writes_the_fact_at_its_own_time(store: Store) -> None:
 
 
 def test_a_payment_dated_by_day_and_posted_with_as_of_that_day_is_seen_by_its_decision(store: Store) -> None:
-    """Found in review: a day without a time is stored at the day's end, after an as_of earlier that day, so the
+    """Found in review: a day without a time was stored at the day's end, after an as_of earlier that day, so the
     decision did not see the payment: the ladder stayed open and that day's reminder went out. Written at its
-    as_of instead, a late copy of the day's first total passed for a later payment and undid the full one."""
+    as_of instead, a late copy of the day's first total passed for a later payment and undid the full one. It is
+    written at the day's start, as the store writes a date, and every copy of that day with it."""
     now = [at(60.3)]
     s = Session(RULES, store, clock=lambda: now[0])
     s.tick(at(53))
@@ -222,12 +223,12 @@ def test_a_payment_dated_by_day_and_posted_with_as_of_that_day_is_seen_by_its_de
     r = s.post({**first, "paid_total": "500"}, as_of=now[0])  # the first, partly paid, sent that day's step
     assert [(t.from_state, t.to_state) for t in r.transitions] == [("step_10d", "paid")]
     assert not [a for a in r.committed if a.rule == "debtor"] and s.process_states("c1") == {}
-    end_of_day = at(61) - timedelta(seconds=1)
-    assert store.get("invoices", "due").paid_at == end_of_day  # type: ignore[union-attr]
+    start_of_day = at(60).replace(hour=0, minute=0, second=0)
+    assert store.get("invoices", "due").paid_at == start_of_day  # type: ignore[union-attr]
     now[0] = at(60.5)
-    s.post(first, as_of=now[0])  # the first total again, late: a copy (every copy of that day is at its end)
+    s.post(first, as_of=now[0])  # the first total again, late: a copy (every copy of that day is at its start)
     inv = store.get("invoices", "due")
-    assert inv is not None and (inv.paid_amount, inv.paid_at) == (500, end_of_day)
+    assert inv is not None and (inv.paid_amount, inv.paid_at) == (500, start_of_day)
     assert s.process_states("c1") == {}
 
 
@@ -1217,6 +1218,29 @@ def test_an_event_dated_today_without_a_time_is_decided_with_its_fact(day: str) 
         r = s.post({"type": "invoice_paid", "id": "i1", "at": day})
         assert r.committed == [] and [a.key for a in rec.actions] == ["debtor:c1:i1+3d:notify_client"]
         assert [t.to_state for t in r.transitions] == ["paid"]
+
+
+def test_a_payment_dated_by_day_is_seen_by_the_clients_next_event_that_day() -> None:
+    """Found in review: the payment posted with a date only was written at the day's end (the store writes a date
+    at its start); the client's call at 10:29 that day was decided as of 10:29, before it, and sent the next
+    reminder to the client who had paid, reopening the ladder."""
+    steps = [{"after": "3d", "notify_client": {"channel": "email", "template": "reminder"}},
+             {"after": "10d", "notify_client": {"channel": "sms", "template": "final"}}]
+    rules = retainer.load_rules({"version": 1, "timezone": "Europe/Moscow",
+                                 "rules": [{"id": "debtor", "kind": "debtor", "steps": steps}]})  # fmt: skip
+    with retainer.open_store("memory://", timezone=rules.timezone) as store:
+        store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
+                  invoices=[{"id": "i1", "client_id": "c1", "issued_at": "2026-02-01", "due_at": "2026-03-01",
+                             "amount": 900}])  # fmt: skip
+        rec = RecordingHandler()
+        s = Session(rules, store, rec, clock=lambda: datetime.fromisoformat("2026-03-11T10:30:00+03:00"))
+        s.tick("2026-03-10")
+        assert [t.to_state for t in s.post({"type": "invoice_paid", "id": "i1", "at": "2026-03-11"}).transitions] == [
+            "paid"]
+        call = s.post({"type": "touch", "id": "t1", "client_id": "c1", "at": "2026-03-11T10:29", "kind": "call"})
+        assert call.committed == [] and [a.key for a in rec.actions] == ["debtor:c1:i1+3d:notify_client"]
+        assert s.process_states("c1") == {}
+        assert store.get("invoices", "i1").paid_at == datetime.fromisoformat("2026-03-11T00:00:00+03:00")  # type: ignore[union-attr]
 
 
 def test_a_session_refuses_a_store_that_reads_naive_times_in_another_zone_than_the_rules() -> None:

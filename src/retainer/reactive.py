@@ -49,7 +49,7 @@ from .plan import Plan
 from .rules.features import norm_reason
 from .rules.loader import RuleSet, load_rules
 from .stores.base import ManagerLoads, Pred, Store
-from .timeutil import AsOf, date_only, parse_as_of, parse_instant
+from .timeutil import AsOf, date_only, day_start, parse_as_of, parse_instant
 
 _END_OF_TIME = datetime.max.replace(tzinfo=UTC)
 
@@ -404,18 +404,18 @@ class Session:
             a = self.engine.as_of(when) if own is not None else fact
             refuse_after_tomorrow(a, self.clock, "a tick" if kind == "tick" else "a post with as_of")
             if date_only(own) is not None and fact.date == a.date and fact.instant > a.instant:
-                # a day without a time, the day decided: written at the day's end, as every copy of it is (a
-                # copy written at its own as_of passed for a later payment and undid a full one), and decided
-                # with it, as without as_of (decided before it, the client who had just paid was dunned)
+                # a day without a time, the day decided: that whole day (written at its start, as every copy of
+                # it is: a copy written at its own as_of passed for a later payment and undid a full one), and
+                # decided as of its end, as without as_of
                 a = fact
         else:
             # an event dated later than now (a meeting logged with its planned time) is written as it is, and
             # decided as of now: as of its own date, the steps due by then would be sent now and earlier ones
             # skipped as superseded
             now = self.clock()
-            # a date alone (`at: 2026-03-01`) is that whole day, stored at its end: posted during the day it is
-            # today's fact, not a future one (decided as of now, the payment just posted was not yet seen, and
-            # the client who had paid got the next reminder)
+            # a date alone (`at: 2026-03-01`) is that whole day: posted during the day it is today's fact, not a
+            # future one, decided as of the day's end (taken for a future one and decided as of now, the payment
+            # just posted was not yet seen, and the client who had paid got the next reminder)
             future = fact.date > now.astimezone(fact.tz).date() if date_only(when) is not None else fact.instant > now
             a = self.engine.as_of(now) if future else fact
         timings: dict[str, float] = {}
@@ -507,6 +507,11 @@ class Session:
         store = self.store
         triggers: list[tuple[Chart, str, str, dict]] = []
         at = fact.instant
+        if (day := date_only(ev.get("at"))) is not None:
+            # a day without a time is written as the store writes one, at the day's start: written at its end,
+            # a payment posted that morning was after the as_of of the client's call at 10:29, and the call
+            # dunned the client who had just paid
+            at = day_start(day, getattr(store, "tz", None) or self.engine.rules.tz)
         if kind == "touch":
             row = {k: v for k, v in ev.items() if k not in ("type", "event_id")}
             row.setdefault("at", at)
