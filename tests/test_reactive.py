@@ -1243,6 +1243,24 @@ def test_a_payment_dated_by_day_is_seen_by_the_clients_next_event_that_day() -> 
         assert store.get("invoices", "i1").paid_at == datetime.fromisoformat("2026-03-11T00:00:00+03:00")  # type: ignore[union-attr]
 
 
+def test_without_handlers_an_event_dated_before_a_payment_leaves_no_reminder_waiting() -> None:
+    """Found in review: a session without handlers (the host pulls what waits in the ledger) took a call dated
+    before a payment it already held; planned as of the call, the reminder for the paid invoice was committed
+    and left `pending`, for the host to send. It is cancelled as a delivery would cancel it."""
+    steps = [{"after": "3d", "notify_client": {"channel": "email", "template": "reminder"}}]
+    rules = retainer.load_rules({"version": 1, "rules": [{"id": "debtor", "kind": "debtor", "steps": steps}]})
+    with retainer.open_store("memory://", timezone=rules.timezone) as store:
+        store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
+                  invoices=[{"id": "i1", "client_id": "c1", "issued_at": "2026-02-01", "due_at": "2026-02-15",
+                             "amount": 1200}])  # fmt: skip
+        s = Session(rules, store, clock=lambda: datetime(2026, 2, 19, 12, 0, tzinfo=UTC))
+        s.post({"type": "invoice_paid", "id": "i1", "at": "2026-02-18T10:00"})
+        late = s.post({"type": "touch", "id": "t1", "client_id": "c1", "at": "2026-02-18T09:00", "kind": "call"})
+        assert [a.key for a in late.committed] == ["debtor:c1:i1+3d:notify_client"]  # as of 09:00, before it
+        assert late.dispatch is not None and list(late.dispatch.cancelled.values()) == ["paid"]
+        assert store.ledger(status=["pending"]) == []
+
+
 def test_a_session_refuses_a_store_that_reads_naive_times_in_another_zone_than_the_rules() -> None:
     """Rules in Moscow, a store opened without timezone= (naive times read as UTC): a call at 10:00 was stored
     as 10:00 UTC and decided as of 10:00 Moscow (07:00 UTC), before it happened, so the client on the phone

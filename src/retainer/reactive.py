@@ -935,14 +935,15 @@ class Session:
             reaction.committed = committed
             reaction.timings["commit"] = time.perf_counter() - t0
             t1 = time.perf_counter()
-            if committed and self.handlers is not None and reaction.client_id is not None:
+            if committed and reaction.client_id is not None:  # with no handlers too: a host pulls what waits
                 entries = self.store.ledger(ids=[x.id for x in committed])
                 by_id = {x.id: x for x in committed}
                 for e in entries:
                     e.__dict__["action"] = by_id[e.id]
                 # looked at again before they go out: an event dated before facts the store has (a late
                 # webhook, a queue delivering out of order) planned without them (a payment the session
-                # already took in cancels a reminder)
+                # already took in cancels a reminder). Without handlers nothing is delivered, but what must
+                # not go out is cancelled all the same: a host pulling pending actions sent the reminder
                 reaction.dispatch = self._dispatcher.dispatch(entries)
             self.store.finish_run(run.id, self.clock(), {"new": len(committed)})
             reaction.timings["dispatch"] = time.perf_counter() - t1
