@@ -1261,6 +1261,30 @@ def test_without_handlers_an_event_dated_before_a_payment_leaves_no_reminder_wai
         assert store.ledger(status=["pending"]) == []
 
 
+def test_a_win_back_stops_when_the_client_buys_again(tmp_path: Path) -> None:
+    """Found in review: the client bought again while the win-back waited for its churn reason; the process
+    stayed `reason_pending`, the reason recorded after moved it to `next_price`, and there it stayed through
+    every tick and restart. winback.yaml: "the process stops as soon as the client buys again"."""
+    rules = retainer.load_rules(Path(__file__).parents[1] / "examples" / "rules" / "winback.yaml")
+    url = f"sqlite:///{tmp_path / 'crm.db'}"
+    store = retainer.open_store(url, timezone=rules.timezone)
+    store.add(managers=[{"id": "m1", "supervisor_id": "m9"}, {"id": "m9"}], clients=[{"id": "c1", "manager_id": "m1"}],
+              invoices=[{"id": f"i{n}", "client_id": "c1", "issued_at": d, "amount": "50000", "paid_at": d}
+                        for n, d in enumerate(["2025-06-01", "2025-08-01", "2025-10-01"])])  # fmt: skip
+    clock = lambda: datetime(2026, 3, 20, 9, 0, tzinfo=UTC)  # noqa: E731
+    s = Session(rules, store, clock=clock)
+    (task,) = [a for a in s.tick("2026-01-10").committed if a.type == "create_task"]
+    s.post({"type": "fact", "entity": "invoices", "at": "2026-01-11T10:00",
+            "row": {"id": "new1", "client_id": "c1", "issued_at": "2026-01-11T10:00", "amount": "1000"}})  # fmt: skip
+    s.post({"type": "outcome", "action_id": task.id, "outcome": {"churn_reason": "price"}, "at": "2026-01-12T10:00"})
+    closed = s.tick("2026-02-01")
+    assert [(t.to_state, t.trigger) for t in closed.transitions] == [("closed", "returned")]
+    assert s.process_states("c1") == {} and not [e for e in store.ledger() if "~" in e.key]
+    s.close()
+    again = Session(rules, retainer.open_store(url, timezone=rules.timezone), clock=clock)  # a restart
+    assert again.process_states("c1") == {} and again.tick("2026-03-01").transitions == []
+
+
 def test_a_session_refuses_a_store_that_reads_naive_times_in_another_zone_than_the_rules() -> None:
     """Rules in Moscow, a store opened without timezone= (naive times read as UTC): a call at 10:00 was stored
     as 10:00 UTC and decided as of 10:00 Moscow (07:00 UTC), before it happened, so the client on the phone

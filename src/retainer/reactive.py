@@ -123,6 +123,8 @@ def _winback_chart(rule_id: str, reasons: Sequence[str], outcome_field: str) -> 
         # step committed by a tick or a nightly run: done all the same (it stayed `reason_pending` for good)
         t[("reason_pending", f"committed:~{r}")] = ("done", None)
         t[(START, f"resume:{nxt}")] = (nxt, None)
+    for st in states[1:]:  # the client bought again: the process stops (a tick sees no part of the rule hold)
+        t[(st, "returned")] = ("closed", None)
     return Chart(f"{rule_id}~winback", "winback", rule_id, (*states, "done", "closed"),
                  frozenset({"done", "closed"}), t, reasons=tuple(reasons), outcome_field=outcome_field)
 
@@ -813,7 +815,7 @@ class Session:
                                 procs[sid] = [deb.name, st]
                         break
             wb = self._by_family.get("winback", {}).get(e.rule)
-            if wb is not None and "~" not in ep and typ == "create_task":
+            if wb is not None and "~" not in ep and typ == "create_task" and not self._returned(client_id, ep):
                 sid = self._winback_sid(wb, client_id, ep)
                 reason = (e.outcome or {}).get(wb.outcome_field)
                 r = norm_reason(reason) if reason is not None else None
@@ -973,6 +975,7 @@ class Session:
         self._commit(a, plan.actions, plan.cursors, reaction)
         t1 = time.perf_counter()
         self._close_paid(a, event_id, reaction)
+        self._close_returned(event_id, reaction)
         reaction.timings["paid"] = time.perf_counter() - t1
         reaction.timings["total"] = time.perf_counter() - t0
         return reaction
@@ -983,17 +986,7 @@ class Session:
         (an import, `store.upsert`), or instalments that added up out of order, left the ladder open for good:
         shown by `process_states`, and saved again with the client's every change. Every open ladder is looked
         at, the saved ones (one read of the cursors) and the ones in memory, with one read of their invoices."""
-        debtor = {c.name for c in self._by_family.get("debtor", {}).values()}
-        if not debtor:
-            return
-        ladders: dict[str, tuple[str, str]] = {}  # sid -> (client, chart)
-        listed = getattr(self.store, "cursors", None)  # a store written before Store.cursors: memory only
-        for name, raw in ((listed(CURSOR) if listed is not None else None) or {}).items():  # (or the stub's None)
-            cid = name[len(CURSOR) :]
-            if cid not in self._procs:  # the session's own states are newer than what it saved
-                ladders.update((sid, (cid, v[0])) for sid, v in self._states(raw).items() if v[0] in debtor)
-        for cid, procs in self._procs.items():
-            ladders.update((sid, (cid, v[0])) for sid, v in procs.items() if v[0] in debtor)
+        ladders = self._open("debtor")
         if not ladders:
             return
         invoice = {sid: self._split(sid, self.charts[c].rule, cid)[0] for sid, (cid, c) in ladders.items()}
@@ -1008,6 +1001,48 @@ class Session:
             if (tr := self._post(chart, cid, sid, "paid", event_id)) is not None:
                 reaction.transitions.append(tr)
                 reaction.cancelled += self._cancel(chart, cid, sid, a)
+        self._persist()
+
+
+    def _open(self, family: str) -> dict[str, tuple[str, str]]:
+        """The open instances of a family's charts, saved (one read of the cursors) and in memory: sid ->
+        (client, chart)."""
+        names = {c.name for c in self._by_family.get(family, {}).values()}
+        found: dict[str, tuple[str, str]] = {}
+        if not names:
+            return found
+        listed = getattr(self.store, "cursors", None)  # a store written before Store.cursors: memory only
+        for name, raw in ((listed(CURSOR) if listed is not None else None) or {}).items():  # (or the stub's None)
+            cid = name[len(CURSOR) :]
+            if cid not in self._procs:  # the session's own states are newer than what it saved
+                found.update((sid, (cid, v[0])) for sid, v in self._states(raw).items() if v[0] in names)
+        for cid, procs in self._procs.items():
+            found.update((sid, (cid, v[0])) for sid, v in procs.items() if v[0] in names)
+        return found
+
+    def _returned(self, client_id: str, episode: str) -> bool:
+        """The client bought again after the churn a win-back episode names (an invoice issued on a later day in
+        the rules' zone): the process stops ("as soon as the client buys again")."""
+        tz = self.engine.rules.tz
+        invoices = self.store.facts("invoices", _END_OF_TIME, (Pred("client_id", "eq", client_id),))
+        return any(i.issued_at is not None and i.issued_at.astimezone(tz).date().isoformat() > episode
+                   for i in invoices)  # fmt: skip
+
+    def _close_returned(self, event_id: str, reaction: Reaction) -> None:
+        """Win-backs whose client bought again are closed. Left open, a process waited for good at
+        `reason_pending`, or at the next step of a reason recorded after the purchase, and was saved with the
+        client's every change."""
+        processes = self._open("winback")
+        if not processes:
+            return
+        for sid, (cid, cname) in sorted(processes.items()):
+            chart = self.charts[cname]
+            if not self._returned(cid, self._split(sid, chart.rule, cid)[0]):
+                continue
+            self._moving.add(cid)
+            self._hydrate(cid)
+            if (tr := self._post(chart, cid, sid, "returned", event_id)) is not None:
+                reaction.transitions.append(tr)
         self._persist()
 
 
