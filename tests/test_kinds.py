@@ -197,6 +197,16 @@ def test_winback_next_step_follows_the_recorded_reason(store: Store) -> None:
     assert not of(e.plan(day(153)), "winback")  # each step once
 
 
+@pytest.mark.parametrize("spelt", ["Survey  Needed", "survey-needed", " SURVEY needed "])
+def test_winback_reads_a_reason_however_the_crm_spelt_it(store: Store, spelt: str) -> None:
+    """Found in review: "survey needed" got the survey call, but "Survey  Needed" (two spaces) and "survey-needed"
+    ended the win-back with nothing planned and no warning."""
+    e, task = winback_started(store)
+    e.record_outcome(task.id, {"churn_reason": spelt})
+    (survey,) = of(e.plan(day(152)), "winback")
+    assert survey.key == f"winback:c1:{day(60)}~survey_needed:create_task"
+
+
 def test_winback_reason_without_next_step_ends_the_process(store: Store) -> None:
     e, task = winback_started(store)
     e.record_outcome(task.id, {"churn_reason": "other"})

@@ -335,8 +335,12 @@ def unresolved_feature(name: str, rule: str) -> FeatureImpl:
 
 
 def norm_reason(v: Any) -> str:
-    """One spelling per recorded reason: "Price ", "price" and "PRICE" are the same answer."""
-    return str(v).strip().lower().replace(" ", "_")
+    """One spelling per recorded reason: "Price ", "price" and "PRICE" are the same answer, and so are
+    "survey needed", "Survey  Needed" and "survey-needed" (free text from a CRM's form)."""
+    return _SEPARATORS.sub("_", str(v).strip().lower())
+
+
+_SEPARATORS = re.compile(r"[\s\-]+")
 
 
 def is_option(v: Any, options: Sequence[str]) -> bool:
