@@ -1285,6 +1285,31 @@ def test_a_win_back_stops_when_the_client_buys_again(tmp_path: Path) -> None:
     assert again.process_states("c1") == {} and again.tick("2026-03-01").transitions == []
 
 
+def test_a_ladder_a_nightly_run_moved_on_is_shown_at_the_ledgers_step(tmp_path: Path) -> None:
+    """Found in review: a session tick sent +3d; a nightly run beside it sent +10d and +20d; the session kept
+    showing (and saving) `step_3d` for the client it knew."""
+    steps = [{"after": "3d", "notify_client": {"channel": "email", "template": "reminder"}},
+             {"after": "10d", "notify_client": {"channel": "sms", "template": "final"}},
+             {"after": "20d", "create_task": {"title": "Call about the debt"}}]  # fmt: skip
+    rules = retainer.load_rules({"version": 1, "rules": [{"id": "debtor", "kind": "debtor", "steps": steps}]})
+    url = f"sqlite:///{tmp_path / 'crm.db'}"
+    store = retainer.open_store(url, timezone=rules.timezone)
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
+              invoices=[{"id": "i7", "client_id": "c1", "issued_at": "2026-02-01", "due_at": "2026-02-15",
+                         "amount": "1200"}])  # fmt: skip
+    clock = lambda: datetime(2026, 3, 10, 9, 0, tzinfo=UTC)  # noqa: E731
+    s = Session(rules, store, clock=clock)
+    s.tick("2026-02-18")
+    night = retainer.Engine(rules, retainer.open_store(url, timezone=rules.timezone))
+    night.run("2026-02-25", clock=clock)
+    night.run("2026-03-07", clock=clock)
+    s.post({"type": "touch", "id": "t1", "client_id": "c1", "at": "2026-03-08T10:00", "kind": "call"})
+    assert s.process_states("c1") == {"debtor:c1:i7:dunning": ("debtor~dunning", "step_20d")}
+    s.close()
+    restarted = Session(rules, retainer.open_store(url, timezone=rules.timezone), clock=clock)
+    assert restarted.process_states("c1") == {"debtor:c1:i7:dunning": ("debtor~dunning", "step_20d")}
+
+
 def test_a_session_refuses_a_store_that_reads_naive_times_in_another_zone_than_the_rules() -> None:
     """Rules in Moscow, a store opened without timezone= (naive times read as UTC): a call at 10:00 was stored
     as 10:00 UTC and decided as of 10:00 Moscow (07:00 UTC), before it happened, so the client on the phone

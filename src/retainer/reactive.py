@@ -778,6 +778,10 @@ class Session:
         for sid, (cname, state) in sorted(self._adopt(client_id).items()):
             if sid not in known:
                 known[sid] = [cname, state]
+            elif known[sid][0] == cname and (order := list(self.charts[cname].steps.values())) and \
+                    known[sid][1] in order and state in order and order.index(state) > order.index(known[sid][1]):
+                # a ladder a nightly run moved on since (its +10d step committed): the ledger's later step
+                known[sid][1] = state
 
     def _saved(self, client_id: str) -> dict[str, list[str]]:
         """The client's processes as a session saved them."""
