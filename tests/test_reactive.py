@@ -1310,6 +1310,26 @@ def test_a_ladder_a_nightly_run_moved_on_is_shown_at_the_ledgers_step(tmp_path: 
     assert restarted.process_states("c1") == {"debtor:c1:i7:dunning": ("debtor~dunning", "step_20d")}
 
 
+@pytest.mark.parametrize("full_first", [False, True])
+def test_a_payment_dated_by_day_comes_after_that_days_timed_instalment(full_first: bool) -> None:
+    """Found in review: written at the day's start, the full payment dated by day came before the 500 paid at
+    10:00 that day, so either order of arrival left 500 of 1,200 paid, and the client was dunned."""
+    steps = [{"after": "3d", "notify_client": {"channel": "email", "template": "reminder"}}]
+    rules = retainer.load_rules({"version": 1, "rules": [{"id": "debtor", "kind": "debtor", "steps": steps}]})
+    with retainer.open_store("memory://", timezone=rules.timezone) as store:
+        store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
+                  invoices=[{"id": "i1", "client_id": "c1", "issued_at": "2026-02-01", "due_at": "2026-03-01",
+                             "amount": 1200}])  # fmt: skip
+        s = Session(rules, store, clock=lambda: datetime(2026, 3, 11, 18, 0, tzinfo=UTC))
+        partial = {"type": "invoice_paid", "id": "i1", "at": "2026-03-11T10:00", "paid_total": "500"}
+        full = {"type": "invoice_paid", "id": "i1", "at": "2026-03-11"}
+        for e in ([full, partial] if full_first else [partial, full]):
+            s.post(e)
+        inv = store.get("invoices", "i1")
+        assert inv is not None and inv.paid_amount == 1200  # type: ignore[attr-defined]
+        assert not s.tick("2026-03-12").committed
+
+
 def test_a_session_refuses_a_store_that_reads_naive_times_in_another_zone_than_the_rules() -> None:
     """Rules in Moscow, a store opened without timezone= (naive times read as UTC): a call at 10:00 was stored
     as 10:00 UTC and decided as of 10:00 Moscow (07:00 UTC), before it happened, so the client on the phone

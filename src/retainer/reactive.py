@@ -33,7 +33,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -274,6 +274,17 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _whole_day(t: datetime | None, zone: Any) -> datetime | None:
+    """A payment's place in the order of payments: one at the start of a day (how a date without a time is
+    written) stands for that whole day, so it comes after the day's timed payments."""
+    if t is None:
+        return None
+    local = t.astimezone(zone)
+    if (local.hour, local.minute, local.second) == (0, 0, 0):
+        return day_start(local.date() + timedelta(days=1), zone) - timedelta(seconds=1)
+    return t
+
+
 def _reason_acted_on(keys: Iterable[str], rule: str, client_id: str, episode: str, reason: str) -> bool:
     """Whether the ledger's `keys` hold the win-back's next step for that reason (`...~<reason>:...`)."""
     step = action_key(rule, client_id, f"{episode}~{reason}", "")
@@ -509,11 +520,12 @@ class Session:
         store = self.store
         triggers: list[tuple[Chart, str, str, dict]] = []
         at = fact.instant
+        zone = getattr(store, "tz", None) or self.engine.rules.tz
         if (day := date_only(ev.get("at"))) is not None:
             # a day without a time is written as the store writes one, at the day's start: written at its end,
             # a payment posted that morning was after the as_of of the client's call at 10:29, and the call
             # dunned the client who had just paid
-            at = day_start(day, getattr(store, "tz", None) or self.engine.rules.tz)
+            at = day_start(day, zone)
         if kind == "touch":
             row = {k: v for k, v in ev.items() if k not in ("type", "event_id")}
             row.setdefault("at", at)
@@ -533,8 +545,12 @@ class Session:
             # a running total at the instant of the stored payment (payments dated by day share it) is a copy of
             # an earlier one when it is smaller: the larger stands, as a later one would (a redelivered first
             # instalment undid the second, and the client who had paid in full was dunned)
-            older = "paid_total" in ev and at == inv.paid_at and stored is not None and total < stored
-            if inv.paid_at is None or (at >= inv.paid_at and not older):
+            # in the order of payments, one dated by day (written at the day's start) is that whole day: after a
+            # payment at 10:00 that day (the full payment dated by day was taken for the earlier one, and the
+            # 500 paid at 10:00 stood for the 1,200 paid)
+            when, last = _whole_day(at, zone), _whole_day(inv.paid_at, zone)
+            older = "paid_total" in ev and when == last and stored is not None and total < stored
+            if inv.paid_at is None or (when >= last and not older):
                 store.upsert(invoices=[{**inv.model_dump(), "paid_at": at, "paid_amount": total}])
                 inv = self._get("invoices", ev)  # validated: the amount is a Decimal now
             elif "amount" in ev:  # an instalment paid before the last one recorded: added, the date kept
