@@ -88,6 +88,12 @@ class Chart:
     def accepts(self, state: str, trigger: str) -> bool:
         return (state, trigger) in self.transitions
 
+    def reason(self, recorded: Any) -> str | None:
+        """The win-back reason a recorded answer names, as the rule file spells it (its keys and states do):
+        `survey-needed` in the file is the answer "Survey needed"."""
+        r = norm_reason(recorded)
+        return next((x for x in self.reasons if norm_reason(x) == r), None)
+
 
 def _state_name(text: str) -> str:
     return re.sub(r"\W", "_", text)
@@ -639,11 +645,11 @@ class Session:
         if wb is not None and "~" not in ep and typ == "create_task":
             reason = outcome.get(wb.outcome_field)
             if reason is not None:
-                r = norm_reason(reason)
-                trig = f"outcome:{r}" if r in wb.reasons else "outcome:*"
+                r = wb.reason(reason)
+                trig = f"outcome:{r}" if r is not None else "outcome:*"
                 # the reason's next step already committed: the outcome posted again (a note added to it) must
                 # not bring the finished win-back back as an open one that never moves on
-                if r not in wb.reasons or not _reason_acted_on(
+                if r is None or not _reason_acted_on(
                         (e.key for e in self.store.ledger(client_ids=[cid], rule=rule)), rule, cid, ep, r):  # fmt: skip
                     out.append((wb, self._winback_sid(wb, cid, ep), trig, {"adopt": "reason_pending"}))
         offer = self._by_family.get("offer", {}).get(rule)
@@ -838,10 +844,10 @@ class Session:
             if wb is not None and "~" not in ep and typ == "create_task" and not self._returned(client_id, ep):
                 sid = self._winback_sid(wb, client_id, ep)
                 reason = (e.outcome or {}).get(wb.outcome_field)
-                r = norm_reason(reason) if reason is not None else None
-                if r is None:
+                r = wb.reason(reason) if reason is not None else None
+                if reason is None:
                     procs[sid] = [wb.name, "reason_pending"]
-                elif r in wb.reasons and not _reason_acted_on(keys, e.rule, client_id, ep, r):
+                elif r is not None and not _reason_acted_on(keys, e.rule, client_id, ep, r):
                     procs[sid] = [wb.name, f"next_{_state_name(r)}"]
             offer = self._by_family.get("offer", {}).get(e.rule)
             if (
