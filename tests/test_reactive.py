@@ -1285,6 +1285,22 @@ def test_a_win_back_stops_when_the_client_buys_again(tmp_path: Path) -> None:
     assert again.process_states("c1") == {} and again.tick("2026-03-01").transitions == []
 
 
+def test_a_win_back_is_not_closed_by_an_invoice_issued_after_the_tick(tmp_path: Path) -> None:
+    """Found in review: an invoice scheduled for next month (or later on the tick's own day) closed the win-back
+    of a client the engine, as of the tick, still had churned."""
+    rules = retainer.load_rules(Path(__file__).parents[1] / "examples" / "rules" / "winback.yaml")
+    store = retainer.open_store(f"sqlite:///{tmp_path / 'crm.db'}", timezone=rules.timezone)
+    store.add(managers=[{"id": "m1", "supervisor_id": "m9"}, {"id": "m9"}], clients=[{"id": "c1", "manager_id": "m1"}],
+              invoices=[{"id": f"i{n}", "client_id": "c1", "issued_at": d, "amount": "50000", "paid_at": d}
+                        for n, d in enumerate(["2025-06-01", "2025-08-01", "2025-10-01"])])  # fmt: skip
+    s = Session(rules, store, clock=lambda: datetime(2026, 3, 20, 9, 0, tzinfo=UTC))
+    s.tick("2026-01-10")
+    store.add(invoices=[{"id": "later", "client_id": "c1", "issued_at": "2026-04-01", "amount": "1000"}])
+    tick = s.tick("2026-02-01")
+    assert tick.transitions == [] and list(s.process_states("c1").values()) == [("winback~winback", "reason_pending")]
+    assert tick.plan is not None and tick.plan.stats["rules"]["winback"]["matched"] == 1
+
+
 def test_a_ladder_a_nightly_run_moved_on_is_shown_at_the_ledgers_step(tmp_path: Path) -> None:
     """Found in review: a session tick sent +3d; a nightly run beside it sent +10d and +20d; the session kept
     showing (and saving) `step_3d` for the client it knew."""

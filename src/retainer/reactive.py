@@ -824,6 +824,7 @@ class Session:
         entries = [e for e in self.store.ledger(client_ids=[client_id]) if e.rule in rules]
         procs: dict[str, list[str]] = {}
         keys = {e.key for e in entries}
+        bought: str | None = None
         for e in sorted(entries, key=lambda e: e.key):
             ep, typ = self._split(e.key, e.rule, client_id)
             deb = self._by_family.get("debtor", {}).get(e.rule)
@@ -841,7 +842,11 @@ class Session:
                                 procs[sid] = [deb.name, st]
                         break
             wb = self._by_family.get("winback", {}).get(e.rule)
-            if wb is not None and "~" not in ep and typ == "create_task" and not self._returned(client_id, ep):
+            if wb is not None and "~" not in ep and typ == "create_task":
+                if bought is None:  # read once per client, and only for a client with a win-back
+                    bought = self._last_bought([client_id], self.clock()).get(client_id, "")
+                if bought > ep:  # bought again since: the process stopped
+                    continue
                 sid = self._winback_sid(wb, client_id, ep)
                 reason = (e.outcome or {}).get(wb.outcome_field)
                 r = wb.reason(reason) if reason is not None else None
@@ -1001,7 +1006,7 @@ class Session:
         self._commit(a, plan.actions, plan.cursors, reaction)
         t1 = time.perf_counter()
         self._close_paid(a, event_id, reaction)
-        self._close_returned(event_id, reaction)
+        self._close_returned(a, event_id, reaction)
         reaction.timings["paid"] = time.perf_counter() - t1
         reaction.timings["total"] = time.perf_counter() - t0
         return reaction
@@ -1046,24 +1051,29 @@ class Session:
             found.update((sid, (cid, v[0])) for sid, v in procs.items() if v[0] in names)
         return found
 
-    def _returned(self, client_id: str, episode: str) -> bool:
-        """The client bought again after the churn a win-back episode names (an invoice issued on a later day in
-        the rules' zone): the process stops ("as soon as the client buys again")."""
-        tz = self.engine.rules.tz
-        invoices = self.store.facts("invoices", _END_OF_TIME, (Pred("client_id", "eq", client_id),))
-        return any(i.issued_at is not None and i.issued_at.astimezone(tz).date().isoformat() > episode
-                   for i in invoices)  # fmt: skip
+    def _last_bought(self, client_ids: Iterable[str], at: datetime) -> dict[str, str]:
+        """Each client's latest invoice day (in the rules' zone) issued by `at`, read at once: what says a client
+        bought again after the churn a win-back episode names (the process stops "as soon as the client buys
+        again"). Not an invoice issued later (scheduled, or after a backfill's as_of): the engine as of `at`
+        still has that client churned."""
+        tz, out = self.engine.rules.tz, {}
+        for i in self.store.facts("invoices", at, (Pred("client_id", "in", frozenset(client_ids)),)):
+            if i.issued_at is not None:
+                day = i.issued_at.astimezone(tz).date().isoformat()
+                out[i.client_id] = max(out.get(i.client_id, ""), day)
+        return out
 
-    def _close_returned(self, event_id: str, reaction: Reaction) -> None:
-        """Win-backs whose client bought again are closed. Left open, a process waited for good at
+    def _close_returned(self, a: AsOf, event_id: str, reaction: Reaction) -> None:
+        """Win-backs whose client bought again by the tick are closed. Left open, a process waited for good at
         `reason_pending`, or at the next step of a reason recorded after the purchase, and was saved with the
         client's every change."""
         processes = self._open("winback")
         if not processes:
             return
+        bought = self._last_bought({cid for cid, _ in processes.values()}, a.instant)
         for sid, (cid, cname) in sorted(processes.items()):
             chart = self.charts[cname]
-            if not self._returned(cid, self._split(sid, chart.rule, cid)[0]):
+            if bought.get(cid, "") <= self._split(sid, chart.rule, cid)[0]:
                 continue
             self._moving.add(cid)
             self._hydrate(cid)
