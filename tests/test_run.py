@@ -1336,3 +1336,32 @@ def test_an_action_a_later_look_cancelled_is_not_also_left_for_the_next_run(stor
     assert report.dispatch is not None and list(report.dispatch.cancelled.values()) == ["paid"]
     assert report.dispatch.left == 0 and list(report.dispatch.failed) == [store.ledger(client_ids=["c1"])[0].id]
 
+
+def test_a_client_given_back_by_hand_to_an_old_moves_manager_is_a_move_by_hand(store: Store) -> None:
+    """Found in review: m1 -> m2 and m2 -> m3 were carried out; m3 -> m4 waited (the CRM down); a supervisor gave
+    the client back to m2. m2, the manager of an old move, was taken for the chain catching up, and the move
+    went out, taking the client from m2."""
+    rules = {"version": 1, "rules": [
+        {"id": "forgotten", "kind": "forgotten", "after": "30d"},
+        {"id": "release", "kind": "release", "forgotten_rule": "forgotten", "grace": "7d",
+         "then": [{"reassign": {"strategy": "round_robin"}}]}]}  # fmt: skip
+    store.add(managers=[{"id": f"m{i}"} for i in (1, 2, 3, 4)], clients=[{"id": "c1", "manager_id": "m1"}],
+              touches=[{"id": "t1", "client_id": "c1", "at": "2026-01-01T10:00:00Z"}])  # fmt: skip
+    clock = FakeClock(datetime(2026, 7, 1, 2, 0, tzinfo=UTC))
+    e = engine_for(rules, store)
+
+    def crm(a: Action) -> None:  # one that carries the moves out
+        if a.type == "reassign":
+            store.upsert(clients=[{"id": "c1", "manager_id": a.to_manager_id}])  # type: ignore[attr-defined]
+
+    e.run("2026-03-01", handlers=crm, clock=clock, sleep=clock.sleep)
+    store.add(touches=[{"id": "t2", "client_id": "c1", "at": "2026-03-02T10:00:00Z"}])
+    e.run("2026-04-10", handlers=crm, clock=clock, sleep=clock.sleep)
+    store.add(touches=[{"id": "t3", "client_id": "c1", "at": "2026-04-11T10:00:00Z"}])
+    e.run("2026-05-20", clock=clock)  # m3 -> m4 waits
+    store.upsert(clients=[{"id": "c1", "manager_id": "m2"}])
+    h = RecordingHandler()
+    report = e.run("2026-05-21", handlers=h, clock=clock, sleep=clock.sleep)
+    assert [a for a in h.actions if a.type == "reassign"] == [] and report.dispatch is not None
+    assert "the client was given to m2 in the CRM since" in report.dispatch.cancelled.values()
+

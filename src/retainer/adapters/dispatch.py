@@ -475,12 +475,13 @@ class Dispatcher:
         hand = {e.id: (e, why) for e in earlier if e.id not in out and e.type == "reassign" and e.client_id in clients
                 and (why := _moved_by_hand(e, clients[e.client_id].manager_id, changes))}  # fmt: skip
         if hand:
-            given: dict[str | None, set[Any]] = {}
+            history: dict[str | None, list[LedgerEntry]] = {}
             for x in self.store.ledger(client_ids=sorted({e.client_id for e, _ in hand.values() if e.client_id}),
                                        types=["reassign"]):  # fmt: skip
-                given.setdefault(x.client_id, set()).add(x.payload_fields.get("to_manager_id"))
+                history.setdefault(x.client_id, []).append(x)
             for e, why in hand.values():
-                if clients[e.client_id or ""].manager_id not in given.get(e.client_id, ()):
+                chain = _chain(e, history.get(e.client_id, []), changes.get(e.client_id or "", {}))
+                if clients[e.client_id or ""].manager_id not in chain:
                     out[e.id] = (why, None)
                     moves[(e.client_id or "", e.action.to_manager_id)] = (why, None)  # type: ignore[attr-defined]
                     episodes[_episode(e.key)] = (e.action.to_manager_id, why, None)  # type: ignore[attr-defined]
@@ -615,6 +616,25 @@ def _moved_by_hand(e: LedgerEntry, now: str | None, changes: Mapping[str, Mappin
     if changes.get(e.client_id or "", {}).get(now, -1) < e.seq:
         return None  # the data showed that manager before the move was decided: a move of a chain not shown yet
     return f"the client was given to {now} in the CRM since"
+
+
+def _chain(e: LedgerEntry, moves: list[LedgerEntry], changes: Mapping[str, int]) -> set[Any]:
+    """The managers of the chain of moves `e` ends (m1 -> m2, then m2 -> m3 decided before the data showed the
+    first): the data showing one of them is catching up with the chain, not a move by hand. Walked back from
+    `e` through the moves that gave the client to the manager the next one takes it from, up to one the data
+    had shown carried out before the next was committed (an old move's manager, given the client back by hand
+    later, is not in the chain)."""
+    f = e.payload_fields
+    out = {f.get("from_manager_id"), f.get("to_manager_id")}
+    cur = e
+    while True:
+        frm = cur.payload_fields.get("from_manager_id")
+        prev = next((x for x in reversed(moves) if x.seq < cur.seq and not x.void
+                     and x.payload_fields.get("to_manager_id") == frm), None)  # fmt: skip
+        if prev is None or prev.seq <= changes.get(frm, -1) < cur.seq:  # shown carried out before `cur`
+            return out
+        out.add(prev.payload_fields.get("from_manager_id"))
+        cur = prev
 
 
 def _episode(key: str) -> str:
