@@ -1369,6 +1369,23 @@ def test_a_win_back_reason_spelt_with_a_hyphen_in_the_rule_file_moves_the_proces
             ("next_survey_needed", "outcome:survey-needed"), ("done", "committed:~survey-needed")]
 
 
+def test_a_win_back_without_next_steps_still_opens_a_session() -> None:
+    """Found in review: a valid win-back rule without `on_outcome` made every Session fail to start (its chart had
+    a `done` state with no way in, which durable-rules takes for a second start state)."""
+    rules = retainer.load_rules({"version": 1, "rules": [
+        {"id": "churned", "kind": "churned", "min_orders": 3, "lookback": "365d", "silence": "90d"},
+        {"id": "winback", "kind": "winback", "min_revenue": 3000}]})  # fmt: skip
+    with retainer.open_store("memory://", timezone=rules.timezone) as store:
+        store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
+                  invoices=[{"id": f"i{d}", "client_id": "c1", "issued_at": d, "amount": "2000", "paid_at": d}
+                            for d in ("2026-01-01", "2026-01-20", "2026-02-10")])  # fmt: skip
+        s = Session(rules, store, clock=lambda: datetime(2026, 6, 1, tzinfo=UTC))
+        (task,) = [a for a in s.tick("2026-05-15").committed if a.type == "create_task"]
+        r = s.post({"type": "outcome", "action_id": task.id, "outcome": {"churn_reason": "price"},
+                    "at": "2026-05-16T10:00"})  # fmt: skip
+        assert [(t.to_state, t.trigger) for t in r.transitions] == [("closed", "outcome:*")]
+
+
 def test_a_session_refuses_a_store_that_reads_naive_times_in_another_zone_than_the_rules() -> None:
     """Rules in Moscow, a store opened without timezone= (naive times read as UTC): a call at 10:00 was stored
     as 10:00 UTC and decided as of 10:00 Moscow (07:00 UTC), before it happened, so the client on the phone

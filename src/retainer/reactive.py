@@ -131,8 +131,10 @@ def _winback_chart(rule_id: str, reasons: Sequence[str], outcome_field: str) -> 
         t[(START, f"resume:{nxt}")] = (nxt, None)
     for st in states[1:]:  # the client bought again: the process stops (a tick sees no part of the rule hold)
         t[(st, "returned")] = ("closed", None)
-    return Chart(f"{rule_id}~winback", "winback", rule_id, (*states, "done", "closed"),
-                 frozenset({"done", "closed"}), t, reasons=tuple(reasons), outcome_field=outcome_field)
+    ends = ("done", "closed") if reasons else ("closed",)  # `done` without a reason's step has no way in: a second
+    # start state, and durable-rules refused the chart (no session could start)
+    return Chart(f"{rule_id}~winback", "winback", rule_id, (*states, *ends),
+                 frozenset(ends), t, reasons=tuple(reasons), outcome_field=outcome_field)
 
 
 def _offer_chart(rule_id: str) -> Chart:
