@@ -1243,16 +1243,24 @@ def test_a_payment_dated_by_day_is_seen_by_the_clients_next_event_that_day() -> 
         assert store.get("invoices", "i1").paid_at == datetime.fromisoformat("2026-03-11T00:00:00+03:00")  # type: ignore[union-attr]
 
 
+REMINDER_ONLY = retainer.load_rules({"version": 1, "rules": [{"id": "debtor", "kind": "debtor", "steps": [
+    {"after": "3d", "notify_client": {"channel": "email", "template": "reminder"}}]}]})  # fmt: skip
+
+
+def _owing(rules: retainer.RuleSet, due: str) -> Store:
+    """A memory store with c1 owing invoice i1, 1,200 due on `due`."""
+    store = retainer.open_store("memory://", timezone=rules.timezone)
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
+              invoices=[{"id": "i1", "client_id": "c1", "issued_at": "2026-02-01", "due_at": due, "amount": 1200}])
+    return store
+
+
 def test_without_handlers_an_event_dated_before_a_payment_leaves_no_reminder_waiting() -> None:
     """Found in review: a session without handlers (the host pulls what waits in the ledger) took a call dated
     before a payment it already held; planned as of the call, the reminder for the paid invoice was committed
     and left `pending`, for the host to send. It is cancelled as a delivery would cancel it."""
-    steps = [{"after": "3d", "notify_client": {"channel": "email", "template": "reminder"}}]
-    rules = retainer.load_rules({"version": 1, "rules": [{"id": "debtor", "kind": "debtor", "steps": steps}]})
-    with retainer.open_store("memory://", timezone=rules.timezone) as store:
-        store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
-                  invoices=[{"id": "i1", "client_id": "c1", "issued_at": "2026-02-01", "due_at": "2026-02-15",
-                             "amount": 1200}])  # fmt: skip
+    rules = REMINDER_ONLY
+    with _owing(rules, "2026-02-15") as store:
         s = Session(rules, store, clock=lambda: datetime(2026, 2, 19, 12, 0, tzinfo=UTC))
         s.post({"type": "invoice_paid", "id": "i1", "at": "2026-02-18T10:00"})
         late = s.post({"type": "touch", "id": "t1", "client_id": "c1", "at": "2026-02-18T09:00", "kind": "call"})
@@ -1330,12 +1338,8 @@ def test_a_ladder_a_nightly_run_moved_on_is_shown_at_the_ledgers_step(tmp_path: 
 def test_a_payment_dated_by_day_comes_after_that_days_timed_instalment(full_first: bool) -> None:
     """Found in review: written at the day's start, the full payment dated by day came before the 500 paid at
     10:00 that day, so either order of arrival left 500 of 1,200 paid, and the client was dunned."""
-    steps = [{"after": "3d", "notify_client": {"channel": "email", "template": "reminder"}}]
-    rules = retainer.load_rules({"version": 1, "rules": [{"id": "debtor", "kind": "debtor", "steps": steps}]})
-    with retainer.open_store("memory://", timezone=rules.timezone) as store:
-        store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
-                  invoices=[{"id": "i1", "client_id": "c1", "issued_at": "2026-02-01", "due_at": "2026-03-01",
-                             "amount": 1200}])  # fmt: skip
+    rules = REMINDER_ONLY
+    with _owing(rules, "2026-03-01") as store:
         s = Session(rules, store, clock=lambda: datetime(2026, 3, 11, 18, 0, tzinfo=UTC))
         partial = {"type": "invoice_paid", "id": "i1", "at": "2026-03-11T10:00", "paid_total": "500"}
         full = {"type": "invoice_paid", "id": "i1", "at": "2026-03-11"}
@@ -1346,6 +1350,21 @@ def test_a_payment_dated_by_day_comes_after_that_days_timed_instalment(full_firs
         assert not s.tick("2026-03-12").committed
 
 
+def _churn_reason_recorded(winback: dict[str, Any], reason: str) -> retainer.reactive.Reaction:
+    """A client who churned in February (three orders, then 90 days of silence) under `winback`: the reason task
+    committed by a tick on 15 May, then `reason` recorded through the session."""
+    churned = {"id": "churned", "kind": "churned", "min_orders": 3, "lookback": "365d", "silence": "90d"}
+    rules = retainer.load_rules({"version": 1, "rules": [churned, winback]})
+    with retainer.open_store("memory://", timezone=rules.timezone) as store:
+        store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
+                  invoices=[{"id": f"i{d}", "client_id": "c1", "issued_at": d, "amount": "2000", "paid_at": d}
+                            for d in ("2026-01-01", "2026-01-20", "2026-02-10")])  # fmt: skip
+        s = Session(rules, store, clock=lambda: datetime(2026, 6, 1, tzinfo=UTC))
+        (task,) = [a for a in s.tick("2026-05-15").committed if a.type == "create_task"]
+        return s.post({"type": "outcome", "action_id": task.id, "outcome": {"churn_reason": reason},
+                       "at": "2026-05-16T10:00"})  # fmt: skip
+
+
 @pytest.mark.parametrize("recorded", ["survey-needed", "Survey needed"])
 def test_a_win_back_reason_spelt_with_a_hyphen_in_the_rule_file_moves_the_process_on(recorded: str) -> None:
     """Found in review: the session compared the answer, made `survey_needed`, with the rule file's own
@@ -1354,36 +1373,17 @@ def test_a_win_back_reason_spelt_with_a_hyphen_in_the_rule_file_moves_the_proces
     wb = {"id": "winback", "kind": "winback", "min_revenue": 3000,
           "task": {"title": "Why?", "due_in": "3d", "options": ["price", "survey-needed", "other"]},
           "on_outcome": {"survey-needed": [{"create_task": {"title": "Survey call", "due_in": "2d"}}]}}
-    rules = retainer.load_rules({"version": 1, "rules": [
-        {"id": "churned", "kind": "churned", "min_orders": 3, "lookback": "365d", "silence": "90d"}, wb]})  # fmt: skip
-    with retainer.open_store("memory://", timezone=rules.timezone) as store:
-        store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
-                  invoices=[{"id": f"i{d}", "client_id": "c1", "issued_at": d, "amount": "2000", "paid_at": d}
-                            for d in ("2026-01-01", "2026-01-20", "2026-02-10")])  # fmt: skip
-        s = Session(rules, store, clock=lambda: datetime(2026, 6, 1, tzinfo=UTC))
-        (task,) = [a for a in s.tick("2026-05-15").committed if a.type == "create_task"]
-        r = s.post({"type": "outcome", "action_id": task.id, "outcome": {"churn_reason": recorded},
-                    "at": "2026-05-16T10:00"})  # fmt: skip
-        assert [a.key for a in r.committed] == ["winback:c1:2026-02-10~survey-needed:create_task"]
-        assert [(t.to_state, t.trigger) for t in r.transitions] == [
-            ("next_survey_needed", "outcome:survey-needed"), ("done", "committed:~survey-needed")]
+    r = _churn_reason_recorded(wb, recorded)
+    assert [a.key for a in r.committed] == ["winback:c1:2026-02-10~survey-needed:create_task"]
+    assert [(t.to_state, t.trigger) for t in r.transitions] == [
+        ("next_survey_needed", "outcome:survey-needed"), ("done", "committed:~survey-needed")]
 
 
 def test_a_win_back_without_next_steps_still_opens_a_session() -> None:
     """Found in review: a valid win-back rule without `on_outcome` made every Session fail to start (its chart had
     a `done` state with no way in, which durable-rules takes for a second start state)."""
-    rules = retainer.load_rules({"version": 1, "rules": [
-        {"id": "churned", "kind": "churned", "min_orders": 3, "lookback": "365d", "silence": "90d"},
-        {"id": "winback", "kind": "winback", "min_revenue": 3000}]})  # fmt: skip
-    with retainer.open_store("memory://", timezone=rules.timezone) as store:
-        store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
-                  invoices=[{"id": f"i{d}", "client_id": "c1", "issued_at": d, "amount": "2000", "paid_at": d}
-                            for d in ("2026-01-01", "2026-01-20", "2026-02-10")])  # fmt: skip
-        s = Session(rules, store, clock=lambda: datetime(2026, 6, 1, tzinfo=UTC))
-        (task,) = [a for a in s.tick("2026-05-15").committed if a.type == "create_task"]
-        r = s.post({"type": "outcome", "action_id": task.id, "outcome": {"churn_reason": "price"},
-                    "at": "2026-05-16T10:00"})  # fmt: skip
-        assert [(t.to_state, t.trigger) for t in r.transitions] == [("closed", "outcome:*")]
+    r = _churn_reason_recorded({"id": "winback", "kind": "winback", "min_revenue": 3000}, "price")
+    assert [(t.to_state, t.trigger) for t in r.transitions] == [("closed", "outcome:*")]
 
 
 def test_a_session_refuses_a_store_that_reads_naive_times_in_another_zone_than_the_rules() -> None:

@@ -1293,18 +1293,22 @@ def test_a_later_look_leaves_alone_what_another_dispatcher_delivered_meanwhile(s
     assert report.dispatch is not None and not report.dispatch.cancelled
 
 
-def test_a_chain_of_moves_the_data_catches_up_with_is_no_move_by_hand(store: Store) -> None:
-    """Found in review: moves m1 -> m2, m2 -> m3, m3 -> m4 waited (a pull host behind); the data then showed m2,
-    the first carried out, and the last move was cancelled as a move by hand: the client stayed with m3, who
-    had forgotten it too."""
+def _round_robin_releases(store: Store) -> tuple[retainer.Engine, FakeClock]:
+    """c1 of m1 (of m1 to m4), silent since 1 January; released round-robin after 30 + 7 days."""
     rules = {"version": 1, "rules": [
         {"id": "forgotten", "kind": "forgotten", "after": "30d"},
         {"id": "release", "kind": "release", "forgotten_rule": "forgotten", "grace": "7d",
          "then": [{"reassign": {"strategy": "round_robin"}}]}]}  # fmt: skip
     store.add(managers=[{"id": f"m{i}"} for i in (1, 2, 3, 4)], clients=[{"id": "c1", "manager_id": "m1"}],
               touches=[{"id": "t1", "client_id": "c1", "at": "2026-01-01T10:00:00Z"}])  # fmt: skip
-    clock = FakeClock(datetime(2026, 7, 1, 2, 0, tzinfo=UTC))
-    e = engine_for(rules, store)
+    return engine_for(rules, store), FakeClock(datetime(2026, 7, 1, 2, 0, tzinfo=UTC))
+
+
+def test_a_chain_of_moves_the_data_catches_up_with_is_no_move_by_hand(store: Store) -> None:
+    """Found in review: moves m1 -> m2, m2 -> m3, m3 -> m4 waited (a pull host behind); the data then showed m2,
+    the first carried out, and the last move was cancelled as a move by hand: the client stayed with m3, who
+    had forgotten it too."""
+    e, clock = _round_robin_releases(store)
     e.run("2026-03-01", clock=clock)
     store.add(touches=[{"id": "t2", "client_id": "c1", "at": "2026-03-02T10:00:00Z"}])
     e.run("2026-04-10", clock=clock)
@@ -1341,14 +1345,7 @@ def test_a_client_given_back_by_hand_to_an_old_moves_manager_is_a_move_by_hand(s
     """Found in review: m1 -> m2 and m2 -> m3 were carried out; m3 -> m4 waited (the CRM down); a supervisor gave
     the client back to m2. m2, the manager of an old move, was taken for the chain catching up, and the move
     went out, taking the client from m2."""
-    rules = {"version": 1, "rules": [
-        {"id": "forgotten", "kind": "forgotten", "after": "30d"},
-        {"id": "release", "kind": "release", "forgotten_rule": "forgotten", "grace": "7d",
-         "then": [{"reassign": {"strategy": "round_robin"}}]}]}  # fmt: skip
-    store.add(managers=[{"id": f"m{i}"} for i in (1, 2, 3, 4)], clients=[{"id": "c1", "manager_id": "m1"}],
-              touches=[{"id": "t1", "client_id": "c1", "at": "2026-01-01T10:00:00Z"}])  # fmt: skip
-    clock = FakeClock(datetime(2026, 7, 1, 2, 0, tzinfo=UTC))
-    e = engine_for(rules, store)
+    e, clock = _round_robin_releases(store)
 
     def crm(a: Action) -> None:  # one that carries the moves out
         if a.type == "reassign":
