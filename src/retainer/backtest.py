@@ -446,7 +446,8 @@ def _sweep(
         cursors: dict[str, str] = {}
         frame = None
         if ids is None or ids:
-            plan, frame, ms = engine._plan(a, ids, wakes.specs(a), duplicates=False, internal=True)
+            plan, frame, ms = engine._plan(a, ids, wakes.specs(a), duplicates=False, internal=True,
+                                           late_facts=False)
             actions, suppressed, cursors = plan.actions, plan.suppressed, plan.cursors
             result.warnings.update(plan.warnings)
             seen = set(frame.ids)  # what was known of these clients is replaced below
