@@ -979,13 +979,16 @@ def test_a_move_not_delivered_yet_is_cancelled_when_the_crm_gave_the_client_to_s
     """Found in a vendor's review: the CRM was down on the night of the release; during the day a supervisor gave
     the client to m3, and the sync wrote it. The next night sent the move m1 -> m2, taking the client from m3,
     with m2's task and the supervisor's "moved to m2". The data is the truth: the move and what it brought
-    are cancelled, and not decided again (a person decided)."""
+    are cancelled, and the move is not decided again (a person decided). The forgotten task it gave m2 is, for
+    m3: the client is still forgotten, and its new manager was never told."""
     e, clock, gone = _release_pending_then(store, clients=[{"id": "c1", "manager_id": "m3"}])
     because = "its client's move to m2 was cancelled: the client was given to m3 in the CRM since"
     assert gone == {"reassign": "the client was given to m3 in the CRM since", "notify_manager": because,
                     "create_task": because}  # fmt: skip
     h = RecordingHandler()
-    assert not e.run("2026-03-03", handlers=h, clock=clock, sleep=clock.sleep).committed and h.actions == []
+    e.run("2026-03-03", handlers=h, clock=clock, sleep=clock.sleep)
+    assert [(a.key, a.assignee_id) for a in h.actions] == [("forgotten:c1:2026-01-01#2:create_task", "m3")]  # type: ignore[attr-defined]
+    assert not e.run("2026-03-04", handlers=h, clock=clock, sleep=clock.sleep).committed
 
 
 def test_a_move_of_a_chain_the_data_does_not_show_yet_is_delivered(store: Store) -> None:

@@ -32,6 +32,7 @@ from .keys import action_key as _key
 from .keys import episode_text as _episode_text
 from .ledger import (
     MANAGER_LEFT,
+    OWNER_CHANGED,
     LedgerEntry,
     RunRecord,
     RunReport,
@@ -974,14 +975,18 @@ class Engine:
         same episode, with keys of its own (`...:2026-01-01#2:reassign`), and so are the client's tasks and
         messages cancelled with that move (the forgotten task it gave the new manager). A move the host
         cancelled stands, and so does one whose client the data shows with another manager since (moved by
-        hand in the CRM: the data is the truth)."""
+        hand in the CRM: the data is the truth); the tasks and messages a run cancelled with such a move
+        (`ledger.OWNER_CHANGED`) are decided again, for the manager the data shows: the client is still
+        forgotten, and its new owner was never told."""
         cancellations = getattr(self.store, "cancellations", None)  # a store written for an earlier protocol
         if cancellations is None:
             return
         again: set[str] = set()  # clients whose move is decided again
+        handed: set[str] = set()  # clients the CRM gave to a third manager while their move waited
         todo = [m for m in movers if ledger.get(m.head + "reassign") == "done"]  # a cancelled action is `done`
         while todo:
             codes = cancellations([m.head + "reassign" for m in todo])
+            handed |= {m.subject_id for m in todo if codes.get(m.head + "reassign") == OWNER_CHANGED}
             todo = [m for m in todo if codes.get(m.head + "reassign") == MANAGER_LEFT]
             if not todo:
                 break
@@ -992,11 +997,11 @@ class Engine:
             self._next_attempt(todo, ledger)
             again |= {m.subject_id for m in todo}
             todo = [m for m in todo if ledger.get(m.head + "reassign") == "done"]
-        others = [m for m in matches if m.subject_id in again and m.rule.reassign is None and m.keys
+        others = [m for m in matches if m.subject_id in again | handed and m.rule.reassign is None and m.keys
                   and ledger.get(m.keys[0]) == "done"]  # fmt: skip
         if others:
             codes = cancellations([m.keys[0] for m in others])
-            self._next_attempt([m for m in others if codes.get(m.keys[0]) == MANAGER_LEFT], ledger)
+            self._next_attempt([m for m in others if codes.get(m.keys[0]) in (MANAGER_LEFT, OWNER_CHANGED)], ledger)
 
     def _next_attempt(self, ms: list[_Match], ledger: dict[str, Status], attempt: int | None = None) -> None:
         """The next decision of each match's episode (or decision `attempt`), with keys of its own, and their

@@ -55,6 +55,10 @@ ACTIVE: Final = ("pending", "failed")
 #: the code of a cancellation by retainer (outcome `{"cancelled": why, "code": ...}`) of a reassignment whose new
 #: manager left before it went out: it moved nobody, so the next plan decides the release again
 MANAGER_LEFT: Final = "manager_left"
+#: the code of a cancellation by retainer of a reassignment whose client the CRM gave to a third manager before
+#: it went out, and of the tasks and messages it brought for its new manager: the move is not decided again (a
+#: person decided), those tasks and messages are, for the manager the data shows
+OWNER_CHANGED: Final = "owner_changed"
 _MOVED: Final = ("pending", "failed", "done")  # a reassignment in these moved its client (dead: refused)
 
 

@@ -22,7 +22,17 @@ from typing import Any
 
 from ..actions import ACTION_TYPES, Action
 from ..errors import ArgumentError, DispatchError, StoreBusyError, did_you_mean
-from ..ledger import ACTIVE, MANAGER_LEFT, LedgerEntry, Status, claim_alive, claim_holder, delivering, manager_changes
+from ..ledger import (
+    ACTIVE,
+    MANAGER_LEFT,
+    OWNER_CHANGED,
+    LedgerEntry,
+    Status,
+    claim_alive,
+    claim_holder,
+    delivering,
+    manager_changes,
+)
 from ..stores.base import Pred, virtual_value
 from .base import ActionHandler, CallbackHandler, PermanentError, RetryLater
 
@@ -482,8 +492,10 @@ class Dispatcher:
             for e, why in hand.values():
                 chain = _chain(e, history.get(e.client_id, []), changes.get(e.client_id or "", {}))
                 if clients[e.client_id or ""].manager_id not in chain:
-                    out[e.id] = (why, None)
-                    moves[(e.client_id or "", e.action.to_manager_id)] = (why, None)  # type: ignore[attr-defined]
+                    # the release's own note ("moved to m2") goes with it; another rule's task for m2 is decided
+                    # again for the manager the data shows (the client is still forgotten)
+                    out[e.id] = (why, OWNER_CHANGED)
+                    moves[(e.client_id or "", e.action.to_manager_id)] = (why, OWNER_CHANGED)  # type: ignore[attr-defined]
                     episodes[_episode(e.key)] = (e.action.to_manager_id, why, None)  # type: ignore[attr-defined]
         if moves:  # the tasks and messages planned with a cancelled move, for the manager it named, go with it,
             # and so does everything else its rule planned with it; all are decided again with the move
