@@ -33,7 +33,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -49,7 +49,7 @@ from .plan import Plan
 from .rules.features import norm_reason
 from .rules.loader import RuleSet, load_rules
 from .stores.base import ManagerLoads, Pred, Store
-from .timeutil import AsOf, date_only, day_start, parse_as_of, parse_instant
+from .timeutil import AsOf, date_only, day_end, day_start, parse_as_of, parse_instant
 
 _END_OF_TIME = datetime.max.replace(tzinfo=UTC)
 
@@ -288,9 +288,7 @@ def _whole_day(t: datetime | None, zone: Any) -> datetime | None:
     if t is None:
         return None
     local = t.astimezone(zone)
-    if (local.hour, local.minute, local.second) == (0, 0, 0):
-        return day_start(local.date() + timedelta(days=1), zone) - timedelta(seconds=1)
-    return t
+    return day_end(local.date(), zone) if (local.hour, local.minute, local.second) == (0, 0, 0) else t
 
 
 def _reason_acted_on(keys: Iterable[str], rule: str, client_id: str, episode: str, reason: str) -> bool:
@@ -1035,7 +1033,6 @@ class Session:
                 reaction.transitions.append(tr)
                 reaction.cancelled += self._cancel(chart, cid, sid, a)
         self._persist()
-
 
     def _open(self, family: str) -> dict[str, tuple[str, str]]:
         """The open instances of a family's charts, saved (one read of the cursors) and in memory: sid ->

@@ -238,6 +238,12 @@ def day_start(d: date, tz: tzinfo) -> datetime:
     return datetime.combine(d, time(0), tzinfo=tz).astimezone(UTC)
 
 
+def day_end(d: date, tz: tzinfo) -> datetime:
+    """The last second of a day in `tz` (instants are kept to the second): where a date that stands for its
+    whole day ends."""
+    return day_start(d + timedelta(days=1), tz) - timedelta(seconds=1)
+
+
 def to_utc_text(dt: datetime) -> str:
     """Fixed-width UTC text (`2026-03-01T09:00:00Z`): sorts and compares like the instant it names."""
     if dt.tzinfo is not UTC:

@@ -10,7 +10,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
@@ -25,6 +25,7 @@ from ..timeutil import (
     DurationTooLongError,
     add_durations,
     date_only,
+    day_end,
     day_start,
     in_years,
     parse_duration,
@@ -154,7 +155,7 @@ class Day:
     __slots__ = ("day", "end", "start")
 
     def __init__(self, day: date, tz: Any) -> None:
-        self.day, self.start, self.end = day, day_start(day, tz), _last_second(day, tz)
+        self.day, self.start, self.end = day, day_start(day, tz), day_end(day, tz)
 
     # `instant OP day` reaches these reflected (datetime returns NotImplemented): `instant <= day` is
     # `day.__ge__(instant)`, and between's `day <= instant` is `day.__le__(instant)`
@@ -649,12 +650,6 @@ def _coerce(op: str, v: Any, ftype: str, feature: str, tz: Any, path: Path) -> A
                 f"for each of them all: [{{{feature}: {{contains: ...}}}}, ...]", path)
         return str(v)
     return _scalar(v, ftype, feature, tz, path)
-
-
-def _last_second(d: date, tz: Any) -> datetime:
-    """The last second of a day in the rule set's zone (a day parse_instant took): instants are kept to the
-    second."""
-    return day_start(d + timedelta(days=1), tz) - timedelta(seconds=1)
 
 
 def _is_share(feature: str) -> bool:
