@@ -301,10 +301,10 @@ class Dispatcher:
             for k, e in enumerate(ready):
                 if self.clock().timestamp() - checked >= self.retry.recheck:  # what the CRM wrote since the last look
                     checked = self.clock().timestamp()
-                    void = self._cancel([x for x in (*ready[k:], *queue, *(w[2] for w in waiting))
-                                         if x.id not in gone], report, again=True)  # fmt: skip
+                    unsent = [x for x in (*ready[k:], *queue, *(w[2] for w in waiting)) if x.id not in gone]
+                    void = self._cancel(unsent, report, again=True)
                     gone |= void.keys()
-                    for x in (*ready[k:], *queue, *(w[2] for w in waiting)):
+                    for x in unsent:
                         if x.id in void and x.type == "reassign":  # its client's actions wait for it no more
                             moving.pop(x.client_id or "", None)
                 if e.id in gone:
