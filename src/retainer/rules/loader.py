@@ -142,7 +142,7 @@ def _yaml_problem(exc: yaml.MarkedYAMLError, text: str) -> tuple[str, int | None
 
 
 #: the rule file's own keys: one of them inside a rule was indented under it by mistake
-_TOP_LEVEL = frozenset({"version", "timezone", "policies", "templates", "features", "rules", "abc"})
+_TOP_LEVEL = frozenset(RuleFile.model_fields)
 
 #: `after:60d`: a key and its value without the space YAML needs between them
 _NO_SPACE = re.compile(r"^(?:- )?([\w.-]+):([^\s/].*)$")
