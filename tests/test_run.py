@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -801,6 +802,40 @@ def test_an_async_handler_is_refused_before_anything_is_committed(store: Store) 
         assert futures[0].cancelled()
     finally:
         loop.close()
+
+
+def test_a_generator_handler_is_refused_and_a_returned_generator_is_not_delivered(store: Store) -> None:
+    """Found in an embedding review: a `handle` with a stray `yield` returned a generator without running a
+    line, and every action was recorded `done` with nothing sent."""
+    import functools
+
+    sent: list[str] = []
+
+    def send(action: Action) -> Iterator[str]:
+        sent.append(action.id)
+        yield action.id
+
+    class Crm:
+        def handle(self, action: Action) -> Iterator[str]:
+            sent.append(action.id)
+            yield action.id
+
+    class Caller:
+        def __call__(self, action: Action) -> Iterator[str]:
+            sent.append(action.id)
+            yield action.id
+
+    crm(store)
+    for h in (send, Crm(), {"create_task": send}, functools.partial(send), Caller()):
+        with pytest.raises(retainer.DispatchError, match=r"is a generator function \(a `yield` in its body\)"):
+            run(store, handlers=h)  # type: ignore[arg-type]
+    assert store.ledger() == [] and store.runs() == [] and sent == []
+
+    # one that hides it (a plain function returning a generator): dead at delivery, never `done`
+    report = run(store, handlers=lambda a: (sent.append(x) for x in [a.id]))
+    assert report.counts()["done"] == 0 and sent == []
+    assert {e.status for e in store.ledger()} == {"dead"}
+    assert all("returned a generator, closed unrun: nothing was sent" in (e.last_error or "") for e in store.ledger())
 
 
 def test_an_error_text_that_is_not_unicode_is_kept_escaped(store: Store) -> None:

@@ -156,6 +156,12 @@ def _check_signature(name: str, h: Any) -> None:
             f"e.g. lambda action: asyncio.run(send(action)), or asyncio.run_coroutine_threadsafe(send(action), "
             f"loop).result() from a thread beside your event loop"
         )
+    if _is_generator(fn):
+        raise DispatchError(
+            f"handler for {name!r} ({handler_name(h)}) is a generator function (a `yield` in its body): calling it "
+            f"returns a generator without running a line of it, and its actions would be recorded as delivered. "
+            f"Deliver in the body and return; a handler's return value is ignored"
+        )
     if isinstance(h, type) and not isinstance(inspect.getattr_static(h, "handle", None), staticmethod | classmethod):
         # `handle(self, action=None)` on the class binds the action to self: the instance was meant
         raise DispatchError(f"handler for {name!r} is the class {h.__qualname__}: pass an instance, {h.__name__}(...)")
@@ -171,12 +177,24 @@ def _check_signature(name: str, h: Any) -> None:
         pass  # a builtin without a signature: trusted
 
 
-def _is_async(fn: Any) -> bool:
-    """`async def`, also behind functools.partial or as an object's `async def __call__`."""
+def _bodies(fn: Any) -> tuple[Any, Any]:
+    """The function a handler's call runs, behind functools.partial, and an object's `__call__` (or None)."""
     while isinstance(fn, functools.partial):
         fn = fn.func
     call = None if inspect.isroutine(fn) or isinstance(fn, type) else inspect.getattr_static(type(fn), "__call__", None)
+    return fn, call
+
+
+def _is_async(fn: Any) -> bool:
+    """`async def`, also behind functools.partial or as an object's `async def __call__`."""
+    fn, call = _bodies(fn)
     return inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn) or inspect.iscoroutinefunction(call)
+
+
+def _is_generator(fn: Any) -> bool:
+    """A stray `yield`: the body runs only when someone iterates, and a dispatcher never does."""
+    fn, call = _bodies(fn)
+    return inspect.isgeneratorfunction(fn) or inspect.isgeneratorfunction(call)
 
 
 def _as_handler(h: Any) -> Any:
@@ -570,6 +588,10 @@ class Dispatcher:
                         what = _discard(result)
                         raise PermanentError(f"the handler returned an awaitable instead of delivering ({what}): "
                                              f"make it deliver before it returns")
+                    if inspect.isgenerator(result):  # `lambda a: (send(x) for x in ...)`: nothing ran
+                        result.close()
+                        raise PermanentError("the handler returned a generator, closed unrun: nothing was sent; "
+                                             "make it deliver before it returns")
                 except PermanentError as exc:
                     st, err, rejected = "dead", describe_error(exc) + " (not retried)", True
                 except RetryLater as exc:  # the CRM took nothing and asked to be called later: no attempt spent,
