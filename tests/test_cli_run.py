@@ -56,6 +56,7 @@ def test_run_delivers_once_and_a_rerun_finds_only_duplicates(db: str, tmp_path: 
 def test_dry_run_writes_nothing(db: str) -> None:
     code, report, _ = go(db, "--dry-run")
     assert code == 0 and report["dry_run"] is True and report["run"] is None
+    assert report["counts"]["new"] == len(report["new"]) > 0  # what a run would commit, not `new: 0`
     assert ledger(db) == [] and json.loads(run("runs", "-d", db, "-f", "json").stdout) == []
 
 

@@ -67,6 +67,9 @@ def test_plan_and_dry_run_see_the_ledger_but_write_nothing(store: Store) -> None
     engine = engine_for(WITH_RELEASE, store)
     dry = engine.run("2026-03-02", dry_run=True)
     assert dry.run is None and dry.committed == [] and len(dry.plan.actions) == 3
+    # a preview says what a run would commit (found in an embedding review: `new: 0`, nothing to do)
+    assert dry.counts()["new"] == 3 and dry.new == dry.plan.actions
+    assert [a["key"] for a in json.loads(dry.to_json())["new"]] == [a.key for a in dry.plan.actions]
     assert store.ledger() == [] and store.runs() == []
     run(store, handlers=RecordingHandler())
     p = engine.plan("2026-03-02")

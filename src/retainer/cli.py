@@ -535,7 +535,7 @@ def run(
             assert report.run is not None
             out.print(f"run {report.run.id} as of {report.plan.as_of.isoformat()}", highlight=False)
         out.print(
-            f"new {c['new'] if not dry_run else len(report.plan.actions):,}, duplicate {c['duplicate']:,} "
+            f"new {c['new']:,}, duplicate {c['duplicate']:,} "
             f"(already in the ledger), held back by policies {c['suppressed']:,}",
             highlight=False,
         )

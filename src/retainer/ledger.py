@@ -421,7 +421,8 @@ class RunReport:
     """What `Engine.run` did: the plan, what it committed, and how delivery went.
 
     `committed` are this run's new actions; duplicates and policy holds are in `plan.suppressed`
-    (reason `duplicate` for keys an earlier run committed). `run` is None for a dry run.
+    (reason `duplicate` for keys an earlier run committed). `run` is None for a dry run, which commits
+    nothing: its `new` (in `counts()` and the JSON) are the plan's actions, what a run would commit.
     """
 
     plan: Plan
@@ -439,10 +440,16 @@ class RunReport:
         handler that was given up on. (Types without a handler wait as `pending`; see `no_handler`.)"""
         return self.dispatch is None or self.dispatch.complete
 
+    @property
+    def new(self) -> list[Action]:
+        """What this run commits, or for a dry run what a run would commit: a preview that read `new: 0` told a
+        monitoring script there was nothing to do."""
+        return self.committed if self.run is not None else self.plan.actions
+
     def counts(self) -> dict[str, int]:
         d = self.dispatch
         return {
-            "new": len(self.committed),
+            "new": len(self.new),
             "duplicate": len(self.duplicates),
             "suppressed": len(self.plan.suppressed) - len(self.duplicates),
             "done": len(d.done) if d else 0,
@@ -459,7 +466,7 @@ class RunReport:
             "dry_run": self.run is None,
             "as_of": self.plan.as_of.isoformat(),
             "counts": self.counts(),
-            "new": [_as_is(a) for a in self.committed],  # read only: the JSON is the copy
+            "new": [_as_is(a) for a in self.new],  # read only: the JSON is the copy
             "duplicates": [s.action.key for s in self.duplicates],
             "suppressed": [
                 {"key": s.action.key, "reason_code": s.reason_code, "detail": s.detail}
