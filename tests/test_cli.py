@@ -413,9 +413,48 @@ def test_import_archive_missing(tmp_path: Path) -> None:
     assert "times without an offset were read as UTC" in r.stderr
     r = run("import", str(export), "--to", f"sqlite:///{db}", "--replace", "--rules", str(RULES))
     assert r.returncode == 0 and "without an offset" not in r.stderr
+    # the zone named is the store's from now on: a nightly import without --rules reads in it, and says so
+    r = run("import", str(export), "--to", f"sqlite:///{db}", "--replace", "--archive-missing")
+    assert r.returncode == 0 and "times without an offset were read in Europe/Moscow, the zone of this store's" \
+        in r.stderr, r.stderr
     with sqlite3.connect(db) as con:
         assert con.execute("select status from clients where id = ?", [rows[-1].split(",")[0]]).fetchone() == (
             "archived",)
+
+
+def test_a_store_keeps_the_zone_it_was_first_imported_in(tmp_path: Path) -> None:
+    """Found in a cron review: the first import named the rules' zone, the nightly `--replace` (as the crontab in
+    operations.md wrote it) did not, read the same 23:30 call as UTC, moved it to the next day, and the same
+    silence got a second task. Now the nightly import reads in the recorded zone, and another zone named
+    outright is refused with nothing written."""
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "managers.csv").write_text("id,name\nm1,Anna\n")
+    (export / "clients.csv").write_text("id,manager_id,name\nc1,m1,Acme\n")
+    (export / "touches.csv").write_text("id,client_id,at,kind\nt1,c1,2025-12-31T23:30,call\n")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("version: 1\ntimezone: Europe/Moscow\nrules:\n  - {id: f, kind: forgotten, after: 30d}\n")
+    db, out = tmp_path / "crm.db", tmp_path / "actions.jsonl"
+
+    def touch_at() -> str:
+        with sqlite3.connect(db) as con:
+            return str(con.execute("SELECT at FROM touches").fetchone()[0])
+
+    assert run("import", str(export), "--to", f"sqlite:///{db}", "--rules", str(rules)).returncode == 0
+    assert touch_at() == "2025-12-31T20:30:00Z"
+    night = ("run", "--rules", str(rules), "--data", str(db), "-H", f"jsonl:{out}", "--as-of")
+    assert run(*night, "2026-03-01").returncode == 0
+    r = run("import", str(export), "--to", str(db), "--replace", "--archive-missing")
+    assert r.returncode == 0 and "read in Europe/Moscow, the zone of this store's first import" in r.stderr
+    assert touch_at() == "2025-12-31T20:30:00Z"
+    assert run(*night, "2026-03-02").returncode == 0
+    assert [json.loads(x)["key"] for x in out.read_text().splitlines()] == ["f:c1:2025-12-31:create_task"]
+
+    r = run("import", str(export), "--to", str(db), "--replace", "--timezone", "UTC")
+    assert r.returncode == 2 and "read in Europe/Moscow; these would be read in UTC" in r.stderr, r.stderr
+    assert touch_at() == "2025-12-31T20:30:00Z"  # nothing written
+    for same in ("Europe/Moscow", "W-SU"):  # the same clock by another name is no other zone
+        assert run("import", str(export), "--to", str(db), "--replace", "--timezone", same).returncode == 0
 
 
 @pytest.mark.parametrize("args", [("--as-of", "2026-03-01", "--as-of", "2026-04-15"),

@@ -909,11 +909,11 @@ def import_(
     """Validate a data folder and load it into a store, all or nothing."""
     from .datafiles import import_data
     from .stores import open_store
-    from .timeutil import get_tz
+    from .timeutil import get_tz, zone_name
 
-    tzname = timezone or (_rules(rules).timezone if rules else "UTC")
-    try:
-        tz = get_tz(tzname)
+    tzname = timezone or (_rules(rules).timezone if rules else None)
+    try:  # neither given: the zone the store recorded at its first import, else UTC
+        tz = get_tz(tzname) if tzname else None
     except ValueError as exc:
         _fail(str(exc))
     if not src.is_dir():
@@ -922,7 +922,7 @@ def import_(
         _fail("--archive-missing needs --replace: it is for a full export loaded over the store")
     t0 = time.perf_counter()
     try:
-        store = open_store(to, timezone=tz)
+        store = open_store(to, timezone=tz) if tz is not None else open_store(to)
     except StoreError as exc:
         _fail(str(exc))
     try:
@@ -946,9 +946,12 @@ def import_(
     )
     if archived is not None:
         err.print(f"archived {archived:,} client(s) the export no longer lists", highlight=False)
-    if timezone is None and rules is None:  # a 23:30 call in Kyiv read as 23:30 UTC lands on the next day there
+    if tz is None and zone_name(store.tz) == "UTC":  # a 23:30 call in Kyiv read as UTC lands on the next day there
         err.print("note: times without an offset were read as UTC; if the CRM writes local time, import again "
                   "with --rules (the rules' zone) or --timezone", highlight=False)
+    elif tz is None:
+        err.print(f"times without an offset were read in {zone_name(store.tz)}, the zone of this store's first "
+                  f"import", highlight=False)
 
 
 def _remove_if_created(store: object) -> None:

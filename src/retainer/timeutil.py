@@ -191,6 +191,27 @@ def get_tz(name: str) -> tzinfo:
         raise ValueError(f"unknown time zone {name!r}: use an IANA name such as Europe/Moscow") from exc
 
 
+def zone_name(tz: tzinfo) -> str:
+    """How a store records the zone its naive times were read in: the IANA key, or the zone's own text."""
+    return getattr(tz, "key", None) or str(tz)
+
+
+def same_zone(a: str, b: str) -> bool:
+    """Two zone names for the same clock (`Europe/Kiev` and `Europe/Kyiv`, `UTC` and `Etc/UTC`): the same
+    offset at noon on the 1st and 15th of every month from 1970 to 2050."""
+    if a == b:
+        return True
+    try:
+        za, zb = get_tz(a), get_tz(b)
+    except ValueError:
+        return False
+    return all(
+        datetime(y, m, d, 12, tzinfo=UTC).astimezone(za).utcoffset()
+        == datetime(y, m, d, 12, tzinfo=UTC).astimezone(zb).utcoffset()
+        for y in range(1970, 2051) for m in range(1, 13) for d in (1, 15)
+    )  # fmt: skip
+
+
 def as_aware(dt: datetime, tz: tzinfo) -> datetime:
     """Naive datetimes are wall-clock times in `tz`; aware ones are kept. UTC, seconds precision."""
     if dt.microsecond:

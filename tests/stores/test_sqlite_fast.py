@@ -365,3 +365,33 @@ def test_background_checkpoints_copy_the_log_into_the_file(tmp_path: Path) -> No
     assert not thread.is_alive()
     with SQLiteStore(path) as again:
         assert again.aggregate([AggSpec("touches", "count", None, ())], FAR) == [{"c1": 600}]
+
+
+def test_the_zone_facts_were_written_in_is_kept_with_them(tmp_path: Path) -> None:
+    """A store remembers the zone named when its facts were first written: opened again without one, it reads
+    new naive times in it (not UTC, a day off near midnight); opened in another zone, it refuses to write."""
+    db = tmp_path / "crm.db"
+    first = retainer.open_store(db, timezone="Europe/Moscow")
+    first.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}])
+    first.close()
+    again = retainer.open_store(db)
+    assert str(again.tz) == "Europe/Moscow" and not getattr(again, "zone_defaulted", False)
+    again.add(touches=[{"id": "t1", "client_id": "c1", "at": "2025-12-31T23:30"}])
+    assert again.get("touches", "t1").at == datetime(2025, 12, 31, 20, 30, tzinfo=UTC)  # type: ignore[union-attr]
+    again.close()
+    other = retainer.open_store(db, timezone="UTC")
+    with pytest.raises(retainer.DataError, match=r"read in Europe/Moscow; these would be read in UTC"):
+        other.add(touches=[{"id": "t2", "client_id": "c1", "at": "2026-01-01T10:00"}])
+    assert other.get("touches", "t2") is None
+    other.close()
+    # a store no zone was named for records none: naming the right one later is how it is fixed
+    plain = retainer.open_store(tmp_path / "plain.db")
+    plain.add(managers=[{"id": "m1"}])
+    assert plain.recorded_zone is None  # type: ignore[attr-defined]
+    plain.close()
+    named = retainer.open_store(tmp_path / "plain.db", timezone="Europe/Kiev")
+    named.add(managers=[{"id": "m2"}])
+    named.close()
+    kyiv = retainer.open_store(tmp_path / "plain.db", timezone="Europe/Kyiv")  # its new name: the same clock
+    kyiv.add(managers=[{"id": "m3"}])
+    assert kyiv.recorded_zone == "Europe/Kiev"  # type: ignore[attr-defined]

@@ -84,7 +84,15 @@ def open_store(url: str | os.PathLike[str], *, timezone: tzinfo | str = DEFAULT_
         raise ArgumentError(f"a store URL is text (memory://, sqlite:///crm.db) or a path, not {url!r}")
     store = _open(url, tz, create)
     if timezone is DEFAULT_TZ:
-        store.zone_defaulted = True  # type: ignore[attr-defined]
+        # a store that recorded the zone its facts were written in reads new ones in it too (a nightly import
+        # without --rules); otherwise UTC, and an engine counting days elsewhere warns of it
+        recorded = getattr(store, "recorded_zone", None)
+        try:  # a host's own tzinfo without an IANA name is not ours to guess
+            store.tz = get_tz(recorded) if recorded else None  # type: ignore[attr-defined]
+        except ValueError:
+            store.tz = None  # type: ignore[attr-defined]
+        if store.tz is None:  # type: ignore[attr-defined]
+            store.tz, store.zone_defaulted = UTC, True  # type: ignore[attr-defined]
     return store
 
 

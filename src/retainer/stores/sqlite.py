@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..actions import Action
-from ..errors import RunInProgressError, StoreBusyError, StoreError
+from ..errors import DataError, RunInProgressError, StoreBusyError, StoreError
 from ..ledger import (
     LedgerEntry,
     RunRecord,
@@ -40,7 +40,7 @@ from ..ledger import (
     merge_outcome,
 )
 from ..model import ENTITIES, Client, Entity, Manager, no_gc
-from ..timeutil import to_utc_text
+from ..timeutil import same_zone, to_utc_text, zone_name
 from . import _ingest
 from .base import EXISTS_FIELD, TIME_FIELDS, AggSpec, Changes, Pred
 
@@ -843,6 +843,35 @@ class SQLiteStore:
     def _ids(self, entity: str) -> _StoredIds:
         return _StoredIds(self.conn, entity)
 
+    @property
+    def recorded_zone(self) -> str | None:
+        """The zone this store's facts were written in (times without an offset read in it), recorded by its
+        first write of facts in a zone named when it was opened; None before that (or in a store written by
+        an older retainer)."""
+        if self.read_only is None and "retainer_meta" not in self._tables():
+            return None
+        row = self.conn.execute("SELECT value FROM retainer_meta WHERE key = 'timezone'").fetchone()
+        return row[0] if row else None
+
+    def _claim_zone(self, conn: sqlite3.Connection) -> None:
+        """Facts are written in one zone: a nightly `import --replace` that read the same 23:30 call in UTC
+        after the first import read it in Moscow moved it to the next day, and the same silence got a second
+        task (a new episode date). Refused, naming both zones, before any row is written. A zone nobody named
+        (open_store's UTC default) is not recorded: naming the right one later is the fix for it."""
+        if getattr(self, "zone_defaulted", False):
+            return
+        mine = zone_name(self.tz)
+        row = conn.execute("SELECT value FROM retainer_meta WHERE key = 'timezone'").fetchone()
+        if row is None:
+            conn.execute("INSERT INTO retainer_meta VALUES ('timezone', ?)", [mine])
+        elif not same_zone(row[0], mine):
+            raise DataError(
+                f"{self.path}: its facts were written with times without an offset read in {row[0]}; these "
+                f"would be read in {mine}, moving every such time (and the day it falls on) by the difference. "
+                f"Open the store with timezone={row[0]!r} (retainer import --timezone {row[0]}, or a rule file in "
+                f"that zone), or load the data into a new store"
+            )
+
     def load(self, batches: Iterable[_ingest.Batch], *, replace: bool = False) -> dict[str, int]:
         """Write validated batches in ONE transaction: all of them, or nothing when one is bad.
 
@@ -861,6 +890,7 @@ class SQLiteStore:
         deferred: list[str] = []  # CREATE INDEX statements of bulk-loaded tables, run after their rows
         bulk_summaries: set[str] = set()  # entities loaded into an empty table: summarised after the load
         with self._no_mmap() as bulk_reads, self._transaction() as conn:
+            self._claim_zone(conn)
             summaries = self._summaries = self._summaries_current()  # under the write lock: settled
             for b in batches:
                 if not known:
