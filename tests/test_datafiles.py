@@ -525,3 +525,36 @@ def test_a_jsonl_line_over_the_limit_is_refused_on_its_line(tmp_path: Path, monk
     p.write_text(p.read_text() + '{"id": "c9", "manager_id": "m1", "name": "' + "x" * 2000 + '"}\n')
     with pytest.raises(retainer.DataError, match=r"clients.jsonl:\d+: the line is longer than 1,000 characters"):
         open_source(str(tmp_path / "j"), UTC)
+
+
+@pytest.mark.parametrize("store_url", ["memory://", "sqlite"])
+def test_a_replace_never_resets_a_value_only_because_its_column_is_missing(tmp_path: Path, store_url: str) -> None:
+    """Found in a cron review: a nightly export whose saved report lost the `contact_policy` column made a
+    do-not-contact client contactable (and wiped tags and created_at), exit 0, no warning."""
+    first = tmp_path / "first"
+    first.mkdir()
+    (first / "managers.csv").write_text("id\nm1\n")
+    (first / "clients.csv").write_text("id,manager_id,contact_policy,tags\nc1,m1,ok,\nc2,m1,do_not_contact,vip\n")
+    url = store_url if store_url == "memory://" else f"sqlite:///{tmp_path / 'crm.db'}"
+    store = retainer.open_store(url)
+    import_data(first, store)
+    nightly = tmp_path / "nightly"
+    nightly.mkdir()
+    (nightly / "clients.csv").write_text("id,manager_id,name\nc1,m1,Acme\nc2,m1,Bolt\nc3,m1,New\n")
+    with pytest.raises(retainer.DataError) as e:
+        import_data(nightly, store, replace=True)
+    assert str(e.value).startswith(f"{nightly / 'clients.csv'}:3 id=c2 field contact_policy: the row has no column "
+                                   "'contact_policy', so --replace would reset the stored contact_policy "
+                                   "'do_not_contact' to 'ok'")  # fmt: skip
+    assert store.get("clients", "c2").contact_policy == "do_not_contact"  # type: ignore[union-attr]
+    assert store.get("clients", "c3") is None and store.get("clients", "c1").name is None  # type: ignore[union-attr]
+    # a JSONL row without the key is the same slip
+    (nightly / "clients.csv").unlink()
+    (nightly / "clients.jsonl").write_text('{"id": "c2", "manager_id": "m1", "contact_policy": "do_not_contact"}\n')
+    with pytest.raises(retainer.DataError, match=r"clients.jsonl:1 id=c2 field tags: the row has no key 'tags'"):
+        import_data(nightly, store, replace=True)
+    # said outright, an empty cell resets; a missing column whose stored values are its default resets nothing
+    (nightly / "clients.jsonl").unlink()
+    (nightly / "clients.csv").write_text("id,manager_id,contact_policy,tags\nc1,m1,ok,\nc2,m1,,\nc3,m1,ok,\n")
+    assert import_data(nightly, store, replace=True) == {"clients": 3}
+    assert store.get("clients", "c2").contact_policy == "ok" and store.get("clients", "c2").tags == frozenset()  # type: ignore[union-attr]

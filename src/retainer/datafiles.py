@@ -13,7 +13,7 @@ import json
 import os
 import stat
 from collections.abc import Iterator
-from datetime import tzinfo
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import IO, Any
 
@@ -229,13 +229,18 @@ def read_batches(folder: str | Path, tz: tzinfo, *, chunk: int = CHUNK) -> Itera
             buf.append(row)
             lines.append(line)
             if len(buf) >= chunk:
-                models = validate_rows(entity, buf, tz, file=str(path), lines=lines, header=header)
-                yield Batch(entity, models, str(path), lines)
+                yield _batch(entity, buf, tz, path, lines, header)
                 buf, lines = [], []
         if buf:
-            yield Batch(
-                entity, validate_rows(entity, buf, tz, file=str(path), lines=lines, header=header), str(path), lines
-            )
+            yield _batch(entity, buf, tz, path, lines, header)
+
+
+def _batch(entity: str, rows: list[Any], tz: tzinfo, path: Path, lines: list[int], header: list[str] | None) -> Batch:
+    """A chunk validated, with the fields its source gives: a JSONL exporter that leaves out empty values
+    still writes each key in some row of a chunk."""
+    columns = frozenset(header) if header is not None else frozenset(k for r in rows for k in r)
+    return Batch(entity, validate_rows(entity, rows, tz, file=str(path), lines=lines, header=header), str(path),
+                 lines, columns)  # fmt: skip
 
 
 def import_data(
@@ -250,6 +255,8 @@ def import_data(
     if archive_missing and not replace:
         raise DataError("archive_missing needs replace: it is for a full export loaded over the store")
     batches = read_batches(folder, store.tz)
+    if replace:
+        batches = _keeping(batches, store)
     if not archive_missing or "clients" not in data_files(Path(folder)):
         return store.load(batches, replace=replace)  # type: ignore[attr-defined,no-any-return]
     archived: list[Any] = []
@@ -257,6 +264,33 @@ def import_data(
     counts["clients"] -= len(archived)
     counts["archived"] = len(archived)
     return counts
+
+
+def _keeping(batches: Iterator[Batch], store: Store) -> Iterator[Batch]:
+    """`batches`, refusing a replacement that would reset a stored value only because the export left its
+    column (in JSONL, a key no row of the chunk has) out: a saved CRM report that lost its `contact_policy`
+    column made every do-not-contact client contactable, silently. An empty cell still resets a value: that
+    is said outright."""
+    for b in batches:
+        missing = sorted(ENTITIES[b.entity].model_fields.keys() - b.columns) if b.columns is not None else []
+        for n, m in enumerate(b.models if missing else ()):
+            if (old := store.get(b.entity, m.id)) is None:
+                continue
+            for f in missing:
+                if (was := getattr(old, f)) != (now := getattr(m, f)):
+                    where = "column" if b.file and b.file.endswith(".csv") else "key"
+                    raise DataError(
+                        f"the row has no {where} {f!r}, so --replace would reset the stored {f} "
+                        f"{_shown(was)} to {_shown(now)}; add the {where} to the export (an empty value resets it "
+                        f"on purpose); nothing imported", **b.where(n), id=m.id, field=f,
+                    )  # fmt: skip
+        yield b
+
+
+def _shown(v: Any) -> str:
+    if isinstance(v, frozenset):
+        v = sorted(v)
+    return repr(v) if not isinstance(v, datetime) else v.isoformat()
 
 
 def _archiving(batches: Iterator[Batch], store: Store, archived: list[Any]) -> Iterator[Batch]:

@@ -306,6 +306,8 @@ class Batch:
     models: list[Entity]
     file: str | None = None
     lines: Sequence[int] | None = None
+    #: the fields the source gives (a CSV's header; the keys of a JSONL chunk's rows): None when not known
+    columns: frozenset[str] | None = None
 
     def where(self, n: int) -> dict[str, Any]:
         return {"entity": self.entity, "file": self.file, "row": self.lines[n] if self.lines is not None else n}
