@@ -273,7 +273,7 @@ def _priority_crm(s: retainer.Store) -> None:
 
 _PRIORITY_RULES = [
     {"id": "keep", "category": "retention", "when": {"status": "active"},
-     "then": [{"notify_client": {"channel": "email", "template": "hello"}}]},
+     "then": [{"create_task": {"title": "Keep {client.id}"}}]},
     {"id": "sell", "category": "development", "when": {"status": "active"},
      "then": [{"propose_offer": {"offer": "premium", "amount": 10}}]},
 ]  # fmt: skip
@@ -290,8 +290,9 @@ def _counting(evaluated: list[int]) -> Any:
 
 
 def test_a_priority_hold_is_counted_every_step_without_planning_the_client() -> None:
-    """Retention first: the up-sell is held back every night while the retention message is due. Nothing
-    about the client changes, so the sweep counts the hold without planning it (it planned it nightly)."""
+    """Retention first: the up-sell is held back every night while the retention task is open (no outcome
+    in a backtest). Nothing about the client changes, so the sweep counts the hold without planning it (it
+    planned it nightly)."""
     rules = {"rules": _PRIORITY_RULES, "policies": {"priority": ["retention", "development"]}}
     with fresh() as s:
         _priority_crm(s)
@@ -302,6 +303,18 @@ def test_a_priority_hold_is_counted_every_step_without_planning_the_client() -> 
             backtest(retainer.load_rules(rules), s, date(2026, 2, 1), date(2026, 5, 31))
     assert b.suppressed[("sell", "priority")] == 120  # every night, as re-planning counts it
     assert evaluated[0] == -1 and not [n for n in evaluated[1:] if n > 0]
+
+
+def test_a_priority_hold_behind_a_message_sent_ends_the_next_day_in_a_sweep_too() -> None:
+    """A retention e-mail sent on the first night is history on the second: the up-sell goes then, whether the
+    sweep plans the client again or re-planning does (the hold is not steady: time alone ends it)."""
+    keep = {**_PRIORITY_RULES[0], "then": [{"notify_client": {"channel": "email", "template": "hello"}}]}
+    rules = {"rules": [keep, _PRIORITY_RULES[1]], "policies": {"priority": ["retention", "development"]}}
+    with fresh() as s:
+        _priority_crm(s)
+        b = both(rules, s, "2026-02-01", "2026-02-28")
+    assert b.suppressed[("sell", "priority")] == 1
+    assert [(d.isoformat(), x.rule) for d, x in b.new] == [("2026-02-01", "keep"), ("2026-02-02", "sell")]
 
 
 def test_a_priority_hold_that_a_timed_guard_can_take_over_is_planned_every_step() -> None:
@@ -578,3 +591,18 @@ def test_a_filter_on_a_fixed_date_is_not_a_moving_instant() -> None:
         }
         b = both(rules, s, "2026-01-05", "2026-01-10")
         assert days_of(b, "r") == ["2026-01-07"]
+
+
+def test_an_activity_revealed_late_by_its_task_keeps_the_silence_already_decided_in_a_sweep() -> None:
+    """Found by the differential property: a task (retainer's: its creation is no activity) created on 18
+    February but marked done on 30 November reveals
+    an activity dated before the night that decided the client forgotten. Re-planning kept that night's episode
+    (the silence from 30 November was reached by then); the sweep, which skipped the look-up for facts
+    revealed in time order, gave the same silence a second task."""
+    with fresh() as s:
+        crm(s, tasks=[{"id": "k1", "client_id": "c1", "created_at": "2025-06-01T12:00:00Z", "status": "open"},
+                      {"id": "k2", "client_id": "c1", "created_at": "2026-02-18T00:00:00Z", "status": "done",
+                       "done_at": "2025-11-30T10:00:00Z", "source": "retainer"}])  # fmt: skip
+        b = both(FORGOTTEN_30, s, "2026-02-01", "2026-03-15", "1w")
+    assert [(d, x.key) for d, x in [(d.isoformat(), x) for d, x in b.new]] == [
+        ("2026-02-01", "forgotten:c1:2025-06-01:create_task")]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import subprocess
-from datetime import date, timedelta
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +216,36 @@ def test_priority_only_when_configured_and_collection_keeps_retention_tasks(stor
     assert rules_of(plan_of(store, rs, day(1))) == {"dun", "keep", "mail"}
     plan = plan_of(store, rs, day(1), priority=["collection", "retention"])
     assert rules_of(plan) == {"dun", "keep"} and codes(plan) == {"mail": "priority"}
+
+
+def test_a_committed_retention_contact_comes_first_only_while_it_is_still_open(store: Store) -> None:
+    """Found in a domain review: one retention e-mail delivered a year ago, its rule still matching, held back
+    every up-sell to the client for good. A committed contact comes first while it is not delivered, while a
+    task has no outcome, and on the day a message went out; not after."""
+    from retainer.testing import RecordingHandler
+
+    setup(store, n=3)
+    rs = [rule("keep", EMAIL, when={"client_id": "c1"}), rule("call", TASK, when={"client_id": {"in": ["c2", "c3"]}}),
+          rule("sell", offer("10", deliver="next_inbound"), "development")]
+    engine = engine_for({"version": 1, "rules": rs, "policies": {"priority": ["retention", "development"]}}, store)
+
+    def held(as_of: str) -> dict[str, str]:
+        return {s.action.client_id or "": s.detail
+                for s in engine.plan(as_of).suppressed if s.reason_code == "priority"}  # fmt: skip
+
+    def clock(n: int) -> Callable[[], datetime]:
+        return lambda: datetime.fromisoformat(at(n, "09:00:00"))
+
+    engine.run(day(10), handlers={"create_task": RecordingHandler()}, clock=clock(10))  # the e-mail: no handler
+    (task3,) = [e for e in store.ledger() if e.client_id == "c3"]
+    engine.record_outcome(task3.id, {"result": "completed"})
+    assert held(day(40)) == {
+        "c1": f"retention comes first: keep's notify client for this client, committed as of {day(10)}, is still open",
+        "c2": f"retention comes first: call's create task for this client, committed as of {day(10)}, is still open",
+    }  # c3's task has its outcome: the up-sell goes
+    engine.run(day(41), handlers=RecordingHandler(), clock=clock(41))  # the e-mail goes out on day 41
+    assert set(held(day(41))) == {"c1", "c2"}  # sent this morning: it still comes first this evening
+    assert set(held(day(42))) == {"c2"}  # sent yesterday: it is history, not in the way
 
 
 # ---------------------------------------------------------------- spend growth

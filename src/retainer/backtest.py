@@ -371,7 +371,8 @@ def _sweep(
     - those with an action held back on the previous step (a policy may let it through now, and a
       held-back action is counted every step, as a full run does). Except when every hold is steady
       (`policies.steady`: do_not_contact and no_marketing, as a client's contact policy does not change
-      during a backtest; priority, which changes only with the client's own matches): until the client
+      during a backtest; priority, which changes only with the client's own matches, unless a message
+      outranks the held action: it is history the day after it goes out, `policies.fleeting`): until the client
       is evaluated again for another reason, the same matches are held again and counted without
       planning them;
     - those with an action committed on the previous step, when a rule reads a feature kept in the ledger
@@ -422,6 +423,9 @@ def _sweep(
     refused: dict[str, Counter[tuple[str, str]]] = {}  # clients whose every hold is steady: held each step
     steady = policies.steady(rules.file.policies)
     empty: set[str] = set()  # clients with an empty value in a feature `quiet` reasons about
+    # client -> the last step that committed for it: a fact revealed with an activity dated before that (a
+    # task created today, done last year) may belong to a silence already decided (`late_facts`)
+    decided: dict[str, datetime] = {}
     for i, (day, a) in enumerate(zip(days, asofs, strict=True)):
         changed = changes[i]
         kept.advance(i)
@@ -447,7 +451,7 @@ def _sweep(
         frame = None
         if ids is None or ids:
             plan, frame, ms = engine._plan(a, ids, wakes.specs(a), duplicates=False, internal=True,
-                                           late_facts=False)
+                                           late_facts=decided)
             actions, suppressed, cursors = plan.actions, plan.suppressed, plan.cursors
             result.warnings.update(plan.warnings)
             seen = set(frame.ids)  # what was known of these clients is replaced below
@@ -466,12 +470,14 @@ def _sweep(
             suppressed = [*suppressed, *mplan.suppressed]
         committed = _commit(engine, a, actions, cursors) if actions else []
         result.new += [(day, x) for x in committed]
+        decided.update((x.client_id, a.instant) for x in committed if x.client_id is not None)
         _count(result, suppressed)
         carry = {x.client_id for x in committed if x.client_id is not None} if reads_ledger else set()
         if reads_manager:  # a new manager: a condition on the manager may hold now
             carry |= overlay.moved
         held = _held(suppressed)
         unsteady = {x.action.client_id for x in suppressed if x.reason_code != policies.DUPLICATE and not steady(x)}
+        unsteady |= policies.fleeting(rules.file.policies, actions, suppressed)
         for cid, counts in held.items():
             if cid not in unsteady:
                 refused[cid] = counts

@@ -286,6 +286,19 @@ def _resolve_ladders(
     return out
 
 
+def _before(m: _Match, decided: datetime | None, a: AsOf) -> bool:
+    """Whether a match's date (its episode's instant or day) is before its client's last decision: only then can
+    it be a silence that decision already counted (a later date is a silence that began after it)."""
+    if decided is None:
+        return False
+    v = m.frame.column(m.rule.episode)[m.i] if m.rule.episode else None
+    if isinstance(v, datetime):
+        return v < decided
+    if isinstance(v, date):
+        return v <= a.local_date(decided)
+    return True  # not a date: look it up
+
+
 def _committed(m: _Match, ledger: Mapping[str, str]) -> bool:
     """Every action the match plans is in the ledger already. The escalation a failed release would add
     does not count: a release whose reassign is committed is not decided again, so it cannot fail."""
@@ -720,22 +733,25 @@ class Engine:
 
     def _plan(
         self, a: AsOf, ids: Sequence[str] | None, extra: Sequence[AggSpec] = (), *, duplicates: bool = True,
-        internal: bool = False, late_facts: bool = True,
+        internal: bool = False, late_facts: bool | Mapping[str, datetime] = True,
     ) -> tuple[Plan, FeatureFrame, list[_Match]]:
         """`extra`: aggregates the caller reads from the frame afterwards, fetched with the plan's own (a
         backtest's wake dates): one read per fact table instead of two. `duplicates=False`: the caller
         (a backtest) never reads the plan's duplicates, so matches whose every action is in the ledger
         are not built, unless a policy needs them (retention-first ranks against what is already due).
         `internal`: the ids are the caller's own choice (a backtest's woken clients), not a user's, so one
-        not created yet is no typo to warn of. `late_facts=False`: no fact can be dated before a decision
-        already in the ledger (a backtest's sweep reveals the facts in time order), so no episode is looked
-        up again (`_same_silence`: 7 s of a year's sweep at 100k, for nothing)."""
+        not created yet is no typo to warn of. `late_facts`: whether a fact may be dated before a decision
+        already in the ledger (True), or, from a backtest's sweep, when each client was last decided: a sweep
+        reveals facts in time order, except a task, deal or invoice that appears with an activity dated before
+        it (a task created on 18 February, done on 30 November), so only a match whose date is before its
+        client's last decision is looked up again (`_same_silence` for every new match: 7 s of a year's sweep
+        at 100k, for nothing)."""
         with no_gc():  # a plan builds tens of thousands of acyclic objects
             return self._evaluate(a, ids, extra, duplicates, internal, late_facts)
 
     def _evaluate(
         self, a: AsOf, ids: Sequence[str] | None, extra: Sequence[AggSpec] = (), duplicates: bool = True,
-        internal: bool = False, late_facts: bool = True,
+        internal: bool = False, late_facts: bool | Mapping[str, datetime] = True,
     ) -> tuple[Plan, FeatureFrame, list[_Match]]:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -813,7 +829,7 @@ class Engine:
         # re-decided (it would take capacity and advance round-robin for nothing)
         ledger = self.store.ledger_status(k for m in matches for k in m.keys)
         if late_facts:
-            self._same_silence(matches, ledger, a)
+            self._same_silence(matches, ledger, a, None if isinstance(late_facts, bool) else late_facts)
         movers = [m for m in matches if m.rule.reassign is not None and not m.blocked and m.client]
         self._decide_again(movers, matches, ledger)
         loads = self.store.manager_loads(a.instant)
@@ -921,7 +937,9 @@ class Engine:
             ledger.update(self.store.ledger_status(k for ks in later.values() for k in ks))
         return _resolve_ladders(matches, ledger, top, later)
 
-    def _same_silence(self, matches: list[_Match], ledger: dict[str, Status], a: AsOf) -> None:
+    def _same_silence(
+        self, matches: list[_Match], ledger: dict[str, Status], a: AsOf, decided: Mapping[str, datetime] | None = None
+    ) -> None:
         """A fact logged late (a call of 15 December, synced in March) moves an episode's date to before the
         night that decided it. Read as a new episode, the same silence got a second task, and its client a
         second move, back to the manager who had forgotten it. So when the silence counted from the new date
@@ -940,7 +958,8 @@ class Engine:
         if not dated or not self.store.ledger(limit=1):  # a first night: 40,000 fresh clients, nothing before
             return
         fresh = [m for m in matches if id(m.rule) in dated and m.keys[0] not in ledger and m.threshold is not None
-                 and m.client is not None]  # fmt: skip
+                 and m.client is not None
+                 and (decided is None or _before(m, decided.get(m.subject_id), a))]  # fmt: skip
         if not fresh:
             return
         earlier: dict[tuple[str, str | None], list[LedgerEntry]] = {}

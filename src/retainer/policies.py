@@ -188,7 +188,7 @@ def steady(p: Policies) -> Callable[[Suppression], bool]:
     no rule's condition flipping by time): a backtest counts such holds again without planning the client.
     do_not_contact and no_marketing read the client's row. priority reads the client's own matches, unless
     a guard that runs before it and moves with time alone (unprofitable's window, cool-off's end) could hold
-    the action first, or hold the action that outranks it."""
+    the action first, or hold the action that outranks it (and see `fleeting`)."""
     timed: set[str] = set()
     if p.no_development_for_unprofitable is not None:
         timed |= _DEVELOPMENT
@@ -205,6 +205,22 @@ def steady(p: Policies) -> Callable[[Suppression], bool]:
         return all(rank.get(c, len(rank)) > mine for c in timed)  # no timed category at its rank or above
 
     return ok
+
+
+def fleeting(p: Policies, actions: Sequence[Action], suppressed: Sequence[Suppression]) -> set[str | None]:
+    """Clients whose priority hold can end with time alone: what outranks the held action is a message, an
+    offer or a deal (new, or an earlier run's), which is history the day after it goes out. A task outranks
+    until its outcome is reported."""
+    if p.priority is None:
+        return set()
+    rank = ranks(p)
+    listed = frozenset(p.priority)
+    top: dict[str | None, int] = {}
+    for x in itertools.chain(actions, (s.action for s in suppressed if s.reason_code == DUPLICATE)):
+        if x.type in SELLING_TYPES and x.category in listed:
+            top[x.client_id] = min(top.get(x.client_id, len(rank)), rank.get(x.category, len(rank)))
+    return {s.action.client_id for s in suppressed if s.reason_code == PRIORITY
+            and top.get(s.action.client_id, len(rank)) < rank.get(s.action.category, len(rank))}  # fmt: skip
 
 
 class Guard:
@@ -354,7 +370,8 @@ class Guard:
             return todo
         listed = frozenset(self.p.priority)  # the others neither hold back nor are held back
         firsts: dict[str | None, tuple[tuple[Any, ...], Action]] = {}
-        for x in itertools.chain(todo, self.already):  # each client's first contact action is its top one
+        open_since = self._still_open(todo, listed)
+        for x in itertools.chain(todo, (x for x in self.already if x.id in open_since)):  # the top contact first
             if x.type in CONTACT_TYPES and x.category in listed:
                 k = self._order(x)
                 first = firsts.get(x.client_id)
@@ -366,11 +383,30 @@ class Guard:
             top = best.get(x.client_id)
             if top is None or self._rank(top) >= self._rank(x):
                 return None
-            if x.type in SELLING_TYPES or (x.category == "development" and x.type in CONTACT_TYPES):
-                return f"{top.category} comes first: {top.rule} plans a {top.type.replace('_', ' ')} for this client"
-            return None
+            if not (x.type in SELLING_TYPES or (x.category == "development" and x.type in CONTACT_TYPES)):
+                return None
+            what = f"{top.category} comes first: {top.rule}"
+            if (since := open_since.get(top.id)) is None:
+                return f"{what} plans a {top.type.replace('_', ' ')} for this client"
+            return f"{what}'s {top.type.replace('_', ' ')} for this client, committed as of {since}, is still open"
 
         return self._filter(todo, held, PRIORITY, why, CONTACT_TYPES, listed)
+
+    def _still_open(self, todo: list[Action], listed: frozenset[str]) -> dict[str, str]:
+        """The committed contacts (duplicates) that still come first, by id, with the date they were planned
+        for: not delivered yet (or dead), or a task nobody reported an outcome for, or a message delivered on
+        as_of's day or later. A retention e-mail delivered a year ago, while its rule kept matching, held back every
+        up-sell to the client for good. Read only for clients that have something priority could hold."""
+        sellers = {x.client_id for x in todo
+                   if x.type in SELLING_TYPES or (x.category == "development" and x.type in CONTACT_TYPES)}  # fmt: skip
+        mine = [x.id for x in self.already if x.client_id in sellers and x.type in CONTACT_TYPES
+                and x.category in listed]  # fmt: skip
+        today = self.a.day_start(self.a.date)
+        return {
+            e.id: self.a.local_date(e.as_of).isoformat()
+            for e in (self.store.ledger(ids=mine) if mine else ())
+            if e.outcome is None and (e.status != "done" or e.type == "create_task" or e.updated_at >= today)
+        }
 
     def _spend_growth(self, todo: list[Action]) -> _Budget | None:
         g = self.p.spend_growth
