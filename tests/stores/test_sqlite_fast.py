@@ -395,3 +395,19 @@ def test_the_zone_facts_were_written_in_is_kept_with_them(tmp_path: Path) -> Non
     kyiv = retainer.open_store(tmp_path / "plain.db", timezone="Europe/Kyiv")  # its new name: the same clock
     kyiv.add(managers=[{"id": "m3"}])
     assert kyiv.recorded_zone == "Europe/Kiev"  # type: ignore[attr-defined]
+
+
+def test_text_utf8_cannot_hold_is_a_data_error_naming_row_and_field(tmp_path: Path) -> None:
+    """Found in an embedding review: a stray `\\udc80` escape in a JSONL name raised a bare UnicodeEncodeError
+    from `store.add` and a traceback (exit 1) from `retainer import`; an outcome holding one did the same."""
+    store = retainer.open_store(tmp_path / "crm.db")
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c0", "manager_id": "m1", "created_at": "2025-01-01"}])
+    with pytest.raises(retainer.DataError, match=r"^clients\[1\] id=c2 field tags: text UTF-8 cannot hold \(a lone "
+                                                 r"surrogate, '\\udc80', at character 2"):  # fmt: skip
+        store.add(clients=[{"id": "c1", "manager_id": "m1"}, {"id": "c2", "manager_id": "m1", "tags": ["v\udc80"]}])
+    assert store.get("clients", "c1") is None  # nothing written
+    rules = retainer.load_rules({"rules": [{"id": "f", "kind": "forgotten", "after": "1d"}]})
+    engine = retainer.Engine(rules, store)
+    engine.run("2026-03-01")
+    (e,) = store.ledger()
+    assert engine.record_outcome(e.id, {"note": "Ac\udc80me"}).outcome == {"note": "Ac\udc80me"}

@@ -510,6 +510,42 @@ else:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
 
+def _insert(conn: sqlite3.Connection, sql: str, b: _ingest.Batch) -> None:
+    """`executemany` of a batch, naming the row and field of text SQLite cannot store: a lone surrogate (a
+    stray `\\udc80` escape in a JSONL name) is not UTF-8, and raised a bare UnicodeEncodeError out of an
+    import (the memory store, which holds Python strings, keeps it)."""
+    try:
+        conn.executemany(sql, _encoder(b.entity)(b.models))
+    except UnicodeEncodeError:
+        for n, m in enumerate(b.models):
+            for name, v in m:
+                texts = v if isinstance(v, frozenset) else v.values() if isinstance(v, dict) else (v,)
+                for t in texts:
+                    if isinstance(t, str) and not _is_utf8(t):
+                        at = next(k for k, c in enumerate(t) if "\ud800" <= c <= "\udfff")
+                        raise DataError(
+                            f"text UTF-8 cannot hold (a lone surrogate, {t[at]!r}, at character {at + 1}: a stray "
+                            f"escape, or bytes decoded with errors='surrogateescape'); this store keeps UTF-8 text",
+                            **b.where(n), id=m.id if _is_utf8(m.id) else None, field=name,
+                        ) from None  # fmt: skip
+        raise
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _json_text(value: Any) -> str:
+    """JSON for a TEXT column: as written (Cyrillic stays readable), or with escapes where UTF-8 cannot hold
+    a character (a lone surrogate in an outcome a host recorded), which read back the same."""
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    return text if _is_utf8(text) else json.dumps(value, sort_keys=True, default=str)
+
+
 class SQLiteStore:
     """A CRM snapshot in one SQLite file (WAL mode, so readers never block the writer)."""
 
@@ -919,7 +955,7 @@ class SQLiteStore:
                     sql = f"INSERT INTO {b.entity} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
                     conn.execute("SAVEPOINT batch")
                     try:
-                        conn.executemany(sql, _encoder(b.entity)(b.models))
+                        _insert(conn, sql, b)
                     except sqlite3.IntegrityError:
                         conn.execute("ROLLBACK TO batch")
                         self._duplicate(conn, b)
@@ -927,7 +963,7 @@ class SQLiteStore:
                     conn.execute("RELEASE batch")
                 else:
                     sql = f"{verb} INTO {b.entity} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-                    conn.executemany(sql, _encoder(b.entity)(b.models))
+                    _insert(conn, sql, b)
                 if before is not None:
                     self._merge_summaries(conn, b, before)
                 if managers:
@@ -1717,7 +1753,7 @@ class SQLiteStore:
             conn.execute(
                 "UPDATE retainer_actions SET outcome = ?, outcome_at = ?, updated_at = ?, "
                 "status = CASE status WHEN 'dead' THEN 'dead' ELSE 'done' END WHERE id = ?",  # dead never took effect
-                [json.dumps(merged, sort_keys=True, ensure_ascii=False, default=str), t, t, id],
+                [_json_text(merged), t, t, id],
             )
         return self.ledger(ids=[id])[0]
 
