@@ -1187,3 +1187,15 @@ def test_a_cancelled_task_is_neither_done_nor_activity(store: Store) -> None:
     plan = engine_for(rules, store).plan("2026-03-05")
     assert [a.rule for a in plan.actions] == ["forgotten"]
     assert plan.actions[0].evidence["days_since_activity"] == 63  # since the call on January 1
+
+
+def test_a_manager_that_is_its_own_supervisor_is_still_a_release_target(store: Store) -> None:
+    """Found in a domain review: `supervisor_id` equal to the manager's own id (a CRM data slip) made m2 a
+    supervisor, so the client was escalated with "no active manager other than m1" although m2 was free."""
+    store.add(managers=[{"id": "m1"}, {"id": "m2", "supervisor_id": "m2"}],
+              clients=[{"id": "c2", "manager_id": "m1", "created_at": "2026-01-01"}])  # fmt: skip
+    rules = {"rules": [{"id": "forgotten", "kind": "forgotten", "after": "30d"},
+                       {"id": "release", "kind": "release", "forgotten_rule": "forgotten", "grace": "0d"}]}  # fmt: skip
+    plan = engine_for(rules, store).plan("2026-01-31")
+    assert [(a.type, getattr(a, "to_manager_id", None)) for a in plan.actions if a.rule == "release"] == [
+        ("reassign", "m2")]

@@ -104,7 +104,8 @@ class _Reassigner:
     def supervisors(self) -> set[str]:
         """Worked out on the first pick: most partial plans reassign nobody."""
         if self._supervisors is None:
-            self._supervisors = {m.supervisor_id for m in self.managers.values() if m.supervisor_id}
+            # a manager whose supervisor_id is its own (a CRM data slip) supervises nobody: it stays a target
+            self._supervisors = {m.supervisor_id for m in self.managers.values() if m.supervisor_id not in (None, m.id)}
         return self._supervisors
 
     def _candidates(self, key: tuple[Any, ...], spec: ReassignSpec, team: str | None) -> list[Manager]:
