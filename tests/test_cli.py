@@ -226,6 +226,7 @@ def test_plan_jsonl_and_table() -> None:
         (["--as-of", "2026-13-01"], "invalid as_of '2026-13-01': no such date or time (month must be in 1..12)"),
         (["--as-of", "2026-02-29"], "no such date or time (day is out of range for month)"),
         (["--as-of", "soon"], "invalid as_of 'soon': use a date (2026-03-01) or ISO 8601 instant"),
+        (["--as-of", "1772352000"], "invalid as_of '1772352000': a bare number (a Unix timestamp?): use a date"),
         # an OverflowError traceback in the rules' zone (Moscow), as_of or not
         (["--as-of", "0001-01-01T00:00"], "invalid as_of '0001-01-01T00:00': dates must lie between the years 1900"),
         (["--as-of", "9999-12-31T23:59:59-12:00"], "dates must lie between the years 1900 and 2999"),

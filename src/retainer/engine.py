@@ -713,8 +713,10 @@ class Engine:
         try:
             return parse_as_of(value, self.rules.tz)
         except ValueError as exc:
+            number = isinstance(value, str) and value.strip().isdigit() and len(value.strip()) > 8
             why = (
                 str(exc) if isinstance(exc, DateRangeError)
+                else "a bare number (a Unix timestamp?): use a date (2026-03-01) or ISO 8601 instant" if number
                 else f"no such date or time ({exc})" if "out of range" in str(exc) or "must be in" in str(exc)
                 else "use a date (2026-03-01) or ISO 8601 instant"
             )  # fmt: skip
