@@ -411,3 +411,16 @@ def test_text_utf8_cannot_hold_is_a_data_error_naming_row_and_field(tmp_path: Pa
     engine.run("2026-03-01")
     (e,) = store.ledger()
     assert engine.record_outcome(e.id, {"note": "Ac\udc80me"}).outcome == {"note": "Ac\udc80me"}
+
+
+def test_a_closed_store_says_so(tmp_path: Path) -> None:
+    """Found in an embedding review: after close(), plan, run and add raised sqlite3.ProgrammingError, which a
+    host maps to nothing of retainer's."""
+    store = retainer.open_store(tmp_path / "crm.db")
+    store.add(managers=[{"id": "m1"}])
+    store.close()
+    store.close()  # twice is harmless
+    rules = retainer.load_rules({"rules": [{"id": "f", "kind": "forgotten", "after": "1d"}]})
+    for call in (lambda: store.add(managers=[{"id": "m2"}]), lambda: retainer.Engine(rules, store).plan("2026-03-01")):
+        with pytest.raises(StoreError, match="the store is closed"):
+            call()

@@ -551,6 +551,7 @@ class SQLiteStore:
 
     _absent: ClassVar[frozenset[tuple[str, str]]] = frozenset()  # (table, column) an old read-only store lacks
     _changes = False  # whether the store has retainer_manager_changes (an old read-only one may not)
+    _closed = False
 
     def __init__(
         self, path: str | Path, *, timezone: tzinfo = UTC, url: str | None = None, create: bool = True
@@ -591,7 +592,7 @@ class SQLiteStore:
         why = str(exc).lower()
         if self.path == ":memory:" or not path.is_file() or not ("unable to open" in why or "readonly" in why):
             raise exc  # a locked or broken store is not a read-only one
-        self.close()
+        self._close_connections()
         self._conns = []
         wal = Path(f"{self.path}-wal")
         pending = wal.exists() and wal.stat().st_size > 0
@@ -603,7 +604,7 @@ class SQLiteStore:
                 conn = self._connect()
                 self._ensure_schema(create=False)
             except sqlite3.OperationalError:
-                self.close()
+                self._close_connections()
                 self._conns = []
                 continue
             return conn
@@ -647,6 +648,8 @@ class SQLiteStore:
         delivering while another thread records outcomes): each gets its own connection to the file, as
         two processes would, instead of one connection whose transactions would interleave. An in-memory
         database has only the one."""
+        if self._closed:
+            raise StoreError(f"{self.path}: the store is closed (store.close()): open it again to use it")
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             if self.path == ":memory:":
@@ -1794,7 +1797,13 @@ class SQLiteStore:
         self.conn.execute("PRAGMA wal_autocheckpoint = 1000")
 
     def close(self) -> None:
+        """Close every thread's connection; the store is unusable after (StoreError), as a host that closes it
+        at shutdown while a worker still plans should be told in a way it can map."""
         self.stop_checkpoints()
+        self._close_connections()
+        self._closed = True
+
+    def _close_connections(self) -> None:
         with self._conns_lock:
             for conn in self._conns:
                 conn.close()
