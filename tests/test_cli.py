@@ -200,7 +200,7 @@ def test_plan_json_in_pieces_keeps_their_order_through_both_layers(
     rules = {"rules": [{"id": "hi", "when": {"status": {"eq": "active"}},
                         "then": [{"create_task": {"title": "Call {client.name}", "due_in": "1d"}}]}]}  # fmt: skip
     plan = retainer.Engine(retainer.load_rules(rules), store).plan("2026-03-01")
-    assert sum(isinstance(p, str) for p in plan.json_pieces()) == 1
+    assert sum(isinstance(p, str) for p in plan.pieces()) == 1
     raw = io.BytesIO()
     stdout = io.TextIOWrapper(io.BufferedWriter(raw), encoding=encoding, errors="surrogateescape", newline="\n")
     monkeypatch.setattr(sys, "stdout", stdout)

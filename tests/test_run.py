@@ -465,11 +465,11 @@ def test_a_plan_in_pieces_mixes_orjson_and_the_standard_library_piece_by_piece(
                        for i in range(3)])  # fmt: skip
     rules = {"rules": [{"id": "big", "when": {"attributes.account": {"gt": 5}}, "then": [{"tag": "x"}]}]}
     plan = retainer.Engine(retainer.load_rules(rules), store).plan("2026-03-01")
-    pieces = list(plan.json_pieces())
+    pieces = list(plan.pieces())
     assert [p for p in pieces if isinstance(p, str)] == [pieces[2]]  # c1's action, the second
     text = plan.to_json()
     assert [a["evidence"]["attributes.account"] for a in json.loads(text)["actions"]] == [10, big, 12]
-    assert plan.to_json_bytes() == text.encode()
+    assert plan.to_json_bytes() == text.encode() == b"".join(plan.json_pieces())  # bytes only: a writer's own
     out = io.BytesIO()
     plan.write_json(out)
     assert out.getvalue() == text.encode()

@@ -69,8 +69,8 @@ class ExampleCRMHandler:
                     "note": action.reason,  # why the task exists, for the manager who gets it
                 }
             case Reassign():
-                if action.to_manager_id is None:  # retainer never commits one; refuse rather than unassign
-                    raise PermanentError(f"reassign {action.id} has no target manager")
+                if action.to_manager_id is None or action.client_id is None:  # retainer never commits one
+                    raise PermanentError(f"reassign {action.id} has no client or no target manager")
                 return "PATCH", f"/clients/{quote(action.client_id, safe='')}", {"manager_id": action.to_manager_id}
             case NotifyManager() | Escalate():
                 return "POST", "/notifications", {

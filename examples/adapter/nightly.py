@@ -56,12 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         store.close()
     print(json.dumps(report.counts(), sort_keys=True))
-    dead = report.dispatch.dead if report.dispatch else {}
-    for action_id, error in sorted(dead.items()):
-        print(f"nightly: dead {action_id}: {error}", file=sys.stderr)
-    for handler, why in sorted(report.dispatch.stopped.items() if report.dispatch else ()):
-        print(f"nightly: gave up on {handler}: {why}; {report.dispatch.left} actions wait for the next run",
-              file=sys.stderr)  # fmt: skip
+    if report.dispatch is not None:
+        for action_id, error in sorted(report.dispatch.dead.items()):
+            print(f"nightly: dead {action_id}: {error}", file=sys.stderr)
+        for handler, why in sorted(report.dispatch.stopped.items()):
+            print(f"nightly: gave up on {handler}: {why}; {report.dispatch.left} actions wait for the next run",
+                  file=sys.stderr)  # fmt: skip
     return 0 if report.ok else 1  # cron mails the output of a failed job: an outage must not look like success
 
 

@@ -348,7 +348,7 @@ def _write_json(p: Plan) -> None:
     enc: str | None = getattr(out, "encoding", None)
     raw = buf is not None and enc is not None and codecs.lookup(enc).name == "utf-8" and os.linesep == "\n"
     out.flush()  # whatever the text layer holds goes first
-    for piece in p.json_pieces():
+    for piece in p.pieces():
         if not raw:
             out.write(piece if isinstance(piece, str) else piece.decode())
         elif isinstance(piece, bytes):

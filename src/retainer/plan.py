@@ -129,7 +129,7 @@ class Plan:
         if indent is not None:
             return dumps(self._tree(_as_is), indent=indent)
         out = io.StringIO()
-        for piece in self.json_pieces():
+        for piece in self.pieces():
             out.write(piece if isinstance(piece, str) else piece.decode())
         return out.getvalue()
 
@@ -146,11 +146,18 @@ class Plan:
         plan's JSON is never whole in memory (222 MB for the full example rule set at 100k clients).
         A lone surrogate raises `UnicodeEncodeError`, as in `to_json_bytes()`."""
         for piece in self.json_pieces():
-            fp.write(piece.encode() if isinstance(piece, str) else piece)
+            fp.write(piece)
 
-    def json_pieces(self) -> Iterator[bytes | str]:
+    def json_pieces(self) -> Iterator[bytes]:
+        """`to_json_bytes()` in pieces, for a writer of your own: UTF-8 bytes, a few hundred KB each. A lone
+        surrogate raises `UnicodeEncodeError`, as in `to_json_bytes()`."""
+        for piece in self.pieces():
+            yield piece.encode() if isinstance(piece, str) else piece
+
+    def pieces(self) -> Iterator[bytes | str]:
         """The compact JSON of `to_json()` in pieces that concatenate to it: UTF-8 bytes, or text where the
-        standard library wrote the piece (an integer wider than 64 bits, a lone surrogate; see `_encode`)."""
+        standard library wrote the piece (an integer wider than 64 bits, a lone surrogate; see `_encode`),
+        for a writer that passes such text through its own encoding (`retainer plan -f json`)."""
         yield b'{"actions":['
         yield from _items(self.actions, _as_is)
         yield b'],"as_of":'

@@ -17,8 +17,9 @@ __all__ = ["ActionHandler", "CallbackHandler", "PermanentError", "RetryLater"]
 
 @runtime_checkable
 class ActionHandler(Protocol):
-    def handle(self, action: Action) -> None:
-        """Deliver `action` (its `id` is the idempotency key); raise to report a failure."""
+    def handle(self, action: Action) -> object:
+        """Deliver `action` (its `id` is the idempotency key); raise to report a failure. What it returns is
+        ignored (typed `object`, so a CRM client's call that returns its response is a handler as it is)."""
         ...
 
 
