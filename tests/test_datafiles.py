@@ -349,7 +349,12 @@ def test_a_full_export_archives_the_clients_it_no_longer_lists(tmp_path: Path, b
         import_data(d, store, archive_missing=True)
     before = [(c.id, c.status) for c in store.iter("clients")]  # type: ignore[attr-defined]
     (d / "clients.csv").write_text(rows[0] + "\n")  # a failed export: the header alone
-    with pytest.raises(retainer.DataError, match="the clients file lists no client: archiving all"):
+    with pytest.raises(retainer.DataError, match=r"clients.csv: the clients file lists no client: archiving all"):
+        import_data(d, store, replace=True, archive_missing=True)
+    assert [(c.id, c.status) for c in store.iter("clients")] == before  # type: ignore[attr-defined]
+    (d / "clients.csv").unlink()  # the same failed export, without the file at all (found in a cron review)
+    with pytest.raises(retainer.DataError, match=r"archive_missing is for a full export, and this folder has no "
+                                                 r"clients file"):  # fmt: skip
         import_data(d, store, replace=True, archive_missing=True)
     assert [(c.id, c.status) for c in store.iter("clients")] == before  # type: ignore[attr-defined]
 

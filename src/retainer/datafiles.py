@@ -257,10 +257,15 @@ def import_data(
     batches = read_batches(folder, store.tz)
     if replace:
         batches = _keeping(batches, store)
-    if not archive_missing or "clients" not in data_files(Path(folder)):
+    files = data_files(Path(folder))
+    if archive_missing and "clients" not in files:  # what would be archived is everyone: a failed export
+        raise DataError("archive_missing is for a full export, and this folder has no clients file "
+                        "(clients.csv or clients.jsonl); nothing imported", file=str(folder))  # fmt: skip
+    if not archive_missing:
         return store.load(batches, replace=replace)  # type: ignore[attr-defined,no-any-return]
     archived: list[Any] = []
-    counts: dict[str, int] = store.load(_archiving(batches, store, archived), replace=True)  # type: ignore[attr-defined]
+    counts: dict[str, int] = store.load(_archiving(batches, store, archived, str(files["clients"])),  # type: ignore[attr-defined]
+                                        replace=True)  # fmt: skip
     counts["clients"] -= len(archived)
     counts["archived"] = len(archived)
     return counts
@@ -293,7 +298,7 @@ def _shown(v: Any) -> str:
     return repr(v) if not isinstance(v, datetime) else v.isoformat()
 
 
-def _archiving(batches: Iterator[Batch], store: Store, archived: list[Any]) -> Iterator[Batch]:
+def _archiving(batches: Iterator[Batch], store: Store, archived: list[Any], file: str) -> Iterator[Batch]:
     """`batches`, then the stored clients they did not list, archived (a last batch of the same load)."""
     listed: set[str] = set()
     for b in batches:
@@ -304,7 +309,7 @@ def _archiving(batches: Iterator[Batch], store: Store, archived: list[Any]) -> I
                  if c.id not in listed and c.status != "archived"]  # fmt: skip
     if archived and not listed:  # raised inside the load: nothing of it is written
         raise DataError(f"the clients file lists no client: archiving all {len(archived):,} stored clients is more "
-                        "likely a failed export than a closed business; nothing imported")  # fmt: skip
+                        "likely a failed export than a closed business; nothing imported", file=file)  # fmt: skip
     if archived:
         yield Batch("clients", archived, "(clients missing from the import: archived)")
 
