@@ -563,3 +563,14 @@ def test_a_replace_never_resets_a_value_only_because_its_column_is_missing(tmp_p
     (nightly / "clients.csv").write_text("id,manager_id,contact_policy,tags\nc1,m1,ok,\nc2,m1,,\nc3,m1,ok,\n")
     assert import_data(nightly, store, replace=True) == {"clients": 3}
     assert store.get("clients", "c2").contact_policy == "ok" and store.get("clients", "c2").tags == frozenset()  # type: ignore[union-attr]
+
+
+def test_a_row_over_several_lines_is_named_by_the_line_it_begins_on(tmp_path: Path) -> None:
+    """Found in a cron review: a row whose quoted name ran over lines 3-5 was reported at line 5, in the middle
+    of the name."""
+    d = tmp_path / "crm"
+    d.mkdir()
+    (d / "managers.csv").write_text("id\nm1\n")
+    (d / "clients.csv").write_text('id,manager_id,name,status\nc1,m1,Acme,active\nc2,m1,"Big\nLong\nName",actve\n')
+    with pytest.raises(retainer.DataError, match=r"clients.csv:3 id=c2 field status"):
+        import_data(d, retainer.open_store("memory://"))

@@ -178,10 +178,8 @@ def _csv_rows(path: Path, entity: str) -> tuple[list[str], Iterator[tuple[int, l
                             if quote := runaway(start, "row"):
                                 raise DataError(f"expected {width} cells, found {len(row)}: {quote}", file=str(path),
                                                 row=start)  # fmt: skip
-                            raise DataError(
-                                f"expected {width} cells, found {len(row)}", file=str(path), row=reader.line_num
-                            )
-                    yield reader.line_num, row
+                            raise DataError(f"expected {width} cells, found {len(row)}", file=str(path), row=start)
+                    yield start, row  # where the row begins: a quoted cell may run over lines
                     start = reader.line_num + 1
             except csv.Error as exc:
                 raise unreadable(exc, start) from None
