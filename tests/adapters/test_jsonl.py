@@ -23,7 +23,7 @@ from retainer.adapters import (
     handlers_from_specs,
 )
 from retainer.ledger import action_payload
-from retainer.stores import Store
+from retainer.stores import Store, open_store
 
 from .crmkit import AS_OF, THREE_TYPES, engine
 
@@ -596,3 +596,17 @@ def test_a_big_spool_file_is_scanned_a_line_at_a_time(crm: Store, tmp_path: Path
         h.close()
     assert peak < 4 * 2**20
     assert path.stat().st_size == size
+
+
+def test_the_store_itself_is_refused_as_the_file_of_actions(tmp_path: Path) -> None:
+    """Found in a cron review: `-H jsonl:crm.db` appended the actions to the live store, SQLite cut them off
+    again, and the ledger said `done` for five actions nobody could read."""
+    db = tmp_path / "crm.db"
+    store = open_store(db)
+    store.add(managers=[{"id": "m1"}])
+    for path, what in ((db, "an SQLite database"), (Path(f"{db}-wal"), "write-ahead log"),
+                       (Path(f"{db}-shm"), "shared memory")):  # fmt: skip
+        with pytest.raises(ArgumentError, match=what):
+            JsonlHandler(path)
+    store.close()
+    JsonlHandler(tmp_path / "actions.jsonl")  # any other file is fine

@@ -16,6 +16,24 @@ from ..ledger import action_payload
 __all__ = ["JsonlHandler"]
 
 
+_SQLITE = b"SQLite format 3\x00"
+
+
+def _database_of(path: Path) -> str | None:
+    """Whether `path` is an SQLite database, or the write-ahead log, shared memory or run lock beside one."""
+    for suffix, what in (("", "an SQLite database (the store?)"), ("-wal", "the store's write-ahead log"),
+                         ("-shm", "the store's shared memory"), ("-runlock", "the store's run lock")):  # fmt: skip
+        base = Path(str(path)[: len(str(path)) - len(suffix)]) if str(path).endswith(suffix) else None
+        if base is not None and base.is_file():
+            try:
+                with base.open("rb") as f:
+                    if f.read(16) == _SQLITE:
+                        return what
+            except OSError:
+                continue
+    return None
+
+
 class JsonlHandler:
     """One action per line, written and flushed before `handle` returns.
 
@@ -38,6 +56,9 @@ class JsonlHandler:
             raise ArgumentError(f"{self.path} is not a regular file (a device or a pipe): give a file name")
         if not self.path.parent.is_dir():  # a typo must not grow a new folder tree
             raise ArgumentError(f"folder {self.path.parent} does not exist")
+        if db := _database_of(self.path):  # `-H jsonl:crm.db`: lines appended to a live store, cut off by SQLite
+            raise ArgumentError(f"{self.path} is {db}, not a file of actions: give another file name, "
+                                f"e.g. {self.path.with_name('actions.jsonl')}")  # fmt: skip
         self.fsync = fsync
         self._fd: int | None = None  # unbuffered: a failed write leaves nothing queued to come out later
         self._seen: set[str] = set()
