@@ -469,3 +469,10 @@ def test_an_option_that_takes_one_value_given_twice_is_refused(tmp_path: Path, a
     assert not db.exists()
     ok = run("actions", "list", "--data", str(tmp_path / "none.db"), "--status", "dead", "--status", "failed")
     assert "given twice" not in ok.stderr  # repeatable options stay repeatable
+
+
+@pytest.mark.parametrize("args", [("actions", "list", "--limit", "-1"), ("runs", "--limit", "-5")])
+def test_a_negative_limit_is_refused(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """Found in a cron review: `actions list --limit -1` listed every row (exit 0) where `plan --limit -1` exits 2."""
+    r = run(*args, "--data", str(tmp_path / "crm.db"))
+    assert r.returncode == 2 and "-1" not in r.stdout

@@ -506,7 +506,8 @@ def run(
 ) -> None:
     """Plan, commit what is new to the ledger (one transaction), then deliver it through handlers.
 
-    Exit 0: all delivered. Exit 1: some actions went dead. Exit 2: bad input, or another run holds the store.
+    Exit 0: all delivered. Exit 1: some actions went dead, or a handler was given up on (its actions wait for
+    the next run). Exit 2: bad input, or another run holds the store.
     """
     fmt = _format(fmt, ("table", "json"))
     rs = _rules(rules)
@@ -565,7 +566,7 @@ def actions_list(
     status: Annotated[list[str] | None, typer.Option("--status", "-s", help="pending|done|failed|dead")] = None,
     rule: Annotated[str | None, typer.Option("--rule", help="Only this rule.")] = None,
     client: Annotated[list[str] | None, typer.Option("--client", "-c", help="Only these clients.")] = None,
-    limit: Annotated[int | None, typer.Option(help="At most this many rows.")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many rows.", min=0)] = None,
     fmt: Annotated[str | None, typer.Option("--format", "-f", help="table | json | jsonl")] = None,
 ) -> None:
     """Committed actions in commit order, with status, attempts and the last error."""
@@ -687,7 +688,7 @@ def actions_outcome(
 @app.command()
 def runs(
     data: DataOpt,
-    limit: Annotated[int, typer.Option(help="Newest N runs.")] = 20,
+    limit: Annotated[int, typer.Option(help="Newest N runs.", min=0)] = 20,
     fmt: Annotated[str | None, typer.Option("--format", "-f", help="table | json")] = None,
     events: Annotated[bool, typer.Option("--events", help="Also list what reactive sessions committed.")] = False,
 ) -> None:
