@@ -476,3 +476,9 @@ def test_a_negative_limit_is_refused(tmp_path: Path, args: tuple[str, ...]) -> N
     """Found in a cron review: `actions list --limit -1` listed every row (exit 0) where `plan --limit -1` exits 2."""
     r = run(*args, "--data", str(tmp_path / "crm.db"))
     assert r.returncode == 2 and "-1" not in r.stdout
+
+
+def test_import_of_a_file_says_it_wants_the_folder(tmp_path: Path) -> None:
+    r = run("import", str(CRM / "clients.csv"), "--to", f"sqlite:///{tmp_path / 'x.db'}")
+    assert r.returncode == 2 and "clients.csv is a file: import reads a folder of data files" in r.stderr
+    assert not (tmp_path / "x.db").exists()

@@ -917,6 +917,8 @@ def import_(
         tz = get_tz(tzname) if tzname else None
     except ValueError as exc:
         _fail(str(exc))
+    if src.is_file():
+        _fail(f"{src} is a file: import reads a folder of data files, e.g. {src.parent}")
     if not src.is_dir():
         _fail(f"data folder not found: {src}")
     if archive_missing and not replace:
