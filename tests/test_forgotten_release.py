@@ -1066,7 +1066,7 @@ def test_least_loaded_agrees_with_a_scan_of_every_candidate(
     store = retainer.open_store("memory://")
     r = _Reassigner(ms, dict(zip(_MIDS, loads, strict=True)), store)
     ref = dict(zip(_MIDS, loads, strict=True))
-    supervisors = {m.supervisor_id for m in ms.values() if m.supervisor_id}
+    supervisors = {m.supervisor_id for m in ms.values() if m.supervisor_id not in (None, m.id)}  # itself: nobody
     for current, pool, same_team in picks:
         spec = ReassignSpec(pool=pool, same_team=same_team)
         team = ms[current].team
