@@ -1140,6 +1140,20 @@ def test_a_repeated_key_in_a_json_rule_file_is_refused_with_its_line(tmp_path: P
         retainer.load_rules(text.replace('"version"', '\t"version"').replace("\n", " "))
 
 
+def test_a_key_written_beside_a_yaml_merge_overrides_it_and_one_written_twice_is_refused(tmp_path: Path) -> None:
+    """Found in an analyst's review: `{<<: *base, id: forgotten-key}` was refused as "duplicate key 'id'",
+    though YAML says the key written overrides the merged one (and yaml.safe_load reads it so)."""
+    rules = retainer.load_rules("""version: 1
+rules:
+  - &base {id: forgotten, kind: forgotten, after: 60d}
+  - {<<: *base, id: forgotten-key, after: 30d}
+""")
+    assert [(r.id, str(r.after)) for r in rules.file.rules] == [("forgotten", "60d"), ("forgotten-key", "30d")]
+    err, p = load_error(tmp_path, "version: 1\nrules:\n  - &b {id: f, kind: forgotten, after: 60d}\n"
+                                  "  - {<<: *b, id: g, id: h}\n")  # fmt: skip
+    assert_error(err, p, 4, None, "duplicate key 'id'")
+
+
 @pytest.mark.parametrize(("value", "shown"), [("[60d]", "['60d']"), ("{d: 60}", "{'d': 60}")])
 def test_a_duration_that_is_a_list_or_mapping_is_a_rules_error(tmp_path: Path, value: str, shown: str) -> None:
     """`after: [60d]` was a TypeError traceback (unhashable type: 'list') from validate and load_rules."""

@@ -100,14 +100,20 @@ class _Loader(yaml.SafeLoader):
 def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: Path, lines: _Lines) -> Any:
     lines.lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)
+        # a key written here overrides one a merge (`<<: *base`) brings, as YAML says; written twice, it is a slip
+        written = {id(k) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"}
+        loader.flatten_mapping(node)  # the merged pairs first, then the written ones: the last one wins
         out: dict[Any, Any] = {}
+        merged: set[Any] = set()
         for k, v in node.value:
             key = loader.construct_object(k, deep=True)
             if isinstance(key, int | float | bool):
                 key = str(key).lower() if isinstance(key, bool) else str(key)
-            if key in out:
+            if key in out and key not in merged:
                 raise RulesError(f"duplicate key {key!r}", line=k.start_mark.line + 1)
+            merged.discard(key)
+            if id(k) not in written:
+                merged.add(key)
             lines.lines[(*path, key)] = k.start_mark.line + 1
             out[key] = _construct(loader, v, (*path, key), lines)
         return out
