@@ -309,6 +309,30 @@ def test_absent_naming_a_field_its_actions_cannot_have_fails() -> None:
     step.absent(type="create_task", due_at="+9d")  # a field of the type: fine
 
 
+def test_absent_with_a_value_no_field_can_hold_fails() -> None:
+    """Found by an analyst's review: a misspelt key under `evidence:`, a date in another format, an operator or
+    a list made an `absent:` entry that could never match, and the step passed; a list as the rule or client
+    was a TypeError traceback (unhashable) instead of a failure."""
+    step = Scenario(RULES).given(**CRM).at("2026-03-01")
+    for spec, hint in (
+        ({"rule": "forgotten", "evidence": {"thresold": "60d"}},
+         "evidence has no 'thresold'; did you mean 'threshold'?"),
+        ({"rule": "forgotten", "due_at": "03.03.2026"}, "due_at: '03.03.2026' is not a date: write 2026-03-03"),
+        ({"rule": "forgotten", "due_at": "+1 day"}, "due_at: '+1 day' is not a date"),
+        ({"rule": "forgotten", "due_at": {"gte": "2026-01-01"}}, 'due_at: {"gte": "2026-01-01"} is a mapping, and an '
+                                                                 "action's due_at is one value"),
+        ({"rule": ["forgotten", "release"]}, 'rule: ["forgotten", "release"] is a list, and an action\'s rule is one'),
+        ({"client_id": {"in": ["c1"]}}, 'client_id: {"in": ["c1"]} is a mapping'),
+    ):
+        with pytest.raises(ScenarioFailure, match=re.escape("can never match an action: " + hint)):
+            step.absent(spec)
+        with pytest.raises(ScenarioFailure, match=re.escape(hint)):
+            step.expect(spec)
+    step.absent(rule="forgotten", evidence={"threshold": "30d"}, due_at="2026-03-09")  # real ones are fine
+    with pytest.raises(ScenarioFailure, match=re.escape("expected no action matching")):
+        step.absent(rule="forgotten", evidence={"threshold": "60d"})  # the control: it is planned
+
+
 def test_absent_naming_what_the_scenario_or_the_rule_cannot_have_fails() -> None:
     """Found by an analyst's review: `absent: [{rule: release, client_id: C1}]` "proved" c1 was not released
     (it was), and so did a field or an action type that the named rule never plans."""

@@ -75,6 +75,34 @@ _DATE_FIELDS = frozenset({n for c in ACTION_TYPES.values() for n, f in c.model_f
 _NUMBER = re.compile(r"^[+-]?\s*\d+$")
 
 
+#: the actions' fields that hold a mapping or a list; every other field holds one value
+_STRUCTURED = {n: ("a mapping" if "dict" in str(f.annotation) else "a list") for c in ACTION_TYPES.values()
+               for n, f in c.model_fields.items() if "dict" in str(f.annotation) or "list" in str(f.annotation)}
+
+
+def _shape(field: str, value: Any) -> str | None:
+    """Why an expectation's value can never equal a field's: a list or a mapping where the field holds one
+    value (`rule: [a, b]`, `due_at: {gte: ...}`: expectations have no operators), or text that is no date in
+    a date's field (`due_at: 03.03.2026`, `+1 day`). In `absent:` such an entry passed whatever the rules did."""
+    kind = "a list" if isinstance(value, list) else "a mapping" if isinstance(value, Mapping) else None
+    if kind is not None and _STRUCTURED.get(field) != kind:
+        return (f"{field}: {json.dumps(value, default=str, ensure_ascii=False)} is {kind}, and an action's {field} is "
+                + (f"{_STRUCTURED[field]}" if field in _STRUCTURED else "one value")
+                + ": write one entry per value (expectations have no operators such as gte or in)")
+    if field in _DATE_FIELDS and isinstance(value, str) and not _unitless(value) and not _is_date(value):
+        return (f"{field}: {value!r} is not a date: write 2026-03-03, an instant (2026-03-03T10:00), or a date "
+                f"relative to the step's as_of (+2d, -1w, +36h)")
+    return None
+
+
+def _is_date(text: str) -> bool:
+    try:
+        datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
 def _unitless(v: Any) -> bool:
     return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, str) and bool(_NUMBER.match(v.strip())))
 
@@ -403,6 +431,10 @@ class Step:
             if k in _HELD and not held:
                 hints.append(f"{k!r} is a suppression's field, and new actions have none: check what a policy "
                              "held back with `suppressed:`")
+            elif shape := _shape(k, v):
+                hints.append(shape)
+            elif k == "evidence" and isinstance(v, Mapping):
+                hints += self._evidence_hints(v, rule, views)
             elif k not in known:
                 hints.append(f"there is no field {k!r}{did_you_mean(k, known)}")
             elif k not in own and type_ is not None:
@@ -418,7 +450,19 @@ class Step:
                 hints.append(hint)
         return hints
 
+    def _evidence_hints(self, evidence: Mapping[str, Any], rule: Any, views: list[dict[str, Any]]) -> list[str]:
+        """Keys under `evidence:` no action of the named rule (any rule, when none is named) can carry: a
+        misspelt `thresold` made an `absent:` entry that could never match, and it passed."""
+        rules = [r for r in self.scenario.engine.rules.rules if rule is None or r.id == rule]
+        names = {n.split("[", 1)[0] for r in rules for n in r.evidence} | {"episode"}
+        names |= {"threshold"} if any(r.threshold is not None for r in rules) else set()
+        names |= {k for v in views if isinstance(v.get("evidence"), Mapping) for k in v["evidence"]}
+        return [f"evidence has no {k!r}{did_you_mean(str(k), names)}" for k in evidence if k not in names]
+
     def fail(self, problems: list[str], clients: Sequence[Any], rules: Sequence[Any]) -> None:
+        # an entry's client or rule that is no single value (a list, a mapping) names nobody to explain
+        clients = [c if isinstance(c, str | int) else None for c in clients]
+        rules = [r if isinstance(r, str) else None for r in rules]
         if self._found is not None:  # within all_checks: reported with the step's other failures
             self._found.append((problems, list(clients), list(rules)))
             return
