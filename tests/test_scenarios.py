@@ -521,6 +521,7 @@ def test_steps_record_outcomes_for_processes(tmp_path: Path) -> None:
     ("[{rule: winback, client_id: c9, outcome: {churn_reason: price}}]", "no committed action matches"),
     ("[{rule: churned, outcome: {x: 1}}]", "2 committed actions match"),
     ("[{rule: winback}]", "record takes the fields of one committed action and an outcome"),
+    ("[{rule: winback, clientid: c1, outcome: {x: 1}}]", "there is no field 'clientid'; did you mean 'client_id'?"),
 ])
 def test_record_needs_exactly_one_action(tmp_path: Path, record: str, message: str) -> None:
     text = WINBACK_SCENARIO.replace(
@@ -528,6 +529,19 @@ def test_record_needs_exactly_one_action(tmp_path: Path, record: str, message: s
     with pytest.raises(ScenarioError, match=message) as exc:
         run_scenario_file(write(tmp_path, text))
     assert exc.value.line == 21  # the record line (write() drops the leading newline)
+
+
+def test_record_takes_relative_dates_and_says_when_nothing_is_committed_yet(tmp_path: Path) -> None:
+    """Found by an analyst's review: `due_at: +2d` in `record` was compared as text (it works "as in
+    `expect`"), and a `record` in the first step said the client was not in the scenario."""
+    relative = WINBACK_SCENARIO.replace("record: [{rule: winback, client_id: c1,",
+                                        "record: [{rule: winback, type: create_task, due_at: +2d,")  # fmt: skip
+    run_scenario_file(write(tmp_path, relative))  # the task planned on 1 June is due on the 4th
+    first = WINBACK_SCENARIO.replace("    expect: [{rule: winback, type: create_task}]\n",
+                                     "    record: [{rule: winback, client_id: c1, outcome: {churn_reason: price}}]\n"
+                                     "    expect: [{rule: winback, type: create_task}]\n", 1)  # fmt: skip
+    with pytest.raises(ScenarioError, match="nothing is committed yet: record reports on an action an earlier step"):
+        run_scenario_file(write(tmp_path, first, "first.scenario.yaml"))
 
 
 @pytest.mark.parametrize(("outcome", "message"), [

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -541,14 +541,20 @@ class Scenario:
     def record(self, outcome: Mapping[str, Any], **match: Any) -> LedgerEntry:
         """What the host reports back on an action an earlier step committed (a win-back task's
         `churn_reason`), matched by its fields as in `expect`; exactly one action must match."""
-        found = [e for e in self.store.ledger() if matches(match, _flat(e.action))]
+        committed = self.store.ledger()
+        if not committed:  # the first step's `record`: c1 "not in the scenario" sent the analyst looking for a typo
+            raise RetainerError(f"record {_show(match)}: nothing is committed yet: record reports on an action an "
+                                f"earlier step committed, so it belongs to a later step than the one planning it")
+        found = [e for e in committed if matches(match, _flat(e.action))]
         if len(found) != 1:
             what = "no committed action matches" if not found else f"{len(found)} committed actions match"
             listed = "".join(f"\n  {_line(e.action)}" for e in found[:5])
             rule_ids = [r.id for r in self.engine.rules.rules]
             clients = [c.id for c in self.store.iter("clients")]
+            known = _flat_fields(None, held=False)
+            listed += "".join(f"\n  there is no field {k!r}{did_you_mean(k, known)}" for k in match if k not in known)
             listed += "".join(f"\n  {hint}" for k, v in match.items()
-                              if v is not None and (hint := _unknown_name(k, v, rule_ids, (), clients)))
+                              if v is not None and (hint := _shape(k, v) or _unknown_name(k, v, rule_ids, (), clients)))
             raise RetainerError(f"record {_show(match)}: {what}; it needs exactly one (add rule, client_id, type "
                                 f"or key){listed}")
         if problem := self._unanswerable(found[0].action, outcome):
@@ -750,6 +756,8 @@ def run_scenario_file(path: str | Path) -> Scenario:
                 raise ScenarioError("record takes the fields of one committed action and an outcome mapping, e.g. "
                                     "{rule: winback, client_id: c1, outcome: {churn_reason: price}}",
                                     file=str(ls.path), line=line)  # fmt: skip
+            with suppress(RetainerError):  # a bad as_of is reported where it is written, below
+                fields = _resolve(fields, sc.engine.as_of(st.as_of))  # relative to its step, as in `expect`
             try:
                 sc.record(outcome, **fields)
             except RetainerError as exc:
