@@ -625,3 +625,13 @@ def test_a_record_that_matches_nothing_hints_at_a_misspelt_rule_or_type() -> Non
                         ({"type": "create-task"}, "no action type 'create-task'; did you mean 'create_task'?")):
         with pytest.raises(retainer.RetainerError, match=re.escape(hint)):
             s.record({"churn_reason": "price"}, **match)
+
+
+def test_a_rule_file_or_an_empty_file_given_to_test_says_what_it_is(tmp_path: Path) -> None:
+    """Found by an analyst's review: a rule file got "unknown field 'version'; did you mean 'version'?", and a
+    scenario holding only a comment "the rule file is empty"."""
+    rules = write(tmp_path, "version: 1\nrules:\n  - {id: f, kind: forgotten, after: 60d}\n", "rules.yaml")
+    with pytest.raises(ScenarioError, match=r"this is a rule file \(version, rules\), not a scenario"):
+        run_scenario_file(rules)
+    with pytest.raises(ScenarioError, match="the scenario is empty"):
+        run_scenario_file(write(tmp_path, "# TODO: write the steps\n", "todo.scenario.yaml"))

@@ -154,14 +154,14 @@ _TOP_LEVEL = frozenset(RuleFile.model_fields)
 _NO_SPACE = re.compile(r"^(?:- )?([\w.-]+):([^\s/].*)$")
 
 
-def parse_yaml(text: str, source: str) -> tuple[Any, _Lines]:
+def parse_yaml(text: str, source: str, what: str = "rule file") -> tuple[Any, _Lines]:
     """Rule or scenario text (YAML, or JSON read as YAML for its line numbers) and where each key is."""
     lines = _Lines()
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
-            raise RulesError("the rule file is empty", file=source)
+            raise RulesError(f"the {what} is empty", file=source)
         data = _construct(loader, node, (), lines)
     except yaml.MarkedYAMLError as exc:
         message, line = _yaml_problem(exc, text)

@@ -711,11 +711,15 @@ def load_scenario(path: str | Path) -> LoadedScenario:
     source = str(p)
     text = read_rules_text(p, "the scenario", ScenarioError)
     try:
-        data, lines = parse_yaml(text, source)
+        data, lines = parse_yaml(text, source, "scenario")
     except RulesError as exc:
         raise ScenarioError(exc.message, file=source, line=exc.line) from None
     if not isinstance(data, dict):
         raise ScenarioError("a scenario is a mapping with rules, given and steps", file=source, line=1)
+    if "version" in data and "steps" not in data:  # `retainer test rules.yaml`: "unknown field 'version'"
+        raise ScenarioError("this is a rule file (version, rules), not a scenario: check it with `retainer "
+                            "validate`, and test it with a *.scenario.yaml that names it (rules: its path)",
+                            file=source, line=lines.line(("version",)))  # fmt: skip
     try:
         spec = ScenarioSpec.model_validate(data)
     except ValidationError as exc:
