@@ -1199,3 +1199,25 @@ def test_a_manager_that_is_its_own_supervisor_is_still_a_release_target(store: S
     plan = engine_for(rules, store).plan("2026-01-31")
     assert [(a.type, getattr(a, "to_manager_id", None)) for a in plan.actions if a.rule == "release"] == [
         ("reassign", "m2")]
+
+
+def test_a_release_note_held_back_that_night_is_not_sent_later_about_the_new_manager(store: Store) -> None:
+    """Found in a backtest review: the note to the supervisor of a manager without one was held back
+    (no_recipient) on the night of the move; once the data showed the move, the next plan sent it to the new
+    manager's supervisor, saying "reassigned from New Owner to New Owner". It is about the move made then."""
+    store.add(managers=[{"id": "m0", "name": "Old"}, {"id": "m1", "name": "Boss"},
+                        {"id": "m2", "name": "New", "supervisor_id": "m1"}],
+              clients=[{"id": "c1", "manager_id": "m0", "name": "Acme", "created_at": "2025-01-01"}])  # fmt: skip
+    rules = {"templates": {"released": {"body": "{client.name} went from {manager.name} to {new_manager.name}"}},
+             "rules": [{"id": "forgotten", "kind": "forgotten", "after": "60d"},
+                       {"id": "release", "kind": "release", "forgotten_rule": "forgotten", "grace": "14d",
+                        "then": [{"reassign": {"strategy": "least_loaded"}},
+                                 {"notify_manager": {"to": "supervisor", "template": "released"}}]}]}  # fmt: skip
+    engine = engine_for(rules, store)
+    engine.run("2026-03-01")
+    assert [e.action.type for e in store.ledger() if e.rule == "release"] == ["reassign"]
+    store.upsert(clients=[{"id": "c1", "manager_id": "m2", "name": "Acme", "created_at": "2025-01-01"}])  # moved
+    plan = engine.plan("2026-03-02")
+    assert plan.actions == []
+    assert [(s.action.type, s.reason_code) for s in plan.suppressed if s.reason_code != "duplicate"] == [
+        ("notify_manager", "no_recipient")]

@@ -844,12 +844,17 @@ class Engine:
             loads = loads_with_moves(self.store, loads, a.instant)
             owners = unapplied_moves(self.store, pickers, a.instant)
         reassigner = _Reassigner(managers, loads, self.store)
-        given, refused = self._given(movers, matches, ledger, managers)
+        given, refused, given_by = self._given(movers, matches, ledger, managers)
         for m in sorted(movers, key=lambda m: m.head):  # in key order
             spec = m.rule.reassign
             assert spec is not None and m.client is not None
             if m.head + "reassign" in ledger:
                 m.new_manager = given.get(m.head + "reassign")
+                # the release's other actions (held back that night) are about the move made then: from the
+                # manager who lost the client, not from the one the data shows now (a note went a day late to
+                # the new manager's supervisor, "reassigned from X to X")
+                was = given_by.get(m.head + "reassign")
+                m.owner = was if was is not None and was.id != m.client.manager_id else None
                 continue
             current = owners.get(m.client.id, m.client.manager_id)
             m.owner = managers.get(current) if current != m.client.manager_id else None
@@ -1037,7 +1042,7 @@ class Engine:
 
     def _given(
         self, movers: list[_Match], matches: list[_Match], ledger: Mapping[str, str], managers: dict[str, Manager]
-    ) -> tuple[dict[str, Manager], set[str]]:
+    ) -> tuple[dict[str, Manager], set[str], dict[str, Manager]]:
         """The managers that earlier runs gave these clients to, by reassign key, and the keys of those the
         CRM refused (dead) or that were cancelled, which moved nobody, or that the data has shown carried
         out (`ledger.carried_out`; the client may have been moved back by hand since): the data says who
@@ -1045,15 +1050,17 @@ class Engine:
         the other rules' tasks and messages go to them on every later plan, as on the night it was decided
         (a re-run of that night must plan nothing new), whether or not the host has moved the client yet.
         Read only for clients with an action not yet in the ledger: a night of duplicates (29,000
-        committed releases at 100k) reads none."""
+        committed releases at 100k) reads none. The third mapping: the managers those moves took the
+        clients from."""
         committed = [m for m in movers if m.head + "reassign" in ledger]
         if not committed:
-            return {}, set()
+            return {}, set(), {}
         fresh = {m.subject_id for m in matches if not _committed(m, ledger)}  # the client's, by any rule
         keys = [m.head + "reassign" for m in committed if m.subject_id in fresh]
         if not keys:
-            return {}, set()
+            return {}, set(), {}
         out: dict[str, Manager] = {}
+        by: dict[str, Manager] = {}
         refused: set[str] = set()
         entries = self.store.ledger(ids=[action_id(k) for k in keys])
         changes = manager_changes(self.store, sorted({e.client_id for e in entries if e.client_id}))
@@ -1061,9 +1068,11 @@ class Engine:
             to = managers.get(e.payload_fields.get("to_manager_id") or "")
             if to is not None:
                 out[e.key] = to
+            if (was := managers.get(e.payload_fields.get("from_manager_id") or "")) is not None:
+                by[e.key] = was
             if e.void or carried_out(e, changes):
                 refused.add(e.key)
-        return out, refused
+        return out, refused, by
 
     def _emit_all(
         self,
