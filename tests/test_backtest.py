@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import re
 import shutil
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -16,7 +18,7 @@ import retainer
 from retainer import RetainerError
 from retainer.actions import Action
 from retainer.adapters import CallbackHandler
-from retainer.backtest import backtest, render_html, steps_between
+from retainer.backtest import backtest, render_html, steps_between, write_csv
 from retainer.datafiles import import_data
 from retainer.model import ENTITIES
 from retainer.synth import generate
@@ -133,6 +135,20 @@ def test_compare_two_rule_sets_and_render(tmp_path: Path) -> None:
     html = render_html([a, b])
     assert html.startswith("<!doctype html>") and html.count("<svg") >= 4 and "B − A" in html
     assert "60 days (A)" in html and "30 days (B)" in html and "<table>" in html
+    # long labels keep their (A) and (B) in the charts' legends; found in review: both read "examples/rules/reten"
+    long_a, long_b = (dataclasses.replace(x, label="examples/rules/retention-" + x.label) for x in (a, b))
+    legends = re.findall(r'class="legend">([^<]*)<', render_html([long_a, long_b]))
+    assert any(t.endswith("(A)") for t in legends) and any(t.endswith("(B)") for t in legends)
+    # 30 managers with a task each: the chart's 20 are the first by id, whatever the order of the sets
+    many = {f"m{i:02}": {"tasks": 1} for i in (7, 29, 3, *range(30))}
+    object.__setattr__(a, "per_manager", lambda: many)
+    object.__setattr__(b, "per_manager", lambda: dict(reversed(many.items())))
+    page = render_html([a, b])
+    chart = page[page.index("tasks per manager (top 20)"):]
+    shown = set(re.findall(r">(m\d\d)<", chart[: chart.index("</svg>")]))
+    assert shown == {f"m{i:02}" for i in range(20)}, sorted(shown)
+    write_csv([a, b], str(tmp_path / "ab.csv"))  # a path as text, as a script passes it (an AttributeError)
+    assert (tmp_path / "ab.csv").read_text().startswith("rules,date,rule,type")
 
 
 def test_cli_backtest_writes_json_csv_html(tmp_path: Path) -> None:
@@ -142,6 +158,9 @@ def test_cli_backtest_writes_json_csv_html(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
     assert len(got) == 2 and got[0]["steps"] == 7 and got[0]["per_rule"] == got[1]["per_rule"]
+    # the same file twice: A and B by their places (found in review: B got its path, A its name, and the CSV's
+    # rows could not be told apart when the paths were equal)
+    assert [x["label"] for x in got] == [f"{RULES} (A)", f"{RULES} (B)"]
     assert {p.name for p in out.iterdir()} == {"backtest.json", "backtest.csv", "backtest.html"}
     header = (out / "backtest.csv").read_text().splitlines()[0]
     assert header == "rules,date,rule,type,manager,role,count"

@@ -506,8 +506,8 @@ def _csv_rows(results: list[Backtest]) -> Iterator[dict[str, Any]]:
                    for k, v in r.items()}  # fmt: skip
 
 
-def write_csv(results: list[Backtest], path: Path) -> None:
-    with path.open("w", newline="", encoding="utf-8") as f:
+def write_csv(results: list[Backtest], path: str | Path) -> None:
+    with Path(path).open("w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=["rules", "date", "rule", "type", "manager", "role", "count"])
         w.writeheader()
         w.writerows(_csv_rows(results))
@@ -542,7 +542,8 @@ def render_html(results: list[Backtest]) -> str:
                 rows.append((rule, kind, x, y, y - x))
         body.append(charts.table(["rule", "what", "A", "B", "B − A"], rows, caption="per rule"))
         ma, mb = a.per_manager(), b.per_manager()
-        top = sorted(set(ma) | set(mb), key=lambda m: -(ma.get(m, {}).get("tasks", 0) + mb.get(m, {}).get("tasks", 0)))
+        top = sorted(set(ma) | set(mb),  # ties by id: which 20 managers show never depends on hash order
+                     key=lambda m: (-(ma.get(m, {}).get("tasks", 0) + mb.get(m, {}).get("tasks", 0)), m))
         body.append(charts.bar_chart({f"{a.label} (A)": [(m, ma.get(m, {}).get("tasks", 0)) for m in top[:20]],
                                       f"{b.label} (B)": [(m, mb.get(m, {}).get("tasks", 0)) for m in top[:20]]},
                                      title="tasks per manager (top 20)"))  # fmt: skip

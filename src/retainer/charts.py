@@ -14,6 +14,17 @@ __all__ = ["bar_chart", "line_chart", "page", "table"]
 PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563")
 
 
+
+def _short(name: str, width: int) -> str:
+    """A legend cut to `width`, keeping its end when it is a tag such as " (A)": two labels that differ only
+    there (an A/B comparison of long paths) read the same when cut at the front."""
+    if len(name) <= width:
+        return name
+    head, sep, tag = name.rpartition(" (")
+    if sep and tag.endswith(")") and len(tag) <= 4:
+        return head[: max(width - len(tag) - 3, 1)] + "… (" + tag
+    return name[: width - 1] + "…"
+
 def _nice_max(v: float) -> float:
     """A round top for the axis, divisible by 4 so the quarter ticks of counts stay whole numbers."""
     if v <= 0:
@@ -65,7 +76,7 @@ def line_chart(
         )
         lx = left + 8 + s * 150
         out.append(f'<rect x="{lx}" y="{top - 4}" width="10" height="3" fill="{color}"/>')
-        out.append(f'<text x="{lx + 14}" y="{top}" class="legend">{escape(name[:20])}</text>')
+        out.append(f'<text x="{lx + 14}" y="{top}" class="legend">{escape(_short(name, 20))}</text>')
     out.append("</svg>")
     return "\n".join(out)
 
@@ -92,7 +103,7 @@ def bar_chart(groups: Mapping[str, Sequence[tuple[str, float]]], *, title: str, 
         for g, name in enumerate(groups):
             lx = left + 120 + g * 170
             out.append(f'<rect x="{lx}" y="8" width="10" height="10" fill="{PALETTE[g % len(PALETTE)]}"/>')
-            out.append(f'<text x="{lx + 14}" y="17" class="legend">{escape(name[:24])}</text>')
+            out.append(f'<text x="{lx + 14}" y="17" class="legend">{escape(_short(name, 24))}</text>')
     for r, label in enumerate(labels):
         y0 = top + r * row
         out.append(

@@ -760,11 +760,16 @@ def backtest(
         _fail(str(exc))
     from .backtest import step_notes
 
+    # each result by its file's name; the same name twice by the paths, and the same file twice as A and B
+    labels = [p.name for p, _ in sets]
+    if len(set(labels)) < len(labels):
+        labels = [str(p) for p, _ in sets]
+    if len(set(labels)) < len(labels):
+        labels = [f"{lb} ({ab})" for lb, ab in zip(labels, "AB", strict=False)]
     results = []
-    for path, rs in sets:
+    for (path, rs), label in zip(sets, labels, strict=True):
         for note in step_notes(rs, step):
             err.print(f"[yellow]note:[/] {_e(path.name)}: {_e(note)}", highlight=False)
-        label = path.name if not compare or path.name != compare.name else str(path)
         try:
             with err.status(f"backtesting {label} ...") as status:
                 results.append(run_backtest(rs, store, d1, d2, step=step, label=label, method=method,
