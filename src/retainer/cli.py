@@ -805,10 +805,10 @@ def _print_backtest(r: Any, console: Console, top: int = 15) -> None:
             t.add_row(rule, k, f"{n:,}")
     console.print(t)
     m = _table(title=f"Per manager (top {top} by tasks)")
-    cols = ["tasks", "peak_tasks_per_step", "gained", "lost", "notifications"]
+    cols = ["tasks", "peak_tasks_per_step", "gained", "lost", "notifications", "client actions"]
     m.add_column("manager")
-    for c in cols:
-        m.add_column(c.replace("_", " "), justify="right")
+    for c in cols:  # as wide as a header's longest word: "notificatio…" on an 80-column terminal
+        m.add_column(c.replace("_", " "), justify="right", min_width=max(map(len, c.replace("_", " ").split())))
     for mid, v in list(r.per_manager().items())[:top]:
         m.add_row(mid, *(f"{v.get(c, 0):,}" for c in cols))
     console.print(m)
