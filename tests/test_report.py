@@ -47,7 +47,7 @@ def test_digest_sections() -> None:
     first = store.ledger()[0]
     second = store.ledger()[1]
     assert (first.type, second.type) == ("create_task", "reassign")
-    morning = datetime(2026, 3, 2, 9, tzinfo=UTC)  # outcomes recorded after the digest's date are not in it
+    morning = datetime(2026, 3, 2, 9, tzinfo=UTC)
     engine.record_outcome(first.id, {"cancelled": "do_not_contact", "churn_reason": " Price"}, clock=lambda: morning)
     engine.record_outcome(second.id, {"result": "moved", "churn_reason": "price"}, clock=lambda: morning)
     d = digest(engine, "2026-03-02", label="retention.yaml")
@@ -265,3 +265,25 @@ def test_a_digest_with_a_managers_escalation_beside_client_actions() -> None:
     assert {a.client_id for a in engine.plan("2026-03-02").actions} == {"c1", "c2", None}
     d = digest(engine, "2026-03-02")
     assert d.sections[0].rows == [["Anna (m1)", 1], ["Ivan (m2)", 1]]  # c1 released to Ivan tonight
+
+
+def test_a_past_date_digest_shows_the_churn_reason_its_escalation_names() -> None:
+    """Found in a backtest review: a reason recorded today for a win-back planned in June drove the escalation
+    in the digest as of June, while the same page said "no churn reasons recorded yet"."""
+    store = retainer.open_store("memory://")
+    store.add(managers=[{"id": "m1", "name": "Anna", "supervisor_id": "m9"}, {"id": "m9", "name": "Olga"}],
+              clients=[{"id": "c1", "manager_id": "m1", "name": "Acme"}],
+              invoices=[{"id": f"i{n}", "client_id": "c1", "issued_at": f"2026-0{n}-10", "amount": 1000}
+                        for n in (1, 2, 3)])  # fmt: skip
+    rules = retainer.load_rules({"rules": [
+        {"id": "churned", "kind": "churned", "min_orders": 3, "silence": "90d"},
+        {"id": "winback", "kind": "winback", "min_revenue": 3000,
+         "on_outcome": {"bad_service": [{"escalate": {"to": "supervisor"}}]}}]})  # fmt: skip
+    engine = retainer.Engine(rules, store)
+    engine.run("2026-06-08")
+    (task,) = [e for e in store.ledger() if e.rule == "winback"]
+    engine.record_outcome(task.id, {"churn_reason": "bad_service"}, clock=lambda: datetime(2026, 7, 1, tzinfo=UTC))
+    d = digest(engine, "2026-06-09")
+    escalations = next(s for s in d.sections if s.title.startswith("Escalations"))
+    assert any("bad_service" in str(cell) for row in escalations.rows for cell in row)  # it names the reason
+    assert next(s for s in d.sections if s.title == "Churn reasons").rows == [["bad_service", 1]]

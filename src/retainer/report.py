@@ -228,7 +228,9 @@ def digest(engine: Engine, as_of: str | date | datetime, *, top: int = 30, label
         if e.as_of > a.instant:
             continue
         statuses["cancelled" if e.cancelled else e.status] += 1
-        if e.outcome and e.outcome.get("churn_reason") and (e.outcome_at is None or e.outcome_at <= a.instant):
+        # whenever the answer came, as the plan behind this digest's escalations reads it (a past date's page
+        # said "no churn reasons recorded yet" beside an escalation naming one)
+        if e.outcome and e.outcome.get("churn_reason"):
             reasons[norm_reason(e.outcome["churn_reason"])] += 1  # "Price" and "price" are one answer
     sections.append(Section(
         "Churn reasons", ["reason", "answers"], [[r, n] for r, n in reasons.most_common()],
