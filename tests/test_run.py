@@ -1403,3 +1403,99 @@ def test_a_client_given_back_by_hand_to_an_old_moves_manager_is_a_move_by_hand(s
     assert [a for a in h.actions if a.type == "reassign"] == [] and report.dispatch is not None
     assert "the client was given to m2 in the CRM since" in report.dispatch.cancelled.values()
 
+
+
+def _boss_crm(store: Store) -> None:
+    store.add(managers=[{"id": "boss"}, {"id": "m1", "supervisor_id": "boss"}, {"id": "m2", "supervisor_id": "boss"},
+                        {"id": "m3", "supervisor_id": "boss"}],
+              clients=[{"id": "c1", "manager_id": "m1", "name": "Acme"}, {"id": "c3", "manager_id": "m3"}],
+              touches=[{"id": "t1", "client_id": "c1", "at": "2026-01-01T10:00", "kind": "call"},
+                       {"id": "t3", "client_id": "c3", "at": "2026-03-10T10:00", "kind": "call"}])  # fmt: skip
+
+
+def _sent(h: RecordingHandler) -> list[tuple[str, str | None]]:
+    return [(a.key, getattr(a, "assignee_id", None) or getattr(a, "to_manager_id", None)) for a in h.actions]
+
+
+def test_a_task_or_escalation_for_a_manager_who_left_goes_to_the_supervisor_above(store: Store) -> None:
+    """Found in a many-nights review: a task committed for m1, waiting while the CRM was down, was delivered to
+    m1 after m1 left (a lost task, its key spent); an escalation waiting when its supervisor left was cancelled
+    and told nobody. Each is cancelled (manager_left) and decided again for the active supervisor above."""
+    _boss_crm(store)
+    engine = engine_for({"rules": [{"id": "forgotten", "kind": "forgotten", "after": "60d"}]}, store)
+    engine.run("2026-03-02")  # no handler: the task waits
+    store.upsert(managers=[{"id": "m1", "supervisor_id": "boss", "active": False}])
+    h = RecordingHandler()
+    report = engine.run("2026-03-03", handlers=h)
+    assert _sent(h) == [] and report.counts()["cancelled"] == 1
+    h = RecordingHandler()
+    engine.run("2026-03-04", handlers=h)
+    assert _sent(h) == [("forgotten:c1:2026-01-01#2:create_task", "boss")]
+
+
+def test_an_escalation_waiting_when_its_supervisor_left_goes_to_the_one_above(store: Store) -> None:
+    _boss_crm(store)
+    store.add(managers=[{"id": "top"}])
+    store.upsert(managers=[{"id": "boss", "supervisor_id": "top"}])
+    rules = {"rules": [{"id": "forgotten", "kind": "forgotten", "after": "60d"},
+                       {"id": "nag", "kind": "escalate", "watch_rule": "forgotten", "after": "10d"}]}  # fmt: skip
+    engine = engine_for(rules, store)
+    engine.run("2026-03-02", handlers=RecordingHandler())  # the task goes out
+    engine.run("2026-03-12")  # no handler: the escalation to boss waits
+    assert [e.key for e in store.ledger() if e.status == "pending"] == ["nag:c1:2026-03-02:escalate"]
+    store.upsert(managers=[{"id": "boss", "supervisor_id": "top", "active": False}])
+    engine.run("2026-03-13", handlers=RecordingHandler())
+    h = RecordingHandler()
+    engine.run("2026-03-14", handlers=h)
+    assert _sent(h) == [("nag:c1:2026-03-02#2:escalate", "top")]
+
+
+def test_a_move_carried_out_unconfirmed_to_a_manager_who_left_is_decided_again_elsewhere(store: Store) -> None:
+    """Found in a many-nights review: the CRM applied a move, the answer was lost, and the new manager left; the
+    run cancelled the move (manager_left), and since the data showed the move, the client stayed with the one
+    who left for good. It is released again, neither to them nor back to the manager who forgot it."""
+    _boss_crm(store)
+    rules = {"rules": [{"id": "forgotten", "kind": "forgotten", "after": "60d"},
+                       {"id": "release", "kind": "release", "forgotten_rule": "forgotten", "grace": "14d",
+                        "then": [{"reassign": {"strategy": "least_loaded"}}]}]}  # fmt: skip
+    engine = engine_for(rules, store)
+
+    def applied_then_dropped(a: Action) -> None:
+        if a.type == "reassign":
+            store.upsert(clients=[{"id": "c1", "manager_id": a.to_manager_id, "name": "Acme"}])  # type: ignore[attr-defined]
+        raise ConnectionError("server disconnected without sending a response")
+
+    engine.run("2026-03-16", handlers=applied_then_dropped, retry=Retry(max_attempts=5, base_delay=0, stop_after=1))
+    (move,) = [e for e in store.ledger() if e.type == "reassign"]
+    assert move.payload_fields["to_manager_id"] == "m2" and store.get("clients", "c1").manager_id == "m2"  # type: ignore[union-attr]
+    store.upsert(managers=[{"id": "m2", "supervisor_id": "boss", "active": False}])
+    engine.run("2026-03-17", handlers=RecordingHandler())
+    h = RecordingHandler()
+    engine.run("2026-03-18", handlers=h)
+    assert ("release:c1:2026-01-01#2:reassign", "m3") in _sent(h)
+
+
+def test_a_message_cancelled_after_an_attempt_still_counts_against_its_cap(store: Store) -> None:
+    """Found in a many-nights review: an SMS went out but its answer was lost; the client paid, the SMS was
+    recorded cancelled, stopped counting, and a second SMS went out that week against 1 per calendar week."""
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}],
+              invoices=[{"id": "i1", "client_id": "c1", "issued_at": "2026-02-01", "due_at": "2026-03-01",
+                         "amount": 100},
+                        {"id": "i2", "client_id": "c1", "issued_at": "2026-02-01", "due_at": "2026-03-02",
+                         "amount": 100}])  # fmt: skip
+    rules = {"rules": [{"id": "debtor", "kind": "debtor", "steps": [
+                 {"after": "10d", "notify_client": {"channel": "sms", "template": "pay"}}]}],
+             "policies": {"caps": [{"channel": "sms", "limit": 1, "per": "1w", "window": "calendar"}]}}  # fmt: skip
+    engine = engine_for(rules, store)
+
+    def lost_answer(a: Action) -> None:
+        raise ConnectionError("server disconnected without sending a response")
+
+    engine.run("2026-03-11", handlers=lost_answer, retry=Retry(max_attempts=5, base_delay=0, stop_after=1))
+    store.upsert(invoices=[{"id": "i1", "client_id": "c1", "issued_at": "2026-02-01", "due_at": "2026-03-01",
+                            "amount": 100, "paid_at": "2026-03-12T08:00"}])  # fmt: skip
+    engine.run("2026-03-12", handlers=RecordingHandler())
+    (first,) = [e for e in store.ledger() if "i1" in e.key]
+    assert first.cancelled == "paid" and first.attempts == 1
+    held = engine.plan("2026-03-13").suppressed
+    assert [(s.action.key, s.reason_code) for s in held] == [("debtor:c1:i2+10d:notify_client", "cap")]

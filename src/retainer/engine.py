@@ -42,7 +42,7 @@ from .ledger import (
     manager_changes,
     unapplied_moves,
 )
-from .model import Client, Manager, fast_model, no_gc
+from .model import Client, Manager, active_supervisor, fast_model, no_gc
 from .plan import Plan
 from .rules import templates
 from .rules.conditions import ExplainNode, OlderThan, as_duration
@@ -75,6 +75,7 @@ class _Match:
     keys: list[str] = field(default_factory=list)  # every key this match can produce, for the ledger check
     head: str = ""  # the keys' common prefix, rule:subject:episode:
     attempt: int = 1  # the decision's number in its episode: a move cancelled because its manager left is decided again
+    passed_over: str | None = None  # a manager a move decided again must not pick: the one the first move left
 
     @property
     def key_episode(self) -> str:
@@ -130,17 +131,19 @@ class _Reassigner:
     def _room(m: Manager, load: int) -> bool:
         return m.max_clients is None or load < m.max_clients
 
-    def pick(self, rule_id: str, current: str, spec: ReassignSpec) -> Manager | None:
+    def pick(self, rule_id: str, current: str, spec: ReassignSpec, passed_over: str | None = None) -> Manager | None:
+        """`passed_over`: another manager not to pick (whom a first move of the episode took the client from)."""
         cur = self.managers.get(current)
         team = cur.team if cur is not None else None
         if spec.same_team and team is None:
             return None
         key = (tuple(spec.pool) if spec.pool is not None else None, spec.same_team, team if spec.same_team else None)
         cands = self._candidates(key, spec, team)
+        away = (current, passed_over)
         choice = (
-            self._least_loaded(key, cands, current)
+            self._least_loaded(key, cands, away)
             if spec.strategy == "least_loaded"
-            else self._round_robin(rule_id, cands, current)
+            else self._round_robin(rule_id, cands, away)
         )
         if choice is None:
             return None
@@ -166,7 +169,7 @@ class _Reassigner:
         more = f" and {len(others) - 5} more" if len(others) > 5 else ""
         return f"every active manager other than {current}{where} is at max_clients: {full}{more}"
 
-    def _least_loaded(self, key: tuple[Any, ...], cands: list[Manager], current: str) -> Manager | None:
+    def _least_loaded(self, key: tuple[Any, ...], cands: list[Manager], away: tuple[str, str | None]) -> Manager | None:
         heap = self._heaps.get(key)
         if heap is None:
             for m in cands:
@@ -187,7 +190,7 @@ class _Reassigner:
                 heapq.heapreplace(heap, (actual, mid))
                 continue
             m = managers[mid]
-            if mid == current or not self._room(m, actual):
+            if mid in away or not self._room(m, actual):
                 skipped.append(heapq.heappop(heap))
                 continue
             choice = m
@@ -196,14 +199,14 @@ class _Reassigner:
             heapq.heappush(heap, e)
         return choice
 
-    def _round_robin(self, rule_id: str, cands: list[Manager], current: str) -> Manager | None:
+    def _round_robin(self, rule_id: str, cands: list[Manager], away: tuple[str, str | None]) -> Manager | None:
         name = f"round_robin:{rule_id}"
         last = self.cursors.get(name) or self.store.get_cursor(name)
         ids = [m.id for m in cands]
         start = bisect.bisect_right(ids, last) if last is not None else 0
         for k in range(len(cands)):
             m = cands[(start + k) % len(cands)]
-            if m.id != current and self._room(m, self.loads.get(m.id, 0)):
+            if m.id not in away and self._room(m, self.loads.get(m.id, 0)):
                 self.cursors[name] = m.id
                 return m
         return None
@@ -434,18 +437,6 @@ def _not_utc(a: AsOf) -> bool:
     return any(datetime(year, m, 1, tzinfo=UTC).astimezone(a.tz).utcoffset() for m in (1, 7))
 
 
-def _active_supervisor(manager: Manager, managers: Mapping[str, Manager]) -> Manager | None:
-    """The nearest active manager up the chain of supervisors: an escalation ("nothing helped") or a note
-    for the supervisor of a manager whose supervisor has left goes to the one above, not to someone who
-    will never read it. None when nobody up the chain is active."""
-    seen = {manager.id}
-    boss = managers.get(manager.supervisor_id or "")
-    while boss is not None and boss.id not in seen and not boss.active:
-        seen.add(boss.id)
-        boss = managers.get(boss.supervisor_id or "")
-    return boss if boss is not None and boss.id not in seen and boss.active else None  # a cycle: nobody
-
-
 def _target(spec: Any, managers: Mapping[str, Manager]) -> tuple[int, str | None, str | None]:
     """An action of a rule: what it fills in (`_TASK`...), whom it is for (a role or a manager id), and why it
     has no recipient when the rule file names a manager id the store does not have."""
@@ -472,7 +463,7 @@ def _people(
     if manager is None or not manager.supervisor_id:
         supervisor = None
     elif (supervisor := bosses.get(manager.id, _UNSET)) is _UNSET:
-        supervisor = bosses[manager.id] = _active_supervisor(manager, managers)
+        supervisor = bosses[manager.id] = active_supervisor(manager, managers)
     manager_id = manager.id if owner is not None else client.manager_id if client is not None else None  # type: ignore[union-attr]
     to_manager = supervisor.id if manager is not None and not manager.active and supervisor is not None else manager_id
     whom = {
@@ -858,7 +849,7 @@ class Engine:
                 continue
             current = owners.get(m.client.id, m.client.manager_id)
             m.owner = managers.get(current) if current != m.client.manager_id else None
-            m.new_manager = reassigner.pick(m.rule.id, current, spec)
+            m.new_manager = reassigner.pick(m.rule.id, current, spec, m.passed_over)
             if m.new_manager is None:
                 m.reassign_failed = f"{reassigner.why_none(current, spec)} ({spec.strategy})"
 
@@ -1017,18 +1008,26 @@ class Engine:
             todo = [m for m in todo if codes.get(m.head + "reassign") == MANAGER_LEFT]
             if not todo:
                 break
-            # only while the data shows the manager the cancelled move took the client from (a few entries)
-            was = {e.key: e.payload_fields.get("from_manager_id")
+            # only while the data shows the manager the cancelled move took the client from, or the one it gave
+            # the client to, who left: the CRM carried out a move whose answer was lost (a few entries)
+            was = {e.key: (e.payload_fields.get("from_manager_id"), e.payload_fields.get("to_manager_id"))
                    for e in self.store.ledger(ids=[action_id(m.head + "reassign") for m in todo])}  # fmt: skip
-            todo = [m for m in todo if m.client is not None and was.get(m.head + "reassign") == m.client.manager_id]
+            todo = [m for m in todo if m.client is not None and m.client.manager_id in was.get(m.head + "reassign", ())]
+            for m in todo:  # carried out, to a manager who left: not back to the one who forgot the client either
+                frm, to = was[m.head + "reassign"]
+                m.passed_over = frm if m.client is not None and m.client.manager_id == to else None
             self._next_attempt(todo, ledger)
             again |= {m.subject_id for m in todo}
             todo = [m for m in todo if ledger.get(m.head + "reassign") == "done"]
-        others = [m for m in matches if m.subject_id in again | handed and m.rule.reassign is None and m.keys
-                  and ledger.get(m.keys[0]) == "done"]  # fmt: skip
+        # a task, message or escalation a run cancelled because the manager it was for left (an active
+        # supervisor above can take it: `Dispatcher._left`) is decided again, for them; and the client's others
+        # cancelled with its move
+        others = [m for m in matches if m.rule.reassign is None and m.keys and ledger.get(m.keys[0]) == "done"]
         if others:
             codes = cancellations([m.keys[0] for m in others])
-            self._next_attempt([m for m in others if codes.get(m.keys[0]) in (MANAGER_LEFT, OWNER_CHANGED)], ledger)
+            moved = again | handed
+            self._next_attempt([m for m in others if codes.get(m.keys[0]) == MANAGER_LEFT or (
+                m.subject_id in moved and codes.get(m.keys[0]) == OWNER_CHANGED)], ledger)
 
     def _next_attempt(self, ms: list[_Match], ledger: dict[str, Status], attempt: int | None = None) -> None:
         """The next decision of each match's episode (or decision `attempt`), with keys of its own, and their

@@ -12,7 +12,7 @@ import functools
 import gc
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -381,3 +381,15 @@ def no_gc() -> Iterator[None]:
             gc.freeze()
             gc.unfreeze()
         gc.enable()
+
+
+def active_supervisor(manager: Manager, managers: Mapping[str, Manager]) -> Manager | None:
+    """The nearest active manager up the chain of supervisors: an escalation ("nothing helped") or a note
+    for the supervisor of a manager whose supervisor has left goes to the one above, not to someone who
+    will never read it. None when nobody up the chain is active."""
+    seen = {manager.id}
+    boss = managers.get(manager.supervisor_id or "")
+    while boss is not None and boss.id not in seen and not boss.active:
+        seen.add(boss.id)
+        boss = managers.get(boss.supervisor_id or "")
+    return boss if boss is not None and boss.id not in seen and boss.active else None  # a cycle: nobody

@@ -262,7 +262,9 @@ class Guard:
             _Past.of(e)
             for e in self.store.ledger(since=since, client_ids=ids, types=types)
             if since < e.as_of and (until is None or e.as_of < until)
-            and not e.cancelled  # never sent: it used nothing up
+            # cancelled before it went out used nothing up; cancelled after an attempt whose answer was lost
+            # (a timeout, a dropped connection), it may have reached the client: a second SMS that week did
+            and not (e.cancelled and e.attempts == 0)
         ]
 
     # ---------------------------------------------------------------- the guards

@@ -40,11 +40,11 @@ from typing import Any
 from . import policies
 from .actions import Action, NotifyManager, action_id
 from .adapters.dispatch import Dispatcher, DispatchReport, Handlers, Retry, dunning_over, utc_now
-from .engine import Engine, _active_supervisor, _not_utc, refuse_after_tomorrow
+from .engine import Engine, _not_utc, refuse_after_tomorrow
 from .errors import ArgumentError, RetainerError
 from .keys import action_key
 from .ledger import ACTIVE, LedgerEntry, RunRecord, check_outcome, unapplied_moves
-from .model import Client, Manager
+from .model import Client, Manager, active_supervisor
 from .plan import Plan
 from .rules.features import norm_reason
 from .rules.loader import RuleSet, load_rules
@@ -947,7 +947,7 @@ class Session:
         owner = unapplied_moves(self.store, [client], a.instant).get(client.id, client.manager_id)
         managers = {m.id: m for m in self._cache.managers()}
         m = managers.get(owner)
-        if m is not None and not m.active and (boss := _active_supervisor(m, managers)) is not None:
+        if m is not None and not m.active and (boss := active_supervisor(m, managers)) is not None:
             return boss.id
         return owner
 

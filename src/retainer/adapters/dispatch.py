@@ -33,6 +33,7 @@ from ..ledger import (
     delivering,
     manager_changes,
 )
+from ..model import active_supervisor
 from ..stores.base import Pred, virtual_value
 from .base import ActionHandler, CallbackHandler, PermanentError, RetryLater
 
@@ -487,8 +488,9 @@ class Dispatcher:
             if c is not None and c.status == "archived":  # archived clients get nothing (deleted in the CRM?)
                 out[e.id] = ("archived", None)
                 continue
-            if (gone := self._left(e, managers)) is not None:
-                out[e.id] = (gone, MANAGER_LEFT if e.type == "reassign" else None)
+            if (left := self._left(e, managers)) is not None:
+                gone = left[0]
+                out[e.id] = left
                 if e.type == "reassign":
                     moves[(cid, e.action.to_manager_id)] = (gone, MANAGER_LEFT)  # type: ignore[attr-defined]
                     episodes[_episode(e.key)] = (e.action.to_manager_id, gone, MANAGER_LEFT)  # type: ignore[attr-defined]
@@ -529,26 +531,33 @@ class Dispatcher:
                         out[e.id] = (f"its client's move to {who} was cancelled: {why[0]}", why[1])
         return out
 
-    def _left(self, e: LedgerEntry, managers: dict[str, Any]) -> str | None:
-        """Why an earlier run's reassignment or escalation must not go out any more: the manager it gives the
-        client to, or the supervisor it tells, has been deactivated since (or is gone from the data). A night
-        the CRM was down, then a morning export that deactivated the manager, sent the client to someone who
-        had left. A plan never picks an inactive manager for either (an escalation goes up to the nearest
-        active supervisor), so one is inactive since. Not a task or a message on its own: one may be meant
-        for a manager who left (with no active supervisor the task still goes to them, and the plan warns),
-        and cancelling it lost it."""
-        if e.type not in ("reassign", "escalate"):
+    def _left(self, e: LedgerEntry, managers: dict[str, Any]) -> tuple[str, str | None] | None:
+        """Why an earlier run's action must not go out any more, and the code that has the next plan decide it
+        again (`MANAGER_LEFT`), when the manager it is for has been deactivated since (or is gone from the
+        data). A night the CRM was down, then a morning export that deactivated the manager, sent the client
+        to someone who had left. A reassignment is decided again for another manager. A task, a message to a
+        manager or an escalation is cancelled only when an active supervisor above the one who left can
+        take it, and the next plan gives it to them, as a plan does for a manager who has left (delivered to
+        the one who left, it was lost, and its key spent); with nobody above, a task or message still goes
+        (the plan warned), and an escalation, which nobody can read, is cancelled."""
+        if e.type not in ("reassign", "escalate", "create_task", "notify_manager"):
             return None
         # the action, which `_void` parses anyway: its payload parsed again, and kept, took 100 MB at 100k
-        who = getattr(e.action, "to_manager_id", None)
+        who = getattr(e.action, "assignee_id" if e.type == "create_task" else "to_manager_id", None)
         if not who:
             return None
         if who not in managers:
             managers[who] = self.store.get("managers", who)
         m = managers[who]
-        if m is None:
-            return f"manager {who} is no longer in the data"
-        return None if m.active else f"manager {who} is no longer active"
+        if m is not None and m.active:
+            return None
+        why = f"manager {who} is no longer in the data" if m is None else f"manager {who} is no longer active"
+        if e.type == "reassign":
+            return why, MANAGER_LEFT
+        everyone = {x.id: x for x in self.store.managers()}  # the chain above the one who left
+        if m is not None and active_supervisor(m, everyone) is not None:
+            return why, MANAGER_LEFT
+        return (why, None) if e.type == "escalate" else None
 
     def _attempt(
         self, e: LedgerEntry, attempts: dict[str, int], claims: dict[str, str | None], report: DispatchReport,
