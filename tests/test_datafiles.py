@@ -574,3 +574,19 @@ def test_a_row_over_several_lines_is_named_by_the_line_it_begins_on(tmp_path: Pa
     (d / "clients.csv").write_text('id,manager_id,name,status\nc1,m1,Acme,active\nc2,m1,"Big\nLong\nName",actve\n')
     with pytest.raises(retainer.DataError, match=r"clients.csv:3 id=c2 field status"):
         import_data(d, retainer.open_store("memory://"))
+
+
+def test_a_client_archived_as_missing_comes_back_with_an_export_without_a_status_column(tmp_path: Path) -> None:
+    """Found in review: a client archived by --archive-missing that the export listed again, in an export with
+    no status column, was refused ("would reset status 'archived' to 'active'") every night after."""
+    d = tmp_path / "x"
+    d.mkdir()
+    (d / "managers.csv").write_text("id\nm1\n")
+    (d / "clients.csv").write_text("id,manager_id\nc1,m1\nc2,m1\n")
+    store = retainer.open_store("memory://")
+    import_data(d, store)
+    (d / "clients.csv").write_text("id,manager_id\nc1,m1\n")
+    assert import_data(d, store, replace=True, archive_missing=True)["archived"] == 1
+    (d / "clients.csv").write_text("id,manager_id\nc1,m1\nc2,m1\n")
+    assert import_data(d, store, replace=True, archive_missing=True)["archived"] == 0
+    assert store.get("clients", "c2").status == "active"  # type: ignore[union-attr]

@@ -1414,3 +1414,25 @@ def test_an_events_time_without_an_offset_is_read_in_the_stores_zone() -> None:
         r = s.post({"type": "touch", "id": "t2", "client_id": "c1", "at": "2026-03-01T10:00", "direction": "inbound"})
         assert r.as_of == datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
         assert r.committed == []
+
+
+def test_the_call_note_waiting_when_its_manager_left_still_goes(store: Store) -> None:
+    """Found in a reactive review: the note about a client's call on a waiting offer (a session's own action,
+    no plan decides it again) waited while the CRM was down; its manager left, and the next tick cancelled it
+    as manager_left, so nobody heard of the call. It goes (to the manager it names, as a plan's task would)."""
+    down = [True]
+    sent: list[str] = []
+
+    def crm(a: Any) -> None:
+        if down[0]:
+            raise ConnectionError("CRM down")
+        sent.append(a.key)
+
+    s, _ = _offer_waiting(store)
+    s = Session(RULES, store, crm, retry=Retry(max_attempts=5, base_delay=0, stop_after=1))
+    s.post({"type": "touch", "id": "t-in", "client_id": "c1", "at": at(134), "kind": "call", "direction": "inbound"})
+    s.post({"type": "fact", "entity": "managers", "at": at(134.1),
+            "row": {"id": "m1", "name": "Anna", "supervisor_id": "boss", "active": False}})  # fmt: skip
+    down[0] = False
+    s.tick(at(135))
+    assert "winback:c1:2026-02-10~price~inbound:notify_manager" in sent

@@ -1499,3 +1499,80 @@ def test_a_message_cancelled_after_an_attempt_still_counts_against_its_cap(store
     assert first.cancelled == "paid" and first.attempts == 1
     held = engine.plan("2026-03-13").suppressed
     assert [(s.action.key, s.reason_code) for s in held] == [("debtor:c1:i2+10d:notify_client", "cap")]
+
+
+def test_a_task_waiting_while_its_client_is_moved_by_hand_goes_to_the_new_owner(store: Store) -> None:
+    """Found in a many-nights review: a task for m1, waiting while the CRM was down, was delivered to m1 after
+    the CRM gave the client to m3 by hand; m3 never heard the client had been silent since January."""
+    _boss_crm(store)
+    engine = engine_for({"rules": [{"id": "forgotten", "kind": "forgotten", "after": "60d"}]}, store)
+    engine.run("2026-03-02")  # no handler: the task for m1 waits
+    store.upsert(clients=[{"id": "c1", "manager_id": "m3", "name": "Acme"}])  # moved by hand in the CRM
+    h = RecordingHandler()
+    assert engine.run("2026-03-03", handlers=h).counts()["cancelled"] == 1 and _sent(h) == []
+    h = RecordingHandler()
+    engine.run("2026-03-04", handlers=h)
+    assert _sent(h) == [("forgotten:c1:2026-01-01#2:create_task", "m3")]
+    # a task for the supervisor of a manager who left is no hand move: it goes
+    store.upsert(managers=[{"id": "m3", "supervisor_id": "boss", "active": False}],
+                 clients=[{"id": "c3", "manager_id": "m3"}])  # fmt: skip
+    h = RecordingHandler()
+    engine.run("2026-05-12", handlers=h)
+    assert ("forgotten:c3:2026-03-10:create_task", "boss") in _sent(h)
+
+
+def test_a_win_back_answer_recorded_on_the_task_decided_again_moves_the_process_on(store: Store) -> None:
+    """Found in a reactive review: the win-back's reason task, decided again for the supervisor of a manager who
+    left (`#2`), got its churn_reason, and the process never moved on: the reason was read on the first key."""
+    store.add(managers=[{"id": "boss"}, {"id": "m1", "supervisor_id": "boss"}],
+              clients=[{"id": "c1", "manager_id": "m1", "name": "Acme", "created_at": "2025-01-01"}],
+              invoices=[{"id": f"a{n}", "client_id": "c1", "issued_at": f"2025-{n:02}-01", "amount": "500",
+                         "paid_at": f"2025-{n:02}-02"} for n in (7, 9, 11)],
+              touches=[{"id": "t1", "client_id": "c1", "at": "2026-02-10T10:00", "kind": "call"}])  # fmt: skip
+    rules = {"rules": [{"id": "churned", "kind": "churned", "min_orders": 3, "lookback": "365d", "silence": "90d"},
+                       {"id": "winback", "kind": "winback", "min_revenue": 1000, "on_outcome": {
+                           "price": [{"propose_offer": {"offer": "loyalty", "amount": 0}}]}}]}  # fmt: skip
+    engine = engine_for(rules, store)
+    engine.run("2026-02-20")  # no handler: the reason task for m1 waits
+    store.upsert(managers=[{"id": "m1", "supervisor_id": "boss", "active": False}])
+    engine.run("2026-02-21", handlers=RecordingHandler())
+    engine.run("2026-02-22", handlers=RecordingHandler())
+    (again,) = [e for e in store.ledger(rule="winback") if "#2" in e.key]
+    assert again.payload_fields["assignee_id"] == "boss"
+    engine.record_outcome(again.id, {"churn_reason": "price"})
+    report = engine.run("2026-02-23", handlers=RecordingHandler())
+    assert [a.key for a in report.committed] == ["winback:c1:2025-11-01~price:propose_offer"]
+
+
+@pytest.mark.parametrize("task_first", [True, False])
+def test_only_the_cancelled_action_of_a_match_is_decided_again(store: Store, task_first: bool) -> None:
+    """Found in review: with the task cancelled for a manager who left, the next plan decided the whole match
+    again: the client got the e-mail a second time, or (the e-mail first) the task was never decided again."""
+    _boss_crm(store)
+    then = [{"create_task": {"title": "Call", "assignee": "manager"}},
+            {"notify_client": {"channel": "email", "template": "miss_you"}}]
+    engine = engine_for({"rules": [{"id": "forgotten", "kind": "forgotten", "after": "60d",
+                                    "then": then if task_first else then[::-1]}]}, store)  # fmt: skip
+    mails = RecordingHandler()
+    engine.run("2026-03-02", handlers={"notify_client": mails})  # the e-mail goes out, the task waits
+    store.upsert(managers=[{"id": "m1", "supervisor_id": "boss", "active": False}])
+    engine.run("2026-03-03", handlers={"notify_client": mails, "create_task": RecordingHandler()})
+    tasks = RecordingHandler()
+    engine.run("2026-03-04", handlers={"notify_client": mails, "create_task": tasks})
+    assert _sent(tasks) == [("forgotten:c1:2026-01-01#2:create_task", "boss")]
+    assert [a.key for a in mails.actions] == ["forgotten:c1:2026-01-01:notify_client"]
+
+
+def test_a_task_for_a_manager_named_by_id_who_left_is_still_delivered(store: Store) -> None:
+    """Found in review: `assignee: m1` for a manager who left (with a supervisor) was cancelled every night and
+    decided again for m1 again, never delivered. A rule that names the manager is not redirected."""
+    store.add(managers=[{"id": "boss"}, {"id": "m1", "supervisor_id": "boss", "active": False},
+                        {"id": "m2", "supervisor_id": "boss"}],
+              clients=[{"id": "c1", "manager_id": "m2"}],
+              touches=[{"id": "t1", "client_id": "c1", "at": "2026-01-01T10:00", "kind": "call"}])  # fmt: skip
+    task = {"create_task": {"title": "Call", "assignee": "m1"}}
+    engine = engine_for({"rules": [{"id": "forgotten", "kind": "forgotten", "after": "60d", "then": [task]}]}, store)
+    engine.run("2026-03-02")  # waits
+    h = RecordingHandler()
+    engine.run("2026-03-03", handlers=h)
+    assert _sent(h) == [("forgotten:c1:2026-01-01:create_task", "m1")]

@@ -18,7 +18,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from .stores._ingest import Batch
 from .stores.base import AggSpec, Changes, ManagerLoads, Store
 from .stores.memory import MemoryStore
 from .sweep import Kept, Quiet, Wakes
-from .timeutil import AsOf, DateRangeError, in_years, parse_duration
+from .timeutil import END_OF_TIME, AsOf, DateRangeError, in_years, parse_duration
 
 __all__ = ["METHODS", "Backtest", "backtest", "steps_between"]
 
@@ -51,7 +51,6 @@ _LOCAL = frozenset({
 })  # fmt: skip
 
 
-_END_OF_TIME = datetime.max.replace(tzinfo=UTC)
 #: actions that name the managers they concern; the others count for their client's manager
 _OWN_MANAGER = frozenset({"create_task", "reassign", "notify_manager", "escalate"})
 
@@ -74,7 +73,7 @@ class FreshLedger:
         self.tz = base.tz
 
         # clients change during a backtest only by reassignment: a sweep asks for the loads every step
-        everyone = self._local.clients(_END_OF_TIME)
+        everyone = self._local.clients(END_OF_TIME)
         self._loads = ManagerLoads(everyone)
         self._moved: Counter[str] = Counter()  # clients gained (lost: negative) per manager by reassignment
         self.moved: set[str] = set()  # the clients the last commit reassigned

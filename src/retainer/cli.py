@@ -627,11 +627,13 @@ def actions_replay(
         _fail("give action ids or --dead")
     handlers = _handlers(handler, header, timeout)
     store = _ledger_store(data, "UTC")
-    mins = Engine(_rules(rules), store).min_outstanding if rules is not None else None
+    engine = Engine(_rules(rules), store) if rules is not None else None
     try:
         with _stop_on_sigterm():
             moved, report = replay(store, ids or (), dead=dead, handlers=handlers,
-                                   retry=_retry(max_attempts, retry_delay), min_outstanding=mins)
+                                   retry=_retry(max_attempts, retry_delay),
+                                   min_outstanding=engine.min_outstanding if engine else None,
+                                   fixed=engine.fixed_recipients if engine else frozenset())  # fmt: skip
     except RetainerError as exc:
         _fail(str(exc))
     except KeyboardInterrupt as exc:

@@ -21,6 +21,8 @@ from .errors import DataError, RepeatedKeyError, did_you_mean, not_utf8, unique_
 from .model import ENTITIES
 from .stores import MemoryStore, Store, open_store
 from .stores._ingest import Batch, validate_rows
+from .stores.base import Pred
+from .timeutil import END_OF_TIME
 
 __all__ = ["data_files", "import_data", "open_source", "read_batches"]
 
@@ -276,10 +278,13 @@ def _keeping(batches: Iterator[Batch], store: Store) -> Iterator[Batch]:
     is said outright."""
     for b in batches:
         missing = sorted(ENTITIES[b.entity].model_fields.keys() - b.columns) if b.columns is not None else []
-        for n, m in enumerate(b.models if missing else ()):
-            if (old := store.get(b.entity, m.id)) is None:
+        stored = _stored(store, b.entity, [m.id for m in b.models]) if missing else {}
+        for n, m in enumerate(b.models if stored else ()):
+            if (old := stored.get(m.id)) is None:
                 continue
             for f in missing:
+                if f == "status" and old.status == "archived":  # archived as missing, in the export again: back
+                    continue
                 if (was := getattr(old, f)) != (now := getattr(m, f)):
                     where = "column" if b.file and b.file.endswith(".csv") else "key"
                     raise DataError(
@@ -288,6 +293,16 @@ def _keeping(batches: Iterator[Batch], store: Store) -> Iterator[Batch]:
                         f"on purpose); nothing imported", **b.where(n), id=m.id, field=f,
                     )  # fmt: skip
         yield b
+
+
+def _stored(store: Store, entity: str, ids: list[str]) -> dict[str, Any]:
+    """The stored rows of these ids, read at once: one lookup a row cost 10 µs, a second a night at 100k."""
+    if entity == "managers":
+        wanted = set(ids)
+        return {m.id: m for m in store.managers() if m.id in wanted}
+    rows = (store.clients(END_OF_TIME, ids) if entity == "clients"
+            else store.facts(entity, END_OF_TIME, (Pred("id", "in", frozenset(ids)),)))  # fmt: skip
+    return {r.id: r for r in rows}
 
 
 def _shown(v: Any) -> str:

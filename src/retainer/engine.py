@@ -691,6 +691,14 @@ class Engine:
         return out
 
     @cached_property
+    def fixed_recipients(self) -> frozenset[str]:
+        """Rules with a task or message for a manager named by id (`assignee: m1`), not a role: a dispatcher does
+        not cancel those for a manager who left, since deciding them again gives them to the same one."""
+        return frozenset(r.id for r in self.rules.rules for spec in r.then
+                          if (getattr(spec.params, "assignee", None) or getattr(spec.params, "to", None))
+                          not in (None, *_ROLES))  # fmt: skip
+
+    @cached_property
     def min_outstanding(self) -> dict[str, Decimal]:
         """Debtor rule id -> its `min_amount`: an invoice paid down below it is done with, for the steps
         committed before the payment too (a dispatcher and a session cancel them)."""
@@ -1020,14 +1028,19 @@ class Engine:
             again |= {m.subject_id for m in todo}
             todo = [m for m in todo if ledger.get(m.head + "reassign") == "done"]
         # a task, message or escalation a run cancelled because the manager it was for left (an active
-        # supervisor above can take it: `Dispatcher._left`) is decided again, for them; and the client's others
-        # cancelled with its move
-        others = [m for m in matches if m.rule.reassign is None and m.keys and ledger.get(m.keys[0]) == "done"]
+        # supervisor above can take it: `Dispatcher._left`) or because the CRM gave its client to another manager
+        # by hand, is decided again, for them; and the client's others cancelled with its move
+        # Only what was cancelled goes again: the rule's e-mail delivered beside the cancelled task is not sent twice
+        others = [m for m in matches if m.rule.reassign is None and any(ledger.get(k) == "done" for k in m.keys)]
         if others:
-            codes = cancellations([m.keys[0] for m in others])
-            moved = again | handed
-            self._next_attempt([m for m in others if codes.get(m.keys[0]) == MANAGER_LEFT or (
-                m.subject_id in moved and codes.get(m.keys[0]) == OWNER_CHANGED)], ledger)
+            codes = cancellations([k for m in others for k in m.keys if ledger.get(k) == "done"])
+            redo = [m for m in others if any(codes.get(k) in (MANAGER_LEFT, OWNER_CHANGED) for k in m.keys)]
+            first = {id(m): list(m.keys) for m in redo}
+            self._next_attempt(redo, ledger)
+            for m in redo:
+                for was, now in zip(first[id(m)], m.keys, strict=True):
+                    if codes.get(was) not in (MANAGER_LEFT, OWNER_CHANGED) and was in ledger and now not in ledger:
+                        ledger[now] = ledger[was]  # went out (or waits) under its first key: a duplicate
 
     def _next_attempt(self, ms: list[_Match], ledger: dict[str, Status], attempt: int | None = None) -> None:
         """The next decision of each match's episode (or decision `attempt`), with keys of its own, and their
@@ -1118,7 +1131,8 @@ class Engine:
         """
         a = self.as_of(as_of)
         dispatcher = Dispatcher(self.store, handlers if handlers is not None else {}, retry=retry, clock=clock,
-                                sleep=sleep, min_outstanding=self.min_outstanding)  # fmt: skip
+                                sleep=sleep, min_outstanding=self.min_outstanding,
+                                fixed=self.fixed_recipients)  # fmt: skip
         if dry_run:  # a preview: no lock, so it never blocks (or waits for) the nightly run
             return RunReport(self._plan(a, None)[0], None, [], None)
         refuse_after_tomorrow(a, clock)
@@ -1161,7 +1175,7 @@ class Engine:
         if isinstance(ids, str | bytes):  # one id would be replayed as one id per character
             raise ArgumentError(f"ids is a list of action ids, e.g. [{ids!r}], not a string")
         return _replay(self.store, ids, dead=dead, handlers=handlers, retry=retry, clock=clock, sleep=sleep,
-                       min_outstanding=self.min_outstanding)
+                       min_outstanding=self.min_outstanding, fixed=self.fixed_recipients)
 
     def record_outcome(
         self, action_id: str, outcome: Mapping[str, Any], *, clock: Callable[[], datetime] = utc_now

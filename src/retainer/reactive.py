@@ -33,7 +33,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -49,9 +49,7 @@ from .plan import Plan
 from .rules.features import norm_reason
 from .rules.loader import RuleSet, load_rules
 from .stores.base import ManagerLoads, Pred, Store
-from .timeutil import AsOf, date_only, day_end, day_start, parse_as_of, parse_instant
-
-_END_OF_TIME = datetime.max.replace(tzinfo=UTC)
+from .timeutil import END_OF_TIME, AsOf, date_only, day_end, day_start, parse_as_of, parse_instant
 
 __all__ = ["EVENT_TYPES", "Chart", "Reaction", "ReactiveError", "Session", "Transition", "charts_for"]
 
@@ -347,7 +345,8 @@ class Session:
         # then delivers nothing, but still looks at every pending action, so a host that pulls them after it
         # gets no reminder for an invoice paid since
         self._dispatcher = Dispatcher(store, handlers if handlers is not None else {}, retry=self.retry, clock=clock,
-                                      sleep=sleep, min_outstanding=self.engine.min_outstanding)  # fmt: skip
+                                      sleep=sleep, min_outstanding=self.engine.min_outstanding,
+                                      fixed=self.engine.fixed_recipients)  # fmt: skip
         self.charts = {c.name: c for c in charts_for(self.rules)}
         self._by_family: dict[str, dict[str, Chart]] = {}
         for c in self.charts.values():
@@ -834,7 +833,7 @@ class Session:
                         inv = self.store.get("invoices", ep[: -len(suffix)])
                         # still owed, as far as the store knows: a partly paid invoice's ladder goes on, as
                         # the invoice_paid event and the dispatcher have it
-                        if inv is not None and self._owed(inv, _END_OF_TIME, e.rule):
+                        if inv is not None and self._owed(inv, END_OF_TIME, e.rule):
                             sid = self._debtor_sid(deb, client_id, ep[: -len(suffix)])
                             have = procs.get(sid)
                             order = list(deb.steps.values())

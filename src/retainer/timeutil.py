@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
 from functools import lru_cache
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -196,13 +196,28 @@ def zone_name(tz: tzinfo) -> str:
     return getattr(tz, "key", None) or str(tz)
 
 
+#: after every fact: what exists "whenever created" (every client and invoice a look at the ledger may name)
+END_OF_TIME = datetime.max.replace(tzinfo=UTC)
+
+
+_FIXED = re.compile(r"^UTC([+-])(\d{2}):(\d{2})$")
+
+
+def zone_from_name(name: str) -> tzinfo:
+    """The zone `zone_name` wrote: an IANA name, or a fixed offset (`UTC+03:00`, a host's own tzinfo)."""
+    if m := _FIXED.match(name):
+        sign = 1 if m.group(1) == "+" else -1
+        return timezone(sign * timedelta(hours=int(m.group(2)), minutes=int(m.group(3))))
+    return get_tz(name)
+
+
 def same_zone(a: str, b: str) -> bool:
     """Two zone names for the same clock (`Europe/Kiev` and `Europe/Kyiv`, `UTC` and `Etc/UTC`): the same
     offset at noon on the 1st and 15th of every month from 1970 to 2050."""
     if a == b:
         return True
     try:
-        za, zb = get_tz(a), get_tz(b)
+        za, zb = zone_from_name(a), zone_from_name(b)
     except ValueError:
         return False
     return all(

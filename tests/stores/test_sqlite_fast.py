@@ -424,3 +424,25 @@ def test_a_closed_store_says_so(tmp_path: Path) -> None:
     for call in (lambda: store.add(managers=[{"id": "m2"}]), lambda: retainer.Engine(rules, store).plan("2026-03-01")):
         with pytest.raises(StoreError, match="the store is closed"):
             call()
+
+
+def test_a_fixed_offset_zone_is_kept_and_a_store_made_directly_records_none(tmp_path: Path) -> None:
+    """Found in review: a host's own fixed-offset tzinfo was recorded as 'UTC+03:00', which the store could not
+    read back, so it quietly read new times in UTC; and SQLiteStore(path) recorded the UTC nobody chose."""
+    from datetime import timezone
+
+    db = tmp_path / "crm.db"
+    s = retainer.open_store(db, timezone=timezone(timedelta(hours=3)))
+    s.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}])
+    s.close()
+    again = retainer.open_store(db)
+    again.add(touches=[{"id": "t1", "client_id": "c1", "at": "2026-03-01T23:30"}])
+    assert again.get("touches", "t1").at == datetime(2026, 3, 1, 20, 30, tzinfo=UTC)  # type: ignore[union-attr]
+    again.close()
+    direct = SQLiteStore(tmp_path / "direct.db")
+    direct.add(managers=[{"id": "m1"}])
+    assert direct.recorded_zone is None
+    direct.close()
+    named = retainer.open_store(tmp_path / "direct.db", timezone="Europe/Moscow")
+    named.add(managers=[{"id": "m2"}])  # the zone named later is taken
+    assert named.recorded_zone == "Europe/Moscow"  # type: ignore[attr-defined]

@@ -35,9 +35,8 @@ from ..ledger import (
 )
 from ..model import active_supervisor
 from ..stores.base import Pred, virtual_value
+from ..timeutil import END_OF_TIME
 from .base import ActionHandler, CallbackHandler, PermanentError, RetryLater
-
-_END_OF_TIME = datetime.max.replace(tzinfo=UTC)  # every client and invoice, whenever created
 
 __all__ = ["DispatchReport", "Dispatcher", "Retry", "describe_error", "dunning_over", "utc_now"]
 
@@ -216,6 +215,7 @@ class Dispatcher:
         sleep: Callable[[float], None] = time.sleep,
         batch: int = 200,  # actions taken from the queue between two looks at the retries that are due
         min_outstanding: Mapping[str, Decimal] | None = None,
+        fixed: frozenset[str] = frozenset(),
     ) -> None:
         """`min_outstanding`: rule id -> the least an invoice must still owe for that rule's dunning steps to
         go out (a debtor rule's `min_amount`; Engine and Session pass their rules')."""
@@ -240,6 +240,10 @@ class Dispatcher:
         self.sleep = sleep
         self.batch = batch
         self.min_outstanding = dict(min_outstanding or {})
+        #: rules whose tasks or messages name a manager id, not a role: decided again, they would go to the one
+        #: who left again, so they are not cancelled for it
+        self.fixed = fixed
+        self._chain: dict[str, Any] | None = None  # every manager, for `_left`
 
     def route(self, action_type: str) -> ActionHandler | None:
         handler = self.handlers.get(action_type)  # `is None`, not `or`: a handler may be falsy (an empty list)
@@ -462,6 +466,7 @@ class Dispatcher:
         not send them."""
         out: dict[str, tuple[str, str | None]] = {}
         managers: dict[str, Any] = {}
+        self._chain = None  # read again for each look: managers change between runs
         # (client, manager it was to go to) -> why the move is cancelled, and the code of one decided again
         moves: dict[tuple[str, str], tuple[str, str | None]] = {}
         # a cancelled move's episode (`release:c2:2026-01-15:`) -> the manager it named, why, and the code: the
@@ -471,9 +476,9 @@ class Dispatcher:
         # their clients and the invoices they chase, read at once: one by one, a first night at 100k clients
         # read 40,000 clients in 40,000 queries
         ids = {e.client_id for e in earlier if e.client_id is not None}
-        clients = {c.id: c for c in self.store.clients(_END_OF_TIME, sorted(ids))} if ids else {}
+        clients = {c.id: c for c in self.store.clients(END_OF_TIME, sorted(ids))} if ids else {}
         chased = {i for e in earlier if isinstance(i := e.action.evidence.get("invoice.id"), str)}
-        invoices = {i.id: i for i in self.store.facts("invoices", _END_OF_TIME, (Pred("id", "in", frozenset(chased)),))
+        invoices = {i.id: i for i in self.store.facts("invoices", END_OF_TIME, (Pred("id", "in", frozenset(chased)),))
                     } if chased else {}  # fmt: skip
         changes = manager_changes(self.store, sorted({e.client_id for e in earlier if e.type == "reassign"
                                                       and e.client_id is not None}))  # fmt: skip
@@ -529,6 +534,21 @@ class Dispatcher:
                     if (why := moves.get((e.client_id, who or ""))) is not None:
                         # decided again with the move (when it is), for the manager the next plan gives the client to
                         out[e.id] = (f"its client's move to {who} was cancelled: {why[0]}", why[1])
+        # a task waiting while the CRM gave its client to another manager by hand: for the manager the data shows
+        # now, decided again (delivered, it reached the one who had lost the client, and its key was spent)
+        stale = [e for e in earlier if e.id not in out and e.type == "create_task" and e.client_id in clients
+                 and getattr(e.action, "assignee_id", None) not in (None, clients[e.client_id].manager_id)]  # fmt: skip
+        if stale:
+            cids = sorted({e.client_id for e in stale if e.client_id})
+            given = manager_changes(self.store, cids)
+            ours: dict[str | None, set[Any]] = {}  # the managers our own moves gave these clients to: no hand move
+            for x in self.store.ledger(client_ids=cids, types=["reassign"]):
+                ours.setdefault(x.client_id, set()).add(x.payload_fields.get("to_manager_id"))
+            for e in stale:
+                now = clients[e.client_id or ""].manager_id
+                if e.seq > 0 and given.get(e.client_id or "", {}).get(now, -1) >= e.seq \
+                        and now not in ours.get(e.client_id, ()):  # fmt: skip
+                    out[e.id] = (f"the client was given to {now} in the CRM since", OWNER_CHANGED)
         return out
 
     def _left(self, e: LedgerEntry, managers: dict[str, Any]) -> tuple[str, str | None] | None:
@@ -554,8 +574,11 @@ class Dispatcher:
         why = f"manager {who} is no longer in the data" if m is None else f"manager {who} is no longer active"
         if e.type == "reassign":
             return why, MANAGER_LEFT
-        everyone = {x.id: x for x in self.store.managers()}  # the chain above the one who left
-        if m is not None and active_supervisor(m, everyone) is not None:
+        if "~" in e.key.rsplit(":", 2)[-2] and e.type != "escalate":
+            return None  # a session's own (a call about a waiting offer) or a process step: no plan decides it again
+        if self._chain is None:  # every manager, once a look: the chain above the one who left
+            self._chain = {x.id: x for x in self.store.managers()}
+        if m is not None and e.rule not in self.fixed and active_supervisor(m, self._chain) is not None:
             return why, MANAGER_LEFT
         return (why, None) if e.type == "escalate" else None
 
@@ -719,11 +742,12 @@ def replay(
     clock: Callable[[], datetime] = utc_now,
     sleep: Callable[[float], None] = time.sleep,
     min_outstanding: Mapping[str, Decimal] | None = None,
+    fixed: frozenset[str] = frozenset(),
 ) -> tuple[list[str], DispatchReport | None]:
     """Put `failed`/`dead` actions (the given ids, and every dead one with `dead=True`) back to
     `pending` with fresh attempts, then deliver them now if handlers are given (else the next run
     does). Holds the run lock: two dispatchers at once could deliver one action twice. `min_outstanding`
-    as for `Dispatcher` (`Engine.replay` passes its rules')."""
+    and `fixed` as for `Dispatcher` (`Engine.replay` passes its rules')."""
     wanted = list(dict.fromkeys(ids))
     with store.run_lock("replay"):
         if dead:  # not one the host closed with an outcome ("refused"): named by id, it goes out again
@@ -736,5 +760,6 @@ def replay(
         moved = store.requeue([i for i in wanted if i not in busy], now, claims) if wanted else []
         if handlers is None:
             return moved, None
-        d = Dispatcher(store, handlers, retry=retry, clock=clock, sleep=sleep, min_outstanding=min_outstanding)
+        d = Dispatcher(store, handlers, retry=retry, clock=clock, sleep=sleep, min_outstanding=min_outstanding,
+                       fixed=fixed)
         return moved, d.dispatch(store.ledger(ids=moved)) if moved else DispatchReport()

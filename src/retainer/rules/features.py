@@ -349,6 +349,10 @@ def is_option(v: Any, options: Sequence[str]) -> bool:
     return norm_reason(v) in {norm_reason(o) for o in options}
 
 
+#: a later decision's mark in a key's episode (`winback:c1:2026-06-01#2:create_task`)
+_FIRST = re.compile(r"#\d+(?=:[^:]*$)")
+
+
 def outcome_feature(
     name: str, rule: str, episode: str, kind: str, field_: str, options: Sequence[str] = ()
 ) -> FeatureImpl:
@@ -360,7 +364,13 @@ def outcome_feature(
 
     def compute(f: FeatureFrame) -> list[Any]:
         a = f.as_of
-        found = {e.key: e for e in f.store.ledger(rule=rule, types=[kind], client_ids=f._partial)}
+        # by the key of the episode's first decision: the answer may be on a later one (`...#2`, the task
+        # decided again for the supervisor of a manager who left), and the latest answer counts
+        found: dict[str, Any] = {}
+        for e in f.store.ledger(rule=rule, types=[kind], client_ids=f._partial):
+            k = _FIRST.sub("", e.key)
+            if e.outcome or k not in found:
+                found[k] = e
         out: list[Any] = []
         for cid, ep in zip(f.ids, f.column(episode), strict=True):
             e = found.get(action_key(rule, cid, episode_text(ep, a), kind)) if found and ep is not None else None

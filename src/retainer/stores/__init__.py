@@ -62,7 +62,7 @@ def open_store(url: str | os.PathLike[str], *, timezone: tzinfo | str = DEFAULT_
     not given.
     `create=False` is for readers: a mistyped path is an error, not a new empty CRM with nothing to do.
     """
-    from ..timeutil import get_tz
+    from ..timeutil import get_tz, zone_from_name
 
     if timezone is DEFAULT_TZ:
         tz: tzinfo = UTC
@@ -87,12 +87,15 @@ def open_store(url: str | os.PathLike[str], *, timezone: tzinfo | str = DEFAULT_
         # a store that recorded the zone its facts were written in reads new ones in it too (a nightly import
         # without --rules); otherwise UTC, and an engine counting days elsewhere warns of it
         recorded = getattr(store, "recorded_zone", None)
-        try:  # a host's own tzinfo without an IANA name is not ours to guess
-            store.tz = get_tz(recorded) if recorded else None  # type: ignore[attr-defined]
-        except ValueError:
-            store.tz = None  # type: ignore[attr-defined]
-        if store.tz is None:  # type: ignore[attr-defined]
-            store.tz, store.zone_defaulted = UTC, True  # type: ignore[attr-defined]
+        if recorded is None:
+            store.zone_defaulted = True  # type: ignore[attr-defined]
+        else:
+            try:
+                store.tz = zone_from_name(recorded)  # type: ignore[attr-defined]
+            except ValueError:  # never quietly UTC: the day of a 23:30 call would move
+                store.close()
+                raise StoreError(f"{redact(url)} records its facts' zone as {recorded!r}, which this retainer cannot "
+                                 f"read: open it with timezone= that zone") from None
     return store
 
 

@@ -554,11 +554,14 @@ class SQLiteStore:
     _closed = False
 
     def __init__(
-        self, path: str | Path, *, timezone: tzinfo = UTC, url: str | None = None, create: bool = True
+        self, path: str | Path, *, timezone: tzinfo | None = None, url: str | None = None, create: bool = True
     ) -> None:
+        """`timezone`: how naive times in added rows are read; None: UTC, and no zone is recorded for the store
+        (nobody chose it: see `recorded_zone`)."""
         self.path = str(path)
         self.url = url or f"sqlite:///{self.path}"
-        self.tz = timezone
+        self.tz = timezone or UTC
+        self.zone_defaulted = timezone is None
         self._mem_lock = threading.Lock()
         self._checkpointer: tuple[threading.Event, threading.Thread] | None = None
         # whether this call makes the file: an importer that fails removes what it created
