@@ -437,10 +437,16 @@ def _not_utc(a: AsOf) -> bool:
     return any(datetime(year, m, 1, tzinfo=UTC).astimezone(a.tz).utcoffset() for m in (1, 7))
 
 
+def _whom(spec: Any) -> str | None:
+    """Whom a rule's action is for: a role (`manager`, `supervisor`, `new_manager`) or a manager id; None when
+    it is for no manager (a message to the client, a tag)."""
+    return getattr(spec.params, "assignee", None) or getattr(spec.params, "to", None)
+
+
 def _target(spec: Any, managers: Mapping[str, Manager]) -> tuple[int, str | None, str | None]:
     """An action of a rule: what it fills in (`_TASK`...), whom it is for (a role or a manager id), and why it
     has no recipient when the rule file names a manager id the store does not have."""
-    whom = getattr(spec.params, "assignee", None) or getattr(spec.params, "to", None)
+    whom = _whom(spec)
     absent = None
     if whom is not None and whom not in _ROLES and whom not in managers:  # a literal manager id
         absent = f"no manager {whom} in the store {_TO_WHOM[spec.type]}"
@@ -694,9 +700,7 @@ class Engine:
     def fixed_recipients(self) -> frozenset[str]:
         """Rules with a task or message for a manager named by id (`assignee: m1`), not a role: a dispatcher does
         not cancel those for a manager who left, since deciding them again gives them to the same one."""
-        return frozenset(r.id for r in self.rules.rules for spec in r.then
-                          if (getattr(spec.params, "assignee", None) or getattr(spec.params, "to", None))
-                          not in (None, *_ROLES))  # fmt: skip
+        return frozenset(r.id for r in self.rules.rules for spec in r.then if _whom(spec) not in (None, *_ROLES))
 
     @cached_property
     def min_outstanding(self) -> dict[str, Decimal]:
@@ -1007,12 +1011,9 @@ class Engine:
         cancellations = getattr(self.store, "cancellations", None)  # a store written for an earlier protocol
         if cancellations is None:
             return
-        again: set[str] = set()  # clients whose move is decided again
-        handed: set[str] = set()  # clients the CRM gave to a third manager while their move waited
         todo = [m for m in movers if ledger.get(m.head + "reassign") == "done"]  # a cancelled action is `done`
         while todo:
             codes = cancellations([m.head + "reassign" for m in todo])
-            handed |= {m.subject_id for m in todo if codes.get(m.head + "reassign") == OWNER_CHANGED}
             todo = [m for m in todo if codes.get(m.head + "reassign") == MANAGER_LEFT]
             if not todo:
                 break
@@ -1025,7 +1026,6 @@ class Engine:
                 frm, to = was[m.head + "reassign"]
                 m.passed_over = frm if m.client is not None and m.client.manager_id == to else None
             self._next_attempt(todo, ledger)
-            again |= {m.subject_id for m in todo}
             todo = [m for m in todo if ledger.get(m.head + "reassign") == "done"]
         # a task, message or escalation a run cancelled because the manager it was for left (an active
         # supervisor above can take it: `Dispatcher._left`) or because the CRM gave its client to another manager
@@ -1034,12 +1034,13 @@ class Engine:
         others = [m for m in matches if m.rule.reassign is None and any(ledger.get(k) == "done" for k in m.keys)]
         if others:
             codes = cancellations([k for m in others for k in m.keys if ledger.get(k) == "done"])
-            redo = [m for m in others if any(codes.get(k) in (MANAGER_LEFT, OWNER_CHANGED) for k in m.keys)]
+            again = (MANAGER_LEFT, OWNER_CHANGED)
+            redo = [m for m in others if any(codes.get(k) in again for k in m.keys)]
             first = {id(m): list(m.keys) for m in redo}
             self._next_attempt(redo, ledger)
             for m in redo:
                 for was, now in zip(first[id(m)], m.keys, strict=True):
-                    if codes.get(was) not in (MANAGER_LEFT, OWNER_CHANGED) and was in ledger and now not in ledger:
+                    if codes.get(was) not in again and was in ledger and now not in ledger:
                         ledger[now] = ledger[was]  # went out (or waits) under its first key: a duplicate
 
     def _next_attempt(self, ms: list[_Match], ledger: dict[str, Status], attempt: int | None = None) -> None:

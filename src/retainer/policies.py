@@ -207,6 +207,11 @@ def steady(p: Policies) -> Callable[[Suppression], bool]:
     return ok
 
 
+def _yields(x: Action) -> bool:
+    """What priority holds back for a higher category: messages, offers and deals, and development's tasks."""
+    return x.type in SELLING_TYPES or (x.category == "development" and x.type in CONTACT_TYPES)
+
+
 def fleeting(p: Policies, actions: Sequence[Action], suppressed: Sequence[Suppression]) -> set[str | None]:
     """Clients whose priority hold can end with time alone: what outranks the held action is a message, an
     offer or a deal (new, or an earlier run's), which is history the day after it goes out. A task outranks
@@ -385,7 +390,7 @@ class Guard:
             top = best.get(x.client_id)
             if top is None or self._rank(top) >= self._rank(x):
                 return None
-            if not (x.type in SELLING_TYPES or (x.category == "development" and x.type in CONTACT_TYPES)):
+            if not _yields(x):
                 return None
             what = f"{top.category} comes first: {top.rule}"
             if (since := open_since.get(top.id)) is None:
@@ -399,8 +404,7 @@ class Guard:
         for: not delivered yet (or dead), or a task nobody reported an outcome for, or a message delivered on
         as_of's day or later. A retention e-mail delivered a year ago, while its rule kept matching, held back every
         up-sell to the client for good. Read only for clients that have something priority could hold."""
-        sellers = {x.client_id for x in todo
-                   if x.type in SELLING_TYPES or (x.category == "development" and x.type in CONTACT_TYPES)}  # fmt: skip
+        sellers = {x.client_id for x in todo if _yields(x)}
         mine = [x.id for x in self.already if x.client_id in sellers and x.type in CONTACT_TYPES
                 and x.category in listed]  # fmt: skip
         today = self.a.day_start(self.a.date)

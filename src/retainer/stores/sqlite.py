@@ -539,6 +539,11 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
+def _zone_of(conn: sqlite3.Connection) -> str | None:
+    row = conn.execute("SELECT value FROM retainer_meta WHERE key = 'timezone'").fetchone()
+    return row[0] if row else None
+
+
 def _json_text(value: Any) -> str:
     """JSON for a TEXT column: as written (Cyrillic stays readable), or with escapes where UTF-8 cannot hold
     a character (a lone surrogate in an outcome a host recorded), which read back the same."""
@@ -892,8 +897,7 @@ class SQLiteStore:
         an older retainer)."""
         if self.read_only is None and "retainer_meta" not in self._tables():
             return None
-        row = self.conn.execute("SELECT value FROM retainer_meta WHERE key = 'timezone'").fetchone()
-        return row[0] if row else None
+        return _zone_of(self.conn)
 
     def _claim_zone(self, conn: sqlite3.Connection) -> None:
         """Facts are written in one zone: a nightly `import --replace` that read the same 23:30 call in UTC
@@ -903,15 +907,15 @@ class SQLiteStore:
         if getattr(self, "zone_defaulted", False):
             return
         mine = zone_name(self.tz)
-        row = conn.execute("SELECT value FROM retainer_meta WHERE key = 'timezone'").fetchone()
-        if row is None:
+        recorded = _zone_of(conn)
+        if recorded is None:
             conn.execute("INSERT INTO retainer_meta VALUES ('timezone', ?)", [mine])
-        elif not same_zone(row[0], mine):
+        elif not same_zone(recorded, mine):
             raise DataError(
-                f"{self.path}: its facts were written with times without an offset read in {row[0]}; these "
+                f"{self.path}: its facts were written with times without an offset read in {recorded}; these "
                 f"would be read in {mine}, moving every such time (and the day it falls on) by the difference. "
-                f"Open the store with timezone={row[0]!r} (retainer import --timezone {row[0]}, or a rule file in "
-                f"that zone), or load the data into a new store"
+                f"Open the store with timezone={recorded!r} (retainer import --timezone {recorded}, or a rule file "
+                f"in that zone), or load the data into a new store"
             )
 
     def load(self, batches: Iterable[_ingest.Batch], *, replace: bool = False) -> dict[str, int]:
