@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 from .actions import Action, Suppression
 from .model import fast_model
 from .stores.base import AggSpec, Pred
+from .timeutil import AsOf, Duration
 
 if TYPE_CHECKING:
     from .ledger import LedgerEntry
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
     from .rules.loader import RuleSet
     from .rules.schema import Cap, Policies
     from .stores.base import Store
-    from .timeutil import AsOf
 
 DO_NOT_CONTACT: Final = "do_not_contact"
 NO_MARKETING: Final = "no_marketing"
@@ -430,6 +430,7 @@ class Guard:
             if o.amount is not None and o.amount > 0:
                 pending[o.client_id] += o.amount
         name = f"revenue_{g.window}"
+        later = self._later_windows(g.window, past)
 
         def amount_of(x: Action) -> Decimal | None:
             amount = getattr(x, "amount", None) if x.type == "propose_offer" else None
@@ -449,13 +450,40 @@ class Guard:
                 already = f" plus {_money(pending[x.client_id])} offered earlier" if pending[x.client_id] else ""
                 return (f"offer {_money(amount)}{already} would raise spend of {_money(base, exact=True)} within "
                         f"{g.window} by {_pct(total / base, above=g.max)}, more than {_pct(g.max)}")
+            for at, base_at, offered in later.get(x.client_id, ()):  # a backfill: the later runs' windows too
+                if base_at <= 0 and not g.allow_without_baseline:
+                    return f"no spend within {g.window} as of {at.date()} to measure growth against"
+                if base_at > 0 and (offered + amount) / base_at > g.max:
+                    return (f"offer {_money(amount)} plus {_money(offered)} offered by the run as of {at.date()} would "
+                            f"raise spend of {_money(base_at, exact=True)} within {g.window} of that run by "
+                            f"{_pct((offered + amount) / base_at, above=g.max)}, more than {_pct(g.max)}")
             return None
 
         def take(x: Action) -> None:
             if (amount := amount_of(x)) is not None:
                 pending[x.client_id] += amount
+                for w in later.get(x.client_id, ()):
+                    w[2] += amount
 
         return SPEND_GROWTH, _OFFER, check, take
+
+    def _later_windows(self, window: Duration, past: list[_Past]) -> dict[str | None, list[list[Any]]]:
+        """A backfill's offer also lands in the spend window of each later run that committed an offer for the
+        client, measured against that window's own spend: client -> [[that run's as_of, its spend, what is
+        offered within it]]. Counted against this plan's window only, two 150 offers two days apart passed
+        against 2,000 of spend, while the later night's window held 1,000 of it (+30 %)."""
+        ahead = [e for e in past if e.as_of > self.a.instant and e.fields.get("amount") is not None]
+        out: dict[str | None, list[list[Any]]] = defaultdict(list)
+        for t in sorted({e.as_of for e in ahead}):
+            start = AsOf(t, self.a.tz).window_start(window)
+            cids = sorted({e.client_id for e in ahead if e.as_of == t and e.client_id is not None})
+            (spend,) = self.store.aggregate([AggSpec("invoices", "sum", "amount", (), "issued_at", start)], t, cids)
+            for cid in cids:
+                within = [e for e in past if e.client_id == cid and start < e.as_of <= t]
+                offered = sum((Decimal(str(e.fields["amount"])) for e in within if e.fields.get("amount") is not None),
+                              Decimal(0))  # fmt: skip
+                out[cid].append([t, Decimal(spend.get(cid) or 0), offered])
+        return out
 
     def _caps(self) -> _Budget | None:
         caps = self.p.caps
