@@ -337,6 +337,45 @@ def test_replay_with_the_rules_cancels_a_step_paid_down_below_min_amount(tmp_pat
     assert len(sent) == (0 if with_rules else 1)
 
 
+def test_a_step_cancelled_after_a_try_without_an_answer_is_said_to_have_maybe_gone_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Left by a many-nights review: a reminder tried once (the connection dropped before the CRM answered), then
+    cancelled for a payment, was reported "not sent", though the CRM may have sent it."""
+    from retainer.adapters.dispatch import Retry
+
+    rules_file = RULES.parent / "debtor.yaml"
+    path = tmp_path / "crm.db"
+    store = retainer.open_store(f"sqlite:///{path}")
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1", "name": "Acme"}],
+              invoices=[{"id": f"i{n}", "client_id": "c1", "issued_at": "2026-02-01", "due_at": "2026-02-15",
+                         "amount": "1200"} for n in (1, 2)])  # fmt: skip
+
+    def lost(a: object) -> None:
+        raise ConnectionError("server disconnected without sending a response")
+
+    engine = retainer.Engine(retainer.load_rules(rules_file), store)
+    tried = engine.run("2026-02-18", handlers=lost, retry=Retry(max_attempts=5, base_delay=0, stop_after=1))
+    assert len(tried.committed) == 2
+    store.upsert(invoices=[{"id": f"i{n}", "client_id": "c1", "issued_at": "2026-02-01", "due_at": "2026-02-15",
+                            "amount": "1200", "paid_at": "2026-02-19T09:00:00Z"} for n in (1, 2)])  # fmt: skip
+    store.close()
+    r = run("run", "-r", str(rules_file), "-d", str(path), "--as-of", "2026-02-19", "--handler",
+            f"jsonl:{tmp_path / 'sent.jsonl'}", "-f", "table")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    flat = " ".join(r.stdout.split())
+    assert "cancelled 2 action(s) committed earlier and not sent: paid since" in flat
+    # the first try stopped the run (stop_after=1): the other reminder was never tried
+    assert "1 of the cancelled action(s) had been tried without a confirmed answer" in flat, r.stdout
+    report = json.loads(run("run", "-r", str(rules_file), "-d", str(path), "--as-of", "2026-02-19", "-f", "json",
+                            "--dry-run").stdout)  # fmt: skip
+    assert report["counts"]["new"] == 0
+    monkeypatch.setenv("COLUMNS", "400")  # one line a row
+    table = "".join(c for c in run("actions", "list", "-d", str(path), "-f", "table").stdout if c not in "│ \n")
+    assert table.count("cancelled(paid),afteratrywithoutaconfirmedanswer:itmayhavegoneout") == 1, table
+    assert table.count("cancelled(paid)") == 2, table
+
+
 def test_control_characters_and_markup_from_the_crm_reach_the_terminal_as_text(tmp_path: Path) -> None:
     """A client id `c1<ESC>[2J<ESC>]0;pwned<ESC>\\` cleared the operator's screen and set the window title
     from the plan table, and a webhook's answer `[reverse]FORGED[/reverse]` was read as rich markup."""

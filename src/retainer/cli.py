@@ -476,6 +476,10 @@ def _print_dispatch(d: Any, console: Console, data: str) -> None:
     for why, n in sorted(Counter(d.cancelled.values()).items()):
         since = f"{why} since" if why in ("do_not_contact", "paid", "archived") else why  # a sentence of its own
         console.print(f"cancelled {n:,} action(s) committed earlier and not sent: {since}", highlight=False)
+    if d.unsure:
+        console.print(f"[yellow]{len(d.unsure):,} of the cancelled action(s) had been tried without a confirmed "
+                      "answer[/]: the CRM may have carried them out "
+                      f"(retainer actions list --data {_e(data)} --status done)", highlight=False)  # fmt: skip
     for handler, why in sorted(d.stopped.items()):
         console.print(
             f"[red]gave up on[/] {_e(handler)}: {_e(why)}; {d.left + len(d.failed):,} action(s) wait for the next run",
@@ -593,6 +597,8 @@ def actions_list(
             t.add_column(col, overflow="fold", no_wrap=col == "id")  # ids are copied into replay/outcome
         for e in entries:
             status = f"cancelled ({e.cancelled})" if e.cancelled else e.status  # done, but never sent: say so
+            if e.cancelled and e.attempts:  # a try whose answer never came: it may have gone out
+                status += ", after a try without a confirmed answer: it may have gone out"
             if e.claimed_by and e.status in ("pending", "failed"):  # an attempt began and has not ended
                 since = f"{e.updated_at:%Y-%m-%d %H:%M:%S}Z"
                 if claim_alive(e, now):

@@ -117,6 +117,9 @@ class DispatchReport:
     in_flight: list[str] = field(default_factory=list)
     #: id -> why: committed by an earlier run, and no longer to be sent (do_not_contact, paid)
     cancelled: dict[str, str] = field(default_factory=dict)
+    #: those of `cancelled` tried before, without a confirmed answer (a timeout, a lost connection, a crash
+    #: mid-call): the CRM may have carried them out, and they still count against caps and spend
+    unsure: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -133,6 +136,7 @@ class DispatchReport:
             "skipped": len(self.skipped),
             "in_flight": len(self.in_flight),
             "cancelled": dict(sorted(self.cancelled.items())),
+            "unsure": sorted(self.unsure),
             "attempts": self.attempts,
             "no_handler": dict(sorted(self.no_handler.items())),
         }
@@ -453,6 +457,8 @@ class Dispatcher:
                 outcome = {"cancelled": why, "at": now.isoformat(), **({"code": code} if code else {})}
                 self.patiently(self.store.set_outcome, e.id, outcome, now)
                 report.cancelled[e.id] = why
+                if e.attempts:
+                    report.unsure.append(e.id)
                 report.failed.pop(e.id, None)  # an earlier attempt of this run failed: cancelled now
         return void
 
