@@ -528,6 +528,31 @@ def test_a_win_back_whose_reason_was_recorded_past_the_session_is_done_when_its_
     assert s.process_states("c1") == {}
 
 
+@pytest.mark.parametrize("restart", [False, True])
+def test_a_win_back_whose_reason_task_is_decided_again_stays_one_process_that_moves_on(
+    store: Store, restart: bool
+) -> None:
+    """Left by a review: the reason task, cancelled when its manager left and decided again for the supervisor
+    (`#2`), opened a second win-back; the answer on it moved that one, and the first stayed `reason_pending`
+    for good (and came back so after a restart, read from the ledger)."""
+    s = Session(RULES, store)
+    s.post({"type": "invoice_paid", "id": "due", "at": at(41)})
+    assert "winback" in [a.rule for a in s.tick(at(131)).committed]  # no handlers: the task waits for m1
+    s.post({"type": "fact", "entity": "managers", "at": at(131.5),
+            "row": {"id": "m1", "name": "Anna", "supervisor_id": "boss", "active": False}})  # fmt: skip
+    s.tick(at(132))  # the waiting task is cancelled (manager_left) ...
+    (again,) = [a for a in s.tick(at(133)).committed if a.rule == "winback"]  # ... and decided again for boss
+    assert (again.key, again.assignee_id) == ("winback:c1:2026-02-10#2:create_task", "boss")
+    if restart:
+        s = Session(RULES, store)  # reads its saved processes, and what the ledger adds to them
+    assert s.process_states("c1") == {"winback:c1:2026-02-10:winback": ("winback~winback", "reason_pending")}
+    r = s.post({"type": "outcome", "action_id": again.id, "outcome": {"churn_reason": "survey_needed"},
+                "at": at(134)})  # fmt: skip
+    assert [a.key for a in r.committed] == ["winback:c1:2026-02-10~survey_needed:create_task"]
+    assert s.process_states("c1") == {}
+    assert Session(RULES, store).process_states("c1") == {}  # and so after a restart
+
+
 def test_an_outcome_posted_again_later_does_not_reopen_a_finished_win_back(store: Store) -> None:
     """Found in review: the task's outcome sent again with a later time (a note added to it) took the finished
     win-back back to `next_survey_needed`, where it stayed: its next step was committed already."""

@@ -289,6 +289,16 @@ def _whole_day(t: datetime | None, zone: Any) -> datetime | None:
     return day_end(local.date(), zone) if (local.hour, local.minute, local.second) == (0, 0, 0) else t
 
 
+def _churn_episode(episode: str) -> str:
+    """The churn episode a win-back key's episode belongs to: without its step (`~price`) or the mark of a task
+    decided again (`#2`, for the supervisor of a manager who left), so both move the one process instance."""
+    return _AGAIN.sub("", episode.split("~", 1)[0])
+
+
+#: the mark of a decision taken again (`2026-02-10#2`), as `rules.features` reads outcomes through it
+_AGAIN = re.compile(r"#\d+$")
+
+
 def _reason_acted_on(keys: Iterable[str], rule: str, client_id: str, episode: str, reason: str) -> bool:
     """Whether the ledger's `keys` hold the win-back's next step for that reason (`...~<reason>:...`)."""
     step = action_key(rule, client_id, f"{episode}~{reason}", "")
@@ -648,8 +658,8 @@ class Session:
                 trig = f"outcome:{r}" if r is not None else "outcome:*"
                 # the reason's next step already committed: the outcome posted again (a note added to it) must
                 # not bring the finished win-back back as an open one that never moves on
-                if r is None or not _reason_acted_on(
-                        (e.key for e in self.store.ledger(client_ids=[cid], rule=rule)), rule, cid, ep, r):  # fmt: skip
+                if r is None or not _reason_acted_on((e.key for e in self.store.ledger(client_ids=[cid], rule=rule)),
+                                                     rule, cid, _churn_episode(ep), r):  # fmt: skip
                     out.append((wb, self._winback_sid(wb, cid, ep), trig, {"adopt": "reason_pending"}))
         offer = self._by_family.get("offer", {}).get(rule)
         if offer is not None and typ.startswith("propose_offer") and entry.key in self._procs.get(cid, {}):
@@ -674,7 +684,7 @@ class Session:
         return action_key(chart.rule, client_id, invoice_id, "dunning")
 
     def _winback_sid(self, chart: Chart, client_id: str, episode: str) -> str:
-        return action_key(chart.rule, client_id, episode.split("~", 1)[0], "winback")
+        return action_key(chart.rule, client_id, _churn_episode(episode), "winback")
 
     def _targets(self, act: Action) -> list[tuple[Chart, str, str]]:
         """The process instances a committed action moves, with the trigger."""
@@ -824,6 +834,7 @@ class Session:
         procs: dict[str, list[str]] = {}
         keys = {e.key for e in entries}
         bought: str | None = None
+        answered: set[str] = set()  # win-backs whose reason task (or the one decided again) has its answer
         for e in sorted(entries, key=lambda e: e.key):
             ep, typ = self._split(e.key, e.rule, client_id)
             deb = self._by_family.get("debtor", {}).get(e.rule)
@@ -842,16 +853,21 @@ class Session:
                         break
             wb = self._by_family.get("winback", {}).get(e.rule)
             if wb is not None and "~" not in ep and typ == "create_task":
+                base = _churn_episode(ep)
                 if bought is None:  # read once per client, and only for a client with a win-back
                     bought = self._last_bought([client_id], self.clock()).get(client_id, "")
-                if bought > ep:  # bought again since: the process stopped
+                if bought > base:  # bought again since: the process stopped
                     continue
-                sid = self._winback_sid(wb, client_id, ep)
+                sid = self._winback_sid(wb, client_id, base)
                 reason = (e.outcome or {}).get(wb.outcome_field)
                 r = wb.reason(reason) if reason is not None else None
                 if reason is None:
-                    procs[sid] = [wb.name, "reason_pending"]
-                elif r is not None and not _reason_acted_on(keys, e.rule, client_id, ep, r):
+                    if sid not in answered:  # the task decided again (`#2`, sorted first) may hold the answer
+                        procs[sid] = [wb.name, "reason_pending"]
+                    continue
+                answered.add(sid)
+                procs.pop(sid, None)
+                if r is not None and not _reason_acted_on(keys, e.rule, client_id, base, r):
                     procs[sid] = [wb.name, f"next_{_state_name(r)}"]
             offer = self._by_family.get("offer", {}).get(e.rule)
             if (
