@@ -404,6 +404,26 @@ def test_manager_daily_task_limit_counts_earlier_runs_of_the_same_day(store: Sto
         s.detail for s in plan.suppressed if s.reason_code == "manager_task_limit")
 
 
+@pytest.mark.parametrize("ids", [("998", "1001"), ("INV-998", "INV-1001")])
+def test_the_oldest_debt_takes_a_managers_last_slot_whatever_its_id(store: Store, ids: tuple[str, str]) -> None:
+    """Found in a time review: an invoice's id is its episode, and ids ordered the newest first (998 and 1001 as
+    numbers, the larger first; INV-1001 before INV-998 as text): with a new invoice every day, a 50,000 debt
+    of January waited behind it every night."""
+    old, new = ids
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "a", "manager_id": "m1"}, {"id": "b", "manager_id": "m1"}],
+              invoices=[{"id": old, "client_id": "a", "issued_at": "2026-01-05", "due_at": "2026-01-20",
+                         "amount": 50000},
+                        {"id": new, "client_id": "b", "issued_at": "2026-02-25", "due_at": "2026-03-01",
+                         "amount": 100}])  # fmt: skip
+    limit = {"manager_daily_task_limit": 1}
+    unpaid = {"id": "unpaid", "kind": "unpaid", "after": "7d"}
+    debtor = {"id": "debtor", "kind": "debtor", "steps": [{"after": "5d", "create_task": {"title": "Call"}}]}
+    for r in (unpaid, debtor):
+        plan = engine_for({"version": 1, "rules": [r], "policies": limit}, store).plan("2026-03-10")
+        assert [a.evidence["invoice.id"] for a in plan.actions] == [old], r["id"]
+        assert [s.action.evidence["invoice.id"] for s in plan.suppressed] == [new]
+
+
 def test_a_rule_without_episode_acts_once_per_client_over_nightly_runs(store: Store) -> None:
     """Found by a test review: a rule without `episode` is "once per client" (docs/rules.md), yet an
     episode of the run's date (a new key, so a new action, every night) survived every test about

@@ -888,7 +888,8 @@ class Engine:
             emit = [m for m in matches if not _committed(m, ledger)]
         actions, suppressed = self._emit_all(emit, a, managers, ledger, moved, warnings)
         due = [s.action for s in suppressed if s.reason_code == policies.DUPLICATE]
-        guard = policies.Guard(self.rules.file.policies, frame, self.store, a)
+        guard = policies.Guard(self.rules.file.policies, frame, self.store, a,
+                               {r.id: r.age for r in self.rules.rules if r.age is not None})  # fmt: skip
         actions, held = guard.apply(actions, due)
         suppressed += held
         actions.sort(key=lambda x: x.key)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -231,8 +231,11 @@ def fleeting(p: Policies, actions: Sequence[Action], suppressed: Sequence[Suppre
 class Guard:
     """The configured policies for one plan, with what they need to know about the past."""
 
-    def __init__(self, p: Policies, frame: FeatureFrame, store: Store, a: AsOf) -> None:
+    def __init__(
+        self, p: Policies, frame: FeatureFrame, store: Store, a: AsOf, ages: Mapping[str, str] | None = None
+    ) -> None:
         self.p = p
+        self.ages = dict(ages or {})  # rule id -> the evidence (days) that tells its older episode (`_order`)
         self.frame = frame
         self.store = store
         self.a = a
@@ -244,7 +247,11 @@ class Guard:
 
     def _order(self, x: Action) -> tuple[Any, ...]:
         """Who goes first for a cap or a manager's slots: higher priority, then the smaller rule id, then
-        the older episode (the longest-forgotten client first), then the key."""
+        the older episode (the longest-forgotten client first; the invoice unpaid or overdue the longest,
+        by its days, not by its id: the newest invoice took a manager's one slot every night), then the key."""
+        age = self.ages.get(x.rule)
+        if age is not None and isinstance(days := x.evidence.get(age), int):
+            return (self._rank(x), x.rule, (0, -days), x.key)
         return (self._rank(x), x.rule, _episode_order(str(x.evidence.get("episode", ""))), x.key)
 
     def _value(self, name: str, client_id: str | None) -> Any:

@@ -500,6 +500,7 @@ def compile_rules(data: Any, lines: _Lines, source: str) -> RuleSet:
                     ladder=parts.ladder,
                     suffix=parts.suffix,
                     part=parts.part,
+                    age=parts.age,
                 )
                 used = _check_texts(rule, rf, registry, path, source, lines, parts.then_at)
                 _check_subject(rule, registry, path)

@@ -64,6 +64,9 @@ class CompiledRule:
     ladder: int | None = None  # rank of this step in a ladder (debtor): only the latest due step is sent
     suffix: str = ""  # appended to the episode: one key per ladder step / process step
     part: str | None = None  # "step 10d", "outcome price": which part of a multi-part rule this is
+    #: an evidence column in days whose larger value is the older episode, where the episode is no date (an
+    #: invoice id): which of the rule's actions goes first for a cap or a manager's slots (`policies.Guard`)
+    age: str | None = None
 
     def features(self) -> set[str]:
         fs = set(self.condition.features()) | set(self.evidence) | set(self.aliases.values())
@@ -136,6 +139,7 @@ class Parts:
     # where each of `then`'s actions is written in the rule (up to its fields), for errors that name the line:
     # ("steps", 2, "create_task") for a ladder step's; ("then", k, type) when not given
     then_at: tuple[tuple[Any, ...], ...] | None = None
+    age: str | None = None
 
 
 def describe(node: Node) -> str:
@@ -358,6 +362,7 @@ def _unpaid(rule: UnpaidRule, ctx: CompileContext) -> Parts:
         "{invoice.outstanding}, no activity since",
         threshold,
         subject="invoice",
+        age="invoice.days_since_issue",  # the oldest debt first, whatever its id
     )
 
 
@@ -385,6 +390,7 @@ def _debtor(rule: DebtorRule, ctx: CompileContext) -> list[Parts]:
                 # the parts a file does not have
                 then_at=tuple(("steps", _k, "then", j, a.type) for j, a in enumerate(step.then)),
                 subject="invoice",
+                age="invoice.days_overdue",
                 ladder=rank,
                 suffix=f"+{step.after}",
                 part=f"step {step.after}",
