@@ -1475,6 +1475,22 @@ def test_a_move_carried_out_unconfirmed_to_a_manager_who_left_is_decided_again_e
     assert ("release:c1:2026-01-01#2:reassign", "m3") in _sent(h)
 
 
+def test_a_run_for_a_day_that_has_not_begun_in_the_rules_zone_says_so(store: Store) -> None:
+    """Found in a time review: the documented crontab took `date +%F` on a UTC server; at 02:30 UTC it is the
+    evening before in New York, and every night's actions went out a day early, without a word."""
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}])
+    rules = {"timezone": "America/New_York", "rules": [{"id": "f", "kind": "forgotten", "after": "60d"}]}
+    engine = engine_for(rules, store)
+    cron = datetime(2026, 3, 5, 2, 30, tzinfo=UTC)  # 21:30 on 4 March in New York
+    early = engine.run("2026-03-05", clock=lambda: cron).plan.warnings
+    assert early == ["as_of 2026-03-05 has not begun in the rules' zone (America/New_York: it is 2026-03-04 21:30 "
+                     "there): this run acts on what is due by the end of that day, before it comes. A date from "
+                     "the server's clock in another zone? Take it in the rules' zone "
+                     "(`TZ=America/New_York date +%F`)"]  # fmt: skip
+    assert engine.plan("2026-03-06").warnings == []  # a plan looks ahead as it is asked to
+    assert engine.run("2026-03-05", clock=lambda: cron.replace(hour=5)).plan.warnings == []  # 00:00 there
+
+
 def test_a_message_cancelled_after_an_attempt_still_counts_against_its_cap(store: Store) -> None:
     """Found in a many-nights review: an SMS went out but its answer was lost; the client paid, the SMS was
     recorded cancelled, stopped counting, and a second SMS went out that week against 1 per calendar week."""

@@ -431,6 +431,18 @@ def refuse_after_tomorrow(a: AsOf, clock: Callable[[], datetime], what: str = "a
         )
 
 
+def ahead_of_the_clock(a: AsOf, clock: Callable[[], datetime]) -> str | None:
+    """A warning when as_of is a day that has not begun in the rules' zone: a cron job's `date +%F` on a UTC
+    server, at 02:30, names tomorrow in New York, and every action went out a day early, night after night."""
+    now = clock().astimezone(a.tz)
+    if a.date <= now.date():
+        return None
+    zone = getattr(a.tz, "key", None) or str(a.tz)
+    return (f"as_of {a.date} has not begun in the rules' zone ({zone}: it is {now:%Y-%m-%d %H:%M} there): this run "
+            f"acts on what is due by the end of that day, before it comes. A date from the server's clock in "
+            f"another zone? Take it in the rules' zone (`TZ={zone} date +%F`)")
+
+
 def _not_utc(a: AsOf) -> bool:
     """The rules' zone is ahead of or behind UTC at some time of as_of's year (winter or summer)."""
     year = a.instant.year
@@ -1144,6 +1156,8 @@ class Engine:
                 if r.status == "committed":
                     self.store.finish_run(r.id, clock(), r.counts, status="interrupted")
             plan, _frame, _matches = self._plan(a, None)
+            if (ahead := ahead_of_the_clock(a, clock)) is not None:
+                plan.warnings.append(ahead)
             if earlier and earlier[0].as_of > a.instant:
                 plan.warnings.append(
                     f"as_of {plan.as_of.isoformat()} is before the last run's ({earlier[0].as_of.isoformat()}): "
