@@ -962,7 +962,10 @@ def test_a_late_event_does_not_send_a_reminder_for_an_invoice_paid_since() -> No
         assert r.dispatch is not None and list(r.dispatch.cancelled) == [r.committed[0].id]
 
 
-def test_no_prompt_about_a_waiting_offer_for_a_client_who_asked_not_to_be_contacted() -> None:
+@pytest.mark.parametrize("policy", ["do_not_contact", "no_marketing"])
+def test_no_prompt_about_a_waiting_offer_for_a_client_who_asked_not_to_be_contacted(policy: str) -> None:
+    """no_marketing: found in an over-selling review, the manager was prompted to present the win-back discount
+    to a client who had opted out of marketing since the offer was planned."""
     with fresh() as store:
         seed(store)
         rec = RecordingHandler()
@@ -974,7 +977,7 @@ def test_no_prompt_about_a_waiting_offer_for_a_client_who_asked_not_to_be_contac
         client = store.get("clients", "c1")
         assert client is not None
         s.post({"type": "fact", "entity": "clients", "at": at(162),
-                "row": {**client.model_dump(), "contact_policy": "do_not_contact"}})  # fmt: skip
+                "row": {**client.model_dump(), "contact_policy": policy}})  # fmt: skip
         r = s.post({"type": "touch", "id": "in1", "client_id": "c1", "at": at(163), "kind": "call",
                     "direction": "inbound"})  # fmt: skip
         assert r.committed == []

@@ -17,6 +17,7 @@ import retainer
 from retainer import RetainerError, StoreError
 from retainer.actions import Action
 from retainer.adapters import CallbackHandler, PermanentError, Retry
+from retainer.adapters.dispatch import Dispatcher
 from retainer.stores import Store
 from retainer.testing import RecordingHandler
 
@@ -885,6 +886,44 @@ def test_an_action_committed_earlier_is_cancelled_once_it_must_not_go_out(store:
     _ids, replayed = e.replay(dead=True, handlers=h)
     assert h.actions == [] and replayed is not None and list(replayed.cancelled.values()) == ["do_not_contact"]
     assert store.ledger(client_ids=["c0"])[0].outcome["cancelled"] == "do_not_contact"
+
+
+ALL = {"when": {"status": {"eq": "active"}}}
+
+
+@pytest.mark.parametrize("policy", [True, False])
+def test_marketing_committed_earlier_is_cancelled_once_the_client_opts_out_of_it(store: Store, policy: bool) -> None:
+    """Found in an over-selling review: a retention e-mail and an up-sell that waited a night went out after the
+    client had switched to no_marketing, and a replay of dead ones too. A task for the manager and a payment
+    reminder still go, and so does everything when the rule file turns the policy off."""
+    rules = {"version": 1, "policies": {"no_marketing": policy}, "rules": [
+        {"id": "news", "category": "retention", **ALL, "then": [{"notify_client": {"template": "news"}},
+                                                                {"create_task": {"title": "Call"}}]},
+        {"id": "upsell", "category": "development", **ALL, "then": [{"propose_offer": {"offer": "pro"}}]},
+        {"id": "pay", "category": "collection", **ALL, "then": [{"notify_client": {"template": "pay"}}]}]}  # fmt: skip
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}, {"id": "c2", "manager_id": "m1"}])
+    e = engine_for(rules, store)
+    e.run("2026-03-01")  # no handler: everything waits
+
+    def rejected(a: Action) -> None:
+        raise PermanentError("rejected")
+
+    Dispatcher(store, rejected).dispatch(store.ledger(client_ids=["c2"]))  # c2's are dead, c1's wait
+    opt_out = {"manager_id": "m1", "contact_policy": "no_marketing"}
+    store.upsert(clients=[{"id": "c1", **opt_out}])
+    h = RecordingHandler()
+    report = e.run("2026-03-02", handlers=h)
+    store.upsert(clients=[{"id": "c2", **opt_out}])
+    _ids, replayed = e.replay(dead=True, handlers=h)
+    assert report.dispatch is not None and replayed is not None
+    sent = {c: sorted((a.rule, a.type) for a in h.actions if a.client_id == c) for c in ("c1", "c2")}
+    if policy:
+        assert sent["c1"] == sent["c2"] == [("news", "create_task"), ("pay", "notify_client")]
+        assert list(report.dispatch.cancelled.values()) == list(replayed.cancelled.values()) == ["no_marketing"] * 2
+    else:
+        assert sent["c1"] == sent["c2"] == [("news", "create_task"), ("news", "notify_client"),
+                                            ("pay", "notify_client"), ("upsell", "propose_offer")]  # fmt: skip
+        assert report.dispatch.cancelled == replayed.cancelled == {}
 
 
 def test_an_action_for_a_client_archived_since_is_cancelled(store: Store) -> None:

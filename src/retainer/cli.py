@@ -474,7 +474,7 @@ def _print_dispatch(d: Any, console: Console, data: str) -> None:
         console.print(f"left {len(d.in_flight):,} action(s) to the dispatcher delivering them now "
                       "(a reactive session, another process)", highlight=False)  # fmt: skip
     for why, n in sorted(Counter(d.cancelled.values()).items()):
-        since = f"{why} since" if why in ("do_not_contact", "paid", "archived") else why  # a sentence of its own
+        since = f"{why} since" if why in ("do_not_contact", "no_marketing", "paid", "archived") else why
         console.print(f"cancelled {n:,} action(s) committed earlier and not sent: {since}", highlight=False)
     if d.unsure:
         console.print(f"[yellow]{len(d.unsure):,} of the cancelled action(s) had been tried without a confirmed "
@@ -638,8 +638,7 @@ def actions_replay(
         with _stop_on_sigterm():
             moved, report = replay(store, ids or (), dead=dead, handlers=handlers,
                                    retry=_retry(max_attempts, retry_delay),
-                                   min_outstanding=engine.min_outstanding if engine else None,
-                                   fixed=engine.fixed_recipients if engine else frozenset())  # fmt: skip
+                                   **(engine.voiding if engine else {}))  # fmt: skip
     except RetainerError as exc:
         _fail(str(exc))
     except KeyboardInterrupt as exc:

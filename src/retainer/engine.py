@@ -721,6 +721,13 @@ class Engine:
         return {r.id: r.min_amount for r in self.rules.file.rules
                 if getattr(r, "kind", None) == "debtor" and r.min_amount > 0}  # type: ignore[attr-defined]  # fmt: skip
 
+    @property
+    def voiding(self) -> dict[str, Any]:
+        """What a dispatcher needs of the rules to cancel an earlier run's action that must not go out now
+        (`Dispatcher`'s keywords: `min_outstanding`, `fixed`, `no_marketing`)."""
+        return {"min_outstanding": self.min_outstanding, "fixed": self.fixed_recipients,
+                "no_marketing": self.rules.file.policies.no_marketing}  # fmt: skip
+
     def as_of(self, value: str | date | datetime) -> AsOf:
         if not isinstance(value, str | date):  # datetime is a date
             what = "is required" if value is None else f"is not {type(value).__name__} {value!r}"
@@ -1145,8 +1152,7 @@ class Engine:
         """
         a = self.as_of(as_of)
         dispatcher = Dispatcher(self.store, handlers if handlers is not None else {}, retry=retry, clock=clock,
-                                sleep=sleep, min_outstanding=self.min_outstanding,
-                                fixed=self.fixed_recipients)  # fmt: skip
+                                sleep=sleep, **self.voiding)  # fmt: skip
         if dry_run:  # a preview: no lock, so it never blocks (or waits for) the nightly run
             return RunReport(self._plan(a, None)[0], None, [], None)
         refuse_after_tomorrow(a, clock)
@@ -1191,7 +1197,7 @@ class Engine:
         if isinstance(ids, str | bytes):  # one id would be replayed as one id per character
             raise ArgumentError(f"ids is a list of action ids, e.g. [{ids!r}], not a string")
         return _replay(self.store, ids, dead=dead, handlers=handlers, retry=retry, clock=clock, sleep=sleep,
-                       min_outstanding=self.min_outstanding, fixed=self.fixed_recipients)
+                       **self.voiding)
 
     def record_outcome(
         self, action_id: str, outcome: Mapping[str, Any], *, clock: Callable[[], datetime] = utc_now

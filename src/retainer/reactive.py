@@ -355,8 +355,7 @@ class Session:
         # then delivers nothing, but still looks at every pending action, so a host that pulls them after it
         # gets no reminder for an invoice paid since
         self._dispatcher = Dispatcher(store, handlers if handlers is not None else {}, retry=self.retry, clock=clock,
-                                      sleep=sleep, min_outstanding=self.engine.min_outstanding,
-                                      fixed=self.engine.fixed_recipients)  # fmt: skip
+                                      sleep=sleep, **self.engine.voiding)  # fmt: skip
         self.charts = {c.name: c for c in charts_for(self.rules)}
         self._by_family: dict[str, dict[str, Chart]] = {}
         for c in self.charts.values():
@@ -930,14 +929,17 @@ class Session:
         self, chart: Chart, client_id: str, sid: str, payload: Mapping[str, Any], a: AsOf
     ) -> Action | None:
         """The client called in while an offer waits for that: tell the manager now. Not for a client who
-        has since asked not to be contacted, or been archived: the offer was planned before, and the prompt
-        is an action of its own (None)."""
+        has since asked not to be contacted, or been archived, or opted out of marketing (a retention or
+        development offer): the offer was planned before, and the prompt is an action of its own (None)."""
         touch = payload["touch"]
         client = self.store.get("clients", client_id)
         assert isinstance(client, Client)
         if policies.do_not_contact(client.contact_policy) or client.status == "archived":
             return None
         entry = next(iter(self.store.ledger(ids=[action_id(sid)])), None)
+        if (client.contact_policy == "no_marketing" and self.rules.file.policies.no_marketing
+                and (entry is None or entry.category in policies.MARKETING)):  # fmt: skip
+            return None
         offer = getattr(entry.action, "offer", None) if entry is not None else None
         key = self._notify_key(sid, chart.rule, client_id)
         return NotifyManager(

@@ -34,6 +34,7 @@ from ..ledger import (
     manager_changes,
 )
 from ..model import active_supervisor
+from ..policies import MARKETING, SELLING_TYPES
 from ..stores.base import Pred, virtual_value
 from ..timeutil import END_OF_TIME
 from .base import ActionHandler, CallbackHandler, PermanentError, RetryLater
@@ -220,9 +221,11 @@ class Dispatcher:
         batch: int = 200,  # actions taken from the queue between two looks at the retries that are due
         min_outstanding: Mapping[str, Decimal] | None = None,
         fixed: frozenset[str] = frozenset(),
+        no_marketing: bool = True,
     ) -> None:
         """`min_outstanding`: rule id -> the least an invoice must still owe for that rule's dunning steps to
-        go out (a debtor rule's `min_amount`; Engine and Session pass their rules')."""
+        go out (a debtor rule's `min_amount`; Engine and Session pass their rules', `Engine.voiding`).
+        `no_marketing`: the rules' policy of that name (on unless a rule file turns it off)."""
         if isinstance(handlers, Mapping):
             self.handlers: dict[str, ActionHandler] = {k: _as_handler(h) for k, h in handlers.items()}
         elif hasattr(handlers, "handle") or callable(handlers):
@@ -247,6 +250,7 @@ class Dispatcher:
         #: rules whose tasks or messages name a manager id, not a role: decided again, they would go to the one
         #: who left again, so they are not cancelled for it
         self.fixed = fixed
+        self.no_marketing = no_marketing
         self._chain: dict[str, Any] | None = None  # every manager, for `_left`
 
     def route(self, action_type: str) -> ActionHandler | None:
@@ -507,6 +511,10 @@ class Dispatcher:
             if c is not None and c.status == "archived":  # archived clients get nothing (deleted in the CRM?)
                 out[e.id] = ("archived", None)
                 continue
+            if (self.no_marketing and c is not None and c.contact_policy == "no_marketing"
+                    and e.type in SELLING_TYPES and e.category in MARKETING):  # fmt: skip
+                out[e.id] = ("no_marketing", None)  # opted out since: the consent the plan checked is gone
+                continue
             if (left := self._left(e, managers)) is not None:
                 gone = left[0]
                 out[e.id] = left
@@ -750,11 +758,12 @@ def replay(
     sleep: Callable[[float], None] = time.sleep,
     min_outstanding: Mapping[str, Decimal] | None = None,
     fixed: frozenset[str] = frozenset(),
+    no_marketing: bool = True,
 ) -> tuple[list[str], DispatchReport | None]:
     """Put `failed`/`dead` actions (the given ids, and every dead one with `dead=True`) back to
     `pending` with fresh attempts, then deliver them now if handlers are given (else the next run
-    does). Holds the run lock: two dispatchers at once could deliver one action twice. `min_outstanding`
-    and `fixed` as for `Dispatcher` (`Engine.replay` passes its rules')."""
+    does). Holds the run lock: two dispatchers at once could deliver one action twice. `min_outstanding`,
+    `fixed` and `no_marketing` as for `Dispatcher` (`Engine.replay` passes its rules')."""
     wanted = list(dict.fromkeys(ids))
     with store.run_lock("replay"):
         if dead:  # not one the host closed with an outcome ("refused"): named by id, it goes out again
@@ -768,5 +777,5 @@ def replay(
         if handlers is None:
             return moved, None
         d = Dispatcher(store, handlers, retry=retry, clock=clock, sleep=sleep, min_outstanding=min_outstanding,
-                       fixed=fixed)
+                       fixed=fixed, no_marketing=no_marketing)
         return moved, d.dispatch(store.ledger(ids=moved)) if moved else DispatchReport()
