@@ -485,6 +485,41 @@ def test_a_touch_that_carried_out_an_action_is_counted_once(store: Store) -> Non
     assert not e.run(day(2)).committed  # 2 in the ledger: the cap is full
 
 
+@pytest.mark.parametrize("action_id", [" ", "N/A", "no-such-action"])
+def test_a_touch_naming_no_action_the_cap_counts_is_counted(store: Store, action_id: str) -> None:
+    """Found in an over-selling review: any action_id hid an outbound touch from the channel caps (a blank, an
+    export's "N/A", another ledger's id): a second e-mail within the window went out against 1 per 30 days."""
+    setup(store)
+    store.add(touches=[{"id": "t1", "client_id": "c1", "at": at(25), "kind": "email", "direction": "outbound",
+                        "action_id": action_id}])  # fmt: skip
+    touch = store.get("touches", "t1")
+    assert touch is not None and touch.action_id == (action_id.strip() or None)  # type: ignore[attr-defined]
+    caps = [{"channel": "email", "limit": 1, "per": "30d"}]
+    assert codes(plan_of(store, [rule("mail", EMAIL)], day(30), caps=caps)) == {"mail": "cap"}
+
+
+def test_a_contact_sent_inside_the_window_for_an_action_stamped_before_it_counts(store: Store) -> None:
+    """Found in an over-selling review: an e-mail planned as of 1 March went out on the 3rd (the CRM was down),
+    and the CRM logged it with its action_id. On the 31st the ledger's entry was outside the 30 days and the
+    touch was skipped as "the ledger counts it": a second e-mail within 30 days of the first. With two caps,
+    an offer recorded that way was lost to the shorter one (its action counted in the longer window)."""
+    setup(store, created_at=at(-5))
+    mail = rule("mail", EMAIL, episode="days_since_activity")
+    up = rule("up", offer("10", deliver="next_inbound"), "development", episode="days_since_activity")
+    caps = [{"channel": "email", "limit": 1, "per": "30d"}, {"category": "development", "limit": 1, "per": "30d"},
+            {"channel": "sms", "limit": 9, "per": "60d"}]  # fmt: skip
+    e = engine_for({"version": 1, "rules": [mail, up], "policies": {"caps": caps}}, store)
+    first = {a.rule: a for a in e.run(day(0)).committed}
+    assert set(first) == {"mail", "up"}
+    store.add(touches=[{"id": "log", "client_id": "c1", "at": at(2), "kind": "email", "direction": "outbound",
+                        "action_id": first["mail"].id}],
+              offers=[{"id": "o1", "client_id": "c1", "category": "development", "made_at": at(2), "amount": "10",
+                       "action_id": first["up"].id}])  # fmt: skip
+    plan = e.plan(day(30))  # a new episode each, 30 days after the plan, 28 after they went out
+    assert codes(plan) == {"mail": "cap", "up": "cap"} and not plan.actions
+    assert {a.rule for a in e.plan(day(33)).actions} == {"mail", "up"}
+
+
 def test_channels_compare_in_lower_case(store: Store) -> None:
     setup(store)
     store.add(touches=[{"id": "t1", "client_id": "c1", "at": at(29), "kind": "message", "channel": "SMS",

@@ -131,7 +131,9 @@ def _money(value: Any) -> Any:
 
 
 def _blank_none(value: Any) -> Any:
-    return None if value == "" else value
+    """Blank text is no value: a CRM export's " " in an optional column (an action_id of " " hid a touch from
+    the caps)."""
+    return None if isinstance(value, str) and not value.strip() else value
 
 
 Instant = Annotated[datetime, BeforeValidator(_instant)]

@@ -106,9 +106,12 @@ def cap_until(cap: Cap, a: AsOf) -> datetime:
     return a.day_start(end)
 
 
-def _touch_spec(cap: Cap, a: AsOf) -> AggSpec:
-    # a touch that carried out a retainer action is that action: the ledger already counts it
-    where: tuple[Pred, ...] = (Pred("direction", "eq", "outbound"), Pred("action_id", "null"))
+def _touch_spec(cap: Cap, a: AsOf, carried: frozenset[str] | None = None) -> AggSpec:
+    """The client's outbound touches on the cap's channel in its window; `carried`: only those that carried
+    out one of these actions (which the ledger counts already, so they are taken off again)."""
+    where: tuple[Pred, ...] = (Pred("direction", "eq", "outbound"),)
+    if carried is not None:
+        where += (Pred("action_id", "in", carried),)
     if cap.channel != "any_outbound":
         where += (Pred("medium", "eq", cap.channel),)
     return AggSpec("touches", "count", None, where, "at", cap_since(cap, a))
@@ -499,17 +502,25 @@ class Guard:
         used: list[dict[str | None, int]] = [defaultdict(int) for _ in caps]
         earliest = min(cap_since(c, self.a) for c in caps)
         past = self._past(earliest, None)
-        ledger_ids = {e.id for e in past}
         for k, c in enumerate(caps):
             since, until = cap_since(c, self.a), cap_until(c, self.a)
-            for e in past:
-                if since < e.as_of < until and _capped(c, e.type, e.category, e.fields):
+            inside = [e for e in past if since < e.as_of < until]
+            for e in inside:
+                if _capped(c, e.type, e.category, e.fields):
                     used[k][e.client_id] += 1
             if c.channel is not None:
                 for cid, n in self.frame.agg(_touch_spec(c, self.a)).items():
                     used[k][cid] += n
+                # a touch that carried out an action the cap counts in its window is that action: counted once.
+                # One naming anything else counts ("N/A", another ledger's id, an action stamped before the
+                # window that went out in it): any action_id used to hide a touch from the cap
+                if counted := frozenset(e.id for e in inside if _capped(c, e.type, e.category, e.fields)):
+                    for cid, n in self.frame.agg(_touch_spec(c, self.a, counted)).items():
+                        used[k][cid] -= n
             else:
-                for o in self._crm_offers(since, ledger_ids, (Pred("category", "eq", c.category),)):
+                # an offer the CRM made in the window for an action stamped before it counts here: the action
+                # does not (with the ids of a longer cap's window, it counted nowhere)
+                for o in self._crm_offers(since, {e.id for e in inside}, (Pred("category", "eq", c.category),)):
                     used[k][o.client_id] += 1
         hits: dict[tuple[Any, ...], list[int]] = {}  # the caps an action counts against depend on these alone
         last: list[list[int]] = [[]]  # the caps of the action just checked, for `take` (called right after)
