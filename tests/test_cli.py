@@ -482,3 +482,11 @@ def test_import_of_a_file_says_it_wants_the_folder(tmp_path: Path) -> None:
     r = run("import", str(CRM / "clients.csv"), "--to", f"sqlite:///{tmp_path / 'x.db'}")
     assert r.returncode == 2 and "clients.csv is a file: import reads a folder of data files" in r.stderr
     assert not (tmp_path / "x.db").exists()
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["runs"], ["import"], ["actions", "list"], ["actions", "replay"]])
+def test_help_shows_no_value_for_a_flag(command: list[str]) -> None:
+    """Found in a docs review: help showed `--dry-run <bool>` and `--help <bool>`, and `--dry-run true` failed."""
+    r = run(*command, "--help")
+    assert r.returncode == 0 and "--help" in r.stdout
+    assert "<bool>" not in r.stdout, r.stdout

@@ -408,3 +408,9 @@ def test_control_characters_and_markup_from_the_crm_reach_the_terminal_as_text(t
     assert "[reverse]FORGED[/reverse] root:x:0 \\x1b]0;pwned\\x07" in shown
     r = run("actions", "list", "-d", str(db), "--status", "dead")
     assert "\x1b" not in r.stdout and "[reverse]FORGED[/reverse] root:x:0" in r.stdout.replace("\n", "")
+    # not piped through a table 80 columns wide: the error on a line of its own (a docs review read it 4
+    # characters a line beside the action id)
+    r = run("actions", "list", "-d", str(db), "--status", "dead", "-f", "table")
+    assert "\x1b" not in r.stdout
+    errors = [x for x in r.stdout.splitlines() if x.startswith("    last error: ")]
+    assert errors and all("[reverse]FORGED[/reverse] root:x:0 \\x1b]0;pwned\\x07" in x for x in errors), r.stdout

@@ -36,12 +36,26 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
+def _flags_without_metavar(params: list[Any]) -> list[Any]:
+    """typer's help shows a flag as taking a value (`--dry-run <bool>`, `--help <bool>`), and `--dry-run true`
+    then fails: a flag's help shows no value."""
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+    return params
+
+
 class _OnceGroup(TyperGroup):
     """Refuses an option given twice that takes one value (`--as-of 2026-03-01 --as-of 2026-04-15`): click
     keeps the last, so a wrapper that appended its own `--as-of` committed another night without a word."""
 
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_without_metavar(super().get_params(ctx))
+
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
         name, cmd, rest = super().resolve_command(ctx, args)
+        if cmd is not None:
+            _flags_without_metavar(cmd.get_params(ctx))
         if cmd is not None and not hasattr(cmd, "commands"):  # a command, not a group of them
             single = {o: p.name for p in cmd.params if p.param_type_name == "option" and not p.multiple
                       and not getattr(p, "is_flag", False) and not getattr(p, "count", False)
@@ -592,9 +606,8 @@ def actions_list(
         from .ledger import claim_alive
 
         now = utc_now()
-        t = _table(title=f"{len(entries)} action(s) in the ledger of {store.url}")
-        for col in ("id", "type", "client", "rule", "status", "tries", "last error"):
-            t.add_column(col, overflow="fold", no_wrap=col == "id")  # ids are copied into replay/outcome
+        title = f"{len(entries)} action(s) in the ledger of {store.url}"
+        rows: list[tuple[str, str, str, str, str, str, str]] = []
         for e in entries:
             status = f"cancelled ({e.cancelled})" if e.cancelled else e.status  # done, but never sent: say so
             if e.cancelled and e.attempts:  # a try whose answer never came: it may have gone out
@@ -605,8 +618,22 @@ def actions_list(
                     status += f" (delivering since {since}: {e.claimed_by})"
                 else:  # killed mid-delivery: nobody is delivering it, and the next run sends it again
                     status += f" (an attempt began {since} by {e.claimed_by}, which stopped; the next run delivers it)"
-            t.add_row(e.id, e.type, e.client_id, e.rule, status, str(e.attempts), e.last_error or "")
-        out.print(t)
+            rows.append((e.id, e.type, e.client_id or "", e.rule, status, str(e.attempts), e.last_error or ""))
+        if out.width >= 150:
+            t = _table(title=title)
+            for col in ("id", "type", "client", "rule", "status", "tries", "last error"):
+                t.add_column(col, overflow="fold", no_wrap=col == "id")  # ids are copied into replay/outcome
+            for row in rows:
+                t.add_row(*row)
+            out.print(t)
+            return
+        # a narrower terminal: beside a whole id, seven columns left the error 4 characters a line
+        out.print(_e(title), highlight=False)
+        for id_, type_, client_id, rule_, status, tries, error in rows:
+            out.print(f"{id_}  {_e(type_)}  {_e(client_id or '-')}  {_e(rule_)}  {_e(status)}  tries {tries}",
+                      highlight=False)  # fmt: skip
+            if error:
+                out.print(f"    last error: {_e(error)}", highlight=False)
 
 
 @actions_app.command("replay")
