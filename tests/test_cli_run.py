@@ -376,6 +376,18 @@ def test_a_step_cancelled_after_a_try_without_an_answer_is_said_to_have_maybe_go
     assert table.count("cancelled(paid)") == 2, table
 
 
+def test_a_typo_in_an_actions_list_filter_is_pointed_out(db: str) -> None:
+    """Found in a docs review: `--rule forgoten` or `--client C2` listed nothing, exit 0, as if retainer had never
+    done anything for the client; `plan -c` and `explain --rule` say so."""
+    assert go(db)[0] == 0
+    r = run("actions", "list", "-d", db, "--rule", "forgoten", "-c", "C2", "-f", "json")
+    assert r.returncode == 0 and json.loads(r.stdout) == []
+    assert "no action of rule 'forgoten' in the ledger; did you mean 'forgotten'?" in r.stderr
+    assert "no client 'C2' in the store" in r.stderr
+    r = run("actions", "list", "-d", db, "--rule", "forgotten", "-c", "c2", "-f", "json")
+    assert json.loads(r.stdout) and r.stderr == ""
+
+
 def test_control_characters_and_markup_from_the_crm_reach_the_terminal_as_text(tmp_path: Path) -> None:
     """A client id `c1<ESC>[2J<ESC>]0;pwned<ESC>\\` cleared the operator's screen and set the window title
     from the plan table, and a webhook's answer `[reverse]FORGED[/reverse]` was read as rich markup."""

@@ -597,6 +597,8 @@ def actions_list(
     f = _format(fmt)
     store = _ledger_store(data, "UTC")
     entries = store.ledger(status=status or None, rule=rule, client_ids=client or None, limit=limit)
+    if not entries and (rule or client):  # a typo in a filter read as "retainer never did anything for it"
+        _unknown_filters(store, rule, client or [])
     if f == "json":
         sys.stdout.write(json.dumps([e.to_dict() for e in entries], sort_keys=True, ensure_ascii=False) + "\n")
     elif f == "jsonl":
@@ -634,6 +636,20 @@ def actions_list(
                       highlight=False)  # fmt: skip
             if error:
                 out.print(f"    last error: {_e(error)}", highlight=False)
+
+
+def _unknown_filters(store: Any, rule: str | None, clients: list[str]) -> None:
+    """Say which of `actions list`'s filters names nothing retainer knows (on stderr: the output stays a list)."""
+    from .errors import did_you_mean
+
+    if rule is not None:
+        rules = sorted({e.rule for e in store.ledger()})
+        if rule not in rules:
+            err.print(f"[yellow]warning:[/] no action of rule {_e(repr(rule))} in the ledger"
+                      f"{_e(did_you_mean(rule, rules))}", highlight=False)  # fmt: skip
+    for c in clients:
+        if store.get("clients", c) is None:
+            err.print(f"[yellow]warning:[/] no client {_e(repr(c))} in the store", highlight=False)
 
 
 @actions_app.command("replay")
