@@ -247,6 +247,8 @@ def test_plan_missing_rules_and_data_exit_2(tmp_path: Path) -> None:
     assert r.returncode == 2 and "not found" in r.stderr
     r = run("plan", "--rules", str(RULES), "--data", "postgres://x", "--as-of", "2026-03-01")
     assert r.returncode == 2 and "scheme" in r.stderr
+    r = run("plan", "--rules", str(RULES), "--data", str(tmp_path / "crm-export"), "--as-of", "2026-03-01")
+    assert r.returncode == 2 and "crm-export': no such file or folder" in r.stderr  # a mistyped folder
 
 
 def test_a_store_urls_password_is_never_echoed() -> None:

@@ -120,6 +120,7 @@ def test_outcome_recorded_from_the_command_line(db: str) -> None:
     ("args", "message"),
     [
         (["run", "-r", str(RULES), "-d", str(CRM), "--as-of", "2026-03-01"], "Import it first: retainer import"),
+        (["actions", "list", "-d", str(CRM)], "is a folder of files, which keeps no ledger"),
         (["run", "-r", str(RULES), "-d", "missing.db", "--as-of", "2026-03-01"], "database not found"),
         (["run", "-r", str(RULES), "-d", "{db}", "--as-of", "2026-03-01", "-H", "jsnl:x"], "did you mean 'jsonl'"),
         (["run", "-r", str(RULES), "-d", "{db}", "--as-of", "2026-03-01", "-H", "webhook:ftp://x"], "http://"),

@@ -736,6 +736,8 @@ def test_a_durable_rules_failure_is_a_reactive_error_and_the_states_moved_before
         ({"type": "touch", "id": "t", "client_id": "c1"}, "no `at`"),
         ({"type": "invoice_paid", "id": "nope", "at": "2026-03-01"}, "no invoice 'nope'"),
         ({"type": "outcome", "action_id": "x", "at": "2026-03-01"}, "needs `action_id` and an `outcome`"),
+        ({"type": "touch", "id": "t", "client_id": "c1", "at": "02.03.2026"},
+         r"an event's `at`: invalid time '02.03.2026': use a date \(2026-03-01\)"),
     ],
 )
 def test_bad_events_are_refused(store: Store, event: dict[str, Any], message: str) -> None:

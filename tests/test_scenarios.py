@@ -167,7 +167,12 @@ def test_steps_commit_so_a_new_episode_is_new(tmp_path: Path) -> None:
          f"    - {{id: c1, manager_id: m1, created_at: -5x}}\n{steps('2026-03-01')}",
          "t.scenario.yaml:5: clients: field created_at: invalid date/time '-5x'"),
         (f"rules: {ONE}\n{steps('2026-13-01')}", "t.scenario.yaml:3: invalid value '2026-13-01'"),
-        (f"rules: {ONE}\n{steps('March 1st')}", "step 1: invalid as_of 'March 1st'"),
+        (f"rules: {ONE}\n{steps('March 1st')}",
+         "step 1: invalid as_of 'March 1st': use a date (2026-03-01) or ISO 8601 instant"),
+        (f"rules: {ONE}\ngiven:\n  managers: [{{id: m1}}]\n  clients:\n"
+         f"    - {{id: c1, manager_id: m1, created_at: -60}}\n{steps('2026-03-01')}",
+         "created_at: invalid date/time -60: use ISO 8601 such as 2026-03-01T10:00 (or a date relative to the "
+         "step's as_of, with its unit: -60d, +2d, -36h)"),
         (f"rules: {ONE}\n{steps('2026-03-01', '2026-01-01')}",
          "t.scenario.yaml:4: step 2: as_of 2026-01-01 is before step 1's (2026-03-01); steps go forward in time"),
         (f"rules: {ONE}\n{steps('2026-03-01', '2026-03-01T10:00')}",

@@ -414,7 +414,8 @@ def _ledger_store(data: str, tz: Any) -> Any:
 
     if Path(data).is_dir():
         _fail(
-            f"--data {data} is a folder of files: a run writes its ledger into a store. "
+            f"--data {data} is a folder of files, which keeps no ledger: runs, and the actions they commit, are "
+            "kept in a store. "
             f"Import it first: retainer import {data} --to sqlite:///crm.db"
         )
     if data.startswith("memory://"):

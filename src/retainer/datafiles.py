@@ -336,4 +336,6 @@ def open_source(src: str, tz: tzinfo) -> Store:
         return store
     if "://" in src or p.suffix in (".db", ".sqlite", ".sqlite3"):
         return open_store(src, timezone=tz, create=False)
+    if not p.exists():  # a mistyped folder: say so, not what kinds of --data there are
+        raise DataError(f"--data {src!r}: no such file or folder (a store URL, a .db file, or a folder of data files)")
     raise DataError(f"--data {src!r} is neither a store URL, a .db file, nor a folder of data files")

@@ -506,7 +506,10 @@ class Session:
         if tz is not None and naive:
             with contextlib.suppress(ValueError, TypeError):  # not a time: engine.as_of says why
                 at = parse_instant(at, tz)
-        return self.engine.as_of(at)
+        try:
+            return self.engine.as_of(at)
+        except ArgumentError as exc:  # "invalid as_of" named the host's as_of, not the event's field
+            raise ReactiveError(f"an event's `at`: {str(exc).replace('invalid as_of', 'invalid time', 1)}") from None
 
     def tick(self, as_of: str | date | datetime) -> Reaction:
         """The clock moved to `as_of`: plan everyone (time-driven steps: ladders, forgotten clients). An as_of

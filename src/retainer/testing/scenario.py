@@ -34,7 +34,7 @@ from ..rules.features import is_option, norm_reason
 from ..rules.loader import RuleSet, _Lines, _pydantic_message, compile_rules, load_rules, parse_yaml
 from ..stores import open_store
 from ..stores._ingest import validate_rows
-from ..timeutil import AsOf, parse_as_of, parse_duration
+from ..timeutil import AsOf, parse_duration
 
 __all__ = ["Scenario", "ScenarioError", "ScenarioFailure", "Step", "load_scenario", "run_scenario_file"]
 
@@ -586,9 +586,9 @@ class Scenario:
     def at(self, as_of: str | date | datetime, *, label: str = "") -> Step:
         """Run as of `as_of` (committing to the ledger) and return the step to check."""
         try:
-            a = parse_as_of(as_of, self.rules.tz)
-        except ValueError as exc:
-            raise RetainerError(f"step {len(self.steps) + 1}: invalid as_of {as_of!r}") from exc
+            a = self.engine.as_of(as_of)
+        except ArgumentError as exc:  # with the engine's hint (a date, 2026-03-01, or an ISO 8601 instant)
+            raise RetainerError(f"step {len(self.steps) + 1}: {exc}") from exc
         if self.steps and a.instant < (last := self.steps[-1].as_of).instant:  # the ledger would hold the future
             this, that = (str(a.date), str(last.date)) if a.date != last.date else (
                 a.instant.astimezone(a.tz).isoformat(), last.instant.astimezone(a.tz).isoformat()
@@ -614,11 +614,16 @@ class Scenario:
                 models[entity] = validate_rows(entity, resolved, self.rules.tz, file=self.source if lines else None,
                                                lines=at_lines)  # fmt: skip
             except DataError as exc:
+                message = exc.message
+                if "invalid date/time" in message and any(
+                        _unitless(r.get(exc.field or "")) for r in items if isinstance(r, Mapping)):  # fmt: skip
+                    # `at: -60`: a date relative to the step wants its unit, as in expectations
+                    message += " (or a date relative to the step's as_of, with its unit: -60d, +2d, -36h)"
                 if lines is not None:
                     row = exc.row if isinstance(exc.row, int) else None
                     line = row if row is not None else lines.line((*path, entity))
-                    raise ScenarioError(exc.message if exc.field is None else f"{entity}: field {exc.field}: "
-                                        f"{exc.message}", file=self.source, line=line) from None  # fmt: skip
+                    raise ScenarioError(message if exc.field is None else f"{entity}: field {exc.field}: {message}",
+                                        file=self.source, line=line) from None  # fmt: skip
                 raise
         try:
             (self.store.upsert if replace else self.store.add)(**models)
