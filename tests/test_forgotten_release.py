@@ -836,9 +836,14 @@ def test_round_robin_skips_the_current_manager(store: Store) -> None:
 
 def test_do_not_contact_clients_get_only_suppressions(store: Store) -> None:
     _release_store(store, contact_policy="do_not_contact")
-    rules = release_rules(then=[{"reassign": {}}, {"notify_manager": {"to": "supervisor", "template": "released"}}])
+    rules = release_rules(then=[{"reassign": {}}, {"notify_manager": {"to": "supervisor", "template": "released"}}],
+                          templates={"released": {"subject": "{client.name} moved to {new_manager.name}",
+                                                  "body": "to {new_manager.name} ({new_manager.id})"}})  # fmt: skip
     plan = engine_for(rules, store).plan(day(74))
     assert plan.actions == []
+    # the note of a move that gives the client to no one (found in a docs review: "Acme moved to ")
+    (note,) = [s.action for s in plan.suppressed if s.action.type == "notify_manager"]
+    assert (note.subject, note.body) == ("Acme moved to (nobody)", "to (nobody) ((nobody))")  # type: ignore[attr-defined]
     assert {(s.action.rule, s.action.type, s.reason_code) for s in plan.suppressed} == {
         ("forgotten", "create_task", "do_not_contact"),
         ("release", "reassign", "do_not_contact"),

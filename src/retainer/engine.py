@@ -404,6 +404,18 @@ _TO_WHOM = {"create_task": "to assign the task to", "notify_manager": "to notify
 _UNSET: Any = object()
 
 
+class _Nobody:
+    """The new manager of a move that gives the client to no one, in a template: `{new_manager.name}`."""
+
+    def __getattr__(self, name: str) -> str:
+        if name.startswith("__"):  # copy, pickle and friends probe these
+            raise AttributeError(name)
+        return "(nobody)"
+
+
+_NOBODY = _Nobody()
+
+
 def client_ids(clients: Iterable[Any] | None, what: str = "clients") -> list[str] | None:
     """The ids a caller named, as the store spells them: read once (a generator read twice planned nobody), and
     an int id as its text, as `store.add` takes it. A single string would be one client per character."""
@@ -525,7 +537,9 @@ def _emit_group(
             "client": client,
             "manager": manager,
             "supervisor": supervisor,
-            "new_manager": incoming,
+            # a move held back (do_not_contact, nobody eligible) gives the client to nobody: its held-back note
+            # read "Cedar Foods moved to " in the plan
+            "new_manager": incoming if incoming is not None or rule.reassign is None else _NOBODY,
             "as_of": as_of_date,
             "rule": rule_id,
             "threshold": threshold,
