@@ -105,6 +105,22 @@ def test_replay_without_handler_leaves_them_for_the_next_run(db: str, tmp_path: 
     assert code == 0 and report["counts"]["new"] == 0 and report["dispatch"]["done"] == 1
 
 
+def test_actions_a_replay_left_waiting_are_pointed_out_and_go_when_named(db: str, tmp_path: Path) -> None:
+    """Found in an ops review: a replay killed midway left the rest `pending`; the same replay again said
+    "requeued 0, delivered 0", and naming them said "already waiting" and sent nothing, until the next run."""
+    go(db, "--handler", f"webhook:{down_url()}", "--max-attempts", "1")
+    dead = [e["id"] for e in ledger(db, "--status", "dead")]
+    assert len(dead) > 2
+    run("actions", "replay", "-d", db, *dead[:2])  # requeued, not delivered: as a replay killed midway leaves them
+    out = tmp_path / "sent.jsonl"
+    r = run("actions", "replay", "-d", db, "--dead", "--handler", f"jsonl:{out}")
+    assert r.returncode == 0 and f"requeued {len(dead) - 2} action(s)" in r.stderr
+    assert "2 action(s) wait as pending (an interrupted run or replay left them" in r.stderr
+    r = run("actions", "replay", "-d", db, *dead[:2], "--handler", f"jsonl:{out}")
+    assert r.returncode == 0 and r.stderr.count("was waiting (pending): delivered with them") == 2, r.stderr
+    assert ledger(db, "--status", "pending") == [] and len(out.read_text().splitlines()) == len(dead)
+
+
 def test_outcome_recorded_from_the_command_line(db: str) -> None:
     go(db)
     first = ledger(db)[0]["id"]

@@ -671,13 +671,15 @@ def actions_replay(
 ) -> None:
     """Put dead (or failed) actions back to pending with fresh attempts; deliver them now with
     --handler, or leave them for the next run. Exit 1 if some die again."""
-    from .adapters.dispatch import replay
+    from .adapters.dispatch import replay, utc_now
+    from .ledger import claim_alive
 
     if not ids and not dead:
         _fail("give action ids or --dead")
     handlers = _handlers(handler, header, timeout)
     store = _ledger_store(data, "UTC")
     engine = Engine(_rules(rules), store) if rules is not None else None
+    before = {e.id: e for e in store.ledger(ids=ids)} if ids else {}
     try:
         with _stop_on_sigterm():
             moved, report = replay(store, ids or (), dead=dead, handlers=handlers,
@@ -688,13 +690,23 @@ def actions_replay(
     except KeyboardInterrupt as exc:
         _interrupted(exc)
     err.print(f"requeued {len(moved)} action(s)", highlight=False)
-    if ids:
-        for e in store.ledger(ids=[i for i in ids if i not in set(moved)]):
-            why = (f"cancelled ({e.cancelled}) before it went out: it must not be sent" if e.cancelled
-                   else "already delivered: replaying it would duplicate it" if e.status == "done"
-                   else "already waiting" if e.status == "pending"
-                   else "another dispatcher is delivering it now")  # fmt: skip
-            err.print(f"  not requeued: {e.id} is {e.status} ({why})", highlight=False)
+    for i in dict.fromkeys(ids or ()):
+        e = before.get(i)
+        if e is None or i in set(moved):
+            continue
+        if e.status == "pending" and report is not None and not claim_alive(e, utc_now()):
+            err.print(f"  {e.id} was waiting (pending): delivered with them", highlight=False)
+            continue
+        why = (f"cancelled ({e.cancelled}) before it went out: it must not be sent" if e.cancelled
+               else "already delivered: replaying it would duplicate it" if e.status == "done"
+               else "already waiting: the next run delivers it, or give --handler" if e.status == "pending"
+               else "another dispatcher is delivering it now")  # fmt: skip
+        err.print(f"  not requeued: {e.id} is {e.status} ({why})", highlight=False)
+    left = [e for e in store.ledger(status=["pending"]) if not claim_alive(e, utc_now())] if dead and report else []
+    if left:
+        err.print(f"{len(left):,} action(s) wait as pending (an interrupted run or replay left them, or a host that "
+                  "pulls them has not yet): the next `retainer run` delivers them, or replay them by id with "
+                  "--handler", highlight=False)  # fmt: skip
     if report is None:
         if moved:
             err.print("no --handler: the next `retainer run` delivers them", highlight=False)

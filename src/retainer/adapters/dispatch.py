@@ -765,6 +765,7 @@ def replay(
     does). Holds the run lock: two dispatchers at once could deliver one action twice. `min_outstanding`,
     `fixed` and `no_marketing` as for `Dispatcher` (`Engine.replay` passes its rules')."""
     wanted = list(dict.fromkeys(ids))
+    named = set(wanted)
     with store.run_lock("replay"):
         if dead:  # not one the host closed with an outcome ("refused"): named by id, it goes out again
             wanted += [e.id for e in store.ledger(status=["dead"]) if e.id not in set(wanted) and not e.outcome]
@@ -776,6 +777,10 @@ def replay(
         moved = store.requeue([i for i in wanted if i not in busy], now, claims) if wanted else []
         if handlers is None:
             return moved, None
+        # an action named by id that waits (`pending`: an interrupted replay or run left it) goes with them: it
+        # was named to go now, and "already waiting" left it for the next run
+        waiting = [e.id for e in read if e.id in named and e.status == "pending" and e.id not in busy]
+        todo = [*moved, *(i for i in waiting if i not in set(moved))]
         d = Dispatcher(store, handlers, retry=retry, clock=clock, sleep=sleep, min_outstanding=min_outstanding,
                        fixed=fixed, no_marketing=no_marketing)
-        return moved, d.dispatch(store.ledger(ids=moved)) if moved else DispatchReport()
+        return moved, d.dispatch(store.ledger(ids=todo)) if todo else DispatchReport()
