@@ -8,6 +8,7 @@ round-robin do not depend on input order), apply policies, sort by key.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import heapq
 import itertools
@@ -785,7 +786,9 @@ class Engine:
         it (a task created on 18 February, done on 30 November), so only a match whose date is before its
         client's last decision is looked up again (`_same_silence` for every new match: 7 s of a year's sweep
         at 100k, for nothing)."""
-        with no_gc():  # a plan builds tens of thousands of acyclic objects
+        # one state of the facts for the whole plan, where the store can give it (`SQLiteStore.snapshot`)
+        snapshot = getattr(self.store, "snapshot", None)
+        with no_gc(), (snapshot() if snapshot is not None else contextlib.nullcontext()):
             return self._evaluate(a, ids, extra, duplicates, internal, late_facts)
 
     def _evaluate(

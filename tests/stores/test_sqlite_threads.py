@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import retainer
 from retainer.adapters import CallbackHandler
@@ -69,3 +70,27 @@ def test_every_connection_is_tuned_for_wal(tmp_path: Path) -> None:
     t.join()
     assert seen == [("wal", 1, 1073741824, -65536)] * 2
     store.close()
+
+
+def test_a_plan_reads_one_state_of_the_store_while_the_crm_writes(tmp_path: Path, monkeypatch: Any) -> None:
+    """Found in an ops review: a plan read the store one query at a time, so a CRM sync that committed between
+    two reads (a call logged) gave it the clients of one state and the activity of another. A plan now reads
+    one state: the one when it began, whatever is committed meanwhile (and the sync is not blocked)."""
+    path = tmp_path / "crm.db"
+    store = retainer.open_store(f"sqlite:///{path}")
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1", "created_at": "2025-01-01"}])
+    engine = retainer.Engine(retainer.load_rules(RULES), store)
+    before = engine.plan("2026-03-01").to_json()
+    assert '"f:c1:' in before
+    sync = retainer.open_store(f"sqlite:///{path}")  # the CRM's own connection
+    read_clients = type(store).clients
+
+    def then_the_crm_writes(self: Any, *args: Any, **kwargs: Any) -> Any:
+        rows = read_clients(self, *args, **kwargs)
+        sync.add(touches=[{"id": "t1", "client_id": "c1", "at": "2026-02-28T10:00:00Z"}])  # committed meanwhile
+        return rows
+
+    monkeypatch.setattr(type(store), "clients", then_the_crm_writes)
+    assert engine.plan("2026-03-01").to_json() == before
+    monkeypatch.undo()
+    assert sync.get("touches", "t1") is not None and engine.plan("2026-03-01").actions == []  # the next plan sees it

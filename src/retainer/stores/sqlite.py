@@ -1569,6 +1569,23 @@ class SQLiteStore:
         return {k: code if isinstance(code, str) else "" for k, code in rows}
 
     @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Every read inside sees one state of the store: a plan's. Read one query at a time, a CRM sync that
+        committed between them (a call logged and its reminder closed, in one transaction) gave a plan the old
+        last activity and the new tasks, and it released clients whose managers had just called them. A read
+        transaction in WAL mode blocks no writer. Inside one already (a caller's), it is that one."""
+        conn = self.conn
+        if conn.in_transaction:
+            yield
+            return
+        conn.execute("BEGIN")  # deferred: the snapshot is taken at the first read
+        try:
+            yield
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")  # it read only; nothing to undo
+
+    @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE: take the write lock up front, so a check (duplicate keys, existing ids) and
         the writes that follow it see the same database."""
