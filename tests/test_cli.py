@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -492,3 +493,19 @@ def test_help_shows_no_value_for_a_flag(command: list[str]) -> None:
     r = run(*command, "--help")
     assert r.returncode == 0 and "--help" in r.stdout
     assert "<bool>" not in r.stdout, r.stdout
+
+
+def test_a_store_damaged_where_a_plan_reads_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    """Found in an ops review: pages overwritten in a fact table (a bad sector, a torn copy) gave a 50-line
+    traceback and exit 1, which says "actions went dead"; damage found when the store is opened was clear."""
+    r = run("demo", "--dir", str(tmp_path / "d"), "--clients", "400")
+    assert r.returncode == 0, r.stderr
+    db = tmp_path / "d" / "crm.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with db.open("r+b") as f:  # twenty pages in the middle of the fact tables
+        f.seek(50 * 4096)
+        f.write(b"\xa5" * 4096 * 20)
+    r = run("plan", "--rules", str(tmp_path / "d" / "rules.yaml"), "--data", str(db), "--as-of", "2026-03-01")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "error: the store cannot be read: database disk image is malformed. Restore it from a backup" in r.stderr

@@ -13,6 +13,7 @@ import gc
 import json
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -1157,6 +1158,11 @@ def main() -> None:
         app()
     except RetainerError as exc:
         err.print(f"[bold red]error:[/] {_e(exc)}", highlight=False)
+        sys.exit(2)
+    except sqlite3.DatabaseError as exc:  # damage found while reading (a bad sector, a torn copy): no traceback,
+        # and not exit 1, which says "actions went dead"; a store that cannot even be opened says so at open
+        err.print(f"[bold red]error:[/] the store cannot be read: {_e(exc)}. Restore it from a backup (or try "
+                  "`sqlite3 FILE .recover`)", highlight=False)  # fmt: skip
         sys.exit(2)
 
 
