@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import retainer
 from retainer.adapters import CallbackHandler
 
@@ -94,3 +96,20 @@ def test_a_plan_reads_one_state_of_the_store_while_the_crm_writes(tmp_path: Path
     assert engine.plan("2026-03-01").to_json() == before
     monkeypatch.undo()
     assert sync.get("touches", "t1") is not None and engine.plan("2026-03-01").actions == []  # the next plan sees it
+
+
+def test_a_run_refuses_a_store_with_a_second_name(tmp_path: Path) -> None:
+    """Found in an ops review: two runs through two hard links of one store each took the lock of their own name
+    (and SQLite a WAL of its own): every action went out twice, and the store was corrupted 4 times in 5."""
+    import os
+
+    path = tmp_path / "crm.db"
+    store = retainer.open_store(f"sqlite:///{path}")
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1", "created_at": "2025-01-01"}])
+    engine = retainer.Engine(retainer.load_rules(RULES), store)
+    os.link(path, tmp_path / "alias.db")
+    with pytest.raises(retainer.StoreError, match=r"crm.db has 2 names \(hard links\)"):
+        engine.run("2026-03-01")
+    assert store.ledger() == []
+    os.unlink(tmp_path / "alias.db")
+    assert engine.run("2026-03-01").committed

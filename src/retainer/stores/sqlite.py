@@ -1523,6 +1523,13 @@ class SQLiteStore:
             return
         if self.read_only:
             raise StoreError(f"{self.read_only}: a run commits to its ledger and cannot run on it")
+        with suppress(OSError):
+            if (links := os.stat(self.path).st_nlink) > 1:  # two runs through two names: each its own lock and WAL
+                raise StoreError(
+                    f"{self.path} has {links} names (hard links): a run through another of them would take a lock "
+                    f"and a write-ahead log of its own, deliver every action again and corrupt the store (SQLite: "
+                    f"'multiple links to the same file'). Keep one name: remove the other links, or copy the file"
+                )
         lock_path = lock_file(self.path)
         try:  # not through a link: `crm.db-runlock -> victim` left the victim empty
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC, 0o644)
