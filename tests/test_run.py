@@ -1632,3 +1632,28 @@ def test_a_task_for_a_manager_named_by_id_who_left_is_still_delivered(store: Sto
     h = RecordingHandler()
     engine.run("2026-03-03", handlers=h)
     assert _sent(h) == [("forgotten:c1:2026-01-01:create_task", "m1")]
+
+
+def test_a_store_that_fails_mid_delivery_says_what_went_out(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in an ops review: a disk that filled up after 503 deliveries were recorded stopped the run with
+    "commit failed ...; nothing of this write was kept", which read as if the night had been undone."""
+    crm(store, 5)
+    record = type(store).finish_attempts
+    calls = [0]
+
+    def full_disk(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 4:
+            raise StoreError("crm.db: commit failed: disk I/O error; nothing of this write was kept")
+        return record(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(store), "finish_attempts", full_disk)
+    h = RecordingHandler()
+    with pytest.raises(StoreError) as exc:
+        run(store, handlers=h)
+    assert str(exc.value).startswith("crm.db: commit failed: disk I/O error; nothing of this write was kept. "
+                                     "Delivery stopped there: 3 action(s) had been delivered and recorded, 0 dead; "
+                                     "the rest wait in the ledger, and the next run delivers them")  # fmt: skip
+    monkeypatch.undo()
+    assert len(h.actions) == 4 and run(store, handlers=h).dispatch is not None  # the fourth goes again
+    assert {e.status for e in store.ledger()} == {"done"}

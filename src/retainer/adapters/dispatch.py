@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Any
 
 from ..actions import ACTION_TYPES, Action
-from ..errors import ArgumentError, DispatchError, StoreBusyError, did_you_mean
+from ..errors import ArgumentError, DispatchError, StoreBusyError, StoreError, did_you_mean
 from ..ledger import (
     ACTIVE,
     MANAGER_LEFT,
@@ -275,6 +275,18 @@ class Dispatcher:
         the plan that committed it may be a night old, or seconds old with a payment written since (a session
         took it in while the nightly run was planning, and the run sent the reminder: found in review)."""
         report = DispatchReport()
+        try:
+            return self._dispatch(entries, report)
+        except StoreError as exc:  # a full disk while recording an attempt: said as "nothing of this write was
+            # kept", it read as if the whole night had been undone, with hundreds delivered and recorded
+            if not (report.done or report.dead or report.failed):
+                raise
+            raise StoreError(
+                f"{exc}. Delivery stopped there: {len(report.done):,} action(s) had been delivered and recorded, "
+                f"{len(report.dead):,} dead; the rest wait in the ledger, and the next run delivers them (free "
+                f"the disk first)") from exc  # fmt: skip
+
+    def _dispatch(self, entries: Iterable[LedgerEntry], report: DispatchReport) -> DispatchReport:
         queue: list[LedgerEntry] = []
         read_at = self.clock()
         active = []
