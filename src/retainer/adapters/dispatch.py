@@ -281,10 +281,12 @@ class Dispatcher:
             # kept", it read as if the whole night had been undone, with hundreds delivered and recorded
             if not (report.done or report.dead or report.failed):
                 raise
-            raise StoreError(
+            busy = isinstance(exc, StoreBusyError)  # still worth trying again: the same class, said so
+            raise type(exc)(
                 f"{exc}. Delivery stopped there: {len(report.done):,} action(s) had been delivered and recorded, "
-                f"{len(report.dead):,} dead; the rest wait in the ledger, and the next run delivers them (free "
-                f"the disk first)") from exc  # fmt: skip
+                f"{len(report.dead):,} dead; the rest wait in the ledger (the one whose result could not be "
+                f"recorded too: it goes again), and the next run delivers them"
+                + ("" if busy else " (free the disk first, if it is full)")) from exc  # fmt: skip
 
     def _dispatch(self, entries: Iterable[LedgerEntry], report: DispatchReport) -> DispatchReport:
         queue: list[LedgerEntry] = []
