@@ -466,6 +466,25 @@ def test_channel_cap_on_some_categories_lets_dunning_through(store: Store) -> No
     assert "cap channel any_outbound (retention, development): 1 per 30d" in plan.suppressed[0].detail
 
 
+def test_a_logged_contact_counts_against_a_marketing_cap_as_its_action_would(store: Store) -> None:
+    """Found in a review of the caps change: the CRM logged the payment reminder retainer sent, with its
+    action_id as the docs ask, and the touch then took the client's one marketing e-mail of the month. A
+    touch that carried out an action of a category the cap leaves out is no marketing contact; one that
+    carried out a retention task (a call) is."""
+    setup(store, created_at=at(-5))
+    caps = [{"channel": "any_outbound", "limit": 1, "per": "30d", "categories": ["retention", "development"]}]
+    rs = [rule("dun", EMAIL, "collection"), rule("call", TASK), rule("news", EMAIL, episode="days_since_activity")]
+    e = engine_for({"version": 1, "rules": rs[:2], "policies": {"caps": caps}}, store)
+    sent = {a.rule: a for a in e.run(day(0)).committed}
+    store.add(touches=[{"id": "mail", "client_id": "c1", "at": at(1), "kind": "email", "direction": "outbound",
+                        "action_id": sent["dun"].id}])  # fmt: skip
+    news = engine_for({"version": 1, "rules": rs, "policies": {"caps": caps}}, store)
+    assert "news" in rules_of(news.plan(day(2)))
+    store.add(touches=[{"id": "call", "client_id": "c1", "at": at(2), "kind": "call", "direction": "outbound",
+                        "action_id": sent["call"].id}])  # fmt: skip
+    assert codes(news.plan(day(3)))["news"] == "cap"
+
+
 def test_cap_channel_typos_are_caught_but_crm_channels_allowed() -> None:
     with pytest.raises(retainer.RulesError, match="did you mean 'email'"):
         retainer.load_rules({"version": 1, "rules": [rule("x", TASK)],

@@ -511,11 +511,15 @@ class Guard:
             if c.channel is not None:
                 for cid, n in self.frame.agg(_touch_spec(c, self.a)).items():
                     used[k][cid] += n
-                # a touch that carried out an action the cap counts in its window is that action: counted once.
-                # One naming anything else counts ("N/A", another ledger's id, an action stamped before the
-                # window that went out in it): any action_id used to hide a touch from the cap
-                if counted := frozenset(e.id for e in inside if _capped(c, e.type, e.category, e.fields)):
-                    for cid, n in self.frame.agg(_touch_spec(c, self.a, counted)).items():
+                # a touch that carried out a committed action is that action: taken off when the cap counts the
+                # action in this window (counted once), or when the action is of a category the cap leaves out
+                # (a payment reminder is no marketing contact). One naming anything else counts ("N/A", another
+                # ledger's id, an e-mail planned before the window that went out in it): any action_id used to
+                # hide a touch from the cap
+                ins = {e.id for e in inside}
+                if off := frozenset(e.id for e in past if (c.categories is not None and e.category not in c.categories)
+                                    or (e.id in ins and _capped(c, e.type, e.category, e.fields))):  # fmt: skip
+                    for cid, n in self.frame.agg(_touch_spec(c, self.a, off)).items():
                         used[k][cid] -= n
             else:
                 # an offer the CRM made in the window for an action stamped before it counts here: the action
