@@ -553,6 +553,23 @@ def test_a_win_back_whose_reason_task_is_decided_again_stays_one_process_that_mo
     assert Session(RULES, store).process_states("c1") == {}  # and so after a restart
 
 
+def test_a_win_back_saved_under_its_task_decided_again_is_its_episodes_process(store: Store) -> None:
+    """Found in a review: sessions saved by the code before the fix above kept the `#2` process, which no trigger
+    moves any more, `reason_pending` for good."""
+    Session(RULES, store).tick(at(131))  # the win-back's reason task, and its process saved
+    store.set_cursor("reactive:client:c1", json.dumps({
+        "winback:c1:2026-02-10#2:winback": ["winback~winback", "reason_pending"],
+        "winback:c1:2026-02-10:winback": ["winback~winback", "reason_pending"]}))  # fmt: skip
+
+    def winbacks() -> dict[str, tuple[str, str]]:
+        return {k: v for k, v in Session(RULES, store).process_states("c1").items() if k.startswith("winback")}
+
+    assert winbacks() == {"winback:c1:2026-02-10:winback": ("winback~winback", "reason_pending")}
+    store.set_cursor("reactive:client:c1", json.dumps({
+        "winback:c1:2026-02-10#2:winback": ["winback~winback", "next_survey_needed"]}))  # the old one alone
+    assert winbacks() == {"winback:c1:2026-02-10:winback": ("winback~winback", "next_survey_needed")}
+
+
 def test_an_outcome_posted_again_later_does_not_reopen_a_finished_win_back(store: Store) -> None:
     """Found in review: the task's outcome sent again with a later time (a note added to it) took the finished
     win-back back to `next_survey_needed`, where it stayed: its next step was committed already."""

@@ -297,6 +297,7 @@ def _churn_episode(episode: str) -> str:
 
 #: the mark of a decision taken again (`2026-02-10#2`), as `rules.features` reads outcomes through it
 _AGAIN = re.compile(r"#\d+$")
+_AGAIN_SID = re.compile(r"#\d+(?=:winback$)")  # ... in a win-back process's id
 
 
 def _reason_acted_on(keys: Iterable[str], rule: str, client_id: str, episode: str, reason: str) -> bool:
@@ -824,8 +825,14 @@ class Session:
         """Saved process states (a cursor's JSON). A state the rule file no longer has (a ladder step removed
         since) is left out, to the ledger's view (`_adopt`)."""
         saved = {} if raw is None else json.loads(raw)
-        return {sid: list(v) for sid, v in saved.items()
-                if v[0] in self.charts and self.charts[v[0]].accepts(START, f"resume:{v[1]}")}  # fmt: skip
+        out = {sid: list(v) for sid, v in saved.items()
+               if v[0] in self.charts and self.charts[v[0]].accepts(START, f"resume:{v[1]}")}  # fmt: skip
+        # a win-back saved under its task decided again (`...#2:winback`, before the two were one process):
+        # the process of its churn episode, which every trigger now moves (kept as it was, it waited for good)
+        for sid in [x for x in out if self.charts[out[x][0]].family == "winback" and _AGAIN_SID.search(x)]:
+            out.setdefault(_AGAIN_SID.sub("", sid), out[sid])
+            del out[sid]
+        return out
 
     def _adopt(self, client_id: str) -> dict[str, list[str]]:
         """A client this store has no session state for: its processes, as the ledger tells them."""
