@@ -1663,3 +1663,21 @@ def test_a_store_that_fails_mid_delivery_says_what_went_out(
     monkeypatch.undo()
     assert len(h.actions) == 4 and run(store, handlers=h).dispatch is not None  # the fourth goes again
     assert {e.status for e in store.ledger()} == {"done"}
+
+
+def test_an_action_tried_in_this_run_then_cancelled_by_its_later_look_may_have_gone_out(store: Store) -> None:
+    """Found in a review: the run's own later look (`Retry.recheck`) cancelled an SMS it had tried a moment before
+    (the gateway timed out), and its report did not say it may have gone out: it read the attempts of before."""
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}, {"id": "c2", "manager_id": "m1"}])
+    rules = {"rules": [{"id": "sms", "category": "retention", **ALL,
+                        "then": [{"notify_client": {"channel": "sms", "template": "hi"}}]}]}  # fmt: skip
+
+    def gateway(action: Action) -> None:
+        if action.client_id == "c1":
+            raise TimeoutError("read timed out (the SMS gateway may have sent it)")
+        store.upsert(clients=[{"id": "c1", "manager_id": "m1", "contact_policy": "do_not_contact"}])  # meanwhile
+
+    d = run(store, "2026-03-01", rules, handlers=gateway, retry=Retry(max_attempts=3, base_delay=0, recheck=0)).dispatch
+    (sms,) = store.ledger(client_ids=["c1"])
+    assert d is not None and list(d.cancelled.values()) == ["do_not_contact"] and d.unsure == [sms.id]
+    assert sms.attempts == 1

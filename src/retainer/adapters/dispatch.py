@@ -347,7 +347,7 @@ class Dispatcher:
                 if self.clock().timestamp() - checked >= self.retry.recheck:  # what the CRM wrote since the last look
                     checked = self.clock().timestamp()
                     unsent = [x for x in (*ready[k:], *queue, *(w[2] for w in waiting)) if x.id not in gone]
-                    void = self._cancel(unsent, report, again=True)
+                    void = self._cancel(unsent, report, again=True, tried=attempts)
                     gone |= void.keys()
                     for x in unsent:
                         if x.id in void and x.type == "reassign":  # its client's actions wait for it no more
@@ -458,11 +458,13 @@ class Dispatcher:
                 pause = min(pause * 2, 10.0)
 
     def _cancel(
-        self, entries: list[LedgerEntry], report: DispatchReport, again: bool = False
-    ) -> dict[str, tuple[str, str | None]]:
+        self, entries: list[LedgerEntry], report: DispatchReport, again: bool = False,
+        tried: Mapping[str, int] | None = None,
+    ) -> dict[str, tuple[str, str | None]]:  # fmt: skip
         """Cancel the entries that must not go out any more (`_void`), in the ledger and the report. `again`: the
         entries were read before delivery began, so only those still waiting in the ledger now, and not being
-        delivered elsewhere, are cancelled (a session's tick may have delivered one meanwhile)."""
+        delivered elsewhere, are cancelled (a session's tick may have delivered one meanwhile). `tried`: the
+        attempts this dispatch counted (the entries' own are as read before it tried them)."""
         void = self._void(entries) if entries else {}
         if again and void:
             now = self.clock()
@@ -475,7 +477,7 @@ class Dispatcher:
                 outcome = {"cancelled": why, "at": now.isoformat(), **({"code": code} if code else {})}
                 self.patiently(self.store.set_outcome, e.id, outcome, now)
                 report.cancelled[e.id] = why
-                if e.attempts:
+                if (tried or {}).get(e.id, e.attempts):  # tried, and no answer came: it may have gone out
                     report.unsure.append(e.id)
                 report.failed.pop(e.id, None)  # an earlier attempt of this run failed: cancelled now
         return void
