@@ -117,8 +117,41 @@ def test_actions_a_replay_left_waiting_are_pointed_out_and_go_when_named(db: str
     assert r.returncode == 0 and f"requeued {len(dead) - 2} action(s)" in r.stderr
     assert "2 action(s) wait as pending (an interrupted run or replay left them" in r.stderr
     r = run("actions", "replay", "-d", db, *dead[:2], "--handler", f"jsonl:{out}")
-    assert r.returncode == 0 and r.stderr.count("was waiting (pending): delivered with them") == 2, r.stderr
+    assert r.returncode == 0 and r.stderr.count("was waiting (pending): delivered now") == 2, r.stderr
     assert ledger(db, "--status", "pending") == [] and len(out.read_text().splitlines()) == len(dead)
+
+
+@pytest.mark.parametrize("policy", [True, False])
+def test_a_replay_without_the_rules_leaves_marketing_for_a_no_marketing_client_to_the_next_run(
+    tmp_path: Path, policy: bool
+) -> None:
+    """Found in a review: `actions replay` without --rules read no_marketing as on and cancelled, for good, an
+    up-sell the rule file allowed (`no_marketing: false`); with the rules, it is cancelled or sent as they say."""
+    from retainer.adapters import PermanentError
+
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({"version": 1, "policies": {"no_marketing": policy}, "rules": [
+        {"id": "upsell", "category": "development", "when": {"status": {"eq": "active"}},
+         "then": [{"propose_offer": {"offer": "pro"}}]}]}))  # fmt: skip
+    db = tmp_path / "crm.db"
+    store = retainer.open_store(f"sqlite:///{db}")
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}])
+
+    def rejected(a: object) -> None:
+        raise PermanentError("rejected")
+
+    (offer,) = retainer.Engine(retainer.load_rules(rules), store).run("2026-03-01", handlers=rejected).committed
+    store.upsert(clients=[{"id": "c1", "manager_id": "m1", "contact_policy": "no_marketing"}])
+    store.close()
+    out = tmp_path / "sent.jsonl"
+    r = run("actions", "replay", "-d", str(db), "--dead", "--handler", f"jsonl:{out}")
+    assert r.returncode == 0 and "left 1 action(s) for the next run: its client is no_marketing" in r.stderr
+    assert [e["status"] for e in ledger(str(db))] == ["pending"] and not out.exists()
+    r = run("actions", "replay", "-d", str(db), offer.id, "--handler", f"jsonl:{out}", "--rules", str(rules))
+    assert r.returncode == 0, r.stderr
+    what = "delivered now" if not policy else "cancelled (no_marketing)"
+    assert f"{offer.id} was waiting (pending): {what}" in r.stderr
+    assert out.exists() is (not policy)
 
 
 def test_outcome_recorded_from_the_command_line(db: str) -> None:

@@ -492,6 +492,9 @@ def _print_dispatch(d: Any, console: Console, data: str) -> None:
     for why, n in sorted(Counter(d.cancelled.values()).items()):
         since = f"{why} since" if why in ("do_not_contact", "no_marketing", "paid", "archived") else why
         console.print(f"cancelled {n:,} action(s) committed earlier and not sent: {since}", highlight=False)
+    if d.held:
+        console.print(f"[yellow]left {len(d.held):,} action(s) for the next run[/]: {_e(next(iter(d.held.values())))}",
+                      highlight=False)  # fmt: skip
     if d.unsure:
         console.print(f"[yellow]{len(d.unsure):,} of the cancelled action(s) had been tried without a confirmed "
                       "answer[/]: the CRM may have carried them out "
@@ -667,7 +670,9 @@ def actions_replay(
     rules: Annotated[
         Path | None,
         typer.Option("--rules", "-r", help="Rule file: a dunning step paid down below its rule's min_amount is "
-                     "cancelled, as a run does (without it, only a step whose invoice is paid in full)."),
+                     "cancelled, as a run does (without it, only a step whose invoice is paid in full), and a "
+                     "marketing action for a no_marketing client is cancelled or sent as its no_marketing policy "
+                     "says (without it, left for the next run)."),
     ] = None,
 ) -> None:
     """Put dead (or failed) actions back to pending with fresh attempts; deliver them now with
@@ -696,14 +701,21 @@ def actions_replay(
         if e is None or i in set(moved):
             continue
         if e.status == "pending" and report is not None and not claim_alive(e, utc_now()):
-            err.print(f"  {e.id} was waiting (pending): delivered with them", highlight=False)
+            what = ("delivered now" if e.id in report.done
+                    else f"cancelled ({report.cancelled[e.id]})" if e.id in report.cancelled
+                    else f"left for the next run ({report.held[e.id]})" if e.id in report.held
+                    else f"dead: {report.dead[e.id]}" if e.id in report.dead
+                    else f"failed: {report.failed[e.id]}" if e.id in report.failed
+                    else "left for the next run")  # fmt: skip
+            err.print(f"  {e.id} was waiting (pending): {_e(what)}", highlight=False)
             continue
         why = (f"cancelled ({e.cancelled}) before it went out: it must not be sent" if e.cancelled
                else "already delivered: replaying it would duplicate it" if e.status == "done"
                else "already waiting: the next run delivers it, or give --handler" if e.status == "pending"
                else "another dispatcher is delivering it now")  # fmt: skip
         err.print(f"  not requeued: {e.id} is {e.status} ({why})", highlight=False)
-    left = [e for e in store.ledger(status=["pending"]) if not claim_alive(e, utc_now())] if dead and report else []
+    left = [e for e in store.ledger(status=["pending"]) if not claim_alive(e, utc_now())
+            and e.id not in report.held] if dead and report else []  # fmt: skip
     if left:
         err.print(f"{len(left):,} action(s) wait as pending (an interrupted run or replay left them, or a host that "
                   "pulls them has not yet): the next `retainer run` delivers them, or replay them by id with "

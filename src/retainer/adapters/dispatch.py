@@ -121,6 +121,8 @@ class DispatchReport:
     #: those of `cancelled` tried before, without a confirmed answer (a timeout, a lost connection, a crash
     #: mid-call): the CRM may have carried them out, and they still count against caps and spend
     unsure: list[str] = field(default_factory=list)
+    #: id -> why: neither sent nor cancelled, left for the next run to decide (a replay without the rules)
+    held: dict[str, str] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -138,6 +140,7 @@ class DispatchReport:
             "in_flight": len(self.in_flight),
             "cancelled": dict(sorted(self.cancelled.items())),
             "unsure": sorted(self.unsure),
+            "held": dict(sorted(self.held.items())),
             "attempts": self.attempts,
             "no_handler": dict(sorted(self.no_handler.items())),
         }
@@ -221,11 +224,13 @@ class Dispatcher:
         batch: int = 200,  # actions taken from the queue between two looks at the retries that are due
         min_outstanding: Mapping[str, Decimal] | None = None,
         fixed: frozenset[str] = frozenset(),
-        no_marketing: bool = True,
+        no_marketing: bool | None = True,
     ) -> None:
         """`min_outstanding`: rule id -> the least an invoice must still owe for that rule's dunning steps to
         go out (a debtor rule's `min_amount`; Engine and Session pass their rules', `Engine.voiding`).
-        `no_marketing`: the rules' policy of that name (on unless a rule file turns it off)."""
+        `no_marketing`: the rules' policy of that name (on unless a rule file turns it off); None: not known (a
+        replay without the rules), so a retention or development message, offer or deal for a `no_marketing`
+        client is neither sent nor cancelled, but left waiting for the next run, which knows (`report.held`)."""
         if isinstance(handlers, Mapping):
             self.handlers: dict[str, ActionHandler] = {k: _as_handler(h) for k, h in handlers.items()}
         elif hasattr(handlers, "handle") or callable(handlers):
@@ -251,6 +256,7 @@ class Dispatcher:
         #: who left again, so they are not cancelled for it
         self.fixed = fixed
         self.no_marketing = no_marketing
+        self._held: dict[str, str] = {}  # id -> why it waits for the next run (`no_marketing=None`)
         self._chain: dict[str, Any] | None = None  # every manager, for `_left`
 
     def route(self, action_type: str) -> ActionHandler | None:
@@ -303,6 +309,9 @@ class Dispatcher:
         for e in active:
             if e.id in void:
                 continue
+            if (why := self._held.get(e.id)) is not None:
+                report.held[e.id] = why
+                continue
             if self.route(e.type) is None:
                 report.no_handler[e.type] = report.no_handler.get(e.type, 0) + 1
             else:
@@ -353,6 +362,9 @@ class Dispatcher:
                         if x.id in void and x.type == "reassign":  # its client's actions wait for it no more
                             moving.pop(x.client_id or "", None)
                 if e.id in gone:
+                    continue
+                if (why := self._held.get(e.id)) is not None:  # a later look's: it waits for the next run
+                    report.held[e.id] = why
                     continue
                 h = self.route(e.type)
                 if id(h) in given_up:
@@ -527,9 +539,13 @@ class Dispatcher:
             if c is not None and c.status == "archived":  # archived clients get nothing (deleted in the CRM?)
                 out[e.id] = ("archived", None)
                 continue
-            if (self.no_marketing and c is not None and c.contact_policy == "no_marketing"
+            if (self.no_marketing is not False and c is not None and c.contact_policy == "no_marketing"
                     and e.type in SELLING_TYPES and e.category in MARKETING):  # fmt: skip
-                out[e.id] = ("no_marketing", None)  # opted out since: the consent the plan checked is gone
+                if self.no_marketing is None:  # the rules are not known: whether it may go is theirs to say
+                    self._held[e.id] = ("its client is no_marketing, and without the rule file (--rules) a replay "
+                                        "cannot tell whether it may go: the next run decides")  # fmt: skip
+                else:
+                    out[e.id] = ("no_marketing", None)  # opted out since: the consent the plan checked is gone
                 continue
             if (left := self._left(e, managers)) is not None:
                 gone = left[0]
@@ -774,12 +790,13 @@ def replay(
     sleep: Callable[[float], None] = time.sleep,
     min_outstanding: Mapping[str, Decimal] | None = None,
     fixed: frozenset[str] = frozenset(),
-    no_marketing: bool = True,
+    no_marketing: bool | None = None,
 ) -> tuple[list[str], DispatchReport | None]:
     """Put `failed`/`dead` actions (the given ids, and every dead one with `dead=True`) back to
     `pending` with fresh attempts, then deliver them now if handlers are given (else the next run
     does). Holds the run lock: two dispatchers at once could deliver one action twice. `min_outstanding`,
-    `fixed` and `no_marketing` as for `Dispatcher` (`Engine.replay` passes its rules')."""
+    `fixed` and `no_marketing` as for `Dispatcher` (`Engine.replay` passes its rules'; without them,
+    `no_marketing` is not known, and what it would decide waits for the next run)."""
     wanted = list(dict.fromkeys(ids))
     named = set(wanted)
     with store.run_lock("replay"):
