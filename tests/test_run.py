@@ -1527,6 +1527,7 @@ def test_a_run_for_a_day_that_has_not_begun_in_the_rules_zone_says_so(store: Sto
                      "there): this run acts on what is due by the end of that day, before it comes. A date from "
                      "the server's clock in another zone? Take it in the rules' zone "
                      "(`TZ=America/New_York date +%F`)"]  # fmt: skip
+    assert engine.run("2026-03-05", clock=lambda: cron, dry_run=True).plan.warnings == early  # as the run says
     assert engine.plan("2026-03-06").warnings == []  # a plan looks ahead as it is asked to
     assert engine.run("2026-03-05", clock=lambda: cron.replace(hour=5)).plan.warnings == []  # 00:00 there
 

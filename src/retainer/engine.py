@@ -1171,7 +1171,10 @@ class Engine:
         dispatcher = Dispatcher(self.store, handlers if handlers is not None else {}, retry=retry, clock=clock,
                                 sleep=sleep, **self.voiding)  # fmt: skip
         if dry_run:  # a preview: no lock, so it never blocks (or waits for) the nightly run
-            return RunReport(self._plan(a, None)[0], None, [], None)
+            preview = self._plan(a, None)[0]
+            if (ahead := ahead_of_the_clock(a, clock)) is not None:  # as the run it previews says
+                preview.warnings.append(ahead)
+            return RunReport(preview, None, [], None)
         refuse_after_tomorrow(a, clock)
         with self.store.run_lock(f"run as of {a.date}, started {clock().isoformat(timespec='seconds')}"):
             earlier = self.store.runs(limit=50, kind="run")  # a session's records are not runs: it takes no lock
