@@ -113,3 +113,30 @@ def test_a_run_refuses_a_store_with_a_second_name(tmp_path: Path) -> None:
     assert store.ledger() == []
     os.unlink(tmp_path / "alias.db")
     assert engine.run("2026-03-01").committed
+
+
+def test_an_in_memory_store_takes_a_write_from_another_thread_while_a_plan_reads(monkeypatch: Any) -> None:
+    """Found in a review: `sqlite:///:memory:` has one connection, which every thread shares; the plan's read
+    transaction on it refused another thread's write ("cannot start a transaction within a transaction")."""
+    store = retainer.open_store("sqlite:///:memory:")
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1", "created_at": "2025-01-01"}])
+    engine = retainer.Engine(retainer.load_rules(RULES), store)
+    inside, go_on = threading.Event(), threading.Event()
+    read_clients = type(store).clients
+
+    def held_there(self: Any, *args: Any, **kwargs: Any) -> Any:
+        rows = read_clients(self, *args, **kwargs)
+        inside.set()
+        go_on.wait(5)
+        return rows
+
+    monkeypatch.setattr(type(store), "clients", held_there)
+    t = threading.Thread(target=lambda: engine.plan("2026-03-01"))
+    t.start()
+    try:
+        assert inside.wait(5)
+        store.add(touches=[{"id": "t1", "client_id": "c1", "at": "2026-02-28T10:00:00Z"}])
+    finally:
+        go_on.set()
+        t.join()
+    assert store.get("touches", "t1") is not None

@@ -1582,7 +1582,7 @@ class SQLiteStore:
         last activity and the new tasks, and it released clients whose managers had just called them. A read
         transaction in WAL mode blocks no writer. Inside one already (a caller's), it is that one."""
         conn = self.conn
-        if conn.in_transaction:
+        if conn.in_transaction or self.path == ":memory:":  # in memory: one connection, which every thread shares
             yield
             return
         conn.execute("BEGIN")  # deferred: the snapshot is taken at the first read
