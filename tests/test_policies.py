@@ -485,6 +485,24 @@ def test_a_logged_contact_counts_against_a_marketing_cap_as_its_action_would(sto
     assert codes(news.plan(day(3)))["news"] == "cap"
 
 
+@pytest.mark.parametrize("other_cap", [False, True])
+def test_a_reminder_sent_inside_a_marketing_caps_window_is_no_marketing_contact_whatever_the_other_caps(
+    store: Store, other_cap: bool
+) -> None:
+    """Found in a review: a payment reminder planned before a marketing cap's window and sent inside it (the CRM
+    was down) counted as a marketing contact, unless another cap's longer window made its action known."""
+    setup(store, created_at=at(-5))
+    caps = [{"channel": "any_outbound", "limit": 1, "per": "30d", "categories": ["retention", "development"]},
+            *([{"channel": "sms", "limit": 5, "per": "60d"}] if other_cap else [])]  # fmt: skip
+    e = engine_for({"version": 1, "rules": [rule("dun", EMAIL, "collection")], "policies": {"caps": caps}}, store)
+    (dun,) = e.run(day(0)).committed
+    store.add(touches=[{"id": "mail", "client_id": "c1", "at": at(2), "kind": "email", "direction": "outbound",
+                        "action_id": dun.id}])  # fmt: skip
+    news = engine_for({"version": 1, "rules": [rule("dun", EMAIL, "collection"), rule("news", EMAIL)],
+                       "policies": {"caps": caps}}, store)  # fmt: skip
+    assert "news" in rules_of(news.plan(day(31)))  # the window (day 1, day 31]: the touch inside, its action not
+
+
 def test_cap_channel_typos_are_caught_but_crm_channels_allowed() -> None:
     with pytest.raises(retainer.RulesError, match="did you mean 'email'"):
         retainer.load_rules({"version": 1, "rules": [rule("x", TASK)],

@@ -106,20 +106,20 @@ def cap_until(cap: Cap, a: AsOf) -> datetime:
     return a.day_start(end)
 
 
-def _touch_spec(cap: Cap, a: AsOf, carried: frozenset[str] | None = None) -> AggSpec:
-    """The client's outbound touches on the cap's channel in its window; `carried`: only those that carried
-    out one of these actions (which the ledger counts already, so they are taken off again)."""
+def _touch_spec(cap: Cap, a: AsOf, carried: bool = False) -> AggSpec:
+    """The client's outbound touches on the cap's channel in its window (their number); `carried`: the
+    `action_id`s those of them name (the actions they carried out), one per touch."""
     where: tuple[Pred, ...] = (Pred("direction", "eq", "outbound"),)
-    if carried is not None:
-        where += (Pred("action_id", "in", carried),)
     if cap.channel != "any_outbound":
         where += (Pred("medium", "eq", cap.channel),)
+    if carried:
+        return AggSpec("touches", "list", "action_id", where, "at", cap_since(cap, a))
     return AggSpec("touches", "count", None, where, "at", cap_since(cap, a))
 
 
 def policy_aggs(p: Policies, a: AsOf) -> list[AggSpec]:
     """The store aggregates the policies read (outbound touches per channel cap), fetched with the plan's."""
-    return [_touch_spec(c, a) for c in p.caps if c.channel is not None]
+    return [_touch_spec(c, a, carried) for c in p.caps if c.channel is not None for carried in (False, True)]
 
 
 @dataclass
@@ -513,14 +513,17 @@ class Guard:
                     used[k][cid] += n
                 # a touch that carried out a committed action is that action: taken off when the cap counts the
                 # action in this window (counted once), or when the action is of a category the cap leaves out
-                # (a payment reminder is no marketing contact). One naming anything else counts ("N/A", another
-                # ledger's id, an e-mail planned before the window that went out in it): any action_id used to
-                # hide a touch from the cap
-                ins = {e.id for e in inside}
-                if off := frozenset(e.id for e in past if (c.categories is not None and e.category not in c.categories)
-                                    or (e.id in ins and _capped(c, e.type, e.category, e.fields))):  # fmt: skip
-                    for cid, n in self.frame.agg(_touch_spec(c, self.a, off)).items():
-                        used[k][cid] -= n
+                # (a payment reminder is no marketing contact), whenever it was planned. One naming anything else
+                # counts ("N/A", another ledger's id, an e-mail planned before the window that went out in it):
+                # any action_id used to hide a touch from the cap
+                named = self.frame.agg(_touch_spec(c, self.a, carried=True))
+                if named:
+                    known = self.store.ledger(ids=sorted({i for ids in named.values() for i in ids}))
+                    off = {e.id for e in known if (c.categories is not None and e.category not in c.categories)
+                           or (since < e.as_of < until and not (e.cancelled and e.attempts == 0)  # as `_past` counts
+                               and _capped(c, e.type, e.category, e.payload_fields))}  # fmt: skip
+                    for cid, ids in named.items():
+                        used[k][cid] -= sum(i in off for i in ids)
             else:
                 # an offer the CRM made in the window for an action stamped before it counts here: the action
                 # does not (with the ids of a longer cap's window, it counted nowhere)
