@@ -1682,3 +1682,22 @@ def test_an_action_tried_in_this_run_then_cancelled_by_its_later_look_may_have_g
     (sms,) = store.ledger(client_ids=["c1"])
     assert d is not None and list(d.cancelled.values()) == ["do_not_contact"] and d.unsure == [sms.id]
     assert sms.attempts == 1
+
+
+def test_a_dispatcher_that_does_not_know_the_rules_holds_marketing_for_a_no_marketing_client(store: Store) -> None:
+    """`Dispatcher(no_marketing=None)` (a replay without the rules): an up-sell for a client who opted out is
+    neither sent nor cancelled; looked at again once the client opts back in, it goes (found in a review: the
+    hold was kept for good by a dispatcher used again)."""
+    store.add(managers=[{"id": "m1"}], clients=[{"id": "c1", "manager_id": "m1"}])
+    upsell = {"id": "upsell", "category": "development", **ALL, "then": [{"propose_offer": {"offer": "pro"}}]}
+    rules = {"rules": [upsell]}
+    (offer,) = run(store, "2026-03-01", rules).committed  # no handler: it waits
+    store.upsert(clients=[{"id": "c1", "manager_id": "m1", "contact_policy": "no_marketing"}])
+    h = RecordingHandler()
+    d = Dispatcher(store, h, no_marketing=None)
+    first = d.dispatch_active()
+    assert list(first.held) == [offer.id] and first.cancelled == {} and h.actions == []
+    assert [x.status for x in store.ledger()] == ["pending"]
+    store.upsert(clients=[{"id": "c1", "manager_id": "m1", "contact_policy": "ok"}])  # opted back in
+    again = d.dispatch_active()
+    assert again.held == {} and again.done == [offer.id] and [a.id for a in h.actions] == [offer.id]

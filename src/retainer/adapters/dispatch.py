@@ -505,6 +505,8 @@ class Dispatcher:
         out: dict[str, tuple[str, str | None]] = {}
         managers: dict[str, Any] = {}
         self._chain = None  # read again for each look: managers change between runs
+        for e in earlier:  # held at an earlier look: looked at again (the client may have opted back in)
+            self._held.pop(e.id, None)
         # (client, manager it was to go to) -> why the move is cancelled, and the code of one decided again
         moves: dict[tuple[str, str], tuple[str, str | None]] = {}
         # a cancelled move's episode (`release:c2:2026-01-15:`) -> the manager it named, why, and the code: the
