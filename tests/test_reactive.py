@@ -567,7 +567,17 @@ def test_a_win_back_saved_under_its_task_decided_again_is_its_episodes_process(s
     assert winbacks() == {"winback:c1:2026-02-10:winback": ("winback~winback", "reason_pending")}
     store.set_cursor("reactive:client:c1", json.dumps({
         "winback:c1:2026-02-10#2:winback": ["winback~winback", "next_survey_needed"]}))  # the old one alone
-    assert winbacks() == {"winback:c1:2026-02-10:winback": ("winback~winback", "next_survey_needed")}
+    # no answer in the ledger: the ledger's view of the episode's process, not the saved `#2` state
+    assert winbacks() == {"winback:c1:2026-02-10:winback": ("winback~winback", "reason_pending")}
+    # answered and acted on (the old code took the answer on the `#2` process, and the first one was left waiting)
+    engine = retainer.Engine(retainer.load_rules(RULES), store)
+    (task,) = [e for e in store.ledger(rule="winback")]
+    engine.record_outcome(task.id, {"churn_reason": "survey_needed"})
+    engine.run(at(132))
+    assert [e.key for e in store.ledger(rule="winback")][-1] == "winback:c1:2026-02-10~survey_needed:create_task"
+    store.set_cursor("reactive:client:c1", json.dumps({
+        "winback:c1:2026-02-10:winback": ["winback~winback", "reason_pending"]}))  # fmt: skip
+    assert winbacks() == {}
 
 
 def test_an_outcome_posted_again_later_does_not_reopen_a_finished_win_back(store: Store) -> None:

@@ -1694,7 +1694,7 @@ def test_a_dispatcher_that_does_not_know_the_rules_holds_marketing_for_a_no_mark
     (offer,) = run(store, "2026-03-01", rules).committed  # no handler: it waits
     store.upsert(clients=[{"id": "c1", "manager_id": "m1", "contact_policy": "no_marketing"}])
     h = RecordingHandler()
-    d = Dispatcher(store, h, no_marketing=None)
+    d = Dispatcher(store, h)  # built without the rules: no_marketing=None
     first = d.dispatch_active()
     assert list(first.held) == [offer.id] and first.cancelled == {} and h.actions == []
     assert [x.status for x in store.ledger()] == ["pending"]

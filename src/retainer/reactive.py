@@ -809,7 +809,12 @@ class Session:
             return
         if known is None:
             known = self._procs[client_id] = self._saved(client_id)
-        for sid, (cname, state) in sorted(self._adopt(client_id).items()):
+        adopted, answered = self._adopt(client_id)
+        for sid in [x for x in known if x in answered and x not in adopted and known[x][1] == "reason_pending"]:
+            # answered and acted on, by the ledger (an old session's answer taken on the task decided again, `#2`,
+            # while its first process waited): the ledger's view, not a wait for good
+            del known[sid]
+        for sid, (cname, state) in sorted(adopted.items()):
             if sid not in known:
                 known[sid] = [cname, state]
             elif known[sid][0] == cname and (order := list(self.charts[cname].steps.values())) and \
@@ -827,17 +832,17 @@ class Session:
         saved = {} if raw is None else json.loads(raw)
         out = {sid: list(v) for sid, v in saved.items()
                if v[0] in self.charts and self.charts[v[0]].accepts(START, f"resume:{v[1]}")}  # fmt: skip
-        # a win-back saved under its task decided again (`...#2:winback`, before the two were one process):
-        # the process of its churn episode, which every trigger now moves (kept as it was, it waited for good)
+        # a win-back saved under its task decided again (`...#2:winback`, before the two were one process): left
+        # to the ledger's view of its churn episode's process (`_adopt`), which every trigger now moves
         for sid in [x for x in out if self.charts[out[x][0]].family == "winback" and _AGAIN_SID.search(x)]:
-            out.setdefault(_AGAIN_SID.sub("", sid), out[sid])
             del out[sid]
         return out
 
-    def _adopt(self, client_id: str) -> dict[str, list[str]]:
-        """A client this store has no session state for: its processes, as the ledger tells them."""
+    def _adopt(self, client_id: str) -> tuple[dict[str, list[str]], set[str]]:
+        """A client this store has no session state for: its processes, as the ledger tells them, and the win-backs
+        whose reason task (or the one decided again) has its answer."""
         if not self.charts:
-            return {}
+            return {}, set()
         rules = {c.rule for c in self.charts.values()}
         entries = [e for e in self.store.ledger(client_ids=[client_id]) if e.rule in rules]
         procs: dict[str, list[str]] = {}
@@ -885,7 +890,7 @@ class Session:
                 and self._notify_key(e.key, e.rule, client_id) not in keys
             ):
                 procs[e.key] = [offer.name, "waiting"]
-        return procs
+        return procs, answered
 
     def _persist(self) -> None:
         for cid in sorted(self._dirty):

@@ -224,13 +224,14 @@ class Dispatcher:
         batch: int = 200,  # actions taken from the queue between two looks at the retries that are due
         min_outstanding: Mapping[str, Decimal] | None = None,
         fixed: frozenset[str] = frozenset(),
-        no_marketing: bool | None = True,
+        no_marketing: bool | None = None,
     ) -> None:
         """`min_outstanding`: rule id -> the least an invoice must still owe for that rule's dunning steps to
         go out (a debtor rule's `min_amount`; Engine and Session pass their rules', `Engine.voiding`).
-        `no_marketing`: the rules' policy of that name (on unless a rule file turns it off); None: not known (a
-        replay without the rules), so a retention or development message, offer or deal for a `no_marketing`
-        client is neither sent nor cancelled, but left waiting for the next run, which knows (`report.held`)."""
+        `no_marketing`: the rules' policy of that name (on unless a rule file turns it off); None (the default,
+        for a dispatcher built without the rules, as a replay without them is): not known, so a retention or
+        development message, offer or deal for a `no_marketing` client is neither sent nor cancelled, but left
+        waiting for the next run, which knows (`report.held`)."""
         if isinstance(handlers, Mapping):
             self.handlers: dict[str, ActionHandler] = {k: _as_handler(h) for k, h in handlers.items()}
         elif hasattr(handlers, "handle") or callable(handlers):
