@@ -30,6 +30,7 @@ from .adapters.dispatch import Dispatcher, DispatchReport, Handlers, Retry, utc_
 from .adapters.dispatch import replay as _replay
 from .errors import ArgumentError, RetainerError
 from .keys import action_key as _key
+from .keys import decision_episode
 from .keys import episode_text as _episode_text
 from .ledger import (
     MANAGER_LEFT,
@@ -80,8 +81,8 @@ class _Match:
 
     @property
     def key_episode(self) -> str:
-        """The episode as its keys spell it: `2026-01-01`, then `2026-01-01#2` for a second decision."""
-        return self.episode if self.attempt == 1 else f"{self.episode}#{self.attempt}"
+        """The episode as its keys spell it (`keys.decision_episode`)."""
+        return decision_episode(self.episode, self.attempt)
 
 
 class _Reassigner:

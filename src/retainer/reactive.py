@@ -42,7 +42,7 @@ from .actions import Action, NotifyManager, action_id
 from .adapters.dispatch import Dispatcher, DispatchReport, Handlers, Retry, dunning_over, utc_now
 from .engine import Engine, _not_utc, refuse_after_tomorrow
 from .errors import ArgumentError, RetainerError
-from .keys import action_key
+from .keys import action_key, first_episode, first_key
 from .ledger import ACTIVE, LedgerEntry, RunRecord, check_outcome, unapplied_moves
 from .model import Client, Manager, active_supervisor
 from .plan import Plan
@@ -292,12 +292,7 @@ def _whole_day(t: datetime | None, zone: Any) -> datetime | None:
 def _churn_episode(episode: str) -> str:
     """The churn episode a win-back key's episode belongs to: without its step (`~price`) or the mark of a task
     decided again (`#2`, for the supervisor of a manager who left), so both move the one process instance."""
-    return _AGAIN.sub("", episode.split("~", 1)[0])
-
-
-#: the mark of a decision taken again (`2026-02-10#2`), as `rules.features` reads outcomes through it
-_AGAIN = re.compile(r"#\d+$")
-_AGAIN_SID = re.compile(r"#\d+(?=:winback$)")  # ... in a win-back process's id
+    return first_episode(episode.split("~", 1)[0])
 
 
 def _reason_acted_on(keys: Iterable[str], rule: str, client_id: str, episode: str, reason: str) -> bool:
@@ -834,7 +829,7 @@ class Session:
                if v[0] in self.charts and self.charts[v[0]].accepts(START, f"resume:{v[1]}")}  # fmt: skip
         # a win-back saved under its task decided again (`...#2:winback`, before the two were one process): left
         # to the ledger's view of its churn episode's process (`_adopt`), which every trigger now moves
-        for sid in [x for x in out if self.charts[out[x][0]].family == "winback" and _AGAIN_SID.search(x)]:
+        for sid in [x for x in out if self.charts[out[x][0]].family == "winback" and first_key(x) != x]:
             del out[sid]
         return out
 

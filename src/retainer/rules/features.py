@@ -349,10 +349,6 @@ def is_option(v: Any, options: Sequence[str]) -> bool:
     return norm_reason(v) in {norm_reason(o) for o in options}
 
 
-#: a later decision's mark in a key's episode (`winback:c1:2026-06-01#2:create_task`)
-_FIRST = re.compile(r"#\d+(?=:[^:]*$)")
-
-
 def outcome_feature(
     name: str, rule: str, episode: str, kind: str, field_: str, options: Sequence[str] = ()
 ) -> FeatureImpl:
@@ -360,7 +356,7 @@ def outcome_feature(
     (a win-back reason task's churn reason): found by the action's key, so an old episode never counts.
     The rule's committed actions of that type are read (a few per client that ever churned), not looked up
     by an id made for every client: with none committed, nothing per client is made at all."""
-    from ..keys import action_key, episode_text
+    from ..keys import action_key, episode_text, first_key
 
     def compute(f: FeatureFrame) -> list[Any]:
         a = f.as_of
@@ -368,7 +364,7 @@ def outcome_feature(
         # decided again for the supervisor of a manager who left), and the latest answer counts
         found: dict[str, Any] = {}
         for e in f.store.ledger(rule=rule, types=[kind], client_ids=f._partial):
-            k = _FIRST.sub("", e.key)
+            k = first_key(e.key)
             if e.outcome or k not in found:
                 found[k] = e
         out: list[Any] = []
