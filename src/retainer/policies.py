@@ -138,6 +138,13 @@ class _Past:
         return cls(e.client_id, e.type, e.category, e.as_of, e.id, e.payload_fields)
 
 
+def _spent(e: LedgerEntry) -> bool:
+    """A committed action counts against caps and spend: cancelled before it went out, it used nothing up;
+    cancelled after an attempt whose answer was lost (a timeout, a dropped connection), it may have reached the
+    client (a second SMS that week did)."""
+    return not (e.cancelled and e.attempts == 0)
+
+
 def _capped(cap: Cap, type_: str, category: str, fields: dict[str, Any]) -> bool:
     if cap.category is not None:
         return category == cap.category and type_ in CONTACT_TYPES
@@ -276,10 +283,7 @@ class Guard:
         return [
             _Past.of(e)
             for e in self.store.ledger(since=since, client_ids=ids, types=types)
-            if since < e.as_of and (until is None or e.as_of < until)
-            # cancelled before it went out used nothing up; cancelled after an attempt whose answer was lost
-            # (a timeout, a dropped connection), it may have reached the client: a second SMS that week did
-            and not (e.cancelled and e.attempts == 0)
+            if since < e.as_of and (until is None or e.as_of < until) and _spent(e)
         ]
 
     # ---------------------------------------------------------------- the guards
@@ -502,6 +506,11 @@ class Guard:
         used: list[dict[str | None, int]] = [defaultdict(int) for _ in caps]
         earliest = min(cap_since(c, self.a) for c in caps)
         past = self._past(earliest, None)
+        # the action ids the channel caps' touches name (the actions they carried out), and those actions, read
+        # once for every cap: whenever each was planned
+        named = {k: self.frame.agg(_touch_spec(c, self.a, carried=True)) for k, c in enumerate(caps) if c.channel}
+        wanted = sorted({i for per in named.values() for ids in per.values() for i in ids})
+        known = self.store.ledger(ids=wanted) if wanted else []
         for k, c in enumerate(caps):
             since, until = cap_since(c, self.a), cap_until(c, self.a)
             inside = [e for e in past if since < e.as_of < until]
@@ -516,13 +525,11 @@ class Guard:
                 # (a payment reminder is no marketing contact), whenever it was planned. One naming anything else
                 # counts ("N/A", another ledger's id, an e-mail planned before the window that went out in it):
                 # any action_id used to hide a touch from the cap
-                named = self.frame.agg(_touch_spec(c, self.a, carried=True))
-                if named:
-                    known = self.store.ledger(ids=sorted({i for ids in named.values() for i in ids}))
+                if named[k]:
                     off = {e.id for e in known if (c.categories is not None and e.category not in c.categories)
-                           or (since < e.as_of < until and not (e.cancelled and e.attempts == 0)  # as `_past` counts
-                               and _capped(c, e.type, e.category, e.payload_fields))}  # fmt: skip
-                    for cid, ids in named.items():
+                           or (since < e.as_of < until and _spent(e) and _capped(c, e.type, e.category,
+                                                                                  e.payload_fields))}  # fmt: skip
+                    for cid, ids in named[k].items():
                         used[k][cid] -= sum(i in off for i in ids)
             else:
                 # an offer the CRM made in the window for an action stamped before it counts here: the action
