@@ -14,7 +14,6 @@ __all__ = ["bar_chart", "line_chart", "page", "table"]
 PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563")
 
 
-
 def _short(name: str, width: int) -> str:
     """A legend cut to `width`, keeping its end when it is a tag such as " (A)": two labels that differ only
     there (an A/B comparison of long paths) read the same when cut at the front."""
@@ -24,6 +23,7 @@ def _short(name: str, width: int) -> str:
     if sep and tag.endswith(")") and len(tag) <= 4:
         return head[: max(width - len(tag) - 3, 1)] + "… (" + tag
     return name[: width - 1] + "…"
+
 
 def _nice_max(v: float) -> float:
     """A round top for the axis, divisible by 4 so the quarter ticks of counts stay whole numbers."""

@@ -696,9 +696,10 @@ def actions_replay(
     except KeyboardInterrupt as exc:
         _interrupted(exc)
     err.print(f"requeued {len(moved)} action(s)", highlight=False)
+    requeued = set(moved)
     for i in dict.fromkeys(ids or ()):
         e = before.get(i)
-        if e is None or i in set(moved):
+        if e is None or i in requeued:
             continue
         if e.status == "pending" and report is not None and not claim_alive(e, utc_now()):
             what = ("delivered now" if e.id in report.done

@@ -54,7 +54,7 @@ from .rules.loader import RuleSet, load_rules
 from .rules.notes import ROLES
 from .rules.schema import ReassignSpec
 from .stores.base import AggSpec, Store
-from .timeutil import AsOf, DateRangeError, Duration, parse_as_of
+from .timeutil import AsOf, DateRangeError, Duration, parse_as_of, zone_name
 
 __all__ = ["Engine", "Explanation", "RuleExplanation"]
 
@@ -451,7 +451,7 @@ def ahead_of_the_clock(a: AsOf, clock: Callable[[], datetime]) -> str | None:
     now = clock().astimezone(a.tz)
     if a.date <= now.date():
         return None
-    zone = getattr(a.tz, "key", None) or str(a.tz)
+    zone = zone_name(a.tz)
     return (f"as_of {a.date} has not begun in the rules' zone ({zone}: it is {now:%Y-%m-%d %H:%M} there): this run "
             f"acts on what is due by the end of that day, before it comes. A date from the server's clock in "
             f"another zone? Take it in the rules' zone (`TZ={zone} date +%F`)")
@@ -1171,10 +1171,10 @@ class Engine:
         a = self.as_of(as_of)
         dispatcher = Dispatcher(self.store, handlers if handlers is not None else {}, retry=retry, clock=clock,
                                 sleep=sleep, **self.voiding)  # fmt: skip
+        ahead = ahead_of_the_clock(a, clock)  # said by the run, and by the dry run that previews it
         if dry_run:  # a preview: no lock, so it never blocks (or waits for) the nightly run
             preview = self._plan(a, None)[0]
-            if (ahead := ahead_of_the_clock(a, clock)) is not None:  # as the run it previews says
-                preview.warnings.append(ahead)
+            preview.warnings += [ahead] if ahead else []
             return RunReport(preview, None, [], None)
         refuse_after_tomorrow(a, clock)
         with self.store.run_lock(f"run as of {a.date}, started {clock().isoformat(timespec='seconds')}"):
@@ -1183,8 +1183,7 @@ class Engine:
                 if r.status == "committed":
                     self.store.finish_run(r.id, clock(), r.counts, status="interrupted")
             plan, _frame, _matches = self._plan(a, None)
-            if (ahead := ahead_of_the_clock(a, clock)) is not None:
-                plan.warnings.append(ahead)
+            plan.warnings += [ahead] if ahead else []
             if earlier and earlier[0].as_of > a.instant:
                 plan.warnings.append(
                     f"as_of {plan.as_of.isoformat()} is before the last run's ({earlier[0].as_of.isoformat()}): "

@@ -816,7 +816,7 @@ def replay(
         # an action named by id that waits (`pending`: an interrupted replay or run left it) goes with them: it
         # was named to go now, and "already waiting" left it for the next run
         waiting = [e.id for e in read if e.id in named and e.status == "pending" and e.id not in busy]
-        todo = [*moved, *(i for i in waiting if i not in set(moved))]
+        todo = list(dict.fromkeys([*moved, *waiting]))
         d = Dispatcher(store, handlers, retry=retry, clock=clock, sleep=sleep, min_outstanding=min_outstanding,
                        fixed=fixed, no_marketing=no_marketing)
         return moved, d.dispatch(store.ledger(ids=todo)) if todo else DispatchReport()
